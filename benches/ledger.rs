@@ -1,0 +1,273 @@
+//! In-process benchmarks, each against a baseline measured in the same run
+//! (these machines are shared and noisy: compare ratios, not absolutes).
+//!
+//! * `verify/keyledger` vs `verify/sha256`: verifying a valid key (counted
+//!   as a use) against a bare SHA-256 of the same secret.
+//! * `append/*` vs `append/raw_fdatasync`: durable management appends on
+//!   redb, one at a time and from 16 concurrent tasks, against a raw
+//!   `write` + `fdatasync` of the same size.
+//! * `replay/keyledger` vs `replay/read_and_decode`: opening a ledger of
+//!   `KEYLEDGER_BENCH_EVENTS` events (default 1,000,000) into every
+//!   projection, against reading and decoding the same log.
+//!
+//! Run: `cargo bench --bench ledger` (add `-- verify` etc. to pick one).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use keyledger_core::{
+    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, Principal, ScopeSet, Secret,
+    TenantId, Timestamp, UseCounts, UserId,
+};
+use keyledger_runtime::{Config, Keyledger, NewKey, UsageWindow};
+use keyledger_store::{EventLog, MemoryLog, RedbLog, TenantAppend};
+use sha2::{Digest, Sha256};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn config() -> Config {
+    Config {
+        usage_window: UsageWindow::Manual,
+        ..Config::default()
+    }
+}
+
+fn principal(i: usize) -> Principal {
+    Principal::user(
+        "acme".parse().expect("tenant"),
+        format!("user{}", i % 16).parse().expect("user"),
+    )
+}
+
+fn new_key(i: usize) -> NewKey {
+    NewKey {
+        name: format!("bench key {i}"),
+        ..NewKey::default()
+    }
+}
+
+fn verify(c: &mut Criterion) {
+    let rt = rt();
+    let ledger = rt.block_on(async {
+        let ledger = Keyledger::open(Arc::new(MemoryLog::new()), config()).expect("open");
+        let mut secrets = Vec::new();
+        for i in 0..10_000 {
+            secrets.push(
+                ledger
+                    .create_key(principal(i), new_key(i))
+                    .await
+                    .expect("create")
+                    .secret,
+            );
+        }
+        (ledger, secrets)
+    });
+    let (ledger, secrets) = ledger;
+    let secret = secrets[4242].expose().to_owned();
+    let mut g = c.benchmark_group("verify");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sha256", |b| {
+        b.iter(|| Sha256::digest(std::hint::black_box(secret.as_bytes())))
+    });
+    g.bench_function("keyledger", |b| {
+        b.iter(|| ledger.verify(std::hint::black_box(&secret), None))
+    });
+    g.finish();
+    rt.block_on(ledger.shutdown()).expect("shutdown");
+}
+
+fn appends(c: &mut Criterion) {
+    let rt = rt();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut g = c.benchmark_group("append");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(1));
+
+    // Baseline: the size of one stored KeyCreated record.
+    let record = vec![0x5a_u8; 200];
+    let mut file = std::fs::File::create(dir.path().join("raw")).expect("raw file");
+    g.bench_function("raw_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all(&record).expect("write");
+            file.sync_data().expect("fdatasync");
+        })
+    });
+
+    let ledger = Keyledger::open(
+        Arc::new(RedbLog::open(&dir.path().join("ledger.redb")).expect("redb")),
+        config(),
+    );
+    let ledger = rt.block_on(async { ledger }).expect("open");
+    g.bench_function("keyledger_one_at_a_time", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters as usize {
+                    ledger
+                        .create_key(principal(i), new_key(i))
+                        .await
+                        .expect("create");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    for tasks in [4usize, 16] {
+        g.bench_with_input(
+            BenchmarkId::new("keyledger_concurrent", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let per_task = (iters as usize).div_ceil(tasks);
+                        let start = Instant::now();
+                        let handles: Vec<_> = (0..tasks)
+                            .map(|t| {
+                                let l = ledger.clone();
+                                tokio::spawn(async move {
+                                    for i in 0..per_task {
+                                        l.create_key(principal(t), new_key(i))
+                                            .await
+                                            .expect("create");
+                                    }
+                                })
+                            })
+                            .collect();
+                        for h in handles {
+                            h.await.expect("task");
+                        }
+                        // Normalise to the iterations asked for.
+                        start
+                            .elapsed()
+                            .mul_f64(iters as f64 / (per_task * tasks) as f64)
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+    let commits = ledger
+        .metrics()
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let commands = ledger
+        .metrics()
+        .commands_committed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "append: {commands} commands in {commits} commits ({:.1} per commit)",
+        commands as f64 / commits.max(1) as f64
+    );
+    rt.block_on(ledger.shutdown()).expect("shutdown");
+}
+
+/// Writes `n` events straight into a log: keys, then usage windows.
+fn fill(log: &dyn EventLog, n: usize) {
+    let tenant: TenantId = "acme".parse().expect("tenant");
+    let owner: UserId = "alice".parse().expect("user");
+    let keys = (n / 10).max(1);
+    let prefix = KeyPrefix::default();
+    let at = Timestamp::from_micros(1_767_225_600_000_000);
+    let mut version = 0;
+    let mut written = 0;
+    while written < n {
+        let batch = (n - written).min(10_000);
+        let events: Vec<Event> = (written..written + batch)
+            .map(|i| {
+                let kind = if i < keys {
+                    let mut material = [0u8; 32];
+                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let s = Secret::from_material(&prefix, &material);
+                    EventKind::KeyCreated(KeyCreated {
+                        key_id: KeyId::from_u128(i as u128 + 1),
+                        owner: owner.clone(),
+                        name: format!("key {i}"),
+                        description: None,
+                        expires_at: None,
+                        scopes: ScopeSet::DEFAULT,
+                        secret_hash: s.hash(),
+                        masked: s.masked(),
+                        rotated_from: None,
+                    })
+                } else {
+                    EventKind::KeyUsed(KeyUsed {
+                        key_id: KeyId::from_u128((i % keys) as u128 + 1),
+                        window_start: at,
+                        window_end: at.plus_seconds(1),
+                        last_valid_at: Some(at),
+                        counts: UseCounts {
+                            valid: 7,
+                            revoked: 0,
+                            expired: 0,
+                            insufficient_scope: 1,
+                        },
+                    })
+                };
+                Event {
+                    tenant: tenant.clone(),
+                    at,
+                    actor: Actor::System,
+                    kind,
+                }
+            })
+            .collect();
+        log.append(vec![TenantAppend {
+            tenant: tenant.clone(),
+            expected_version: version,
+            events,
+        }])
+        .expect("fill");
+        version += batch as u64;
+        written += batch;
+    }
+}
+
+fn replay(c: &mut Criterion) {
+    let n: usize = std::env::var("KEYLEDGER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    fill(&RedbLog::open(&path).expect("redb"), n);
+    let rt = rt();
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("read_and_decode", |b| {
+        let log = RedbLog::open(&path).expect("redb");
+        b.iter(|| {
+            let mut after = 0;
+            let mut count = 0;
+            loop {
+                let page = log.read_after(after, 16_384).expect("read");
+                let Some(last) = page.last() else { break };
+                after = last.position;
+                count += page.len();
+            }
+            assert_eq!(count, n);
+        })
+    });
+    g.bench_function("keyledger", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let log = Arc::new(RedbLog::open(&path).expect("redb"));
+                let ledger = Keyledger::open(log, config()).expect("open");
+                assert_eq!(ledger.head(), n as u64);
+                ledger.shutdown().await.expect("shutdown");
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify, appends, replay);
+criterion_main!(benches);

@@ -1,0 +1,112 @@
+//! The audit trail is the log seen per tenant; this is its filter.
+
+use std::fmt;
+
+use crate::event::Event;
+use crate::ids::KeyId;
+use crate::time::Timestamp;
+
+/// An event type, as the audit filter names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// `KeyCreated`.
+    KeyCreated,
+    /// `KeyUsed`.
+    KeyUsed,
+    /// `KeyRevoked`.
+    KeyRevoked,
+    /// `KeyRotated`.
+    KeyRotated,
+    /// `UserRemoved`.
+    UserRemoved,
+}
+
+impl EventType {
+    /// Every type.
+    pub const ALL: [EventType; 5] = [
+        EventType::KeyCreated,
+        EventType::KeyUsed,
+        EventType::KeyRevoked,
+        EventType::KeyRotated,
+        EventType::UserRemoved,
+    ];
+
+    /// The name, as in the log (`KeyCreated`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::KeyCreated => "KeyCreated",
+            EventType::KeyUsed => "KeyUsed",
+            EventType::KeyRevoked => "KeyRevoked",
+            EventType::KeyRotated => "KeyRotated",
+            EventType::UserRemoved => "UserRemoved",
+        }
+    }
+
+    /// Reads a type name: `KeyCreated` or `key_created`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let folded: String = s
+            .chars()
+            .filter(|c| *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().to_ascii_lowercase() == folded)
+    }
+
+    /// The type of an event.
+    pub fn of(event: &Event) -> Self {
+        use crate::event::EventKind as K;
+        match event.kind {
+            K::KeyCreated(_) => EventType::KeyCreated,
+            K::KeyUsed(_) => EventType::KeyUsed,
+            K::KeyRevoked(_) => EventType::KeyRevoked,
+            K::KeyRotated(_) => EventType::KeyRotated,
+            K::UserRemoved(_) => EventType::UserRemoved,
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which events of a tenant's trail to show. The default shows every
+/// management event; `KeyUsed` only on request: `include_usage`, or
+/// `KeyUsed` named in `types`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only events about this key.
+    pub key_id: Option<KeyId>,
+    /// Only events by this actor: a user id, a key id, `user:<id>`,
+    /// `key:<id>`, `operator` or `system`.
+    pub actor: Option<String>,
+    /// Only these types (empty: all).
+    pub types: Vec<EventType>,
+    /// Only events at or after this instant.
+    pub from: Option<Timestamp>,
+    /// Only events before this instant.
+    pub to: Option<Timestamp>,
+    /// Include `KeyUsed` events.
+    pub include_usage: bool,
+}
+
+impl AuditFilter {
+    /// Whether the event is in the trail this filter selects.
+    pub fn matches(&self, event: &Event) -> bool {
+        let ty = EventType::of(event);
+        let type_ok = if self.types.is_empty() {
+            self.include_usage || ty != EventType::KeyUsed
+        } else {
+            // Naming `KeyUsed` among the types is itself a request for it.
+            self.types.contains(&ty)
+        };
+        type_ok
+            && self.key_id.is_none_or(|k| event.key_id() == Some(k))
+            && self.actor.as_deref().is_none_or(|a| event.actor.matches(a))
+            && self.from.is_none_or(|f| event.at >= f)
+            && self.to.is_none_or(|t| event.at < t)
+    }
+}

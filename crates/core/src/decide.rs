@@ -1,0 +1,581 @@
+//! Commands and the decision: `decide(state, command, now) -> events | error`.
+//!
+//! Every invariant of the spec that can be checked before appending is
+//! checked here, against the state folded from committed events:
+//!
+//! 1. a revoked key never becomes active again; revoking twice is a conflict;
+//! 2. removing a user revokes each of their active keys, in the same append,
+//!    one `KeyRevoked` (reason `user_removed`) per key;
+//! 3. a removed user creates nothing; removing a user twice is a conflict;
+//! 4. the secret is not an input: a command carries only its hash and mask.
+
+use crate::event::{
+    Actor, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed, RevokeReason,
+    UserRemoved,
+};
+use crate::ids::{KeyId, TenantId, UserId};
+use crate::limits::{
+    DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
+};
+use crate::scope::{Scope, ScopeSet};
+use crate::secret::SecretHash;
+use crate::state::{KeyStatus, Ledger, TenantState};
+use crate::time::Timestamp;
+
+/// Who asks, in which tenant, with which scopes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant acted in.
+    pub tenant: TenantId,
+    /// Recorded on every event the command causes.
+    pub actor: Actor,
+    /// What the principal may do (and so may grant).
+    pub scopes: ScopeSet,
+}
+
+impl Principal {
+    /// The operator, acting in `tenant` with every scope.
+    pub fn operator(tenant: TenantId) -> Self {
+        Principal {
+            tenant,
+            actor: Actor::Operator,
+            scopes: ScopeSet::ALL,
+        }
+    }
+
+    /// A user acting directly, as the embedding product vouches for, with every scope.
+    pub fn user(tenant: TenantId, id: UserId) -> Self {
+        Principal {
+            tenant,
+            actor: Actor::User { id },
+            scopes: ScopeSet::ALL,
+        }
+    }
+
+    /// An API key acting as its owner, narrowed by its scopes.
+    pub fn api_key(
+        tenant: TenantId,
+        key_id: KeyId,
+        name: String,
+        owner: UserId,
+        scopes: ScopeSet,
+    ) -> Self {
+        Principal {
+            tenant,
+            actor: Actor::ApiKey {
+                key_id,
+                name,
+                owner,
+            },
+            scopes,
+        }
+    }
+
+    /// The user the principal acts as, if any (the operator acts as nobody).
+    pub fn user_id(&self) -> Option<&UserId> {
+        match &self.actor {
+            Actor::User { id } => Some(id),
+            Actor::ApiKey { owner, .. } => Some(owner),
+            Actor::Operator | Actor::System => None,
+        }
+    }
+
+    /// Fails unless the principal holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), CommandError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(CommandError::Forbidden(format!(
+                "this requires the `{scope}` scope"
+            )))
+        }
+    }
+}
+
+/// Something to decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create a key.
+    CreateKey(CreateKey),
+    /// Revoke a key.
+    RevokeKey(RevokeKey),
+    /// Replace a key with a new one.
+    RotateKey(RotateKey),
+    /// Remove a user and revoke their keys.
+    RemoveUser(RemoveUser),
+    /// Record counted uses (from the usage counters, acting as the system).
+    RecordUsage {
+        /// The key's tenant.
+        tenant: TenantId,
+        /// The counts.
+        usage: KeyUsed,
+    },
+}
+
+impl Command {
+    /// Who asks (the system, for usage records, is nobody).
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Command::CreateKey(c) => Some(&c.principal),
+            Command::RevokeKey(c) => Some(&c.principal),
+            Command::RotateKey(c) => Some(&c.principal),
+            Command::RemoveUser(c) => Some(&c.principal),
+            Command::RecordUsage { .. } => None,
+        }
+    }
+
+    /// The tenant the command acts in.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Command::CreateKey(c) => &c.principal.tenant,
+            Command::RevokeKey(c) => &c.principal.tenant,
+            Command::RotateKey(c) => &c.principal.tenant,
+            Command::RemoveUser(c) => &c.principal.tenant,
+            Command::RecordUsage { tenant, .. } => tenant,
+        }
+    }
+}
+
+/// Create a key. The caller mints the id and the secret, and passes only
+/// the secret's hash and masked form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateKey {
+    /// Who asks.
+    pub principal: Principal,
+    /// The owner; `None` means the principal's own user (the operator must name one).
+    pub owner: Option<UserId>,
+    /// The name, as given (it is trimmed and checked here).
+    pub name: String,
+    /// An optional description.
+    pub description: Option<String>,
+    /// An optional expiry, which must be in the future.
+    pub expires_at: Option<Timestamp>,
+    /// Scopes; `None` means the default (all but `users:remove`, narrowed to the principal's).
+    pub scopes: Option<ScopeSet>,
+    /// The new key's id.
+    pub key_id: KeyId,
+    /// SHA-256 of the new secret.
+    pub secret_hash: SecretHash,
+    /// The new secret, masked.
+    pub masked: String,
+}
+
+/// Revoke a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeKey {
+    /// Who asks.
+    pub principal: Principal,
+    /// The key.
+    pub key_id: KeyId,
+    /// `manual` or `compromised`; the others are the system's.
+    pub reason: RevokeReason,
+}
+
+/// Replace a key with a new one with the same owner, name, description and scopes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotateKey {
+    /// Who asks.
+    pub principal: Principal,
+    /// The key to replace.
+    pub key_id: KeyId,
+    /// How long the old key keeps working; 0 revokes it now.
+    pub grace_seconds: u64,
+    /// The new key's expiry, if any.
+    pub expires_at: Option<Timestamp>,
+    /// The new key's id.
+    pub new_key_id: KeyId,
+    /// SHA-256 of the new secret.
+    pub secret_hash: SecretHash,
+    /// The new secret, masked.
+    pub masked: String,
+}
+
+/// Remove a user from a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoveUser {
+    /// Who asks.
+    pub principal: Principal,
+    /// The user to remove.
+    pub user_id: UserId,
+}
+
+/// A field failed its check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as named on the wire.
+    pub field: &'static str,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// Why a command was refused. Nothing was appended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The principal lacks a scope, or tried to grant one it does not hold.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such key in this tenant (a key of another tenant is not found either).
+    #[error("no key {0} in this tenant")]
+    KeyNotFound(KeyId),
+    /// The key is revoked already.
+    #[error("key {0} is already revoked")]
+    AlreadyRevoked(KeyId),
+    /// The key was rotated already (it is in its grace period).
+    #[error("key {0} was already rotated; its successor is {1}")]
+    AlreadyRotated(KeyId, KeyId),
+    /// The user is removed already.
+    #[error("user {0} is already removed")]
+    UserAlreadyRemoved(UserId),
+    /// The user was removed and can own no new key.
+    #[error("user {0} was removed from this tenant and cannot own keys")]
+    UserRemoved(UserId),
+    /// A field's value is not acceptable.
+    #[error("{}: {}", .0.field, .0.message)]
+    Invalid(FieldError),
+    /// A named limit was reached.
+    #[error("{0}")]
+    Limit(String),
+    /// The new key's id or secret hash is taken (a caller's bug, never chance).
+    #[error("{0}")]
+    Duplicate(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
+    CommandError::Invalid(FieldError {
+        field,
+        message: message.into(),
+    })
+}
+
+/// Decides a command against the committed state at `now`.
+///
+/// Returns the events to append, all in one atomic append, or why not.
+/// Event times never go backwards within a tenant: a clock that stepped
+/// back is answered with the tenant's last time.
+pub fn decide(
+    state: &Ledger,
+    command: &Command,
+    now: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let empty = TenantState::default();
+    let tenant_state = state.tenant(command.tenant()).unwrap_or(&empty);
+    let at = now.max(tenant_state.last_at);
+    // A removed user acts no more, directly or otherwise.
+    if let Some(p) = command.principal()
+        && let Some(user) = p.user_id()
+        && tenant_state.is_removed(user)
+    {
+        return Err(CommandError::UserRemoved(user.clone()));
+    }
+    match command {
+        Command::CreateKey(c) => create_key(state, tenant_state, c, at),
+        Command::RevokeKey(c) => revoke_key(tenant_state, c, at),
+        Command::RotateKey(c) => rotate_key(state, tenant_state, c, at),
+        Command::RemoveUser(c) => remove_user(tenant_state, c, at),
+        Command::RecordUsage { tenant, usage } => {
+            if !tenant_state.keys.contains_key(&usage.key_id) {
+                return Err(CommandError::KeyNotFound(usage.key_id));
+            }
+            Ok(vec![Event {
+                tenant: tenant.clone(),
+                at,
+                actor: Actor::System,
+                kind: EventKind::KeyUsed(usage.clone()),
+            }])
+        }
+    }
+}
+
+/// Trims and checks a key name: 1–100 characters, no control characters.
+pub fn check_name(name: &str) -> Result<String, CommandError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err(invalid("name", "a name is required"));
+    }
+    if chars > NAME_CHARS_MAX {
+        return Err(invalid(
+            "name",
+            format!("a name is at most {NAME_CHARS_MAX} characters, not {chars}"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("name", "a name may not hold control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a description: at most 500 characters; line breaks and tabs are
+/// the only control characters allowed. A blank one is no description.
+pub fn check_description(d: Option<&str>) -> Result<Option<String>, CommandError> {
+    let Some(d) = d.map(str::trim).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let chars = d.chars().count();
+    if chars > DESCRIPTION_CHARS_MAX {
+        return Err(invalid(
+            "description",
+            format!("a description is at most {DESCRIPTION_CHARS_MAX} characters, not {chars}"),
+        ));
+    }
+    if d.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(
+            "description",
+            "a description may not hold control characters",
+        ));
+    }
+    Ok(Some(d.to_owned()))
+}
+
+fn check_expiry(expires_at: Option<Timestamp>, at: Timestamp) -> Result<(), CommandError> {
+    match expires_at {
+        Some(e) if e <= at => Err(invalid(
+            "expires_at",
+            format!("the expiry {e} is not in the future"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_new_key(
+    state: &Ledger,
+    tenant: &TenantState,
+    key_id: KeyId,
+    hash: &SecretHash,
+) -> Result<(), CommandError> {
+    if tenant.keys.len() >= KEYS_PER_TENANT_MAX {
+        return Err(CommandError::Limit(format!(
+            "a tenant holds at most {KEYS_PER_TENANT_MAX} keys, revoked ones included"
+        )));
+    }
+    if tenant.keys.contains_key(&key_id) || state.key_exists(key_id) {
+        return Err(CommandError::Duplicate(format!("key id {key_id} is taken")));
+    }
+    if state.key_by_hash(hash).is_some() {
+        return Err(CommandError::Duplicate("the secret's hash is taken".into()));
+    }
+    Ok(())
+}
+
+fn create_key(
+    state: &Ledger,
+    tenant: &TenantState,
+    c: &CreateKey,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let p = &c.principal;
+    p.require(Scope::KeysWrite)?;
+    let owner = match (&c.owner, p.user_id()) {
+        (Some(owner), _) => {
+            if p.actor != Actor::Operator && Some(owner) != p.user_id() {
+                return Err(CommandError::Forbidden(
+                    "only the operator may create a key for another user".into(),
+                ));
+            }
+            owner.clone()
+        }
+        (None, Some(me)) => me.clone(),
+        (None, None) => {
+            return Err(invalid(
+                "user",
+                "the operator must name the user who will own the key",
+            ));
+        }
+    };
+    if tenant.is_removed(&owner) {
+        return Err(CommandError::UserRemoved(owner));
+    }
+    let name = check_name(&c.name)?;
+    let description = check_description(c.description.as_deref())?;
+    check_expiry(c.expires_at, at)?;
+    let scopes = match c.scopes {
+        Some(s) if !p.scopes.contains_all(s) => {
+            return Err(CommandError::Forbidden(format!(
+                "a key cannot grant scopes it does not hold (asked for `{s}`, holds `{}`)",
+                p.scopes
+            )));
+        }
+        Some(s) if s == ScopeSet::EMPTY => {
+            return Err(invalid(
+                "scopes",
+                "give at least one scope, or none for the default",
+            ));
+        }
+        Some(s) => s,
+        None => ScopeSet::DEFAULT.intersect(p.scopes),
+    };
+    check_new_key(state, tenant, c.key_id, &c.secret_hash)?;
+    Ok(vec![Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: EventKind::KeyCreated(KeyCreated {
+            key_id: c.key_id,
+            owner,
+            name,
+            description,
+            expires_at: c.expires_at,
+            scopes,
+            secret_hash: c.secret_hash,
+            masked: c.masked.clone(),
+            rotated_from: None,
+        }),
+    }])
+}
+
+fn revoke_key(
+    tenant: &TenantState,
+    c: &RevokeKey,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let p = &c.principal;
+    p.require(Scope::KeysWrite)?;
+    if !matches!(c.reason, RevokeReason::Manual | RevokeReason::Compromised) {
+        return Err(invalid(
+            "reason",
+            "a revocation's reason is `manual` or `compromised`",
+        ));
+    }
+    let key = tenant
+        .keys
+        .get(&c.key_id)
+        .ok_or(CommandError::KeyNotFound(c.key_id))?;
+    if key.revoked.is_some() {
+        return Err(CommandError::AlreadyRevoked(c.key_id));
+    }
+    Ok(vec![Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: EventKind::KeyRevoked(KeyRevoked {
+            key_id: c.key_id,
+            reason: c.reason,
+            cause: None,
+        }),
+    }])
+}
+
+fn rotate_key(
+    state: &Ledger,
+    tenant: &TenantState,
+    c: &RotateKey,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let p = &c.principal;
+    p.require(Scope::KeysWrite)?;
+    let old = tenant
+        .keys
+        .get(&c.key_id)
+        .ok_or(CommandError::KeyNotFound(c.key_id))?;
+    if old.revoked.is_some() {
+        return Err(CommandError::AlreadyRevoked(c.key_id));
+    }
+    if let Some(successor) = old.rotated_to {
+        return Err(CommandError::AlreadyRotated(c.key_id, successor));
+    }
+    // The new secret acts as the old key's owner: handing it to anyone else
+    // would be creating a key for another user, which only the operator may.
+    if p.actor != Actor::Operator && p.user_id() != Some(&old.owner) {
+        return Err(CommandError::Forbidden(
+            "only the operator may rotate another user's key".into(),
+        ));
+    }
+    if !p.scopes.contains_all(old.scopes) {
+        return Err(CommandError::Forbidden(format!(
+            "rotating this key grants `{}`, which this principal does not hold",
+            old.scopes
+        )));
+    }
+    if c.grace_seconds > ROTATION_GRACE_SECONDS_MAX {
+        return Err(invalid(
+            "grace_seconds",
+            format!("a grace period is at most {ROTATION_GRACE_SECONDS_MAX} seconds"),
+        ));
+    }
+    if tenant.is_removed(&old.owner) {
+        return Err(CommandError::UserRemoved(old.owner.clone()));
+    }
+    check_expiry(c.expires_at, at)?;
+    check_new_key(state, tenant, c.new_key_id, &c.secret_hash)?;
+    let created = Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: EventKind::KeyCreated(KeyCreated {
+            key_id: c.new_key_id,
+            owner: old.owner.clone(),
+            name: old.name.clone(),
+            description: old.description.clone(),
+            expires_at: c.expires_at,
+            scopes: old.scopes,
+            secret_hash: c.secret_hash,
+            masked: c.masked.clone(),
+            rotated_from: Some(c.key_id),
+        }),
+    };
+    let grace_end = at.plus_seconds(c.grace_seconds);
+    let retire = if c.grace_seconds == 0 || old.status(at) == KeyStatus::Expired {
+        EventKind::KeyRevoked(KeyRevoked {
+            key_id: c.key_id,
+            reason: RevokeReason::Rotated,
+            cause: None,
+        })
+    } else {
+        EventKind::KeyRotated(KeyRotated {
+            key_id: c.key_id,
+            new_key_id: c.new_key_id,
+            expires_at: old.expires_at.map_or(grace_end, |e| e.min(grace_end)),
+        })
+    };
+    let retire = Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: retire,
+    };
+    Ok(vec![created, retire])
+}
+
+fn remove_user(
+    tenant: &TenantState,
+    c: &RemoveUser,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let p = &c.principal;
+    p.require(Scope::UsersRemove)?;
+    if tenant.is_removed(&c.user_id) {
+        return Err(CommandError::UserAlreadyRemoved(c.user_id.clone()));
+    }
+    let removed_seq = tenant.version + 1;
+    let mut events = vec![Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: EventKind::UserRemoved(UserRemoved {
+            user_id: c.user_id.clone(),
+        }),
+    }];
+    events.extend(
+        tenant
+            .keys_of(&c.user_id)
+            .filter(|k| k.status(at) == KeyStatus::Active)
+            .map(|k| Event {
+                tenant: p.tenant.clone(),
+                at,
+                actor: Actor::System,
+                kind: EventKind::KeyRevoked(KeyRevoked {
+                    key_id: k.id,
+                    reason: RevokeReason::UserRemoved,
+                    cause: Some(Cause::UserRemoved {
+                        user_id: c.user_id.clone(),
+                        seq: removed_seq,
+                    }),
+                }),
+            }),
+    );
+    Ok(events)
+}

@@ -1,0 +1,351 @@
+//! The events: the whole log. Plain Rust types; their stored form is a
+//! separate, versioned schema in `keyledger-store`.
+
+use std::fmt;
+
+use crate::ids::{KeyId, TenantId, UserId};
+use crate::scope::ScopeSet;
+use crate::secret::SecretHash;
+use crate::time::Timestamp;
+
+/// One fact, as appended to the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The tenant whose chain the event belongs to.
+    pub tenant: TenantId,
+    /// When it was decided (never earlier than the tenant's previous event).
+    pub at: Timestamp,
+    /// Who did it.
+    pub actor: Actor,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The key the event is about, if any.
+    pub fn key_id(&self) -> Option<KeyId> {
+        match &self.kind {
+            EventKind::KeyCreated(e) => Some(e.key_id),
+            EventKind::KeyUsed(e) => Some(e.key_id),
+            EventKind::KeyRevoked(e) => Some(e.key_id),
+            EventKind::KeyRotated(e) => Some(e.key_id),
+            EventKind::UserRemoved(_) => None,
+        }
+    }
+
+    /// The type's name, as shown in the audit trail (`KeyCreated`, …).
+    pub fn type_name(&self) -> &'static str {
+        self.kind.type_name()
+    }
+}
+
+/// Who did something.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// A user of the product, acting directly (through the CLI or the product's console).
+    User {
+        /// The user.
+        id: UserId,
+    },
+    /// An API key, acting as its owner. The name is recorded so the trail
+    /// reads "API Key: CI/CD Pipeline" even after the key is gone.
+    ApiKey {
+        /// The key.
+        key_id: KeyId,
+        /// The key's name when it acted.
+        name: String,
+        /// The key's owner.
+        owner: UserId,
+    },
+    /// The deployment's operator (admin routes, the offline CLI).
+    Operator,
+    /// keyledger itself: cascades and usage counting.
+    System,
+}
+
+impl Actor {
+    /// A short machine form: `user:<id>`, `key:<id>`, `operator`, `system`.
+    /// The audit trail's `actor` filter matches it, the user id, or the key id.
+    pub fn reference(&self) -> String {
+        match self {
+            Actor::User { id } => format!("user:{id}"),
+            Actor::ApiKey { key_id, .. } => format!("key:{key_id}"),
+            Actor::Operator => "operator".into(),
+            Actor::System => "system".into(),
+        }
+    }
+
+    /// Whether the audit filter `needle` names this actor.
+    pub fn matches(&self, needle: &str) -> bool {
+        match self {
+            Actor::User { id } => needle == id.as_str() || needle == self.reference(),
+            Actor::ApiKey { key_id, owner, .. } => {
+                needle == key_id.to_string()
+                    || needle == owner.as_str()
+                    || needle == self.reference()
+            }
+            Actor::Operator | Actor::System => needle == self.reference(),
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::User { id } => write!(f, "User: {id}"),
+            Actor::ApiKey { name, .. } => write!(f, "API Key: {name}"),
+            Actor::Operator => f.write_str("Operator"),
+            Actor::System => f.write_str("System"),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A key exists.
+    KeyCreated(KeyCreated),
+    /// A key was presented: exact counts by outcome over one window.
+    KeyUsed(KeyUsed),
+    /// A key stopped working, for good.
+    KeyRevoked(KeyRevoked),
+    /// A key was replaced by a new one and expires at the end of a grace period.
+    KeyRotated(KeyRotated),
+    /// A user left the tenant; their active keys are revoked in the same append.
+    UserRemoved(UserRemoved),
+}
+
+impl EventKind {
+    /// The type's name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::KeyCreated(_) => "KeyCreated",
+            EventKind::KeyUsed(_) => "KeyUsed",
+            EventKind::KeyRevoked(_) => "KeyRevoked",
+            EventKind::KeyRotated(_) => "KeyRotated",
+            EventKind::UserRemoved(_) => "UserRemoved",
+        }
+    }
+}
+
+/// A key exists. Carries the SHA-256 of the secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCreated {
+    /// The new key.
+    pub key_id: KeyId,
+    /// The user the key acts as.
+    pub owner: UserId,
+    /// Its name (trimmed, checked).
+    pub name: String,
+    /// An optional description.
+    pub description: Option<String>,
+    /// When it stops working on its own, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// What it may do.
+    pub scopes: ScopeSet,
+    /// SHA-256 of the whole secret.
+    pub secret_hash: SecretHash,
+    /// First 8 characters, `…`, last 4: what lists show.
+    pub masked: String,
+    /// The key this one replaces, when made by a rotation.
+    pub rotated_from: Option<KeyId>,
+}
+
+/// A key was presented: exact counts per outcome for one key over one window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUsed {
+    /// The key.
+    pub key_id: KeyId,
+    /// The window's first instant.
+    pub window_start: Timestamp,
+    /// The window's end (exclusive).
+    pub window_end: Timestamp,
+    /// The last valid use in the window, if any.
+    pub last_valid_at: Option<Timestamp>,
+    /// Uses by outcome.
+    pub counts: UseCounts,
+}
+
+/// A key stops working, for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRevoked {
+    /// The key.
+    pub key_id: KeyId,
+    /// Why.
+    pub reason: RevokeReason,
+    /// For a cascade: the `UserRemoved` it came from.
+    pub cause: Option<Cause>,
+}
+
+/// A key was replaced by a rotation and keeps working until `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotated {
+    /// The old key.
+    pub key_id: KeyId,
+    /// The key that replaces it.
+    pub new_key_id: KeyId,
+    /// The end of the grace period: the old key's new expiry.
+    pub expires_at: Timestamp,
+}
+
+/// A user left a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRemoved {
+    /// The user.
+    pub user_id: UserId,
+}
+
+/// Why a key was revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RevokeReason {
+    /// Someone revoked it.
+    Manual,
+    /// Its owner was removed.
+    UserRemoved,
+    /// A rotation replaced it with no grace period.
+    Rotated,
+    /// It was exposed.
+    Compromised,
+}
+
+impl RevokeReason {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Manual => "manual",
+            RevokeReason::UserRemoved => "user_removed",
+            RevokeReason::Rotated => "rotated",
+            RevokeReason::Compromised => "compromised",
+        }
+    }
+
+    /// Reads a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Manual,
+            Self::UserRemoved,
+            Self::Rotated,
+            Self::Compromised,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What caused a cascade revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The `UserRemoved` event at tenant sequence number `seq`, in the same append.
+    UserRemoved {
+        /// The removed user.
+        user_id: UserId,
+        /// The `UserRemoved` event's position in the tenant's chain.
+        seq: u64,
+    },
+}
+
+/// The outcome of one verification of a known key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Active, unexpired, in scope.
+    Valid,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Missing the scope asked for.
+    InsufficientScope,
+}
+
+impl Outcome {
+    /// Every counted outcome, in counter order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Valid,
+        Outcome::Revoked,
+        Outcome::Expired,
+        Outcome::InsufficientScope,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Valid => "valid",
+            Outcome::Revoked => "revoked",
+            Outcome::Expired => "expired",
+            Outcome::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The counter slot of this outcome.
+    pub const fn index(self) -> usize {
+        match self {
+            Outcome::Valid => 0,
+            Outcome::Revoked => 1,
+            Outcome::Expired => 2,
+            Outcome::InsufficientScope => 3,
+        }
+    }
+}
+
+/// Exact use counts by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UseCounts {
+    /// Valid uses.
+    pub valid: u64,
+    /// Uses of the key after it was revoked.
+    pub revoked: u64,
+    /// Uses of the key after it expired.
+    pub expired: u64,
+    /// Uses for a scope the key lacks.
+    pub insufficient_scope: u64,
+}
+
+impl UseCounts {
+    /// Counts from the four counters, in [`Outcome::index`] order.
+    pub const fn from_array(c: [u64; 4]) -> Self {
+        UseCounts {
+            valid: c[0],
+            revoked: c[1],
+            expired: c[2],
+            insufficient_scope: c[3],
+        }
+    }
+
+    /// Every use.
+    pub const fn total(&self) -> u64 {
+        self.valid + self.rejected()
+    }
+
+    /// Every use but the valid ones.
+    pub const fn rejected(&self) -> u64 {
+        self.revoked + self.expired + self.insufficient_scope
+    }
+
+    /// Whether nothing was counted.
+    pub const fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// Adds another count in place (saturating: a count never wraps).
+    pub fn add(&mut self, other: &UseCounts) {
+        self.valid = self.valid.saturating_add(other.valid);
+        self.revoked = self.revoked.saturating_add(other.revoked);
+        self.expired = self.expired.saturating_add(other.expired);
+        self.insufficient_scope = self
+            .insufficient_scope
+            .saturating_add(other.insufficient_scope);
+    }
+
+    /// One use with `outcome`.
+    pub fn one(outcome: Outcome) -> Self {
+        let mut c = [0; 4];
+        c[outcome.index()] = 1;
+        Self::from_array(c)
+    }
+}

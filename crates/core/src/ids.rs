@@ -1,0 +1,165 @@
+//! Identifiers: tenants, users and keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ulid::Ulid;
+
+use crate::limits::{TENANT_ID_BYTES_MAX, USER_ID_CHARS_MAX};
+
+/// An id could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IdError(pub String);
+
+/// The isolation boundary: an account or organization.
+///
+/// 1–64 bytes of `A-Z a-z 0-9 . _ -`, so it is safe in paths, URLs and logs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TenantId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if s.is_empty() || s.len() > TENANT_ID_BYTES_MAX {
+            return Err(IdError(format!(
+                "a tenant id is 1 to {TENANT_ID_BYTES_MAX} characters"
+            )));
+        }
+        if !s.chars().all(ok_char) {
+            return Err(IdError(
+                "a tenant id may hold only letters, digits, `.`, `_` and `-`".into(),
+            ));
+        }
+        Ok(TenantId(s.to_owned()))
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user id from the product's own identity system.
+///
+/// 1–256 characters, no control characters, not only white space.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(String);
+
+impl UserId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UserId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let chars = s.chars().count();
+        if s.trim().is_empty() || chars > USER_ID_CHARS_MAX {
+            return Err(IdError(format!(
+                "a user id is 1 to {USER_ID_CHARS_MAX} characters and not blank"
+            )));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(IdError("a user id may not hold control characters".into()));
+        }
+        Ok(UserId(s.to_owned()))
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key's id: a ULID, shown as `key_<ulid>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(Ulid);
+
+impl KeyId {
+    /// The text form's prefix.
+    pub const PREFIX: &'static str = "key_";
+
+    /// From a ULID (made by the caller: the core draws no randomness).
+    pub const fn from_ulid(u: Ulid) -> Self {
+        KeyId(u)
+    }
+
+    /// The ULID.
+    pub const fn ulid(self) -> Ulid {
+        self.0
+    }
+
+    /// From the ULID's 128 bits.
+    pub const fn from_u128(v: u128) -> Self {
+        KeyId(Ulid(v))
+    }
+
+    /// The ULID's 128 bits.
+    pub const fn to_u128(self) -> u128 {
+        self.0.0
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let body = s.strip_prefix(Self::PREFIX).ok_or_else(|| {
+            IdError(format!(
+                "a key id looks like `key_<ulid>`, not `{}`",
+                s.escape_debug()
+            ))
+        })?;
+        Ulid::from_string(body)
+            .map(KeyId)
+            .map_err(|_| IdError(format!("`{}` is not a key id", s.escape_debug())))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        assert!("acme-corp_1.eu".parse::<TenantId>().is_ok());
+        assert!("".parse::<TenantId>().is_err());
+        assert!("a/b".parse::<TenantId>().is_err());
+        assert!("x".repeat(65).parse::<TenantId>().is_err());
+    }
+
+    #[test]
+    fn user_ids() {
+        assert!("alice@example.com".parse::<UserId>().is_ok());
+        assert!("  ".parse::<UserId>().is_err());
+        assert!("a\u{7}b".parse::<UserId>().is_err());
+    }
+
+    #[test]
+    fn key_id_round_trip() {
+        let id = KeyId::from_u128(42);
+        let text = id.to_string();
+        assert!(text.starts_with("key_"));
+        assert_eq!(text.parse::<KeyId>().unwrap(), id);
+        assert!("key_nope".parse::<KeyId>().is_err());
+        assert!("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<KeyId>().is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! keyledger's pure core.
+//!
+//! Everything here is a function of its inputs: events, commands, decisions,
+//! projections and the key format. Nothing in this crate reads the clock,
+//! draws randomness, touches a file or knows about HTTP, SQL or redb. The
+//! caller passes the time, the new ids and the key material in, so a replay
+//! is exact and every test is deterministic.
+//!
+//! * [`decide`] takes the current [`Ledger`] state and a [`Command`] and
+//!   returns the events to append, or a [`CommandError`].
+//! * [`Ledger::apply`] folds one committed event into the key state;
+//!   [`Usage::apply`] folds it into the usage rollups.
+//! * [`secret`] mints, parses, hashes and masks keys.
+
+pub mod audit;
+pub mod decide;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod scope;
+pub mod secret;
+pub mod state;
+pub mod time;
+pub mod usage;
+
+pub use audit::{AuditFilter, EventType};
+pub use decide::{
+    Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
+    decide,
+};
+pub use event::{
+    Actor, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed, Outcome,
+    RevokeReason, UseCounts, UserRemoved,
+};
+pub use ids::{IdError, KeyId, TenantId, UserId};
+pub use scope::{Scope, ScopeSet};
+pub use secret::{KeyPrefix, Secret, SecretHash};
+pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
+pub use time::{Day, Timestamp};
+pub use usage::{DailyRow, Usage, UsageSummary};

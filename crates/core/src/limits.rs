@@ -1,0 +1,20 @@
+//! Named limits on everything that grows. Units and qualifiers come last so
+//! related names sort together.
+
+/// Longest key name, in characters, after trimming.
+pub const NAME_CHARS_MAX: usize = 100;
+/// Longest key description, in characters.
+pub const DESCRIPTION_CHARS_MAX: usize = 500;
+/// Longest tenant id, in bytes (ASCII only).
+pub const TENANT_ID_BYTES_MAX: usize = 64;
+/// Longest user id, in characters.
+pub const USER_ID_CHARS_MAX: usize = 256;
+/// Most keys one tenant may hold, revoked ones included (they stay for audit).
+pub const KEYS_PER_TENANT_MAX: usize = 1_000_000;
+/// Longest rotation grace period: 30 days.
+pub const ROTATION_GRACE_SECONDS_MAX: u64 = 30 * 24 * 3600;
+/// Longest usage summary window, in days.
+pub const SUMMARY_DAYS_MAX: u32 = 366;
+
+const _: () = assert!(NAME_CHARS_MAX < DESCRIPTION_CHARS_MAX);
+const _: () = assert!(TENANT_ID_BYTES_MAX <= USER_ID_CHARS_MAX);

@@ -1,0 +1,330 @@
+//! The key-state projection: every key of every tenant, folded from the log.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::event::{Actor, Cause, Event, EventKind, RevokeReason, UseCounts};
+use crate::ids::{KeyId, TenantId, UserId};
+use crate::scope::ScopeSet;
+use crate::secret::SecretHash;
+use crate::time::Timestamp;
+
+/// Current state of every key, by tenant, folded from the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    tenants: HashMap<TenantId, TenantState>,
+    by_hash: HashMap<SecretHash, (TenantId, KeyId)>,
+    /// Key ids are unique across tenants, so usage can be keyed by id alone.
+    key_tenants: HashMap<KeyId, TenantId>,
+    events: u64,
+}
+
+/// One tenant's keys and removed users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantState {
+    /// Sequence number of the tenant's last applied event (0: none yet).
+    pub version: u64,
+    /// Time of the tenant's last event: the next one is never earlier.
+    pub last_at: Timestamp,
+    /// Every key, revoked ones included, in creation (ULID) order.
+    pub keys: BTreeMap<KeyId, KeyRecord>,
+    /// Keys by owner, for the cascade.
+    pub by_owner: HashMap<UserId, Vec<KeyId>>,
+    /// Removed users and when.
+    pub removed_users: BTreeMap<UserId, Timestamp>,
+}
+
+/// A key, as the list and the detail views show it (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Its id.
+    pub id: KeyId,
+    /// The user it acts as.
+    pub owner: UserId,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Who created it.
+    pub created_by: Actor,
+    /// When it stops working on its own (a rotation may bring this forward).
+    pub expires_at: Option<Timestamp>,
+    /// What it may do.
+    pub scopes: ScopeSet,
+    /// SHA-256 of the secret.
+    pub secret_hash: SecretHash,
+    /// First 8 characters, `…`, last 4.
+    pub masked: String,
+    /// Set once, never cleared.
+    pub revoked: Option<Revocation>,
+    /// The key this one replaced.
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one.
+    pub rotated_to: Option<KeyId>,
+    /// The last valid use.
+    pub last_used_at: Option<Timestamp>,
+    /// Every counted use, by outcome.
+    pub uses: UseCounts,
+}
+
+/// How a key was revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// When.
+    pub at: Timestamp,
+    /// By whom.
+    pub by: Actor,
+    /// Why.
+    pub reason: RevokeReason,
+    /// The cascade it came from, if any.
+    pub cause: Option<Cause>,
+}
+
+/// A key's status at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    /// Works.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Revoked, for good.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Reads a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Expired, Self::Revoked]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl KeyRecord {
+    /// Status at `now`: revoked beats expired.
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        if self.revoked.is_some() {
+            KeyStatus::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// A committed event could not be folded: the log is inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The tenant's sequence numbers are not contiguous.
+    #[error("tenant {tenant}: expected sequence number {expected}, found {found}")]
+    Sequence {
+        /// The tenant.
+        tenant: TenantId,
+        /// The number that should come next.
+        expected: u64,
+        /// The number found.
+        found: u64,
+    },
+    /// The event names a key the tenant does not have, or creates one twice.
+    #[error("tenant {tenant}, sequence number {seq}: {message}")]
+    Inconsistent {
+        /// The tenant.
+        tenant: TenantId,
+        /// The event's sequence number.
+        seq: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A tenant's state, if it has any event.
+    pub fn tenant(&self, tenant: &TenantId) -> Option<&TenantState> {
+        self.tenants.get(tenant)
+    }
+
+    /// Every tenant with at least one event.
+    pub fn tenants(&self) -> impl Iterator<Item = (&TenantId, &TenantState)> {
+        self.tenants.iter()
+    }
+
+    /// A key of a tenant. A key of another tenant is `None`, like an unknown one.
+    pub fn key(&self, tenant: &TenantId, id: KeyId) -> Option<&KeyRecord> {
+        self.tenants.get(tenant)?.keys.get(&id)
+    }
+
+    /// The key with this secret hash, and its tenant.
+    pub fn key_by_hash(&self, hash: &SecretHash) -> Option<(&TenantId, &KeyRecord)> {
+        let (tenant, id) = self.by_hash.get(hash)?;
+        Some((tenant, self.tenants.get(tenant)?.keys.get(id)?))
+    }
+
+    /// Whether a key with this id exists in any tenant.
+    pub fn key_exists(&self, id: KeyId) -> bool {
+        self.key_tenants.contains_key(&id)
+    }
+
+    /// How many events were applied.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Folds one committed event, which is the tenant's event number `seq`.
+    ///
+    /// The sequence number is checked here, as it was when appended: a
+    /// replay of a log with a gap fails instead of building a wrong state.
+    ///
+    /// An event that cannot be folded leaves the ledger exactly as it was.
+    pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
+        let expected = self.tenants.get(&event.tenant).map_or(0, |s| s.version) + 1;
+        if seq != expected {
+            return Err(ApplyError::Sequence {
+                tenant: event.tenant.clone(),
+                expected,
+                found: seq,
+            });
+        }
+        let fresh = !self.tenants.contains_key(&event.tenant);
+        let folded = self.fold(seq, event);
+        if folded.is_err() && fresh {
+            // A tenant's first event was refused: it still has no event.
+            self.tenants.remove(&event.tenant);
+        }
+        folded
+    }
+
+    /// [`Ledger::apply`] once the sequence number is checked. Every error
+    /// is returned before anything is changed.
+    fn fold(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
+        let state = self.tenants.entry(event.tenant.clone()).or_default();
+        let inconsistent = |message: String| ApplyError::Inconsistent {
+            tenant: event.tenant.clone(),
+            seq,
+            message,
+        };
+        match &event.kind {
+            EventKind::KeyCreated(e) => {
+                if self.key_tenants.contains_key(&e.key_id)
+                    || self.by_hash.contains_key(&e.secret_hash)
+                {
+                    return Err(inconsistent(format!("{} is created twice", e.key_id)));
+                }
+                state.keys.insert(
+                    e.key_id,
+                    KeyRecord {
+                        id: e.key_id,
+                        owner: e.owner.clone(),
+                        name: e.name.clone(),
+                        description: e.description.clone(),
+                        created_at: event.at,
+                        created_by: event.actor.clone(),
+                        expires_at: e.expires_at,
+                        scopes: e.scopes,
+                        secret_hash: e.secret_hash,
+                        masked: e.masked.clone(),
+                        revoked: None,
+                        rotated_from: e.rotated_from,
+                        rotated_to: None,
+                        last_used_at: None,
+                        uses: UseCounts::default(),
+                    },
+                );
+                state
+                    .by_owner
+                    .entry(e.owner.clone())
+                    .or_default()
+                    .push(e.key_id);
+                self.by_hash
+                    .insert(e.secret_hash, (event.tenant.clone(), e.key_id));
+                self.key_tenants.insert(e.key_id, event.tenant.clone());
+                if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
+                    old.rotated_to = Some(e.key_id);
+                }
+            }
+            EventKind::KeyUsed(e) => {
+                let key = state
+                    .keys
+                    .get_mut(&e.key_id)
+                    .ok_or_else(|| inconsistent(format!("{} is used but unknown", e.key_id)))?;
+                key.uses.add(&e.counts);
+                if e.last_valid_at > key.last_used_at {
+                    key.last_used_at = e.last_valid_at;
+                }
+            }
+            EventKind::KeyRevoked(e) => {
+                let key = state
+                    .keys
+                    .get_mut(&e.key_id)
+                    .ok_or_else(|| inconsistent(format!("{} is revoked but unknown", e.key_id)))?;
+                if key.revoked.is_some() {
+                    return Err(inconsistent(format!("{} is revoked twice", e.key_id)));
+                }
+                key.revoked = Some(Revocation {
+                    at: event.at,
+                    by: event.actor.clone(),
+                    reason: e.reason,
+                    cause: e.cause.clone(),
+                });
+            }
+            EventKind::KeyRotated(e) => {
+                let key = state
+                    .keys
+                    .get_mut(&e.key_id)
+                    .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
+                key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
+                key.rotated_to = Some(e.new_key_id);
+            }
+            EventKind::UserRemoved(e) => {
+                if state.removed_users.contains_key(&e.user_id) {
+                    return Err(inconsistent(format!("user {} is removed twice", e.user_id)));
+                }
+                state.removed_users.insert(e.user_id.clone(), event.at);
+            }
+        }
+        state.version = seq;
+        state.last_at = state.last_at.max(event.at);
+        self.events += 1;
+        Ok(())
+    }
+}
+
+impl TenantState {
+    /// Keys active at `now`.
+    pub fn active_count(&self, now: Timestamp) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.status(now) == KeyStatus::Active)
+            .count()
+    }
+
+    /// Whether `user` was removed.
+    pub fn is_removed(&self, user: &UserId) -> bool {
+        self.removed_users.contains_key(user)
+    }
+
+    /// The keys `user` owns.
+    pub fn keys_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a KeyRecord> + 'a {
+        self.by_owner
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.keys.get(id))
+    }
+}

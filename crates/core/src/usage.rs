@@ -1,0 +1,124 @@
+//! The usage projection: per-day (UTC) rollups per key and per tenant.
+
+use std::collections::BTreeMap;
+
+use crate::event::{Event, EventKind, UseCounts};
+use crate::ids::{KeyId, TenantId};
+use crate::limits::SUMMARY_DAYS_MAX;
+use crate::time::Day;
+
+/// Per-day use counts per key and per tenant, folded from `KeyUsed` events.
+///
+/// A window's counts go to the UTC day its start falls on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    per_key: BTreeMap<(KeyId, Day), UseCounts>,
+    per_tenant: BTreeMap<(TenantId, Day), UseCounts>,
+}
+
+/// One day's counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DailyRow {
+    /// The UTC day.
+    pub day: Day,
+    /// Uses by outcome.
+    pub counts: UseCounts,
+}
+
+/// A tenant's usage over the last days.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageSummary {
+    /// First day of the window.
+    pub from: Day,
+    /// Last day of the window (today).
+    pub to: Day,
+    /// Every use in the window, by outcome.
+    pub totals: UseCounts,
+    /// Valid uses over all uses; `None` when there were none.
+    pub success_rate: Option<f64>,
+    /// One row per day, days without uses included, oldest first.
+    pub series: Vec<DailyRow>,
+}
+
+impl Usage {
+    /// An empty projection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one committed event (only `KeyUsed` changes anything).
+    pub fn apply(&mut self, event: &Event) {
+        if let EventKind::KeyUsed(u) = &event.kind {
+            let day = u.window_start.day();
+            self.per_key
+                .entry((u.key_id, day))
+                .or_default()
+                .add(&u.counts);
+            self.per_tenant
+                .entry((event.tenant.clone(), day))
+                .or_default()
+                .add(&u.counts);
+        }
+    }
+
+    /// A tenant's days with uses in `from..=to`.
+    pub fn daily_tenant(&self, tenant: &TenantId, from: Day, to: Day) -> Vec<DailyRow> {
+        if from > to {
+            return Vec::new();
+        }
+        self.per_tenant
+            .range((tenant.clone(), from)..=(tenant.clone(), to))
+            .map(|((_, day), counts)| DailyRow {
+                day: *day,
+                counts: *counts,
+            })
+            .collect()
+    }
+
+    /// A key's days with uses in `from..=to`. The caller checks that the key
+    /// belongs to the asking tenant.
+    pub fn daily_key(&self, key: KeyId, from: Day, to: Day) -> Vec<DailyRow> {
+        if from > to {
+            return Vec::new();
+        }
+        self.per_key
+            .range((key, from)..=(key, to))
+            .map(|((_, day), counts)| DailyRow {
+                day: *day,
+                counts: *counts,
+            })
+            .collect()
+    }
+
+    /// A tenant's last `days` days, ending with `today`, every day present.
+    /// `days` is clamped to `1..=`[`SUMMARY_DAYS_MAX`].
+    pub fn summary(&self, tenant: &TenantId, today: Day, days: u32) -> UsageSummary {
+        let days = days.clamp(1, SUMMARY_DAYS_MAX);
+        let from = today.minus(days as i32 - 1);
+        let mut rows = self
+            .daily_tenant(tenant, from, today)
+            .into_iter()
+            .peekable();
+        let mut series = Vec::with_capacity(days as usize);
+        let mut totals = UseCounts::default();
+        let mut day = from;
+        while day <= today {
+            let counts = match rows.peek() {
+                Some(r) if r.day == day => rows.next().map(|r| r.counts).unwrap_or_default(),
+                _ => UseCounts::default(),
+            };
+            totals.add(&counts);
+            series.push(DailyRow { day, counts });
+            day = day.next();
+        }
+        let success_rate =
+            (totals.total() > 0).then(|| totals.valid as f64 / totals.total() as f64);
+        UsageSummary {
+            from,
+            to: today,
+            totals,
+            success_rate,
+            series,
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! keyledger's runtime: the library that the HTTP server and the CLI share,
+//! and that an API layer can embed.
+//!
+//! * One writer thread owns the log. Commands arrive on a bounded channel;
+//!   the writer takes everything waiting (up to [`Config::batch_commands_max`]),
+//!   decides each in order against its own copy of the state, appends the
+//!   whole batch in one durable commit (group commit), applies the committed
+//!   events to the read model and the verification map, and only then
+//!   answers every caller.
+//! * [`Keyledger::verify`] never waits for the disk or a global lock: a
+//!   checksum check, a SHA-256, a concurrent-map lookup and one atomic
+//!   increment.
+//! * Uses are counted in memory and written as `KeyUsed` events every
+//!   window by a flusher task; a full channel makes the flusher wait, and
+//!   nothing counted is ever dropped. [`Keyledger::shutdown`] writes every
+//!   counted use.
+//!
+//! Needs a tokio runtime (the flusher is a task); the writer is a thread of
+//! its own because the log's I/O is blocking.
+
+mod clock;
+mod metrics;
+mod query;
+mod verify;
+pub mod views;
+mod writer;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use keyledger_core::{
+    Command, CommandError, CreateKey, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
+    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
+    Usage, UserId, secret,
+};
+use keyledger_store::{EventLog, Record, StoreError};
+use tokio::sync::{Notify, mpsc, oneshot};
+use ulid::Ulid;
+
+pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use metrics::{Histogram, Metrics};
+pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
+pub use verify::{KeyEntry, Verification, VerifyOutcome};
+
+/// Longest page of any list.
+pub const PAGE_LIMIT_MAX: usize = 1000;
+/// Page size when none is asked for.
+pub const PAGE_LIMIT_DEFAULT: usize = 50;
+
+/// How uses are turned into `KeyUsed` events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageWindow {
+    /// One event per key per window of this length (the spec's default: 1 s).
+    Every(Duration),
+    /// One event per use (the spec's window `0`).
+    PerUse,
+    /// Only when [`Keyledger::flush_usage`] is called, and at shutdown
+    /// (tests, simulations, `demo`).
+    Manual,
+}
+
+impl UsageWindow {
+    /// From milliseconds, as configured: 0 means one event per use.
+    pub fn from_millis(ms: u64) -> Self {
+        if ms == 0 {
+            UsageWindow::PerUse
+        } else {
+            UsageWindow::Every(Duration::from_millis(ms))
+        }
+    }
+}
+
+/// Runtime settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Prefix of minted keys.
+    pub prefix: KeyPrefix,
+    /// How uses become events.
+    pub usage_window: UsageWindow,
+    /// Most commands decided and committed in one group commit.
+    pub batch_commands_max: usize,
+    /// Most commands waiting for the writer; senders wait beyond it.
+    pub queue_commands_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            prefix: KeyPrefix::default(),
+            usage_window: UsageWindow::Every(Duration::from_secs(1)),
+            batch_commands_max: 4096,
+            queue_commands_max: 16_384,
+        }
+    }
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The command was refused; nothing was written.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// No such key (or user) in this tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// A query's parameters are not acceptable (cursor, range, limit).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The log could not be written or read: nothing was acknowledged.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    /// The log is damaged.
+    #[error("the event log is damaged: {0}")]
+    Corrupt(String),
+    /// The runtime is shutting down.
+    #[error("keyledger is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => Error::Corrupt(e.to_string()),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A key was created: the secret, shown once, and the key.
+#[derive(Debug)]
+pub struct Created {
+    /// The secret. Hand it to the user once; it is stored nowhere.
+    pub secret: Secret,
+    /// The key as stored.
+    pub key: KeyRecord,
+    /// The `KeyCreated` event's log position.
+    pub position: u64,
+}
+
+/// What to create.
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    /// The owner; `None` means the principal's own user.
+    pub owner: Option<UserId>,
+    /// The name.
+    pub name: String,
+    /// An optional description.
+    pub description: Option<String>,
+    /// An optional expiry, in the future.
+    pub expires_at: Option<Timestamp>,
+    /// Scopes; `None` for the default.
+    pub scopes: Option<ScopeSet>,
+}
+
+/// State read by queries: changed only by applying committed events.
+#[derive(Debug, Default)]
+pub(crate) struct ReadModel {
+    pub(crate) ledger: Ledger,
+    pub(crate) usage: Usage,
+    pub(crate) head: u64,
+}
+
+// `Stop` is sent once per process; boxing every command to shrink it would
+// cost an allocation per command.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Job {
+    Command(Command, oneshot::Sender<Result<Vec<Record>, Error>>),
+    Stop,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) entropy: Arc<dyn Entropy>,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) read: RwLock<ReadModel>,
+    pub(crate) keys: DashMap<SecretHash, Arc<KeyEntry>>,
+    pub(crate) dirty: Mutex<Vec<Arc<KeyEntry>>>,
+    pub(crate) dirty_signal: Notify,
+    pub(crate) metrics: Metrics,
+    tx: mpsc::Sender<Job>,
+    tasks: Mutex<Tasks>,
+    stop: Notify,
+}
+
+#[derive(Default)]
+struct Tasks {
+    writer: Option<std::thread::JoinHandle<()>>,
+    flusher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// An open ledger. Cheap to clone; every clone is the same ledger.
+#[derive(Clone)]
+pub struct Keyledger {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Keyledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyledger")
+            .field("head", &self.head())
+            .finish()
+    }
+}
+
+/// How far start-up replay has come: `(events applied, events in the log)`.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+impl Keyledger {
+    /// Opens a ledger on `log` with the system clock and the OS CSPRNG,
+    /// replaying the whole log first. Must be called inside a tokio runtime.
+    pub fn open(log: Arc<dyn EventLog>, config: Config) -> Result<Self, Error> {
+        Self::open_with(
+            log,
+            config,
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+            &mut |_, _| {},
+        )
+    }
+
+    /// Opens with a given clock and entropy, reporting replay progress.
+    pub fn open_with(
+        log: Arc<dyn EventLog>,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        progress: Progress<'_>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
+        let shared = Arc::new(Shared {
+            config,
+            clock,
+            entropy,
+            log,
+            read: RwLock::new(ReadModel::default()),
+            keys: DashMap::new(),
+            dirty: Mutex::new(Vec::new()),
+            dirty_signal: Notify::new(),
+            metrics: Metrics::default(),
+            tx,
+            tasks: Mutex::new(Tasks::default()),
+            stop: Notify::new(),
+        });
+        shared.replay(progress)?;
+        let decision = shared.read_model().ledger.clone();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("keyledger-writer".into())
+            .spawn(move || writer::run(&writer_shared, rx, decision))
+            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+        let flusher = match shared.config.usage_window {
+            UsageWindow::Manual => None,
+            window => Some(tokio::spawn(flusher(shared.clone(), window))),
+        };
+        *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
+            writer: Some(writer),
+            flusher,
+        };
+        Ok(Keyledger { shared })
+    }
+
+    /// The clock's now.
+    pub fn now(&self) -> Timestamp {
+        self.shared.clock.now()
+    }
+
+    /// The deployment's key prefix.
+    pub fn prefix(&self) -> &KeyPrefix {
+        &self.shared.config.prefix
+    }
+
+    /// The log the ledger runs on.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.shared.log
+    }
+
+    /// Counters and histograms for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Commands waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.tx.max_capacity() - self.shared.tx.capacity()
+    }
+
+    /// A copy of the projections (key state and usage), for tests and
+    /// tools that compare a live ledger with a replay. Costs a full copy.
+    pub fn projections(&self) -> (Ledger, Usage) {
+        let read = self.shared.read_model();
+        (read.ledger.clone(), read.usage.clone())
+    }
+
+    /// The last applied log position.
+    pub fn head(&self) -> u64 {
+        self.shared.read_model().head
+    }
+
+    /// Verifies a presented key for an optional scope, counting one use
+    /// when the key is known. Never waits for the disk.
+    pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
+        let v = self.shared.verify(presented, scope);
+        self.shared.metrics.verifications[v.outcome.index()]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        v
+    }
+
+    /// Decides, appends durably and applies one command. Answers once the
+    /// events are durable and enforced.
+    pub async fn execute(&self, command: Command) -> Result<Vec<Record>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Job::Command(command, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Creates a key; the secret is in the result, once.
+    pub async fn create_key(&self, principal: Principal, new: NewKey) -> Result<Created, Error> {
+        let (key_id, secret) = self.shared.mint()?;
+        let tenant = principal.tenant.clone();
+        let records = self
+            .execute(Command::CreateKey(CreateKey {
+                principal,
+                owner: new.owner,
+                name: new.name,
+                description: new.description,
+                expires_at: new.expires_at,
+                scopes: new.scopes,
+                key_id,
+                secret_hash: secret.hash(),
+                masked: secret.masked(),
+            }))
+            .await?;
+        self.created(&tenant, key_id, secret, &records)
+    }
+
+    /// Revokes a key; returns it as revoked.
+    pub async fn revoke_key(
+        &self,
+        principal: Principal,
+        key_id: KeyId,
+        reason: RevokeReason,
+    ) -> Result<KeyRecord, Error> {
+        let tenant = principal.tenant.clone();
+        self.execute(Command::RevokeKey(RevokeKey {
+            principal,
+            key_id,
+            reason,
+        }))
+        .await?;
+        self.key(&tenant, key_id)
+    }
+
+    /// Replaces a key with a new one with the same owner, name and scopes.
+    /// The old key is revoked now (`grace_seconds` = 0) or expires after the grace.
+    pub async fn rotate_key(
+        &self,
+        principal: Principal,
+        key_id: KeyId,
+        grace_seconds: u64,
+        expires_at: Option<Timestamp>,
+    ) -> Result<Created, Error> {
+        let (new_key_id, secret) = self.shared.mint()?;
+        let tenant = principal.tenant.clone();
+        let records = self
+            .execute(Command::RotateKey(RotateKey {
+                principal,
+                key_id,
+                grace_seconds,
+                expires_at,
+                new_key_id,
+                secret_hash: secret.hash(),
+                masked: secret.masked(),
+            }))
+            .await?;
+        self.created(&tenant, new_key_id, secret, &records)
+    }
+
+    /// Removes a user; returns the keys revoked in the same append.
+    pub async fn remove_user(
+        &self,
+        principal: Principal,
+        user_id: UserId,
+    ) -> Result<Vec<KeyId>, Error> {
+        let records = self
+            .execute(Command::RemoveUser(RemoveUser { principal, user_id }))
+            .await?;
+        Ok(records
+            .iter()
+            .filter(|r| r.event.type_name() == "KeyRevoked")
+            .filter_map(|r| r.event.key_id())
+            .collect())
+    }
+
+    fn created(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        secret: Secret,
+        records: &[Record],
+    ) -> Result<Created, Error> {
+        let position = records
+            .iter()
+            .find(|r| r.event.type_name() == "KeyCreated")
+            .map_or(0, |r| r.position);
+        Ok(Created {
+            secret,
+            key: self.key(tenant, key_id)?,
+            position,
+        })
+    }
+
+    /// Writes every use counted so far as `KeyUsed` events; returns how
+    /// many events were written. Waits when the writer is behind.
+    pub async fn flush_usage(&self) -> Result<usize, Error> {
+        flush(&self.shared).await
+    }
+
+    /// Stops: no new command is accepted, every counted use is written,
+    /// the writer finishes its batch and the log is closed. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let (writer, flusher) = {
+            let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            (t.writer.take(), t.flusher.take())
+        };
+        self.shared.stop.notify_one();
+        if let Some(f) = flusher {
+            let _ = f.await;
+        }
+        let flushed = flush(&self.shared).await;
+        if writer.is_some() {
+            let _ = self.shared.tx.send(Job::Stop).await;
+        }
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        flushed.map(|_| ())
+    }
+}
+
+impl Shared {
+    pub(crate) fn read_model(&self) -> std::sync::RwLockReadGuard<'_, ReadModel> {
+        self.read.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mint(&self) -> Result<(KeyId, Secret), Error> {
+        let mut material = [0u8; secret::BODY_BYTES];
+        self.entropy
+            .fill(&mut material)
+            .map_err(Error::Unavailable)?;
+        let mut id_random = [0u8; 16];
+        self.entropy
+            .fill(&mut id_random)
+            .map_err(Error::Unavailable)?;
+        let ms = (self.clock.now().as_micros() / 1000).max(0) as u64;
+        let id = KeyId::from_ulid(Ulid::from_parts(ms, u128::from_be_bytes(id_random)));
+        Ok((id, Secret::from_material(&self.config.prefix, &material)))
+    }
+
+    fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
+        if secret::check(presented).is_err() {
+            return Verification::malformed();
+        }
+        let Some(entry) = self
+            .keys
+            .get(&SecretHash::of(presented))
+            .map(|e| e.value().clone())
+        else {
+            return Verification {
+                outcome: VerifyOutcome::NotFound,
+                key: None,
+            };
+        };
+        let now = self.clock.now();
+        let outcome = entry.judge(scope, now);
+        if let Some(counted) = outcome.counted()
+            && entry.count(counted, now)
+        {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(entry.clone());
+            if self.config.usage_window == UsageWindow::PerUse {
+                self.dirty_signal.notify_one();
+            }
+        }
+        Verification {
+            outcome,
+            key: Some(entry),
+        }
+    }
+
+    /// Folds the whole log into the read model and the verification map.
+    fn replay(&self, progress: Progress<'_>) -> Result<(), Error> {
+        const PAGE: usize = 16_384;
+        let total = self.log.head()?;
+        let mut after = 0;
+        loop {
+            let records = self.log.read_after(after, PAGE)?;
+            let Some(last) = records.last() else { break };
+            after = last.position;
+            self.apply_committed(&records)?;
+            progress(after, total.max(after));
+        }
+        Ok(())
+    }
+
+    /// Applies committed records to the read model and the verification map.
+    pub(crate) fn apply_committed(&self, records: &[Record]) -> Result<(), Error> {
+        use keyledger_core::EventKind as K;
+        let mut read = self.read.write().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            if r.position != read.head + 1 {
+                return Err(Error::Corrupt(format!(
+                    "expected log position {}, found {}",
+                    read.head + 1,
+                    r.position
+                )));
+            }
+            read.ledger
+                .apply(r.seq, &r.event)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            read.usage.apply(&r.event);
+            read.head = r.position;
+            let tenant = &r.event.tenant;
+            match &r.event.kind {
+                K::KeyCreated(e) => {
+                    let entry = KeyEntry::new(
+                        tenant.clone(),
+                        e.key_id,
+                        e.owner.clone(),
+                        e.name.clone(),
+                        e.scopes,
+                        e.expires_at,
+                        false,
+                    );
+                    self.keys.insert(e.secret_hash, Arc::new(entry));
+                }
+                K::KeyRevoked(e) => {
+                    if let Some(k) = read.ledger.key(tenant, e.key_id)
+                        && let Some(entry) = self.keys.get(&k.secret_hash)
+                    {
+                        entry.set_revoked();
+                    }
+                }
+                K::KeyRotated(e) => {
+                    if let Some(k) = read.ledger.key(tenant, e.key_id)
+                        && let Some(entry) = self.keys.get(&k.secret_hash)
+                    {
+                        entry.set_expires_at(k.expires_at);
+                    }
+                }
+                K::KeyUsed(_) | K::UserRemoved(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes every counted use; puts counts back if the write fails.
+async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
+    let entries = std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let now = shared.clock.now();
+    let mut pending = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let window_start = entry.first_use().unwrap_or(now).min(now);
+        let (counts, last_valid_at) = entry.take();
+        if counts.is_zero() {
+            continue;
+        }
+        let units: Vec<_> = if shared.config.usage_window == UsageWindow::PerUse {
+            keyledger_core::Outcome::ALL
+                .iter()
+                .flat_map(|o| {
+                    let n = [
+                        counts.valid,
+                        counts.revoked,
+                        counts.expired,
+                        counts.insufficient_scope,
+                    ][o.index()];
+                    (0..n).map(|_| keyledger_core::UseCounts::one(*o))
+                })
+                .collect()
+        } else {
+            vec![counts]
+        };
+        for unit in units {
+            let usage = keyledger_core::KeyUsed {
+                key_id: entry.key_id,
+                window_start,
+                window_end: now,
+                last_valid_at: if unit.valid > 0 { last_valid_at } else { None },
+                counts: unit,
+            };
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Command(
+                Command::RecordUsage {
+                    tenant: entry.tenant.clone(),
+                    usage,
+                },
+                reply,
+            );
+            if shared.tx.send(job).await.is_err() {
+                entry.give_back(&unit, last_valid_at);
+                continue;
+            }
+            pending.push((entry.clone(), unit, last_valid_at, answer));
+        }
+    }
+    let mut written = 0;
+    let mut failure = None;
+    for (entry, unit, last_valid_at, answer) in pending {
+        match answer.await {
+            Ok(Ok(_)) => written += 1,
+            outcome => {
+                entry.give_back(&unit, last_valid_at);
+                if !entry.dirty.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    shared
+                        .dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(entry.clone());
+                }
+                failure = Some(match outcome {
+                    Ok(Err(e)) => e,
+                    _ => Error::ShuttingDown,
+                });
+            }
+        }
+    }
+    shared
+        .metrics
+        .usage_events
+        .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
+    failure.map_or(Ok(written), Err)
+}
+
+async fn flusher(shared: Arc<Shared>, window: UsageWindow) {
+    loop {
+        let stopped = match window {
+            UsageWindow::Every(d) => tokio::select! {
+                _ = tokio::time::sleep(d) => false,
+                _ = shared.stop.notified() => true,
+            },
+            UsageWindow::PerUse => tokio::select! {
+                _ = shared.dirty_signal.notified() => false,
+                _ = shared.stop.notified() => true,
+            },
+            UsageWindow::Manual => true,
+        };
+        if let Err(e) = flush(&shared).await {
+            tracing::warn!(error = %e, "writing usage failed; the counts are kept and retried");
+        }
+        if stopped {
+            return;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Counters and histograms, rendered as Prometheus text by the server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of latency buckets, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_SECONDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bucket bound, then the total count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut acc = 0;
+        let buckets = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| {
+                acc += n.load(Ordering::Relaxed);
+                (*b, acc)
+            })
+            .collect();
+        let count = self.count.load(Ordering::Relaxed);
+        (
+            buckets,
+            count,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// The runtime's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Verifications by outcome, in `VerifyOutcome::index` order.
+    pub verifications: [AtomicU64; 6],
+    /// Events appended.
+    pub events_appended: AtomicU64,
+    /// Commands acknowledged.
+    pub commands_committed: AtomicU64,
+    /// Durable commits (group commits).
+    pub commits: AtomicU64,
+    /// Commits that failed.
+    pub commit_failures: AtomicU64,
+    /// Time of each commit.
+    pub commit_latency: Histogram,
+    /// `KeyUsed` events written.
+    pub usage_events: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn note_commit(&self, events: usize, commands: usize) {
+        self.events_appended
+            .fetch_add(events as u64, Ordering::Relaxed);
+        self.commands_committed
+            .fetch_add(commands as u64, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_commit_failure(&self) {
+        self.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,233 @@
+//! The verification path: checksum → SHA-256 → concurrent map → status,
+//! expiry and scope against the clock → one atomic increment. No disk, no
+//! global lock, no allocation for a known key.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use keyledger_core::{KeyId, Outcome, Scope, ScopeSet, TenantId, Timestamp, UseCounts, UserId};
+
+/// What a verification found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VerifyOutcome {
+    /// The key works, for the scope asked.
+    Valid,
+    /// Well formed, but no key has this secret.
+    NotFound,
+    /// Not shaped like a key, or its checksum fails: rejected without a lookup.
+    Malformed,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Lacks the scope asked for.
+    InsufficientScope,
+}
+
+impl VerifyOutcome {
+    /// Every outcome.
+    pub const ALL: [VerifyOutcome; 6] = [
+        VerifyOutcome::Valid,
+        VerifyOutcome::NotFound,
+        VerifyOutcome::Malformed,
+        VerifyOutcome::Revoked,
+        VerifyOutcome::Expired,
+        VerifyOutcome::InsufficientScope,
+    ];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerifyOutcome::Valid => "valid",
+            VerifyOutcome::NotFound => "not_found",
+            VerifyOutcome::Malformed => "malformed",
+            VerifyOutcome::Revoked => "revoked",
+            VerifyOutcome::Expired => "expired",
+            VerifyOutcome::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The counted outcome, for a known key.
+    pub const fn counted(self) -> Option<Outcome> {
+        match self {
+            VerifyOutcome::Valid => Some(Outcome::Valid),
+            VerifyOutcome::Revoked => Some(Outcome::Revoked),
+            VerifyOutcome::Expired => Some(Outcome::Expired),
+            VerifyOutcome::InsufficientScope => Some(Outcome::InsufficientScope),
+            VerifyOutcome::NotFound | VerifyOutcome::Malformed => None,
+        }
+    }
+
+    /// Slot in per-outcome metrics arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            VerifyOutcome::Valid => 0,
+            VerifyOutcome::NotFound => 1,
+            VerifyOutcome::Malformed => 2,
+            VerifyOutcome::Revoked => 3,
+            VerifyOutcome::Expired => 4,
+            VerifyOutcome::InsufficientScope => 5,
+        }
+    }
+}
+
+/// A key as the verification path sees it. Shared between the map and the
+/// usage flusher; changed only by the writer after a commit (status) and by
+/// verifications (counters).
+#[derive(Debug)]
+pub struct KeyEntry {
+    /// The key's tenant.
+    pub tenant: TenantId,
+    /// The key.
+    pub key_id: KeyId,
+    /// Its owner.
+    pub owner: UserId,
+    /// Its name.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: ScopeSet,
+    expires_at: AtomicI64,
+    revoked: AtomicBool,
+    counts: [AtomicU64; 4],
+    last_valid: AtomicI64,
+    first_use: AtomicI64,
+    pub(crate) dirty: AtomicBool,
+}
+
+const NO_EXPIRY: i64 = i64::MAX;
+const NEVER: i64 = i64::MIN;
+
+impl KeyEntry {
+    pub(crate) fn new(
+        tenant: TenantId,
+        key_id: KeyId,
+        owner: UserId,
+        name: String,
+        scopes: ScopeSet,
+        expires_at: Option<Timestamp>,
+        revoked: bool,
+    ) -> Self {
+        KeyEntry {
+            tenant,
+            key_id,
+            owner,
+            name,
+            scopes,
+            expires_at: AtomicI64::new(expires_at.map_or(NO_EXPIRY, Timestamp::as_micros)),
+            revoked: AtomicBool::new(revoked),
+            counts: Default::default(),
+            last_valid: AtomicI64::new(NEVER),
+            first_use: AtomicI64::new(NEVER),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// The key's expiry, if any.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        let e = self.expires_at.load(Ordering::Acquire);
+        (e != NO_EXPIRY).then(|| Timestamp::from_micros(e))
+    }
+
+    /// Whether the key is revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_revoked(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_expires_at(&self, t: Option<Timestamp>) {
+        self.expires_at
+            .store(t.map_or(NO_EXPIRY, Timestamp::as_micros), Ordering::Release);
+    }
+
+    /// The outcome of presenting this key for `scope` at `now`.
+    pub fn judge(&self, scope: Option<Scope>, now: Timestamp) -> VerifyOutcome {
+        if self.is_revoked() {
+            VerifyOutcome::Revoked
+        } else if self.expires_at.load(Ordering::Acquire) <= now.as_micros() {
+            VerifyOutcome::Expired
+        } else if scope.is_some_and(|s| !self.scopes.contains(s)) {
+            VerifyOutcome::InsufficientScope
+        } else {
+            VerifyOutcome::Valid
+        }
+    }
+
+    /// Counts one use. Returns true when the key was clean and the caller
+    /// must put it on the dirty list (once per window).
+    pub(crate) fn count(&self, outcome: Outcome, now: Timestamp) -> bool {
+        self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if outcome == Outcome::Valid {
+            self.last_valid
+                .fetch_max(now.as_micros(), Ordering::Relaxed);
+        }
+        let first = !self.dirty.swap(true, Ordering::AcqRel);
+        if first {
+            self.first_use.store(now.as_micros(), Ordering::Release);
+        }
+        first
+    }
+
+    /// Takes the counts gathered since the last take. The dirty flag is
+    /// cleared first, so a use racing with the take is either in these
+    /// counts or marks the key dirty again: never lost.
+    /// The first use of the window being gathered, if known.
+    pub(crate) fn first_use(&self) -> Option<Timestamp> {
+        let t = self.first_use.load(Ordering::Acquire);
+        (t != NEVER).then(|| Timestamp::from_micros(t))
+    }
+
+    pub(crate) fn take(&self) -> (UseCounts, Option<Timestamp>) {
+        self.dirty.store(false, Ordering::Release);
+        let mut c = [0u64; 4];
+        for (slot, counter) in c.iter_mut().zip(&self.counts) {
+            *slot = counter.swap(0, Ordering::AcqRel);
+        }
+        let last = self.last_valid.swap(NEVER, Ordering::AcqRel);
+        (
+            UseCounts::from_array(c),
+            (last != NEVER).then(|| Timestamp::from_micros(last)),
+        )
+    }
+
+    /// Puts counts back after a failed write, so they are written later.
+    pub(crate) fn give_back(&self, counts: &UseCounts, last_valid: Option<Timestamp>) {
+        let c = [
+            counts.valid,
+            counts.revoked,
+            counts.expired,
+            counts.insufficient_scope,
+        ];
+        for (n, counter) in c.iter().zip(&self.counts) {
+            counter.fetch_add(*n, Ordering::Relaxed);
+        }
+        if let Some(t) = last_valid {
+            self.last_valid.fetch_max(t.as_micros(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The result of a verification.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    /// What was found.
+    pub outcome: VerifyOutcome,
+    /// The key, when one has this secret.
+    pub key: Option<Arc<KeyEntry>>,
+}
+
+impl Verification {
+    /// Whether the key works for the scope asked.
+    pub fn is_valid(&self) -> bool {
+        self.outcome == VerifyOutcome::Valid
+    }
+
+    pub(crate) fn malformed() -> Self {
+        Verification {
+            outcome: VerifyOutcome::Malformed,
+            key: None,
+        }
+    }
+}

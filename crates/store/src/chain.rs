@@ -1,0 +1,309 @@
+//! The per-tenant hash chain.
+//!
+//! Every tenant's events form a SHA-256 chain: each record's hash commits to
+//! its predecessor's hash, its tenant, its sequence number and its payload
+//! ([`link`]). Backends compute the link at append; [`verify_tenant`]
+//! recomputes the whole chain from what is stored and names the first record
+//! that does not match, so a changed, removed, reordered or inserted event is
+//! reported, never missed. Cutting off the tail is caught by comparing the
+//! last record with the tenant's head, which backends keep apart from the
+//! records.
+//!
+//! What a chain without an outside anchor cannot catch: someone who rewrites
+//! every record after a change *and* the tenant head. Publishing
+//! [`ChainReport::head_hash`] elsewhere (a ticket, a second system) closes
+//! that gap.
+
+use sha2::{Digest, Sha256};
+
+use keyledger_core::TenantId;
+use keyledger_core::limits::TENANT_ID_BYTES_MAX;
+
+use crate::{EventLog, RawRecord, StoreError, envelope};
+
+/// A SHA-256 hash.
+pub type Hash = [u8; 32];
+
+/// The predecessor hash of every tenant's first event.
+pub const GENESIS: Hash = [0; 32];
+
+/// The domain separator at the start of every hashed link.
+pub const DOMAIN: &[u8] = b"keyledger.chain.v1\0";
+
+/// Records [`verify_tenant`] reads per call to the log.
+pub const VERIFY_PAGE_EVENTS_MAX: usize = 10_000;
+
+// The tenant's length is hashed as a u16.
+const _: () = assert!(TENANT_ID_BYTES_MAX <= u16::MAX as usize);
+
+/// The chain hash of one record:
+/// `SHA-256(DOMAIN || prev || seq (u64 BE) || len(tenant) (u16 BE) || tenant || payload)`.
+///
+/// A tenant longer than `u16::MAX` bytes (never a valid [`TenantId`]) has
+/// its length hashed as `u16::MAX`.
+pub fn link(prev: &Hash, tenant: &str, seq: u64, payload: &[u8]) -> Hash {
+    let tenant_len = u16::try_from(tenant.len()).unwrap_or(u16::MAX);
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(tenant_len.to_be_bytes());
+    h.update(tenant.as_bytes());
+    h.update(payload);
+    h.finalize().into()
+}
+
+/// The outcome of checking one tenant's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Whether every record and the head matched.
+    pub ok: bool,
+    /// Records checked and found good (those before the first bad one).
+    pub events: u64,
+    /// The hash of the last good record ([`GENESIS`] for none).
+    pub head_hash: Hash,
+    /// The first problem, if any.
+    pub first_bad: Option<ChainProblem>,
+}
+
+/// The first place a chain does not match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainProblem {
+    /// The global log position of the record that does not match; 0 when
+    /// there is no record to name (the tail was cut off).
+    pub position: u64,
+    /// The tenant sequence number expected there.
+    pub seq: u64,
+    /// What is wrong, for a human.
+    pub problem: String,
+}
+
+/// Recomputes a tenant's chain from the stored records and checks it
+/// against the tenant's head. See [`verify_tenant_with_progress`].
+pub fn verify_tenant(log: &dyn EventLog, tenant: &TenantId) -> Result<ChainReport, StoreError> {
+    verify_tenant_with_progress(log, tenant, &mut |_| {})
+}
+
+/// Like [`verify_tenant`], calling `progress` with the number of records
+/// checked so far after every page.
+///
+/// For each record, in tenant order: the stored tenant is `tenant`; the
+/// sequence number is the next one (1, 2, 3, …); the predecessor hash is the
+/// previous record's hash; the hash is [`link`] recomputed; the payload
+/// decodes. Then the tenant head must name the last record. Stops at the
+/// first problem. A record the log cannot even read back is reported as a
+/// problem too; only a backend failure is an `Err`.
+pub fn verify_tenant_with_progress(
+    log: &dyn EventLog,
+    tenant: &TenantId,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ChainReport, StoreError> {
+    let mut state = Walk {
+        expected_seq: 1,
+        prev: GENESIS,
+        checked: 0,
+        last_position: 0,
+    };
+    loop {
+        let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
+            Ok(page) => page,
+            Err(StoreError::Corrupt { .. }) => {
+                // Some record of the page cannot be read: walk the page one
+                // record at a time so the records before it are checked first
+                // and the problem is named at its place.
+                let before = state.checked;
+                match walk_singly(log, tenant, &mut state)? {
+                    Some(problem) => {
+                        progress(state.checked);
+                        return Ok(state.report(Some(problem)));
+                    }
+                    None if state.checked == before => break,
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if page.is_empty() {
+            break;
+        }
+        for raw in &page {
+            if let Some(problem) = state.check(tenant, raw) {
+                progress(state.checked);
+                return Ok(state.report(Some(problem)));
+            }
+        }
+        progress(state.checked);
+        if page.len() < VERIFY_PAGE_EVENTS_MAX {
+            break;
+        }
+    }
+    let head = log.tenant_head(tenant)?;
+    let problem = match head {
+        None if state.checked == 0 => None,
+        None => Some(ChainProblem {
+            position: 0,
+            seq: state.checked,
+            problem: format!(
+                "the tenant has {} events but no head: the head record was removed",
+                state.checked
+            ),
+        }),
+        Some((seq, hash)) if seq == state.checked && hash == state.prev => None,
+        Some((seq, _)) if seq > state.checked => Some(ChainProblem {
+            position: 0,
+            seq: state.checked + 1,
+            problem: format!(
+                "the head names sequence number {seq} but the last event is {}: events were \
+                 removed from the end",
+                state.checked
+            ),
+        }),
+        Some((seq, _)) if seq < state.checked => Some(ChainProblem {
+            position: 0,
+            seq: seq.saturating_add(1),
+            problem: format!(
+                "the head names sequence number {seq} but events run to {}: events were \
+                 appended behind the log's back",
+                state.checked
+            ),
+        }),
+        Some(_) => Some(ChainProblem {
+            position: state.last_position,
+            seq: state.checked,
+            problem: "the head's hash does not match the last event: the head or the last \
+                      event was changed"
+                .into(),
+        }),
+    };
+    Ok(state.report(problem))
+}
+
+/// The chain walk so far: everything up to `checked` is good.
+struct Walk {
+    expected_seq: u64,
+    prev: Hash,
+    checked: u64,
+    last_position: u64,
+}
+
+impl Walk {
+    fn report(&self, first_bad: Option<ChainProblem>) -> ChainReport {
+        ChainReport {
+            ok: first_bad.is_none(),
+            events: self.checked,
+            head_hash: self.prev,
+            first_bad,
+        }
+    }
+
+    /// Checks the next record; on success it becomes the last good one.
+    fn check(&mut self, tenant: &TenantId, raw: &RawRecord) -> Option<ChainProblem> {
+        let bad = |problem: String| {
+            Some(ChainProblem {
+                position: raw.position,
+                seq: self.expected_seq,
+                problem,
+            })
+        };
+        if raw.tenant != tenant.as_str() {
+            return bad(format!(
+                "the event belongs to tenant `{}`, not `{tenant}`: an event of another tenant was \
+                 put in this chain",
+                raw.tenant.escape_debug()
+            ));
+        }
+        if raw.seq != self.expected_seq {
+            let what = if raw.seq > self.expected_seq {
+                "an event is missing or events were reordered"
+            } else {
+                "an event is inserted, repeated or events were reordered"
+            };
+            return bad(format!(
+                "sequence number {} expected, {} found: {what}",
+                self.expected_seq, raw.seq
+            ));
+        }
+        if raw.prev_hash != self.prev {
+            return bad(
+                "link to predecessor broken: events were reordered, removed or inserted".into(),
+            );
+        }
+        if link(&raw.prev_hash, &raw.tenant, raw.seq, &raw.payload) != raw.hash {
+            return bad("hash does not match: the event was changed".into());
+        }
+        if let Err(e) = envelope::decode(tenant, &raw.payload) {
+            return bad(format!(
+                "the hash matches but the event cannot be decoded ({e}): it was written by a \
+                 newer release or by a faulty writer"
+            ));
+        }
+        self.prev = raw.hash;
+        self.last_position = raw.position;
+        self.checked += 1;
+        self.expected_seq += 1;
+        None
+    }
+}
+
+/// Reads and checks records one at a time until a page would hold a record
+/// the log cannot read. Returns the problem, or `None` when the walk got
+/// past the damage (the next page can be read normally again).
+fn walk_singly(
+    log: &dyn EventLog,
+    tenant: &TenantId,
+    state: &mut Walk,
+) -> Result<Option<ChainProblem>, StoreError> {
+    for _ in 0..VERIFY_PAGE_EVENTS_MAX {
+        match log.read_tenant_raw(tenant, state.checked, 1) {
+            Ok(page) => match page.first() {
+                None => return Ok(None),
+                Some(raw) => {
+                    if let Some(problem) = state.check(tenant, raw) {
+                        return Ok(Some(problem));
+                    }
+                }
+            },
+            Err(StoreError::Corrupt { position, message }) => {
+                return Ok(Some(ChainProblem {
+                    position,
+                    seq: state.expected_seq,
+                    problem: format!(
+                        "the stored record cannot be read ({message}): it was changed"
+                    ),
+                }));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_depends_on_every_input() {
+        let base = link(&GENESIS, "acme", 1, b"x");
+        assert_ne!(base, link(&[1; 32], "acme", 1, b"x"));
+        assert_ne!(base, link(&GENESIS, "acmf", 1, b"x"));
+        assert_ne!(base, link(&GENESIS, "acme", 2, b"x"));
+        assert_ne!(base, link(&GENESIS, "acme", 1, b"y"));
+        // The tenant's length is framed: moving a byte between tenant and
+        // payload changes the hash.
+        assert_ne!(link(&GENESIS, "ab", 1, b"c"), link(&GENESIS, "a", 1, b"bc"));
+    }
+
+    #[test]
+    fn link_is_the_documented_sha256() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"keyledger.chain.v1\0");
+        input.extend_from_slice(&[7; 32]);
+        input.extend_from_slice(&5u64.to_be_bytes());
+        input.extend_from_slice(&4u16.to_be_bytes());
+        input.extend_from_slice(b"acme");
+        input.extend_from_slice(b"payload");
+        let expected: Hash = Sha256::digest(&input).into();
+        assert_eq!(link(&[7; 32], "acme", 5, b"payload"), expected);
+    }
+}

@@ -1,0 +1,458 @@
+//! The stored form of events: a versioned schema, separate from the core
+//! types (style habit 3).
+//!
+//! An encoded event is one version byte followed by the postcard encoding of
+//! that version's schema. The tenant is not in the payload: it lives in the
+//! record beside it and is covered by the chain hash.
+//!
+//! | version | schema | written by |
+//! |---|---|---|
+//! | 1 | [`v1::EventV1`] | every release so far |
+//!
+//! Rules for changing the stored form:
+//!
+//! * Never edit a released schema module. A change is a new module (`v2`),
+//!   a new [`VERSION_CURRENT`], and an upcast from every older version to the
+//!   current core [`Event`] in [`decode`].
+//! * The committed fixture `tests/fixtures/v1-events.bin` must keep decoding
+//!   to the events the fixture test builds in code.
+//!
+//! Decoding never panics: bad bytes, unknown enum tags, out-of-range times,
+//! unknown scope bits and ids that no longer parse are all a
+//! [`DecodeError`].
+
+use keyledger_core::{Event, TenantId};
+
+/// The version [`encode`] writes.
+pub const VERSION_CURRENT: u8 = 1;
+
+/// Stored bytes are not an event this release can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No bytes at all: not even a version byte.
+    #[error("empty payload: no version byte")]
+    Empty,
+    /// A version this release does not know (written by a newer release, or
+    /// damaged).
+    #[error("unknown payload version {0} (this release reads 1 to {VERSION_CURRENT})")]
+    UnknownVersion(u8),
+    /// The bytes do not follow the version's schema.
+    #[error("payload version {version} is malformed: {message}")]
+    Malformed {
+        /// The version byte.
+        version: u8,
+        /// What the decoder found.
+        message: String,
+    },
+    /// The bytes follow the schema but a field holds a value no event can
+    /// hold (an id that does not parse, a time out of range, an unknown
+    /// scope bit).
+    #[error("payload version {version} holds an invalid {field}: {message}")]
+    Invalid {
+        /// The version byte.
+        version: u8,
+        /// The field.
+        field: &'static str,
+        /// Why it is invalid.
+        message: String,
+    },
+}
+
+/// Encodes an event in the current version. The tenant is not included.
+pub fn encode(event: &Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    encode_into(event, &mut out);
+    out
+}
+
+/// Appends the encoding of `event` (current version) to `out`, so a caller
+/// can reuse one buffer across many events.
+pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
+    out.push(VERSION_CURRENT);
+    let schema = v1::EventV1::from_core(event);
+    let buf = std::mem::take(out);
+    *out = match postcard::to_extend(&schema, buf) {
+        Ok(buf) => buf,
+        // postcard writing into a Vec fails only for sequences of unknown
+        // length, which this schema does not have.
+        Err(e) => unreachable!("postcard cannot fail writing the v1 schema into a Vec: {e}"),
+    };
+}
+
+/// Decodes stored bytes of any known version into the current core event of
+/// `tenant`, upcasting older versions.
+pub fn decode(tenant: &TenantId, bytes: &[u8]) -> Result<Event, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    match version {
+        1 => v1::decode(tenant, body),
+        // A v2 adds: `2 => v2::decode(tenant, body)`, and v1's decode then
+        // upcasts through v2 (or straight to the core type).
+        other => Err(DecodeError::UnknownVersion(other)),
+    }
+}
+
+/// Version 1 of the stored schema. Frozen: never reorder fields or enum
+/// variants, never change a type. A change is a new version.
+pub mod v1 {
+    use std::str::FromStr;
+
+    use keyledger_core::{
+        Actor, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked, KeyRotated, KeyUsed,
+        RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts, UserId, UserRemoved,
+    };
+    use serde::{Deserialize, Serialize};
+
+    use super::DecodeError;
+
+    const VERSION: u8 = 1;
+
+    /// An event, minus its tenant. Times are microseconds since the Unix
+    /// epoch; key ids are the ULID's 128 bits; user ids are text.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventV1<'a> {
+        /// When it was decided.
+        pub at: i64,
+        /// Who did it.
+        #[serde(borrow)]
+        pub actor: ActorV1<'a>,
+        /// What happened.
+        #[serde(borrow)]
+        pub kind: KindV1<'a>,
+    }
+
+    /// Who did something.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ActorV1<'a> {
+        /// A user.
+        User {
+            /// The user id.
+            id: &'a str,
+        },
+        /// An API key acting as its owner.
+        ApiKey {
+            /// The key id.
+            key_id: u128,
+            /// The key's name when it acted.
+            name: &'a str,
+            /// The key's owner.
+            owner: &'a str,
+        },
+        /// The operator.
+        Operator,
+        /// keyledger itself.
+        System,
+    }
+
+    /// What happened.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KindV1<'a> {
+        /// A key exists.
+        KeyCreated(#[serde(borrow)] KeyCreatedV1<'a>),
+        /// A key was presented.
+        KeyUsed(KeyUsedV1),
+        /// A key was revoked.
+        KeyRevoked(#[serde(borrow)] KeyRevokedV1<'a>),
+        /// A key was rotated.
+        KeyRotated(KeyRotatedV1),
+        /// A user was removed.
+        UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
+    }
+
+    /// A key exists.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyCreatedV1<'a> {
+        /// The key id.
+        pub key_id: u128,
+        /// The owner's user id.
+        pub owner: &'a str,
+        /// The name.
+        pub name: &'a str,
+        /// The description.
+        pub description: Option<&'a str>,
+        /// The expiry, in microseconds.
+        pub expires_at: Option<i64>,
+        /// The scope bits.
+        pub scopes: u8,
+        /// SHA-256 of the secret.
+        pub secret_hash: [u8; 32],
+        /// The masked form.
+        pub masked: &'a str,
+        /// The key this one replaces.
+        pub rotated_from: Option<u128>,
+    }
+
+    /// A key was presented.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyUsedV1 {
+        /// The key id.
+        pub key_id: u128,
+        /// The window's first instant.
+        pub window_start: i64,
+        /// The window's end (exclusive).
+        pub window_end: i64,
+        /// The last valid use.
+        pub last_valid_at: Option<i64>,
+        /// Counts: valid, revoked, expired, insufficient scope.
+        pub counts: [u64; 4],
+    }
+
+    /// A key was revoked.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyRevokedV1<'a> {
+        /// The key id.
+        pub key_id: u128,
+        /// Why.
+        pub reason: ReasonV1,
+        /// The cascade's cause.
+        #[serde(borrow)]
+        pub cause: Option<CauseV1<'a>>,
+    }
+
+    /// Why a key was revoked.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ReasonV1 {
+        /// Manual.
+        Manual,
+        /// Its owner was removed.
+        UserRemoved,
+        /// Rotated without grace.
+        Rotated,
+        /// Exposed.
+        Compromised,
+    }
+
+    /// What caused a cascade.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum CauseV1<'a> {
+        /// A `UserRemoved` event.
+        UserRemoved {
+            /// The removed user.
+            user_id: &'a str,
+            /// Its tenant sequence number.
+            seq: u64,
+        },
+    }
+
+    /// A key was rotated.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyRotatedV1 {
+        /// The old key.
+        pub key_id: u128,
+        /// The new key.
+        pub new_key_id: u128,
+        /// The end of the grace period.
+        pub expires_at: i64,
+    }
+
+    /// A user was removed.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UserRemovedV1<'a> {
+        /// The user.
+        pub user_id: &'a str,
+    }
+
+    impl<'a> EventV1<'a> {
+        /// The stored form of a core event (borrowing its text).
+        pub fn from_core(e: &'a Event) -> Self {
+            EventV1 {
+                at: e.at.as_micros(),
+                actor: match &e.actor {
+                    Actor::User { id } => ActorV1::User { id: id.as_str() },
+                    Actor::ApiKey {
+                        key_id,
+                        name,
+                        owner,
+                    } => ActorV1::ApiKey {
+                        key_id: key_id.to_u128(),
+                        name,
+                        owner: owner.as_str(),
+                    },
+                    Actor::Operator => ActorV1::Operator,
+                    Actor::System => ActorV1::System,
+                },
+                kind: match &e.kind {
+                    EventKind::KeyCreated(c) => KindV1::KeyCreated(KeyCreatedV1 {
+                        key_id: c.key_id.to_u128(),
+                        owner: c.owner.as_str(),
+                        name: &c.name,
+                        description: c.description.as_deref(),
+                        expires_at: c.expires_at.map(Timestamp::as_micros),
+                        scopes: c.scopes.bits(),
+                        secret_hash: c.secret_hash.0,
+                        masked: &c.masked,
+                        rotated_from: c.rotated_from.map(KeyId::to_u128),
+                    }),
+                    EventKind::KeyUsed(u) => KindV1::KeyUsed(KeyUsedV1 {
+                        key_id: u.key_id.to_u128(),
+                        window_start: u.window_start.as_micros(),
+                        window_end: u.window_end.as_micros(),
+                        last_valid_at: u.last_valid_at.map(Timestamp::as_micros),
+                        counts: [
+                            u.counts.valid,
+                            u.counts.revoked,
+                            u.counts.expired,
+                            u.counts.insufficient_scope,
+                        ],
+                    }),
+                    EventKind::KeyRevoked(r) => KindV1::KeyRevoked(KeyRevokedV1 {
+                        key_id: r.key_id.to_u128(),
+                        reason: match r.reason {
+                            RevokeReason::Manual => ReasonV1::Manual,
+                            RevokeReason::UserRemoved => ReasonV1::UserRemoved,
+                            RevokeReason::Rotated => ReasonV1::Rotated,
+                            RevokeReason::Compromised => ReasonV1::Compromised,
+                        },
+                        cause: r.cause.as_ref().map(|c| match c {
+                            Cause::UserRemoved { user_id, seq } => CauseV1::UserRemoved {
+                                user_id: user_id.as_str(),
+                                seq: *seq,
+                            },
+                        }),
+                    }),
+                    EventKind::KeyRotated(r) => KindV1::KeyRotated(KeyRotatedV1 {
+                        key_id: r.key_id.to_u128(),
+                        new_key_id: r.new_key_id.to_u128(),
+                        expires_at: r.expires_at.as_micros(),
+                    }),
+                    EventKind::UserRemoved(u) => KindV1::UserRemoved(UserRemovedV1 {
+                        user_id: u.user_id.as_str(),
+                    }),
+                },
+            }
+        }
+
+        /// The core event this stored form describes, for `tenant`.
+        pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
+            let kind = match self.kind {
+                KindV1::KeyCreated(c) => EventKind::KeyCreated(KeyCreated {
+                    key_id: KeyId::from_u128(c.key_id),
+                    owner: user("owner", c.owner)?,
+                    name: c.name.to_owned(),
+                    description: c.description.map(str::to_owned),
+                    expires_at: c.expires_at.map(|t| time("expires_at", t)).transpose()?,
+                    scopes: ScopeSet::from_bits(c.scopes).ok_or_else(|| DecodeError::Invalid {
+                        version: VERSION,
+                        field: "scopes",
+                        message: format!("bits {:#010b} name no scope", c.scopes),
+                    })?,
+                    secret_hash: SecretHash(c.secret_hash),
+                    masked: c.masked.to_owned(),
+                    rotated_from: c.rotated_from.map(KeyId::from_u128),
+                }),
+                KindV1::KeyUsed(u) => EventKind::KeyUsed(KeyUsed {
+                    key_id: KeyId::from_u128(u.key_id),
+                    window_start: time("window_start", u.window_start)?,
+                    window_end: time("window_end", u.window_end)?,
+                    last_valid_at: u
+                        .last_valid_at
+                        .map(|t| time("last_valid_at", t))
+                        .transpose()?,
+                    counts: UseCounts::from_array(u.counts),
+                }),
+                KindV1::KeyRevoked(r) => EventKind::KeyRevoked(KeyRevoked {
+                    key_id: KeyId::from_u128(r.key_id),
+                    reason: match r.reason {
+                        ReasonV1::Manual => RevokeReason::Manual,
+                        ReasonV1::UserRemoved => RevokeReason::UserRemoved,
+                        ReasonV1::Rotated => RevokeReason::Rotated,
+                        ReasonV1::Compromised => RevokeReason::Compromised,
+                    },
+                    cause: match r.cause {
+                        None => None,
+                        Some(CauseV1::UserRemoved { user_id, seq }) => Some(Cause::UserRemoved {
+                            user_id: user("cause.user_id", user_id)?,
+                            seq,
+                        }),
+                    },
+                }),
+                KindV1::KeyRotated(r) => EventKind::KeyRotated(KeyRotated {
+                    key_id: KeyId::from_u128(r.key_id),
+                    new_key_id: KeyId::from_u128(r.new_key_id),
+                    expires_at: time("expires_at", r.expires_at)?,
+                }),
+                KindV1::UserRemoved(u) => EventKind::UserRemoved(UserRemoved {
+                    user_id: user("user_id", u.user_id)?,
+                }),
+            };
+            let actor = match self.actor {
+                ActorV1::User { id } => Actor::User {
+                    id: user("actor.id", id)?,
+                },
+                ActorV1::ApiKey {
+                    key_id,
+                    name,
+                    owner,
+                } => Actor::ApiKey {
+                    key_id: KeyId::from_u128(key_id),
+                    name: name.to_owned(),
+                    owner: user("actor.owner", owner)?,
+                },
+                ActorV1::Operator => Actor::Operator,
+                ActorV1::System => Actor::System,
+            };
+            Ok(Event {
+                tenant: tenant.clone(),
+                at: time("at", self.at)?,
+                actor,
+                kind,
+            })
+        }
+    }
+
+    /// Decodes a version-1 body (the bytes after the version byte).
+    pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
+        let (schema, rest) =
+            postcard::take_from_bytes::<EventV1<'_>>(body).map_err(|e| DecodeError::Malformed {
+                version: VERSION,
+                message: e.to_string(),
+            })?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed {
+                version: VERSION,
+                message: format!("{} bytes after the event", rest.len()),
+            });
+        }
+        schema.into_core(tenant)
+    }
+
+    fn user(field: &'static str, s: &str) -> Result<UserId, DecodeError> {
+        UserId::from_str(s).map_err(|e| DecodeError::Invalid {
+            version: VERSION,
+            field,
+            message: e.to_string(),
+        })
+    }
+
+    /// A stored time; one the core would clamp is refused, so what is
+    /// decoded is exactly what was stored.
+    fn time(field: &'static str, micros: i64) -> Result<Timestamp, DecodeError> {
+        let t = Timestamp::from_micros(micros);
+        if t.as_micros() == micros {
+            Ok(t)
+        } else {
+            Err(DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message: format!("{micros} µs is outside 1970..9999"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_unknown_versions_are_errors() {
+        let t: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decode(&t, &[]), Err(DecodeError::Empty));
+        assert_eq!(decode(&t, &[0]), Err(DecodeError::UnknownVersion(0)));
+        assert_eq!(decode(&t, &[2, 0]), Err(DecodeError::UnknownVersion(2)));
+        assert!(matches!(
+            decode(&t, &[1]),
+            Err(DecodeError::Malformed { version: 1, .. })
+        ));
+    }
+}

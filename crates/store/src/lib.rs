@@ -1,0 +1,227 @@
+//! keyledger's event log.
+//!
+//! * [`EventLog`]: the one storage trait. Every backend passes the same
+//!   [`conformance`] suite.
+//! * [`MemoryLog`]: in memory, for tests. [`RedbLog`]: the embedded default,
+//!   one file in a data directory.
+//! * [`envelope`]: the stored, versioned form of events (postcard inside a
+//!   version byte), with upcasting from every older version.
+//! * [`chain`]: the per-tenant SHA-256 hash chain, computed at append and
+//!   verified on demand.
+
+pub mod chain;
+pub mod conformance;
+pub mod envelope;
+mod memory;
+mod redb_log;
+
+pub use chain::{ChainProblem, ChainReport, Hash};
+pub use memory::MemoryLog;
+pub use redb_log::RedbLog;
+
+use keyledger_core::{Event, TenantId};
+
+/// A committed event with its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Global position: 1-based, contiguous, the order of commits.
+    pub position: u64,
+    /// The event's number in its tenant's chain: 1-based, contiguous.
+    pub seq: u64,
+    /// The chain hash of the tenant's previous event (zeros for the first).
+    pub prev_hash: Hash,
+    /// This event's chain hash.
+    pub hash: Hash,
+    /// The event (its `tenant` is the chain it belongs to).
+    pub event: Event,
+}
+
+/// A record exactly as stored, not decoded and not checked: what chain
+/// verification reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Global position.
+    pub position: u64,
+    /// The tenant, as stored.
+    pub tenant: String,
+    /// The tenant sequence number, as stored.
+    pub seq: u64,
+    /// The predecessor's hash, as stored.
+    pub prev_hash: Hash,
+    /// The hash, as stored.
+    pub hash: Hash,
+    /// The encoded event ([`envelope`]), as stored.
+    pub payload: Vec<u8>,
+}
+
+/// Events to append to one tenant's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantAppend {
+    /// The tenant; every event's `tenant` must equal it.
+    pub tenant: TenantId,
+    /// The tenant's last sequence number the events were decided against.
+    pub expected_version: u64,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A tenant is not at the expected version: someone else appended
+    /// first. Nothing was written.
+    #[error("tenant {tenant} is at version {actual}, not {expected}")]
+    Conflict {
+        /// The tenant.
+        tenant: TenantId,
+        /// The version the append expected.
+        expected: u64,
+        /// The version found.
+        actual: u64,
+    },
+    /// The append is malformed (empty, or an event of another tenant).
+    #[error("bad append: {0}")]
+    BadAppend(String),
+    /// A stored record cannot be read back: the log is damaged.
+    #[error("record at position {position} is damaged: {message}")]
+    Corrupt {
+        /// Where.
+        position: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The backend failed (I/O, database). Nothing is acknowledged.
+    #[error("storage failed: {0}")]
+    Backend(String),
+}
+
+/// The one storage trait. Appends are atomic and durable when `append`
+/// returns; reads see only committed records.
+pub trait EventLog: Send + Sync {
+    /// Appends every batch in one atomic, durable commit, after checking
+    /// each tenant is at its `expected_version`. On any error nothing is
+    /// written. Returns the records written, in order.
+    ///
+    /// Several batches for the same tenant are allowed: each one's
+    /// `expected_version` accounts for the ones before it.
+    fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError>;
+
+    /// The last global position (0 when empty).
+    fn head(&self) -> Result<u64, StoreError>;
+
+    /// Up to `limit` records with `position > after`, in order. Tailing
+    /// with the last position seen never skips a committed record.
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
+
+    /// Up to `limit` of a tenant's records with `seq > after_seq`, in order.
+    fn read_tenant(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// Up to `limit` of a tenant's records with `seq > after_seq`, as stored.
+    fn read_tenant_raw(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>, StoreError>;
+
+    /// A tenant's last sequence number and hash, or `None` without events.
+    fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError>;
+
+    /// Every tenant with at least one event, sorted.
+    fn tenants(&self) -> Result<Vec<TenantId>, StoreError>;
+}
+
+/// Most records a read allocates room for up front, whatever `limit` says.
+const READ_PREALLOC_RECORDS_MAX: usize = 4096;
+
+/// Checks an append's shape, before any backend looks at it: at least one
+/// batch, no empty batch, every event in its batch's tenant.
+pub(crate) fn check_append(batches: &[TenantAppend]) -> Result<(), StoreError> {
+    if batches.is_empty() {
+        return Err(StoreError::BadAppend("no batch to append".into()));
+    }
+    for (i, batch) in batches.iter().enumerate() {
+        if batch.events.is_empty() {
+            return Err(StoreError::BadAppend(format!(
+                "batch {i} (tenant {}) holds no event",
+                batch.tenant
+            )));
+        }
+        if let Some((j, e)) = batch
+            .events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.tenant != batch.tenant)
+        {
+            return Err(StoreError::BadAppend(format!(
+                "event {j} of batch {i} belongs to tenant {}, not {}",
+                e.tenant, batch.tenant
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The read side of "assert in pairs": a page of a tenant's records must
+/// start right after `after_seq`, run without gaps, and link each record to
+/// the one before it. (Whole hashes are recomputed by [`chain`] only.)
+pub(crate) fn check_tenant_page(
+    tenant: &TenantId,
+    after_seq: u64,
+    records: &[Record],
+) -> Result<(), StoreError> {
+    let mut expected = after_seq.saturating_add(1);
+    let mut prev: Option<&Hash> = None;
+    for r in records {
+        if r.seq != expected {
+            return Err(StoreError::Corrupt {
+                position: r.position,
+                message: format!(
+                    "tenant {tenant}: sequence number {expected} expected, {} found",
+                    r.seq
+                ),
+            });
+        }
+        if prev.is_some_and(|p| *p != r.prev_hash) || (r.seq == 1 && r.prev_hash != chain::GENESIS)
+        {
+            return Err(StoreError::Corrupt {
+                position: r.position,
+                message: format!(
+                    "tenant {tenant}: event {} does not link to its predecessor",
+                    r.seq
+                ),
+            });
+        }
+        prev = Some(&r.hash);
+        expected = expected.saturating_add(1);
+    }
+    Ok(())
+}
+
+/// Decodes a stored payload into a record, naming the position on failure.
+pub(crate) fn decode_record(
+    position: u64,
+    seq: u64,
+    prev_hash: Hash,
+    hash: Hash,
+    tenant: &TenantId,
+    payload: &[u8],
+) -> Result<Record, StoreError> {
+    let event = envelope::decode(tenant, payload).map_err(|e| StoreError::Corrupt {
+        position,
+        message: format!("tenant {tenant} event {seq}: {e}"),
+    })?;
+    Ok(Record {
+        position,
+        seq,
+        prev_hash,
+        hash,
+        event,
+    })
+}

@@ -1,0 +1,348 @@
+//! The in-memory log: for tests, and the reference the conformance suite
+//! holds every other backend to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use keyledger_core::TenantId;
+
+use crate::chain::{self, GENESIS, Hash};
+use crate::{
+    EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
+    check_tenant_page, decode_record, envelope,
+};
+
+/// An [`EventLog`] held in memory, behind one mutex.
+///
+/// `Clone` is cheap and shares the log: a clone is what "reopening" means for
+/// this backend. Records are stored encoded, exactly as the redb backend
+/// stores them, and the chain is computed at append the same way, so chain
+/// verification and the forensic hooks ([`MemoryLog::tamper`]) behave alike
+/// on both.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The same three structures as the redb file: records by position, the
+/// tenant index, the tenant heads.
+#[derive(Debug, Default)]
+struct Inner {
+    /// The records, sorted by their `position` field (the key they are
+    /// stored under).
+    records: Vec<RawRecord>,
+    /// Position → slot in `records`. Rebuilt after tampering.
+    slots: HashMap<u64, usize>,
+    /// (tenant, seq) → position, written at append.
+    index: BTreeMap<(String, u64), u64>,
+    /// Each tenant's last sequence number and hash, kept apart from the
+    /// records, so a cut-off tail shows.
+    heads: BTreeMap<String, (u64, Hash)>,
+}
+
+impl Inner {
+    fn rebuild_slots(&mut self) {
+        self.records.sort_by_key(|r| r.position);
+        self.slots.clear();
+        for (slot, r) in self.records.iter().enumerate() {
+            self.slots.entry(r.position).or_insert(slot);
+        }
+    }
+
+    fn at(&self, position: u64) -> Option<&RawRecord> {
+        self.slots
+            .get(&position)
+            .and_then(|&slot| self.records.get(slot))
+    }
+
+    /// The tenant index from `after_seq`: (seq, position, stored record).
+    fn walk_tenant<'a>(
+        &'a self,
+        tenant: &TenantId,
+        after_seq: u64,
+    ) -> impl Iterator<Item = (u64, u64, Option<&'a RawRecord>)> + 'a {
+        let range = match after_seq.checked_add(1) {
+            Some(first) => {
+                let t = tenant.as_str().to_owned();
+                Some(self.index.range((t.clone(), first)..=(t, u64::MAX)))
+            }
+            None => None,
+        };
+        range
+            .into_iter()
+            .flatten()
+            .map(|((_, seq), &position)| (*seq, position, self.at(position)))
+    }
+
+    /// The append side of "assert in pairs": the head must name the
+    /// tenant's last stored record.
+    fn checked_head(&self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        let Some(&head) = self.heads.get(tenant) else {
+            return Ok((0, GENESIS));
+        };
+        let refuse = |position: u64, why: &str| StoreError::Corrupt {
+            position,
+            message: format!(
+                "tenant {tenant}: {why}; refusing to extend a damaged chain (run a chain verify)"
+            ),
+        };
+        let position = *self
+            .index
+            .get(&(tenant.to_owned(), head.0))
+            .ok_or_else(|| refuse(0, "the head's event is not in the index"))?;
+        let r = self
+            .at(position)
+            .ok_or_else(|| refuse(position, "the head's event is missing"))?;
+        if r.tenant != tenant || r.seq != head.0 || r.hash != head.1 {
+            return Err(refuse(position, "the head does not match its event"));
+        }
+        Ok(head)
+    }
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing in this module panics while holding the lock; a panic in a
+        // `tamper` closure leaves data a test chose to damage anyway.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forensic and test hook: lets a test change, drop, swap or insert the
+    /// stored records directly, bypassing every check, as an attacker with
+    /// access to the storage could. Reads afterwards return what is stored.
+    ///
+    /// The vector holds the records sorted by position; a record's
+    /// `position` field is the key it is stored under (the vector is sorted
+    /// again afterwards). To model "two events swapped places", exchange
+    /// everything but the `position` fields. The tenant index and heads are
+    /// not touched (see [`MemoryLog::tamper_index`] and
+    /// [`MemoryLog::tamper_heads`]), just as with the redb file.
+    pub fn tamper(&self, f: impl FnOnce(&mut Vec<RawRecord>)) {
+        let mut inner = self.lock();
+        f(&mut inner.records);
+        inner.rebuild_slots();
+    }
+
+    /// Forensic and test hook: changes the tenant index ((tenant, seq) →
+    /// position) directly.
+    pub fn tamper_index(&self, f: impl FnOnce(&mut BTreeMap<(String, u64), u64>)) {
+        f(&mut self.lock().index);
+    }
+
+    /// Forensic and test hook: changes the tenant heads (tenant → last
+    /// sequence number and hash) directly.
+    pub fn tamper_heads(&self, f: impl FnOnce(&mut BTreeMap<String, (u64, Hash)>)) {
+        f(&mut self.lock().heads);
+    }
+
+    /// Every stored record, as stored, by position.
+    pub fn raw_records(&self) -> Vec<RawRecord> {
+        self.lock().records.clone()
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
+        check_append(&batches)?;
+        let mut inner = self.lock();
+        let mut position = inner.records.last().map_or(0, |r| r.position);
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut staged: Vec<RawRecord> = Vec::with_capacity(total);
+        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            let tenant = batch.tenant.as_str();
+            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
+                Some(&(_, seq, hash)) => (seq, hash),
+                None => inner.checked_head(tenant)?,
+            };
+            if seq != batch.expected_version {
+                return Err(StoreError::Conflict {
+                    tenant: batch.tenant.clone(),
+                    expected: batch.expected_version,
+                    actual: seq,
+                });
+            }
+            for event in &batch.events {
+                seq += 1;
+                position += 1;
+                if inner.slots.contains_key(&position) {
+                    return Err(StoreError::Corrupt {
+                        position,
+                        message: "the position after the last one is already taken".into(),
+                    });
+                }
+                if inner.index.contains_key(&(tenant.to_owned(), seq)) {
+                    return Err(StoreError::Corrupt {
+                        position,
+                        message: format!(
+                            "tenant {tenant}: sequence number {seq} is already indexed past the head"
+                        ),
+                    });
+                }
+                let payload = envelope::encode(event);
+                let hash = chain::link(&prev, tenant, seq, &payload);
+                staged.push(RawRecord {
+                    position,
+                    tenant: tenant.to_owned(),
+                    seq,
+                    prev_hash: prev,
+                    hash,
+                    payload,
+                });
+                prev = hash;
+            }
+            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
+                Some(h) => *h = (tenant, seq, prev),
+                None => heads.push((tenant, seq, prev)),
+            }
+        }
+        // Everything is checked: commit.
+        for (tenant, seq, hash) in heads {
+            inner.heads.insert(tenant.to_owned(), (seq, hash));
+        }
+        let mut out = Vec::with_capacity(total);
+        let events = batches.into_iter().flat_map(|b| b.events);
+        for (r, event) in staged.into_iter().zip(events) {
+            let slot = inner.records.len();
+            inner.slots.insert(r.position, slot);
+            inner.index.insert((r.tenant.clone(), r.seq), r.position);
+            out.push(Record {
+                position: r.position,
+                seq: r.seq,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+                event,
+            });
+            inner.records.push(r);
+        }
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().records.last().map_or(0, |r| r.position))
+    }
+
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let start = inner.records.partition_point(|r| r.position <= after);
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        let mut expected = after.saturating_add(1);
+        let mut tenant: Option<TenantId> = None;
+        for r in inner.records.iter().skip(start).take(limit) {
+            if r.position != expected {
+                return Err(StoreError::Corrupt {
+                    position: expected,
+                    message: format!("position {expected} is missing ({} follows)", r.position),
+                });
+            }
+            let t = match tenant.take() {
+                Some(t) if t.as_str() == r.tenant => t,
+                _ => r.tenant.parse().map_err(|e| StoreError::Corrupt {
+                    position: r.position,
+                    message: format!("stored tenant `{}`: {e}", r.tenant.escape_debug()),
+                })?,
+            };
+            out.push(decode_record(
+                r.position,
+                r.seq,
+                r.prev_hash,
+                r.hash,
+                &t,
+                &r.payload,
+            )?);
+            tenant = Some(t);
+            expected = expected.saturating_add(1);
+        }
+        Ok(out)
+    }
+
+    fn read_tenant(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        for (seq, position, stored) in inner.walk_tenant(tenant, after_seq).take(limit) {
+            let Some(r) = stored else {
+                return Err(StoreError::Corrupt {
+                    position,
+                    message: format!(
+                        "tenant {tenant}: the index names position {position} for event {seq}, \
+                         which holds nothing"
+                    ),
+                });
+            };
+            let mismatch = if r.tenant != tenant.as_str() {
+                Some(format!(
+                    "the record belongs to tenant `{}`",
+                    r.tenant.escape_debug()
+                ))
+            } else if r.seq != seq {
+                Some(format!("the record says sequence number {}", r.seq))
+            } else {
+                None
+            };
+            if let Some(m) = mismatch {
+                return Err(StoreError::Corrupt {
+                    position,
+                    message: format!("tenant {tenant} event {seq}: {m}"),
+                });
+            }
+            out.push(decode_record(
+                position,
+                seq,
+                r.prev_hash,
+                r.hash,
+                tenant,
+                &r.payload,
+            )?);
+        }
+        check_tenant_page(tenant, after_seq, &out)?;
+        Ok(out)
+    }
+
+    /// Index entries naming an empty position are left out (the chain walk
+    /// then reports the gap).
+    fn read_tenant_raw(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .walk_tenant(tenant, after_seq)
+            .take(limit)
+            .filter_map(|(_, position, stored)| {
+                stored.map(|r| RawRecord {
+                    position,
+                    ..r.clone()
+                })
+            })
+            .collect())
+    }
+
+    fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
+        Ok(self.lock().heads.get(tenant.as_str()).copied())
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        self.lock()
+            .heads
+            .keys()
+            .map(|t| {
+                t.parse().map_err(|e| StoreError::Corrupt {
+                    position: 0,
+                    message: format!("tenant head `{}`: {e}", t.escape_debug()),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,688 @@
+//! The embedded default backend: one redb file.
+//!
+//! # On-disk layout
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | `u64`: `"format"` → [`FILE_FORMAT`] |
+//! | `events` | position `u64` | a stored record (below) |
+//! | `tenant_index` | `(tenant &str, seq u64)` | position `u64` |
+//! | `tenant_heads` | tenant `&str` | 40 bytes: last seq (u64 big-endian), last hash |
+//!
+//! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
+//! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
+//! payload ([`crate::envelope`]) up to the end. The position is stored in the
+//! record as well as in the key so a read can check the two agree (style
+//! habit 7: the position and the link are checked at append and again when
+//! read back).
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use keyledger_core::TenantId;
+
+use crate::chain::{self, GENESIS, Hash};
+use crate::{
+    EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
+    check_tenant_page, decode_record, envelope,
+};
+
+/// The version of the file layout, kept in the `meta` table.
+pub const FILE_FORMAT: u64 = 1;
+/// The first byte of every stored record.
+pub const RECORD_FORMAT: u8 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const TENANT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("tenant_index");
+const TENANT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenant_heads");
+
+const HEAD_BYTES: usize = 8 + 32;
+
+/// The fixed part of a stored record, before the payload.
+#[derive(Serialize, Deserialize)]
+struct StoredHeader<'a> {
+    position: u64,
+    tenant: &'a str,
+    seq: u64,
+    prev_hash: Hash,
+    hash: Hash,
+}
+
+/// A stored record, borrowed from the bytes it was read from.
+struct Stored<'a> {
+    header: StoredHeader<'a>,
+    payload: &'a [u8],
+}
+
+fn encode_stored(header: &StoredHeader<'_>, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(RECORD_FORMAT);
+    let buf = std::mem::take(out);
+    *out = match postcard::to_extend(header, buf) {
+        Ok(buf) => buf,
+        // postcard writing into a Vec fails only for sequences of unknown
+        // length, which the header does not have.
+        Err(e) => unreachable!("postcard cannot fail writing a record header into a Vec: {e}"),
+    };
+    out.extend_from_slice(payload);
+}
+
+fn decode_stored(position: u64, bytes: &[u8]) -> Result<Stored<'_>, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt { position, message };
+    match bytes.split_first() {
+        None => Err(corrupt("the stored record is empty".into())),
+        Some((&RECORD_FORMAT, rest)) => {
+            let (header, payload) = postcard::take_from_bytes::<StoredHeader<'_>>(rest)
+                .map_err(|e| corrupt(format!("the stored record's header is malformed: {e}")))?;
+            Ok(Stored { header, payload })
+        }
+        Some((other, _)) => Err(corrupt(format!(
+            "unknown stored record format {other} (this release reads {RECORD_FORMAT})"
+        ))),
+    }
+}
+
+fn encode_head(seq: u64, hash: &Hash) -> [u8; HEAD_BYTES] {
+    let mut out = [0u8; HEAD_BYTES];
+    let (s, h) = out.split_at_mut(8);
+    s.copy_from_slice(&seq.to_be_bytes());
+    h.copy_from_slice(hash);
+    out
+}
+
+fn decode_head(tenant: &str, bytes: &[u8]) -> Result<(u64, Hash), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        position: 0,
+        message: format!(
+            "tenant {}: the stored head is {} bytes, not {HEAD_BYTES}",
+            tenant.escape_debug(),
+            bytes.len()
+        ),
+    };
+    let (seq, hash) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let hash: Hash = hash.try_into().map_err(|_| corrupt())?;
+    Ok((u64::from_be_bytes(*seq), hash))
+}
+
+/// Wraps a redb failure with what was being done.
+fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Backend(format!("{what}: {e}"))
+}
+
+/// An [`EventLog`] in one redb file.
+///
+/// Every [`append`](EventLog::append) is one write transaction committed
+/// with [`Durability::Immediate`] (fsync before it returns). Reads run in
+/// read transactions, so they see only committed records and never block
+/// the writer.
+pub struct RedbLog {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLog").field("path", &self.path).finish()
+    }
+}
+
+impl RedbLog {
+    /// Opens the log in the file at `path`, creating it (and its tables)
+    /// when it does not exist. Refuses a file of another layout version.
+    pub fn open(path: &Path) -> Result<RedbLog, StoreError> {
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Backend(format!("opening the event log {}: {e}", path.display()))
+        })?;
+        let txn = db
+            .begin_write()
+            .map_err(backend("starting the first write"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+            let format = meta
+                .get("format")
+                .map_err(backend("reading the file format"))?
+                .map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FILE_FORMAT)
+                        .map_err(backend("writing the file format"))?;
+                }
+                Some(FILE_FORMAT) => {}
+                Some(other) => {
+                    return Err(StoreError::Backend(format!(
+                        "{} holds layout version {other}; this release reads {FILE_FORMAT}",
+                        path.display()
+                    )));
+                }
+            }
+            txn.open_table(EVENTS).map_err(backend("creating events"))?;
+            txn.open_table(TENANT_INDEX)
+                .map_err(backend("creating tenant_index"))?;
+            txn.open_table(TENANT_HEADS)
+                .map_err(backend("creating tenant_heads"))?;
+        }
+        txn.commit().map_err(backend("committing the tables"))?;
+        Ok(RedbLog {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this log lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(backend("starting a write"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(backend("asking for a durable commit"))?;
+        Ok(txn)
+    }
+
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend("starting a read"))?;
+        txn.open_table(def).map_err(backend("opening a table"))
+    }
+
+    /// Runs `f` on the four tables in one durable write transaction,
+    /// committing only if it succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.begin_write()?;
+        let out = {
+            let mut tables = Tables {
+                events: txn.open_table(EVENTS).map_err(backend("opening events"))?,
+                index: txn
+                    .open_table(TENANT_INDEX)
+                    .map_err(backend("opening tenant_index"))?,
+                heads: txn
+                    .open_table(TENANT_HEADS)
+                    .map_err(backend("opening tenant_heads"))?,
+            };
+            f(&mut tables)?
+        };
+        txn.commit().map_err(backend("committing"))?;
+        Ok(out)
+    }
+}
+
+struct Tables<'txn> {
+    events: redb::Table<'txn, u64, &'static [u8]>,
+    index: redb::Table<'txn, (&'static str, u64), u64>,
+    heads: redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl Tables<'_> {
+    /// The tenant's head, checked against its last stored record (the
+    /// append side of "assert in pairs").
+    fn checked_head(&self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        let head = match self
+            .heads
+            .get(tenant)
+            .map_err(backend("reading a tenant head"))?
+        {
+            Some(v) => decode_head(tenant, v.value())?,
+            None => return Ok((0, GENESIS)),
+        };
+        let refuse = |position: u64, why: &str| StoreError::Corrupt {
+            position,
+            message: format!(
+                "tenant {tenant}: {why}; refusing to extend a damaged chain (run a chain verify)"
+            ),
+        };
+        let position = self
+            .index
+            .get((tenant, head.0))
+            .map_err(backend("reading the tenant index"))?
+            .map(|v| v.value())
+            .ok_or_else(|| refuse(0, "the head's event is not in the index"))?;
+        let bytes = self
+            .events
+            .get(position)
+            .map_err(backend("reading an event"))?
+            .ok_or_else(|| refuse(position, "the head's event is missing"))?;
+        let stored = decode_stored(position, bytes.value())?;
+        let h = &stored.header;
+        if h.position != position || h.tenant != tenant || h.seq != head.0 || h.hash != head.1 {
+            return Err(refuse(position, "the head does not match its event"));
+        }
+        Ok(head)
+    }
+}
+
+impl EventLog for RedbLog {
+    fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
+        check_append(&batches)?;
+        // Encode outside the transaction, into one buffer.
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut payloads = Vec::with_capacity(total * 128);
+        let mut ends = Vec::with_capacity(total);
+        for event in batches.iter().flat_map(|b| &b.events) {
+            envelope::encode_into(event, &mut payloads);
+            ends.push(payloads.len());
+        }
+        let links = self.write(|t| {
+            let mut position = t
+                .events
+                .last()
+                .map_err(backend("reading the last position"))?
+                .map_or(0, |(k, _)| k.value());
+            let mut links: Vec<(u64, u64, Hash, Hash)> = Vec::with_capacity(total);
+            let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
+            let mut value = Vec::with_capacity(256);
+            let mut start = 0;
+            let mut ends = ends.iter();
+            for batch in &batches {
+                let tenant = batch.tenant.as_str();
+                let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
+                    Some(&(_, seq, hash)) => (seq, hash),
+                    None => t.checked_head(tenant)?,
+                };
+                if seq != batch.expected_version {
+                    return Err(StoreError::Conflict {
+                        tenant: batch.tenant.clone(),
+                        expected: batch.expected_version,
+                        actual: seq,
+                    });
+                }
+                for _ in &batch.events {
+                    let end = ends.next().copied().unwrap_or(start);
+                    let payload = payloads.get(start..end).unwrap_or_default();
+                    start = end;
+                    seq += 1;
+                    position += 1;
+                    let hash = chain::link(&prev, tenant, seq, payload);
+                    let header = StoredHeader {
+                        position,
+                        tenant,
+                        seq,
+                        prev_hash: prev,
+                        hash,
+                    };
+                    encode_stored(&header, payload, &mut value);
+                    let taken = t
+                        .events
+                        .insert(position, value.as_slice())
+                        .map_err(backend("writing an event"))?
+                        .is_some();
+                    if taken {
+                        return Err(StoreError::Corrupt {
+                            position,
+                            message: "the position after the last one is already taken".into(),
+                        });
+                    }
+                    let taken = t
+                        .index
+                        .insert((tenant, seq), position)
+                        .map_err(backend("writing the tenant index"))?
+                        .is_some();
+                    if taken {
+                        return Err(StoreError::Corrupt {
+                            position,
+                            message: format!(
+                                "tenant {tenant}: sequence number {seq} is already indexed \
+                                 past the head"
+                            ),
+                        });
+                    }
+                    links.push((position, seq, prev, hash));
+                    prev = hash;
+                }
+                match heads.iter_mut().find(|(t, ..)| *t == tenant) {
+                    Some(h) => *h = (tenant, seq, prev),
+                    None => heads.push((tenant, seq, prev)),
+                }
+            }
+            for (tenant, seq, hash) in heads {
+                t.heads
+                    .insert(tenant, encode_head(seq, &hash).as_slice())
+                    .map_err(backend("writing a tenant head"))?;
+            }
+            Ok(links)
+        })?;
+        let events = batches.into_iter().flat_map(|b| b.events);
+        Ok(links
+            .into_iter()
+            .zip(events)
+            .map(|((position, seq, prev_hash, hash), event)| Record {
+                position,
+                seq,
+                prev_hash,
+                hash,
+                event,
+            })
+            .collect())
+    }
+
+    fn head(&self) -> Result<u64, StoreError> {
+        let events = self.read_table(EVENTS)?;
+        Ok(events
+            .last()
+            .map_err(backend("reading the last position"))?
+            .map_or(0, |(k, _)| k.value()))
+    }
+
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let events = self.read_table(EVENTS)?;
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        let mut expected = first;
+        let mut tenant: Option<TenantId> = None;
+        for entry in events
+            .range(first..)
+            .map_err(backend("reading events"))?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(backend("reading an event"))?;
+            let position = k.value();
+            if position != expected {
+                return Err(StoreError::Corrupt {
+                    position: expected,
+                    message: format!("position {expected} is missing ({position} follows)"),
+                });
+            }
+            let stored = decode_stored(position, v.value())?;
+            let h = &stored.header;
+            if h.position != position {
+                return Err(StoreError::Corrupt {
+                    position,
+                    message: format!("the record stored here says position {}", h.position),
+                });
+            }
+            let t = match tenant.take() {
+                Some(t) if t.as_str() == h.tenant => t,
+                _ => h.tenant.parse().map_err(|e| StoreError::Corrupt {
+                    position,
+                    message: format!("stored tenant `{}`: {e}", h.tenant.escape_debug()),
+                })?,
+            };
+            out.push(decode_record(
+                position,
+                h.seq,
+                h.prev_hash,
+                h.hash,
+                &t,
+                stored.payload,
+            )?);
+            tenant = Some(t);
+            expected = expected.saturating_add(1);
+        }
+        Ok(out)
+    }
+
+    fn read_tenant(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        self.walk_tenant(tenant, after_seq, limit, |seq, position, stored| {
+            let Some(stored) = stored else {
+                return Err(StoreError::Corrupt {
+                    position,
+                    message: format!(
+                        "tenant {tenant}: the index names position {position} for event {seq}, \
+                         which holds nothing"
+                    ),
+                });
+            };
+            let h = &stored.header;
+            let mismatch = if h.position != position {
+                Some(format!("the record says position {}", h.position))
+            } else if h.tenant != tenant.as_str() {
+                Some(format!(
+                    "the record belongs to tenant `{}`",
+                    h.tenant.escape_debug()
+                ))
+            } else if h.seq != seq {
+                Some(format!("the record says sequence number {}", h.seq))
+            } else {
+                None
+            };
+            if let Some(m) = mismatch {
+                return Err(StoreError::Corrupt {
+                    position,
+                    message: format!("tenant {tenant} event {seq}: {m}"),
+                });
+            }
+            out.push(decode_record(
+                position,
+                seq,
+                h.prev_hash,
+                h.hash,
+                tenant,
+                stored.payload,
+            )?);
+            Ok(())
+        })?;
+        check_tenant_page(tenant, after_seq, &out)?;
+        Ok(out)
+    }
+
+    /// Records whose index entry names an empty position are left out (the
+    /// chain walk then reports the gap); a record whose bytes cannot be
+    /// framed is a [`StoreError::Corrupt`] naming its position.
+    fn read_tenant_raw(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        self.walk_tenant(tenant, after_seq, limit, |_, position, stored| {
+            if let Some(s) = stored {
+                out.push(RawRecord {
+                    position,
+                    tenant: s.header.tenant.to_owned(),
+                    seq: s.header.seq,
+                    prev_hash: s.header.prev_hash,
+                    hash: s.header.hash,
+                    payload: s.payload.to_vec(),
+                });
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
+        let heads = self.read_table(TENANT_HEADS)?;
+        let value = heads
+            .get(tenant.as_str())
+            .map_err(backend("reading a tenant head"))?;
+        value
+            .map(|v| decode_head(tenant.as_str(), v.value()))
+            .transpose()
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let heads = self.read_table(TENANT_HEADS)?;
+        let mut out = Vec::new();
+        for entry in heads.iter().map_err(backend("reading tenant heads"))? {
+            let (k, _) = entry.map_err(backend("reading a tenant head"))?;
+            let t = k.value();
+            out.push(t.parse().map_err(|e| StoreError::Corrupt {
+                position: 0,
+                message: format!("tenant head `{}`: {e}", t.escape_debug()),
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+impl RedbLog {
+    /// Walks the tenant index from `after_seq`, handing each entry's seq,
+    /// position and stored record (`None` when the position holds nothing)
+    /// to `f`, for up to `limit` entries.
+    fn walk_tenant(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+        mut f: impl FnMut(u64, u64, Option<Stored<'_>>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(());
+        };
+        if limit == 0 {
+            return Ok(());
+        }
+        let txn = self.db.begin_read().map_err(backend("starting a read"))?;
+        let index = txn
+            .open_table(TENANT_INDEX)
+            .map_err(backend("opening tenant_index"))?;
+        let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
+        let t = tenant.as_str();
+        let range = index
+            .range((t, first)..=(t, u64::MAX))
+            .map_err(backend("reading the tenant index"))?;
+        for entry in range.take(limit) {
+            let (k, v) = entry.map_err(backend("reading the tenant index"))?;
+            let (_, seq) = k.value();
+            let position = v.value();
+            let bytes = events.get(position).map_err(backend("reading an event"))?;
+            match bytes {
+                None => f(seq, position, None)?,
+                Some(b) => f(seq, position, Some(decode_stored(position, b.value())?))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forensic and test hooks: read and write the stored tables directly,
+/// bypassing every check, as someone with write access to the file could.
+/// Tests in other crates use them to damage a real data file (change one
+/// event's bytes, delete one, swap two, insert one) and check that chain
+/// verification names the damage. Each call is its own durable commit.
+/// Never used by keyledger itself.
+impl RedbLog {
+    /// The record stored at `position`, as stored (`Ok(None)` when empty).
+    pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
+        let events = self.read_table(EVENTS)?;
+        let Some(v) = events.get(position).map_err(backend("reading an event"))? else {
+            return Ok(None);
+        };
+        let s = decode_stored(position, v.value())?;
+        Ok(Some(RawRecord {
+            position,
+            tenant: s.header.tenant.to_owned(),
+            seq: s.header.seq,
+            prev_hash: s.header.prev_hash,
+            hash: s.header.hash,
+            payload: s.payload.to_vec(),
+        }))
+    }
+
+    /// The bytes stored at `position` (format byte, header, payload).
+    pub fn raw_bytes(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let events = self.read_table(EVENTS)?;
+        Ok(events
+            .get(position)
+            .map_err(backend("reading an event"))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Stores `record` at `record.position` (overwriting or inserting),
+    /// encoded as [`EventLog::append`] would, with no check. The tenant
+    /// index and heads are not touched.
+    pub fn raw_put_record(&self, record: &RawRecord) -> Result<(), StoreError> {
+        let header = StoredHeader {
+            position: record.position,
+            tenant: &record.tenant,
+            seq: record.seq,
+            prev_hash: record.prev_hash,
+            hash: record.hash,
+        };
+        let mut value = Vec::new();
+        encode_stored(&header, &record.payload, &mut value);
+        self.raw_put_bytes(record.position, &value)
+    }
+
+    /// Stores arbitrary bytes at `position`.
+    pub fn raw_put_bytes(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(|t| {
+            t.events
+                .insert(position, bytes)
+                .map_err(backend("writing an event"))?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the record at `position`; returns whether there was one.
+    pub fn raw_delete_record(&self, position: u64) -> Result<bool, StoreError> {
+        self.write(|t| {
+            Ok(t.events
+                .remove(position)
+                .map_err(backend("deleting an event"))?
+                .is_some())
+        })
+    }
+
+    /// The position the tenant index names for `(tenant, seq)`.
+    pub fn raw_index(&self, tenant: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        let index = self.read_table(TENANT_INDEX)?;
+        Ok(index
+            .get((tenant, seq))
+            .map_err(backend("reading the tenant index"))?
+            .map(|v| v.value()))
+    }
+
+    /// Makes the tenant index name `position` for `(tenant, seq)`.
+    pub fn raw_put_index(&self, tenant: &str, seq: u64, position: u64) -> Result<(), StoreError> {
+        self.write(|t| {
+            t.index
+                .insert((tenant, seq), position)
+                .map_err(backend("writing the tenant index"))?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the tenant index entry `(tenant, seq)`; returns whether there
+    /// was one.
+    pub fn raw_delete_index(&self, tenant: &str, seq: u64) -> Result<bool, StoreError> {
+        self.write(|t| {
+            Ok(t.index
+                .remove((tenant, seq))
+                .map_err(backend("deleting a tenant index entry"))?
+                .is_some())
+        })
+    }
+
+    /// Sets the tenant's head (last seq and hash), or deletes it with `None`.
+    pub fn raw_put_head(&self, tenant: &str, head: Option<(u64, Hash)>) -> Result<(), StoreError> {
+        self.write(|t| {
+            match head {
+                Some((seq, hash)) => {
+                    t.heads
+                        .insert(tenant, encode_head(seq, &hash).as_slice())
+                        .map_err(backend("writing a tenant head"))?;
+                }
+                None => {
+                    t.heads
+                        .remove(tenant)
+                        .map_err(backend("deleting a tenant head"))?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! keyledger-store's integration tests, in one binary (style habit 10).
+
+mod conformance;
+mod envelope;
+mod tamper;

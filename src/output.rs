@@ -1,0 +1,346 @@
+//! Tables for people, JSON for scripts, progress bars only on a terminal.
+
+use std::io::Write;
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use keyledger_core::{AuditFilter, TenantId, Timestamp};
+use keyledger_runtime::views::{AuditEntry, DailyView, KeyView, SummaryView};
+use keyledger_runtime::{Created, Keyledger};
+use keyledger_store::ChainReport;
+use serde::Serialize;
+
+use crate::cli::{Failure, Format, Result};
+
+/// Where results go: a table or text, or JSON with `--json`.
+pub struct Out {
+    json: bool,
+}
+
+impl Out {
+    pub fn new(json: bool) -> Self {
+        Out { json }
+    }
+
+    /// Prints `value` as JSON, or `text()` for people.
+    pub fn value<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            serde_json::to_writer_pretty(&mut stdout, value)?;
+            writeln!(stdout)?;
+        } else {
+            writeln!(stdout, "{}", text())?;
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar drawn on standard error only when it is a terminal.
+pub fn progress(what: &str, total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} events ({per_sec}, {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    t
+}
+
+fn short_time(t: &Option<String>) -> String {
+    t.as_deref().map_or_else(
+        || "never".into(),
+        |t| t.get(..19).unwrap_or(t).replace('T', " "),
+    )
+}
+
+pub fn key_table(keys: &[KeyView]) -> String {
+    let mut t = table(&[
+        "ID",
+        "Name",
+        "Key",
+        "Created by",
+        "Created",
+        "Last used",
+        "Uses",
+        "Status",
+    ]);
+    for k in keys {
+        t.add_row(vec![
+            k.id.clone(),
+            k.name.clone(),
+            k.masked.clone(),
+            k.created_by.clone(),
+            short_time(&Some(k.created_at.clone())),
+            short_time(&k.last_used_at),
+            k.uses.total.to_string(),
+            k.status.to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn key_detail(k: &KeyView) -> String {
+    let mut t = table(&["Field", "Value"]);
+    let rows: Vec<(&str, String)> = vec![
+        ("ID", k.id.clone()),
+        ("Name", k.name.clone()),
+        ("Description", k.description.clone().unwrap_or_default()),
+        ("Key", k.masked.clone()),
+        ("Status", k.status.to_owned()),
+        ("Scopes", k.scopes.join(" ")),
+        (
+            "Created by",
+            format!("{} (via {})", k.created_by, k.created_via.display),
+        ),
+        ("Created", k.created_at.clone()),
+        (
+            "Expires",
+            k.expires_at.clone().unwrap_or_else(|| "never".into()),
+        ),
+        (
+            "Last used",
+            k.last_used_at.clone().unwrap_or_else(|| "never".into()),
+        ),
+        (
+            "Uses",
+            format!(
+                "{} ({} valid, {} rejected)",
+                k.uses.total, k.uses.valid, k.uses.rejected
+            ),
+        ),
+    ];
+    for (f, v) in rows {
+        t.add_row(vec![f.to_owned(), v]);
+    }
+    if let (Some(at), Some(by), Some(reason)) = (&k.revoked_at, &k.revoked_by, k.revoke_reason) {
+        t.add_row(vec![
+            "Revoked".to_owned(),
+            format!("{at} by {} ({reason})", by.display),
+        ]);
+    }
+    for (f, v) in [
+        ("Rotated from", &k.rotated_from),
+        ("Rotated to", &k.rotated_to),
+    ] {
+        if let Some(v) = v {
+            t.add_row(vec![f.to_owned(), v.clone()]);
+        }
+    }
+    t.to_string()
+}
+
+/// The create result: the only place a secret is ever printed.
+pub fn created(out: &Out, c: &Created, now: Timestamp) -> Result<()> {
+    let view = KeyView::new(&c.key, c.key.status(now));
+    let mut body = serde_json::to_value(&view)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("key".into(), c.secret.expose().into());
+    }
+    out.value(&body, || {
+        format!(
+            "{}\n\nYour new key (shown once; it cannot be recovered):\n\n    {}\n",
+            key_detail(&view),
+            c.secret.expose()
+        )
+    })
+}
+
+pub fn audit_table(entries: &[AuditEntry]) -> String {
+    let mut t = table(&["Pos", "Time", "Event", "Actor", "Key", "Details"]);
+    for e in entries {
+        t.add_row(vec![
+            e.position.to_string(),
+            short_time(&Some(e.at.clone())),
+            e.kind.to_owned(),
+            e.actor.display.clone(),
+            e.key_id.clone().unwrap_or_default(),
+            details_text(e),
+        ]);
+    }
+    t.to_string()
+}
+
+fn details_text(e: &AuditEntry) -> String {
+    let d = &e.details;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    match e.kind {
+        "KeyCreated" => format!("\"{}\" for {}", s("name"), s("owner")),
+        "KeyRevoked" => match d
+            .get("cause")
+            .and_then(|c| c.get("user_removed"))
+            .and_then(|u| u.as_str())
+        {
+            Some(u) => format!("{} (user {u} removed)", s("reason")),
+            None => s("reason"),
+        },
+        "KeyRotated" => format!(
+            "replaced by {}, expires {}",
+            s("new_key_id"),
+            s("expires_at")
+        ),
+        "UserRemoved" => format!("user {}", s("user_id")),
+        "KeyUsed" => format!(
+            "{} valid, {} revoked, {} expired, {} out of scope",
+            d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
+        ),
+        _ => d.to_string(),
+    }
+}
+
+pub fn daily_table(rows: &[DailyView]) -> String {
+    let mut t = table(&[
+        "Day",
+        "Total",
+        "Valid",
+        "Rejected",
+        "Revoked",
+        "Expired",
+        "Out of scope",
+    ]);
+    for r in rows {
+        let u = &r.uses;
+        t.add_row(vec![
+            r.day.clone(),
+            u.total.to_string(),
+            u.valid.to_string(),
+            u.rejected.to_string(),
+            u.revoked.to_string(),
+            u.expired.to_string(),
+            u.insufficient_scope.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn summary_text(s: &SummaryView) -> String {
+    let rate = s
+        .success_rate
+        .map_or_else(|| "n/a".into(), |r| format!("{:.2}%", r * 100.0));
+    let peak = s
+        .series
+        .iter()
+        .map(|r| r.uses.total)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut text = format!(
+        "{} to {} ({} days): {} uses, success rate {rate}\n\n",
+        s.from, s.to, s.days, s.totals.total
+    );
+    for r in &s.series {
+        let width = 40;
+        let valid = (r.uses.valid * width / peak) as usize;
+        let rejected = (r.uses.rejected * width / peak) as usize;
+        text.push_str(&format!(
+            "{} {:>8} {}{}\n",
+            r.day,
+            r.uses.total,
+            "█".repeat(valid),
+            "░".repeat(rejected)
+        ));
+    }
+    text.push_str("\n█ valid  ░ rejected");
+    text
+}
+
+pub fn chain_reports(out: &Out, reports: &[(TenantId, ChainReport)]) -> Result<()> {
+    let body: Vec<_> = reports
+        .iter()
+        .map(|(t, r)| {
+            serde_json::json!({
+                "tenant": t.as_str(),
+                "ok": r.ok,
+                "events": r.events,
+                "head_hash": hex_hash(&r.head_hash),
+                "first_bad_position": r.first_bad.as_ref().map(|b| b.position),
+                "first_bad_seq": r.first_bad.as_ref().map(|b| b.seq),
+                "problem": r.first_bad.as_ref().map(|b| b.problem.clone()),
+            })
+        })
+        .collect();
+    out.value(&body, || {
+        reports
+            .iter()
+            .map(|(t, r)| match &r.first_bad {
+                None => format!(
+                    "{t}: ok, {} events, head {}",
+                    r.events,
+                    hex_hash(&r.head_hash)
+                ),
+                Some(b) => format!(
+                    "{t}: BROKEN at position {} (event {} of the tenant): {}",
+                    b.position, b.seq, b.problem
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn hex_hash(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Streams a tenant's trail as JSON Lines or CSV.
+pub fn export_trail(
+    ledger: &Keyledger,
+    tenant: &TenantId,
+    filter: &AuditFilter,
+    format: Format,
+    sink: impl Write,
+    bar: &ProgressBar,
+) -> Result<u64> {
+    match format {
+        Format::Jsonl => {
+            let mut sink = sink;
+            let n = ledger.for_each_audit(tenant, filter, |r| -> Result<()> {
+                serde_json::to_writer(&mut sink, &AuditEntry::from(r))?;
+                sink.write_all(b"\n")?;
+                bar.set_position(r.seq);
+                Ok(())
+            })?;
+            sink.flush()?;
+            Ok(n)
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record(AuditEntry::CSV_HEADER)?;
+            let n = ledger.for_each_audit(tenant, filter, |r| -> Result<()> {
+                w.write_record(AuditEntry::from(r).csv_row())?;
+                bar.set_position(r.seq);
+                Ok(())
+            })?;
+            w.flush()?;
+            Ok(n)
+        }
+    }
+}
+
+pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> Result<()> {
+    match format {
+        Format::Jsonl => {
+            for r in rows {
+                serde_json::to_writer(&mut sink, r)?;
+                sink.write_all(b"\n")?;
+            }
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record(DailyView::CSV_HEADER)?;
+            for r in rows {
+                w.write_record(r.csv_row())?;
+            }
+            w.flush().map_err(|e| Failure(e.to_string()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! One integration binary (style habit 10): every black-box test of the
+//! `keyledger` binary links once.
+
+mod cli;
+mod util;
