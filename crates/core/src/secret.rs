@@ -145,17 +145,25 @@ pub fn check(presented: &str) -> Result<(), Malformed> {
     if bytes[sep] != b'_' {
         return Err(Malformed::Shape);
     }
+    // Branch-free folds: this runs on every verification.
     let prefix_ok = prefix[0].is_ascii_lowercase()
-        && prefix
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if !prefix_ok || !rest.iter().all(u8::is_ascii_alphanumeric) {
+        & prefix.iter().fold(true, |ok, b| {
+            ok & (b.is_ascii_lowercase() | b.is_ascii_digit())
+        });
+    let rest_ok = rest
+        .iter()
+        .fold(true, |ok, b| ok & b.is_ascii_alphanumeric());
+    if !(prefix_ok & rest_ok) {
         return Err(Malformed::Character);
     }
+    // Decode the presented checksum rather than encode the computed one:
+    // six multiply-adds instead of 24 divisions on every verification.
+    let mut presented_crc: u64 = 0;
+    for &b in &bytes[bytes.len() - CHECKSUM_CHARS..] {
+        presented_crc = presented_crc * 62 + u64::from(base62_digit(b));
+    }
     let crc = crc32fast::hash(&bytes[..bytes.len() - CHECKSUM_CHARS]);
-    let mut expected = [0u8; CHECKSUM_CHARS];
-    base62_into(&crc.to_be_bytes(), &mut expected);
-    if expected != bytes[bytes.len() - CHECKSUM_CHARS..] {
+    if presented_crc != u64::from(crc) {
         return Err(Malformed::Checksum);
     }
     Ok(())
@@ -179,6 +187,15 @@ impl fmt::Debug for SecretHash {
             write!(f, "{b:02x}")?;
         }
         write!(f, "…)")
+    }
+}
+
+/// The value of an ASCII alphanumeric in [`ALPHABET`] (the caller checked it is one).
+const fn base62_digit(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'A'..=b'Z' => b - b'A' + 10,
+        _ => b.wrapping_sub(b'a').wrapping_add(36),
     }
 }
 
@@ -250,6 +267,13 @@ mod tests {
             check(&format!("{}!", &s[..s.len() - 1])),
             Err(Malformed::Character)
         );
+    }
+
+    #[test]
+    fn digits_match_the_alphabet() {
+        for (i, &c) in ALPHABET.iter().enumerate() {
+            assert_eq!(usize::from(base62_digit(c)), i);
+        }
     }
 
     #[test]

@@ -201,7 +201,11 @@ impl Ledger {
                 found: seq,
             });
         }
-        let fresh = !self.tenants.contains_key(&event.tenant);
+        let fresh = expected == 1;
+        if fresh {
+            self.tenants
+                .insert(event.tenant.clone(), TenantState::default());
+        }
         let folded = self.fold(seq, event);
         if folded.is_err() && fresh {
             // A tenant's first event was refused: it still has no event.
@@ -213,12 +217,16 @@ impl Ledger {
     /// [`Ledger::apply`] once the sequence number is checked. Every error
     /// is returned before anything is changed.
     fn fold(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
-        let state = self.tenants.entry(event.tenant.clone()).or_default();
         let inconsistent = |message: String| ApplyError::Inconsistent {
             tenant: event.tenant.clone(),
             seq,
             message,
         };
+        // Looked up, not `entry`-ed: no allocation per event on replay.
+        let state = self
+            .tenants
+            .get_mut(&event.tenant)
+            .ok_or_else(|| inconsistent("the tenant is not known".into()))?;
         match &event.kind {
             EventKind::KeyCreated(e) => {
                 if self.key_tenants.contains_key(&e.key_id)

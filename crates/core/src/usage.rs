@@ -1,6 +1,6 @@
 //! The usage projection: per-day (UTC) rollups per key and per tenant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{Event, EventKind, UseCounts};
 use crate::ids::{KeyId, TenantId};
@@ -12,8 +12,8 @@ use crate::time::Day;
 /// A window's counts go to the UTC day its start falls on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    per_key: BTreeMap<(KeyId, Day), UseCounts>,
-    per_tenant: BTreeMap<(TenantId, Day), UseCounts>,
+    per_key: HashMap<KeyId, BTreeMap<Day, UseCounts>>,
+    per_tenant: HashMap<TenantId, BTreeMap<Day, UseCounts>>,
 }
 
 /// One day's counts.
@@ -51,43 +51,29 @@ impl Usage {
         if let EventKind::KeyUsed(u) = &event.kind {
             let day = u.window_start.day();
             self.per_key
-                .entry((u.key_id, day))
+                .entry(u.key_id)
+                .or_default()
+                .entry(day)
                 .or_default()
                 .add(&u.counts);
-            self.per_tenant
-                .entry((event.tenant.clone(), day))
-                .or_default()
-                .add(&u.counts);
+            // Looked up first: no tenant id is cloned per event on replay.
+            let days = match self.per_tenant.get_mut(&event.tenant) {
+                Some(days) => days,
+                None => self.per_tenant.entry(event.tenant.clone()).or_default(),
+            };
+            days.entry(day).or_default().add(&u.counts);
         }
     }
 
     /// A tenant's days with uses in `from..=to`.
     pub fn daily_tenant(&self, tenant: &TenantId, from: Day, to: Day) -> Vec<DailyRow> {
-        if from > to {
-            return Vec::new();
-        }
-        self.per_tenant
-            .range((tenant.clone(), from)..=(tenant.clone(), to))
-            .map(|((_, day), counts)| DailyRow {
-                day: *day,
-                counts: *counts,
-            })
-            .collect()
+        rows(self.per_tenant.get(tenant), from, to)
     }
 
     /// A key's days with uses in `from..=to`. The caller checks that the key
     /// belongs to the asking tenant.
     pub fn daily_key(&self, key: KeyId, from: Day, to: Day) -> Vec<DailyRow> {
-        if from > to {
-            return Vec::new();
-        }
-        self.per_key
-            .range((key, from)..=(key, to))
-            .map(|((_, day), counts)| DailyRow {
-                day: *day,
-                counts: *counts,
-            })
-            .collect()
+        rows(self.per_key.get(&key), from, to)
     }
 
     /// A tenant's last `days` days, ending with `today`, every day present.
@@ -120,5 +106,18 @@ impl Usage {
             success_rate,
             series,
         }
+    }
+}
+
+fn rows(days: Option<&BTreeMap<Day, UseCounts>>, from: Day, to: Day) -> Vec<DailyRow> {
+    match days {
+        Some(days) if from <= to => days
+            .range(from..=to)
+            .map(|(day, counts)| DailyRow {
+                day: *day,
+                counts: *counts,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }

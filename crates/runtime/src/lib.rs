@@ -176,7 +176,7 @@ pub(crate) struct Shared {
     pub(crate) entropy: Arc<dyn Entropy>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) read: RwLock<ReadModel>,
-    pub(crate) keys: DashMap<SecretHash, Arc<KeyEntry>>,
+    pub(crate) keys: DashMap<SecretHash, Arc<KeyEntry>, verify::DigestHash>,
     pub(crate) dirty: Mutex<Vec<Arc<KeyEntry>>>,
     pub(crate) dirty_signal: Notify,
     pub(crate) metrics: Metrics,
@@ -236,7 +236,7 @@ impl Keyledger {
             entropy,
             log,
             read: RwLock::new(ReadModel::default()),
-            keys: DashMap::new(),
+            keys: DashMap::default(),
             dirty: Mutex::new(Vec::new()),
             dirty_signal: Notify::new(),
             metrics: Metrics::default(),
@@ -477,7 +477,9 @@ impl Shared {
                 key: None,
             };
         };
-        let now = self.clock.now();
+        // A coarse clock: reading the OS clock would be a quarter of the
+        // cost of a verification. Expiry is judged at most ~1 ms late.
+        let now = self.clock.now_coarse();
         let outcome = entry.judge(scope, now);
         if let Some(counted) = outcome.counted()
             && entry.count(counted, now)
@@ -497,18 +499,41 @@ impl Shared {
     }
 
     /// Folds the whole log into the read model and the verification map.
+    ///
+    /// Reading and decoding run on a second thread, one page ahead of
+    /// applying, so replay costs about the larger of the two, not their sum.
     fn replay(&self, progress: Progress<'_>) -> Result<(), Error> {
         const PAGE: usize = 16_384;
+        const PAGES_AHEAD: usize = 2;
         let total = self.log.head()?;
-        let mut after = 0;
-        loop {
-            let records = self.log.read_after(after, PAGE)?;
-            let Some(last) = records.last() else { break };
-            after = last.position;
-            self.apply_committed(&records)?;
-            progress(after, total.max(after));
-        }
-        Ok(())
+        let log = self.log.clone();
+        std::thread::scope(|scope| {
+            let (pages, next_page) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
+            scope.spawn(move || {
+                let mut after = 0;
+                loop {
+                    let page = log.read_after(after, PAGE);
+                    let last = page
+                        .as_ref()
+                        .ok()
+                        .and_then(|p| p.last().map(|r| r.position));
+                    let done = last.is_none();
+                    if pages.send(page).is_err() || done {
+                        return;
+                    }
+                    after = last.unwrap_or(after);
+                }
+            });
+            for page in next_page {
+                let records = page?;
+                let Some(last) = records.last().map(|r| r.position) else {
+                    break;
+                };
+                self.apply_committed(&records)?;
+                progress(last, total.max(last));
+            }
+            Ok(())
+        })
     }
 
     /// Applies committed records to the read model and the verification map.

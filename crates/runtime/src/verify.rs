@@ -209,6 +209,33 @@ impl KeyEntry {
     }
 }
 
+/// Hashes a [`keyledger_core::SecretHash`] for the verification map by
+/// taking 8 of its bytes: it is already a SHA-256, uniform and not chosen
+/// by a client (a client chooses the secret, not its digest), so a second
+/// keyed hash (SipHash) would only cost time on every verification.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix of the 32-byte array carries nothing.
+    }
+}
+
+/// The verification map's hasher.
+pub type DigestHash = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// The result of a verification.
 #[derive(Clone, Debug)]
 pub struct Verification {
