@@ -303,8 +303,13 @@ impl Keyledger {
     /// when the key is known. Never waits for the disk.
     pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
         let v = self.shared.verify(presented, scope);
-        self.shared.metrics.verifications[v.outcome.index()]
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Outcomes of known keys reach the metrics when their `KeyUsed`
+        // event commits (see `flush`): no process-wide atomic on the hot
+        // path for them. Unknown and malformed keys are counted here.
+        if v.outcome.counted().is_none() {
+            self.shared.metrics.verifications[v.outcome.index()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         v
     }
 
@@ -645,7 +650,10 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
     let mut failure = None;
     for (entry, unit, last_valid_at, answer) in pending {
         match answer.await {
-            Ok(Ok(_)) => written += 1,
+            Ok(Ok(_)) => {
+                written += 1;
+                shared.metrics.note_uses(&unit);
+            }
             outcome => {
                 entry.give_back(&unit, last_valid_at);
                 if !entry.dirty.swap(true, std::sync::atomic::Ordering::AcqRel) {

@@ -53,7 +53,9 @@ impl Histogram {
 /// The runtime's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Verifications by outcome, in `VerifyOutcome::index` order.
+    /// Verifications by outcome, in `VerifyOutcome::index` order. Outcomes
+    /// of known keys are added when their usage is written (at most one
+    /// usage window late); `not_found` and `malformed` at once.
     pub verifications: [AtomicU64; 6],
     /// Events appended.
     pub events_appended: AtomicU64,
@@ -76,6 +78,19 @@ impl Metrics {
         self.commands_committed
             .fetch_add(commands as u64, Ordering::Relaxed);
         self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds uses of known keys, once their `KeyUsed` event is committed.
+    pub(crate) fn note_uses(&self, counts: &keyledger_core::UseCounts) {
+        use crate::VerifyOutcome as V;
+        for (outcome, n) in [
+            (V::Valid, counts.valid),
+            (V::Revoked, counts.revoked),
+            (V::Expired, counts.expired),
+            (V::InsufficientScope, counts.insufficient_scope),
+        ] {
+            self.verifications[outcome.index()].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn note_commit_failure(&self) {
