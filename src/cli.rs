@@ -48,6 +48,8 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Run the HTTP service: every route of the v1 API on this data directory.
+    Serve(crate::serve::ServeArgs),
     /// Create, list, show, revoke and rotate keys.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -256,6 +258,9 @@ pub enum AuditCmd {
         #[arg(long, env = "KEYLEDGER_TENANT")]
         tenant: Option<String>,
     },
+    /// Signed checkpoints, evidence bundles and their offline verification.
+    #[command(flatten)]
+    Evidence(crate::audit_cli::EvidenceCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -384,6 +389,7 @@ pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger>
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure)?,
         usage_window: window,
+        audit: Some(keyledger_runtime::AuditConfig::in_dir(data)),
         ..Config::default()
     };
     let bar = output::progress("replaying", 0);
@@ -414,12 +420,18 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    if let Cmd::Serve(serve) = &args.command {
+        return crate::serve::run(&args.data, &args.key_prefix, serve).await;
+    }
     if let Cmd::Demo = args.command {
         return crate::demo::run(&args.data, &args.key_prefix)
             .await
             .map(|()| ExitCode::SUCCESS);
     }
     let out = Out::new(args.json);
+    if let Cmd::Audit(AuditCmd::Evidence(e)) = &args.command {
+        return crate::audit_cli::run(&args.data, &args.key_prefix, &out, e).await;
+    }
     if let Cmd::Audit(AuditCmd::Verify { tenant }) = &args.command {
         // Straight on the store: a damaged log must be verifiable even
         // though it cannot be replayed.
@@ -518,6 +530,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         Cmd::Usage(u) => usage(ledger, out, u)?,
         Cmd::Replay => replay(ledger, out)?,
         Cmd::Demo => {}
+        Cmd::Serve(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -694,6 +707,7 @@ fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
             }
         }
         AuditCmd::Verify { .. } => unreachable!("verified before the ledger is opened"),
+        AuditCmd::Evidence(_) => unreachable!("run before the ledger is opened"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,11 @@
 //! `keyledger`: the command line. Every operation works offline on a data
 //! directory; `serve` runs the HTTP service on the same runtime.
 
+mod audit_cli;
 mod cli;
 mod demo;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 

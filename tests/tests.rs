@@ -1,5 +1,7 @@
 //! One integration binary (style habit 10): every black-box test of the
 //! `keyledger` binary links once.
 
+mod audit;
 mod cli;
+mod http;
 mod util;

@@ -19,16 +19,19 @@ pub enum EventType {
     KeyRotated,
     /// `UserRemoved`.
     UserRemoved,
+    /// `AuditRead`.
+    AuditRead,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
         EventType::KeyRotated,
         EventType::UserRemoved,
+        EventType::AuditRead,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -39,6 +42,7 @@ impl EventType {
             EventType::KeyRevoked => "KeyRevoked",
             EventType::KeyRotated => "KeyRotated",
             EventType::UserRemoved => "UserRemoved",
+            EventType::AuditRead => "AuditRead",
         }
     }
 
@@ -63,6 +67,7 @@ impl EventType {
             K::KeyRevoked(_) => EventType::KeyRevoked,
             K::KeyRotated(_) => EventType::KeyRotated,
             K::UserRemoved(_) => EventType::UserRemoved,
+            K::AuditRead(_) => EventType::AuditRead,
         }
     }
 }

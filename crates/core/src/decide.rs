@@ -10,8 +10,8 @@
 //! 4. the secret is not an input: a command carries only its hash and mask.
 
 use crate::event::{
-    Actor, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed, RevokeReason,
-    UserRemoved,
+    Actor, AuditRead, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed,
+    RevokeReason, UserRemoved,
 };
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::limits::{
@@ -104,6 +104,13 @@ pub enum Command {
     RotateKey(RotateKey),
     /// Remove a user and revoke their keys.
     RemoveUser(RemoveUser),
+    /// Record a read of the audit trail (needs `audit:read`).
+    RecordAuditRead {
+        /// Who read, in which tenant.
+        principal: Principal,
+        /// What was read.
+        read: AuditRead,
+    },
     /// Record counted uses (from the usage counters, acting as the system).
     RecordUsage {
         /// The key's tenant.
@@ -121,6 +128,7 @@ impl Command {
             Command::RevokeKey(c) => Some(&c.principal),
             Command::RotateKey(c) => Some(&c.principal),
             Command::RemoveUser(c) => Some(&c.principal),
+            Command::RecordAuditRead { principal, .. } => Some(principal),
             Command::RecordUsage { .. } => None,
         }
     }
@@ -132,6 +140,7 @@ impl Command {
             Command::RevokeKey(c) => &c.principal.tenant,
             Command::RotateKey(c) => &c.principal.tenant,
             Command::RemoveUser(c) => &c.principal.tenant,
+            Command::RecordAuditRead { principal, .. } => &principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
         }
     }
@@ -274,6 +283,18 @@ pub fn decide(
         Command::RevokeKey(c) => revoke_key(tenant_state, c, at),
         Command::RotateKey(c) => rotate_key(state, tenant_state, c, at),
         Command::RemoveUser(c) => remove_user(tenant_state, c, at),
+        Command::RecordAuditRead { principal, read } => {
+            principal.require(Scope::AuditRead)?;
+            if read.from_seq > read.to_seq {
+                return Err(invalid("from", "`from` is after `to`"));
+            }
+            Ok(vec![Event {
+                tenant: principal.tenant.clone(),
+                at,
+                actor: principal.actor.clone(),
+                kind: EventKind::AuditRead(read.clone()),
+            }])
+        }
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));

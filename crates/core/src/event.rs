@@ -29,7 +29,7 @@ impl Event {
             EventKind::KeyUsed(e) => Some(e.key_id),
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
-            EventKind::UserRemoved(_) => None,
+            EventKind::UserRemoved(_) | EventKind::AuditRead(_) => None,
         }
     }
 
@@ -113,6 +113,8 @@ pub enum EventKind {
     KeyRotated(KeyRotated),
     /// A user left the tenant; their active keys are revoked in the same append.
     UserRemoved(UserRemoved),
+    /// Someone read or exported the tenant's audit trail (PCI DSS 10.2.1.3).
+    AuditRead(AuditRead),
 }
 
 impl EventKind {
@@ -124,6 +126,7 @@ impl EventKind {
             EventKind::KeyRevoked(_) => "KeyRevoked",
             EventKind::KeyRotated(_) => "KeyRotated",
             EventKind::UserRemoved(_) => "UserRemoved",
+            EventKind::AuditRead(_) => "AuditRead",
         }
     }
 }
@@ -193,6 +196,45 @@ pub struct KeyRotated {
 pub struct UserRemoved {
     /// The user.
     pub user_id: UserId,
+}
+
+/// The audit trail (or evidence about it) was read: who read which range.
+/// Recorded before the data is handed out, so every access to the trail is
+/// itself in the trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRead {
+    /// The first tenant sequence number the read covered (1-based; 0 when
+    /// the read covered no event).
+    pub from_seq: u64,
+    /// The last tenant sequence number the read covered.
+    pub to_seq: u64,
+    /// What was read.
+    pub what: AuditReadKind,
+}
+
+/// What kind of audit read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditReadKind {
+    /// A page of the trail.
+    List,
+    /// A streamed export (JSON Lines or CSV).
+    Export,
+    /// An evidence bundle (events, checkpoint and proofs).
+    Bundle,
+    /// An inclusion or consistency proof, or a checkpoint.
+    Proof,
+}
+
+impl AuditReadKind {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditReadKind::List => "list",
+            AuditReadKind::Export => "export",
+            AuditReadKind::Bundle => "bundle",
+            AuditReadKind::Proof => "proof",
+        }
+    }
 }
 
 /// Why a key was revoked.

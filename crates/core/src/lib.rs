@@ -29,8 +29,8 @@ pub use decide::{
     decide,
 };
 pub use event::{
-    Actor, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed, Outcome,
-    RevokeReason, UseCounts, UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,
+    KeyUsed, Outcome, RevokeReason, UseCounts, UserRemoved,
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use scope::{Scope, ScopeSet};

@@ -305,6 +305,8 @@ impl Ledger {
                 }
                 state.removed_users.insert(e.user_id.clone(), event.at);
             }
+            // A read of the trail changes no key: only the chain moves on.
+            EventKind::AuditRead(_) => {}
         }
         state.version = seq;
         state.last_at = state.last_at.max(event.at);

@@ -18,6 +18,7 @@
 //! Needs a tokio runtime (the flusher is a task); the writer is a thread of
 //! its own because the log's I/O is blocking.
 
+pub mod audit;
 mod clock;
 mod metrics;
 mod query;
@@ -38,6 +39,7 @@ use keyledger_store::{EventLog, Record, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use ulid::Ulid;
 
+pub use audit::{AuditConfig, Bundle, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
@@ -82,6 +84,9 @@ pub struct Config {
     pub batch_commands_max: usize,
     /// Most commands waiting for the writer; senders wait beyond it.
     pub queue_commands_max: usize,
+    /// Where the audit signing key and checkpoints live; `None`: trees and
+    /// proofs only, no signed checkpoints.
+    pub audit: Option<AuditConfig>,
 }
 
 impl Default for Config {
@@ -91,6 +96,7 @@ impl Default for Config {
             usage_window: UsageWindow::Every(Duration::from_secs(1)),
             batch_commands_max: 4096,
             queue_commands_max: 16_384,
+            audit: None,
         }
     }
 }
@@ -179,7 +185,12 @@ pub(crate) struct Shared {
     pub(crate) keys: DashMap<SecretHash, Arc<KeyEntry>, verify::DigestHash>,
     pub(crate) dirty: Mutex<Vec<Arc<KeyEntry>>>,
     pub(crate) dirty_signal: Notify,
+    /// One flush at a time: a flush that finds nothing to take must still
+    /// wait for one in flight, so "every use counted so far is written"
+    /// holds when it returns.
+    flush_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: Metrics,
+    pub(crate) audit: audit::AuditState,
     tx: mpsc::Sender<Job>,
     tasks: Mutex<Tasks>,
     stop: Notify,
@@ -230,6 +241,7 @@ impl Keyledger {
         progress: Progress<'_>,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
+        let audit = audit::AuditState::new(config.audit.clone(), entropy.as_ref())?;
         let shared = Arc::new(Shared {
             config,
             clock,
@@ -239,7 +251,9 @@ impl Keyledger {
             keys: DashMap::default(),
             dirty: Mutex::new(Vec::new()),
             dirty_signal: Notify::new(),
+            flush_lock: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
+            audit,
             tx,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
@@ -255,6 +269,10 @@ impl Keyledger {
             UsageWindow::Manual => None,
             window => Some(tokio::spawn(flusher(shared.clone(), window))),
         };
+        if let Some(a) = &shared.config.audit {
+            let task = tokio::spawn(audit::checkpointer(shared.clone(), a.checkpoint_debounce));
+            *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             flusher,
@@ -445,6 +463,25 @@ impl Keyledger {
         if let Some(w) = writer {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
+        let checkpointer = self
+            .shared
+            .audit
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = checkpointer {
+            self.shared.audit.stop.notify_one();
+            let _ = task.await;
+            let shared = self.shared.clone();
+            let written = tokio::task::spawn_blocking(move || shared.write_final_checkpoints())
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))
+                .and_then(|r| r);
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "writing the final audit checkpoints failed");
+            }
+        }
         flushed.map(|_| ())
     }
 }
@@ -586,15 +623,28 @@ impl Shared {
                         entry.set_expires_at(k.expires_at);
                     }
                 }
-                K::KeyUsed(_) | K::UserRemoved(_) => {}
+                K::UserRemoved(e) => {
+                    // The cascade revokes only the user's active keys; an
+                    // expired one would work again if the clock stepped
+                    // back. A removed user acts no more: refuse them all.
+                    let owned = read.ledger.tenant(tenant).into_iter();
+                    for k in owned.flat_map(|t| t.keys_of(&e.user_id)) {
+                        if let Some(entry) = self.keys.get(&k.secret_hash) {
+                            entry.set_revoked();
+                        }
+                    }
+                }
+                K::KeyUsed(_) | K::AuditRead(_) => {}
             }
         }
-        Ok(())
+        drop(read);
+        self.audit.apply(records)
     }
 }
 
 /// Writes every counted use; puts counts back if the write fails.
 async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
+    let _one_at_a_time = shared.flush_lock.lock().await;
     let entries = std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()));
     if entries.is_empty() {
         return Ok(0);

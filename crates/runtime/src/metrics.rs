@@ -69,6 +69,11 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// `KeyUsed` events written.
     pub usage_events: AtomicU64,
+    /// Commands decided while the clock was behind their tenant's last
+    /// event time (the event then takes the tenant's last time).
+    pub clock_behind_decisions: AtomicU64,
+    /// The largest such skew seen, in microseconds.
+    pub clock_behind_micros_max: AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +96,12 @@ impl Metrics {
         ] {
             self.verifications[outcome.index()].fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn note_clock_behind(&self, micros: u64) {
+        self.clock_behind_decisions.fetch_add(1, Ordering::Relaxed);
+        self.clock_behind_micros_max
+            .fetch_max(micros, Ordering::Relaxed);
     }
 
     pub(crate) fn note_commit_failure(&self) {

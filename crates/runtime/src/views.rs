@@ -156,7 +156,7 @@ pub struct AuditEntry {
     pub at: String,
     /// The tenant.
     pub tenant: String,
-    /// `KeyCreated`, `KeyUsed`, `KeyRevoked`, `KeyRotated`, `UserRemoved`.
+    /// `KeyCreated`, `KeyUsed`, `KeyRevoked`, `KeyRotated`, `UserRemoved`, `AuditRead`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Who.
@@ -205,6 +205,11 @@ impl From<&Record> for AuditEntry {
                 "expires_at": time(v.expires_at),
             }),
             EventKind::UserRemoved(u) => json!({ "user_id": u.user_id.as_str() }),
+            EventKind::AuditRead(r) => json!({
+                "from_seq": r.from_seq,
+                "to_seq": r.to_seq,
+                "what": r.what.as_str(),
+            }),
         };
         AuditEntry {
             position: r.position,

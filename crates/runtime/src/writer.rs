@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyledger_core::{Ledger, decide};
+use keyledger_core::{Ledger, TenantId, Timestamp, decide};
 use keyledger_store::{Record, TenantAppend};
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +78,7 @@ fn commit(
     let mut waiting: Vec<(Reply, usize, usize)> = Vec::with_capacity(batch.len());
     let mut events_total = 0;
     for (command, reply) in batch.drain(..) {
+        note_clock_behind(shared, decision, command.tenant(), now);
         let events = match decide(decision, &command, now) {
             Ok(events) => events,
             Err(e) => {
@@ -115,7 +116,13 @@ fn commit(
     let result = shared.log.append(appends);
     shared.metrics.commit_latency.observe(started.elapsed());
     let outcome = result.map_err(Error::from).and_then(|records| {
-        shared.apply_committed(&records)?;
+        if let Err(e) = shared.apply_committed(&records) {
+            // The log holds records the read model has not seen: an earlier
+            // commit reported as failed reached the log after all. Apply
+            // everything past the head, this batch included.
+            tracing::warn!(error = %e, "the log is ahead of the read model; catching up");
+            catch_up(shared)?;
+        }
         Ok(records)
     });
     match outcome {
@@ -128,6 +135,12 @@ fn commit(
         Err(e) => {
             tracing::error!(error = %e, "commit failed; nothing in the batch is acknowledged");
             shared.metrics.note_commit_failure();
+            // When the log could not tell whether the commit reached the
+            // disk, a later read may show it did: apply what is there so
+            // the next decisions start from the log, not from a guess.
+            if let Err(e) = catch_up(shared) {
+                tracing::warn!(error = %e, "cannot read the log back after a failed commit");
+            }
             *decision = shared.read_model().ledger.clone();
             for (reply, _, _) in waiting {
                 let _ = reply.send(Err(e.clone()));
@@ -142,4 +155,40 @@ fn reapply(decision: &mut Ledger, appends: &[TenantAppend]) {
             let _ = decision.apply(a.expected_version + 1 + i as u64, e);
         }
     }
+}
+
+/// Applies every record the log holds past the read model's head; returns
+/// how many. Used after a failure, when the log may hold a commit whose
+/// outcome was reported as unknown.
+fn catch_up(shared: &Shared) -> Result<u64, Error> {
+    const PAGE: usize = 1024;
+    let mut applied = 0;
+    loop {
+        let head = shared.read_model().head;
+        let page = shared.log.read_after(head, PAGE)?;
+        if page.is_empty() {
+            return Ok(applied);
+        }
+        applied += page.len() as u64;
+        shared.apply_committed(&page)?;
+    }
+}
+
+/// Records a clock behind the tenant's last event: the decision then uses
+/// the tenant's last time instead (event times in a tenant never
+/// decrease), and the skew is counted and logged.
+fn note_clock_behind(shared: &Shared, decision: &Ledger, tenant: &TenantId, now: Timestamp) {
+    let Some(last) = decision.tenant(tenant).map(|t| t.last_at) else {
+        return;
+    };
+    if last <= now {
+        return;
+    }
+    let behind = last.as_micros().saturating_sub(now.as_micros()).max(0) as u64;
+    shared.metrics.note_clock_behind(behind);
+    tracing::warn!(
+        %tenant,
+        behind_micros = behind,
+        "the clock is behind the tenant's last event; using the event's time"
+    );
 }

@@ -98,8 +98,9 @@ pub mod v1 {
     use std::str::FromStr;
 
     use keyledger_core::{
-        Actor, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked, KeyRotated, KeyUsed,
-        RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts, UserId, UserRemoved,
+        Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked,
+        KeyRotated, KeyUsed, RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts,
+        UserId, UserRemoved,
     };
     use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,34 @@ pub mod v1 {
         KeyRotated(KeyRotatedV1),
         /// A user was removed.
         UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
+        /// The audit trail was read. Added at the end of the enum before
+        /// any release: postcard tags variants by index, so every record
+        /// written before it decodes unchanged.
+        AuditRead(AuditReadV1),
+    }
+
+    /// The audit trail was read.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AuditReadV1 {
+        /// First tenant sequence number covered.
+        pub from_seq: u64,
+        /// Last tenant sequence number covered.
+        pub to_seq: u64,
+        /// What was read.
+        pub what: AuditReadKindV1,
+    }
+
+    /// What kind of audit read.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum AuditReadKindV1 {
+        /// A page of the trail.
+        List,
+        /// An export.
+        Export,
+        /// An evidence bundle.
+        Bundle,
+        /// A proof or a checkpoint.
+        Proof,
     }
 
     /// A key exists.
@@ -318,6 +347,16 @@ pub mod v1 {
                     EventKind::UserRemoved(u) => KindV1::UserRemoved(UserRemovedV1 {
                         user_id: u.user_id.as_str(),
                     }),
+                    EventKind::AuditRead(r) => KindV1::AuditRead(AuditReadV1 {
+                        from_seq: r.from_seq,
+                        to_seq: r.to_seq,
+                        what: match r.what {
+                            AuditReadKind::List => AuditReadKindV1::List,
+                            AuditReadKind::Export => AuditReadKindV1::Export,
+                            AuditReadKind::Bundle => AuditReadKindV1::Bundle,
+                            AuditReadKind::Proof => AuditReadKindV1::Proof,
+                        },
+                    }),
                 },
             }
         }
@@ -373,6 +412,16 @@ pub mod v1 {
                 }),
                 KindV1::UserRemoved(u) => EventKind::UserRemoved(UserRemoved {
                     user_id: user("user_id", u.user_id)?,
+                }),
+                KindV1::AuditRead(r) => EventKind::AuditRead(AuditRead {
+                    from_seq: r.from_seq,
+                    to_seq: r.to_seq,
+                    what: match r.what {
+                        AuditReadKindV1::List => AuditReadKind::List,
+                        AuditReadKindV1::Export => AuditReadKind::Export,
+                        AuditReadKindV1::Bundle => AuditReadKind::Bundle,
+                        AuditReadKindV1::Proof => AuditReadKind::Proof,
+                    },
                 }),
             };
             let actor = match self.actor {

@@ -8,16 +8,20 @@
 //!   version byte), with upcasting from every older version.
 //! * [`chain`]: the per-tenant SHA-256 hash chain, computed at append and
 //!   verified on demand.
+//! * [`faults`]: a test facility, a redb storage backend that fails the Nth
+//!   write or sync, fills up, turns read-only, and rebuilds the file a crash
+//!   at any sync would leave.
 
 pub mod chain;
 pub mod conformance;
 pub mod envelope;
+pub mod faults;
 mod memory;
 mod redb_log;
 
 pub use chain::{ChainProblem, ChainReport, Hash};
 pub use memory::MemoryLog;
-pub use redb_log::RedbLog;
+pub use redb_log::{RedbLog, decode_record_bytes, encode_record_bytes};
 
 use keyledger_core::{Event, TenantId};
 
@@ -135,6 +139,37 @@ pub trait EventLog: Send + Sync {
 
     /// Every tenant with at least one event, sorted.
     fn tenants(&self) -> Result<Vec<TenantId>, StoreError>;
+
+    /// Waits until records past `after` may exist (another writer committed)
+    /// or `timeout` passes, whichever is first. A hint only: callers always
+    /// read by position afterwards, so a missed or spurious wake-up costs
+    /// latency, never correctness. A backend only this process writes has
+    /// nothing to wait for and just sleeps; a shared one wakes on the other
+    /// writers' signal (PostgreSQL: LISTEN/NOTIFY).
+    fn wait_for_append(&self, after: u64, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let _ = after;
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+
+    /// Publishes that the node `node` has applied every record up to
+    /// `position` to its projections. Nodes sharing a log use it to wait
+    /// until every live node enforces a revocation. A log with one node
+    /// keeps nothing.
+    fn report_applied(&self, node: &str, position: u64) -> Result<(), StoreError> {
+        let _ = (node, position);
+        Ok(())
+    }
+
+    /// The lowest position applied among the nodes that reported within
+    /// `live_within`, or `None` when no node did (a log with one node).
+    fn min_applied_live(
+        &self,
+        live_within: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = live_within;
+        Ok(None)
+    }
 }
 
 /// Most records a read allocates room for up front, whatever `limit` says.

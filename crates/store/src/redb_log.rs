@@ -1,4 +1,5 @@
-//! The embedded default backend: one redb file.
+//! The embedded default backend: one redb file (or any redb storage
+//! backend, see [`RedbLog::open_with_backend`]).
 //!
 //! # On-disk layout
 //!
@@ -17,10 +18,11 @@
 //! read back).
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Database, DatabaseError, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable,
+    StorageBackend, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,12 +82,34 @@ fn decode_stored(position: u64, bytes: &[u8]) -> Result<Stored<'_>, StoreError> 
         Some((&RECORD_FORMAT, rest)) => {
             let (header, payload) = postcard::take_from_bytes::<StoredHeader<'_>>(rest)
                 .map_err(|e| corrupt(format!("the stored record's header is malformed: {e}")))?;
+            // postcard reads overlong varints; one record has one stored
+            // form (found by the `record_decode` fuzz target).
+            if rest.len() - payload.len() != header_len(&header) {
+                return Err(corrupt(
+                    "the stored record's header is not in its canonical encoding".into(),
+                ));
+            }
             Ok(Stored { header, payload })
         }
         Some((other, _)) => Err(corrupt(format!(
             "unknown stored record format {other} (this release reads {RECORD_FORMAT})"
         ))),
     }
+}
+
+/// Bytes of a postcard varint holding `v`.
+const fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Bytes of the canonical postcard encoding of `h`.
+fn header_len(h: &StoredHeader<'_>) -> usize {
+    varint_len(h.position)
+        + varint_len(h.tenant.len() as u64)
+        + h.tenant.len()
+        + varint_len(h.seq)
+        + 2 * 32
 }
 
 fn encode_head(seq: u64, hash: &Hash) -> [u8; HEAD_BYTES] {
@@ -115,14 +139,32 @@ fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreE
     move |e| StoreError::Backend(format!("{what}: {e}"))
 }
 
+/// Opens (or reopens) the database: from a path, or from a storage backend.
+type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
+
 /// An [`EventLog`] in one redb file.
 ///
 /// Every [`append`](EventLog::append) is one write transaction committed
 /// with [`Durability::Immediate`] (fsync before it returns). Reads run in
 /// read transactions, so they see only committed records and never block
 /// the writer.
+///
+/// # After an I/O failure
+///
+/// Once a write or sync fails, redb refuses every later write of that
+/// handle (`PreviousIo`) until the database is reopened, which repairs it.
+/// So a failed append drops the handle and reopens the file at once, then
+/// looks whether the failed commit reached the disk after all (a sync can
+/// fail after the data was written): if the last record it was writing is
+/// there with the hash it computed, the append succeeded and returns its
+/// records; otherwise nothing was written and it returns the error. When
+/// the reopen itself fails (the disk is still full, say) the log stays
+/// closed, the error says the outcome is unknown, and every later call
+/// tries to reopen it first, so the log recovers by itself once the disk
+/// does.
 pub struct RedbLog {
-    db: Database,
+    db: RwLock<Option<Database>>,
+    opener: Opener,
     path: PathBuf,
 }
 
@@ -132,46 +174,163 @@ impl std::fmt::Debug for RedbLog {
     }
 }
 
+/// Creates a new, empty log at `path` by making it under a temporary name
+/// and renaming it into place (then syncing the directory).
+fn create_atomically(path: &Path) -> Result<(), StoreError> {
+    let io = |what: &'static str| {
+        move |e: std::io::Error| StoreError::Backend(format!("{what} for {}: {e}", path.display()))
+    };
+    let mut name = path.as_os_str().to_owned();
+    name.push(".creating");
+    let temp = PathBuf::from(name);
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing a half-made log")(e)),
+    }
+    {
+        let db = Database::create(&temp).map_err(|e| {
+            StoreError::Backend(format!("creating the event log {}: {e}", temp.display()))
+        })?;
+        init(&db, path)?;
+    }
+    std::fs::rename(&temp, path).map_err(io("moving the new log into place"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the data directory"))?;
+    }
+    Ok(())
+}
+
+/// Creates the tables in a new file; checks the layout of an existing one.
+fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(backend("starting the first write"))?;
+    {
+        let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+        let format = meta
+            .get("format")
+            .map_err(backend("reading the file format"))?
+            .map(|v| v.value());
+        match format {
+            None => {
+                meta.insert("format", FILE_FORMAT)
+                    .map_err(backend("writing the file format"))?;
+            }
+            Some(FILE_FORMAT) => {}
+            Some(other) => {
+                return Err(StoreError::Backend(format!(
+                    "{} holds layout version {other}; this release reads {FILE_FORMAT}",
+                    path.display()
+                )));
+            }
+        }
+        txn.open_table(EVENTS).map_err(backend("creating events"))?;
+        txn.open_table(TENANT_INDEX)
+            .map_err(backend("creating tenant_index"))?;
+        txn.open_table(TENANT_HEADS)
+            .map_err(backend("creating tenant_heads"))?;
+    }
+    txn.commit().map_err(backend("committing the tables"))
+}
+
 impl RedbLog {
     /// Opens the log in the file at `path`, creating it (and its tables)
     /// when it does not exist. Refuses a file of another layout version.
+    ///
+    /// A new file is made whole under a temporary name (`<path>.creating`)
+    /// and renamed into place, so a crash while creating it leaves either
+    /// no file or a complete, empty log: never a half-made file that would
+    /// not open.
     pub fn open(path: &Path) -> Result<RedbLog, StoreError> {
-        let db = Database::create(path).map_err(|e| {
-            StoreError::Backend(format!("opening the event log {}: {e}", path.display()))
-        })?;
-        let txn = db
-            .begin_write()
-            .map_err(backend("starting the first write"))?;
-        {
-            let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
-            let format = meta
-                .get("format")
-                .map_err(backend("reading the file format"))?
-                .map(|v| v.value());
-            match format {
-                None => {
-                    meta.insert("format", FILE_FORMAT)
-                        .map_err(backend("writing the file format"))?;
-                }
-                Some(FILE_FORMAT) => {}
-                Some(other) => {
-                    return Err(StoreError::Backend(format!(
-                        "{} holds layout version {other}; this release reads {FILE_FORMAT}",
-                        path.display()
-                    )));
-                }
-            }
-            txn.open_table(EVENTS).map_err(backend("creating events"))?;
-            txn.open_table(TENANT_INDEX)
-                .map_err(backend("creating tenant_index"))?;
-            txn.open_table(TENANT_HEADS)
-                .map_err(backend("creating tenant_heads"))?;
+        if !path.exists() {
+            create_atomically(path)?;
         }
-        txn.commit().map_err(backend("committing the tables"))?;
-        Ok(RedbLog {
-            db,
-            path: path.to_owned(),
-        })
+        let p = path.to_owned();
+        Self::open_with(path.to_owned(), Box::new(move || Database::create(&p)))
+    }
+
+    /// Opens the log on a redb [`StorageBackend`] instead of a file: the
+    /// fault-injecting [`FaultBackend`](crate::faults::FaultBackend) in
+    /// tests. `backend` is cloned for every (re)open, so its clones must
+    /// share one storage, as a file's handles do.
+    pub fn open_with_backend<B: StorageBackend + Clone>(backend: B) -> Result<RedbLog, StoreError> {
+        Self::open_with(
+            PathBuf::from("(storage backend)"),
+            Box::new(move || Database::builder().create_with_backend(backend.clone())),
+        )
+    }
+
+    fn open_with(path: PathBuf, opener: Opener) -> Result<RedbLog, StoreError> {
+        let log = RedbLog {
+            db: RwLock::new(None),
+            opener,
+            path,
+        };
+        log.reopen()?;
+        Ok(log)
+    }
+
+    /// Drops the handle (releasing the file) and opens the file again,
+    /// which runs redb's repair when the last writer failed.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        *slot = None;
+        let db = (self.opener)().map_err(|e| {
+            StoreError::Backend(format!(
+                "opening the event log {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        init(&db, &self.path)?;
+        *slot = Some(db);
+        Ok(())
+    }
+
+    /// The open database, reopening it first when a failure closed it.
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        {
+            let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+            if guard.is_some() {
+                return Ok(DbGuard(guard));
+            }
+        }
+        self.reopen()?;
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_some() {
+            Ok(DbGuard(guard))
+        } else {
+            Err(StoreError::Backend(format!(
+                "the event log {} was closed by a failure",
+                self.path.display()
+            )))
+        }
+    }
+
+    /// After a failed append: reopens the file (redb refuses every write of
+    /// a handle that saw an I/O error) and looks whether the commit reached
+    /// the disk anyway. `Ok` when the last record planned (`position`,
+    /// `hash`) is stored: the append succeeded. Otherwise the failure.
+    fn recover_append(&self, failure: String, last: Option<(u64, Hash)>) -> Result<(), StoreError> {
+        if let Err(e) = self.reopen() {
+            return Err(StoreError::Backend(format!(
+                "{failure}; reopening the log failed too ({e}): whether this append reached \
+                 the disk is known only once the log reopens"
+            )));
+        }
+        let Some((position, hash)) = last else {
+            return Err(StoreError::Backend(failure));
+        };
+        match self.raw_record(position) {
+            Ok(Some(r)) if r.hash == hash => Ok(()),
+            Ok(_) => Err(StoreError::Backend(failure)),
+            Err(e) => Err(StoreError::Backend(format!(
+                "{failure}; reading the log back after reopening it failed ({e}): whether \
+                 this append reached the disk is known only once the log reads back"
+            ))),
+        }
     }
 
     /// The file this log lives in.
@@ -180,7 +339,10 @@ impl RedbLog {
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(backend("starting a write"))?;
+        let mut txn = self
+            .db()?
+            .begin_write()
+            .map_err(backend("starting a write"))?;
         txn.set_durability(Durability::Immediate)
             .map_err(backend("asking for a durable commit"))?;
         Ok(txn)
@@ -190,7 +352,10 @@ impl RedbLog {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<ReadOnlyTable<K, V>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend("starting a read"))?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
         txn.open_table(def).map_err(backend("opening a table"))
     }
 
@@ -215,6 +380,21 @@ impl RedbLog {
         };
         txn.commit().map_err(backend("committing"))?;
         Ok(out)
+    }
+}
+
+/// A read lock on the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match &*self.0 {
+            Some(db) => db,
+            // `RedbLog::db` hands out a guard only when the slot is full.
+            None => unreachable!("a DbGuard is made only over an open database"),
+        }
     }
 }
 
@@ -273,7 +453,8 @@ impl EventLog for RedbLog {
             envelope::encode_into(event, &mut payloads);
             ends.push(payloads.len());
         }
-        let links = self.write(|t| {
+        let mut planned: Vec<(u64, u64, Hash, Hash)> = Vec::new();
+        let written = self.write(|t| {
             let mut position = t
                 .events
                 .last()
@@ -350,8 +531,20 @@ impl EventLog for RedbLog {
                     .insert(tenant, encode_head(seq, &hash).as_slice())
                     .map_err(backend("writing a tenant head"))?;
             }
-            Ok(links)
-        })?;
+            planned = links;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {}
+            Err(StoreError::Backend(failure)) => {
+                let last = planned
+                    .last()
+                    .map(|&(position, _, _, hash)| (position, hash));
+                self.recover_append(failure, last)?;
+            }
+            Err(e) => return Err(e),
+        }
+        let links = planned;
         let events = batches.into_iter().flat_map(|b| b.events);
         Ok(links
             .into_iter()
@@ -545,7 +738,10 @@ impl RedbLog {
         if limit == 0 {
             return Ok(());
         }
-        let txn = self.db.begin_read().map_err(backend("starting a read"))?;
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
         let index = txn
             .open_table(TENANT_INDEX)
             .map_err(backend("opening tenant_index"))?;
@@ -566,6 +762,37 @@ impl RedbLog {
         }
         Ok(())
     }
+}
+
+/// Decodes the bytes stored for one record (format byte, header, payload)
+/// without decoding the payload: what a read does first. `position` is the
+/// key the bytes were stored under, named in errors. Never panics: the
+/// fuzz target `record_decode` holds it to that.
+pub fn decode_record_bytes(position: u64, bytes: &[u8]) -> Result<RawRecord, StoreError> {
+    let s = decode_stored(position, bytes)?;
+    Ok(RawRecord {
+        position: s.header.position,
+        tenant: s.header.tenant.to_owned(),
+        seq: s.header.seq,
+        prev_hash: s.header.prev_hash,
+        hash: s.header.hash,
+        payload: s.payload.to_vec(),
+    })
+}
+
+/// Encodes a record as [`EventLog::append`] stores it (the inverse of
+/// [`decode_record_bytes`]).
+pub fn encode_record_bytes(record: &RawRecord) -> Vec<u8> {
+    let header = StoredHeader {
+        position: record.position,
+        tenant: &record.tenant,
+        seq: record.seq,
+        prev_hash: record.prev_hash,
+        hash: record.hash,
+    };
+    let mut out = Vec::new();
+    encode_stored(&header, &record.payload, &mut out);
+    out
 }
 
 /// Forensic and test hooks: read and write the stored tables directly,

@@ -58,3 +58,33 @@ fn redb_log_passes_the_suite() {
         current: PathBuf::new(),
     });
 }
+
+/// redb on the fault-injecting backend with no fault armed: reopening takes
+/// another handle on the same in-memory "disk".
+#[derive(Default)]
+struct Faulty {
+    current: keyledger_store::faults::FaultBackend,
+}
+
+impl Harness for Faulty {
+    fn fresh(&mut self) -> Box<dyn EventLog> {
+        self.current = keyledger_store::faults::FaultBackend::new().without_journal();
+        Box::new(
+            RedbLog::open_with_backend(self.current.clone())
+                .unwrap_or_else(|e| panic!("open: {e}")),
+        )
+    }
+
+    fn reopen(&mut self, log: Box<dyn EventLog>) -> Box<dyn EventLog> {
+        drop(log);
+        Box::new(
+            RedbLog::open_with_backend(self.current.clone())
+                .unwrap_or_else(|e| panic!("reopen: {e}")),
+        )
+    }
+}
+
+#[test]
+fn redb_log_on_the_fault_backend_passes_the_suite() {
+    run_all(&mut Faulty::default());
+}

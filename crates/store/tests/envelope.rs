@@ -394,6 +394,18 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
             })
         }),
         arb_user().prop_map(|user_id| EventKind::UserRemoved(UserRemoved { user_id })),
+        (any::<u64>(), any::<u64>(), 0u8..4).prop_map(|(from_seq, to_seq, what)| {
+            EventKind::AuditRead(keyledger_core::AuditRead {
+                from_seq,
+                to_seq,
+                what: [
+                    keyledger_core::AuditReadKind::List,
+                    keyledger_core::AuditReadKind::Export,
+                    keyledger_core::AuditReadKind::Bundle,
+                    keyledger_core::AuditReadKind::Proof,
+                ][usize::from(what)],
+            })
+        }),
     ]
 }
 

@@ -2,4 +2,6 @@
 
 mod conformance;
 mod envelope;
+mod faults;
+mod hostile;
 mod tamper;

@@ -1,0 +1,263 @@
+//! Audit evidence at scale: one tenant with `KEYLEDGER_BENCH_EVENTS` events
+//! (default 1,000,000). Prints a Markdown table of times and sizes:
+//!
+//! * building the tenant's Merkle tree during replay (open vs open without
+//!   audit is not separated here: the tree build is timed on its own);
+//! * inclusion and consistency proof generation and verification at the
+//!   full size (median of many);
+//! * signing and verifying a checkpoint;
+//! * building, serializing and verifying a bundle of the last 1,000 events
+//!   and of the whole trail.
+//!
+//! One-shot figures, not a criterion run: a whole-trail bundle takes
+//! seconds, and these machines are shared and noisy.
+//!
+//! Run: `cargo bench --bench audit`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyledger_audit::merkle::{self, Tree};
+use keyledger_core::{
+    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, ScopeSet, Secret, TenantId,
+    Timestamp, UseCounts, UserId,
+};
+use keyledger_runtime::{AuditConfig, Config, Keyledger, UsageWindow};
+use keyledger_store::{EventLog, MemoryLog, TenantAppend};
+
+fn main() {
+    let n: usize = std::env::var("KEYLEDGER_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = Arc::new(MemoryLog::new());
+    fill(log.as_ref(), n);
+    let tenant: TenantId = "acme".parse().expect("tenant");
+
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // The tree on its own: what replay adds per event.
+    let raw = log.read_tenant_raw(&tenant, 0, n).expect("read");
+    let start = Instant::now();
+    let mut tree = Tree::new();
+    for r in &raw {
+        tree.push_leaf_hash(merkle::leaf_hash(&r.hash));
+    }
+    let built = start.elapsed();
+    rows.push((
+        format!("build the tree of {n} events (leaf + node hashing)"),
+        format!("{} ({:.0} ns/event)", ms(built), per(built, n)),
+    ));
+    drop(raw);
+
+    let ledger = rt.block_on(async {
+        let config = Config {
+            usage_window: UsageWindow::Manual,
+            audit: Some(AuditConfig::in_dir(dir.path())),
+            ..Config::default()
+        };
+        let start = Instant::now();
+        let l = Keyledger::open(log.clone(), config).expect("open");
+        eprintln!("open (replay with trees): {}", ms(start.elapsed()));
+        l
+    });
+    assert_eq!(ledger.tree_size(&tenant), n as u64);
+    let size = n as u64;
+
+    // Proofs at full size, median of many.
+    let samples = 2000u64;
+    let mut times = Vec::new();
+    let mut proof_len = 0;
+    for i in 0..samples {
+        let seq = 1 + (i * 7_919) % size;
+        let t = Instant::now();
+        let p = ledger
+            .inclusion_proof(&tenant, seq, size)
+            .expect("inclusion");
+        times.push(t.elapsed());
+        proof_len = p.proof.len();
+    }
+    rows.push((
+        format!("inclusion proof at size {n} (median of {samples})"),
+        format!(
+            "{} µs; {} hashes = {} bytes",
+            us(median(&mut times)),
+            proof_len,
+            proof_len * 32
+        ),
+    ));
+    let root = tree.root(size).expect("root");
+    let index = size / 3;
+    let proof = tree.inclusion_proof(index, size).expect("proof");
+    let leaf = tree.leaf(index).expect("leaf");
+    times.clear();
+    for _ in 0..samples {
+        let t = Instant::now();
+        merkle::verify_inclusion(index, size, &leaf, &proof, &root).expect("verifies");
+        times.push(t.elapsed());
+    }
+    rows.push((
+        "verify an inclusion proof".into(),
+        format!("{} µs", us(median(&mut times))),
+    ));
+    times.clear();
+    for i in 0..samples {
+        let old = 1 + (i * 104_729) % (size - 1);
+        let t = Instant::now();
+        let p = ledger
+            .consistency_proof(&tenant, old, size)
+            .expect("consistency");
+        times.push(t.elapsed());
+        proof_len = proof_len.max(p.proof.len());
+    }
+    rows.push((
+        format!("consistency proof to size {n} (median of {samples})"),
+        format!(
+            "{} µs; at most {} hashes = {} bytes",
+            us(median(&mut times)),
+            proof_len,
+            proof_len * 32
+        ),
+    ));
+    times.clear();
+    let mut note = String::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        note = ledger.checkpoint(&tenant).expect("checkpoint").note;
+        times.push(t.elapsed());
+    }
+    rows.push((
+        "sign a checkpoint (root + Ed25519)".into(),
+        format!("{} µs; {} bytes", us(median(&mut times)), note.len()),
+    ));
+    let key = ledger.audit_public_key().expect("a key");
+    times.clear();
+    for _ in 0..200 {
+        let t = Instant::now();
+        keyledger_audit::checkpoint::open(&note, &key).expect("verifies");
+        times.push(t.elapsed());
+    }
+    rows.push((
+        "verify a checkpoint (verify_strict)".into(),
+        format!("{} µs", us(median(&mut times))),
+    ));
+
+    for (label, from) in [
+        ("the last 1,000 events", size.saturating_sub(999).max(1)),
+        ("the whole trail", 1),
+    ] {
+        let t = Instant::now();
+        let bundle = ledger.bundle(&tenant, from, size).expect("bundle");
+        let bytes = serde_json::to_vec(&bundle).expect("json");
+        let made = t.elapsed();
+        drop(bundle);
+        let t = Instant::now();
+        let report = keyledger_runtime::verify_bundle(&bytes, &key);
+        let checked = t.elapsed();
+        assert!(report.ok(), "{:?}", report.problems.first());
+        rows.push((
+            format!("bundle of {label}: build + serialize"),
+            format!("{}; {:.1} MB", ms(made), bytes.len() as f64 / 1e6),
+        ));
+        rows.push((
+            format!("bundle of {label}: verify offline"),
+            format!(
+                "{} ({:.1} µs/event; {} inclusion proofs)",
+                ms(checked),
+                checked.as_secs_f64() * 1e6 / report.events as f64,
+                report.inclusion_proofs_ok
+            ),
+        ));
+    }
+    rt.block_on(ledger.shutdown()).expect("shutdown");
+
+    println!("| workload ({n} events, one tenant) | keyledger |");
+    println!("|---|---|");
+    for (w, f) in rows {
+        println!("| {w} | {f} |");
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn per(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e9 / n as f64
+}
+
+/// Writes `n` events straight into a log: a tenth keys, then usage windows.
+fn fill(log: &dyn EventLog, n: usize) {
+    let tenant: TenantId = "acme".parse().expect("tenant");
+    let owner: UserId = "alice".parse().expect("user");
+    let keys = (n / 10).max(1);
+    let prefix = KeyPrefix::default();
+    let at = Timestamp::from_micros(1_767_225_600_000_000);
+    let mut version = 0;
+    let mut written = 0;
+    while written < n {
+        let batch = (n - written).min(10_000);
+        let events: Vec<Event> = (written..written + batch)
+            .map(|i| {
+                let kind = if i < keys {
+                    let mut material = [0u8; 32];
+                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let s = Secret::from_material(&prefix, &material);
+                    EventKind::KeyCreated(KeyCreated {
+                        key_id: KeyId::from_u128(i as u128 + 1),
+                        owner: owner.clone(),
+                        name: format!("key {i}"),
+                        description: None,
+                        expires_at: None,
+                        scopes: ScopeSet::DEFAULT,
+                        secret_hash: s.hash(),
+                        masked: s.masked(),
+                        rotated_from: None,
+                    })
+                } else {
+                    EventKind::KeyUsed(KeyUsed {
+                        key_id: KeyId::from_u128((i % keys) as u128 + 1),
+                        window_start: at,
+                        window_end: at.plus_seconds(1),
+                        last_valid_at: Some(at),
+                        counts: UseCounts {
+                            valid: 7,
+                            revoked: 0,
+                            expired: 0,
+                            insufficient_scope: 1,
+                        },
+                    })
+                };
+                Event {
+                    tenant: tenant.clone(),
+                    at,
+                    actor: Actor::System,
+                    kind,
+                }
+            })
+            .collect();
+        log.append(vec![TenantAppend {
+            tenant: tenant.clone(),
+            expected_version: version,
+            events,
+        }])
+        .expect("fill");
+        version += batch as u64;
+        written += batch;
+    }
+}

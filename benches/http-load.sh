@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Load benchmark of the HTTP service (not run in CI). One release server on
+# a fresh data directory, driven by wrk on the same machine:
+#
+#   1. GET /healthz                                   (the HTTP stack's ceiling)
+#   2. POST /v1/verify, valid keys, rotating through KEYS of them (Lua)
+#   3. POST /v1/keys, durable creates, one writer key  (group commit)
+#
+# each with CONNECTIONS connections for DURATION after a short warm-up.
+# Prints requests per second and p99 of each, and verify / healthz.
+# Targets (issue 3): verify >= 0.8 x healthz, p99 < 5 ms at 64 connections;
+# >= 20,000 acknowledged creates per second.
+#
+# Rounds alternate healthz and verify, so a noisy neighbour on a shared
+# machine hits both alike; the medians are reported.
+#
+#   benches/http-load.sh                 # defaults below
+#   DURATION=30s ROUNDS=5 KEYS=10000 benches/http-load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10s}"
+ROUNDS="${ROUNDS:-3}"
+WARMUP="${WARMUP:-3s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+KEYS="${KEYS:-1000}"
+
+if ! command -v wrk >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk
+fi
+cargo build --release --locked --bin keyledger
+bin="$PWD/target/release/keyledger"
+
+work="$(mktemp -d)"
+token="load-operator-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG=warn "$bin" --data "$work/data" \
+  serve --addr 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
+pid=$!
+cleanup() {
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+  grep -q '^listening on ' "$work/stdout" && break
+  sleep 0.1
+done
+base="$(sed -n 's/^listening on //p' "$work/stdout")"
+[ -n "$base" ] || { cat "$work/stderr"; exit 1; }
+
+# Mint the keys to verify, and one writer key for the creates, through the
+# operator route (keep-alive, so this takes a moment, not a minute).
+python3 - "$base" "$token" "$KEYS" "$work" <<'PY'
+import http.client, json, sys, urllib.parse
+base, token, n, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+u = urllib.parse.urlparse(base)
+c = http.client.HTTPConnection(u.hostname, u.port)
+def mint(tenant, user, name, scopes=None):
+    body = {"user": user, "name": name}
+    if scopes:
+        body["scopes"] = scopes
+    c.request("POST", f"/v1/admin/tenants/{tenant}/keys", json.dumps(body),
+              {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    assert r.status == 201, data
+    return json.loads(data)["key"]
+with open(f"{work}/keys.txt", "w") as f:
+    for i in range(n):
+        f.write(mint(f"tenant-{i % 10}", f"user-{i % 100}", f"key {i}") + "\n")
+with open(f"{work}/writer.txt", "w") as f:
+    f.write(mint("load", "writer", "writer", ["keys:write"]) + "\n")
+PY
+
+cat >"$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local seconds = summary.duration / 1e6
+  local bad = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT rps=%.0f p50_ms=%.3f p99_ms=%.3f requests=%d errors=%d\n",
+    summary.requests / seconds, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.requests, bad))
+end
+LUA
+# Every request is formatted once, up front: wrk shares the 2 cores with
+# the server, and formatting per request in Lua would cost it the most.
+cat >"$work/verify.lua" <<LUA
+local requests = {}
+for line in io.lines("$work/keys.txt") do
+  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
+    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
+end
+local i = math.random(#requests)
+request = function()
+  i = i % #requests + 1
+  return requests[i]
+end
+$(cat "$work/report.lua")
+LUA
+writer="$(cat "$work/writer.txt")"
+cat >"$work/create.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $writer"
+wrk.body = '{"name":"load test"}'
+$(cat "$work/report.lua")
+LUA
+
+run() { # name script path duration -> "name rps=… p50_ms=… p99_ms=… requests=… errors=…"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base$3" | sed -n 's/^RESULT /'"$1"' /p'
+}
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+echo "machine: $(nproc) cores, $(uname -sr); keyledger $("$bin" --version | cut -d' ' -f2)"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION per round, $ROUNDS rounds alternating healthz and verify"
+echo "(after a $WARMUP warm-up of each); $KEYS keys to verify, in 10 tenants"
+run warmup "$work/report.lua" /healthz "$WARMUP" >/dev/null
+run warmup "$work/verify.lua" /v1/verify "$WARMUP" >/dev/null
+: >"$work/results"
+for round in $(seq 1 "$ROUNDS"); do
+  run healthz "$work/report.lua" /healthz "$DURATION" | tee -a "$work/results"
+  run verify "$work/verify.lua" /v1/verify "$DURATION" | tee -a "$work/results"
+done
+for round in $(seq 1 "$ROUNDS"); do
+  run create "$work/create.lua" /v1/keys "$DURATION" | tee -a "$work/results"
+done
+echo "medians over $ROUNDS rounds:"
+for name in healthz verify create; do
+  rps="$(grep "^$name " "$work/results" | field rps | median)"
+  p99="$(grep "^$name " "$work/results" | field p99_ms | median)"
+  printf '  %-8s %8.0f req/s   p99 %6.2f ms\n' "$name" "$rps" "$p99"
+  eval "median_$name=$rps"
+done
+python3 -c "print(f'  verify / healthz = {$median_verify / $median_healthz:.2f}')"
+echo "writer, over the whole run:"
+curl -s "$base/metrics" | grep -E '^keyledger_(commits_total|events_appended_total|commit_duration_seconds_(sum|count)) ' | sed 's/^/  /' || true

@@ -1,0 +1,1187 @@
+//! Audit evidence: a Merkle tree per tenant, signed checkpoints, proofs and
+//! export bundles, and the offline bundle verifier.
+//!
+//! * **Leaf.** Event `seq` of a tenant is leaf `seq - 1` of the tenant's
+//!   tree, and its entry is the event's 32-byte chain hash, which already
+//!   commits to the tenant, the sequence number, the predecessor and the
+//!   stored payload bytes: `leaf = SHA-256(0x00 || chain_hash)`.
+//! * **Trees** are kept in memory, appended to as committed events are
+//!   applied (start-up replay included), 64 bytes per event.
+//! * **Checkpoints** are C2SP signed notes (`keyledger/<tenant>`, size,
+//!   root, `time <RFC 3339>`), signed with the data directory's Ed25519 key.
+//!   They are appended to `<dir>/checkpoints/<tenant>.jsonl` when a tenant's
+//!   tree has grown (at most once per [`AuditConfig::checkpoint_debounce`])
+//!   and at least every [`AuditConfig::checkpoint_interval`] when idle.
+//! * **Bundles** carry a range of events with their stored payloads, the
+//!   current signed checkpoint, a range proof, inclusion proofs and the
+//!   consistency proofs from earlier stored checkpoints. [`verify_bundle`]
+//!   checks one with nothing but the public key.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use keyledger_audit::checkpoint::{self, Checkpoint};
+use keyledger_audit::merkle::{self, Hash, Tree};
+use keyledger_audit::{SigningKey, VerifyingKey};
+use keyledger_core::{AuditRead, AuditReadKind, Command, Principal, TenantId, Timestamp};
+use keyledger_store::{Record, chain, envelope};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::views::AuditEntry;
+use crate::{Error, Keyledger, Shared};
+
+/// The signing key's file in the audit directory (hex of the 32-byte seed, mode 0600).
+pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
+/// The public key's file in the audit directory (base64 of 32 bytes).
+pub const PUBLIC_KEY_FILE: &str = "audit-signing.pub";
+/// The directory of stored checkpoints, one JSON Lines file per tenant.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+/// The `format` of a bundle.
+pub const BUNDLE_FORMAT: &str = "keyledger-audit-bundle/v1";
+/// Most events one bundle holds.
+pub const BUNDLE_EVENTS_MAX: u64 = 2_000_000;
+/// Ranges up to this many events get an inclusion proof per event; longer
+/// ones get one for their first and last event (the range proof covers all).
+pub const BUNDLE_INCLUSION_PROOFS_MAX: u64 = 1000;
+
+/// Where and how often checkpoints are written.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// The directory holding the signing key and the checkpoints (the data directory).
+    pub dir: PathBuf,
+    /// A checkpoint is written for every tenant at least this often, grown or not.
+    pub checkpoint_interval: Duration,
+    /// A grown tree is checkpointed at most this often.
+    pub checkpoint_debounce: Duration,
+}
+
+impl AuditConfig {
+    /// Hourly checkpoints, debounced by a second, in `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        AuditConfig {
+            dir: dir.into(),
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_debounce: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The checkpoint origin (and key name) of a tenant: `keyledger/<tenant>`.
+pub fn origin(tenant: &str) -> String {
+    format!("keyledger/{tenant}")
+}
+
+/// A public key as published: base64 of its 32 bytes.
+pub fn encode_public_key(key: &VerifyingKey) -> String {
+    b64(key.as_bytes())
+}
+
+/// The Merkle leaf hash of an event: `SHA-256(0x00 || chain hash)`.
+pub fn leaf_of(chain_hash: &Hash) -> Hash {
+    merkle::leaf_hash(chain_hash)
+}
+
+/// A signed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// What was signed.
+    pub checkpoint: Checkpoint,
+    /// The signed note text.
+    pub note: String,
+}
+
+/// A checkpoint as stored in `<dir>/checkpoints/<tenant>.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size.
+    pub size: u64,
+    /// When it was signed.
+    pub at: String,
+    /// The signed note.
+    pub note: String,
+}
+
+/// An inclusion proof of one event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The event's tenant sequence number (its leaf is `seq - 1`).
+    pub seq: u64,
+    /// The tree size the proof is for.
+    pub size: u64,
+    /// The leaf hash (hex).
+    pub leaf: String,
+    /// The audit path, bottom up (hex).
+    pub proof: Vec<String>,
+    /// The root of the tree of `size` (hex).
+    pub root: String,
+}
+
+/// A consistency proof between two tree sizes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// The older size.
+    pub from: u64,
+    /// The newer size.
+    pub to: u64,
+    /// The older root (hex).
+    pub from_root: String,
+    /// The newer root (hex).
+    pub to_root: String,
+    /// The proof (hex).
+    pub proof: Vec<String>,
+}
+
+/// An inclusion proof inside a bundle.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleInclusion {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The audit path (hex), for the bundle's checkpoint size.
+    pub proof: Vec<String>,
+}
+
+/// An earlier checkpoint inside a bundle, with its consistency proof to
+/// the bundle's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleEarlier {
+    /// The earlier signed note.
+    pub checkpoint: String,
+    /// The consistency proof from its size to the bundle's checkpoint size (hex).
+    pub consistency_proof: Vec<String>,
+}
+
+/// Evidence a reviewer can take away: one JSON document.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Bundle {
+    /// [`BUNDLE_FORMAT`].
+    pub format: String,
+    /// The tenant.
+    pub tenant: String,
+    /// First sequence number of the range.
+    pub from_seq: u64,
+    /// Last sequence number of the range.
+    pub to_seq: u64,
+    /// The signed checkpoint the proofs are for.
+    pub checkpoint: String,
+    /// The events: trail entries with `payload`, the stored bytes (base64).
+    pub events: Vec<Value>,
+    /// Hashes of the subtrees outside the range (hex), left to right.
+    pub range_proof: Vec<String>,
+    /// Inclusion proofs of events of the range.
+    pub inclusion_proofs: Vec<BundleInclusion>,
+    /// Earlier stored checkpoints and their consistency proofs.
+    pub earlier_checkpoints: Vec<BundleEarlier>,
+}
+
+/// Per-process audit state: trees, the signer, what was last written.
+#[derive(Default)]
+pub(crate) struct AuditState {
+    trees: RwLock<HashMap<TenantId, Tree>>,
+    signer: Option<Signer>,
+    /// Per tenant: the size and instant of the last stored checkpoint.
+    written: Mutex<HashMap<TenantId, (u64, Timestamp)>>,
+    pub(crate) stop: tokio::sync::Notify,
+    pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Signer {
+    key: SigningKey,
+    config: AuditConfig,
+}
+
+fn hexs(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(hex::encode).collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Loads the signing key from `dir`, creating it (mode 0600) and its public
+/// key file on first use.
+pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<SigningKey, Error> {
+    let path = dir.join(SIGNING_KEY_FILE);
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(&path)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the audit signing key is readable by others than its owner; chmod 600 it"
+                    );
+                }
+            }
+            let seed: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| fail("cannot read", &"not 64 hex digits"))?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+            let mut seed = [0u8; 32];
+            entropy.fill(&mut seed).map_err(Error::Unavailable)?;
+            let key = SigningKey::from_bytes(&seed);
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&path).map_err(|e| fail("cannot create", &e))?;
+            file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| fail("cannot write", &e))?;
+            std::fs::write(
+                dir.join(PUBLIC_KEY_FILE),
+                format!("{}\n", b64(key.verifying_key().as_bytes())),
+            )
+            .map_err(|e| fail("cannot write the public key beside", &e))?;
+            Ok(key)
+        }
+        Err(e) => Err(fail("cannot read", &e)),
+    }
+}
+
+impl AuditState {
+    pub(crate) fn new(
+        config: Option<AuditConfig>,
+        entropy: &dyn crate::Entropy,
+    ) -> Result<Self, Error> {
+        let signer = match config {
+            None => None,
+            Some(config) => Some(Signer {
+                key: load_or_create_key(&config.dir, entropy)?,
+                config,
+            }),
+        };
+        Ok(AuditState {
+            signer,
+            ..AuditState::default()
+        })
+    }
+
+    /// Appends committed records to their tenants' trees. The leaf index
+    /// must be the record's `seq - 1` (checked here, as the chain is
+    /// checked on append and replay).
+    pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
+        let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            let tree = trees.entry(r.event.tenant.clone()).or_default();
+            if tree.len() + 1 != r.seq {
+                return Err(Error::Corrupt(format!(
+                    "tenant {}: Merkle leaf {} expected, event {} applied",
+                    r.event.tenant,
+                    tree.len() + 1,
+                    r.seq
+                )));
+            }
+            tree.push_leaf_hash(leaf_of(&r.hash));
+        }
+        Ok(())
+    }
+
+    fn with_tree<T>(
+        &self,
+        tenant: &TenantId,
+        f: impl FnOnce(&Tree) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        let empty = Tree::new();
+        f(trees.get(tenant).unwrap_or(&empty))
+    }
+
+    fn signer(&self) -> Result<&Signer, Error> {
+        self.signer.as_ref().ok_or_else(|| {
+            Error::Unavailable("audit signing is not configured (no data directory)".into())
+        })
+    }
+
+    fn sign(
+        &self,
+        tenant: &TenantId,
+        size: u64,
+        root: Hash,
+        now: Timestamp,
+    ) -> Result<SignedCheckpoint, Error> {
+        let signer = self.signer()?;
+        let checkpoint = Checkpoint {
+            origin: origin(tenant.as_str()),
+            size,
+            root,
+            extensions: vec![format!("time {}", now.to_rfc3339())],
+        };
+        let note = checkpoint.sign(&signer.key);
+        Ok(SignedCheckpoint { checkpoint, note })
+    }
+
+    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
+        Ok(self
+            .signer()?
+            .config
+            .dir
+            .join(CHECKPOINT_DIR)
+            .join(format!("{tenant}.jsonl")))
+    }
+
+    /// Every stored checkpoint of a tenant, oldest first.
+    fn stored(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
+        let path = self.checkpoint_path(tenant)?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Unavailable(format!("{}: {e}", path.display()))),
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            // A torn last line (a crash mid-write) is skipped, not fatal.
+            if let Ok(c) = serde_json::from_str::<StoredCheckpoint>(&line) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a checkpoint for every tenant whose tree grew since its last
+    /// stored checkpoint, and for every tenant whose last one is older than
+    /// the interval (or, with `force`, for every tenant that grew at all).
+    fn write_due(&self, now: Timestamp, force: bool) -> Result<usize, Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(0);
+        };
+        let heads: Vec<(TenantId, u64, Hash)> = {
+            let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+            trees
+                .iter()
+                .filter_map(|(t, tree)| Some((t.clone(), tree.len(), tree.root(tree.len()).ok()?)))
+                .collect()
+        };
+        let mut written = 0;
+        for (tenant, size, root) in heads {
+            let last = {
+                let known = self
+                    .written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&tenant)
+                    .copied();
+                match known {
+                    Some(k) => Some(k),
+                    None => self.stored(&tenant)?.last().map(|c| {
+                        let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
+                        (c.size, at)
+                    }),
+                }
+            };
+            let due = match last {
+                None => true,
+                Some((last_size, _)) if last_size != size => true,
+                Some((_, when)) => {
+                    let interval = i64::try_from(signer.config.checkpoint_interval.as_micros())
+                        .unwrap_or(i64::MAX);
+                    !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
+                }
+            };
+            if !due {
+                self.written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(tenant)
+                    .or_insert_with(|| last.unwrap_or((size, now)));
+                continue;
+            }
+            let signed = self.sign(&tenant, size, root, now)?;
+            let line = serde_json::to_string(&StoredCheckpoint {
+                size,
+                at: now.to_rfc3339(),
+                note: signed.note,
+            })
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            let path = self.checkpoint_path(&tenant)?;
+            let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io)?;
+            file.write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| file.sync_data())
+                .map_err(io)?;
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tenant, (size, now));
+            written += 1;
+        }
+        Ok(written)
+    }
+}
+
+/// Writes checkpoints as trees grow, and at least every interval.
+pub(crate) async fn checkpointer(shared: std::sync::Arc<Shared>, debounce: Duration) {
+    loop {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(debounce) => false,
+            _ = shared.audit.stop.notified() => true,
+        };
+        let s = shared.clone();
+        let now = shared.clock.now();
+        let written = tokio::task::spawn_blocking(move || s.audit.write_due(now, false)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "writing audit checkpoints failed; retried next tick");
+        }
+        if stopped {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// Writes the checkpoints of every grown tree (at shutdown).
+    pub(crate) fn write_final_checkpoints(&self) -> Result<usize, Error> {
+        self.audit.write_due(self.clock.now(), true)
+    }
+}
+
+fn parse_hash(s: &str) -> Option<Hash> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+impl Keyledger {
+    /// The size of a tenant's tree: its number of events.
+    pub fn tree_size(&self, tenant: &TenantId) -> u64 {
+        self.shared
+            .audit
+            .with_tree(tenant, |t| Ok(t.len()))
+            .unwrap_or(0)
+    }
+
+    /// The public key checkpoints are signed with, if signing is configured.
+    pub fn audit_public_key(&self) -> Option<VerifyingKey> {
+        self.shared
+            .audit
+            .signer
+            .as_ref()
+            .map(|s| s.key.verifying_key())
+    }
+
+    /// A freshly signed checkpoint of the tenant's current tree.
+    pub fn checkpoint(&self, tenant: &TenantId) -> Result<SignedCheckpoint, Error> {
+        let (size, root) = self.shared.audit.with_tree(tenant, |t| {
+            Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
+        })?;
+        self.shared.audit.sign(tenant, size, root, self.now())
+    }
+
+    /// The tenant's stored checkpoints, oldest first.
+    pub fn stored_checkpoints(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
+        self.shared.audit.stored(tenant)
+    }
+
+    /// Writes every due checkpoint now (normally done by a background task);
+    /// returns how many were written.
+    pub fn write_checkpoints(&self) -> Result<usize, Error> {
+        self.shared.audit.write_due(self.now(), false)
+    }
+
+    /// The inclusion proof of event `seq` in the tenant's tree of `size`
+    /// events (`size` 0: the current size).
+    pub fn inclusion_proof(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+        size: u64,
+    ) -> Result<InclusionProof, Error> {
+        self.shared.audit.with_tree(tenant, |t| {
+            let size = if size == 0 { t.len() } else { size };
+            if seq == 0 || seq > size || size > t.len() {
+                return Err(Error::BadRequest(format!(
+                    "position {seq} is not in a tree of size {size} (the tenant has {} events)",
+                    t.len()
+                )));
+            }
+            let proof = t.inclusion_proof(seq - 1, size).map_err(proof_error)?;
+            Ok(InclusionProof {
+                seq,
+                size,
+                leaf: hex::encode(t.leaf(seq - 1).unwrap_or_default()),
+                proof: hexs(&proof),
+                root: hex::encode(t.root(size).map_err(proof_error)?),
+            })
+        })
+    }
+
+    /// The consistency proof between the tenant's trees of sizes `from` and
+    /// `to` (`to` 0: the current size).
+    pub fn consistency_proof(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+    ) -> Result<ConsistencyProof, Error> {
+        self.shared.audit.with_tree(tenant, |t| {
+            let to = if to == 0 { t.len() } else { to };
+            if from > to || to > t.len() {
+                return Err(Error::BadRequest(format!(
+                    "sizes {from} to {to} are not within 0..={}",
+                    t.len()
+                )));
+            }
+            Ok(ConsistencyProof {
+                from,
+                to,
+                from_root: hex::encode(t.root(from).map_err(proof_error)?),
+                to_root: hex::encode(t.root(to).map_err(proof_error)?),
+                proof: hexs(&t.consistency_proof(from, to).map_err(proof_error)?),
+            })
+        })
+    }
+
+    /// Records that `principal` read the tenant's trail (events
+    /// `from_seq..=to_seq`), durably, before the data is handed out.
+    pub async fn record_audit_read(
+        &self,
+        principal: Principal,
+        from_seq: u64,
+        to_seq: u64,
+        what: AuditReadKind,
+    ) -> Result<(), Error> {
+        self.execute(Command::RecordAuditRead {
+            principal,
+            read: AuditRead {
+                from_seq,
+                to_seq,
+                what,
+            },
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Records the read, then builds the bundle of `from_seq..=to_seq`.
+    pub async fn export_bundle(
+        &self,
+        principal: Principal,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Bundle, Error> {
+        let tenant = principal.tenant.clone();
+        self.check_range(&tenant, from_seq, to_seq)?;
+        self.record_audit_read(principal, from_seq, to_seq, AuditReadKind::Bundle)
+            .await?;
+        self.bundle(&tenant, from_seq, to_seq)
+    }
+
+    fn check_range(&self, tenant: &TenantId, from_seq: u64, to_seq: u64) -> Result<(), Error> {
+        let size = self.tree_size(tenant);
+        if from_seq == 0 || from_seq > to_seq || to_seq > size {
+            return Err(Error::BadRequest(format!(
+                "the range {from_seq}..={to_seq} is not within the tenant's events 1..={size}"
+            )));
+        }
+        if to_seq - from_seq >= BUNDLE_EVENTS_MAX {
+            return Err(Error::BadRequest(format!(
+                "a bundle holds at most {BUNDLE_EVENTS_MAX} events"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The evidence bundle of events `from_seq..=to_seq` (not recorded as
+    /// a read: see [`Keyledger::export_bundle`]).
+    pub fn bundle(&self, tenant: &TenantId, from_seq: u64, to_seq: u64) -> Result<Bundle, Error> {
+        self.check_range(tenant, from_seq, to_seq)?;
+        let stored = self.stored_checkpoints(tenant)?;
+        // One consistent view of the tree for the checkpoint and every proof.
+        let (signed, range_proof, inclusion_proofs, earlier) =
+            self.shared.audit.with_tree(tenant, |t| {
+                let size = t.len();
+                let root = t.root(size).map_err(proof_error)?;
+                let signed = self.shared.audit.sign(tenant, size, root, self.now())?;
+                let range = t
+                    .range_proof(from_seq - 1, to_seq, size)
+                    .map_err(proof_error)?;
+                let seqs: Vec<u64> = if to_seq - from_seq < BUNDLE_INCLUSION_PROOFS_MAX {
+                    (from_seq..=to_seq).collect()
+                } else {
+                    vec![from_seq, to_seq]
+                };
+                let mut inclusion = Vec::with_capacity(seqs.len());
+                for seq in seqs {
+                    inclusion.push(BundleInclusion {
+                        seq,
+                        proof: hexs(&t.inclusion_proof(seq - 1, size).map_err(proof_error)?),
+                    });
+                }
+                // The first stored checkpoint that covers the range (the
+                // range was committed by then) and the latest stored one.
+                // A stored checkpoint larger than the tree (the log was cut
+                // short) goes in too, with no proof: the verifier reports it.
+                let mut picked: BTreeSet<usize> = BTreeSet::new();
+                if let Some(i) = stored.iter().position(|c| c.size >= to_seq) {
+                    picked.insert(i);
+                }
+                if let Some(i) = stored.iter().rposition(|c| c.size > 0) {
+                    picked.insert(i);
+                }
+                let mut earlier = Vec::new();
+                for i in picked {
+                    let c = &stored[i];
+                    let proof = if c.size <= size {
+                        t.consistency_proof(c.size, size).map_err(proof_error)?
+                    } else {
+                        Vec::new()
+                    };
+                    earlier.push(BundleEarlier {
+                        checkpoint: c.note.clone(),
+                        consistency_proof: hexs(&proof),
+                    });
+                }
+                Ok((signed, range, inclusion, earlier))
+            })?;
+        let mut events = Vec::with_capacity((to_seq - from_seq + 1) as usize);
+        let mut after = from_seq - 1;
+        while after < to_seq {
+            let want = usize::try_from(to_seq - after)
+                .unwrap_or(usize::MAX)
+                .min(4096);
+            let page = self.shared.log.read_tenant_raw(tenant, after, want)?;
+            if page.is_empty() {
+                return Err(Error::Corrupt(format!(
+                    "tenant {tenant}: event {} is in the tree but not in the log",
+                    after + 1
+                )));
+            }
+            for raw in page {
+                if raw.seq > to_seq {
+                    break;
+                }
+                after = raw.seq;
+                let event = envelope::decode(tenant, &raw.payload).map_err(|e| {
+                    Error::Corrupt(format!("tenant {tenant} event {}: {e}", raw.seq))
+                })?;
+                let record = Record {
+                    position: raw.position,
+                    seq: raw.seq,
+                    prev_hash: raw.prev_hash,
+                    hash: raw.hash,
+                    event,
+                };
+                let mut value = serde_json::to_value(AuditEntry::from(&record))
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                if let Value::Object(map) = &mut value {
+                    map.insert("payload".into(), Value::String(b64(&raw.payload)));
+                }
+                events.push(value);
+            }
+        }
+        Ok(Bundle {
+            format: BUNDLE_FORMAT.into(),
+            tenant: tenant.to_string(),
+            from_seq,
+            to_seq,
+            checkpoint: signed.note,
+            events,
+            range_proof: hexs(&range_proof),
+            inclusion_proofs,
+            earlier_checkpoints: earlier,
+        })
+    }
+}
+
+fn proof_error(e: merkle::ProofError) -> Error {
+    Error::BadRequest(e.to_string())
+}
+
+/// The kind of a problem a bundle check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The bundle is not well formed.
+    Malformed,
+    /// An event differs from what was signed.
+    Modified,
+    /// An event of the range is not in the bundle.
+    Missing,
+    /// Events are out of order.
+    Reordered,
+    /// An event is in the bundle that the log does not hold there.
+    Inserted,
+    /// A checkpoint's signature does not verify with the given key.
+    BadSignature,
+    /// Two checkpoints cannot both be heads of one append-only log.
+    InconsistentCheckpoints,
+    /// A Merkle proof does not verify.
+    ProofFailed,
+}
+
+impl ProblemKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Malformed => "malformed",
+            ProblemKind::Modified => "modified",
+            ProblemKind::Missing => "missing",
+            ProblemKind::Reordered => "reordered",
+            ProblemKind::Inserted => "inserted",
+            ProblemKind::BadSignature => "bad_signature",
+            ProblemKind::InconsistentCheckpoints => "inconsistent_checkpoints",
+            ProblemKind::ProofFailed => "proof_failed",
+        }
+    }
+}
+
+/// One problem found in a bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// Where and what, for a human.
+    pub message: String,
+}
+
+/// The outcome of [`verify_bundle`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BundleReport {
+    /// The bundle's tenant.
+    pub tenant: String,
+    /// First sequence number of the range.
+    pub from_seq: u64,
+    /// Last sequence number of the range.
+    pub to_seq: u64,
+    /// The size of the bundle's checkpoint.
+    pub tree_size: u64,
+    /// Events read from the bundle.
+    pub events: u64,
+    /// Checkpoint signatures that verified.
+    pub signatures_ok: u64,
+    /// Inclusion proofs that verified.
+    pub inclusion_proofs_ok: u64,
+    /// Consistency proofs that verified.
+    pub consistency_proofs_ok: u64,
+    /// Everything that does not hold.
+    pub problems: Vec<Problem>,
+}
+
+impl BundleReport {
+    /// Whether everything holds.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, kind: ProblemKind, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind,
+            message: message.into(),
+        });
+    }
+
+    /// One line: what was checked and whether it holds.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: tenant {}, events {}..={} ({} read), tree size {}, {} signature(s), {} inclusion \
+             and {} consistency proof(s) verified; {} problem(s)",
+            if self.ok() { "VALID" } else { "INVALID" },
+            self.tenant,
+            self.from_seq,
+            self.to_seq,
+            self.events,
+            self.tree_size,
+            self.signatures_ok,
+            self.inclusion_proofs_ok,
+            self.consistency_proofs_ok,
+            self.problems.len()
+        )
+    }
+}
+
+/// One event of a bundle as read back: what the checks need.
+struct ReadEvent {
+    line: usize,
+    seq: u64,
+    prev: Hash,
+    recomputed: Hash,
+}
+
+/// Checks a bundle with nothing but the public key: every signature, the
+/// range, inclusion and consistency proofs, and every event recomputed from
+/// its stored bytes. Never panics on any input; reports every problem.
+pub fn verify_bundle(bytes: &[u8], key: &VerifyingKey) -> BundleReport {
+    let mut report = BundleReport::default();
+    let bundle: Bundle = match serde_json::from_slice(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            report.problem(ProblemKind::Malformed, format!("not a bundle: {e}"));
+            return report;
+        }
+    };
+    report.tenant = bundle.tenant.clone();
+    report.from_seq = bundle.from_seq;
+    report.to_seq = bundle.to_seq;
+    if bundle.format != BUNDLE_FORMAT {
+        report.problem(
+            ProblemKind::Malformed,
+            format!("format `{}` is not `{BUNDLE_FORMAT}`", bundle.format),
+        );
+        return report;
+    }
+    let tenant: TenantId = match bundle.tenant.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            report.problem(ProblemKind::Malformed, format!("tenant: {e}"));
+            return report;
+        }
+    };
+    if bundle.from_seq == 0 || bundle.from_seq > bundle.to_seq {
+        report.problem(
+            ProblemKind::Malformed,
+            format!("the range {}..={} is empty", bundle.from_seq, bundle.to_seq),
+        );
+        return report;
+    }
+    // 1. The checkpoint: signed by the key, for this tenant.
+    let head = match checkpoint::open(&bundle.checkpoint, key) {
+        Ok(c) => {
+            report.signatures_ok += 1;
+            Some(c)
+        }
+        Err(e) => {
+            report.problem(
+                ProblemKind::BadSignature,
+                format!("the bundle's checkpoint is not signed by the given key: {e}"),
+            );
+            None
+        }
+    };
+    let head = head.filter(|c| {
+        if c.origin != origin(tenant.as_str()) {
+            report.problem(
+                ProblemKind::Malformed,
+                format!(
+                    "the checkpoint is for `{}`, not `{}`",
+                    c.origin,
+                    origin(tenant.as_str())
+                ),
+            );
+            false
+        } else if c.size < bundle.to_seq {
+            report.problem(
+                ProblemKind::Malformed,
+                format!(
+                    "the checkpoint's tree of {} events does not cover event {}",
+                    c.size, bundle.to_seq
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    });
+    report.tree_size = head.as_ref().map_or(0, |c| c.size);
+
+    // 2. Every event: recomputed from its bytes, compared with its readable form.
+    let mut read = Vec::with_capacity(bundle.events.len());
+    for (i, value) in bundle.events.iter().enumerate() {
+        report.events += 1;
+        let line = i + 1;
+        match read_event(&tenant, line, value) {
+            Ok((ev, modified)) => {
+                if let Some(m) = modified {
+                    report.problem(ProblemKind::Modified, m);
+                }
+                read.push(ev);
+            }
+            Err(m) => report.problem(ProblemKind::Malformed, format!("event {line}: {m}")),
+        }
+    }
+    // 3. Order, gaps, extras.
+    let mut by_seq: HashMap<u64, usize> = HashMap::new();
+    let mut last_seq = 0u64;
+    for (i, ev) in read.iter().enumerate() {
+        if ev.seq < bundle.from_seq || ev.seq > bundle.to_seq {
+            report.problem(
+                ProblemKind::Inserted,
+                format!(
+                    "event {} has sequence number {}, outside the range {}..={}: inserted",
+                    ev.line, ev.seq, bundle.from_seq, bundle.to_seq
+                ),
+            );
+            continue;
+        }
+        if by_seq.insert(ev.seq, i).is_some() {
+            report.problem(
+                ProblemKind::Inserted,
+                format!(
+                    "event {} repeats sequence number {}: inserted",
+                    ev.line, ev.seq
+                ),
+            );
+            continue;
+        }
+        if ev.seq < last_seq {
+            report.problem(
+                ProblemKind::Reordered,
+                format!(
+                    "event {} (sequence number {}) comes after sequence number {}: reordered",
+                    ev.line, ev.seq, last_seq
+                ),
+            );
+        }
+        last_seq = last_seq.max(ev.seq);
+    }
+    let mut complete = true;
+    for seq in bundle.from_seq..=bundle.to_seq {
+        if !by_seq.contains_key(&seq) {
+            complete = false;
+            report.problem(
+                ProblemKind::Missing,
+                format!("event with sequence number {seq} is missing"),
+            );
+            if report.problems.len() > 1000 {
+                report.problem(ProblemKind::Missing, "too many problems; stopped listing");
+                return report;
+            }
+        }
+    }
+    // 4. Links between consecutive events (in sequence order).
+    for seq in bundle.from_seq + 1..=bundle.to_seq {
+        if let (Some(&a), Some(&b)) = (by_seq.get(&(seq - 1)), by_seq.get(&seq))
+            && read[b].prev != read[a].recomputed
+        {
+            report.problem(
+                ProblemKind::Modified,
+                format!("event {seq} does not link to event {}: one of them was replaced or an event was inserted between them", seq - 1),
+            );
+        }
+    }
+    if bundle.from_seq == 1
+        && let Some(&a) = by_seq.get(&1)
+        && read[a].prev != chain::GENESIS
+    {
+        report.problem(ProblemKind::Modified, "event 1 does not start the chain");
+    }
+    let Some(head) = head else {
+        return report;
+    };
+    let leaf = |seq: u64| by_seq.get(&seq).map(|&i| leaf_of(&read[i].recomputed));
+
+    // 5. The range proof: every leaf of the range against the signed root.
+    if complete {
+        let leaves: Vec<Hash> = (bundle.from_seq..=bundle.to_seq).filter_map(leaf).collect();
+        match hashes(&bundle.range_proof) {
+            None => report.problem(ProblemKind::Malformed, "the range proof is not hex hashes"),
+            Some(proof) => match merkle::root_from_range(bundle.from_seq - 1, head.size, &leaves, &proof) {
+                Ok(root) if root == head.root => {}
+                _ => report.problem(
+                    ProblemKind::ProofFailed,
+                    format!(
+                        "the events {}..={} do not hash to the signed root of {} events: events were changed, added or removed",
+                        bundle.from_seq, bundle.to_seq, head.size
+                    ),
+                ),
+            },
+        }
+    }
+    // 6. Inclusion proofs.
+    for p in &bundle.inclusion_proofs {
+        let Some(leaf) = leaf(p.seq) else {
+            report.problem(
+                ProblemKind::ProofFailed,
+                format!(
+                    "inclusion proof for event {} which the bundle does not hold",
+                    p.seq
+                ),
+            );
+            continue;
+        };
+        let ok = hashes(&p.proof).is_some_and(|proof| {
+            merkle::verify_inclusion(p.seq - 1, head.size, &leaf, &proof, &head.root).is_ok()
+        });
+        if ok {
+            report.inclusion_proofs_ok += 1;
+        } else {
+            report.problem(
+                ProblemKind::ProofFailed,
+                format!(
+                    "event {} is not included in the signed tree of {} events: it was changed",
+                    p.seq, head.size
+                ),
+            );
+        }
+    }
+    // 7. Earlier checkpoints: signed, and consistent with the head.
+    for (i, e) in bundle.earlier_checkpoints.iter().enumerate() {
+        let earlier = match checkpoint::open(&e.checkpoint, key) {
+            Ok(c) => {
+                report.signatures_ok += 1;
+                c
+            }
+            Err(err) => {
+                report.problem(
+                    ProblemKind::BadSignature,
+                    format!("earlier checkpoint {}: {err}", i + 1),
+                );
+                continue;
+            }
+        };
+        if earlier.origin != head.origin {
+            report.problem(
+                ProblemKind::Malformed,
+                format!("earlier checkpoint {} is for `{}`", i + 1, earlier.origin),
+            );
+            continue;
+        }
+        if earlier.size > head.size {
+            report.problem(
+                ProblemKind::InconsistentCheckpoints,
+                format!(
+                    "an earlier checkpoint ({}) holds {} events, the bundle's checkpoint only {}: \
+                     events were removed from the log",
+                    earlier.extension("time").unwrap_or("no time"),
+                    earlier.size,
+                    head.size
+                ),
+            );
+            continue;
+        }
+        let ok = hashes(&e.consistency_proof).is_some_and(|proof| {
+            merkle::verify_consistency(earlier.size, head.size, &earlier.root, &head.root, &proof)
+                .is_ok()
+        });
+        if ok {
+            report.consistency_proofs_ok += 1;
+        } else {
+            report.problem(
+                ProblemKind::InconsistentCheckpoints,
+                format!(
+                    "the checkpoint of {} events ({}) and the checkpoint of {} events ({}) are inconsistent: the log was rewritten between them",
+                    earlier.size,
+                    earlier.extension("time").unwrap_or("no time"),
+                    head.size,
+                    head.extension("time").unwrap_or("no time"),
+                ),
+            );
+        }
+    }
+    report
+}
+
+fn hashes(hexes: &[String]) -> Option<Vec<Hash>> {
+    if hexes.len() > merkle::PROOF_HASHES_MAX {
+        return None;
+    }
+    hexes.iter().map(|h| parse_hash(h)).collect()
+}
+
+/// Reads one bundle event: recomputes its chain hash from the stored bytes
+/// and compares its readable fields with the decoded bytes. Returns the
+/// event and, if it was modified, what is wrong.
+fn read_event(
+    tenant: &TenantId,
+    line: usize,
+    value: &Value,
+) -> Result<(ReadEvent, Option<String>), String> {
+    use base64::Engine as _;
+    let obj = value.as_object().ok_or("not an object")?;
+    let num = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_u64)
+            .ok_or(format!("no `{k}`"))
+    };
+    let hash_of = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .and_then(parse_hash)
+            .ok_or(format!("no `{k}` hash"))
+    };
+    let seq = num("seq")?;
+    let position = num("position")?;
+    let prev = hash_of("prev_hash")?;
+    let hash = hash_of("hash")?;
+    let payload = obj
+        .get("payload")
+        .and_then(Value::as_str)
+        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+        .ok_or("no base64 `payload`")?;
+    let recomputed = chain::link(&prev, tenant.as_str(), seq, &payload);
+    let mut modified = None;
+    if recomputed != hash {
+        modified = Some(format!(
+            "event {seq} (line {line}) was modified: its stored bytes do not hash to its recorded hash"
+        ));
+    }
+    match envelope::decode(tenant, &payload) {
+        Err(e) => {
+            modified.get_or_insert(format!(
+                "event {seq} (line {line}) was modified: its stored bytes do not decode ({e})"
+            ));
+        }
+        Ok(event) => {
+            let record = Record {
+                position,
+                seq,
+                prev_hash: prev,
+                hash,
+                event,
+            };
+            let mut expected =
+                serde_json::to_value(AuditEntry::from(&record)).map_err(|e| e.to_string())?;
+            if let Value::Object(m) = &mut expected {
+                m.insert(
+                    "payload".into(),
+                    obj.get("payload").cloned().unwrap_or(Value::Null),
+                );
+            }
+            if &expected != value && modified.is_none() {
+                let fields: Vec<&str> = expected
+                    .as_object()
+                    .map(|e| {
+                        e.iter()
+                            .filter(|(k, v)| obj.get(k.as_str()) != Some(v))
+                            .map(|(k, _)| k.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                modified = Some(format!(
+                    "event {seq} (line {line}) was modified: {} differ from its signed bytes",
+                    if fields.is_empty() {
+                        "extra fields".to_owned()
+                    } else {
+                        fields.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    Ok((
+        ReadEvent {
+            line,
+            seq,
+            prev,
+            recomputed,
+        },
+        modified,
+    ))
+}

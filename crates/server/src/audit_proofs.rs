@@ -1,0 +1,235 @@
+//! Audit evidence routes (issue 4): the tenant's signed checkpoint,
+//! inclusion and consistency proofs, evidence bundles, and the public key
+//! that checkpoints are signed with. See `docs/audit.md`.
+
+use axum::Json;
+use axum::extract::State;
+use keyledger_core::AuditReadKind;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::{AnyScope, AuditRead, Authed};
+use crate::error::{ApiError, ApiQuery, responses};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The audit routes, merged into the main router.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(checkpoint))
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
+        .routes(routes!(bundle))
+        .routes(routes!(public_key))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
+}
+
+/// A signed checkpoint of the tenant's Merkle tree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointBody {
+    /// `keyledger/<tenant>`.
+    pub origin: String,
+    /// Events in the tree.
+    pub size: u64,
+    /// The RFC 6962 root (hex).
+    pub root: String,
+    /// The C2SP signed note (origin, size, base64 root, `time` line, signature).
+    pub note: String,
+}
+
+/// The public key checkpoints are signed with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicKeyBody {
+    /// Ed25519, base64 of the 32 bytes.
+    pub public_key: String,
+    /// The signature algorithm: `ed25519`.
+    pub algorithm: &'static str,
+}
+
+/// Query of `GET /v1/audit/proof/inclusion`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InclusionQuery {
+    /// The event's tenant sequence number (1-based; leaf `position - 1`).
+    pub position: u64,
+    /// The tree size (default: the current size).
+    pub size: Option<u64>,
+}
+
+/// Query of the consistency proof and the bundle.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RangeQuery {
+    /// The older tree size / the first sequence number.
+    pub from: u64,
+    /// The newer tree size / the last sequence number (default: the current size).
+    pub to: Option<u64>,
+}
+
+/// An inclusion proof.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InclusionBody {
+    /// The event's sequence number.
+    pub position: u64,
+    /// The tree size.
+    pub size: u64,
+    /// The leaf hash, `SHA-256(0x00 || chain hash)` (hex).
+    pub leaf: String,
+    /// The RFC 9162 audit path (hex), bottom up.
+    pub proof: Vec<String>,
+    /// The root of the tree of `size` (hex).
+    pub root: String,
+}
+
+/// A consistency proof.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsistencyBody {
+    /// The older size.
+    pub from: u64,
+    /// The newer size.
+    pub to: u64,
+    /// The older root (hex).
+    pub from_root: String,
+    /// The newer root (hex).
+    pub to_root: String,
+    /// The RFC 9162 consistency proof (hex).
+    pub proof: Vec<String>,
+}
+
+/// A freshly signed checkpoint of the tenant's tree.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, description = "The signed checkpoint", body = CheckpointBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn checkpoint(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+) -> ApiResult<Json<CheckpointBody>> {
+    let signed = state.ledger().checkpoint(&auth.key().tenant)?;
+    Ok(Json(CheckpointBody {
+        origin: signed.checkpoint.origin,
+        size: signed.checkpoint.size,
+        root: hex::encode(signed.checkpoint.root),
+        note: signed.note,
+    }))
+}
+
+/// The inclusion proof of the event at `position` in the tree of `size`.
+#[utoipa::path(
+    get, path = "/v1/audit/proof/inclusion", tag = "audit",
+    params(InclusionQuery),
+    responses((status = 200, description = "The inclusion proof", body = InclusionBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn inclusion(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> ApiResult<Json<InclusionBody>> {
+    let ledger = state.ledger();
+    let tenant = auth.key().tenant.clone();
+    ledger
+        .record_audit_read(
+            auth.principal(),
+            q.position,
+            q.position,
+            AuditReadKind::Proof,
+        )
+        .await?;
+    let p = ledger.inclusion_proof(&tenant, q.position, q.size.unwrap_or(0))?;
+    Ok(Json(InclusionBody {
+        position: p.seq,
+        size: p.size,
+        leaf: p.leaf,
+        proof: p.proof,
+        root: p.root,
+    }))
+}
+
+/// The consistency proof between the trees of sizes `from` and `to`.
+#[utoipa::path(
+    get, path = "/v1/audit/proof/consistency", tag = "audit",
+    params(RangeQuery),
+    responses((status = 200, description = "The consistency proof", body = ConsistencyBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn consistency(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> ApiResult<Json<ConsistencyBody>> {
+    let c = state
+        .ledger()
+        .consistency_proof(&auth.key().tenant, q.from, q.to.unwrap_or(0))?;
+    Ok(Json(ConsistencyBody {
+        from: c.from,
+        to: c.to,
+        from_root: c.from_root,
+        to_root: c.to_root,
+        proof: c.proof,
+    }))
+}
+
+/// An evidence bundle of events `from..=to`: the events with their stored
+/// bytes, a signed checkpoint and the proofs; verify it offline with
+/// `keyledger audit verify-bundle`. The export is recorded in the trail.
+#[utoipa::path(
+    get, path = "/v1/audit/bundle", tag = "audit",
+    params(RangeQuery),
+    responses((status = 200, description = "The bundle (format `keyledger-audit-bundle/v1`)", body = Object), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn bundle(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> ApiResult<Json<keyledger_runtime::Bundle>> {
+    let ledger = state.ledger().clone();
+    let tenant = auth.key().tenant.clone();
+    let to = q.to.unwrap_or_else(|| ledger.tree_size(&tenant));
+    if q.from == 0 || q.from > to || to > ledger.tree_size(&tenant) {
+        return Err(ApiError::query(format!(
+            "the range {}..={to} is not within the tenant's events",
+            q.from
+        )));
+    }
+    ledger
+        .record_audit_read(auth.principal(), q.from, to, AuditReadKind::Bundle)
+        .await?;
+    let from = q.from;
+    let b = blocking(move || Ok(ledger.bundle(&tenant, from, to)?)).await?;
+    Ok(Json(b))
+}
+
+/// The Ed25519 public key that signs every checkpoint. Any valid key may
+/// read it (every `/v1/` route is authenticated); a reviewer should still
+/// compare it with one obtained out of band (`keyledger audit public-key`).
+#[utoipa::path(
+    get, path = "/v1/audit/public-key", tag = "audit",
+    responses((status = 200, description = "The public key", body = PublicKeyBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+async fn public_key(
+    State(state): State<AppState>,
+    _auth: Authed<AnyScope>,
+) -> ApiResult<Json<PublicKeyBody>> {
+    let key = state
+        .ledger()
+        .audit_public_key()
+        .ok_or_else(|| ApiError::internal("audit signing is not configured".to_owned()))?;
+    Ok(Json(PublicKeyBody {
+        public_key: keyledger_runtime::audit::encode_public_key(&key),
+        algorithm: "ed25519",
+    }))
+}

@@ -1,0 +1,395 @@
+//! Who is asking.
+//!
+//! * An API key, presented as `Authorization: Bearer <key>` or
+//!   `X-API-Key: <key>`, acts as its owner in its tenant, narrowed by its
+//!   scopes ([`Authed`]). It is checked with the runtime's verification
+//!   path, for the scope the route needs, so using the API is a counted use
+//!   of the key like any other. The checksum rejects a malformed key before
+//!   any lookup.
+//! * The operator token acts on any tenant, and only through
+//!   `/v1/admin/...` ([`Operator`]). It is compared as a SHA-256 digest in
+//!   constant time, and only its digest is kept in memory.
+//!
+//! Neither a key nor the token ever appears in a log line or an error message.
+
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use keyledger_core::{Principal, Scope};
+use keyledger_runtime::{KeyEntry, VerifyOutcome};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::limits::{OPERATOR_TOKEN_CHARS_MAX, OPERATOR_TOKEN_CHARS_MIN};
+
+/// The header that carries a key when `Authorization` is not used.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Reads the presented credential from either header. Both may be sent only
+/// if they agree.
+fn presented(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let bearer = headers.get_all(header::AUTHORIZATION);
+    let api_key = headers.get_all(API_KEY_HEADER);
+    if bearer.iter().count() > 1 || api_key.iter().count() > 1 {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "send one credential, once",
+        ));
+    }
+    let bearer = headers.get(header::AUTHORIZATION).map(|v| {
+        let text = v.to_str().map_err(|_| malformed_header())?;
+        let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "the Authorization header must be `Bearer <key>`",
+            ));
+        }
+        Ok(rest.trim())
+    });
+    let api_key = headers
+        .get(API_KEY_HEADER)
+        .map(|v| v.to_str().map(str::trim).map_err(|_| malformed_header()));
+    let credential = match (bearer.transpose()?, api_key.transpose()?) {
+        (None, None) => {
+            return Err(ApiError::unauthorized(
+                "missing_credentials",
+                "send a key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ));
+        }
+        (Some(b), None) => b,
+        (None, Some(k)) => k,
+        (Some(b), Some(k)) if b == k => b,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "the Authorization and X-API-Key headers hold different credentials",
+            ));
+        }
+    };
+    if credential.is_empty() {
+        return Err(ApiError::unauthorized(
+            "missing_credentials",
+            "the credential is empty",
+        ));
+    }
+    Ok(credential)
+}
+
+fn malformed_header() -> ApiError {
+    ApiError::unauthorized(
+        "invalid_credentials",
+        "the credential header is not readable text",
+    )
+}
+
+/// The scope a route needs, as a type: `Authed<KeysRead>`.
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope; `None` for any valid key.
+    const SCOPE: Option<Scope>;
+}
+
+macro_rules! scopes {
+    ($($(#[$doc:meta])* $name:ident => $scope:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl RequiredScope for $name {
+            const SCOPE: Option<Scope> = $scope;
+        }
+    )*};
+}
+
+scopes! {
+    /// `keys:read`.
+    KeysRead => Some(Scope::KeysRead);
+    /// `keys:write`.
+    KeysWrite => Some(Scope::KeysWrite);
+    /// `audit:read`.
+    AuditRead => Some(Scope::AuditRead);
+    /// `usage:read`.
+    UsageRead => Some(Scope::UsageRead);
+    /// `users:remove`.
+    UsersRemove => Some(Scope::UsersRemove);
+    /// Any valid key.
+    AnyScope => None;
+}
+
+/// A request authenticated by an API key holding scope `S`.
+pub struct Authed<S> {
+    key: std::sync::Arc<KeyEntry>,
+    _scope: PhantomData<S>,
+}
+
+impl<S> std::fmt::Debug for Authed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authed")
+            .field("key_id", &self.key.key_id)
+            .field("tenant", &self.key.tenant)
+            .finish()
+    }
+}
+
+impl<S> Authed<S> {
+    /// The key that authenticated.
+    pub fn key(&self) -> &KeyEntry {
+        &self.key
+    }
+
+    /// The key acting as its owner in its tenant, narrowed by its scopes.
+    pub fn principal(&self) -> Principal {
+        let k = &self.key;
+        Principal::api_key(
+            k.tenant.clone(),
+            k.key_id,
+            k.name.clone(),
+            k.owner.clone(),
+            k.scopes,
+        )
+    }
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let credential = presented(&parts.headers)?;
+        let v = state.ledger().verify(credential, S::SCOPE);
+        let key = match (v.outcome, v.key) {
+            (VerifyOutcome::Valid, Some(key)) => key,
+            (VerifyOutcome::InsufficientScope, _) => {
+                let scope = S::SCOPE.map_or("", Scope::as_str);
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!("this route needs the `{scope}` scope, which the key does not hold"),
+                ));
+            }
+            (VerifyOutcome::Malformed, _) => {
+                return Err(ApiError::unauthorized(
+                    "malformed_key",
+                    "the key is not shaped like a key or its checksum does not match",
+                ));
+            }
+            (VerifyOutcome::Revoked, _) => {
+                return Err(ApiError::unauthorized("key_revoked", "the key is revoked"));
+            }
+            (VerifyOutcome::Expired, _) => {
+                return Err(ApiError::unauthorized("key_expired", "the key has expired"));
+            }
+            (VerifyOutcome::NotFound | VerifyOutcome::Valid, _) => {
+                return Err(ApiError::unauthorized("unknown_key", "no such key"));
+            }
+        };
+        Ok(Authed {
+            key,
+            _scope: PhantomData,
+        })
+    }
+}
+
+/// The operator token, as its SHA-256 digest.
+#[derive(Clone)]
+pub struct OperatorToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorToken(…)")
+    }
+}
+
+/// Where the operator token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `KEYLEDGER_OPERATOR_TOKEN`.
+    Environment,
+    /// The data directory's `operator-token` file, from an earlier start.
+    File,
+    /// Generated now and written to the data directory: a first start.
+    Created,
+}
+
+/// The token file's name in the data directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
+
+impl OperatorToken {
+    /// A token from its text. Fails on a token that is too short, too long
+    /// or holds white space or control characters.
+    pub fn new(token: &str) -> Result<Self, String> {
+        let chars = token.chars().count();
+        if !(OPERATOR_TOKEN_CHARS_MIN..=OPERATOR_TOKEN_CHARS_MAX).contains(&chars) {
+            return Err(format!(
+                "an operator token is {OPERATOR_TOKEN_CHARS_MIN} to {OPERATOR_TOKEN_CHARS_MAX} characters"
+            ));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("an operator token may not hold white space or control characters".into());
+        }
+        Ok(OperatorToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `presented` is the token: digests compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let diff = d
+            .iter()
+            .zip(&self.digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+
+    /// The token file of a data directory.
+    pub fn path(data: &Path) -> PathBuf {
+        data.join(OPERATOR_TOKEN_FILE)
+    }
+
+    /// The token from `env` (the value of `KEYLEDGER_OPERATOR_TOKEN`) if
+    /// given, else from `<data>/operator-token`, else a new one from the
+    /// OS CSPRNG, written there readable by the owner only.
+    pub fn load_or_create(data: &Path, env: Option<&str>) -> Result<(Self, TokenSource), String> {
+        if let Some(t) = env.filter(|t| !t.is_empty()) {
+            return Ok((
+                Self::new(t).map_err(|e| format!("KEYLEDGER_OPERATOR_TOKEN: {e}"))?,
+                TokenSource::Environment,
+            ));
+        }
+        let path = Self::path(data);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                warn_if_shared(&path);
+                let token =
+                    Self::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok((token, TokenSource::File))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = generate()?;
+                write_private(&path, &token)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Ok((Self::new(&token)?, TokenSource::Created))
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// A new token: `klop_` and 64 hex digits of OS CSPRNG output (256 bits).
+fn generate() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("the OS random source failed: {e}"))?;
+    Ok(format!("klop_{}", hex::encode(bytes)))
+}
+
+fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    writeln!(file, "{token}")?;
+    file.sync_all()
+}
+
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the operator token file is readable by others; chmod 600 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// A request authenticated by the operator token.
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let credential = presented(&parts.headers)?;
+        if state.operator().matches(credential) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::unauthorized(
+                "invalid_operator_token",
+                "the admin routes take the operator token, not an API key",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_checks_and_matches() {
+        let t = OperatorToken::new("klop_0123456789abcdef0123456789").unwrap();
+        assert!(t.matches("klop_0123456789abcdef0123456789"));
+        assert!(!t.matches("klop_0123456789abcdef012345678"));
+        assert!(OperatorToken::new("short").is_err());
+        assert!(OperatorToken::new("has a space in it, which is not ok").is_err());
+        assert!(!format!("{t:?}").contains("klop"));
+    }
+
+    #[test]
+    fn token_file_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, source) = OperatorToken::load_or_create(dir.path(), None).unwrap();
+        assert_eq!(source, TokenSource::Created);
+        let text = std::fs::read_to_string(OperatorToken::path(dir.path())).unwrap();
+        assert!(a.matches(text.trim()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(OperatorToken::path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (b, source) = OperatorToken::load_or_create(dir.path(), None).unwrap();
+        assert_eq!(source, TokenSource::File);
+        assert!(b.matches(text.trim()));
+        let (c, source) =
+            OperatorToken::load_or_create(dir.path(), Some("from-the-environment-0123456789"))
+                .unwrap();
+        assert_eq!(source, TokenSource::Environment);
+        assert!(c.matches("from-the-environment-0123456789"));
+        assert!(!c.matches(text.trim()));
+    }
+
+    #[test]
+    fn credential_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h).unwrap_err().code(), "missing_credentials");
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented(&h).unwrap(), "abc");
+        h.insert(API_KEY_HEADER, "abc".parse().unwrap());
+        assert_eq!(presented(&h).unwrap(), "abc");
+        h.insert(API_KEY_HEADER, "xyz".parse().unwrap());
+        assert_eq!(presented(&h).unwrap_err().code(), "invalid_credentials");
+        h.remove(API_KEY_HEADER);
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(presented(&h).unwrap_err().code(), "invalid_credentials");
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert!(presented(&h).is_err());
+    }
+}

@@ -1,0 +1,510 @@
+//! One error type for every route, and the extractors that make axum's own
+//! rejections speak the same format.
+//!
+//! Every failure is `{"error": {"code": "<snake_case>", "message": "…"}}`:
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query |
+//! | 401 | no credential, a malformed one, or an unknown, revoked or expired key (or a wrong operator token) |
+//! | 403 | the key lacks the scope, or asks to grant one it does not hold |
+//! | 404 | unknown route, or an id that names nothing in the caller's tenant (a foreign id included) |
+//! | 405 | a known route with another method |
+//! | 409 | already revoked, already rotated, user already removed, user removed, a tenant's key limit |
+//! | 413 | a body over [`crate::limits::BODY_BYTES_MAX`] |
+//! | 415 | a body that is not `application/json` |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id |
+//! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
+//! | 500 | a bug or a damaged log: never for anything a client sends |
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyledger_core::CommandError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, snake_case code: `malformed_json`, `invalid_body`,
+    /// `invalid_query`, `invalid_path`, `missing_credentials`,
+    /// `invalid_credentials`, `malformed_key`, `unknown_key`, `key_revoked`,
+    /// `key_expired`, `invalid_operator_token`, `insufficient_scope`,
+    /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,
+    /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
+    /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
+    /// `invalid_field`, `unavailable`, `shutting_down`, `timeout`,
+    /// `internal_error`.
+    pub code: Cow<'static, str>,
+    /// For a human; never holds a secret.
+    pub message: String,
+}
+
+/// An error answered in the API's format. Maps the runtime's and the
+/// core's errors to statuses in one place, and logs what the client is not
+/// shown.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// Logged, never sent.
+    internal: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a message for the client.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            internal: None,
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// 400: a query parameter is not acceptable.
+    pub fn query(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+
+    /// 400: a path parameter is not acceptable.
+    pub fn path(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", message)
+    }
+
+    /// 422: a field is well-shaped but refused.
+    pub fn field(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("{field}: {message}"),
+        )
+    }
+
+    /// 401.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 404 for a route that does not exist.
+    pub fn no_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route; see /openapi.json",
+        )
+    }
+
+    /// 503 when a request took longer than [`crate::limits::REQUEST_TIMEOUT`].
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} s",
+                crate::limits::REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+    }
+
+    /// 500 for a bug; `what` is logged, not sent.
+    pub fn internal(what: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error",
+            message: "internal error; it has been logged".into(),
+            internal: Some(what.into()),
+        }
+    }
+
+    /// The error for a bare status some layer answered without a body.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method_not_allowed", "this route does not take that method")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the body is over the limit"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported_media_type", "send application/json")
+            }
+            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+            s if s.is_server_error() => ("internal_error", "internal error"),
+            _ => ("bad_request", "the request is not acceptable"),
+        };
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!(
+                    "the body is over the limit of {} bytes",
+                    crate::limits::BODY_BYTES_MAX
+                )
+            }
+            _ => message.to_owned(),
+        };
+        ApiError::new(status, code, message)
+    }
+
+    /// This error as a response that keeps `original`'s headers (an
+    /// `Allow` on a 405, say) but not its body.
+    pub(crate) fn with_headers_of(self, original: Response) -> Response {
+        let (parts, _) = original.into_parts();
+        let mut response = self.into_response();
+        for (name, value) in parts.headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                detail = self.internal.as_deref().unwrap_or(&self.message),
+                "request failed"
+            );
+        } else {
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "refused");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: Cow::Borrowed(self.code),
+                message: self.message,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let message = e.to_string();
+        match e {
+            CommandError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            CommandError::KeyNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "key_not_found", message)
+            }
+            CommandError::AlreadyRevoked(_) => {
+                Self::new(StatusCode::CONFLICT, "already_revoked", message)
+            }
+            CommandError::AlreadyRotated(..) => {
+                Self::new(StatusCode::CONFLICT, "already_rotated", message)
+            }
+            CommandError::UserAlreadyRemoved(_) => {
+                Self::new(StatusCode::CONFLICT, "user_already_removed", message)
+            }
+            CommandError::UserRemoved(_) => {
+                Self::new(StatusCode::CONFLICT, "user_removed", message)
+            }
+            CommandError::Invalid(f) => Self::field(f.field, f.message),
+            CommandError::Limit(_) => Self::new(StatusCode::CONFLICT, "limit_reached", message),
+            // A duplicate id or secret hash is the caller's bug, never chance.
+            CommandError::Duplicate(_) => Self::internal(message),
+            // A refusal this server does not know yet: nothing was written,
+            // so it is the client's conflict with the ledger's state, not a 500.
+            _ => {
+                tracing::warn!(error = %message, "a command refusal without a status mapping");
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+        }
+    }
+}
+
+impl From<keyledger_runtime::Error> for ApiError {
+    fn from(e: keyledger_runtime::Error) -> Self {
+        use keyledger_runtime::Error as E;
+        match e {
+            E::Command(c) => c.into(),
+            E::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "key_not_found", m),
+            E::BadRequest(m) => Self::query(m),
+            E::Unavailable(m) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                message: "the event log is unavailable; nothing was acknowledged".into(),
+                internal: Some(m),
+            },
+            E::ShuttingDown => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "keyledger is shutting down",
+            ),
+            E::Corrupt(m) => Self::internal(format!("the event log is damaged: {m}")),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// A panic in a handler, answered as a 500 in the API's format.
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("a handler panicked").into_response()
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {}", e.body_text()),
+        ),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+    }
+}
+
+/// A JSON body, with axum's rejections in the API's error format.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|j| ApiJson(j.0))
+            .map_err(json_rejection)
+    }
+}
+
+/// A JSON body that may be left out (no body at all): then `T::default()`.
+/// A body that is present must be `application/json`.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let (parts, body) = req.into_parts();
+        let bytes =
+            axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+                .map_err(|e| {
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+                    } else {
+                        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+                    }
+                })?;
+        if bytes.is_empty() && !has_type {
+            return Ok(OptionalJson(T::default()));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|j| OptionalJson(j.0))
+    }
+}
+
+/// A JSON body as bytes, for handlers that parse it borrowing (the verify
+/// hot path): the content type is checked and the size limit applied, as
+/// [`ApiJson`] does; parse it with [`parse_json`].
+#[derive(Debug)]
+pub struct JsonBytes(pub axum::body::Bytes);
+
+/// Whether a content type is JSON: `application/json` or `application/*+json`.
+fn is_json_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_type);
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
+        }
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(JsonBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+                }
+            })
+    }
+}
+
+/// Parses a JSON body, with the same errors as [`ApiJson`]: 400
+/// `malformed_json` for bad syntax, 400 `invalid_body` for the wrong shape.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        ),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
+    })
+}
+
+/// Query parameters, with axum's rejections in the API's error format.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::query(e.body_text()))
+    }
+}
+
+/// Path parameters, with axum's rejections in the API's error format.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::path(e.body_text()))
+    }
+}
+
+/// Error responses for the OpenAPI document, grouped as routes share them.
+pub(crate) mod responses {
+    use super::ErrorBody;
+
+    /// Errors every `/v1` route may answer.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum Common {
+        /// Malformed path or query parameters (bad id, cursor, limit or date).
+        #[response(status = 400)]
+        BadRequest(ErrorBody),
+        /// The log is unavailable, the server is shutting down, or the request timed out.
+        #[response(status = 503)]
+        Unavailable(ErrorBody),
+    }
+
+    /// Errors of routes authenticated by an API key.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum KeyAuth {
+        /// No credential, a malformed one, or an unknown, revoked or expired key.
+        #[response(status = 401)]
+        Unauthorized(ErrorBody),
+        /// The key lacks the scope the route needs, or asks to grant one it does not hold.
+        #[response(status = 403)]
+        Forbidden(ErrorBody),
+    }
+
+    /// Errors of the operator's routes.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum OperatorAuth {
+        /// No operator token, or a wrong one (API keys are not accepted here).
+        #[response(status = 401)]
+        Unauthorized(ErrorBody),
+    }
+
+    /// Errors of routes with a JSON body.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum Body {
+        /// The body is over the size limit.
+        #[response(status = 413)]
+        TooLarge(ErrorBody),
+        /// The body is not `application/json`.
+        #[response(status = 415)]
+        UnsupportedMediaType(ErrorBody),
+        /// A field is well-shaped but refused: blank, over-long or
+        /// control-character name, past expiry, no scopes, grace too long, bad user id.
+        #[response(status = 422)]
+        Invalid(ErrorBody),
+    }
+
+    /// The id names no key of the caller's tenant (a foreign id included).
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum NotFound {
+        /// No such key in this tenant.
+        #[response(status = 404)]
+        NotFound(ErrorBody),
+    }
+
+    /// The request conflicts with the ledger's state.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum Conflict {
+        /// Already revoked, user already removed, user removed, or a tenant's key limit.
+        #[response(status = 409)]
+        Conflict(ErrorBody),
+    }
+}

@@ -1,0 +1,694 @@
+//! The routes. Each handler authenticates (first, so nothing is parsed for
+//! an unauthenticated caller), parses, calls the runtime and shapes the
+//! answer with the runtime's views. Reads of the log (audit, history,
+//! state, chain checks, exports) and sorts run on the blocking pool.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyledger_core::{AuditFilter, EventType, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
+use keyledger_runtime::views::{KeyView, SummaryView};
+use keyledger_runtime::{Created, ListQuery, NewKey, PointInTime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::{
+    AnyScope, AuditRead, Authed, KeysRead, KeysWrite, Operator, UsageRead, UsersRemove,
+};
+use crate::error::{
+    ApiError, ApiJson, ApiPath, ApiQuery, JsonBytes, OptionalJson, parse_json, responses,
+};
+use crate::wire::*;
+
+/// Every documented route.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(get_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(rotate_key))
+        .routes(routes!(key_history))
+        .routes(routes!(remove_user))
+        .routes(routes!(whoami))
+        .routes(routes!(verify))
+        .routes(routes!(audit))
+        .routes(routes!(audit_export))
+        .routes(routes!(audit_verify))
+        .merge(crate::audit_proofs::router())
+        .routes(routes!(state_at))
+        .routes(routes!(usage))
+        .routes(routes!(usage_summary))
+        .routes(routes!(usage_export))
+        .routes(routes!(admin_create_key))
+        .routes(routes!(admin_remove_user))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// Unknown routes: 404 in the error format.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::no_route()
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking work (log reads, sorts) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
+}
+
+fn key_id(text: &str) -> ApiResult<KeyId> {
+    text.parse()
+        .map_err(|e: keyledger_core::IdError| ApiError::path(e.to_string()))
+}
+
+fn query_key_id(text: Option<&str>) -> ApiResult<Option<KeyId>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: keyledger_core::IdError| ApiError::query(format!("key_id: {e}")))
+    })
+    .transpose()
+}
+
+fn scopes(names: Option<Vec<ScopeName>>) -> Option<ScopeSet> {
+    names.map(|n| n.into_iter().map(Scope::from).collect())
+}
+
+fn created_response(state: &AppState, c: Created) -> Response {
+    let view = KeyView::new(&c.key, c.key.status(state.ledger().now()));
+    let location = format!("/v1/keys/{}", view.id);
+    let body = CreatedKey {
+        key: c.secret.expose().to_owned(),
+        view,
+    };
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response()
+}
+
+fn key_view(state: &AppState, k: &keyledger_core::KeyRecord) -> KeyView {
+    KeyView::new(k, k.status(state.ledger().now()))
+}
+
+/// Create a key, owned by the presented key's owner.
+///
+/// The secret is in this response and nowhere else, ever. The new key's
+/// scopes default to every scope but `users:remove`, narrowed to the
+/// presented key's; asking for a scope the presented key lacks is 403.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body = CreateKeyRequest,
+    responses(
+        (status = 201, description = "Created; `key` is the secret, shown once", body = CreatedKey,
+            headers(("location" = String, description = "The key's URL"))),
+        responses::KeyAuth, responses::Body, responses::Conflict, responses::Common,
+    ),
+    security(("bearer" = ["keys:write"]), ("api_key" = ["keys:write"])),
+)]
+async fn create_key(
+    State(state): State<AppState>,
+    auth: Authed<KeysWrite>,
+    ApiJson(body): ApiJson<CreateKeyRequest>,
+) -> ApiResult<Response> {
+    let new = NewKey {
+        owner: None,
+        name: body.name,
+        description: body.description,
+        expires_at: body.expires_at.map(|t| t.0),
+        scopes: scopes(body.scopes),
+    };
+    let created = state.ledger().create_key(auth.principal(), new).await?;
+    Ok(created_response(&state, created))
+}
+
+/// List the tenant's keys, masked, with the tenant's active count.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    params(ListKeysQuery),
+    responses((status = 200, description = "A page of keys", body = KeyList), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["keys:read"]), ("api_key" = ["keys:read"])),
+)]
+async fn list_keys(
+    State(state): State<AppState>,
+    auth: Authed<KeysRead>,
+    ApiQuery(q): ApiQuery<ListKeysQuery>,
+) -> ApiResult<Json<KeyList>> {
+    let tenant = auth.key().tenant.clone();
+    let query = ListQuery {
+        status: q.status.map(Into::into),
+        created_by: q.created_by,
+        q: q.q,
+        sort: q.sort.map(Into::into).unwrap_or_default(),
+        order: q.order.map(Into::into).unwrap_or_default(),
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let list = blocking(move || {
+        let page = state.ledger().list_keys(&tenant, &query)?;
+        Ok(KeyList {
+            keys: page.keys.iter().map(|(k, s)| KeyView::new(k, *s)).collect(),
+            active_count: page.active_count,
+            next_cursor: page.next_cursor,
+        })
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+/// One key: never its secret or the secret's hash.
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    responses((status = 200, description = "The key", body = KeyView), responses::KeyAuth, responses::NotFound, responses::Common),
+    security(("bearer" = ["keys:read"]), ("api_key" = ["keys:read"])),
+)]
+async fn get_key(
+    State(state): State<AppState>,
+    auth: Authed<KeysRead>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<KeyView>> {
+    let key = state.ledger().key(&auth.key().tenant, key_id(&id)?)?;
+    Ok(Json(key_view(&state, &key)))
+}
+
+/// Revoke a key, for good. It is refused from the moment this answers.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/revoke", tag = "keys",
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    request_body(content = Option<RevokeRequest>, description = "Optional; the reason defaults to `manual`"),
+    responses(
+        (status = 200, description = "The key, revoked", body = KeyView),
+        responses::KeyAuth, responses::NotFound, responses::Conflict, responses::Body, responses::Common,
+    ),
+    security(("bearer" = ["keys:write"]), ("api_key" = ["keys:write"])),
+)]
+async fn revoke_key(
+    State(state): State<AppState>,
+    auth: Authed<KeysWrite>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<RevokeRequest>,
+) -> ApiResult<Json<KeyView>> {
+    let id = key_id(&id)?;
+    let reason = body.reason.unwrap_or_default().into();
+    let key = state
+        .ledger()
+        .revoke_key(auth.principal(), id, reason)
+        .await?;
+    Ok(Json(key_view(&state, &key)))
+}
+
+/// Replace a key with a new one with the same owner, name, description and
+/// scopes. The old key is revoked now (`grace_seconds` 0, the default) or
+/// expires after the grace period.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    request_body(content = Option<RotateRequest>, description = "Optional; no grace by default"),
+    responses(
+        (status = 201, description = "The new key; `key` is its secret, shown once", body = CreatedKey,
+            headers(("location" = String, description = "The new key's URL"))),
+        responses::KeyAuth, responses::NotFound, responses::Conflict, responses::Body, responses::Common,
+    ),
+    security(("bearer" = ["keys:write"]), ("api_key" = ["keys:write"])),
+)]
+async fn rotate_key(
+    State(state): State<AppState>,
+    auth: Authed<KeysWrite>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<RotateRequest>,
+) -> ApiResult<Response> {
+    let id = key_id(&id)?;
+    let created = state
+        .ledger()
+        .rotate_key(
+            auth.principal(),
+            id,
+            body.grace_seconds.unwrap_or(0),
+            body.expires_at.map(|t| t.0),
+        )
+        .await?;
+    Ok(created_response(&state, created))
+}
+
+/// Every event of one key, usage included, in log order.
+#[utoipa::path(
+    get, path = "/v1/keys/{id}/history", tag = "audit",
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), PageQuery),
+    responses((status = 200, description = "A page of the key's events", body = AuditPageBody), responses::KeyAuth, responses::NotFound, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn key_history(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<AuditPageBody>> {
+    let id = key_id(&id)?;
+    let tenant = auth.key().tenant.clone();
+    let body = blocking(move || {
+        let page = state
+            .ledger()
+            .key_history(&tenant, id, q.cursor.as_deref(), q.limit)?;
+        Ok(AuditPageBody {
+            events: page.records.iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        })
+    })
+    .await?;
+    Ok(Json(body))
+}
+
+fn remove(
+    state: AppState,
+    principal: Principal,
+    user: &str,
+) -> impl Future<Output = ApiResult<Json<RemovedUser>>> {
+    let user: Result<UserId, _> = user.parse();
+    async move {
+        let user = user.map_err(|e: keyledger_core::IdError| ApiError::path(e.to_string()))?;
+        let revoked = state.ledger().remove_user(principal, user.clone()).await?;
+        Ok(Json(RemovedUser {
+            user_id: user.as_str().to_owned(),
+            revoked: revoked.iter().map(ToString::to_string).collect(),
+        }))
+    }
+}
+
+/// Remove a user from the tenant: every active key they own is revoked in
+/// the same atomic append, and listed.
+#[utoipa::path(
+    delete, path = "/v1/users/{user_id}", tag = "users",
+    params(("user_id" = String, Path, description = "The user, as the product's identity system names them", min_length = 1, max_length = 256)),
+    responses(
+        (status = 200, description = "Removed; the keys revoked with them", body = RemovedUser),
+        responses::KeyAuth, responses::Conflict, responses::Common,
+    ),
+    security(("bearer" = ["users:remove"]), ("api_key" = ["users:remove"])),
+)]
+async fn remove_user(
+    State(state): State<AppState>,
+    auth: Authed<UsersRemove>,
+    ApiPath(user): ApiPath<String>,
+) -> ApiResult<Json<RemovedUser>> {
+    remove(state, auth.principal(), &user).await
+}
+
+/// The presented key: its tenant, owner, id, name and scopes.
+#[utoipa::path(
+    get, path = "/v1/whoami", tag = "keys",
+    responses((status = 200, description = "The presented key", body = WhoAmI), responses::KeyAuth, responses::Common),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
+    let k = auth.key();
+    Json(WhoAmI {
+        tenant_id: k.tenant.to_string(),
+        owner: k.owner.to_string(),
+        key_id: k.key_id.to_string(),
+        name: k.name.clone(),
+        scopes: k.scopes.names(),
+        expires_at: k.expires_at().map(|t| t.to_rfc3339()),
+    })
+}
+
+/// Verify a key, as the API layer does for every request it receives.
+///
+/// Always 200 for any key text: `valid: false` with the outcome for a bad
+/// key. Counts one use of a known key (never waits for a disk write).
+/// Needs no credential: the key in the body is the credential being
+/// checked, as with token introspection; keep the service on a private
+/// network (see docs/api.md).
+#[utoipa::path(
+    post, path = "/v1/verify", tag = "verify",
+    request_body = VerifyRequest,
+    responses((status = 200, description = "The verdict", body = VerifyResponse), responses::Body, responses::Common),
+)]
+async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> ApiResult<Response> {
+    let body: VerifyRequest<'_> = parse_json(&bytes)?;
+    let v = state.ledger().verify(&body.key, body.scope.map(Into::into));
+    let key = v.key.as_deref();
+    let answer = VerifyResponse {
+        valid: v.is_valid(),
+        outcome: v.outcome.into(),
+        key_id: key.map(|k| KeyIdText(k.key_id)),
+        tenant_id: key.map(|k| k.tenant.as_str()),
+        owner: key.map(|k| k.owner.as_str()),
+        scopes: key.map(|k| ScopeList(k.scopes)),
+        expires_at: key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_json(),
+    )
+        .into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_filter(
+    key_id: Option<&str>,
+    actor: Option<String>,
+    types: Option<&str>,
+    from: Option<Rfc3339>,
+    to: Option<Rfc3339>,
+    include_usage: Option<bool>,
+) -> ApiResult<AuditFilter> {
+    let types = types
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            EventType::parse(t).ok_or_else(|| {
+                ApiError::query(format!(
+                    "type: unknown event type `{}`; types are KeyCreated, KeyUsed, KeyRevoked, KeyRotated, UserRemoved",
+                    t.escape_debug()
+                ))
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(AuditFilter {
+        key_id: query_key_id(key_id)?,
+        actor,
+        types,
+        from: from.map(|t| t.0),
+        to: to.map(|t| t.0),
+        include_usage: include_usage.unwrap_or(false),
+    })
+}
+
+/// A page of the tenant's audit trail: management events with actor,
+/// target, time, reason and log position; `KeyUsed` on request.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "A page of the trail", body = AuditPageBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn audit(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<AuditPageBody>> {
+    let filter = audit_filter(
+        q.key_id.as_deref(),
+        q.actor,
+        q.types.as_deref(),
+        q.from,
+        q.to,
+        q.include_usage,
+    )?;
+    let tenant = auth.key().tenant.clone();
+    let body = blocking(move || {
+        let page = state
+            .ledger()
+            .audit(&tenant, &filter, q.cursor.as_deref(), q.limit)?;
+        Ok(AuditPageBody {
+            events: page.records.iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        })
+    })
+    .await?;
+    Ok(Json(body))
+}
+
+/// The whole (filtered) trail, streamed as JSON Lines or CSV.
+#[utoipa::path(
+    get, path = "/v1/audit/export", tag = "audit",
+    params(AuditExportQuery),
+    responses(
+        (status = 200, description = "The trail: one `AuditEntry` per line (jsonl), or CSV with a header row",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
+        responses::KeyAuth, responses::Common,
+    ),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn audit_export(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<AuditExportQuery>,
+) -> ApiResult<Response> {
+    let filter = audit_filter(
+        q.key_id.as_deref(),
+        q.actor,
+        q.types.as_deref(),
+        q.from,
+        q.to,
+        q.include_usage,
+    )?;
+    let format = q.format.unwrap_or(ExportFormat::Jsonl);
+    Ok(crate::export::trail(
+        state.ledger().clone(),
+        auth.key().tenant.clone(),
+        filter,
+        format,
+    ))
+}
+
+/// Recompute the tenant's hash chain from the stored bytes; name the first
+/// event that does not match.
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "The chain check", body = ChainBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn audit_verify(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+) -> ApiResult<Json<ChainBody>> {
+    let tenant = auth.key().tenant.clone();
+    let body = blocking(move || {
+        let r = state.ledger().verify_chain(&tenant, &mut |_| {})?;
+        Ok(ChainBody {
+            tenant: tenant.to_string(),
+            ok: r.ok,
+            events: r.events,
+            head_hash: hex::encode(r.head_hash),
+            first_bad_position: r.first_bad.as_ref().map(|b| b.position),
+            first_bad_seq: r.first_bad.as_ref().map(|b| b.seq),
+            problem: r.first_bad.map(|b| b.problem),
+        })
+    })
+    .await?;
+    Ok(Json(body))
+}
+
+/// Every key of the tenant as of a past instant (or log position), rebuilt
+/// by replaying the tenant's events up to it.
+#[utoipa::path(
+    get, path = "/v1/state", tag = "audit",
+    params(StateQuery),
+    responses((status = 200, description = "The keys as they were", body = StateBody), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
+)]
+async fn state_at(
+    State(state): State<AppState>,
+    auth: Authed<AuditRead>,
+    ApiQuery(q): ApiQuery<StateQuery>,
+) -> ApiResult<Json<StateBody>> {
+    let point = match q.at.trim().parse::<u64>() {
+        Ok(p) => PointInTime::Position(p),
+        Err(_) => PointInTime::Instant(keyledger_core::Timestamp::parse_rfc3339(&q.at).map_err(
+            |e| ApiError::query(format!("at: {e}; give an RFC 3339 time or a log position")),
+        )?),
+    };
+    let tenant = auth.key().tenant.clone();
+    let body = blocking(move || {
+        let s = state.ledger().state_at(&tenant, point)?;
+        Ok(StateBody {
+            at: s.at.to_rfc3339(),
+            position: s.position,
+            keys: s.keys.iter().map(|(k, st)| KeyView::new(k, *st)).collect(),
+        })
+    })
+    .await?;
+    Ok(Json(body))
+}
+
+fn daily(
+    state: &AppState,
+    tenant: &TenantId,
+    key: Option<KeyId>,
+    from: keyledger_core::Day,
+    to: keyledger_core::Day,
+) -> ApiResult<Vec<keyledger_runtime::views::DailyView>> {
+    let rows = state.ledger().usage_daily(tenant, key, from, to)?;
+    Ok(rows
+        .iter()
+        .map(|r| keyledger_runtime::views::DailyView::new(r, key.map(|k| k.to_string())))
+        .collect())
+}
+
+/// Per-day (UTC) usage of the tenant, or of one of its keys.
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "usage",
+    params(UsageQuery),
+    responses((status = 200, description = "Days with uses", body = UsageDays), responses::KeyAuth, responses::NotFound, responses::Common),
+    security(("bearer" = ["usage:read"]), ("api_key" = ["usage:read"])),
+)]
+async fn usage(
+    State(state): State<AppState>,
+    auth: Authed<UsageRead>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> ApiResult<Json<UsageDays>> {
+    let today = state.ledger().now().day();
+    let key = query_key_id(q.key_id.as_deref())?;
+    let from = q.from.map_or(today.minus(29), |d| d.0);
+    let to = q.to.map_or(today, |d| d.0);
+    Ok(Json(UsageDays {
+        days: daily(&state, &auth.key().tenant, key, from, to)?,
+    }))
+}
+
+/// The tenant's last `days` days: totals, success rate and a per-day series.
+#[utoipa::path(
+    get, path = "/v1/usage/summary", tag = "usage",
+    params(SummaryQuery),
+    responses((status = 200, description = "The summary", body = SummaryView), responses::KeyAuth, responses::Common),
+    security(("bearer" = ["usage:read"]), ("api_key" = ["usage:read"])),
+)]
+async fn usage_summary(
+    State(state): State<AppState>,
+    auth: Authed<UsageRead>,
+    ApiQuery(q): ApiQuery<SummaryQuery>,
+) -> ApiResult<Json<SummaryView>> {
+    let s = state
+        .ledger()
+        .usage_summary(&auth.key().tenant, q.days.unwrap_or(30))?;
+    Ok(Json(SummaryView::from(&s)))
+}
+
+/// Per-day usage rows as CSV or JSON Lines.
+#[utoipa::path(
+    get, path = "/v1/usage/export", tag = "usage",
+    params(UsageExportQuery),
+    responses(
+        (status = 200, description = "Rows: CSV with a header row, or one `DailyView` per line (jsonl)",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
+        responses::KeyAuth, responses::NotFound, responses::Common,
+    ),
+    security(("bearer" = ["usage:read"]), ("api_key" = ["usage:read"])),
+)]
+async fn usage_export(
+    State(state): State<AppState>,
+    auth: Authed<UsageRead>,
+    ApiQuery(q): ApiQuery<UsageExportQuery>,
+) -> ApiResult<Response> {
+    let today = state.ledger().now().day();
+    let key = query_key_id(q.key_id.as_deref())?;
+    let from = q.from.map_or(keyledger_core::Day::from_days(0), |d| d.0);
+    let to = q.to.map_or(today, |d| d.0);
+    let rows = daily(&state, &auth.key().tenant, key, from, to)?;
+    crate::export::rows(&rows, q.format.unwrap_or(ExportFormat::Csv))
+}
+
+fn tenant(text: &str) -> ApiResult<TenantId> {
+    text.parse()
+        .map_err(|e: keyledger_core::IdError| ApiError::path(e.to_string()))
+}
+
+/// Operator: mint a key for a user of any tenant (bootstrap, like a CLI
+/// login). Recorded with the operator as the actor and `user` as the owner.
+#[utoipa::path(
+    post, path = "/v1/admin/tenants/{tenant}/keys", tag = "admin",
+    params(("tenant" = String, Path, description = "1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = r"^[A-Za-z0-9._-]{1,64}$")),
+    request_body = AdminCreateKeyRequest,
+    responses(
+        (status = 201, description = "Created; `key` is the secret, shown once", body = CreatedKey,
+            headers(("location" = String, description = "The key's URL"))),
+        responses::OperatorAuth, responses::Body, responses::Conflict, responses::Common,
+    ),
+    security(("operator" = [])),
+)]
+async fn admin_create_key(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiPath(t): ApiPath<String>,
+    ApiJson(body): ApiJson<AdminCreateKeyRequest>,
+) -> ApiResult<Response> {
+    let tenant = tenant(&t)?;
+    let owner: UserId = body.user.parse().map_err(|e| ApiError::field("user", e))?;
+    let new = NewKey {
+        owner: Some(owner),
+        name: body.name,
+        description: body.description,
+        expires_at: body.expires_at.map(|t| t.0),
+        scopes: scopes(body.scopes),
+    };
+    let created = state
+        .ledger()
+        .create_key(Principal::operator(tenant), new)
+        .await?;
+    Ok(created_response(&state, created))
+}
+
+/// Operator: remove a user of any tenant, revoking every active key they own.
+#[utoipa::path(
+    delete, path = "/v1/admin/tenants/{tenant}/users/{user}", tag = "admin",
+    params(
+        ("tenant" = String, Path, description = "1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = r"^[A-Za-z0-9._-]{1,64}$"),
+        ("user" = String, Path, description = "The user to remove", min_length = 1, max_length = 256),
+    ),
+    responses(
+        (status = 200, description = "Removed; the keys revoked with them", body = RemovedUser),
+        responses::OperatorAuth, responses::Conflict, responses::Common,
+    ),
+    security(("operator" = [])),
+)]
+async fn admin_remove_user(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiPath((t, user)): ApiPath<(String, String)>,
+) -> ApiResult<Json<RemovedUser>> {
+    let tenant = tenant(&t)?;
+    remove(state, Principal::operator(tenant), &user).await
+}
+
+/// Liveness: answers while the server runs.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        head: state.ledger().head(),
+    })
+}
+
+/// Prometheus text: requests by route and status with latency histograms,
+/// verifications by outcome, the writer's queue, appends and commits.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+)]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// This document: OpenAPI 3.1, generated from the handlers and types.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json")),
+)]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::openapi_json(),
+    )
+        .into_response()
+}

@@ -1,0 +1,45 @@
+//! The server's named limits. The domain's own limits (name and
+//! description length, grace period, keys per tenant, summary days) live in
+//! `keyledger_core::limits`; page sizes in `keyledger_runtime`.
+
+use std::time::Duration;
+
+pub use keyledger_core::limits::{
+    DESCRIPTION_CHARS_MAX, NAME_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX, SUMMARY_DAYS_MAX,
+};
+pub use keyledger_runtime::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+
+/// Largest request body, in bytes; a larger one is answered 413. The
+/// largest valid body (a create with a 500-character description in 4-byte
+/// characters) is well under it.
+pub const BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Requests handled at once; more wait for a slot (within the request time
+/// limit). Sized for a 2-core machine: enough to keep the writer's group
+/// commits full, few enough to bound memory.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 512;
+
+/// Connections held open at once; more wait in the kernel's backlog until
+/// one closes. An idle keep-alive connection holds its slot.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Longest time from a request's arrival to its response's headers,
+/// waiting for a slot included; past it the answer is 503 `timeout`.
+/// A streamed export's body may take longer: only its start is bounded.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes gathered before a chunk of a streamed export is sent.
+pub const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Chunks of a streamed export buffered ahead of a slow client.
+pub const EXPORT_CHUNKS_BUFFERED: usize = 4;
+
+/// Shortest operator token accepted from the environment, in characters.
+pub const OPERATOR_TOKEN_CHARS_MIN: usize = 24;
+
+/// Longest operator token accepted, in characters.
+pub const OPERATOR_TOKEN_CHARS_MAX: usize = 512;
+
+const _: () = assert!(BODY_BYTES_MAX > 4 * (DESCRIPTION_CHARS_MAX + NAME_CHARS_MAX + 256) + 1024);
+const _: () = assert!(REQUESTS_IN_FLIGHT_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(OPERATOR_TOKEN_CHARS_MIN < OPERATOR_TOKEN_CHARS_MAX);

@@ -1,0 +1,292 @@
+//! `/metrics`: Prometheus text exposition (format 0.0.4).
+//!
+//! * `keyledger_http_requests_total{method,route,status}` and
+//!   `keyledger_http_request_duration_seconds{method,route}` (histogram),
+//!   labelled with the matched route (`/v1/keys/{id}`), never the raw path,
+//!   so the series are bounded;
+//! * `keyledger_verifications_total{outcome}`;
+//! * `keyledger_usage_queue_depth`, `keyledger_events_appended_total`,
+//!   `keyledger_commands_committed_total`, `keyledger_commits_total`,
+//!   `keyledger_commit_failures_total`, `keyledger_commit_duration_seconds`
+//!   (histogram), `keyledger_usage_events_total`, `keyledger_log_head`;
+//! * `keyledger_http_connections_open`.
+//!
+//! Every series is preallocated from the OpenAPI document's routes: the
+//! request path costs a hash lookup and atomic adds, no lock.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use keyledger_runtime::{Histogram, VerifyOutcome};
+
+use crate::AppState;
+
+/// The `route` label of a request that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Statuses counted in a slot of their own; any other is counted as `other`.
+const STATUSES: [u16; 16] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 503,
+];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+/// The `method` label for a method the route does not document.
+const OTHER_METHOD: &str = "other";
+
+struct Series {
+    method: &'static str,
+    latency: Histogram,
+    statuses: [AtomicU64; STATUS_SLOTS],
+}
+
+impl Series {
+    fn new(method: &'static str) -> Self {
+        Series {
+            method,
+            latency: Histogram::default(),
+            statuses: Default::default(),
+        }
+    }
+}
+
+/// Request counters and latency histograms by route, method and status.
+pub struct HttpMetrics {
+    /// Route → one series per documented method, then one for other methods.
+    routes: HashMap<String, Vec<Series>>,
+    /// Routes in the order they are rendered.
+    order: Vec<String>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetrics")
+            .field("routes", &self.order.len())
+            .finish()
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => OTHER_METHOD,
+    }
+}
+
+impl HttpMetrics {
+    /// Series for every operation of `api`, and for unmatched requests.
+    pub fn new(api: &utoipa::openapi::OpenApi) -> Self {
+        let mut routes = HashMap::new();
+        let mut order = Vec::new();
+        for (path, item) in api.paths.paths.iter() {
+            let mut series: Vec<Series> = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, documented)| *documented)
+            .map(|(m, _)| Series::new(m))
+            .collect();
+            series.push(Series::new(OTHER_METHOD));
+            routes.insert(path.clone(), series);
+            order.push(path.clone());
+        }
+        routes.insert(UNMATCHED_ROUTE.to_owned(), vec![Series::new(OTHER_METHOD)]);
+        order.push(UNMATCHED_ROUTE.to_owned());
+        HttpMetrics { routes, order }
+    }
+
+    /// Counts one answered request.
+    pub fn observe(
+        &self,
+        route: Option<&str>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let series = route
+            .and_then(|r| self.routes.get(r))
+            .or_else(|| self.routes.get(UNMATCHED_ROUTE));
+        let Some(series) = series else { return };
+        let name = method_name(method);
+        let Some(s) = series
+            .iter()
+            .find(|s| s.method == name)
+            .or_else(|| series.last())
+        else {
+            return;
+        };
+        let slot = STATUSES
+            .iter()
+            .position(|c| *c == status.as_u16())
+            .unwrap_or(STATUSES.len());
+        s.statuses[slot].fetch_add(1, Ordering::Relaxed);
+        s.latency.observe(elapsed);
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, count, sum) = h.snapshot();
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {count}");
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The whole exposition.
+pub(crate) fn render(state: &AppState) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let http = state.http_metrics();
+
+    header(
+        &mut out,
+        "keyledger_http_requests_total",
+        "counter",
+        "HTTP requests answered, by method, matched route and status.",
+    );
+    for route in &http.order {
+        for s in &http.routes[route] {
+            for (slot, n) in s.statuses.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let status = STATUSES
+                    .get(slot)
+                    .map_or_else(|| "other".to_owned(), |c| c.to_string());
+                let _ = writeln!(
+                    out,
+                    "keyledger_http_requests_total{{method=\"{}\",route=\"{route}\",status=\"{status}\"}} {n}",
+                    s.method
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "keyledger_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to its response's headers, by method and matched route.",
+    );
+    for route in &http.order {
+        for s in &http.routes[route] {
+            if s.latency.snapshot().1 > 0 {
+                histogram(
+                    &mut out,
+                    "keyledger_http_request_duration_seconds",
+                    &format!("method=\"{}\",route=\"{route}\"", s.method),
+                    &s.latency,
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "keyledger_http_connections_open",
+        "gauge",
+        "Connections open.",
+    );
+    let _ = writeln!(
+        out,
+        "keyledger_http_connections_open {}",
+        state.connections_open()
+    );
+
+    let ledger = state.ledger();
+    let m = ledger.metrics();
+    header(
+        &mut out,
+        "keyledger_verifications_total",
+        "counter",
+        "Key verifications (API authentication included), by outcome; a known key's are counted when its uses are written, every usage window.",
+    );
+    for outcome in VerifyOutcome::ALL {
+        let n = m.verifications[outcome.index()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "keyledger_verifications_total{{outcome=\"{}\"}} {n}",
+            outcome.as_str()
+        );
+    }
+    header(
+        &mut out,
+        "keyledger_usage_queue_depth",
+        "gauge",
+        "Commands (usage and management) waiting for the writer.",
+    );
+    let _ = writeln!(out, "keyledger_usage_queue_depth {}", ledger.queue_depth());
+    for (name, help, v) in [
+        (
+            "keyledger_events_appended_total",
+            "Events appended to the log.",
+            &m.events_appended,
+        ),
+        (
+            "keyledger_commands_committed_total",
+            "Commands acknowledged after a durable commit.",
+            &m.commands_committed,
+        ),
+        (
+            "keyledger_commits_total",
+            "Durable (group) commits.",
+            &m.commits,
+        ),
+        (
+            "keyledger_commit_failures_total",
+            "Commits that failed (nothing acknowledged).",
+            &m.commit_failures,
+        ),
+        (
+            "keyledger_usage_events_total",
+            "KeyUsed events written.",
+            &m.usage_events,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    header(
+        &mut out,
+        "keyledger_commit_duration_seconds",
+        "histogram",
+        "Time of each durable commit.",
+    );
+    histogram(
+        &mut out,
+        "keyledger_commit_duration_seconds",
+        "",
+        &m.commit_latency,
+    );
+    header(
+        &mut out,
+        "keyledger_log_head",
+        "gauge",
+        "The last applied global log position.",
+    );
+    let _ = writeln!(out, "keyledger_log_head {}", ledger.head());
+    out
+}

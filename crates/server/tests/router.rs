@@ -1,0 +1,606 @@
+//! The router driven in process with `tower::ServiceExt::oneshot`: no port,
+//! an in-memory log and a manual clock, so expiry and grace periods are
+//! exact. The black-box tests of the real binary are in the workspace's
+//! `tests/http.rs`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use keyledger_core::Timestamp;
+use keyledger_runtime::{Config, Keyledger, ManualClock, OsEntropy, UsageWindow};
+use keyledger_server::{AppState, OperatorToken, app, openapi};
+use keyledger_store::MemoryLog;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+const OPERATOR: &str = "operator-token-for-the-router-tests";
+
+struct Harness {
+    router: axum::Router,
+    clock: ManualClock,
+    ledger: Keyledger,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = ManualClock::new(Timestamp::from_micros(T0));
+        let ledger = Keyledger::open_with(
+            Arc::new(MemoryLog::new()),
+            Config {
+                usage_window: UsageWindow::Manual,
+                ..Config::default()
+            },
+            Arc::new(clock.clone()),
+            Arc::new(OsEntropy),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let state = AppState::new(ledger.clone(), OperatorToken::new(OPERATOR).unwrap());
+        Harness {
+            router: app(state),
+            clock,
+            ledger,
+        }
+    }
+
+    async fn raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let response = self.router.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (status, headers, body.to_vec())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {a}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let (status, headers, body) = self.raw(req).await;
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let value = if ct.starts_with("application/json") {
+            serde_json::from_slice(&body).unwrap()
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        };
+        (status, value)
+    }
+
+    /// Mints a key through the operator route.
+    async fn mint(&self, tenant: &str, user: &str, scopes: Option<&[&str]>) -> (String, String) {
+        let mut body = json!({"user": user, "name": format!("{user}'s key")});
+        if let Some(s) = scopes {
+            body["scopes"] = json!(s);
+        }
+        let (status, v) = self
+            .call(
+                Method::POST,
+                &format!("/v1/admin/tenants/{tenant}/keys"),
+                Some(OPERATOR),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        (
+            v["key"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn every_verify_outcome_with_an_exact_clock() {
+    let h = Harness::new();
+    let (key, id) = h
+        .mint("acme", "alice", Some(&["keys:read", "keys:write"]))
+        .await;
+    let verify = |k: String, scope: Option<&str>| {
+        let mut body = json!({"key": k});
+        if let Some(s) = scope {
+            body["scope"] = json!(s);
+        }
+        h.call(Method::POST, "/v1/verify", None, Some(body))
+    };
+    let (s, v) = verify(key.clone(), Some("keys:read")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["valid"].as_bool(), v["outcome"].as_str()),
+        (Some(true), Some("valid"))
+    );
+    assert_eq!(v["tenant_id"], "acme");
+    assert_eq!(v["owner"], "alice");
+    assert_eq!(v["key_id"], id.as_str());
+    assert_eq!(
+        verify(key.clone(), Some("users:remove")).await.1["outcome"],
+        "insufficient_scope"
+    );
+    assert_eq!(
+        verify("klk_nope".into(), None).await.1["outcome"],
+        "malformed"
+    );
+    let mut typo = key.clone();
+    typo.replace_range(5..6, if &key[5..6] == "A" { "B" } else { "A" });
+    assert_eq!(verify(typo, None).await.1["outcome"], "malformed");
+
+    // Expiry, to the microsecond.
+    let expires = Timestamp::from_micros(T0 + 60_000_000).to_rfc3339();
+    let (s, created) = h
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&key),
+            Some(json!({"name": "short-lived", "expires_at": expires})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let short = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(verify(short.clone(), None).await.1["outcome"], "valid");
+    h.clock.advance_micros(60_000_000);
+    assert_eq!(verify(short.clone(), None).await.1["outcome"], "expired");
+    let (s, body) = h.call(Method::GET, "/v1/whoami", Some(&short), None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "key_expired");
+
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(verify(key.clone(), None).await.1["outcome"], "revoked");
+    let (s, body) = h.call(Method::GET, "/v1/keys", Some(&key), None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "key_revoked");
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rotation_grace_ends_exactly() {
+    let h = Harness::new();
+    let (key, id) = h.mint("acme", "alice", None).await;
+    let (s, rotated) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(&key),
+            Some(json!({"grace_seconds": 30})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rotated}");
+    assert_eq!(rotated["rotated_from"], id.as_str());
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.call(Method::GET, "/v1/whoami", Some(&key), None).await.0,
+        StatusCode::OK
+    );
+    h.clock.advance_micros(30_000_000);
+    let (s, body) = h.call(Method::GET, "/v1/whoami", Some(&key), None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "key_expired");
+    assert_eq!(
+        h.call(Method::GET, "/v1/whoami", Some(&new), None).await.0,
+        StatusCode::OK
+    );
+    // The old key was already replaced: a second rotation is a conflict.
+    let (s, b) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(&new),
+            None,
+        )
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, "already_rotated");
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn axum_rejections_speak_the_error_format() {
+    let h = Harness::new();
+    let (key, _) = h.mint("acme", "alice", None).await;
+    let bearer = format!("Bearer {key}");
+    let post = |body: &'static [u8], ct: Option<&'static str>| {
+        let mut r = Request::post("/v1/keys").header(header::AUTHORIZATION, bearer.clone());
+        if let Some(ct) = ct {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        r.body(Body::from(body)).unwrap()
+    };
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post(b"{\"name\":", Some("application/json")),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(b"{\"name\": 5}", Some("application/json")),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(b"{}", Some("application/json")),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(b"{\"name\":\"a\",\"x\":1}", Some("application/json")),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(b"{\"name\":\"a\"}", None),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post(b"{\"name\":\"a\"}", Some("text/plain")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post(b"{\"name\":\"   \"}", Some("application/json")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post(b"{\"name\":\"a\\u0007b\"}", Some("application/json")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post(
+                b"{\"name\":\"a\",\"expires_at\":\"2020-01-01T00:00:00Z\"}",
+                Some("application/json"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post(
+                b"{\"name\":\"a\",\"expires_at\":\"tomorrow\"}",
+                Some("application/json"),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(
+                b"{\"name\":\"a\",\"scopes\":[\"keys:delete\"]}",
+                Some("application/json"),
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(b"{\"name\":\"a\",\"scopes\":[]}", Some("application/json")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            Request::post("/v1/keys")
+                .header(header::AUTHORIZATION, bearer.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(format!(
+                    "{{\"name\":\"{}\"}}",
+                    "x".repeat(keyledger_server::limits::BODY_BYTES_MAX)
+                )))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            Request::get("/v1/nope").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::delete("/v1/keys").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Request::get("/v1/keys?limit=0")
+                .header(header::AUTHORIZATION, bearer.clone())
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            Request::get("/v1/keys?cursor=zz")
+                .header(header::AUTHORIZATION, bearer.clone())
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            Request::get("/v1/keys/not-a-key")
+                .header(header::AUTHORIZATION, bearer.clone())
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
+            Request::get("/v1/keys")
+                .header(header::AUTHORIZATION, "Basic Zm9vOmJhcg==")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        ),
+        (
+            Request::get("/v1/keys")
+                .header("x-api-key", "klk_garbage")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "malformed_key",
+        ),
+    ];
+    let head = h.ledger.head();
+    for (req, expected, code) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (status, headers, body) = h.raw(req).await;
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/json",
+            "{what}"
+        );
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_error(status, &body, expected, code);
+        if expected == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(headers.contains_key(header::ALLOW), "{what}");
+        }
+    }
+    assert_eq!(h.ledger.head(), head, "a refused request wrote nothing");
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn scopes_and_the_operator_token_stay_in_their_lanes() {
+    let h = Harness::new();
+    let (reader, _) = h.mint("acme", "alice", Some(&["keys:read"])).await;
+    let (writer, _) = h.mint("acme", "alice", Some(&["keys:write"])).await;
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&reader),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "insufficient_scope");
+    // A key cannot grant a scope it does not hold.
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&writer),
+            Some(json!({"name": "x", "scopes": ["keys:read"]})),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    let (s, b) = h
+        .call(Method::DELETE, "/v1/users/bob", Some(&writer), None)
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "insufficient_scope");
+    // The operator token is no key, and a key is no operator token.
+    let (s, b) = h.call(Method::GET, "/v1/keys", Some(OPERATOR), None).await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "malformed_key");
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/admin/tenants/acme/keys",
+            Some(&writer),
+            Some(json!({"user": "x", "name": "y"})),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNAUTHORIZED, "invalid_operator_token");
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/admin/tenants/no%20pe/keys",
+            Some(OPERATOR),
+            Some(json!({"user": "x", "name": "y"})),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_path");
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/admin/tenants/acme/keys",
+            Some(OPERATOR),
+            Some(json!({"user": " ", "name": "y"})),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_foreign_id_reads_exactly_like_an_unknown_one() {
+    let h = Harness::new();
+    let (a, a_id) = h.mint("acme", "alice", None).await;
+    let (b, _) = h.mint("globex", "bob", None).await;
+    let unknown = "key_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    for (method, path) in [
+        (Method::GET, "/v1/keys/{}"),
+        (Method::GET, "/v1/keys/{}/history"),
+        (Method::POST, "/v1/keys/{}/revoke"),
+        (Method::POST, "/v1/keys/{}/rotate"),
+        (Method::GET, "/v1/usage?key_id={}"),
+    ] {
+        let (s1, foreign) = h
+            .call(method.clone(), &path.replace("{}", &a_id), Some(&b), None)
+            .await;
+        let (s2, missing) = h
+            .call(method.clone(), &path.replace("{}", unknown), Some(&b), None)
+            .await;
+        assert_error(s1, &foreign, StatusCode::NOT_FOUND, "key_not_found");
+        assert_error(s2, &missing, StatusCode::NOT_FOUND, "key_not_found");
+        let normalize = |v: &Value| {
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .replace(&a_id, "ID")
+                .replace(unknown, "ID")
+        };
+        assert_eq!(normalize(&foreign), normalize(&missing), "{method} {path}");
+    }
+    // The owner still sees it, active.
+    let (s, k) = h
+        .call(Method::GET, &format!("/v1/keys/{a_id}"), Some(&a), None)
+        .await;
+    assert_eq!((s, k["status"].as_str()), (StatusCode::OK, Some("active")));
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_label_the_matched_route() {
+    let h = Harness::new();
+    let (key, id) = h.mint("acme", "alice", None).await;
+    h.call(Method::GET, &format!("/v1/keys/{id}"), Some(&key), None)
+        .await;
+    h.call(Method::GET, "/nowhere", None, None).await;
+    // Known keys' outcomes reach the metrics when their uses are written.
+    h.ledger.flush_usage().await.unwrap();
+    let (s, text) = h.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(
+            r#"keyledger_http_requests_total{method="GET",route="/v1/keys/{id}",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(&id), "raw paths never become labels");
+    assert!(
+        text.contains(r#"keyledger_verifications_total{outcome="valid"} 1"#),
+        "{text}"
+    );
+    for name in [
+        "keyledger_usage_queue_depth",
+        "keyledger_events_appended_total",
+        "keyledger_commit_duration_seconds_count",
+    ] {
+        assert!(text.contains(name), "{name}");
+    }
+    h.ledger.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_openapi_document_covers_every_route_error_and_scheme() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut ops: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ops.push(format!("{} {path}", method.to_uppercase()));
+            let responses = op["responses"].as_object().unwrap();
+            if path.starts_with("/v1/") {
+                for status in ["400", "503"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} lacks {status}"
+                    );
+                }
+                let secured = op.get("security").is_some();
+                assert_eq!(secured, path != "/v1/verify", "{method} {path}");
+                if secured {
+                    assert!(responses.contains_key("401"), "{method} {path} lacks 401");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["413", "415", "422"] {
+                        assert!(
+                            responses.contains_key(status),
+                            "{method} {path} lacks {status}"
+                        );
+                    }
+                }
+                for (status, r) in responses
+                    .iter()
+                    .filter(|(s, _)| s.starts_with('4') || s.starts_with('5'))
+                {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    ops.sort();
+    let expected = [
+        "DELETE /v1/admin/tenants/{tenant}/users/{user}",
+        "DELETE /v1/users/{user_id}",
+        "GET /healthz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /v1/audit",
+        "GET /v1/audit/bundle",
+        "GET /v1/audit/checkpoint",
+        "GET /v1/audit/export",
+        "GET /v1/audit/proof/consistency",
+        "GET /v1/audit/proof/inclusion",
+        "GET /v1/audit/public-key",
+        "GET /v1/audit/verify",
+        "GET /v1/keys",
+        "GET /v1/keys/{id}",
+        "GET /v1/keys/{id}/history",
+        "GET /v1/state",
+        "GET /v1/usage",
+        "GET /v1/usage/export",
+        "GET /v1/usage/summary",
+        "GET /v1/whoami",
+        "POST /v1/admin/tenants/{tenant}/keys",
+        "POST /v1/keys",
+        "POST /v1/keys/{id}/revoke",
+        "POST /v1/keys/{id}/rotate",
+        "POST /v1/verify",
+    ];
+    assert_eq!(ops, expected);
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["api_key"]["in"], "header");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+    assert!(schemes.contains_key("operator"));
+}

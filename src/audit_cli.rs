@@ -1,0 +1,195 @@
+//! `keyledger audit checkpoint | bundle | verify-bundle | public-key`:
+//! signed checkpoints, evidence bundles and their offline verification.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use keyledger_audit::checkpoint;
+use keyledger_core::{Principal, TenantId};
+use keyledger_runtime::audit::{self, ProblemKind};
+use keyledger_runtime::{Keyledger, UsageWindow};
+
+use crate::cli::{self, ActingArg, Failure, TenantArg};
+use crate::output::Out;
+
+/// Evidence subcommands of `keyledger audit`.
+#[derive(Subcommand, Debug)]
+pub enum EvidenceCmd {
+    /// Sign and print a checkpoint (C2SP signed note) of the tenant's Merkle tree.
+    Checkpoint {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Export an evidence bundle: events, signed checkpoint and proofs, in one JSON file.
+    Bundle {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[command(flatten)]
+        acting: ActingArg,
+        /// First tenant sequence number (default 1).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last tenant sequence number (default: the last event).
+        #[arg(long)]
+        to: Option<u64>,
+        /// The bundle file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Check a bundle offline (no data directory, no server); exit 0 only if everything holds.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// The signing public key: base64 or hex of 32 bytes, a note verifier
+        /// key, or a file holding one of them.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Print the public key checkpoints are signed with.
+    PublicKey {
+        /// Also print the note verifier key of this tenant's checkpoints.
+        #[arg(long, env = "KEYLEDGER_TENANT")]
+        tenant: Option<String>,
+    },
+}
+
+/// Runs an evidence subcommand.
+pub async fn run(data: &Path, prefix: &str, out: &Out, cmd: &EvidenceCmd) -> cli::Result<ExitCode> {
+    if let EvidenceCmd::VerifyBundle { file, public_key } = cmd {
+        return verify_bundle(out, file, public_key);
+    }
+    let ledger = cli::open(data, prefix, UsageWindow::Manual)?;
+    let result = with_ledger(&ledger, out, cmd).await;
+    let closed = ledger.shutdown().await;
+    let code = result?;
+    closed?;
+    Ok(code)
+}
+
+async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::Result<ExitCode> {
+    match cmd {
+        EvidenceCmd::Checkpoint { tenant } => {
+            let t: TenantId = tenant.tenant.parse()?;
+            let signed = ledger.checkpoint(&t)?;
+            out.value(
+                &serde_json::json!({
+                    "origin": signed.checkpoint.origin,
+                    "size": signed.checkpoint.size,
+                    "root": hex_of(&signed.checkpoint.root),
+                    "note": signed.note,
+                }),
+                || signed.note.trim_end().to_owned(),
+            )?;
+        }
+        EvidenceCmd::Bundle {
+            tenant,
+            acting,
+            from,
+            to,
+            output,
+        } => {
+            let t: TenantId = tenant.tenant.parse()?;
+            let principal = match &acting.acting_user {
+                Some(u) => Principal::user(t.clone(), u.parse()?),
+                None => Principal::operator(t.clone()),
+            };
+            let size = ledger.tree_size(&t);
+            let bundle = ledger
+                .export_bundle(principal, from.unwrap_or(1), to.unwrap_or(size))
+                .await?;
+            let file = std::fs::File::create(output)?;
+            serde_json::to_writer(std::io::BufWriter::new(file), &bundle)?;
+            out.value(
+                &serde_json::json!({
+                    "output": output.display().to_string(),
+                    "events": bundle.events.len(),
+                    "from_seq": bundle.from_seq,
+                    "to_seq": bundle.to_seq,
+                }),
+                || {
+                    format!(
+                        "wrote {} events ({}..={}) with a signed checkpoint and proofs to {}",
+                        bundle.events.len(),
+                        bundle.from_seq,
+                        bundle.to_seq,
+                        output.display()
+                    )
+                },
+            )?;
+        }
+        EvidenceCmd::PublicKey { tenant } => {
+            let key = ledger
+                .audit_public_key()
+                .ok_or_else(|| Failure("audit signing is not configured".into()))?;
+            let raw = base64_of(key.as_bytes());
+            let vkey = tenant
+                .as_deref()
+                .map(|t| checkpoint::verifier_key(&audit::origin(t), &key));
+            out.value(
+                &serde_json::json!({ "public_key": raw, "verifier_key": vkey }),
+                || match &vkey {
+                    Some(v) => format!("{raw}\n{v}"),
+                    None => raw.clone(),
+                },
+            )?;
+        }
+        EvidenceCmd::VerifyBundle { .. } => unreachable!("verified without a ledger"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_bundle(out: &Out, file: &Path, public_key: &str) -> cli::Result<ExitCode> {
+    let key_text = match std::fs::read_to_string(public_key) {
+        Ok(text) => text,
+        Err(_) => public_key.to_owned(),
+    };
+    let key = checkpoint::parse_public_key(&key_text)
+        .map_err(|e| Failure(format!("--public-key: {e}")))?;
+    let bytes =
+        std::fs::read(file).map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
+    let report = audit::verify_bundle(&bytes, &key);
+    out.value(
+        &serde_json::json!({
+            "valid": report.ok(),
+            "report": report,
+            "summary": report.summary(),
+        }),
+        || {
+            let mut s = String::new();
+            for p in &report.problems {
+                s.push_str(&format!("{}: {}\n", label(p.kind), p.message));
+            }
+            s.push_str(&report.summary());
+            s
+        },
+    )?;
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn label(kind: ProblemKind) -> &'static str {
+    match kind {
+        ProblemKind::Malformed => "MALFORMED",
+        ProblemKind::Modified => "MODIFIED",
+        ProblemKind::Missing => "MISSING",
+        ProblemKind::Reordered => "REORDERED",
+        ProblemKind::Inserted => "INSERTED",
+        ProblemKind::BadSignature => "BAD SIGNATURE",
+        ProblemKind::InconsistentCheckpoints => "INCONSISTENT CHECKPOINTS",
+        ProblemKind::ProofFailed => "PROOF FAILED",
+        _ => "PROBLEM",
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
