@@ -77,7 +77,17 @@ fn verify(c: &mut Criterion) {
     g.bench_function("sha256", |b| {
         b.iter(|| Sha256::digest(std::hint::black_box(secret.as_bytes())))
     });
+    // The API an embedding layer answers from: the key borrowed while the
+    // caller reads what it needs (tenant, id, scopes).
     g.bench_function("keyledger", |b| {
+        b.iter(|| {
+            ledger.verify_with(std::hint::black_box(&secret), None, |outcome, key| {
+                (outcome, key.map(|k| k.key_id))
+            })
+        })
+    });
+    // The owned form: the caller keeps a reference to the key.
+    g.bench_function("keyledger_owned", |b| {
         b.iter(|| ledger.verify(std::hint::black_box(&secret), None))
     });
     g.finish();

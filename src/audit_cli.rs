@@ -21,7 +21,8 @@ pub enum EvidenceCmd {
         #[command(flatten)]
         tenant: TenantArg,
     },
-    /// Export an evidence bundle: events, signed checkpoint and proofs, in one JSON file.
+    /// Export an evidence bundle: one JSON Lines file, a header line (signed
+    /// checkpoint and proofs) then one event per line. The export is recorded.
     Bundle {
         #[command(flatten)]
         tenant: TenantArg,
@@ -45,6 +46,11 @@ pub enum EvidenceCmd {
         /// key, or a file holding one of them.
         #[arg(long)]
         public_key: String,
+        /// A checkpoint kept from earlier (a file holding the signed note, or
+        /// the JSON of `GET /v1/audit/checkpoint` / `audit checkpoint --json`);
+        /// the bundle's tree must extend it. Repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
     },
     /// Print the public key checkpoints are signed with.
     PublicKey {
@@ -56,8 +62,13 @@ pub enum EvidenceCmd {
 
 /// Runs an evidence subcommand.
 pub async fn run(data: &Path, prefix: &str, out: &Out, cmd: &EvidenceCmd) -> cli::Result<ExitCode> {
-    if let EvidenceCmd::VerifyBundle { file, public_key } = cmd {
-        return verify_bundle(out, file, public_key);
+    if let EvidenceCmd::VerifyBundle {
+        file,
+        public_key,
+        checkpoints,
+    } = cmd
+    {
+        return verify_bundle(out, file, public_key, checkpoints);
     }
     let ledger = cli::open(data, prefix, UsageWindow::Manual)?;
     let result = with_ledger(&ledger, out, cmd).await;
@@ -99,20 +110,20 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
                 .export_bundle(principal, from.unwrap_or(1), to.unwrap_or(size))
                 .await?;
             let file = std::fs::File::create(output)?;
-            serde_json::to_writer(std::io::BufWriter::new(file), &bundle)?;
+            bundle.write_jsonl(std::io::BufWriter::new(file))?;
             out.value(
                 &serde_json::json!({
                     "output": output.display().to_string(),
                     "events": bundle.events.len(),
-                    "from_seq": bundle.from_seq,
-                    "to_seq": bundle.to_seq,
+                    "from_seq": bundle.header.from_seq,
+                    "to_seq": bundle.header.to_seq,
                 }),
                 || {
                     format!(
                         "wrote {} events ({}..={}) with a signed checkpoint and proofs to {}",
                         bundle.events.len(),
-                        bundle.from_seq,
-                        bundle.to_seq,
+                        bundle.header.from_seq,
+                        bundle.header.to_seq,
                         output.display()
                     )
                 },
@@ -139,7 +150,29 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_bundle(out: &Out, file: &Path, public_key: &str) -> cli::Result<ExitCode> {
+/// Reads a kept checkpoint: a signed note, or JSON with a `note` field.
+fn read_checkpoint(path: &Path) -> cli::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure(format!("--checkpoint {}: {e}", path.display())))?;
+    if text.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Failure(format!("--checkpoint {}: {e}", path.display())))?;
+        return v["note"].as_str().map(str::to_owned).ok_or_else(|| {
+            Failure(format!(
+                "--checkpoint {}: JSON without a `note` string",
+                path.display()
+            ))
+        });
+    }
+    Ok(text)
+}
+
+fn verify_bundle(
+    out: &Out,
+    file: &Path,
+    public_key: &str,
+    checkpoints: &[PathBuf],
+) -> cli::Result<ExitCode> {
     let key_text = match std::fs::read_to_string(public_key) {
         Ok(text) => text,
         Err(_) => public_key.to_owned(),
@@ -148,7 +181,11 @@ fn verify_bundle(out: &Out, file: &Path, public_key: &str) -> cli::Result<ExitCo
         .map_err(|e| Failure(format!("--public-key: {e}")))?;
     let bytes =
         std::fs::read(file).map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
-    let report = audit::verify_bundle(&bytes, &key);
+    let held = checkpoints
+        .iter()
+        .map(|p| read_checkpoint(p))
+        .collect::<cli::Result<Vec<String>>>()?;
+    let report = audit::verify_bundle_with(&bytes, &key, &held);
     out.value(
         &serde_json::json!({
             "valid": report.ok(),
@@ -181,6 +218,7 @@ fn label(kind: ProblemKind) -> &'static str {
         ProblemKind::BadSignature => "BAD SIGNATURE",
         ProblemKind::InconsistentCheckpoints => "INCONSISTENT CHECKPOINTS",
         ProblemKind::ProofFailed => "PROOF FAILED",
+        ProblemKind::Unverifiable => "NOT VERIFIABLE",
         _ => "PROBLEM",
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use keyledger_core::{
-    AuditFilter, Day, EventType, KeyId, KeyPrefix, KeyStatus, Principal, RevokeReason, Scope,
-    ScopeSet, TenantId, Timestamp, UserId,
+    AuditFilter, AuditReadKind, Day, EventType, KeyId, KeyPrefix, KeyStatus, Principal,
+    RevokeReason, Scope, ScopeSet, TenantId, Timestamp, UserId,
 };
 use keyledger_runtime::views::{AuditEntry, DailyView, KeyView, SummaryView};
 use keyledger_runtime::{
@@ -31,6 +31,18 @@ pub struct Args {
         default_value = "keyledger-data"
     )]
     pub data: PathBuf,
+    /// Keep the log in this PostgreSQL database instead of the data
+    /// directory's `ledger.redb`, so several nodes can share it (the data
+    /// directory still holds the operator token and the audit signing key).
+    /// A URL such as `postgres://user@host:5432/db`.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_POSTGRES_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub postgres: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -376,9 +388,27 @@ pub fn log_path(data: &Path) -> PathBuf {
     data.join("ledger.redb")
 }
 
-/// Opens the data directory (creating it, owner-only) and replays the log,
-/// with a progress bar on a terminal.
-pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
+/// The PostgreSQL log to use instead of the data directory's file: set
+/// once from `--postgres`, before anything opens the log.
+static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Whether the log is in PostgreSQL (`--postgres`).
+pub fn postgres() -> bool {
+    POSTGRES_URL.get().is_some()
+}
+
+/// Opens the log: the PostgreSQL database given by `--postgres`, or else
+/// the data directory's `ledger.redb` (creating the directory, owner-only).
+pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
+    if let Some(url) = POSTGRES_URL.get() {
+        // The URL may hold a password: the message names it by option only.
+        let log = keyledger_store::PgLog::connect(url).map_err(|e| {
+            Failure(format!(
+                "cannot open the PostgreSQL log (--postgres / KEYLEDGER_POSTGRES_URL): {e}"
+            ))
+        })?;
+        return Ok(Arc::new(log));
+    }
     create_private_dir(data)?;
     let log = RedbLog::open(&log_path(data)).map_err(|e| {
         Failure(format!(
@@ -386,15 +416,35 @@ pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger>
             data.display()
         ))
     })?;
+    Ok(Arc::new(log))
+}
+
+/// Opens the data directory (creating it, owner-only) and replays the log,
+/// with a progress bar on a terminal.
+pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
+    open_following(data, prefix, window, None)
+}
+
+/// [`open`], following what other nodes append to a shared log when
+/// `follow` is given (`serve --postgres`).
+pub fn open_following(
+    data: &Path,
+    prefix: &str,
+    window: UsageWindow,
+    follow: Option<keyledger_runtime::Follow>,
+) -> Result<Keyledger> {
+    create_private_dir(data)?;
+    let log = open_log(data)?;
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure)?,
         usage_window: window,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(data)),
+        follow,
         ..Config::default()
     };
     let bar = output::progress("replaying", 0);
     let ledger = Keyledger::open_with(
-        Arc::new(log),
+        log,
         config,
         Arc::new(keyledger_runtime::SystemClock),
         Arc::new(keyledger_runtime::OsEntropy),
@@ -420,6 +470,9 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    if let Some(url) = &args.postgres {
+        let _ = POSTGRES_URL.set(url.clone());
+    }
     if let Cmd::Serve(serve) = &args.command {
         return crate::serve::run(&args.data, &args.key_prefix, serve).await;
     }
@@ -504,7 +557,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Audit(a) => return audit(ledger, out, a),
+        Cmd::Audit(a) => return audit(ledger, out, a).await,
         Cmd::State { tenant: t, at } => {
             let t = tenant(&t)?;
             let point = match at.parse::<u64>() {
@@ -665,7 +718,7 @@ fn filter(f: &TrailFilter) -> Result<AuditFilter> {
     })
 }
 
-fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
+async fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
         AuditCmd::List {
             tenant: t,
@@ -673,7 +726,12 @@ fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
             limit,
             cursor,
         } => {
-            let page = ledger.audit(&tenant(&t)?, &filter(&f)?, cursor.as_deref(), limit)?;
+            let t = tenant(&t)?;
+            let page = ledger.audit(&t, &filter(&f)?, cursor.as_deref(), limit)?;
+            // Every read of the trail is itself recorded (as the operator).
+            ledger
+                .record_page_read(Principal::operator(t), &page, AuditReadKind::List)
+                .await?;
             let entries: Vec<AuditEntry> = page.records.iter().map(AuditEntry::from).collect();
             let body = serde_json::json!({ "events": entries, "next_cursor": page.next_cursor });
             out.value(&body, || {
@@ -691,6 +749,11 @@ fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
             output: path,
         } => {
             let t = tenant(&t)?;
+            let filter = filter(&f)?;
+            // Recorded (as the operator) before anything is written.
+            ledger
+                .record_trail_export(Principal::operator(t.clone()))
+                .await?;
             let sink: Box<dyn Write> = match &path {
                 Some(p) => Box::new(std::fs::File::create(p)?),
                 None => Box::new(std::io::stdout().lock()),
@@ -700,7 +763,7 @@ fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
                 "exporting",
                 ledger.log().tenant_head(&t)?.map_or(0, |h| h.0),
             );
-            let n = output::export_trail(ledger, &t, &filter(&f)?, format, sink, &bar)?;
+            let n = output::export_trail(ledger, &t, &filter, format, sink, &bar)?;
             bar.finish_and_clear();
             if path.is_some() {
                 eprintln!("exported {n} events");
@@ -713,16 +776,11 @@ fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode> {
 }
 
 fn verify_chains(data: &Path, tenant: Option<&str>, out: &Out) -> Result<ExitCode> {
-    let path = log_path(data);
-    if !path.exists() {
+    if !postgres() && !log_path(data).exists() {
         return Err(Failure(format!("no ledger in {}", data.display())));
     }
-    let log = RedbLog::open(&path).map_err(|e| {
-        Failure(format!(
-            "cannot open {}: {e} (is a keyledger server running on it?)",
-            data.display()
-        ))
-    })?;
+    let log = open_log(data)?;
+    let log = log.as_ref();
     let tenants = match tenant {
         Some(t) => vec![t.parse::<TenantId>()?],
         None => log.tenants()?,
@@ -732,7 +790,7 @@ fn verify_chains(data: &Path, tenant: Option<&str>, out: &Out) -> Result<ExitCod
     for t in &tenants {
         let total = log.tenant_head(t)?.map_or(0, |h| h.0);
         let bar = output::progress(&format!("verifying {t}"), total);
-        let report = keyledger_store::chain::verify_tenant_with_progress(&log, t, &mut |n| {
+        let report = keyledger_store::chain::verify_tenant_with_progress(log, t, &mut |n| {
             bar.set_position(n)
         })?;
         bar.finish_and_clear();

@@ -14,9 +14,8 @@ use keyledger_core::{
 use keyledger_runtime::{
     Config, Created, Keyledger, ManualClock, NewKey, OsEntropy, SystemClock, UsageWindow,
 };
-use keyledger_store::{EventLog, RedbLog};
 
-use crate::cli::{Failure, Result, create_private_dir, log_path};
+use crate::cli::{Failure, Result, create_private_dir};
 
 const DAYS: i32 = 90;
 const SLOTS_PER_DAY: i64 = 6;
@@ -66,11 +65,15 @@ fn scopes(list: &[Scope]) -> Option<ScopeSet> {
 
 pub async fn run(data: &Path, prefix: &str) -> Result<()> {
     create_private_dir(data)?;
-    let log = RedbLog::open(&log_path(data))?;
+    let log = crate::cli::open_log(data)?;
     if log.head()? > 0 {
+        let place = if crate::cli::postgres() {
+            "the PostgreSQL log".to_owned()
+        } else {
+            data.display().to_string()
+        };
         return Err(Failure(format!(
-            "{} already holds a ledger; demo fills only an empty data directory (use --data to pick another)",
-            data.display()
+            "{place} already holds a ledger; demo fills only an empty log (use --data to pick another)"
         )));
     }
     let today = SystemClock.now_day_start();
@@ -84,7 +87,7 @@ pub async fn run(data: &Path, prefix: &str) -> Result<()> {
         ..Config::default()
     };
     let ledger = Keyledger::open_with(
-        Arc::new(log),
+        log,
         config,
         Arc::new(clock.clone()),
         Arc::new(OsEntropy),
@@ -122,6 +125,12 @@ impl DayStart for SystemClock {
     fn now_day_start(&self) -> Timestamp {
         self.now_precise().day().start()
     }
+}
+
+/// Moves the simulated clock to `t`, never back: the sample's day starts
+/// after the set-up of its first morning.
+fn forward(clock: &ManualClock, t: Timestamp) {
+    clock.set(t.max(keyledger_runtime::Clock::now(clock)));
 }
 
 async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Result<usize> {
@@ -356,7 +365,7 @@ async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Resu
 
     for day in 0..DAYS {
         // Management on chosen days, as the trail should show it.
-        clock.set(at(day, 8));
+        forward(clock, at(day, 8));
         match day {
             10 => {
                 mint(
@@ -434,11 +443,14 @@ async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Resu
         // Traffic: busier on weekdays, spread over the day.
         let weekday = (day + 3).rem_euclid(7) < 5;
         for slot in 0..SLOTS_PER_DAY {
-            clock.set(Timestamp::from_micros(
-                at(day, 7).as_micros()
-                    + slot * 2 * MICROS_PER_HOUR
-                    + dice.below(MICROS_PER_HOUR as u64) as i64,
-            ));
+            forward(
+                clock,
+                Timestamp::from_micros(
+                    at(day, 7).as_micros()
+                        + slot * 2 * MICROS_PER_HOUR
+                        + dice.below(MICROS_PER_HOUR as u64) as i64,
+                ),
+            );
             for k in &keys {
                 if k.retired_after.is_some_and(|last| day > last) {
                     continue;

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYLEDGER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

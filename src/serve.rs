@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use keyledger_runtime::UsageWindow;
+use keyledger_runtime::{Follow, UsageWindow};
 use keyledger_server::{AppState, OperatorToken, TokenSource};
 
 use crate::cli::{self, Failure};
@@ -21,6 +21,11 @@ pub struct ServeArgs {
     /// per window of this many milliseconds (0: one event per use).
     #[arg(long, env = "KEYLEDGER_USAGE_WINDOW_MS", default_value_t = 1000)]
     pub usage_window_ms: u64,
+    /// With --postgres: this node's name among the nodes sharing the log,
+    /// used to wait until every node enforces a revocation (default: the
+    /// host name, the process id and a random suffix).
+    #[arg(long, env = "KEYLEDGER_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// The environment variable that holds the operator token, if it is not
@@ -28,10 +33,29 @@ pub struct ServeArgs {
 const OPERATOR_TOKEN_ENV: &str = "KEYLEDGER_OPERATOR_TOKEN";
 
 pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result<ExitCode> {
-    let ledger = cli::open(
+    // On a shared log, follow what the other nodes append.
+    let follow = cli::postgres().then(|| {
+        Follow::new(
+            args.node_id
+                .clone()
+                .unwrap_or_else(keyledger_runtime::default_node_id),
+        )
+    });
+    if args.node_id.is_some() && follow.is_none() {
+        return Err(Failure(
+            "--node-id names a node among several sharing a PostgreSQL log: give --postgres too"
+                .into(),
+        ));
+    }
+    if let Some(f) = &follow {
+        check_node_id(&f.node_id)?;
+        tracing::info!(node = %f.node_id, "following the shared PostgreSQL log");
+    }
+    let ledger = cli::open_following(
         data,
         key_prefix,
         UsageWindow::from_millis(args.usage_window_ms),
+        follow,
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {
@@ -55,6 +79,23 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     .await
     .map_err(|e| Failure(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest node name.
+const NODE_ID_CHARS_MAX: usize = 100;
+
+/// A node name: 1 to 100 printable characters without spaces.
+fn check_node_id(id: &str) -> cli::Result<()> {
+    let fine = !id.is_empty()
+        && id.chars().count() <= NODE_ID_CHARS_MAX
+        && id.chars().all(|c| c.is_ascii_graphic());
+    if fine {
+        Ok(())
+    } else {
+        Err(Failure(format!(
+            "--node-id must be 1 to {NODE_ID_CHARS_MAX} printable ASCII characters without spaces"
+        )))
+    }
 }
 
 /// What a newcomer does next: mint a first key through the operator route.

@@ -39,28 +39,41 @@ impl Default for Options<'_> {
     }
 }
 
+/// `keyledger` with logs at `trace` and no `KEYLEDGER_*` setting from the
+/// environment the tests run in.
+fn clean_command() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("KEYLEDGER_LOG", "trace");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYLEDGER_") && name != "KEYLEDGER_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 impl Server {
     fn start(data: &Data, opts: Options<'_>) -> Server {
         let log_dir = data.path().with_extension("logs");
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let stderr = log_dir.join(format!("stderr-{}.log", std::process::id() ^ rand_suffix()));
-        let mut cmd = Command::new(bin());
+        let mut cmd = clean_command();
         cmd.arg("--data")
             .arg(data.path())
             .args(["serve", "--addr", "127.0.0.1:0", "--usage-window-ms"])
-            .arg(opts.usage_window_ms.to_string())
-            .env("KEYLEDGER_LOG", "trace")
-            .env_remove("KEYLEDGER_ADDR")
-            .env_remove("KEYLEDGER_USAGE_WINDOW_MS")
-            .env_remove("KEYLEDGER_KEY_PREFIX")
-            .env_remove("KEYLEDGER_DATA")
-            .stdin(Stdio::null())
+            .arg(opts.usage_window_ms.to_string());
+        if let Some(t) = opts.token {
+            cmd.env("KEYLEDGER_OPERATOR_TOKEN", t);
+        }
+        Server::spawn(cmd, &log_dir)
+    }
+
+    /// Starts a prepared `keyledger … serve` command, its standard error
+    /// in a file under `log_dir`, and waits for its `listening on` line.
+    fn spawn(mut cmd: Command, log_dir: &std::path::Path) -> Server {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let stderr = log_dir.join(format!("stderr-{}.log", std::process::id() ^ rand_suffix()));
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
-        match opts.token {
-            Some(t) => cmd.env("KEYLEDGER_OPERATOR_TOKEN", t),
-            None => cmd.env_remove("KEYLEDGER_OPERATOR_TOKEN"),
-        };
         let mut child = cmd.spawn().expect("the binary starts");
         let out = child.stdout.take().unwrap();
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -103,27 +116,40 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit (status 0).
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+    fn stop(self) -> String {
+        self.stop_with("TERM")
+    }
+
+    /// Sends a signal (`TERM`, or `INT` as Ctrl-C does).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .unwrap();
-        assert!(killed.success());
+        assert!(sent.success());
+    }
+
+    /// Sends a signal and waits for a clean exit (status 0).
+    fn stop_with(mut self, signal: &str) -> String {
+        self.signal(signal);
+        self.wait_for_exit()
+    }
+
+    /// Waits for the server to exit by itself, with status 0; its logs.
+    fn wait_for_exit(&mut self) -> String {
+        let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "the server did not stop");
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(
             status.success(),
-            "exit status {status:?} after SIGTERM; stderr:\n{}",
+            "exit status {status:?} after a signal; stderr:\n{}",
             self.logs()
         );
         self.logs()
@@ -512,6 +538,12 @@ fn the_tour_over_http_survives_a_restart() {
         assert!(ci.get(field).is_some(), "create answers `{field}`: {ci}");
     }
     assert_eq!(ci["created_via"]["display"], "API Key: bootstrap");
+    assert_eq!(ci["created_via"]["id"], boot["id"], "the acting key's id");
+    let created_at = ci["created_at"].as_str().unwrap();
+    assert!(
+        created_at.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(created_at).is_ok(),
+        "RFC 3339 UTC: {created_at}"
+    );
     let ci_key = ci["key"].as_str().unwrap().to_owned();
     secrets.push(ci_key.clone());
     let r = s
@@ -560,6 +592,21 @@ fn the_tour_over_http_survives_a_restart() {
         .json();
     assert_eq!(ids(&rest["keys"]).len(), 1);
     assert_eq!(rest["next_cursor"], Value::Null);
+    let found = s.get("/v1/keys?q=mobile").bearer(&admin).send().json();
+    assert_eq!(
+        ids(&found["keys"]),
+        vec![mobile["id"].as_str().unwrap().to_owned()]
+    );
+    assert_eq!(
+        found["active_count"], 3,
+        "the tenant's, whatever the filter"
+    );
+    let by_alice = s
+        .get("/v1/keys?created_by=alice")
+        .bearer(&admin)
+        .send()
+        .json();
+    assert_eq!(by_alice["keys"].as_array().unwrap().len(), 3);
     let one = s
         .get(&format!("/v1/keys/{}", ci["id"].as_str().unwrap()))
         .bearer(&admin)
@@ -567,6 +614,13 @@ fn the_tour_over_http_survives_a_restart() {
         .json();
     assert_eq!(one["name"], "CI/CD Pipeline");
     assert!(one.get("key").is_none());
+    for secret in &secrets {
+        assert!(!one.to_string().contains(secret.as_str()));
+    }
+    assert!(
+        one.as_object().unwrap().keys().all(|f| !f.contains("hash")),
+        "never the secret's hash: {one}"
+    );
     let me = s.get("/v1/whoami").api_key(&ci_key).send().json();
     assert_eq!(
         (me["tenant_id"].as_str(), me["owner"].as_str()),
@@ -736,6 +790,19 @@ fn the_tour_over_http_survives_a_restart() {
         .bearer(TOKEN)
         .send()
         .error(409, "user_already_removed");
+    let revoked_now = s
+        .get("/v1/keys?status=revoked&limit=1000")
+        .bearer(&admin)
+        .send()
+        .json();
+    assert!(
+        revoked_now["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["status"] == "revoked")
+    );
+    assert!(ids(&revoked_now["keys"]).contains(&b1["id"].as_str().unwrap().to_owned()));
     let carol = s.mint("acme", json!({"user": "carol", "name": "carol"}));
     let r = s
         .delete("/v1/admin/tenants/acme/users/carol")
@@ -771,6 +838,52 @@ fn the_tour_over_http_survives_a_restart() {
         .collect();
     assert_eq!(cascade.len(), 4, "bob's three active keys and carol's");
     assert!(cascade.iter().all(|e| e["actor"]["type"] == "system"));
+    // Every management event names its actor; a key with its id and name.
+    let by_key = |e: &&Value| {
+        e["actor"]["type"] == "api_key"
+            && e["actor"]["id"] == boot["id"]
+            && e["actor"]["name"] == "bootstrap"
+            && e["actor"]["display"] == "API Key: bootstrap"
+    };
+    let about = |id: &Value, t: &str| {
+        events
+            .iter()
+            .find(|e| e["key_id"] == *id && e["type"] == t)
+            .unwrap_or_else(|| panic!("a {t} of {id}"))
+    };
+    assert!(
+        by_key(&about(&ci["id"], "KeyRevoked")),
+        "the revocation's actor"
+    );
+    assert!(
+        by_key(&about(&old["id"], "KeyRevoked")),
+        "a rotation's revocation"
+    );
+    assert!(
+        by_key(&about(&graced["id"], "KeyRotated")),
+        "a rotation with grace"
+    );
+    assert!(
+        by_key(&about(&ci["id"], "KeyCreated")),
+        "the creation's actor"
+    );
+    assert_eq!(
+        about(&boot["id"], "KeyCreated")["actor"]["type"],
+        "operator"
+    );
+    let removals: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "UserRemoved")
+        .collect();
+    assert_eq!(removals.len(), 2);
+    assert!(by_key(&removals[0]), "bob's removal: {}", removals[0]);
+    assert_eq!(removals[1]["actor"]["type"], "operator", "carol's removal");
+    assert!(
+        events.iter().all(|e| e["actor"]["display"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())),
+        "every event has an actor"
+    );
     let by_system = s.get("/v1/audit?actor=system").bearer(&admin).send().json();
     assert_eq!(by_system["events"].as_array().unwrap().len(), 4);
     let created_by_admin = s
@@ -930,12 +1043,15 @@ fn the_tour_over_http_survives_a_restart() {
         csv.text()
             .starts_with("position,seq,at,tenant,type,actor,key_id,details,hash\n")
     );
+    // Management events as listed before; reads of the trail since then
+    // are recorded too (`AuditRead`), so they are left out of the count.
     assert_eq!(
         csv.text()
             .lines()
             .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .filter(|l| l.split(',').nth(4) != Some("AuditRead"))
             .count(),
-        events.len()
+        events.iter().filter(|e| e["type"] != "AuditRead").count()
     );
     let chain = s.get("/v1/audit/verify").bearer(&admin).send().json();
     assert_eq!(chain["ok"], true, "{chain}");
@@ -976,10 +1092,8 @@ fn the_tour_over_http_survives_a_restart() {
     );
     assert_eq!(verify(&s, &ci_key, None)["outcome"], "revoked");
     assert_eq!(verify(&s, &admin, None)["outcome"], "valid");
-    assert_eq!(
-        s.get("/v1/audit/verify").bearer(&admin).send().json()["ok"],
-        true
-    );
+    let chain = s.get("/v1/audit/verify").bearer(&admin).send().json();
+    assert_eq!(chain["ok"], true, "after the restart: {chain}");
     let logs2 = s.stop();
 
     // No secret in the data directory, and neither a secret nor the token in any log line.
@@ -1136,6 +1250,10 @@ fn a_second_tenant_sees_nothing_of_the_first_on_any_route() {
         "/v1/usage/summary",
         "/v1/usage/export",
         "/v1/usage/export?format=jsonl",
+        "/v1/audit/checkpoint",
+        "/v1/audit/bundle?from=1",
+        "/v1/audit/proof/inclusion?position=1",
+        "/v1/audit/proof/consistency?from=1",
     ];
     for path in g_routes {
         let r = s.get(path).bearer(&g_key).send();
@@ -1177,12 +1295,13 @@ fn a_second_tenant_sees_nothing_of_the_first_on_any_route() {
         total(&tenant) == total(&key) && summary["totals"]["total"].as_u64() == Some(total(&key))
     });
     eventually("globex's chain to hold exactly globex's events", || {
-        let chain = s.get("/v1/audit/verify").bearer(&g_key).send().json();
+        // The export records itself first; the chain check records nothing.
         let export = s
             .get("/v1/audit/export?include_usage=true")
             .bearer(&g_key)
             .send()
             .text();
+        let chain = s.get("/v1/audit/verify").bearer(&g_key).send().json();
         chain["tenant"] == "globex"
             && chain["ok"] == true
             && chain["events"].as_u64() == Some(export.lines().count() as u64)
@@ -1205,7 +1324,12 @@ fn a_second_tenant_sees_nothing_of_the_first_on_any_route() {
         s.get("/v1/keys").bearer(&a_key).send().json()["active_count"],
         2
     );
-    s.stop();
+    let logs = s.stop();
+    assert_no_secret(
+        &d,
+        &logs,
+        &[TOKEN, &a_key, &g_key, a2["key"].as_str().unwrap()],
+    );
 }
 
 #[test]
@@ -1237,12 +1361,14 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
     .bearer(&key)
     .send();
     let revoked_key = revoked["key"].as_str().unwrap().to_owned();
-    let head = s.head();
+    // Reading the trail is itself recorded (an `AuditRead` event): read it
+    // first, then take the head.
     let trail = s
         .get("/v1/audit/export?include_usage=true")
         .bearer(&key)
         .send()
         .text();
+    let head = s.head();
 
     let json_ct = Some("application/json");
     let create = |body: &str| {
@@ -1772,17 +1898,251 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
     );
     assert!(n >= 80, "{n} cases");
     assert_eq!(s.head(), head, "no refused request wrote anything");
+    let after = s
+        .get("/v1/audit/export?include_usage=true")
+        .bearer(&key)
+        .send()
+        .text();
+    let added: Vec<Value> = after
+        .strip_prefix(trail.as_str())
+        .expect("the trail is unchanged")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(added.len(), 1, "{added:?}");
     assert_eq!(
-        s.get("/v1/audit/export?include_usage=true")
-            .bearer(&key)
-            .send()
-            .text(),
-        trail
+        (
+            added[0]["type"].as_str(),
+            added[0]["details"]["what"].as_str()
+        ),
+        (Some("AuditRead"), Some("export")),
+        "only this export's own record: {added:?}"
     );
     assert_eq!(
         s.get("/v1/keys").bearer(&key).send().json()["active_count"],
         2,
         "nothing was created"
     );
+    // Garbage, keys and the token went through every header above: none of
+    // them reaches a log line (the server logs at `trace`) or the disk.
+    let logs = s.stop();
+    assert_no_secret(&d, &logs, &[TOKEN, &key, &reader, &revoked_key]);
+}
+
+/// No secret in `logs` or in any file of the data directory; the logs are
+/// the server's trace of the requests, so the search is not vacuous.
+#[track_caller]
+fn assert_no_secret(d: &Data, logs: &str, secrets: &[&str]) {
+    assert!(
+        logs.contains("request{method=") && logs.contains("answered"),
+        "the logs trace every request: {logs}"
+    );
+    for (i, secret) in secrets.iter().enumerate() {
+        assert!(!logs.contains(secret), "secret #{i} in a log line");
+        for f in files(&d.path()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "secret #{i} in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn serve_needs_no_setup_and_takes_its_settings_from_the_environment() {
+    let help = clean_command().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for shown in [
+        "default: 127.0.0.1:8080",
+        "env: KEYLEDGER_ADDR",
+        "env: KEYLEDGER_USAGE_WINDOW_MS",
+        "env: KEYLEDGER_DATA",
+        "default: keyledger-data",
+    ] {
+        assert!(
+            help.contains(shown),
+            "`serve --help` shows {shown}:\n{help}"
+        );
+    }
+
+    // No flag at all but the address (from the environment): the data goes
+    // to ./keyledger-data, created with the operator token in it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = clean_command();
+    cmd.current_dir(dir.path())
+        .arg("serve")
+        .env("KEYLEDGER_ADDR", "127.0.0.1:0");
+    let s = Server::spawn(cmd, &dir.path().join("logs"));
+    let data = dir.path().join("keyledger-data");
+    let token = std::fs::read_to_string(data.join("operator-token"))
+        .expect("./keyledger-data/operator-token")
+        .trim()
+        .to_owned();
+    assert!(
+        s.stdout().contains("keyledger-data/operator-token"),
+        "{}",
+        s.stdout()
+    );
+    let r = s
+        .post("/v1/admin/tenants/acme/keys")
+        .bearer(&token)
+        .json(&json!({"user": "alice", "name": "first"}))
+        .send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let first = r.json()["key"].as_str().unwrap().to_owned();
+    let logs = s.stop();
+    assert!(!logs.contains(&token) && !logs.contains(&first));
+    assert!(
+        files(&data).len() > 1,
+        "the embedded store lives beside the token"
+    );
+
+    // KEYLEDGER_DATA, KEYLEDGER_OPERATOR_TOKEN, KEYLEDGER_USAGE_WINDOW_MS
+    // and KEYLEDGER_KEY_PREFIX.
+    let elsewhere = dir.path().join("elsewhere");
+    let mut cmd = clean_command();
+    cmd.current_dir(dir.path())
+        .arg("serve")
+        .env("KEYLEDGER_ADDR", "127.0.0.1:0")
+        .env("KEYLEDGER_DATA", &elsewhere)
+        .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
+        .env("KEYLEDGER_USAGE_WINDOW_MS", "0")
+        .env("KEYLEDGER_KEY_PREFIX", "tst");
+    let s = Server::spawn(cmd, &dir.path().join("logs"));
+    assert!(
+        s.stdout().contains("$KEYLEDGER_OPERATOR_TOKEN"),
+        "an empty ledger welcomes, naming where the token is: {}",
+        s.stdout()
+    );
+    assert!(!s.stdout().contains(TOKEN), "never the token itself");
+    let k = s.mint("acme", json!({"user": "alice", "name": "second"}));
+    let key = k["key"].as_str().unwrap();
+    assert!(key.starts_with("tst_"), "the prefix from the environment");
+    let list = s.get("/v1/keys").bearer(key).send().json();
+    assert_eq!(
+        ids(&list["keys"]),
+        vec![k["id"].as_str().unwrap().to_owned()],
+        "a ledger of its own"
+    );
+    // A usage window of 0 ms: one KeyUsed per use, written without waiting a window.
+    let head = s.head();
+    assert_eq!(verify(&s, key, None)["outcome"], "valid");
+    eventually("the use to be written at once", || s.head() > head);
+    s.stop();
+    assert!(
+        !elsewhere.join("operator-token").exists(),
+        "the token came from the environment"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("operator-token"))
+            .unwrap()
+            .trim(),
+        token,
+        "the first data directory is untouched"
+    );
+}
+
+/// Sends the head of a request and part of its body on a fresh connection,
+/// after one complete request on it, so the server has surely accepted it.
+fn start_slow_request(s: &Server, head: &str, body: &[u8], sent: usize) -> TcpStream {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes())
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !(contains(&seen, b"\"status\":\"ok\"") && seen.ends_with(b"}")) {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "healthz answered");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&body[..sent]).unwrap();
+    c
+}
+
+#[test]
+fn sigterm_and_ctrl_c_finish_requests_in_flight_then_stop() {
+    let d = Data::new();
+    let mut made = Vec::new();
+    for signal in ["TERM", "INT"] {
+        let mut s = Server::start(
+            &d,
+            Options {
+                usage_window_ms: 3_600_000,
+                ..Options::default()
+            },
+        );
+        let writer = s.mint(
+            "acme",
+            json!({"user": "alice", "name": format!("writer {signal}")}),
+        );
+        let key = writer["key"].as_str().unwrap().to_owned();
+        for _ in 0..3 {
+            assert_eq!(verify(&s, &key, None)["outcome"], "valid");
+        }
+        // A create in flight: its head and part of its body sent.
+        let body = json!({"name": format!("in flight at SIG{signal}")}).to_string();
+        let head = format!(
+            "POST /v1/keys HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            s.addr,
+            body.len()
+        );
+        let mut slow = start_slow_request(&s, &head, body.as_bytes(), 5);
+        std::thread::sleep(Duration::from_millis(300));
+        s.signal(signal);
+        // It stops accepting…
+        eventually("new connections to be refused", || {
+            TcpStream::connect(&s.addr).is_err()
+        });
+        // …but the request in flight is finished, and answered.
+        slow.write_all(&body.as_bytes()[5..]).unwrap();
+        let mut raw = Vec::new();
+        slow.read_to_end(&mut raw).unwrap();
+        let r = Resp::parse(&raw);
+        assert_eq!(r.status, 201, "{}", r.text());
+        made.push((r.json()["id"].as_str().unwrap().to_owned(), key));
+        let logs = s.wait_for_exit();
+        let said = if signal == "TERM" {
+            "SIGTERM: shutting down"
+        } else {
+            "Ctrl-C: shutting down"
+        };
+        assert!(logs.contains(said), "{logs}");
+    }
+    // Everything acknowledged is there, and every counted use was written.
+    let s = Server::start(
+        &d,
+        Options {
+            usage_window_ms: 3_600_000,
+            ..Options::default()
+        },
+    );
+    for (id, key) in &made {
+        let shown = s.get(&format!("/v1/keys/{id}")).bearer(key).send();
+        assert_eq!(shown.status, 200, "{}", shown.text());
+        assert!(
+            shown.json()["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("in flight at SIG")
+        );
+    }
+    let list = s.get("/v1/keys").bearer(&made[0].1).send().json();
+    assert_eq!(list["active_count"], 4);
+    let writers: Vec<&Value> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"].as_str().unwrap().starts_with("writer"))
+        .collect();
+    assert_eq!(writers.len(), 2);
+    for w in writers {
+        // Three verifications, one /v1/keys create: four counted uses each.
+        assert_eq!(w["uses"]["total"], 4, "{w}");
+    }
     s.stop();
 }

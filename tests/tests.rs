@@ -3,5 +3,9 @@
 
 mod audit;
 mod cli;
+mod crash;
 mod http;
+mod limits;
+mod live;
+mod nodes;
 mod util;

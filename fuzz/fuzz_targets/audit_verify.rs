@@ -1,7 +1,9 @@
 //! The audit verifiers (keyledger-audit), on untrusted input: signed
-//! checkpoint notes, and Merkle inclusion and consistency proofs. No input
-//! panics; a note opens only if signed by the key; a proof is accepted only
-//! for the true leaf or the true old root.
+//! checkpoint notes, Merkle inclusion and consistency proofs, and range
+//! proofs (a bundle's leaves against a root, and the root of a smaller
+//! tree from them). No input panics; a note opens only if signed by the
+//! key; a proof is accepted only for the true leaf, the true old root or
+//! the true leaves.
 #![no_main]
 
 use keyledger_audit::checkpoint::{self, Checkpoint};
@@ -23,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             let Ok(note) = std::str::from_utf8(rest) else {
                 return;
@@ -66,6 +68,56 @@ fuzz_target!(|data: &[u8]| {
                     Some(l),
                     "a proof for a leaf not in the tree"
                 );
+            }
+        }
+        3 => {
+            // size (1..=64), begin, count, which leaves to replace, proof.
+            let [size, begin, count, mask, tail @ ..] = rest else {
+                return;
+            };
+            let size = u64::from(*size % 64) + 1;
+            let begin = u64::from(*begin) % size;
+            let count = 1 + u64::from(*count) % (size - begin);
+            let mut tree = Tree::new();
+            for i in 0..size {
+                tree.push(&i.to_be_bytes());
+            }
+            let (Ok(root), Ok(true_proof)) = (
+                tree.root(size),
+                tree.range_proof(begin, begin + count, size),
+            ) else {
+                return;
+            };
+            let truth: Vec<Hash> = (begin..begin + count)
+                .filter_map(|i| tree.leaf(i))
+                .collect();
+            let mut leaves = truth.clone();
+            let (fake, proof) = tail.split_at(tail.len().min(32));
+            if *mask != 0 && !fake.is_empty() {
+                let i = usize::from(*mask) % leaves.len();
+                leaves[i][..fake.len()].copy_from_slice(fake);
+            }
+            // The fuzzer's proof, or the true one when it gives none.
+            let proof = if proof.is_empty() {
+                true_proof
+            } else {
+                hashes(proof)
+            };
+            if merkle::root_from_range(begin, size, &leaves, &proof) == Ok(root) {
+                assert_eq!(leaves, truth, "a range proof for leaves not in the tree");
+            }
+            for m in begin + 1..=begin + count {
+                if let (Ok(got), Ok(want)) = (
+                    merkle::prefix_root_from_range(begin, m, &leaves, &proof),
+                    tree.root(m),
+                ) && got == want
+                {
+                    assert_eq!(
+                        leaves[..(m - begin) as usize],
+                        truth[..(m - begin) as usize],
+                        "a smaller tree's root from leaves not in it"
+                    );
+                }
             }
         }
         _ => {

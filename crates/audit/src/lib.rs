@@ -15,6 +15,6 @@ pub mod merkle;
 pub use checkpoint::{Checkpoint, NoteError};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use merkle::{
-    Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, root_from_range, verify_consistency,
-    verify_inclusion,
+    Hash, ProofError, Tree, empty_root, leaf_hash, node_hash, prefix_root_from_range,
+    root_from_range, verify_consistency, verify_inclusion,
 };

@@ -438,6 +438,38 @@ pub fn root_from_range(
     Ok(root)
 }
 
+/// Recomputes the root of the smaller tree of size `size` (with
+/// `begin < size <= begin + leaves.len()`) from the leaves of a range that
+/// starts at `begin` and the range proof of that range in any larger tree.
+///
+/// The subtrees left of leaf `begin` are the same in every tree that holds
+/// it (the aligned blocks of `begin`'s binary digits, largest first), and
+/// they open every range proof; so a reviewer who holds a checkpoint of
+/// `size` events checks it against a bundle of a later tree with no
+/// consistency proof.
+pub fn prefix_root_from_range(
+    begin: u64,
+    size: u64,
+    leaves: &[Hash],
+    range_proof: &[Hash],
+) -> Result<Hash, ProofError> {
+    let left = begin.count_ones() as usize;
+    if size <= begin || size - begin > leaves.len() as u64 {
+        return Err(ProofError::OutOfRange(format!(
+            "a tree of size {size} is not covered by the leaves from {begin}"
+        )));
+    }
+    if range_proof.len() < left {
+        return Err(ProofError::WrongLength);
+    }
+    root_from_range(
+        begin,
+        size,
+        &leaves[..(size - begin) as usize],
+        &range_proof[..left],
+    )
+}
+
 fn range_root(
     begin: u64,
     end: u64,

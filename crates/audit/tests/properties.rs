@@ -1,9 +1,10 @@
-//! Properties over random trees: every proof verifies; any flipped bit in
-//! an entry, a proof or a root makes verification fail. proptest prints the
+//! Properties over random trees: every proof verifies; every single flipped
+//! bit of an entry, a proof hash or a root makes verification fail. proptest prints the
 //! failing case and its seed, and `PROPTEST_RNG_SEED` replays one.
 
 use keyledger_audit::merkle::{
-    Hash, Tree, leaf_hash, root_from_range, root_of_leaves, verify_consistency, verify_inclusion,
+    Hash, Tree, leaf_hash, prefix_root_from_range, root_from_range, root_of_leaves,
+    verify_consistency, verify_inclusion,
 };
 use proptest::prelude::*;
 
@@ -41,17 +42,24 @@ proptest! {
         let proof = t.inclusion_proof(index, size).unwrap();
         let leaf = leaf_hash(&entries[index as usize]);
         prop_assert_eq!(verify_inclusion(index, size, &leaf, &proof, &root), Ok(()));
-        // A flipped bit in the entry.
-        let mut entry = entries[index as usize].clone();
-        if entry.is_empty() { entry.push(0) } else { let i = pick.2 % entry.len(); entry[i] ^= 1 << (pick.2 % 8) }
-        prop_assert!(verify_inclusion(index, size, &leaf_hash(&entry), &proof, &root).is_err());
-        // A flipped bit in the root.
-        prop_assert!(verify_inclusion(index, size, &leaf, &proof, &flip(&root, pick.2)).is_err());
-        // A flipped bit in each proof hash.
-        for i in 0..proof.len() {
-            let mut p = proof.clone();
-            p[i] = flip(&p[i], pick.2);
-            prop_assert!(verify_inclusion(index, size, &leaf, &p, &root).is_err());
+        // Every single flipped bit of the entry (or one byte more).
+        let entry = &entries[index as usize];
+        for bit in 0..entry.len() * 8 {
+            let mut e = entry.clone();
+            e[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(verify_inclusion(index, size, &leaf_hash(&e), &proof, &root).is_err());
+        }
+        let mut longer = entry.clone();
+        longer.push(pick.2 as u8);
+        prop_assert!(verify_inclusion(index, size, &leaf_hash(&longer), &proof, &root).is_err());
+        // Every single flipped bit of the root and of each proof hash.
+        for bit in 0..256 {
+            prop_assert!(verify_inclusion(index, size, &leaf, &proof, &flip(&root, bit)).is_err());
+            for i in 0..proof.len() {
+                let mut p = proof.clone();
+                p[i] = flip(&p[i], bit);
+                prop_assert!(verify_inclusion(index, size, &leaf, &p, &root).is_err());
+            }
         }
     }
 
@@ -67,13 +75,21 @@ proptest! {
         let (r1, r2) = (t.root(old).unwrap(), t.root(new).unwrap());
         let proof = t.consistency_proof(old, new).unwrap();
         prop_assert_eq!(verify_consistency(old, new, &r1, &r2, &proof), Ok(()));
-        prop_assert!(verify_consistency(old, new, &flip(&r1, pick.2), &r2, &proof).is_err());
-        prop_assert!(verify_consistency(old, new, &r1, &flip(&r2, pick.2), &proof).is_err());
-        for i in 0..proof.len() {
-            let mut p = proof.clone();
-            p[i] = flip(&p[i], pick.2);
-            prop_assert!(verify_consistency(old, new, &r1, &r2, &p).is_err());
+        // Every single flipped bit of either root and of each proof hash.
+        for bit in 0..256 {
+            prop_assert!(verify_consistency(old, new, &flip(&r1, bit), &r2, &proof).is_err());
+            prop_assert!(verify_consistency(old, new, &r1, &flip(&r2, bit), &proof).is_err());
+            for i in 0..proof.len() {
+                let mut p = proof.clone();
+                p[i] = flip(&p[i], bit);
+                prop_assert!(verify_consistency(old, new, &r1, &r2, &p).is_err());
+            }
         }
+        // A changed entry of the old tree changes its root: the proof fails.
+        let mut changed = entries[..old as usize].to_vec();
+        changed[(pick.2 as u64 % old) as usize].push(1);
+        let r1_changed = build(&changed).root(old).unwrap();
+        prop_assert!(verify_consistency(old, new, &r1_changed, &r2, &proof).is_err());
     }
 
     #[test]
@@ -100,6 +116,20 @@ proptest! {
             let mut p = proof.clone();
             p[i] = flip(&p[i], pick.3);
             prop_assert_ne!(root_from_range(begin, size, &leaves, &p), Ok(root));
+        }
+        // Every smaller tree that ends inside the range has its root
+        // recomputed from the same leaves and proof.
+        for m in begin + 1..=end {
+            prop_assert_eq!(
+                prefix_root_from_range(begin, m, &leaves, &proof),
+                Ok(t.root(m).unwrap()),
+                "prefix {} of range {}..{} in {}", m, begin, end, size
+            );
+        }
+        if begin > 0 {
+            let mut p = proof.clone();
+            p[0] = flip(&p[0], pick.3);
+            prop_assert_ne!(prefix_root_from_range(begin, end, &leaves, &p), Ok(t.root(end).unwrap()));
         }
     }
 }

@@ -221,7 +221,8 @@ pub enum AuditReadKind {
     Export,
     /// An evidence bundle (events, checkpoint and proofs).
     Bundle,
-    /// An inclusion or consistency proof, or a checkpoint.
+    /// An inclusion proof of one event (checkpoints and consistency proofs
+    /// hand out no event and are not recorded).
     Proof,
 }
 

@@ -20,6 +20,7 @@
 
 pub mod audit;
 mod clock;
+mod follower;
 mod metrics;
 mod query;
 mod verify;
@@ -29,7 +30,6 @@ mod writer;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use keyledger_core::{
     Command, CommandError, CreateKey, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
     RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
@@ -39,8 +39,9 @@ use keyledger_store::{EventLog, Record, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use ulid::Ulid;
 
-pub use audit::{AuditConfig, Bundle, BundleReport, SignedCheckpoint, verify_bundle};
+pub use audit::{AuditConfig, Bundle, BundleHeader, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use follower::{Follow, default_node_id};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
@@ -87,6 +88,10 @@ pub struct Config {
     /// Where the audit signing key and checkpoints live; `None`: trees and
     /// proofs only, no signed checkpoints.
     pub audit: Option<AuditConfig>,
+    /// Several nodes share the log (PostgreSQL): follow what the others
+    /// append. `None` (the default): this process is the log's only
+    /// writer (redb), and nothing is followed.
+    pub follow: Option<Follow>,
 }
 
 impl Default for Config {
@@ -97,6 +102,7 @@ impl Default for Config {
             batch_commands_max: 4096,
             queue_commands_max: 16_384,
             audit: None,
+            follow: None,
         }
     }
 }
@@ -123,6 +129,21 @@ pub enum Error {
     /// The runtime is shutting down.
     #[error("keyledger is shutting down")]
     ShuttingDown,
+    /// A command was committed and is enforced by this node, but not every
+    /// live node sharing the log confirmed it applied it in time. It is
+    /// not undone: the other nodes apply it as soon as they catch up.
+    #[error(
+        "committed at log position {position} and enforced by this node, but not confirmed \
+         by every live node within {waited_ms} ms: {why}"
+    )]
+    NotConfirmed {
+        /// The position the nodes were waited for.
+        position: u64,
+        /// How long it waited.
+        waited_ms: u64,
+        /// What was seen (the lowest applied position, or why it could not be read).
+        why: String,
+    },
 }
 
 impl From<StoreError> for Error {
@@ -173,6 +194,8 @@ pub(crate) struct ReadModel {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Job {
     Command(Command, oneshot::Sender<Result<Vec<Record>, Error>>),
+    /// Records the follower read: other nodes' commits to apply.
+    Apply(Vec<Record>),
     Stop,
 }
 
@@ -182,7 +205,9 @@ pub(crate) struct Shared {
     pub(crate) entropy: Arc<dyn Entropy>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) read: RwLock<ReadModel>,
-    pub(crate) keys: DashMap<SecretHash, Arc<KeyEntry>, verify::DigestHash>,
+    /// The verification map: lock-free reads (papaya), so a verification
+    /// never waits for the writer and takes no lock of its own.
+    pub(crate) keys: papaya::HashMap<SecretHash, Arc<KeyEntry>, verify::DigestHash>,
     pub(crate) dirty: Mutex<Vec<Arc<KeyEntry>>>,
     pub(crate) dirty_signal: Notify,
     /// One flush at a time: a flush that finds nothing to take must still
@@ -191,7 +216,8 @@ pub(crate) struct Shared {
     flush_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: Metrics,
     pub(crate) audit: audit::AuditState,
-    tx: mpsc::Sender<Job>,
+    pub(crate) follow: follower::Signal,
+    pub(crate) tx: mpsc::Sender<Job>,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -199,6 +225,7 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct Tasks {
     writer: Option<std::thread::JoinHandle<()>>,
+    follower: Option<std::thread::JoinHandle<()>>,
     flusher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -248,12 +275,13 @@ impl Keyledger {
             entropy,
             log,
             read: RwLock::new(ReadModel::default()),
-            keys: DashMap::default(),
+            keys: papaya::HashMap::default(),
             dirty: Mutex::new(Vec::new()),
             dirty_signal: Notify::new(),
             flush_lock: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
             audit,
+            follow: follower::Signal::default(),
             tx,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
@@ -265,6 +293,25 @@ impl Keyledger {
             .name("keyledger-writer".into())
             .spawn(move || writer::run(&writer_shared, rx, decision))
             .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+        let follower = match shared.config.follow.clone() {
+            None => None,
+            Some(follow) => {
+                let follower_shared = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("keyledger-follower".into())
+                    .spawn(move || follower::run(&follower_shared, &follow));
+                match spawned {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        let _ = shared.tx.try_send(Job::Stop);
+                        let _ = writer.join();
+                        return Err(Error::Unavailable(format!(
+                            "cannot start the follower: {e}"
+                        )));
+                    }
+                }
+            }
+        };
         let flusher = match shared.config.usage_window {
             UsageWindow::Manual => None,
             window => Some(tokio::spawn(flusher(shared.clone(), window))),
@@ -275,6 +322,7 @@ impl Keyledger {
         }
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
+            follower,
             flusher,
         };
         Ok(Keyledger { shared })
@@ -331,6 +379,24 @@ impl Keyledger {
         v
     }
 
+    /// [`Keyledger::verify`] for callers that need the key only while they
+    /// answer: `f` gets the outcome and the key, borrowed. Counted exactly
+    /// like `verify`; cheaper, since no reference to the key is taken.
+    pub fn verify_with<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
+    ) -> R {
+        self.shared.verify_with(presented, scope, |outcome, key| {
+            if outcome.counted().is_none() {
+                self.shared.metrics.verifications[outcome.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            f(outcome, key.map(|k| &**k))
+        })
+    }
+
     /// Decides, appends durably and applies one command. Answers once the
     /// events are durable and enforced.
     pub async fn execute(&self, command: Command) -> Result<Vec<Record>, Error> {
@@ -378,6 +444,79 @@ impl Keyledger {
         }))
         .await?;
         self.key(&tenant, key_id)
+    }
+
+    /// Revokes a key, then waits until every live node sharing the log
+    /// refuses it too ([`Keyledger::wait_enforced_everywhere`]).
+    /// On [`Error::NotConfirmed`] the key is revoked all the same.
+    pub async fn revoke_key_everywhere(
+        &self,
+        principal: Principal,
+        key_id: KeyId,
+        reason: RevokeReason,
+        timeout: Duration,
+    ) -> Result<KeyRecord, Error> {
+        let tenant = principal.tenant.clone();
+        let records = self
+            .execute(Command::RevokeKey(RevokeKey {
+                principal,
+                key_id,
+                reason,
+            }))
+            .await?;
+        let position = records.iter().map(|r| r.position).max().unwrap_or(0);
+        self.wait_enforced_everywhere(position, timeout).await?;
+        self.key(&tenant, key_id)
+    }
+
+    /// Waits until every live node sharing the log has applied it up to
+    /// `position` (they report what they applied, see [`Follow`]), or
+    /// `timeout` passes ([`Error::NotConfirmed`]). A node that has not
+    /// reported within [`Follow::live_within`] is counted as gone. Without
+    /// [`Config::follow`] this node is the only one, and it applied every
+    /// command before answering: nothing to wait for.
+    pub async fn wait_enforced_everywhere(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let Some(follow) = self.shared.config.follow.clone() else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        let waited = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let not_confirmed = |why: String| Error::NotConfirmed {
+                position,
+                waited_ms: started.elapsed().as_millis() as u64,
+                why,
+            };
+            // This node's own report comes from its follower, which wakes on
+            // this node's appends too: one reporter per node, so a node's
+            // reports never go backwards (a report from here racing one
+            // from the follower could land second with an older position).
+            let mut pause = Duration::from_micros(500);
+            loop {
+                let lowest = shared
+                    .log
+                    .min_applied_live(follow.live_within)
+                    .map_err(|e| not_confirmed(format!("cannot read the nodes' positions: {e}")))?;
+                match lowest {
+                    None => return Ok(()),
+                    Some(p) if p >= position => return Ok(()),
+                    Some(p) if started.elapsed() >= timeout => {
+                        return Err(not_confirmed(format!(
+                            "the slowest live node has applied up to position {p}"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+        })
+        .await;
+        waited.map_err(|e| Error::Unavailable(format!("the wait failed: {e}")))?
     }
 
     /// Replaces a key with a new one with the same owner, name and scopes.
@@ -448,10 +587,14 @@ impl Keyledger {
     /// Stops: no new command is accepted, every counted use is written,
     /// the writer finishes its batch and the log is closed. Idempotent.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let (writer, flusher) = {
+        let (writer, follower, flusher) = {
             let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            (t.writer.take(), t.flusher.take())
+            (t.writer.take(), t.follower.take(), t.flusher.take())
         };
+        self.shared.follow.stop();
+        if let Some(f) = follower {
+            let _ = tokio::task::spawn_blocking(move || f.join()).await;
+        }
         self.shared.stop.notify_one();
         if let Some(f) = flusher {
             let _ = f.await;
@@ -506,18 +649,26 @@ impl Shared {
     }
 
     fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
+        self.verify_with(presented, scope, |outcome, key| Verification {
+            outcome,
+            key: key.cloned(),
+        })
+    }
+
+    /// Verifies and hands the outcome and the borrowed key to `f`: no
+    /// reference count moves unless `f` takes one.
+    fn verify_with<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+    ) -> R {
         if secret::check(presented).is_err() {
-            return Verification::malformed();
+            return f(VerifyOutcome::Malformed, None);
         }
-        let Some(entry) = self
-            .keys
-            .get(&SecretHash::of(presented))
-            .map(|e| e.value().clone())
-        else {
-            return Verification {
-                outcome: VerifyOutcome::NotFound,
-                key: None,
-            };
+        let keys = self.keys.pin();
+        let Some(entry) = keys.get(&SecretHash::of(presented)) else {
+            return f(VerifyOutcome::NotFound, None);
         };
         // A coarse clock: reading the OS clock would be a quarter of the
         // cost of a verification. Expiry is judged at most ~1 ms late.
@@ -534,10 +685,7 @@ impl Shared {
                 self.dirty_signal.notify_one();
             }
         }
-        Verification {
-            outcome,
-            key: Some(entry),
-        }
+        f(outcome, Some(entry))
     }
 
     /// Folds the whole log into the read model and the verification map.
@@ -607,18 +755,18 @@ impl Shared {
                         e.expires_at,
                         false,
                     );
-                    self.keys.insert(e.secret_hash, Arc::new(entry));
+                    self.keys.pin().insert(e.secret_hash, Arc::new(entry));
                 }
                 K::KeyRevoked(e) => {
                     if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = self.keys.get(&k.secret_hash)
+                        && let Some(entry) = self.keys.pin().get(&k.secret_hash)
                     {
                         entry.set_revoked();
                     }
                 }
                 K::KeyRotated(e) => {
                     if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = self.keys.get(&k.secret_hash)
+                        && let Some(entry) = self.keys.pin().get(&k.secret_hash)
                     {
                         entry.set_expires_at(k.expires_at);
                     }
@@ -629,7 +777,7 @@ impl Shared {
                     // back. A removed user acts no more: refuse them all.
                     let owned = read.ledger.tenant(tenant).into_iter();
                     for k in owned.flat_map(|t| t.keys_of(&e.user_id)) {
-                        if let Some(entry) = self.keys.get(&k.secret_hash) {
+                        if let Some(entry) = self.keys.pin().get(&k.secret_hash) {
                             entry.set_revoked();
                         }
                     }

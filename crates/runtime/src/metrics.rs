@@ -74,6 +74,11 @@ pub struct Metrics {
     pub clock_behind_decisions: AtomicU64,
     /// The largest such skew seen, in microseconds.
     pub clock_behind_micros_max: AtomicU64,
+    /// Appends refused because another node wrote to a tenant first; each
+    /// was retried after catching up.
+    pub append_conflicts: AtomicU64,
+    /// Events written by other nodes and applied here.
+    pub events_followed: AtomicU64,
 }
 
 impl Metrics {

@@ -159,7 +159,10 @@ impl KeyEntry {
     /// must put it on the dirty list (once per window).
     pub(crate) fn count(&self, outcome: Outcome, now: Timestamp) -> bool {
         self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        if outcome == Outcome::Valid {
+        // The coarse clock moves once a millisecond: nearly every use sees
+        // `last_valid` already there, and a load is cheaper than an atomic
+        // read-modify-write. `fetch_max` still settles racing uses.
+        if outcome == Outcome::Valid && self.last_valid.load(Ordering::Relaxed) < now.as_micros() {
             self.last_valid
                 .fetch_max(now.as_micros(), Ordering::Relaxed);
         }
@@ -249,12 +252,5 @@ impl Verification {
     /// Whether the key works for the scope asked.
     pub fn is_valid(&self) -> bool {
         self.outcome == VerifyOutcome::Valid
-    }
-
-    pub(crate) fn malformed() -> Self {
-        Verification {
-            outcome: VerifyOutcome::Malformed,
-            key: None,
-        }
     }
 }

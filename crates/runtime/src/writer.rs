@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyledger_core::{Ledger, TenantId, Timestamp, decide};
-use keyledger_store::{Record, TenantAppend};
+use keyledger_store::{Record, StoreError, TenantAppend};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Error, Job, Shared};
@@ -21,14 +21,25 @@ type Reply = oneshot::Sender<Result<Vec<Record>, Error>>;
 pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decision: Ledger) {
     let max = shared.config.batch_commands_max.max(1);
     let mut batch = Vec::with_capacity(max.min(1024));
+    let mut in_doubt: Vec<InDoubt> = Vec::new();
     loop {
-        let Some(first) = next(&mut rx) else {
-            return;
+        let tick = (!in_doubt.is_empty()).then_some(IN_DOUBT_RETRY);
+        let first = match next(&mut rx, tick) {
+            Next::Job(job) => Some(job),
+            Next::Tick => None,
+            Next::Closed => {
+                settle_in_doubt(shared, &mut decision, &mut in_doubt, true);
+                return;
+            }
         };
         let mut stop = false;
-        for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for job in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
             match job {
                 Job::Command(command, reply) => batch.push((command, reply)),
+                Job::Apply(page) => follow(shared, &mut decision, &page),
                 Job::Stop => {
                     stop = true;
                     break;
@@ -38,11 +49,98 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
                 break;
             }
         }
-        commit(shared, &mut decision, &mut batch);
+        if !in_doubt.is_empty() {
+            // Shutting down: the flusher's last flush waits for these.
+            let giving_up = stop || shared.follow.stopping();
+            settle_in_doubt(shared, &mut decision, &mut in_doubt, giving_up);
+        }
+        commit(shared, &mut decision, &mut batch, &mut in_doubt);
         if stop {
+            settle_in_doubt(shared, &mut decision, &mut in_doubt, true);
             return;
         }
     }
+}
+
+/// Usage whose append failed in a way that may have written it after all
+/// (the connection to a shared database was lost with the `COMMIT` sent).
+/// The flusher puts counts back on an error and writes them again later,
+/// so answering it before knowing would count those uses twice; the writer
+/// keeps the answer until a read of the log tells.
+struct InDoubt {
+    tenant: keyledger_core::TenantId,
+    expected_version: u64,
+    events: Vec<keyledger_core::Event>,
+    reply: Reply,
+}
+
+/// How often the writer looks at the log again while usage is in doubt.
+const IN_DOUBT_RETRY: Duration = Duration::from_millis(100);
+
+/// Answers in-doubt usage once the log can be read: written (its events
+/// are the tenant's events right after the version they were decided
+/// against) or not (another event holds that place, or none does: a
+/// shared log's appends are serialized, so once it can be read a failed
+/// append has either committed or never will). `giving_up` (shutdown):
+/// what cannot be told is answered as failed, counts kept in memory only.
+fn settle_in_doubt(
+    shared: &Shared,
+    decision: &mut Ledger,
+    in_doubt: &mut Vec<InDoubt>,
+    giving_up: bool,
+) {
+    if in_doubt.is_empty() {
+        return;
+    }
+    let caught_up = catch_up(shared, decision);
+    let mut kept = Vec::new();
+    for d in in_doubt.drain(..) {
+        let found = caught_up.as_ref().map_err(Clone::clone).and_then(|_| {
+            shared
+                .log
+                .read_tenant(&d.tenant, d.expected_version, d.events.len())
+                .map_err(Error::from)
+        });
+        match found {
+            Ok(records) => {
+                let written = records.len() == d.events.len()
+                    && records.iter().zip(&d.events).all(|(r, e)| r.event == *e);
+                if written {
+                    tracing::info!(tenant = %d.tenant, "usage whose commit was in doubt is in the log");
+                    let _ = d.reply.send(Ok(records));
+                } else {
+                    let _ = d.reply.send(Err(Error::Unavailable(
+                        "the log was unavailable; these uses were not written".into(),
+                    )));
+                }
+            }
+            Err(e) if giving_up => {
+                tracing::error!(error = %e, tenant = %d.tenant, "stopping while usage is in doubt: whether it was written is not known");
+                let _ = d.reply.send(Err(e));
+            }
+            Err(_) => kept.push(d),
+        }
+    }
+    *in_doubt = kept;
+}
+
+/// Applies a page of the log the follower read (records other nodes
+/// wrote), skipping what is applied already: the follower may have read
+/// this node's own commits too, which the writer applied when it made them.
+fn follow(shared: &Shared, decision: &mut Ledger, page: &[Record]) {
+    let head = shared.read_model().head;
+    let fresh = &page[page.partition_point(|r| r.position <= head)..];
+    let applied = match fresh.first() {
+        None => Ok(()),
+        Some(r) if r.position == head + 1 => apply_records(shared, decision, fresh, |_| false),
+        // The page does not start where the read model ends: read the log.
+        Some(_) => catch_up(shared, decision).map(|_| ()),
+    };
+    if let Err(e) = applied {
+        tracing::warn!(error = %e, "cannot apply what other nodes wrote; retrying");
+        *decision = shared.read_model().ledger.clone();
+    }
+    shared.follow.handled();
 }
 
 /// How long the writer polls for the next command before it parks. A
@@ -51,101 +149,190 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
 /// that wake-up on every command. Bounded, so an idle writer sleeps.
 const IDLE_SPIN: Duration = Duration::from_micros(60);
 
-fn next(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+// Returned once per job, moved straight into the batch: boxing would cost
+// an allocation per command.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Job(Job),
+    /// `tick` passed without a job.
+    Tick,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// The next job; with a `tick`, gives up after it (polling: tokio's
+/// channel has no blocking receive with a timeout).
+fn next(rx: &mut mpsc::Receiver<Job>, tick: Option<Duration>) -> Next {
     let start = Instant::now();
     loop {
         match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Ok(job) => return Next::Job(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
             Err(mpsc::error::TryRecvError::Empty) if start.elapsed() < IDLE_SPIN => {
                 std::thread::yield_now();
             }
-            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
+            Err(mpsc::error::TryRecvError::Empty) => match tick {
+                None => return rx.blocking_recv().map_or(Next::Closed, Next::Job),
+                Some(t) if start.elapsed() >= t => return Next::Tick,
+                Some(_) => std::thread::sleep(Duration::from_millis(2)),
+            },
         }
     }
 }
 
+/// Most times one batch is decided again after another node appended to
+/// one of its tenants first. Each retry follows the log first, so it only
+/// loses again if yet another append slipped in; past this, the callers
+/// get an error instead of waiting forever.
+const CONFLICT_RETRIES_MAX: u32 = 64;
+
+/// Longest wait for the log to show this node's own commit when reading
+/// it back (a log that orders by commit shows it at once).
+const READ_BACK_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Decides, appends and applies one batch, answering every caller.
+///
+/// The append is optimistic: each tenant's events name the version they
+/// were decided against. When another node appended to one of those
+/// tenants first, nothing is written; the writer takes in what the log
+/// holds and decides the whole batch again, so a command is never lost,
+/// never applied twice, and one that no longer holds gets its real
+/// refusal (a second revoke: `AlreadyRevoked`).
 fn commit(
     shared: &Shared,
     decision: &mut Ledger,
     batch: &mut Vec<(keyledger_core::Command, Reply)>,
+    in_doubt: &mut Vec<InDoubt>,
 ) {
-    if batch.is_empty() {
-        return;
-    }
-    let now = shared.clock.now();
-    let mut appends: Vec<TenantAppend> = Vec::with_capacity(batch.len());
-    let mut waiting: Vec<(Reply, usize, usize)> = Vec::with_capacity(batch.len());
-    let mut events_total = 0;
-    for (command, reply) in batch.drain(..) {
-        note_clock_behind(shared, decision, command.tenant(), now);
-        let events = match decide(decision, &command, now) {
-            Ok(events) => events,
-            Err(e) => {
-                let _ = reply.send(Err(Error::Command(e)));
+    let mut conflicts = 0;
+    loop {
+        if batch.is_empty() {
+            return;
+        }
+        let now = shared.clock.now();
+        let mut appends: Vec<TenantAppend> = Vec::with_capacity(batch.len());
+        let mut waiting: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
+        // Usage commands' appends, kept in case the outcome is in doubt.
+        let mut usage: Vec<Option<TenantAppend>> = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut events_total = 0;
+        for (command, reply) in batch.drain(..) {
+            note_clock_behind(shared, decision, command.tenant(), now);
+            let events = match decide(decision, &command, now) {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Command(e)));
+                    continue;
+                }
+            };
+            let tenant = command.tenant().clone();
+            let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
+            let applied = events
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
+            if let Err(e) = applied {
+                // A decision that does not fold is a bug in the core: refuse
+                // the command and rebuild the copy without it.
+                tracing::error!(error = %e, "a decided command did not fold; refused");
+                *decision = shared.read_model().ledger.clone();
+                reapply(decision, &appends);
+                let _ = reply.send(Err(Error::Corrupt(e.to_string())));
                 continue;
             }
+            waiting.push((events_total, events.len()));
+            usage.push(
+                matches!(command, keyledger_core::Command::RecordUsage { .. }).then(|| {
+                    TenantAppend {
+                        tenant: tenant.clone(),
+                        expected_version,
+                        events: events.clone(),
+                    }
+                }),
+            );
+            kept.push((command, reply));
+            events_total += events.len();
+            appends.push(TenantAppend {
+                tenant,
+                expected_version,
+                events,
+            });
+        }
+        *batch = kept;
+        if appends.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = shared.log.append(appends);
+        shared.metrics.commit_latency.observe(started.elapsed());
+        let failure = match result {
+            Ok(records) => match apply_own(shared, decision, &records) {
+                Ok(()) => {
+                    shared.metrics.note_commit(records.len(), waiting.len());
+                    for ((_, reply), (start, len)) in batch.drain(..).zip(waiting) {
+                        let _ = reply.send(Ok(records[start..start + len].to_vec()));
+                    }
+                    return;
+                }
+                Err(e) => e,
+            },
+            Err(StoreError::Conflict {
+                tenant,
+                expected,
+                actual,
+            }) if conflicts < CONFLICT_RETRIES_MAX => {
+                // Nothing was written. Forget the batch's events, take in
+                // what the other nodes wrote, and decide again.
+                conflicts += 1;
+                shared
+                    .metrics
+                    .append_conflicts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%tenant, expected, actual, conflicts, "another node appended first; deciding again");
+                *decision = shared.read_model().ledger.clone();
+                match catch_up(shared, decision) {
+                    Ok(_) => continue,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => {
+                // The backend may have written it after all (an unanswered
+                // COMMIT): usage waits until the log tells.
+                // (Only a shared backend says `Unavailable`; a local
+                // file's failed commit is not written.)
+                let maybe_written = matches!(e, StoreError::Unavailable(_));
+                let e = Error::from(e);
+                if maybe_written {
+                    let mut rest = Vec::with_capacity(batch.len());
+                    for ((command, reply), kept_usage) in batch.drain(..).zip(usage) {
+                        match kept_usage {
+                            Some(a) => in_doubt.push(InDoubt {
+                                tenant: a.tenant,
+                                expected_version: a.expected_version,
+                                events: a.events,
+                                reply,
+                            }),
+                            None => rest.push((command, reply)),
+                        }
+                    }
+                    *batch = rest;
+                }
+                e
+            }
         };
-        let tenant = command.tenant().clone();
-        let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
-        let applied = events
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
-        if let Err(e) = applied {
-            // A decision that does not fold is a bug in the core: refuse
-            // the command and rebuild the copy without it.
-            tracing::error!(error = %e, "a decided command did not fold; refused");
-            *decision = shared.read_model().ledger.clone();
-            reapply(decision, &appends);
-            let _ = reply.send(Err(Error::Corrupt(e.to_string())));
-            continue;
+        tracing::error!(error = %failure, "commit failed; nothing in the batch is acknowledged");
+        shared.metrics.note_commit_failure();
+        // When the log could not tell whether the commit reached it, a later
+        // read may show it did: apply what is there so the next decisions
+        // start from the log, not from a guess.
+        *decision = shared.read_model().ledger.clone();
+        if let Err(e) = catch_up(shared, decision) {
+            tracing::warn!(error = %e, "cannot read the log back after a failed commit");
         }
-        waiting.push((reply, events_total, events.len()));
-        events_total += events.len();
-        appends.push(TenantAppend {
-            tenant,
-            expected_version,
-            events,
-        });
-    }
-    if appends.is_empty() {
+        for (_, reply) in batch.drain(..) {
+            let _ = reply.send(Err(failure.clone()));
+        }
         return;
-    }
-    let started = Instant::now();
-    let result = shared.log.append(appends);
-    shared.metrics.commit_latency.observe(started.elapsed());
-    let outcome = result.map_err(Error::from).and_then(|records| {
-        if let Err(e) = shared.apply_committed(&records) {
-            // The log holds records the read model has not seen: an earlier
-            // commit reported as failed reached the log after all. Apply
-            // everything past the head, this batch included.
-            tracing::warn!(error = %e, "the log is ahead of the read model; catching up");
-            catch_up(shared)?;
-        }
-        Ok(records)
-    });
-    match outcome {
-        Ok(records) => {
-            shared.metrics.note_commit(records.len(), waiting.len());
-            for (reply, start, len) in waiting {
-                let _ = reply.send(Ok(records[start..start + len].to_vec()));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "commit failed; nothing in the batch is acknowledged");
-            shared.metrics.note_commit_failure();
-            // When the log could not tell whether the commit reached the
-            // disk, a later read may show it did: apply what is there so
-            // the next decisions start from the log, not from a guess.
-            if let Err(e) = catch_up(shared) {
-                tracing::warn!(error = %e, "cannot read the log back after a failed commit");
-            }
-            *decision = shared.read_model().ledger.clone();
-            for (reply, _, _) in waiting {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
     }
 }
 
@@ -157,11 +344,82 @@ fn reapply(decision: &mut Ledger, appends: &[TenantAppend]) {
     }
 }
 
-/// Applies every record the log holds past the read model's head; returns
-/// how many. Used after a failure, when the log may hold a commit whose
-/// outcome was reported as unknown.
-fn catch_up(shared: &Shared) -> Result<u64, Error> {
-    const PAGE: usize = 1024;
+/// Applies this node's just-committed `own` records to the read model
+/// (the decision copy holds them already), together with whatever other
+/// nodes committed before them, in log order.
+///
+/// When the first own record directly follows the read model's head,
+/// nothing came in between: they are applied as they are. Otherwise the
+/// log is read from the head up to the last own record; records of other
+/// nodes go to both the read model and the decision copy.
+fn apply_own(shared: &Shared, decision: &mut Ledger, own: &[Record]) -> Result<(), Error> {
+    let (Some(first), Some(last)) = (own.first(), own.last()) else {
+        return Ok(());
+    };
+    let (first, last) = (first.position, last.position);
+    let contiguous = last.checked_sub(first) == Some(own.len() as u64 - 1);
+    if contiguous && shared.read_model().head + 1 == first {
+        return shared.apply_committed(own);
+    }
+    let deadline = Instant::now() + READ_BACK_WAIT_MAX;
+    loop {
+        let head = shared.read_model().head;
+        if head >= last {
+            return Ok(());
+        }
+        let page = shared.log.read_after(head, PAGE)?;
+        if page.is_empty() {
+            // The log does not show our commit yet (an earlier-numbered
+            // transaction of another node is still committing).
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "the log does not show this node's commit at position {last} \
+                     (it shows up to {head})"
+                )));
+            }
+            shared.log.wait_for_append(head, Duration::from_millis(5))?;
+            continue;
+        }
+        apply_records(shared, decision, &page, |p| {
+            own.binary_search_by_key(&p, |r| r.position).is_ok()
+        })?;
+    }
+}
+
+/// Catch-up reads: up to this many records per read.
+const PAGE: usize = 1024;
+
+/// Applies `page` to the read model, and to the decision copy those
+/// records it does not hold yet (`is_own` says which it holds).
+fn apply_records(
+    shared: &Shared,
+    decision: &mut Ledger,
+    page: &[Record],
+    is_own: impl Fn(u64) -> bool,
+) -> Result<(), Error> {
+    shared.apply_committed(page)?;
+    let mut followed = 0;
+    for r in page.iter().filter(|r| !is_own(r.position)) {
+        followed += 1;
+        if let Err(e) = decision.apply(r.seq, &r.event) {
+            // The copy and the read model disagree: take the read model's.
+            tracing::error!(error = %e, position = r.position, "the decision copy is out of step; rebuilding it");
+            *decision = shared.read_model().ledger.clone();
+            break;
+        }
+    }
+    shared
+        .metrics
+        .events_followed
+        .fetch_add(followed, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Applies every record the log holds past the read model's head, to the
+/// read model and to the decision copy (which, between batches, equals the
+/// read model); returns how many. This is how a node takes in what other
+/// nodes wrote, and how it settles a commit whose outcome was unknown.
+pub(crate) fn catch_up(shared: &Shared, decision: &mut Ledger) -> Result<u64, Error> {
     let mut applied = 0;
     loop {
         let head = shared.read_model().head;
@@ -170,7 +428,7 @@ fn catch_up(shared: &Shared) -> Result<u64, Error> {
             return Ok(applied);
         }
         applied += page.len() as u64;
-        shared.apply_committed(&page)?;
+        apply_records(shared, decision, &page, |_| false)?;
     }
 }
 

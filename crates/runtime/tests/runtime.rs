@@ -171,6 +171,40 @@ fn revocation_is_enforced_when_revoke_returns_and_uses_are_counted_exactly() {
 }
 
 #[test]
+fn verify_with_lends_the_key_and_counts_exactly_like_verify() {
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let log = MemoryLog::new();
+    rt().block_on(async {
+        let ledger = open(Arc::new(log.clone()), &clock);
+        let p = Principal::user(tenant("acme"), user("alice"));
+        let a = ledger.create_key(p.clone(), new_key("lent")).await.unwrap();
+        let s = a.secret.expose().to_owned();
+        for _ in 0..3 {
+            let (outcome, id) = ledger.verify_with(&s, None, |o, k| (o, k.map(|k| k.key_id)));
+            assert_eq!((outcome, id), (VerifyOutcome::Valid, Some(a.key.id)));
+        }
+        assert_eq!(ledger.verify(&s, None).outcome, VerifyOutcome::Valid);
+        assert_eq!(
+            ledger.verify_with("klk_nope", None, |o, k| (o, k.is_none())),
+            (VerifyOutcome::Malformed, true)
+        );
+        ledger
+            .revoke_key(p, a.key.id, RevokeReason::Manual)
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.verify_with(&s, None, |o, _| o),
+            VerifyOutcome::Revoked
+        );
+        ledger.shutdown().await.unwrap();
+        let reopened = open(Arc::new(log.clone()), &clock);
+        let k = reopened.key(&tenant("acme"), a.key.id).unwrap();
+        assert_eq!((k.uses.valid, k.uses.revoked), (4, 1));
+        reopened.shutdown().await.unwrap();
+    });
+}
+
+#[test]
 fn a_second_revoke_in_the_same_batch_is_a_conflict() {
     let clock = ManualClock::new(Timestamp::from_micros(T0));
     rt().block_on(async {
@@ -381,5 +415,33 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
         check_replay(&|| Arc::new(RedbLog::open(&path).unwrap()), &ops);
+    }
+}
+
+/// The same property on PostgreSQL: one database for the whole run (made
+/// on the server named by `KEYLEDGER_TEST_POSTGRES_URL`, failing without
+/// one), emptied before every case; fewer cases, as every command costs
+/// round trips to the server.
+#[test]
+fn replayed_projections_equal_live_ones_on_postgres() {
+    let db = keyledger_store::postgres::TestDatabase::create();
+    let config = ProptestConfig {
+        cases: 12,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let outcome = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+        db.reset()
+            .map_err(|e| TestCaseError::fail(format!("emptying the database: {e}")))?;
+        let url = db.url();
+        check_replay(
+            &|| Arc::new(keyledger_store::PgLog::connect(url).unwrap()),
+            &ops,
+        );
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
 }

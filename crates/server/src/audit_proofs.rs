@@ -4,6 +4,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use keyledger_core::AuditReadKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -139,15 +141,11 @@ async fn inclusion(
 ) -> ApiResult<Json<InclusionBody>> {
     let ledger = state.ledger();
     let tenant = auth.key().tenant.clone();
-    ledger
-        .record_audit_read(
-            auth.principal(),
-            q.position,
-            q.position,
-            AuditReadKind::Proof,
-        )
-        .await?;
+    // Checked first (bad input changes nothing), recorded before it is handed out.
     let p = ledger.inclusion_proof(&tenant, q.position, q.size.unwrap_or(0))?;
+    ledger
+        .record_audit_read(auth.principal(), p.seq, p.seq, AuditReadKind::Proof)
+        .await?;
     Ok(Json(InclusionBody {
         position: p.seq,
         size: p.size,
@@ -181,35 +179,36 @@ async fn consistency(
     }))
 }
 
-/// An evidence bundle of events `from..=to`: the events with their stored
-/// bytes, a signed checkpoint and the proofs; verify it offline with
-/// `keyledger audit verify-bundle`. The export is recorded in the trail.
+/// An evidence bundle of events `from..=to`, as one JSON Lines file: a
+/// header line (format, tenant, range, the signed checkpoint, the range,
+/// inclusion and consistency proofs), then one event per line with its
+/// stored bytes. Verify it offline with `keyledger audit verify-bundle`.
+/// The export is recorded in the trail first.
 #[utoipa::path(
     get, path = "/v1/audit/bundle", tag = "audit",
     params(RangeQuery),
-    responses((status = 200, description = "The bundle (format `keyledger-audit-bundle/v1`)", body = Object), responses::KeyAuth, responses::Common),
+    responses(
+        (status = 200, description = "The bundle (format `keyledger-audit-bundle/v1`): a header line, then one event per line",
+            content((String = "application/x-ndjson"))),
+        responses::KeyAuth, responses::Common,
+    ),
     security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
 )]
 async fn bundle(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<RangeQuery>,
-) -> ApiResult<Json<keyledger_runtime::Bundle>> {
+) -> ApiResult<Response> {
     let ledger = state.ledger().clone();
     let tenant = auth.key().tenant.clone();
     let to = q.to.unwrap_or_else(|| ledger.tree_size(&tenant));
-    if q.from == 0 || q.from > to || to > ledger.tree_size(&tenant) {
-        return Err(ApiError::query(format!(
-            "the range {}..={to} is not within the tenant's events",
-            q.from
-        )));
-    }
+    ledger.check_bundle_range(&tenant, q.from, to)?;
     ledger
         .record_audit_read(auth.principal(), q.from, to, AuditReadKind::Bundle)
         .await?;
     let from = q.from;
-    let b = blocking(move || Ok(ledger.bundle(&tenant, from, to)?)).await?;
-    Ok(Json(b))
+    let bytes = blocking(move || Ok(ledger.bundle(&tenant, from, to)?.to_jsonl())).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response())
 }
 
 /// The Ed25519 public key that signs every checkpoint. Any valid key may

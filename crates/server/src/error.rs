@@ -15,6 +15,7 @@
 //! | 415 | a body that is not `application/json` |
 //! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id |
 //! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
+//! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
 //! | 500 | a bug or a damaged log: never for anything a client sends |
 
 use std::borrow::Cow;
@@ -119,14 +120,14 @@ impl ApiError {
         )
     }
 
-    /// 503 when a request took longer than [`crate::limits::REQUEST_TIMEOUT`].
-    pub fn timeout() -> Self {
+    /// 503 when a request took longer than its time limit
+    /// ([`crate::limits::REQUEST_TIMEOUT`] unless configured otherwise).
+    pub fn timeout(limit: std::time::Duration) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             format!(
-                "the request took longer than {} s",
-                crate::limits::REQUEST_TIMEOUT.as_secs()
+                "the request took longer than the limit of {limit:?} (a slow body, or every slot busy)"
             ),
         )
     }
@@ -269,6 +270,10 @@ impl From<keyledger_runtime::Error> for ApiError {
                 "keyledger is shutting down",
             ),
             E::Corrupt(m) => Self::internal(format!("the event log is damaged: {m}")),
+            // Committed and enforced here; the other nodes did not confirm in time.
+            e @ E::NotConfirmed { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "not_confirmed", e.to_string())
+            }
             other => Self::internal(other.to_string()),
         }
     }
@@ -355,14 +360,14 @@ pub struct JsonBytes(pub axum::body::Bytes);
 
 /// Whether a content type is JSON: `application/json` or `application/*+json`.
 fn is_json_type(value: &str) -> bool {
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // No allocation: this runs on every verification.
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || (sub.len() > 5 && sub.as_bytes()[sub.len() - 5..].eq_ignore_ascii_case(b"+json")))
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBytes {
@@ -506,5 +511,38 @@ pub(crate) mod responses {
         /// Already revoked, user already removed, user removed, or a tenant's key limit.
         #[response(status = 409)]
         Conflict(ErrorBody),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_type;
+
+    #[test]
+    fn json_content_types() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;charset=UTF-8",
+            "application/problem+json",
+            "application/vnd.api+JSON",
+        ] {
+            assert!(is_json_type(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "json",
+            "text/json",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+            "application/+json",
+            "multipart/form-data; boundary=application/json",
+        ] {
+            assert!(!is_json_type(no), "{no}");
+        }
+        // Header text is ASCII, but nothing here may panic on other text.
+        for odd in ["application/é", "é/+json", "application/éé+json", "/"] {
+            let _ = is_json_type(odd);
+        }
     }
 }

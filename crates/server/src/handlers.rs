@@ -181,13 +181,15 @@ async fn get_key(
     Ok(Json(key_view(&state, &key)))
 }
 
-/// Revoke a key, for good. It is refused from the moment this answers.
+/// Revoke a key, for good. It is refused from the moment this answers (on
+/// every node sharing the log, with `wait=all-nodes`).
 #[utoipa::path(
     post, path = "/v1/keys/{id}/revoke", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), RevokeQuery),
     request_body(content = Option<RevokeRequest>, description = "Optional; the reason defaults to `manual`"),
     responses(
         (status = 200, description = "The key, revoked", body = KeyView),
+        (status = 504, description = "With `wait=all-nodes`: revoked and refused by this node, but not every live node confirmed it within `wait_ms`", body = crate::error::ErrorBody),
         responses::KeyAuth, responses::NotFound, responses::Conflict, responses::Body, responses::Common,
     ),
     security(("bearer" = ["keys:write"]), ("api_key" = ["keys:write"])),
@@ -196,16 +198,47 @@ async fn revoke_key(
     State(state): State<AppState>,
     auth: Authed<KeysWrite>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
     OptionalJson(body): OptionalJson<RevokeRequest>,
 ) -> ApiResult<Json<KeyView>> {
     let id = key_id(&id)?;
     let reason = body.reason.unwrap_or_default().into();
-    let key = state
-        .ledger()
-        .revoke_key(auth.principal(), id, reason)
-        .await?;
+    let key = match q.wait.unwrap_or_default() {
+        WaitFor::ThisNode if q.wait_ms.is_some() => {
+            return Err(ApiError::query("wait_ms applies only with wait=all-nodes"));
+        }
+        WaitFor::ThisNode => {
+            state
+                .ledger()
+                .revoke_key(auth.principal(), id, reason)
+                .await?
+        }
+        WaitFor::AllNodes => {
+            let wait_ms = q.wait_ms.unwrap_or(REVOKE_WAIT_MS_DEFAULT);
+            if !(1..=REVOKE_WAIT_MS_MAX).contains(&wait_ms) {
+                return Err(ApiError::query(format!(
+                    "wait_ms must be 1 to {REVOKE_WAIT_MS_MAX}"
+                )));
+            }
+            state
+                .ledger()
+                .revoke_key_everywhere(
+                    auth.principal(),
+                    id,
+                    reason,
+                    std::time::Duration::from_millis(wait_ms),
+                )
+                .await?
+        }
+    };
     Ok(Json(key_view(&state, &key)))
 }
+
+/// How long a revoke with `wait=all-nodes` waits for the other nodes by default.
+const REVOKE_WAIT_MS_DEFAULT: u64 = 10_000;
+/// The longest wait a revoke may ask for (under the request timeout).
+const REVOKE_WAIT_MS_MAX: u64 = 20_000;
+const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_millis() as u64);
 
 /// Replace a key with a new one with the same owner, name, description and
 /// scopes. The old key is revoked now (`grace_seconds` 0, the default) or
@@ -255,17 +288,19 @@ async fn key_history(
 ) -> ApiResult<Json<AuditPageBody>> {
     let id = key_id(&id)?;
     let tenant = auth.key().tenant.clone();
-    let body = blocking(move || {
-        let page = state
-            .ledger()
-            .key_history(&tenant, id, q.cursor.as_deref(), q.limit)?;
-        Ok(AuditPageBody {
-            events: page.records.iter().map(Into::into).collect(),
-            next_cursor: page.next_cursor,
-        })
-    })
-    .await?;
-    Ok(Json(body))
+    let ledger = state.ledger().clone();
+    let page =
+        blocking(move || Ok(ledger.key_history(&tenant, id, q.cursor.as_deref(), q.limit)?))
+            .await?;
+    // Every read of the trail is itself recorded before it is handed out.
+    state
+        .ledger()
+        .record_page_read(auth.principal(), &page, keyledger_core::AuditReadKind::List)
+        .await?;
+    Ok(Json(AuditPageBody {
+        events: page.records.iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 fn remove(
@@ -347,7 +382,10 @@ async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> A
         expires_at: key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
     };
     Ok((
-        [(header::CONTENT_TYPE, "application/json")],
+        [(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        )],
         answer.to_json(),
     )
         .into_response())
@@ -408,17 +446,18 @@ async fn audit(
         q.include_usage,
     )?;
     let tenant = auth.key().tenant.clone();
-    let body = blocking(move || {
-        let page = state
-            .ledger()
-            .audit(&tenant, &filter, q.cursor.as_deref(), q.limit)?;
-        Ok(AuditPageBody {
-            events: page.records.iter().map(Into::into).collect(),
-            next_cursor: page.next_cursor,
-        })
-    })
-    .await?;
-    Ok(Json(body))
+    let ledger = state.ledger().clone();
+    let page =
+        blocking(move || Ok(ledger.audit(&tenant, &filter, q.cursor.as_deref(), q.limit)?)).await?;
+    // Every read of the trail is itself recorded before it is handed out.
+    state
+        .ledger()
+        .record_page_read(auth.principal(), &page, keyledger_core::AuditReadKind::List)
+        .await?;
+    Ok(Json(AuditPageBody {
+        events: page.records.iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// The whole (filtered) trail, streamed as JSON Lines or CSV.
@@ -446,6 +485,8 @@ async fn audit_export(
         q.include_usage,
     )?;
     let format = q.format.unwrap_or(ExportFormat::Jsonl);
+    // Recorded before the first byte is sent.
+    state.ledger().record_trail_export(auth.principal()).await?;
     Ok(crate::export::trail(
         state.ledger().clone(),
         auth.key().tenant.clone(),

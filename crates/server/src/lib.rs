@@ -59,6 +59,7 @@ struct Inner {
     ledger: Keyledger,
     operator: OperatorToken,
     http: metrics::HttpMetrics,
+    limits: limits::ServerLimits,
     connections: Arc<Semaphore>,
 }
 
@@ -71,16 +72,37 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// The state of a server on `ledger`, accepting `operator` on the admin routes.
+    /// The state of a server on `ledger`, accepting `operator` on the admin
+    /// routes, with the default limits.
     pub fn new(ledger: Keyledger, operator: OperatorToken) -> Self {
+        Self::with_limits(ledger, operator, limits::ServerLimits::default())
+    }
+
+    /// [`AppState::new`] with other limits (zero counts are taken as one).
+    pub fn with_limits(
+        ledger: Keyledger,
+        operator: OperatorToken,
+        limits: limits::ServerLimits,
+    ) -> Self {
+        let limits = limits::ServerLimits {
+            requests_in_flight_max: limits.requests_in_flight_max.max(1),
+            connections_max: limits.connections_max.max(1),
+            request_timeout: limits.request_timeout,
+        };
         AppState {
             inner: Arc::new(Inner {
                 ledger,
                 operator,
                 http: metrics::HttpMetrics::new(openapi()),
-                connections: Arc::new(Semaphore::new(limits::CONNECTIONS_MAX)),
+                limits,
+                connections: Arc::new(Semaphore::new(limits.connections_max)),
             }),
         }
+    }
+
+    /// The limits this server runs with.
+    pub fn limits(&self) -> &limits::ServerLimits {
+        &self.inner.limits
     }
 
     /// The ledger served.
@@ -97,7 +119,7 @@ impl AppState {
     }
 
     pub(crate) fn connections_open(&self) -> usize {
-        limits::CONNECTIONS_MAX - self.inner.connections.available_permits()
+        self.inner.limits.connections_max - self.inner.connections.available_permits()
     }
 }
 
@@ -105,14 +127,13 @@ impl AppState {
 /// unknown routes and wrong methods, the limits, metrics and request spans.
 pub fn app(state: AppState) -> axum::Router {
     let (router, _api) = handlers::router().split_for_parts();
+    let in_flight = state.limits().requests_in_flight_max;
     router
         .fallback(handlers::not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits::REQUESTS_IN_FLIGHT_MAX,
-        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(in_flight))
         .layer(DefaultBodyLimit::max(limits::BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -130,11 +151,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         method = %method,
         route = route.as_ref().map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str),
     );
-    let run =
-        tokio::time::timeout(limits::REQUEST_TIMEOUT, next.run(request)).instrument(span.clone());
+    let limit = state.limits().request_timeout;
+    let run = tokio::time::timeout(limit, next.run(request)).instrument(span.clone());
     let mut response = match run.await {
         Ok(response) => response,
-        Err(_) => ApiError::timeout().into_response(),
+        Err(_) => span.in_scope(|| ApiError::timeout(limit).into_response()),
     };
     let status = response.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {
@@ -215,17 +236,37 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let ledger = state.ledger().clone();
-    let listener = LimitedListener {
+    let mut listener = LimitedListener {
         inner: listener,
         permits: state.inner.connections.clone(),
     };
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let service = hyper_util::service::TowerToHyperService::new(app(state));
+    // hyper directly rather than `axum::serve`, which sets no timer and so
+    // no request-head time limit: a client trickling its head (or sending
+    // nothing) would hold its connection slot forever.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits::REQUEST_HEAD_TIMEOUT);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        let connection =
+            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
     tracing::info!("stopped accepting; in-flight requests finished; writing counted uses");
-    let closed = ledger.shutdown().await;
-    served.map_err(ServeError::Io)?;
-    closed.map_err(ServeError::Shutdown)
+    ledger.shutdown().await.map_err(ServeError::Shutdown)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -252,7 +293,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A TCP listener that holds at most [`limits::CONNECTIONS_MAX`]
+/// A TCP listener that holds at most [`limits::ServerLimits::connections_max`]
 /// connections open: beyond it, new connections wait in the kernel's
 /// backlog until one closes.
 struct LimitedListener {

@@ -20,13 +20,43 @@ pub const BODY_BYTES_MAX: usize = 16 * 1024;
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 512;
 
 /// Connections held open at once; more wait in the kernel's backlog until
-/// one closes. An idle keep-alive connection holds its slot.
+/// one closes. An idle keep-alive connection holds its slot for at most
+/// [`REQUEST_HEAD_TIMEOUT`].
 pub const CONNECTIONS_MAX: usize = 1024;
 
 /// Longest time from a request's arrival to its response's headers,
 /// waiting for a slot included; past it the answer is 503 `timeout`.
 /// A streamed export's body may take longer: only its start is bounded.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest time from a connection's accept, or from its previous
+/// response, to a complete request head; past it the connection is closed.
+/// A client that sends nothing, or trickles its head a byte at a time (a
+/// slow-loris client), cannot hold a connection slot for longer.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits a server is started with that an embedder (or a test) may
+/// change; [`Default`] gives the constants above, which `keyledger serve`
+/// uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Requests handled at once ([`REQUESTS_IN_FLIGHT_MAX`]).
+    pub requests_in_flight_max: usize,
+    /// Connections held open at once ([`CONNECTIONS_MAX`]).
+    pub connections_max: usize,
+    /// Longest time to a response's headers ([`REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
+            connections_max: CONNECTIONS_MAX,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// Bytes gathered before a chunk of a streamed export is sent.
 pub const EXPORT_CHUNK_BYTES: usize = 64 * 1024;

@@ -8,7 +8,11 @@
 //! * `keyledger_usage_queue_depth`, `keyledger_events_appended_total`,
 //!   `keyledger_commands_committed_total`, `keyledger_commits_total`,
 //!   `keyledger_commit_failures_total`, `keyledger_commit_duration_seconds`
-//!   (histogram), `keyledger_usage_events_total`, `keyledger_log_head`;
+//!   (histogram), `keyledger_usage_events_total`, `keyledger_log_head`,
+//!   `keyledger_clock_behind_decisions_total`,
+//!   `keyledger_clock_behind_seconds_max` (a clock that stepped back),
+//!   `keyledger_append_conflicts_total`, `keyledger_events_followed_total`
+//!   (several nodes on one log);
 //! * `keyledger_http_connections_open`.
 //!
 //! Every series is preallocated from the OpenAPI document's routes: the
@@ -265,10 +269,36 @@ pub(crate) fn render(state: &AppState) -> String {
             "KeyUsed events written.",
             &m.usage_events,
         ),
+        (
+            "keyledger_clock_behind_decisions_total",
+            "Decisions whose clock read was behind the tenant's last event (the event took that event's time).",
+            &m.clock_behind_decisions,
+        ),
+        (
+            "keyledger_append_conflicts_total",
+            "Appends refused because another node wrote to a tenant first (each retried after catching up).",
+            &m.append_conflicts,
+        ),
+        (
+            "keyledger_events_followed_total",
+            "Events written by other nodes sharing the log, applied here.",
+            &m.events_followed,
+        ),
     ] {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
     }
+    header(
+        &mut out,
+        "keyledger_clock_behind_seconds_max",
+        "gauge",
+        "The largest clock step back seen by a decision, in seconds.",
+    );
+    let _ = writeln!(
+        out,
+        "keyledger_clock_behind_seconds_max {}",
+        m.clock_behind_micros_max.load(Ordering::Relaxed) as f64 / 1e6
+    );
     header(
         &mut out,
         "keyledger_commit_duration_seconds",

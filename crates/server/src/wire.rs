@@ -645,6 +645,35 @@ pub struct UsageExportQuery {
     pub key_id: Option<String>,
 }
 
+/// Query of `POST /v1/keys/{id}/revoke`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RevokeQuery {
+    /// `all-nodes`: answer only once every live node sharing the log
+    /// (PostgreSQL) refuses the key; 504 `not_confirmed` when they do not
+    /// within `wait_ms` (the key is revoked all the same). `this-node`
+    /// (the default): answer once this node refuses it; the others follow
+    /// within the bound in docs/operations.md.
+    #[param(inline)]
+    pub wait: Option<WaitFor>,
+    /// With `wait=all-nodes`: how long to wait, in milliseconds, 1 to
+    /// 20000 (default 10000: longer than a stopped node takes to stop
+    /// counting as live).
+    #[param(minimum = 1, maximum = 20000)]
+    pub wait_ms: Option<u64>,
+}
+
+/// Which nodes a revocation waits for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitFor {
+    /// This node only.
+    #[default]
+    ThisNode,
+    /// Every live node sharing the log.
+    AllNodes,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -516,13 +516,62 @@ async fn metrics_label_the_matched_route() {
         text.contains(r#"keyledger_verifications_total{outcome="valid"} 1"#),
         "{text}"
     );
-    for name in [
-        "keyledger_usage_queue_depth",
-        "keyledger_events_appended_total",
-        "keyledger_commit_duration_seconds_count",
+    // Every series the issue names, with values that match what happened.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let route = r#"method="GET",route="/v1/keys/{id}""#;
+    assert_eq!(
+        value(&format!(
+            "keyledger_http_request_duration_seconds_count{{{route}}}"
+        )),
+        1.0,
+        "a latency histogram per route"
+    );
+    assert!(
+        value(&format!(
+            "keyledger_http_request_duration_seconds_sum{{{route}}}"
+        )) > 0.0
+    );
+    assert_eq!(
+        value(&format!(
+            "keyledger_http_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"
+        )),
+        1.0
+    );
+    assert!(
+        text.contains("# TYPE keyledger_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    for outcome in [
+        "valid",
+        "not_found",
+        "malformed",
+        "revoked",
+        "expired",
+        "insufficient_scope",
     ] {
-        assert!(text.contains(name), "{name}");
+        assert!(
+            text.contains(&format!(
+                "keyledger_verifications_total{{outcome=\"{outcome}\"}} "
+            )),
+            "{outcome}"
+        );
     }
+    assert_eq!(value("keyledger_usage_queue_depth"), 0.0);
+    // The mint and the flushed use: two events, each in a durable commit.
+    assert_eq!(value("keyledger_events_appended_total"), 2.0);
+    assert_eq!(value("keyledger_log_head"), 2.0);
+    assert_eq!(value("keyledger_commit_duration_seconds_count"), 2.0);
+    assert_eq!(value("keyledger_commits_total"), 2.0);
+    assert_eq!(
+        value("keyledger_commit_duration_seconds_bucket{le=\"+Inf\"}"),
+        2.0
+    );
     h.ledger.shutdown().await.unwrap();
 }
 
@@ -542,18 +591,37 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
                         "{method} {path} lacks {status}"
                     );
                 }
+                if path.contains("{id}") {
+                    assert!(
+                        responses.contains_key("404"),
+                        "{method} {path} lacks 404 (an unknown or foreign id)"
+                    );
+                }
                 let secured = op.get("security").is_some();
                 assert_eq!(secured, path != "/v1/verify", "{method} {path}");
                 if secured {
                     assert!(responses.contains_key("401"), "{method} {path} lacks 401");
                 }
-                if op.get("requestBody").is_some() {
+                if let Some(body) = op.get("requestBody") {
+                    let content = body["content"].as_object().unwrap();
+                    assert!(
+                        content
+                            .get("application/json")
+                            .is_some_and(|c| c["schema"].is_object()),
+                        "{method} {path}: a JSON body with a schema"
+                    );
                     for status in ["413", "415", "422"] {
                         assert!(
                             responses.contains_key(status),
                             "{method} {path} lacks {status}"
                         );
                     }
+                }
+                for (status, r) in responses.iter().filter(|(s, _)| s.starts_with('2')) {
+                    assert!(
+                        r["content"].as_object().is_some_and(|c| !c.is_empty()),
+                        "{method} {path} {status}: a documented success body"
+                    );
                 }
                 for (status, r) in responses
                     .iter()
@@ -569,6 +637,19 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         }
     }
     ops.sort();
+    // Every route that takes a body documents it.
+    for op in [
+        ("/v1/keys", "post"),
+        ("/v1/keys/{id}/revoke", "post"),
+        ("/v1/keys/{id}/rotate", "post"),
+        ("/v1/verify", "post"),
+        ("/v1/admin/tenants/{tenant}/keys", "post"),
+    ] {
+        assert!(
+            doc["paths"][op.0][op.1]["requestBody"].is_object(),
+            "{op:?} documents its body"
+        );
+    }
     let expected = [
         "DELETE /v1/admin/tenants/{tenant}/users/{user}",
         "DELETE /v1/users/{user_id}",
@@ -603,4 +684,78 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert!(schemes.contains_key("operator"));
+}
+
+#[tokio::test]
+async fn pages_default_to_50_and_stop_at_1000() {
+    let h = Harness::new();
+    let (key, _) = h
+        .mint(
+            "acme",
+            "alice",
+            Some(&["keys:read", "keys:write", "audit:read"]),
+        )
+        .await;
+    for i in 0..60 {
+        let (s, b) = h
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(&key),
+                Some(json!({"name": format!("key {i:02}"), "scopes": ["keys:read"]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    // The trail's reads are recorded in it: page through its creations only.
+    for path in ["/v1/keys?", "/v1/audit?type=KeyCreated&"] {
+        let items = if path == "/v1/keys?" {
+            "keys"
+        } else {
+            "events"
+        };
+        let (s, first) = h.call(Method::GET, path, Some(&key), None).await;
+        assert_eq!(s, StatusCode::OK, "{first}");
+        assert_eq!(
+            first[items].as_array().unwrap().len(),
+            50,
+            "{path}: default page"
+        );
+        let cursor = first["next_cursor"].as_str().expect("a next page");
+        let (_, rest) = h
+            .call(
+                Method::GET,
+                &format!("{path}cursor={cursor}"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(
+            rest[items].as_array().unwrap().len(),
+            11,
+            "{path}: the rest"
+        );
+        assert_eq!(rest["next_cursor"], Value::Null);
+        let (s, all) = h
+            .call(Method::GET, &format!("{path}limit=1000"), Some(&key), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            all[items].as_array().unwrap().len(),
+            61,
+            "{path}: the maximum"
+        );
+        for over in ["1001", "0", "-1"] {
+            let (s, b) = h
+                .call(
+                    Method::GET,
+                    &format!("{path}limit={over}"),
+                    Some(&key),
+                    None,
+                )
+                .await;
+            assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_query");
+        }
+    }
+    h.ledger.shutdown().await.unwrap();
 }

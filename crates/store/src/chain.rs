@@ -124,40 +124,53 @@ pub fn verify_tenant_with_progress(
         checked: 0,
         last_position: 0,
     };
-    loop {
-        let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
-            Ok(page) => page,
-            Err(StoreError::Corrupt { .. }) => {
-                // Some record of the page cannot be read: walk the page one
-                // record at a time so the records before it are checked first
-                // and the problem is named at its place.
-                let before = state.checked;
-                match walk_singly(log, tenant, &mut state)? {
-                    Some(problem) => {
-                        progress(state.checked);
-                        return Ok(state.report(Some(problem)));
+    // The log is live: events may be appended while the walk runs. The
+    // head is read after the walk, so a head ahead of the walk is first
+    // taken as events to check too; only a head ahead of what the log
+    // holds means events were removed.
+    let head = loop {
+        loop {
+            let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
+                Ok(page) => page,
+                Err(StoreError::Corrupt { .. }) => {
+                    // Some record of the page cannot be read: walk the page one
+                    // record at a time so the records before it are checked first
+                    // and the problem is named at its place.
+                    let before = state.checked;
+                    match walk_singly(log, tenant, &mut state)? {
+                        Some(problem) => {
+                            progress(state.checked);
+                            return Ok(state.report(Some(problem)));
+                        }
+                        None if state.checked == before => break,
+                        None => continue,
                     }
-                    None if state.checked == before => break,
-                    None => continue,
+                }
+                Err(e) => return Err(e),
+            };
+            if page.is_empty() {
+                break;
+            }
+            for raw in &page {
+                if let Some(problem) = state.check(tenant, raw) {
+                    progress(state.checked);
+                    return Ok(state.report(Some(problem)));
                 }
             }
-            Err(e) => return Err(e),
-        };
-        if page.is_empty() {
-            break;
-        }
-        for raw in &page {
-            if let Some(problem) = state.check(tenant, raw) {
-                progress(state.checked);
-                return Ok(state.report(Some(problem)));
+            progress(state.checked);
+            if page.len() < VERIFY_PAGE_EVENTS_MAX {
+                break;
             }
         }
-        progress(state.checked);
-        if page.len() < VERIFY_PAGE_EVENTS_MAX {
-            break;
+        let head = log.tenant_head(tenant)?;
+        let behind = head.is_some_and(|(seq, _)| seq > state.checked);
+        if behind
+            && matches!(log.read_tenant_raw(tenant, state.checked, 1), Ok(more) if !more.is_empty())
+        {
+            continue;
         }
-    }
-    let head = log.tenant_head(tenant)?;
+        break head;
+    };
     let problem = match head {
         None if state.checked == 0 => None,
         None => Some(ChainProblem {
@@ -312,6 +325,73 @@ mod tests {
         // The tenant's length is framed: moving a byte between tenant and
         // payload changes the hash.
         assert_ne!(link(&GENESIS, "ab", 1, b"c"), link(&GENESIS, "a", 1, b"bc"));
+    }
+
+    /// A live log: the writer appends one more event between the walk's
+    /// last read and its reading of the head (the first `tenant_head`).
+    struct AppendsDuringTheWalk {
+        inner: crate::MemoryLog,
+        pending: std::sync::Mutex<Option<crate::TenantAppend>>,
+    }
+
+    impl EventLog for AppendsDuringTheWalk {
+        fn append(
+            &self,
+            batches: Vec<crate::TenantAppend>,
+        ) -> Result<Vec<crate::Record>, StoreError> {
+            self.inner.append(batches)
+        }
+        fn head(&self) -> Result<u64, StoreError> {
+            self.inner.head()
+        }
+        fn read_after(&self, after: u64, limit: usize) -> Result<Vec<crate::Record>, StoreError> {
+            self.inner.read_after(after, limit)
+        }
+        fn read_tenant(
+            &self,
+            tenant: &TenantId,
+            after_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<crate::Record>, StoreError> {
+            self.inner.read_tenant(tenant, after_seq, limit)
+        }
+        fn read_tenant_raw(
+            &self,
+            tenant: &TenantId,
+            after_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<RawRecord>, StoreError> {
+            self.inner.read_tenant_raw(tenant, after_seq, limit)
+        }
+        fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
+            if let Some(batch) = self.pending.lock().unwrap().take() {
+                self.inner.append(vec![batch])?;
+            }
+            self.inner.tenant_head(tenant)
+        }
+        fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+            self.inner.tenants()
+        }
+    }
+
+    #[test]
+    fn an_append_during_the_walk_is_checked_not_taken_for_a_removal() {
+        use crate::conformance::{batch, sample_events, tenant};
+        let t = tenant("acme");
+        let log = AppendsDuringTheWalk {
+            inner: crate::MemoryLog::new(),
+            pending: std::sync::Mutex::new(Some(batch(&t, 3, sample_events(&t, 4, 1)))),
+        };
+        log.inner
+            .append(vec![batch(&t, 0, sample_events(&t, 1, 3))])
+            .unwrap();
+        let report = verify_tenant(&log, &t).unwrap();
+        assert!(report.ok, "{:?}", report.first_bad);
+        assert_eq!(
+            report.events, 4,
+            "the event appended meanwhile is checked too"
+        );
+        assert_eq!(Some((4, report.head_hash)), log.tenant_head(&t).unwrap());
     }
 
     #[test]

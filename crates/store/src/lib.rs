@@ -3,7 +3,8 @@
 //! * [`EventLog`]: the one storage trait. Every backend passes the same
 //!   [`conformance`] suite.
 //! * [`MemoryLog`]: in memory, for tests. [`RedbLog`]: the embedded default,
-//!   one file in a data directory.
+//!   one file in a data directory. [`PgLog`]: one PostgreSQL database shared
+//!   by several nodes ([`postgres`]).
 //! * [`envelope`]: the stored, versioned form of events (postcard inside a
 //!   version byte), with upcasting from every older version.
 //! * [`chain`]: the per-tenant SHA-256 hash chain, computed at append and
@@ -17,10 +18,12 @@ pub mod conformance;
 pub mod envelope;
 pub mod faults;
 mod memory;
+pub mod postgres;
 mod redb_log;
 
 pub use chain::{ChainProblem, ChainReport, Hash};
 pub use memory::MemoryLog;
+pub use postgres::{PgLog, PgOptions};
 pub use redb_log::{RedbLog, decode_record_bytes, encode_record_bytes};
 
 use keyledger_core::{Event, TenantId};
@@ -98,6 +101,12 @@ pub enum StoreError {
     /// The backend failed (I/O, database). Nothing is acknowledged.
     #[error("storage failed: {0}")]
     Backend(String),
+    /// The backend cannot be reached (a shared database restarting, the
+    /// connection lost). Nothing is acknowledged; for an append the message
+    /// says whether it was written, or that this is known only once the log
+    /// can be read again. Calls after it reconnect by themselves.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The one storage trait. Appends are atomic and durable when `append`

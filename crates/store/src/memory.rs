@@ -2,7 +2,8 @@
 //! holds every other backend to.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use keyledger_core::TenantId;
 
@@ -19,9 +20,17 @@ use crate::{
 /// stores them, and the chain is computed at append the same way, so chain
 /// verification and the forensic hooks ([`MemoryLog::tamper`]) behave alike
 /// on both.
+///
+/// Several runtimes in one process may share one `MemoryLog` (clones of it):
+/// [`EventLog::wait_for_append`] wakes them when another one appends, which
+/// is how the in-process multi-node tests run.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryLog {
     inner: Arc<Mutex<Inner>>,
+    /// Signalled after every successful append.
+    appended: Arc<Condvar>,
+    /// Node → (position applied, when reported): [`EventLog::report_applied`].
+    nodes: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 /// The same three structures as the redb file: records by position, the
@@ -220,11 +229,52 @@ impl EventLog for MemoryLog {
             });
             inner.records.push(r);
         }
+        // Waiters re-check under the lock, after this append releases it.
+        self.appended.notify_all();
         Ok(out)
     }
 
     fn head(&self) -> Result<u64, StoreError> {
         Ok(self.lock().records.last().map_or(0, |r| r.position))
+    }
+
+    /// Wakes as soon as any clone of this log appends past `after` (a
+    /// condition variable), so runtimes sharing it in one process follow
+    /// each other without polling.
+    fn wait_for_append(&self, after: u64, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if inner.records.last().is_some_and(|r| r.position > after) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            inner = self
+                .appended
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn report_applied(&self, node: &str, position: u64) -> Result<(), StoreError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let entry = nodes.entry(node.to_owned()).or_insert((position, now));
+        *entry = (entry.0.max(position), now);
+        Ok(())
+    }
+
+    fn min_applied_live(&self, live_within: Duration) -> Result<Option<u64>, StoreError> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(nodes
+            .values()
+            .filter(|(_, at)| at.elapsed() <= live_within)
+            .map(|(position, _)| *position)
+            .min())
     }
 
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {

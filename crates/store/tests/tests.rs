@@ -4,4 +4,5 @@ mod conformance;
 mod envelope;
 mod faults;
 mod hostile;
+mod postgres;
 mod tamper;

@@ -1,0 +1,449 @@
+//! PostgreSQL against redb, in one run on one machine, each beside its own
+//! baseline (these machines are shared and noisy: compare ratios, not
+//! absolutes). A one-shot program, not a criterion run: propagation is a
+//! distribution (p50/p99) over many rounds, and the fills take a while.
+//!
+//! * durable creates, one at a time and from 16 concurrent tasks: redb and
+//!   PostgreSQL, against a raw `write` + `fdatasync` of 200 B and a raw
+//!   one-row `INSERT` per transaction on the same PostgreSQL;
+//! * replay of `KEYLEDGER_BENCH_EVENTS` events (default 200,000) into every
+//!   projection, from redb and from PostgreSQL, against reading and
+//!   decoding the same log;
+//! * revocation propagation across three nodes: the time from a revoke's
+//!   acknowledgement on node A to nodes B and C refusing the key (p50,
+//!   p99, max), on PostgreSQL (one connection set per node, LISTEN/NOTIFY)
+//!   and, for comparison, on one in-process log; and what a revoke that
+//!   waits for every node (`wait=all-nodes`) costs.
+//!
+//! Needs `KEYLEDGER_TEST_POSTGRES_URL` (an admin URL; a database is made
+//! and dropped). Run: `scripts/postgres run -- cargo bench --bench postgres`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyledger_core::{
+    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, Principal, RevokeReason,
+    ScopeSet, Secret, TenantId, Timestamp, UseCounts, UserId,
+};
+use keyledger_runtime::{Config, Follow, Keyledger, NewKey, UsageWindow, VerifyOutcome};
+use keyledger_store::postgres::TestDatabase;
+use keyledger_store::{EventLog, MemoryLog, PgLog, RedbLog, TenantAppend};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn config(follow: Option<Follow>) -> Config {
+    Config {
+        usage_window: UsageWindow::Manual,
+        follow,
+        ..Config::default()
+    }
+}
+
+fn principal(i: usize) -> Principal {
+    Principal::user(
+        "acme".parse().expect("tenant"),
+        format!("user{}", i % 16).parse().expect("user"),
+    )
+}
+
+fn new_key(i: usize) -> NewKey {
+    NewKey {
+        name: format!("bench key {i}"),
+        ..NewKey::default()
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `op` `n` times (or until `cap` passes); the mean time per call.
+fn per_op(n: usize, cap: Duration, mut op: impl FnMut(usize)) -> Duration {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < n && start.elapsed() < cap {
+        op(done);
+        done += 1;
+    }
+    start.elapsed() / done.max(1) as u32
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Durable creates: one at a time, then 16 tasks; mean time per create.
+fn creates(rt: &tokio::runtime::Runtime, log: Arc<dyn EventLog>, n: usize) -> (Duration, Duration) {
+    let ledger = Keyledger::open(log, config(None)).expect("open");
+    let one = rt.block_on(async {
+        let start = Instant::now();
+        for i in 0..n {
+            ledger
+                .create_key(principal(i), new_key(i))
+                .await
+                .expect("create");
+        }
+        start.elapsed() / n as u32
+    });
+    let tasks = 16;
+    let concurrent = rt.block_on(async {
+        let per_task = (4 * n).div_ceil(tasks);
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let l = ledger.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        l.create_key(principal(t), new_key(i))
+                            .await
+                            .expect("create");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.expect("task");
+        }
+        start.elapsed() / (per_task * tasks) as u32
+    });
+    rt.block_on(ledger.shutdown()).expect("shutdown");
+    (one, concurrent)
+}
+
+/// Writes `n` events straight into a log: keys, then usage windows (the
+/// same shape as benches/ledger.rs).
+fn fill(log: &dyn EventLog, n: usize) {
+    let tenant: TenantId = "acme".parse().expect("tenant");
+    let owner: UserId = "alice".parse().expect("user");
+    let keys = (n / 10).max(1);
+    let prefix = KeyPrefix::default();
+    let at = Timestamp::from_micros(1_767_225_600_000_000);
+    let mut version = log.tenant_head(&tenant).expect("head").map_or(0, |h| h.0);
+    let mut written = 0;
+    while written < n {
+        let batch = (n - written).min(10_000);
+        let events: Vec<Event> = (written..written + batch)
+            .map(|i| {
+                let kind = if i < keys {
+                    let mut material = [0u8; 32];
+                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    material[8] = 0xb7;
+                    let s = Secret::from_material(&prefix, &material);
+                    EventKind::KeyCreated(KeyCreated {
+                        key_id: KeyId::from_u128((1 << 100) + i as u128),
+                        owner: owner.clone(),
+                        name: format!("key {i}"),
+                        description: None,
+                        expires_at: None,
+                        scopes: ScopeSet::DEFAULT,
+                        secret_hash: s.hash(),
+                        masked: s.masked(),
+                        rotated_from: None,
+                    })
+                } else {
+                    EventKind::KeyUsed(KeyUsed {
+                        key_id: KeyId::from_u128((1 << 100) + (i % keys) as u128),
+                        window_start: at,
+                        window_end: at.plus_seconds(1),
+                        last_valid_at: Some(at),
+                        counts: UseCounts {
+                            valid: 7,
+                            revoked: 0,
+                            expired: 0,
+                            insufficient_scope: 1,
+                        },
+                    })
+                };
+                Event {
+                    tenant: tenant.clone(),
+                    at,
+                    actor: Actor::System,
+                    kind,
+                }
+            })
+            .collect();
+        log.append(vec![TenantAppend {
+            tenant: tenant.clone(),
+            expected_version: version,
+            events,
+        }])
+        .expect("fill");
+        version += batch as u64;
+        written += batch;
+    }
+}
+
+/// Replay: (read and decode every record, open a ledger on it); the
+/// better of three runs of each.
+fn replay(
+    rt: &tokio::runtime::Runtime,
+    open: &dyn Fn() -> Arc<dyn EventLog>,
+) -> (Duration, Duration, u64) {
+    let mut read = Duration::MAX;
+    let mut full = Duration::MAX;
+    let mut events = 0;
+    for _ in 0..3 {
+        {
+            let log = open();
+            let start = Instant::now();
+            let mut after = 0;
+            loop {
+                let page = log.read_after(after, 16_384).expect("read");
+                let Some(last) = page.last() else { break };
+                after = last.position;
+            }
+            read = read.min(start.elapsed());
+            events = after;
+        }
+        let log = open();
+        let start = Instant::now();
+        let ledger = Keyledger::open(log, config(None)).expect("open");
+        full = full.min(start.elapsed());
+        assert_eq!(ledger.head(), events);
+        rt.block_on(ledger.shutdown()).expect("shutdown");
+    }
+    (read, full, events)
+}
+
+/// p50, p99 and max of some durations.
+fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
+/// Propagation over `rounds` revocations on node A, seen by B and C; and
+/// the latency of a plain revoke and of one that waits for every node.
+struct Propagation {
+    seen: Vec<Duration>,
+    revoke: Vec<Duration>,
+    revoke_everywhere: Vec<Duration>,
+}
+
+fn propagation(
+    rt: &tokio::runtime::Runtime,
+    logs: [Arc<dyn EventLog>; 3],
+    rounds: usize,
+) -> Propagation {
+    let nodes: Vec<Keyledger> = logs
+        .into_iter()
+        .enumerate()
+        .map(|(i, log)| {
+            Keyledger::open(log, config(Some(Follow::new(format!("bench-{i}"))))).expect("open")
+        })
+        .collect();
+    let mut out = Propagation {
+        seen: Vec::new(),
+        revoke: Vec::new(),
+        revoke_everywhere: Vec::new(),
+    };
+    let spin_until = |node: &Keyledger, secret: &str, outcome: VerifyOutcome| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.verify(secret, None).outcome != outcome {
+            assert!(Instant::now() < deadline, "no propagation within 10 s");
+            // Not a busy spin: on two cores it would take a core from the
+            // nodes it waits for. The resolution is about 0.1 ms.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    // The first rounds warm up (connections, the listeners, caches) and
+    // are not counted.
+    const WARM_UP_ROUNDS: usize = 4;
+    for round in 0..rounds + WARM_UP_ROUNDS {
+        let counted = round >= WARM_UP_ROUNDS;
+        let created = rt
+            .block_on(nodes[0].create_key(principal(round), new_key(round)))
+            .expect("create");
+        let secret = created.secret.expose().to_owned();
+        for n in &nodes[1..] {
+            spin_until(n, &secret, VerifyOutcome::Valid);
+        }
+        let p = Principal::operator("acme".parse().expect("tenant"));
+        let asked = Instant::now();
+        if round % 2 == 0 {
+            rt.block_on(nodes[0].revoke_key(p, created.key.id, RevokeReason::Manual))
+                .expect("revoke");
+            let acked = Instant::now();
+            if counted {
+                out.revoke.push(acked - asked);
+            }
+            // B and C are checked in turn; each sample is from the ack to
+            // the moment that node refused the key.
+            for n in &nodes[1..] {
+                spin_until(n, &secret, VerifyOutcome::Revoked);
+                if counted {
+                    out.seen.push(acked.elapsed());
+                }
+            }
+        } else {
+            rt.block_on(nodes[0].revoke_key_everywhere(
+                p,
+                created.key.id,
+                RevokeReason::Manual,
+                Duration::from_secs(10),
+            ))
+            .expect("revoke everywhere");
+            if counted {
+                out.revoke_everywhere.push(asked.elapsed());
+            }
+            for n in &nodes[1..] {
+                assert_eq!(n.verify(&secret, None).outcome, VerifyOutcome::Revoked);
+            }
+        }
+    }
+    for n in nodes {
+        rt.block_on(n.shutdown()).expect("shutdown");
+    }
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test --benches` asks for a list; this is not a criterion run.
+        return;
+    }
+    let rt = rt();
+    let n_creates = env_usize("KEYLEDGER_BENCH_CREATES", 1000);
+    let n_events = env_usize("KEYLEDGER_BENCH_EVENTS", 200_000);
+    let rounds = env_usize("KEYLEDGER_BENCH_ROUNDS", 300);
+    let cap = Duration::from_secs(20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::create();
+    let pg = || -> Arc<dyn EventLog> { Arc::new(PgLog::connect(db.url()).expect("connect")) };
+
+    // Baselines.
+    let record = vec![0x5a_u8; 200];
+    let mut file = std::fs::File::create(dir.path().join("raw")).expect("raw file");
+    let fdatasync = per_op(n_creates, cap, |_| {
+        file.write_all(&record).expect("write");
+        file.sync_data().expect("fdatasync");
+    });
+    let raw_insert = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload bytea NOT NULL)",
+            )
+            .await
+            .expect("create table");
+        let start = Instant::now();
+        let mut done = 0;
+        while done < n_creates && start.elapsed() < cap {
+            client
+                .execute("INSERT INTO bench_raw (payload) VALUES ($1)", &[&record])
+                .await
+                .expect("insert");
+            done += 1;
+        }
+        start.elapsed() / done.max(1) as u32
+    });
+    eprintln!("baselines: fdatasync {fdatasync:?}, one-row INSERT {raw_insert:?}");
+
+    // Durable creates.
+    let redb_path = dir.path().join("ledger.redb");
+    let (redb_one, redb_16) = creates(
+        &rt,
+        Arc::new(RedbLog::open(&redb_path).expect("redb")),
+        n_creates,
+    );
+    let (pg_one, pg_16) = creates(&rt, pg(), n_creates);
+    eprintln!("creates: redb {redb_one:?} / {redb_16:?}, postgres {pg_one:?} / {pg_16:?}");
+
+    // Replay.
+    fill(&RedbLog::open(&redb_path).expect("redb"), n_events);
+    fill(pg().as_ref(), n_events);
+    let (redb_read, redb_replay, redb_events) =
+        replay(&rt, &|| Arc::new(RedbLog::open(&redb_path).expect("redb")));
+    let (pg_read, pg_replay, pg_events) = replay(&rt, &pg);
+    eprintln!("replay: redb {redb_replay:?} ({redb_events}), postgres {pg_replay:?} ({pg_events})");
+
+    // Propagation: a fresh database, three nodes with their own connections.
+    let db2 = TestDatabase::create();
+    let pg2 = || -> Arc<dyn EventLog> { Arc::new(PgLog::connect(db2.url()).expect("connect")) };
+    let on_pg = propagation(&rt, [pg2(), pg2(), pg2()], rounds);
+    let memory = MemoryLog::new();
+    let on_memory = propagation(
+        &rt,
+        [
+            Arc::new(memory.clone()),
+            Arc::new(memory.clone()),
+            Arc::new(memory),
+        ],
+        rounds,
+    );
+
+    let rate = |d: Duration| format!("{:.0}/s", 1.0 / d.as_secs_f64());
+    let eps = |events: u64, d: Duration| format!("{:.0} events/s", events as f64 / d.as_secs_f64());
+    println!("| workload | redb | PostgreSQL | baseline |");
+    println!("|---|---|---|---|");
+    println!(
+        "| durable create, one at a time | {} ({}) | {} ({}) | fdatasync 200 B: {}; PostgreSQL one-row INSERT per transaction: {} ({}) |",
+        micros(redb_one),
+        rate(redb_one),
+        micros(pg_one),
+        rate(pg_one),
+        micros(fdatasync),
+        micros(raw_insert),
+        rate(raw_insert)
+    );
+    println!(
+        "| durable create, 16 concurrent tasks (per create) | {} ({}) | {} ({}) | |",
+        micros(redb_16),
+        rate(redb_16),
+        micros(pg_16),
+        rate(pg_16)
+    );
+    println!(
+        "| replay {} events into every projection | {} ({}) | {} ({}) | read + decode: redb {} ({}), PostgreSQL {} ({}) |",
+        redb_events,
+        millis(redb_replay),
+        eps(redb_events, redb_replay),
+        millis(pg_replay),
+        eps(pg_events, pg_replay),
+        millis(redb_read),
+        eps(redb_events, redb_read),
+        millis(pg_read),
+        eps(pg_events, pg_read)
+    );
+    for (name, p) in [
+        ("PostgreSQL (3 connection sets)", &on_pg),
+        ("one in-process log", &on_memory),
+    ] {
+        let (s50, s99, smax) = quantiles(p.seen.clone());
+        let over = p
+            .seen
+            .iter()
+            .filter(|d| **d > Duration::from_millis(100))
+            .count();
+        let (r50, r99, _) = quantiles(p.revoke.clone());
+        let (w50, w99, _) = quantiles(p.revoke_everywhere.clone());
+        println!(
+            "| revocation propagation A → B, C on {name}, {} samples ({over} over 100 ms): p50 / p99 / max | | {} / {} / {} | revoke answered: p50 {} p99 {}; with wait=all-nodes: p50 {} p99 {} |",
+            p.seen.len(),
+            millis(s50),
+            millis(s99),
+            millis(smax),
+            millis(r50),
+            millis(r99),
+            millis(w50),
+            millis(w99)
+        );
+    }
+}

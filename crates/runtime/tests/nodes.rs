@@ -1,0 +1,705 @@
+//! Several nodes on one shared log: each a full `Keyledger` runtime with its
+//! own writer, follower, projections and verification map. Every test runs
+//! twice: on one `MemoryLog` shared in process (which wakes the others on
+//! append, as LISTEN/NOTIFY does), and on one PostgreSQL database with a
+//! connection of its own per node, as separate processes would have
+//! (`KEYLEDGER_TEST_POSTGRES_URL`; without it the PostgreSQL cases fail,
+//! they do not skip).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Rng, SeededEntropy, fold, seed, tenant, total, user};
+use keyledger_core::{CommandError, KeyId, Principal, RevokeReason};
+use keyledger_runtime::{
+    Config, Error, Follow, Keyledger, NewKey, SystemClock, UsageWindow, VerifyOutcome,
+};
+use keyledger_store::postgres::TestDatabase;
+use keyledger_store::{EventLog, MemoryLog, PgLog};
+
+/// How long a node may take to show what another wrote, in these tests.
+/// Generous: the machine is shared; the measured figure is in
+/// docs/performance.md (`benches/postgres.rs`).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
+fn follow(name: &str) -> Follow {
+    Follow {
+        wait_max: Duration::from_millis(50),
+        report_every: Duration::from_millis(200),
+        live_within: Duration::from_secs(2),
+        ..Follow::new(name)
+    }
+}
+
+/// Where the nodes' log lives.
+enum Backend {
+    Memory(MemoryLog),
+    Postgres(TestDatabase),
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Backend::Memory(MemoryLog::new())
+    }
+
+    fn postgres() -> Self {
+        Backend::Postgres(TestDatabase::create())
+    }
+
+    /// A node's own handle on the log: the shared memory log, or a new
+    /// connection to the database.
+    fn log(&self) -> Arc<dyn EventLog> {
+        match self {
+            Backend::Memory(m) => Arc::new(m.clone()),
+            Backend::Postgres(db) => {
+                Arc::new(PgLog::connect(db.url()).unwrap_or_else(|e| panic!("connect: {e}")))
+            }
+        }
+    }
+}
+
+/// Runs a test on both backends: `<test>::memory` and `<test>::postgres`.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$test(super::Backend::memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::Backend::postgres()).await;
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    keys_created_on_each_node_verify_on_the_others,
+    a_key_revoked_on_one_node_is_refused_by_the_others,
+    a_conflicting_append_is_decided_again_after_catching_up,
+    concurrent_writers_on_the_same_tenants_lose_nothing,
+    usage_counted_on_every_node_adds_up_exactly,
+    removing_a_user_on_one_node_cascades_on_every_node,
+    revoke_everywhere_answers_once_every_live_node_refuses,
+    revoke_everywhere_names_a_lagging_node_then_ages_it_out,
+);
+
+fn node(b: &Backend, name: &str, follow: Option<Follow>, seed: u64) -> Keyledger {
+    let log = b.log();
+    let config = Config {
+        usage_window: UsageWindow::Manual,
+        follow,
+        ..Config::default()
+    };
+    Keyledger::open_with(
+        log,
+        config,
+        Arc::new(SystemClock),
+        Arc::new(SeededEntropy::new(
+            seed ^ name.len() as u64 ^ u64::from(name.as_bytes()[0]),
+        )),
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("open {name}: {e}"))
+}
+
+/// Three following nodes on one log.
+fn three(b: &Backend, seed: u64) -> [Keyledger; 3] {
+    ["a", "b", "c"].map(|n| node(b, n, Some(follow(n)), seed))
+}
+
+/// Waits until `f` holds, or fails naming `what`; returns how long it took.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < PROPAGATION_BOUND,
+            "{what}: not within {PROPAGATION_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits until every node has applied the whole log.
+async fn converge(nodes: &[Keyledger], log: &Arc<dyn EventLog>) {
+    let head = log.head().unwrap_or_else(|e| panic!("head: {e}"));
+    eventually("every node applies the whole log", || {
+        nodes.iter().all(|n| n.head() == head)
+    })
+    .await;
+}
+
+/// Every node's projections equal a fresh fold of the log.
+fn assert_projections_match(nodes: &[Keyledger], log: &Arc<dyn EventLog>) {
+    let (ledger, usage) = fold(log.as_ref());
+    for (i, n) in nodes.iter().enumerate() {
+        let (l, u) = n.projections();
+        assert!(
+            l == ledger,
+            "node {i}: key state differs from a fresh replay"
+        );
+        assert!(u == usage, "node {i}: usage differs from a fresh replay");
+    }
+}
+
+async fn create(n: &Keyledger, t: &str, owner: &str, name: &str) -> (KeyId, String) {
+    let c = n
+        .create_key(
+            Principal::operator(tenant(t)),
+            NewKey {
+                owner: Some(user(owner)),
+                name: name.into(),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    (c.key.id, c.secret.expose().to_owned())
+}
+
+async fn keys_created_on_each_node_verify_on_the_others(b: Backend) {
+    let seed = seed("keys_created_on_each_node_verify_on_the_others");
+    let log = b.log();
+    let nodes = three(&b, seed);
+    let mut secrets = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        secrets.push(create(n, "acme", "ada", &format!("made on {i}")).await);
+    }
+    for (id, secret) in &secrets {
+        for (j, other) in nodes.iter().enumerate() {
+            eventually(&format!("node {j} knows key {id}"), || {
+                other.verify(secret, None).outcome == VerifyOutcome::Valid
+            })
+            .await;
+        }
+    }
+    converge(&nodes, &log).await;
+    assert_projections_match(&nodes, &log);
+    for n in &nodes {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+async fn a_key_revoked_on_one_node_is_refused_by_the_others(b: Backend) {
+    let seed = seed("a_key_revoked_on_one_node_is_refused_by_the_others");
+    let [a, b, c] = three(&b, seed);
+    let (id, secret) = create(&a, "acme", "ada", "doomed").await;
+    for n in [&b, &c] {
+        eventually("the key reaches every node", || {
+            n.verify(&secret, None).outcome == VerifyOutcome::Valid
+        })
+        .await;
+    }
+    a.revoke_key(
+        Principal::operator(tenant("acme")),
+        id,
+        RevokeReason::Compromised,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("revoke: {e}"));
+    assert_eq!(a.verify(&secret, None).outcome, VerifyOutcome::Revoked);
+    for n in [&b, &c] {
+        eventually("the revocation reaches every node", || {
+            n.verify(&secret, None).outcome == VerifyOutcome::Revoked
+        })
+        .await;
+    }
+    // Revoking again on another node is the same conflict as on the first.
+    let again = b
+        .revoke_key(
+            Principal::operator(tenant("acme")),
+            id,
+            RevokeReason::Manual,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(Error::Command(CommandError::AlreadyRevoked(_)))),
+        "{again:?}"
+    );
+    for n in [a, b, c] {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+/// A node that does not follow (its decision copy goes stale) shows the
+/// optimistic append at work, deterministically: its append conflicts, it
+/// catches up, decides again, and the command succeeds or gets its real
+/// refusal. Nothing is lost, nothing applied twice.
+async fn a_conflicting_append_is_decided_again_after_catching_up(b: Backend) {
+    let seed = seed("a_conflicting_append_is_decided_again_after_catching_up");
+    let log = b.log();
+    let a = node(&b, "a", Some(follow("a")), seed);
+    let stale = node(&b, "stale", None, seed ^ 1);
+    let (first, _) = create(&a, "acme", "ada", "first").await;
+    assert_eq!(stale.head(), 0, "a node without a follower does not follow");
+
+    // Decided against version 0, appended against version 1: a conflict,
+    // retried after catching up, and it succeeds.
+    let (second, second_secret) = create(&stale, "acme", "bob", "second").await;
+    let conflicts = |n: &Keyledger| {
+        n.metrics()
+            .append_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(conflicts(&stale), 1);
+    assert_eq!(
+        stale.head(),
+        2,
+        "caught up with the first key and added its own"
+    );
+    assert!(stale.key(&tenant("acme"), first).is_ok());
+    eventually("the follower sees the retried key", || {
+        a.verify(&second_secret, None).outcome == VerifyOutcome::Valid
+    })
+    .await;
+
+    // Both nodes believe `second` is active; `a` revokes it first. The
+    // stale node's revoke is decided against its old copy, conflicts, and
+    // after catching up gets the refusal a single node would give.
+    a.revoke_key(
+        Principal::operator(tenant("acme")),
+        second,
+        RevokeReason::Manual,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("revoke on a: {e}"));
+    let late = stale
+        .revoke_key(
+            Principal::operator(tenant("acme")),
+            second,
+            RevokeReason::Manual,
+        )
+        .await;
+    assert!(
+        matches!(late, Err(Error::Command(CommandError::AlreadyRevoked(_)))),
+        "{late:?}"
+    );
+    assert_eq!(conflicts(&stale), 2);
+    assert_eq!(
+        stale.verify(&second_secret, None).outcome,
+        VerifyOutcome::Revoked
+    );
+    let revocations = {
+        let mut n = 0;
+        let mut after = 0;
+        loop {
+            let page = log.read_after(after, 100).unwrap_or_else(|e| panic!("{e}"));
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            n += page
+                .iter()
+                .filter(|r| r.event.type_name() == "KeyRevoked")
+                .count();
+        }
+        n
+    };
+    assert_eq!(revocations, 1, "the key is revoked exactly once in the log");
+    converge(std::slice::from_ref(&a), &log).await;
+    assert_projections_match(&[a.clone(), stale.clone()], &log);
+    for n in [a, stale] {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+/// Three nodes create keys in the same tenants at the same time: the
+/// appends conflict with each other all the time; every acknowledged key
+/// is in the log exactly once, and every node ends with the same state.
+async fn concurrent_writers_on_the_same_tenants_lose_nothing(b: Backend) {
+    let seed = seed("concurrent_writers_on_the_same_tenants_lose_nothing");
+    let log = b.log();
+    let nodes = three(&b, seed);
+    const PER_CLIENT: usize = 30;
+    const CLIENTS_PER_NODE: usize = 3;
+    let mut tasks = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for c in 0..CLIENTS_PER_NODE {
+            let n = n.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for k in 0..PER_CLIENT {
+                    let t = if k % 2 == 0 { "acme" } else { "globex" };
+                    let (id, _) = create(&n, t, "ada", &format!("n{i}c{c}k{k}")).await;
+                    ids.push(id);
+                }
+                ids
+            }));
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap_or_else(|e| panic!("client: {e}")));
+    }
+    converge(&nodes, &log).await;
+    assert_projections_match(&nodes, &log);
+    let (state, _) = fold(log.as_ref());
+    let in_log: usize = state.tenants().map(|(_, t)| t.keys.len()).sum();
+    assert_eq!(
+        in_log,
+        acknowledged.len(),
+        "every acknowledged key, exactly once"
+    );
+    for id in &acknowledged {
+        assert!(
+            state.key(&tenant("acme"), *id).is_some()
+                || state.key(&tenant("globex"), *id).is_some(),
+            "acknowledged key {id} is missing"
+        );
+    }
+    let conflicts: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.metrics()
+                .append_conflicts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    println!(
+        "{} keys, {conflicts} conflicting appends retried",
+        acknowledged.len()
+    );
+    for n in nodes {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+async fn usage_counted_on_every_node_adds_up_exactly(b: Backend) {
+    let seed = seed("usage_counted_on_every_node_adds_up_exactly");
+    let mut rng = Rng(seed);
+    let log = b.log();
+    let nodes = three(&b, seed);
+    let mut keys = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        keys.push(create(n, "acme", "ada", &format!("k{i}")).await);
+    }
+    converge(&nodes, &log).await;
+    let mut made: HashMap<KeyId, u64> = HashMap::new();
+    for round in 0..4 {
+        for n in &nodes {
+            for (id, secret) in &keys {
+                let uses = rng.below(20);
+                for _ in 0..uses {
+                    assert_eq!(n.verify(secret, None).outcome, VerifyOutcome::Valid);
+                }
+                *made.entry(*id).or_default() += uses;
+            }
+        }
+        // Flushes from every node at once, racing for the same tenant.
+        let flushes: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let n = n.clone();
+                tokio::spawn(async move { n.flush_usage().await })
+            })
+            .collect();
+        for f in flushes {
+            f.await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                .unwrap_or_else(|e| panic!("round {round}: flush: {e}"));
+        }
+    }
+    converge(&nodes, &log).await;
+    assert_projections_match(&nodes, &log);
+    let today = nodes[0].now().day();
+    let (from, to) = (today.minus(1), today.next());
+    for (i, n) in nodes.iter().enumerate() {
+        let (state, usage) = n.projections();
+        for (id, _) in &keys {
+            let expected = made.get(id).copied().unwrap_or(0);
+            let k = state
+                .key(&tenant("acme"), *id)
+                .unwrap_or_else(|| panic!("key {id}"));
+            assert_eq!(total(&k.uses), expected, "node {i}: total uses of {id}");
+            let rolled: u64 = usage
+                .daily_key(*id, from, to)
+                .iter()
+                .map(|r| total(&r.counts))
+                .sum();
+            assert_eq!(rolled, expected, "node {i}: per-day rollups of {id}");
+        }
+        let tenant_rolled: u64 = usage
+            .daily_tenant(&tenant("acme"), from, to)
+            .iter()
+            .map(|r| total(&r.counts))
+            .sum();
+        assert_eq!(
+            tenant_rolled,
+            made.values().sum::<u64>(),
+            "node {i}: the tenant's per-day rollups"
+        );
+    }
+    for n in nodes {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+async fn removing_a_user_on_one_node_cascades_on_every_node(b: Backend) {
+    let seed = seed("removing_a_user_on_one_node_cascades_on_every_node");
+    let log = b.log();
+    let nodes = three(&b, seed);
+    let mut hers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        hers.push(create(n, "acme", "eve", &format!("eve's on {i}")).await);
+    }
+    let (_, kept) = create(&nodes[2], "acme", "bob", "bob's").await;
+    converge(&nodes, &log).await;
+    let revoked = nodes[1]
+        .remove_user(Principal::operator(tenant("acme")), user("eve"))
+        .await
+        .unwrap_or_else(|e| panic!("remove: {e}"));
+    assert_eq!(revoked.len(), hers.len());
+    for (j, n) in nodes.iter().enumerate() {
+        for (id, secret) in &hers {
+            eventually(&format!("node {j} refuses {id}"), || {
+                n.verify(secret, None).outcome == VerifyOutcome::Revoked
+            })
+            .await;
+        }
+        assert_eq!(n.verify(&kept, None).outcome, VerifyOutcome::Valid);
+    }
+    // A removed user cannot get a key on any node.
+    let refused = nodes[0]
+        .create_key(
+            Principal::operator(tenant("acme")),
+            NewKey {
+                owner: Some(user("eve")),
+                name: "again".into(),
+                ..NewKey::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Command(_))), "{refused:?}");
+    converge(&nodes, &log).await;
+    assert_projections_match(&nodes, &log);
+    for n in nodes {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+/// With the wait, the revoke answers only when every live node refuses the
+/// key: checked right after the answer, with no polling.
+async fn revoke_everywhere_answers_once_every_live_node_refuses(b: Backend) {
+    let seed = seed("revoke_everywhere_answers_once_every_live_node_refuses");
+    let [a, b, c] = three(&b, seed);
+    for round in 0..20 {
+        let (id, secret) = create(&a, "acme", "ada", &format!("k{round}")).await;
+        for n in [&b, &c] {
+            eventually("the key reaches every node", || {
+                n.verify(&secret, None).outcome == VerifyOutcome::Valid
+            })
+            .await;
+        }
+        let revoker = if round % 2 == 0 { &b } else { &c };
+        revoker
+            .revoke_key_everywhere(
+                Principal::operator(tenant("acme")),
+                id,
+                RevokeReason::Manual,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("revoke: {e}"));
+        for (j, n) in [&a, &b, &c].into_iter().enumerate() {
+            assert_eq!(
+                n.verify(&secret, None).outcome,
+                VerifyOutcome::Revoked,
+                "round {round}: node {j} still accepts the key after the answer"
+            );
+        }
+    }
+    for n in [a, b, c] {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    }
+}
+
+/// A node that reported once and then stopped applying holds the wait up
+/// until the timeout (a clear error, the key revoked all the same); once
+/// it has not reported for `live_within`, it is counted as gone.
+async fn revoke_everywhere_names_a_lagging_node_then_ages_it_out(b: Backend) {
+    let seed = seed("revoke_everywhere_names_a_lagging_node_then_ages_it_out");
+    let log = b.log();
+    let a = node(&b, "a", Some(follow("a")), seed);
+    let (id, secret) = create(&a, "acme", "ada", "k").await;
+    log.report_applied("hung", 0)
+        .unwrap_or_else(|e| panic!("report: {e}"));
+    let waited = a
+        .revoke_key_everywhere(
+            Principal::operator(tenant("acme")),
+            id,
+            RevokeReason::Manual,
+            Duration::from_millis(200),
+        )
+        .await;
+    match waited {
+        Err(Error::NotConfirmed { position, why, .. }) => {
+            assert_eq!(position, 2);
+            assert!(why.contains("position 0"), "{why}");
+        }
+        other => panic!("expected NotConfirmed, got {other:?}"),
+    }
+    assert_eq!(a.verify(&secret, None).outcome, VerifyOutcome::Revoked);
+    // `live_within` is 2 s: after it the hung node no longer counts.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    a.wait_enforced_everywhere(a.head(), Duration::from_millis(500))
+        .await
+        .unwrap_or_else(|e| panic!("after the hung node aged out: {e}"));
+    a.shutdown()
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
+
+/// A shared log whose connection drops around a `COMMIT`: the next append
+/// either reaches the log or not, and in both cases reports
+/// `StoreError::Unavailable`, as PostgreSQL does when it cannot tell.
+struct DroppedCommit {
+    inner: MemoryLog,
+    /// 0: normal; 1: the next append is written, then reported failed;
+    /// 2: the next append is not written, and reported failed.
+    next: std::sync::atomic::AtomicU8,
+}
+
+impl EventLog for DroppedCommit {
+    fn append(
+        &self,
+        batches: Vec<keyledger_store::TenantAppend>,
+    ) -> Result<Vec<keyledger_store::Record>, keyledger_store::StoreError> {
+        let unknown = || {
+            keyledger_store::StoreError::Unavailable(
+                "the connection was lost with the COMMIT sent".into(),
+            )
+        };
+        match self.next.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            1 => self.inner.append(batches).and_then(|_| Err(unknown())),
+            2 => Err(unknown()),
+            _ => self.inner.append(batches),
+        }
+    }
+
+    fn head(&self) -> Result<u64, keyledger_store::StoreError> {
+        self.inner.head()
+    }
+
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<keyledger_store::Record>, keyledger_store::StoreError> {
+        self.inner.read_after(after, limit)
+    }
+
+    fn read_tenant(
+        &self,
+        tenant: &keyledger_core::TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<keyledger_store::Record>, keyledger_store::StoreError> {
+        self.inner.read_tenant(tenant, after_seq, limit)
+    }
+
+    fn read_tenant_raw(
+        &self,
+        tenant: &keyledger_core::TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<keyledger_store::RawRecord>, keyledger_store::StoreError> {
+        self.inner.read_tenant_raw(tenant, after_seq, limit)
+    }
+
+    fn tenant_head(
+        &self,
+        tenant: &keyledger_core::TenantId,
+    ) -> Result<Option<(u64, keyledger_store::Hash)>, keyledger_store::StoreError> {
+        self.inner.tenant_head(tenant)
+    }
+
+    fn tenants(&self) -> Result<Vec<keyledger_core::TenantId>, keyledger_store::StoreError> {
+        self.inner.tenants()
+    }
+}
+
+/// Usage whose append's outcome is unknown is neither counted twice (it
+/// was written: the writer finds it in the log and says so) nor lost (it
+/// was not: the flusher gets an error, keeps the counts and writes them
+/// with its next flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_whose_commit_is_in_doubt_is_counted_exactly_once() {
+    let seed = seed("usage_whose_commit_is_in_doubt_is_counted_exactly_once");
+    let log = Arc::new(DroppedCommit {
+        inner: MemoryLog::new(),
+        next: std::sync::atomic::AtomicU8::new(0),
+    });
+    let shared: Arc<dyn EventLog> = log.clone();
+    let config = Config {
+        usage_window: UsageWindow::Manual,
+        follow: Some(follow("a")),
+        ..Config::default()
+    };
+    let a = Keyledger::open_with(
+        shared.clone(),
+        config,
+        Arc::new(SystemClock),
+        Arc::new(SeededEntropy::new(seed)),
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    let (id, secret) = create(&a, "acme", "ada", "counted").await;
+    let uses = |n: &Keyledger| {
+        n.projections()
+            .0
+            .key(&tenant("acme"), id)
+            .map_or(0, |k| total(&k.uses))
+    };
+
+    // Written, reported failed: found in the log, answered as written.
+    for _ in 0..5 {
+        assert_eq!(a.verify(&secret, None).outcome, VerifyOutcome::Valid);
+    }
+    log.next.store(1, std::sync::atomic::Ordering::SeqCst);
+    let flushed = a
+        .flush_usage()
+        .await
+        .unwrap_or_else(|e| panic!("flush: {e}"));
+    assert_eq!(flushed, 1, "the in-doubt usage was found written");
+    assert_eq!(a.flush_usage().await.unwrap_or_else(|e| panic!("{e}")), 0);
+    assert_eq!(uses(&a), 5);
+
+    // Not written, reported failed: an error, the counts kept and written once.
+    for _ in 0..3 {
+        assert_eq!(a.verify(&secret, None).outcome, VerifyOutcome::Valid);
+    }
+    log.next.store(2, std::sync::atomic::Ordering::SeqCst);
+    let failed = a.flush_usage().await;
+    assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
+    assert_eq!(uses(&a), 5);
+    assert_eq!(a.flush_usage().await.unwrap_or_else(|e| panic!("{e}")), 1);
+    assert_eq!(uses(&a), 8);
+
+    let (state, _) = fold(shared.as_ref());
+    assert_eq!(
+        state.key(&tenant("acme"), id).map(|k| total(&k.uses)),
+        Some(8),
+        "the log holds every use exactly once"
+    );
+    a.shutdown()
+        .await
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+}

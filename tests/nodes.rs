@@ -1,0 +1,764 @@
+//! Several real `keyledger serve --postgres <url>` processes on one
+//! PostgreSQL database, driven over HTTP: what one node writes, the others
+//! enforce; usage counted on every node adds up exactly; the chain
+//! verifies; and a PostgreSQL restart in the middle of traffic loses no
+//! acknowledged event and duplicates none.
+//!
+//! Needs `KEYLEDGER_TEST_POSTGRES_URL` (scripts/test starts a throwaway
+//! cluster; see the README). Without it these tests fail; they do not skip.
+//! The restart test starts a cluster of its own with scripts/postgres, so
+//! restarting it disturbs no other test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use keyledger_store::postgres::TestDatabase;
+use serde_json::{Value, json};
+
+use crate::util::{Data, bin};
+
+const TOKEN: &str = "operator-token-shared-by-the-nodes";
+
+/// How long a node may take to enforce what another wrote, in these tests:
+/// generous, as the machine is shared and slow under a full test run. The
+/// figure measured under quiet conditions is in docs/performance.md.
+const PROPAGATION_BOUND: Duration = Duration::from_secs(3);
+
+/// A running `keyledger --postgres <url> serve`.
+struct Node {
+    child: Option<Child>,
+    addr: String,
+    stderr: PathBuf,
+    _data: Data,
+}
+
+impl Node {
+    fn start(url: &str, name: &str) -> Node {
+        let data = Data::new();
+        let log_dir = data.path().with_extension("logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let stderr = log_dir.join("stderr.log");
+        let mut cmd = Command::new(bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("KEYLEDGER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("KEYLEDGER_LOG", "debug")
+            .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
+            .env("KEYLEDGER_POSTGRES_URL", url)
+            .arg("--data")
+            .arg(data.path())
+            .args(["serve", "--addr", "127.0.0.1:0", "--usage-window-ms", "50"])
+            .args(["--node-id", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let mut child = cmd.spawn().expect("the binary starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "node {name} printed no `listening on` line; stderr:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        Node {
+            child: Some(child),
+            addr,
+            stderr,
+            _data: data,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn send(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Resp {
+        send(&self.addr, method, path, auth, body)
+    }
+
+    /// Mints a key for `user` through the operator route.
+    fn mint(&self, tenant: &str, user: &str, name: &str) -> (String, String) {
+        let r = self.send(
+            "POST",
+            &format!("/v1/admin/tenants/{tenant}/keys"),
+            Some(TOKEN),
+            Some(&json!({"user": user, "name": name})),
+        );
+        assert_eq!(r.status, 201, "mint on {}: {}", self.addr, r.text());
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn outcome(&self, key: &str) -> String {
+        let r = self.send("POST", "/v1/verify", None, Some(&json!({ "key": key })));
+        assert_eq!(r.status, 200, "verify on {}: {}", self.addr, r.text());
+        r.json()["outcome"].as_str().unwrap().to_owned()
+    }
+
+    /// Total uses of a key over every day, as this node's rollups say.
+    fn uses(&self, admin: &str, key_id: &str) -> u64 {
+        let r = self.send(
+            "GET",
+            &format!("/v1/usage?key_id={key_id}"),
+            Some(admin),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["total"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// SIGTERM, then a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the node did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "exit {status:?}; stderr:\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A response.
+struct Resp {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    fn code(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+fn send(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no response head"));
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Resp { status, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// Polls until `f` holds; returns how long it took.
+#[track_caller]
+fn within(bound: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+/// `keyledger --postgres <url> audit verify`: every tenant's chain.
+fn chain_verifies(url: &str) -> Value {
+    let out = Command::new(bin())
+        .env_remove("KEYLEDGER_POSTGRES_URL")
+        .args(["--postgres", url, "audit", "verify", "--json"])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "audit verify failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn three_nodes_on_one_database_enforce_each_others_writes() {
+    let db = TestDatabase::create();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(db.url(), &format!("node-{i}")))
+        .collect();
+
+    // Keys created on each node are verified on every other.
+    let mut made = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        made.push(n.mint("acme", "ada", &format!("made on node {i}")));
+    }
+    let mut seen = Vec::new();
+    for (id, secret) in &made {
+        for (j, n) in nodes.iter().enumerate() {
+            seen.push(within(
+                PROPAGATION_BOUND,
+                &format!("node {j} knows {id}"),
+                || n.outcome(secret) == "valid",
+            ));
+        }
+    }
+
+    // A key revoked through node 0 is refused by nodes 1 and 2 within the bound.
+    let (admin_id, admin) = nodes[0].mint("acme", "root", "admin");
+    let (doomed_id, doomed) = nodes[1].mint("acme", "ada", "doomed");
+    for n in &nodes {
+        within(PROPAGATION_BOUND, "the key reaches every node", || {
+            n.outcome(&doomed) == "valid" && n.outcome(&admin) == "valid"
+        });
+    }
+    let r = nodes[0].send(
+        "POST",
+        &format!("/v1/keys/{doomed_id}/revoke"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let revoked_at = Instant::now();
+    let mut propagation = Vec::new();
+    for n in &nodes[1..] {
+        within(
+            PROPAGATION_BOUND,
+            "the revocation reaches every node",
+            || n.outcome(&doomed) == "revoked",
+        );
+        propagation.push(revoked_at.elapsed());
+    }
+    println!("revocation seen on the other nodes after {propagation:?}");
+    // Revoking it again through another node: the same conflict.
+    let again = nodes[2].send(
+        "POST",
+        &format!("/v1/keys/{doomed_id}/revoke"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "already_revoked".into()),
+        "{}",
+        again.text()
+    );
+
+    // With wait=all-nodes, every node refuses the key when the answer comes.
+    let (waited_id, waited) = nodes[2].mint("acme", "ada", "waited for");
+    for n in &nodes {
+        within(PROPAGATION_BOUND, "the key reaches every node", || {
+            n.outcome(&waited) == "valid"
+        });
+    }
+    let r = nodes[1].send(
+        "POST",
+        &format!("/v1/keys/{waited_id}/revoke?wait=all-nodes&wait_ms=5000"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (j, n) in nodes.iter().enumerate() {
+        assert_eq!(
+            n.outcome(&waited),
+            "revoked",
+            "node {j} right after a wait=all-nodes revoke"
+        );
+    }
+    let bad = nodes[1].send(
+        "POST",
+        &format!("/v1/keys/{admin_id}/revoke?wait_ms=5"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(
+        (bad.status, bad.code()),
+        (400, "invalid_query".into()),
+        "{}",
+        bad.text()
+    );
+
+    // The option is in the OpenAPI document.
+    let doc = nodes[0].send("GET", "/openapi.json", None, None).json();
+    let params = doc["paths"]["/v1/keys/{id}/revoke"]["post"]["parameters"].to_string();
+    assert!(
+        params.contains("\"wait\"") && params.contains("all-nodes"),
+        "{params}"
+    );
+    assert!(
+        doc["paths"]["/v1/keys/{id}/revoke"]["post"]["responses"]["504"].is_object(),
+        "the 504 of wait=all-nodes is documented"
+    );
+
+    // A user removed on node 2: their keys made on every node are refused everywhere.
+    let eves: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.mint("acme", "eve", &format!("eve's on {i}")))
+        .collect();
+    for n in &nodes {
+        for (_, s) in &eves {
+            within(PROPAGATION_BOUND, "eve's keys reach every node", || {
+                n.outcome(s) == "valid"
+            });
+        }
+    }
+    let r = nodes[2].send(
+        "DELETE",
+        "/v1/admin/tenants/acme/users/eve",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"].as_array().unwrap().len(), eves.len());
+    for (j, n) in nodes.iter().enumerate() {
+        for (id, s) in &eves {
+            within(PROPAGATION_BOUND, &format!("node {j} refuses {id}"), || {
+                n.outcome(s) == "revoked"
+            });
+        }
+    }
+
+    // Usage counted on all three nodes adds up exactly, on every node.
+    // The keys reach every node first (checked without verifying them,
+    // which would count).
+    let counted: Vec<_> = (0..3)
+        .map(|i| nodes[i].mint("acme", "bob", &format!("counted {i}")))
+        .collect();
+    for n in &nodes {
+        for (id, _) in &counted {
+            within(PROPAGATION_BOUND, "counted keys reach every node", || {
+                n.send("GET", &format!("/v1/keys/{id}"), Some(&admin), None)
+                    .status
+                    == 200
+            });
+        }
+    }
+    let mut expected = Vec::new();
+    for (k, (_, s)) in counted.iter().enumerate() {
+        let mut made = 0;
+        for (i, n) in nodes.iter().enumerate() {
+            for _ in 0..(3 + 2 * i + k) {
+                assert_eq!(n.outcome(s), "valid");
+                made += 1;
+            }
+        }
+        expected.push(made);
+    }
+    for (j, n) in nodes.iter().enumerate() {
+        for (k, (id, _)) in counted.iter().enumerate() {
+            within(
+                Duration::from_secs(20),
+                &format!("node {j}: usage of {id}"),
+                || n.uses(&admin, id) >= expected[k],
+            );
+        }
+    }
+    // And exactly: nothing counted twice, even later.
+    std::thread::sleep(Duration::from_millis(300));
+    for (j, n) in nodes.iter().enumerate() {
+        for (k, (id, _)) in counted.iter().enumerate() {
+            assert_eq!(n.uses(&admin, id), expected[k], "node {j}: usage of {id}");
+        }
+    }
+
+    // The chain verifies, over HTTP on every node and offline.
+    for n in &nodes {
+        let r = n.send("GET", "/v1/audit/verify", Some(&admin), None);
+        assert_eq!(r.json()["ok"], true, "{}", r.text());
+    }
+    for n in nodes {
+        n.stop();
+    }
+    let report = chain_verifies(db.url());
+    assert!(report.to_string().contains("acme"), "{report}");
+    println!(
+        "keys seen on other nodes after {:?} (max)",
+        seen.iter().max()
+    );
+}
+
+/// A throwaway PostgreSQL cluster of this test's own (scripts/postgres).
+struct Cluster {
+    url: String,
+    dir: String,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+        let out = Command::new(&script)
+            .arg("start")
+            .output()
+            .expect("scripts/postgres runs");
+        assert!(
+            out.status.success(),
+            "scripts/postgres start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .to_owned()
+        };
+        Cluster {
+            url: var("KEYLEDGER_TEST_POSTGRES_URL"),
+            dir: var("KEYLEDGER_TEST_POSTGRES_DIR"),
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(Path::new(&self.dir).join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// `pg_ctl restart -m fast`: every session is ended, the server stops
+    /// and starts again on the same port.
+    fn restart(&self) {
+        let pg_ctl = Path::new(&self.file("bindir")).join("pg_ctl");
+        let data = Path::new(&self.dir).join("data");
+        let log = Path::new(&self.dir).join("run/server.log");
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &self.file("user"), "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let status = cmd
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-m", "fast", "-w", "-t", "60", "restart"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl restart failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+        let _ = Command::new(script).args(["stop", &self.dir]).status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// While PostgreSQL restarts under traffic on two nodes: verification keeps
+/// answering from the projections; management calls either succeed or fail
+/// with 503 `unavailable`; both nodes resume without a restart. Afterwards
+/// every acknowledged key is in the log exactly once, nothing that was
+/// refused is half-written, and usage equals the verifications made.
+#[test]
+fn a_postgresql_restart_under_traffic_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start();
+    let nodes: Arc<Vec<Node>> = Arc::new(
+        (0..2)
+            .map(|i| Node::start(&cluster.url, &format!("restart-{i}")))
+            .collect(),
+    );
+    let (_, admin) = nodes[0].mint("acme", "root", "admin");
+    let counted: Vec<(String, String)> = (0..2)
+        .map(|i| nodes[i].mint("acme", "bob", &format!("c{i}")))
+        .collect();
+    for n in nodes.iter() {
+        for (id, _) in &counted {
+            within(PROPAGATION_BOUND, "keys reach both nodes", || {
+                n.send("GET", &format!("/v1/keys/{id}"), Some(&admin), None)
+                    .status
+                    == 200
+            });
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let verifications: Arc<Vec<AtomicU64>> =
+        Arc::new(counted.iter().map(|_| AtomicU64::new(0)).collect());
+    let mut traffic = Vec::new();
+    for i in 0..2 {
+        // Writers: creates on both nodes, each with a unique name.
+        let (writers, halt, acked, refused) = (
+            nodes.clone(),
+            stop.clone(),
+            acknowledged.clone(),
+            refused.clone(),
+        );
+        traffic.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !halt.load(Ordering::Relaxed) {
+                n += 1;
+                let name = format!("w{i}-{n}");
+                let r = writers[i].send(
+                    "POST",
+                    "/v1/admin/tenants/acme/keys",
+                    Some(TOKEN),
+                    Some(&json!({"user": "ada", "name": name})),
+                );
+                match r.status {
+                    201 => acked.lock().unwrap().push(name),
+                    503 => {
+                        let code = r.code();
+                        assert!(code == "unavailable" || code == "timeout", "{}", r.text());
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    s => panic!("create during the restart: {s} {}", r.text()),
+                }
+            }
+        }));
+        // Verifiers: never fail, whatever the database does.
+        let (verifiers, halt, keys, made) = (
+            nodes.clone(),
+            stop.clone(),
+            counted.clone(),
+            verifications.clone(),
+        );
+        traffic.push(std::thread::spawn(move || {
+            let mut k = 0;
+            while !halt.load(Ordering::Relaxed) {
+                k = (k + 1) % keys.len();
+                assert_eq!(verifiers[i].outcome(&keys[k].1), "valid");
+                made[k].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.restart();
+    // Both nodes accept writes again, without being restarted.
+    for (i, n) in nodes.iter().enumerate() {
+        within(
+            Duration::from_secs(30),
+            &format!("node {i} writes again"),
+            || {
+                n.send(
+                    "POST",
+                    "/v1/admin/tenants/acme/keys",
+                    Some(TOKEN),
+                    Some(&json!({"user": "zed", "name": format!("after restart {i}")})),
+                )
+                .status
+                    == 201
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for t in traffic {
+        t.join().expect("traffic thread");
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    println!(
+        "{} creates acknowledged, {} refused with 503 during the restart",
+        acknowledged.len(),
+        refused.load(Ordering::Relaxed)
+    );
+
+    // Every acknowledged create is in the log exactly once, on both nodes.
+    for (j, n) in nodes.iter().enumerate() {
+        within(
+            Duration::from_secs(20),
+            &format!("node {j} converges"),
+            || {
+                let names = key_names(n, &admin);
+                acknowledged
+                    .iter()
+                    .all(|a| names.iter().filter(|x| *x == a).count() == 1)
+            },
+        );
+        let names = key_names(n, &admin);
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            names.len(),
+            "node {j}: a key name appears twice"
+        );
+    }
+    // Usage: exactly the verifications made, on both nodes.
+    for (j, n) in nodes.iter().enumerate() {
+        for (k, (id, _)) in counted.iter().enumerate() {
+            let expected = verifications[k].load(Ordering::Relaxed);
+            within(
+                Duration::from_secs(20),
+                &format!("node {j}: usage of {id}"),
+                || n.uses(&admin, id) >= expected,
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(n.uses(&admin, id), expected, "node {j}: usage of {id}");
+        }
+    }
+    let r = nodes[0].send("GET", "/v1/audit/verify", Some(&admin), None);
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+    let nodes = Arc::try_unwrap(nodes).unwrap_or_else(|_| panic!("threads joined"));
+    for n in nodes {
+        n.stop();
+    }
+    chain_verifies(&cluster.url);
+}
+
+/// Every key name of tenant `acme`, through the list (all pages).
+fn key_names(n: &Node, admin: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/keys?limit=1000&cursor={c}"),
+            None => "/v1/keys?limit=1000".to_owned(),
+        };
+        let r = n.send("GET", &path, Some(admin), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        names.extend(
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["name"].as_str().unwrap().to_owned()),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return names,
+        }
+    }
+}
+
+/// `--node-id` means nothing without a shared log; a bad or unreachable
+/// `--postgres` URL is a clear error that never echoes the password.
+#[test]
+fn node_options_are_checked_and_the_password_never_shown() {
+    let data = Data::new();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("KEYLEDGER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
+            .arg("--data")
+            .arg(data.path())
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    };
+    let out = run(&["serve", "--addr", "127.0.0.1:0", "--node-id", "a"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--postgres"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = "s3cr3t-pa55word";
+    for url in [
+        format!("postgres://keyledger:{secret}@127.0.0.1:1/db?connect_timeout=2"),
+        format!("postgres://keyledger:{secret}@127.0.0.1:1/db?bogus_option=1"),
+    ] {
+        let out = run(&["--postgres", &url, "keys", "list", "--tenant", "acme"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("PostgreSQL"), "{stderr}");
+        assert!(
+            !stderr.contains(secret),
+            "the password was printed: {stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    }
+}
