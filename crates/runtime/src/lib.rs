@@ -726,9 +726,11 @@ impl Shared {
         })
     }
 
-    /// Applies committed records to the read model and the verification map.
+    /// Applies committed records to the read model, the verification map
+    /// and the Merkle trees.
     pub(crate) fn apply_committed(&self, records: &[Record]) -> Result<(), Error> {
         use keyledger_core::EventKind as K;
+        let keys = self.keys.pin();
         let mut read = self.read.write().unwrap_or_else(|e| e.into_inner());
         for r in records {
             if r.position != read.head + 1 {
@@ -755,18 +757,18 @@ impl Shared {
                         e.expires_at,
                         false,
                     );
-                    self.keys.pin().insert(e.secret_hash, Arc::new(entry));
+                    keys.insert(e.secret_hash, Arc::new(entry));
                 }
                 K::KeyRevoked(e) => {
                     if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = self.keys.pin().get(&k.secret_hash)
+                        && let Some(entry) = keys.get(&k.secret_hash)
                     {
                         entry.set_revoked();
                     }
                 }
                 K::KeyRotated(e) => {
                     if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = self.keys.pin().get(&k.secret_hash)
+                        && let Some(entry) = keys.get(&k.secret_hash)
                     {
                         entry.set_expires_at(k.expires_at);
                     }
@@ -777,7 +779,7 @@ impl Shared {
                     // back. A removed user acts no more: refuse them all.
                     let owned = read.ledger.tenant(tenant).into_iter();
                     for k in owned.flat_map(|t| t.keys_of(&e.user_id)) {
-                        if let Some(entry) = self.keys.pin().get(&k.secret_hash) {
+                        if let Some(entry) = keys.get(&k.secret_hash) {
                             entry.set_revoked();
                         }
                     }
@@ -786,6 +788,7 @@ impl Shared {
             }
         }
         drop(read);
+        drop(keys);
         self.audit.apply(records)
     }
 }
