@@ -17,16 +17,15 @@
 //!
 //! Run: `cargo bench --bench audit`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyledger_audit::merkle::{self, Tree};
-use keyledger_core::{
-    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, ScopeSet, Secret, TenantId,
-    Timestamp, UseCounts, UserId,
-};
+use keyledger_core::TenantId;
 use keyledger_runtime::{AuditConfig, Config, Keyledger, UsageWindow};
-use keyledger_store::{EventLog, MemoryLog, TenantAppend};
+use keyledger_store::{EventLog, MemoryLog};
 
 fn main() {
     let n: usize = std::env::var("KEYLEDGER_BENCH_EVENTS")
@@ -40,7 +39,7 @@ fn main() {
         .expect("a tokio runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let log = Arc::new(MemoryLog::new());
-    fill(log.as_ref(), n);
+    common::fill(log.as_ref(), n);
     let tenant: TenantId = "acme".parse().expect("tenant");
 
     // Rows: workload, keyledger, the same run's baseline.
@@ -287,65 +286,4 @@ fn us(d: Duration) -> String {
 
 fn per(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e9 / n as f64
-}
-
-/// Writes `n` events straight into a log: a tenth keys, then usage windows.
-fn fill(log: &dyn EventLog, n: usize) {
-    let tenant: TenantId = "acme".parse().expect("tenant");
-    let owner: UserId = "alice".parse().expect("user");
-    let keys = (n / 10).max(1);
-    let prefix = KeyPrefix::default();
-    let at = Timestamp::from_micros(1_767_225_600_000_000);
-    let mut version = 0;
-    let mut written = 0;
-    while written < n {
-        let batch = (n - written).min(10_000);
-        let events: Vec<Event> = (written..written + batch)
-            .map(|i| {
-                let kind = if i < keys {
-                    let mut material = [0u8; 32];
-                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    let s = Secret::from_material(&prefix, &material);
-                    EventKind::KeyCreated(KeyCreated {
-                        key_id: KeyId::from_u128(i as u128 + 1),
-                        owner: owner.clone(),
-                        name: format!("key {i}"),
-                        description: None,
-                        expires_at: None,
-                        scopes: ScopeSet::DEFAULT,
-                        secret_hash: s.hash(),
-                        masked: s.masked(),
-                        rotated_from: None,
-                    })
-                } else {
-                    EventKind::KeyUsed(KeyUsed {
-                        key_id: KeyId::from_u128((i % keys) as u128 + 1),
-                        window_start: at,
-                        window_end: at.plus_seconds(1),
-                        last_valid_at: Some(at),
-                        counts: UseCounts {
-                            valid: 7,
-                            revoked: 0,
-                            expired: 0,
-                            insufficient_scope: 1,
-                        },
-                    })
-                };
-                Event {
-                    tenant: tenant.clone(),
-                    at,
-                    actor: Actor::System,
-                    kind,
-                }
-            })
-            .collect();
-        log.append(vec![TenantAppend {
-            tenant: tenant.clone(),
-            expected_version: version,
-            events,
-        }])
-        .expect("fill");
-        version += batch as u64;
-        written += batch;
-    }
 }

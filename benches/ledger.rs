@@ -12,17 +12,16 @@
 //!
 //! Run: `cargo bench --bench ledger` (add `-- verify` etc. to pick one).
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keyledger_core::{
-    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, Principal, ScopeSet, Secret,
-    TenantId, Timestamp, UseCounts, UserId,
-};
+use keyledger_core::Principal;
 use keyledger_runtime::{Config, Keyledger, NewKey, UsageWindow};
-use keyledger_store::{EventLog, MemoryLog, RedbLog, TenantAppend};
+use keyledger_store::{EventLog, MemoryLog, RedbLog};
 use sha2::{Digest, Sha256};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -197,67 +196,6 @@ fn appends(c: &mut Criterion) {
     rt.block_on(ledger.shutdown()).expect("shutdown");
 }
 
-/// Writes `n` events straight into a log: keys, then usage windows.
-fn fill(log: &dyn EventLog, n: usize) {
-    let tenant: TenantId = "acme".parse().expect("tenant");
-    let owner: UserId = "alice".parse().expect("user");
-    let keys = (n / 10).max(1);
-    let prefix = KeyPrefix::default();
-    let at = Timestamp::from_micros(1_767_225_600_000_000);
-    let mut version = 0;
-    let mut written = 0;
-    while written < n {
-        let batch = (n - written).min(10_000);
-        let events: Vec<Event> = (written..written + batch)
-            .map(|i| {
-                let kind = if i < keys {
-                    let mut material = [0u8; 32];
-                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    let s = Secret::from_material(&prefix, &material);
-                    EventKind::KeyCreated(KeyCreated {
-                        key_id: KeyId::from_u128(i as u128 + 1),
-                        owner: owner.clone(),
-                        name: format!("key {i}"),
-                        description: None,
-                        expires_at: None,
-                        scopes: ScopeSet::DEFAULT,
-                        secret_hash: s.hash(),
-                        masked: s.masked(),
-                        rotated_from: None,
-                    })
-                } else {
-                    EventKind::KeyUsed(KeyUsed {
-                        key_id: KeyId::from_u128((i % keys) as u128 + 1),
-                        window_start: at,
-                        window_end: at.plus_seconds(1),
-                        last_valid_at: Some(at),
-                        counts: UseCounts {
-                            valid: 7,
-                            revoked: 0,
-                            expired: 0,
-                            insufficient_scope: 1,
-                        },
-                    })
-                };
-                Event {
-                    tenant: tenant.clone(),
-                    at,
-                    actor: Actor::System,
-                    kind,
-                }
-            })
-            .collect();
-        log.append(vec![TenantAppend {
-            tenant: tenant.clone(),
-            expected_version: version,
-            events,
-        }])
-        .expect("fill");
-        version += batch as u64;
-        written += batch;
-    }
-}
-
 fn replay(c: &mut Criterion) {
     let n: usize = std::env::var("KEYLEDGER_BENCH_EVENTS")
         .ok()
@@ -265,7 +203,7 @@ fn replay(c: &mut Criterion) {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger.redb");
-    fill(&RedbLog::open(&path).expect("redb"), n);
+    common::fill(&RedbLog::open(&path).expect("redb"), n);
     let rt = rt();
     let mut g = c.benchmark_group("replay");
     g.sample_size(10).measurement_time(Duration::from_secs(20));

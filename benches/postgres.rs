@@ -18,17 +18,16 @@
 //! Needs `KEYLEDGER_TEST_POSTGRES_URL` (an admin URL; a database is made
 //! and dropped). Run: `scripts/postgres run -- cargo bench --bench postgres`.
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyledger_core::{
-    Actor, Event, EventKind, KeyCreated, KeyId, KeyPrefix, KeyUsed, Principal, RevokeReason,
-    ScopeSet, Secret, TenantId, Timestamp, UseCounts, UserId,
-};
+use keyledger_core::{Principal, RevokeReason};
 use keyledger_runtime::{Config, Follow, Keyledger, NewKey, UsageWindow, VerifyOutcome};
 use keyledger_store::postgres::TestDatabase;
-use keyledger_store::{EventLog, MemoryLog, PgLog, RedbLog, TenantAppend};
+use keyledger_store::{EventLog, MemoryLog, PgLog, RedbLog};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -122,69 +121,6 @@ fn creates(rt: &tokio::runtime::Runtime, log: Arc<dyn EventLog>, n: usize) -> (D
     });
     rt.block_on(ledger.shutdown()).expect("shutdown");
     (one, concurrent)
-}
-
-/// Writes `n` events straight into a log: keys, then usage windows (the
-/// same shape as benches/ledger.rs).
-fn fill(log: &dyn EventLog, n: usize) {
-    let tenant: TenantId = "acme".parse().expect("tenant");
-    let owner: UserId = "alice".parse().expect("user");
-    let keys = (n / 10).max(1);
-    let prefix = KeyPrefix::default();
-    let at = Timestamp::from_micros(1_767_225_600_000_000);
-    let mut version = log.tenant_head(&tenant).expect("head").map_or(0, |h| h.0);
-    let mut written = 0;
-    while written < n {
-        let batch = (n - written).min(10_000);
-        let events: Vec<Event> = (written..written + batch)
-            .map(|i| {
-                let kind = if i < keys {
-                    let mut material = [0u8; 32];
-                    material[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                    material[8] = 0xb7;
-                    let s = Secret::from_material(&prefix, &material);
-                    EventKind::KeyCreated(KeyCreated {
-                        key_id: KeyId::from_u128((1 << 100) + i as u128),
-                        owner: owner.clone(),
-                        name: format!("key {i}"),
-                        description: None,
-                        expires_at: None,
-                        scopes: ScopeSet::DEFAULT,
-                        secret_hash: s.hash(),
-                        masked: s.masked(),
-                        rotated_from: None,
-                    })
-                } else {
-                    EventKind::KeyUsed(KeyUsed {
-                        key_id: KeyId::from_u128((1 << 100) + (i % keys) as u128),
-                        window_start: at,
-                        window_end: at.plus_seconds(1),
-                        last_valid_at: Some(at),
-                        counts: UseCounts {
-                            valid: 7,
-                            revoked: 0,
-                            expired: 0,
-                            insufficient_scope: 1,
-                        },
-                    })
-                };
-                Event {
-                    tenant: tenant.clone(),
-                    at,
-                    actor: Actor::System,
-                    kind,
-                }
-            })
-            .collect();
-        log.append(vec![TenantAppend {
-            tenant: tenant.clone(),
-            expected_version: version,
-            events,
-        }])
-        .expect("fill");
-        version += batch as u64;
-        written += batch;
-    }
 }
 
 /// Replay: (read and decode every record, open a ledger on it); the
@@ -367,8 +303,13 @@ fn main() {
     eprintln!("creates: redb {redb_one:?} / {redb_16:?}, postgres {pg_one:?} / {pg_16:?}");
 
     // Replay.
-    fill(&RedbLog::open(&redb_path).expect("redb"), n_events);
-    fill(pg().as_ref(), n_events);
+    common::fill_with(
+        &RedbLog::open(&redb_path).expect("redb"),
+        n_events,
+        1 << 100,
+        0xb7,
+    );
+    common::fill_with(pg().as_ref(), n_events, 1 << 100, 0xb7);
     let (redb_read, redb_replay, redb_events) =
         replay(&rt, &|| Arc::new(RedbLog::open(&redb_path).expect("redb")));
     let (pg_read, pg_replay, pg_events) = replay(&rt, &pg);

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use keyledger_core::{KeyId, Outcome, Scope, ScopeSet, TenantId, Timestamp, UseCounts, UserId};
 
-/// What a verification found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a verification found. Serialized by its wire name, as `as_str`
+/// spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum VerifyOutcome {
     /// The key works, for the scope asked.
     Valid,

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyledger_core::{AuditFilter, EventType, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
 use keyledger_runtime::views::{KeyView, SummaryView};
-use keyledger_runtime::{Created, ListQuery, NewKey, PointInTime};
+use keyledger_runtime::{Created, ListQuery, NewKey, PointInTime, VerifyOutcome};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -370,23 +370,28 @@ async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
 )]
 async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> ApiResult<Response> {
     let body: VerifyRequest<'_> = parse_json(&bytes)?;
-    let v = state.ledger().verify(&body.key, body.scope.map(Into::into));
-    let key = v.key.as_deref();
-    let answer = VerifyResponse {
-        valid: v.is_valid(),
-        outcome: v.outcome.into(),
-        key_id: key.map(|k| KeyIdText(k.key_id)),
-        tenant_id: key.map(|k| k.tenant.as_str()),
-        owner: key.map(|k| k.owner.as_str()),
-        scopes: key.map(|k| ScopeList(k.scopes)),
-        expires_at: key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
-    };
+    // The answer is written while the key is lent: no reference to it kept.
+    let answer =
+        state
+            .ledger()
+            .verify_with(&body.key, body.scope.map(Into::into), |outcome, key| {
+                VerifyResponse {
+                    valid: outcome == VerifyOutcome::Valid,
+                    outcome,
+                    key_id: key.map(|k| KeyIdText(k.key_id)),
+                    tenant_id: key.map(|k| k.tenant.as_str()),
+                    owner: key.map(|k| k.owner.as_str()),
+                    scopes: key.map(|k| ScopeList(k.scopes)),
+                    expires_at: key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
+                }
+                .to_json()
+            });
     Ok((
         [(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         )],
-        answer.to_json(),
+        answer,
     )
         .into_response())
 }

@@ -243,51 +243,6 @@ impl Serialize for ScopeList {
     }
 }
 
-/// What a verification found.
-#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeName {
-    /// The key works, for the scope asked.
-    Valid,
-    /// Well formed, but no key has this secret.
-    NotFound,
-    /// Not shaped like a key or its checksum fails: rejected without a lookup.
-    Malformed,
-    /// Revoked.
-    Revoked,
-    /// Past its expiry.
-    Expired,
-    /// Lacks the scope asked for.
-    InsufficientScope,
-}
-
-impl OutcomeName {
-    /// The wire name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OutcomeName::Valid => "valid",
-            OutcomeName::NotFound => "not_found",
-            OutcomeName::Malformed => "malformed",
-            OutcomeName::Revoked => "revoked",
-            OutcomeName::Expired => "expired",
-            OutcomeName::InsufficientScope => "insufficient_scope",
-        }
-    }
-}
-
-impl From<VerifyOutcome> for OutcomeName {
-    fn from(o: VerifyOutcome) -> Self {
-        match o {
-            VerifyOutcome::Valid => OutcomeName::Valid,
-            VerifyOutcome::NotFound => OutcomeName::NotFound,
-            VerifyOutcome::Malformed => OutcomeName::Malformed,
-            VerifyOutcome::Revoked => OutcomeName::Revoked,
-            VerifyOutcome::Expired => OutcomeName::Expired,
-            VerifyOutcome::InsufficientScope => OutcomeName::InsufficientScope,
-        }
-    }
-}
-
 /// The answer of `POST /v1/verify`: always 200, `valid: false` for a bad key.
 /// The key's fields are null when no key has the secret.
 // Borrows from the verification: nothing is copied to answer.
@@ -296,7 +251,7 @@ pub struct VerifyResponse<'a> {
     /// Whether the key works for the scope asked.
     pub valid: bool,
     /// What was found.
-    pub outcome: OutcomeName,
+    pub outcome: VerifyOutcome,
     /// The key's id.
     #[schema(value_type = Option<String>)]
     pub key_id: Option<KeyIdText>,
@@ -684,7 +639,7 @@ mod tests {
         let cases = [
             VerifyResponse {
                 valid: false,
-                outcome: OutcomeName::Malformed,
+                outcome: VerifyOutcome::Malformed,
                 key_id: None,
                 tenant_id: None,
                 owner: None,
@@ -693,7 +648,7 @@ mod tests {
             },
             VerifyResponse {
                 valid: true,
-                outcome: OutcomeName::Valid,
+                outcome: VerifyOutcome::Valid,
                 key_id: Some(KeyIdText(id)),
                 tenant_id: Some("acme"),
                 owner: Some("alice@example.com"),
@@ -702,7 +657,7 @@ mod tests {
             },
             VerifyResponse {
                 valid: false,
-                outcome: OutcomeName::InsufficientScope,
+                outcome: VerifyOutcome::InsufficientScope,
                 key_id: Some(KeyIdText(id)),
                 tenant_id: Some("t"),
                 owner: Some("a \"quoted\" \\ user \u{e9}\u{1F600}"),

@@ -10,7 +10,7 @@ use keyledger_core::TenantId;
 use crate::chain::{self, GENESIS, Hash};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, envelope,
+    check_tenant_page, decode_page, decode_record, envelope,
 };
 
 /// An [`EventLog`] held in memory, behind one mutex.
@@ -280,35 +280,8 @@ impl EventLog for MemoryLog {
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let inner = self.lock();
         let start = inner.records.partition_point(|r| r.position <= after);
-        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
-        let mut expected = after.saturating_add(1);
-        let mut tenant: Option<TenantId> = None;
-        for r in inner.records.iter().skip(start).take(limit) {
-            if r.position != expected {
-                return Err(StoreError::Corrupt {
-                    position: expected,
-                    message: format!("position {expected} is missing ({} follows)", r.position),
-                });
-            }
-            let t = match tenant.take() {
-                Some(t) if t.as_str() == r.tenant => t,
-                _ => r.tenant.parse().map_err(|e| StoreError::Corrupt {
-                    position: r.position,
-                    message: format!("stored tenant `{}`: {e}", r.tenant.escape_debug()),
-                })?,
-            };
-            out.push(decode_record(
-                r.position,
-                r.seq,
-                r.prev_hash,
-                r.hash,
-                &t,
-                &r.payload,
-            )?);
-            tenant = Some(t);
-            expected = expected.saturating_add(1);
-        }
-        Ok(out)
+        let page = inner.records.iter().skip(start).take(limit).map(Ok);
+        decode_page(after, page, limit)
     }
 
     fn read_tenant(

@@ -68,8 +68,8 @@ use keyledger_core::TenantId;
 
 use crate::chain::{self, GENESIS, Hash};
 use crate::{
-    EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, envelope,
+    EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, check_tenant_page,
+    decode_page, decode_record, envelope,
 };
 
 /// The advisory lock class of keyledger's locks: "keyl" in ASCII.
@@ -1345,38 +1345,7 @@ impl EventLog for PgLog {
             )
             .await
         })?;
-        let mut out = Vec::with_capacity(rows.len().min(READ_PREALLOC_RECORDS_MAX));
-        let mut expected = after.saturating_add(1);
-        let mut tenant: Option<TenantId> = None;
-        for row in &rows {
-            let r = raw_from_row(row)?;
-            if r.position != expected {
-                return Err(corrupt(
-                    expected,
-                    format!("position {expected} is missing ({} follows)", r.position),
-                ));
-            }
-            let t = match tenant.take() {
-                Some(t) if t.as_str() == r.tenant => t,
-                _ => r.tenant.parse().map_err(|e| {
-                    corrupt(
-                        r.position,
-                        format!("stored tenant `{}`: {e}", r.tenant.escape_debug()),
-                    )
-                })?,
-            };
-            out.push(decode_record(
-                r.position,
-                r.seq,
-                r.prev_hash,
-                r.hash,
-                &t,
-                &r.payload,
-            )?);
-            tenant = Some(t);
-            expected = expected.saturating_add(1);
-        }
-        Ok(out)
+        decode_page(after, rows.iter().map(raw_from_row), rows.len())
     }
 
     fn read_tenant(
