@@ -3,11 +3,11 @@
 //! driven over HTTP with a small raw HTTP/1.1 client, so that garbage
 //! headers and bodies can be sent as they are.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -75,29 +75,20 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let mut child = cmd.spawn().expect("the binary starts");
-        let out = child.stdout.take().unwrap();
         let stdout = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
         let sink = stdout.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the server printed no `listening on` line; stderr:\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
+        let tee = move |line: &str| {
+            let mut all = sink.lock().unwrap();
+            all.push_str(line);
+            all.push('\n');
+        };
+        let Some(addr) = crate::util::listening_addr(&mut child, Duration::from_secs(60), tee)
+        else {
+            let _ = child.kill();
+            panic!(
+                "the server printed no `listening on` line; stderr:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
         };
         Server {
             child: Some(child),
@@ -139,14 +130,8 @@ impl Server {
     /// Waits for the server to exit by itself, with status 0; its logs.
     fn wait_for_exit(&mut self) -> String {
         let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = crate::util::wait_exit(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the server did not stop"));
         assert!(
             status.success(),
             "exit status {status:?} after a signal; stderr:\n{}",

@@ -3,12 +3,11 @@
 //! may or may not have taken effect) from a received one. Used by the crash
 //! harness (`crash.rs`) and the resource-limit tests (`limits.rs`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -73,23 +72,13 @@ impl Live {
     /// and waits for its `listening on` line.
     pub fn start(data: &Path, usage_window_ms: u64) -> Live {
         let (mut child, stderr) = Live::spawn(data, usage_window_ms);
-        let out = child.stdout.take().expect("piped standard output");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Live {
+        match crate::util::listening_addr(&mut child, Duration::from_secs(60), |_| {}) {
+            Some(addr) => Live {
                 child: Some(child),
                 addr,
                 stderr,
             },
-            Err(_) => {
+            None => {
                 let _ = child.kill();
                 let status = child.wait();
                 panic!(
@@ -164,16 +153,9 @@ impl Live {
             .status()
             .expect("kill runs");
         assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the server did not stop on SIGTERM; log:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = crate::util::wait_exit(&mut child, Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("the server did not stop on SIGTERM; log:\n{}", self.logs());
         };
         assert!(
             status.success(),

@@ -9,12 +9,12 @@
 //! The restart test starts a cluster of its own with scripts/postgres, so
 //! restarting it disturbs no other test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_store::postgres::TestDatabase;
@@ -60,17 +60,8 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let mut child = cmd.spawn().expect("the binary starts");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let Some(addr) = crate::util::listening_addr(&mut child, Duration::from_secs(60), |_| {})
+        else {
             let _ = child.kill();
             panic!(
                 "node {name} printed no `listening on` line; stderr:\n{}",
@@ -138,14 +129,8 @@ impl Node {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the node did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = crate::util::wait_exit(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the node did not stop"));
         assert!(
             status.success(),
             "exit {status:?}; stderr:\n{}",

@@ -1,7 +1,10 @@
 //! Helpers: a temporary data directory and running the real binary on it.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The `keyledger` binary under test.
 pub fn bin() -> &'static str {
@@ -81,4 +84,41 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Reads a started `keyledger serve`'s standard output on a thread, passing
+/// every line to `tee`, and returns the address of its
+/// `listening on http://` line; `None` when none comes within `within`.
+pub fn listening_addr(
+    child: &mut Child,
+    within: Duration,
+    mut tee: impl FnMut(&str) + Send + 'static,
+) -> Option<String> {
+    let out = child.stdout.take().expect("piped standard output");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            tee(&line);
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(within).ok()
+}
+
+/// Waits up to `within` for `child` to exit by itself; its status, or
+/// `None` when it is still running.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait for the child") {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
