@@ -935,7 +935,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
     let mut timing = [Duration::ZERO; 3];
     while sigkills < kills {
         cycle += 1;
-        let end = if cycle % 6 == 0 {
+        let end = if cycle.is_multiple_of(6) {
             End::Graceful
         } else if cycle % 6 == 3 {
             End::QuietKill
@@ -995,7 +995,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
             }
         }
         let t_check = Instant::now();
-        let evidence = cycle % 10 == 0;
+        let evidence = cycle.is_multiple_of(10);
         bundles += u64::from(evidence);
         let (new_fold, checked) = check(&data, &shared, &what, exact.as_ref(), &fold, evidence);
         timing[0] += t_check.elapsed();
@@ -1003,7 +1003,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
         ack_checks += checked.acks;
         presented_at_check = shared.lock().presented.clone();
         // Now and then, a crash during start-up (recovery) too.
-        if cycle % 7 == 0 {
+        if cycle.is_multiple_of(7) {
             Live::start_and_kill(
                 &data.path(),
                 WINDOW_MS,

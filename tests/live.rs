@@ -263,10 +263,10 @@ pub fn request(
     s.write_all(out.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        if raw.is_empty() {
-            return Err(format!("read: {e}"));
-        }
+    if let Err(e) = s.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return Err(format!("read: {e}"));
     }
     parse_complete(&raw).ok_or_else(|| format!("incomplete answer ({} bytes)", raw.len()))
 }

@@ -159,7 +159,7 @@ impl Tree {
     /// least `hi - lo`'s split).
     fn subtree(&self, lo: u64, hi: u64) -> Hash {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(lo >> k) as usize];
         }

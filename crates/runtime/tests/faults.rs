@@ -100,7 +100,7 @@ fn every_crash_image_recovers_every_acknowledged_event() {
         for img in list {
             for (kind, bytes) in [("durable", &img.durable), ("torn", &img.torn)] {
                 let path = dir.path().join(format!("{}-{kind}.redb", img.sync));
-                std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+                bytes.write_to(&path).unwrap_or_else(|e| panic!("{e}"));
                 let what = format!("crash during sync {} ({kind})", img.sync);
                 let log: Arc<dyn EventLog> = Arc::new(
                     RedbLog::open(&path).unwrap_or_else(|e| panic!("seed {seed}, {what}: {e}")),
@@ -140,8 +140,9 @@ fn every_crash_image_recovers_every_acknowledged_event() {
 }
 
 /// The Nth write or sync fails while concurrent creates are in one group
-/// commit: every create is either acknowledged and in the log, or refused
-/// as unavailable and absent; the runtime keeps working without a restart.
+/// commit, made durable by the write-ahead log or by a checkpoint: every
+/// create is either acknowledged and in the log, or refused as unavailable
+/// and absent; the runtime keeps working without a restart.
 #[test]
 fn a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers() {
     let seed = seed("a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers");
@@ -149,8 +150,14 @@ fn a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers() {
     let mut injected = 0u64;
     let mut refused = 0u64;
     let mut rng = Rng(seed);
-    for sync in [false, true] {
-        for n in 1..=10u64 {
+    // `open_with_backend` checkpoints every 16 frames: after 15 more
+    // creates the faulted commit is a checkpoint.
+    for (extra, sync, n) in [0usize, 15]
+        .into_iter()
+        .flat_map(|e| [false, true].map(|s| (e, s)))
+        .flat_map(|(e, s)| (1..=10u64).map(move |n| (e, s, n)))
+    {
+        {
             let disk = FaultBackend::new().without_journal();
             let clock = ManualClock::new(Timestamp::from_micros(common::T0));
             let log = redb(&disk);
@@ -167,6 +174,12 @@ fn a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers() {
                     .create_key(p(), key("first"))
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
+                for i in 0..extra {
+                    ledger
+                        .create_key(p(), key(&format!("e{i}")))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
                 let before = disk.faults_injected();
                 if sync {
                     disk.fail_sync(n);

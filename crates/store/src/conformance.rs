@@ -104,8 +104,10 @@ pub fn key_created(tenant: &TenantId, n: u64) -> Event {
             key_id: key_id(n),
             owner,
             name: format!("key {n}"),
-            description: (n % 2 == 0).then(|| format!("sample key number {n}")),
-            expires_at: (n % 3 == 0).then(|| at(n + 86_400)),
+            description: n
+                .is_multiple_of(2)
+                .then(|| format!("sample key number {n}")),
+            expires_at: n.is_multiple_of(3).then(|| at(n + 86_400)),
             scopes: ScopeSet::DEFAULT,
             secret_hash: SecretHash::of(&format!("secret-{n}")),
             masked: "klk_abcd…wxyz".into(),

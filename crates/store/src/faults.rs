@@ -1,54 +1,62 @@
 //! A fault-injecting storage backend for [`RedbLog`](crate::RedbLog): a
 //! **test facility**, never used by keyledger itself.
 //!
-//! [`FaultBackend`] is a redb [`StorageBackend`] held in memory that
+//! [`FaultBackend`] is a disk held in memory with two files on it, the redb
+//! database and the log's write-ahead log ([`crate::wal`]), each a redb
+//! [`StorageBackend`] ([`FaultBackend::database`], [`FaultBackend::wal`]).
+//! The disk
 //!
-//! * fails the Nth write or the Nth sync from now ([`FaultBackend::fail_write`],
-//!   [`FaultBackend::fail_sync`]), once;
+//! * fails the Nth write or the Nth sync from now, counted over both files
+//!   ([`FaultBackend::fail_write`], [`FaultBackend::fail_sync`]), once;
 //! * behaves like a full disk ([`FaultBackend::set_full`]: every write and
 //!   every growth fails with `StorageFull`, as on a copy-on-write or sparse
 //!   file where each write needs a free block) or a read-only data
 //!   directory ([`FaultBackend::set_read_only`]: every write, growth and sync
 //!   fails with `ReadOnlyFilesystem`), until told otherwise;
-//! * rebuilds the file image a crash at any sync point would leave
+//! * rebuilds the files a crash at any sync point would leave
 //!   ([`FaultBackend::crash_images`]).
 //!
 //! # The crash model
 //!
 //! Modelled on redb's own `tests/crash_consistency.rs`, which tracks live
-//! versus durable bytes. Every write and length change is journalled in
-//! *epochs*: epoch `k` holds what was written between sync `k` and sync
-//! `k + 1`. A crash while sync `k + 1` runs leaves every epoch before `k`
-//! on the disk (they were synced) and any subset of epoch `k` (the page
-//! cache may have written some of it back, in any order). So
-//! [`CrashImage::durable`] applies epochs `0..k`, and
-//! [`CrashImage::torn`] applies them plus a seeded random subset of epoch
-//! `k`'s writes. The journal costs the bytes written, not a file copy per
-//! sync, so a workload with hundreds of syncs stays small.
+//! versus durable bytes. Every write, length change and sync of either file
+//! is journalled in order. A crash while the disk's sync `k` runs (counted
+//! over both files) leaves, of each file, everything written before that
+//! file's last completed sync (it was synced) and any subset of what was
+//! written to it since (the page cache may have written some of it back, in
+//! any order). So [`CrashImage::durable`] holds only the synced part of each
+//! file, and [`CrashImage::torn`] adds a seeded random subset of each
+//! file's unsynced writes. The journal costs the bytes written, not a copy
+//! of the disk per sync, so a workload with hundreds of syncs stays small.
 //!
 //! A failed write or sync changes nothing (the journal and the live bytes
 //! are left as they were) and is reported as an I/O error.
 
 use std::io::{Error as IoError, ErrorKind};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::StorageBackend;
 
-/// One journalled change to the file.
+/// The files of a disk: the database, then the write-ahead log.
+const FILES: usize = 2;
+const DATABASE: usize = 0;
+const WAL: usize = 1;
+
+/// One journalled change to a file.
 #[derive(Clone, Debug)]
 enum Op {
     Write { offset: u64, data: Vec<u8> },
     SetLen(u64),
+    Sync,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// The bytes as the running database sees them.
-    live: Vec<u8>,
-    /// Closed epochs: epoch `k` is what was written between syncs `k` and `k + 1`.
-    epochs: Vec<Vec<Op>>,
-    /// The epoch being written (not synced yet).
-    open: Vec<Op>,
+    /// Each file's bytes as the running log sees them.
+    live: [Vec<u8>; FILES],
+    /// Every change, in order, with the file it changed.
+    journal: Vec<(usize, Op)>,
     writes: u64,
     syncs: u64,
     fail_write_at: Option<u64>,
@@ -56,16 +64,19 @@ struct State {
     full: bool,
     read_only: bool,
     injected: u64,
-    journal: bool,
+    journalling: bool,
 }
 
-/// A redb storage backend in memory that injects faults and rebuilds crash
-/// images. Cloning shares the storage: a clone is the same "disk", which is
-/// how [`RedbLog::open_with_backend`](crate::RedbLog::open_with_backend)
-/// reopens it after a failure.
+/// A disk in memory, holding a [`RedbLog`](crate::RedbLog)'s two files,
+/// that injects faults and rebuilds crash images. Cloning shares the disk:
+/// a clone is the same disk, which is how
+/// [`RedbLog::open_with_backend`](crate::RedbLog::open_with_backend)
+/// reopens it after a failure. As a [`StorageBackend`] itself it is the
+/// database file.
 #[derive(Clone, Debug)]
 pub struct FaultBackend {
     state: Arc<Mutex<State>>,
+    file: usize,
 }
 
 impl Default for FaultBackend {
@@ -74,17 +85,43 @@ impl Default for FaultBackend {
     }
 }
 
-/// The file a crash during one sync would leave.
+/// The files one crash would leave: the database and the write-ahead log.
+#[derive(Clone, Debug, Default)]
+pub struct DiskImage {
+    /// The database file's bytes.
+    pub database: Vec<u8>,
+    /// The write-ahead log's bytes.
+    pub wal: Vec<u8>,
+}
+
+impl DiskImage {
+    /// Writes the image as a log at `path` ([`RedbLog::open`](crate::RedbLog::open)
+    /// then opens it): the database at `path`, the write-ahead log beside it.
+    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, &self.database)?;
+        std::fs::write(crate::RedbLog::wal_path(path), &self.wal)
+    }
+
+    fn file_mut(&mut self, file: usize) -> &mut Vec<u8> {
+        if file == WAL {
+            &mut self.wal
+        } else {
+            &mut self.database
+        }
+    }
+}
+
+/// The files a crash during one sync would leave.
 #[derive(Clone, Debug)]
 pub struct CrashImage {
-    /// The sync during which the crash happens (1-based): every sync before
-    /// it completed.
+    /// The sync during which the crash happens (1-based, counted over both
+    /// files): every sync before it completed.
     pub sync: u64,
-    /// Only what was synced: syncs `1..sync` completed.
-    pub durable: Vec<u8>,
-    /// What was synced plus a random subset of the writes made after the
-    /// last completed sync (torn write-back).
-    pub torn: Vec<u8>,
+    /// Only what was synced.
+    pub durable: DiskImage,
+    /// What was synced plus a random subset of the writes made to each
+    /// file after its last completed sync (torn write-back).
+    pub torn: DiskImage,
 }
 
 fn apply(image: &mut Vec<u8>, op: &Op) {
@@ -100,6 +137,7 @@ fn apply(image: &mut Vec<u8>, op: &Op) {
             }
         }
         Op::SetLen(len) => image.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+        Op::Sync => {}
     }
 }
 
@@ -117,48 +155,49 @@ impl FaultBackend {
     pub fn new() -> Self {
         FaultBackend {
             state: Arc::new(Mutex::new(State {
-                journal: true,
+                journalling: true,
                 ..State::default()
             })),
+            file: DATABASE,
         }
-    }
-
-    /// A disk holding `image` (a crash image, say), journalling from there:
-    /// crash images of it start from `image`.
-    pub fn from_image(image: &[u8]) -> Self {
-        let b = FaultBackend::new();
-        {
-            let mut s = b.lock();
-            s.live = image.to_vec();
-            s.epochs.push(vec![Op::Write {
-                offset: 0,
-                data: image.to_vec(),
-            }]);
-        }
-        b
     }
 
     /// Stops journalling (long simulations that need no crash image).
     pub fn without_journal(self) -> Self {
         {
             let mut s = self.lock();
-            s.journal = false;
-            s.epochs.clear();
-            s.open.clear();
+            s.journalling = false;
+            s.journal.clear();
         }
         self
+    }
+
+    /// The database file of this disk.
+    pub fn database(&self) -> FaultBackend {
+        FaultBackend {
+            state: self.state.clone(),
+            file: DATABASE,
+        }
+    }
+
+    /// The write-ahead log file of this disk.
+    pub fn wal(&self) -> FaultBackend {
+        FaultBackend {
+            state: self.state.clone(),
+            file: WAL,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes so far (failed ones included).
+    /// Writes so far, to either file (failed ones included).
     pub fn writes(&self) -> u64 {
         self.lock().writes
     }
 
-    /// Syncs so far (failed ones included).
+    /// Syncs so far, of either file (failed ones included).
     pub fn syncs(&self) -> u64 {
         self.lock().syncs
     }
@@ -168,13 +207,13 @@ impl FaultBackend {
         self.lock().injected
     }
 
-    /// The `n`th write from now (1 = the next one) fails, once.
+    /// The `n`th write from now to either file (1 = the next one) fails, once.
     pub fn fail_write(&self, n: u64) {
         let mut s = self.lock();
         s.fail_write_at = Some(s.writes + n.max(1));
     }
 
-    /// The `n`th sync from now (1 = the next one) fails, once.
+    /// The `n`th sync from now of either file (1 = the next one) fails, once.
     pub fn fail_sync(&self, n: u64) {
         let mut s = self.lock();
         s.fail_sync_at = Some(s.syncs + n.max(1));
@@ -200,9 +239,13 @@ impl FaultBackend {
         self.lock().read_only = read_only;
     }
 
-    /// The live bytes (what a clean close would leave).
-    pub fn live_image(&self) -> Vec<u8> {
-        self.lock().live.clone()
+    /// The live files (what a clean close would leave).
+    pub fn live_image(&self) -> DiskImage {
+        let s = self.lock();
+        DiskImage {
+            database: s.live[DATABASE].clone(),
+            wal: s.live[WAL].clone(),
+        }
     }
 
     /// One crash image per sync so far (the crash happens during that sync),
@@ -218,36 +261,60 @@ impl FaultBackend {
     /// Like [`Self::crash_images`], handing each image to `f` as it is built
     /// (so only one is held at a time).
     pub fn for_each_crash_image(&self, seed: u64, mut f: impl FnMut(CrashImage)) {
-        let (epochs, open) = {
-            let s = self.lock();
-            (s.epochs.clone(), s.open.clone())
-        };
+        let journal = self.lock().journal.clone();
         let mut rng = seed;
-        let mut durable = Vec::new();
-        let all = epochs.iter().chain(std::iter::once(&open));
-        for (k, epoch) in all.enumerate() {
+        let mut durable = DiskImage::default();
+        // Each file's writes since its last completed sync.
+        let mut unsynced: [Vec<&Op>; FILES] = Default::default();
+        let mut image = |durable: &DiskImage, unsynced: &[Vec<&Op>; FILES], sync: u64| {
             let mut torn = durable.clone();
-            for op in epoch {
-                // Length changes are metadata: keep them half the time too.
-                if splitmix(&mut rng) % 2 == 0 {
-                    apply(&mut torn, op);
+            for (file, ops) in unsynced.iter().enumerate() {
+                for op in ops {
+                    // Length changes are metadata: keep them half the time too.
+                    if splitmix(&mut rng).is_multiple_of(2) {
+                        apply(torn.file_mut(file), op);
+                    }
                 }
             }
             f(CrashImage {
-                sync: k as u64 + 1,
+                sync,
                 durable: durable.clone(),
                 torn,
             });
-            for op in epoch {
-                apply(&mut durable, op);
+        };
+        let mut sync = 0;
+        for (file, op) in &journal {
+            let Some(pending) = unsynced.get_mut(*file) else {
+                continue;
+            };
+            match op {
+                Op::Sync => {
+                    sync += 1;
+                    image(&durable, &unsynced, sync);
+                    let target = durable.file_mut(*file);
+                    for op in unsynced
+                        .get_mut(*file)
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                    {
+                        apply(target, op);
+                    }
+                }
+                op => pending.push(op),
             }
+        }
+        image(&durable, &unsynced, sync + 1);
+    }
+
+    fn record(s: &mut State, file: usize, op: Op) {
+        if s.journalling {
+            s.journal.push((file, op));
         }
     }
 
-    fn record(s: &mut State, op: Op) {
-        if s.journal {
-            s.open.push(op);
-        }
+    fn live<'s>(&self, s: &'s mut State) -> &'s mut Vec<u8> {
+        let file = self.file.min(FILES - 1);
+        &mut s.live[file]
     }
 }
 
@@ -262,15 +329,17 @@ const READ_ONLY: &str = "Read-only file system";
 
 impl StorageBackend for FaultBackend {
     fn len(&self) -> Result<u64, IoError> {
-        Ok(self.lock().live.len() as u64)
+        let mut s = self.lock();
+        Ok(self.live(&mut s).len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), IoError> {
-        let s = self.lock();
+        let mut s = self.lock();
+        let live = self.live(&mut s);
         let start = usize::try_from(offset).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
         let src = start
             .checked_add(out.len())
-            .and_then(|end| s.live.get(start..end))
+            .and_then(|end| live.get(start..end))
             .ok_or_else(|| IoError::from(ErrorKind::UnexpectedEof))?;
         out.copy_from_slice(src);
         Ok(())
@@ -281,12 +350,12 @@ impl StorageBackend for FaultBackend {
         if s.read_only {
             return Err(injected(&mut s, ErrorKind::ReadOnlyFilesystem, READ_ONLY));
         }
-        if s.full && len > s.live.len() as u64 {
+        if s.full && len > self.live(&mut s).len() as u64 {
             return Err(injected(&mut s, ErrorKind::StorageFull, FULL));
         }
         let n = usize::try_from(len).map_err(|_| IoError::from(ErrorKind::InvalidInput))?;
-        s.live.resize(n, 0);
-        FaultBackend::record(&mut s, Op::SetLen(len));
+        self.live(&mut s).resize(n, 0);
+        FaultBackend::record(&mut s, self.file, Op::SetLen(len));
         Ok(())
     }
 
@@ -300,10 +369,7 @@ impl StorageBackend for FaultBackend {
             s.fail_sync_at = None;
             return Err(injected(&mut s, ErrorKind::Other, "sync failed"));
         }
-        if s.journal {
-            let epoch = std::mem::take(&mut s.open);
-            s.epochs.push(epoch);
-        }
+        FaultBackend::record(&mut s, self.file, Op::Sync);
         Ok(())
     }
 
@@ -324,12 +390,16 @@ impl StorageBackend for FaultBackend {
         if s.full {
             return Err(injected(&mut s, ErrorKind::StorageFull, FULL));
         }
-        if s.live.len() < end {
-            s.live.resize(end, 0);
+        let live = self.live(&mut s);
+        if live.len() < end {
+            live.resize(end, 0);
         }
-        s.live[start..end].copy_from_slice(data);
+        if let Some(dst) = live.get_mut(start..end) {
+            dst.copy_from_slice(data);
+        }
         FaultBackend::record(
             &mut s,
+            self.file,
             Op::Write {
                 offset,
                 data: data.to_vec(),

@@ -9,9 +9,11 @@
 //!   version byte), with upcasting from every older version.
 //! * [`chain`]: the per-tenant SHA-256 hash chain, computed at append and
 //!   verified on demand.
-//! * [`faults`]: a test facility, a redb storage backend that fails the Nth
-//!   write or sync, fills up, turns read-only, and rebuilds the file a crash
-//!   at any sync would leave.
+//! * [`wal`]: the write-ahead log that makes a redb append durable with one
+//!   small write and one sync.
+//! * [`faults`]: a test facility, a disk in memory holding a redb log's two
+//!   files, that fails the Nth write or sync, fills up, turns read-only, and
+//!   rebuilds the files a crash at any sync would leave.
 
 pub mod chain;
 pub mod conformance;
@@ -20,11 +22,13 @@ pub mod faults;
 mod memory;
 pub mod postgres;
 mod redb_log;
+pub mod wal;
 
 pub use chain::{ChainProblem, ChainReport, Hash};
 pub use memory::MemoryLog;
 pub use postgres::{PgLog, PgOptions};
 pub use redb_log::{RedbLog, decode_record_bytes, encode_record_bytes};
+pub use wal::WalOptions;
 
 use keyledger_core::{Event, TenantId};
 

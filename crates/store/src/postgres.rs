@@ -448,15 +448,15 @@ impl Pooled {
 
     /// Puts the connection back for the next call.
     fn release(mut self) {
-        if let Some(c) = self.conn.take() {
-            if !c.client.is_closed() {
-                self.shared
-                    .pool
-                    .idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(c);
-            }
+        if let Some(c) = self.conn.take()
+            && !c.client.is_closed()
+        {
+            self.shared
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(c);
         }
     }
 }

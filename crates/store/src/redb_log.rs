@@ -18,7 +18,7 @@
 //! read back).
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, DatabaseError, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable,
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use keyledger_core::TenantId;
 
 use crate::chain::{self, GENESIS, Hash};
+use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
     check_tenant_page, decode_record, envelope,
@@ -45,6 +46,8 @@ const TENANT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("te
 const TENANT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenant_heads");
 
 const HEAD_BYTES: usize = 8 + 32;
+/// The `meta` key holding the write-ahead log's epoch ([`crate::wal`]).
+const WAL_EPOCH: &str = "wal_epoch";
 
 /// The fixed part of a stored record, before the payload.
 #[derive(Serialize, Deserialize)]
@@ -142,21 +145,27 @@ fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreE
 /// Opens (or reopens) the database: from a path, or from a storage backend.
 type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
 
-/// An [`EventLog`] in one redb file.
+/// An [`EventLog`] in one redb file and its write-ahead log.
 ///
-/// Every [`append`](EventLog::append) is one write transaction committed
-/// with [`Durability::Immediate`] (fsync before it returns). Reads run in
-/// read transactions, so they see only committed records and never block
-/// the writer.
+/// Every [`append`](EventLog::append) is one redb write transaction. It is
+/// made durable by writing its records as one frame to the write-ahead log
+/// and syncing that (one small write and one `fdatasync`), then committed
+/// to redb without a sync; every few thousand appends, or when the
+/// write-ahead log is full, an append commits to redb durably instead (a
+/// checkpoint) and the write-ahead log starts over. Opening the log applies
+/// the frames written since the last checkpoint ([`crate::wal`]). Reads run
+/// in read transactions, so they see only committed records and never
+/// block the writer.
 ///
 /// # After an I/O failure
 ///
 /// Once a write or sync fails, redb refuses every later write of that
 /// handle (`PreviousIo`) until the database is reopened, which repairs it.
-/// So a failed append drops the handle and reopens the file at once, then
-/// looks whether the failed commit reached the disk after all (a sync can
-/// fail after the data was written): if the last record it was writing is
-/// there with the hash it computed, the append succeeded and returns its
+/// So a failed append drops the handle and reopens the file at once, which
+/// applies every whole frame of the write-ahead log and checkpoints them,
+/// then looks whether the failed append reached the disk after all (a sync
+/// can fail after the data was written): if the last record it was writing
+/// is there with the hash it computed, the append succeeded and returns its
 /// records; otherwise nothing was written and it returns the error. When
 /// the reopen itself fails (the disk is still full, say) the log stays
 /// closed, the error says the outcome is unknown, and every later call
@@ -166,6 +175,9 @@ pub struct RedbLog {
     db: RwLock<Option<Database>>,
     opener: Opener,
     path: PathBuf,
+    /// Held by every write from before its transaction starts until after
+    /// it commits, so frames are written in the order of the commits.
+    wal: Mutex<Wal>,
 }
 
 impl std::fmt::Debug for RedbLog {
@@ -238,7 +250,10 @@ fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
 
 impl RedbLog {
     /// Opens the log in the file at `path`, creating it (and its tables)
-    /// when it does not exist. Refuses a file of another layout version.
+    /// when it does not exist, with its write-ahead log beside it
+    /// ([`Self::wal_path`]). Applies what the write-ahead log holds past
+    /// the last checkpoint. Refuses a file of another layout version, and a
+    /// log another process has open.
     ///
     /// A new file is made whole under a temporary name (`<path>.creating`)
     /// and renamed into place, so a crash while creating it leaves either
@@ -248,34 +263,81 @@ impl RedbLog {
         if !path.exists() {
             create_atomically(path)?;
         }
+        let wal = open_wal_file(&Self::wal_path(path))?;
         let p = path.to_owned();
-        Self::open_with(path.to_owned(), Box::new(move || Database::create(&p)))
-    }
-
-    /// Opens the log on a redb [`StorageBackend`] instead of a file: the
-    /// fault-injecting [`FaultBackend`](crate::faults::FaultBackend) in
-    /// tests. `backend` is cloned for every (re)open, so its clones must
-    /// share one storage, as a file's handles do.
-    pub fn open_with_backend<B: StorageBackend + Clone>(backend: B) -> Result<RedbLog, StoreError> {
         Self::open_with(
-            PathBuf::from("(storage backend)"),
-            Box::new(move || Database::builder().create_with_backend(backend.clone())),
+            path.to_owned(),
+            Box::new(move || Database::create(&p)),
+            Box::new(wal),
+            WalOptions::default(),
         )
     }
 
-    fn open_with(path: PathBuf, opener: Opener) -> Result<RedbLog, StoreError> {
+    /// The write-ahead log's file for the log at `path`: `<path>-wal`. It
+    /// belongs to the log: a copy of the log is both files, or the redb
+    /// file alone after a clean shutdown (which checkpoints).
+    pub fn wal_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push("-wal");
+        PathBuf::from(name)
+    }
+
+    /// Opens the log on the fault-injecting disk of the tests
+    /// ([`FaultBackend`](crate::faults::FaultBackend)): its database file
+    /// and its write-ahead log. The write-ahead log is small there (16 KiB,
+    /// 16 frames), so a short workload crosses many checkpoints.
+    pub fn open_with_backend(disk: crate::faults::FaultBackend) -> Result<RedbLog, StoreError> {
+        Self::open_with_storage(
+            disk.database(),
+            disk.wal(),
+            WalOptions {
+                capacity: 16 << 10,
+                frames_max: 16,
+            },
+        )
+    }
+
+    /// Opens the log on redb [`StorageBackend`]s instead of files: one for
+    /// the database, one for the write-ahead log. `database` is cloned for
+    /// every (re)open, so its clones must share one storage, as a file's
+    /// handles do.
+    pub fn open_with_storage<B: StorageBackend + Clone>(
+        database: B,
+        wal: impl StorageBackend,
+        options: WalOptions,
+    ) -> Result<RedbLog, StoreError> {
+        Self::open_with(
+            PathBuf::from("(storage backend)"),
+            Box::new(move || Database::builder().create_with_backend(database.clone())),
+            Box::new(wal),
+            options,
+        )
+    }
+
+    fn open_with(
+        path: PathBuf,
+        opener: Opener,
+        wal: Box<dyn StorageBackend>,
+        options: WalOptions,
+    ) -> Result<RedbLog, StoreError> {
         let log = RedbLog {
             db: RwLock::new(None),
             opener,
             path,
+            wal: Mutex::new(Wal::new(wal, options)?),
         };
-        log.reopen()?;
+        log.reopen(&mut log.lock_wal())?;
         Ok(log)
     }
 
+    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Drops the handle (releasing the file) and opens the file again,
-    /// which runs redb's repair when the last writer failed.
-    fn reopen(&self) -> Result<(), StoreError> {
+    /// which runs redb's repair when the last writer failed; then applies
+    /// the write-ahead log's frames and checkpoints.
+    fn reopen(&self, wal: &mut Wal) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         *slot = None;
         let db = (self.opener)().map_err(|e| {
@@ -285,6 +347,8 @@ impl RedbLog {
             ))
         })?;
         init(&db, &self.path)?;
+        let epoch = apply_wal(&db, wal)?;
+        wal.restart(epoch);
         *slot = Some(db);
         Ok(())
     }
@@ -297,7 +361,18 @@ impl RedbLog {
                 return Ok(DbGuard(guard));
             }
         }
-        self.reopen()?;
+        self.db_locked(&mut self.lock_wal())
+    }
+
+    /// [`Self::db`] for a caller that holds the write-ahead log.
+    fn db_locked(&self, wal: &mut Wal) -> Result<DbGuard<'_>, StoreError> {
+        {
+            let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+            if guard.is_some() {
+                return Ok(DbGuard(guard));
+            }
+        }
+        self.reopen(wal)?;
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         if guard.is_some() {
             Ok(DbGuard(guard))
@@ -310,11 +385,18 @@ impl RedbLog {
     }
 
     /// After a failed append: reopens the file (redb refuses every write of
-    /// a handle that saw an I/O error) and looks whether the commit reached
-    /// the disk anyway. `Ok` when the last record planned (`position`,
-    /// `hash`) is stored: the append succeeded. Otherwise the failure.
-    fn recover_append(&self, failure: String, last: Option<(u64, Hash)>) -> Result<(), StoreError> {
-        if let Err(e) = self.reopen() {
+    /// a handle that saw an I/O error), which applies the write-ahead log,
+    /// and looks whether the append reached the disk anyway. `Ok` when the
+    /// last record planned (`position`, `hash`) is stored: the append
+    /// succeeded. Otherwise the failure.
+    fn recover_append(
+        &self,
+        wal: &mut Wal,
+        failure: String,
+        last: Option<(u64, Hash)>,
+    ) -> Result<(), StoreError> {
+        if let Err(e) = self.reopen(wal) {
+            *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(StoreError::Backend(format!(
                 "{failure}; reopening the log failed too ({e}): whether this append reached \
                  the disk is known only once the log reopens"
@@ -338,16 +420,6 @@ impl RedbLog {
         &self.path
     }
 
-    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self
-            .db()?
-            .begin_write()
-            .map_err(backend("starting a write"))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(backend("asking for a durable commit"))?;
-        Ok(txn)
-    }
-
     fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         def: TableDefinition<K, V>,
@@ -359,28 +431,180 @@ impl RedbLog {
         txn.open_table(def).map_err(backend("opening a table"))
     }
 
-    /// Runs `f` on the four tables in one durable write transaction,
-    /// committing only if it succeeds.
+    /// Runs `f` on the tables in one write transaction and commits it
+    /// durably as a checkpoint (the forensic hooks below), or through the
+    /// write-ahead log when `f` left a frame that fits. Returns what `f`
+    /// returned and whether the commit failed (then the handle must be
+    /// reopened).
     fn write<T>(
         &self,
-        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+        wal: &mut Wal,
+        through_wal: bool,
+        f: impl FnOnce(&mut Tables<'_>, &mut Wal) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.begin_write()?;
-        let out = {
-            let mut tables = Tables {
-                events: txn.open_table(EVENTS).map_err(backend("opening events"))?,
-                index: txn
-                    .open_table(TENANT_INDEX)
-                    .map_err(backend("opening tenant_index"))?,
-                heads: txn
-                    .open_table(TENANT_HEADS)
-                    .map_err(backend("opening tenant_heads"))?,
-            };
-            f(&mut tables)?
+        let db = self.db_locked(wal)?;
+        let txn = db.begin_write().map_err(backend("starting a write"))?;
+        let (out, checkpoint) = {
+            let mut tables = Tables::open(&txn)?;
+            let out = f(&mut tables, wal)?;
+            let checkpoint = !(through_wal && wal.has_room());
+            if checkpoint {
+                tables
+                    .meta
+                    .insert(WAL_EPOCH, wal.epoch + 1)
+                    .map_err(backend("raising the write-ahead log's epoch"))?;
+            }
+            (out, checkpoint)
         };
-        txn.commit().map_err(backend("committing"))?;
+        if checkpoint {
+            commit(txn, Durability::Immediate)?;
+            wal.restart(wal.epoch + 1);
+        } else {
+            // Durable once the frame is: then the commit itself needs no sync.
+            if let Err(e) = wal.write_frame() {
+                txn.abort().ok();
+                return Err(e);
+            }
+            commit(txn, Durability::None)?;
+        }
         Ok(out)
     }
+
+    /// A durable redb commit of everything committed so far, starting the
+    /// write-ahead log over (what a clean shutdown does).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut wal = self.lock_wal();
+        self.write(&mut wal, false, |_, _| Ok(()))
+    }
+}
+
+impl Drop for RedbLog {
+    /// Checkpoints, so a stopped log is whole in its redb file.
+    fn drop(&mut self) {
+        let wal = self.wal.get_mut().unwrap_or_else(|e| e.into_inner());
+        let open = self
+            .db
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if wal.frames > 0 && open {
+            // Best effort: after a failure here the next open applies the
+            // write-ahead log instead.
+            let _ = self.checkpoint();
+        }
+    }
+}
+
+/// Commits with the durability asked for.
+fn commit(mut txn: WriteTransaction, durability: Durability) -> Result<(), StoreError> {
+    txn.set_durability(durability)
+        .map_err(backend("choosing the commit's durability"))?;
+    txn.commit().map_err(backend("committing"))
+}
+
+/// Opens (creating and syncing the directory if new) the write-ahead log
+/// file at `path` and locks it for this process.
+fn open_wal_file(path: &Path) -> Result<redb::backends::FileBackend, StoreError> {
+    let io = |what: &'static str| {
+        move |e: std::io::Error| StoreError::Backend(format!("{what} {}: {e}", path.display()))
+    };
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io("opening the write-ahead log"))?;
+    file.try_lock().map_err(|e| {
+        StoreError::Backend(format!(
+            "the write-ahead log {} is in use by another process ({e})",
+            path.display()
+        ))
+    })?;
+    if !existed && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory of"))?;
+    }
+    redb::backends::FileBackend::new(file).map_err(|e| {
+        StoreError::Backend(format!(
+            "opening the write-ahead log {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Applies the write-ahead log's frames of the current epoch that the redb
+/// file does not hold yet, and raises the epoch, in one durable commit.
+/// Returns the new epoch. A record the file already holds (redb makes its
+/// last commits durable when it is closed) must be there with the same
+/// hash; a record past the end must follow on from the tenant's chain.
+fn apply_wal(db: &Database, wal: &Wal) -> Result<u64, StoreError> {
+    let txn = db
+        .begin_write()
+        .map_err(backend("starting the write-ahead log's replay"))?;
+    let epoch = {
+        let mut t = Tables::open(&txn)?;
+        let epoch = t
+            .meta
+            .get(WAL_EPOCH)
+            .map_err(backend("reading the write-ahead log's epoch"))?
+            .map_or(0, |v| v.value());
+        let mut last = t.last_position()?;
+        let mut heads: Vec<(String, u64, Hash)> = Vec::new();
+        for bytes in wal.scan(epoch)?.iter().flatten() {
+            let stored = decode_stored(last + 1, bytes)?;
+            let h = &stored.header;
+            let corrupt = |why: &str| StoreError::Corrupt {
+                position: h.position,
+                message: format!("the write-ahead log's record {why}"),
+            };
+            if h.position <= last {
+                let held = t
+                    .events
+                    .get(h.position)
+                    .map_err(backend("reading an event"))?
+                    .map(|v| decode_stored(h.position, v.value()).map(|s| s.header.hash))
+                    .transpose()?;
+                if held != Some(h.hash) {
+                    return Err(corrupt("differs from the one the log holds"));
+                }
+                continue;
+            }
+            if h.position != last + 1 {
+                return Err(corrupt(&format!("does not follow position {last}")));
+            }
+            let (seq, prev) = match heads.iter().find(|(t, ..)| t == h.tenant) {
+                Some((_, seq, hash)) => (*seq, *hash),
+                None => t.checked_head(h.tenant)?,
+            };
+            if h.seq != seq + 1
+                || h.prev_hash != prev
+                || h.hash != chain::link(&prev, h.tenant, h.seq, stored.payload)
+            {
+                return Err(corrupt("does not extend its tenant's chain"));
+            }
+            t.put(h, bytes)?;
+            match heads.iter_mut().find(|(t, ..)| t == h.tenant) {
+                Some(head) => *head = (h.tenant.to_owned(), h.seq, h.hash),
+                None => heads.push((h.tenant.to_owned(), h.seq, h.hash)),
+            }
+            last = h.position;
+        }
+        for (tenant, seq, hash) in &heads {
+            t.heads
+                .insert(tenant.as_str(), encode_head(*seq, hash).as_slice())
+                .map_err(backend("writing a tenant head"))?;
+        }
+        let epoch = epoch + 1;
+        t.meta
+            .insert(WAL_EPOCH, epoch)
+            .map_err(backend("raising the write-ahead log's epoch"))?;
+        epoch
+    };
+    commit(txn, Durability::Immediate)?;
+    Ok(epoch)
 }
 
 /// A read lock on the open database.
@@ -399,12 +623,68 @@ impl std::ops::Deref for DbGuard<'_> {
 }
 
 struct Tables<'txn> {
+    meta: redb::Table<'txn, &'static str, u64>,
     events: redb::Table<'txn, u64, &'static [u8]>,
     index: redb::Table<'txn, (&'static str, u64), u64>,
     heads: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            meta: txn.open_table(META).map_err(backend("opening meta"))?,
+            events: txn.open_table(EVENTS).map_err(backend("opening events"))?,
+            index: txn
+                .open_table(TENANT_INDEX)
+                .map_err(backend("opening tenant_index"))?,
+            heads: txn
+                .open_table(TENANT_HEADS)
+                .map_err(backend("opening tenant_heads"))?,
+        })
+    }
+}
+
 impl Tables<'_> {
+    fn last_position(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .events
+            .last()
+            .map_err(backend("reading the last position"))?
+            .map_or(0, |(k, _)| k.value()))
+    }
+
+    /// Stores one record (its stored bytes) at its position and indexes it,
+    /// refusing to overwrite either. The tenant's head is the caller's.
+    fn put(&mut self, h: &StoredHeader<'_>, bytes: &[u8]) -> Result<(), StoreError> {
+        let position = h.position;
+        let taken = self
+            .events
+            .insert(position, bytes)
+            .map_err(backend("writing an event"))?
+            .is_some();
+        if taken {
+            return Err(StoreError::Corrupt {
+                position,
+                message: "the position after the last one is already taken".into(),
+            });
+        }
+        let taken = self
+            .index
+            .insert((h.tenant, h.seq), position)
+            .map_err(backend("writing the tenant index"))?
+            .is_some();
+        if taken {
+            return Err(StoreError::Corrupt {
+                position,
+                message: format!(
+                    "tenant {}: sequence number {} is already indexed past the head",
+                    h.tenant, h.seq
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The tenant's head, checked against its last stored record (the
     /// append side of "assert in pairs").
     fn checked_head(&self, tenant: &str) -> Result<(u64, Hash), StoreError> {
@@ -454,12 +734,10 @@ impl EventLog for RedbLog {
             ends.push(payloads.len());
         }
         let mut planned: Vec<(u64, u64, Hash, Hash)> = Vec::new();
-        let written = self.write(|t| {
-            let mut position = t
-                .events
-                .last()
-                .map_err(backend("reading the last position"))?
-                .map_or(0, |(k, _)| k.value());
+        let mut wal = self.lock_wal();
+        let written = self.write(&mut wal, true, |t, wal| {
+            wal.begin_frame();
+            let mut position = t.last_position()?;
             let mut links: Vec<(u64, u64, Hash, Hash)> = Vec::with_capacity(total);
             let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
             let mut value = Vec::with_capacity(256);
@@ -493,31 +771,8 @@ impl EventLog for RedbLog {
                         hash,
                     };
                     encode_stored(&header, payload, &mut value);
-                    let taken = t
-                        .events
-                        .insert(position, value.as_slice())
-                        .map_err(backend("writing an event"))?
-                        .is_some();
-                    if taken {
-                        return Err(StoreError::Corrupt {
-                            position,
-                            message: "the position after the last one is already taken".into(),
-                        });
-                    }
-                    let taken = t
-                        .index
-                        .insert((tenant, seq), position)
-                        .map_err(backend("writing the tenant index"))?
-                        .is_some();
-                    if taken {
-                        return Err(StoreError::Corrupt {
-                            position,
-                            message: format!(
-                                "tenant {tenant}: sequence number {seq} is already indexed \
-                                 past the head"
-                            ),
-                        });
-                    }
+                    t.put(&header, &value)?;
+                    wal.push(&value);
                     links.push((position, seq, prev, hash));
                     prev = hash;
                 }
@@ -540,10 +795,11 @@ impl EventLog for RedbLog {
                 let last = planned
                     .last()
                     .map(|&(position, _, _, hash)| (position, hash));
-                self.recover_append(failure, last)?;
+                self.recover_append(&mut wal, failure, last)?;
             }
             Err(e) => return Err(e),
         }
+        drop(wal);
         let links = planned;
         let events = batches.into_iter().flat_map(|b| b.events);
         Ok(links
@@ -846,7 +1102,7 @@ impl RedbLog {
 
     /// Stores arbitrary bytes at `position`.
     pub fn raw_put_bytes(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.write(|t| {
+        self.write(&mut self.lock_wal(), false, |t, _| {
             t.events
                 .insert(position, bytes)
                 .map_err(backend("writing an event"))?;
@@ -856,7 +1112,7 @@ impl RedbLog {
 
     /// Deletes the record at `position`; returns whether there was one.
     pub fn raw_delete_record(&self, position: u64) -> Result<bool, StoreError> {
-        self.write(|t| {
+        self.write(&mut self.lock_wal(), false, |t, _| {
             Ok(t.events
                 .remove(position)
                 .map_err(backend("deleting an event"))?
@@ -875,7 +1131,7 @@ impl RedbLog {
 
     /// Makes the tenant index name `position` for `(tenant, seq)`.
     pub fn raw_put_index(&self, tenant: &str, seq: u64, position: u64) -> Result<(), StoreError> {
-        self.write(|t| {
+        self.write(&mut self.lock_wal(), false, |t, _| {
             t.index
                 .insert((tenant, seq), position)
                 .map_err(backend("writing the tenant index"))?;
@@ -886,7 +1142,7 @@ impl RedbLog {
     /// Deletes the tenant index entry `(tenant, seq)`; returns whether there
     /// was one.
     pub fn raw_delete_index(&self, tenant: &str, seq: u64) -> Result<bool, StoreError> {
-        self.write(|t| {
+        self.write(&mut self.lock_wal(), false, |t, _| {
             Ok(t.index
                 .remove((tenant, seq))
                 .map_err(backend("deleting a tenant index entry"))?
@@ -896,7 +1152,7 @@ impl RedbLog {
 
     /// Sets the tenant's head (last seq and hash), or deletes it with `None`.
     pub fn raw_put_head(&self, tenant: &str, head: Option<(u64, Hash)>) -> Result<(), StoreError> {
-        self.write(|t| {
+        self.write(&mut self.lock_wal(), false, |t, _| {
             match head {
                 Some((seq, hash)) => {
                     t.heads

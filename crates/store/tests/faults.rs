@@ -39,59 +39,71 @@ fn assert_chains(log: &dyn EventLog) {
     }
 }
 
-/// Every write and every sync of one append fails in turn; each time the
-/// append is refused, nothing (or, when the data reached the disk before a
-/// sync failed, exactly the append) is in the log, and the next append
-/// works without reopening anything by hand.
+/// Every write and every sync of one append fails in turn, for an append
+/// made durable by the write-ahead log and for one that checkpoints (a
+/// durable redb commit); each time the append is refused, nothing (or,
+/// when the data reached the disk before a sync failed, exactly the
+/// append) is in the log, and the next append works without reopening
+/// anything by hand.
 #[test]
 fn a_failed_write_or_sync_writes_nothing_and_the_log_recovers() {
     let mut injected = 0;
     let mut landed_despite_error = 0;
-    for sync in [false, true] {
-        for n in 1..=12u64 {
-            let disk = FaultBackend::new().without_journal();
-            let log = RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
-            append_one(&log, "acme", 0).unwrap_or_else(|e| panic!("first append: {e}"));
-            let before = disk.faults_injected();
-            if sync {
-                disk.fail_sync(n);
-            } else {
-                disk.fail_write(n);
-            }
-            let result = append_one(&log, "acme", 1);
-            let fired = disk.faults_injected() > before;
-            disk.clear_faults();
-            if !fired {
-                assert!(result.is_ok(), "no fault fired yet the append failed");
-                continue;
-            }
-            injected += 1;
-            let head = log
-                .head()
-                .unwrap_or_else(|e| panic!("head after fault: {e}"));
-            match result {
-                Err(StoreError::Backend(_)) => assert_eq!(head, 1, "a refused append was written"),
-                Ok(position) => {
-                    // The failure came after the commit was durable (a
-                    // close-time sync, say): the append is really there.
-                    landed_despite_error += 1;
-                    assert_eq!(head, position);
+    // `open_with_backend` checkpoints every 16 frames: after 16 appends
+    // the next one checkpoints.
+    for before in [1u64, 16] {
+        for sync in [false, true] {
+            for n in 1..=12u64 {
+                let disk = FaultBackend::new().without_journal();
+                let log =
+                    RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
+                for i in 0..before {
+                    append_one(&log, "acme", i).unwrap_or_else(|e| panic!("append {i}: {e}"));
                 }
-                Err(e) => panic!("unexpected error {e}"),
+                let faults = disk.faults_injected();
+                if sync {
+                    disk.fail_sync(n);
+                } else {
+                    disk.fail_write(n);
+                }
+                let result = append_one(&log, "acme", before);
+                let fired = disk.faults_injected() > faults;
+                disk.clear_faults();
+                if !fired {
+                    assert!(result.is_ok(), "no fault fired yet the append failed");
+                    continue;
+                }
+                injected += 1;
+                let head = log
+                    .head()
+                    .unwrap_or_else(|e| panic!("head after fault: {e}"));
+                match result {
+                    Err(StoreError::Backend(_)) => {
+                        assert_eq!(head, before, "a refused append was written")
+                    }
+                    Ok(position) => {
+                        // The data reached the disk before the failure (a
+                        // sync failed after its write): the append is there.
+                        landed_despite_error += 1;
+                        assert_eq!(head, position);
+                    }
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+                let next = append_one(&log, "acme", before + 1)
+                    .unwrap_or_else(|e| panic!("after fault: {e}"));
+                assert_eq!(next, head + 1);
+                assert_chains(&log);
+                drop(log);
+                let reopened = RedbLog::open_with_backend(disk).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(reopened.head().unwrap_or_else(|e| panic!("{e}")), head + 1);
+                assert_chains(&reopened);
             }
-            let next = append_one(&log, "acme", 2).unwrap_or_else(|e| panic!("after fault: {e}"));
-            assert_eq!(next, head + 1);
-            assert_chains(&log);
-            drop(log);
-            let reopened = RedbLog::open_with_backend(disk).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(reopened.head().unwrap_or_else(|e| panic!("{e}")), head + 1);
-            assert_chains(&reopened);
         }
     }
     println!(
         "fault points injected: {injected} (appends found durable after an error: {landed_despite_error})"
     );
-    assert!(injected >= 5, "too few faults fired: {injected}");
+    assert!(injected >= 8, "too few faults fired: {injected}");
 }
 
 /// A full disk and a read-only disk refuse appends with a clear error, keep
@@ -174,7 +186,7 @@ fn every_crash_image_opens_and_keeps_every_returned_append() {
         }
         for (kind, bytes) in [("durable", &img.durable), ("torn", &img.torn)] {
             let path = dir.path().join(format!("image-{}-{kind}.redb", img.sync));
-            std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+            bytes.write_to(&path).unwrap_or_else(|e| panic!("{e}"));
             let log = RedbLog::open(&path)
                 .unwrap_or_else(|e| panic!("seed {seed}: image {} {kind}: {e}", img.sync));
             let head = log.head().unwrap_or_else(|e| panic!("{e}"));
@@ -237,7 +249,9 @@ fn an_append_whose_sync_failed_is_reported_written_only_once_a_reopen_made_it_du
     let last = images.last().unwrap_or_else(|| panic!("no image"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("crash.redb");
-    std::fs::write(&path, &last.durable).unwrap_or_else(|e| panic!("{e}"));
+    last.durable
+        .write_to(&path)
+        .unwrap_or_else(|e| panic!("{e}"));
     let recovered = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(recovered.head().unwrap_or_else(|e| panic!("{e}")), 2);
     assert_chains(&recovered);

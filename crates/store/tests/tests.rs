@@ -6,3 +6,4 @@ mod faults;
 mod hostile;
 mod postgres;
 mod tamper;
+mod wal;
