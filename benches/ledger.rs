@@ -5,7 +5,8 @@
 //!   as a use) against a bare SHA-256 of the same secret.
 //! * `append/*` vs `append/raw_fdatasync`: durable management appends on
 //!   redb, one at a time and from 16 concurrent tasks, against a raw
-//!   `write` + `fdatasync` of the same size.
+//!   `write` + `fdatasync` of the same size; then the same one at a time,
+//!   interleaved with the raw syncs in blocks ("append paired" on stderr).
 //! * `replay/keyledger` vs `replay/read_and_decode`: opening a ledger of
 //!   `KEYLEDGER_BENCH_EVENTS` events (default 1,000,000) into every
 //!   projection, against reading and decoding the same log.
@@ -202,7 +203,84 @@ fn appends(c: &mut Criterion) {
         "append: {commands} commands in {commits} commits ({:.1} per commit)",
         commands as f64 / commits.max(1) as f64
     );
+    paired(&rt, &ledger, &mut file, &record, dir.path());
     rt.block_on(ledger.shutdown()).expect("shutdown");
+}
+
+/// Raw syncs, bare log appends and runtime creates interleaved in blocks
+/// (each round in a rotated order), so a disk whose speed drifts during the
+/// run moves all three alike; criterion's groups run minutes apart. Prints
+/// the median and range of the per-round ratios, which docs/performance.md
+/// reports. `KEYLEDGER_BENCH_PAIRED_ROUNDS` (default 15) rounds of 200.
+fn paired(
+    rt: &tokio::runtime::Runtime,
+    ledger: &Keyledger,
+    file: &mut std::fs::File,
+    record: &[u8],
+    dir: &std::path::Path,
+) {
+    use keyledger_store::TenantAppend;
+    use keyledger_store::conformance::{sample_events, tenant};
+    const BLOCK: u32 = 200;
+    let rounds: usize = std::env::var("KEYLEDGER_BENCH_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let log = RedbLog::open(&dir.join("paired.redb")).expect("redb");
+    let t = tenant("paired");
+    let mut version = 0;
+    let mut n = 0usize;
+    let mut raw = Vec::new();
+    let (mut store, mut create) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut took = [Duration::ZERO; 3];
+        for step in 0..3 {
+            let which = (round + step) % 3;
+            let start = Instant::now();
+            for _ in 0..BLOCK {
+                n += 1;
+                match which {
+                    0 => {
+                        file.write_all(record).expect("write");
+                        file.sync_data().expect("fdatasync");
+                    }
+                    1 => {
+                        let events = sample_events(&t, n as u64, 1);
+                        log.append(vec![TenantAppend {
+                            tenant: t.clone(),
+                            expected_version: version,
+                            events,
+                        }])
+                        .expect("append");
+                        version += 1;
+                    }
+                    _ => {
+                        rt.block_on(ledger.create_key(principal(n), new_key(n)))
+                            .expect("create");
+                    }
+                }
+            }
+            took[which] = start.elapsed() / BLOCK;
+        }
+        raw.push(took[0].as_secs_f64() * 1e6);
+        store.push(took[1].as_secs_f64() / took[0].as_secs_f64());
+        create.push(took[2].as_secs_f64() / took[0].as_secs_f64());
+    }
+    let summary = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        let lo = v.first().copied().unwrap_or(f64::NAN);
+        let hi = v.last().copied().unwrap_or(f64::NAN);
+        (median, lo, hi)
+    };
+    let (raw_m, raw_lo, raw_hi) = summary(&mut raw);
+    let (s_m, s_lo, s_hi) = summary(&mut store);
+    let (c_m, c_lo, c_hi) = summary(&mut create);
+    eprintln!(
+        "append paired, {rounds} rounds of {BLOCK}: raw write+fdatasync median {raw_m:.1} µs \
+         ({raw_lo:.1}–{raw_hi:.1}); EventLog::append {s_m:.2}× ({s_lo:.2}–{s_hi:.2}); \
+         create through the runtime {c_m:.2}× ({c_lo:.2}–{c_hi:.2})"
+    );
 }
 
 fn replay(c: &mut Criterion) {
