@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{Actor, Cause, Event, EventKind, RevokeReason, UseCounts};
-use crate::ids::{KeyId, TenantId, UserId};
+use crate::ids::{IdHash, KeyId, TenantId, UserId};
 use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 use crate::time::Timestamp;
@@ -12,9 +12,9 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     tenants: HashMap<TenantId, TenantState>,
-    by_hash: HashMap<SecretHash, (TenantId, KeyId)>,
+    by_hash: HashMap<SecretHash, (TenantId, KeyId), IdHash>,
     /// Key ids are unique across tenants, so usage can be keyed by id alone.
-    key_tenants: HashMap<KeyId, TenantId>,
+    key_tenants: HashMap<KeyId, TenantId, IdHash>,
     events: u64,
 }
 
@@ -193,126 +193,138 @@ impl Ledger {
     ///
     /// An event that cannot be folded leaves the ledger exactly as it was.
     pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
-        let expected = self.tenants.get(&event.tenant).map_or(0, |s| s.version) + 1;
-        if seq != expected {
-            return Err(ApplyError::Sequence {
-                tenant: event.tenant.clone(),
-                expected,
-                found: seq,
-            });
+        // One lookup of the tenant per event; a new tenant's state is
+        // inserted only once its first event folds.
+        if let Some(state) = self.tenants.get_mut(&event.tenant) {
+            check_seq(event, state.version + 1, seq)?;
+            fold(state, &mut self.by_hash, &mut self.key_tenants, seq, event)?;
+        } else {
+            check_seq(event, 1, seq)?;
+            let mut state = TenantState::default();
+            fold(
+                &mut state,
+                &mut self.by_hash,
+                &mut self.key_tenants,
+                seq,
+                event,
+            )?;
+            self.tenants.insert(event.tenant.clone(), state);
         }
-        let fresh = expected == 1;
-        if fresh {
-            self.tenants
-                .insert(event.tenant.clone(), TenantState::default());
-        }
-        let folded = self.fold(seq, event);
-        if folded.is_err() && fresh {
-            // A tenant's first event was refused: it still has no event.
-            self.tenants.remove(&event.tenant);
-        }
-        folded
-    }
-
-    /// [`Ledger::apply`] once the sequence number is checked. Every error
-    /// is returned before anything is changed.
-    fn fold(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
-        let inconsistent = |message: String| ApplyError::Inconsistent {
-            tenant: event.tenant.clone(),
-            seq,
-            message,
-        };
-        // Looked up, not `entry`-ed: no allocation per event on replay.
-        let state = self
-            .tenants
-            .get_mut(&event.tenant)
-            .ok_or_else(|| inconsistent("the tenant is not known".into()))?;
-        match &event.kind {
-            EventKind::KeyCreated(e) => {
-                if self.key_tenants.contains_key(&e.key_id)
-                    || self.by_hash.contains_key(&e.secret_hash)
-                {
-                    return Err(inconsistent(format!("{} is created twice", e.key_id)));
-                }
-                state.keys.insert(
-                    e.key_id,
-                    KeyRecord {
-                        id: e.key_id,
-                        owner: e.owner.clone(),
-                        name: e.name.clone(),
-                        description: e.description.clone(),
-                        created_at: event.at,
-                        created_by: event.actor.clone(),
-                        expires_at: e.expires_at,
-                        scopes: e.scopes,
-                        secret_hash: e.secret_hash,
-                        masked: e.masked.clone(),
-                        revoked: None,
-                        rotated_from: e.rotated_from,
-                        rotated_to: None,
-                        last_used_at: None,
-                        uses: UseCounts::default(),
-                    },
-                );
-                state
-                    .by_owner
-                    .entry(e.owner.clone())
-                    .or_default()
-                    .push(e.key_id);
-                self.by_hash
-                    .insert(e.secret_hash, (event.tenant.clone(), e.key_id));
-                self.key_tenants.insert(e.key_id, event.tenant.clone());
-                if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
-                    old.rotated_to = Some(e.key_id);
-                }
-            }
-            EventKind::KeyUsed(e) => {
-                let key = state
-                    .keys
-                    .get_mut(&e.key_id)
-                    .ok_or_else(|| inconsistent(format!("{} is used but unknown", e.key_id)))?;
-                key.uses.add(&e.counts);
-                if e.last_valid_at > key.last_used_at {
-                    key.last_used_at = e.last_valid_at;
-                }
-            }
-            EventKind::KeyRevoked(e) => {
-                let key = state
-                    .keys
-                    .get_mut(&e.key_id)
-                    .ok_or_else(|| inconsistent(format!("{} is revoked but unknown", e.key_id)))?;
-                if key.revoked.is_some() {
-                    return Err(inconsistent(format!("{} is revoked twice", e.key_id)));
-                }
-                key.revoked = Some(Revocation {
-                    at: event.at,
-                    by: event.actor.clone(),
-                    reason: e.reason,
-                    cause: e.cause.clone(),
-                });
-            }
-            EventKind::KeyRotated(e) => {
-                let key = state
-                    .keys
-                    .get_mut(&e.key_id)
-                    .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
-                key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
-                key.rotated_to = Some(e.new_key_id);
-            }
-            EventKind::UserRemoved(e) => {
-                if state.removed_users.contains_key(&e.user_id) {
-                    return Err(inconsistent(format!("user {} is removed twice", e.user_id)));
-                }
-                state.removed_users.insert(e.user_id.clone(), event.at);
-            }
-            // A read of the trail changes no key: only the chain moves on.
-            EventKind::AuditRead(_) => {}
-        }
-        state.version = seq;
-        state.last_at = state.last_at.max(event.at);
         self.events += 1;
         Ok(())
     }
+}
+
+fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
+    if seq == expected {
+        Ok(())
+    } else {
+        Err(ApplyError::Sequence {
+            tenant: event.tenant.clone(),
+            expected,
+            found: seq,
+        })
+    }
+}
+
+/// [`Ledger::apply`] once the sequence number is checked, on the tenant's
+/// state. Every error is returned before anything is changed.
+fn fold(
+    state: &mut TenantState,
+    by_hash: &mut HashMap<SecretHash, (TenantId, KeyId), IdHash>,
+    key_tenants: &mut HashMap<KeyId, TenantId, IdHash>,
+    seq: u64,
+    event: &Event,
+) -> Result<(), ApplyError> {
+    let inconsistent = |message: String| ApplyError::Inconsistent {
+        tenant: event.tenant.clone(),
+        seq,
+        message,
+    };
+    match &event.kind {
+        EventKind::KeyCreated(e) => {
+            if key_tenants.contains_key(&e.key_id) || by_hash.contains_key(&e.secret_hash) {
+                return Err(inconsistent(format!("{} is created twice", e.key_id)));
+            }
+            state.keys.insert(
+                e.key_id,
+                KeyRecord {
+                    id: e.key_id,
+                    owner: e.owner.clone(),
+                    name: e.name.clone(),
+                    description: e.description.clone(),
+                    created_at: event.at,
+                    created_by: event.actor.clone(),
+                    expires_at: e.expires_at,
+                    scopes: e.scopes,
+                    secret_hash: e.secret_hash,
+                    masked: e.masked.clone(),
+                    revoked: None,
+                    rotated_from: e.rotated_from,
+                    rotated_to: None,
+                    last_used_at: None,
+                    uses: UseCounts::default(),
+                },
+            );
+            // Looked up first: the owner's id is cloned only for their
+            // first key.
+            match state.by_owner.get_mut(&e.owner) {
+                Some(ids) => ids.push(e.key_id),
+                None => {
+                    state.by_owner.insert(e.owner.clone(), vec![e.key_id]);
+                }
+            }
+            by_hash.insert(e.secret_hash, (event.tenant.clone(), e.key_id));
+            key_tenants.insert(e.key_id, event.tenant.clone());
+            if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
+                old.rotated_to = Some(e.key_id);
+            }
+        }
+        EventKind::KeyUsed(e) => {
+            let key = state
+                .keys
+                .get_mut(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is used but unknown", e.key_id)))?;
+            key.uses.add(&e.counts);
+            if e.last_valid_at > key.last_used_at {
+                key.last_used_at = e.last_valid_at;
+            }
+        }
+        EventKind::KeyRevoked(e) => {
+            let key = state
+                .keys
+                .get_mut(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is revoked but unknown", e.key_id)))?;
+            if key.revoked.is_some() {
+                return Err(inconsistent(format!("{} is revoked twice", e.key_id)));
+            }
+            key.revoked = Some(Revocation {
+                at: event.at,
+                by: event.actor.clone(),
+                reason: e.reason,
+                cause: e.cause.clone(),
+            });
+        }
+        EventKind::KeyRotated(e) => {
+            let key = state
+                .keys
+                .get_mut(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
+            key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
+            key.rotated_to = Some(e.new_key_id);
+        }
+        EventKind::UserRemoved(e) => {
+            if state.removed_users.contains_key(&e.user_id) {
+                return Err(inconsistent(format!("user {} is removed twice", e.user_id)));
+            }
+            state.removed_users.insert(e.user_id.clone(), event.at);
+        }
+        // A read of the trail changes no key: only the chain moves on.
+        EventKind::AuditRead(_) => {}
+    }
+    state.version = seq;
+    state.last_at = state.last_at.max(event.at);
+    Ok(())
 }
 
 impl TenantState {

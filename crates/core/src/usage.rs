@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{Event, EventKind, UseCounts};
-use crate::ids::{KeyId, TenantId};
+use crate::ids::{IdHash, KeyId, TenantId};
 use crate::limits::SUMMARY_DAYS_MAX;
 use crate::time::Day;
 
@@ -12,8 +12,55 @@ use crate::time::Day;
 /// A window's counts go to the UTC day its start falls on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    per_key: HashMap<KeyId, BTreeMap<Day, UseCounts>>,
+    per_key: HashMap<KeyId, KeyDays, IdHash>,
     per_tenant: HashMap<TenantId, BTreeMap<Day, UseCounts>>,
+}
+
+/// One key's days. Windows arrive in time order, so nearly every event
+/// adds to the key's latest day: that day lives in the map entry itself
+/// (no node to chase, no allocation for a key used on one day only), and
+/// only the earlier days are in a tree.
+///
+/// Invariant (so that derived equality compares contents): `latest` is the
+/// key's latest day, and `earlier` holds every other day and nothing later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KeyDays {
+    latest: Day,
+    latest_counts: UseCounts,
+    earlier: BTreeMap<Day, UseCounts>,
+}
+
+impl KeyDays {
+    fn new(day: Day, counts: UseCounts) -> Self {
+        KeyDays {
+            latest: day,
+            latest_counts: counts,
+            earlier: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, day: Day, counts: &UseCounts) {
+        if day == self.latest {
+            self.latest_counts.add(counts);
+        } else if day > self.latest {
+            let was = std::mem::replace(&mut self.latest_counts, *counts);
+            self.earlier.insert(self.latest, was);
+            self.latest = day;
+        } else {
+            self.earlier.entry(day).or_default().add(counts);
+        }
+    }
+
+    fn rows(&self, from: Day, to: Day) -> Vec<DailyRow> {
+        let mut out = rows(Some(&self.earlier), from, to);
+        if from <= self.latest && self.latest <= to {
+            out.push(DailyRow {
+                day: self.latest,
+                counts: self.latest_counts,
+            });
+        }
+        out
+    }
 }
 
 /// One day's counts.
@@ -52,10 +99,8 @@ impl Usage {
             let day = u.window_start.day();
             self.per_key
                 .entry(u.key_id)
-                .or_default()
-                .entry(day)
-                .or_default()
-                .add(&u.counts);
+                .and_modify(|days| days.add(day, &u.counts))
+                .or_insert_with(|| KeyDays::new(day, u.counts));
             // Looked up first: no tenant id is cloned per event on replay.
             let days = match self.per_tenant.get_mut(&event.tenant) {
                 Some(days) => days,
@@ -73,7 +118,10 @@ impl Usage {
     /// A key's days with uses in `from..=to`. The caller checks that the key
     /// belongs to the asking tenant.
     pub fn daily_key(&self, key: KeyId, from: Day, to: Day) -> Vec<DailyRow> {
-        rows(self.per_key.get(&key), from, to)
+        match self.per_key.get(&key) {
+            Some(days) if from <= to => days.rows(from, to),
+            _ => Vec::new(),
+        }
     }
 
     /// A tenant's last `days` days, ending with `today`, every day present.
