@@ -29,6 +29,14 @@ pub fn empty_root() -> Hash {
 
 /// `SHA-256(0x00 || entry)`.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
+    // A 32-byte entry (a chain hash: every leaf keyledger makes) fits one
+    // block with its padding: compressed directly, without the streaming
+    // hasher's buffering.
+    if let Ok(entry) = <&[u8; 32]>::try_from(entry) {
+        let mut block = [0u8; 64];
+        block[1..33].copy_from_slice(entry);
+        return sha256_padded(&mut [block], 33);
+    }
     let mut h = Sha256::new();
     h.update([0x00]);
     h.update(entry);
@@ -37,11 +45,41 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
 
 /// `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
+    // 65 bytes: two blocks with the padding, compressed directly.
+    let mut blocks = [[0u8; 64]; 2];
+    blocks[0][0] = 0x01;
+    blocks[0][1..33].copy_from_slice(left);
+    blocks[0][33..].copy_from_slice(&right[..31]);
+    blocks[1][0] = right[31];
+    sha256_padded(&mut blocks, 65)
+}
+
+/// SHA-256 of the first `len` bytes of `blocks`, whose remaining bytes are
+/// zero and leave room for the padding (FIPS 180-4 §5.1.1): the `0x80`
+/// byte after the message and the bit length in the last 8 bytes.
+fn sha256_padded(blocks: &mut [[u8; 64]], len: usize) -> Hash {
+    const INITIAL: [u32; 8] = [
+        0x6a09_e667,
+        0xbb67_ae85,
+        0x3c6e_f372,
+        0xa54f_f53a,
+        0x510e_527f,
+        0x9b05_688c,
+        0x1f83_d9ab,
+        0x5be0_cd19,
+    ];
+    debug_assert!(len + 9 <= blocks.len() * 64 && len + 9 > (blocks.len() - 1) * 64);
+    blocks[len / 64][len % 64] = 0x80;
+    if let Some(last) = blocks.last_mut() {
+        last[56..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+    }
+    let mut state = INITIAL;
+    sha2::block_api::compress256(&mut state, blocks);
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// The largest power of two strictly less than `n` (`n >= 2`).
@@ -495,6 +533,32 @@ fn range_root(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_compression_is_sha256() {
+        let streamed = |parts: &[&[u8]]| -> Hash {
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize().into()
+        };
+        for seed in 0u8..=255 {
+            let a: Hash = std::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8));
+            let b: Hash = std::array::from_fn(|i| seed ^ (i as u8).wrapping_mul(97));
+            assert_eq!(leaf_hash(&a), streamed(&[&[0x00], &a]));
+            assert_eq!(node_hash(&a, &b), streamed(&[&[0x01], &a, &b]));
+        }
+        // Entries of other lengths take the streaming path.
+        assert_eq!(leaf_hash(b""), streamed(&[&[0x00]]));
+        assert_eq!(leaf_hash(&[7; 31]), streamed(&[&[0x00], &[7; 31]]));
+        assert_eq!(leaf_hash(&[7; 33]), streamed(&[&[0x00], &[7; 33]]));
+        // RFC 6962's leaf of the empty entry and the node of two of them.
+        assert_eq!(
+            hex::encode(leaf_hash(b"")),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+    }
 
     #[test]
     fn split_is_the_largest_power_of_two_below() {

@@ -316,7 +316,11 @@ impl AuditState {
     pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
         let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
         for r in records {
-            let tree = trees.entry(r.event.tenant.clone()).or_default();
+            // Looked up first: the tenant id is cloned only for a new tree.
+            let tree = match trees.get_mut(&r.event.tenant) {
+                Some(tree) => tree,
+                None => trees.entry(r.event.tenant.clone()).or_default(),
+            };
             if tree.len() + 1 != r.seq {
                 return Err(Error::Corrupt(format!(
                     "tenant {}: Merkle leaf {} expected, event {} applied",
