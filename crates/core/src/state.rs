@@ -1,6 +1,7 @@
 //! The key-state projection: every key of every tenant, folded from the log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::event::{Actor, Cause, Event, EventKind, RevokeReason, UseCounts};
 use crate::ids::{IdHash, KeyId, TenantId, UserId};
@@ -9,12 +10,19 @@ use crate::secret::SecretHash;
 use crate::time::Timestamp;
 
 /// Current state of every key, by tenant, folded from the log.
+///
+/// Cloning is cheap: a clone shares each tenant's state and the global
+/// indexes with the original, and either side copies a tenant's state (or
+/// an index) the first time it changes it (copy on write). The runtime
+/// keeps two ledgers (the read model and the writer's decision copy): at
+/// start-up the second is a clone of the first, and a tenant's keys are
+/// copied only when the writer first writes for that tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    tenants: HashMap<TenantId, TenantState>,
-    by_hash: HashMap<SecretHash, (TenantId, KeyId), IdHash>,
+    tenants: HashMap<TenantId, Arc<TenantState>>,
+    by_hash: Arc<HashMap<SecretHash, (TenantId, KeyId), IdHash>>,
     /// Key ids are unique across tenants, so usage can be keyed by id alone.
-    key_tenants: HashMap<KeyId, TenantId, IdHash>,
+    key_tenants: Arc<HashMap<KeyId, TenantId, IdHash>>,
     events: u64,
 }
 
@@ -157,12 +165,12 @@ impl Ledger {
 
     /// A tenant's state, if it has any event.
     pub fn tenant(&self, tenant: &TenantId) -> Option<&TenantState> {
-        self.tenants.get(tenant)
+        self.tenants.get(tenant).map(|t| &**t)
     }
 
     /// Every tenant with at least one event.
     pub fn tenants(&self) -> impl Iterator<Item = (&TenantId, &TenantState)> {
-        self.tenants.iter()
+        self.tenants.iter().map(|(id, t)| (id, &**t))
     }
 
     /// A key of a tenant. A key of another tenant is `None`, like an unknown one.
@@ -197,7 +205,13 @@ impl Ledger {
         // inserted only once its first event folds.
         if let Some(state) = self.tenants.get_mut(&event.tenant) {
             check_seq(event, state.version + 1, seq)?;
-            fold(state, &mut self.by_hash, &mut self.key_tenants, seq, event)?;
+            fold(
+                Arc::make_mut(state),
+                &mut self.by_hash,
+                &mut self.key_tenants,
+                seq,
+                event,
+            )?;
         } else {
             check_seq(event, 1, seq)?;
             let mut state = TenantState::default();
@@ -208,7 +222,7 @@ impl Ledger {
                 seq,
                 event,
             )?;
-            self.tenants.insert(event.tenant.clone(), state);
+            self.tenants.insert(event.tenant.clone(), Arc::new(state));
         }
         self.events += 1;
         Ok(())
@@ -231,8 +245,8 @@ fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
 /// state. Every error is returned before anything is changed.
 fn fold(
     state: &mut TenantState,
-    by_hash: &mut HashMap<SecretHash, (TenantId, KeyId), IdHash>,
-    key_tenants: &mut HashMap<KeyId, TenantId, IdHash>,
+    by_hash: &mut Arc<HashMap<SecretHash, (TenantId, KeyId), IdHash>>,
+    key_tenants: &mut Arc<HashMap<KeyId, TenantId, IdHash>>,
     seq: u64,
     event: &Event,
 ) -> Result<(), ApplyError> {
@@ -274,8 +288,8 @@ fn fold(
                     state.by_owner.insert(e.owner.clone(), vec![e.key_id]);
                 }
             }
-            by_hash.insert(e.secret_hash, (event.tenant.clone(), e.key_id));
-            key_tenants.insert(e.key_id, event.tenant.clone());
+            Arc::make_mut(by_hash).insert(e.secret_hash, (event.tenant.clone(), e.key_id));
+            Arc::make_mut(key_tenants).insert(e.key_id, event.tenant.clone());
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
                 old.rotated_to = Some(e.key_id);
             }

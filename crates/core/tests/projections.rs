@@ -285,6 +285,42 @@ fn lookups_by_hash_and_by_tenant() {
 
 /// Applies `event` as `seq` to a copy of `ledger`; it must fail and leave the copy unchanged.
 #[track_caller]
+#[test]
+fn a_cloned_ledger_and_its_original_change_apart() {
+    let original = fold(&[
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(globex(), t(1), 2, "bob"),
+    ]);
+    let snapshot = fold(&[
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(globex(), t(1), 2, "bob"),
+    ]);
+    let mut copy = original.clone();
+    assert_eq!(copy, original);
+    apply_next(&mut copy, &revoke_ev(acme(), t(2), as_user("alice"), 1));
+    apply_next(&mut copy, &create_ev(acme(), t(3), 3, "alice"));
+    // The original kept its keys, its indexes and its versions.
+    assert_eq!(original, snapshot);
+    assert!(original.key(&acme(), kid(1)).unwrap().revoked.is_none());
+    assert!(!original.key_exists(kid(3)));
+    assert!(original.key_by_hash(&secret(3).hash()).is_none());
+    assert!(copy.key(&acme(), kid(1)).unwrap().revoked.is_some());
+    assert!(copy.key_exists(kid(3)));
+    assert_eq!(copy.tenant(&acme()).unwrap().version, 3);
+    // The tenant neither touched is still equal; changing the original
+    // leaves the copy as it was.
+    assert_eq!(copy.tenant(&globex()), original.tenant(&globex()));
+    let mut original = original;
+    let before = copy.clone();
+    apply_next(
+        &mut original,
+        &removed_ev(globex(), t(4), as_user("bob"), "bob"),
+    );
+    assert_eq!(copy, before);
+    assert!(copy.tenant(&globex()).unwrap().removed_users.is_empty());
+    assert!(original.tenant(&globex()).unwrap().is_removed(&user("bob")));
+}
+
 fn refused(ledger: &Ledger, seq: u64, event: &Event) -> ApplyError {
     let mut copy = ledger.clone();
     let err = copy
@@ -518,6 +554,57 @@ fn usage_goes_to_the_utc_day_of_the_window_start() {
                 counts: counts(5, 0, 0, 0)
             },
         ]
+    );
+}
+
+#[test]
+fn usage_in_any_day_order_is_the_same_projection() {
+    let d1 = at("2026-03-01T10:00:00Z");
+    let d2 = at("2026-03-02T10:00:00Z");
+    let d3 = at("2026-03-03T10:00:00Z");
+    let windows = [
+        (d2, counts(1, 0, 0, 0)),
+        (d1, counts(0, 2, 0, 0)),
+        (d3, counts(0, 0, 3, 0)),
+        (d1, counts(0, 0, 0, 4)),
+        (d2, counts(5, 0, 0, 0)),
+    ];
+    let events: Vec<Event> = windows
+        .iter()
+        .map(|(w, c)| used_ev(acme(), d3, 1, *w, *c))
+        .collect();
+    let mut reversed = events.clone();
+    reversed.reverse();
+    let usage = usage_of(&events);
+    // Folded in another order, the rollups are equal, and compare equal.
+    assert_eq!(usage, usage_of(&reversed));
+    assert_ne!(usage, usage_of(&events[..4]));
+    let rows = |from, to| usage.daily_key(kid(1), day(from), day(to));
+    assert_eq!(
+        rows("2026-03-01", "2026-03-03"),
+        [
+            DailyRow {
+                day: day("2026-03-01"),
+                counts: counts(0, 2, 0, 4)
+            },
+            DailyRow {
+                day: day("2026-03-02"),
+                counts: counts(6, 0, 0, 0)
+            },
+            DailyRow {
+                day: day("2026-03-03"),
+                counts: counts(0, 0, 3, 0)
+            },
+        ]
+    );
+    // The latest day alone, the earlier days alone, and none.
+    assert_eq!(rows("2026-03-03", "2026-03-09").len(), 1);
+    assert_eq!(rows("2026-03-01", "2026-03-02").len(), 2);
+    assert!(rows("2026-03-04", "2026-03-09").is_empty());
+    assert!(rows("2026-03-03", "2026-03-01").is_empty());
+    assert_eq!(
+        usage.daily_tenant(&acme(), day("2026-03-01"), day("2026-03-03")),
+        rows("2026-03-01", "2026-03-03")
     );
 }
 

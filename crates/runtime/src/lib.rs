@@ -287,6 +287,8 @@ impl Keyledger {
             stop: Notify::new(),
         });
         shared.replay(progress)?;
+        // Shares every tenant's state with the read model: the writer
+        // copies a tenant's keys when it first writes for that tenant.
         let decision = shared.read_model().ledger.clone();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -354,7 +356,9 @@ impl Keyledger {
     }
 
     /// A copy of the projections (key state and usage), for tests and
-    /// tools that compare a live ledger with a replay. Costs a full copy.
+    /// tools that compare a live ledger with a replay. Costs a full copy
+    /// of the usage rollups; the key state is shared until either side
+    /// changes it (see [`Ledger`]).
     pub fn projections(&self) -> (Ledger, Usage) {
         let read = self.shared.read_model();
         (read.ledger.clone(), read.usage.clone())
