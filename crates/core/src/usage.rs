@@ -93,20 +93,56 @@ impl Usage {
         Self::default()
     }
 
+    /// Folds committed events in order, as [`Usage::apply`] on each: the
+    /// tenant's rollup is looked up once per run of events of one tenant
+    /// and one day, not once per event (counts add up the same in any
+    /// grouping: they saturate, they never wrap).
+    pub fn apply_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+        let mut run: Option<(&TenantId, Day, UseCounts)> = None;
+        for event in events {
+            let EventKind::KeyUsed(u) = &event.kind else {
+                continue;
+            };
+            let day = u.window_start.day();
+            self.add_to_key(u.key_id, day, &u.counts);
+            match &mut run {
+                Some((tenant, d, counts)) if **tenant == event.tenant && *d == day => {
+                    counts.add(&u.counts);
+                }
+                _ => {
+                    if let Some((tenant, d, counts)) = run.replace((&event.tenant, day, u.counts)) {
+                        self.add_to_tenant(tenant, d, &counts);
+                    }
+                }
+            }
+        }
+        if let Some((tenant, d, counts)) = run {
+            self.add_to_tenant(tenant, d, &counts);
+        }
+    }
+
+    fn add_to_key(&mut self, key: KeyId, day: Day, counts: &UseCounts) {
+        self.per_key
+            .entry(key)
+            .and_modify(|days| days.add(day, counts))
+            .or_insert_with(|| KeyDays::new(day, *counts));
+    }
+
+    fn add_to_tenant(&mut self, tenant: &TenantId, day: Day, counts: &UseCounts) {
+        // Looked up first: no tenant id is cloned per event on replay.
+        let days = match self.per_tenant.get_mut(tenant) {
+            Some(days) => days,
+            None => self.per_tenant.entry(tenant.clone()).or_default(),
+        };
+        days.entry(day).or_default().add(counts);
+    }
+
     /// Folds one committed event (only `KeyUsed` changes anything).
     pub fn apply(&mut self, event: &Event) {
         if let EventKind::KeyUsed(u) = &event.kind {
             let day = u.window_start.day();
-            self.per_key
-                .entry(u.key_id)
-                .and_modify(|days| days.add(day, &u.counts))
-                .or_insert_with(|| KeyDays::new(day, u.counts));
-            // Looked up first: no tenant id is cloned per event on replay.
-            let days = match self.per_tenant.get_mut(&event.tenant) {
-                Some(days) => days,
-                None => self.per_tenant.entry(event.tenant.clone()).or_default(),
-            };
-            days.entry(day).or_default().add(&u.counts);
+            self.add_to_key(u.key_id, day, &u.counts);
+            self.add_to_tenant(&event.tenant, day, &u.counts);
         }
     }
 

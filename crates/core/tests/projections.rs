@@ -609,6 +609,38 @@ fn usage_in_any_day_order_is_the_same_projection() {
 }
 
 #[test]
+fn usage_folded_at_once_equals_usage_folded_one_by_one() {
+    let d1 = at("2026-03-01T10:00:00Z");
+    let d2 = at("2026-03-02T10:00:00Z");
+    let big = counts(u64::MAX - 1, 0, 0, 0);
+    let events = [
+        create_ev(acme(), t(0), 1, "alice"),
+        used_ev(acme(), d2, 1, d1, counts(1, 2, 3, 4)),
+        used_ev(acme(), d2, 2, d1, big),
+        used_ev(acme(), d2, 1, d1, big),
+        used_ev(globex(), d2, 3, d1, counts(1, 0, 0, 0)),
+        used_ev(acme(), d2, 1, d2, counts(0, 1, 0, 0)),
+        create_ev(acme(), t(0), 4, "alice"),
+        used_ev(acme(), d2, 2, d1, counts(9, 0, 0, 0)),
+        used_ev(globex(), d2, 3, d2, counts(1, 0, 0, 0)),
+    ];
+    let mut at_once = Usage::new();
+    at_once.apply_all(&events);
+    assert_eq!(at_once, usage_of(&events));
+    // Saturated, not wrapped, whatever the grouping.
+    assert_eq!(
+        at_once.daily_tenant(&acme(), day("2026-03-01"), day("2026-03-01"))[0]
+            .counts
+            .valid,
+        u64::MAX
+    );
+    let mut in_two = Usage::new();
+    in_two.apply_all(&events[..3]);
+    in_two.apply_all(&events[3..]);
+    assert_eq!(in_two, at_once);
+}
+
+#[test]
 fn usage_per_key_and_per_tenant() {
     let d1 = at("2026-03-01T10:00:00Z");
     let d2 = at("2026-03-02T10:00:00Z");

@@ -315,21 +315,26 @@ impl AuditState {
     /// checked on append and replay).
     pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
         let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
-        for r in records {
-            // Looked up first: the tenant id is cloned only for a new tree.
-            let tree = match trees.get_mut(&r.event.tenant) {
-                Some(tree) => tree,
-                None => trees.entry(r.event.tenant.clone()).or_default(),
+        // One tree lookup per run of records of one tenant.
+        for run in records.chunk_by(|a, b| a.event.tenant == b.event.tenant) {
+            let Some(tenant) = run.first().map(|r| &r.event.tenant) else {
+                continue;
             };
-            if tree.len() + 1 != r.seq {
-                return Err(Error::Corrupt(format!(
-                    "tenant {}: Merkle leaf {} expected, event {} applied",
-                    r.event.tenant,
-                    tree.len() + 1,
-                    r.seq
-                )));
+            // Looked up first: the tenant id is cloned only for a new tree.
+            let tree = match trees.get_mut(tenant) {
+                Some(tree) => tree,
+                None => trees.entry(tenant.clone()).or_default(),
+            };
+            for r in run {
+                if tree.len() + 1 != r.seq {
+                    return Err(Error::Corrupt(format!(
+                        "tenant {tenant}: Merkle leaf {} expected, event {} applied",
+                        tree.len() + 1,
+                        r.seq
+                    )));
+                }
+                tree.push_leaf_hash(leaf_of(&r.hash));
             }
-            tree.push_leaf_hash(leaf_of(&r.hash));
         }
         Ok(())
     }

@@ -745,18 +745,22 @@ impl Shared {
         use keyledger_core::EventKind as K;
         let keys = self.keys.pin();
         let mut read = self.read.write().unwrap_or_else(|e| e.into_inner());
+        let mut applied = 0;
+        let mut failed = None;
         for r in records {
             if r.position != read.head + 1 {
-                return Err(Error::Corrupt(format!(
+                failed = Some(Error::Corrupt(format!(
                     "expected log position {}, found {}",
                     read.head + 1,
                     r.position
                 )));
+                break;
             }
-            read.ledger
-                .apply(r.seq, &r.event)
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-            read.usage.apply(&r.event);
+            if let Err(e) = read.ledger.apply(r.seq, &r.event) {
+                failed = Some(Error::Corrupt(e.to_string()));
+                break;
+            }
+            applied += 1;
             read.head = r.position;
             let tenant = &r.event.tenant;
             match &r.event.kind {
@@ -799,6 +803,13 @@ impl Shared {
                 }
                 K::KeyUsed(_) | K::AuditRead(_) => {}
             }
+        }
+        // The usage rollups of the records the key state took, in one
+        // pass (see `Usage::apply_all`).
+        read.usage
+            .apply_all(records.iter().take(applied).map(|r| &r.event));
+        if let Some(e) = failed {
+            return Err(e);
         }
         drop(read);
         drop(keys);
