@@ -19,6 +19,7 @@ pub mod ids;
 pub mod limits;
 pub mod scope;
 pub mod secret;
+mod shards;
 pub mod state;
 pub mod time;
 pub mod usage;

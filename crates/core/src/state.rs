@@ -4,25 +4,28 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::event::{Actor, Cause, Event, EventKind, RevokeReason, UseCounts};
-use crate::ids::{IdHash, KeyId, TenantId, UserId};
+use crate::ids::{KeyId, TenantId, UserId};
 use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
+use crate::shards::ShardedMap;
 use crate::time::Timestamp;
 
 /// Current state of every key, by tenant, folded from the log.
 ///
-/// Cloning is cheap: a clone shares each tenant's state and the global
-/// indexes with the original, and either side copies a tenant's state (or
-/// an index) the first time it changes it (copy on write). The runtime
+/// Cloning is cheap: a clone shares each tenant's state and the shards of
+/// the global indexes with the original, and either side copies a tenant's
+/// state (or an index's shard) the first time it changes it (copy on
+/// write). The indexes are sharded so that no single insert rehashes them
+/// whole ([`crate::shards`]). The runtime
 /// keeps two ledgers (the read model and the writer's decision copy): at
 /// start-up the second is a clone of the first, and a tenant's keys are
 /// copied only when the writer first writes for that tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     tenants: HashMap<TenantId, Arc<TenantState>>,
-    by_hash: Arc<HashMap<SecretHash, (TenantId, KeyId), IdHash>>,
+    by_hash: ShardedMap<SecretHash, (TenantId, KeyId)>,
     /// Key ids are unique across tenants, so usage can be keyed by id alone.
-    key_tenants: Arc<HashMap<KeyId, TenantId, IdHash>>,
+    key_tenants: ShardedMap<KeyId, TenantId>,
     events: u64,
 }
 
@@ -245,8 +248,8 @@ fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
 /// state. Every error is returned before anything is changed.
 fn fold(
     state: &mut TenantState,
-    by_hash: &mut Arc<HashMap<SecretHash, (TenantId, KeyId), IdHash>>,
-    key_tenants: &mut Arc<HashMap<KeyId, TenantId, IdHash>>,
+    by_hash: &mut ShardedMap<SecretHash, (TenantId, KeyId)>,
+    key_tenants: &mut ShardedMap<KeyId, TenantId>,
     seq: u64,
     event: &Event,
 ) -> Result<(), ApplyError> {
@@ -288,8 +291,8 @@ fn fold(
                     state.by_owner.insert(e.owner.clone(), vec![e.key_id]);
                 }
             }
-            Arc::make_mut(by_hash).insert(e.secret_hash, (event.tenant.clone(), e.key_id));
-            Arc::make_mut(key_tenants).insert(e.key_id, event.tenant.clone());
+            by_hash.insert(e.secret_hash, (event.tenant.clone(), e.key_id));
+            key_tenants.insert(e.key_id, event.tenant.clone());
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
                 old.rotated_to = Some(e.key_id);
             }

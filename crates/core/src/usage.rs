@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{Event, EventKind, UseCounts};
-use crate::ids::{IdHash, KeyId, TenantId};
+use crate::ids::{KeyId, TenantId};
 use crate::limits::SUMMARY_DAYS_MAX;
+use crate::shards::ShardedMap;
 use crate::time::Day;
 
 /// Per-day use counts per key and per tenant, folded from `KeyUsed` events.
@@ -12,7 +13,8 @@ use crate::time::Day;
 /// A window's counts go to the UTC day its start falls on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    per_key: HashMap<KeyId, KeyDays, IdHash>,
+    /// Sharded: no single insert rehashes every key ([`crate::shards`]).
+    per_key: ShardedMap<KeyId, KeyDays>,
     per_tenant: HashMap<TenantId, BTreeMap<Day, UseCounts>>,
 }
 
@@ -123,6 +125,7 @@ impl Usage {
 
     fn add_to_key(&mut self, key: KeyId, day: Day, counts: &UseCounts) {
         self.per_key
+            .shard_mut(&key)
             .entry(key)
             .and_modify(|days| days.add(day, counts))
             .or_insert_with(|| KeyDays::new(day, *counts));
