@@ -300,6 +300,135 @@ fn huge_and_numerous_headers_are_refused_and_the_server_keeps_answering() {
     live.stop();
 }
 
+/// A path and query over `URI_BYTES_MAX`, or headers over
+/// `HEADER_BYTES_MAX`, are answered 414 and 431 in the JSON error format
+/// (not hyper's empty answers) and change nothing; just within the limits
+/// the same requests are served.
+#[test]
+fn an_over_long_uri_or_oversized_headers_get_the_error_format_and_change_nothing() {
+    use keyledger_server::limits::{HEADER_BYTES_MAX, URI_BYTES_MAX};
+    let data = Data::new();
+    let live = Live::start(&data.path(), 50);
+    let (_, key) = mint(&live, "alice");
+    let auth = format!("Bearer {key}");
+    let create = json!({"name": "over the limit"});
+    let big = "f".repeat(HEADER_BYTES_MAX);
+    let medium = "m".repeat(500);
+    let many: Vec<(String, &str)> = (0..40)
+        .map(|i| (format!("X-Filler-{i}"), medium.as_str()))
+        .collect();
+    let mut many_headers: Vec<(&str, &str)> = vec![("Authorization", &auth)];
+    many_headers.extend(many.iter().map(|(k, v)| (k.as_str(), *v)));
+    let long_query = format!("/v1/keys?cursor={}", "c".repeat(URI_BYTES_MAX));
+    let long_path = format!("/v1/keys/{}", "k".repeat(URI_BYTES_MAX));
+    let refused = |what: &str,
+                   method: &str,
+                   path: &str,
+                   headers: &[(&str, &str)],
+                   body: Option<&Value>,
+                   status: u16,
+                   code: &str| {
+        let r = request(&live.addr, method, path, headers, body).expect(what);
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], code, "{what}: {}", r.text());
+        let message = r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains("limit of"), "{what}: {message}");
+    };
+    let bearer = [("Authorization", auth.as_str())];
+    refused(
+        "a long query",
+        "GET",
+        &long_query,
+        &bearer,
+        None,
+        414,
+        "uri_too_long",
+    );
+    refused(
+        "a long path",
+        "GET",
+        &long_path,
+        &bearer,
+        None,
+        414,
+        "uri_too_long",
+    );
+    refused(
+        "a long path, no credential",
+        "POST",
+        &long_path,
+        &[],
+        Some(&create),
+        414,
+        "uri_too_long",
+    );
+    refused(
+        "one large header",
+        "POST",
+        "/v1/keys",
+        &[("Authorization", &auth), ("X-Big", &big)],
+        Some(&create),
+        431,
+        "headers_too_large",
+    );
+    refused(
+        "40 headers of 500 bytes",
+        "POST",
+        "/v1/keys",
+        &many_headers,
+        Some(&create),
+        431,
+        "headers_too_large",
+    );
+    // Just within: the same kinds of request are served.
+    let near = "n".repeat(HEADER_BYTES_MAX - 1024);
+    let r = request(
+        &live.addr,
+        "POST",
+        "/v1/keys",
+        &[("Authorization", &auth), ("X-Near", &near)],
+        Some(&json!({"name": "within the limit"})),
+    )
+    .expect("within");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let within_path = format!("/v1/keys/{}", "k".repeat(URI_BYTES_MAX - "/v1/keys/".len()));
+    let r = request(
+        &live.addr,
+        "GET",
+        &within_path,
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("path");
+    assert_eq!(
+        r.status,
+        400,
+        "a path at the limit is judged as an id: {}",
+        r.text()
+    );
+    // Nothing over the limits was created.
+    let r = request(
+        &live.addr,
+        "GET",
+        "/v1/keys",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("list");
+    let names: Vec<String> = r.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.iter().any(|n| n == "over the limit"), "{names:?}");
+    live.stop();
+}
+
 /// How long a slow or silent client may hold a connection before the
 /// server closes it, plus slack for a loaded machine.
 const CUT_WITHIN: Duration =

@@ -12,6 +12,8 @@
 //! | 405 | a known route with another method |
 //! | 409 | already revoked, already rotated, user already removed, user removed, a tenant's key limit |
 //! | 413 | a body over [`crate::limits::BODY_BYTES_MAX`] |
+//! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
+//! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
 //! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id |
 //! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
@@ -154,6 +156,10 @@ impl ApiError {
                 ("unsupported_media_type", "send application/json")
             }
             StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+            StatusCode::URI_TOO_LONG => ("uri_too_long", "the path and query are too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                ("headers_too_large", "the request's headers are too large")
+            }
             s if s.is_server_error() => ("internal_error", "internal error"),
             _ => ("bad_request", "the request is not acceptable"),
         };
@@ -164,6 +170,14 @@ impl ApiError {
                     crate::limits::BODY_BYTES_MAX
                 )
             }
+            StatusCode::URI_TOO_LONG => format!(
+                "the path and query are over the limit of {} bytes",
+                crate::limits::URI_BYTES_MAX
+            ),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+                "the request's headers are over the limit of {} bytes",
+                crate::limits::HEADER_BYTES_MAX
+            ),
             _ => message.to_owned(),
         };
         ApiError::new(status, code, message)
@@ -453,6 +467,12 @@ pub(crate) mod responses {
         /// Malformed path or query parameters (bad id, cursor, limit or date).
         #[response(status = 400)]
         BadRequest(ErrorBody),
+        /// The path and query are over the limit (8 KiB).
+        #[response(status = 414)]
+        UriTooLong(ErrorBody),
+        /// The headers are over the limit (16 KiB).
+        #[response(status = 431)]
+        HeadersTooLarge(ErrorBody),
         /// The log is unavailable, the server is shutting down, or the request timed out.
         #[response(status = 503)]
         Unavailable(ErrorBody),

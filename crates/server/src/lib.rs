@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyledger_runtime::Keyledger;
@@ -139,6 +139,25 @@ pub fn app(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
+/// 414 for a path and query over [`limits::URI_BYTES_MAX`], 431 for headers
+/// over [`limits::HEADER_BYTES_MAX`] (counted as on the wire: name, `: `,
+/// value, CRLF); `None` for a request within both.
+fn head_over_limits(request: &Request) -> Option<StatusCode> {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri > limits::URI_BYTES_MAX {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (headers > limits::HEADER_BYTES_MAX).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+}
+
 /// Runs around every request: a span naming the matched route, the request
 /// time limit, the JSON error format for any response that lacks it, and
 /// the request metrics.
@@ -152,10 +171,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         route = route.as_ref().map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str),
     );
     let limit = state.limits().request_timeout;
-    let run = tokio::time::timeout(limit, next.run(request)).instrument(span.clone());
-    let mut response = match run.await {
-        Ok(response) => response,
-        Err(_) => span.in_scope(|| ApiError::timeout(limit).into_response()),
+    let mut response = if let Some(status) = head_over_limits(&request) {
+        ApiError::from_status(status).into_response()
+    } else {
+        let run = tokio::time::timeout(limit, next.run(request)).instrument(span.clone());
+        match run.await {
+            Ok(response) => response,
+            Err(_) => span.in_scope(|| ApiError::timeout(limit).into_response()),
+        }
     };
     let status = response.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(&response) {

@@ -14,6 +14,17 @@ pub use keyledger_runtime::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 /// characters) is well under it.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 
+/// Longest path and query, in bytes; a longer one is answered 414 in the
+/// JSON error format. (hyper itself answers a URI over 65,534 bytes 414
+/// with an empty body, before any of keyledger's code runs.)
+pub const URI_BYTES_MAX: usize = 8 * 1024;
+
+/// Largest header section (names, values and their separators), in bytes;
+/// a larger one is answered 431 in the JSON error format. A key is under
+/// 100 bytes. (hyper itself answers a request head over its ~400 KB buffer,
+/// or with over 100 headers, 431 with an empty body.)
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+
 /// Requests handled at once; more wait for a slot (within the request time
 /// limit). Sized for a 2-core machine: enough to keep the writer's group
 /// commits full, few enough to bound memory.
