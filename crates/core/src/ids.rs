@@ -134,12 +134,6 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// The hasher of the projections' maps keyed by values keyledger makes
-/// itself (key ids, secret hashes): foldhash, seeded per process. These
-/// maps sit on the replay and verification paths, where SipHash's cost
-/// shows; nobody outside chooses their keys.
-pub(crate) type IdHash = foldhash::fast::RandomState;
-
 #[cfg(test)]
 mod tests {
     use super::*;

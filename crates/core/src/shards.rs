@@ -15,7 +15,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crate::ids::IdHash;
+/// The shards' own hasher: foldhash, seeded per process. The keys are
+/// values keyledger makes itself (key ids, secret hashes), which nobody
+/// outside chooses, and these maps sit on the replay path, where SipHash's
+/// cost shows.
+type IdHash = foldhash::fast::RandomState;
 
 /// How many shards a map has.
 const SHARDS: usize = 256;
@@ -61,7 +65,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     }
 
     /// The shard that holds `key`, if it is anywhere.
-    pub(crate) fn shard(&self, key: &K) -> &HashMap<K, V, IdHash> {
+    fn shard(&self, key: &K) -> &HashMap<K, V, IdHash> {
         &self.shards[Self::pick(key)]
     }
 

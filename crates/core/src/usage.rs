@@ -142,11 +142,7 @@ impl Usage {
 
     /// Folds one committed event (only `KeyUsed` changes anything).
     pub fn apply(&mut self, event: &Event) {
-        if let EventKind::KeyUsed(u) = &event.kind {
-            let day = u.window_start.day();
-            self.add_to_key(u.key_id, day, &u.counts);
-            self.add_to_tenant(&event.tenant, day, &u.counts);
-        }
+        self.apply_all(std::iter::once(event));
     }
 
     /// A tenant's days with uses in `from..=to`.

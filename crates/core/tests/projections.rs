@@ -580,21 +580,16 @@ fn usage_in_any_day_order_is_the_same_projection() {
     assert_eq!(usage, usage_of(&reversed));
     assert_ne!(usage, usage_of(&events[..4]));
     let rows = |from, to| usage.daily_key(kid(1), day(from), day(to));
+    let row = |d, counts| DailyRow {
+        day: day(d),
+        counts,
+    };
     assert_eq!(
         rows("2026-03-01", "2026-03-03"),
         [
-            DailyRow {
-                day: day("2026-03-01"),
-                counts: counts(0, 2, 0, 4)
-            },
-            DailyRow {
-                day: day("2026-03-02"),
-                counts: counts(6, 0, 0, 0)
-            },
-            DailyRow {
-                day: day("2026-03-03"),
-                counts: counts(0, 0, 3, 0)
-            },
+            row("2026-03-01", counts(0, 2, 0, 4)),
+            row("2026-03-02", counts(6, 0, 0, 0)),
+            row("2026-03-03", counts(0, 0, 3, 0)),
         ]
     );
     // The latest day alone, the earlier days alone, and none.

@@ -146,39 +146,31 @@ impl ApiError {
 
     /// The error for a bare status some layer answered without a body.
     pub(crate) fn from_status(status: StatusCode) -> Self {
+        let over = |what: &str, limit: usize| format!("{what} over the limit of {limit} bytes");
         let (code, message) = match status {
-            StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json"),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                ("method_not_allowed", "this route does not take that method")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the body is over the limit"),
+            StatusCode::NOT_FOUND => ("not_found", "no such route; see /openapi.json".into()),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "this route does not take that method".into(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                "body_too_large",
+                over("the body is", crate::limits::BODY_BYTES_MAX),
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("unsupported_media_type", "send application/json")
+                ("unsupported_media_type", "send application/json".into())
             }
-            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
-            StatusCode::URI_TOO_LONG => ("uri_too_long", "the path and query are too long"),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                ("headers_too_large", "the request's headers are too large")
-            }
-            s if s.is_server_error() => ("internal_error", "internal error"),
-            _ => ("bad_request", "the request is not acceptable"),
-        };
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                format!(
-                    "the body is over the limit of {} bytes",
-                    crate::limits::BODY_BYTES_MAX
-                )
-            }
-            StatusCode::URI_TOO_LONG => format!(
-                "the path and query are over the limit of {} bytes",
-                crate::limits::URI_BYTES_MAX
+            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long".into()),
+            StatusCode::URI_TOO_LONG => (
+                "uri_too_long",
+                over("the path and query are", crate::limits::URI_BYTES_MAX),
             ),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
-                "the request's headers are over the limit of {} bytes",
-                crate::limits::HEADER_BYTES_MAX
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                "headers_too_large",
+                over("the request's headers are", crate::limits::HEADER_BYTES_MAX),
             ),
-            _ => message.to_owned(),
+            s if s.is_server_error() => ("internal_error", "internal error".into()),
+            _ => ("bad_request", "the request is not acceptable".into()),
         };
         ApiError::new(status, code, message)
     }

@@ -23,6 +23,16 @@ fn append(log: &dyn EventLog, t: &str, n: u64) -> u64 {
 }
 
 /// The files a crash right now would leave, once every sync completed.
+/// A log on a fault disk with three appends of tenant `acme`.
+fn three_appends() -> (FaultBackend, RedbLog) {
+    let disk = FaultBackend::new();
+    let log = RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..3 {
+        append(&log, "acme", n);
+    }
+    (disk, log)
+}
+
 fn crash_now(disk: &FaultBackend) -> DiskImage {
     let images = disk.crash_images(1);
     images
@@ -95,11 +105,7 @@ fn acknowledged_appends_past_the_checkpoint_are_recovered_from_the_write_ahead_l
 /// refused at open with the position it claims, and nothing is applied.
 #[test]
 fn a_resealed_frame_that_breaks_the_chain_is_refused_at_open() {
-    let disk = FaultBackend::new();
-    let log = RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
-    for n in 0..3 {
-        append(&log, "acme", n);
-    }
+    let (disk, log) = three_appends();
     let image = crash_now(&disk);
     std::mem::forget(log);
     let epoch = first_epoch(&image.wal);
@@ -143,11 +149,7 @@ fn a_resealed_frame_that_breaks_the_chain_is_refused_at_open() {
 /// frame, still in the file, does not bring it back.
 #[test]
 fn frames_from_before_a_checkpoint_are_not_applied_again() {
-    let disk = FaultBackend::new();
-    let log = RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
-    for n in 0..3 {
-        append(&log, "acme", n);
-    }
+    let (disk, log) = three_appends();
     log.checkpoint().unwrap_or_else(|e| panic!("{e}"));
     let second = log
         .raw_record(2)
