@@ -157,103 +157,101 @@ fn a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers() {
         .flat_map(|e| [false, true].map(|s| (e, s)))
         .flat_map(|(e, s)| (1..=10u64).map(move |n| (e, s, n)))
     {
-        {
-            let disk = FaultBackend::new().without_journal();
-            let clock = ManualClock::new(Timestamp::from_micros(common::T0));
-            let log = redb(&disk);
-            rt.block_on(async {
-                let ledger =
-                    open(log.clone(), &clock, rng.next(), 64).unwrap_or_else(|e| panic!("{e}"));
-                let p = || Principal::operator(tenant("acme"));
-                let key = |name: &str| NewKey {
-                    owner: Some(user("ada")),
-                    name: name.into(),
-                    ..NewKey::default()
-                };
-                let first = ledger
-                    .create_key(p(), key("first"))
+        let disk = FaultBackend::new().without_journal();
+        let clock = ManualClock::new(Timestamp::from_micros(common::T0));
+        let log = redb(&disk);
+        rt.block_on(async {
+            let ledger =
+                open(log.clone(), &clock, rng.next(), 64).unwrap_or_else(|e| panic!("{e}"));
+            let p = || Principal::operator(tenant("acme"));
+            let key = |name: &str| NewKey {
+                owner: Some(user("ada")),
+                name: name.into(),
+                ..NewKey::default()
+            };
+            let first = ledger
+                .create_key(p(), key("first"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..extra {
+                ledger
+                    .create_key(p(), key(&format!("e{i}")))
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
-                for i in 0..extra {
-                    ledger
-                        .create_key(p(), key(&format!("e{i}")))
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"));
-                }
-                let before = disk.faults_injected();
-                if sync {
-                    disk.fail_sync(n);
-                } else {
-                    disk.fail_write(n);
-                }
-                let mut tasks = Vec::new();
-                for i in 0..4 {
-                    let l = ledger.clone();
-                    let k = key(&format!("c{i}"));
-                    tasks.push(tokio::spawn(async move {
-                        l.create_key(Principal::operator(tenant("acme")), k).await
-                    }));
-                }
-                let revoke = ledger
-                    .revoke_key(p(), first.key.id, keyledger_core::RevokeReason::Manual)
-                    .await;
-                let mut outcomes = Vec::new();
-                for t in tasks {
-                    outcomes.push(t.await.unwrap_or_else(|e| panic!("{e}")));
-                }
-                disk.clear_faults();
-                if disk.faults_injected() > before {
-                    injected += 1;
-                }
-                let (state, _) = ledger.projections();
-                for (i, o) in outcomes.iter().enumerate() {
-                    match o {
-                        Ok(c) => assert!(state.key(&tenant("acme"), c.key.id).is_some()),
-                        Err(Error::Unavailable(_)) => {
-                            refused += 1;
-                            let name = format!("c{i}");
-                            let present = state
-                                .tenant(&tenant("acme"))
-                                .is_some_and(|t| t.keys.values().any(|k| k.name == name));
-                            assert!(
-                                !present,
-                                "seed {seed}: refused create {name} is in the ledger"
-                            );
-                        }
-                        Err(e) => panic!("seed {seed}: unexpected {e}"),
-                    }
-                }
-                // A refused revoke leaves the key working; an acknowledged one stops it.
-                let v = ledger.verify(first.secret.expose(), None).outcome;
-                match &revoke {
-                    Ok(_) => assert_eq!(v, VerifyOutcome::Revoked),
+            }
+            let before = disk.faults_injected();
+            if sync {
+                disk.fail_sync(n);
+            } else {
+                disk.fail_write(n);
+            }
+            let mut tasks = Vec::new();
+            for i in 0..4 {
+                let l = ledger.clone();
+                let k = key(&format!("c{i}"));
+                tasks.push(tokio::spawn(async move {
+                    l.create_key(Principal::operator(tenant("acme")), k).await
+                }));
+            }
+            let revoke = ledger
+                .revoke_key(p(), first.key.id, keyledger_core::RevokeReason::Manual)
+                .await;
+            let mut outcomes = Vec::new();
+            for t in tasks {
+                outcomes.push(t.await.unwrap_or_else(|e| panic!("{e}")));
+            }
+            disk.clear_faults();
+            if disk.faults_injected() > before {
+                injected += 1;
+            }
+            let (state, _) = ledger.projections();
+            for (i, o) in outcomes.iter().enumerate() {
+                match o {
+                    Ok(c) => assert!(state.key(&tenant("acme"), c.key.id).is_some()),
                     Err(Error::Unavailable(_)) => {
                         refused += 1;
-                        assert_eq!(v, VerifyOutcome::Valid);
+                        let name = format!("c{i}");
+                        let present = state
+                            .tenant(&tenant("acme"))
+                            .is_some_and(|t| t.keys.values().any(|k| k.name == name));
+                        assert!(
+                            !present,
+                            "seed {seed}: refused create {name} is in the ledger"
+                        );
                     }
                     Err(e) => panic!("seed {seed}: unexpected {e}"),
                 }
-                // The runtime works on: a create and (if needed) the revoke succeed.
-                ledger
-                    .create_key(p(), key("after"))
-                    .await
-                    .unwrap_or_else(|e| panic!("seed {seed}: after the fault: {e}"));
-                if revoke.is_err() {
-                    ledger
-                        .revoke_key(p(), first.key.id, keyledger_core::RevokeReason::Manual)
-                        .await
-                        .unwrap_or_else(|e| panic!("seed {seed}: revoke after the fault: {e}"));
+            }
+            // A refused revoke leaves the key working; an acknowledged one stops it.
+            let v = ledger.verify(first.secret.expose(), None).outcome;
+            match &revoke {
+                Ok(_) => assert_eq!(v, VerifyOutcome::Revoked),
+                Err(Error::Unavailable(_)) => {
+                    refused += 1;
+                    assert_eq!(v, VerifyOutcome::Valid);
                 }
-                ledger.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-                // The log agrees after a reopen.
-                drop(ledger);
-                let (live, _) = common::fold(log.as_ref());
-                drop(log);
-                let reopened = redb(&disk);
-                let (again, _) = common::fold(reopened.as_ref());
-                assert!(live == again, "seed {seed}: the reopened log differs");
-            });
-        }
+                Err(e) => panic!("seed {seed}: unexpected {e}"),
+            }
+            // The runtime works on: a create and (if needed) the revoke succeed.
+            ledger
+                .create_key(p(), key("after"))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: after the fault: {e}"));
+            if revoke.is_err() {
+                ledger
+                    .revoke_key(p(), first.key.id, keyledger_core::RevokeReason::Manual)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: revoke after the fault: {e}"));
+            }
+            ledger.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+            // The log agrees after a reopen.
+            drop(ledger);
+            let (live, _) = common::fold(log.as_ref());
+            drop(log);
+            let reopened = redb(&disk);
+            let (again, _) = common::fold(reopened.as_ref());
+            assert!(live == again, "seed {seed}: the reopened log differs");
+        });
     }
     println!(
         "seed {seed}: fault points injected: {injected}; calls refused as unavailable: {refused}"
