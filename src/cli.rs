@@ -581,7 +581,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
             })?;
         }
         Cmd::Usage(u) => usage(ledger, out, u)?,
-        Cmd::Replay => replay(ledger, out)?,
+        Cmd::Replay => return replay(ledger, out),
         Cmd::Demo => {}
         Cmd::Serve(_) => {}
     }
@@ -781,11 +781,16 @@ fn verify_chains(data: &Path, tenant: Option<&str>, out: &Out) -> Result<ExitCod
     }
     let log = open_log(data)?;
     let log = log.as_ref();
-    let tenants = match tenant {
-        Some(t) => vec![t.parse::<TenantId>()?],
+    let only = tenant.map(str::parse::<TenantId>).transpose()?;
+    let tenants = match &only {
+        Some(t) => vec![t.clone()],
         None => log.tenants()?,
     };
-    let mut all_ok = true;
+    // The stored checkpoints too: a log that is whole and linked but
+    // shorter than, or different from, what was signed is not "ok".
+    let checks =
+        keyledger_runtime::integrity::check_log(data, log, only.as_ref()).map_err(Failure)?;
+    let mut all_ok = checks.iter().all(|c| c.outcome.is_ok());
     let mut reports = Vec::new();
     for t in &tenants {
         let total = log.tenant_head(t)?.map_or(0, |h| h.0);
@@ -797,7 +802,7 @@ fn verify_chains(data: &Path, tenant: Option<&str>, out: &Out) -> Result<ExitCod
         all_ok &= report.ok;
         reports.push((t.clone(), report));
     }
-    output::chain_reports(out, &reports)?;
+    output::chain_reports(out, &reports, &checks)?;
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -858,7 +863,9 @@ fn usage(ledger: &Keyledger, out: &Out, cmd: UsageCmd) -> Result<()> {
     Ok(())
 }
 
-fn replay(ledger: &Keyledger, out: &Out) -> Result<()> {
+/// Exits 1 when a chain is broken (opening the ledger already refused a
+/// log that does not hold its signed checkpoints).
+fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
     // Opening the ledger already replayed the log into fresh projections
     // (checking every link and sequence number); here every chain is also
     // recomputed from the stored bytes.
@@ -900,5 +907,9 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<()> {
             }
         )
     })?;
-    Ok(())
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

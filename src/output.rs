@@ -252,37 +252,94 @@ pub fn summary_text(s: &SummaryView) -> String {
     text
 }
 
-pub fn chain_reports(out: &Out, reports: &[(TenantId, ChainReport)]) -> Result<()> {
-    let body: Vec<_> = reports
+pub fn chain_reports(
+    out: &Out,
+    reports: &[(TenantId, ChainReport)],
+    checks: &[keyledger_runtime::integrity::TenantCheck],
+) -> Result<()> {
+    let check_of = |t: &str| checks.iter().find(|c| c.tenant == t);
+    let checkpoint_json = |c: Option<&keyledger_runtime::integrity::TenantCheck>| match c {
+        None => serde_json::Value::Null,
+        Some(c) => match &c.outcome {
+            Ok(signed) => serde_json::json!({
+                "ok": true,
+                "signed_size": signed.as_ref().map(|s| s.size),
+            }),
+            Err(p) => serde_json::json!({
+                "ok": false,
+                "signed_size": p.signed_size,
+                "log_size": p.log_size,
+                "first_bad_seq": p.first_bad,
+                "file": p.file.display().to_string(),
+                "problem": p.what,
+            }),
+        },
+    };
+    // Tenants with stored checkpoints but no events left in the log.
+    let orphans: Vec<_> = checks
+        .iter()
+        .filter(|c| !reports.iter().any(|(t, _)| t.as_str() == c.tenant))
+        .collect();
+    let mut body: Vec<_> = reports
         .iter()
         .map(|(t, r)| {
+            let cp = check_of(t.as_str());
             serde_json::json!({
                 "tenant": t.as_str(),
-                "ok": r.ok,
+                "ok": r.ok && cp.is_none_or(|c| c.outcome.is_ok()),
                 "events": r.events,
                 "head_hash": hex_hash(&r.head_hash),
                 "first_bad_position": r.first_bad.as_ref().map(|b| b.position),
                 "first_bad_seq": r.first_bad.as_ref().map(|b| b.seq),
                 "problem": r.first_bad.as_ref().map(|b| b.problem.clone()),
+                "checkpoint": checkpoint_json(cp),
             })
         })
         .collect();
+    body.extend(orphans.iter().map(|c| {
+        serde_json::json!({
+            "tenant": c.tenant,
+            "ok": false,
+            "events": 0,
+            "checkpoint": checkpoint_json(Some(c)),
+        })
+    }));
     out.value(&body, || {
-        reports
+        let mut lines: Vec<String> = reports
             .iter()
-            .map(|(t, r)| match &r.first_bad {
-                None => format!(
-                    "{t}: ok, {} events, head {}",
-                    r.events,
-                    hex_hash(&r.head_hash)
-                ),
-                Some(b) => format!(
-                    "{t}: BROKEN at position {} (event {} of the tenant): {}",
-                    b.position, b.seq, b.problem
-                ),
+            .map(|(t, r)| {
+                let chain = match &r.first_bad {
+                    None => format!(
+                        "{t}: ok, {} events, head {}",
+                        r.events,
+                        hex_hash(&r.head_hash)
+                    ),
+                    Some(b) => format!(
+                        "{t}: BROKEN at position {} (event {} of the tenant): {}",
+                        b.position, b.seq, b.problem
+                    ),
+                };
+                match check_of(t.as_str()).map(|c| &c.outcome) {
+                    None | Some(Ok(None)) => chain,
+                    Some(Ok(Some(s))) => {
+                        format!("{chain}; holds its signed checkpoint of {} events", s.size)
+                    }
+                    Some(Err(p)) => format!("{chain}\n{t}: CHECKPOINT MISMATCH: {p}"),
+                }
             })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        for c in &orphans {
+            if let Err(p) = &c.outcome {
+                lines.push(format!("{}: CHECKPOINT MISMATCH: {p}", c.tenant));
+            }
+        }
+        if checks.iter().any(|c| c.outcome.is_err()) {
+            lines.push(keyledger_runtime::integrity::RECOVERY_ADVICE.to_owned());
+        }
+        if lines.is_empty() {
+            lines.push("no events and no signed checkpoints: nothing to verify".to_owned());
+        }
+        lines.join("\n")
     })
 }
 

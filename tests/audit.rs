@@ -443,23 +443,41 @@ const REWRITES: [(&str, Rewrite); 4] = [
 ];
 
 /// An operator who rewrites the data file and recomputes the whole hash
-/// chain passes `audit verify`; the checkpoints signed before the rewrite
-/// do not agree with the new tree, and the bundle says so.
+/// chain: the chain alone cannot tell, but the signed checkpoints stored
+/// beside the log can. `audit verify` exits 1 naming the tenant and the
+/// checkpoint, and nothing opens the rewritten log to serve or sign it
+/// (no bundle is made over it).
 #[test]
 fn a_rewritten_data_directory_contradicts_its_earlier_checkpoints() {
     for (what, change) in REWRITES {
         let d = ledger();
-        let key = public_key(&d);
         rewrite(&d, change);
-        // The chain alone cannot tell.
-        let chain = d.json(&["audit", "verify", "--tenant", "acme"]);
-        assert_eq!(chain[0]["ok"], true, "{what}: {chain}");
-        // The signed checkpoints can.
-        let file = bundle(&d, "after.jsonl");
-        let (code, out) = verify(&file, &key, &[]);
-        assert_eq!(code, Some(1), "{what}: {out}");
-        assert!(out.contains("INCONSISTENT CHECKPOINTS"), "{what}: {out}");
-        assert!(out.lines().last().unwrap().starts_with("INVALID"), "{out}");
+        let out = d.run(&["audit", "verify", "--tenant", "acme", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report[0]["problem"],
+            Value::Null,
+            "{what}: the chain links: {report}"
+        );
+        assert_eq!(report[0]["ok"], false, "{what}: {report}");
+        assert_eq!(report[0]["checkpoint"]["ok"], false, "{what}: {report}");
+        let file = d.path().join("after.jsonl");
+        let refused = d.run(&[
+            "audit",
+            "bundle",
+            "--tenant",
+            "acme",
+            "--output",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!refused.status.success(), "{what}: a bundle was made");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("tenant acme") && stderr.contains("checkpoint"),
+            "{what}: {stderr}"
+        );
+        assert!(!file.exists(), "{what}");
     }
 }
 

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod crash;
 mod http;
+mod integrity;
 mod limits;
 mod live;
 mod nodes;

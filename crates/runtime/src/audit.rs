@@ -216,12 +216,40 @@ impl Bundle {
 /// Per-process audit state: trees, the signer, what was last written.
 #[derive(Default)]
 pub(crate) struct AuditState {
-    trees: RwLock<HashMap<TenantId, Tree>>,
+    trees: RwLock<HashMap<TenantId, TenantTree>>,
     signer: Option<Signer>,
     /// Per tenant: the size and instant of the last stored checkpoint.
     written: Mutex<HashMap<TenantId, (u64, Timestamp)>>,
+    /// Per tenant: the largest checkpoint signed (size and root), stored
+    /// or handed out, by this process or found at open. Nothing is signed
+    /// that does not extend it.
+    signed: Mutex<HashMap<TenantId, (u64, Hash)>>,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A tenant's Merkle tree and the chain hash of its last event.
+#[derive(Default)]
+struct TenantTree {
+    tree: Tree,
+    /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
+    head: Hash,
+}
+
+/// The replayed trees, as [`crate::integrity`] reads them.
+struct Replayed<'a>(&'a HashMap<TenantId, TenantTree>);
+
+impl crate::integrity::Trees for Replayed<'_> {
+    fn size(&self, tenant: &TenantId) -> u64 {
+        self.0.get(tenant).map_or(0, |t| t.tree.len())
+    }
+
+    fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash> {
+        match self.0.get(tenant) {
+            Some(t) => t.tree.root(size).ok(),
+            None => Tree::new().root(size).ok(),
+        }
+    }
 }
 
 struct Signer {
@@ -326,14 +354,26 @@ impl AuditState {
                 None => trees.entry(tenant.clone()).or_default(),
             };
             for r in run {
-                if tree.len() + 1 != r.seq {
+                if tree.tree.len() + 1 != r.seq {
                     return Err(Error::Corrupt(format!(
                         "tenant {tenant}: Merkle leaf {} expected, event {} applied",
-                        tree.len() + 1,
+                        tree.tree.len() + 1,
                         r.seq
                     )));
                 }
-                tree.push_leaf_hash(leaf_of(&r.hash));
+                // Each record's own hash was recomputed when it was read
+                // (`keyledger_store`); here it must link to the one before.
+                if r.prev_hash != tree.head {
+                    return Err(Error::Corrupt(format!(
+                        "tenant {tenant}: event {} (log position {}) does not link to event {}: \
+                         the chain is broken there",
+                        r.seq,
+                        r.position,
+                        r.seq - 1
+                    )));
+                }
+                tree.tree.push_leaf_hash(leaf_of(&r.hash));
+                tree.head = r.hash;
             }
         }
         Ok(())
@@ -346,7 +386,7 @@ impl AuditState {
     ) -> Result<T, Error> {
         let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
         let empty = Tree::new();
-        f(trees.get(tenant).unwrap_or(&empty))
+        f(trees.get(tenant).map_or(&empty, |t| &t.tree))
     }
 
     fn signer(&self) -> Result<&Signer, Error> {
@@ -355,6 +395,11 @@ impl AuditState {
         })
     }
 
+    /// Signs the tenant's tree of `size` events with root `root`, unless
+    /// that would contradict a checkpoint signed before: the tree must
+    /// extend the largest one signed (the same root at that size, and no
+    /// smaller size). A log never forks (C2SP tlog-checkpoint), whatever
+    /// happened to the log or the trees.
     fn sign(
         &self,
         tenant: &TenantId,
@@ -363,6 +408,22 @@ impl AuditState {
         now: Timestamp,
     ) -> Result<SignedCheckpoint, Error> {
         let signer = self.signer()?;
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(last_size, last_root)) = signed.get(tenant) {
+            let (prefix, whole) =
+                self.with_tree(tenant, |t| Ok((t.root(last_size).ok(), t.root(size).ok())))?;
+            let extends = size >= last_size
+                && prefix == Some(last_root)
+                && whole == Some(root)
+                && (size > last_size || root == last_root);
+            if !extends {
+                return Err(Error::Corrupt(format!(
+                    "refusing to sign a checkpoint of {size} events for tenant {tenant}: it does \
+                     not extend the checkpoint of {last_size} events signed before (a log never \
+                     forks)"
+                )));
+            }
+        }
         let checkpoint = Checkpoint {
             origin: origin(tenant.as_str()),
             size,
@@ -370,7 +431,34 @@ impl AuditState {
             extensions: vec![format!("time {}", now.to_rfc3339())],
         };
         let note = checkpoint.sign(&signer.key);
+        signed.insert(tenant.clone(), (size, root));
         Ok(SignedCheckpoint { checkpoint, note })
+    }
+
+    /// Checks the log, as replayed into the trees, against every tenant's
+    /// newest stored checkpoint ([`crate::integrity`]), and remembers them
+    /// as the checkpoints every later one must extend.
+    pub(crate) fn check_stored(&self) -> Result<(), Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let found = {
+            let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+            crate::integrity::check_all(
+                &signer.config.dir,
+                &signer.key.verifying_key(),
+                &Replayed(&trees),
+            )
+        };
+        let found = found.map_err(|p| Error::Corrupt(crate::integrity::describe(&p)))?;
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, s) in found {
+            let at = Timestamp::parse_rfc3339(&s.at).unwrap_or(Timestamp::EPOCH);
+            signed.insert(tenant.clone(), (s.size, s.root));
+            written.insert(tenant, (s.size, at));
+        }
+        Ok(())
     }
 
     fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
@@ -415,6 +503,7 @@ impl AuditState {
             let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
             trees
                 .iter()
+                .map(|(t, tt)| (t, &tt.tree))
                 .filter_map(|(t, tree)| Some((t.clone(), tree.len(), tree.root(tree.len()).ok()?)))
                 .collect()
         };
@@ -1412,4 +1501,79 @@ fn read_event(
         },
         modified,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree_of(leaves: &[u8]) -> TenantTree {
+        let mut tree = Tree::new();
+        for &b in leaves {
+            tree.push_leaf_hash(leaf_of(&[b; 32]));
+        }
+        TenantTree {
+            tree,
+            head: [0; 32],
+        }
+    }
+
+    /// Whatever the trees come to hold (a bug, a log changed under the
+    /// process), no checkpoint is signed that does not extend the largest
+    /// one signed before: not a changed tree, not a smaller one.
+    #[test]
+    fn a_checkpoint_that_would_fork_the_log_is_never_signed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let state = AuditState::new(Some(AuditConfig::in_dir(dir.path())), &crate::OsEntropy)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let acme: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let now = Timestamp::EPOCH;
+        let put = |t: TenantTree| {
+            state
+                .trees
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(acme.clone(), t);
+        };
+        let head = |state: &AuditState| {
+            state.with_tree(&acme, |t| {
+                Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
+            })
+        };
+        put(tree_of(&[1, 2, 3, 4, 5]));
+        let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+        assert!(state.sign(&acme, size, root, now).is_ok());
+        assert_eq!(
+            state.write_due(now, true).unwrap_or_else(|e| panic!("{e}")),
+            1
+        );
+
+        // The same five events again, and more: fine.
+        put(tree_of(&[1, 2, 3, 4, 5, 6]));
+        let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+        assert!(state.sign(&acme, size, root, now).is_ok());
+
+        // A changed event 3, a longer tree, a shorter one, the same size
+        // with another root: each refused, and nothing stored.
+        let stored = state.stored(&acme).unwrap_or_else(|e| panic!("{e}"));
+        for leaves in [
+            &[1, 2, 9, 4, 5, 6, 7][..],
+            &[1, 2, 3, 4, 5],
+            &[1, 2, 3, 4, 5, 9],
+        ] {
+            put(tree_of(leaves));
+            let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+            match state.sign(&acme, size, root, now) {
+                Err(Error::Corrupt(m)) => assert!(m.contains("never forks"), "{m}"),
+                other => panic!("{leaves:?}: signed a fork: {other:?}"),
+            }
+            // (The tree of five is not due at all: its size was stored.)
+            let wrote = state.write_due(now, true);
+            assert!(matches!(wrote, Err(_) | Ok(0)), "{leaves:?}: {wrote:?}");
+            assert_eq!(
+                state.stored(&acme).unwrap_or_else(|e| panic!("{e}")),
+                stored
+            );
+        }
+    }
 }

@@ -21,6 +21,7 @@
 pub mod audit;
 mod clock;
 mod follower;
+pub mod integrity;
 mod metrics;
 mod query;
 mod verify;
@@ -287,6 +288,9 @@ impl Keyledger {
             stop: Notify::new(),
         });
         shared.replay(progress)?;
+        // Before anything is served or signed: the log must still hold
+        // every event a stored checkpoint signed.
+        shared.audit.check_stored()?;
         // Shares every tenant's state with the read model: the writer
         // copies a tenant's keys when it first writes for that tenant.
         let decision = shared.read_model().ledger.clone();

@@ -32,9 +32,25 @@
 //! in the file, or the whole file right after one) are never applied again:
 //! a scan reads frames of the current epoch from offset 0 and stops at the
 //! first that is not one (zeros, an older epoch, a torn frame whose CRC
-//! fails). Only the last frame can be torn: each append waits for its sync
-//! before the next frame is written, and a torn frame was never
-//! acknowledged.
+//! fails).
+//!
+//! # A torn tail is not damage
+//!
+//! Only the last frame can be torn: each append waits for its sync before
+//! the next frame is written, and a torn frame was never acknowledged. So
+//! where the scan stops, the rest of the file is searched for a whole
+//! frame of the same epoch (its magic, epoch and CRC all right, at any
+//! offset, since a damaged length field hides where the next frame
+//! starts). Finding one means a frame in the middle failed its check:
+//! damage to an acknowledged frame, and the open is refused
+//! ([`Tail::Damaged`]), never turned into a shorter log. A bad *last*
+//! frame cannot be told from a torn one by the file alone; it is dropped
+//! ([`Tail::Torn`], logged), and the runtime then refuses the log anyway
+//! if a signed checkpoint covers what was dropped (docs/reliability.md).
+//!
+//! Frames left from older epochs never match: every open raises the epoch
+//! before it writes a frame, so frames of the current epoch exist only
+//! from offset 0 up to where the last append stopped.
 
 use redb::StorageBackend;
 
@@ -175,8 +191,10 @@ impl Wal {
     }
 
     /// Reads the frames of `epoch` from the start of the file, in order:
-    /// each frame's records as stored. Stops at the first place that does
-    /// not hold a whole frame of that epoch.
+    /// each frame's records as stored, up to the first place that does not
+    /// hold a whole frame of that epoch. A frame that fails its check with
+    /// a good frame of the epoch after it is damage: an error naming both
+    /// offsets. A torn last frame is dropped with a warning.
     pub(crate) fn scan(&self, epoch: u64) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
         let len = self.file.len().map_err(io_error("reading its length"))?;
         let len = usize::try_from(len).map_err(io_error("sizing a read"))?;
@@ -184,8 +202,111 @@ impl Wal {
         self.file
             .read(0, &mut bytes)
             .map_err(io_error("reading it back"))?;
-        Ok(frames(&bytes, epoch))
+        let scan = scan(&bytes, epoch);
+        match scan.tail {
+            Tail::End => {}
+            Tail::Torn { offset } => tracing::warn!(
+                offset,
+                frames = scan.frames.len(),
+                "the write-ahead log's last frame is incomplete (a crash while it was written, \
+                 so it was never acknowledged): dropped"
+            ),
+            Tail::Damaged { offset, next_good } => {
+                return Err(StoreError::Backend(format!(
+                    "write-ahead log: frame {} (byte {offset}) fails its check, but a whole \
+                     frame of the same epoch follows at byte {next_good}: the file is damaged \
+                     (a torn write can only be the last frame), and the events from that frame \
+                     on were acknowledged. Nothing was dropped. Restore the data directory from \
+                     a backup (docs/operations.md, \"Restoring after damage\")",
+                    scan.frames.len() + 1
+                )));
+            }
+        }
+        Ok(scan.frames)
     }
+}
+
+/// Where a scan of the write-ahead log stopped, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// At zeros, a frame of an older epoch, or the end of the file: every
+    /// frame of the epoch was read.
+    End,
+    /// At a frame of the epoch that is incomplete or fails its CRC, with
+    /// no whole frame of the epoch anywhere after it: a torn last write.
+    Torn {
+        /// The byte offset of the torn frame.
+        offset: usize,
+    },
+    /// At a frame that fails its check, with a whole frame of the same
+    /// epoch after it: damage in the middle of the log.
+    Damaged {
+        /// The byte offset of the bad frame.
+        offset: usize,
+        /// The byte offset of the first whole frame of the epoch after it.
+        next_good: usize,
+    },
+}
+
+/// The frames of an epoch at the start of a write-ahead log, and what
+/// follows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Each whole frame's records, in order.
+    pub frames: Vec<Vec<Vec<u8>>>,
+    /// Where and why the frames ended.
+    pub tail: Tail,
+}
+
+/// Reads the frames of `epoch` from the start of `bytes` and classifies
+/// where they end ([`Tail`]). Never panics, whatever the bytes (the
+/// `wal_scan` fuzz target).
+pub fn scan(bytes: &[u8], epoch: u64) -> Scan {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = bytes.get(offset..) {
+        let Some((records, after)) = frame(rest, epoch) else {
+            break;
+        };
+        frames.push(records);
+        offset = bytes.len() - after.len();
+    }
+    let rest = bytes.get(offset..).unwrap_or_default();
+    // Searched whatever is at the stop: a damaged magic or epoch field
+    // must not make the frames after it look like the end of the log.
+    let tail = match next_whole_frame(rest, epoch) {
+        Some(at) => Tail::Damaged {
+            offset,
+            next_good: offset + at,
+        },
+        None if is_frame_of(rest, epoch) => Tail::Torn { offset },
+        None => Tail::End,
+    };
+    Scan { frames, tail }
+}
+
+/// Whether `bytes` start with the magic and the epoch of a frame of
+/// `epoch` (whole or not).
+fn is_frame_of(bytes: &[u8], epoch: u64) -> bool {
+    bytes.get(..4) == Some(MAGIC.as_slice())
+        && bytes.get(8..16) == Some(epoch.to_le_bytes().as_slice())
+}
+
+/// The offset in `bytes` of the first whole frame of `epoch`, if any.
+fn next_whole_frame(bytes: &[u8], epoch: u64) -> Option<usize> {
+    let mut from = 0;
+    while let Some(rest) = bytes.get(from..) {
+        let at = rest.windows(MAGIC.len()).position(|w| w == MAGIC)?;
+        let candidate = from + at;
+        if bytes
+            .get(candidate..)
+            .is_some_and(|b| frame(b, epoch).is_some())
+        {
+            return Some(candidate);
+        }
+        from = candidate + 1;
+    }
+    None
 }
 
 /// One frame of `epoch` holding `records`, as [`Wal`] writes it (the
@@ -216,16 +337,10 @@ fn seal(frame: &mut [u8], epoch: u64) {
     }
 }
 
-/// The frames of `epoch` at the start of `bytes`, each as its records.
-/// Never panics, whatever the bytes (the `wal_scan` fuzz target).
+/// The frames of `epoch` at the start of `bytes`, each as its records
+/// ([`scan`] without the verdict on the tail).
 pub fn frames(bytes: &[u8], epoch: u64) -> Vec<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some((records, after)) = frame(rest, epoch) {
-        out.push(records);
-        rest = after;
-    }
-    out
+    scan(bytes, epoch).frames
 }
 
 /// One whole frame of `epoch` at the start of `bytes`, and what follows it.
@@ -294,6 +409,49 @@ mod tests {
             let got = frames(&bytes[..cut], 7);
             assert_eq!(got, if cut >= first { one.clone() } else { vec![] });
         }
+    }
+
+    #[test]
+    fn a_bad_frame_followed_by_a_good_one_is_damage_never_a_shorter_log() {
+        let first = built(3, &[b"first record"]);
+        let second = built(3, &[b"second"]);
+        let third = built(3, &[b"third", b"fourth"]);
+        let mut bytes = [first.clone(), second.clone(), third.clone()].concat();
+        bytes.extend(built(2, &[b"older epoch"]));
+        bytes.extend([0; 32]);
+        assert_eq!(scan(&bytes, 3).tail, Tail::End);
+        assert_eq!(scan(&bytes, 3).frames.len(), 3);
+        // Every byte of the first or second frame (magic, CRC, epoch,
+        // length, body), flipped: damage, naming the bad frame's offset.
+        for i in 0..first.len() + second.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            let got = scan(&damaged, 3);
+            let bad = if i < first.len() { 0 } else { first.len() };
+            assert!(
+                matches!(got.tail, Tail::Damaged { offset, next_good } if offset == bad && next_good > bad),
+                "byte {i}: {:?}",
+                got.tail
+            );
+            assert_eq!(got.frames.len(), usize::from(bad > 0), "byte {i}");
+        }
+        // The last frame of the epoch, flipped: a torn tail (dropped).
+        let last = first.len() + second.len();
+        for i in last..last + third.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            let got = scan(&damaged, 3);
+            assert_eq!(got.frames.len(), 2, "byte {i}");
+            // (Torn when its magic and epoch still read; a flip there
+            // makes it look like bytes left from before: also dropped.)
+            assert!(!matches!(got.tail, Tail::Damaged { .. }), "byte {i}");
+            if i >= last + 16 {
+                assert_eq!(got.tail, Tail::Torn { offset: last }, "byte {i}");
+            }
+        }
+        // Cut inside the last frame: torn.
+        let cut = &bytes[..last + third.len() / 2];
+        assert_eq!(scan(cut, 3).tail, Tail::Torn { offset: last });
     }
 
     #[test]
