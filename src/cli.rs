@@ -398,7 +398,8 @@ pub fn postgres() -> bool {
 }
 
 /// Opens the log: the PostgreSQL database given by `--postgres`, or else
-/// the data directory's `ledger.redb` (creating the directory, owner-only).
+/// the data directory's `ledger.redb` (the directory checked by
+/// [`data_dir`] first).
 pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
     if let Some(url) = POSTGRES_URL.get() {
         // The URL may hold a password: the message names it by option only.
@@ -409,8 +410,8 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
         })?;
         return Ok(Arc::new(log));
     }
-    create_private_dir(data)?;
-    let log = RedbLog::open(&log_path(data)).map_err(|e| {
+    let data = data_dir(data)?;
+    let log = RedbLog::open(&log_path(&data)).map_err(|e| {
         Failure(format!(
             "cannot open {}: {e} (is a keyledger server running on it?)",
             data.display()
@@ -419,7 +420,7 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
     Ok(Arc::new(log))
 }
 
-/// Opens the data directory (creating it, owner-only) and replays the log,
+/// Opens the data directory (checked by [`data_dir`]) and replays the log,
 /// with a progress bar on a terminal.
 pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
     open_following(data, prefix, window, None)
@@ -433,12 +434,12 @@ pub fn open_following(
     window: UsageWindow,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
-    create_private_dir(data)?;
-    let log = open_log(data)?;
+    let data = data_dir(data)?;
+    let log = open_log(&data)?;
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure)?,
         usage_window: window,
-        audit: Some(keyledger_runtime::AuditConfig::in_dir(data)),
+        audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
         follow,
         ..Config::default()
     };
@@ -457,16 +458,13 @@ pub fn open_following(
     Ok(ledger)
 }
 
-/// Creates a directory readable by its owner only.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Failure(format!("cannot create {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+/// The data directory to use: made owner-only if missing, refused if
+/// another user could steer it, by its real path
+/// (`keyledger_runtime::datadir::prepare`; docs/operations.md, "The data
+/// directory's permissions"). Every command that opens a data directory
+/// goes through it.
+pub fn data_dir(data: &Path) -> Result<PathBuf> {
+    keyledger_runtime::datadir::prepare(data).map_err(|e| Failure(e.to_string()))
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {

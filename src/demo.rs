@@ -15,7 +15,7 @@ use keyledger_runtime::{
     Config, Created, Keyledger, ManualClock, NewKey, OsEntropy, SystemClock, UsageWindow,
 };
 
-use crate::cli::{Failure, Result, create_private_dir};
+use crate::cli::{Failure, Result};
 
 const DAYS: i32 = 90;
 const SLOTS_PER_DAY: i64 = 6;
@@ -64,7 +64,7 @@ fn scopes(list: &[Scope]) -> Option<ScopeSet> {
 }
 
 pub async fn run(data: &Path, prefix: &str) -> Result<()> {
-    create_private_dir(data)?;
+    let data = &crate::cli::data_dir(data)?;
     let log = crate::cli::open_log(data)?;
     if log.head()? > 0 {
         let place = if crate::cli::postgres() {

@@ -51,6 +51,8 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         check_node_id(&f.node_id)?;
         tracing::info!(node = %f.node_id, "following the shared PostgreSQL log");
     }
+    // Checked once, and used by its real path from here on.
+    let data = &cli::data_dir(data)?;
     let ledger = cli::open_following(
         data,
         key_prefix,

@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod crash;
+mod datadir;
 mod http;
 mod integrity;
 mod limits;

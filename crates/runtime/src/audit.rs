@@ -9,7 +9,8 @@
 //!   applied (start-up replay included), 64 bytes per event.
 //! * **Checkpoints** are C2SP signed notes (`keyledger/<tenant>`, size,
 //!   root, `time <RFC 3339>`), signed with the data directory's Ed25519 key.
-//!   They are appended to `<dir>/checkpoints/<tenant>.jsonl` when a tenant's
+//!   They are appended to `<dir>/checkpoints/<tenant>.jsonl` (the name
+//!   encoded by [`crate::datadir::checkpoint_file_name`]) when a tenant's
 //!   tree has grown (at most once per [`AuditConfig::checkpoint_debounce`])
 //!   and at least every [`AuditConfig::checkpoint_interval`] when idle.
 //! * **Bundles** are one JSON Lines file: a header (the current signed
@@ -22,7 +23,7 @@
 //!   data is handed out ([`Keyledger::record_audit_read`] and helpers).
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -273,7 +274,9 @@ pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<Si
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::Unavailable(format!("{what} {}: {e}", path.display()))
     };
-    match std::fs::read_to_string(&path) {
+    let read = crate::datadir::open_no_follow(OpenOptions::new().read(true), &path)
+        .and_then(std::io::read_to_string);
+    match read {
         Ok(text) => {
             #[cfg(unix)]
             {
@@ -305,15 +308,15 @@ pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<Si
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            let mut file = options.open(&path).map_err(|e| fail("cannot create", &e))?;
+            let mut file = crate::datadir::open_no_follow(&mut options, &path)
+                .map_err(|e| fail("cannot create", &e))?;
             file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
                 .and_then(|()| file.sync_all())
                 .map_err(|e| fail("cannot write", &e))?;
-            std::fs::write(
-                dir.join(PUBLIC_KEY_FILE),
-                format!("{}\n", b64(key.verifying_key().as_bytes())),
-            )
-            .map_err(|e| fail("cannot write the public key beside", &e))?;
+            let public = dir.join(PUBLIC_KEY_FILE);
+            crate::datadir::open_no_follow(&mut crate::datadir::write_public(), &public)
+                .and_then(|mut f| writeln!(f, "{}", b64(key.verifying_key().as_bytes())))
+                .map_err(|e| fail("cannot write the public key beside", &e))?;
             Ok(key)
         }
         Err(e) => Err(fail("cannot read", &e)),
@@ -467,25 +470,30 @@ impl AuditState {
             .config
             .dir
             .join(CHECKPOINT_DIR)
-            .join(format!("{tenant}.jsonl")))
+            .join(crate::datadir::checkpoint_file_name(tenant.as_str())))
     }
 
     /// Every stored checkpoint of a tenant, oldest first.
     fn stored(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
         let path = self.checkpoint_path(tenant)?;
-        let file = match File::open(&path) {
+        let file = match crate::datadir::open_no_follow(OpenOptions::new().read(true), &path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::Unavailable(format!("{}: {e}", path.display()))),
         };
         let mut out = Vec::new();
+        // Another tenant's lines are skipped: on a case-insensitive file
+        // system, earlier versions kept `ACME` and `acme` in one file.
+        let first_line = format!("{}\n", origin(tenant.as_str()));
         for line in BufReader::new(file).lines() {
             let line = line.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
             if line.trim().is_empty() {
                 continue;
             }
             // A torn last line (a crash mid-write) is skipped, not fatal.
-            if let Ok(c) = serde_json::from_str::<StoredCheckpoint>(&line) {
+            if let Ok(c) = serde_json::from_str::<StoredCheckpoint>(&line)
+                && c.note.starts_with(&first_line)
+            {
                 out.push(c);
             }
         }
@@ -551,13 +559,11 @@ impl AuditState {
             let path = self.checkpoint_path(&tenant)?;
             let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
+                crate::datadir::create_dir_private(dir).map_err(io)?;
             }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io)?;
+            let mut file =
+                crate::datadir::open_no_follow(&mut crate::datadir::append_private(), &path)
+                    .map_err(io)?;
             file.write_all(format!("{line}\n").as_bytes())
                 .and_then(|()| file.sync_data())
                 .map_err(io)?;

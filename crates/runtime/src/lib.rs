@@ -20,6 +20,7 @@
 
 pub mod audit;
 mod clock;
+pub mod datadir;
 mod follower;
 pub mod integrity;
 mod metrics;
@@ -130,6 +131,10 @@ pub enum Error {
     /// The runtime is shutting down.
     #[error("keyledger is shutting down")]
     ShuttingDown,
+    /// The data directory is refused: another user could steer what is
+    /// read from it or written to it ([`datadir`]).
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
     /// A command was committed and is enforced by this node, but not every
     /// live node sharing the log confirmed it applied it in time. It is
     /// not undone: the other nodes apply it as soon as they catch up.
@@ -268,6 +273,11 @@ impl Keyledger {
         entropy: Arc<dyn Entropy>,
         progress: Progress<'_>,
     ) -> Result<Self, Error> {
+        let mut config = config;
+        // Checked before anything in it is read, and used by its real path.
+        if let Some(audit) = &mut config.audit {
+            audit.dir = datadir::prepare(&audit.dir)?;
+        }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let audit = audit::AuditState::new(config.audit.clone(), entropy.as_ref())?;
         let shared = Arc::new(Shared {

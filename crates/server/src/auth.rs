@@ -217,7 +217,7 @@ pub enum TokenSource {
 }
 
 /// The token file's name in the data directory.
-pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
+pub const OPERATOR_TOKEN_FILE: &str = keyledger_runtime::datadir::OPERATOR_TOKEN_FILE;
 
 impl OperatorToken {
     /// A token from its text. Fails on a token that is too short, too long
@@ -263,7 +263,12 @@ impl OperatorToken {
             ));
         }
         let path = Self::path(data);
-        match std::fs::read_to_string(&path) {
+        let read = keyledger_runtime::datadir::open_no_follow(
+            std::fs::OpenOptions::new().read(true),
+            &path,
+        )
+        .and_then(std::io::read_to_string);
+        match read {
             Ok(text) => {
                 warn_if_shared(&path);
                 let token =
@@ -296,7 +301,7 @@ fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
+    let mut file = keyledger_runtime::datadir::open_no_follow(&mut options, path)?;
     writeln!(file, "{token}")?;
     file.sync_all()
 }
@@ -374,6 +379,24 @@ mod tests {
         assert_eq!(source, TokenSource::Environment);
         assert!(c.matches("from-the-environment-0123456789"));
         assert!(!c.matches(text.trim()));
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_linked_token_file_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("their-token");
+        std::fs::write(&theirs, "klop_chosen_by_someone_else_0123456789\n").unwrap();
+        let link = OperatorToken::path(dir.path());
+        std::os::unix::fs::symlink(&theirs, &link).unwrap();
+        let e = OperatorToken::load_or_create(dir.path(), None).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert!(e.contains(&link.display().to_string()), "{e}");
+        // A dangling link is not written through either.
+        std::fs::remove_file(&theirs).unwrap();
+        let e = OperatorToken::load_or_create(dir.path(), None).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert!(!theirs.exists());
     }
 
     #[test]

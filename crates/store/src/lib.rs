@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod envelope;
 pub mod faults;
 mod memory;
+pub mod no_follow;
 pub mod postgres;
 mod redb_log;
 pub mod wal;

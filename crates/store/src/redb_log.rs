@@ -32,7 +32,7 @@ use crate::chain::{self, GENESIS, Hash};
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, envelope,
+    check_tenant_page, decode_record, envelope, no_follow,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -201,9 +201,13 @@ fn create_atomically(path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(io("removing a half-made log")(e)),
     }
     {
-        let db = Database::create(&temp).map_err(|e| {
-            StoreError::Backend(format!("creating the event log {}: {e}", temp.display()))
-        })?;
+        let db = no_follow::open(&mut no_follow::read_write_private(), &temp)
+            .map_err(DatabaseError::from)
+            .and_then(redb::backends::FileBackend::new)
+            .and_then(|file| Database::builder().create_with_backend(file))
+            .map_err(|e| {
+                StoreError::Backend(format!("creating the event log {}: {e}", temp.display()))
+            })?;
         init(&db, path)?;
     }
     std::fs::rename(&temp, path).map_err(io("moving the new log into place"))?;
@@ -267,7 +271,10 @@ impl RedbLog {
         let p = path.to_owned();
         Self::open_with(
             path.to_owned(),
-            Box::new(move || Database::create(&p)),
+            Box::new(move || {
+                let file = no_follow::open(&mut no_follow::read_write_private(), &p)?;
+                Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)
+            }),
             Box::new(wal),
             WalOptions::default(),
         )
@@ -509,12 +516,7 @@ fn open_wal_file(path: &Path) -> Result<redb::backends::FileBackend, StoreError>
         move |e: std::io::Error| StoreError::Backend(format!("{what} {}: {e}", path.display()))
     };
     let existed = path.exists();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    let file = no_follow::open(&mut no_follow::read_write_private(), path)
         .map_err(io("opening the write-ahead log"))?;
     file.try_lock().map_err(|e| {
         StoreError::Backend(format!(
