@@ -422,15 +422,18 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
 /// Opens the data directory (creating it, owner-only) and replays the log,
 /// with a progress bar on a terminal.
 pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
-    open_following(data, prefix, window, None)
+    let reads = keyledger_runtime::AUDIT_READ_WINDOW_DEFAULT;
+    open_following(data, prefix, window, reads, None)
 }
 
 /// [`open`], following what other nodes append to a shared log when
-/// `follow` is given (`serve --postgres`).
+/// `follow` is given (`serve --postgres`), writing reads of the trail
+/// once per `audit_read_window` per reader and kind.
 pub fn open_following(
     data: &Path,
     prefix: &str,
     window: UsageWindow,
+    audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
     create_private_dir(data)?;
@@ -440,6 +443,7 @@ pub fn open_following(
         usage_window: window,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(data)),
         follow,
+        audit_read_window,
         ..Config::default()
     };
     let bar = output::progress("replaying", 0);
