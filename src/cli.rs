@@ -423,15 +423,18 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
 /// Opens the data directory (checked by [`data_dir`]) and replays the log,
 /// with a progress bar on a terminal.
 pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
-    open_following(data, prefix, window, None)
+    let reads = keyledger_runtime::AUDIT_READ_WINDOW_DEFAULT;
+    open_following(data, prefix, window, reads, None)
 }
 
 /// [`open`], following what other nodes append to a shared log when
-/// `follow` is given (`serve --postgres`).
+/// `follow` is given (`serve --postgres`), writing reads of the trail
+/// once per `audit_read_window` per reader and kind.
 pub fn open_following(
     data: &Path,
     prefix: &str,
     window: UsageWindow,
+    audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
     let data = data_dir(data)?;
@@ -441,6 +444,7 @@ pub fn open_following(
         usage_window: window,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
         follow,
+        audit_read_window,
         ..Config::default()
     };
     let bar = output::progress("replaying", 0);

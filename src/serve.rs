@@ -21,6 +21,16 @@ pub struct ServeArgs {
     /// per window of this many milliseconds (0: one event per use).
     #[arg(long, env = "KEYLEDGER_USAGE_WINDOW_MS", default_value_t = 1000)]
     pub usage_window_ms: u64,
+    /// Reads of the audit trail by one actor of one kind are written as one
+    /// AuditRead event per window of this many milliseconds, with their
+    /// count; each reader waits for the event that records its read (a
+    /// reader alone waits for none). 0: one event per read.
+    #[arg(
+        long,
+        env = "KEYLEDGER_AUDIT_READ_WINDOW_MS",
+        default_value_t = keyledger_runtime::AUDIT_READ_WINDOW_DEFAULT.as_millis() as u64
+    )]
+    pub audit_read_window_ms: u64,
     /// With --postgres: this node's name among the nodes sharing the log,
     /// used to wait until every node enforces a revocation (default: the
     /// host name, the process id and a random suffix).
@@ -57,6 +67,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         data,
         key_prefix,
         UsageWindow::from_millis(args.usage_window_ms),
+        std::time::Duration::from_millis(args.audit_read_window_ms),
         follow,
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();

@@ -432,11 +432,7 @@ const REWRITES: [(&str, Rewrite); 4] = [
             tenant: tenant.clone(),
             at,
             actor: Actor::Operator,
-            kind: EventKind::AuditRead(AuditRead {
-                from_seq: 0,
-                to_seq: 0,
-                what: AuditReadKind::List,
-            }),
+            kind: EventKind::AuditRead(AuditRead::one(AuditReadKind::List, None, at)),
         };
         p.insert(2, envelope::encode(&fake));
     }),

@@ -15,7 +15,8 @@ use crate::event::{
 };
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::limits::{
-    DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
+    AUDIT_READ_RANGES_MAX, DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX,
+    ROTATION_GRACE_SECONDS_MAX,
 };
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
@@ -104,11 +105,12 @@ pub enum Command {
     RotateKey(RotateKey),
     /// Remove a user and revoke their keys.
     RemoveUser(RemoveUser),
-    /// Record a read of the audit trail (needs `audit:read`).
+    /// Record reads of the audit trail (needs `audit:read`): one, or the
+    /// reads of one actor and kind gathered over a window, with their count.
     RecordAuditRead {
         /// Who read, in which tenant.
         principal: Principal,
-        /// What was read.
+        /// What was read, how often, when.
         read: AuditRead,
     },
     /// Record counted uses (from the usage counters, acting as the system).
@@ -285,9 +287,7 @@ pub fn decide(
         Command::RemoveUser(c) => remove_user(tenant_state, c, at),
         Command::RecordAuditRead { principal, read } => {
             principal.require(Scope::AuditRead)?;
-            if read.from_seq > read.to_seq {
-                return Err(invalid("from", "`from` is after `to`"));
-            }
+            check_audit_read(read)?;
             Ok(vec![Event {
                 tenant: principal.tenant.clone(),
                 at,
@@ -307,6 +307,40 @@ pub fn decide(
             }])
         }
     }
+}
+
+/// Checks the reads one `AuditRead` records: at least one read, no more
+/// ranges than reads and than [`AUDIT_READ_RANGES_MAX`], ranges of
+/// sequence numbers (from 1) in order, apart, and a window in order.
+fn check_audit_read(read: &AuditRead) -> Result<(), CommandError> {
+    if read.count == 0 {
+        return Err(invalid("count", "an audit read records at least one read"));
+    }
+    if read.ranges.iter().any(|r| r.from > r.to) {
+        return Err(invalid("from", "`from` is after `to`"));
+    }
+    if read.ranges.iter().any(|r| r.from == 0) {
+        return Err(invalid("from", "sequence numbers start at 1"));
+    }
+    if !AuditRead::ranges_in_order(&read.ranges) {
+        return Err(invalid(
+            "ranges",
+            "the ranges read must be in order, disjoint and not touching",
+        ));
+    }
+    if read.ranges.len() > AUDIT_READ_RANGES_MAX {
+        return Err(invalid(
+            "ranges",
+            format!("an audit read lists at most {AUDIT_READ_RANGES_MAX} ranges"),
+        ));
+    }
+    if read.ranges.len() as u64 > read.count {
+        return Err(invalid("count", "each read covers at most one range"));
+    }
+    if read.window_start > read.window_end {
+        return Err(invalid("window_start", "the window starts after it ends"));
+    }
+    Ok(())
 }
 
 /// Trims and checks a key name: 1–100 characters, no control characters.

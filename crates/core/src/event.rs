@@ -198,18 +198,122 @@ pub struct UserRemoved {
     pub user_id: UserId,
 }
 
-/// The audit trail (or evidence about it) was read: who read which range.
-/// Recorded before the data is handed out, so every access to the trail is
-/// itself in the trail.
+/// The audit trail (or evidence about it) was read: who (the event's
+/// actor) read what, how many times, which events, and when.
+///
+/// Reads by one actor of one kind are gathered over a short window and
+/// recorded as one event with an exact count, so reading cannot grow the
+/// log faster than one event per reader and kind per window; every read is
+/// recorded before its data is handed out (see `docs/audit.md`, "Reads of
+/// the trail"). A read recorded alone has `count` 1 and at most one range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditRead {
-    /// The first tenant sequence number the read covered (1-based; 0 when
-    /// the read covered no event).
-    pub from_seq: u64,
-    /// The last tenant sequence number the read covered.
-    pub to_seq: u64,
     /// What was read.
     pub what: AuditReadKind,
+    /// How many reads this event records (at least 1).
+    pub count: u64,
+    /// The union of the tenant sequence numbers the reads covered: in
+    /// order, disjoint and not touching, at most
+    /// [`AUDIT_READ_RANGES_MAX`](crate::limits::AUDIT_READ_RANGES_MAX)
+    /// (beyond it the closest neighbours are joined: the ranges then cover
+    /// a few events more than were read, never fewer). Empty when every
+    /// read covered no event (an empty page, an empty tenant's export).
+    pub ranges: Vec<SeqRange>,
+    /// The first read recorded here.
+    pub window_start: Timestamp,
+    /// The last read recorded here.
+    pub window_end: Timestamp,
+}
+
+/// Tenant sequence numbers `from..=to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqRange {
+    /// The first (sequence numbers start at 1).
+    pub from: u64,
+    /// The last (`from <= to`).
+    pub to: u64,
+}
+
+impl SeqRange {
+    /// `from..=to`, if it is a range of sequence numbers (`1 <= from <= to`).
+    pub const fn new(from: u64, to: u64) -> Option<Self> {
+        if from >= 1 && from <= to {
+            Some(SeqRange { from, to })
+        } else {
+            None
+        }
+    }
+
+    /// How many sequence numbers it holds (saturating).
+    pub const fn events(&self) -> u64 {
+        (self.to - self.from).saturating_add(1)
+    }
+}
+
+impl AuditRead {
+    /// One read of `range` (`None`: a read that covered no event) at `at`.
+    pub fn one(what: AuditReadKind, range: Option<SeqRange>, at: Timestamp) -> Self {
+        AuditRead {
+            what,
+            count: 1,
+            ranges: range.into_iter().collect(),
+            window_start: at,
+            window_end: at,
+        }
+    }
+
+    /// Counts one more read, of `range` at `at`: the count grows by one,
+    /// the range joins the union, the window widens to `at`.
+    pub fn add(&mut self, range: Option<SeqRange>, at: Timestamp) {
+        self.count = self.count.saturating_add(1);
+        self.window_start = self.window_start.min(at);
+        self.window_end = self.window_end.max(at);
+        let Some(range) = range else { return };
+        let at = self.ranges.partition_point(|r| r.from < range.from);
+        self.ranges.insert(at, range);
+        // Merge what overlaps or touches, in one pass (the ranges are in order).
+        let mut merged: Vec<SeqRange> = Vec::with_capacity(self.ranges.len());
+        for r in self.ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.from <= last.to.saturating_add(1) => last.to = last.to.max(r.to),
+                _ => merged.push(r),
+            }
+        }
+        while merged.len() > crate::limits::AUDIT_READ_RANGES_MAX {
+            // Join the two neighbours with the smallest gap between them.
+            let i = (0..merged.len() - 1)
+                .min_by_key(|&i| merged[i + 1].from - merged[i].to)
+                .unwrap_or(0);
+            merged[i].to = merged[i + 1].to;
+            merged.remove(i + 1);
+        }
+        self.ranges = merged;
+    }
+
+    /// The lowest and the highest sequence number read (`(0, 0)` when the
+    /// reads covered no event).
+    pub fn span(&self) -> (u64, u64) {
+        match (self.ranges.first(), self.ranges.last()) {
+            (Some(first), Some(last)) => (first.from, last.to),
+            _ => (0, 0),
+        }
+    }
+
+    /// How many distinct events the ranges hold (saturating).
+    pub fn events(&self) -> u64 {
+        self.ranges
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add(r.events()))
+    }
+
+    /// Whether `ranges` are what [`AuditRead::add`] keeps: each
+    /// `from <= to`, in order, disjoint and not touching.
+    pub fn ranges_in_order(ranges: &[SeqRange]) -> bool {
+        ranges.iter().all(|r| r.from <= r.to)
+            && ranges
+                .windows(2)
+                .all(|w| w[0].to < w[1].from && w[1].from - w[0].to > 1)
+    }
 }
 
 /// What kind of audit read.

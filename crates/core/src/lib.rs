@@ -31,7 +31,7 @@ pub use decide::{
 };
 pub use event::{
     Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,
-    KeyUsed, Outcome, RevokeReason, UseCounts, UserRemoved,
+    KeyUsed, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use scope::{Scope, ScopeSet};

@@ -13,6 +13,11 @@ pub const USER_ID_CHARS_MAX: usize = 256;
 pub const KEYS_PER_TENANT_MAX: usize = 1_000_000;
 /// Longest rotation grace period: 30 days.
 pub const ROTATION_GRACE_SECONDS_MAX: u64 = 30 * 24 * 3600;
+/// Most separate ranges of sequence numbers one `AuditRead` event lists;
+/// the reads gathered in one window that touch more are recorded with the
+/// closest ranges joined (`AuditRead::add`), so an event stays small
+/// whatever a reader does.
+pub const AUDIT_READ_RANGES_MAX: usize = 32;
 /// Longest usage summary window, in days.
 pub const SUMMARY_DAYS_MAX: u32 = 366;
 

@@ -10,11 +10,13 @@
 mod common;
 
 use common::*;
-use keyledger_core::limits::{DESCRIPTION_CHARS_MAX, NAME_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX};
+use keyledger_core::limits::{
+    AUDIT_READ_RANGES_MAX, DESCRIPTION_CHARS_MAX, NAME_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
+};
 use keyledger_core::{
-    Actor, Cause, Command, CommandError, CreateKey, Event, EventKind, KeyCreated, KeyRevoked,
-    KeyRotated, KeyStatus, Ledger, Outcome, Principal, RemoveUser, RevokeKey, RevokeReason,
-    RotateKey, Scope, ScopeSet, Timestamp, UseCounts, decide,
+    Actor, AuditRead, AuditReadKind, Cause, Command, CommandError, CreateKey, Event, EventKind,
+    KeyCreated, KeyRevoked, KeyRotated, KeyStatus, Ledger, Outcome, Principal, RemoveUser,
+    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, SeqRange, Timestamp, UseCounts, decide,
 };
 
 // ---------------------------------------------------------------- harness
@@ -1511,4 +1513,238 @@ fn rotating_a_key_in_its_grace_period_again_is_a_conflict() {
     )
     .when(rotate(user_principal(acme(), "alice"), 1, 3, 600), t(3))
     .then_error(CommandError::AlreadyRotated(kid(1), kid(2)));
+}
+
+// ------------------------------------------------------------ audit reads
+
+/// `p` records `read` (the runtime gathers the reads of one window).
+fn record_read(p: Principal, read: AuditRead) -> Command {
+    Command::RecordAuditRead { principal: p, read }
+}
+
+fn range(from: u64, to: u64) -> SeqRange {
+    SeqRange { from, to }
+}
+
+/// `count` list reads covering `ranges`, the first at `start`, the last at `end`.
+fn reads(count: u64, ranges: Vec<SeqRange>, start: Timestamp, end: Timestamp) -> AuditRead {
+    AuditRead {
+        what: AuditReadKind::List,
+        count,
+        ranges,
+        window_start: start,
+        window_end: end,
+    }
+}
+
+fn auditor() -> Principal {
+    key_principal(acme(), 9, "alice", ScopeSet::EMPTY.with(Scope::AuditRead))
+}
+
+#[test]
+fn one_read_is_recorded_by_its_reader() {
+    let read = AuditRead::one(AuditReadKind::Bundle, SeqRange::new(2, 8), t(10));
+    given([create_ev(acme(), t(1), 1, "alice")])
+        .when(record_read(auditor(), read.clone()), t(10))
+        .then_events(vec![ev(
+            acme(),
+            t(10),
+            as_key(9, "alice"),
+            EventKind::AuditRead(read),
+        )]);
+}
+
+#[test]
+fn the_reads_of_a_window_are_one_event_with_their_exact_count() {
+    let read = reads(5, vec![range(1, 50), range(70, 70)], t(10), t(11));
+    given([create_ev(acme(), t(1), 1, "alice")])
+        .when(record_read(auditor(), read.clone()), t(11))
+        .then_events(vec![ev(
+            acme(),
+            t(11),
+            as_key(9, "alice"),
+            EventKind::AuditRead(read),
+        )]);
+}
+
+#[test]
+fn reads_that_covered_no_event_are_counted_with_no_range() {
+    let read = reads(3, vec![], t(10), t(10));
+    given([])
+        .when(record_read(operator(), read.clone()), t(10))
+        .then_events(vec![ev(
+            acme(),
+            t(10),
+            Actor::Operator,
+            EventKind::AuditRead(read),
+        )]);
+}
+
+#[test]
+fn a_read_is_recorded_no_earlier_than_the_tenant_last_event() {
+    let read = reads(1, vec![range(1, 1)], t(10), t(10));
+    given([create_ev(acme(), t(50), 1, "alice")])
+        .when(record_read(auditor(), read.clone()), t(10))
+        .then_events(vec![ev(
+            acme(),
+            t(50),
+            as_key(9, "alice"),
+            EventKind::AuditRead(read),
+        )]);
+}
+
+#[test]
+fn recording_a_read_needs_audit_read() {
+    let p = key_principal(
+        acme(),
+        9,
+        "alice",
+        ScopeSet::DEFAULT.without(Scope::AuditRead),
+    );
+    given([])
+        .when(record_read(p, reads(1, vec![], t(1), t(1))), t(1))
+        .then_forbidden();
+}
+
+#[test]
+fn a_removed_user_reads_nothing_more() {
+    given([removed_ev(acme(), t(1), Actor::Operator, "alice")])
+        .when(
+            record_read(alice(), reads(1, vec![range(1, 1)], t(2), t(2))),
+            t(2),
+        )
+        .then_error(CommandError::UserRemoved(user("alice")));
+}
+
+#[test]
+fn an_audit_read_counts_at_least_one_read() {
+    given([])
+        .when(record_read(operator(), reads(0, vec![], t(1), t(1))), t(1))
+        .then_invalid("count");
+}
+
+#[test]
+fn an_audit_read_has_no_more_ranges_than_reads() {
+    given([])
+        .when(
+            record_read(
+                operator(),
+                reads(1, vec![range(1, 2), range(5, 6)], t(1), t(1)),
+            ),
+            t(1),
+        )
+        .then_invalid("count");
+}
+
+#[test]
+fn an_audit_read_range_runs_forward_from_one() {
+    for bad in [range(5, 4), range(0, 3), range(0, 0)] {
+        given([])
+            .when(
+                record_read(operator(), reads(1, vec![bad], t(1), t(1))),
+                t(1),
+            )
+            .then_invalid("from");
+    }
+}
+
+#[test]
+fn an_audit_read_ranges_are_in_order_apart_and_few() {
+    let unordered = [
+        vec![range(5, 6), range(1, 2)],
+        vec![range(1, 5), range(3, 8)],
+        vec![range(1, 5), range(6, 8)],
+        vec![range(1, 5), range(1, 5)],
+    ];
+    for ranges in unordered {
+        given([])
+            .when(record_read(operator(), reads(9, ranges, t(1), t(1))), t(1))
+            .then_invalid("ranges");
+    }
+    let many: Vec<SeqRange> = (0..=AUDIT_READ_RANGES_MAX as u64)
+        .map(|i| range(3 * i + 1, 3 * i + 1))
+        .collect();
+    given([])
+        .when(record_read(operator(), reads(1000, many, t(1), t(1))), t(1))
+        .then_invalid("ranges");
+}
+
+#[test]
+fn an_audit_read_window_ends_after_it_starts() {
+    given([])
+        .when(record_read(operator(), reads(2, vec![], t(5), t(4))), t(5))
+        .then_invalid("window_start");
+}
+
+// Gathering reads (the pure half of the runtime's coalescing).
+
+#[test]
+fn gathering_reads_counts_each_and_unites_their_ranges() {
+    let mut read = AuditRead::one(AuditReadKind::List, SeqRange::new(51, 100), t(3));
+    read.add(SeqRange::new(1, 50), t(1)); // touches: one range
+    read.add(None, t(4)); // an empty page: counted, no range
+    read.add(SeqRange::new(200, 210), t(2));
+    read.add(SeqRange::new(205, 220), t(2)); // overlaps
+    read.add(SeqRange::new(150, 150), t(2));
+    assert_eq!(read.count, 6);
+    assert_eq!(
+        read.ranges,
+        vec![range(1, 100), range(150, 150), range(200, 220)]
+    );
+    assert_eq!((read.window_start, read.window_end), (t(1), t(4)));
+    assert_eq!(read.span(), (1, 220));
+    assert_eq!(read.events(), 100 + 1 + 21);
+    // What was gathered is what a decision accepts.
+    given([])
+        .when(record_read(operator(), read.clone()), t(4))
+        .then_events(vec![ev(
+            acme(),
+            t(4),
+            Actor::Operator,
+            EventKind::AuditRead(read),
+        )]);
+}
+
+#[test]
+fn gathering_more_separate_ranges_than_the_limit_joins_the_closest() {
+    let mut read = AuditRead::one(AuditReadKind::Proof, SeqRange::new(1, 1), t(1));
+    // Every 10th event, and one pair only 2 apart: 1, 11, 21, …, plus 23.
+    for i in 1..AUDIT_READ_RANGES_MAX as u64 {
+        read.add(SeqRange::new(10 * i + 1, 10 * i + 1), t(1));
+    }
+    assert_eq!(read.ranges.len(), AUDIT_READ_RANGES_MAX);
+    read.add(SeqRange::new(23, 23), t(1));
+    assert_eq!(read.ranges.len(), AUDIT_READ_RANGES_MAX);
+    assert_eq!(read.count, AUDIT_READ_RANGES_MAX as u64 + 1);
+    // 21 and 23 are the closest: joined, the one event between them included.
+    assert!(read.ranges.contains(&range(21, 23)));
+    assert!(AuditRead::ranges_in_order(&read.ranges));
+    given([]).when(record_read(operator(), read), t(1)).events();
+}
+
+proptest::proptest! {
+    /// Whatever reads are gathered, the count is exact, every range read is
+    /// covered, the ranges stay in order and within the limit, and the
+    /// decision accepts the result.
+    #[test]
+    fn gathered_reads_are_exact_covering_and_accepted(
+        read_ranges in proptest::collection::vec(
+            proptest::option::of((1u64..400, 0u64..30)), 1..120),
+    ) {
+        let as_range = |r: &Option<(u64, u64)>| r.and_then(|(from, len)| SeqRange::new(from, from + len));
+        let mut read = AuditRead::one(AuditReadKind::List, as_range(&read_ranges[0]), t(1));
+        for r in &read_ranges[1..] {
+            read.add(as_range(r), t(2));
+        }
+        proptest::prop_assert_eq!(read.count, read_ranges.len() as u64);
+        proptest::prop_assert!(AuditRead::ranges_in_order(&read.ranges));
+        proptest::prop_assert!(read.ranges.len() <= AUDIT_READ_RANGES_MAX);
+        for r in read_ranges.iter().filter_map(as_range) {
+            proptest::prop_assert!(
+                read.ranges.iter().any(|c| c.from <= r.from && r.to <= c.to),
+                "{:?} is not covered by {:?}", r, read.ranges
+            );
+        }
+        proptest::prop_assert!(decide(&Ledger::default(), &record_read(operator(), read), t(2)).is_ok());
+    }
 }

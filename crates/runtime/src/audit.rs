@@ -20,7 +20,8 @@
 //!   checks one with nothing but the public key; [`verify_bundle_with`]
 //!   also checks it against checkpoints the reviewer kept.
 //! * **Reads** of the trail are recorded as `AuditRead` events before the
-//!   data is handed out ([`Keyledger::record_audit_read`] and helpers).
+//!   data is handed out ([`Keyledger::record_audit_read`] and helpers),
+//!   one per reader and kind per window, with their count (`reads.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::OpenOptions;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use keyledger_audit::checkpoint::{self, Checkpoint};
 use keyledger_audit::merkle::{self, Hash, Tree};
 use keyledger_audit::{SigningKey, VerifyingKey};
-use keyledger_core::{AuditRead, AuditReadKind, Command, Principal, TenantId, Timestamp};
+use keyledger_core::{AuditReadKind, Principal, SeqRange, TenantId, Timestamp};
 use keyledger_store::{Record, chain, envelope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -698,7 +699,14 @@ impl Keyledger {
     }
 
     /// Records that `principal` read the tenant's trail (events
-    /// `from_seq..=to_seq`), durably, before the data is handed out.
+    /// `from_seq..=to_seq`; `0..=0` for a read that covered none), durably,
+    /// before the data is handed out. A reader alone is written at once;
+    /// reads by the same actor of the same kind within
+    /// [`Config::audit_read_window`](crate::Config::audit_read_window) of
+    /// the last such event wait for the window's end and are written
+    /// together, as one `AuditRead` with their count (`docs/audit.md`,
+    /// "Reads of the trail"). An error means the read was not recorded:
+    /// hand nothing out.
     pub async fn record_audit_read(
         &self,
         principal: Principal,
@@ -706,16 +714,11 @@ impl Keyledger {
         to_seq: u64,
         what: AuditReadKind,
     ) -> Result<(), Error> {
-        self.execute(Command::RecordAuditRead {
-            principal,
-            read: AuditRead {
-                from_seq,
-                to_seq,
-                what,
-            },
-        })
-        .await
-        .map(|_| ())
+        let range = ((from_seq, to_seq) != (0, 0)).then_some(SeqRange {
+            from: from_seq,
+            to: to_seq,
+        });
+        crate::reads::record(self, principal, what, range).await
     }
 
     /// Records that `principal` was handed a page of the trail: the first
@@ -1421,6 +1424,25 @@ fn hashes(hexes: &[String]) -> Option<Vec<Hash>> {
 /// Reads one bundle event: recomputes its chain hash from the stored bytes
 /// and compares its readable fields with the decoded bytes. Returns the
 /// event and, if it was modified, what is wrong.
+/// The line 0.1.0 wrote for a version-1 `AuditRead` payload, whose
+/// `details` were `{from_seq, to_seq, what}`: `expected` (the line this
+/// release writes) with those details. `None` for any other event.
+fn legacy_view(payload: &[u8], event: &keyledger_core::Event, expected: &Value) -> Option<Value> {
+    let keyledger_core::EventKind::AuditRead(r) = &event.kind else {
+        return None;
+    };
+    if payload.first() != Some(&1) {
+        return None;
+    }
+    let (from_seq, to_seq) = r.span();
+    let mut legacy = expected.clone();
+    legacy.as_object_mut()?.insert(
+        "details".into(),
+        serde_json::json!({ "from_seq": from_seq, "to_seq": to_seq, "what": r.what.as_str() }),
+    );
+    Some(legacy)
+}
+
 fn read_event(
     tenant: &TenantId,
     line: usize,
@@ -1477,7 +1499,10 @@ fn read_event(
                     obj.get("payload").cloned().unwrap_or(Value::Null),
                 );
             }
-            if &expected != value && modified.is_none() {
+            // A bundle written by 0.1.0 shows a version-1 `AuditRead` as
+            // that release did: `{from_seq, to_seq, what}` (docs/events.md).
+            let legacy = legacy_view(&payload, &record.event, &expected);
+            if &expected != value && legacy.as_ref() != Some(value) && modified.is_none() {
                 let fields: Vec<&str> = expected
                     .as_object()
                     .map(|e| {

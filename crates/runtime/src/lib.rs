@@ -25,6 +25,7 @@ mod follower;
 pub mod integrity;
 mod metrics;
 mod query;
+mod reads;
 mod verify;
 pub mod views;
 mod writer;
@@ -76,6 +77,11 @@ impl UsageWindow {
     }
 }
 
+/// The default [`Config::audit_read_window`]: reads of the trail by one
+/// actor of one kind are written at most once per 100 ms; a reader alone
+/// waits for no window (see `docs/audit.md`, "Reads of the trail").
+pub const AUDIT_READ_WINDOW_DEFAULT: Duration = Duration::from_millis(100);
+
 /// Runtime settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -94,6 +100,11 @@ pub struct Config {
     /// append. `None` (the default): this process is the log's only
     /// writer (redb), and nothing is followed.
     pub follow: Option<Follow>,
+    /// Reads of the audit trail by one actor of one kind are written as
+    /// one `AuditRead` per window of this length, with their count; each
+    /// reader waits for the event that records its read. Zero: one event
+    /// per read.
+    pub audit_read_window: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +116,7 @@ impl Default for Config {
             queue_commands_max: 16_384,
             audit: None,
             follow: None,
+            audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
         }
     }
 }
@@ -223,6 +235,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) audit: audit::AuditState,
     pub(crate) follow: follower::Signal,
+    pub(crate) reads: reads::Reads,
     pub(crate) tx: mpsc::Sender<Job>,
     tasks: Mutex<Tasks>,
     stop: Notify,
@@ -280,6 +293,7 @@ impl Keyledger {
         }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let audit = audit::AuditState::new(config.audit.clone(), entropy.as_ref())?;
+        let reads = reads::Reads::new(config.audit_read_window);
         let shared = Arc::new(Shared {
             config,
             clock,
@@ -293,6 +307,7 @@ impl Keyledger {
             metrics: Metrics::default(),
             audit,
             follow: follower::Signal::default(),
+            reads,
             tx,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
@@ -602,8 +617,9 @@ impl Keyledger {
         flush(&self.shared).await
     }
 
-    /// Stops: no new command is accepted, every counted use is written,
-    /// the writer finishes its batch and the log is closed. Idempotent.
+    /// Stops: no new command is accepted, every counted use and every
+    /// read of the trail waiting for its window is written, the writer
+    /// finishes its batch and the log is closed. Idempotent.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let (writer, follower, flusher) = {
             let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -618,6 +634,7 @@ impl Keyledger {
             let _ = f.await;
         }
         let flushed = flush(&self.shared).await;
+        self.shared.reads.close().await;
         if writer.is_some() {
             let _ = self.shared.tx.send(Job::Stop).await;
         }

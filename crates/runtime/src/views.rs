@@ -205,11 +205,18 @@ impl From<&Record> for AuditEntry {
                 "expires_at": time(v.expires_at),
             }),
             EventKind::UserRemoved(u) => json!({ "user_id": u.user_id.as_str() }),
-            EventKind::AuditRead(r) => json!({
-                "from_seq": r.from_seq,
-                "to_seq": r.to_seq,
-                "what": r.what.as_str(),
-            }),
+            EventKind::AuditRead(r) => {
+                let (from_seq, to_seq) = r.span();
+                json!({
+                    "what": r.what.as_str(),
+                    "count": r.count,
+                    "from_seq": from_seq,
+                    "to_seq": to_seq,
+                    "ranges": r.ranges.iter().map(|r| [r.from, r.to]).collect::<Vec<_>>(),
+                    "window_start": time(r.window_start),
+                    "window_end": time(r.window_end),
+                })
+            }
         };
         AuditEntry {
             position: r.position,

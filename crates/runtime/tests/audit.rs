@@ -369,3 +369,408 @@ proptest::proptest! {
         }
     }
 }
+
+// ------------------------------------------------- reads of the trail, coalesced
+
+fn open_reads(log: Arc<dyn EventLog>, window: Duration) -> Keyledger {
+    Keyledger::open_with(
+        log,
+        Config {
+            usage_window: keyledger_runtime::UsageWindow::Manual,
+            audit_read_window: window,
+            ..Config::default()
+        },
+        Arc::new(keyledger_runtime::SystemClock),
+        Arc::new(OsEntropy),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
+/// A key of alice's with `audit:read` only, acting in acme.
+fn auditor(n: u128) -> Principal {
+    Principal::api_key(
+        "acme".parse().unwrap(),
+        keyledger_core::KeyId::from_u128(n),
+        format!("auditor {n}"),
+        "alice".parse().unwrap(),
+        ScopeSet::EMPTY.with(keyledger_core::Scope::AuditRead),
+    )
+}
+
+/// The `AuditRead` events of acme, in log order.
+fn reads_in(log: &dyn EventLog) -> Vec<(keyledger_core::Actor, keyledger_core::AuditRead)> {
+    log.read_tenant(&"acme".parse().unwrap(), 0, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event.kind {
+            keyledger_core::EventKind::AuditRead(read) => Some((r.event.actor, read)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads by `actor` the log holds, counted.
+fn reads_recorded(log: &dyn EventLog, actor: &keyledger_core::Actor) -> u64 {
+    reads_in(log)
+        .iter()
+        .filter(|(a, _)| a == actor)
+        .map(|(_, r)| r.count)
+        .sum()
+}
+
+async fn fill(ledger: &Keyledger, keys: usize) {
+    for i in 0..keys {
+        ledger
+            .create_key(
+                Principal::user("acme".parse().unwrap(), "alice".parse().unwrap()),
+                NewKey {
+                    name: format!("key {i}"),
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `n` concurrent reads by `p`; each, once answered, checks that the log
+/// already holds at least as many of `p`'s reads as have been answered.
+fn spawn_reads(
+    ledger: &Keyledger,
+    log: &Arc<dyn EventLog>,
+    p: &Principal,
+    what: AuditReadKind,
+    ranges: impl Fn(u64) -> (u64, u64),
+    n: u64,
+) -> Vec<tokio::task::JoinHandle<Result<(), keyledger_runtime::Error>>> {
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    (0..n)
+        .map(|i| {
+            let (ledger, log, p, answered) =
+                (ledger.clone(), log.clone(), p.clone(), answered.clone());
+            let (from, to) = ranges(i);
+            tokio::spawn(async move {
+                ledger.record_audit_read(p.clone(), from, to, what).await?;
+                let answered = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let recorded = reads_recorded(log.as_ref(), &p.actor);
+                assert!(
+                    recorded >= answered,
+                    "{answered} reads answered, {recorded} recorded"
+                );
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<Result<(), keyledger_runtime::Error>>>,
+) -> Vec<Result<(), keyledger_runtime::Error>> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn range(from: u64, to: u64) -> keyledger_core::SeqRange {
+    keyledger_core::SeqRange { from, to }
+}
+
+#[test]
+fn the_reads_of_a_window_are_one_event_per_reader_and_kind_with_exact_counts() {
+    let rt = rt();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    let acme: TenantId = "acme".parse().unwrap();
+    rt.block_on(async {
+        let window = Duration::from_secs(2);
+        let ledger = open_reads(log.clone(), window);
+        fill(&ledger, 5).await;
+        let (a, b) = (auditor(1), auditor(2));
+        // A reader alone waits for no window: written at once, one read.
+        let started = std::time::Instant::now();
+        ledger
+            .record_audit_read(a.clone(), 1, 5, AuditReadKind::List)
+            .await
+            .unwrap();
+        ledger
+            .record_audit_read(b.clone(), 1, 5, AuditReadKind::List)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < window / 2, "{:?}", started.elapsed());
+        assert_eq!(reads_in(log.as_ref()).len(), 2);
+
+        // Within the window of those: 40 pages read by a, 7 by b, 3
+        // exports by a, all at once.
+        let pages = |i: u64| match i % 4 {
+            0 => (1, 2),
+            1 => (3, 4),
+            2 => (9, 9),
+            _ => (0, 0), // an empty page: counted, no range
+        };
+        let mut tasks = spawn_reads(&ledger, &log, &a, AuditReadKind::List, pages, 40);
+        tasks.extend(spawn_reads(
+            &ledger,
+            &log,
+            &b,
+            AuditReadKind::List,
+            |_| (2, 2),
+            7,
+        ));
+        tasks.extend(spawn_reads(
+            &ledger,
+            &log,
+            &a,
+            AuditReadKind::Export,
+            |_| (1, 7),
+            3,
+        ));
+        let results = join_all(tasks).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(
+            started.elapsed() >= window * 9 / 10,
+            "the batches waited for the window: {:?}",
+            started.elapsed()
+        );
+        let reads = reads_in(log.as_ref());
+        assert_eq!(reads.len(), 5, "{reads:#?}");
+        let event = |actor: &Principal, what| {
+            let found: Vec<_> = reads[2..]
+                .iter()
+                .filter(|(x, r)| x == &actor.actor && r.what == what)
+                .collect();
+            assert_eq!(found.len(), 1, "{what:?} by {:?}: {reads:#?}", actor.actor);
+            found[0].1.clone()
+        };
+        let a_pages = event(&a, AuditReadKind::List);
+        assert_eq!(a_pages.count, 40);
+        assert_eq!(a_pages.ranges, vec![range(1, 4), range(9, 9)]);
+        assert!(a_pages.window_start <= a_pages.window_end);
+        let b_pages = event(&b, AuditReadKind::List);
+        assert_eq!((b_pages.count, b_pages.ranges), (7, vec![range(2, 2)]));
+        let a_exports = event(&a, AuditReadKind::Export);
+        assert_eq!((a_exports.count, a_exports.ranges), (3, vec![range(1, 7)]));
+
+        // Replayed, the trail shows the same reads and counts.
+        let filter = keyledger_core::AuditFilter {
+            types: vec![keyledger_core::EventType::AuditRead],
+            ..Default::default()
+        };
+        let trail = |l: &Keyledger| -> Vec<serde_json::Value> {
+            l.audit(&acme, &filter, None, Some(1000))
+                .unwrap()
+                .records
+                .iter()
+                .map(|r| {
+                    serde_json::to_value(keyledger_runtime::views::AuditEntry::from(r)).unwrap()
+                })
+                .collect()
+        };
+        let before = trail(&ledger);
+        let counted: u64 = before
+            .iter()
+            .map(|e| e["details"]["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 2 + 40 + 7 + 3);
+        ledger.shutdown().await.unwrap();
+        let again = open_reads(log.clone(), window);
+        assert_eq!(trail(&again), before);
+        again.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn a_window_of_zero_writes_one_event_per_read() {
+    let rt = rt();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    rt.block_on(async {
+        let ledger = open_reads(log.clone(), Duration::ZERO);
+        fill(&ledger, 3).await;
+        let a = auditor(1);
+        let tasks = spawn_reads(
+            &ledger,
+            &log,
+            &a,
+            AuditReadKind::Proof,
+            |i| (i % 3 + 1, i % 3 + 1),
+            20,
+        );
+        assert!(join_all(tasks).await.iter().all(Result::is_ok));
+        let reads = reads_in(log.as_ref());
+        assert_eq!(reads.len(), 20);
+        for (_, r) in &reads {
+            assert_eq!(r.count, 1);
+            assert_eq!(r.ranges.len(), 1);
+            assert_eq!(r.window_start, r.window_end);
+        }
+        ledger.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn readers_waiting_for_a_window_share_its_failure_and_nothing_is_recorded() {
+    let rt = rt();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    rt.block_on(async {
+        let ledger = open_reads(log.clone(), Duration::from_secs(1));
+        fill(&ledger, 2).await;
+        let alice = Principal::user("acme".parse().unwrap(), "alice".parse().unwrap());
+        ledger
+            .record_audit_read(alice.clone(), 1, 2, AuditReadKind::List)
+            .await
+            .unwrap();
+        let tasks = spawn_reads(&ledger, &log, &alice, AuditReadKind::List, |_| (1, 2), 5);
+        // While they wait for the window, alice is removed: the window's
+        // event is refused, and none of the five reads is answered.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ledger
+            .remove_user(
+                Principal::operator("acme".parse().unwrap()),
+                "alice".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        let results = join_all(tasks).await;
+        assert_eq!(results.len(), 5);
+        for r in results {
+            assert!(
+                matches!(
+                    r,
+                    Err(keyledger_runtime::Error::Command(
+                        keyledger_core::CommandError::UserRemoved(_)
+                    ))
+                ),
+                "{r:?}"
+            );
+        }
+        assert_eq!(reads_recorded(log.as_ref(), &alice.actor), 1);
+        // And a removed user's read is refused at once, not after a window.
+        let started = std::time::Instant::now();
+        assert!(
+            ledger
+                .record_audit_read(alice, 1, 2, AuditReadKind::List)
+                .await
+                .is_err()
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+        ledger.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn shutdown_writes_the_reads_waiting_for_a_window_at_once() {
+    let rt = rt();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    rt.block_on(async {
+        let ledger = open_reads(log.clone(), Duration::from_secs(60));
+        fill(&ledger, 2).await;
+        let a = auditor(1);
+        ledger
+            .record_audit_read(a.clone(), 1, 2, AuditReadKind::Bundle)
+            .await
+            .unwrap();
+        let tasks = spawn_reads(&ledger, &log, &a, AuditReadKind::Bundle, |_| (1, 1), 6);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        ledger.shutdown().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(join_all(tasks).await.iter().all(Result::is_ok));
+        let counts: Vec<u64> = reads_in(log.as_ref())
+            .iter()
+            .map(|(_, r)| r.count)
+            .collect();
+        assert_eq!(counts, [1, 6]);
+    });
+}
+
+/// A log as 0.1.0 left it: its `AuditRead` stored in version 1's form.
+#[test]
+fn a_version_1_audit_read_replays_as_one_read_and_its_old_bundle_line_verifies() {
+    use keyledger_store::{RawRecord, chain, envelope};
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let memory = Arc::new(MemoryLog::new());
+    let log: Arc<dyn EventLog> = memory.clone();
+    let acme: TenantId = "acme".parse().unwrap();
+    rt.block_on(async {
+        let ledger = open(log.clone(), &clock, dir.path());
+        fill(&ledger, 3).await;
+        // With window 0 semantics in version 1: one read, at its own time.
+        ledger
+            .record_audit_read(Principal::operator(acme.clone()), 1, 3, AuditReadKind::List)
+            .await
+            .unwrap();
+        ledger.shutdown().await.unwrap();
+    });
+    // Store the read (event 4) as version 1 wrote it.
+    let mut records = memory.raw_records();
+    let stored = &records[3];
+    let event = envelope::decode(&acme, &stored.payload).unwrap();
+    let v1 = envelope::encode_as(&event, 1).expect("a single read fits version 1");
+    assert_eq!(v1[0], 1);
+    let r: RawRecord = RawRecord {
+        hash: chain::link(&stored.prev_hash, "acme", 4, &v1),
+        payload: v1,
+        ..stored.clone()
+    };
+    records[3] = r.clone();
+    memory.tamper(|all| *all = records);
+    memory.tamper_heads(|heads| {
+        heads.insert("acme".into(), (4, r.hash));
+    });
+    assert!(chain::verify_tenant(log.as_ref(), &acme).unwrap().ok);
+    // A data directory of its own: the checkpoints signed above covered
+    // the version-2 bytes this test replaced.
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let ledger = open(log.clone(), &clock, dir.path());
+        let reads = reads_in(log.as_ref());
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[0].1.count, 1);
+        assert_eq!(reads[0].1.ranges, vec![range(1, 3)]);
+        // A bundle holding it verifies, with the line this release writes
+        // and with the line 0.1.0 wrote (`{from_seq, to_seq, what}`).
+        let key = ledger.audit_public_key().unwrap();
+        let bundle = ledger.bundle(&acme, 1, 4).unwrap();
+        let bytes = bundle.to_jsonl();
+        let report = verify_bundle(&bytes, &key);
+        assert!(report.ok(), "{:?}", report.problems);
+        let text = String::from_utf8(bytes).unwrap();
+        let mut lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[4]["details"]["count"], 1);
+        let with_details = |lines: &mut Vec<serde_json::Value>, details: serde_json::Value| {
+            lines[4]["details"] = details;
+            lines
+                .iter()
+                .map(|l| l.to_string() + "\n")
+                .collect::<String>()
+                .into_bytes()
+        };
+        let old = with_details(
+            &mut lines,
+            serde_json::json!({"from_seq": 1, "to_seq": 3, "what": "list"}),
+        );
+        let report = verify_bundle(&old, &key);
+        assert!(report.ok(), "{:?}", report.problems);
+        let wrong = with_details(
+            &mut lines,
+            serde_json::json!({"from_seq": 1, "to_seq": 2, "what": "list"}),
+        );
+        let report = verify_bundle(&wrong, &key);
+        assert!(!report.ok());
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.message.contains("event 4")),
+            "{:?}",
+            report.problems
+        );
+        ledger.shutdown().await.unwrap();
+    });
+}

@@ -54,8 +54,8 @@ pub fn link(prev: &Hash, tenant: &str, seq: u64, payload: &[u8]) -> Hash {
 }
 
 /// Decodes a stored payload as chain verification does: it must decode,
-/// and a payload of the current version must be exactly the encoding
-/// keyledger writes for the event it decodes to. postcard accepts overlong
+/// and be exactly the encoding its version writes for the event it decodes
+/// to (`envelope::encode_as`). postcard accepts overlong
 /// varints (found by the `envelope_decode` fuzz target), so without this
 /// several byte strings would pass for one event; replay still reads them
 /// (the event is the same), verification reports them.
@@ -64,9 +64,10 @@ pub fn canonical_event(
     payload: &[u8],
 ) -> Result<keyledger_core::Event, envelope::DecodeError> {
     let event = envelope::decode(tenant, payload)?;
-    if payload.first() == Some(&envelope::VERSION_CURRENT) && envelope::encode(&event) != payload {
+    let version = payload.first().copied().unwrap_or_default();
+    if envelope::encode_as(&event, version).as_deref() != Some(payload) {
         return Err(envelope::DecodeError::Malformed {
-            version: envelope::VERSION_CURRENT,
+            version,
             message: "not the canonical encoding of its event (an overlong number)".into(),
         });
     }

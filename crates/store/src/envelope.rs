@@ -7,15 +7,17 @@
 //!
 //! | version | schema | written by |
 //! |---|---|---|
-//! | 1 | [`v1::EventV1`] | every release so far |
+//! | 1 | [`v1::EventV1`] | 0.1.0 |
+//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window | after 0.1.0 |
 //!
 //! Rules for changing the stored form:
 //!
 //! * Never edit a released schema module. A change is a new module (`v2`),
 //!   a new [`VERSION_CURRENT`], and an upcast from every older version to the
 //!   current core [`Event`] in [`decode`].
-//! * The committed fixture `tests/fixtures/v1-events.bin` must keep decoding
-//!   to the events the fixture test builds in code.
+//! * The committed fixtures `tests/fixtures/v<N>-*.bin` must keep decoding
+//!   to the events the fixture tests build in code (version-1 `AuditRead`s
+//!   upcast to one read each).
 //!
 //! Decoding never panics: bad bytes, unknown enum tags, out-of-range times,
 //! unknown scope bits and ids that no longer parse are all a
@@ -24,7 +26,7 @@
 use keyledger_core::{Event, TenantId};
 
 /// The version [`encode`] writes.
-pub const VERSION_CURRENT: u8 = 1;
+pub const VERSION_CURRENT: u8 = 2;
 
 /// Stored bytes are not an event this release can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,14 +72,30 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// can reuse one buffer across many events.
 pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
     out.push(VERSION_CURRENT);
-    let schema = v1::EventV1::from_core(event);
+    let schema = v2::EventV2::from_core(event);
     let buf = std::mem::take(out);
     *out = match postcard::to_extend(&schema, buf) {
         Ok(buf) => buf,
         // postcard writing into a Vec fails only for sequences of unknown
         // length, which this schema does not have.
-        Err(e) => unreachable!("postcard cannot fail writing the v1 schema into a Vec: {e}"),
+        Err(e) => unreachable!("postcard cannot fail writing the v2 schema into a Vec: {e}"),
     };
+}
+
+/// The bytes version `version` stores for `event`, if that version can hold
+/// it: what chain verification compares a stored payload of that version
+/// with, so one event has one stored form in each version.
+pub fn encode_as(event: &Event, version: u8) -> Option<Vec<u8>> {
+    match version {
+        VERSION_CURRENT => Some(encode(event)),
+        1 => {
+            let schema = v1::EventV1::from_core(event)?;
+            let mut out = vec![1];
+            out.extend(postcard::to_stdvec(&schema).ok()?);
+            Some(out)
+        }
+        _ => None,
+    }
 }
 
 /// Decodes stored bytes of any known version into the current core event of
@@ -85,9 +103,9 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
 pub fn decode(tenant: &TenantId, bytes: &[u8]) -> Result<Event, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     match version {
+        // Version 1 upcasts straight to the core type (`v1::KindV1::into_core`).
         1 => v1::decode(tenant, body),
-        // A v2 adds: `2 => v2::decode(tenant, body)`, and v1's decode then
-        // upcasts through v2 (or straight to the core type).
+        2 => v2::decode(tenant, body),
         other => Err(DecodeError::UnknownVersion(other)),
     }
 }
@@ -99,8 +117,8 @@ pub mod v1 {
 
     use keyledger_core::{
         Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked,
-        KeyRotated, KeyUsed, RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts,
-        UserId, UserRemoved,
+        KeyRotated, KeyUsed, RevokeReason, ScopeSet, SecretHash, SeqRange, TenantId, Timestamp,
+        UseCounts, UserId, UserRemoved,
     };
     use serde::{Deserialize, Serialize};
 
@@ -282,88 +300,147 @@ pub mod v1 {
     }
 
     impl<'a> EventV1<'a> {
-        /// The stored form of a core event (borrowing its text).
-        pub fn from_core(e: &'a Event) -> Self {
-            EventV1 {
+        /// The stored form of a core event (borrowing its text), if version
+        /// 1 can hold it: an `AuditRead` of one read of at most one range
+        /// at the event's own time (what version 1 wrote), nothing else of
+        /// that kind.
+        pub fn from_core(e: &'a Event) -> Option<Self> {
+            Some(EventV1 {
                 at: e.at.as_micros(),
-                actor: match &e.actor {
-                    Actor::User { id } => ActorV1::User { id: id.as_str() },
-                    Actor::ApiKey {
-                        key_id,
-                        name,
-                        owner,
-                    } => ActorV1::ApiKey {
-                        key_id: key_id.to_u128(),
-                        name,
-                        owner: owner.as_str(),
-                    },
-                    Actor::Operator => ActorV1::Operator,
-                    Actor::System => ActorV1::System,
-                },
-                kind: match &e.kind {
-                    EventKind::KeyCreated(c) => KindV1::KeyCreated(KeyCreatedV1 {
-                        key_id: c.key_id.to_u128(),
-                        owner: c.owner.as_str(),
-                        name: &c.name,
-                        description: c.description.as_deref(),
-                        expires_at: c.expires_at.map(Timestamp::as_micros),
-                        scopes: c.scopes.bits(),
-                        secret_hash: c.secret_hash.0,
-                        masked: &c.masked,
-                        rotated_from: c.rotated_from.map(KeyId::to_u128),
-                    }),
-                    EventKind::KeyUsed(u) => KindV1::KeyUsed(KeyUsedV1 {
-                        key_id: u.key_id.to_u128(),
-                        window_start: u.window_start.as_micros(),
-                        window_end: u.window_end.as_micros(),
-                        last_valid_at: u.last_valid_at.map(Timestamp::as_micros),
-                        counts: [
-                            u.counts.valid,
-                            u.counts.revoked,
-                            u.counts.expired,
-                            u.counts.insufficient_scope,
-                        ],
-                    }),
-                    EventKind::KeyRevoked(r) => KindV1::KeyRevoked(KeyRevokedV1 {
-                        key_id: r.key_id.to_u128(),
-                        reason: match r.reason {
-                            RevokeReason::Manual => ReasonV1::Manual,
-                            RevokeReason::UserRemoved => ReasonV1::UserRemoved,
-                            RevokeReason::Rotated => ReasonV1::Rotated,
-                            RevokeReason::Compromised => ReasonV1::Compromised,
-                        },
-                        cause: r.cause.as_ref().map(|c| match c {
-                            Cause::UserRemoved { user_id, seq } => CauseV1::UserRemoved {
-                                user_id: user_id.as_str(),
-                                seq: *seq,
-                            },
-                        }),
-                    }),
-                    EventKind::KeyRotated(r) => KindV1::KeyRotated(KeyRotatedV1 {
-                        key_id: r.key_id.to_u128(),
-                        new_key_id: r.new_key_id.to_u128(),
-                        expires_at: r.expires_at.as_micros(),
-                    }),
-                    EventKind::UserRemoved(u) => KindV1::UserRemoved(UserRemovedV1 {
-                        user_id: u.user_id.as_str(),
-                    }),
-                    EventKind::AuditRead(r) => KindV1::AuditRead(AuditReadV1 {
-                        from_seq: r.from_seq,
-                        to_seq: r.to_seq,
-                        what: match r.what {
-                            AuditReadKind::List => AuditReadKindV1::List,
-                            AuditReadKind::Export => AuditReadKindV1::Export,
-                            AuditReadKind::Bundle => AuditReadKindV1::Bundle,
-                            AuditReadKind::Proof => AuditReadKindV1::Proof,
-                        },
-                    }),
-                },
-            }
+                actor: ActorV1::from_core(&e.actor),
+                kind: KindV1::from_core(&e.kind, e.at)?,
+            })
         }
 
         /// The core event this stored form describes, for `tenant`.
         pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
-            let kind = match self.kind {
+            let at = time("at", self.at)?;
+            let kind = self.kind.into_core(at)?;
+            Ok(Event {
+                tenant: tenant.clone(),
+                at,
+                actor: self.actor.into_core()?,
+                kind,
+            })
+        }
+    }
+
+    impl<'a> ActorV1<'a> {
+        /// The stored form of an actor (borrowing its text).
+        pub fn from_core(actor: &'a Actor) -> Self {
+            match actor {
+                Actor::User { id } => ActorV1::User { id: id.as_str() },
+                Actor::ApiKey {
+                    key_id,
+                    name,
+                    owner,
+                } => ActorV1::ApiKey {
+                    key_id: key_id.to_u128(),
+                    name,
+                    owner: owner.as_str(),
+                },
+                Actor::Operator => ActorV1::Operator,
+                Actor::System => ActorV1::System,
+            }
+        }
+
+        /// The actor this stored form describes.
+        pub fn into_core(self) -> Result<Actor, DecodeError> {
+            Ok(match self {
+                ActorV1::User { id } => Actor::User {
+                    id: user("actor.id", id)?,
+                },
+                ActorV1::ApiKey {
+                    key_id,
+                    name,
+                    owner,
+                } => Actor::ApiKey {
+                    key_id: KeyId::from_u128(key_id),
+                    name: name.to_owned(),
+                    owner: user("actor.owner", owner)?,
+                },
+                ActorV1::Operator => Actor::Operator,
+                ActorV1::System => Actor::System,
+            })
+        }
+    }
+
+    impl<'a> KindV1<'a> {
+        /// The stored form of an event's kind, if version 1 can hold it
+        /// (see [`EventV1::from_core`]); `at` is the event's time.
+        pub fn from_core(kind: &'a EventKind, at: Timestamp) -> Option<Self> {
+            Some(match kind {
+                EventKind::KeyCreated(c) => KindV1::KeyCreated(KeyCreatedV1 {
+                    key_id: c.key_id.to_u128(),
+                    owner: c.owner.as_str(),
+                    name: &c.name,
+                    description: c.description.as_deref(),
+                    expires_at: c.expires_at.map(Timestamp::as_micros),
+                    scopes: c.scopes.bits(),
+                    secret_hash: c.secret_hash.0,
+                    masked: &c.masked,
+                    rotated_from: c.rotated_from.map(KeyId::to_u128),
+                }),
+                EventKind::KeyUsed(u) => KindV1::KeyUsed(KeyUsedV1 {
+                    key_id: u.key_id.to_u128(),
+                    window_start: u.window_start.as_micros(),
+                    window_end: u.window_end.as_micros(),
+                    last_valid_at: u.last_valid_at.map(Timestamp::as_micros),
+                    counts: [
+                        u.counts.valid,
+                        u.counts.revoked,
+                        u.counts.expired,
+                        u.counts.insufficient_scope,
+                    ],
+                }),
+                EventKind::KeyRevoked(r) => KindV1::KeyRevoked(KeyRevokedV1 {
+                    key_id: r.key_id.to_u128(),
+                    reason: match r.reason {
+                        RevokeReason::Manual => ReasonV1::Manual,
+                        RevokeReason::UserRemoved => ReasonV1::UserRemoved,
+                        RevokeReason::Rotated => ReasonV1::Rotated,
+                        RevokeReason::Compromised => ReasonV1::Compromised,
+                    },
+                    cause: r.cause.as_ref().map(|c| match c {
+                        Cause::UserRemoved { user_id, seq } => CauseV1::UserRemoved {
+                            user_id: user_id.as_str(),
+                            seq: *seq,
+                        },
+                    }),
+                }),
+                EventKind::KeyRotated(r) => KindV1::KeyRotated(KeyRotatedV1 {
+                    key_id: r.key_id.to_u128(),
+                    new_key_id: r.new_key_id.to_u128(),
+                    expires_at: r.expires_at.as_micros(),
+                }),
+                EventKind::UserRemoved(u) => KindV1::UserRemoved(UserRemovedV1 {
+                    user_id: u.user_id.as_str(),
+                }),
+                EventKind::AuditRead(r) => {
+                    // Version 1 recorded one read, of one range (`0..=0`:
+                    // none), at the event's time.
+                    let (from_seq, to_seq) = match r.ranges.as_slice() {
+                        [] => (0, 0),
+                        [one] if (one.from, one.to) != (0, 0) => (one.from, one.to),
+                        _ => return None,
+                    };
+                    if r.count != 1 || r.window_start != at || r.window_end != at {
+                        return None;
+                    }
+                    KindV1::AuditRead(AuditReadV1 {
+                        from_seq,
+                        to_seq,
+                        what: AuditReadKindV1::from_core(r.what),
+                    })
+                }
+            })
+        }
+
+        /// The core kind this stored form describes; `at` is the event's
+        /// time. A version-1 `AuditRead` is upcast to one read (`count` 1)
+        /// of `from_seq..=to_seq` (no range for `0..=0`) at `at`.
+        pub fn into_core(self, at: Timestamp) -> Result<EventKind, DecodeError> {
+            Ok(match self {
                 KindV1::KeyCreated(c) => EventKind::KeyCreated(KeyCreated {
                     key_id: KeyId::from_u128(c.key_id),
                     owner: user("owner", c.owner)?,
@@ -413,39 +490,45 @@ pub mod v1 {
                 KindV1::UserRemoved(u) => EventKind::UserRemoved(UserRemoved {
                     user_id: user("user_id", u.user_id)?,
                 }),
-                KindV1::AuditRead(r) => EventKind::AuditRead(AuditRead {
-                    from_seq: r.from_seq,
-                    to_seq: r.to_seq,
-                    what: match r.what {
-                        AuditReadKindV1::List => AuditReadKind::List,
-                        AuditReadKindV1::Export => AuditReadKind::Export,
-                        AuditReadKindV1::Bundle => AuditReadKind::Bundle,
-                        AuditReadKindV1::Proof => AuditReadKind::Proof,
-                    },
-                }),
-            };
-            let actor = match self.actor {
-                ActorV1::User { id } => Actor::User {
-                    id: user("actor.id", id)?,
-                },
-                ActorV1::ApiKey {
-                    key_id,
-                    name,
-                    owner,
-                } => Actor::ApiKey {
-                    key_id: KeyId::from_u128(key_id),
-                    name: name.to_owned(),
-                    owner: user("actor.owner", owner)?,
-                },
-                ActorV1::Operator => Actor::Operator,
-                ActorV1::System => Actor::System,
-            };
-            Ok(Event {
-                tenant: tenant.clone(),
-                at: time("at", self.at)?,
-                actor,
-                kind,
+                KindV1::AuditRead(r) => {
+                    if r.from_seq > r.to_seq {
+                        return Err(DecodeError::Invalid {
+                            version: VERSION,
+                            field: "from_seq",
+                            message: format!("{} is after to_seq {}", r.from_seq, r.to_seq),
+                        });
+                    }
+                    let range = (r.to_seq != 0).then_some(SeqRange {
+                        from: r.from_seq,
+                        to: r.to_seq,
+                    });
+                    let mut read = AuditRead::one(r.what.into_core(), None, at);
+                    read.ranges.extend(range);
+                    EventKind::AuditRead(read)
+                }
             })
+        }
+    }
+
+    impl AuditReadKindV1 {
+        /// The stored form of a kind of read.
+        pub fn from_core(what: AuditReadKind) -> Self {
+            match what {
+                AuditReadKind::List => AuditReadKindV1::List,
+                AuditReadKind::Export => AuditReadKindV1::Export,
+                AuditReadKind::Bundle => AuditReadKindV1::Bundle,
+                AuditReadKind::Proof => AuditReadKindV1::Proof,
+            }
+        }
+
+        /// The kind of read this stored form describes.
+        pub fn into_core(self) -> AuditReadKind {
+            match self {
+                AuditReadKindV1::List => AuditReadKind::List,
+                AuditReadKindV1::Export => AuditReadKind::Export,
+                AuditReadKindV1::Bundle => AuditReadKind::Bundle,
+                AuditReadKindV1::Proof => AuditReadKind::Proof,
+            }
         }
     }
 
@@ -476,15 +559,236 @@ pub mod v1 {
     /// A stored time; one the core would clamp is refused, so what is
     /// decoded is exactly what was stored.
     fn time(field: &'static str, micros: i64) -> Result<Timestamp, DecodeError> {
+        time_of(VERSION, field, micros)
+    }
+
+    /// [`time`] for any version's fields.
+    pub(super) fn time_of(
+        version: u8,
+        field: &'static str,
+        micros: i64,
+    ) -> Result<Timestamp, DecodeError> {
         let t = Timestamp::from_micros(micros);
         if t.as_micros() == micros {
             Ok(t)
         } else {
             Err(DecodeError::Invalid {
-                version: VERSION,
+                version,
                 field,
                 message: format!("{micros} µs is outside 1970..9999"),
             })
+        }
+    }
+}
+
+/// Version 2 of the stored schema: version 1 with `AuditRead` recording the
+/// reads of a window (a count, the union of the ranges read, the window).
+/// Every other kind, and the actor, keep their version-1 types, variant
+/// indices and bytes. Frozen: never reorder fields or enum variants, never
+/// change a type. A change is a new version.
+pub mod v2 {
+    use keyledger_core::{AuditRead, Event, EventKind, SeqRange, TenantId, Timestamp};
+    use serde::{Deserialize, Serialize};
+
+    use super::DecodeError;
+    use super::v1::{
+        ActorV1, AuditReadKindV1, KeyCreatedV1, KeyRevokedV1, KeyRotatedV1, KeyUsedV1, KindV1,
+        UserRemovedV1,
+    };
+
+    const VERSION: u8 = 2;
+
+    /// An event, minus its tenant (as [`super::v1::EventV1`]).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventV2<'a> {
+        /// When it was decided, in microseconds since the Unix epoch.
+        pub at: i64,
+        /// Who did it.
+        #[serde(borrow)]
+        pub actor: ActorV1<'a>,
+        /// What happened.
+        #[serde(borrow)]
+        pub kind: KindV2<'a>,
+    }
+
+    /// What happened: [`KindV1`]'s variants, in its order, with
+    /// `AuditRead` in its version-2 form.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KindV2<'a> {
+        /// A key exists.
+        KeyCreated(#[serde(borrow)] KeyCreatedV1<'a>),
+        /// A key was presented.
+        KeyUsed(KeyUsedV1),
+        /// A key was revoked.
+        KeyRevoked(#[serde(borrow)] KeyRevokedV1<'a>),
+        /// A key was rotated.
+        KeyRotated(KeyRotatedV1),
+        /// A user was removed.
+        UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
+        /// The audit trail was read, once or many times.
+        AuditRead(AuditReadV2),
+    }
+
+    /// The audit trail was read: the reads of one actor and kind in one window.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AuditReadV2 {
+        /// What was read.
+        pub what: AuditReadKindV1,
+        /// How many reads (at least 1).
+        pub count: u64,
+        /// The union of the sequence numbers read, `(from, to)` inclusive,
+        /// in order, disjoint and not touching.
+        pub ranges: Vec<(u64, u64)>,
+        /// The first read, in microseconds.
+        pub window_start: i64,
+        /// The last read, in microseconds.
+        pub window_end: i64,
+    }
+
+    impl<'a> EventV2<'a> {
+        /// The stored form of a core event (borrowing its text).
+        pub fn from_core(e: &'a Event) -> Self {
+            let kind = match &e.kind {
+                EventKind::AuditRead(r) => KindV2::AuditRead(AuditReadV2 {
+                    what: AuditReadKindV1::from_core(r.what),
+                    count: r.count,
+                    ranges: r.ranges.iter().map(|r| (r.from, r.to)).collect(),
+                    window_start: r.window_start.as_micros(),
+                    window_end: r.window_end.as_micros(),
+                }),
+                other => match KindV1::from_core(other, e.at) {
+                    Some(k) => KindV2::from_v1(k, e.at.as_micros()),
+                    None => unreachable!("version 1 holds every kind but AuditRead"),
+                },
+            };
+            EventV2 {
+                at: e.at.as_micros(),
+                actor: ActorV1::from_core(&e.actor),
+                kind,
+            }
+        }
+
+        /// The core event this stored form describes, for `tenant`.
+        pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
+            let at = time("at", self.at)?;
+            let kind = match self.kind.into_v1() {
+                Ok(k) => k.into_core(at).map_err(as_v2)?,
+                Err(r) => EventKind::AuditRead(r.into_core()?),
+            };
+            Ok(Event {
+                tenant: tenant.clone(),
+                at,
+                actor: self.actor.into_core().map_err(as_v2)?,
+                kind,
+            })
+        }
+    }
+
+    impl<'a> KindV2<'a> {
+        /// Upcasts a version-1 kind: a version-1 `AuditRead` is one read of
+        /// its range (none for `0..=0`) at the event's time `at`.
+        pub fn from_v1(kind: KindV1<'a>, at: i64) -> Self {
+            match kind {
+                KindV1::KeyCreated(c) => KindV2::KeyCreated(c),
+                KindV1::KeyUsed(u) => KindV2::KeyUsed(u),
+                KindV1::KeyRevoked(r) => KindV2::KeyRevoked(r),
+                KindV1::KeyRotated(r) => KindV2::KeyRotated(r),
+                KindV1::UserRemoved(u) => KindV2::UserRemoved(u),
+                KindV1::AuditRead(r) => KindV2::AuditRead(AuditReadV2 {
+                    what: r.what,
+                    count: 1,
+                    ranges: if r.to_seq == 0 {
+                        Vec::new()
+                    } else {
+                        vec![(r.from_seq, r.to_seq)]
+                    },
+                    window_start: at,
+                    window_end: at,
+                }),
+            }
+        }
+
+        /// The version-1 kind with the same bytes, or the `AuditRead`.
+        fn into_v1(self) -> Result<KindV1<'a>, AuditReadV2> {
+            match self {
+                KindV2::KeyCreated(c) => Ok(KindV1::KeyCreated(c)),
+                KindV2::KeyUsed(u) => Ok(KindV1::KeyUsed(u)),
+                KindV2::KeyRevoked(r) => Ok(KindV1::KeyRevoked(r)),
+                KindV2::KeyRotated(r) => Ok(KindV1::KeyRotated(r)),
+                KindV2::UserRemoved(u) => Ok(KindV1::UserRemoved(u)),
+                KindV2::AuditRead(r) => Err(r),
+            }
+        }
+    }
+
+    impl AuditReadV2 {
+        /// The core `AuditRead`; refuses what no decision records: no read,
+        /// ranges out of order, overlapping or touching, a window that ends
+        /// before it starts.
+        pub fn into_core(self) -> Result<AuditRead, DecodeError> {
+            let invalid = |field, message: &str| DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message: message.into(),
+            };
+            if self.count == 0 {
+                return Err(invalid("count", "an audit read records at least one read"));
+            }
+            let ranges: Vec<SeqRange> = self
+                .ranges
+                .iter()
+                .map(|&(from, to)| SeqRange { from, to })
+                .collect();
+            if !AuditRead::ranges_in_order(&ranges) {
+                return Err(invalid(
+                    "ranges",
+                    "the ranges are not in order, disjoint and apart",
+                ));
+            }
+            let window_start = time("window_start", self.window_start)?;
+            let window_end = time("window_end", self.window_end)?;
+            if window_start > window_end {
+                return Err(invalid("window_start", "the window starts after it ends"));
+            }
+            Ok(AuditRead {
+                what: self.what.into_core(),
+                count: self.count,
+                ranges,
+                window_start,
+                window_end,
+            })
+        }
+    }
+
+    /// Decodes a version-2 body (the bytes after the version byte).
+    pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
+        let (schema, rest) =
+            postcard::take_from_bytes::<EventV2<'_>>(body).map_err(|e| DecodeError::Malformed {
+                version: VERSION,
+                message: e.to_string(),
+            })?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed {
+                version: VERSION,
+                message: format!("{} bytes after the event", rest.len()),
+            });
+        }
+        schema.into_core(tenant)
+    }
+
+    fn time(field: &'static str, micros: i64) -> Result<Timestamp, DecodeError> {
+        super::v1::time_of(VERSION, field, micros)
+    }
+
+    /// A version-1 field's error, reported for the version-2 payload it was in.
+    fn as_v2(e: DecodeError) -> DecodeError {
+        match e {
+            DecodeError::Invalid { field, message, .. } => DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message,
+            },
+            other => other,
         }
     }
 }
@@ -498,7 +802,7 @@ mod tests {
         let t: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(decode(&t, &[]), Err(DecodeError::Empty));
         assert_eq!(decode(&t, &[0]), Err(DecodeError::UnknownVersion(0)));
-        assert_eq!(decode(&t, &[2, 0]), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(decode(&t, &[3, 0]), Err(DecodeError::UnknownVersion(3)));
         assert!(matches!(
             decode(&t, &[1]),
             Err(DecodeError::Malformed { version: 1, .. })

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use keyledger_core::{
-    Actor, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked, KeyRotated, KeyUsed,
-    RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts, UserId, UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked,
+    KeyRotated, KeyUsed, RevokeReason, ScopeSet, SecretHash, SeqRange, TenantId, Timestamp,
+    UseCounts, UserId, UserRemoved,
 };
+use keyledger_store::chain;
 use keyledger_store::envelope::{self, DecodeError, VERSION_CURRENT};
 use proptest::prelude::*;
 
@@ -212,31 +214,328 @@ fn v1_fixture_still_decodes() {
             .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
         assert_eq!(&got, want, "fixture event {i} decodes differently");
     }
-    if VERSION_CURRENT == 1 {
-        // While v1 is current, encoding must not drift either.
+    // Nor may version 1's encoding drift: chain verification compares a
+    // stored v1 payload with it.
+    for (i, (raw, want)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            envelope::encode_as(want, 1).as_deref(),
+            Some(*raw),
+            "fixture event {i}: the v1 encoding changed"
+        );
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+    }
+}
+
+/// The `AuditRead`s in `fixtures/v1-audit-reads.bin`, written by version
+/// 1's encoder (0.1.0, when an `AuditRead` was one read of `from_seq..=to_seq`),
+/// as they decode now: one read each (`count` 1), of that range (none for
+/// `0..=0`), the window being the event's own time. Never change them.
+fn v1_audit_reads() -> Vec<(Event, (u64, u64))> {
+    let tn = tenant("fixture-tenant");
+    let alice = user("alice@example.com");
+    let k1 = key("key_01JD8X3Q5V7Z9B1C3D5F7H9K2M");
+    let by_key = Actor::ApiKey {
+        key_id: k1,
+        name: "Compliance export".into(),
+        owner: alice.clone(),
+    };
+    let read = |at: i64, actor: Actor, (from, to): (u64, u64), what| {
+        let event = Event {
+            tenant: tn.clone(),
+            at: t(at),
+            actor,
+            kind: EventKind::AuditRead(AuditRead {
+                what,
+                count: 1,
+                ranges: SeqRange::new(from, to).into_iter().collect(),
+                window_start: t(at),
+                window_end: t(at),
+            }),
+        };
+        (event, (from, to))
+    };
+    use AuditReadKind::{Bundle, Export, List, Proof};
+    vec![
+        read(
+            1_764_000_010_000_000,
+            Actor::User { id: alice.clone() },
+            (1, 50),
+            List,
+        ),
+        read(1_764_000_010_000_001, by_key.clone(), (0, 0), List),
+        read(1_764_000_011_000_000, Actor::Operator, (1, 1234), Export),
+        read(1_764_000_011_000_000, Actor::Operator, (0, 0), Export),
+        read(1_764_000_012_000_000, by_key.clone(), (2, 8), Bundle),
+        read(1_764_000_013_000_000, by_key, (7, 7), Proof),
+        read(
+            1_764_000_014_000_000,
+            Actor::User { id: alice },
+            (1, u64::MAX),
+            List,
+        ),
+    ]
+}
+
+#[test]
+fn v1_audit_reads_decode_as_one_read_each() {
+    use keyledger_store::envelope::v1::{ActorV1, AuditReadKindV1, AuditReadV1, EventV1, KindV1};
+    let path = fixture_path().with_file_name("v1-audit-reads.bin");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored = split_fixture(&bytes);
+    let expected = v1_audit_reads();
+    assert_eq!(stored.len(), expected.len(), "events in the fixture");
+    let tn = tenant("fixture-tenant");
+    for (i, (raw, (want, (from_seq, to_seq)))) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(raw.first(), Some(&1), "fixture event {i} is version 1");
+        // The bytes are version 1's schema, built by hand (postcard's wire
+        // format is a published, stable specification).
+        let EventKind::AuditRead(r) = &want.kind else {
+            panic!("fixture event {i} is an AuditRead");
+        };
+        let what = match r.what {
+            AuditReadKind::List => AuditReadKindV1::List,
+            AuditReadKind::Export => AuditReadKindV1::Export,
+            AuditReadKind::Bundle => AuditReadKindV1::Bundle,
+            AuditReadKind::Proof => AuditReadKindV1::Proof,
+        };
+        let schema = EventV1 {
+            at: want.at.as_micros(),
+            actor: ActorV1::from_core(&want.actor),
+            kind: KindV1::AuditRead(AuditReadV1 {
+                from_seq: *from_seq,
+                to_seq: *to_seq,
+                what,
+            }),
+        };
+        let mut by_hand = vec![1];
+        by_hand.extend(postcard_bytes(&schema));
+        assert_eq!(&by_hand, raw, "fixture event {i} is version 1's bytes");
+        let got = envelope::decode(&tn, raw)
+            .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
+        assert_eq!(&got, want, "fixture event {i} decodes differently");
+        // Chain verification takes it: it is version 1's one form of it.
+        assert_eq!(envelope::encode_as(want, 1).as_deref(), Some(*raw));
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+        // Written again, it is version 2, and decodes to the same read.
+        let again = envelope::encode(want);
+        assert_eq!(again.first(), Some(&2));
+        assert_eq!(envelope::decode(&tn, &again).as_ref(), Ok(want));
+    }
+}
+
+/// The events in `fixtures/v2-events.bin`: version 1's fixture events (the
+/// other kinds keep their bytes but for the version byte) and `AuditRead`s
+/// of many reads. Never change them: the file was written by version 2.
+fn v2_fixture_events() -> Vec<Event> {
+    let tn = tenant("fixture-tenant");
+    let alice = user("alice@example.com");
+    let k1 = key("key_01JD8X3Q5V7Z9B1C3D5F7H9K2M");
+    let reads = |at: i64, actor: Actor, what, count, ranges: &[(u64, u64)], start: i64| Event {
+        tenant: tn.clone(),
+        at: t(at),
+        actor,
+        kind: EventKind::AuditRead(AuditRead {
+            what,
+            count,
+            ranges: ranges
+                .iter()
+                .map(|&(from, to)| SeqRange { from, to })
+                .collect(),
+            window_start: t(start),
+            window_end: t(at),
+        }),
+    };
+    let mut events = v1_fixture_events();
+    events.extend([
+        reads(
+            1_764_000_020_100_000,
+            Actor::ApiKey {
+                key_id: k1,
+                name: "CI/CD Pipeline".into(),
+                owner: alice.clone(),
+            },
+            AuditReadKind::List,
+            4122,
+            &[(1, 50), (52, 52), (1000, 2000)],
+            1_764_000_020_000_000,
+        ),
+        reads(
+            1_764_000_021_000_000,
+            Actor::Operator,
+            AuditReadKind::Export,
+            3,
+            &[],
+            1_764_000_020_900_000,
+        ),
+        reads(
+            1_764_000_022_000_000,
+            Actor::User { id: alice },
+            AuditReadKind::Bundle,
+            u64::MAX,
+            &[(1, u64::MAX)],
+            0,
+        ),
+        reads(
+            1_764_000_023_000_000,
+            Actor::Operator,
+            AuditReadKind::Proof,
+            1,
+            &[(9, 9)],
+            1_764_000_023_000_000,
+        ),
+    ]);
+    events
+}
+
+#[test]
+fn v2_fixture_still_decodes() {
+    let expected = v2_fixture_events();
+    let path = fixture_path().with_file_name("v2-events.bin");
+    if !path.exists() {
+        // First run only: the fixture is written by version 2 and then
+        // committed. Writing it with any other version would be a lie.
+        assert_eq!(
+            VERSION_CURRENT, 2,
+            "the v2 fixture is missing and cannot be rewritten"
+        );
+        std::fs::write(&path, write_fixture(&expected)).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("wrote {}: commit it", path.display());
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored = split_fixture(&bytes);
+    assert_eq!(stored.len(), expected.len(), "events in the fixture");
+    let tn = tenant("fixture-tenant");
+    for (i, (raw, want)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(raw.first(), Some(&2), "fixture event {i} is version 2");
+        let got = envelope::decode(&tn, raw)
+            .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
+        assert_eq!(&got, want, "fixture event {i} decodes differently");
+        assert_eq!(envelope::encode_as(want, 2).as_deref(), Some(*raw));
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+    }
+    // Version 2 changed only `AuditRead`: every other kind has version
+    // 1's bytes after the version byte.
+    let v1 = std::fs::read(fixture_path()).unwrap_or_else(|e| panic!("{e}"));
+    for (i, (old, new)) in split_fixture(&v1).iter().zip(&stored).enumerate() {
+        assert_eq!(old[1..], new[1..], "fixture event {i}: bytes differ");
+    }
+    if VERSION_CURRENT == 2 {
+        // While v2 is current, encoding must not drift either.
         assert_eq!(
             write_fixture(&expected),
             bytes,
-            "the v1 encoding changed without a new version"
+            "the v2 encoding changed without a new version"
         );
     }
 }
 
 #[test]
+fn reads_version_1_cannot_hold_are_not_its_canonical_form() {
+    // Several reads, several ranges or a window of its own: only version
+    // 2 holds them, so a version-1 payload is never taken for them.
+    for event in &v2_fixture_events()[10..13] {
+        assert_eq!(envelope::encode_as(event, 1), None, "{event:?}");
+    }
+    assert_eq!(
+        envelope::encode_as(&v2_fixture_events()[13], 1).map(|b| b[0]),
+        Some(1)
+    );
+    assert_eq!(envelope::encode_as(&v1_fixture_events()[0], 3), None);
+}
+
+#[test]
+fn decode_refuses_audit_reads_no_decision_records() {
+    use keyledger_store::envelope::v1::{ActorV1, AuditReadKindV1, AuditReadV1, EventV1, KindV1};
+    use keyledger_store::envelope::v2::{AuditReadV2, EventV2, KindV2};
+    let tn = tenant("t");
+    let v2 = |count: u64, ranges: Vec<(u64, u64)>, window_start: i64, window_end: i64| {
+        let schema = EventV2 {
+            at: 10,
+            actor: ActorV1::Operator,
+            kind: KindV2::AuditRead(AuditReadV2 {
+                what: AuditReadKindV1::List,
+                count,
+                ranges,
+                window_start,
+                window_end,
+            }),
+        };
+        let mut bytes = vec![2];
+        bytes.extend(postcard::to_stdvec(&schema).unwrap_or_else(|e| panic!("{e}")));
+        envelope::decode(&tn, &bytes)
+    };
+    assert!(v2(2, vec![(1, 5), (7, 9)], 5, 10).is_ok());
+    assert!(v2(1, vec![], 10, 10).is_ok());
+    let field = |r: Result<Event, DecodeError>| match r {
+        Err(DecodeError::Invalid {
+            version: 2, field, ..
+        }) => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    assert_eq!(field(v2(0, vec![], 5, 10)), "count");
+    assert_eq!(field(v2(2, vec![(7, 9), (1, 5)], 5, 10)), "ranges");
+    assert_eq!(field(v2(2, vec![(1, 5), (5, 9)], 5, 10)), "ranges");
+    assert_eq!(field(v2(2, vec![(1, 5), (6, 9)], 5, 10)), "ranges");
+    assert_eq!(field(v2(1, vec![(5, 1)], 5, 10)), "ranges");
+    assert_eq!(field(v2(1, vec![], 11, 10)), "window_start");
+    assert_eq!(field(v2(1, vec![], -1, 10)), "window_start");
+    // Version 1 never recorded a range that runs backwards.
+    let schema = EventV1 {
+        at: 10,
+        actor: ActorV1::Operator,
+        kind: KindV1::AuditRead(AuditReadV1 {
+            from_seq: 5,
+            to_seq: 4,
+            what: AuditReadKindV1::Proof,
+        }),
+    };
+    let mut bytes = vec![1];
+    bytes.extend(postcard_bytes(&schema));
+    assert!(matches!(
+        envelope::decode(&tn, &bytes),
+        Err(DecodeError::Invalid {
+            version: 1,
+            field: "from_seq",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_version_2_payload_with_an_overlong_count_fails_chain_verification() {
+    let tn = tenant("fixture-tenant");
+    let event = &v2_fixture_events()[13];
+    let canonical = envelope::encode(event);
+    // The count (1) comes after `what` (3, Proof) and before the ranges
+    // (1 of them, 9..=9) and two eight-byte times: write it as `81 00`
+    // instead of `01`.
+    let at = canonical.len() - 20;
+    assert_eq!(canonical[at - 1..at + 4], [3, 1, 1, 9, 9], "{canonical:?}");
+    let mut overlong = canonical.clone();
+    overlong.splice(at..=at, [0x81, 0x00]);
+    assert_eq!(envelope::decode(&tn, &overlong).as_ref(), Ok(event));
+    assert!(chain::canonical_event(&tn, &overlong).is_err());
+    assert!(chain::canonical_event(&tn, &canonical).is_ok());
+}
+
+#[test]
 fn decode_refuses_invalid_fields() {
     let tn = tenant("t");
-    let good = envelope::encode(&v1_fixture_events()[0]);
-    assert!(envelope::decode(&tn, &good).is_ok());
-    // Trailing bytes.
-    let mut long = good.clone();
-    long.push(0);
-    assert!(matches!(
-        envelope::decode(&tn, &long),
-        Err(DecodeError::Malformed { version: 1, .. })
-    ));
-    // Truncation anywhere.
-    for cut in 0..good.len() {
-        assert!(envelope::decode(&tn, &good[..cut]).is_err(), "cut at {cut}");
+    for version in [1, 2] {
+        let good = envelope::encode_as(&v1_fixture_events()[0], version)
+            .unwrap_or_else(|| panic!("version {version} holds a KeyCreated"));
+        assert!(envelope::decode(&tn, &good).is_ok());
+        // Trailing bytes.
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(
+            envelope::decode(&tn, &long),
+            Err(DecodeError::Malformed { version: v, .. }) if v == version
+        ));
+        // Truncation anywhere.
+        for cut in 0..good.len() {
+            assert!(envelope::decode(&tn, &good[..cut]).is_err(), "cut at {cut}");
+        }
     }
     // An unknown scope bit: build a v1 schema value by hand.
     use keyledger_store::envelope::v1::{ActorV1, EventV1, KeyCreatedV1, KindV1};
@@ -394,18 +693,31 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
             })
         }),
         arb_user().prop_map(|user_id| EventKind::UserRemoved(UserRemoved { user_id })),
-        (any::<u64>(), any::<u64>(), 0u8..4).prop_map(|(from_seq, to_seq, what)| {
-            EventKind::AuditRead(keyledger_core::AuditRead {
-                from_seq,
-                to_seq,
-                what: [
-                    keyledger_core::AuditReadKind::List,
-                    keyledger_core::AuditReadKind::Export,
-                    keyledger_core::AuditReadKind::Bundle,
-                    keyledger_core::AuditReadKind::Proof,
-                ][usize::from(what)],
-            })
-        }),
+        (
+            0u8..4,
+            proptest::collection::vec(
+                proptest::option::of((1u64..u64::MAX / 2, any::<u32>())),
+                1..50
+            ),
+            arb_time(),
+            arb_time(),
+        )
+            .prop_map(|(what, reads, start, end)| {
+                let what = [
+                    AuditReadKind::List,
+                    AuditReadKind::Export,
+                    AuditReadKind::Bundle,
+                    AuditReadKind::Proof,
+                ][usize::from(what)];
+                let range = |r: &Option<(u64, u32)>| {
+                    r.and_then(|(from, len)| SeqRange::new(from, from + u64::from(len)))
+                };
+                let mut read = AuditRead::one(what, range(&reads[0]), start.min(end));
+                for r in &reads[1..] {
+                    read.add(range(r), start.max(end));
+                }
+                EventKind::AuditRead(read)
+            }),
     ]
 }
 
@@ -432,16 +744,19 @@ proptest! {
         let bytes = envelope::encode(&event);
         prop_assert_eq!(bytes.first(), Some(&VERSION_CURRENT));
         let back = envelope::decode(&event.tenant, &bytes);
-        prop_assert_eq!(back, Ok(event));
+        prop_assert_eq!(back.as_ref(), Ok(&event));
+        prop_assert_eq!(chain::canonical_event(&event.tenant, &bytes), Ok(event));
     }
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let tn = tenant("t");
         let _ = envelope::decode(&tn, &bytes);
-        let mut v1 = vec![1u8];
-        v1.extend_from_slice(&bytes);
-        let _ = envelope::decode(&tn, &v1);
+        for version in [1u8, 2] {
+            let mut versioned = vec![version];
+            versioned.extend_from_slice(&bytes);
+            let _ = envelope::decode(&tn, &versioned);
+        }
     }
 
     #[test]
