@@ -136,7 +136,9 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
             let raw = base64_of(key.as_bytes());
             let vkey = tenant
                 .as_deref()
-                .map(|t| checkpoint::verifier_key(&audit::origin(t), &key));
+                .map(|t| t.parse::<TenantId>())
+                .transpose()?
+                .map(|t| checkpoint::verifier_key(&ledger.checkpoint_origin(&t), &key));
             out.value(
                 &serde_json::json!({ "public_key": raw, "verifier_key": vkey }),
                 || match &vkey {

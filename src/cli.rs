@@ -92,6 +92,19 @@ pub enum Cmd {
     Usage(UsageCmd),
     /// Rebuild every projection from the log and check every chain.
     Replay,
+    /// Record, for a tenant whose log no longer holds what its signed
+    /// checkpoints said and for which no backup exists, what was lost:
+    /// starts a new checkpoint epoch (a new origin) with one `LogRecovered`
+    /// event (docs/operations.md, "Recovering without a backup").
+    Recover {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[command(flatten)]
+        acting: ActingArg,
+        /// Why, for the record: what happened and who decided (required).
+        #[arg(long)]
+        reason: String,
+    },
     /// Fill an empty data directory with a realistic sample.
     Demo,
 }
@@ -437,15 +450,27 @@ pub fn open_following(
     audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
+    open_with_config(
+        data,
+        prefix,
+        Config {
+            usage_window: window,
+            audit_read_window,
+            follow,
+            ..Config::default()
+        },
+    )
+}
+
+/// Opens the data directory with `config` (its prefix and audit settings
+/// are set here).
+fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledger> {
     let data = data_dir(data)?;
     let log = open_log(&data)?;
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure)?,
-        usage_window: window,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
-        follow,
-        audit_read_window,
-        ..Config::default()
+        ..config
     };
     let bar = output::progress("replaying", 0);
     let ledger = Keyledger::open_with(
@@ -491,6 +516,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         // Straight on the store: a damaged log must be verifiable even
         // though it cannot be replayed.
         return verify_chains(&args.data, tenant.as_deref(), &out);
+    }
+    if let Cmd::Recover {
+        tenant,
+        acting,
+        reason,
+    } = &args.command
+    {
+        return recover(&args, &out, tenant, acting, reason).await;
     }
     let ledger = open(&args.data, &args.key_prefix, UsageWindow::Manual)?;
     let result = dispatch(&ledger, &out, args.command).await;
@@ -584,8 +617,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         }
         Cmd::Usage(u) => usage(ledger, out, u)?,
         Cmd::Replay => return replay(ledger, out),
-        Cmd::Demo => {}
-        Cmd::Serve(_) => {}
+        Cmd::Demo | Cmd::Serve(_) | Cmd::Recover { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -863,6 +895,66 @@ fn usage(ledger: &Keyledger, out: &Out, cmd: UsageCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `keyledger recover`: opens the data directory even though a tenant's
+/// log does not hold its signed checkpoints, records the loss for the one
+/// tenant named, and closes (which signs the new epoch's first checkpoint).
+async fn recover(
+    args: &Args,
+    out: &Out,
+    tenant_arg: &TenantArg,
+    acting: &ActingArg,
+    reason: &str,
+) -> Result<ExitCode> {
+    let t = tenant(tenant_arg)?;
+    let ledger = open_with_config(
+        &args.data,
+        &args.key_prefix,
+        Config {
+            usage_window: UsageWindow::Manual,
+            recovering: true,
+            ..Config::default()
+        },
+    )?;
+    let recorded = ledger
+        .recover(principal(&t, acting)?, reason.to_owned())
+        .await;
+    let closed = ledger.shutdown().await;
+    let r = recorded?;
+    // Other tenants with problems stay refused until each is recovered.
+    if let Err(e) = closed {
+        tracing::warn!(error = %e, "closing after the recovery");
+    }
+    let new_origin = keyledger_runtime::audit::origin_in(t.as_str(), r.epoch);
+    out.value(
+        &serde_json::json!({
+            "tenant": t.as_str(),
+            "epoch": r.epoch,
+            "old_origin": r.old_origin,
+            "new_origin": new_origin,
+            "signed_size": r.signed_size,
+            "signed_root": output::hex_hash(&r.signed_root),
+            "recovered_size": r.recovered_size,
+            "agreed_size": r.agreed_size,
+            "reason": r.reason,
+        }),
+        || {
+            format!(
+                "tenant {t}: recorded the loss and started checkpoint epoch {} ({new_origin}).\n\
+                 The last checkpoint signed under {} covered {} events; the log holds {} \
+                 (the old checkpoints still vouch for {}). Event {} of the tenant says so, \
+                 and every checkpoint from now on is signed under {new_origin}.",
+                r.epoch,
+                r.old_origin,
+                r.signed_size,
+                r.recovered_size,
+                r.agreed_size,
+                r.recovered_size + 1,
+            )
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exits 1 when a chain is broken (opening the ledger already refused a

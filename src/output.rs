@@ -343,7 +343,8 @@ pub fn chain_reports(
     })
 }
 
-fn hex_hash(h: &[u8; 32]) -> String {
+/// Lower-case hex of a hash.
+pub fn hex_hash(h: &[u8; 32]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -381,3 +381,125 @@ fn a_corrupt_last_frame_under_a_signed_checkpoint_is_refused() {
     serve_refuses(&d, &needles);
     refused(&d, &["keys", "list", "--tenant", "acme"], &needles);
 }
+
+/// No backup covers the signed checkpoints: `keyledger recover` records the
+/// loss on the log (one `LogRecovered` event: the old origin, the signed
+/// size and root, the size recovered, who decided and why) and starts a new
+/// checkpoint epoch under a new origin. The old origin is never signed
+/// again; reviewers see the break in the trail and in the origins.
+#[test]
+fn a_log_without_a_backup_is_recovered_into_a_new_epoch_on_the_record() {
+    let d = Data::new();
+    create_keys(&d, "acme", 2);
+    let backup = Data::new();
+    copy_dir(&d.path(), &backup.path());
+    create_keys(&d, "acme", 3);
+    for file in ["ledger.redb", "ledger.redb-wal"] {
+        std::fs::copy(backup.path().join(file), d.path().join(file)).unwrap();
+    }
+    refused(
+        &d,
+        &["keys", "list", "--tenant", "acme"],
+        &["events 3 to 5 are missing"],
+    );
+    let old_file = d.path().join("checkpoints/acme.jsonl");
+    let old_checkpoints = std::fs::read(&old_file).unwrap();
+
+    // A reason is required, and a key cannot do it.
+    refused(&d, &["recover", "--tenant", "acme"], &["--reason"]);
+    let why = "restored the backup of 1 December; keys 3 to 5 were lost (decided by ops)";
+    let rec = d.json(&["recover", "--tenant", "acme", "--reason", why]);
+    assert_eq!(rec["epoch"], 2, "{rec}");
+    assert_eq!(rec["old_origin"], "keyledger/acme");
+    assert_eq!(rec["new_origin"], "keyledger/acme/epoch-2");
+    assert_eq!(rec["signed_size"], 5);
+    assert_eq!(rec["recovered_size"], 2);
+    assert_eq!(
+        rec["agreed_size"], 2,
+        "the checkpoint of 2 events still holds"
+    );
+    assert_eq!(rec["reason"], why);
+
+    // The ledger opens again; the trail states the break as event 3.
+    d.ok(&["keys", "list", "--tenant", "acme"]);
+    let trail = d.json(&["audit", "list", "--tenant", "acme"]);
+    let events = trail["events"].as_array().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "LogRecovered", "{trail}");
+    assert_eq!(last["seq"], 3);
+    assert_eq!(last["actor"]["display"], "Operator");
+    assert_eq!(last["details"]["signed_size"], 5);
+    assert_eq!(last["details"]["recovered_size"], 2);
+    assert_eq!(last["details"]["old_origin"], "keyledger/acme");
+    assert_eq!(last["details"]["reason"], why);
+    d.ok(&["audit", "verify"]);
+
+    // The old origin's file is untouched; the new epoch has its own.
+    create_keys(&d, "acme", 1);
+    assert_eq!(std::fs::read(&old_file).unwrap(), old_checkpoints);
+    let new_file = d.path().join("checkpoints/acme.epoch-2.jsonl");
+    let newest = std::fs::read_to_string(&new_file).unwrap();
+    let newest: Value = serde_json::from_str(newest.lines().last().unwrap()).unwrap();
+    // Two kept, the recovery, the `AuditRead` of the listing, the new key.
+    assert_eq!(newest["size"], 5);
+    assert!(
+        newest["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyledger/acme/epoch-2\n5\n"),
+        "{newest}"
+    );
+    let cp = d.json(&["audit", "checkpoint", "--tenant", "acme"]);
+    assert_eq!(cp["origin"], "keyledger/acme/epoch-2");
+
+    // A bundle of the new epoch verifies offline; the checkpoint a
+    // reviewer kept from before the loss does not, and says why.
+    let bundle = d.path().join("bundle.jsonl");
+    d.ok(&[
+        "audit",
+        "bundle",
+        "--tenant",
+        "acme",
+        "--output",
+        bundle.to_str().unwrap(),
+    ]);
+    let key = d.path().join("audit-signing.pub");
+    let args = [
+        "audit",
+        "verify-bundle",
+        bundle.to_str().unwrap(),
+        "--public-key",
+    ];
+    d.ok(&[&args[..], &[key.to_str().unwrap()]].concat());
+    let held = d.path().join("held.note");
+    let old_newest: Value = serde_json::from_str(
+        std::str::from_utf8(&old_checkpoints)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&held, old_newest["note"].as_str().unwrap()).unwrap();
+    let out = d.run(
+        &[
+            &args[..],
+            &[
+                key.to_str().unwrap(),
+                "--checkpoint",
+                held.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("keyledger/acme"), "{text}");
+
+    // Nothing is left to recover.
+    refused(
+        &d,
+        &["recover", "--tenant", "acme", "--reason", why],
+        &["nothing to recover"],
+    );
+}

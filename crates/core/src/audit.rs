@@ -21,17 +21,20 @@ pub enum EventType {
     UserRemoved,
     /// `AuditRead`.
     AuditRead,
+    /// `LogRecovered`.
+    LogRecovered,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
         EventType::KeyRotated,
         EventType::UserRemoved,
         EventType::AuditRead,
+        EventType::LogRecovered,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -43,6 +46,7 @@ impl EventType {
             EventType::KeyRotated => "KeyRotated",
             EventType::UserRemoved => "UserRemoved",
             EventType::AuditRead => "AuditRead",
+            EventType::LogRecovered => "LogRecovered",
         }
     }
 
@@ -68,6 +72,7 @@ impl EventType {
             K::KeyRotated(_) => EventType::KeyRotated,
             K::UserRemoved(_) => EventType::UserRemoved,
             K::AuditRead(_) => EventType::AuditRead,
+            K::LogRecovered(_) => EventType::LogRecovered,
         }
     }
 }

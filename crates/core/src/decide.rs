@@ -11,7 +11,7 @@
 
 use crate::event::{
     Actor, AuditRead, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed,
-    RevokeReason, UserRemoved,
+    LogRecovered, RevokeReason, UserRemoved,
 };
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::limits::{
@@ -113,6 +113,16 @@ pub enum Command {
         /// What was read, how often, when.
         read: AuditRead,
     },
+    /// Start a new checkpoint epoch for a log that no longer holds what
+    /// its signed checkpoints said (the operator only). The caller states
+    /// what the stored checkpoints and the log say; the decision checks
+    /// it against the state.
+    RecordRecovery {
+        /// The operator (or a user named by the operator), in the tenant.
+        principal: Principal,
+        /// What was lost, and why the operator goes on.
+        recovery: LogRecovered,
+    },
     /// Record counted uses (from the usage counters, acting as the system).
     RecordUsage {
         /// The key's tenant.
@@ -131,6 +141,7 @@ impl Command {
             Command::RotateKey(c) => Some(&c.principal),
             Command::RemoveUser(c) => Some(&c.principal),
             Command::RecordAuditRead { principal, .. } => Some(principal),
+            Command::RecordRecovery { principal, .. } => Some(principal),
             Command::RecordUsage { .. } => None,
         }
     }
@@ -143,6 +154,7 @@ impl Command {
             Command::RotateKey(c) => &c.principal.tenant,
             Command::RemoveUser(c) => &c.principal.tenant,
             Command::RecordAuditRead { principal, .. } => &principal.tenant,
+            Command::RecordRecovery { principal, .. } => &principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
         }
     }
@@ -295,6 +307,10 @@ pub fn decide(
                 kind: EventKind::AuditRead(read.clone()),
             }])
         }
+        Command::RecordRecovery {
+            principal,
+            recovery,
+        } => record_recovery(tenant_state, principal, recovery, at),
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));
@@ -633,4 +649,77 @@ fn remove_user(
             }),
     );
     Ok(events)
+}
+
+/// Most characters of a recovery's reason.
+pub const RECOVERY_REASON_CHARS_MAX: usize = 1000;
+
+fn record_recovery(
+    tenant_state: &TenantState,
+    principal: &Principal,
+    recovery: &LogRecovered,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    // The operator, or a user the operator names (`--as`); never a key.
+    if !matches!(principal.actor, Actor::Operator | Actor::User { .. }) {
+        return Err(CommandError::Forbidden(
+            "only the operator can start a new checkpoint epoch".into(),
+        ));
+    }
+    let reason = recovery.reason.trim();
+    if reason.is_empty() {
+        return Err(invalid(
+            "reason",
+            "say why the log is recovered without a backup",
+        ));
+    }
+    if reason.chars().count() > RECOVERY_REASON_CHARS_MAX {
+        return Err(invalid(
+            "reason",
+            format!("at most {RECOVERY_REASON_CHARS_MAX} characters"),
+        ));
+    }
+    if reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(invalid("reason", "holds a control character"));
+    }
+    if recovery.epoch != tenant_state.epoch() + 1 {
+        return Err(invalid(
+            "epoch",
+            format!(
+                "the tenant is in checkpoint epoch {}; the next is {}",
+                tenant_state.epoch(),
+                tenant_state.epoch() + 1
+            ),
+        ));
+    }
+    if recovery.recovered_size != tenant_state.version {
+        return Err(invalid(
+            "recovered_size",
+            format!(
+                "the log holds {} events of the tenant, not {}",
+                tenant_state.version, recovery.recovered_size
+            ),
+        ));
+    }
+    if recovery.agreed_size > recovery.signed_size.min(recovery.recovered_size) {
+        return Err(invalid(
+            "agreed_size",
+            "more events agreed than were signed or recovered",
+        ));
+    }
+    if recovery.agreed_size == recovery.signed_size {
+        return Err(invalid(
+            "signed_size",
+            "the log still holds every signed event: nothing to recover",
+        ));
+    }
+    Ok(vec![Event {
+        tenant: principal.tenant.clone(),
+        at,
+        actor: principal.actor.clone(),
+        kind: EventKind::LogRecovered(LogRecovered {
+            reason: reason.to_owned(),
+            ..recovery.clone()
+        }),
+    }])
 }

@@ -29,7 +29,9 @@ impl Event {
             EventKind::KeyUsed(e) => Some(e.key_id),
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
-            EventKind::UserRemoved(_) | EventKind::AuditRead(_) => None,
+            EventKind::UserRemoved(_) | EventKind::AuditRead(_) | EventKind::LogRecovered(_) => {
+                None
+            }
         }
     }
 
@@ -115,6 +117,9 @@ pub enum EventKind {
     UserRemoved(UserRemoved),
     /// Someone read or exported the tenant's audit trail (PCI DSS 10.2.1.3).
     AuditRead(AuditRead),
+    /// The log no longer held what a signed checkpoint said, and the
+    /// operator went on without a backup: a new checkpoint epoch starts.
+    LogRecovered(LogRecovered),
 }
 
 impl EventKind {
@@ -127,6 +132,7 @@ impl EventKind {
             EventKind::KeyRotated(_) => "KeyRotated",
             EventKind::UserRemoved(_) => "UserRemoved",
             EventKind::AuditRead(_) => "AuditRead",
+            EventKind::LogRecovered(_) => "LogRecovered",
         }
     }
 }
@@ -495,4 +501,30 @@ impl UseCounts {
         c[outcome.index()] = 1;
         Self::from_array(c)
     }
+}
+
+/// A tenant's log was found not to hold what its newest signed checkpoint
+/// said (events lost or changed: a restore from an old backup, damage),
+/// and the operator chose to go on without a backup that covers it. The
+/// first event of a new checkpoint epoch: checkpoints from here on are
+/// signed under a new origin, never under the old one again, and this
+/// event states, for every reviewer, what was lost and who decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecovered {
+    /// The new epoch: 2 after the first recovery, and so on.
+    pub epoch: u64,
+    /// The origin the old epoch's checkpoints were signed under.
+    pub old_origin: String,
+    /// The size of the newest checkpoint signed under the old origin.
+    pub signed_size: u64,
+    /// Its root.
+    pub signed_root: [u8; 32],
+    /// The tenant's events the log held when it was recovered (this event
+    /// is the next one).
+    pub recovered_size: u64,
+    /// How many of them the old epoch's checkpoints still vouch for (the
+    /// largest stored checkpoint whose root the log still has).
+    pub agreed_size: u64,
+    /// Why, in the operator's words.
+    pub reason: String,
 }

@@ -26,12 +26,12 @@ pub mod usage;
 
 pub use audit::{AuditFilter, EventType};
 pub use decide::{
-    Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
-    decide,
+    Command, CommandError, CreateKey, FieldError, Principal, RECOVERY_REASON_CHARS_MAX, RemoveUser,
+    RevokeKey, RotateKey, decide,
 };
 pub use event::{
     Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,
-    KeyUsed, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
+    KeyUsed, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use scope::{Scope, ScopeSet};

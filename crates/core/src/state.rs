@@ -42,6 +42,9 @@ pub struct TenantState {
     pub by_owner: HashMap<UserId, Vec<KeyId>>,
     /// Removed users and when.
     pub removed_users: BTreeMap<UserId, Timestamp>,
+    /// `LogRecovered` events applied: the checkpoint epoch is one more
+    /// ([`TenantState::epoch`]).
+    pub recoveries: u64,
 }
 
 /// A key, as the list and the detail views show it (never the secret).
@@ -338,6 +341,16 @@ fn fold(
         }
         // A read of the trail changes no key: only the chain moves on.
         EventKind::AuditRead(_) => {}
+        EventKind::LogRecovered(e) => {
+            if e.epoch != state.epoch() + 1 {
+                return Err(inconsistent(format!(
+                    "a recovery starts epoch {} after epoch {}",
+                    e.epoch,
+                    state.epoch()
+                )));
+            }
+            state.recoveries += 1;
+        }
     }
     state.version = seq;
     state.last_at = state.last_at.max(event.at);
@@ -345,6 +358,11 @@ fn fold(
 }
 
 impl TenantState {
+    /// The checkpoint epoch: 1 until a `LogRecovered`, then that event's.
+    pub fn epoch(&self) -> u64 {
+        self.recoveries + 1
+    }
+
     /// Keys active at `now`.
     pub fn active_count(&self, now: Timestamp) -> usize {
         self.keys

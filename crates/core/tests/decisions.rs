@@ -1748,3 +1748,104 @@ proptest::proptest! {
         proptest::prop_assert!(decide(&Ledger::default(), &record_read(operator(), read), t(2)).is_ok());
     }
 }
+
+// --------------------------------------------------------------- recovery
+
+/// The operator's statement of a loss: two events of acme's five signed
+/// ones are left; the old checkpoints still vouch for both.
+fn recovery(epoch: u64, recovered: u64) -> keyledger_core::LogRecovered {
+    keyledger_core::LogRecovered {
+        epoch,
+        old_origin: "keyledger/acme".into(),
+        signed_size: 5,
+        signed_root: [7; 32],
+        recovered_size: recovered,
+        agreed_size: recovered.min(5),
+        reason: "  restored from the backup of 1 December; later events lost  ".into(),
+    }
+}
+
+fn recover(p: Principal, r: keyledger_core::LogRecovered) -> Command {
+    Command::RecordRecovery {
+        principal: p,
+        recovery: r,
+    }
+}
+
+#[test]
+fn the_operator_starts_a_new_checkpoint_epoch_that_states_what_was_lost() {
+    let given_events = vec![
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(acme(), t(2), 2, "alice"),
+    ];
+    let operator = Principal::operator(acme());
+    let ledger = given(given_events.clone())
+        .when(recover(operator.clone(), recovery(2, 2)), t(3))
+        .then_events(vec![ev(
+            acme(),
+            t(3),
+            Actor::Operator,
+            EventKind::LogRecovered(keyledger_core::LogRecovered {
+                reason: "restored from the backup of 1 December; later events lost".into(),
+                ..recovery(2, 2)
+            }),
+        )]);
+    assert_eq!(ledger.tenant(&acme()).map(|t| t.epoch()), Some(2));
+    // The next recovery starts epoch 3, and only that one.
+    let mut after = given_events;
+    after.push(
+        given(after.clone())
+            .when(recover(operator.clone(), recovery(2, 2)), t(3))
+            .events()
+            .remove(0),
+    );
+    given(after.clone())
+        .when(recover(operator.clone(), recovery(2, 3)), t(4))
+        .then_invalid("epoch");
+    let mut third = recovery(3, 3);
+    third.old_origin = "keyledger/acme/epoch-2".into();
+    third.signed_size = 3;
+    third.agreed_size = 2;
+    given(after).when(recover(operator, third), t(4)).events();
+}
+
+#[test]
+fn a_recovery_that_misstates_the_log_or_has_no_reason_is_refused() {
+    let given_events = || {
+        vec![
+            create_ev(acme(), t(1), 1, "alice"),
+            create_ev(acme(), t(2), 2, "alice"),
+        ]
+    };
+    let operator = || Principal::operator(acme());
+    // The log holds two events, not three.
+    given(given_events())
+        .when(recover(operator(), recovery(2, 3)), t(3))
+        .then_invalid("recovered_size");
+    // Nothing was lost: every signed event is still agreed.
+    let mut nothing = recovery(2, 2);
+    nothing.signed_size = 2;
+    given(given_events())
+        .when(recover(operator(), nothing), t(3))
+        .then_invalid("signed_size");
+    let mut blank = recovery(2, 2);
+    blank.reason = "   ".into();
+    given(given_events())
+        .when(recover(operator(), blank), t(3))
+        .then_invalid("reason");
+    let mut long = recovery(2, 2);
+    long.reason = "x".repeat(keyledger_core::RECOVERY_REASON_CHARS_MAX + 1);
+    given(given_events())
+        .when(recover(operator(), long), t(3))
+        .then_invalid("reason");
+    // An API key, even with every scope, cannot.
+    given(given_events())
+        .when(
+            recover(
+                key_principal(acme(), 1, "alice", ScopeSet::ALL),
+                recovery(2, 2),
+            ),
+            t(3),
+        )
+        .then_forbidden();
+}

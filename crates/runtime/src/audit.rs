@@ -77,9 +77,32 @@ impl AuditConfig {
     }
 }
 
-/// The checkpoint origin (and key name) of a tenant: `keyledger/<tenant>`.
+/// The checkpoint origin (and key name) of a tenant in its first
+/// checkpoint epoch: `keyledger/<tenant>`.
 pub fn origin(tenant: &str) -> String {
     format!("keyledger/{tenant}")
+}
+
+/// The checkpoint origin of a tenant in checkpoint epoch `epoch`:
+/// `keyledger/<tenant>` for the first, `keyledger/<tenant>/epoch-<n>` after
+/// each `keyledger recover` (a tenant id holds no `/`).
+pub fn origin_in(tenant: &str, epoch: u64) -> String {
+    if epoch <= 1 {
+        origin(tenant)
+    } else {
+        format!("keyledger/{tenant}/epoch-{epoch}")
+    }
+}
+
+/// The checkpoint epoch `origin` names for `tenant`, if it is one of the
+/// tenant's origins.
+pub fn epoch_of_origin(tenant: &str, origin: &str) -> Option<u64> {
+    let rest = origin.strip_prefix("keyledger/")?.strip_prefix(tenant)?;
+    if rest.is_empty() {
+        return Some(1);
+    }
+    let n: u64 = rest.strip_prefix("/epoch-")?.parse().ok()?;
+    (n >= 2 && origin_in(tenant, n) == origin).then_some(n)
 }
 
 /// A public key as published: base64 of its 32 bytes.
@@ -220,28 +243,48 @@ impl Bundle {
 pub(crate) struct AuditState {
     trees: RwLock<HashMap<TenantId, TenantTree>>,
     signer: Option<Signer>,
-    /// Per tenant: the size and instant of the last stored checkpoint.
-    written: Mutex<HashMap<TenantId, (u64, Timestamp)>>,
-    /// Per tenant: the largest checkpoint signed (size and root), stored
-    /// or handed out, by this process or found at open. Nothing is signed
-    /// that does not extend it.
-    signed: Mutex<HashMap<TenantId, (u64, Hash)>>,
+    /// Per tenant: the epoch, size and instant of the last stored checkpoint.
+    written: Mutex<HashMap<TenantId, (u64, u64, Timestamp)>>,
+    /// Per tenant: the largest checkpoint signed (epoch, size and root),
+    /// stored or handed out, by this process or found at open. Nothing is
+    /// signed in that epoch that does not extend it.
+    signed: Mutex<HashMap<TenantId, (u64, u64, Hash)>>,
+    /// Tenants whose log does not hold their newest signed checkpoint,
+    /// opened anyway to recover them (`Config::recovering`): nothing is
+    /// signed for them in that epoch, and what is wrong.
+    blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// A tenant's Merkle tree and the chain hash of its last event.
-#[derive(Default)]
+/// A tenant's Merkle tree, the chain hash of its last event and its
+/// checkpoint epoch.
 struct TenantTree {
     tree: Tree,
     /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
     head: Hash,
+    /// 1, or the epoch of the last `LogRecovered` applied.
+    epoch: u64,
+}
+
+impl Default for TenantTree {
+    fn default() -> Self {
+        TenantTree {
+            tree: Tree::new(),
+            head: chain::GENESIS,
+            epoch: 1,
+        }
+    }
 }
 
 /// The replayed trees, as [`crate::integrity`] reads them.
 struct Replayed<'a>(&'a HashMap<TenantId, TenantTree>);
 
 impl crate::integrity::Trees for Replayed<'_> {
+    fn epoch(&self, tenant: &TenantId) -> u64 {
+        self.0.get(tenant).map_or(1, |t| t.epoch)
+    }
+
     fn size(&self, tenant: &TenantId) -> u64 {
         self.0.get(tenant).map_or(0, |t| t.tree.len())
     }
@@ -378,9 +421,18 @@ impl AuditState {
                 }
                 tree.tree.push_leaf_hash(leaf_of(&r.hash));
                 tree.head = r.hash;
+                if let keyledger_core::EventKind::LogRecovered(e) = &r.event.kind {
+                    tree.epoch = e.epoch;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The tenant's checkpoint epoch (1 for a tenant without events).
+    fn epoch(&self, tenant: &TenantId) -> u64 {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        trees.get(tenant).map_or(1, |t| t.epoch)
     }
 
     fn with_tree<T>(
@@ -412,8 +464,30 @@ impl AuditState {
         now: Timestamp,
     ) -> Result<SignedCheckpoint, Error> {
         let signer = self.signer()?;
+        let epoch = self.epoch(tenant);
+        if let Some((blocked, problem)) = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            && *blocked >= epoch
+        {
+            return Err(Error::Corrupt(format!(
+                "refusing to sign a checkpoint for tenant {tenant}: {problem}"
+            )));
+        }
         let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&(last_size, last_root)) = signed.get(tenant) {
+        if let Some(&(last_epoch, ..)) = signed.get(tenant)
+            && last_epoch > epoch
+        {
+            return Err(Error::Corrupt(format!(
+                "refusing to sign a checkpoint for tenant {tenant} in epoch {epoch}: one was \
+                 signed in epoch {last_epoch} (a log never forks)"
+            )));
+        }
+        if let Some(&(last_epoch, last_size, last_root)) = signed.get(tenant)
+            && last_epoch == epoch
+        {
             let (prefix, whole) =
                 self.with_tree(tenant, |t| Ok((t.root(last_size).ok(), t.root(size).ok())))?;
             let extends = size >= last_size
@@ -429,24 +503,26 @@ impl AuditState {
             }
         }
         let checkpoint = Checkpoint {
-            origin: origin(tenant.as_str()),
+            origin: origin_in(tenant.as_str(), epoch),
             size,
             root,
             extensions: vec![format!("time {}", now.to_rfc3339())],
         };
         let note = checkpoint.sign(&signer.key);
-        signed.insert(tenant.clone(), (size, root));
+        signed.insert(tenant.clone(), (epoch, size, root));
         Ok(SignedCheckpoint { checkpoint, note })
     }
 
     /// Checks the log, as replayed into the trees, against every tenant's
     /// newest stored checkpoint ([`crate::integrity`]), and remembers them
-    /// as the checkpoints every later one must extend.
-    pub(crate) fn check_stored(&self) -> Result<(), Error> {
+    /// as the checkpoints every later one must extend. With `recovering`,
+    /// a tenant with a problem does not fail the open: it is kept, and
+    /// nothing is signed for it until `recover` starts a new epoch.
+    pub(crate) fn check_stored(&self, recovering: bool) -> Result<(), Error> {
         let Some(signer) = &self.signer else {
             return Ok(());
         };
-        let found = {
+        let checked = {
             let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
             crate::integrity::check_all(
                 &signer.config.dir,
@@ -454,27 +530,46 @@ impl AuditState {
                 &Replayed(&trees),
             )
         };
-        let found = found.map_err(|p| Error::Corrupt(crate::integrity::describe(&p)))?;
+        if !recovering && !checked.problems.is_empty() {
+            return Err(Error::Corrupt(crate::integrity::describe(
+                &checked.problems,
+            )));
+        }
         let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        for (tenant, s) in found {
+        for (tenant, s) in checked.signed {
             let at = Timestamp::parse_rfc3339(&s.at).unwrap_or(Timestamp::EPOCH);
-            signed.insert(tenant.clone(), (s.size, s.root));
-            written.insert(tenant, (s.size, at));
+            signed.insert(tenant.clone(), (s.epoch, s.size, s.root));
+            written.insert(tenant, (s.epoch, s.size, at));
+        }
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        for p in checked.problems {
+            let Ok(tenant) = p.tenant.parse::<TenantId>() else {
+                continue;
+            };
+            blocked.insert(tenant, (p.epoch, p));
         }
         Ok(())
     }
 
-    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
-        Ok(self
-            .signer()?
-            .config
-            .dir
-            .join(CHECKPOINT_DIR)
-            .join(crate::datadir::checkpoint_file_name(tenant.as_str())))
+    /// What is wrong with a tenant opened to be recovered, if anything.
+    pub(crate) fn problem(&self, tenant: &TenantId) -> Option<crate::integrity::Problem> {
+        let epoch = self.epoch(tenant);
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked
+            .get(tenant)
+            .filter(|(e, _)| *e >= epoch)
+            .map(|(_, p)| p.clone())
     }
 
-    /// Every stored checkpoint of a tenant, oldest first.
+    /// The file of the tenant's checkpoints in its current epoch.
+    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
+        Ok(self.signer()?.config.dir.join(CHECKPOINT_DIR).join(
+            crate::integrity::checkpoint_file_name_in(tenant.as_str(), self.epoch(tenant)),
+        ))
+    }
+
+    /// Every stored checkpoint of a tenant in its current epoch, oldest first.
     fn stored(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
         let path = self.checkpoint_path(tenant)?;
         let file = match crate::datadir::open_no_follow(OpenOptions::new().read(true), &path) {
@@ -485,7 +580,7 @@ impl AuditState {
         let mut out = Vec::new();
         // Another tenant's lines are skipped: on a case-insensitive file
         // system, earlier versions kept `ACME` and `acme` in one file.
-        let first_line = format!("{}\n", origin(tenant.as_str()));
+        let first_line = format!("{}\n", origin_in(tenant.as_str(), self.epoch(tenant)));
         for line in BufReader::new(file).lines() {
             let line = line.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
             if line.trim().is_empty() {
@@ -508,23 +603,30 @@ impl AuditState {
         let Some(signer) = &self.signer else {
             return Ok(0);
         };
-        let heads: Vec<(TenantId, u64, Hash)> = {
+        let heads: Vec<(TenantId, u64, u64, Hash)> = {
             let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
             trees
                 .iter()
-                .map(|(t, tt)| (t, &tt.tree))
-                .filter_map(|(t, tree)| Some((t.clone(), tree.len(), tree.root(tree.len()).ok()?)))
+                .filter_map(|(t, tt)| {
+                    let size = tt.tree.len();
+                    Some((t.clone(), tt.epoch, size, tt.tree.root(size).ok()?))
+                })
                 .collect()
         };
         let mut written = 0;
-        for (tenant, size, root) in heads {
+        // A tenant that cannot be signed (a recovery pending) does not
+        // hold back the others; the first failure is returned at the end.
+        let mut failed = None;
+        for (tenant, epoch, size, root) in heads {
             let last = {
                 let known = self
                     .written
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&tenant)
-                    .copied();
+                    .copied()
+                    .filter(|(e, ..)| *e == epoch)
+                    .map(|(_, size, at)| (size, at));
                 match known {
                     Some(k) => Some(k),
                     None => self.stored(&tenant)?.last().map(|c| {
@@ -543,14 +645,20 @@ impl AuditState {
                 }
             };
             if !due {
+                let (size, at) = last.unwrap_or((size, now));
                 self.written
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(tenant)
-                    .or_insert_with(|| last.unwrap_or((size, now)));
+                    .insert(tenant, (epoch, size, at));
                 continue;
             }
-            let signed = self.sign(&tenant, size, root, now)?;
+            let signed = match self.sign(&tenant, size, root, now) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             let line = serde_json::to_string(&StoredCheckpoint {
                 size,
                 at: now.to_rfc3339(),
@@ -571,10 +679,13 @@ impl AuditState {
             self.written
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(tenant, (size, now));
+                .insert(tenant, (epoch, size, now));
             written += 1;
         }
-        Ok(written)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
     }
 }
 
@@ -598,6 +709,11 @@ pub(crate) async fn checkpointer(shared: std::sync::Arc<Shared>, debounce: Durat
 }
 
 impl Shared {
+    /// The tenant's checkpoint epoch.
+    pub(crate) fn audit_epoch(&self, tenant: &TenantId) -> u64 {
+        self.audit.epoch(tenant)
+    }
+
     /// Writes the checkpoints of every grown tree (at shutdown).
     pub(crate) fn write_final_checkpoints(&self) -> Result<usize, Error> {
         self.audit.write_due(self.clock.now(), true)
@@ -615,6 +731,12 @@ impl Keyledger {
             .audit
             .with_tree(tenant, |t| Ok(t.len()))
             .unwrap_or(0)
+    }
+
+    /// The origin the tenant's checkpoints are signed under now (it changes
+    /// with each `keyledger recover`: [`origin_in`]).
+    pub fn checkpoint_origin(&self, tenant: &TenantId) -> String {
+        origin_in(tenant.as_str(), self.shared.audit.epoch(tenant))
     }
 
     /// The public key checkpoints are signed with, if signing is configured.
@@ -1104,11 +1226,11 @@ pub fn verify_bundle_with(bytes: &[u8], key: &VerifyingKey, held: &[String]) -> 
         }
     };
     let head = head.filter(|c| {
-        if c.origin != origin(tenant.as_str()) {
+        if epoch_of_origin(tenant.as_str(), &c.origin).is_none() {
             report.problem(
                 ProblemKind::Malformed,
                 format!(
-                    "the checkpoint is for `{}`, not `{}`",
+                    "the checkpoint is for `{}`, not `{}` (or one of its later epochs)",
                     c.origin,
                     origin(tenant.as_str())
                 ),
@@ -1546,6 +1668,7 @@ mod tests {
         TenantTree {
             tree,
             head: [0; 32],
+            epoch: 1,
         }
     }
 

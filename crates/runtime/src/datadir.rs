@@ -485,6 +485,12 @@ fn rename_old_checkpoint_files(real: &Path) -> Result<(), Problem> {
         if tenant.parse::<TenantId>().is_err() {
             continue;
         }
+        // A later checkpoint epoch's file (`<name>.epoch-<n>.jsonl`, see
+        // `integrity::checkpoint_file_name_in`) reads like an old name of a
+        // tenant with a `.`: its lines say which it is.
+        if is_epoch_file(&old) {
+            continue;
+        }
         let new = dir.join(checkpoint_file_name(tenant));
         if new == old {
             continue;
@@ -502,6 +508,29 @@ fn rename_old_checkpoint_files(real: &Path) -> Result<(), Problem> {
             .map_err(|e| io_problem(&dir, &e))?;
     }
     Ok(())
+}
+
+/// Whether `path` is named and signed as a checkpoint file of a later
+/// epoch: its name parses as one and its first line is for that epoch's
+/// origin.
+fn is_epoch_file(path: &Path) -> bool {
+    let Some((tenant, epoch)) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(crate::integrity::tenant_of_checkpoint_file)
+    else {
+        return false;
+    };
+    if epoch < 2 {
+        return false;
+    }
+    let Ok(lines) = crate::integrity::read_checkpoint_file(path) else {
+        return false;
+    };
+    let origin = crate::audit::origin_in(tenant.as_str(), epoch);
+    lines
+        .first()
+        .is_some_and(|(_, c)| c.note.starts_with(&format!("{origin}\n")))
 }
 
 #[cfg(all(test, unix))]

@@ -26,7 +26,7 @@ use keyledger_audit::merkle::{Hash, Tree};
 use keyledger_audit::{VerifyingKey, checkpoint};
 use keyledger_core::TenantId;
 
-use crate::audit::{CHECKPOINT_DIR, StoredCheckpoint, origin};
+use crate::audit::{CHECKPOINT_DIR, StoredCheckpoint, origin_in};
 
 /// Most bytes of one tenant's checkpoint file read at open (a checkpoint
 /// line is about 300 bytes: an hourly checkpoint for a century is 260 MB,
@@ -36,21 +36,39 @@ pub const CHECKPOINT_FILE_BYTES_MAX: u64 = 1 << 33;
 
 /// What the log is checked against: a tenant's tree of chain hashes.
 pub trait Trees {
+    /// The tenant's checkpoint epoch (1 until a `LogRecovered`).
+    fn epoch(&self, tenant: &TenantId) -> u64;
     /// The tenant's number of events.
     fn size(&self, tenant: &TenantId) -> u64;
     /// The root of the tenant's first `size` events (`None` past its size).
     fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash>;
 }
 
-impl Trees for HashMap<TenantId, Tree> {
+/// One tenant's tree and epoch, rebuilt from the store (`audit verify`).
+struct Rebuilt<'a> {
+    tenant: &'a TenantId,
+    tree: &'a Tree,
+    epoch: u64,
+}
+
+impl Trees for Rebuilt<'_> {
+    fn epoch(&self, tenant: &TenantId) -> u64 {
+        if tenant == self.tenant { self.epoch } else { 1 }
+    }
+
     fn size(&self, tenant: &TenantId) -> u64 {
-        self.get(tenant).map_or(0, Tree::len)
+        if tenant == self.tenant {
+            self.tree.len()
+        } else {
+            0
+        }
     }
 
     fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash> {
-        match self.get(tenant) {
-            Some(tree) => tree.root(size).ok(),
-            None => Tree::new().root(size).ok(),
+        if tenant == self.tenant {
+            self.tree.root(size).ok()
+        } else {
+            Tree::new().root(size).ok()
         }
     }
 }
@@ -58,6 +76,8 @@ impl Trees for HashMap<TenantId, Tree> {
 /// One stored checkpoint, its signature checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed {
+    /// The checkpoint epoch it was signed in.
+    pub epoch: u64,
     /// Its line in the file (1-based).
     pub line: usize,
     /// The tree size.
@@ -73,6 +93,8 @@ pub struct Signed {
 pub struct Problem {
     /// The tenant (as named by the file).
     pub tenant: String,
+    /// The checkpoint epoch of the file.
+    pub epoch: u64,
     /// The checkpoint file.
     pub file: PathBuf,
     /// The newest signed checkpoint's size, when one could be read.
@@ -83,6 +105,11 @@ pub struct Problem {
     /// (for a changed log: the first one the stored checkpoints no longer
     /// vouch for), when known.
     pub first_bad: Option<u64>,
+    /// The newest signed checkpoint's root, when one could be read.
+    pub signed_root: Option<Hash>,
+    /// How many of the log's events a stored checkpoint of the file still
+    /// vouches for (the largest size whose root the log still has).
+    pub agreed_size: u64,
     /// What is wrong, in words.
     pub what: String,
 }
@@ -120,14 +147,49 @@ pub fn describe(problems: &[Problem]) -> String {
     out
 }
 
-/// The tenant a checkpoint file is for, from its name (`<tenant>.jsonl`).
-pub fn tenant_of_checkpoint_file(name: &str) -> Option<TenantId> {
-    name.strip_suffix(".jsonl")?.parse().ok()
+/// The file name of a tenant's checkpoints in checkpoint epoch `epoch`:
+/// [`checkpoint_file_name`](crate::datadir::checkpoint_file_name) for the
+/// first, `<name>.epoch-<n>.jsonl` after (an encoded tenant holds no `.`).
+pub fn checkpoint_file_name_in(tenant: &str, epoch: u64) -> String {
+    let name = crate::datadir::checkpoint_file_name(tenant);
+    if epoch <= 1 {
+        name
+    } else {
+        let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+        format!("{stem}.epoch-{epoch}.jsonl")
+    }
+}
+
+/// The tenant and epoch a checkpoint file is for, from its name: the
+/// inverse of [`checkpoint_file_name_in`] (`None`: no tenant's name).
+pub fn tenant_of_checkpoint_file(name: &str) -> Option<(TenantId, u64)> {
+    let stem = name.strip_suffix(".jsonl")?;
+    let (encoded, epoch) = match stem.split_once(".epoch-") {
+        Some((encoded, n)) => (encoded, n.parse::<u64>().ok().filter(|n| *n >= 2)?),
+        None => (stem, 1),
+    };
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&b, after)) = rest.split_first() {
+        if b == b'%' {
+            let hex = after.get(..2)?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = after.get(2..)?;
+        } else {
+            bytes.push(b);
+            rest = after;
+        }
+    }
+    let tenant: TenantId = String::from_utf8(bytes).ok()?.parse().ok()?;
+    // One name per tenant and epoch: anything else was not written here.
+    (checkpoint_file_name_in(tenant.as_str(), epoch) == name).then_some((tenant, epoch))
 }
 
 /// Every checkpoint file in `dir`'s checkpoint directory, with its tenant
-/// (`None`: a `.jsonl` file whose name is no tenant's), sorted by name.
-pub fn checkpoint_files(dir: &Path) -> Result<Vec<(Option<TenantId>, PathBuf)>, String> {
+/// and epoch (`None`: a `.jsonl` file whose name is no tenant's), sorted by
+/// name.
+#[allow(clippy::type_complexity)]
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<(Option<(TenantId, u64)>, PathBuf)>, String> {
     let cdir = dir.join(CHECKPOINT_DIR);
     let entries = match std::fs::read_dir(&cdir) {
         Ok(e) => e,
@@ -154,7 +216,8 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<(Option<TenantId>, PathBuf)>, 
 /// last line (a crash while it was appended: no newline at its end), which
 /// is skipped. Signatures are not checked here.
 pub fn read_checkpoint_file(path: &Path) -> Result<Vec<(usize, StoredCheckpoint)>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let file = crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
     let mut text = String::new();
     file.take(CHECKPOINT_FILE_BYTES_MAX + 1)
         .read_to_string(&mut text)
@@ -196,6 +259,7 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Vec<(usize, StoredCheckpoint)
 /// its stored size is the signed size.
 pub fn open_stored(
     tenant: &TenantId,
+    epoch: u64,
     line: usize,
     stored: &StoredCheckpoint,
     key: &VerifyingKey,
@@ -206,7 +270,7 @@ pub fn open_stored(
              (audit-signing.key): it comes from another data directory, or it was changed ({e})"
         )
     })?;
-    let want = origin(tenant.as_str());
+    let want = origin_in(tenant.as_str(), epoch);
     if c.origin != want {
         return Err(format!(
             "the checkpoint on line {line} is for `{}`, not `{want}`",
@@ -220,6 +284,7 @@ pub fn open_stored(
         ));
     }
     Ok(Signed {
+        epoch,
         line,
         size: c.size,
         root: c.root,
@@ -227,34 +292,72 @@ pub fn open_stored(
     })
 }
 
-/// Checks one tenant's newest stored checkpoint against the log. Returns
-/// the newest signed checkpoint when all is well (`None`: the file holds
-/// none yet).
+/// Checks one tenant's newest stored checkpoint of epoch `epoch` against
+/// the log. Returns it when all is well (`None`: the file holds none yet).
+/// A file of an earlier epoch than the log's is history (a recovery
+/// retired it) and is not compared; one of a later epoch means the log
+/// lost its recovery and what followed.
 pub fn check_tenant(
     tenant: &TenantId,
+    epoch: u64,
     file: &Path,
     key: &VerifyingKey,
     trees: &dyn Trees,
-) -> Result<Option<Signed>, Problem> {
+) -> Result<Option<Signed>, Box<Problem>> {
     let log_size = trees.size(tenant);
-    let problem = |signed_size, first_bad, what: String| Problem {
-        tenant: tenant.to_string(),
-        file: file.to_owned(),
-        signed_size,
-        log_size,
-        first_bad,
-        what,
+    let log_epoch = trees.epoch(tenant);
+    let problem = |signed: Option<&Signed>, first_bad, agreed_size, what: String| {
+        Box::new(Problem {
+            tenant: tenant.to_string(),
+            epoch,
+            file: file.to_owned(),
+            signed_size: signed.map(|s| s.size),
+            signed_root: signed.map(|s| s.root),
+            log_size,
+            first_bad,
+            agreed_size,
+            what,
+        })
     };
-    let stored = read_checkpoint_file(file).map_err(|e| problem(None, None, e))?;
+    if epoch < log_epoch {
+        return Ok(None);
+    }
+    let stored = read_checkpoint_file(file).map_err(|e| problem(None, None, 0, e))?;
     let Some((line, newest)) = stored.last() else {
         return Ok(None);
     };
     let signed =
-        open_stored(tenant, *line, newest, key).map_err(|e| problem(Some(newest.size), None, e))?;
+        open_stored(tenant, epoch, *line, newest, key).map_err(|e| problem(None, None, 0, e))?;
+    // The largest older checkpoint the log still agrees with.
+    let agreed = || {
+        stored
+            .iter()
+            .rev()
+            .skip(1)
+            .filter_map(|(line, c)| open_stored(tenant, epoch, *line, c, key).ok())
+            .find(|c| {
+                c.size <= log_size.min(signed.size) && trees.root(tenant, c.size) == Some(c.root)
+            })
+            .map_or(0, |c| c.size)
+    };
+    if epoch > log_epoch {
+        return Err(problem(
+            Some(&signed),
+            Some(log_size + 1),
+            0,
+            format!(
+                "a checkpoint of {} events was signed in checkpoint epoch {epoch}, but the log \
+                 is in epoch {log_epoch} with {log_size} events: the log lost the recovery that \
+                 started epoch {epoch} and what followed it",
+                signed.size
+            ),
+        ));
+    }
     if log_size < signed.size {
         return Err(problem(
-            Some(signed.size),
+            Some(&signed),
             Some(log_size + 1),
+            agreed(),
             format!(
                 "the checkpoint signed at {} covers {} events, but the log holds {log_size}: \
                  events {} to {} are missing",
@@ -270,16 +373,11 @@ pub fn check_tenant(
     }
     // Changed, not shortened: the newest older checkpoint the log still
     // agrees with bounds where the change starts.
-    let agreed = stored
-        .iter()
-        .rev()
-        .skip(1)
-        .filter_map(|(line, c)| open_stored(tenant, *line, c, key).ok())
-        .find(|c| c.size <= signed.size && trees.root(tenant, c.size) == Some(c.root))
-        .map_or(0, |c| c.size);
+    let agreed = agreed();
     Err(problem(
-        Some(signed.size),
+        Some(&signed),
         Some(agreed + 1),
+        agreed,
         format!(
             "the log's first {} events are not the ones the checkpoint signed at {} covers \
              (another root): the log was changed at or after event {}{}",
@@ -295,51 +393,58 @@ pub fn check_tenant(
     ))
 }
 
+/// What [`check_all`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Checked {
+    /// The newest signed checkpoint of each tenant that has one in its
+    /// current epoch and whose log holds it.
+    pub signed: HashMap<TenantId, Signed>,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+}
+
+/// A problem with a file that is no tenant's, or the directory itself.
+fn stray(file: PathBuf, what: String) -> Problem {
+    Problem {
+        tenant: "(unknown)".into(),
+        epoch: 1,
+        file,
+        signed_size: None,
+        signed_root: None,
+        log_size: 0,
+        first_bad: None,
+        agreed_size: 0,
+        what,
+    }
+}
+
 /// Checks every tenant's newest stored checkpoint in `dir` against the log.
-/// Returns the newest signed checkpoint of each tenant that has one, or
-/// every problem found.
-pub fn check_all(
-    dir: &Path,
-    key: &VerifyingKey,
-    trees: &dyn Trees,
-) -> Result<HashMap<TenantId, Signed>, Vec<Problem>> {
-    let files = checkpoint_files(dir).map_err(|e| {
-        vec![Problem {
-            tenant: "(all)".into(),
-            file: dir.join(CHECKPOINT_DIR),
-            signed_size: None,
-            log_size: 0,
-            first_bad: None,
-            what: e,
-        }]
-    })?;
-    let mut signed = HashMap::new();
-    let mut problems = Vec::new();
-    for (tenant, path) in files {
-        let Some(tenant) = tenant else {
-            problems.push(Problem {
-                tenant: "(unknown)".into(),
-                file: path,
-                signed_size: None,
-                log_size: 0,
-                first_bad: None,
-                what: "the file's name is no tenant's: it was not written by keyledger".into(),
-            });
+pub fn check_all(dir: &Path, key: &VerifyingKey, trees: &dyn Trees) -> Checked {
+    let mut checked = Checked::default();
+    let files = match checkpoint_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            checked.problems.push(stray(dir.join(CHECKPOINT_DIR), e));
+            return checked;
+        }
+    };
+    for (named, path) in files {
+        let Some((tenant, epoch)) = named else {
+            checked.problems.push(stray(
+                path,
+                "the file's name is no tenant's: it was not written by keyledger".into(),
+            ));
             continue;
         };
-        match check_tenant(&tenant, &path, key, trees) {
+        match check_tenant(&tenant, epoch, &path, key, trees) {
             Ok(Some(s)) => {
-                signed.insert(tenant, s);
+                checked.signed.insert(tenant, s);
             }
             Ok(None) => {}
-            Err(p) => problems.push(p),
+            Err(p) => checked.problems.push(*p),
         }
     }
-    if problems.is_empty() {
-        Ok(signed)
-    } else {
-        Err(problems)
-    }
+    checked
 }
 
 /// The public half of the data directory's audit signing key, read
@@ -373,8 +478,9 @@ pub struct TenantCheck {
 
 /// Checks the stored checkpoints of every tenant (or of `only`) against
 /// `log` read straight from the store, without replaying it: each tenant's
-/// tree is rebuilt from its stored chain hashes. For `audit verify`, which
-/// must work on a log that cannot be replayed.
+/// tree is rebuilt from its stored chain hashes, its epoch from its
+/// `LogRecovered` events. For `audit verify`, which must work on a log
+/// that cannot be replayed.
 pub fn check_log(
     dir: &Path,
     log: &dyn keyledger_store::EventLog,
@@ -383,67 +489,153 @@ pub fn check_log(
     let files = checkpoint_files(dir)?;
     let files: Vec<_> = files
         .into_iter()
-        .filter(|(t, _)| only.is_none() || t.as_ref() == only)
+        .filter(|(t, _)| only.is_none() || t.as_ref().map(|(t, _)| t) == only)
         .collect();
     if files.is_empty() {
         return Ok(Vec::new());
     }
     let key = read_verifying_key(dir)?;
+    let mut trees: HashMap<TenantId, (Tree, u64)> = HashMap::new();
     let mut out = Vec::new();
-    for (tenant, path) in files {
-        let Some(tenant) = tenant else {
+    for (named, path) in files {
+        let Some((tenant, epoch)) = named else {
             out.push(TenantCheck {
                 tenant: "(unknown)".into(),
-                outcome: Err(Problem {
-                    tenant: "(unknown)".into(),
-                    file: path,
-                    signed_size: None,
-                    log_size: 0,
-                    first_bad: None,
-                    what: "the file's name is no tenant's: it was not written by keyledger".into(),
-                }),
+                outcome: Err(stray(
+                    path,
+                    "the file's name is no tenant's: it was not written by keyledger".into(),
+                )),
             });
             continue;
         };
-        let mut tree = Tree::new();
-        let mut after = 0;
-        loop {
-            let page = log
-                .read_tenant_raw(
-                    &tenant,
-                    after,
-                    keyledger_store::chain::VERIFY_PAGE_EVENTS_MAX,
-                )
-                .map_err(|e| format!("reading tenant {tenant}: {e}"))?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                break;
-            };
-            for r in &page {
-                tree.push_leaf_hash(crate::audit::leaf_of(&r.hash));
-            }
-            after = last;
+        if !trees.contains_key(&tenant) {
+            let rebuilt = rebuild(log, &tenant)?;
+            trees.insert(tenant.clone(), rebuilt);
         }
+        let Some((tree, log_epoch)) = trees.get(&tenant) else {
+            continue;
+        };
+        let view = Rebuilt {
+            tenant: &tenant,
+            tree,
+            epoch: *log_epoch,
+        };
         let outcome = match &key {
-            Some(key) => {
-                let trees = HashMap::from([(tenant.clone(), tree)]);
-                check_tenant(&tenant, &path, key, &trees)
-            }
+            Some(key) => check_tenant(&tenant, epoch, &path, key, &view).map_err(|p| *p),
             None => Err(Problem {
                 tenant: tenant.to_string(),
-                file: path,
-                signed_size: None,
-                log_size: tree.len(),
-                first_bad: None,
                 what: format!(
                     "{} is missing, so its checkpoints cannot be checked",
                     crate::audit::SIGNING_KEY_FILE
                 ),
+                log_size: tree.len(),
+                ..stray(path, String::new())
             }),
         };
+        // A retired epoch's file is history: only the current one reports.
+        if epoch < *log_epoch {
+            continue;
+        }
         out.push(TenantCheck {
             tenant: tenant.to_string(),
             outcome,
         });
     }
     Ok(out)
+}
+
+/// A tenant's tree of stored chain hashes and its checkpoint epoch, read
+/// straight from the store.
+fn rebuild(log: &dyn keyledger_store::EventLog, tenant: &TenantId) -> Result<(Tree, u64), String> {
+    let mut tree = Tree::new();
+    let mut epoch = 1;
+    let mut after = 0;
+    loop {
+        let page = log
+            .read_tenant_raw(
+                tenant,
+                after,
+                keyledger_store::chain::VERIFY_PAGE_EVENTS_MAX,
+            )
+            .map_err(|e| format!("reading tenant {tenant}: {e}"))?;
+        let Some(last) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        for r in &page {
+            tree.push_leaf_hash(crate::audit::leaf_of(&r.hash));
+            // A payload that does not decode is the chain check's to name.
+            if let Ok(event) = keyledger_store::envelope::decode(tenant, &r.payload)
+                && let keyledger_core::EventKind::LogRecovered(e) = &event.kind
+            {
+                epoch = e.epoch;
+            }
+        }
+        after = last;
+    }
+    Ok((tree, epoch))
+}
+
+impl crate::Keyledger {
+    /// What is wrong between the tenant's log and its stored checkpoints,
+    /// for a ledger opened with [`Config::recovering`](crate::Config)
+    /// (`None`: nothing, or not opened so).
+    pub fn checkpoint_problem(&self, tenant: &TenantId) -> Option<Problem> {
+        self.shared.audit.problem(tenant)
+    }
+
+    /// Records that the tenant's log lost (or changed) what its newest
+    /// signed checkpoint covered, and starts a new checkpoint epoch: one
+    /// `LogRecovered` event, stating the old origin, the signed size and
+    /// root, the events the log holds and how many of them the old
+    /// checkpoints still vouch for, and who decided and why. Checkpoints
+    /// are then signed under the new origin only. Needs a ledger opened
+    /// with [`Config::recovering`](crate::Config).
+    pub async fn recover(
+        &self,
+        principal: keyledger_core::Principal,
+        reason: String,
+    ) -> Result<keyledger_core::LogRecovered, crate::Error> {
+        let tenant = principal.tenant.clone();
+        let Some(problem) = self.checkpoint_problem(&tenant) else {
+            return Err(crate::Error::BadRequest(format!(
+                "tenant {tenant}'s log holds its signed checkpoints: there is nothing to recover"
+            )));
+        };
+        let (Some(signed_size), Some(signed_root)) = (problem.signed_size, problem.signed_root)
+        else {
+            return Err(crate::Error::BadRequest(format!(
+                "{problem}; this is not a signed checkpoint of this log, so there is no loss to \
+                 record: move the file aside (keep it: it is evidence) and start again"
+            )));
+        };
+        let current = self.shared.audit_epoch(&tenant);
+        if problem.epoch != current {
+            return Err(crate::Error::BadRequest(format!(
+                "{problem}; a recovery cannot start an epoch that was already signed in: restore \
+                 the data directory from a backup (docs/operations.md, \"Restoring after damage\")"
+            )));
+        }
+        let epoch = current + 1;
+        let recovery = keyledger_core::LogRecovered {
+            epoch,
+            old_origin: crate::audit::origin_in(tenant.as_str(), problem.epoch),
+            signed_size,
+            signed_root,
+            recovered_size: problem.log_size,
+            agreed_size: problem.agreed_size,
+            reason,
+        };
+        let records = self
+            .execute(keyledger_core::Command::RecordRecovery {
+                principal,
+                recovery,
+            })
+            .await?;
+        match records.first().map(|r| &r.event.kind) {
+            Some(keyledger_core::EventKind::LogRecovered(e)) => Ok(e.clone()),
+            _ => Err(crate::Error::Corrupt(
+                "the recovery was not recorded as one LogRecovered event".into(),
+            )),
+        }
+    }
 }

@@ -105,6 +105,11 @@ pub struct Config {
     /// reader waits for the event that records its read. Zero: one event
     /// per read.
     pub audit_read_window: Duration,
+    /// Open a log that does not hold what its stored checkpoints signed,
+    /// to record the loss with [`Keyledger::recover`] (`keyledger
+    /// recover`). Nothing is signed for such a tenant until then. `false`
+    /// (the default): such a log is refused at open.
+    pub recovering: bool,
 }
 
 impl Default for Config {
@@ -117,6 +122,7 @@ impl Default for Config {
             audit: None,
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
+            recovering: false,
         }
     }
 }
@@ -315,7 +321,7 @@ impl Keyledger {
         shared.replay(progress)?;
         // Before anything is served or signed: the log must still hold
         // every event a stored checkpoint signed.
-        shared.audit.check_stored()?;
+        shared.audit.check_stored(shared.config.recovering)?;
         // Shares every tenant's state with the read model: the writer
         // copies a tenant's keys when it first writes for that tenant.
         let decision = shared.read_model().ledger.clone();
@@ -832,7 +838,7 @@ impl Shared {
                         }
                     }
                 }
-                K::KeyUsed(_) | K::AuditRead(_) => {}
+                K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
             }
         }
         // The usage rollups of the records the key state took, in one

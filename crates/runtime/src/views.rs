@@ -217,6 +217,15 @@ impl From<&Record> for AuditEntry {
                     "window_end": time(r.window_end),
                 })
             }
+            EventKind::LogRecovered(v) => json!({
+                "epoch": v.epoch,
+                "old_origin": v.old_origin,
+                "signed_size": v.signed_size,
+                "signed_root": hex::encode(v.signed_root),
+                "recovered_size": v.recovered_size,
+                "agreed_size": v.agreed_size,
+                "reason": v.reason,
+            }),
         };
         AuditEntry {
             position: r.position,

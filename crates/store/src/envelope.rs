@@ -8,7 +8,7 @@
 //! | version | schema | written by |
 //! |---|---|---|
 //! | 1 | [`v1::EventV1`] | 0.1.0 |
-//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window | after 0.1.0 |
+//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered` | after 0.1.0 |
 //!
 //! Rules for changing the stored form:
 //!
@@ -433,6 +433,8 @@ pub mod v1 {
                         what: AuditReadKindV1::from_core(r.what),
                     })
                 }
+                // Added after version 1.
+                EventKind::LogRecovered(_) => return None,
             })
         }
 
@@ -587,7 +589,9 @@ pub mod v1 {
 /// indices and bytes. Frozen: never reorder fields or enum variants, never
 /// change a type. A change is a new version.
 pub mod v2 {
-    use keyledger_core::{AuditRead, Event, EventKind, SeqRange, TenantId, Timestamp};
+    use keyledger_core::{
+        AuditRead, Event, EventKind, LogRecovered, SeqRange, TenantId, Timestamp,
+    };
     use serde::{Deserialize, Serialize};
 
     use super::DecodeError;
@@ -627,6 +631,28 @@ pub mod v2 {
         UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
         /// The audit trail was read, once or many times.
         AuditRead(AuditReadV2),
+        /// A new checkpoint epoch started after a loss (`keyledger recover`).
+        LogRecovered(#[serde(borrow)] LogRecoveredV2<'a>),
+    }
+
+    /// A tenant's log lost what a signed checkpoint covered; a new
+    /// checkpoint epoch starts.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LogRecoveredV2<'a> {
+        /// The new epoch (2 or more).
+        pub epoch: u64,
+        /// The origin of the epoch that ends.
+        pub old_origin: &'a str,
+        /// Its newest signed checkpoint's size.
+        pub signed_size: u64,
+        /// Its root.
+        pub signed_root: [u8; 32],
+        /// The tenant's events in the log when recovered.
+        pub recovered_size: u64,
+        /// How many of them the old checkpoints still vouch for.
+        pub agreed_size: u64,
+        /// The operator's reason.
+        pub reason: &'a str,
     }
 
     /// The audit trail was read: the reads of one actor and kind in one window.
@@ -656,9 +682,20 @@ pub mod v2 {
                     window_start: r.window_start.as_micros(),
                     window_end: r.window_end.as_micros(),
                 }),
+                EventKind::LogRecovered(r) => KindV2::LogRecovered(LogRecoveredV2 {
+                    epoch: r.epoch,
+                    old_origin: &r.old_origin,
+                    signed_size: r.signed_size,
+                    signed_root: r.signed_root,
+                    recovered_size: r.recovered_size,
+                    agreed_size: r.agreed_size,
+                    reason: &r.reason,
+                }),
                 other => match KindV1::from_core(other, e.at) {
                     Some(k) => KindV2::from_v1(k, e.at.as_micros()),
-                    None => unreachable!("version 1 holds every kind but AuditRead"),
+                    None => {
+                        unreachable!("version 1 holds every kind but AuditRead and LogRecovered")
+                    }
                 },
             };
             EventV2 {
@@ -672,8 +709,9 @@ pub mod v2 {
         pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
             let at = time("at", self.at)?;
             let kind = match self.kind.into_v1() {
-                Ok(k) => k.into_core(at).map_err(as_v2)?,
-                Err(r) => EventKind::AuditRead(r.into_core()?),
+                Split::V1(k) => k.into_core(at).map_err(as_v2)?,
+                Split::AuditRead(r) => EventKind::AuditRead(r.into_core()?),
+                Split::LogRecovered(r) => EventKind::LogRecovered(r.into_core()?),
             };
             Ok(Event {
                 tenant: tenant.clone(),
@@ -708,16 +746,55 @@ pub mod v2 {
             }
         }
 
-        /// The version-1 kind with the same bytes, or the `AuditRead`.
-        fn into_v1(self) -> Result<KindV1<'a>, AuditReadV2> {
+        /// The version-1 kind with the same bytes, or the kind's own
+        /// version-2 form when it has none in version 1.
+        fn into_v1(self) -> Split<'a> {
             match self {
-                KindV2::KeyCreated(c) => Ok(KindV1::KeyCreated(c)),
-                KindV2::KeyUsed(u) => Ok(KindV1::KeyUsed(u)),
-                KindV2::KeyRevoked(r) => Ok(KindV1::KeyRevoked(r)),
-                KindV2::KeyRotated(r) => Ok(KindV1::KeyRotated(r)),
-                KindV2::UserRemoved(u) => Ok(KindV1::UserRemoved(u)),
-                KindV2::AuditRead(r) => Err(r),
+                KindV2::KeyCreated(c) => Split::V1(KindV1::KeyCreated(c)),
+                KindV2::KeyUsed(u) => Split::V1(KindV1::KeyUsed(u)),
+                KindV2::KeyRevoked(r) => Split::V1(KindV1::KeyRevoked(r)),
+                KindV2::KeyRotated(r) => Split::V1(KindV1::KeyRotated(r)),
+                KindV2::UserRemoved(u) => Split::V1(KindV1::UserRemoved(u)),
+                KindV2::AuditRead(r) => Split::AuditRead(r),
+                KindV2::LogRecovered(r) => Split::LogRecovered(r),
             }
+        }
+    }
+
+    /// A version-2 kind: one version 1 also has, or one of its own.
+    enum Split<'a> {
+        V1(KindV1<'a>),
+        AuditRead(AuditReadV2),
+        LogRecovered(LogRecoveredV2<'a>),
+    }
+
+    impl LogRecoveredV2<'_> {
+        /// The core `LogRecovered`; refuses what no decision records: an
+        /// epoch below 2, more events agreed than signed or recovered.
+        pub fn into_core(self) -> Result<LogRecovered, DecodeError> {
+            let invalid = |field, message: &str| DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message: message.into(),
+            };
+            if self.epoch < 2 {
+                return Err(invalid("epoch", "a recovery starts epoch 2 or later"));
+            }
+            if self.agreed_size > self.signed_size.min(self.recovered_size) {
+                return Err(invalid(
+                    "agreed_size",
+                    "more events agreed than were signed or recovered",
+                ));
+            }
+            Ok(LogRecovered {
+                epoch: self.epoch,
+                old_origin: self.old_origin.to_owned(),
+                signed_size: self.signed_size,
+                signed_root: self.signed_root,
+                recovered_size: self.recovered_size,
+                agreed_size: self.agreed_size,
+                reason: self.reason.to_owned(),
+            })
         }
     }
 

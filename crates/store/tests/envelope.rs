@@ -718,6 +718,25 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                 }
                 EventKind::AuditRead(read)
             }),
+        (
+            2u64..1000,
+            any::<[u8; 32]>(),
+            0u64..1_000_000,
+            0u64..1_000_000,
+            0u64..1_000_000,
+            "[ -~]{1,80}",
+        )
+            .prop_map(|(epoch, root, signed, recovered, agreed, reason)| {
+                EventKind::LogRecovered(keyledger_core::LogRecovered {
+                    epoch,
+                    old_origin: format!("keyledger/acme/epoch-{}", epoch - 1),
+                    signed_size: signed,
+                    signed_root: root,
+                    recovered_size: recovered,
+                    agreed_size: agreed.min(signed).min(recovered),
+                    reason,
+                })
+            }),
     ]
 }
 
