@@ -285,6 +285,9 @@ impl Keyledger {
     }
 
     /// Opens with a given clock and entropy, reporting replay progress.
+    /// An audit directory ([`Config::audit`]) is checked first and used by
+    /// its real path ([`datadir::prepare`]): refused, with
+    /// [`Error::DataDir`], when another local user could steer it.
     pub fn open_with(
         log: Arc<dyn EventLog>,
         config: Config,
