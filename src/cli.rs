@@ -79,11 +79,12 @@ pub enum Cmd {
     /// Read, export and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Every key of a tenant as of an instant (RFC 3339) or a log position.
+    /// Every key of a tenant as of an instant (RFC 3339) or a position in its trail.
     State {
         #[command(flatten)]
         tenant: TenantArg,
-        /// An RFC 3339 time, or a log position (a whole number).
+        /// An RFC 3339 time, or a position in the tenant's trail: its
+        /// sequence number, as `audit list` shows it (a whole number).
         #[arg(long)]
         at: String,
     },
@@ -596,7 +597,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         Cmd::State { tenant: t, at } => {
             let t = tenant(&t)?;
             let point = match at.parse::<u64>() {
-                Ok(p) => PointInTime::Position(p),
+                Ok(seq) => PointInTime::Seq(seq),
                 Err(_) => PointInTime::Instant(Timestamp::parse_rfc3339(&at)?),
             };
             let state = ledger.state_at(&t, point)?;
@@ -605,12 +606,12 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
                 .iter()
                 .map(|(k, s)| KeyView::new(k, *s))
                 .collect();
-            let body = serde_json::json!({ "at": state.at.to_rfc3339(), "position": state.position, "keys": keys });
+            let body = serde_json::json!({ "at": state.at.to_rfc3339(), "position": state.seq, "keys": keys });
             out.value(&body, || {
                 format!(
-                    "as of {} (log position {}):\n{}",
+                    "as of {} (event {} of the tenant):\n{}",
                     state.at,
-                    state.position,
+                    state.seq,
                     output::key_table(&keys)
                 )
             })?;

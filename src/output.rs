@@ -289,7 +289,8 @@ pub fn chain_reports(
                 "ok": r.ok && cp.is_none_or(|c| c.outcome.is_ok()),
                 "events": r.events,
                 "head_hash": hex_hash(&r.head_hash),
-                "first_bad_position": r.first_bad.as_ref().map(|b| b.position),
+                // As `GET /v1/audit/verify` answers: the tenant's position.
+                "first_bad_position": r.first_bad.as_ref().map(|b| b.seq),
                 "first_bad_seq": r.first_bad.as_ref().map(|b| b.seq),
                 "problem": r.first_bad.as_ref().map(|b| b.problem.clone()),
                 "checkpoint": checkpoint_json(cp),
@@ -314,10 +315,18 @@ pub fn chain_reports(
                         r.events,
                         hex_hash(&r.head_hash)
                     ),
-                    Some(b) => format!(
-                        "{t}: BROKEN at position {} (event {} of the tenant): {}",
-                        b.position, b.seq, b.problem
-                    ),
+                    // The operator's text also names where in the whole log.
+                    Some(b) => {
+                        let mut text = format!("{t}: BROKEN at event {} of the tenant", b.seq);
+                        if b.position != 0 {
+                            text.push_str(&format!(" (log position {})", b.position));
+                        }
+                        text.push_str(&format!(": {}", b.problem));
+                        if let Some(d) = &b.detail {
+                            text.push_str(&format!(" ({d})"));
+                        }
+                        text
+                    }
                 };
                 match check_of(t.as_str()).map(|c| &c.outcome) {
                     None | Some(Ok(None)) => chain,

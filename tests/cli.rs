@@ -361,6 +361,18 @@ fn audit_verify_names_the_first_bad_position_of_a_tampered_log() {
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report[0]["ok"], false, "{what}");
         assert_eq!(report[0]["first_bad_seq"], bad_seq, "{what}: {report}");
+        // The JSON is the tenant's view, as over HTTP: its own position,
+        // though globex's event puts acme's event 3 at log position 4.
+        assert_eq!(report[0]["first_bad_position"], bad_seq, "{what}: {report}");
+        if what == "changed" {
+            // The operator's text also says where in the whole log.
+            let text = d.run(&["audit", "verify", "--tenant", "acme"]);
+            let text = String::from_utf8_lossy(&text.stdout);
+            assert!(
+                text.contains("BROKEN at event 3 of the tenant (log position 4)"),
+                "{text}"
+            );
+        }
         let other = d.run(&["audit", "verify", "--tenant", "globex"]);
         assert!(
             other.status.success(),

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 use crate::util::{Data, bin, files};
 
+mod positions;
+
 /// The operator token the tests that do not test its creation pass in.
 const TOKEN: &str = "operator-token-of-the-black-box-tests";
 

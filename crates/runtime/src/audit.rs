@@ -997,9 +997,8 @@ impl Keyledger {
                 let mut value = serde_json::to_value(AuditEntry::from(&record))
                     .map_err(|e| Error::Corrupt(e.to_string()))?;
                 if let Value::Object(map) = &mut value {
-                    // The global position is covered by no hash (the chain
-                    // commits to the tenant's `seq`): a bundle holds only
-                    // what it proves.
+                    // `position` repeats `seq`, which the chain commits
+                    // to: a bundle names each event by `seq` alone.
                     map.remove("position");
                     map.insert("payload".into(), Value::String(b64(&raw.payload)));
                 }

@@ -156,16 +156,19 @@ pub enum Error {
     /// A command was committed and is enforced by this node, but not every
     /// live node sharing the log confirmed it applied it in time. It is
     /// not undone: the other nodes apply it as soon as they catch up.
+    ///
+    /// The message is shown to the tenant that asked, so it names no global
+    /// log position (they would tell it how busy other tenants are); the
+    /// positions are logged for the operator.
     #[error(
-        "committed at log position {position} and enforced by this node, but not confirmed \
-         by every live node within {waited_ms} ms: {why}"
+        "committed and enforced by this node, but not confirmed by every live node within \
+         {waited_ms} ms: {why}"
     )]
     NotConfirmed {
-        /// The position the nodes were waited for.
-        position: u64,
         /// How long it waited.
         waited_ms: u64,
-        /// What was seen (the lowest applied position, or why it could not be read).
+        /// What was seen: a node has not applied it yet, or why the
+        /// nodes' progress could not be read.
         why: String,
     },
 }
@@ -529,7 +532,6 @@ impl Keyledger {
         let waited = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let not_confirmed = |why: String| Error::NotConfirmed {
-                position,
                 waited_ms: started.elapsed().as_millis() as u64,
                 why,
             };
@@ -547,9 +549,16 @@ impl Keyledger {
                     None => return Ok(()),
                     Some(p) if p >= position => return Ok(()),
                     Some(p) if started.elapsed() >= timeout => {
-                        return Err(not_confirmed(format!(
-                            "the slowest live node has applied up to position {p}"
-                        )));
+                        // The positions are the whole log's: for the
+                        // operator's log, not for the caller.
+                        tracing::warn!(
+                            position,
+                            slowest_applied = p,
+                            "a live node has not applied a revocation in time"
+                        );
+                        return Err(not_confirmed(
+                            "a live node has not applied it yet".to_owned(),
+                        ));
                     }
                     Some(_) => {}
                 }

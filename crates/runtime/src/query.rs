@@ -107,13 +107,14 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-/// An instant or a log position to rebuild state at.
+/// An instant or a position in the tenant's trail to rebuild state at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PointInTime {
     /// Every event at or before this instant.
     Instant(Timestamp),
-    /// Every event at or before this global log position.
-    Position(u64),
+    /// The tenant's events `1..=seq` (its own sequence numbers, never the
+    /// global log position: see [`crate::views::AuditEntry`]).
+    Seq(u64),
 }
 
 /// A tenant's keys as of a point in time.
@@ -121,8 +122,8 @@ pub enum PointInTime {
 pub struct StateAt {
     /// The instant the statuses are judged at.
     pub at: Timestamp,
-    /// The last log position folded (0: none).
-    pub position: u64,
+    /// The sequence number of the tenant's last event folded (0: none).
+    pub seq: u64,
     /// Every key that existed then, with its status then.
     pub keys: Vec<(KeyRecord, KeyStatus)>,
 }
@@ -386,12 +387,11 @@ impl Keyledger {
         self.audit(tenant, &filter, cursor, limit)
     }
 
-    /// A tenant's keys as of an instant or a log position, by replaying
-    /// the tenant's events up to it.
+    /// A tenant's keys as of an instant or one of its sequence numbers, by
+    /// replaying the tenant's events up to it.
     pub fn state_at(&self, tenant: &TenantId, at: PointInTime) -> Result<StateAt, Error> {
         let mut ledger = Ledger::new();
         let mut after = 0;
-        let mut position = 0;
         let mut last_at = Timestamp::EPOCH;
         'walk: loop {
             let page = self
@@ -402,7 +402,7 @@ impl Keyledger {
             for r in &page {
                 let past = match at {
                     PointInTime::Instant(t) => r.event.at > t,
-                    PointInTime::Position(p) => r.position > p,
+                    PointInTime::Seq(s) => r.seq > s,
                 };
                 if past {
                     break 'walk;
@@ -411,7 +411,6 @@ impl Keyledger {
                     .apply(r.seq, &r.event)
                     .map_err(|e| Error::Corrupt(e.to_string()))?;
                 after = r.seq;
-                position = r.position;
                 last_at = r.event.at;
             }
             if exhausted {
@@ -420,7 +419,7 @@ impl Keyledger {
         }
         let judged_at = match at {
             PointInTime::Instant(t) => t,
-            PointInTime::Position(_) => last_at,
+            PointInTime::Seq(_) => last_at,
         };
         let keys = ledger
             .tenant(tenant)
@@ -433,7 +432,7 @@ impl Keyledger {
             .unwrap_or_default();
         Ok(StateAt {
             at: judged_at,
-            position,
+            seq: after,
             keys,
         })
     }

@@ -144,13 +144,20 @@ impl KeyView {
     }
 }
 
-/// One entry of the audit trail: an event with its place in the log.
+/// One entry of the audit trail: an event with its place in the tenant's
+/// trail.
+///
+/// Positions are the tenant's own: `position` is the event's sequence
+/// number in the tenant's chain (1, 2, 3, …), never the global log
+/// position, which interleaves every tenant and would tell one tenant how
+/// busy the others are (`docs/api.md`, "Positions").
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
-    /// Global log position.
+    /// The event's position in the tenant's trail: its sequence number in
+    /// the tenant's chain, from 1 (equal to `seq`).
     pub position: u64,
-    /// Number in the tenant's chain.
+    /// Number in the tenant's chain, from 1.
     pub seq: u64,
     /// When.
     pub at: String,
@@ -228,7 +235,7 @@ impl From<&Record> for AuditEntry {
             }),
         };
         AuditEntry {
-            position: r.position,
+            position: r.seq,
             seq: r.seq,
             at: time(e.at),
             tenant: e.tenant.to_string(),

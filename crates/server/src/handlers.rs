@@ -430,7 +430,8 @@ fn audit_filter(
 }
 
 /// A page of the tenant's audit trail: management events with actor,
-/// target, time, reason and log position; `KeyUsed` on request.
+/// target, time, reason and position (the tenant's own sequence number);
+/// `KeyUsed` on request.
 #[utoipa::path(
     get, path = "/v1/audit", tag = "audit",
     params(AuditQuery),
@@ -519,7 +520,9 @@ async fn audit_verify(
             ok: r.ok,
             events: r.events,
             head_hash: hex::encode(r.head_hash),
-            first_bad_position: r.first_bad.as_ref().map(|b| b.position),
+            // The tenant's own position, never the global one (nor the
+            // log's `detail`, which may name global positions).
+            first_bad_position: r.first_bad.as_ref().map(|b| b.seq),
             first_bad_seq: r.first_bad.as_ref().map(|b| b.seq),
             problem: r.first_bad.map(|b| b.problem),
         })
@@ -528,8 +531,8 @@ async fn audit_verify(
     Ok(Json(body))
 }
 
-/// Every key of the tenant as of a past instant (or log position), rebuilt
-/// by replaying the tenant's events up to it.
+/// Every key of the tenant as of a past instant (or position in the
+/// tenant's trail), rebuilt by replaying the tenant's events up to it.
 #[utoipa::path(
     get, path = "/v1/state", tag = "audit",
     params(StateQuery),
@@ -542,9 +545,13 @@ async fn state_at(
     ApiQuery(q): ApiQuery<StateQuery>,
 ) -> ApiResult<Json<StateBody>> {
     let point = match q.at.trim().parse::<u64>() {
-        Ok(p) => PointInTime::Position(p),
+        Ok(seq) => PointInTime::Seq(seq),
         Err(_) => PointInTime::Instant(keyledger_core::Timestamp::parse_rfc3339(&q.at).map_err(
-            |e| ApiError::query(format!("at: {e}; give an RFC 3339 time or a log position")),
+            |e| {
+                ApiError::query(format!(
+                    "at: {e}; give an RFC 3339 time or a position in the tenant's trail (a whole number)"
+                ))
+            },
         )?),
     };
     let tenant = auth.key().tenant.clone();
@@ -552,7 +559,7 @@ async fn state_at(
         let s = state.ledger().state_at(&tenant, point)?;
         Ok(StateBody {
             at: s.at.to_rfc3339(),
-            position: s.position,
+            position: s.seq,
             keys: s.keys.iter().map(|(k, st)| KeyView::new(k, *st)).collect(),
         })
     })

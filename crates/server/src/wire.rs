@@ -352,9 +352,10 @@ pub struct ChainBody {
     pub events: u64,
     /// The hash of the last good event (hex; zeros for none).
     pub head_hash: String,
-    /// The global log position of the first event that does not match.
+    /// The position in the tenant's trail (its sequence number) of the
+    /// first event that does not match.
     pub first_bad_position: Option<u64>,
-    /// The tenant sequence number expected there.
+    /// The same number: the tenant sequence number expected there.
     pub first_bad_seq: Option<u64>,
     /// What is wrong there.
     pub problem: Option<String>,
@@ -365,7 +366,8 @@ pub struct ChainBody {
 pub struct StateBody {
     /// The instant the statuses are judged at.
     pub at: String,
-    /// The last log position folded (0: none).
+    /// The position in the tenant's trail (its sequence number) of the
+    /// last event folded (0: none).
     pub position: u64,
     /// Every key that existed then, with its status then.
     pub keys: Vec<KeyView>,
@@ -554,7 +556,8 @@ pub struct PageQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StateQuery {
-    /// An RFC 3339 instant, or a global log position (a whole number).
+    /// An RFC 3339 instant, or a position in the tenant's trail: its
+    /// sequence number, a whole number (`0`: before its first event).
     pub at: String,
 }
 

@@ -95,8 +95,12 @@ pub struct ChainProblem {
     pub position: u64,
     /// The tenant sequence number expected there.
     pub seq: u64,
-    /// What is wrong, for a human.
+    /// What is wrong, for a human. Names the tenant's sequence numbers,
+    /// never a global log position, so it may be shown to the tenant.
     pub problem: String,
+    /// What the log reported about a record it cannot read, for the
+    /// operator: it may name global log positions.
+    pub detail: Option<String>,
 }
 
 /// Recomputes a tenant's chain from the stored records and checks it
@@ -181,6 +185,7 @@ pub fn verify_tenant_with_progress(
                 "the tenant has {} events but no head: the head record was removed",
                 state.checked
             ),
+            detail: None,
         }),
         Some((seq, hash)) if seq == state.checked && hash == state.prev => None,
         Some((seq, _)) if seq > state.checked => Some(ChainProblem {
@@ -191,6 +196,7 @@ pub fn verify_tenant_with_progress(
                  removed from the end",
                 state.checked
             ),
+            detail: None,
         }),
         Some((seq, _)) if seq < state.checked => Some(ChainProblem {
             position: 0,
@@ -200,6 +206,7 @@ pub fn verify_tenant_with_progress(
                  appended behind the log's back",
                 state.checked
             ),
+            detail: None,
         }),
         Some(_) => Some(ChainProblem {
             position: state.last_position,
@@ -207,6 +214,7 @@ pub fn verify_tenant_with_progress(
             problem: "the head's hash does not match the last event: the head or the last \
                       event was changed"
                 .into(),
+            detail: None,
         }),
     };
     Ok(state.report(problem))
@@ -237,6 +245,7 @@ impl Walk {
                 position: raw.position,
                 seq: self.expected_seq,
                 problem,
+                detail: None,
             })
         };
         if raw.tenant != tenant.as_str() {
@@ -301,9 +310,8 @@ fn walk_singly(
                 return Ok(Some(ChainProblem {
                     position,
                     seq: state.expected_seq,
-                    problem: format!(
-                        "the stored record cannot be read ({message}): it was changed"
-                    ),
+                    problem: "the stored record cannot be read: it was changed".into(),
+                    detail: Some(message),
                 }));
             }
             Err(e) => return Err(e),
