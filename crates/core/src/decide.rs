@@ -19,7 +19,7 @@ use crate::limits::{
 };
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
-use crate::state::{KeyStatus, Ledger, TenantState};
+use crate::state::{KeyRecord, KeyStatus, Ledger, TenantState};
 use crate::time::Timestamp;
 
 /// Who asks, in which tenant, with which scopes.
@@ -448,6 +448,25 @@ fn create_key(
     }])
 }
 
+/// The one rule for acting on an existing key, revoking and rotating alike
+/// (docs/api.md, "Who may call what"): keys belong to the tenant, so a
+/// principal with `keys:write` may act on any key of its tenant, whoever
+/// owns it, provided it holds every scope of that key. So no one gains a
+/// scope by rotating (the new key keeps the old one's owner and scopes),
+/// and a narrower key cannot revoke a more powerful one. The operator holds
+/// every scope.
+fn may_act_on(p: &Principal, key: &KeyRecord) -> Result<(), CommandError> {
+    p.require(Scope::KeysWrite)?;
+    if p.scopes.contains_all(key.scopes) {
+        Ok(())
+    } else {
+        Err(CommandError::Forbidden(format!(
+            "this key holds `{}`; revoking or rotating it needs every one of those scopes",
+            key.scopes
+        )))
+    }
+}
+
 fn revoke_key(
     tenant: &TenantState,
     c: &RevokeKey,
@@ -468,6 +487,7 @@ fn revoke_key(
     if key.revoked.is_some() {
         return Err(CommandError::AlreadyRevoked(c.key_id));
     }
+    may_act_on(p, key)?;
     Ok(vec![Event {
         tenant: p.tenant.clone(),
         at,
@@ -498,19 +518,7 @@ fn rotate_key(
     if let Some(successor) = old.rotated_to {
         return Err(CommandError::AlreadyRotated(c.key_id, successor));
     }
-    // The new secret acts as the old key's owner: handing it to anyone else
-    // would be creating a key for another user, which only the operator may.
-    if p.actor != Actor::Operator && p.user_id() != Some(&old.owner) {
-        return Err(CommandError::Forbidden(
-            "only the operator may rotate another user's key".into(),
-        ));
-    }
-    if !p.scopes.contains_all(old.scopes) {
-        return Err(CommandError::Forbidden(format!(
-            "rotating this key grants `{}`, which this principal does not hold",
-            old.scopes
-        )));
-    }
+    may_act_on(p, old)?;
     if c.grace_seconds > ROTATION_GRACE_SECONDS_MAX {
         return Err(invalid(
             "grace_seconds",

@@ -134,6 +134,26 @@ impl ApiError {
         )
     }
 
+    /// 400: the path or query holds text shaped like a key.
+    pub fn key_in_url() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "key_in_url",
+            "the path or query holds text shaped like an API key; send a key only in \
+             `Authorization: Bearer` or `X-API-Key` (or in the body of /v1/verify)",
+        )
+    }
+
+    /// 422: a JSON body holds text shaped like a key, where none belongs.
+    pub fn key_in_body() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "key_in_body",
+            "the body holds text shaped like an API key; no field takes one (a key would be \
+             stored in the log for good): send a key only in `Authorization: Bearer` or `X-API-Key`",
+        )
+    }
+
     /// 500 for a bug; `what` is logged, not sent.
     pub fn internal(what: impl Into<String>) -> Self {
         ApiError {
@@ -202,7 +222,16 @@ impl std::fmt::Display for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// Every error goes out here: anything in its message or its logged
+    /// detail shaped like a key (quoted from the request) is masked first
+    /// ([`crate::redact`]).
+    fn into_response(mut self) -> Response {
+        if let Cow::Owned(masked) = crate::redact::mask_keys(&self.message) {
+            self.message = masked;
+        }
+        if let Some(Cow::Owned(masked)) = self.internal.as_deref().map(crate::redact::mask_keys) {
+            self.internal = Some(masked);
+        }
         if self.status.is_server_error() {
             tracing::error!(
                 status = self.status.as_u16(),
@@ -319,11 +348,19 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
+    /// A body that parses is also searched, as a JSON value: one holding
+    /// text shaped like a key anywhere, escaped or not, is refused (422
+    /// `key_in_body`) before any field is used, so no key is stored or
+    /// quoted back.
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|j| ApiJson(j.0))
-            .map_err(json_rejection)
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        let parsed = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("a parsed body is not a JSON value: {e}")))?;
+        if crate::redact::json_holds_key(&value) {
+            return Err(ApiError::key_in_body());
+        }
+        Ok(ApiJson(parsed.0))
     }
 }
 

@@ -489,6 +489,43 @@ async fn a_foreign_id_reads_exactly_like_an_unknown_one() {
     h.ledger.shutdown().await.unwrap();
 }
 
+/// The log position counts every tenant's events: `/healthz` shows it to
+/// the operator token only, and `/metrics` (all of it global) answers the
+/// operator token only.
+#[tokio::test]
+async fn the_global_log_position_and_metrics_are_the_operators_only() {
+    let h = Harness::new();
+    let (key, _) = h.mint("acme", "alice", None).await;
+    for auth in [
+        None,
+        Some(key.as_str()),
+        Some("not-the-operator-token-at-all"),
+    ] {
+        let (s, v) = h.call(Method::GET, "/healthz", auth, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v, json!({"status": "ok"}), "{auth:?}");
+        let (s, v) = h.call(Method::GET, "/metrics", auth, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert!(
+            v["error"]["code"]
+                .as_str()
+                .unwrap()
+                .ends_with("credentials")
+                || v["error"]["code"] == "invalid_operator_token",
+            "{v}"
+        );
+        assert!(!v.to_string().contains("keyledger_log_head"));
+    }
+    let (s, v) = h.call(Method::GET, "/healthz", Some(OPERATOR), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["head"], json!(h.ledger.head()), "{v}");
+    assert!(h.ledger.head() > 0);
+    let (s, text) = h.call(Method::GET, "/metrics", Some(OPERATOR), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(text.as_str().unwrap().contains("keyledger_log_head "));
+}
+
 #[tokio::test]
 async fn metrics_label_the_matched_route() {
     let h = Harness::new();
@@ -498,7 +535,7 @@ async fn metrics_label_the_matched_route() {
     h.call(Method::GET, "/nowhere", None, None).await;
     // Known keys' outcomes reach the metrics when their uses are written.
     h.ledger.flush_usage().await.unwrap();
-    let (s, text) = h.call(Method::GET, "/metrics", None, None).await;
+    let (s, text) = h.call(Method::GET, "/metrics", Some(OPERATOR), None).await;
     assert_eq!(s, StatusCode::OK);
     let text = text.as_str().unwrap();
     assert!(
