@@ -88,8 +88,15 @@ fn metric(live: &Live, line_prefix: &str) -> u64 {
     // From a client of its own (127.0.0.3): a test's hog may hold 127.0.0.1.
     let auth = format!("Bearer {TOKEN}");
     let c = connect_from("127.0.0.3", &live.addr).expect("connect");
-    let r = request_on(c, &live.addr, "GET", "/metrics", &[("Authorization", &auth)], None)
-        .expect("/metrics");
+    let r = request_on(
+        c,
+        &live.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("/metrics");
     assert_eq!(r.status, 200, "{}", r.text());
     r.text()
         .lines()
@@ -568,8 +575,9 @@ fn healthz_times(addr: &str, n: usize) -> Vec<Duration> {
         .map(|_| {
             let t = Instant::now();
             let c = connect_from("127.0.0.2", addr).expect("another client connects");
-            let r = request_on(c, addr, "GET", "/healthz", &[], None)
-                .unwrap_or_else(|e| panic!("a health check of another client went unanswered: {e}"));
+            let r = request_on(c, addr, "GET", "/healthz", &[], None).unwrap_or_else(|e| {
+                panic!("a health check of another client went unanswered: {e}")
+            });
             assert_eq!(r.status, 200, "{}", r.text());
             t.elapsed()
         })
@@ -597,7 +605,12 @@ fn one_client_holding_idle_connections_does_not_slow_another() {
         &data.path(),
         50,
         "info",
-        &["--connections-max", "200", "--connections-per-client-max", "50"],
+        &[
+            "--connections-max",
+            "200",
+            "--connections-per-client-max",
+            "50",
+        ],
     );
     let before = healthz_times(&live.addr, PROBES);
     let hog: Vec<TcpStream> = (0..HOG)

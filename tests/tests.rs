@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod crash;
 mod http;
+mod leaks;
 mod limits;
 mod live;
 mod nodes;

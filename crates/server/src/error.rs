@@ -5,7 +5,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query |
+//! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query; a path or query holding text shaped like a key (`key_in_url`) |
 //! | 401 | no credential, a malformed one, or an unknown, revoked or expired key (or a wrong operator token) |
 //! | 403 | the key lacks the scope, or asks to grant one it does not hold |
 //! | 404 | unknown route, or an id that names nothing in the caller's tenant (a foreign id included) |
@@ -15,7 +15,8 @@
 //! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
-//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
+//! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
 //! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
 //! | 500 | a bug or a damaged log: never for anything a client sends |
@@ -49,10 +50,11 @@ pub struct ErrorDetail {
     /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
-    /// `invalid_field`, `unavailable`, `shutting_down`, `timeout`,
-    /// `internal_error`.
+    /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
+    /// `unavailable`, `shutting_down`, `timeout`, `internal_error`.
     pub code: Cow<'static, str>,
-    /// For a human; never holds a secret.
+    /// For a human; never holds a secret: anything shaped like a key is
+    /// masked when the error is rendered.
     pub message: String,
 }
 

@@ -489,6 +489,57 @@ async fn a_foreign_id_reads_exactly_like_an_unknown_one() {
     h.ledger.shutdown().await.unwrap();
 }
 
+/// Revoke and rotate follow one rule (docs/api.md): `keys:write` acts on
+/// any key of its tenant, whoever owns it, provided it holds every scope of
+/// that key.
+#[tokio::test]
+async fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
+    let h = Harness::new();
+    let default = ["keys:read", "keys:write", "audit:read", "usage:read"];
+    let (_, alices) = h.mint("acme", "alice", Some(&default)).await;
+    let (_, alices_other) = h.mint("acme", "alice", Some(&default)).await;
+    let (bob, _) = h.mint("acme", "bob", Some(&default)).await;
+    let (narrow, _) = h
+        .mint("acme", "bob", Some(&["keys:read", "keys:write"]))
+        .await;
+    // A narrower key may do neither to alice's key.
+    for action in ["revoke", "rotate"] {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                &format!("/v1/keys/{alices}/{action}"),
+                Some(&narrow),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{action}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    }
+    // bob's key holds alice's key's scopes: it may do both; the new key
+    // is still alice's.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices}/rotate"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["created_by"], "alice", "the owner: {v}");
+    assert_eq!(v["rotated_from"], json!(alices), "{v}");
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices_other}/revoke"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "revoked", "{v}");
+}
+
 /// The log position counts every tenant's events: `/healthz` shows it to
 /// the operator token only, and `/metrics` (all of it global) answers the
 /// operator token only.
