@@ -451,20 +451,19 @@ fn create_key(
 /// The one rule for acting on an existing key, revoking and rotating alike
 /// (docs/api.md, "Who may call what"): keys belong to the tenant, so a
 /// principal with `keys:write` may act on any key of its tenant, whoever
-/// owns it, provided it holds every scope of that key. So no one gains a
-/// scope by rotating (the new key keeps the old one's owner and scopes),
-/// and a narrower key cannot revoke a more powerful one. The operator holds
-/// every scope.
-fn may_act_on(p: &Principal, key: &KeyRecord) -> Result<(), CommandError> {
+/// owns it. A rotation also hands the caller a new secret with the old
+/// key's scopes (and owner), so, as for a create, it needs every one of
+/// those scopes: no one gains a scope by rotating. The operator holds every
+/// scope.
+fn may_act_on(p: &Principal, key: &KeyRecord, hands_out_secret: bool) -> Result<(), CommandError> {
     p.require(Scope::KeysWrite)?;
-    if p.scopes.contains_all(key.scopes) {
-        Ok(())
-    } else {
-        Err(CommandError::Forbidden(format!(
-            "this key holds `{}`; revoking or rotating it needs every one of those scopes",
+    if hands_out_secret && !p.scopes.contains_all(key.scopes) {
+        return Err(CommandError::Forbidden(format!(
+            "rotating this key hands out a new secret with `{}`, which this principal does not hold",
             key.scopes
-        )))
+        )));
     }
+    Ok(())
 }
 
 fn revoke_key(
@@ -487,7 +486,7 @@ fn revoke_key(
     if key.revoked.is_some() {
         return Err(CommandError::AlreadyRevoked(c.key_id));
     }
-    may_act_on(p, key)?;
+    may_act_on(p, key, false)?;
     Ok(vec![Event {
         tenant: p.tenant.clone(),
         at,
@@ -518,7 +517,7 @@ fn rotate_key(
     if let Some(successor) = old.rotated_to {
         return Err(CommandError::AlreadyRotated(c.key_id, successor));
     }
-    may_act_on(p, old)?;
+    may_act_on(p, old, true)?;
     if c.grace_seconds > ROTATION_GRACE_SECONDS_MAX {
         return Err(invalid(
             "grace_seconds",

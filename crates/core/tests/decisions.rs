@@ -999,7 +999,8 @@ fn rotate_needs_keys_write() {
 
 /// One rule for revoke and rotate (`may_act_on` in decide.rs): keys belong
 /// to the tenant, so `keys:write` acts on any key of the tenant, whoever
-/// owns it, provided it holds every scope of that key.
+/// owns it; a rotation, which hands out a new secret with the old key's
+/// scopes, also needs every one of them.
 #[test]
 fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
     let alices = || [create_ev(acme(), t(1), 1, "alice")];
@@ -1022,8 +1023,8 @@ fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
             revoked(t(10), as_key(9, "bob"), 1, RevokeReason::Rotated, None),
         ]);
     // A narrower key (without `usage:read`, which alice's key holds) may
-    // do neither: not rotate (it would mint a key more powerful than
-    // itself), and, by the same rule, not revoke.
+    // revoke it, but not rotate it: that would hand it a secret more
+    // powerful than itself.
     let narrow = key_principal(
         acme(),
         9,
@@ -1032,12 +1033,31 @@ fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
     );
     given(alices())
         .when(revoke(narrow.clone(), 1), t(10))
-        .then_forbidden();
+        .then_events(vec![revoked(
+            t(10),
+            as_key(9, "bob"),
+            1,
+            RevokeReason::Manual,
+            None,
+        )]);
     given(alices())
         .when(rotate(narrow.clone(), 1, 2, 0), t(10))
         .then_forbidden();
-    // The same narrow key acts on a key no more powerful than itself,
-    // its own owner's or another's alike.
+    // Without `keys:write`, neither.
+    let reader = key_principal(
+        acme(),
+        9,
+        "bob",
+        ScopeSet::DEFAULT.without(Scope::KeysWrite),
+    );
+    given(alices())
+        .when(revoke(reader.clone(), 1), t(10))
+        .then_forbidden();
+    given(alices())
+        .when(rotate(reader, 1, 2, 0), t(10))
+        .then_forbidden();
+    // The same narrow key rotates a key no more powerful than itself,
+    // another user's as its own owner's.
     let narrow_key = || {
         [
             create_ev(acme(), t(1), 1, "alice"),

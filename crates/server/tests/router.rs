@@ -490,8 +490,8 @@ async fn a_foreign_id_reads_exactly_like_an_unknown_one() {
 }
 
 /// Revoke and rotate follow one rule (docs/api.md): `keys:write` acts on
-/// any key of its tenant, whoever owns it, provided it holds every scope of
-/// that key.
+/// any key of its tenant, whoever owns it; a rotation, which hands out a
+/// new secret with the old key's scopes, also needs every one of them.
 #[tokio::test]
 async fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
     let h = Harness::new();
@@ -502,19 +502,38 @@ async fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
     let (narrow, _) = h
         .mint("acme", "bob", Some(&["keys:read", "keys:write"]))
         .await;
-    // A narrower key may do neither to alice's key.
+    let (reader, _) = h
+        .mint(
+            "acme",
+            "bob",
+            Some(&["keys:read", "audit:read", "usage:read"]),
+        )
+        .await;
+    // A key without `keys:write` may do neither to alice's key.
     for action in ["revoke", "rotate"] {
         let (s, v) = h
             .call(
                 Method::POST,
                 &format!("/v1/keys/{alices}/{action}"),
-                Some(&narrow),
+                Some(&reader),
                 None,
             )
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{action}: {v}");
-        assert_eq!(v["error"]["code"], "forbidden", "{v}");
+        assert_eq!(v["error"]["code"], "insufficient_scope", "{v}");
     }
+    // A narrower key may not rotate it (the new secret would hold scopes
+    // the caller lacks)...
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices}/rotate"),
+            Some(&narrow),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
     // bob's key holds alice's key's scopes: it may do both; the new key
     // is still alice's.
     let (s, v) = h
@@ -528,16 +547,18 @@ async fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["created_by"], "alice", "the owner: {v}");
     assert_eq!(v["rotated_from"], json!(alices), "{v}");
+    // ...but may revoke it, as bob's wider key may.
     let (s, v) = h
         .call(
             Method::POST,
             &format!("/v1/keys/{alices_other}/revoke"),
-            Some(&bob),
+            Some(&narrow),
             None,
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "revoked", "{v}");
+    assert_eq!(v["created_by"], "alice", "{v}");
 }
 
 /// The log position counts every tenant's events: `/healthz` shows it to
