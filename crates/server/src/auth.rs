@@ -329,7 +329,7 @@ impl FromRequestParts<AppState> for Operator {
         } else {
             Err(ApiError::unauthorized(
                 "invalid_operator_token",
-                "the admin routes take the operator token, not an API key",
+                "this route takes the operator token (the admin routes and /metrics), not an API key",
             ))
         }
     }
