@@ -147,20 +147,24 @@ fn raise_file_limit(connections: usize) {
         if soft.is_none_or(|s| s >= want) {
             return;
         }
-        let raised = hard.map_or(want, |h| h.min(want));
-        let raised = rustix::process::Rlimit {
-            current: Some(raised),
-            maximum: hard,
-        };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => {
-                tracing::info!(from = ?soft, to = ?raised.current, "raised the open-file limit")
+        let target = hard.map_or(want, |h| h.min(want));
+        let mut now = soft;
+        if soft.is_some_and(|s| s < target) {
+            let raised = rustix::process::Rlimit {
+                current: Some(target),
+                maximum: hard,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::info!(from = ?soft, to = target, "raised the open-file limit");
+                    now = Some(target);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
-        if raised.current.is_some_and(|c| c < want) {
+        if now.is_some_and(|n| n < want) {
             tracing::warn!(
-                limit = ?raised.current,
+                limit = ?now,
                 want,
                 "the open-file limit is below --connections-max plus the server's own files; raise it (ulimit -n, LimitNOFILE=)"
             );
