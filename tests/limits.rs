@@ -641,3 +641,34 @@ fn one_client_holding_idle_connections_does_not_slow_another() {
     drop(hog);
     live.stop();
 }
+
+#[test]
+fn connection_options_are_checked_before_anything_starts() {
+    let data = Data::new();
+    let out = data.run(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections-max",
+        "10",
+        "--connections-per-client-max",
+        "20",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--connections-per-client-max (20) is over --connections-max (10)"),
+        "{stderr}"
+    );
+    for (flag, value) in [
+        ("--connections-max", "0"),
+        ("--connections-per-client-max", "0"),
+        ("--idle-timeout-ms", "0"),
+        ("--header-read-timeout-ms", "soon"),
+    ] {
+        let out = data.run(&["serve", "--addr", "127.0.0.1:0", flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+}
