@@ -183,7 +183,7 @@ print(f"  baseline: write + fdatasync of 200 B, one at a time: {float(fsync['rps
 print(f"  durable creates per raw fdatasync's time: {statistics.median(rps('create')) / float(fsync['rps']):.1f}")
 PY
 echo "writer, over the whole run:"
-curl -s "$base/metrics" | grep -E '^keyledger_(commits_total|commands_committed_total|events_appended_total|commit_duration_seconds_(sum|count|bucket))[ {]' | sed 's/^/  /' || true
+curl -s -H "Authorization: Bearer $token" "$base/metrics" | grep -E '^keyledger_(commits_total|commands_committed_total|events_appended_total|commit_duration_seconds_(sum|count|bucket))[ {]' | sed 's/^/  /' || true
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if grep -q 'errors=[1-9]' "$work/results"; then
   echo "WARNING: some requests failed (errors= above): the figures of those rounds do not count" >&2

@@ -14,7 +14,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // Anything shaped like a key is masked in every log line, whoever
+        // logs it (keyledger_server::redact).
+        .with_writer(|| keyledger_server::redact::MaskingWriter(std::io::stderr()))
         // Colours on a terminal only: a log file or journald gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(

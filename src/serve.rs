@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use keyledger_runtime::{Follow, UsageWindow};
-use keyledger_server::{AppState, OperatorToken, TokenSource};
+use keyledger_server::{AppState, OperatorToken, TokenSource, limits};
 
 use crate::cli::{self, Failure};
 
@@ -36,6 +37,51 @@ pub struct ServeArgs {
     /// host name, the process id and a random suffix).
     #[arg(long, env = "KEYLEDGER_NODE_ID")]
     pub node_id: Option<String>,
+    /// Connections held open at once, all clients together; more wait in
+    /// the kernel's backlog until one closes.
+    #[arg(long, env = "KEYLEDGER_CONNECTIONS_MAX", default_value_t = limits::CONNECTIONS_MAX as u64,
+        value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_OPTION_MAX))]
+    pub connections_max: u64,
+    /// Connections held open at once from one client (peer IP address); its
+    /// next one is answered 429 and closed at once. At most --connections-max.
+    #[arg(long, env = "KEYLEDGER_CONNECTIONS_PER_CLIENT_MAX",
+        default_value_t = limits::CONNECTIONS_PER_CLIENT_MAX as u64,
+        value_parser = clap::value_parser!(u64).range(1..=CONNECTIONS_OPTION_MAX))]
+    pub connections_per_client_max: u64,
+    /// Milliseconds from a connection's accept, or its previous response,
+    /// to a complete request head; past it the connection is closed.
+    #[arg(long, env = "KEYLEDGER_HEADER_READ_TIMEOUT_MS",
+        default_value_t = limits::REQUEST_HEAD_TIMEOUT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in progress
+    /// and no byte in or out (an idle keep-alive connection); then it is closed.
+    #[arg(long, env = "KEYLEDGER_IDLE_TIMEOUT_MS",
+        default_value_t = limits::IDLE_TIMEOUT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+}
+
+/// The largest connection limit the options take.
+const CONNECTIONS_OPTION_MAX: u64 = 1 << 20;
+
+impl ServeArgs {
+    /// The server's limits: these options over the defaults.
+    fn limits(&self) -> cli::Result<limits::ServerLimits> {
+        if self.connections_per_client_max > self.connections_max {
+            return Err(Failure(format!(
+                "--connections-per-client-max ({}) is over --connections-max ({})",
+                self.connections_per_client_max, self.connections_max
+            )));
+        }
+        Ok(limits::ServerLimits {
+            connections_max: self.connections_max as usize,
+            connections_per_client_max: self.connections_per_client_max as usize,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            ..limits::ServerLimits::default()
+        })
+    }
 }
 
 /// The environment variable that holds the operator token, if it is not
@@ -43,6 +89,8 @@ pub struct ServeArgs {
 const OPERATOR_TOKEN_ENV: &str = "KEYLEDGER_OPERATOR_TOKEN";
 
 pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result<ExitCode> {
+    let limits = args.limits()?;
+    raise_file_limit(limits.connections_max);
     // On a shared log, follow what the other nodes append.
     let follow = cli::postgres().then(|| {
         Follow::new(
@@ -83,7 +131,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         TokenSource::Environment => ledger.head() == 0,
         TokenSource::File => false,
     };
-    let state = AppState::new(ledger, token);
+    let state = AppState::with_limits(ledger, token, limits);
     keyledger_server::serve(state, &args.addr, |addr| {
         if newcomer {
             println!("{}", welcome(data, addr, source));
@@ -92,6 +140,51 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     .await
     .map_err(|e| Failure(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// File descriptors the process needs besides its connections (the log,
+/// its indexes, the listener, the runtime), with room to spare.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard one when the soft one
+/// is too low for `connections` connections (often 1024 by default): a
+/// server out of descriptors cannot accept, nor open its log. Warns when
+/// even the hard limit is too low (see docs/operations.md).
+fn raise_file_limit(connections: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let want = connections as u64 + FILES_BESIDES_CONNECTIONS;
+        let limit = getrlimit(Resource::Nofile);
+        let (soft, hard) = (limit.current, limit.maximum);
+        if soft.is_none_or(|s| s >= want) {
+            return;
+        }
+        let target = hard.map_or(want, |h| h.min(want));
+        let mut now = soft;
+        if soft.is_some_and(|s| s < target) {
+            let raised = rustix::process::Rlimit {
+                current: Some(target),
+                maximum: hard,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::info!(from = ?soft, to = target, "raised the open-file limit");
+                    now = Some(target);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
+        }
+        if now.is_some_and(|n| n < want) {
+            tracing::warn!(
+                limit = ?now,
+                want,
+                "the open-file limit is below --connections-max plus the server's own files; raise it (ulimit -n, LimitNOFILE=)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = connections;
 }
 
 /// Longest node name.

@@ -175,9 +175,9 @@ impl Server {
         r.json()
     }
 
-    /// The last applied log position, from `/metrics`.
+    /// The last applied log position, from `/metrics` (the operator's).
     fn head(&self) -> u64 {
-        let text = self.get("/metrics").send().text();
+        let text = self.get("/metrics").bearer(TOKEN).send().text();
         text.lines()
             .find_map(|l| l.strip_prefix("keyledger_log_head "))
             .and_then(|n| n.trim().parse().ok())
@@ -1046,7 +1046,7 @@ fn the_tour_over_http_survives_a_restart() {
     assert!(chain["events"].as_u64().unwrap() as usize >= exported.len());
 
     // Metrics by matched route.
-    let metrics = s.get("/metrics").send().text();
+    let metrics = s.get("/metrics").bearer(TOKEN).send().text();
     assert!(
         metrics.contains(r#"route="/v1/keys/{id}/revoke",status="409"}"#),
         "{metrics}"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::live::{Live, TOKEN, request, unknown_key};
+use crate::live::{Live, TOKEN, connect_from, request, request_on, unknown_key};
 use crate::util::Data;
 
 /// Memory the server may gain under a test's load, in KiB. Generous: the
@@ -22,6 +22,9 @@ const RSS_GROWTH_KIB_MAX: u64 = 96 * 1024;
 
 /// Connections `keyledger serve` holds open (`limits::CONNECTIONS_MAX`).
 const CONNECTIONS_MAX: usize = keyledger_server::limits::CONNECTIONS_MAX;
+const _: () = assert!(
+    (CONNECTIONS_MAX + 64).div_ceil(5) <= keyledger_server::limits::CONNECTIONS_PER_CLIENT_MAX
+);
 
 fn mint(live: &Live, user: &str) -> (String, String) {
     let r = request(
@@ -82,7 +85,19 @@ impl Prober {
 }
 
 fn metric(live: &Live, line_prefix: &str) -> u64 {
-    let r = request(&live.addr, "GET", "/metrics", &[], None).expect("/metrics");
+    // From a client of its own (127.0.0.3): a test's hog may hold 127.0.0.1.
+    let auth = format!("Bearer {TOKEN}");
+    let c = connect_from("127.0.0.3", &live.addr).expect("connect");
+    let r = request_on(
+        c,
+        &live.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .expect("/metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
     r.text()
         .lines()
         .find_map(|l| l.strip_prefix(line_prefix))
@@ -501,9 +516,12 @@ fn more_connections_than_the_limit_do_not_lock_out_well_formed_requests() {
     let rss_before = live.rss_kib();
     // Every slot taken, and more waiting: silent connections, and
     // connections that sent half a request head.
+    // They come from five clients, each within its own connection limit
+    // (`CONNECTIONS_PER_CLIENT_MAX`), so together they fill the global one.
     let mut hogs = Vec::with_capacity(CONNECTIONS_MAX + 64);
     for i in 0..CONNECTIONS_MAX + 64 {
-        let mut c = TcpStream::connect(&live.addr).expect("connect");
+        let source = format!("127.0.1.{}", 1 + i % 5);
+        let mut c = connect_from(&source, &live.addr).expect("connect");
         if i % 2 == 0 {
             c.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n")
                 .expect("send");
@@ -517,7 +535,9 @@ fn more_connections_than_the_limit_do_not_lock_out_well_formed_requests() {
     // hogs are cut off.
     let addr = live.addr.clone();
     let answered = std::thread::spawn(move || {
-        let r = request(&addr, "POST", "/v1/verify", &[], Some(&json!({"key": key})));
+        let c = connect_from("127.0.0.2", &addr).expect("connect");
+        let body = json!({"key": key}).to_string();
+        let r = request_on(c, &addr, "POST", "/v1/verify", &[], Some(&body));
         (r, Instant::now())
     });
     let (r, at) = answered.join().expect("the client");
@@ -547,4 +567,109 @@ fn more_connections_than_the_limit_do_not_lock_out_well_formed_requests() {
     );
     drop(hogs);
     live.stop();
+}
+
+/// `/healthz` from a client of its own (127.0.0.2, on a fresh connection
+/// each time): every time taken, sorted. Every answer must be a 200.
+fn healthz_times(addr: &str, n: usize) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let c = connect_from("127.0.0.2", addr).expect("another client connects");
+            let r = request_on(c, addr, "GET", "/healthz", &[], None).unwrap_or_else(|e| {
+                panic!("a health check of another client went unanswered: {e}")
+            });
+            assert_eq!(r.status, 200, "{}", r.text());
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// One client (127.0.0.1) holds many idle connections, more than the whole
+/// server holds; another (127.0.0.2) keeps being answered at once. Before
+/// the per-client limit, the idle ones filled every slot and the other
+/// client waited in the backlog for them to time out: seconds per answer.
+#[test]
+fn one_client_holding_idle_connections_does_not_slow_another() {
+    const HOG: usize = 300;
+    const PROBES: usize = 200;
+    let data = Data::new();
+    // Smaller limits than the defaults, so a few hundred sockets (not
+    // thousands) show it: 300 idle connections against 200 in all.
+    let live = Live::start_with(
+        &data.path(),
+        50,
+        "info",
+        &[
+            "--connections-max",
+            "200",
+            "--connections-per-client-max",
+            "50",
+        ],
+    );
+    let before = healthz_times(&live.addr, PROBES);
+    let hog: Vec<TcpStream> = (0..HOG)
+        .map(|_| connect_from("127.0.0.1", &live.addr).expect("the hog connects"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = healthz_times(&live.addr, PROBES);
+    let refused = metric(&live, "keyledger_http_connections_refused_total ");
+    let open = metric(&live, "keyledger_http_connections_open ");
+    println!(
+        "/healthz from another client, {PROBES} each: p50 {:?} / p99 {:?} alone; p50 {:?} / p99 {:?} \
+         with {HOG} idle connections from one client ({refused} refused, {open} open)",
+        percentile(&before, 50),
+        percentile(&before, 99),
+        percentile(&during, 50),
+        percentile(&during, 99),
+    );
+    // Generous for a shared CI machine: the point is milliseconds, not the
+    // seconds of waiting for an idle timeout.
+    assert!(
+        percentile(&during, 99) < Duration::from_millis(1000),
+        "another client's p99 was {:?} with one client holding {HOG} connections",
+        percentile(&during, 99)
+    );
+    assert!(refused >= (HOG - 50) as u64, "{refused} refused");
+    // The hog's 50, this request's, and probes still closing.
+    assert!(open <= 50 + 8, "{open} open");
+    drop(hog);
+    live.stop();
+}
+
+#[test]
+fn connection_options_are_checked_before_anything_starts() {
+    let data = Data::new();
+    let out = data.run(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--connections-max",
+        "10",
+        "--connections-per-client-max",
+        "20",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--connections-per-client-max (20) is over --connections-max (10)"),
+        "{stderr}"
+    );
+    for (flag, value) in [
+        ("--connections-max", "0"),
+        ("--connections-per-client-max", "0"),
+        ("--idle-timeout-ms", "0"),
+        ("--header-read-timeout-ms", "soon"),
+    ] {
+        let out = data.run(&["serve", "--addr", "127.0.0.1:0", flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
 }

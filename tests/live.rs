@@ -71,7 +71,13 @@ impl Live {
     /// Starts `keyledger --data <data> serve` with the usage window given
     /// and waits for its `listening on` line.
     pub fn start(data: &Path, usage_window_ms: u64) -> Live {
-        let (mut child, stderr) = Live::spawn(data, usage_window_ms);
+        Live::start_with(data, usage_window_ms, "info", &[])
+    }
+
+    /// [`Live::start`] with logs at `log` (`KEYLEDGER_LOG`) and more
+    /// options of `serve`.
+    pub fn start_with(data: &Path, usage_window_ms: u64, log: &str, options: &[&str]) -> Live {
+        let (mut child, stderr) = Live::spawn(data, usage_window_ms, log, options);
         match crate::util::listening_addr(&mut child, Duration::from_secs(60), |_| {}) {
             Some(addr) => Live {
                 child: Some(child),
@@ -92,13 +98,13 @@ impl Live {
     /// Starts the server and kills it with SIGKILL after `after`, whether
     /// or not it is listening yet (a crash during start-up and recovery).
     pub fn start_and_kill(data: &Path, usage_window_ms: u64, after: Duration) {
-        let (mut child, _) = Live::spawn(data, usage_window_ms);
+        let (mut child, _) = Live::spawn(data, usage_window_ms, "info", &[]);
         std::thread::sleep(after);
         let _ = child.kill();
         let _ = child.wait();
     }
 
-    fn spawn(data: &Path, usage_window_ms: u64) -> (Child, PathBuf) {
+    fn spawn(data: &Path, usage_window_ms: u64, log: &str, options: &[&str]) -> (Child, PathBuf) {
         let log_dir = data.with_extension("logs");
         std::fs::create_dir_all(&log_dir).expect("a log directory");
         let stamp = std::time::SystemTime::now()
@@ -110,8 +116,9 @@ impl Live {
             .arg(data)
             .args(["serve", "--addr", "127.0.0.1:0", "--usage-window-ms"])
             .arg(usage_window_ms.to_string())
+            .args(options)
             .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
-            .env("KEYLEDGER_LOG", "info")
+            .env("KEYLEDGER_LOG", log)
             .env_remove("KEYLEDGER_ADDR")
             .env_remove("KEYLEDGER_USAGE_WINDOW_MS")
             .env_remove("KEYLEDGER_KEY_PREFIX")
@@ -132,7 +139,12 @@ impl Live {
 
     /// The server's log so far (its last lines).
     pub fn logs(&self) -> String {
-        tail(&std::fs::read_to_string(&self.stderr).unwrap_or_default())
+        tail(&self.all_logs())
+    }
+
+    /// The server's whole log so far.
+    pub fn all_logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// SIGKILL, and waits for the process to be gone.
@@ -177,7 +189,15 @@ impl Live {
 
     /// The last applied log position, from `/metrics`.
     pub fn head(&self) -> u64 {
-        let r = request(&self.addr, "GET", "/metrics", &[], None).expect("/metrics answers");
+        let auth = format!("Bearer {TOKEN}");
+        let r = request(
+            &self.addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", &auth)],
+            None,
+        )
+        .expect("/metrics answers");
         r.text()
             .lines()
             .find_map(|l| l.strip_prefix("keyledger_log_head "))
@@ -242,22 +262,35 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Result<Resp, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let body = body.map(Value::to_string);
+    request_on(s, addr, method, path, headers, body.as_deref())
+}
+
+/// [`request`] on a connection made already (from another address, say),
+/// with a body of any text (sent as `application/json`).
+pub fn request_on(
+    mut s: TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Resp, String> {
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    let body = body.map(Value::to_string);
-    if let Some(b) = &body {
+    if let Some(b) = body {
         out.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             b.len()
         ));
     }
     out.push_str("\r\n");
-    if let Some(b) = &body {
+    if let Some(b) = body {
         out.push_str(b);
     }
     s.write_all(out.as_bytes())
@@ -269,6 +302,26 @@ pub fn request(
         return Err(format!("read: {e}"));
     }
     parse_complete(&raw).ok_or_else(|| format!("incomplete answer ({} bytes)", raw.len()))
+}
+
+/// A connection to `addr` from `source`, another address of this machine
+/// (all of 127.0.0.0/8 is loopback on Linux): to the server, another client.
+pub fn connect_from(source: &str, addr: &str) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let source: std::net::SocketAddr = format!("{source}:0")
+        .parse()
+        .map_err(std::io::Error::other)?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(source)?;
+        socket.connect(addr).await
+    })?;
+    let s = stream.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 /// A response, only if it is complete (the whole body per

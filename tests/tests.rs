@@ -7,6 +7,7 @@ mod crash;
 mod datadir;
 mod http;
 mod integrity;
+mod leaks;
 mod limits;
 mod live;
 mod nodes;

@@ -20,7 +20,7 @@ use crate::limits::{
 };
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
-use crate::state::{KeyStatus, Ledger, TenantState};
+use crate::state::{KeyRecord, KeyStatus, Ledger, TenantState};
 use crate::time::Timestamp;
 
 /// Who asks, in which tenant, with which scopes.
@@ -498,6 +498,24 @@ fn create_key(
     }])
 }
 
+/// The one rule for acting on an existing key, revoking and rotating alike
+/// (docs/api.md, "Who may call what"): keys belong to the tenant, so a
+/// principal with `keys:write` may act on any key of its tenant, whoever
+/// owns it. A rotation also hands the caller a new secret with the old
+/// key's scopes (and owner), so, as for a create, it needs every one of
+/// those scopes: no one gains a scope by rotating. The operator holds every
+/// scope.
+fn may_act_on(p: &Principal, key: &KeyRecord, hands_out_secret: bool) -> Result<(), CommandError> {
+    p.require(Scope::KeysWrite)?;
+    if hands_out_secret && !p.scopes.contains_all(key.scopes) {
+        return Err(CommandError::Forbidden(format!(
+            "rotating this key hands out a new secret with `{}`, which this principal does not hold",
+            key.scopes
+        )));
+    }
+    Ok(())
+}
+
 fn revoke_key(
     tenant: &TenantState,
     c: &RevokeKey,
@@ -518,6 +536,7 @@ fn revoke_key(
     if key.revoked.is_some() {
         return Err(CommandError::AlreadyRevoked(c.key_id));
     }
+    may_act_on(p, key, false)?;
     Ok(vec![Event {
         tenant: p.tenant.clone(),
         at,
@@ -548,19 +567,7 @@ fn rotate_key(
     if let Some(successor) = old.rotated_to {
         return Err(CommandError::AlreadyRotated(c.key_id, successor));
     }
-    // The new secret acts as the old key's owner: handing it to anyone else
-    // would be creating a key for another user, which only the operator may.
-    if p.actor != Actor::Operator && p.user_id() != Some(&old.owner) {
-        return Err(CommandError::Forbidden(
-            "only the operator may rotate another user's key".into(),
-        ));
-    }
-    if !p.scopes.contains_all(old.scopes) {
-        return Err(CommandError::Forbidden(format!(
-            "rotating this key grants `{}`, which this principal does not hold",
-            old.scopes
-        )));
-    }
+    may_act_on(p, old, true)?;
     if c.grace_seconds > ROTATION_GRACE_SECONDS_MAX {
         return Err(invalid(
             "grace_seconds",

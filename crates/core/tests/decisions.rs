@@ -999,17 +999,109 @@ fn rotate_needs_keys_write() {
         .then_forbidden();
 }
 
+/// One rule for revoke and rotate (`may_act_on` in decide.rs): keys belong
+/// to the tenant, so `keys:write` acts on any key of the tenant, whoever
+/// owns it; a rotation, which hands out a new secret with the old key's
+/// scopes, also needs every one of them.
 #[test]
-fn only_the_operator_rotates_another_user_key() {
-    // The new secret acts as alice: bob must not get one.
-    given([create_ev(acme(), t(1), 1, "alice")])
-        .when(rotate(user_principal(acme(), "bob"), 1, 2, 0), t(10))
+fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
+    let alices = || [create_ev(acme(), t(1), 1, "alice")];
+    // bob's key holds alice's key's scopes: it may revoke it and rotate it;
+    // the new key is still alice's, with the same scopes.
+    let bob = key_principal(acme(), 9, "bob", ScopeSet::DEFAULT);
+    given(alices())
+        .when(revoke(bob.clone(), 1), t(10))
+        .then_events(vec![revoked(
+            t(10),
+            as_key(9, "bob"),
+            1,
+            RevokeReason::Manual,
+            None,
+        )]);
+    given(alices())
+        .when(rotate(bob, 1, 2, 0), t(10))
+        .then_events(vec![
+            created_by(t(10), as_key(9, "bob"), rotated_key(created(1, "alice"))),
+            revoked(t(10), as_key(9, "bob"), 1, RevokeReason::Rotated, None),
+        ]);
+    // A narrower key (without `usage:read`, which alice's key holds) may
+    // revoke it, but not rotate it: that would hand it a secret more
+    // powerful than itself.
+    let narrow = key_principal(
+        acme(),
+        9,
+        "bob",
+        ScopeSet::DEFAULT.without(Scope::UsageRead),
+    );
+    given(alices())
+        .when(revoke(narrow.clone(), 1), t(10))
+        .then_events(vec![revoked(
+            t(10),
+            as_key(9, "bob"),
+            1,
+            RevokeReason::Manual,
+            None,
+        )]);
+    given(alices())
+        .when(rotate(narrow.clone(), 1, 2, 0), t(10))
         .then_forbidden();
-    let p = key_principal(acme(), 9, "bob", ScopeSet::ALL);
-    given([create_ev(acme(), t(1), 1, "alice")])
-        .when(rotate(p, 1, 2, 0), t(10))
+    // Without `keys:write`, neither.
+    let reader = key_principal(
+        acme(),
+        9,
+        "bob",
+        ScopeSet::DEFAULT.without(Scope::KeysWrite),
+    );
+    given(alices())
+        .when(revoke(reader.clone(), 1), t(10))
         .then_forbidden();
-    given([create_ev(acme(), t(1), 1, "alice")])
+    given(alices())
+        .when(rotate(reader, 1, 2, 0), t(10))
+        .then_forbidden();
+    // The same narrow key rotates a key no more powerful than itself,
+    // another user's as its own owner's.
+    let narrow_key = || {
+        [
+            create_ev(acme(), t(1), 1, "alice"),
+            ev(
+                acme(),
+                t(2),
+                as_user("alice"),
+                EventKind::KeyCreated(KeyCreated {
+                    scopes: ScopeSet::DEFAULT.without(Scope::UsageRead),
+                    ..created(3, "alice")
+                }),
+            ),
+        ]
+    };
+    given(narrow_key())
+        .when(revoke(narrow.clone(), 3), t(10))
+        .then_events(vec![revoked(
+            t(10),
+            as_key(9, "bob"),
+            3,
+            RevokeReason::Manual,
+            None,
+        )]);
+    given(narrow_key())
+        .when(rotate(narrow, 3, 4, 0), t(10))
+        .then_events(vec![
+            created_by(
+                t(10),
+                as_key(9, "bob"),
+                KeyCreated {
+                    key_id: kid(4),
+                    secret_hash: secret(4).hash(),
+                    masked: secret(4).masked(),
+                    rotated_from: Some(kid(3)),
+                    scopes: ScopeSet::DEFAULT.without(Scope::UsageRead),
+                    ..created(3, "alice")
+                },
+            ),
+            revoked(t(10), as_key(9, "bob"), 3, RevokeReason::Rotated, None),
+        ]);
+    // The operator acts on any key.
+    given(alices())
         .when(rotate(operator(), 1, 2, 0), t(10))
         .then_events(vec![
             created_by(t(10), Actor::Operator, rotated_key(created(1, "alice"))),

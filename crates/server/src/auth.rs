@@ -334,9 +334,27 @@ impl FromRequestParts<AppState> for Operator {
         } else {
             Err(ApiError::unauthorized(
                 "invalid_operator_token",
-                "the admin routes take the operator token, not an API key",
+                "this route takes the operator token (the admin routes and /metrics), not an API key",
             ))
         }
+    }
+}
+
+/// Whether the request carries the operator token, for the unauthenticated
+/// routes that show more to the operator (the log position on `/healthz`).
+/// Never refuses: no credential, or any other, is simply not the operator.
+#[derive(Debug)]
+pub struct MaybeOperator(pub bool);
+
+impl FromRequestParts<AppState> for MaybeOperator {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        let operator = presented(&parts.headers).is_ok_and(|c| state.operator().matches(c));
+        Ok(MaybeOperator(operator))
     }
 }
 

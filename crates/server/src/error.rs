@@ -5,7 +5,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query |
+//! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query; a path or query holding text shaped like a key (`key_in_url`) |
 //! | 401 | no credential, a malformed one, or an unknown, revoked or expired key (or a wrong operator token) |
 //! | 403 | the key lacks the scope, or asks to grant one it does not hold |
 //! | 404 | unknown route, or an id that names nothing in the caller's tenant (a foreign id included) |
@@ -15,7 +15,8 @@
 //! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
-//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
+//! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
 //! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
 //! | 500 | a bug or a damaged log: never for anything a client sends |
@@ -49,10 +50,11 @@ pub struct ErrorDetail {
     /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
-    /// `invalid_field`, `unavailable`, `shutting_down`, `timeout`,
-    /// `internal_error`.
+    /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
+    /// `unavailable`, `shutting_down`, `timeout`, `internal_error`.
     pub code: Cow<'static, str>,
-    /// For a human; never holds a secret.
+    /// For a human; never holds a secret: anything shaped like a key is
+    /// masked when the error is rendered.
     pub message: String,
 }
 
@@ -134,6 +136,26 @@ impl ApiError {
         )
     }
 
+    /// 400: the path or query holds text shaped like a key.
+    pub fn key_in_url() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "key_in_url",
+            "the path or query holds text shaped like an API key; send a key only in \
+             `Authorization: Bearer` or `X-API-Key` (or in the body of /v1/verify)",
+        )
+    }
+
+    /// 422: a JSON body holds text shaped like a key, where none belongs.
+    pub fn key_in_body() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "key_in_body",
+            "the body holds text shaped like an API key; no field takes one (a key would be \
+             stored in the log for good): send a key only in `Authorization: Bearer` or `X-API-Key`",
+        )
+    }
+
     /// 500 for a bug; `what` is logged, not sent.
     pub fn internal(what: impl Into<String>) -> Self {
         ApiError {
@@ -202,7 +224,16 @@ impl std::fmt::Display for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// Every error goes out here: anything in its message or its logged
+    /// detail shaped like a key (quoted from the request) is masked first
+    /// ([`crate::redact`]).
+    fn into_response(mut self) -> Response {
+        if let Cow::Owned(masked) = crate::redact::mask_keys(&self.message) {
+            self.message = masked;
+        }
+        if let Some(Cow::Owned(masked)) = self.internal.as_deref().map(crate::redact::mask_keys) {
+            self.internal = Some(masked);
+        }
         if self.status.is_server_error() {
             tracing::error!(
                 status = self.status.as_u16(),
@@ -319,11 +350,19 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
+    /// A body that parses is also searched, as a JSON value: one holding
+    /// text shaped like a key anywhere, escaped or not, is refused (422
+    /// `key_in_body`) before any field is used, so no key is stored or
+    /// quoted back.
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|j| ApiJson(j.0))
-            .map_err(json_rejection)
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        let parsed = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("a parsed body is not a JSON value: {e}")))?;
+        if crate::redact::json_holds_key(&value) {
+            return Err(ApiError::key_in_body());
+        }
+        Ok(ApiJson(parsed.0))
     }
 }
 

@@ -15,7 +15,8 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{
-    AnyScope, AuditRead, Authed, KeysRead, KeysWrite, Operator, UsageRead, UsersRemove,
+    AnyScope, AuditRead, Authed, KeysRead, KeysWrite, MaybeOperator, Operator, UsageRead,
+    UsersRemove,
 };
 use crate::error::{
     ApiError, ApiJson, ApiPath, ApiQuery, JsonBytes, OptionalJson, parse_json, responses,
@@ -706,22 +707,36 @@ async fn admin_remove_user(
     remove(state, Principal::operator(tenant), &user).await
 }
 
-/// Liveness: answers while the server runs.
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive", body = Health)))]
-async fn healthz(State(state): State<AppState>) -> Json<Health> {
+/// Liveness: answers while the server runs. The last applied log position
+/// (`head`) is shown only to the operator token: it counts every tenant's
+/// events, so it would tell one tenant how busy the others are.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Alive; `head` only with the operator token", body = Health)),
+    security((), ("operator" = [])),
+)]
+async fn healthz(
+    State(state): State<AppState>,
+    MaybeOperator(operator): MaybeOperator,
+) -> Json<Health> {
     Json(Health {
         status: "ok",
-        head: state.ledger().head(),
+        head: operator.then(|| state.ledger().head()),
     })
 }
 
 /// Prometheus text: requests by route and status with latency histograms,
-/// verifications by outcome, the writer's queue, appends and commits.
+/// verifications by outcome, the writer's queue, appends and commits. The
+/// operator token only: every series counts all tenants together.
 #[utoipa::path(
     get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
+        responses::OperatorAuth,
+    ),
+    security(("operator" = [])),
 )]
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, _operator: Operator) -> Response {
     let text = crate::metrics::render(&state);
     (
         [(

@@ -20,19 +20,19 @@
 
 mod audit_proofs;
 pub mod auth;
+mod conn;
 pub mod error;
 mod export;
 mod handlers;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+pub mod redact;
 pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -40,9 +40,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyledger_runtime::Keyledger;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use auth::{OperatorToken, TokenSource};
@@ -61,6 +60,7 @@ struct Inner {
     http: metrics::HttpMetrics,
     limits: limits::ServerLimits,
     connections: Arc<Semaphore>,
+    clients: Arc<conn::Clients>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -84,10 +84,12 @@ impl AppState {
         operator: OperatorToken,
         limits: limits::ServerLimits,
     ) -> Self {
+        let connections_max = limits.connections_max.max(1);
         let limits = limits::ServerLimits {
             requests_in_flight_max: limits.requests_in_flight_max.max(1),
-            connections_max: limits.connections_max.max(1),
-            request_timeout: limits.request_timeout,
+            connections_max,
+            connections_per_client_max: limits.connections_per_client_max.clamp(1, connections_max),
+            ..limits
         };
         AppState {
             inner: Arc::new(Inner {
@@ -96,6 +98,7 @@ impl AppState {
                 http: metrics::HttpMetrics::new(openapi()),
                 limits,
                 connections: Arc::new(Semaphore::new(limits.connections_max)),
+                clients: Arc::new(conn::Clients::new(limits.connections_per_client_max)),
             }),
         }
     }
@@ -120,6 +123,10 @@ impl AppState {
 
     pub(crate) fn connections_open(&self) -> usize {
         self.inner.limits.connections_max - self.inner.connections.available_permits()
+    }
+
+    pub(crate) fn connections_refused(&self) -> u64 {
+        self.inner.clients.refused()
     }
 }
 
@@ -158,6 +165,16 @@ fn head_over_limits(request: &Request) -> Option<StatusCode> {
     (headers > limits::HEADER_BYTES_MAX).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
 }
 
+/// Whether the path or query (percent-decoded) holds text shaped like a
+/// key: one never belongs there, and a key in a path is shown in access
+/// logs, stored as a tenant or user id, or quoted by an error.
+fn key_in_uri(request: &Request) -> bool {
+    request
+        .uri()
+        .path_and_query()
+        .is_some_and(|p| redact::holds_key(&redact::decoded_uri(p.as_str())))
+}
+
 /// Runs around every request: a span naming the matched route, the request
 /// time limit, the JSON error format for any response that lacks it, and
 /// the request metrics.
@@ -173,6 +190,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let limit = state.limits().request_timeout;
     let mut response = if let Some(status) = head_over_limits(&request) {
         ApiError::from_status(status).into_response()
+    } else if key_in_uri(&request) {
+        span.in_scope(|| ApiError::key_in_url().into_response())
     } else {
         let run = tokio::time::timeout(limit, next.run(request)).instrument(span.clone());
         match run.await {
@@ -252,42 +271,99 @@ pub async fn serve(
 }
 
 /// Serves on a bound listener until `shutdown` completes, then drains the
-/// requests in flight and shuts the ledger down.
+/// requests in flight and shuts the ledger down. Applies the connection
+/// limits and timeouts of [`limits::ServerLimits`] (see the `conn` module).
 pub async fn serve_until(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let ledger = state.ledger().clone();
-    let mut listener = LimitedListener {
-        inner: listener,
-        permits: state.inner.connections.clone(),
-    };
+    let limits = *state.limits();
+    let permits = state.inner.connections.clone();
+    let clients = state.inner.clients.clone();
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     // hyper directly rather than `axum::serve`, which sets no timer and so
-    // no request-head time limit: a client trickling its head (or sending
-    // nothing) would hold its connection slot forever.
+    // no request-head time limit, and has no idle or per-client limit.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits::REQUEST_HEAD_TIMEOUT);
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        .header_read_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        // Waits only while every client together holds the global limit,
+        // which no one client can (its own limit is lower).
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.ok(),
             () = &mut shutdown => break,
         };
-        let connection =
-            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
-        let connection = connections.watch(connection);
+        let (stream, peer) = tokio::select! {
+            accepted = conn::accept(&listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        let Some(slot) = clients.try_enter(peer.ip()) else {
+            tracing::debug!(peer = %peer.ip(), "refused a connection: its client holds its limit");
+            conn::refuse(stream);
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let activity = conn::Activity::new();
+        let io = hyper_util::rt::TokioIo::new(conn::Tracked {
+            inner: stream,
+            activity: activity.clone(),
+            _permit: permit,
+            _slot: slot,
+        });
+        let (service, http, mut stop) = (service.clone(), http.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection closed");
+            let requests = activity.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let busy = requests.begin();
+                let call = hyper::service::Service::call(&service, request);
+                async move {
+                    let response = call.await;
+                    drop(busy);
+                    response
+                }
+            });
+            let mut connection = std::pin::pin!(http.serve_connection(io, service));
+            let mut closing = false;
+            let idle = limits.idle_timeout;
+            let timer = tokio::time::sleep(idle);
+            let mut timer = std::pin::pin!(timer);
+            loop {
+                tokio::select! {
+                    done = connection.as_mut() => {
+                        if let Err(e) = done {
+                            tracing::debug!(error = %e, "connection closed");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = timer.as_mut(), if !closing => {
+                        match activity.idle_deadline(idle) {
+                            Some(at) if at <= std::time::Instant::now() => {
+                                closing = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                            Some(at) => timer.as_mut().reset(at.into()),
+                            None => timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    let _ = stop_tx.send(true);
+    // Every connection holds a global slot until it closes.
+    let _ = permits.acquire_many(limits.connections_max as u32).await;
     tracing::info!("stopped accepting; in-flight requests finished; writing counted uses");
     ledger.shutdown().await.map_err(ServeError::Shutdown)
 }
@@ -313,93 +389,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
         () = terminate => tracing::info!("SIGTERM: shutting down"),
-    }
-}
-
-/// A TCP listener that holds at most [`limits::ServerLimits::connections_max`]
-/// connections open: beyond it, new connections wait in the kernel's
-/// backlog until one closes.
-struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = self.permits.clone().acquire_owned().await.ok();
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                    return (
-                        LimitedStream {
-                            inner: stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then retry.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A connection holding its slot until it closes.
-struct LimitedStream {
-    inner: TcpStream,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

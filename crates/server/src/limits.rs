@@ -30,10 +30,16 @@ pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 /// commits full, few enough to bound memory.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 512;
 
-/// Connections held open at once; more wait in the kernel's backlog until
-/// one closes. An idle keep-alive connection holds its slot for at most
-/// [`REQUEST_HEAD_TIMEOUT`].
+/// Connections held open at once, from every client together; more wait
+/// in the kernel's backlog until one closes. One client alone cannot fill
+/// them: see [`CONNECTIONS_PER_CLIENT_MAX`].
 pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Connections held open at once from one client (one peer IP address);
+/// a client at its limit gets its next connection answered 429
+/// `too_many_connections` and closed at once, without waiting for
+/// anything, so the accept loop never waits on one client.
+pub const CONNECTIONS_PER_CLIENT_MAX: usize = 256;
 
 /// Longest time from a request's arrival to its response's headers,
 /// waiting for a slot included; past it the answer is 503 `timeout`.
@@ -42,21 +48,33 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest time from a connection's accept, or from its previous
 /// response, to a complete request head; past it the connection is closed.
-/// A client that sends nothing, or trickles its head a byte at a time (a
-/// slow-loris client), cannot hold a connection slot for longer.
+/// A client that trickles its head a byte at a time (a slow-loris client)
+/// cannot hold a connection slot for longer.
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest time a connection may stay open with no request in progress
+/// and no byte received or sent (an idle keep-alive connection, or one
+/// that sends nothing at all); past it the connection is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The limits a server is started with that an embedder (or a test) may
 /// change; [`Default`] gives the constants above, which `keyledger serve`
-/// uses.
+/// uses unless its options say otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Requests handled at once ([`REQUESTS_IN_FLIGHT_MAX`]).
     pub requests_in_flight_max: usize,
-    /// Connections held open at once ([`CONNECTIONS_MAX`]).
+    /// Connections held open at once, all clients together ([`CONNECTIONS_MAX`]).
     pub connections_max: usize,
+    /// Connections held open at once from one peer IP address
+    /// ([`CONNECTIONS_PER_CLIENT_MAX`]).
+    pub connections_per_client_max: usize,
     /// Longest time to a response's headers ([`REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
+    /// Longest time to a complete request head ([`REQUEST_HEAD_TIMEOUT`]).
+    pub header_read_timeout: Duration,
+    /// Longest idle time of a connection ([`IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -64,7 +82,10 @@ impl Default for ServerLimits {
         ServerLimits {
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
             connections_max: CONNECTIONS_MAX,
+            connections_per_client_max: CONNECTIONS_PER_CLIENT_MAX,
             request_timeout: REQUEST_TIMEOUT,
+            header_read_timeout: REQUEST_HEAD_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
@@ -83,4 +104,5 @@ pub const OPERATOR_TOKEN_CHARS_MAX: usize = 512;
 
 const _: () = assert!(BODY_BYTES_MAX > 4 * (DESCRIPTION_CHARS_MAX + NAME_CHARS_MAX + 256) + 1024);
 const _: () = assert!(REQUESTS_IN_FLIGHT_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(CONNECTIONS_PER_CLIENT_MAX < CONNECTIONS_MAX);
 const _: () = assert!(OPERATOR_TOKEN_CHARS_MIN < OPERATOR_TOKEN_CHARS_MAX);

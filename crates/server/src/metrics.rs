@@ -13,7 +13,9 @@
 //!   `keyledger_clock_behind_seconds_max` (a clock that stepped back),
 //!   `keyledger_append_conflicts_total`, `keyledger_events_followed_total`
 //!   (several nodes on one log);
-//! * `keyledger_http_connections_open`.
+//! * `keyledger_http_connections_open`,
+//!   `keyledger_http_connections_refused_total` (a client over its
+//!   connection limit).
 //!
 //! Every series is preallocated from the OpenAPI document's routes: the
 //! request path costs a hash lookup and atomic adds, no lock.
@@ -218,6 +220,17 @@ pub(crate) fn render(state: &AppState) -> String {
         out,
         "keyledger_http_connections_open {}",
         state.connections_open()
+    );
+    header(
+        &mut out,
+        "keyledger_http_connections_refused_total",
+        "counter",
+        "Connections answered 429 and closed at once: their client held its connection limit.",
+    );
+    let _ = writeln!(
+        out,
+        "keyledger_http_connections_refused_total {}",
+        state.connections_refused()
     );
 
     let ledger = state.ledger();

@@ -385,8 +385,10 @@ pub struct UsageDays {
 pub struct Health {
     /// Always `ok`.
     pub status: &'static str,
-    /// The last applied log position.
-    pub head: u64,
+    /// The last applied log position: only with the operator token (it
+    /// counts every tenant's events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
 }
 
 /// A key's status filter.

@@ -77,6 +77,25 @@ impl Running {
         s
     }
 
+    /// A connection from another client: a socket bound to `source` (any
+    /// of 127.0.0.0/8 is this machine on Linux) before it connects.
+    fn connect_from(&self, source: &str) -> TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
+        let stream = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap()
+        });
+        let s = stream.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
     /// One request on a fresh connection, closed after the answer.
     fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> Resp {
         let mut s = self.connect();
@@ -235,32 +254,47 @@ fn a_request_over_the_time_limit_is_answered_503_and_writes_nothing() {
     server.stop();
 }
 
+/// A keep-alive connection served once and left open.
+fn served_once(mut c: TcpStream) -> TcpStream {
+    c.write_all(&request("GET", "/healthz", None, None, false))
+        .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+    c
+}
+
+/// A metric, read by a client of its own (127.0.0.9).
+fn metric(server: &Running, name: &str) -> u64 {
+    let mut c = server.connect_from("127.0.0.9");
+    c.write_all(&request("GET", "/metrics", Some(OPERATOR), None, true))
+        .unwrap();
+    let body = read_response(&mut c).unwrap().body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {body}"))
+}
+
 #[test]
-fn a_connection_over_the_limit_waits_for_a_slot() {
+fn a_connection_over_the_global_limit_waits_for_a_slot() {
     let server = Running::start(ServerLimits {
         connections_max: 2,
+        connections_per_client_max: 1,
         ..ServerLimits::default()
     });
-    // Two keep-alive connections, each served once and left open.
-    let mut held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut c = server.connect();
-            c.write_all(&request("GET", "/healthz", None, None, false))
-                .unwrap();
-            assert_eq!(read_response(&mut c).unwrap().status, 200);
-            c
-        })
-        .collect();
+    // Two clients, one keep-alive connection each.
+    let mut held = vec![
+        served_once(server.connect_from("127.0.0.1")),
+        served_once(server.connect_from("127.0.0.2")),
+    ];
     held[1]
-        .write_all(&request("GET", "/metrics", None, None, false))
+        .write_all(&request("GET", "/metrics", Some(OPERATOR), None, false))
         .unwrap();
     let metrics = read_response(&mut held[1]).unwrap().body;
     assert!(
         metrics.contains("keyledger_http_connections_open 2\n"),
         "{metrics}"
     );
-    // A third connection waits in the backlog: its request is not answered.
-    let mut third = server.connect();
+    // A third client's connection waits in the backlog: not answered.
+    let mut third = server.connect_from("127.0.0.3");
     third
         .write_all(&request("GET", "/healthz", None, None, false))
         .unwrap();
@@ -274,6 +308,116 @@ fn a_connection_over_the_limit_waits_for_a_slot() {
     assert_eq!(r.status, 200, "{}", r.body);
     drop(held);
     drop(third);
+    server.stop();
+}
+
+#[test]
+fn a_client_over_its_limit_is_refused_at_once_and_the_others_are_served() {
+    let server = Running::start(ServerLimits {
+        connections_max: 16,
+        connections_per_client_max: 2,
+        ..ServerLimits::default()
+    });
+    let mut held = vec![
+        served_once(server.connect_from("127.0.0.1")),
+        served_once(server.connect_from("127.0.0.1")),
+    ];
+    // The same client's third connection: 429 at once, then closed.
+    let mut over = server.connect_from("127.0.0.1");
+    let started = std::time::Instant::now();
+    let r = read_response(&mut over).expect("an answer without asking");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "too_many_connections");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        over.read(&mut byte).unwrap_or(0),
+        0,
+        "closed after the answer"
+    );
+    // Another client is served meanwhile, and the refusal is counted.
+    let other = server.connect_from("127.0.0.2");
+    drop(served_once(other));
+    assert_eq!(
+        metric(&server, "keyledger_http_connections_refused_total"),
+        1
+    );
+    // Once one of its connections closes, the client is served again.
+    drop(held.remove(0));
+    std::thread::sleep(Duration::from_millis(100));
+    drop(served_once(server.connect_from("127.0.0.1")));
+    drop(held);
+    server.stop();
+}
+
+/// Whether the server closes `s` within `wait` (reads answers meanwhile).
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn idle_connections_and_slow_request_heads_are_closed_at_their_timeouts() {
+    let server = Running::start(ServerLimits {
+        idle_timeout: Duration::from_millis(300),
+        header_read_timeout: Duration::from_millis(1500),
+        ..ServerLimits::default()
+    });
+    // Idle after a response, and silent from the start: closed at the idle
+    // timeout, well before the header-read one.
+    let mut kept = served_once(server.connect());
+    let mut silent = server.connect();
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut kept, Duration::from_secs(5)));
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "idle connections closed after {:?}",
+        started.elapsed()
+    );
+    // A head trickled a byte every 100 ms is never idle, but is cut at
+    // the header-read timeout.
+    let mut slow = server.connect();
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if slow.write_all(b"X").is_err() || closed_within(&mut slow, Duration::from_millis(100)) {
+            cut = true;
+            break;
+        }
+    }
+    let held = started.elapsed();
+    assert!(cut, "a trickled head held its connection for {held:?}");
+    assert!(
+        held >= Duration::from_millis(1000),
+        "cut after {held:?}, before the header-read timeout"
+    );
+    // A request in progress is not idle: a body trickled over twice the
+    // idle timeout is answered.
+    let key = server.mint();
+    let mut busy = server.connect();
+    let body = format!(r#"{{"key": "{key}"}}"#);
+    let raw = request("POST", "/v1/verify", None, Some(&body), false);
+    let (start, rest) = raw.split_at(raw.len() - 10);
+    busy.write_all(start).unwrap();
+    for chunk in rest.chunks(5) {
+        std::thread::sleep(Duration::from_millis(250));
+        busy.write_all(chunk).unwrap();
+    }
+    let r = read_response(&mut busy).expect("answered");
+    assert_eq!(r.json()["outcome"], "valid", "{}", r.body);
     server.stop();
 }
 

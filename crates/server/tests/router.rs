@@ -489,6 +489,115 @@ async fn a_foreign_id_reads_exactly_like_an_unknown_one() {
     h.ledger.shutdown().await.unwrap();
 }
 
+/// Revoke and rotate follow one rule (docs/api.md): `keys:write` acts on
+/// any key of its tenant, whoever owns it; a rotation, which hands out a
+/// new secret with the old key's scopes, also needs every one of them.
+#[tokio::test]
+async fn revoke_and_rotate_follow_one_rule_on_another_users_key() {
+    let h = Harness::new();
+    let default = ["keys:read", "keys:write", "audit:read", "usage:read"];
+    let (_, alices) = h.mint("acme", "alice", Some(&default)).await;
+    let (_, alices_other) = h.mint("acme", "alice", Some(&default)).await;
+    let (bob, _) = h.mint("acme", "bob", Some(&default)).await;
+    let (narrow, _) = h
+        .mint("acme", "bob", Some(&["keys:read", "keys:write"]))
+        .await;
+    let (reader, _) = h
+        .mint(
+            "acme",
+            "bob",
+            Some(&["keys:read", "audit:read", "usage:read"]),
+        )
+        .await;
+    // A key without `keys:write` may do neither to alice's key.
+    for action in ["revoke", "rotate"] {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                &format!("/v1/keys/{alices}/{action}"),
+                Some(&reader),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{action}: {v}");
+        assert_eq!(v["error"]["code"], "insufficient_scope", "{v}");
+    }
+    // A narrower key may not rotate it (the new secret would hold scopes
+    // the caller lacks)...
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices}/rotate"),
+            Some(&narrow),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    // bob's key holds alice's key's scopes: it may do both; the new key
+    // is still alice's.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices}/rotate"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["created_by"], "alice", "the owner: {v}");
+    assert_eq!(v["rotated_from"], json!(alices), "{v}");
+    // ...but may revoke it, as bob's wider key may.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{alices_other}/revoke"),
+            Some(&narrow),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "revoked", "{v}");
+    assert_eq!(v["created_by"], "alice", "{v}");
+}
+
+/// The log position counts every tenant's events: `/healthz` shows it to
+/// the operator token only, and `/metrics` (all of it global) answers the
+/// operator token only.
+#[tokio::test]
+async fn the_global_log_position_and_metrics_are_the_operators_only() {
+    let h = Harness::new();
+    let (key, _) = h.mint("acme", "alice", None).await;
+    for auth in [
+        None,
+        Some(key.as_str()),
+        Some("not-the-operator-token-at-all"),
+    ] {
+        let (s, v) = h.call(Method::GET, "/healthz", auth, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v, json!({"status": "ok"}), "{auth:?}");
+        let (s, v) = h.call(Method::GET, "/metrics", auth, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert!(
+            v["error"]["code"]
+                .as_str()
+                .unwrap()
+                .ends_with("credentials")
+                || v["error"]["code"] == "invalid_operator_token",
+            "{v}"
+        );
+        assert!(!v.to_string().contains("keyledger_log_head"));
+    }
+    let (s, v) = h.call(Method::GET, "/healthz", Some(OPERATOR), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["head"], json!(h.ledger.head()), "{v}");
+    assert!(h.ledger.head() > 0);
+    let (s, text) = h.call(Method::GET, "/metrics", Some(OPERATOR), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(text.as_str().unwrap().contains("keyledger_log_head "));
+}
+
 #[tokio::test]
 async fn metrics_label_the_matched_route() {
     let h = Harness::new();
@@ -498,7 +607,7 @@ async fn metrics_label_the_matched_route() {
     h.call(Method::GET, "/nowhere", None, None).await;
     // Known keys' outcomes reach the metrics when their uses are written.
     h.ledger.flush_usage().await.unwrap();
-    let (s, text) = h.call(Method::GET, "/metrics", None, None).await;
+    let (s, text) = h.call(Method::GET, "/metrics", Some(OPERATOR), None).await;
     assert_eq!(s, StatusCode::OK);
     let text = text.as_str().unwrap();
     assert!(
