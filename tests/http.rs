@@ -1155,6 +1155,81 @@ fn graceful_shutdown_writes_every_counted_use() {
     s.stop();
 }
 
+/// A key with only `audit:read` reading the trail from 32 connections at
+/// once: each read is answered only once it is recorded, yet the log grows
+/// by at most one `AuditRead` per window (the default 100 ms), not one per
+/// read; the events' counts add up to exactly the reads answered, and a
+/// replay (the CLI) shows the same.
+#[test]
+fn a_flood_of_audit_reads_grows_the_log_by_one_event_per_window() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    const READERS: usize = 32;
+    const READS: u64 = 640;
+    let d = Data::new();
+    // Uses (each read authenticates a key) are written only at shutdown,
+    // so the head moves by the reads' events alone.
+    let s = Server::start(
+        &d,
+        Options {
+            usage_window_ms: 3_600_000,
+            ..Options::default()
+        },
+    );
+    let k = s.mint(
+        "acme",
+        json!({"user": "auditor", "name": "reader", "scopes": ["audit:read"]}),
+    );
+    let key = k["key"].as_str().unwrap();
+    let head = s.head();
+    let (next, answered) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..READERS {
+            scope.spawn(|| {
+                while next.fetch_add(1, SeqCst) < READS {
+                    let r = s.get("/v1/audit?limit=5").api_key(key).send();
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    answered.fetch_add(1, SeqCst);
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    assert_eq!(answered.into_inner(), READS);
+    let moved = s.head() - head;
+    // Events of one reader and kind are at least a window apart.
+    let windows = took.as_millis() as u64 / 100 + 2;
+    assert!(
+        moved <= windows,
+        "{moved} events in {took:?}: more than one per 100 ms"
+    );
+    assert!(moved * 8 <= READS, "{moved} events for {READS} reads");
+    s.stop();
+    let trail = d.json(&[
+        "audit",
+        "list",
+        "--tenant",
+        "acme",
+        "--type",
+        "AuditRead",
+        "--limit",
+        "1000",
+    ]);
+    let by_key: Vec<&Value> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"]["id"] == k["id"])
+        .collect();
+    assert_eq!(by_key.len() as u64, moved, "{trail}");
+    let counted: u64 = by_key
+        .iter()
+        .map(|e| e["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, READS, "{trail}");
+    eprintln!("{READS} reads from {READERS} connections in {took:?}: {moved} AuditRead events");
+}
+
 #[test]
 fn a_second_tenant_sees_nothing_of_the_first_on_any_route() {
     let d = Data::new();

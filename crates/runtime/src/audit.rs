@@ -1542,9 +1542,6 @@ fn hashes(hexes: &[String]) -> Option<Vec<Hash>> {
     hexes.iter().map(|h| parse_hash(h)).collect()
 }
 
-/// Reads one bundle event: recomputes its chain hash from the stored bytes
-/// and compares its readable fields with the decoded bytes. Returns the
-/// event and, if it was modified, what is wrong.
 /// The line 0.1.0 wrote for a version-1 `AuditRead` payload, whose
 /// `details` were `{from_seq, to_seq, what}`: `expected` (the line this
 /// release writes) with those details. `None` for any other event.
@@ -1564,6 +1561,9 @@ fn legacy_view(payload: &[u8], event: &keyledger_core::Event, expected: &Value) 
     Some(legacy)
 }
 
+/// Reads one bundle event: recomputes its chain hash from the stored bytes
+/// and compares its readable fields with the decoded bytes. Returns the
+/// event and, if it was modified, what is wrong.
 fn read_event(
     tenant: &TenantId,
     line: usize,

@@ -774,3 +774,32 @@ fn a_version_1_audit_read_replays_as_one_read_and_its_old_bundle_line_verifies()
         ledger.shutdown().await.unwrap();
     });
 }
+
+#[test]
+fn a_reader_that_hangs_up_while_waiting_is_counted_and_leaves_no_one_waiting() {
+    let rt = rt();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    rt.block_on(async {
+        let ledger = open_reads(log.clone(), Duration::from_millis(500));
+        fill(&ledger, 2).await;
+        let a = auditor(1);
+        ledger
+            .record_audit_read(a.clone(), 1, 2, AuditReadKind::List)
+            .await
+            .unwrap();
+        // Three of the readers waiting for the window hang up; the other
+        // four are answered, and the event counts all seven.
+        let mut tasks = spawn_reads(&ledger, &log, &a, AuditReadKind::List, |_| (1, 2), 7);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for t in tasks.drain(..3) {
+            t.abort();
+        }
+        assert!(join_all(tasks).await.iter().all(Result::is_ok));
+        let counts: Vec<u64> = reads_in(log.as_ref())
+            .iter()
+            .map(|(_, r)| r.count)
+            .collect();
+        assert_eq!(counts, [1, 7]);
+        ledger.shutdown().await.unwrap();
+    });
+}

@@ -12,7 +12,7 @@
 //!
 //! Rules for changing the stored form:
 //!
-//! * Never edit a released schema module. A change is a new module (`v2`),
+//! * Never edit a released schema module. A change is a new module (`v3`),
 //!   a new [`VERSION_CURRENT`], and an upcast from every older version to the
 //!   current core [`Event`] in [`decode`].
 //! * The committed fixtures `tests/fixtures/v<N>-*.bin` must keep decoding
@@ -20,8 +20,8 @@
 //!   upcast to one read each).
 //!
 //! Decoding never panics: bad bytes, unknown enum tags, out-of-range times,
-//! unknown scope bits and ids that no longer parse are all a
-//! [`DecodeError`].
+//! unknown scope bits, ids that no longer parse and an `AuditRead` no
+//! decision records are all a [`DecodeError`].
 
 use keyledger_core::{Event, TenantId};
 
