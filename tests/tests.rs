@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod crash;
+mod damage;
 mod http;
 mod limits;
 mod live;
