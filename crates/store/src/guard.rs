@@ -1,9 +1,9 @@
 //! Turns a panic inside redb into an error.
 //!
 //! redb trusts the bytes of its own file: a damaged page can make it panic
-//! (debug builds assert, release builds index out of range or reach
-//! `unreachable!`), at open or lazily while an iterator walks the damaged
-//! page. [`RedbLog`](crate::RedbLog) runs every call into redb under
+//! (debug builds assert while walking every page at open; release builds
+//! reach `unreachable!` in its B-tree code), at open or lazily while an
+//! iterator walks the damaged page. [`RedbLog`](crate::RedbLog) runs every call into redb under
 //! [`run`], which catches such a panic and hands back its message, so a
 //! damaged file is a [`StoreError::Damaged`](crate::StoreError::Damaged)
 //! naming the file, never a crash (`crates/store/tests/damage.rs`).
