@@ -425,11 +425,15 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
         return Ok(Arc::new(log));
     }
     let data = data_dir(data)?;
-    let log = RedbLog::open(&log_path(&data)).map_err(|e| {
-        Failure(format!(
+    let log = RedbLog::open(&log_path(&data)).map_err(|e| match e {
+        // The message names the file and says what to do.
+        keyledger_store::StoreError::Damaged { .. } => {
+            Failure(format!("cannot open {}: {e}", data.display()))
+        }
+        e => Failure(format!(
             "cannot open {}: {e} (is a keyledger server running on it?)",
             data.display()
-        ))
+        )),
     })?;
     Ok(Arc::new(log))
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_caught_panics();
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         // Anything shaped like a key is masked in every log line, whoever
@@ -42,4 +43,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A panic the store catches and returns as an error (redb meeting a
+/// damaged `ledger.redb`, `keyledger_store::guard`) prints nothing: the
+/// error it becomes is reported instead. Every other panic goes to the
+/// default hook, as loud as before.
+fn quiet_caught_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !keyledger_store::guard::caught(info) {
+            default(info);
+        }
+    }));
 }

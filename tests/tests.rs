@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod crash;
 mod datadir;
+mod damage;
 mod http;
 mod integrity;
 mod leaks;

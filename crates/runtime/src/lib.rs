@@ -176,7 +176,9 @@ pub enum Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Corrupt { .. } => Error::Corrupt(e.to_string()),
+            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => {
+                Error::Corrupt(e.to_string())
+            }
             other => Error::Unavailable(other.to_string()),
         }
     }

@@ -19,6 +19,7 @@ pub mod chain;
 pub mod conformance;
 pub mod envelope;
 pub mod faults;
+pub mod guard;
 mod memory;
 pub mod no_follow;
 pub mod postgres;
@@ -101,6 +102,21 @@ pub enum StoreError {
         /// Where.
         position: u64,
         /// What is wrong.
+        message: String,
+    },
+    /// The file the log is stored in is damaged where no record position
+    /// applies (its pages, its tables): redb found it corrupt, or panicked
+    /// reading it ([`guard`]). Nothing is acknowledged; the file must be
+    /// restored from a backup.
+    #[error(
+        "the event log file {} is damaged ({message}); restore it from a backup \
+         (docs/operations.md)",
+        .file.display()
+    )]
+    Damaged {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What was found, in redb's words.
         message: String,
     },
     /// The backend failed (I/O, database). Nothing is acknowledged.

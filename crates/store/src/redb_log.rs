@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use keyledger_core::TenantId;
 
 use crate::chain::{self, GENESIS, Hash};
+use crate::guard;
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
@@ -137,9 +138,17 @@ fn decode_head(tenant: &str, bytes: &[u8]) -> Result<(u64, Hash), StoreError> {
     Ok((u64::from_be_bytes(*seq), hash))
 }
 
-/// Wraps a redb failure with what was being done.
-fn backend<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Backend(format!("{what}: {e}"))
+/// Wraps a redb failure with what was being done. Corruption redb found
+/// is [`StoreError::Damaged`], with the file left empty for
+/// [`RedbLog::guarded`] to fill in.
+fn backend<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| match e.into() {
+        redb::Error::Corrupted(m) => StoreError::Damaged {
+            file: PathBuf::new(),
+            message: format!("{what}: redb found it corrupt: {m}"),
+        },
+        e => StoreError::Backend(format!("{what}: {e}")),
+    }
 }
 
 /// Opens (or reopens) the database: from a path, or from a storage backend.
@@ -333,7 +342,7 @@ impl RedbLog {
             path,
             wal: Mutex::new(Wal::new(wal, options)?),
         };
-        log.reopen(&mut log.lock_wal())?;
+        log.guarded(|| log.reopen(&mut log.lock_wal()))?;
         Ok(log)
     }
 
@@ -347,17 +356,54 @@ impl RedbLog {
     fn reopen(&self, wal: &mut Wal) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         *slot = None;
-        let db = (self.opener)().map_err(|e| {
-            StoreError::Backend(format!(
+        let db = (self.opener)().map_err(|e| match e {
+            // What redb says of a file that is not (or no longer) a database.
+            DatabaseError::Storage(redb::StorageError::Corrupted(m)) => StoreError::Damaged {
+                file: self.path.clone(),
+                message: format!("redb found it corrupt: {m}"),
+            },
+            DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Damaged {
+                    file: self.path.clone(),
+                    message: format!("redb: {io}"),
+                }
+            }
+            e => StoreError::Backend(format!(
                 "opening the event log {}: {e}",
                 self.path.display()
-            ))
+            )),
         })?;
         init(&db, &self.path)?;
         let epoch = apply_wal(&db, wal)?;
         wal.restart(epoch);
         *slot = Some(db);
         Ok(())
+    }
+
+    /// Runs `f`, which calls into redb, so that damage redb meets in the
+    /// file is a [`StoreError::Damaged`] naming the file, never a panic
+    /// ([`guard`]): a panic inside `f` (at open, at a call, or while an
+    /// iterator walks a damaged page) is caught. After one, or after redb
+    /// reported the file corrupt, the database handle is dropped and never
+    /// used again; the next call opens the file afresh. Every public entry
+    /// point runs its whole body under it, so no handle, transaction or
+    /// lock of `f` is alive when it drops the handle.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut message = match guard::run(f) {
+            Ok(Err(StoreError::Damaged { message, .. })) => message,
+            Ok(done) => return done,
+            Err(panic) => format!("redb could not read it: {panic}"),
+        };
+        let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Err(panic) = guard::run(move || drop(db)) {
+            message.push_str(&format!("; closing it failed too: {panic}"));
+        }
+        Err(StoreError::Damaged {
+            file: self.path.clone(),
+            message,
+        })
     }
 
     /// The open database, reopening it first when a failure closed it.
@@ -480,8 +526,7 @@ impl RedbLog {
     /// A durable redb commit of everything committed so far, starting the
     /// write-ahead log over (what a clean shutdown does).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut wal = self.lock_wal();
-        self.write(&mut wal, false, |_, _| Ok(()))
+        self.guarded(|| self.write(&mut self.lock_wal(), false, |_, _| Ok(())))
     }
 }
 
@@ -499,6 +544,9 @@ impl Drop for RedbLog {
             // write-ahead log instead.
             let _ = self.checkpoint();
         }
+        // Closing writes redb's allocator state, which may meet damage too.
+        let db = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = guard::run(move || drop(db));
     }
 }
 
@@ -726,6 +774,48 @@ impl Tables<'_> {
 
 impl EventLog for RedbLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.append_unguarded(batches))
+    }
+
+    fn head(&self) -> Result<u64, StoreError> {
+        self.guarded(|| self.head_unguarded())
+    }
+
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.read_after_unguarded(after, limit))
+    }
+
+    fn read_tenant(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.read_tenant_unguarded(tenant, after_seq, limit))
+    }
+
+    fn read_tenant_raw(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        self.guarded(|| self.read_tenant_raw_unguarded(tenant, after_seq, limit))
+    }
+
+    fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
+        self.guarded(|| self.tenant_head_unguarded(tenant))
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        self.guarded(|| self.tenants_unguarded())
+    }
+}
+
+/// The [`EventLog`] calls, each run by its namesake under
+/// [`RedbLog::guarded`].
+impl RedbLog {
+    fn append_unguarded(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
         // Encode outside the transaction, into one buffer.
         let total: usize = batches.iter().map(|b| b.events.len()).sum();
@@ -817,7 +907,7 @@ impl EventLog for RedbLog {
             .collect())
     }
 
-    fn head(&self) -> Result<u64, StoreError> {
+    fn head_unguarded(&self) -> Result<u64, StoreError> {
         let events = self.read_table(EVENTS)?;
         Ok(events
             .last()
@@ -825,7 +915,7 @@ impl EventLog for RedbLog {
             .map_or(0, |(k, _)| k.value()))
     }
 
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+    fn read_after_unguarded(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -878,7 +968,7 @@ impl EventLog for RedbLog {
         Ok(out)
     }
 
-    fn read_tenant(
+    fn read_tenant_unguarded(
         &self,
         tenant: &TenantId,
         after_seq: u64,
@@ -931,7 +1021,7 @@ impl EventLog for RedbLog {
     /// Records whose index entry names an empty position are left out (the
     /// chain walk then reports the gap); a record whose bytes cannot be
     /// framed is a [`StoreError::Corrupt`] naming its position.
-    fn read_tenant_raw(
+    fn read_tenant_raw_unguarded(
         &self,
         tenant: &TenantId,
         after_seq: u64,
@@ -954,7 +1044,7 @@ impl EventLog for RedbLog {
         Ok(out)
     }
 
-    fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
+    fn tenant_head_unguarded(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
         let heads = self.read_table(TENANT_HEADS)?;
         let value = heads
             .get(tenant.as_str())
@@ -964,7 +1054,7 @@ impl EventLog for RedbLog {
             .transpose()
     }
 
-    fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+    fn tenants_unguarded(&self) -> Result<Vec<TenantId>, StoreError> {
         let heads = self.read_table(TENANT_HEADS)?;
         let mut out = Vec::new();
         for entry in heads.iter().map_err(backend("reading tenant heads"))? {
@@ -1062,28 +1152,32 @@ pub fn encode_record_bytes(record: &RawRecord) -> Vec<u8> {
 impl RedbLog {
     /// The record stored at `position`, as stored (`Ok(None)` when empty).
     pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
-        let events = self.read_table(EVENTS)?;
-        let Some(v) = events.get(position).map_err(backend("reading an event"))? else {
-            return Ok(None);
-        };
-        let s = decode_stored(position, v.value())?;
-        Ok(Some(RawRecord {
-            position,
-            tenant: s.header.tenant.to_owned(),
-            seq: s.header.seq,
-            prev_hash: s.header.prev_hash,
-            hash: s.header.hash,
-            payload: s.payload.to_vec(),
-        }))
+        self.guarded(|| {
+            let events = self.read_table(EVENTS)?;
+            let Some(v) = events.get(position).map_err(backend("reading an event"))? else {
+                return Ok(None);
+            };
+            let s = decode_stored(position, v.value())?;
+            Ok(Some(RawRecord {
+                position,
+                tenant: s.header.tenant.to_owned(),
+                seq: s.header.seq,
+                prev_hash: s.header.prev_hash,
+                hash: s.header.hash,
+                payload: s.payload.to_vec(),
+            }))
+        })
     }
 
     /// The bytes stored at `position` (format byte, header, payload).
     pub fn raw_bytes(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let events = self.read_table(EVENTS)?;
-        Ok(events
-            .get(position)
-            .map_err(backend("reading an event"))?
-            .map(|v| v.value().to_vec()))
+        self.guarded(|| {
+            let events = self.read_table(EVENTS)?;
+            Ok(events
+                .get(position)
+                .map_err(backend("reading an event"))?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// Stores `record` at `record.position` (overwriting or inserting),
@@ -1104,70 +1198,82 @@ impl RedbLog {
 
     /// Stores arbitrary bytes at `position`.
     pub fn raw_put_bytes(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.write(&mut self.lock_wal(), false, |t, _| {
-            t.events
-                .insert(position, bytes)
-                .map_err(backend("writing an event"))?;
-            Ok(())
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                t.events
+                    .insert(position, bytes)
+                    .map_err(backend("writing an event"))?;
+                Ok(())
+            })
         })
     }
 
     /// Deletes the record at `position`; returns whether there was one.
     pub fn raw_delete_record(&self, position: u64) -> Result<bool, StoreError> {
-        self.write(&mut self.lock_wal(), false, |t, _| {
-            Ok(t.events
-                .remove(position)
-                .map_err(backend("deleting an event"))?
-                .is_some())
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                Ok(t.events
+                    .remove(position)
+                    .map_err(backend("deleting an event"))?
+                    .is_some())
+            })
         })
     }
 
     /// The position the tenant index names for `(tenant, seq)`.
     pub fn raw_index(&self, tenant: &str, seq: u64) -> Result<Option<u64>, StoreError> {
-        let index = self.read_table(TENANT_INDEX)?;
-        Ok(index
-            .get((tenant, seq))
-            .map_err(backend("reading the tenant index"))?
-            .map(|v| v.value()))
+        self.guarded(|| {
+            let index = self.read_table(TENANT_INDEX)?;
+            Ok(index
+                .get((tenant, seq))
+                .map_err(backend("reading the tenant index"))?
+                .map(|v| v.value()))
+        })
     }
 
     /// Makes the tenant index name `position` for `(tenant, seq)`.
     pub fn raw_put_index(&self, tenant: &str, seq: u64, position: u64) -> Result<(), StoreError> {
-        self.write(&mut self.lock_wal(), false, |t, _| {
-            t.index
-                .insert((tenant, seq), position)
-                .map_err(backend("writing the tenant index"))?;
-            Ok(())
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                t.index
+                    .insert((tenant, seq), position)
+                    .map_err(backend("writing the tenant index"))?;
+                Ok(())
+            })
         })
     }
 
     /// Deletes the tenant index entry `(tenant, seq)`; returns whether there
     /// was one.
     pub fn raw_delete_index(&self, tenant: &str, seq: u64) -> Result<bool, StoreError> {
-        self.write(&mut self.lock_wal(), false, |t, _| {
-            Ok(t.index
-                .remove((tenant, seq))
-                .map_err(backend("deleting a tenant index entry"))?
-                .is_some())
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                Ok(t.index
+                    .remove((tenant, seq))
+                    .map_err(backend("deleting a tenant index entry"))?
+                    .is_some())
+            })
         })
     }
 
     /// Sets the tenant's head (last seq and hash), or deletes it with `None`.
     pub fn raw_put_head(&self, tenant: &str, head: Option<(u64, Hash)>) -> Result<(), StoreError> {
-        self.write(&mut self.lock_wal(), false, |t, _| {
-            match head {
-                Some((seq, hash)) => {
-                    t.heads
-                        .insert(tenant, encode_head(seq, &hash).as_slice())
-                        .map_err(backend("writing a tenant head"))?;
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                match head {
+                    Some((seq, hash)) => {
+                        t.heads
+                            .insert(tenant, encode_head(seq, &hash).as_slice())
+                            .map_err(backend("writing a tenant head"))?;
+                    }
+                    None => {
+                        t.heads
+                            .remove(tenant)
+                            .map_err(backend("deleting a tenant head"))?;
+                    }
                 }
-                None => {
-                    t.heads
-                        .remove(tenant)
-                        .map_err(backend("deleting a tenant head"))?;
-                }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 }

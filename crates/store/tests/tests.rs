@@ -1,6 +1,7 @@
 //! keyledger-store's integration tests, in one binary (style habit 10).
 
 mod conformance;
+mod damage;
 mod envelope;
 mod faults;
 mod hostile;

@@ -1,0 +1,117 @@
+//! A damaged `ledger.redb`, black box: every command that opens it exits
+//! non-zero with a message naming the file, and never panics.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::{Data, bin, contains, files, wait_exit};
+
+/// Copies the data directory `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    for file in files(from) {
+        let rel = file.strip_prefix(from).unwrap_or_else(|e| panic!("{e}"));
+        let dest = to.join(rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
+    }
+}
+
+/// Runs `keyledger serve` on `data` until it exits by itself (within a
+/// minute, or the test fails); its exit code and standard error.
+fn serve(data: &Path) -> (Option<i32>, String) {
+    let stderr = data.with_extension("serve-stderr");
+    let mut child = Command::new(bin())
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("KEYLEDGER_LOG", "warn")
+        .env_remove("KEYLEDGER_OPERATOR_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("the binary starts: {e}"));
+    let Some(status) = wait_exit(&mut child, Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`serve` on a damaged ledger.redb kept running; stderr:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(&stderr).unwrap_or_default(),
+    )
+}
+
+/// One byte of a stopped data directory's `ledger.redb` flipped: in
+/// redb's header (offset 0) and in tree pages (4096, 8192, 65536 and the
+/// last page), where redb meets the damage by panicking (debug builds) or
+/// reporting corruption (release builds). `audit verify`, `replay`,
+/// `keys list` and `serve` each exit with status 2 and "error: … the
+/// event log file …/ledger.redb is damaged …; restore it from a backup",
+/// and print no panic.
+#[test]
+fn a_damaged_ledger_file_is_a_clear_error_naming_it_never_a_panic() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let ledger = std::fs::read(d.path().join("ledger.redb")).unwrap_or_else(|e| panic!("{e}"));
+    let last_page = (ledger.len() - 1) / 4096 * 4096;
+    assert!(
+        ledger.len() > 65536,
+        "the demo's file is {} bytes",
+        ledger.len()
+    );
+
+    for offset in [0, 4096, 8192, 65536, last_page] {
+        let copy = Data::new();
+        copy_dir(&d.path(), &copy.path());
+        let before = copy.run(&["audit", "verify"]);
+        assert!(
+            before.status.success(),
+            "the copy verifies before the damage"
+        );
+        let mut bytes = ledger.clone();
+        bytes[offset] ^= 0xff;
+        std::fs::write(copy.path().join("ledger.redb"), &bytes).unwrap_or_else(|e| panic!("{e}"));
+
+        let commands: [&[&str]; 3] = [
+            &["audit", "verify"],
+            &["replay"],
+            &["keys", "list", "--tenant", "acme"],
+        ];
+        let mut results: Vec<(String, Option<i32>, String)> = commands
+            .iter()
+            .map(|args| {
+                let out = copy.run(args);
+                (
+                    args.join(" "),
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .collect();
+        let (code, stderr) = serve(&copy.path());
+        results.push(("serve".into(), code, stderr));
+
+        for (what, code, stderr) in results {
+            let context = format!("byte {offset} flipped, `{what}`: exit {code:?}\n{stderr}");
+            assert_eq!(code, Some(2), "{context}");
+            assert!(
+                contains(stderr.as_bytes(), "ledger.redb is damaged"),
+                "{context}"
+            );
+            assert!(
+                contains(stderr.as_bytes(), "restore it from a backup"),
+                "{context}"
+            );
+            // What the default panic hook prints.
+            assert!(!contains(stderr.as_bytes(), "panicked at"), "{context}");
+            assert!(!contains(stderr.as_bytes(), "backtrace"), "{context}");
+        }
+    }
+}
