@@ -4,8 +4,8 @@
 mod audit;
 mod cli;
 mod crash;
-mod datadir;
 mod damage;
+mod datadir;
 mod http;
 mod integrity;
 mod leaks;
