@@ -246,23 +246,7 @@ impl AuditState {
         // hold back the others; the first failure is returned at the end.
         let mut failed = None;
         for (tenant, epoch, size, root) in heads {
-            let last = {
-                let known = self
-                    .written
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&tenant)
-                    .copied()
-                    .filter(|(e, ..)| *e == epoch)
-                    .map(|(_, size, at)| (size, at));
-                match known {
-                    Some(k) => Some(k),
-                    None => self.stored(&tenant)?.last().map(|c| {
-                        let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
-                        (c.size, at)
-                    }),
-                }
-            };
+            let last = self.last_written(&tenant, epoch)?;
             let due = match last {
                 None => true,
                 Some((last_size, _)) if last_size != size => true,
@@ -287,23 +271,14 @@ impl AuditState {
                     continue;
                 }
             };
-            let line = serde_json::to_string(&StoredCheckpoint {
-                size,
-                at: now.to_rfc3339(),
-                note: signed.note,
-            })
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-            let path = self.checkpoint_path(&tenant)?;
-            let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
-            if let Some(dir) = path.parent() {
-                crate::datadir::create_dir_private(dir).map_err(io)?;
-            }
-            let mut file =
-                crate::datadir::open_no_follow(&mut crate::datadir::append_private(), &path)
-                    .map_err(io)?;
-            file.write_all(format!("{line}\n").as_bytes())
-                .and_then(|()| file.sync_data())
-                .map_err(io)?;
+            self.append_stored(
+                &tenant,
+                &StoredCheckpoint {
+                    size,
+                    at: now.to_rfc3339(),
+                    note: signed.note,
+                },
+            )?;
             self.written
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -314,6 +289,45 @@ impl AuditState {
             Some(e) => Err(e),
             None => Ok(written),
         }
+    }
+
+    /// The size and instant of the tenant's last stored checkpoint in
+    /// `epoch`: as this process remembers it, else from its file.
+    fn last_written(
+        &self,
+        tenant: &TenantId,
+        epoch: u64,
+    ) -> Result<Option<(u64, Timestamp)>, Error> {
+        let known = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .copied()
+            .filter(|(e, ..)| *e == epoch)
+            .map(|(_, size, at)| (size, at));
+        if known.is_some() {
+            return Ok(known);
+        }
+        Ok(self.stored(tenant)?.last().map(|c| {
+            let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
+            (c.size, at)
+        }))
+    }
+
+    /// Appends one line to the tenant's checkpoint file, durably.
+    fn append_stored(&self, tenant: &TenantId, stored: &StoredCheckpoint) -> Result<(), Error> {
+        let line = serde_json::to_string(stored).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let path = self.checkpoint_path(tenant)?;
+        let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            crate::datadir::create_dir_private(dir).map_err(io)?;
+        }
+        let mut file = crate::datadir::open_no_follow(&mut crate::datadir::append_private(), &path)
+            .map_err(io)?;
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io)
     }
 }
 
