@@ -286,7 +286,7 @@ pub enum AuditCmd {
     },
     /// Signed checkpoints, evidence bundles and their offline verification.
     #[command(flatten)]
-    Evidence(crate::audit_cli::EvidenceCmd),
+    Evidence(crate::evidence_cli::EvidenceCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -515,7 +515,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     let out = Out::new(args.json);
     if let Cmd::Audit(AuditCmd::Evidence(e)) = &args.command {
-        return crate::audit_cli::run(&args.data, &args.key_prefix, &out, e).await;
+        return crate::evidence_cli::run(&args.data, &args.key_prefix, &out, e).await;
     }
     if let Cmd::Audit(AuditCmd::Verify { tenant }) = &args.command {
         // Straight on the store: a damaged log must be verifiable even

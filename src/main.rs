@@ -1,9 +1,9 @@
 //! `keyledger`: the command line. Every operation works offline on a data
 //! directory; `serve` runs the HTTP service on the same runtime.
 
-mod audit_cli;
 mod cli;
 mod demo;
+mod evidence_cli;
 mod output;
 mod serve;
 

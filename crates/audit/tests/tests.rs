@@ -1,4 +1,5 @@
-//! keyledger-audit's tests: known-answer vectors and properties.
+//! keyledger-audit's tests: known-answer vectors, properties, and the bundle verifier.
 
 mod properties;
 mod vectors;
+mod verify;

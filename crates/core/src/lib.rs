@@ -12,7 +12,6 @@
 //!   [`Usage::apply`] folds it into the usage rollups.
 //! * [`secret`] mints, parses, hashes and masks keys.
 
-pub mod audit;
 pub mod decide;
 pub mod event;
 pub mod ids;
@@ -22,9 +21,9 @@ pub mod secret;
 mod shards;
 pub mod state;
 pub mod time;
+pub mod trail;
 pub mod usage;
 
-pub use audit::{AuditFilter, EventType};
 pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RECOVERY_REASON_CHARS_MAX, RemoveUser,
     RevokeKey, RotateKey, decide,
@@ -38,4 +37,5 @@ pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};
 pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
 pub use time::{Day, Timestamp};
+pub use trail::{AuditFilter, EventType};
 pub use usage::{DailyRow, Usage, UsageSummary};

@@ -18,7 +18,27 @@
 //! Needs a tokio runtime (the flusher is a task); the writer is a thread of
 //! its own because the log's I/O is blocking.
 
-pub mod audit;
+/// The audit evidence API under one path, as callers have imported it:
+/// the evidence formats and the offline verifier (`keyledger_audit`),
+/// with keyledger's event format ([`audit::verify_bundle`]), and the
+/// runtime's signing key, trees and checkpoints.
+pub mod audit {
+    pub use crate::bundles::{LedgerEvents, verify_bundle, verify_bundle_with};
+    pub use crate::checkpoints::{AuditConfig, CHECKPOINT_DIR, SignedCheckpoint, StoredCheckpoint};
+    pub use crate::signing_key::{
+        PUBLIC_KEY_FILE, SIGNING_KEY_FILE, encode_public_key, load_or_create_key,
+    };
+    pub use crate::trees::leaf_of;
+    pub use keyledger_audit::bundle::{
+        BUNDLE_EVENTS_MAX, BUNDLE_FORMAT, BUNDLE_INCLUSION_PROOFS_MAX, Bundle, BundleEarlier,
+        BundleHeader, BundleInclusion,
+    };
+    pub use keyledger_audit::origin::{epoch_of_origin, origin, origin_in};
+    pub use keyledger_audit::proofs::{ConsistencyProof, InclusionProof};
+    pub use keyledger_audit::verify::{BundleReport, Problem, ProblemKind};
+}
+mod bundles;
+mod checkpoints;
 mod clock;
 pub mod datadir;
 mod follower;
@@ -26,6 +46,8 @@ pub mod integrity;
 mod metrics;
 mod query;
 mod reads;
+mod signing_key;
+mod trees;
 mod verify;
 pub mod views;
 mod writer;
@@ -244,7 +266,7 @@ pub(crate) struct Shared {
     /// holds when it returns.
     flush_lock: tokio::sync::Mutex<()>,
     pub(crate) metrics: Metrics,
-    pub(crate) audit: audit::AuditState,
+    pub(crate) audit: trees::AuditState,
     pub(crate) follow: follower::Signal,
     pub(crate) reads: reads::Reads,
     pub(crate) tx: mpsc::Sender<Job>,
@@ -306,7 +328,7 @@ impl Keyledger {
             audit.dir = datadir::prepare(&audit.dir)?;
         }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
-        let audit = audit::AuditState::new(config.audit.clone(), entropy.as_ref())?;
+        let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
         let reads = reads::Reads::new(config.audit_read_window);
         let shared = Arc::new(Shared {
             config,
@@ -362,7 +384,10 @@ impl Keyledger {
             window => Some(tokio::spawn(flusher(shared.clone(), window))),
         };
         if let Some(a) = &shared.config.audit {
-            let task = tokio::spawn(audit::checkpointer(shared.clone(), a.checkpoint_debounce));
+            let task = tokio::spawn(checkpoints::checkpointer(
+                shared.clone(),
+                a.checkpoint_debounce,
+            ));
             *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {

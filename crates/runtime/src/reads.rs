@@ -90,6 +90,52 @@ impl Reads {
     }
 }
 
+impl Keyledger {
+    /// Records that `principal` read the tenant's trail (events
+    /// `from_seq..=to_seq`; `0..=0` for a read that covered none), durably,
+    /// before the data is handed out. A reader alone is written at once;
+    /// reads by the same actor of the same kind within
+    /// [`Config::audit_read_window`](crate::Config::audit_read_window) of
+    /// the last such event wait for the window's end and are written
+    /// together, as one `AuditRead` with their count (`docs/audit.md`,
+    /// "Reads of the trail"). An error means the read was not recorded:
+    /// hand nothing out.
+    pub async fn record_audit_read(
+        &self,
+        principal: Principal,
+        from_seq: u64,
+        to_seq: u64,
+        what: AuditReadKind,
+    ) -> Result<(), Error> {
+        let range = ((from_seq, to_seq) != (0, 0)).then_some(SeqRange {
+            from: from_seq,
+            to: to_seq,
+        });
+        record(self, principal, what, range).await
+    }
+
+    /// Records that `principal` was handed a page of the trail: the first
+    /// to the last sequence number of the page (`0..=0` for an empty page).
+    pub async fn record_page_read(
+        &self,
+        principal: Principal,
+        page: &crate::AuditPage,
+        what: AuditReadKind,
+    ) -> Result<(), Error> {
+        let from = page.records.first().map_or(0, |r| r.seq);
+        let to = page.records.last().map_or(0, |r| r.seq);
+        self.record_audit_read(principal, from, to, what).await
+    }
+
+    /// Records that `principal` exports the trail, before the export
+    /// starts: the tenant's events `1..=head` (`0..=0` when it has none).
+    pub async fn record_trail_export(&self, principal: Principal) -> Result<(), Error> {
+        let size = self.tree_size(&principal.tenant);
+        self.record_audit_read(principal, size.min(1), size, AuditReadKind::Export)
+            .await
+    }
+}
+
 /// Records one read by `principal` of `range` (`None`: the read covered no
 /// event), durably, and returns once it is: alone, or with the other reads
 /// of its slot's window.

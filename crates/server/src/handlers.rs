@@ -37,7 +37,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit))
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
-        .merge(crate::audit_proofs::router())
+        .merge(crate::evidence::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))

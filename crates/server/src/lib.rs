@@ -18,10 +18,10 @@
 //! authenticates, calls the runtime and shapes JSON with the runtime's
 //! views, so the CLI and the API agree.
 
-mod audit_proofs;
 pub mod auth;
 mod conn;
 pub mod error;
+mod evidence;
 mod export;
 mod handlers;
 pub mod limits;

@@ -1,4 +1,6 @@
-//! The audit trail is the log seen per tenant; this is its filter.
+//! The audit trail is the log seen per tenant; this is its filter (which
+//! events a trail read returns). For the evidence that proves the trail,
+//! see the `keyledger-audit` crate.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Audit evidence routes (issue 4): the tenant's signed checkpoint,
+//! Audit evidence routes: the tenant's signed checkpoint,
 //! inclusion and consistency proofs, evidence bundles, and the public key
 //! that checkpoints are signed with. See `docs/audit.md`.
 

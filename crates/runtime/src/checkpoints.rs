@@ -1,0 +1,478 @@
+//! Signed checkpoints: C2SP signed notes (`keyledger/<tenant>`, size,
+//! root, `time <RFC 3339>`), signed with the data directory's Ed25519 key
+//! (`signing_key.rs`). They are appended to `<dir>/checkpoints/<tenant>.jsonl`
+//! (the name encoded by [`crate::datadir::checkpoint_file_name`]) when a
+//! tenant's tree has grown (at most once per
+//! [`AuditConfig::checkpoint_debounce`]) and at least every
+//! [`AuditConfig::checkpoint_interval`] when idle. Nothing is signed that
+//! does not extend the largest checkpoint signed before.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keyledger_audit::checkpoint::Checkpoint;
+use keyledger_audit::merkle::Hash;
+use keyledger_audit::origin::origin_in;
+use keyledger_audit::{SigningKey, VerifyingKey};
+use keyledger_core::{TenantId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::trees::{AuditState, Replayed, proof_error};
+use crate::{Error, Keyledger, Shared};
+
+/// The directory of stored checkpoints, one JSON Lines file per tenant.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+/// Where and how often checkpoints are written.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// The directory holding the signing key and the checkpoints (the data directory).
+    pub dir: PathBuf,
+    /// A checkpoint is written for every tenant at least this often, grown or not.
+    pub checkpoint_interval: Duration,
+    /// A grown tree is checkpointed at most this often.
+    pub checkpoint_debounce: Duration,
+}
+
+impl AuditConfig {
+    /// Hourly checkpoints, debounced by a second, in `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        AuditConfig {
+            dir: dir.into(),
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_debounce: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A signed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    /// What was signed.
+    pub checkpoint: Checkpoint,
+    /// The signed note text.
+    pub note: String,
+}
+
+/// A checkpoint as stored in `<dir>/checkpoints/<tenant>.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The tree size.
+    pub size: u64,
+    /// When it was signed.
+    pub at: String,
+    /// The signed note.
+    pub note: String,
+}
+
+pub(crate) struct Signer {
+    pub(crate) key: SigningKey,
+    pub(crate) config: AuditConfig,
+}
+
+impl AuditState {
+    fn signer(&self) -> Result<&Signer, Error> {
+        self.signer.as_ref().ok_or_else(|| {
+            Error::Unavailable("audit signing is not configured (no data directory)".into())
+        })
+    }
+
+    /// Signs the tenant's tree of `size` events with root `root`, unless
+    /// that would contradict a checkpoint signed before: the tree must
+    /// extend the largest one signed (the same root at that size, and no
+    /// smaller size). A log never forks (C2SP tlog-checkpoint), whatever
+    /// happened to the log or the trees.
+    pub(crate) fn sign(
+        &self,
+        tenant: &TenantId,
+        size: u64,
+        root: Hash,
+        now: Timestamp,
+    ) -> Result<SignedCheckpoint, Error> {
+        let signer = self.signer()?;
+        let epoch = self.epoch(tenant);
+        if let Some((blocked, problem)) = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            && *blocked >= epoch
+        {
+            return Err(Error::Corrupt(format!(
+                "refusing to sign a checkpoint for tenant {tenant}: {problem}"
+            )));
+        }
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(last_epoch, ..)) = signed.get(tenant)
+            && last_epoch > epoch
+        {
+            return Err(Error::Corrupt(format!(
+                "refusing to sign a checkpoint for tenant {tenant} in epoch {epoch}: one was \
+                 signed in epoch {last_epoch} (a log never forks)"
+            )));
+        }
+        if let Some(&(last_epoch, last_size, last_root)) = signed.get(tenant)
+            && last_epoch == epoch
+        {
+            let (prefix, whole) =
+                self.with_tree(tenant, |t| Ok((t.root(last_size).ok(), t.root(size).ok())))?;
+            let extends = size >= last_size
+                && prefix == Some(last_root)
+                && whole == Some(root)
+                && (size > last_size || root == last_root);
+            if !extends {
+                return Err(Error::Corrupt(format!(
+                    "refusing to sign a checkpoint of {size} events for tenant {tenant}: it does \
+                     not extend the checkpoint of {last_size} events signed before (a log never \
+                     forks)"
+                )));
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: origin_in(tenant.as_str(), epoch),
+            size,
+            root,
+            extensions: vec![format!("time {}", now.to_rfc3339())],
+        };
+        let note = checkpoint.sign(&signer.key);
+        signed.insert(tenant.clone(), (epoch, size, root));
+        Ok(SignedCheckpoint { checkpoint, note })
+    }
+
+    /// Checks the log, as replayed into the trees, against every tenant's
+    /// newest stored checkpoint ([`crate::integrity`]), and remembers them
+    /// as the checkpoints every later one must extend. With `recovering`,
+    /// a tenant with a problem does not fail the open: it is kept, and
+    /// nothing is signed for it until `recover` starts a new epoch.
+    pub(crate) fn check_stored(&self, recovering: bool) -> Result<(), Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let checked = {
+            let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+            crate::integrity::check_all(
+                &signer.config.dir,
+                &signer.key.verifying_key(),
+                &Replayed(&trees),
+            )
+        };
+        if !recovering && !checked.problems.is_empty() {
+            return Err(Error::Corrupt(crate::integrity::describe(
+                &checked.problems,
+            )));
+        }
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, s) in checked.signed {
+            let at = Timestamp::parse_rfc3339(&s.at).unwrap_or(Timestamp::EPOCH);
+            signed.insert(tenant.clone(), (s.epoch, s.size, s.root));
+            written.insert(tenant, (s.epoch, s.size, at));
+        }
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        for p in checked.problems {
+            let Ok(tenant) = p.tenant.parse::<TenantId>() else {
+                continue;
+            };
+            blocked.insert(tenant, (p.epoch, p));
+        }
+        Ok(())
+    }
+
+    /// What is wrong with a tenant opened to be recovered, if anything.
+    pub(crate) fn problem(&self, tenant: &TenantId) -> Option<crate::integrity::Problem> {
+        let epoch = self.epoch(tenant);
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked
+            .get(tenant)
+            .filter(|(e, _)| *e >= epoch)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// The file of the tenant's checkpoints in its current epoch.
+    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
+        Ok(self.signer()?.config.dir.join(CHECKPOINT_DIR).join(
+            crate::integrity::checkpoint_file_name_in(tenant.as_str(), self.epoch(tenant)),
+        ))
+    }
+
+    /// Every stored checkpoint of a tenant in its current epoch, oldest first.
+    fn stored(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
+        let path = self.checkpoint_path(tenant)?;
+        let file = match crate::datadir::open_no_follow(OpenOptions::new().read(true), &path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::Unavailable(format!("{}: {e}", path.display()))),
+        };
+        let mut out = Vec::new();
+        // Another tenant's lines are skipped: on a case-insensitive file
+        // system, earlier versions kept `ACME` and `acme` in one file.
+        let first_line = format!("{}\n", origin_in(tenant.as_str(), self.epoch(tenant)));
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            // A torn last line (a crash mid-write) is skipped, not fatal.
+            if let Ok(c) = serde_json::from_str::<StoredCheckpoint>(&line)
+                && c.note.starts_with(&first_line)
+            {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a checkpoint for every tenant whose tree grew since its last
+    /// stored checkpoint, and for every tenant whose last one is older than
+    /// the interval (or, with `force`, for every tenant that grew at all).
+    fn write_due(&self, now: Timestamp, force: bool) -> Result<usize, Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(0);
+        };
+        let heads: Vec<(TenantId, u64, u64, Hash)> = {
+            let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+            trees
+                .iter()
+                .filter_map(|(t, tt)| {
+                    let size = tt.tree.len();
+                    Some((t.clone(), tt.epoch, size, tt.tree.root(size).ok()?))
+                })
+                .collect()
+        };
+        let mut written = 0;
+        // A tenant that cannot be signed (a recovery pending) does not
+        // hold back the others; the first failure is returned at the end.
+        let mut failed = None;
+        for (tenant, epoch, size, root) in heads {
+            let last = self.last_written(&tenant, epoch)?;
+            let due = match last {
+                None => true,
+                Some((last_size, _)) if last_size != size => true,
+                Some((_, when)) => {
+                    let interval = i64::try_from(signer.config.checkpoint_interval.as_micros())
+                        .unwrap_or(i64::MAX);
+                    !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
+                }
+            };
+            if !due {
+                let (size, at) = last.unwrap_or((size, now));
+                self.written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(tenant, (epoch, size, at));
+                continue;
+            }
+            let signed = match self.sign(&tenant, size, root, now) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            self.append_stored(
+                &tenant,
+                &StoredCheckpoint {
+                    size,
+                    at: now.to_rfc3339(),
+                    note: signed.note,
+                },
+            )?;
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tenant, (epoch, size, now));
+            written += 1;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+
+    /// The size and instant of the tenant's last stored checkpoint in
+    /// `epoch`: as this process remembers it, else from its file.
+    fn last_written(
+        &self,
+        tenant: &TenantId,
+        epoch: u64,
+    ) -> Result<Option<(u64, Timestamp)>, Error> {
+        let known = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .copied()
+            .filter(|(e, ..)| *e == epoch)
+            .map(|(_, size, at)| (size, at));
+        if known.is_some() {
+            return Ok(known);
+        }
+        Ok(self.stored(tenant)?.last().map(|c| {
+            let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
+            (c.size, at)
+        }))
+    }
+
+    /// Appends one line to the tenant's checkpoint file, durably.
+    fn append_stored(&self, tenant: &TenantId, stored: &StoredCheckpoint) -> Result<(), Error> {
+        let line = serde_json::to_string(stored).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let path = self.checkpoint_path(tenant)?;
+        let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            crate::datadir::create_dir_private(dir).map_err(io)?;
+        }
+        let mut file = crate::datadir::open_no_follow(&mut crate::datadir::append_private(), &path)
+            .map_err(io)?;
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(io)
+    }
+}
+
+/// Writes checkpoints as trees grow, and at least every interval.
+pub(crate) async fn checkpointer(shared: std::sync::Arc<Shared>, debounce: Duration) {
+    loop {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(debounce) => false,
+            _ = shared.audit.stop.notified() => true,
+        };
+        let s = shared.clone();
+        let now = shared.clock.now();
+        let written = tokio::task::spawn_blocking(move || s.audit.write_due(now, false)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "writing audit checkpoints failed; retried next tick");
+        }
+        if stopped {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// The tenant's checkpoint epoch.
+    pub(crate) fn audit_epoch(&self, tenant: &TenantId) -> u64 {
+        self.audit.epoch(tenant)
+    }
+
+    /// Writes the checkpoints of every grown tree (at shutdown).
+    pub(crate) fn write_final_checkpoints(&self) -> Result<usize, Error> {
+        self.audit.write_due(self.clock.now(), true)
+    }
+}
+
+impl Keyledger {
+    /// The origin the tenant's checkpoints are signed under now (it changes
+    /// with each `keyledger recover`: [`origin_in`]).
+    pub fn checkpoint_origin(&self, tenant: &TenantId) -> String {
+        origin_in(tenant.as_str(), self.shared.audit.epoch(tenant))
+    }
+
+    /// The public key checkpoints are signed with, if signing is configured.
+    pub fn audit_public_key(&self) -> Option<VerifyingKey> {
+        self.shared
+            .audit
+            .signer
+            .as_ref()
+            .map(|s| s.key.verifying_key())
+    }
+
+    /// A freshly signed checkpoint of the tenant's current tree.
+    pub fn checkpoint(&self, tenant: &TenantId) -> Result<SignedCheckpoint, Error> {
+        let (size, root) = self.shared.audit.with_tree(tenant, |t| {
+            Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
+        })?;
+        self.shared.audit.sign(tenant, size, root, self.now())
+    }
+
+    /// The tenant's stored checkpoints, oldest first.
+    pub fn stored_checkpoints(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
+        self.shared.audit.stored(tenant)
+    }
+
+    /// Writes every due checkpoint now (normally done by a background task);
+    /// returns how many were written.
+    pub fn write_checkpoints(&self) -> Result<usize, Error> {
+        self.shared.audit.write_due(self.now(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyledger_audit::merkle::Tree;
+
+    use super::*;
+    use crate::trees::{TenantTree, leaf_of};
+
+    fn tree_of(leaves: &[u8]) -> TenantTree {
+        let mut tree = Tree::new();
+        for &b in leaves {
+            tree.push_leaf_hash(leaf_of(&[b; 32]));
+        }
+        TenantTree {
+            tree,
+            head: [0; 32],
+            epoch: 1,
+        }
+    }
+
+    /// Whatever the trees come to hold (a bug, a log changed under the
+    /// process), no checkpoint is signed that does not extend the largest
+    /// one signed before: not a changed tree, not a smaller one.
+    #[test]
+    fn a_checkpoint_that_would_fork_the_log_is_never_signed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let state = AuditState::new(Some(AuditConfig::in_dir(dir.path())), &crate::OsEntropy)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let acme: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let now = Timestamp::EPOCH;
+        let put = |t: TenantTree| {
+            state
+                .trees
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(acme.clone(), t);
+        };
+        let head = |state: &AuditState| {
+            state.with_tree(&acme, |t| {
+                Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
+            })
+        };
+        put(tree_of(&[1, 2, 3, 4, 5]));
+        let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+        assert!(state.sign(&acme, size, root, now).is_ok());
+        assert_eq!(
+            state.write_due(now, true).unwrap_or_else(|e| panic!("{e}")),
+            1
+        );
+
+        // The same five events again, and more: fine.
+        put(tree_of(&[1, 2, 3, 4, 5, 6]));
+        let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+        assert!(state.sign(&acme, size, root, now).is_ok());
+
+        // A changed event 3, a longer tree, a shorter one, the same size
+        // with another root: each refused, and nothing stored.
+        let stored = state.stored(&acme).unwrap_or_else(|e| panic!("{e}"));
+        for leaves in [
+            &[1, 2, 9, 4, 5, 6, 7][..],
+            &[1, 2, 3, 4, 5],
+            &[1, 2, 3, 4, 5, 9],
+        ] {
+            put(tree_of(leaves));
+            let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
+            match state.sign(&acme, size, root, now) {
+                Err(Error::Corrupt(m)) => assert!(m.contains("never forks"), "{m}"),
+                other => panic!("{leaves:?}: signed a fork: {other:?}"),
+            }
+            // (The tree of five is not due at all: its size was stored.)
+            let wrote = state.write_due(now, true);
+            assert!(matches!(wrote, Err(_) | Ok(0)), "{leaves:?}: {wrote:?}");
+            assert_eq!(
+                state.stored(&acme).unwrap_or_else(|e| panic!("{e}")),
+                stored
+            );
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Each tenant's Merkle tree, kept in memory and appended to as committed
+//! events are applied (start-up replay included), 64 bytes per event, and
+//! the proofs read from it.
+//!
+//! Event `seq` of a tenant is leaf `seq - 1` of the tenant's tree, and its
+//! entry is the event's 32-byte chain hash, which already commits to the
+//! tenant, the sequence number, the predecessor and the stored payload
+//! bytes: `leaf = SHA-256(0x00 || chain_hash)` (`docs/audit.md`).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use keyledger_audit::merkle::{self, Hash, Tree};
+use keyledger_audit::proofs::{ConsistencyProof, InclusionProof, hex_hashes};
+use keyledger_core::{TenantId, Timestamp};
+use keyledger_store::{Record, chain};
+
+use crate::checkpoints::{AuditConfig, Signer};
+use crate::{Error, Keyledger};
+
+/// The Merkle leaf hash of an event: `SHA-256(0x00 || chain hash)`.
+pub fn leaf_of(chain_hash: &Hash) -> Hash {
+    merkle::leaf_hash(chain_hash)
+}
+
+/// Per-process audit state: the trees (here), the signer and what was
+/// signed and written (kept by `checkpoints.rs`).
+#[derive(Default)]
+pub(crate) struct AuditState {
+    pub(crate) trees: RwLock<HashMap<TenantId, TenantTree>>,
+    pub(crate) signer: Option<Signer>,
+    /// Per tenant: the epoch, size and instant of the last stored checkpoint.
+    pub(crate) written: Mutex<HashMap<TenantId, (u64, u64, Timestamp)>>,
+    /// Per tenant: the largest checkpoint signed (epoch, size and root),
+    /// stored or handed out, by this process or found at open. Nothing is
+    /// signed in that epoch that does not extend it.
+    pub(crate) signed: Mutex<HashMap<TenantId, (u64, u64, Hash)>>,
+    /// Tenants whose log does not hold their newest signed checkpoint,
+    /// opened anyway to recover them (`Config::recovering`): nothing is
+    /// signed for them in that epoch, and what is wrong.
+    pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
+    pub(crate) stop: tokio::sync::Notify,
+    pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A tenant's Merkle tree, the chain hash of its last event and its
+/// checkpoint epoch.
+pub(crate) struct TenantTree {
+    pub(crate) tree: Tree,
+    /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
+    pub(crate) head: Hash,
+    /// 1, or the epoch of the last `LogRecovered` applied.
+    pub(crate) epoch: u64,
+}
+
+impl Default for TenantTree {
+    fn default() -> Self {
+        TenantTree {
+            tree: Tree::new(),
+            head: chain::GENESIS,
+            epoch: 1,
+        }
+    }
+}
+
+/// The replayed trees, as [`crate::integrity`] reads them.
+pub(crate) struct Replayed<'a>(pub(crate) &'a HashMap<TenantId, TenantTree>);
+
+impl crate::integrity::Trees for Replayed<'_> {
+    fn epoch(&self, tenant: &TenantId) -> u64 {
+        self.0.get(tenant).map_or(1, |t| t.epoch)
+    }
+
+    fn size(&self, tenant: &TenantId) -> u64 {
+        self.0.get(tenant).map_or(0, |t| t.tree.len())
+    }
+
+    fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash> {
+        match self.0.get(tenant) {
+            Some(t) => t.tree.root(size).ok(),
+            None => Tree::new().root(size).ok(),
+        }
+    }
+}
+
+impl AuditState {
+    pub(crate) fn new(
+        config: Option<AuditConfig>,
+        entropy: &dyn crate::Entropy,
+    ) -> Result<Self, Error> {
+        let signer = match config {
+            None => None,
+            Some(config) => Some(Signer {
+                key: crate::signing_key::load_or_create_key(&config.dir, entropy)?,
+                config,
+            }),
+        };
+        Ok(AuditState {
+            signer,
+            ..AuditState::default()
+        })
+    }
+
+    /// Appends committed records to their tenants' trees. The leaf index
+    /// must be the record's `seq - 1` (checked here, as the chain is
+    /// checked on append and replay).
+    pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
+        let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        // One tree lookup per run of records of one tenant.
+        for run in records.chunk_by(|a, b| a.event.tenant == b.event.tenant) {
+            let Some(tenant) = run.first().map(|r| &r.event.tenant) else {
+                continue;
+            };
+            // Looked up first: the tenant id is cloned only for a new tree.
+            let tree = match trees.get_mut(tenant) {
+                Some(tree) => tree,
+                None => trees.entry(tenant.clone()).or_default(),
+            };
+            for r in run {
+                if tree.tree.len() + 1 != r.seq {
+                    return Err(Error::Corrupt(format!(
+                        "tenant {tenant}: Merkle leaf {} expected, event {} applied",
+                        tree.tree.len() + 1,
+                        r.seq
+                    )));
+                }
+                // Each record's own hash was recomputed when it was read
+                // (`keyledger_store`); here it must link to the one before.
+                if r.prev_hash != tree.head {
+                    return Err(Error::Corrupt(format!(
+                        "tenant {tenant}: event {} (log position {}) does not link to event {}: \
+                         the chain is broken there",
+                        r.seq,
+                        r.position,
+                        r.seq - 1
+                    )));
+                }
+                tree.tree.push_leaf_hash(leaf_of(&r.hash));
+                tree.head = r.hash;
+                if let keyledger_core::EventKind::LogRecovered(e) = &r.event.kind {
+                    tree.epoch = e.epoch;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's checkpoint epoch (1 for a tenant without events).
+    pub(crate) fn epoch(&self, tenant: &TenantId) -> u64 {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        trees.get(tenant).map_or(1, |t| t.epoch)
+    }
+
+    pub(crate) fn with_tree<T>(
+        &self,
+        tenant: &TenantId,
+        f: impl FnOnce(&Tree) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        let empty = Tree::new();
+        f(trees.get(tenant).map_or(&empty, |t| &t.tree))
+    }
+}
+
+impl Keyledger {
+    /// The size of a tenant's tree: its number of events.
+    pub fn tree_size(&self, tenant: &TenantId) -> u64 {
+        self.shared
+            .audit
+            .with_tree(tenant, |t| Ok(t.len()))
+            .unwrap_or(0)
+    }
+
+    /// The inclusion proof of event `seq` in the tenant's tree of `size`
+    /// events (`size` 0: the current size).
+    pub fn inclusion_proof(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+        size: u64,
+    ) -> Result<InclusionProof, Error> {
+        self.shared.audit.with_tree(tenant, |t| {
+            let size = if size == 0 { t.len() } else { size };
+            if seq == 0 || seq > size || size > t.len() {
+                return Err(Error::BadRequest(format!(
+                    "position {seq} is not in a tree of size {size} (the tenant has {} events)",
+                    t.len()
+                )));
+            }
+            let proof = t.inclusion_proof(seq - 1, size).map_err(proof_error)?;
+            Ok(InclusionProof {
+                seq,
+                size,
+                leaf: hex::encode(t.leaf(seq - 1).unwrap_or_default()),
+                proof: hex_hashes(&proof),
+                root: hex::encode(t.root(size).map_err(proof_error)?),
+            })
+        })
+    }
+
+    /// The consistency proof between the tenant's trees of sizes `from` and
+    /// `to` (`to` 0: the current size).
+    pub fn consistency_proof(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+    ) -> Result<ConsistencyProof, Error> {
+        self.shared.audit.with_tree(tenant, |t| {
+            let to = if to == 0 { t.len() } else { to };
+            if from > to || to > t.len() {
+                return Err(Error::BadRequest(format!(
+                    "sizes {from} to {to} are not within 0..={}",
+                    t.len()
+                )));
+            }
+            Ok(ConsistencyProof {
+                from,
+                to,
+                from_root: hex::encode(t.root(from).map_err(proof_error)?),
+                to_root: hex::encode(t.root(to).map_err(proof_error)?),
+                proof: hex_hashes(&t.consistency_proof(from, to).map_err(proof_error)?),
+            })
+        })
+    }
+}
+
+pub(crate) fn proof_error(e: merkle::ProofError) -> Error {
+    Error::BadRequest(e.to_string())
+}
