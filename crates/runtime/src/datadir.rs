@@ -524,13 +524,13 @@ fn is_epoch_file(path: &Path) -> bool {
     if epoch < 2 {
         return false;
     }
-    let Ok(lines) = crate::integrity::read_checkpoint_file(path) else {
-        return false;
-    };
-    let origin = crate::audit::origin_in(tenant.as_str(), epoch);
-    lines
-        .first()
-        .is_some_and(|(_, c)| c.note.starts_with(&format!("{origin}\n")))
+    let origin = format!("{}\n", crate::audit::origin_in(tenant.as_str(), epoch));
+    let mut first_is_of_epoch = false;
+    let _ = crate::integrity::for_each_checkpoint(path, |_, c| {
+        first_is_of_epoch = c.note.starts_with(&origin);
+        false
+    });
+    first_is_of_epoch
 }
 
 #[cfg(all(test, unix))]

@@ -28,11 +28,13 @@ use keyledger_core::TenantId;
 
 use crate::audit::{CHECKPOINT_DIR, StoredCheckpoint, origin_in};
 
-/// Most bytes of one tenant's checkpoint file read at open (a checkpoint
-/// line is about 300 bytes: an hourly checkpoint for a century is 260 MB,
-/// a debounced one per second for a year is 9 GB, so this is a bound on
-/// damage, not on use).
-pub const CHECKPOINT_FILE_BYTES_MAX: u64 = 1 << 33;
+/// Most bytes of one stored checkpoint line (a signed note is at most
+/// `NOTE_BYTES_MAX`, 16 KiB; keyledger writes about 300 bytes). A longer
+/// line is damage, and is never read into memory whole.
+pub const CHECKPOINT_LINE_BYTES_MAX: usize = 64 * 1024;
+
+// Room for a whole note, JSON-escaped, in one line.
+const _: () = assert!(CHECKPOINT_LINE_BYTES_MAX > 2 * keyledger_audit::checkpoint::NOTE_BYTES_MAX);
 
 /// What the log is checked against: a tenant's tree of chain hashes.
 pub trait Trees {
@@ -212,51 +214,95 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<(Option<(TenantId, u64)>, Path
     Ok(out)
 }
 
-/// Reads a checkpoint file: every line a stored checkpoint, except a torn
-/// last line (a crash while it was appended: no newline at its end), which
-/// is skipped. Signatures are not checked here.
-pub fn read_checkpoint_file(path: &Path) -> Result<Vec<(usize, StoredCheckpoint)>, String> {
+/// The newest stored checkpoint of a file: its last complete line, read
+/// from the file's end, so opening a data directory costs the same whatever
+/// the files' length (a checkpoint a second is 9 GB a year). A torn last
+/// line (a crash while it was appended: no newline at its end) is skipped
+/// with a warning. Signatures are not checked here.
+pub fn newest_checkpoint(path: &Path) -> Result<Option<StoredCheckpoint>, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .len();
+    // The last line and the one before it fit in this (a torn last line
+    // is skipped, so the newest may be the second to last).
+    let window = (2 * CHECKPOINT_LINE_BYTES_MAX) as u64;
+    let start = len.saturating_sub(window);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.take(window).read_to_end(&mut tail))
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let mut lines: Vec<&[u8]> = tail.split(|&b| b == b'\n').collect();
+    // What follows the last newline: empty, or a torn line.
+    if let Some(torn) = lines.pop()
+        && !torn.is_empty()
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "the last line of a checkpoint file is incomplete (a crash while it was \
+             written); skipped"
+        );
+    }
+    // The first piece may be the end of a line that began before the window.
+    let whole_from = usize::from(start > 0);
+    let Some(line) = lines
+        .iter()
+        .skip(whole_from)
+        .rev()
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+    else {
+        return if start > 0 {
+            Err(format!(
+                "no line ends in its last {window} bytes: the file is damaged"
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    serde_json::from_slice::<StoredCheckpoint>(line)
+        .map(Some)
+        .map_err(|e| {
+            format!("its newest line is not a stored checkpoint ({e}): the file is damaged")
+        })
+}
+
+/// Calls `f` with every stored checkpoint of a file, in order, with its
+/// line number, until `f` returns `false`. Lines that are not stored
+/// checkpoints (a torn last line, damage) are skipped; a line over
+/// [`CHECKPOINT_LINE_BYTES_MAX`] ends the reading (it is never held whole).
+pub fn for_each_checkpoint(
+    path: &Path,
+    mut f: impl FnMut(usize, StoredCheckpoint) -> bool,
+) -> Result<(), String> {
+    use std::io::BufRead;
     let file = crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path)
         .map_err(|e| format!("cannot open it: {e}"))?;
-    let mut text = String::new();
-    file.take(CHECKPOINT_FILE_BYTES_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if text.len() as u64 > CHECKPOINT_FILE_BYTES_MAX {
-        return Err(format!(
-            "it is over {CHECKPOINT_FILE_BYTES_MAX} bytes: not a file keyledger wrote"
-        ));
-    }
-    let torn_tail = !text.is_empty() && !text.ends_with('\n');
-    let lines: Vec<&str> = text.split_terminator('\n').collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        let read = (&mut reader)
+            .take(CHECKPOINT_LINE_BYTES_MAX as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if read == 0 || (read == CHECKPOINT_LINE_BYTES_MAX && line.last() != Some(&b'\n')) {
+            return Ok(());
         }
-        match serde_json::from_str::<StoredCheckpoint>(line) {
-            Ok(c) => out.push((i + 1, c)),
-            Err(_) if torn_tail && i + 1 == lines.len() => {
-                tracing::warn!(
-                    file = %path.display(),
-                    line = i + 1,
-                    "the last line of a checkpoint file is incomplete (a crash while it was \
-                     written); skipped"
-                );
-            }
-            Err(e) => {
-                return Err(format!(
-                    "line {} is not a stored checkpoint ({e}): the file is damaged",
-                    i + 1
-                ));
-            }
+        if let Ok(c) = serde_json::from_slice::<StoredCheckpoint>(&line)
+            && !f(n, c)
+        {
+            return Ok(());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Opens a stored checkpoint: signed by `key` for `tenant`'s origin, and
 /// its stored size is the signed size.
+/// `line` is its line in the file, or 0 for the newest (read from the end).
 pub fn open_stored(
     tenant: &TenantId,
     epoch: u64,
@@ -264,22 +310,24 @@ pub fn open_stored(
     stored: &StoredCheckpoint,
     key: &VerifyingKey,
 ) -> Result<Signed, String> {
+    let which = if line == 0 {
+        "the newest checkpoint".to_owned()
+    } else {
+        format!("the checkpoint on line {line}")
+    };
     let c = checkpoint::open(&stored.note, key).map_err(|e| {
         format!(
-            "the checkpoint on line {line} is not signed by this data directory's audit key \
-             (audit-signing.key): it comes from another data directory, or it was changed ({e})"
+            "{which} is not signed by this data directory's audit key (audit-signing.key): it \
+             comes from another data directory, or it was changed ({e})"
         )
     })?;
     let want = origin_in(tenant.as_str(), epoch);
     if c.origin != want {
-        return Err(format!(
-            "the checkpoint on line {line} is for `{}`, not `{want}`",
-            c.origin
-        ));
+        return Err(format!("{which} is for `{}`, not `{want}`", c.origin));
     }
     if c.size != stored.size {
         return Err(format!(
-            "the checkpoint on line {line} is stored as size {} but signed for size {}",
+            "{which} is stored as size {} but signed for size {}",
             stored.size, c.size
         ));
     }
@@ -322,22 +370,34 @@ pub fn check_tenant(
     if epoch < log_epoch {
         return Ok(None);
     }
-    let stored = read_checkpoint_file(file).map_err(|e| problem(None, None, 0, e))?;
-    let Some((line, newest)) = stored.last() else {
+    let Some(newest) = newest_checkpoint(file).map_err(|e| problem(None, None, 0, e))? else {
         return Ok(None);
     };
     let signed =
-        open_stored(tenant, epoch, *line, newest, key).map_err(|e| problem(None, None, 0, e))?;
-    // The largest older checkpoint the log still agrees with.
+        open_stored(tenant, epoch, 0, &newest, key).map_err(|e| problem(None, None, 0, e))?;
+    // The largest checkpoint the log still agrees with, found by reading
+    // the file once: roots are compared first, and only the best match's
+    // signature is checked (one that fails counts as none: conservative).
     let agreed = || {
-        stored
-            .iter()
-            .rev()
-            .skip(1)
-            .filter_map(|(line, c)| open_stored(tenant, epoch, *line, c, key).ok())
-            .find(|c| {
-                c.size <= log_size.min(signed.size) && trees.root(tenant, c.size) == Some(c.root)
-            })
+        let limit = log_size.min(signed.size);
+        let mut best: Option<(usize, StoredCheckpoint)> = None;
+        let _ = for_each_checkpoint(file, |n, c| {
+            let root = c
+                .note
+                .rfind("\n\n")
+                .and_then(|i| c.note.get(..=i))
+                .and_then(|text| checkpoint::Checkpoint::parse_text(text).ok())
+                .map(|cp| cp.root);
+            if c.size <= limit
+                && best.as_ref().is_none_or(|(_, b)| c.size > b.size)
+                && root.is_some()
+                && trees.root(tenant, c.size) == root
+            {
+                best = Some((n, c));
+            }
+            true
+        });
+        best.and_then(|(n, c)| open_stored(tenant, epoch, n, &c, key).ok())
             .map_or(0, |c| c.size)
     };
     if epoch > log_epoch {
@@ -637,5 +697,57 @@ impl crate::Keyledger {
                 "the recovery was not recorded as one LogRecovered event".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(size: u64) -> String {
+        let c = StoredCheckpoint {
+            size,
+            at: "2026-12-07T00:00:00Z".into(),
+            note: format!("keyledger/acme\n{size}\nroot\n\n— sig\n"),
+        };
+        format!("{}\n", serde_json::to_string(&c).unwrap_or_default())
+    }
+
+    /// The newest checkpoint is read from the file's end, whatever its
+    /// length; a torn last line is skipped; a damaged newest line or a
+    /// tail without any line end is an error, never an older checkpoint
+    /// passed off as the newest.
+    #[test]
+    fn the_newest_checkpoint_is_read_from_the_end_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("acme.jsonl");
+        let newest = |text: &str| {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            newest_checkpoint(&path).map(|c| c.map(|c| c.size))
+        };
+        assert_eq!(newest(""), Ok(None));
+        // 20,000 lines (several MB): only the tail is read.
+        let many: String = (1..=20_000).map(line).collect();
+        assert_eq!(newest(&many), Ok(Some(20_000)));
+        // A torn last line: the one before is the newest.
+        assert_eq!(
+            newest(&format!("{many}{{\"size\":20001,\"at")),
+            Ok(Some(20_000))
+        );
+        // A damaged newest line: refused, not skipped.
+        let damaged = newest(&format!("{many}{{\"size\":20001,\"at\" garbage}}\n"));
+        assert!(damaged.is_err_and(|e| e.contains("damaged")));
+        // A tail with no line end at all (one huge line): refused.
+        let huge = format!("{many}{}\n", "x".repeat(3 * CHECKPOINT_LINE_BYTES_MAX));
+        assert!(newest(&huge).is_err());
+        // Reading every line stops at an overlong one instead of holding it.
+        std::fs::write(&path, &huge).unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = 0;
+        for_each_checkpoint(&path, |_, _| {
+            seen += 1;
+            true
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seen, 20_000);
     }
 }
