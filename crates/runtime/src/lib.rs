@@ -57,9 +57,9 @@ pub const PAGE_LIMIT_DEFAULT: usize = 50;
 /// How uses are turned into `KeyUsed` events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UsageWindow {
-    /// One event per key per window of this length (the spec's default: 1 s).
+    /// One event per key per window of this length (the default: 1 s, docs/api.md).
     Every(Duration),
-    /// One event per use (the spec's window `0`).
+    /// One event per use (the window `0` of docs/api.md).
     PerUse,
     /// Only when [`Keyledger::flush_usage`] is called, and at shutdown
     /// (tests, simulations, `demo`).
