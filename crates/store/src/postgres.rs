@@ -936,6 +936,66 @@ struct PlanRefs<'p> {
 }
 
 impl<'a> Plan<'a> {
+    /// Checks each batch's expected version against its tenant's head (a
+    /// batch may follow another of the same tenant) and chains its records
+    /// from `position`, the last one stored.
+    fn build(
+        batches: &'a [TenantAppend],
+        mut position: u64,
+        stored_heads: &HashMap<String, (u64, Hash)>,
+    ) -> Result<Self, StoreError> {
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut plan = Plan {
+            links: Vec::with_capacity(total),
+            positions: Vec::with_capacity(total),
+            tenants: Vec::with_capacity(total),
+            seqs: Vec::with_capacity(total),
+            payloads: Vec::with_capacity(total),
+            head_tenants: Vec::with_capacity(batches.len()),
+            head_seqs: Vec::with_capacity(batches.len()),
+            head_hashes: Vec::with_capacity(batches.len()),
+            new_head: String::new(),
+        };
+        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let tenant = batch.tenant.as_str();
+            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
+                Some(&(_, seq, hash)) => (seq, hash),
+                None => stored_heads.get(tenant).copied().unwrap_or((0, GENESIS)),
+            };
+            if seq != batch.expected_version {
+                return Err(StoreError::Conflict {
+                    tenant: batch.tenant.clone(),
+                    expected: batch.expected_version,
+                    actual: seq,
+                });
+            }
+            for event in &batch.events {
+                seq += 1;
+                position += 1;
+                let payload = envelope::encode(event);
+                let hash = chain::link(&prev, tenant, seq, &payload);
+                plan.links.push((position, seq, prev, hash));
+                plan.positions.push(to_i64(position, "position")?);
+                plan.tenants.push(tenant);
+                plan.seqs.push(to_i64(seq, "sequence number")?);
+                plan.payloads.push(payload);
+                prev = hash;
+            }
+            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
+                Some(h) => *h = (tenant, seq, prev),
+                None => heads.push((tenant, seq, prev)),
+            }
+        }
+        for (tenant, seq, hash) in heads {
+            plan.head_tenants.push(tenant);
+            plan.head_seqs.push(to_i64(seq, "sequence number")?);
+            plan.head_hashes.push(hash);
+        }
+        plan.new_head = position.to_string();
+        Ok(plan)
+    }
+
     fn refs(&self) -> PlanRefs<'_> {
         PlanRefs {
             plan: self,
@@ -1035,58 +1095,10 @@ async fn plan_append<'a>(
             classify("taking the append lock", &e)
         }
     })?;
-    let mut position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
+    let position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
     let stored_heads = checked_heads(&heads.map_err(fail("reading the tenant heads"))?)?;
 
-    let total: usize = batches.iter().map(|b| b.events.len()).sum();
-    let mut plan = Plan {
-        links: Vec::with_capacity(total),
-        positions: Vec::with_capacity(total),
-        tenants: Vec::with_capacity(total),
-        seqs: Vec::with_capacity(total),
-        payloads: Vec::with_capacity(total),
-        head_tenants: Vec::with_capacity(batches.len()),
-        head_seqs: Vec::with_capacity(batches.len()),
-        head_hashes: Vec::with_capacity(batches.len()),
-        new_head: String::new(),
-    };
-    let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let tenant = batch.tenant.as_str();
-        let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-            Some(&(_, seq, hash)) => (seq, hash),
-            None => stored_heads.get(tenant).copied().unwrap_or((0, GENESIS)),
-        };
-        if seq != batch.expected_version {
-            return Err(StoreError::Conflict {
-                tenant: batch.tenant.clone(),
-                expected: batch.expected_version,
-                actual: seq,
-            });
-        }
-        for event in &batch.events {
-            seq += 1;
-            position += 1;
-            let payload = envelope::encode(event);
-            let hash = chain::link(&prev, tenant, seq, &payload);
-            plan.links.push((position, seq, prev, hash));
-            plan.positions.push(to_i64(position, "position")?);
-            plan.tenants.push(tenant);
-            plan.seqs.push(to_i64(seq, "sequence number")?);
-            plan.payloads.push(payload);
-            prev = hash;
-        }
-        match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-            Some(h) => *h = (tenant, seq, prev),
-            None => heads.push((tenant, seq, prev)),
-        }
-    }
-    for (tenant, seq, hash) in heads {
-        plan.head_tenants.push(tenant);
-        plan.head_seqs.push(to_i64(seq, "sequence number")?);
-        plan.head_hashes.push(hash);
-    }
-    plan.new_head = position.to_string();
+    let plan = Plan::build(batches, position, &stored_heads)?;
     Ok((write_stmt, plan))
 }
 
