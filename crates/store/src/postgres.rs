@@ -598,37 +598,7 @@ async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
     // happens below. A database already migrated needs no CREATE
     // privilege: nodes may run as a role that can only read and write the
     // tables.
-    let bookkept = client
-        .query_one(
-            "SELECT to_regclass('keyledger.schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(fail("looking for the schema"))?
-        .get::<_, bool>(0);
-    if !bookkept {
-        client
-            .batch_execute(
-                "CREATE SCHEMA IF NOT EXISTS keyledger; \
-             CREATE TABLE IF NOT EXISTS keyledger.schema_migrations ( \
-                 version integer PRIMARY KEY, \
-                 name text NOT NULL, \
-                 checksum bytea NOT NULL, \
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await
-            .map_err(fail("creating the schema"))?;
-    }
-    let applied: Vec<(i32, String, Vec<u8>)> = client
-        .query(
-            "SELECT version, name, checksum FROM keyledger.schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .map_err(fail("reading the applied migrations"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let applied = applied_migrations(&client).await?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if let Some((v, name, _)) = applied.iter().find(|a| a.0 > known) {
         return Err(StoreError::Backend(format!(
@@ -665,6 +635,44 @@ async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
         )
         .await;
     Ok(())
+}
+
+/// The migrations applied to the database, by version: (version, name,
+/// checksum). Creates the schema and its bookkeeping table first when
+/// they are missing.
+async fn applied_migrations(client: &Client) -> Result<Vec<(i32, String, Vec<u8>)>, StoreError> {
+    let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
+    let bookkept = client
+        .query_one(
+            "SELECT to_regclass('keyledger.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(fail("looking for the schema"))?
+        .get::<_, bool>(0);
+    if !bookkept {
+        client
+            .batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS keyledger; \
+             CREATE TABLE IF NOT EXISTS keyledger.schema_migrations ( \
+                 version integer PRIMARY KEY, \
+                 name text NOT NULL, \
+                 checksum bytea NOT NULL, \
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(fail("creating the schema"))?;
+    }
+    Ok(client
+        .query(
+            "SELECT version, name, checksum FROM keyledger.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(fail("reading the applied migrations"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
