@@ -10,7 +10,7 @@
 #
 # each with CONNECTIONS connections for DURATION after a short warm-up.
 # Prints requests per second and p99 of each, and verify / healthz.
-# Targets (issue 3): verify >= 0.8 x healthz, p99 < 5 ms at 64 connections;
+# Targets (docs/performance.md): verify >= 0.8 x healthz, p99 < 5 ms at 64 connections;
 # >= 20,000 acknowledged creates per second.
 #
 # Rounds alternate healthz and verify, so a noisy neighbour on a shared

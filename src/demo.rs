@@ -140,13 +140,60 @@ async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Resu
             start.as_micros() + i64::from(day) * 24 * MICROS_PER_HOUR + hour * MICROS_PER_HOUR,
         )
     };
-    let (acme, globex, initech) = (t("acme"), t("globex"), t("initech"));
-    let mut keys: Vec<DemoKey> = Vec::new();
+    let tenants = Tenants {
+        acme: t("acme"),
+        globex: t("globex"),
+        initech: t("initech"),
+    };
+    let mut m = Minter {
+        ledger,
+        keys: Vec::new(),
+    };
 
-    /// Creates a key and remembers its secret (in memory only) for traffic.
+    // Day 0: the keys of three tenants, minted by the operator (as an
+    // onboarding script would) for each user.
+    clock.set(at(0, 9));
+    let acme = mint_acme(&mut m, &tenants.acme, at(75, 0)).await?;
+    mint_globex(&mut m, &tenants.globex).await?;
+    mint_initech(&mut m, &tenants.initech).await?;
+
+    for day in 0..DAYS {
+        // Management on chosen days, as the trail should show it.
+        forward(clock, at(day, 8));
+        manage(&mut m, &tenants, &acme, day).await?;
+        traffic(&m, clock, &mut dice, day, at(day, 7)).await?;
+    }
+    Ok(m.keys.len())
+}
+
+/// The sample's tenants.
+struct Tenants {
+    acme: TenantId,
+    globex: TenantId,
+    initech: TenantId,
+}
+
+/// Acme's keys the later days act with or on.
+struct AcmeKeys {
+    /// Alice's "CI/CD Pipeline", acting as an API key.
+    ci: Principal,
+    /// Alice's "Admin Console", acting as an API key.
+    admin: Principal,
+    /// Dave's "Developer Testing".
+    testing: Created,
+}
+
+/// Mints keys, remembering their secrets (in memory only) for traffic.
+struct Minter<'a> {
+    ledger: &'a Keyledger,
+    keys: Vec<DemoKey>,
+}
+
+impl Minter<'_> {
+    /// Creates a key for `owner` as `who`, named and used as `plan` says
+    /// (name, uses per day, a scope callers ask for that it may lack).
     async fn mint(
-        ledger: &Keyledger,
-        keys: &mut Vec<DemoKey>,
+        &mut self,
         who: Principal,
         owner: &str,
         (name, daily, asks): (&'static str, u64, Option<Scope>),
@@ -157,9 +204,9 @@ async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Resu
             name: name.into(),
             ..new
         };
-        let created = ledger.create_key(who, new).await?;
+        let created = self.ledger.create_key(who, new).await?;
         let secret = created.secret.clone();
-        keys.push(DemoKey {
+        self.keys.push(DemoKey {
             secret,
             name,
             daily,
@@ -169,306 +216,265 @@ async fn fill(ledger: &Keyledger, clock: &ManualClock, start: Timestamp) -> Resu
         Ok(created)
     }
 
-    // Day 0: the keys of three tenants, minted by the operator (as an
-    // onboarding script would) for each user.
-    clock.set(at(0, 9));
-    let op = |t: &TenantId| Principal::operator(t.clone());
-    let all_but_remove = NewKey::default();
-    let ci_scopes = scopes(&[
-        Scope::KeysRead,
-        Scope::KeysWrite,
-        Scope::AuditRead,
-        Scope::UsageRead,
-    ]);
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "alice",
-        ("Production Web App", 1400, None),
-        NewKey {
-            description: Some("Checkout and account pages".into()),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "alice",
-        ("Staging Environment", 300, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    let ci = mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "alice",
-        ("CI/CD Pipeline", 120, None),
-        NewKey {
-            scopes: ci_scopes,
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    let admin = mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "alice",
-        ("Admin Console", 20, None),
-        NewKey {
-            scopes: Some(ScopeSet::ALL),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "bob",
-        ("GitHub Actions CI", 250, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    let mobile_expiry = at(75, 0);
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "bob",
-        ("Mobile App v2", 900, None),
-        NewKey {
-            expires_at: Some(mobile_expiry),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "carol",
-        ("Data Team Automation", 200, Some(Scope::KeysWrite)),
-        NewKey {
-            scopes: scopes(&[Scope::UsageRead, Scope::AuditRead]),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "carol",
-        ("Inventory Integration", 650, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "carol",
-        ("CRM Sync", 400, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    let testing = mint(
-        ledger,
-        &mut keys,
-        op(&acme),
-        "dave",
-        ("Developer Testing", 60, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&globex),
+    /// The demo key named `name`, if any.
+    fn named(&mut self, name: &str) -> Option<&mut DemoKey> {
+        self.keys.iter_mut().find(|k| k.name == name)
+    }
+}
+
+/// A key with every scope but `users:remove` (what a create grants when
+/// it names no scopes).
+fn all_but_remove() -> NewKey {
+    NewKey::default()
+}
+
+/// Acme's ten keys of day 0: alice's four (two of which act later), then
+/// bob's, carol's and dave's.
+async fn mint_acme(
+    m: &mut Minter<'_>,
+    acme: &TenantId,
+    mobile_expiry: Timestamp,
+) -> Result<AcmeKeys> {
+    let op = || Principal::operator(acme.clone());
+    let web = NewKey {
+        description: Some("Checkout and account pages".into()),
+        ..all_but_remove()
+    };
+    m.mint(op(), "alice", ("Production Web App", 1400, None), web)
+        .await?;
+    let staging = ("Staging Environment", 300, None);
+    m.mint(op(), "alice", staging, all_but_remove()).await?;
+    let ci_new = NewKey {
+        scopes: scopes(&[
+            Scope::KeysRead,
+            Scope::KeysWrite,
+            Scope::AuditRead,
+            Scope::UsageRead,
+        ]),
+        ..all_but_remove()
+    };
+    let ci = m
+        .mint(op(), "alice", ("CI/CD Pipeline", 120, None), ci_new)
+        .await?;
+    let admin_new = NewKey {
+        scopes: Some(ScopeSet::ALL),
+        ..all_but_remove()
+    };
+    let admin = m
+        .mint(op(), "alice", ("Admin Console", 20, None), admin_new)
+        .await?;
+    let testing = mint_acme_team(m, acme, mobile_expiry).await?;
+    let as_alice = |k: &Created| {
+        Principal::api_key(
+            acme.clone(),
+            k.key.id,
+            k.key.name.clone(),
+            u("alice"),
+            k.key.scopes,
+        )
+    };
+    Ok(AcmeKeys {
+        ci: as_alice(&ci),
+        admin: as_alice(&admin),
+        testing,
+    })
+}
+
+/// Acme's keys of day 0 for bob, carol and dave; returns dave's
+/// "Developer Testing", revoked later.
+async fn mint_acme_team(
+    m: &mut Minter<'_>,
+    acme: &TenantId,
+    mobile_expiry: Timestamp,
+) -> Result<Created> {
+    let op = || Principal::operator(acme.clone());
+    let github = ("GitHub Actions CI", 250, None);
+    m.mint(op(), "bob", github, all_but_remove()).await?;
+    let mobile = NewKey {
+        expires_at: Some(mobile_expiry),
+        ..all_but_remove()
+    };
+    m.mint(op(), "bob", ("Mobile App v2", 900, None), mobile)
+        .await?;
+    let data_team = NewKey {
+        scopes: scopes(&[Scope::UsageRead, Scope::AuditRead]),
+        ..all_but_remove()
+    };
+    let asks_keys_write = ("Data Team Automation", 200, Some(Scope::KeysWrite));
+    m.mint(op(), "carol", asks_keys_write, data_team).await?;
+    let inventory = ("Inventory Integration", 650, None);
+    m.mint(op(), "carol", inventory, all_but_remove()).await?;
+    let crm = ("CRM Sync", 400, None);
+    m.mint(op(), "carol", crm, all_but_remove()).await?;
+    let testing = ("Developer Testing", 60, None);
+    m.mint(op(), "dave", testing, all_but_remove()).await
+}
+
+/// Globex's three keys of day 0, for erin and frank.
+async fn mint_globex(m: &mut Minter<'_>, globex: &TenantId) -> Result<()> {
+    let op = || Principal::operator(globex.clone());
+    m.mint(
+        op(),
         "erin",
         ("Production API", 1100, None),
-        all_but_remove.clone(),
+        all_but_remove(),
     )
     .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&globex),
-        "erin",
-        ("Analytics Export", 150, Some(Scope::KeysRead)),
-        NewKey {
-            scopes: scopes(&[Scope::UsageRead]),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&globex),
-        "frank",
-        ("Partner Integration", 350, None),
-        NewKey {
-            description: Some("Read-only access for a reseller".into()),
-            scopes: scopes(&[Scope::KeysRead]),
-            ..all_but_remove.clone()
-        },
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&initech),
-        "peter",
-        ("TPS Reports", 500, None),
-        all_but_remove.clone(),
-    )
-    .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&initech),
+    let analytics = NewKey {
+        scopes: scopes(&[Scope::UsageRead]),
+        ..all_but_remove()
+    };
+    let asks_keys_read = ("Analytics Export", 150, Some(Scope::KeysRead));
+    m.mint(op(), "erin", asks_keys_read, analytics).await?;
+    let partner = NewKey {
+        description: Some("Read-only access for a reseller".into()),
+        scopes: scopes(&[Scope::KeysRead]),
+        ..all_but_remove()
+    };
+    m.mint(op(), "frank", ("Partner Integration", 350, None), partner)
+        .await?;
+    Ok(())
+}
+
+/// Initech's three keys of day 0, for peter, milton and samir.
+async fn mint_initech(m: &mut Minter<'_>, initech: &TenantId) -> Result<()> {
+    let op = || Principal::operator(initech.clone());
+    m.mint(op(), "peter", ("TPS Reports", 500, None), all_but_remove())
+        .await?;
+    m.mint(
+        op(),
         "milton",
         ("Stapler Service", 80, None),
-        all_but_remove.clone(),
+        all_but_remove(),
     )
     .await?;
-    mint(
-        ledger,
-        &mut keys,
-        op(&initech),
-        "samir",
-        ("Legacy Batch", 220, None),
-        all_but_remove.clone(),
-    )
-    .await?;
+    m.mint(op(), "samir", ("Legacy Batch", 220, None), all_but_remove())
+        .await?;
+    Ok(())
+}
 
-    let ci_key = Principal::api_key(
-        acme.clone(),
-        ci.key.id,
-        ci.key.name.clone(),
-        u("alice"),
-        ci.key.scopes,
-    );
-    let admin_key = Principal::api_key(
-        acme.clone(),
-        admin.key.id,
-        admin.key.name.clone(),
-        u("alice"),
-        admin.key.scopes,
-    );
-
-    for day in 0..DAYS {
-        // Management on chosen days, as the trail should show it.
-        forward(clock, at(day, 8));
-        match day {
-            10 => {
-                mint(
-                    ledger,
-                    &mut keys,
-                    ci_key.clone(),
-                    "alice",
-                    ("Deploy Bot", 90, None),
-                    NewKey {
-                        scopes: scopes(&[Scope::KeysRead]),
-                        ..NewKey::default()
-                    },
+/// The management of `day`, if any: a key minted by a key, a rotation, a
+/// compromised key revoked, two users removed. Keys that stop working are
+/// retired from traffic a few days later, as their callers notice.
+async fn manage(m: &mut Minter<'_>, tenants: &Tenants, acme: &AcmeKeys, day: i32) -> Result<()> {
+    match day {
+        10 => {
+            let deploy_bot = NewKey {
+                scopes: scopes(&[Scope::KeysRead]),
+                ..NewKey::default()
+            };
+            m.mint(
+                acme.ci.clone(),
+                "alice",
+                ("Deploy Bot", 90, None),
+                deploy_bot,
+            )
+            .await?;
+        }
+        30 => rotate_web_app(m, &tenants.acme).await?,
+        45 => {
+            m.ledger
+                .revoke_key(
+                    Principal::user(tenants.acme.clone(), u("alice")),
+                    acme.testing.key.id,
+                    RevokeReason::Compromised,
                 )
                 .await?;
+            if let Some(k) = m.named("Developer Testing") {
+                k.retired_after = Some(48);
             }
-            30 => {
-                let web = ledger.list_keys(
-                    &acme,
-                    &keyledger_runtime::ListQuery {
-                        q: Some("Production Web App".into()),
-                        ..Default::default()
-                    },
-                )?;
-                if let Some((old, _)) = web.keys.first() {
-                    let new = ledger
-                        .rotate_key(
-                            Principal::user(acme.clone(), u("alice")),
-                            old.id,
-                            7 * 86_400,
-                            None,
-                        )
-                        .await?;
-                    if let Some(k) = keys.iter_mut().find(|k| k.name == "Production Web App") {
-                        k.retired_after = Some(38);
-                    }
-                    keys.push(DemoKey {
-                        secret: new.secret,
-                        name: "Production Web App",
-                        daily: 1400,
-                        asks: None,
-                        retired_after: None,
-                    });
-                }
-            }
-            45 => {
-                ledger
-                    .revoke_key(
-                        Principal::user(acme.clone(), u("alice")),
-                        testing.key.id,
-                        RevokeReason::Compromised,
-                    )
-                    .await?;
-                if let Some(k) = keys.iter_mut().find(|k| k.name == "Developer Testing") {
-                    k.retired_after = Some(48);
-                }
-            }
-            60 => {
-                ledger.remove_user(admin_key.clone(), u("carol")).await?;
-                for k in keys.iter_mut().filter(|k| {
-                    ["Data Team Automation", "Inventory Integration", "CRM Sync"].contains(&k.name)
-                }) {
-                    k.retired_after = Some(62);
-                }
-            }
-            80 => {
-                ledger
-                    .remove_user(Principal::operator(initech.clone()), u("samir"))
-                    .await?;
-                if let Some(k) = keys.iter_mut().find(|k| k.name == "Legacy Batch") {
-                    k.retired_after = Some(81);
-                }
-            }
-            _ => {}
         }
-        // Traffic: busier on weekdays, spread over the day.
-        let weekday = (day + 3).rem_euclid(7) < 5;
-        for slot in 0..SLOTS_PER_DAY {
-            forward(
-                clock,
-                Timestamp::from_micros(
-                    at(day, 7).as_micros()
-                        + slot * 2 * MICROS_PER_HOUR
-                        + dice.below(MICROS_PER_HOUR as u64) as i64,
-                ),
-            );
-            for k in &keys {
-                if k.retired_after.is_some_and(|last| day > last) {
-                    continue;
-                }
-                let base = if weekday { k.daily } else { k.daily / 3 };
-                let n =
-                    (base / SLOTS_PER_DAY as u64) / 2 + dice.below(base / SLOTS_PER_DAY as u64 + 1);
-                for i in 0..n {
-                    let scope = if k.asks.is_some() && i % 17 == 0 {
-                        k.asks
-                    } else {
-                        None
-                    };
-                    let _ = ledger.verify(k.secret.expose(), scope);
-                }
+        60 => {
+            m.ledger.remove_user(acme.admin.clone(), u("carol")).await?;
+            for k in m.keys.iter_mut().filter(|k| {
+                ["Data Team Automation", "Inventory Integration", "CRM Sync"].contains(&k.name)
+            }) {
+                k.retired_after = Some(62);
             }
-            ledger.flush_usage().await?;
         }
+        80 => {
+            m.ledger
+                .remove_user(Principal::operator(tenants.initech.clone()), u("samir"))
+                .await?;
+            if let Some(k) = m.named("Legacy Batch") {
+                k.retired_after = Some(81);
+            }
+        }
+        _ => {}
     }
-    Ok(keys.len())
+    Ok(())
+}
+
+/// Day 30: alice rotates "Production Web App" with a week's grace; its
+/// callers move to the new secret by day 38.
+async fn rotate_web_app(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
+    let web = m.ledger.list_keys(
+        acme,
+        &keyledger_runtime::ListQuery {
+            q: Some("Production Web App".into()),
+            ..Default::default()
+        },
+    )?;
+    if let Some((old, _)) = web.keys.first() {
+        let new = m
+            .ledger
+            .rotate_key(
+                Principal::user(acme.clone(), u("alice")),
+                old.id,
+                7 * 86_400,
+                None,
+            )
+            .await?;
+        if let Some(k) = m.named("Production Web App") {
+            k.retired_after = Some(38);
+        }
+        m.keys.push(DemoKey {
+            secret: new.secret,
+            name: "Production Web App",
+            daily: 1400,
+            asks: None,
+            retired_after: None,
+        });
+    }
+    Ok(())
+}
+
+/// A day's traffic, from `morning` on: busier on weekdays, spread over
+/// the day's slots, every key still in use presented by its callers; the
+/// uses are written at the end of each slot.
+async fn traffic(
+    m: &Minter<'_>,
+    clock: &ManualClock,
+    dice: &mut Dice,
+    day: i32,
+    morning: Timestamp,
+) -> Result<()> {
+    let weekday = (day + 3).rem_euclid(7) < 5;
+    for slot in 0..SLOTS_PER_DAY {
+        forward(
+            clock,
+            Timestamp::from_micros(
+                morning.as_micros()
+                    + slot * 2 * MICROS_PER_HOUR
+                    + dice.below(MICROS_PER_HOUR as u64) as i64,
+            ),
+        );
+        for k in &m.keys {
+            if k.retired_after.is_some_and(|last| day > last) {
+                continue;
+            }
+            let base = if weekday { k.daily } else { k.daily / 3 };
+            let n = (base / SLOTS_PER_DAY as u64) / 2 + dice.below(base / SLOTS_PER_DAY as u64 + 1);
+            for i in 0..n {
+                let scope = if k.asks.is_some() && i % 17 == 0 {
+                    k.asks
+                } else {
+                    None
+                };
+                let _ = m.ledger.verify(k.secret.expose(), scope);
+            }
+        }
+        m.ledger.flush_usage().await?;
+    }
+    Ok(())
 }

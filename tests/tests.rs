@@ -1,5 +1,5 @@
-//! One integration binary (style habit 10): every black-box test of the
-//! `keyledger` binary links once.
+//! One integration binary (docs/style.md, *One integration binary*): every
+//! black-box test of the `keyledger` binary links once.
 
 mod audit;
 mod cli;

@@ -1,6 +1,6 @@
 //! Commands and the decision: `decide(state, command, now) -> events | error`.
 //!
-//! Every invariant of the spec that can be checked before appending is
+//! Every invariant of the ledger that can be checked before appending is
 //! checked here, against the state folded from committed events:
 //!
 //! 1. a revoked key never becomes active again; revoking twice is a conflict;

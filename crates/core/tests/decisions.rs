@@ -1166,7 +1166,7 @@ fn rotate_refuses_a_taken_id_or_hash() {
 
 #[test]
 fn remove_user_revokes_every_active_key_in_the_same_append() {
-    // The spec's case: alice has three active keys and one revoked key; bob
+    // The textbook case: alice has three active keys and one revoked key; bob
     // has one; alice also has a key in globex. Globex's events interleave
     // with acme's, so the cause's seq must be counted per tenant.
     let history = [

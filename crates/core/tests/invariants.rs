@@ -1,4 +1,5 @@
-//! The spec's invariants, checked by replay over random command sequences.
+//! The ledger's invariants (`crates/core/src/decide.rs`), checked by replay
+//! over random command sequences.
 //!
 //! Each case is a list of up to 60 operations over two tenants, five users
 //! and every key created so far: creates (some reusing an id or a secret),
@@ -15,7 +16,7 @@
 //! * tenant versions are contiguous (1, 2, 3… with no gap);
 //! * folding the whole log from scratch gives the live ledger.
 //!
-//! Replaying a failure (style habit 8):
+//! Replaying a failure (docs/style.md, *Seeded randomness*):
 //!
 //! * A failure prints the run's seed and the shrunk, minimal list of
 //!   operations. `PROPTEST_RNG_SEED=<seed> cargo test -p keyledger-core

@@ -79,9 +79,9 @@ pub const PAGE_LIMIT_DEFAULT: usize = 50;
 /// How uses are turned into `KeyUsed` events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UsageWindow {
-    /// One event per key per window of this length (the spec's default: 1 s).
+    /// One event per key per window of this length (the default: 1 s, docs/api.md).
     Every(Duration),
-    /// One event per use (the spec's window `0`).
+    /// One event per use (the window `0` of docs/api.md).
     PerUse,
     /// Only when [`Keyledger::flush_usage`] is called, and at shutdown
     /// (tests, simulations, `demo`).
@@ -328,26 +328,7 @@ impl Keyledger {
             audit.dir = datadir::prepare(&audit.dir)?;
         }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
-        let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
-        let reads = reads::Reads::new(config.audit_read_window);
-        let shared = Arc::new(Shared {
-            config,
-            clock,
-            entropy,
-            log,
-            read: RwLock::new(ReadModel::default()),
-            keys: papaya::HashMap::default(),
-            dirty: Mutex::new(Vec::new()),
-            dirty_signal: Notify::new(),
-            flush_lock: tokio::sync::Mutex::new(()),
-            metrics: Metrics::default(),
-            audit,
-            follow: follower::Signal::default(),
-            reads,
-            tx,
-            tasks: Mutex::new(Tasks::default()),
-            stop: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(config, clock, entropy, log, tx)?);
         shared.replay(progress)?;
         // Before anything is served or signed: the log must still hold
         // every event a stored checkpoint signed.
@@ -768,6 +749,39 @@ impl Shared {
         f(outcome, Some(entry))
     }
 
+    /// A runtime's state before replay: empty projections and
+    /// verification map, the audit state (with an audit directory, its
+    /// signing key read or made), and the sending side of the writer's
+    /// queue.
+    fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        log: Arc<dyn EventLog>,
+        tx: mpsc::Sender<Job>,
+    ) -> Result<Self, Error> {
+        let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
+        let reads = reads::Reads::new(config.audit_read_window);
+        Ok(Shared {
+            config,
+            clock,
+            entropy,
+            log,
+            read: RwLock::new(ReadModel::default()),
+            keys: papaya::HashMap::default(),
+            dirty: Mutex::new(Vec::new()),
+            dirty_signal: Notify::new(),
+            flush_lock: tokio::sync::Mutex::new(()),
+            metrics: Metrics::default(),
+            audit,
+            follow: follower::Signal::default(),
+            reads,
+            tx,
+            tasks: Mutex::new(Tasks::default()),
+            stop: Notify::new(),
+        })
+    }
+
     /// Folds the whole log into the read model and the verification map.
     ///
     /// Reading and decoding run on a second thread, one page ahead of
@@ -818,7 +832,6 @@ impl Shared {
     /// Applies committed records to the read model, the verification map
     /// and the Merkle trees.
     pub(crate) fn apply_committed(&self, records: &[Record]) -> Result<(), Error> {
-        use keyledger_core::EventKind as K;
         let keys = self.keys.pin();
         let mut read = self.read.write().unwrap_or_else(|e| e.into_inner());
         let mut applied = 0;
@@ -838,47 +851,7 @@ impl Shared {
             }
             applied += 1;
             read.head = r.position;
-            let tenant = &r.event.tenant;
-            match &r.event.kind {
-                K::KeyCreated(e) => {
-                    let entry = KeyEntry::new(
-                        tenant.clone(),
-                        e.key_id,
-                        e.owner.clone(),
-                        e.name.clone(),
-                        e.scopes,
-                        e.expires_at,
-                        false,
-                    );
-                    keys.insert(e.secret_hash, Arc::new(entry));
-                }
-                K::KeyRevoked(e) => {
-                    if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = keys.get(&k.secret_hash)
-                    {
-                        entry.set_revoked();
-                    }
-                }
-                K::KeyRotated(e) => {
-                    if let Some(k) = read.ledger.key(tenant, e.key_id)
-                        && let Some(entry) = keys.get(&k.secret_hash)
-                    {
-                        entry.set_expires_at(k.expires_at);
-                    }
-                }
-                K::UserRemoved(e) => {
-                    // The cascade revokes only the user's active keys; an
-                    // expired one would work again if the clock stepped
-                    // back. A removed user acts no more: refuse them all.
-                    let owned = read.ledger.tenant(tenant).into_iter();
-                    for k in owned.flat_map(|t| t.keys_of(&e.user_id)) {
-                        if let Some(entry) = keys.get(&k.secret_hash) {
-                            entry.set_revoked();
-                        }
-                    }
-                }
-                K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
-            }
+            update_verification_map(&keys, &read.ledger, &r.event);
         }
         // The usage rollups of the records the key state took, in one
         // pass (see `Usage::apply_all`).
@@ -891,6 +864,79 @@ impl Shared {
         drop(keys);
         self.audit.apply(records)
     }
+}
+
+/// The verification map's side of one applied event, `ledger` being the
+/// key state after it: a created key gets an entry; a revoked key's entry
+/// refuses it, a rotated key's takes its new expiry; a removed user's keys
+/// are all refused.
+fn update_verification_map<G: papaya::Guard>(
+    keys: &papaya::HashMapRef<'_, SecretHash, Arc<KeyEntry>, verify::DigestHash, G>,
+    ledger: &Ledger,
+    event: &keyledger_core::Event,
+) {
+    use keyledger_core::EventKind as K;
+    let tenant = &event.tenant;
+    match &event.kind {
+        K::KeyCreated(e) => {
+            let entry = KeyEntry::new(
+                tenant.clone(),
+                e.key_id,
+                e.owner.clone(),
+                e.name.clone(),
+                e.scopes,
+                e.expires_at,
+                false,
+            );
+            keys.insert(e.secret_hash, Arc::new(entry));
+        }
+        K::KeyRevoked(e) => {
+            if let Some(k) = ledger.key(tenant, e.key_id)
+                && let Some(entry) = keys.get(&k.secret_hash)
+            {
+                entry.set_revoked();
+            }
+        }
+        K::KeyRotated(e) => {
+            if let Some(k) = ledger.key(tenant, e.key_id)
+                && let Some(entry) = keys.get(&k.secret_hash)
+            {
+                entry.set_expires_at(k.expires_at);
+            }
+        }
+        K::UserRemoved(e) => {
+            // The cascade revokes only the user's active keys; an
+            // expired one would work again if the clock stepped
+            // back. A removed user acts no more: refuse them all.
+            let owned = ledger.tenant(tenant).into_iter();
+            for k in owned.flat_map(|t| t.keys_of(&e.user_id)) {
+                if let Some(entry) = keys.get(&k.secret_hash) {
+                    entry.set_revoked();
+                }
+            }
+        }
+        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
+    }
+}
+
+/// The counts of the `KeyUsed` events that write one key's uses: one
+/// event with them all or, `per_use`, one event per use.
+fn usage_units(counts: keyledger_core::UseCounts, per_use: bool) -> Vec<keyledger_core::UseCounts> {
+    if !per_use {
+        return vec![counts];
+    }
+    keyledger_core::Outcome::ALL
+        .iter()
+        .flat_map(|o| {
+            let n = [
+                counts.valid,
+                counts.revoked,
+                counts.expired,
+                counts.insufficient_scope,
+            ][o.index()];
+            (0..n).map(|_| keyledger_core::UseCounts::one(*o))
+        })
+        .collect()
 }
 
 /// Writes every counted use; puts counts back if the write fails.
@@ -908,23 +954,8 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
         if counts.is_zero() {
             continue;
         }
-        let units: Vec<_> = if shared.config.usage_window == UsageWindow::PerUse {
-            keyledger_core::Outcome::ALL
-                .iter()
-                .flat_map(|o| {
-                    let n = [
-                        counts.valid,
-                        counts.revoked,
-                        counts.expired,
-                        counts.insufficient_scope,
-                    ][o.index()];
-                    (0..n).map(|_| keyledger_core::UseCounts::one(*o))
-                })
-                .collect()
-        } else {
-            vec![counts]
-        };
-        for unit in units {
+        let per_use = shared.config.usage_window == UsageWindow::PerUse;
+        for unit in usage_units(counts, per_use) {
             let usage = keyledger_core::KeyUsed {
                 key_id: entry.key_id,
                 window_start,

@@ -210,55 +210,11 @@ fn commit(
             return;
         }
         let now = shared.clock.now();
-        let mut appends: Vec<TenantAppend> = Vec::with_capacity(batch.len());
-        let mut waiting: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
-        // Usage commands' appends, kept in case the outcome is in doubt.
-        let mut usage: Vec<Option<TenantAppend>> = Vec::with_capacity(batch.len());
-        let mut kept = Vec::with_capacity(batch.len());
-        let mut events_total = 0;
-        for (command, reply) in batch.drain(..) {
-            note_clock_behind(shared, decision, command.tenant(), now);
-            let events = match decide(decision, &command, now) {
-                Ok(events) => events,
-                Err(e) => {
-                    let _ = reply.send(Err(Error::Command(e)));
-                    continue;
-                }
-            };
-            let tenant = command.tenant().clone();
-            let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
-            let applied = events
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
-            if let Err(e) = applied {
-                // A decision that does not fold is a bug in the core: refuse
-                // the command and rebuild the copy without it.
-                tracing::error!(error = %e, "a decided command did not fold; refused");
-                *decision = shared.read_model().ledger.clone();
-                reapply(decision, &appends);
-                let _ = reply.send(Err(Error::Corrupt(e.to_string())));
-                continue;
-            }
-            waiting.push((events_total, events.len()));
-            usage.push(
-                matches!(command, keyledger_core::Command::RecordUsage { .. }).then(|| {
-                    TenantAppend {
-                        tenant: tenant.clone(),
-                        expected_version,
-                        events: events.clone(),
-                    }
-                }),
-            );
-            kept.push((command, reply));
-            events_total += events.len();
-            appends.push(TenantAppend {
-                tenant,
-                expected_version,
-                events,
-            });
-        }
-        *batch = kept;
+        let Decided {
+            appends,
+            waiting,
+            usage,
+        } = decide_batch(shared, decision, batch, now);
         if appends.is_empty() {
             return;
         }
@@ -303,36 +259,132 @@ fn commit(
                 let maybe_written = matches!(e, StoreError::Unavailable(_));
                 let e = Error::from(e);
                 if maybe_written {
-                    let mut rest = Vec::with_capacity(batch.len());
-                    for ((command, reply), kept_usage) in batch.drain(..).zip(usage) {
-                        match kept_usage {
-                            Some(a) => in_doubt.push(InDoubt {
-                                tenant: a.tenant,
-                                expected_version: a.expected_version,
-                                events: a.events,
-                                reply,
-                            }),
-                            None => rest.push((command, reply)),
-                        }
-                    }
-                    *batch = rest;
+                    set_usage_in_doubt(batch, usage, in_doubt);
                 }
                 e
             }
         };
-        tracing::error!(error = %failure, "commit failed; nothing in the batch is acknowledged");
-        shared.metrics.note_commit_failure();
-        // When the log could not tell whether the commit reached it, a later
-        // read may show it did: apply what is there so the next decisions
-        // start from the log, not from a guess.
-        *decision = shared.read_model().ledger.clone();
-        if let Err(e) = catch_up(shared, decision) {
-            tracing::warn!(error = %e, "cannot read the log back after a failed commit");
-        }
-        for (_, reply) in batch.drain(..) {
-            let _ = reply.send(Err(failure.clone()));
-        }
+        fail_batch(shared, decision, batch, &failure);
         return;
+    }
+}
+
+/// A batch decided against the writer's copy of the state, ready to append.
+struct Decided {
+    /// One append per command that holds, in the batch's order.
+    appends: Vec<TenantAppend>,
+    /// Where each kept command's events start among all the batch's
+    /// events, and how many there are.
+    waiting: Vec<(usize, usize)>,
+    /// Usage commands' appends, kept in case the outcome is in doubt.
+    usage: Vec<Option<TenantAppend>>,
+}
+
+/// Decides each command of `batch` in order against `decision`, applying
+/// each one's events to it so the next is decided after it. A refused
+/// command is answered at once and leaves the batch; the rest stay, in
+/// order, beside their appends.
+fn decide_batch(
+    shared: &Shared,
+    decision: &mut Ledger,
+    batch: &mut Vec<(keyledger_core::Command, Reply)>,
+    now: Timestamp,
+) -> Decided {
+    let mut appends: Vec<TenantAppend> = Vec::with_capacity(batch.len());
+    let mut waiting: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
+    let mut usage: Vec<Option<TenantAppend>> = Vec::with_capacity(batch.len());
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut events_total = 0;
+    for (command, reply) in batch.drain(..) {
+        note_clock_behind(shared, decision, command.tenant(), now);
+        let events = match decide(decision, &command, now) {
+            Ok(events) => events,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Command(e)));
+                continue;
+            }
+        };
+        let tenant = command.tenant().clone();
+        let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
+        let applied = events
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
+        if let Err(e) = applied {
+            // A decision that does not fold is a bug in the core: refuse
+            // the command and rebuild the copy without it.
+            tracing::error!(error = %e, "a decided command did not fold; refused");
+            *decision = shared.read_model().ledger.clone();
+            reapply(decision, &appends);
+            let _ = reply.send(Err(Error::Corrupt(e.to_string())));
+            continue;
+        }
+        waiting.push((events_total, events.len()));
+        usage.push(
+            matches!(command, keyledger_core::Command::RecordUsage { .. }).then(|| TenantAppend {
+                tenant: tenant.clone(),
+                expected_version,
+                events: events.clone(),
+            }),
+        );
+        kept.push((command, reply));
+        events_total += events.len();
+        appends.push(TenantAppend {
+            tenant,
+            expected_version,
+            events,
+        });
+    }
+    *batch = kept;
+    Decided {
+        appends,
+        waiting,
+        usage,
+    }
+}
+
+/// Moves the batch's usage commands, whose commit may have been written,
+/// to `in_doubt`: they are answered once the log shows whether it was.
+/// The other commands stay in `batch`.
+fn set_usage_in_doubt(
+    batch: &mut Vec<(keyledger_core::Command, Reply)>,
+    usage: Vec<Option<TenantAppend>>,
+    in_doubt: &mut Vec<InDoubt>,
+) {
+    let mut rest = Vec::with_capacity(batch.len());
+    for ((command, reply), kept_usage) in batch.drain(..).zip(usage) {
+        match kept_usage {
+            Some(a) => in_doubt.push(InDoubt {
+                tenant: a.tenant,
+                expected_version: a.expected_version,
+                events: a.events,
+                reply,
+            }),
+            None => rest.push((command, reply)),
+        }
+    }
+    *batch = rest;
+}
+
+/// Answers every command left in `batch` with `failure`, after rebuilding
+/// the decision copy from the log.
+fn fail_batch(
+    shared: &Shared,
+    decision: &mut Ledger,
+    batch: &mut Vec<(keyledger_core::Command, Reply)>,
+    failure: &Error,
+) {
+    tracing::error!(error = %failure, "commit failed; nothing in the batch is acknowledged");
+    shared.metrics.note_commit_failure();
+    // When the log could not tell whether the commit reached it, a later
+    // read may show it did: apply what is there so the next decisions
+    // start from the log, not from a guess.
+    *decision = shared.read_model().ledger.clone();
+    if let Err(e) = catch_up(shared, decision) {
+        tracing::warn!(error = %e, "cannot read the log back after a failed commit");
+    }
+    for (_, reply) in batch.drain(..) {
+        let _ = reply.send(Err(failure.clone()));
     }
 }
 

@@ -536,7 +536,7 @@ fn a_flush_returns_only_once_every_use_counted_before_it_is_written() {
 }
 
 /// Regression (found by the simulation, seed 1795427853588301748): removing
-/// a user revokes only their *active* keys (the spec's rule), so a key that
+/// a user revokes only their *active* keys (`decide`'s rule), so a key that
 /// had expired stayed unrevoked, and when the clock stepped back before its
 /// expiry it verified valid again, for a removed user. Removal now refuses
 /// every key of the user on the verification path.

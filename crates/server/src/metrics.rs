@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use keyledger_runtime::{Histogram, VerifyOutcome};
+use keyledger_runtime::{Histogram, Metrics, VerifyOutcome};
 
 use crate::AppState;
 
@@ -163,13 +163,40 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The whole exposition.
+/// The whole exposition: the HTTP series, then the ledger's.
 pub(crate) fn render(state: &AppState) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let http = state.http_metrics();
-
+    http_requests(&mut out, http);
+    http_request_durations(&mut out, http);
+    connections(&mut out, state);
+    let ledger = state.ledger();
+    let m = ledger.metrics();
+    verifications(&mut out, m);
     header(
         &mut out,
+        "keyledger_usage_queue_depth",
+        "gauge",
+        "Commands (usage and management) waiting for the writer.",
+    );
+    let _ = writeln!(out, "keyledger_usage_queue_depth {}", ledger.queue_depth());
+    writer_counters(&mut out, m);
+    clock_and_commits(&mut out, m);
+    header(
+        &mut out,
+        "keyledger_log_head",
+        "gauge",
+        "The last applied global log position.",
+    );
+    let _ = writeln!(out, "keyledger_log_head {}", ledger.head());
+    out
+}
+
+/// `keyledger_http_requests_total`: only the (route, method, status)
+/// slots that counted a request.
+fn http_requests(out: &mut String, http: &HttpMetrics) {
+    header(
+        out,
         "keyledger_http_requests_total",
         "counter",
         "HTTP requests answered, by method, matched route and status.",
@@ -192,8 +219,13 @@ pub(crate) fn render(state: &AppState) -> String {
             }
         }
     }
+}
+
+/// `keyledger_http_request_duration_seconds`: a histogram per (route,
+/// method) that answered at least once.
+fn http_request_durations(out: &mut String, http: &HttpMetrics) {
     header(
-        &mut out,
+        out,
         "keyledger_http_request_duration_seconds",
         "histogram",
         "Time from a request's arrival to its response's headers, by method and matched route.",
@@ -202,7 +234,7 @@ pub(crate) fn render(state: &AppState) -> String {
         for s in &http.routes[route] {
             if s.latency.snapshot().1 > 0 {
                 histogram(
-                    &mut out,
+                    out,
                     "keyledger_http_request_duration_seconds",
                     &format!("method=\"{}\",route=\"{route}\"", s.method),
                     &s.latency,
@@ -210,8 +242,12 @@ pub(crate) fn render(state: &AppState) -> String {
             }
         }
     }
+}
+
+/// The connections open and those refused over a client's limit.
+fn connections(out: &mut String, state: &AppState) {
     header(
-        &mut out,
+        out,
         "keyledger_http_connections_open",
         "gauge",
         "Connections open.",
@@ -222,7 +258,7 @@ pub(crate) fn render(state: &AppState) -> String {
         state.connections_open()
     );
     header(
-        &mut out,
+        out,
         "keyledger_http_connections_refused_total",
         "counter",
         "Connections answered 429 and closed at once: their client held its connection limit.",
@@ -232,11 +268,12 @@ pub(crate) fn render(state: &AppState) -> String {
         "keyledger_http_connections_refused_total {}",
         state.connections_refused()
     );
+}
 
-    let ledger = state.ledger();
-    let m = ledger.metrics();
+/// `keyledger_verifications_total`, one line per outcome.
+fn verifications(out: &mut String, m: &Metrics) {
     header(
-        &mut out,
+        out,
         "keyledger_verifications_total",
         "counter",
         "Key verifications (API authentication included), by outcome; a known key's are counted when its uses are written, every usage window.",
@@ -249,13 +286,10 @@ pub(crate) fn render(state: &AppState) -> String {
             outcome.as_str()
         );
     }
-    header(
-        &mut out,
-        "keyledger_usage_queue_depth",
-        "gauge",
-        "Commands (usage and management) waiting for the writer.",
-    );
-    let _ = writeln!(out, "keyledger_usage_queue_depth {}", ledger.queue_depth());
+}
+
+/// The writer's and the follower's counters, one series each.
+fn writer_counters(out: &mut String, m: &Metrics) {
     for (name, help, v) in [
         (
             "keyledger_events_appended_total",
@@ -298,11 +332,15 @@ pub(crate) fn render(state: &AppState) -> String {
             &m.events_followed,
         ),
     ] {
-        header(&mut out, name, "counter", help);
+        header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
     }
+}
+
+/// The largest clock step back, and the commits' durations.
+fn clock_and_commits(out: &mut String, m: &Metrics) {
     header(
-        &mut out,
+        out,
         "keyledger_clock_behind_seconds_max",
         "gauge",
         "The largest clock step back seen by a decision, in seconds.",
@@ -313,23 +351,15 @@ pub(crate) fn render(state: &AppState) -> String {
         m.clock_behind_micros_max.load(Ordering::Relaxed) as f64 / 1e6
     );
     header(
-        &mut out,
+        out,
         "keyledger_commit_duration_seconds",
         "histogram",
         "Time of each durable commit.",
     );
     histogram(
-        &mut out,
+        out,
         "keyledger_commit_duration_seconds",
         "",
         &m.commit_latency,
     );
-    header(
-        &mut out,
-        "keyledger_log_head",
-        "gauge",
-        "The last applied global log position.",
-    );
-    let _ = writeln!(out, "keyledger_log_head {}", ledger.head());
-    out
 }

@@ -625,7 +625,8 @@ async fn metrics_label_the_matched_route() {
         text.contains(r#"keyledger_verifications_total{outcome="valid"} 1"#),
         "{text}"
     );
-    // Every series the issue names, with values that match what happened.
+    // Every series `crates/server/src/metrics.rs` documents, with values
+    // that match what happened.
     let value = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

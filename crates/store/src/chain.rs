@@ -134,38 +134,8 @@ pub fn verify_tenant_with_progress(
     // taken as events to check too; only a head ahead of what the log
     // holds means events were removed.
     let head = loop {
-        loop {
-            let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
-                Ok(page) => page,
-                Err(StoreError::Corrupt { .. }) => {
-                    // Some record of the page cannot be read: walk the page one
-                    // record at a time so the records before it are checked first
-                    // and the problem is named at its place.
-                    let before = state.checked;
-                    match walk_singly(log, tenant, &mut state)? {
-                        Some(problem) => {
-                            progress(state.checked);
-                            return Ok(state.report(Some(problem)));
-                        }
-                        None if state.checked == before => break,
-                        None => continue,
-                    }
-                }
-                Err(e) => return Err(e),
-            };
-            if page.is_empty() {
-                break;
-            }
-            for raw in &page {
-                if let Some(problem) = state.check(tenant, raw) {
-                    progress(state.checked);
-                    return Ok(state.report(Some(problem)));
-                }
-            }
-            progress(state.checked);
-            if page.len() < VERIFY_PAGE_EVENTS_MAX {
-                break;
-            }
+        if let Some(problem) = walk_pages(log, tenant, &mut state, progress)? {
+            return Ok(state.report(Some(problem)));
         }
         let head = log.tenant_head(tenant)?;
         let behind = head.is_some_and(|(seq, _)| seq > state.checked);
@@ -176,48 +146,101 @@ pub fn verify_tenant_with_progress(
         }
         break head;
     };
-    let problem = match head {
-        None if state.checked == 0 => None,
-        None => Some(ChainProblem {
-            position: 0,
-            seq: state.checked,
-            problem: format!(
-                "the tenant has {} events but no head: the head record was removed",
-                state.checked
-            ),
-            detail: None,
-        }),
-        Some((seq, hash)) if seq == state.checked && hash == state.prev => None,
-        Some((seq, _)) if seq > state.checked => Some(ChainProblem {
-            position: 0,
-            seq: state.checked + 1,
-            problem: format!(
-                "the head names sequence number {seq} but the last event is {}: events were \
-                 removed from the end",
-                state.checked
-            ),
-            detail: None,
-        }),
-        Some((seq, _)) if seq < state.checked => Some(ChainProblem {
-            position: 0,
-            seq: seq.saturating_add(1),
-            problem: format!(
-                "the head names sequence number {seq} but events run to {}: events were \
-                 appended behind the log's back",
-                state.checked
-            ),
-            detail: None,
-        }),
-        Some(_) => Some(ChainProblem {
-            position: state.last_position,
-            seq: state.checked,
-            problem: "the head's hash does not match the last event: the head or the last \
-                      event was changed"
-                .into(),
-            detail: None,
-        }),
-    };
+    let problem = state.head_problem(head);
     Ok(state.report(problem))
+}
+
+/// Walks the tenant's records from `state.checked` on, a page at a time,
+/// until the log holds no more; calls `progress` after every page. The
+/// first problem found, if any.
+fn walk_pages(
+    log: &dyn EventLog,
+    tenant: &TenantId,
+    state: &mut Walk,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Option<ChainProblem>, StoreError> {
+    loop {
+        let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
+            Ok(page) => page,
+            Err(StoreError::Corrupt { .. }) => {
+                // Some record of the page cannot be read: walk the page one
+                // record at a time so the records before it are checked first
+                // and the problem is named at its place.
+                let before = state.checked;
+                match walk_singly(log, tenant, state)? {
+                    Some(problem) => {
+                        progress(state.checked);
+                        return Ok(Some(problem));
+                    }
+                    None if state.checked == before => break,
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if page.is_empty() {
+            break;
+        }
+        for raw in &page {
+            if let Some(problem) = state.check(tenant, raw) {
+                progress(state.checked);
+                return Ok(Some(problem));
+            }
+        }
+        progress(state.checked);
+        if page.len() < VERIFY_PAGE_EVENTS_MAX {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+impl Walk {
+    /// What is wrong with the tenant's head, `head`, once every record is
+    /// checked: it must name the last record checked, and its hash.
+    fn head_problem(&self, head: Option<(u64, Hash)>) -> Option<ChainProblem> {
+        match head {
+            None if self.checked == 0 => None,
+            None => Some(ChainProblem {
+                position: 0,
+                seq: self.checked,
+                problem: format!(
+                    "the tenant has {} events but no head: the head record was removed",
+                    self.checked
+                ),
+                detail: None,
+            }),
+            Some((seq, hash)) if seq == self.checked && hash == self.prev => None,
+            Some((seq, _)) if seq > self.checked => Some(ChainProblem {
+                position: 0,
+                seq: self.checked + 1,
+                problem: format!(
+                    "the head names sequence number {seq} but the last event is {}: events were \
+                     removed from the end",
+                    self.checked
+                ),
+                detail: None,
+            }),
+            Some((seq, _)) if seq < self.checked => Some(ChainProblem {
+                position: 0,
+                seq: seq.saturating_add(1),
+                problem: format!(
+                    "the head names sequence number {seq} but events run to {}: events were \
+                     appended behind the log's back",
+                    self.checked
+                ),
+                detail: None,
+            }),
+            Some(_) => Some(ChainProblem {
+                position: self.last_position,
+                seq: self.checked,
+                problem: "the head's hash does not match the last event: the head or the last \
+                          event was changed"
+                    .into(),
+                detail: None,
+            }),
+        }
+    }
 }
 
 /// The chain walk so far: everything up to `checked` is good.

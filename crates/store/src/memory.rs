@@ -109,6 +109,99 @@ impl Inner {
     }
 }
 
+/// An append's records, chained and encoded but not yet stored, and the
+/// tenants' heads after them.
+type Staged<'b> = (Vec<RawRecord>, Vec<(&'b str, u64, Hash)>);
+
+impl Inner {
+    /// Checks every batch against its tenant's head (a batch may follow
+    /// another of the same tenant) and builds its records, storing nothing:
+    /// an append that fails leaves the log as it was.
+    fn stage<'b>(&self, batches: &'b [TenantAppend]) -> Result<Staged<'b>, StoreError> {
+        let mut position = self.records.last().map_or(0, |r| r.position);
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut staged: Vec<RawRecord> = Vec::with_capacity(total);
+        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let tenant = batch.tenant.as_str();
+            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
+                Some(&(_, seq, hash)) => (seq, hash),
+                None => self.checked_head(tenant)?,
+            };
+            if seq != batch.expected_version {
+                return Err(StoreError::Conflict {
+                    tenant: batch.tenant.clone(),
+                    expected: batch.expected_version,
+                    actual: seq,
+                });
+            }
+            for event in &batch.events {
+                seq += 1;
+                position += 1;
+                if self.slots.contains_key(&position) {
+                    return Err(StoreError::Corrupt {
+                        position,
+                        message: "the position after the last one is already taken".into(),
+                    });
+                }
+                if self.index.contains_key(&(tenant.to_owned(), seq)) {
+                    return Err(StoreError::Corrupt {
+                        position,
+                        message: format!(
+                            "tenant {tenant}: sequence number {seq} is already indexed past the head"
+                        ),
+                    });
+                }
+                let payload = envelope::encode(event);
+                let hash = chain::link(&prev, tenant, seq, &payload);
+                staged.push(RawRecord {
+                    position,
+                    tenant: tenant.to_owned(),
+                    seq,
+                    prev_hash: prev,
+                    hash,
+                    payload,
+                });
+                prev = hash;
+            }
+            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
+                Some(h) => *h = (tenant, seq, prev),
+                None => heads.push((tenant, seq, prev)),
+            }
+        }
+        Ok((staged, heads))
+    }
+
+    /// Stores what [`Inner::stage`] checked: the heads, then each record
+    /// with its indexes. Returns the committed records with their events.
+    fn commit(
+        &mut self,
+        staged: Vec<RawRecord>,
+        heads: Vec<(String, u64, Hash)>,
+        batches: Vec<TenantAppend>,
+    ) -> Vec<Record> {
+        for (tenant, seq, hash) in heads {
+            self.heads.insert(tenant, (seq, hash));
+        }
+        let mut out = Vec::with_capacity(staged.len());
+        let events = batches.into_iter().flat_map(|b| b.events);
+        for (r, event) in staged.into_iter().zip(events) {
+            let slot = self.records.len();
+            self.slots.insert(r.position, slot);
+            self.index.insert((r.tenant.clone(), r.seq), r.position);
+            out.push(Record {
+                position: r.position,
+                seq: r.seq,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+                event,
+            });
+            self.records.push(r);
+        }
+        out
+    }
+}
+
 impl MemoryLog {
     /// An empty log.
     pub fn new() -> Self {
@@ -159,76 +252,12 @@ impl EventLog for MemoryLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
         let mut inner = self.lock();
-        let mut position = inner.records.last().map_or(0, |r| r.position);
-        let total: usize = batches.iter().map(|b| b.events.len()).sum();
-        let mut staged: Vec<RawRecord> = Vec::with_capacity(total);
-        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-        for batch in &batches {
-            let tenant = batch.tenant.as_str();
-            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-                Some(&(_, seq, hash)) => (seq, hash),
-                None => inner.checked_head(tenant)?,
-            };
-            if seq != batch.expected_version {
-                return Err(StoreError::Conflict {
-                    tenant: batch.tenant.clone(),
-                    expected: batch.expected_version,
-                    actual: seq,
-                });
-            }
-            for event in &batch.events {
-                seq += 1;
-                position += 1;
-                if inner.slots.contains_key(&position) {
-                    return Err(StoreError::Corrupt {
-                        position,
-                        message: "the position after the last one is already taken".into(),
-                    });
-                }
-                if inner.index.contains_key(&(tenant.to_owned(), seq)) {
-                    return Err(StoreError::Corrupt {
-                        position,
-                        message: format!(
-                            "tenant {tenant}: sequence number {seq} is already indexed past the head"
-                        ),
-                    });
-                }
-                let payload = envelope::encode(event);
-                let hash = chain::link(&prev, tenant, seq, &payload);
-                staged.push(RawRecord {
-                    position,
-                    tenant: tenant.to_owned(),
-                    seq,
-                    prev_hash: prev,
-                    hash,
-                    payload,
-                });
-                prev = hash;
-            }
-            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-                Some(h) => *h = (tenant, seq, prev),
-                None => heads.push((tenant, seq, prev)),
-            }
-        }
-        // Everything is checked: commit.
-        for (tenant, seq, hash) in heads {
-            inner.heads.insert(tenant.to_owned(), (seq, hash));
-        }
-        let mut out = Vec::with_capacity(total);
-        let events = batches.into_iter().flat_map(|b| b.events);
-        for (r, event) in staged.into_iter().zip(events) {
-            let slot = inner.records.len();
-            inner.slots.insert(r.position, slot);
-            inner.index.insert((r.tenant.clone(), r.seq), r.position);
-            out.push(Record {
-                position: r.position,
-                seq: r.seq,
-                prev_hash: r.prev_hash,
-                hash: r.hash,
-                event,
-            });
-            inner.records.push(r);
-        }
+        let (staged, heads) = inner.stage(&batches)?;
+        let heads: Vec<(String, u64, Hash)> = heads
+            .into_iter()
+            .map(|(tenant, seq, hash)| (tenant.to_owned(), seq, hash))
+            .collect();
+        let out = inner.commit(staged, heads, batches);
         // Waiters re-check under the lock, after this append releases it.
         self.appended.notify_all();
         Ok(out)

@@ -598,37 +598,7 @@ async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
     // happens below. A database already migrated needs no CREATE
     // privilege: nodes may run as a role that can only read and write the
     // tables.
-    let bookkept = client
-        .query_one(
-            "SELECT to_regclass('keyledger.schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(fail("looking for the schema"))?
-        .get::<_, bool>(0);
-    if !bookkept {
-        client
-            .batch_execute(
-                "CREATE SCHEMA IF NOT EXISTS keyledger; \
-             CREATE TABLE IF NOT EXISTS keyledger.schema_migrations ( \
-                 version integer PRIMARY KEY, \
-                 name text NOT NULL, \
-                 checksum bytea NOT NULL, \
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await
-            .map_err(fail("creating the schema"))?;
-    }
-    let applied: Vec<(i32, String, Vec<u8>)> = client
-        .query(
-            "SELECT version, name, checksum FROM keyledger.schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .map_err(fail("reading the applied migrations"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let applied = applied_migrations(&client).await?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if let Some((v, name, _)) = applied.iter().find(|a| a.0 > known) {
         return Err(StoreError::Backend(format!(
@@ -665,6 +635,44 @@ async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
         )
         .await;
     Ok(())
+}
+
+/// The migrations applied to the database, by version: (version, name,
+/// checksum). Creates the schema and its bookkeeping table first when
+/// they are missing.
+async fn applied_migrations(client: &Client) -> Result<Vec<(i32, String, Vec<u8>)>, StoreError> {
+    let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
+    let bookkept = client
+        .query_one(
+            "SELECT to_regclass('keyledger.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(fail("looking for the schema"))?
+        .get::<_, bool>(0);
+    if !bookkept {
+        client
+            .batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS keyledger; \
+             CREATE TABLE IF NOT EXISTS keyledger.schema_migrations ( \
+                 version integer PRIMARY KEY, \
+                 name text NOT NULL, \
+                 checksum bytea NOT NULL, \
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(fail("creating the schema"))?;
+    }
+    Ok(client
+        .query(
+            "SELECT version, name, checksum FROM keyledger.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(fail("reading the applied migrations"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -936,6 +944,66 @@ struct PlanRefs<'p> {
 }
 
 impl<'a> Plan<'a> {
+    /// Checks each batch's expected version against its tenant's head (a
+    /// batch may follow another of the same tenant) and chains its records
+    /// from `position`, the last one stored.
+    fn build(
+        batches: &'a [TenantAppend],
+        mut position: u64,
+        stored_heads: &HashMap<String, (u64, Hash)>,
+    ) -> Result<Self, StoreError> {
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut plan = Plan {
+            links: Vec::with_capacity(total),
+            positions: Vec::with_capacity(total),
+            tenants: Vec::with_capacity(total),
+            seqs: Vec::with_capacity(total),
+            payloads: Vec::with_capacity(total),
+            head_tenants: Vec::with_capacity(batches.len()),
+            head_seqs: Vec::with_capacity(batches.len()),
+            head_hashes: Vec::with_capacity(batches.len()),
+            new_head: String::new(),
+        };
+        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let tenant = batch.tenant.as_str();
+            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
+                Some(&(_, seq, hash)) => (seq, hash),
+                None => stored_heads.get(tenant).copied().unwrap_or((0, GENESIS)),
+            };
+            if seq != batch.expected_version {
+                return Err(StoreError::Conflict {
+                    tenant: batch.tenant.clone(),
+                    expected: batch.expected_version,
+                    actual: seq,
+                });
+            }
+            for event in &batch.events {
+                seq += 1;
+                position += 1;
+                let payload = envelope::encode(event);
+                let hash = chain::link(&prev, tenant, seq, &payload);
+                plan.links.push((position, seq, prev, hash));
+                plan.positions.push(to_i64(position, "position")?);
+                plan.tenants.push(tenant);
+                plan.seqs.push(to_i64(seq, "sequence number")?);
+                plan.payloads.push(payload);
+                prev = hash;
+            }
+            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
+                Some(h) => *h = (tenant, seq, prev),
+                None => heads.push((tenant, seq, prev)),
+            }
+        }
+        for (tenant, seq, hash) in heads {
+            plan.head_tenants.push(tenant);
+            plan.head_seqs.push(to_i64(seq, "sequence number")?);
+            plan.head_hashes.push(hash);
+        }
+        plan.new_head = position.to_string();
+        Ok(plan)
+    }
+
     fn refs(&self) -> PlanRefs<'_> {
         PlanRefs {
             plan: self,
@@ -1035,58 +1103,10 @@ async fn plan_append<'a>(
             classify("taking the append lock", &e)
         }
     })?;
-    let mut position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
+    let position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
     let stored_heads = checked_heads(&heads.map_err(fail("reading the tenant heads"))?)?;
 
-    let total: usize = batches.iter().map(|b| b.events.len()).sum();
-    let mut plan = Plan {
-        links: Vec::with_capacity(total),
-        positions: Vec::with_capacity(total),
-        tenants: Vec::with_capacity(total),
-        seqs: Vec::with_capacity(total),
-        payloads: Vec::with_capacity(total),
-        head_tenants: Vec::with_capacity(batches.len()),
-        head_seqs: Vec::with_capacity(batches.len()),
-        head_hashes: Vec::with_capacity(batches.len()),
-        new_head: String::new(),
-    };
-    let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let tenant = batch.tenant.as_str();
-        let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-            Some(&(_, seq, hash)) => (seq, hash),
-            None => stored_heads.get(tenant).copied().unwrap_or((0, GENESIS)),
-        };
-        if seq != batch.expected_version {
-            return Err(StoreError::Conflict {
-                tenant: batch.tenant.clone(),
-                expected: batch.expected_version,
-                actual: seq,
-            });
-        }
-        for event in &batch.events {
-            seq += 1;
-            position += 1;
-            let payload = envelope::encode(event);
-            let hash = chain::link(&prev, tenant, seq, &payload);
-            plan.links.push((position, seq, prev, hash));
-            plan.positions.push(to_i64(position, "position")?);
-            plan.tenants.push(tenant);
-            plan.seqs.push(to_i64(seq, "sequence number")?);
-            plan.payloads.push(payload);
-            prev = hash;
-        }
-        match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-            Some(h) => *h = (tenant, seq, prev),
-            None => heads.push((tenant, seq, prev)),
-        }
-    }
-    for (tenant, seq, hash) in heads {
-        plan.head_tenants.push(tenant);
-        plan.head_seqs.push(to_i64(seq, "sequence number")?);
-        plan.head_hashes.push(hash);
-    }
-    plan.new_head = position.to_string();
+    let plan = Plan::build(batches, position, &stored_heads)?;
     Ok((write_stmt, plan))
 }
 

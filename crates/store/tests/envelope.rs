@@ -1,5 +1,6 @@
-//! The stored form of events: old data keeps decoding (style habit 11),
-//! every event round-trips, and no byte string makes the decoder panic.
+//! The stored form of events: old data keeps decoding (docs/style.md,
+//! *Old data keeps working*), every event round-trips, and no byte string
+//! makes the decoder panic.
 
 use std::path::PathBuf;
 

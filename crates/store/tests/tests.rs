@@ -1,4 +1,5 @@
-//! keyledger-store's integration tests, in one binary (style habit 10).
+//! keyledger-store's integration tests, in one binary (docs/style.md,
+//! *One integration binary*).
 
 mod conformance;
 mod damage;
