@@ -30,7 +30,8 @@ use crate::merkle::Hash;
 pub const ED25519_TYPE: u8 = 0x01;
 /// Longest note a verifier reads, in bytes.
 pub const NOTE_BYTES_MAX: usize = 16 * 1024;
-/// Most signature lines a verifier reads (the spec asks for at least 16).
+/// Most signature lines a verifier reads (C2SP signed-note asks verifiers to
+/// accept at least 16).
 pub const NOTE_SIGNATURES_MAX: usize = 16;
 
 /// The body of a checkpoint.
