@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use keyledger_core::{
-    AuditFilter, AuditReadKind, Day, EventType, KeyId, KeyPrefix, KeyStatus, Principal,
-    RevokeReason, Scope, ScopeSet, TenantId, Timestamp, UserId,
+    AuditFilter, AuditReadKind, Day, KeyId, KeyPrefix, KeyStatus, Principal, RevokeReason, Scope,
+    ScopeSet, TenantId, Timestamp, UserId,
 };
 use keyledger_runtime::views::{
     AuditPageBody, KeyList, KeyView, RemovedUser, StateBody, SummaryView, UsageDays, VerifyResponse,
 };
 use keyledger_runtime::{
-    Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SortField, UsageWindow,
+    AuditFilterText, Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SortField,
+    UsageWindow,
 };
 use keyledger_store::{EventLog, RedbLog};
 
@@ -722,19 +723,22 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
 }
 
 fn filter(f: &TrailFilter) -> Result<AuditFilter> {
-    Ok(AuditFilter {
-        key_id: f.key_id.as_deref().map(key_id).transpose()?,
+    // The key and the types are checked before the times.
+    let (from, to) = (time(&f.from), time(&f.to));
+    let filter = AuditFilterText {
+        key_id: f.key_id.as_deref(),
         actor: f.actor.clone(),
-        types: f
-            .types
-            .iter()
-            .map(|t| {
-                EventType::parse(t).ok_or_else(|| Failure(format!("unknown event type `{t}`")))
-            })
-            .collect::<Result<_>>()?,
-        from: time(&f.from)?,
-        to: time(&f.to)?,
+        types: f.types.iter().map(String::as_str).collect(),
+        from: None,
+        to: None,
         include_usage: f.include_usage,
+    }
+    .parse()
+    .map_err(|e| Failure(e.to_string()))?;
+    Ok(AuditFilter {
+        from: from?,
+        to: to?,
+        ..filter
     })
 }
 

@@ -21,6 +21,7 @@
 pub mod audit;
 mod clock;
 pub mod datadir;
+mod filter;
 mod follower;
 pub mod integrity;
 mod metrics;
@@ -44,6 +45,7 @@ use ulid::Ulid;
 
 pub use audit::{AuditConfig, Bundle, BundleHeader, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, default_node_id};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};

@@ -7,9 +7,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_core::{AuditFilter, EventType, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
+use keyledger_core::{AuditFilter, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
 use keyledger_runtime::views::{KeyView, SummaryView};
-use keyledger_runtime::{Created, ListQuery, NewKey, PointInTime};
+use keyledger_runtime::{
+    AuditFilterError, AuditFilterText, Created, ListQuery, NewKey, PointInTime,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -374,36 +376,15 @@ async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> A
         .into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn audit_filter(
-    key_id: Option<&str>,
-    actor: Option<String>,
-    types: Option<&str>,
-    from: Option<Rfc3339>,
-    to: Option<Rfc3339>,
-    include_usage: Option<bool>,
-) -> ApiResult<AuditFilter> {
-    let types = types
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            EventType::parse(t).ok_or_else(|| {
-                ApiError::query(format!(
-                    "type: unknown event type `{}`; types are KeyCreated, KeyUsed, KeyRevoked, KeyRotated, UserRemoved",
-                    t.escape_debug()
-                ))
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(AuditFilter {
-        key_id: query_key_id(key_id)?,
-        actor,
-        types,
-        from: from.map(|t| t.0),
-        to: to.map(|t| t.0),
-        include_usage: include_usage.unwrap_or(false),
+/// The audit filter of a query, parsed by the runtime; its errors worded
+/// as the API's.
+fn audit_filter(text: AuditFilterText<'_>) -> ApiResult<AuditFilter> {
+    text.parse().map_err(|e| match e {
+        AuditFilterError::KeyId(e) => ApiError::query(format!("key_id: {e}")),
+        AuditFilterError::UnknownType(t) => ApiError::query(format!(
+            "type: unknown event type `{}`; types are KeyCreated, KeyUsed, KeyRevoked, KeyRotated, UserRemoved",
+            t.escape_debug()
+        )),
     })
 }
 
@@ -421,14 +402,14 @@ async fn audit(
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPageBody>> {
-    let filter = audit_filter(
-        q.key_id.as_deref(),
-        q.actor,
-        q.types.as_deref(),
-        q.from,
-        q.to,
-        q.include_usage,
-    )?;
+    let filter = audit_filter(AuditFilterText {
+        key_id: q.key_id.as_deref(),
+        actor: q.actor,
+        types: AuditFilterText::comma_list(q.types.as_deref().unwrap_or("")),
+        from: q.from.map(|t| t.0),
+        to: q.to.map(|t| t.0),
+        include_usage: q.include_usage.unwrap_or(false),
+    })?;
     let tenant = auth.key().tenant.clone();
     let ledger = state.ledger().clone();
     let page =
@@ -457,14 +438,14 @@ async fn audit_export(
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<AuditExportQuery>,
 ) -> ApiResult<Response> {
-    let filter = audit_filter(
-        q.key_id.as_deref(),
-        q.actor,
-        q.types.as_deref(),
-        q.from,
-        q.to,
-        q.include_usage,
-    )?;
+    let filter = audit_filter(AuditFilterText {
+        key_id: q.key_id.as_deref(),
+        actor: q.actor,
+        types: AuditFilterText::comma_list(q.types.as_deref().unwrap_or("")),
+        from: q.from.map(|t| t.0),
+        to: q.to.map(|t| t.0),
+        include_usage: q.include_usage.unwrap_or(false),
+    })?;
     let format = q.format.unwrap_or(ExportFormat::Jsonl);
     // Recorded before the first byte is sent.
     state.ledger().record_trail_export(auth.principal()).await?;
