@@ -4,7 +4,7 @@ use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use keyledger_core::{AuditFilter, TenantId, Timestamp};
+use keyledger_core::{AuditFilter, EventType, TenantId, Timestamp};
 use keyledger_runtime::views::{
     AuditEntry, ChainBody, CreatedKey, DailyView, KeyView, SummaryView,
 };
@@ -170,9 +170,10 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
 fn details_text(e: &AuditEntry) -> String {
     let d = &e.details;
     let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    match e.kind {
-        "KeyCreated" => format!("\"{}\" for {}", s("name"), s("owner")),
-        "KeyRevoked" => match d
+    // Every type is named: a new one is a decision here, not a default.
+    match EventType::parse(e.kind) {
+        Some(EventType::KeyCreated) => format!("\"{}\" for {}", s("name"), s("owner")),
+        Some(EventType::KeyRevoked) => match d
             .get("cause")
             .and_then(|c| c.get("user_removed"))
             .and_then(|u| u.as_str())
@@ -180,17 +181,17 @@ fn details_text(e: &AuditEntry) -> String {
             Some(u) => format!("{} (user {u} removed)", s("reason")),
             None => s("reason"),
         },
-        "KeyRotated" => format!(
+        Some(EventType::KeyRotated) => format!(
             "replaced by {}, expires {}",
             s("new_key_id"),
             s("expires_at")
         ),
-        "UserRemoved" => format!("user {}", s("user_id")),
-        "KeyUsed" => format!(
+        Some(EventType::UserRemoved) => format!("user {}", s("user_id")),
+        Some(EventType::KeyUsed) => format!(
             "{} valid, {} revoked, {} expired, {} out of scope",
             d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
         ),
-        _ => d.to_string(),
+        Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }
 

@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keyledger_core::{
-    Command, CommandError, CreateKey, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
-    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
-    Usage, UserId, secret,
+    Command, CommandError, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal,
+    RemoveUser, RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId,
+    Timestamp, Usage, UserId, secret,
 };
 use keyledger_store::{EventLog, Record, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -608,7 +608,7 @@ impl Keyledger {
             .await?;
         Ok(records
             .iter()
-            .filter(|r| r.event.type_name() == "KeyRevoked")
+            .filter(|r| EventType::of(&r.event) == EventType::KeyRevoked)
             .filter_map(|r| r.event.key_id())
             .collect())
     }
@@ -622,7 +622,7 @@ impl Keyledger {
     ) -> Result<Created, Error> {
         let position = records
             .iter()
-            .find(|r| r.event.type_name() == "KeyCreated")
+            .find(|r| EventType::of(&r.event) == EventType::KeyCreated)
             .map_or(0, |r| r.position);
         Ok(Created {
             secret,

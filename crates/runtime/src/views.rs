@@ -5,8 +5,8 @@
 //! same data (`tests/bodies.rs`).
 
 use keyledger_core::{
-    Actor, Cause, DailyRow, EventKind, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet, Timestamp,
-    UsageSummary, UserId,
+    Actor, Cause, DailyRow, EventKind, EventType, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet,
+    Timestamp, UsageSummary, UserId,
 };
 use keyledger_store::{ChainReport, Record};
 use serde::{Deserialize, Serialize};
@@ -169,8 +169,9 @@ pub struct AuditEntry {
     pub at: String,
     /// The tenant.
     pub tenant: String,
-    /// `KeyCreated`, `KeyUsed`, `KeyRevoked`, `KeyRotated`, `UserRemoved`, `AuditRead`.
+    /// The event's type: one of [`EventType::ALL`], by name.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = event_type_schema))]
     pub kind: &'static str,
     /// Who.
     pub actor: ActorView,
@@ -183,6 +184,17 @@ pub struct AuditEntry {
     pub hash: String,
     /// The predecessor's chain hash (hex).
     pub prev_hash: String,
+}
+
+/// The schema of an entry's `type`: every event type's name, from
+/// [`EventType::ALL`], so a new type is in the document as soon as it exists.
+#[cfg(feature = "openapi")]
+fn event_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(EventType::ALL.map(EventType::as_str)))
+        .description(Some("The event's type."))
+        .build()
 }
 
 impl From<&Record> for AuditEntry {

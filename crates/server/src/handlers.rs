@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyledger_core::{AuditFilter, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
+use keyledger_core::{AuditFilter, EventType, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
 use keyledger_runtime::views::{KeyView, SummaryView};
 use keyledger_runtime::{
     AuditFilterError, AuditFilterText, Created, ListQuery, NewKey, PointInTime,
@@ -382,8 +382,9 @@ fn audit_filter(text: AuditFilterText<'_>) -> ApiResult<AuditFilter> {
     text.parse().map_err(|e| match e {
         AuditFilterError::KeyId(e) => ApiError::query(format!("key_id: {e}")),
         AuditFilterError::UnknownType(t) => ApiError::query(format!(
-            "type: unknown event type `{}`; types are KeyCreated, KeyUsed, KeyRevoked, KeyRotated, UserRemoved",
-            t.escape_debug()
+            "type: unknown event type `{}`; types are {}",
+            t.escape_debug(),
+            EventType::ALL.map(EventType::as_str).join(", ")
         )),
     })
 }

@@ -283,8 +283,8 @@ pub struct AuditQuery {
     pub key_id: Option<String>,
     /// Only events by this actor: a user id, a key id, `user:<id>`, `key:<id>`, `operator` or `system`.
     pub actor: Option<String>,
-    /// Only these event types, comma-separated: `KeyCreated`, `KeyUsed`,
-    /// `KeyRevoked`, `KeyRotated`, `UserRemoved` (naming `KeyUsed` includes usage).
+    /// Only these event types, comma-separated, named as an entry's `type`
+    /// (naming `KeyUsed` includes usage).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub types: Option<String>,
