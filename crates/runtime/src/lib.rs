@@ -130,15 +130,18 @@ impl Default for Config {
 }
 
 /// Why a runtime call failed.
+///
+/// Not `#[non_exhaustive]`, like the core's `CommandError`: the server
+/// and the CLI match it in this workspace, and a new failure must be
+/// mapped there on purpose.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The command was refused; nothing was written.
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// No such key (or user) in this tenant.
+    /// Nothing of the kind in this tenant.
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
     /// A query's parameters are not acceptable (cursor, range, limit).
     #[error("{0}")]
     BadRequest(String),
@@ -173,6 +176,14 @@ pub enum Error {
         /// nodes' progress could not be read.
         why: String,
     },
+}
+
+/// What a call did not find.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    /// No key with this id in the tenant.
+    #[error("no key {0} in this tenant")]
+    Key(KeyId),
 }
 
 impl From<StoreError> for Error {
