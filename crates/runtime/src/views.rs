@@ -483,6 +483,7 @@ impl VerifyResponse<'_> {
     /// The JSON body, written directly: this is the hot path, and writing
     /// these few fields by hand costs a fraction of the generic serializer.
     /// Byte for byte what `serde_json::to_vec` gives (a test checks it).
+    #[inline]
     pub fn to_json(&self) -> Vec<u8> {
         use std::io::Write;
         let mut out = Vec::with_capacity(256);
@@ -529,6 +530,7 @@ impl VerifyResponse<'_> {
 
 /// A JSON string (or `null`): verbatim when nothing needs escaping, else
 /// through serde_json.
+#[inline]
 fn push_json_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.extend_from_slice(b"null"),
@@ -628,6 +630,7 @@ impl RemovedUser {
 
 impl<'a> VerifyResponse<'a> {
     /// The verdict on a presented key, borrowing from the key found.
+    #[inline]
     pub fn new(outcome: VerifyOutcome, key: Option<&'a crate::KeyEntry>) -> Self {
         VerifyResponse {
             valid: outcome == VerifyOutcome::Valid,
