@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use keyledger_core::{
-    AuditFilter, AuditReadKind, Day, EventType, KeyId, KeyPrefix, KeyStatus, Principal,
-    RevokeReason, Scope, ScopeSet, TenantId, Timestamp, UserId,
+    AuditFilter, AuditReadKind, Day, KeyId, KeyPrefix, KeyStatus, Principal, RevokeReason, Scope,
+    ScopeSet, TenantId, Timestamp, UserId,
 };
-use keyledger_runtime::views::{AuditEntry, DailyView, KeyView, SummaryView};
+use keyledger_runtime::views::{
+    AuditPageBody, KeyList, KeyView, RemovedUser, StateBody, SummaryView, UsageDays, VerifyResponse,
+};
 use keyledger_runtime::{
-    Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SortField, UsageWindow,
+    AuditFilterText, Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SortField,
+    UsageWindow,
 };
 use keyledger_store::{EventLog, RedbLog};
 
@@ -551,17 +554,14 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
             let revoked = ledger
                 .remove_user(principal(&t, &acting)?, user.clone())
                 .await?;
-            let ids: Vec<String> = revoked.iter().map(ToString::to_string).collect();
-            out.value(
-                &serde_json::json!({ "user_id": user.as_str(), "revoked": ids }),
-                || {
-                    format!(
-                        "removed {user}; revoked {} key(s){}",
-                        ids.len(),
-                        list_suffix(&ids)
-                    )
-                },
-            )?;
+            let body = RemovedUser::new(&user, &revoked);
+            out.value(&body, || {
+                format!(
+                    "removed {user}; revoked {} key(s){}",
+                    body.revoked.len(),
+                    list_suffix(&body.revoked)
+                )
+            })?;
         }
         Cmd::Verify { secret, scope } => {
             let scope = scope
@@ -571,15 +571,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
             let v = ledger.verify(&secret, scope);
             let key = v.key.as_ref();
             out.value(
-                &serde_json::json!({
-                    "valid": v.is_valid(),
-                    "outcome": v.outcome.as_str(),
-                    "key_id": key.map(|k| k.key_id.to_string()),
-                    "tenant_id": key.map(|k| k.tenant.to_string()),
-                    "owner": key.map(|k| k.owner.to_string()),
-                    "scopes": key.map(|k| k.scopes.names()),
-                    "expires_at": key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
-                }),
+                &VerifyResponse::new(v.outcome, key.map(|k| &**k)),
                 || match key {
                     Some(k) => format!(
                         "{}: {} ({}, tenant {}, owner {})",
@@ -605,18 +597,13 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
                 Err(_) => PointInTime::Instant(Timestamp::parse_rfc3339(&at)?),
             };
             let state = ledger.state_at(&t, point)?;
-            let keys: Vec<KeyView> = state
-                .keys
-                .iter()
-                .map(|(k, s)| KeyView::new(k, *s))
-                .collect();
-            let body = serde_json::json!({ "at": state.at.to_rfc3339(), "position": state.seq, "keys": keys });
+            let body = StateBody::from(&state);
             out.value(&body, || {
                 format!(
                     "as of {} (event {} of the tenant):\n{}",
                     state.at,
                     state.seq,
-                    output::key_table(&keys)
+                    output::key_table(&body.keys)
                 )
             })?;
         }
@@ -689,15 +676,14 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
                 limit,
             };
             let page = ledger.list_keys(&t, &query)?;
-            let keys: Vec<KeyView> = page.keys.iter().map(|(k, s)| KeyView::new(k, *s)).collect();
-            let body = serde_json::json!({ "keys": keys, "active_count": page.active_count, "next_cursor": page.next_cursor });
+            let body = KeyList::from(&page);
             out.value(&body, || {
                 let mut s = format!(
                     "{}\nActive keys: {}",
-                    output::key_table(&keys),
-                    page.active_count
+                    output::key_table(&body.keys),
+                    body.active_count
                 );
-                if let Some(c) = &page.next_cursor {
+                if let Some(c) = &body.next_cursor {
                     s.push_str(&format!("\nmore: --cursor {c}"));
                 }
                 s
@@ -741,19 +727,22 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
 }
 
 fn filter(f: &TrailFilter) -> Result<AuditFilter> {
-    Ok(AuditFilter {
-        key_id: f.key_id.as_deref().map(key_id).transpose()?,
+    // The key and the types are checked before the times.
+    let (from, to) = (time(&f.from), time(&f.to));
+    let filter = AuditFilterText {
+        key_id: f.key_id.as_deref(),
         actor: f.actor.clone(),
-        types: f
-            .types
-            .iter()
-            .map(|t| {
-                EventType::parse(t).ok_or_else(|| Failure(format!("unknown event type `{t}`")))
-            })
-            .collect::<Result<_>>()?,
-        from: time(&f.from)?,
-        to: time(&f.to)?,
+        types: f.types.iter().map(String::as_str).collect(),
+        from: None,
+        to: None,
         include_usage: f.include_usage,
+    }
+    .parse()
+    .map_err(|e| Failure(e.to_string()))?;
+    Ok(AuditFilter {
+        from: from?,
+        to: to?,
+        ..filter
     })
 }
 
@@ -771,11 +760,10 @@ async fn audit(ledger: &Keyledger, out: &Out, cmd: AuditCmd) -> Result<ExitCode>
             ledger
                 .record_page_read(Principal::operator(t), &page, AuditReadKind::List)
                 .await?;
-            let entries: Vec<AuditEntry> = page.records.iter().map(AuditEntry::from).collect();
-            let body = serde_json::json!({ "events": entries, "next_cursor": page.next_cursor });
+            let body = AuditPageBody::from(&page);
             out.value(&body, || {
-                let mut s = output::audit_table(&entries);
-                if let Some(c) = &page.next_cursor {
+                let mut s = output::audit_table(&body.events);
+                if let Some(c) = &body.next_cursor {
                     s.push_str(&format!("\nmore: --cursor {c}"));
                 }
                 s
@@ -865,13 +853,8 @@ fn usage(ledger: &Keyledger, out: &Out, cmd: UsageCmd) -> Result<()> {
                 day(&from)?.unwrap_or(today.minus(29)),
                 day(&to)?.unwrap_or(today),
             )?;
-            let views: Vec<DailyView> = rows
-                .iter()
-                .map(|r| DailyView::new(r, k.map(|k| k.to_string())))
-                .collect();
-            out.value(&serde_json::json!({ "days": views }), || {
-                output::daily_table(&views)
-            })?;
+            let body = UsageDays::new(&rows, k);
+            out.value(&body, || output::daily_table(&body.days))?;
         }
         UsageCmd::Summary { tenant: t, days } => {
             let s = ledger.usage_summary(&tenant(&t)?, days)?;
@@ -892,11 +875,8 @@ fn usage(ledger: &Keyledger, out: &Out, cmd: UsageCmd) -> Result<()> {
                 day(&from)?.unwrap_or(Day::from_days(0)),
                 day(&to)?.unwrap_or(today),
             )?;
-            let views: Vec<DailyView> = rows
-                .iter()
-                .map(|r| DailyView::new(r, k.map(|k| k.to_string())))
-                .collect();
-            output::export_rows(&views, format, std::io::stdout().lock())?;
+            let body = UsageDays::new(&rows, k);
+            output::export_rows(&body.days, format, std::io::stdout().lock())?;
         }
     }
     Ok(())

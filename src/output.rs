@@ -4,8 +4,10 @@ use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use keyledger_core::{AuditFilter, TenantId, Timestamp};
-use keyledger_runtime::views::{AuditEntry, DailyView, KeyView, SummaryView};
+use keyledger_core::{AuditFilter, EventType, TenantId, Timestamp};
+use keyledger_runtime::views::{
+    AuditEntry, ChainBody, CreatedKey, DailyView, KeyView, SummaryView,
+};
 use keyledger_runtime::{Created, Keyledger};
 use keyledger_store::ChainReport;
 use serde::Serialize;
@@ -140,15 +142,11 @@ pub fn key_detail(k: &KeyView) -> String {
 
 /// The create result: the only place a secret is ever printed.
 pub fn created(out: &Out, c: &Created, now: Timestamp) -> Result<()> {
-    let view = KeyView::new(&c.key, c.key.status(now));
-    let mut body = serde_json::to_value(&view)?;
-    if let Some(o) = body.as_object_mut() {
-        o.insert("key".into(), c.secret.expose().into());
-    }
+    let body = CreatedKey::new(c, now);
     out.value(&body, || {
         format!(
             "{}\n\nYour new key (shown once; it cannot be recovered):\n\n    {}\n",
-            key_detail(&view),
+            key_detail(&body.view),
             c.secret.expose()
         )
     })
@@ -172,9 +170,10 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
 fn details_text(e: &AuditEntry) -> String {
     let d = &e.details;
     let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    match e.kind {
-        "KeyCreated" => format!("\"{}\" for {}", s("name"), s("owner")),
-        "KeyRevoked" => match d
+    // Every type is named: a new one is a decision here, not a default.
+    match EventType::parse(e.kind) {
+        Some(EventType::KeyCreated) => format!("\"{}\" for {}", s("name"), s("owner")),
+        Some(EventType::KeyRevoked) => match d
             .get("cause")
             .and_then(|c| c.get("user_removed"))
             .and_then(|u| u.as_str())
@@ -182,17 +181,17 @@ fn details_text(e: &AuditEntry) -> String {
             Some(u) => format!("{} (user {u} removed)", s("reason")),
             None => s("reason"),
         },
-        "KeyRotated" => format!(
+        Some(EventType::KeyRotated) => format!(
             "replaced by {}, expires {}",
             s("new_key_id"),
             s("expires_at")
         ),
-        "UserRemoved" => format!("user {}", s("user_id")),
-        "KeyUsed" => format!(
+        Some(EventType::UserRemoved) => format!("user {}", s("user_id")),
+        Some(EventType::KeyUsed) => format!(
             "{} valid, {} revoked, {} expired, {} out of scope",
             d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
         ),
-        _ => d.to_string(),
+        Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }
 
@@ -252,6 +251,26 @@ pub fn summary_text(s: &SummaryView) -> String {
     text
 }
 
+/// One row of `audit verify --json`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChainRow {
+    /// A tenant's chain, as `GET /v1/audit/verify` answers it, and its
+    /// signed checkpoints' check.
+    Chain {
+        #[serde(flatten)]
+        chain: ChainBody,
+        checkpoint: serde_json::Value,
+    },
+    /// A tenant with stored checkpoints but no events left in the log.
+    Orphan {
+        tenant: String,
+        ok: bool,
+        events: u64,
+        checkpoint: serde_json::Value,
+    },
+}
+
 pub fn chain_reports(
     out: &Out,
     reports: &[(TenantId, ChainReport)],
@@ -280,30 +299,24 @@ pub fn chain_reports(
         .iter()
         .filter(|c| !reports.iter().any(|(t, _)| t.as_str() == c.tenant))
         .collect();
-    let mut body: Vec<_> = reports
+    let mut body: Vec<ChainRow> = reports
         .iter()
         .map(|(t, r)| {
             let cp = check_of(t.as_str());
-            serde_json::json!({
-                "tenant": t.as_str(),
-                "ok": r.ok && cp.is_none_or(|c| c.outcome.is_ok()),
-                "events": r.events,
-                "head_hash": hex_hash(&r.head_hash),
-                // As `GET /v1/audit/verify` answers: the tenant's position.
-                "first_bad_position": r.first_bad.as_ref().map(|b| b.seq),
-                "first_bad_seq": r.first_bad.as_ref().map(|b| b.seq),
-                "problem": r.first_bad.as_ref().map(|b| b.problem.clone()),
-                "checkpoint": checkpoint_json(cp),
-            })
+            // As `GET /v1/audit/verify` answers, with the checkpoints' check.
+            let mut chain = ChainBody::new(t.as_str(), r);
+            chain.ok &= cp.is_none_or(|c| c.outcome.is_ok());
+            ChainRow::Chain {
+                chain,
+                checkpoint: checkpoint_json(cp),
+            }
         })
         .collect();
-    body.extend(orphans.iter().map(|c| {
-        serde_json::json!({
-            "tenant": c.tenant,
-            "ok": false,
-            "events": 0,
-            "checkpoint": checkpoint_json(Some(c)),
-        })
+    body.extend(orphans.iter().map(|c| ChainRow::Orphan {
+        tenant: c.tenant.clone(),
+        ok: false,
+        events: 0,
+        checkpoint: checkpoint_json(Some(c)),
     }));
     out.value(&body, || {
         let mut lines: Vec<String> = reports

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::util::{Data, bin, files};
 
+mod bodies;
 mod positions;
 
 /// The operator token the tests that do not test its creation pass in.

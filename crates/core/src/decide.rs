@@ -233,8 +233,12 @@ pub struct FieldError {
 }
 
 /// Why a command was refused. Nothing was appended.
+///
+/// Not `#[non_exhaustive]`: every crate that matches it is in this
+/// workspace and maps each refusal on purpose (the server to a status and
+/// code), so a new refusal must fail to compile there rather than fall
+/// into a wildcard.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum CommandError {
     /// The principal lacks a scope, or tried to grant one it does not hold.
     #[error("{0}")]

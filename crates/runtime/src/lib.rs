@@ -41,6 +41,7 @@ mod bundles;
 mod checkpoints;
 mod clock;
 pub mod datadir;
+mod filter;
 mod follower;
 pub mod integrity;
 mod metrics;
@@ -56,9 +57,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keyledger_core::{
-    Command, CommandError, CreateKey, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
-    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
-    Usage, UserId, secret,
+    Command, CommandError, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal,
+    RemoveUser, RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId,
+    Timestamp, Usage, UserId, secret,
 };
 use keyledger_store::{EventLog, Record, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -66,6 +67,7 @@ use ulid::Ulid;
 
 pub use audit::{AuditConfig, Bundle, BundleHeader, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, default_node_id};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
@@ -150,15 +152,18 @@ impl Default for Config {
 }
 
 /// Why a runtime call failed.
+///
+/// Not `#[non_exhaustive]`, like the core's `CommandError`: the server
+/// and the CLI match it in this workspace, and a new failure must be
+/// mapped there on purpose.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The command was refused; nothing was written.
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// No such key (or user) in this tenant.
+    /// Nothing of the kind in this tenant.
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
     /// A query's parameters are not acceptable (cursor, range, limit).
     #[error("{0}")]
     BadRequest(String),
@@ -193,6 +198,14 @@ pub enum Error {
         /// nodes' progress could not be read.
         why: String,
     },
+}
+
+/// What a call did not find.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    /// No key with this id in the tenant.
+    #[error("no key {0} in this tenant")]
+    Key(KeyId),
 }
 
 impl From<StoreError> for Error {
@@ -614,7 +627,7 @@ impl Keyledger {
             .await?;
         Ok(records
             .iter()
-            .filter(|r| r.event.type_name() == "KeyRevoked")
+            .filter(|r| EventType::of(&r.event) == EventType::KeyRevoked)
             .filter_map(|r| r.event.key_id())
             .collect())
     }
@@ -628,7 +641,7 @@ impl Keyledger {
     ) -> Result<Created, Error> {
         let position = records
             .iter()
-            .find(|r| r.event.type_name() == "KeyCreated")
+            .find(|r| EventType::of(&r.event) == EventType::KeyCreated)
             .map_or(0, |r| r.position);
         Ok(Created {
             secret,

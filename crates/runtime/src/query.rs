@@ -212,7 +212,7 @@ impl Keyledger {
             .ledger
             .key(tenant, id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no key {id} in this tenant")))
+            .ok_or(Error::NotFound(crate::Missing::Key(id)))
     }
 
     /// Every tenant with events.

@@ -1,12 +1,18 @@
-//! The JSON shapes of keys, trail entries and usage rows: one definition
-//! shared by the CLI's `--json` and exports and by the HTTP API.
+//! The JSON bodies of keys, trail entries, usage rows, pages, past state,
+//! removed users and verdicts: one definition shared by the CLI's `--json`
+//! and exports and by the HTTP API (whose OpenAPI schemas derive from them
+//! with the `openapi` feature). A black-box test compares the two on the
+//! same data (`tests/bodies.rs`).
 
 use keyledger_core::{
-    Actor, Cause, DailyRow, EventKind, KeyRecord, KeyStatus, Timestamp, UsageSummary,
+    Actor, Cause, DailyRow, EventKind, EventType, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet,
+    Timestamp, UsageSummary, UserId,
 };
-use keyledger_store::Record;
-use serde::Serialize;
+use keyledger_store::{ChainReport, Record};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::VerifyOutcome;
 
 fn time(t: Timestamp) -> String {
     t.to_rfc3339()
@@ -163,8 +169,9 @@ pub struct AuditEntry {
     pub at: String,
     /// The tenant.
     pub tenant: String,
-    /// `KeyCreated`, `KeyUsed`, `KeyRevoked`, `KeyRotated`, `UserRemoved`, `AuditRead`.
+    /// The event's type: one of [`EventType::ALL`], by name.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = event_type_schema))]
     pub kind: &'static str,
     /// Who.
     pub actor: ActorView,
@@ -177,6 +184,17 @@ pub struct AuditEntry {
     pub hash: String,
     /// The predecessor's chain hash (hex).
     pub prev_hash: String,
+}
+
+/// The schema of an entry's `type`: every event type's name, from
+/// [`EventType::ALL`], so a new type is in the document as soon as it exists.
+#[cfg(feature = "openapi")]
+fn event_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(EventType::ALL.map(EventType::as_str)))
+        .description(Some("The event's type."))
+        .build()
 }
 
 impl From<&Record> for AuditEntry {
@@ -350,6 +368,371 @@ impl From<&UsageSummary> for SummaryView {
             totals: (&s.totals).into(),
             success_rate: s.success_rate,
             series: s.series.iter().map(|r| DailyView::new(r, None)).collect(),
+        }
+    }
+}
+
+/// A scope's wire name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ScopeName {
+    /// List and read keys.
+    #[serde(rename = "keys:read")]
+    KeysRead,
+    /// Create, revoke and rotate keys.
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+    /// Read, export and verify the audit trail, key history and past state.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// Read usage rollups.
+    #[serde(rename = "usage:read")]
+    UsageRead,
+    /// Remove users (revoking their keys). Never granted by default.
+    #[serde(rename = "users:remove")]
+    UsersRemove,
+}
+
+impl From<ScopeName> for Scope {
+    fn from(s: ScopeName) -> Scope {
+        match s {
+            ScopeName::KeysRead => Scope::KeysRead,
+            ScopeName::KeysWrite => Scope::KeysWrite,
+            ScopeName::AuditRead => Scope::AuditRead,
+            ScopeName::UsageRead => Scope::UsageRead,
+            ScopeName::UsersRemove => Scope::UsersRemove,
+        }
+    }
+}
+/// A created key: the secret, shown this once, and the key.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedKey {
+    /// The secret. It is stored nowhere and cannot be shown again.
+    pub key: String,
+    /// The key, as lists show it.
+    #[serde(flatten)]
+    pub view: KeyView,
+}
+/// A page of keys.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyList {
+    /// The keys, masked.
+    pub keys: Vec<KeyView>,
+    /// Active keys of the tenant, whatever the filter.
+    pub active_count: usize,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A removed user and the keys revoked with them.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RemovedUser {
+    /// The user.
+    pub user_id: String,
+    /// Every key of theirs that was active, revoked in the same append.
+    pub revoked: Vec<String>,
+}
+/// A key id serialized straight into the output (no intermediate string).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyIdText(pub KeyId);
+
+impl Serialize for KeyIdText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A scope set serialized as the list of its wire names (no allocation).
+#[derive(Clone, Copy, Debug)]
+pub struct ScopeList(pub ScopeSet);
+
+impl Serialize for ScopeList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Scope::as_str))
+    }
+}
+
+/// The answer of `POST /v1/verify`: always 200, `valid: false` for a bad key.
+/// The key's fields are null when no key has the secret.
+// Borrows from the verification: nothing is copied to answer.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VerifyResponse<'a> {
+    /// Whether the key works for the scope asked.
+    pub valid: bool,
+    /// What was found.
+    pub outcome: VerifyOutcome,
+    /// The key's id.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub key_id: Option<KeyIdText>,
+    /// The key's tenant.
+    pub tenant_id: Option<&'a str>,
+    /// The user the key acts as.
+    pub owner: Option<&'a str>,
+    /// The key's scopes.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<ScopeName>>))]
+    pub scopes: Option<ScopeList>,
+    /// The key's expiry.
+    pub expires_at: Option<String>,
+}
+
+impl VerifyResponse<'_> {
+    /// The JSON body, written directly: this is the hot path, and writing
+    /// these few fields by hand costs a fraction of the generic serializer.
+    /// Byte for byte what `serde_json::to_vec` gives (a test checks it).
+    #[inline]
+    pub fn to_json(&self) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(if self.valid {
+            b"{\"valid\":true,\"outcome\":\""
+        } else {
+            b"{\"valid\":false,\"outcome\":\""
+        });
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"key_id\":");
+        match self.key_id {
+            // `key_` and a ULID: nothing to escape.
+            Some(KeyIdText(id)) => {
+                let _ = write!(out, "\"{id}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"tenant_id\":");
+        push_json_str(&mut out, self.tenant_id);
+        out.extend_from_slice(b",\"owner\":");
+        push_json_str(&mut out, self.owner);
+        out.extend_from_slice(b",\"scopes\":");
+        match self.scopes {
+            Some(ScopeList(set)) => {
+                out.push(b'[');
+                for (i, scope) in set.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(scope.as_str().as_bytes());
+                    out.push(b'"');
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"expires_at\":");
+        push_json_str(&mut out, self.expires_at.as_deref());
+        out.push(b'}');
+        out
+    }
+}
+
+/// A JSON string (or `null`): verbatim when nothing needs escaping, else
+/// through serde_json.
+#[inline]
+fn push_json_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.extend_from_slice(b"null"),
+        Some(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        Some(s) => {
+            if serde_json::to_writer(&mut *out, s).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
+}
+/// A page of the audit trail, or of one key's history.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPageBody {
+    /// Matching events, in log order.
+    pub events: Vec<AuditEntry>,
+    /// Pass as `cursor` to continue; null when the trail is exhausted.
+    pub next_cursor: Option<String>,
+}
+
+/// The result of recomputing a tenant's hash chain.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChainBody {
+    /// The tenant.
+    pub tenant: String,
+    /// Whether every event and the head matched.
+    pub ok: bool,
+    /// Events checked and found good.
+    pub events: u64,
+    /// The hash of the last good event (hex; zeros for none).
+    pub head_hash: String,
+    /// The position in the tenant's trail (its sequence number) of the
+    /// first event that does not match.
+    pub first_bad_position: Option<u64>,
+    /// The same number: the tenant sequence number expected there.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong there.
+    pub problem: Option<String>,
+}
+
+/// Every key of the tenant as of a past instant.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StateBody {
+    /// The instant the statuses are judged at.
+    pub at: String,
+    /// The position in the tenant's trail (its sequence number) of the
+    /// last event folded (0: none).
+    pub position: u64,
+    /// Every key that existed then, with its status then.
+    pub keys: Vec<KeyView>,
+}
+
+/// Per-day usage rows.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageDays {
+    /// Days with uses, oldest first.
+    pub days: Vec<DailyView>,
+}
+
+impl CreatedKey {
+    /// A created key, with its status at `now`.
+    pub fn new(c: &crate::Created, now: Timestamp) -> Self {
+        CreatedKey {
+            key: c.secret.expose().to_owned(),
+            view: KeyView::new(&c.key, c.key.status(now)),
+        }
+    }
+}
+
+impl From<&crate::KeyPage> for KeyList {
+    fn from(page: &crate::KeyPage) -> Self {
+        KeyList {
+            keys: page.keys.iter().map(|(k, s)| KeyView::new(k, *s)).collect(),
+            active_count: page.active_count,
+            next_cursor: page.next_cursor.clone(),
+        }
+    }
+}
+
+impl RemovedUser {
+    /// The user and the keys revoked with them.
+    pub fn new(user: &UserId, revoked: &[KeyId]) -> Self {
+        RemovedUser {
+            user_id: user.as_str().to_owned(),
+            revoked: revoked.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl<'a> VerifyResponse<'a> {
+    /// The verdict on a presented key, borrowing from the key found.
+    #[inline]
+    pub fn new(outcome: VerifyOutcome, key: Option<&'a crate::KeyEntry>) -> Self {
+        VerifyResponse {
+            valid: outcome == VerifyOutcome::Valid,
+            outcome,
+            key_id: key.map(|k| KeyIdText(k.key_id)),
+            tenant_id: key.map(|k| k.tenant.as_str()),
+            owner: key.map(|k| k.owner.as_str()),
+            scopes: key.map(|k| ScopeList(k.scopes)),
+            expires_at: key.and_then(|k| k.expires_at()).map(time),
+        }
+    }
+}
+
+impl From<&crate::AuditPage> for AuditPageBody {
+    fn from(page: &crate::AuditPage) -> Self {
+        AuditPageBody {
+            events: page.records.iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor.clone(),
+        }
+    }
+}
+
+impl ChainBody {
+    /// A tenant's chain check. Positions are the tenant's own, never the
+    /// global ones (nor the log's `detail`, which may name global
+    /// positions).
+    pub fn new(tenant: &str, r: &ChainReport) -> Self {
+        ChainBody {
+            tenant: tenant.to_owned(),
+            ok: r.ok,
+            events: r.events,
+            head_hash: hex::encode(r.head_hash),
+            first_bad_position: r.first_bad.as_ref().map(|b| b.seq),
+            first_bad_seq: r.first_bad.as_ref().map(|b| b.seq),
+            problem: r.first_bad.as_ref().map(|b| b.problem.clone()),
+        }
+    }
+}
+
+impl From<&crate::StateAt> for StateBody {
+    fn from(s: &crate::StateAt) -> Self {
+        StateBody {
+            at: time(s.at),
+            position: s.seq,
+            keys: s.keys.iter().map(|(k, st)| KeyView::new(k, *st)).collect(),
+        }
+    }
+}
+
+impl UsageDays {
+    /// The rows of the tenant, or (with `key`) of one key.
+    pub fn new(rows: &[DailyRow], key: Option<KeyId>) -> Self {
+        UsageDays {
+            days: rows
+                .iter()
+                .map(|r| DailyView::new(r, key.map(|k| k.to_string())))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_verify_json_is_serdes() {
+        let id = KeyId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let cases = [
+            VerifyResponse {
+                valid: false,
+                outcome: VerifyOutcome::Malformed,
+                key_id: None,
+                tenant_id: None,
+                owner: None,
+                scopes: None,
+                expires_at: None,
+            },
+            VerifyResponse {
+                valid: true,
+                outcome: VerifyOutcome::Valid,
+                key_id: Some(KeyIdText(id)),
+                tenant_id: Some("acme"),
+                owner: Some("alice@example.com"),
+                scopes: Some(ScopeList(ScopeSet::DEFAULT)),
+                expires_at: Some("2027-01-01T00:00:00Z".into()),
+            },
+            VerifyResponse {
+                valid: false,
+                outcome: VerifyOutcome::InsufficientScope,
+                key_id: Some(KeyIdText(id)),
+                tenant_id: Some("t"),
+                owner: Some("a \"quoted\" \\ user \u{e9}\u{1F600}"),
+                scopes: Some(ScopeList(ScopeSet::EMPTY.with(Scope::KeysRead))),
+                expires_at: None,
+            },
+        ];
+        for c in &cases {
+            assert_eq!(
+                String::from_utf8(c.to_json()).unwrap(),
+                serde_json::to_string(c).unwrap()
+            );
         }
     }
 }

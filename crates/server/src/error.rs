@@ -278,12 +278,6 @@ impl From<CommandError> for ApiError {
             CommandError::Limit(_) => Self::new(StatusCode::CONFLICT, "limit_reached", message),
             // A duplicate id or secret hash is the caller's bug, never chance.
             CommandError::Duplicate(_) => Self::internal(message),
-            // A refusal this server does not know yet: nothing was written,
-            // so it is the client's conflict with the ledger's state, not a 500.
-            _ => {
-                tracing::warn!(error = %message, "a command refusal without a status mapping");
-                Self::new(StatusCode::CONFLICT, "conflict", message)
-            }
         }
     }
 }
@@ -293,7 +287,9 @@ impl From<keyledger_runtime::Error> for ApiError {
         use keyledger_runtime::Error as E;
         match e {
             E::Command(c) => c.into(),
-            E::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "key_not_found", m),
+            E::NotFound(m @ keyledger_runtime::Missing::Key(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "key_not_found", m.to_string())
+            }
             E::BadRequest(m) => Self::query(m),
             E::Unavailable(m) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -311,7 +307,7 @@ impl From<keyledger_runtime::Error> for ApiError {
             e @ E::NotConfirmed { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "not_confirmed", e.to_string())
             }
-            other => Self::internal(other.to_string()),
+            e @ E::DataDir(_) => Self::internal(e.to_string()),
         }
     }
 }

@@ -9,7 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyledger_core::{AuditFilter, EventType, KeyId, Principal, Scope, ScopeSet, TenantId, UserId};
 use keyledger_runtime::views::{KeyView, SummaryView};
-use keyledger_runtime::{Created, ListQuery, NewKey, PointInTime, VerifyOutcome};
+use keyledger_runtime::{
+    AuditFilterError, AuditFilterText, Created, ListQuery, NewKey, PointInTime,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -83,12 +85,8 @@ fn scopes(names: Option<Vec<ScopeName>>) -> Option<ScopeSet> {
 }
 
 fn created_response(state: &AppState, c: Created) -> Response {
-    let view = KeyView::new(&c.key, c.key.status(state.ledger().now()));
-    let location = format!("/v1/keys/{}", view.id);
-    let body = CreatedKey {
-        key: c.secret.expose().to_owned(),
-        view,
-    };
+    let body = CreatedKey::new(&c, state.ledger().now());
+    let location = format!("/v1/keys/{}", body.view.id);
     (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -156,11 +154,7 @@ async fn list_keys(
     };
     let list = blocking(move || {
         let page = state.ledger().list_keys(&tenant, &query)?;
-        Ok(KeyList {
-            keys: page.keys.iter().map(|(k, s)| KeyView::new(k, *s)).collect(),
-            active_count: page.active_count,
-            next_cursor: page.next_cursor,
-        })
+        Ok(KeyList::from(&page))
     })
     .await?;
     Ok(Json(list))
@@ -298,10 +292,7 @@ async fn key_history(
         .ledger()
         .record_page_read(auth.principal(), &page, keyledger_core::AuditReadKind::List)
         .await?;
-    Ok(Json(AuditPageBody {
-        events: page.records.iter().map(Into::into).collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(AuditPageBody::from(&page)))
 }
 
 fn remove(
@@ -313,10 +304,7 @@ fn remove(
     async move {
         let user = user.map_err(|e: keyledger_core::IdError| ApiError::path(e.to_string()))?;
         let revoked = state.ledger().remove_user(principal, user.clone()).await?;
-        Ok(Json(RemovedUser {
-            user_id: user.as_str().to_owned(),
-            revoked: revoked.iter().map(ToString::to_string).collect(),
-        }))
+        Ok(Json(RemovedUser::new(&user, &revoked)))
     }
 }
 
@@ -376,16 +364,7 @@ async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> A
         state
             .ledger()
             .verify_with(&body.key, body.scope.map(Into::into), |outcome, key| {
-                VerifyResponse {
-                    valid: outcome == VerifyOutcome::Valid,
-                    outcome,
-                    key_id: key.map(|k| KeyIdText(k.key_id)),
-                    tenant_id: key.map(|k| k.tenant.as_str()),
-                    owner: key.map(|k| k.owner.as_str()),
-                    scopes: key.map(|k| ScopeList(k.scopes)),
-                    expires_at: key.and_then(|k| k.expires_at()).map(|t| t.to_rfc3339()),
-                }
-                .to_json()
+                VerifyResponse::new(outcome, key).to_json()
             });
     Ok((
         [(
@@ -397,36 +376,16 @@ async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> A
         .into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn audit_filter(
-    key_id: Option<&str>,
-    actor: Option<String>,
-    types: Option<&str>,
-    from: Option<Rfc3339>,
-    to: Option<Rfc3339>,
-    include_usage: Option<bool>,
-) -> ApiResult<AuditFilter> {
-    let types = types
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            EventType::parse(t).ok_or_else(|| {
-                ApiError::query(format!(
-                    "type: unknown event type `{}`; types are KeyCreated, KeyUsed, KeyRevoked, KeyRotated, UserRemoved",
-                    t.escape_debug()
-                ))
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(AuditFilter {
-        key_id: query_key_id(key_id)?,
-        actor,
-        types,
-        from: from.map(|t| t.0),
-        to: to.map(|t| t.0),
-        include_usage: include_usage.unwrap_or(false),
+/// The audit filter of a query, parsed by the runtime; its errors worded
+/// as the API's.
+fn audit_filter(text: AuditFilterText<'_>) -> ApiResult<AuditFilter> {
+    text.parse().map_err(|e| match e {
+        AuditFilterError::KeyId(e) => ApiError::query(format!("key_id: {e}")),
+        AuditFilterError::UnknownType(t) => ApiError::query(format!(
+            "type: unknown event type `{}`; types are {}",
+            t.escape_debug(),
+            EventType::ALL.map(EventType::as_str).join(", ")
+        )),
     })
 }
 
@@ -444,14 +403,14 @@ async fn audit(
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPageBody>> {
-    let filter = audit_filter(
-        q.key_id.as_deref(),
-        q.actor,
-        q.types.as_deref(),
-        q.from,
-        q.to,
-        q.include_usage,
-    )?;
+    let filter = audit_filter(AuditFilterText {
+        key_id: q.key_id.as_deref(),
+        actor: q.actor,
+        types: AuditFilterText::comma_list(q.types.as_deref().unwrap_or("")),
+        from: q.from.map(|t| t.0),
+        to: q.to.map(|t| t.0),
+        include_usage: q.include_usage.unwrap_or(false),
+    })?;
     let tenant = auth.key().tenant.clone();
     let ledger = state.ledger().clone();
     let page =
@@ -461,10 +420,7 @@ async fn audit(
         .ledger()
         .record_page_read(auth.principal(), &page, keyledger_core::AuditReadKind::List)
         .await?;
-    Ok(Json(AuditPageBody {
-        events: page.records.iter().map(Into::into).collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(AuditPageBody::from(&page)))
 }
 
 /// The whole (filtered) trail, streamed as JSON Lines or CSV.
@@ -483,14 +439,14 @@ async fn audit_export(
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<AuditExportQuery>,
 ) -> ApiResult<Response> {
-    let filter = audit_filter(
-        q.key_id.as_deref(),
-        q.actor,
-        q.types.as_deref(),
-        q.from,
-        q.to,
-        q.include_usage,
-    )?;
+    let filter = audit_filter(AuditFilterText {
+        key_id: q.key_id.as_deref(),
+        actor: q.actor,
+        types: AuditFilterText::comma_list(q.types.as_deref().unwrap_or("")),
+        from: q.from.map(|t| t.0),
+        to: q.to.map(|t| t.0),
+        include_usage: q.include_usage.unwrap_or(false),
+    })?;
     let format = q.format.unwrap_or(ExportFormat::Jsonl);
     // Recorded before the first byte is sent.
     state.ledger().record_trail_export(auth.principal()).await?;
@@ -516,17 +472,7 @@ async fn audit_verify(
     let tenant = auth.key().tenant.clone();
     let body = blocking(move || {
         let r = state.ledger().verify_chain(&tenant, &mut |_| {})?;
-        Ok(ChainBody {
-            tenant: tenant.to_string(),
-            ok: r.ok,
-            events: r.events,
-            head_hash: hex::encode(r.head_hash),
-            // The tenant's own position, never the global one (nor the
-            // log's `detail`, which may name global positions).
-            first_bad_position: r.first_bad.as_ref().map(|b| b.seq),
-            first_bad_seq: r.first_bad.as_ref().map(|b| b.seq),
-            problem: r.first_bad.map(|b| b.problem),
-        })
+        Ok(ChainBody::new(tenant.as_str(), &r))
     })
     .await?;
     Ok(Json(body))
@@ -558,11 +504,7 @@ async fn state_at(
     let tenant = auth.key().tenant.clone();
     let body = blocking(move || {
         let s = state.ledger().state_at(&tenant, point)?;
-        Ok(StateBody {
-            at: s.at.to_rfc3339(),
-            position: s.seq,
-            keys: s.keys.iter().map(|(k, st)| KeyView::new(k, *st)).collect(),
-        })
+        Ok(StateBody::from(&s))
     })
     .await?;
     Ok(Json(body))
@@ -574,12 +516,9 @@ fn daily(
     key: Option<KeyId>,
     from: keyledger_core::Day,
     to: keyledger_core::Day,
-) -> ApiResult<Vec<keyledger_runtime::views::DailyView>> {
+) -> ApiResult<UsageDays> {
     let rows = state.ledger().usage_daily(tenant, key, from, to)?;
-    Ok(rows
-        .iter()
-        .map(|r| keyledger_runtime::views::DailyView::new(r, key.map(|k| k.to_string())))
-        .collect())
+    Ok(UsageDays::new(&rows, key))
 }
 
 /// Per-day (UTC) usage of the tenant, or of one of its keys.
@@ -598,9 +537,7 @@ async fn usage(
     let key = query_key_id(q.key_id.as_deref())?;
     let from = q.from.map_or(today.minus(29), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
-    Ok(Json(UsageDays {
-        days: daily(&state, &auth.key().tenant, key, from, to)?,
-    }))
+    Ok(Json(daily(&state, &auth.key().tenant, key, from, to)?))
 }
 
 /// The tenant's last `days` days: totals, success rate and a per-day series.
@@ -642,7 +579,7 @@ async fn usage_export(
     let from = q.from.map_or(keyledger_core::Day::from_days(0), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
     let rows = daily(&state, &auth.key().tenant, key, from, to)?;
-    crate::export::rows(&rows, q.format.unwrap_or(ExportFormat::Csv))
+    crate::export::rows(&rows.days, q.format.unwrap_or(ExportFormat::Csv))
 }
 
 fn tenant(text: &str) -> ApiResult<TenantId> {

@@ -1,15 +1,20 @@
-//! The HTTP API's request and response types. Keys, trail entries and
-//! usage rows are the runtime's views (`keyledger_runtime::views`), shared
-//! with the CLI; what is only the API's lives here. Request bodies refuse
-//! unknown fields.
+//! The HTTP API's request and response types. Every response body the
+//! CLI's `--json` prints too (keys, pages, past state, usage rows, removed
+//! users, verdicts, chain checks) is the runtime's
+//! (`keyledger_runtime::views`), re-exported here; what is only the API's
+//! lives here. Request bodies refuse unknown fields.
 
 use std::borrow::Cow;
 
-use keyledger_core::{Day, KeyId, KeyStatus, RevokeReason, Scope, ScopeSet, Timestamp};
-use keyledger_runtime::views::{AuditEntry, DailyView, KeyView};
-use keyledger_runtime::{Order, SortField, VerifyOutcome};
+use keyledger_core::{Day, KeyStatus, RevokeReason, Timestamp};
+use keyledger_runtime::{Order, SortField};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+pub use keyledger_runtime::views::{
+    AuditPageBody, ChainBody, CreatedKey, KeyIdText, KeyList, RemovedUser, ScopeList, ScopeName,
+    StateBody, UsageDays, VerifyResponse,
+};
 
 /// An RFC 3339 time in a body or a query: refused as malformed (400) when
 /// it does not parse.
@@ -35,38 +40,6 @@ impl<'de> Deserialize<'de> for DayParam {
         Day::parse(&text)
             .map(DayParam)
             .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A scope's wire name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-pub enum ScopeName {
-    /// List and read keys.
-    #[serde(rename = "keys:read")]
-    KeysRead,
-    /// Create, revoke and rotate keys.
-    #[serde(rename = "keys:write")]
-    KeysWrite,
-    /// Read, export and verify the audit trail, key history and past state.
-    #[serde(rename = "audit:read")]
-    AuditRead,
-    /// Read usage rollups.
-    #[serde(rename = "usage:read")]
-    UsageRead,
-    /// Remove users (revoking their keys). Never granted by default.
-    #[serde(rename = "users:remove")]
-    UsersRemove,
-}
-
-impl From<ScopeName> for Scope {
-    fn from(s: ScopeName) -> Scope {
-        match s {
-            ScopeName::KeysRead => Scope::KeysRead,
-            ScopeName::KeysWrite => Scope::KeysWrite,
-            ScopeName::AuditRead => Scope::AuditRead,
-            ScopeName::UsageRead => Scope::UsageRead,
-            ScopeName::UsersRemove => Scope::UsersRemove,
-        }
     }
 }
 
@@ -116,16 +89,6 @@ pub struct AdminCreateKeyRequest {
     pub scopes: Option<Vec<ScopeName>>,
 }
 
-/// A created key: the secret, shown this once, and the key.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedKey {
-    /// The secret. It is stored nowhere and cannot be shown again.
-    pub key: String,
-    /// The key, as lists show it.
-    #[serde(flatten)]
-    pub view: KeyView,
-}
-
 /// Why a key is revoked by hand.
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -170,26 +133,6 @@ pub struct RotateRequest {
     pub expires_at: Option<Rfc3339>,
 }
 
-/// A page of keys.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyList {
-    /// The keys, masked.
-    pub keys: Vec<KeyView>,
-    /// Active keys of the tenant, whatever the filter.
-    pub active_count: usize,
-    /// Pass as `cursor` for the next page; null on the last.
-    pub next_cursor: Option<String>,
-}
-
-/// A removed user and the keys revoked with them.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RemovedUser {
-    /// The user.
-    pub user_id: String,
-    /// Every key of theirs that was active, revoked in the same append.
-    pub revoked: Vec<String>,
-}
-
 /// The presented key.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WhoAmI {
@@ -221,163 +164,6 @@ pub struct VerifyRequest<'a> {
     /// The scope the API layer's request needs, if any.
     #[serde(default)]
     pub scope: Option<ScopeName>,
-}
-
-/// A key id serialized straight into the output (no intermediate string).
-#[derive(Clone, Copy, Debug)]
-pub struct KeyIdText(pub KeyId);
-
-impl Serialize for KeyIdText {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// A scope set serialized as the list of its wire names (no allocation).
-#[derive(Clone, Copy, Debug)]
-pub struct ScopeList(pub ScopeSet);
-
-impl Serialize for ScopeList {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(Scope::as_str))
-    }
-}
-
-/// The answer of `POST /v1/verify`: always 200, `valid: false` for a bad key.
-/// The key's fields are null when no key has the secret.
-// Borrows from the verification: nothing is copied to answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VerifyResponse<'a> {
-    /// Whether the key works for the scope asked.
-    pub valid: bool,
-    /// What was found.
-    pub outcome: VerifyOutcome,
-    /// The key's id.
-    #[schema(value_type = Option<String>)]
-    pub key_id: Option<KeyIdText>,
-    /// The key's tenant.
-    pub tenant_id: Option<&'a str>,
-    /// The user the key acts as.
-    pub owner: Option<&'a str>,
-    /// The key's scopes.
-    #[schema(value_type = Option<Vec<ScopeName>>)]
-    pub scopes: Option<ScopeList>,
-    /// The key's expiry.
-    pub expires_at: Option<String>,
-}
-
-impl VerifyResponse<'_> {
-    /// The JSON body, written directly: this is the hot path, and writing
-    /// these few fields by hand costs a fraction of the generic serializer.
-    /// Byte for byte what `serde_json::to_vec` gives (a test checks it).
-    pub fn to_json(&self) -> Vec<u8> {
-        use std::io::Write;
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(if self.valid {
-            b"{\"valid\":true,\"outcome\":\""
-        } else {
-            b"{\"valid\":false,\"outcome\":\""
-        });
-        out.extend_from_slice(self.outcome.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"key_id\":");
-        match self.key_id {
-            // `key_` and a ULID: nothing to escape.
-            Some(KeyIdText(id)) => {
-                let _ = write!(out, "\"{id}\"");
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"tenant_id\":");
-        push_json_str(&mut out, self.tenant_id);
-        out.extend_from_slice(b",\"owner\":");
-        push_json_str(&mut out, self.owner);
-        out.extend_from_slice(b",\"scopes\":");
-        match self.scopes {
-            Some(ScopeList(set)) => {
-                out.push(b'[');
-                for (i, scope) in set.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.push(b'"');
-                    out.extend_from_slice(scope.as_str().as_bytes());
-                    out.push(b'"');
-                }
-                out.push(b']');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"expires_at\":");
-        push_json_str(&mut out, self.expires_at.as_deref());
-        out.push(b'}');
-        out
-    }
-}
-
-/// A JSON string (or `null`): verbatim when nothing needs escaping, else
-/// through serde_json.
-fn push_json_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => out.extend_from_slice(b"null"),
-        Some(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
-            out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'"');
-        }
-        Some(s) => {
-            if serde_json::to_writer(&mut *out, s).is_err() {
-                out.extend_from_slice(b"null");
-            }
-        }
-    }
-}
-
-/// A page of the audit trail, or of one key's history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPageBody {
-    /// Matching events, in log order.
-    pub events: Vec<AuditEntry>,
-    /// Pass as `cursor` to continue; null when the trail is exhausted.
-    pub next_cursor: Option<String>,
-}
-
-/// The result of recomputing a tenant's hash chain.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChainBody {
-    /// The tenant.
-    pub tenant: String,
-    /// Whether every event and the head matched.
-    pub ok: bool,
-    /// Events checked and found good.
-    pub events: u64,
-    /// The hash of the last good event (hex; zeros for none).
-    pub head_hash: String,
-    /// The position in the tenant's trail (its sequence number) of the
-    /// first event that does not match.
-    pub first_bad_position: Option<u64>,
-    /// The same number: the tenant sequence number expected there.
-    pub first_bad_seq: Option<u64>,
-    /// What is wrong there.
-    pub problem: Option<String>,
-}
-
-/// Every key of the tenant as of a past instant.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StateBody {
-    /// The instant the statuses are judged at.
-    pub at: String,
-    /// The position in the tenant's trail (its sequence number) of the
-    /// last event folded (0: none).
-    pub position: u64,
-    /// Every key that existed then, with its status then.
-    pub keys: Vec<KeyView>,
-}
-
-/// Per-day usage rows.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UsageDays {
-    /// Days with uses, oldest first.
-    pub days: Vec<DailyView>,
 }
 
 /// Liveness.
@@ -497,8 +283,8 @@ pub struct AuditQuery {
     pub key_id: Option<String>,
     /// Only events by this actor: a user id, a key id, `user:<id>`, `key:<id>`, `operator` or `system`.
     pub actor: Option<String>,
-    /// Only these event types, comma-separated: `KeyCreated`, `KeyUsed`,
-    /// `KeyRevoked`, `KeyRotated`, `UserRemoved` (naming `KeyUsed` includes usage).
+    /// Only these event types, comma-separated, named as an entry's `type`
+    /// (naming `KeyUsed` includes usage).
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub types: Option<String>,
@@ -632,49 +418,4 @@ pub enum WaitFor {
     ThisNode,
     /// Every live node sharing the log.
     AllNodes,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hand_written_verify_json_is_serdes() {
-        let id = KeyId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        let cases = [
-            VerifyResponse {
-                valid: false,
-                outcome: VerifyOutcome::Malformed,
-                key_id: None,
-                tenant_id: None,
-                owner: None,
-                scopes: None,
-                expires_at: None,
-            },
-            VerifyResponse {
-                valid: true,
-                outcome: VerifyOutcome::Valid,
-                key_id: Some(KeyIdText(id)),
-                tenant_id: Some("acme"),
-                owner: Some("alice@example.com"),
-                scopes: Some(ScopeList(ScopeSet::DEFAULT)),
-                expires_at: Some("2027-01-01T00:00:00Z".into()),
-            },
-            VerifyResponse {
-                valid: false,
-                outcome: VerifyOutcome::InsufficientScope,
-                key_id: Some(KeyIdText(id)),
-                tenant_id: Some("t"),
-                owner: Some("a \"quoted\" \\ user \u{e9}\u{1F600}"),
-                scopes: Some(ScopeList(ScopeSet::EMPTY.with(Scope::KeysRead))),
-                expires_at: None,
-            },
-        ];
-        for c in &cases {
-            assert_eq!(
-                String::from_utf8(c.to_json()).unwrap(),
-                serde_json::to_string(c).unwrap()
-            );
-        }
-    }
 }

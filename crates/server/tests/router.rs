@@ -869,3 +869,29 @@ async fn pages_default_to_50_and_stop_at_1000() {
     }
     h.ledger.shutdown().await.unwrap();
 }
+
+/// Event types are named from one list (`EventType::ALL`): the document's
+/// enum of an entry's `type` and the refusal of an unknown one name them
+/// all.
+#[tokio::test]
+async fn every_event_type_is_named_in_the_document_and_the_refusal() {
+    let names: Vec<&str> = keyledger_core::EventType::ALL
+        .map(keyledger_core::EventType::as_str)
+        .to_vec();
+    let doc = serde_json::to_value(openapi()).unwrap();
+    assert_eq!(
+        doc["components"]["schemas"]["AuditEntry"]["properties"]["type"]["enum"],
+        json!(names)
+    );
+    let h = Harness::new();
+    let (key, _) = h.mint("acme", "alice", Some(&["audit:read"])).await;
+    let (status, body) = h
+        .call(Method::GET, "/v1/audit?type=KeyDeleted", Some(&key), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(&format!("types are {}", names.join(", "))),
+        "{message}"
+    );
+}
