@@ -22,6 +22,7 @@ pub mod faults;
 pub mod guard;
 mod memory;
 pub mod no_follow;
+mod plan;
 pub mod postgres;
 mod redb_log;
 pub mod wal;

@@ -66,10 +66,10 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Row, Statement};
 
 use keyledger_core::TenantId;
 
-use crate::chain::{self, GENESIS, Hash};
+use crate::chain::{GENESIS, Hash};
 use crate::{
     EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, check_tenant_page,
-    decode_page, decode_record, envelope,
+    decode_page, decode_record, plan,
 };
 
 /// The advisory lock class of keyledger's locks: "keyl" in ASCII.
@@ -810,9 +810,6 @@ fn to_u64(v: i64) -> u64 {
 // ---------------------------------------------------------------------------
 // Appends.
 
-/// Where an append put one record: (position, seq, prev_hash, hash).
-type Link = (u64, u64, Hash, Hash);
-
 const SQL_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 const SQL_HEAD: &str = "SELECT coalesce(max(position), 0) FROM keyledger.events";
 const SQL_HEADS: &str = "SELECT h.tenant, h.seq, h.hash, e.position, e.seq, e.hash \
@@ -883,65 +880,49 @@ pub async fn append_in_transaction(
     batches: &[TenantAppend],
 ) -> Result<Vec<Record>, StoreError> {
     check_append(batches)?;
+    let encoded = plan::Encoded::new(batches);
     let mut cache = StatementCache::new();
-    let (write, plan) = plan_append(client, &mut cache, batches, false).await?;
-    let refs = plan.refs();
+    let (write, args) = plan_append(client, &mut cache, batches, &encoded, false).await?;
+    let refs = args.refs();
     client
         .query_one(&write, &refs.params())
         .await
         .map_err(|e| write_error(&e))?;
     let events = batches.iter().flat_map(|b| b.events.iter().cloned());
-    Ok(links_to_records(plan.links, events))
+    Ok(plan::records(args.links, events))
 }
 
-fn links_to_records(
-    links: Vec<Link>,
-    events: impl Iterator<Item = keyledger_core::Event>,
-) -> Vec<Record> {
-    links
-        .into_iter()
-        .zip(events)
-        .map(|((position, seq, prev_hash, hash), event)| Record {
-            position,
-            seq,
-            prev_hash,
-            hash,
-            event,
-        })
-        .collect()
-}
-
-/// An append planned under the lock: where every record goes, and the
-/// write statement's arguments.
-struct Plan<'a> {
-    links: Vec<Link>,
+/// An append planned under the lock ([`plan::plan`]): where every record
+/// goes, and the write statement's arguments.
+struct WriteArgs<'a> {
+    links: Vec<plan::Link>,
     positions: Vec<i64>,
     tenants: Vec<&'a str>,
     seqs: Vec<i64>,
-    payloads: Vec<Vec<u8>>,
+    payloads: Vec<&'a [u8]>,
     head_tenants: Vec<&'a str>,
     head_seqs: Vec<i64>,
     head_hashes: Vec<Hash>,
     new_head: String,
 }
 
-/// The byte-array arguments of a [`Plan`], borrowed as the driver wants
-/// them.
+/// The byte-array arguments of a [`WriteArgs`], borrowed as the driver
+/// wants them.
 struct PlanRefs<'p> {
-    plan: &'p Plan<'p>,
+    plan: &'p WriteArgs<'p>,
     prevs: Vec<&'p [u8]>,
     hashes: Vec<&'p [u8]>,
     payloads: Vec<&'p [u8]>,
     head_hashes: Vec<&'p [u8]>,
 }
 
-impl<'a> Plan<'a> {
+impl<'a> WriteArgs<'a> {
     fn refs(&self) -> PlanRefs<'_> {
         PlanRefs {
             plan: self,
             prevs: self.links.iter().map(|l| l.2.as_slice()).collect(),
             hashes: self.links.iter().map(|l| l.3.as_slice()).collect(),
-            payloads: self.payloads.iter().map(Vec::as_slice).collect(),
+            payloads: self.payloads.clone(),
             head_hashes: self.head_hashes.iter().map(|h| h.as_slice()).collect(),
         }
     }
@@ -997,8 +978,9 @@ async fn plan_append<'a>(
     client: &Client,
     cache: &mut StatementCache,
     batches: &'a [TenantAppend],
+    encoded: &'a plan::Encoded,
     begin: bool,
-) -> Result<(Statement, Plan<'a>), StoreError> {
+) -> Result<(Statement, WriteArgs<'a>), StoreError> {
     let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
     let mut statements = Vec::with_capacity(4);
     for sql in [SQL_LOCK, SQL_HEAD, SQL_HEADS, SQL_WRITE] {
@@ -1035,12 +1017,12 @@ async fn plan_append<'a>(
             classify("taking the append lock", &e)
         }
     })?;
-    let mut position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
+    let position = to_u64(head.map_err(fail("reading the last position"))?.get(0));
     let stored_heads = checked_heads(&heads.map_err(fail("reading the tenant heads"))?)?;
 
     let total: usize = batches.iter().map(|b| b.events.len()).sum();
-    let mut plan = Plan {
-        links: Vec::with_capacity(total),
+    let mut args = WriteArgs {
+        links: Vec::new(),
         positions: Vec::with_capacity(total),
         tenants: Vec::with_capacity(total),
         seqs: Vec::with_capacity(total),
@@ -1050,44 +1032,44 @@ async fn plan_append<'a>(
         head_hashes: Vec::with_capacity(batches.len()),
         new_head: String::new(),
     };
-    let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let tenant = batch.tenant.as_str();
-        let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-            Some(&(_, seq, hash)) => (seq, hash),
-            None => stored_heads.get(tenant).copied().unwrap_or((0, GENESIS)),
-        };
-        if seq != batch.expected_version {
-            return Err(StoreError::Conflict {
-                tenant: batch.tenant.clone(),
-                expected: batch.expected_version,
-                actual: seq,
-            });
-        }
-        for event in &batch.events {
-            seq += 1;
-            position += 1;
-            let payload = envelope::encode(event);
-            let hash = chain::link(&prev, tenant, seq, &payload);
-            plan.links.push((position, seq, prev, hash));
-            plan.positions.push(to_i64(position, "position")?);
-            plan.tenants.push(tenant);
-            plan.seqs.push(to_i64(seq, "sequence number")?);
-            plan.payloads.push(payload);
-            prev = hash;
-        }
-        match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-            Some(h) => *h = (tenant, seq, prev),
-            None => heads.push((tenant, seq, prev)),
-        }
+    let mut sink = Stage {
+        stored_heads: &stored_heads,
+        args: &mut args,
+    };
+    let planned = plan::plan(batches, encoded, position, &mut sink)?;
+    args.new_head = planned.last_position().unwrap_or(position).to_string();
+    for (tenant, seq, hash) in planned.heads {
+        args.head_tenants.push(tenant);
+        args.head_seqs.push(to_i64(seq, "sequence number")?);
+        args.head_hashes.push(hash);
     }
-    for (tenant, seq, hash) in heads {
-        plan.head_tenants.push(tenant);
-        plan.head_seqs.push(to_i64(seq, "sequence number")?);
-        plan.head_hashes.push(hash);
+    args.links = planned.links;
+    Ok((write_stmt, args))
+}
+
+/// An append's rows, checked and staged as the write statement's
+/// arguments.
+struct Stage<'h, 'w, 'a> {
+    stored_heads: &'h HashMap<String, (u64, Hash)>,
+    args: &'w mut WriteArgs<'a>,
+}
+
+impl<'a> plan::AppendSink<'a> for Stage<'_, '_, 'a> {
+    fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        Ok(self
+            .stored_heads
+            .get(tenant)
+            .copied()
+            .unwrap_or((0, GENESIS)))
     }
-    plan.new_head = position.to_string();
-    Ok((write_stmt, plan))
+
+    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+        self.args.positions.push(to_i64(r.position, "position")?);
+        self.args.tenants.push(r.tenant);
+        self.args.seqs.push(to_i64(r.seq, "sequence number")?);
+        self.args.payloads.push(r.payload);
+        Ok(())
+    }
 }
 
 /// What became of an append whose `COMMIT` got no answer.
@@ -1142,13 +1124,14 @@ async fn append(
     shared: Arc<Shared>,
     batches: Vec<TenantAppend>,
 ) -> Result<Vec<Record>, StoreError> {
+    let encoded = plan::Encoded::new(&batches);
     let mut attempt = 0;
     let (c, write, plan) = loop {
         attempt += 1;
         let mut c = get(&shared).await?;
         let reused = c.reused;
         let conn = c.conn();
-        match plan_append(&conn.client, &mut conn.statements, &batches, true).await {
+        match plan_append(&conn.client, &mut conn.statements, &batches, &encoded, true).await {
             Ok((write, plan)) => break (c, write, plan),
             // A connection that died while idle in the pool: nothing was
             // committed, so a fresh connection may simply try again.
@@ -1202,12 +1185,12 @@ async fn append(
         }
     }
     drop(refs);
-    let Plan { links, .. } = plan;
+    let WriteArgs { links, .. } = plan;
     if let Some(&(position, ..)) = links.last() {
         shared.wake.raise(position);
     }
     let events = batches.into_iter().flat_map(|b| b.events);
-    Ok(links_to_records(links, events))
+    Ok(plan::records(links, events))
 }
 
 // ---------------------------------------------------------------------------

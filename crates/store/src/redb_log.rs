@@ -33,7 +33,7 @@ use crate::guard;
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, envelope, no_follow,
+    check_tenant_page, decode_record, no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -772,6 +772,35 @@ impl Tables<'_> {
     }
 }
 
+/// An append's records, written into the transaction's tables and the
+/// write-ahead log frame as the plan makes them.
+struct Put<'t, 'txn, 'w> {
+    tables: &'t mut Tables<'txn>,
+    wal: &'w mut Wal,
+    /// The stored bytes of the record being written (reused).
+    value: Vec<u8>,
+}
+
+impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
+    fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        self.tables.checked_head(tenant)
+    }
+
+    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+        let header = StoredHeader {
+            position: r.position,
+            tenant: r.tenant,
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        };
+        encode_stored(&header, r.payload, &mut self.value);
+        self.tables.put(&header, &self.value)?;
+        self.wal.push(&self.value);
+        Ok(())
+    }
+}
+
 impl EventLog for RedbLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         self.guarded(|| self.append_unguarded(batches))
@@ -818,67 +847,24 @@ impl RedbLog {
     fn append_unguarded(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
         // Encode outside the transaction, into one buffer.
-        let total: usize = batches.iter().map(|b| b.events.len()).sum();
-        let mut payloads = Vec::with_capacity(total * 128);
-        let mut ends = Vec::with_capacity(total);
-        for event in batches.iter().flat_map(|b| &b.events) {
-            envelope::encode_into(event, &mut payloads);
-            ends.push(payloads.len());
-        }
-        let mut planned: Vec<(u64, u64, Hash, Hash)> = Vec::new();
+        let encoded = plan::Encoded::new(&batches);
+        let mut planned: Vec<plan::Link> = Vec::new();
         let mut wal = self.lock_wal();
         let written = self.write(&mut wal, true, |t, wal| {
             wal.begin_frame();
-            let mut position = t.last_position()?;
-            let mut links: Vec<(u64, u64, Hash, Hash)> = Vec::with_capacity(total);
-            let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-            let mut value = Vec::with_capacity(256);
-            let mut start = 0;
-            let mut ends = ends.iter();
-            for batch in &batches {
-                let tenant = batch.tenant.as_str();
-                let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-                    Some(&(_, seq, hash)) => (seq, hash),
-                    None => t.checked_head(tenant)?,
-                };
-                if seq != batch.expected_version {
-                    return Err(StoreError::Conflict {
-                        tenant: batch.tenant.clone(),
-                        expected: batch.expected_version,
-                        actual: seq,
-                    });
-                }
-                for _ in &batch.events {
-                    let end = ends.next().copied().unwrap_or(start);
-                    let payload = payloads.get(start..end).unwrap_or_default();
-                    start = end;
-                    seq += 1;
-                    position += 1;
-                    let hash = chain::link(&prev, tenant, seq, payload);
-                    let header = StoredHeader {
-                        position,
-                        tenant,
-                        seq,
-                        prev_hash: prev,
-                        hash,
-                    };
-                    encode_stored(&header, payload, &mut value);
-                    t.put(&header, &value)?;
-                    wal.push(&value);
-                    links.push((position, seq, prev, hash));
-                    prev = hash;
-                }
-                match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-                    Some(h) => *h = (tenant, seq, prev),
-                    None => heads.push((tenant, seq, prev)),
-                }
-            }
-            for (tenant, seq, hash) in heads {
+            let last = t.last_position()?;
+            let mut sink = Put {
+                tables: t,
+                wal,
+                value: Vec::with_capacity(256),
+            };
+            let plan = plan::plan(&batches, &encoded, last, &mut sink)?;
+            for (tenant, seq, hash) in plan.heads {
                 t.heads
                     .insert(tenant, encode_head(seq, &hash).as_slice())
                     .map_err(backend("writing a tenant head"))?;
             }
-            planned = links;
+            planned = plan.links;
             Ok(())
         });
         match written {
@@ -892,19 +878,8 @@ impl RedbLog {
             Err(e) => return Err(e),
         }
         drop(wal);
-        let links = planned;
         let events = batches.into_iter().flat_map(|b| b.events);
-        Ok(links
-            .into_iter()
-            .zip(events)
-            .map(|((position, seq, prev_hash, hash), event)| Record {
-                position,
-                seq,
-                prev_hash,
-                hash,
-                event,
-            })
-            .collect())
+        Ok(plan::records(planned, events))
     }
 
     fn head_unguarded(&self) -> Result<u64, StoreError> {
