@@ -1,4 +1,4 @@
-//! The one contract every [`EventLog`] backend passes (style habit 2).
+//! The one contract every [`EventLog`] backend passes.
 //!
 //! A backend's test implements [`Harness`] and calls [`run_all`]; each
 //! contract test runs on a fresh log and panics with the test's name and

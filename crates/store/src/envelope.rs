@@ -1,5 +1,5 @@
 //! The stored form of events: a versioned schema, separate from the core
-//! types (style habit 3).
+//! types.
 //!
 //! An encoded event is one version byte followed by the postcard encoding of
 //! that version's schema. The tenant is not in the payload: it lives in the

@@ -13,9 +13,8 @@
 //! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
 //! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
 //! payload ([`crate::envelope`]) up to the end. The position is stored in the
-//! record as well as in the key so a read can check the two agree (style
-//! habit 7: the position and the link are checked at append and again when
-//! read back).
+//! record as well as in the key so a read can check the two agree (the
+//! position and the link are checked at append and again when read back).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -302,6 +301,7 @@ impl RedbLog {
     /// ([`FaultBackend`](crate::faults::FaultBackend)): its database file
     /// and its write-ahead log. The write-ahead log is small there (16 KiB,
     /// 16 frames), so a short workload crosses many checkpoints.
+    #[cfg(feature = "test-support")]
     pub fn open_with_backend(disk: crate::faults::FaultBackend) -> Result<RedbLog, StoreError> {
         Self::open_with_storage(
             disk.database(),
@@ -458,7 +458,7 @@ impl RedbLog {
         let Some((position, hash)) = last else {
             return Err(StoreError::Backend(failure));
         };
-        match self.raw_record(position) {
+        match self.stored_record(position) {
             Ok(Some(r)) if r.hash == hash => Ok(()),
             Ok(_) => Err(StoreError::Backend(failure)),
             Err(e) => Err(StoreError::Backend(format!(
@@ -1118,15 +1118,10 @@ pub fn encode_record_bytes(record: &RawRecord) -> Vec<u8> {
     out
 }
 
-/// Forensic and test hooks: read and write the stored tables directly,
-/// bypassing every check, as someone with write access to the file could.
-/// Tests in other crates use them to damage a real data file (change one
-/// event's bytes, delete one, swap two, insert one) and check that chain
-/// verification names the damage. Each call is its own durable commit.
-/// Never used by keyledger itself.
 impl RedbLog {
-    /// The record stored at `position`, as stored (`Ok(None)` when empty).
-    pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
+    /// The record stored at `position`, as stored (`Ok(None)` when empty):
+    /// what [`RedbLog::recover_append`] looks for.
+    fn stored_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
         self.guarded(|| {
             let events = self.read_table(EVENTS)?;
             let Some(v) = events.get(position).map_err(backend("reading an event"))? else {
@@ -1142,6 +1137,21 @@ impl RedbLog {
                 payload: s.payload.to_vec(),
             }))
         })
+    }
+}
+
+/// Forensic and test hooks: read and write the stored tables directly,
+/// bypassing every check, as someone with write access to the file could.
+/// Tests in other crates use them to damage a real data file (change one
+/// event's bytes, delete one, swap two, insert one) and check that chain
+/// verification names the damage. Each call is its own durable commit.
+/// Never used by keyledger itself; built with the `test-support` feature
+/// only.
+#[cfg(feature = "test-support")]
+impl RedbLog {
+    /// The record stored at `position`, as stored (`Ok(None)` when empty).
+    pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
+        self.stored_record(position)
     }
 
     /// The bytes stored at `position` (format byte, header, payload).

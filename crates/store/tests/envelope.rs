@@ -1,4 +1,4 @@
-//! The stored form of events: old data keeps decoding (style habit 11),
+//! The stored form of events: old data keeps decoding,
 //! every event round-trips, and no byte string makes the decoder panic.
 
 use std::path::PathBuf;

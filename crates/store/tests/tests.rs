@@ -1,4 +1,4 @@
-//! keyledger-store's integration tests, in one binary (style habit 10).
+//! keyledger-store's integration tests, in one binary.
 
 mod conformance;
 mod damage;

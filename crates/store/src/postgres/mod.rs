@@ -74,10 +74,12 @@ mod notify;
 mod pool;
 mod read;
 mod schema;
+#[cfg(feature = "test-support")]
 mod test_support;
 
 pub use append::append_in_transaction;
 pub use schema::MIGRATIONS;
+#[cfg(feature = "test-support")]
 pub use test_support::{TEST_URL_ENV, TestDatabase};
 
 use append::{SQL_HEAD, append};
