@@ -1,7 +1,7 @@
 //! keyledger's event log.
 //!
 //! * [`EventLog`]: the one storage trait. Every backend passes the same
-//!   [`conformance`] suite.
+//!   `conformance` suite.
 //! * [`MemoryLog`]: in memory, for tests. [`RedbLog`]: the embedded default,
 //!   one file in a data directory. [`PgLog`]: one PostgreSQL database shared
 //!   by several nodes ([`postgres`]).
@@ -11,17 +11,26 @@
 //!   verified on demand.
 //! * [`wal`]: the write-ahead log that makes a redb append durable with one
 //!   small write and one sync.
-//! * [`faults`]: a test facility, a disk in memory holding a redb log's two
-//!   files, that fails the Nth write or sync, fills up, turns read-only, and
-//!   rebuilds the files a crash at any sync would leave.
+//! * `faults` (with the `test-support` feature): a test facility, a disk in
+//!   memory holding a redb log's two files, that fails the Nth write or
+//!   sync, fills up, turns read-only, and rebuilds the files a crash at any
+//!   sync would leave.
+//!
+//! The `test-support` feature builds what only tests use: `conformance`,
+//! `faults`, the test databases of [`postgres`] and the `raw_*` hooks of
+//! [`RedbLog`]. Crates enable it in their `[dev-dependencies]`, so the
+//! `keyledger` binary is built without it.
 
 pub mod chain;
+#[cfg(feature = "test-support")]
 pub mod conformance;
 pub mod envelope;
+#[cfg(feature = "test-support")]
 pub mod faults;
 pub mod guard;
 mod memory;
 pub mod no_follow;
+mod plan;
 pub mod postgres;
 mod redb_log;
 pub mod wal;

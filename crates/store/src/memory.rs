@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use keyledger_core::TenantId;
 
-use crate::chain::{self, GENESIS, Hash};
+use crate::chain::{GENESIS, Hash};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_page, decode_record, envelope,
+    check_tenant_page, decode_page, decode_record, plan,
 };
 
 /// An [`EventLog`] held in memory, behind one mutex.
@@ -109,96 +109,43 @@ impl Inner {
     }
 }
 
-/// An append's records, chained and encoded but not yet stored, and the
-/// tenants' heads after them.
-type Staged<'b> = (Vec<RawRecord>, Vec<(&'b str, u64, Hash)>);
+/// An append's records, checked against the log and staged until the
+/// whole plan holds.
+struct Stage<'i> {
+    inner: &'i Inner,
+    staged: Vec<RawRecord>,
+}
 
-impl Inner {
-    /// Checks every batch against its tenant's head (a batch may follow
-    /// another of the same tenant) and builds its records, storing nothing:
-    /// an append that fails leaves the log as it was.
-    fn stage<'b>(&self, batches: &'b [TenantAppend]) -> Result<Staged<'b>, StoreError> {
-        let mut position = self.records.last().map_or(0, |r| r.position);
-        let total: usize = batches.iter().map(|b| b.events.len()).sum();
-        let mut staged: Vec<RawRecord> = Vec::with_capacity(total);
-        let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let tenant = batch.tenant.as_str();
-            let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-                Some(&(_, seq, hash)) => (seq, hash),
-                None => self.checked_head(tenant)?,
-            };
-            if seq != batch.expected_version {
-                return Err(StoreError::Conflict {
-                    tenant: batch.tenant.clone(),
-                    expected: batch.expected_version,
-                    actual: seq,
-                });
-            }
-            for event in &batch.events {
-                seq += 1;
-                position += 1;
-                if self.slots.contains_key(&position) {
-                    return Err(StoreError::Corrupt {
-                        position,
-                        message: "the position after the last one is already taken".into(),
-                    });
-                }
-                if self.index.contains_key(&(tenant.to_owned(), seq)) {
-                    return Err(StoreError::Corrupt {
-                        position,
-                        message: format!(
-                            "tenant {tenant}: sequence number {seq} is already indexed past the head"
-                        ),
-                    });
-                }
-                let payload = envelope::encode(event);
-                let hash = chain::link(&prev, tenant, seq, &payload);
-                staged.push(RawRecord {
-                    position,
-                    tenant: tenant.to_owned(),
-                    seq,
-                    prev_hash: prev,
-                    hash,
-                    payload,
-                });
-                prev = hash;
-            }
-            match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-                Some(h) => *h = (tenant, seq, prev),
-                None => heads.push((tenant, seq, prev)),
-            }
-        }
-        Ok((staged, heads))
+impl<'a> plan::AppendSink<'a> for Stage<'_> {
+    fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        self.inner.checked_head(tenant)
     }
 
-    /// Stores what [`Inner::stage`] checked: the heads, then each record
-    /// with its indexes. Returns the committed records with their events.
-    fn commit(
-        &mut self,
-        staged: Vec<RawRecord>,
-        heads: Vec<(String, u64, Hash)>,
-        batches: Vec<TenantAppend>,
-    ) -> Vec<Record> {
-        for (tenant, seq, hash) in heads {
-            self.heads.insert(tenant, (seq, hash));
-        }
-        let mut out = Vec::with_capacity(staged.len());
-        let events = batches.into_iter().flat_map(|b| b.events);
-        for (r, event) in staged.into_iter().zip(events) {
-            let slot = self.records.len();
-            self.slots.insert(r.position, slot);
-            self.index.insert((r.tenant.clone(), r.seq), r.position);
-            out.push(Record {
-                position: r.position,
-                seq: r.seq,
-                prev_hash: r.prev_hash,
-                hash: r.hash,
-                event,
+    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+        let (position, tenant, seq) = (r.position, r.tenant, r.seq);
+        if self.inner.slots.contains_key(&position) {
+            return Err(StoreError::Corrupt {
+                position,
+                message: "the position after the last one is already taken".into(),
             });
-            self.records.push(r);
         }
-        out
+        if self.inner.index.contains_key(&(tenant.to_owned(), seq)) {
+            return Err(StoreError::Corrupt {
+                position,
+                message: format!(
+                    "tenant {tenant}: sequence number {seq} is already indexed past the head"
+                ),
+            });
+        }
+        self.staged.push(RawRecord {
+            position,
+            tenant: tenant.to_owned(),
+            seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            payload: r.payload.to_vec(),
+        });
+        Ok(())
     }
 }
 
@@ -251,16 +198,30 @@ impl MemoryLog {
 impl EventLog for MemoryLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
+        let encoded = plan::Encoded::new(&batches);
         let mut inner = self.lock();
-        let (staged, heads) = inner.stage(&batches)?;
-        let heads: Vec<(String, u64, Hash)> = heads
-            .into_iter()
-            .map(|(tenant, seq, hash)| (tenant.to_owned(), seq, hash))
-            .collect();
-        let out = inner.commit(staged, heads, batches);
+        let last = inner.records.last().map_or(0, |r| r.position);
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let mut sink = Stage {
+            inner: &inner,
+            staged: Vec::with_capacity(total),
+        };
+        let plan::Plan { links, heads } = plan::plan(&batches, &encoded, last, &mut sink)?;
+        let staged = sink.staged;
+        // Everything is checked: commit.
+        for (tenant, seq, hash) in heads {
+            inner.heads.insert(tenant.to_owned(), (seq, hash));
+        }
+        for r in staged {
+            let slot = inner.records.len();
+            inner.slots.insert(r.position, slot);
+            inner.index.insert((r.tenant.clone(), r.seq), r.position);
+            inner.records.push(r);
+        }
         // Waiters re-check under the lock, after this append releases it.
         self.appended.notify_all();
-        Ok(out)
+        let events = batches.into_iter().flat_map(|b| b.events);
+        Ok(plan::records(links, events))
     }
 
     fn head(&self) -> Result<u64, StoreError> {

@@ -13,9 +13,8 @@
 //! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
 //! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
 //! payload ([`crate::envelope`]) up to the end. The position is stored in the
-//! record as well as in the key so a read can check the two agree (style
-//! habit 7: the position and the link are checked at append and again when
-//! read back).
+//! record as well as in the key so a read can check the two agree (the
+//! position and the link are checked at append and again when read back).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -33,7 +32,7 @@ use crate::guard;
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, envelope, no_follow,
+    check_tenant_page, decode_record, no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -302,6 +301,7 @@ impl RedbLog {
     /// ([`FaultBackend`](crate::faults::FaultBackend)): its database file
     /// and its write-ahead log. The write-ahead log is small there (16 KiB,
     /// 16 frames), so a short workload crosses many checkpoints.
+    #[cfg(feature = "test-support")]
     pub fn open_with_backend(disk: crate::faults::FaultBackend) -> Result<RedbLog, StoreError> {
         Self::open_with_storage(
             disk.database(),
@@ -458,7 +458,7 @@ impl RedbLog {
         let Some((position, hash)) = last else {
             return Err(StoreError::Backend(failure));
         };
-        match self.raw_record(position) {
+        match self.stored_record(position) {
             Ok(Some(r)) if r.hash == hash => Ok(()),
             Ok(_) => Err(StoreError::Backend(failure)),
             Err(e) => Err(StoreError::Backend(format!(
@@ -772,6 +772,35 @@ impl Tables<'_> {
     }
 }
 
+/// An append's records, written into the transaction's tables and the
+/// write-ahead log frame as the plan makes them.
+struct Put<'t, 'txn, 'w> {
+    tables: &'t mut Tables<'txn>,
+    wal: &'w mut Wal,
+    /// The stored bytes of the record being written (reused).
+    value: Vec<u8>,
+}
+
+impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
+    fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError> {
+        self.tables.checked_head(tenant)
+    }
+
+    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+        let header = StoredHeader {
+            position: r.position,
+            tenant: r.tenant,
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        };
+        encode_stored(&header, r.payload, &mut self.value);
+        self.tables.put(&header, &self.value)?;
+        self.wal.push(&self.value);
+        Ok(())
+    }
+}
+
 impl EventLog for RedbLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         self.guarded(|| self.append_unguarded(batches))
@@ -818,67 +847,24 @@ impl RedbLog {
     fn append_unguarded(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
         // Encode outside the transaction, into one buffer.
-        let total: usize = batches.iter().map(|b| b.events.len()).sum();
-        let mut payloads = Vec::with_capacity(total * 128);
-        let mut ends = Vec::with_capacity(total);
-        for event in batches.iter().flat_map(|b| &b.events) {
-            envelope::encode_into(event, &mut payloads);
-            ends.push(payloads.len());
-        }
-        let mut planned: Vec<(u64, u64, Hash, Hash)> = Vec::new();
+        let encoded = plan::Encoded::new(&batches);
+        let mut planned: Vec<plan::Link> = Vec::new();
         let mut wal = self.lock_wal();
         let written = self.write(&mut wal, true, |t, wal| {
             wal.begin_frame();
-            let mut position = t.last_position()?;
-            let mut links: Vec<(u64, u64, Hash, Hash)> = Vec::with_capacity(total);
-            let mut heads: Vec<(&str, u64, Hash)> = Vec::with_capacity(batches.len());
-            let mut value = Vec::with_capacity(256);
-            let mut start = 0;
-            let mut ends = ends.iter();
-            for batch in &batches {
-                let tenant = batch.tenant.as_str();
-                let (mut seq, mut prev) = match heads.iter().find(|(t, ..)| *t == tenant) {
-                    Some(&(_, seq, hash)) => (seq, hash),
-                    None => t.checked_head(tenant)?,
-                };
-                if seq != batch.expected_version {
-                    return Err(StoreError::Conflict {
-                        tenant: batch.tenant.clone(),
-                        expected: batch.expected_version,
-                        actual: seq,
-                    });
-                }
-                for _ in &batch.events {
-                    let end = ends.next().copied().unwrap_or(start);
-                    let payload = payloads.get(start..end).unwrap_or_default();
-                    start = end;
-                    seq += 1;
-                    position += 1;
-                    let hash = chain::link(&prev, tenant, seq, payload);
-                    let header = StoredHeader {
-                        position,
-                        tenant,
-                        seq,
-                        prev_hash: prev,
-                        hash,
-                    };
-                    encode_stored(&header, payload, &mut value);
-                    t.put(&header, &value)?;
-                    wal.push(&value);
-                    links.push((position, seq, prev, hash));
-                    prev = hash;
-                }
-                match heads.iter_mut().find(|(t, ..)| *t == tenant) {
-                    Some(h) => *h = (tenant, seq, prev),
-                    None => heads.push((tenant, seq, prev)),
-                }
-            }
-            for (tenant, seq, hash) in heads {
+            let last = t.last_position()?;
+            let mut sink = Put {
+                tables: t,
+                wal,
+                value: Vec::with_capacity(256),
+            };
+            let plan = plan::plan(&batches, &encoded, last, &mut sink)?;
+            for (tenant, seq, hash) in plan.heads {
                 t.heads
                     .insert(tenant, encode_head(seq, &hash).as_slice())
                     .map_err(backend("writing a tenant head"))?;
             }
-            planned = links;
+            planned = plan.links;
             Ok(())
         });
         match written {
@@ -892,19 +878,8 @@ impl RedbLog {
             Err(e) => return Err(e),
         }
         drop(wal);
-        let links = planned;
         let events = batches.into_iter().flat_map(|b| b.events);
-        Ok(links
-            .into_iter()
-            .zip(events)
-            .map(|((position, seq, prev_hash, hash), event)| Record {
-                position,
-                seq,
-                prev_hash,
-                hash,
-                event,
-            })
-            .collect())
+        Ok(plan::records(planned, events))
     }
 
     fn head_unguarded(&self) -> Result<u64, StoreError> {
@@ -1143,15 +1118,10 @@ pub fn encode_record_bytes(record: &RawRecord) -> Vec<u8> {
     out
 }
 
-/// Forensic and test hooks: read and write the stored tables directly,
-/// bypassing every check, as someone with write access to the file could.
-/// Tests in other crates use them to damage a real data file (change one
-/// event's bytes, delete one, swap two, insert one) and check that chain
-/// verification names the damage. Each call is its own durable commit.
-/// Never used by keyledger itself.
 impl RedbLog {
-    /// The record stored at `position`, as stored (`Ok(None)` when empty).
-    pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
+    /// The record stored at `position`, as stored (`Ok(None)` when empty):
+    /// what [`RedbLog::recover_append`] looks for.
+    fn stored_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
         self.guarded(|| {
             let events = self.read_table(EVENTS)?;
             let Some(v) = events.get(position).map_err(backend("reading an event"))? else {
@@ -1167,6 +1137,21 @@ impl RedbLog {
                 payload: s.payload.to_vec(),
             }))
         })
+    }
+}
+
+/// Forensic and test hooks: read and write the stored tables directly,
+/// bypassing every check, as someone with write access to the file could.
+/// Tests in other crates use them to damage a real data file (change one
+/// event's bytes, delete one, swap two, insert one) and check that chain
+/// verification names the damage. Each call is its own durable commit.
+/// Never used by keyledger itself; built with the `test-support` feature
+/// only.
+#[cfg(feature = "test-support")]
+impl RedbLog {
+    /// The record stored at `position`, as stored (`Ok(None)` when empty).
+    pub fn raw_record(&self, position: u64) -> Result<Option<RawRecord>, StoreError> {
+        self.stored_record(position)
     }
 
     /// The bytes stored at `position` (format byte, header, payload).
