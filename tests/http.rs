@@ -30,6 +30,8 @@ struct Server {
 
 struct Options<'a> {
     usage_window_ms: u64,
+    /// `--audit-read-window-ms`; `None`: the default.
+    audit_read_window_ms: Option<u64>,
     token: Option<&'a str>,
 }
 
@@ -37,6 +39,7 @@ impl Default for Options<'_> {
     fn default() -> Self {
         Options {
             usage_window_ms: 50,
+            audit_read_window_ms: None,
             token: Some(TOKEN),
         }
     }
@@ -63,6 +66,9 @@ impl Server {
             .arg(data.path())
             .args(["serve", "--addr", "127.0.0.1:0", "--usage-window-ms"])
             .arg(opts.usage_window_ms.to_string());
+        if let Some(ms) = opts.audit_read_window_ms {
+            cmd.arg("--audit-read-window-ms").arg(ms.to_string());
+        }
         if let Some(t) = opts.token {
             cmd.env("KEYLEDGER_OPERATOR_TOKEN", t);
         }
