@@ -167,7 +167,16 @@ fn small_store() -> Vec<u8> {
     }
     log.checkpoint().unwrap_or_else(|e| panic!("{e}"));
     drop(log);
-    file.bytes()
+    // Compacted, so the file is mostly pages in use (not the pages redb
+    // copied on write and freed): every byte of it is flipped below.
+    let compacted = Memory::holding(file.bytes());
+    {
+        let mut db = redb::Database::builder()
+            .create_with_backend(compacted.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        while db.compact().unwrap_or_else(|e| panic!("{e}")) {}
+    }
+    compacted.bytes()
 }
 
 /// What the binary does (`src/main.rs`): a panic the store catches prints
@@ -220,17 +229,12 @@ fn damage(image: &[u8], offset: usize, pattern: u8, original: &Seen) -> Outcome 
 
 /// redb's page size, which the file's length is a multiple of.
 const PAGE_BYTES: usize = 4096;
-/// Of a page in use, every byte up to here is flipped (a page's header,
-/// its offsets and, in these small tables, its keys: the bytes redb
-/// navigates by), and every [`STRIDE`]th byte after (values, which the
-/// log's own checks and the chains cover).
-const DENSE_BYTES: usize = 512;
-const STRIDE: usize = 16;
-/// Of a page not in use, every [`SPARSE_STRIDE`]th byte is flipped.
-const SPARSE_STRIDE: usize = 256;
+/// Of a page in use, the first bytes also get a one-bit change (xor 0x01):
+/// a page's header, where redb navigates by.
+const ONE_BIT_BYTES: usize = 64;
 
 /// How many damaged files had each outcome.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone, Copy)]
 struct Outcomes {
     open_refused: usize,
     read_failed: usize,
@@ -243,6 +247,15 @@ struct Outcomes {
 }
 
 impl Outcomes {
+    fn add(&mut self, other: Outcomes) {
+        self.open_refused += other.open_refused;
+        self.read_failed += other.read_failed;
+        self.chain_named += other.chain_named;
+        self.unchanged += other.unchanged;
+        self.damaged += other.damaged;
+        self.panics_caught += other.panics_caught;
+    }
+
     fn count(&mut self, what: &str, outcome: Outcome, original: &Seen) {
         let error = match outcome {
             Outcome::OpenRefused(e) => {
@@ -279,19 +292,16 @@ impl Outcomes {
     }
 }
 
-/// The bytes of the file of a small log, each flipped in turn (xor 0xff;
-/// and xor 0x01, a one-bit change, for the first 64 bytes of each page),
-/// opened and read every way: redb may panic inside, the log never does;
-/// and the outcome is an error, a chain verification that names the
-/// damage, or the very same ledger, byte for byte: never a changed event,
-/// a missing one, or a missing tenant read back as if whole.
+/// Every byte of the file of a small log, flipped in turn (xor 0xff; and
+/// xor 0x01, a one-bit change, for the first [`ONE_BIT_BYTES`] of each page
+/// in use), opened and read every way: redb may panic inside, the log
+/// never does; and the outcome is an error, a chain verification that
+/// names the damage, or the very same ledger, byte for byte: never a
+/// changed event, a missing one, or a missing tenant read back as if whole.
 ///
-/// Which bytes: the file is ~136 KiB (most of it pages redb copied on
-/// write and freed), too many to flip each within the time a test has in
-/// debug builds. A page is in use when flipping its first byte (a tree
-/// page's type) changes what is read; of those every byte of the first
-/// [`DENSE_BYTES`] and every [`STRIDE`]th after, of the rest every
-/// [`SPARSE_STRIDE`]th. The first page (redb's header) is in use.
+/// A page is in use when flipping its first byte (a tree page's type)
+/// changes what is read; the first page (redb's header) is in use. The
+/// damaged files are checked on every core.
 #[test]
 fn a_damaged_store_page_is_an_error_never_a_panic_or_a_smaller_ledger() {
     quiet_caught_panics();
@@ -307,48 +317,57 @@ fn a_damaged_store_page_is_an_error_never_a_panic_or_a_smaller_ledger() {
     assert_eq!(original.tenants, TENANTS.map(tenant).to_vec());
     assert_eq!(image.len() % PAGE_BYTES, 0, "whole pages");
 
+    let in_use: Vec<usize> = (0..image.len() / PAGE_BYTES)
+        .filter(|&page| {
+            page == 0
+                || !matches!(
+                    damage(&image, page * PAGE_BYTES, 0xff, &original),
+                    Outcome::Unchanged
+                )
+        })
+        .collect();
+    let mut jobs: Vec<(usize, u8)> = (0..image.len()).map(|offset| (offset, 0xff)).collect();
+    for page in &in_use {
+        let start = page * PAGE_BYTES;
+        jobs.extend((start..start + ONE_BIT_BYTES).map(|offset| (offset, 0x01)));
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = jobs.len().div_ceil(threads);
     let mut outcomes = Outcomes::default();
-    let mut in_use = Vec::new();
-    let mut flipped = 0;
-    for (page, start) in (0..image.len()).step_by(PAGE_BYTES).enumerate() {
-        let probe = damage(&image, start, 0xff, &original);
-        let used = page == 0 || !matches!(probe, Outcome::Unchanged);
-        outcomes.count(&format!("byte {start} xor 0xff"), probe, &original);
-        flipped += 1;
-        let offsets: Vec<usize> = if used {
-            in_use.push(page);
-            (1..DENSE_BYTES)
-                .chain((DENSE_BYTES..PAGE_BYTES).step_by(STRIDE))
-                .collect()
-        } else {
-            (SPARSE_STRIDE..PAGE_BYTES).step_by(SPARSE_STRIDE).collect()
-        };
-        for within in offsets {
-            let offset = start + within;
-            let patterns: &[u8] = if used && within < 64 {
-                &[0xff, 0x01]
-            } else {
-                &[0xff]
-            };
-            for &pattern in patterns {
-                let outcome = damage(&image, offset, pattern, &original);
-                outcomes.count(
-                    &format!("byte {offset} xor {pattern:#04x}"),
-                    outcome,
-                    &original,
-                );
-                flipped += 1;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                let (image, original) = (&image, &original);
+                scope.spawn(move || {
+                    let mut counted = Outcomes::default();
+                    for &(offset, pattern) in part {
+                        let outcome = damage(image, offset, pattern, original);
+                        counted.count(
+                            &format!("byte {offset} xor {pattern:#04x}"),
+                            outcome,
+                            original,
+                        );
+                    }
+                    counted
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(counted) => outcomes.add(counted),
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-    }
+    });
     println!(
-        "a {} KiB file, pages in use {in_use:?}; {flipped} damaged files in {:.1?}: \
-         {outcomes:?}",
+        "a {} KiB file, pages in use {in_use:?}; {} damaged files in {:.1?}: {outcomes:?}",
         image.len() / 1024,
+        jobs.len(),
         started.elapsed()
     );
     // The probe found the tree pages (one per table at least: four tables,
-    // redb's table of tables), so most of the flipping went where it counts.
+    // redb's table of tables).
     assert!(in_use.len() > 5, "pages in use {in_use:?}");
     assert!(
         outcomes.panics_caught > 0,
