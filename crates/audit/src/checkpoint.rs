@@ -209,18 +209,7 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, NoteError> {
 /// (key name = the checkpoint's origin, matching key ID) must verify with
 /// `verify_strict`, and at least one must be present.
 pub fn open(note: &str, key: &VerifyingKey) -> Result<Checkpoint, NoteError> {
-    if note.len() > NOTE_BYTES_MAX {
-        return Err(malformed(format!("longer than {NOTE_BYTES_MAX} bytes")));
-    }
-    if note.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(malformed("holds a control character"));
-    }
-    let split = note
-        .rfind("\n\n")
-        .ok_or_else(|| malformed("no blank line between text and signatures"))?;
-    let text = &note[..=split];
-    let sigs = &note[split + 2..];
-    let checkpoint = Checkpoint::parse_text(text)?;
+    let (checkpoint, text, sigs) = split_note(note)?;
     let sigs = sigs
         .strip_suffix('\n')
         .ok_or_else(|| malformed("the signatures do not end in a newline"))?;
@@ -260,4 +249,27 @@ pub fn open(note: &str, key: &VerifyingKey) -> Result<Checkpoint, NoteError> {
     } else {
         Err(NoteError::NoKnownSignature(checkpoint.origin))
     }
+}
+
+/// The checkpoint a note states, its signatures NOT checked: for comparing
+/// roots before paying for a signature check ([`open`] checks it).
+pub fn parse_unverified(note: &str) -> Result<Checkpoint, NoteError> {
+    split_note(note).map(|(checkpoint, ..)| checkpoint)
+}
+
+/// A note's checkpoint (parsed), its text (what is signed) and its
+/// signature lines.
+fn split_note(note: &str) -> Result<(Checkpoint, &str, &str), NoteError> {
+    if note.len() > NOTE_BYTES_MAX {
+        return Err(malformed(format!("longer than {NOTE_BYTES_MAX} bytes")));
+    }
+    if note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(malformed("holds a control character"));
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or_else(|| malformed("no blank line between text and signatures"))?;
+    let text = &note[..=split];
+    let sigs = &note[split + 2..];
+    Ok((Checkpoint::parse_text(text)?, text, sigs))
 }

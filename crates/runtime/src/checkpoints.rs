@@ -7,8 +7,7 @@
 //! [`AuditConfig::checkpoint_interval`] when idle. Nothing is signed that
 //! does not extend the largest checkpoint signed before.
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -200,27 +199,18 @@ impl AuditState {
     /// Every stored checkpoint of a tenant in its current epoch, oldest first.
     fn stored(&self, tenant: &TenantId) -> Result<Vec<StoredCheckpoint>, Error> {
         let path = self.checkpoint_path(tenant)?;
-        let file = match crate::datadir::open_no_follow(OpenOptions::new().read(true), &path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::Unavailable(format!("{}: {e}", path.display()))),
-        };
         let mut out = Vec::new();
         // Another tenant's lines are skipped: on a case-insensitive file
-        // system, earlier versions kept `ACME` and `acme` in one file.
+        // system, earlier versions kept `ACME` and `acme` in one file. A
+        // torn last line (a crash mid-write) is skipped, not fatal.
         let first_line = format!("{}\n", origin_in(tenant.as_str(), self.epoch(tenant)));
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            // A torn last line (a crash mid-write) is skipped, not fatal.
-            if let Ok(c) = serde_json::from_str::<StoredCheckpoint>(&line)
-                && c.note.starts_with(&first_line)
-            {
+        crate::integrity::for_each_checkpoint(&path, |_, c| {
+            if c.note.starts_with(&first_line) {
                 out.push(c);
             }
-        }
+            true
+        })
+        .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
         Ok(out)
     }
 
@@ -309,7 +299,11 @@ impl AuditState {
         if known.is_some() {
             return Ok(known);
         }
-        Ok(self.stored(tenant)?.last().map(|c| {
+        // Only the file's end is read: it may be gigabytes long.
+        let path = self.checkpoint_path(tenant)?;
+        let newest = crate::integrity::newest_checkpoint(&path)
+            .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+        Ok(newest.map(|c| {
             let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
             (c.size, at)
         }))

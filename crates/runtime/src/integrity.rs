@@ -46,31 +46,23 @@ pub trait Trees {
     fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash>;
 }
 
-/// One tenant's tree and epoch, rebuilt from the store (`audit verify`).
-struct Rebuilt<'a> {
-    tenant: &'a TenantId,
-    tree: &'a Tree,
-    epoch: u64,
-}
+/// Trees rebuilt from the store, with each tenant's epoch (`audit verify`).
+#[derive(Default)]
+struct Rebuilt(HashMap<TenantId, (Tree, u64)>);
 
-impl Trees for Rebuilt<'_> {
+impl Trees for Rebuilt {
     fn epoch(&self, tenant: &TenantId) -> u64 {
-        if tenant == self.tenant { self.epoch } else { 1 }
+        self.0.get(tenant).map_or(1, |(_, epoch)| *epoch)
     }
 
     fn size(&self, tenant: &TenantId) -> u64 {
-        if tenant == self.tenant {
-            self.tree.len()
-        } else {
-            0
-        }
+        self.0.get(tenant).map_or(0, |(tree, _)| tree.len())
     }
 
     fn root(&self, tenant: &TenantId, size: u64) -> Option<Hash> {
-        if tenant == self.tenant {
-            self.tree.root(size).ok()
-        } else {
-            Tree::new().root(size).ok()
+        match self.0.get(tenant) {
+            Some((tree, _)) => tree.root(size).ok(),
+            None => Tree::new().root(size).ok(),
         }
     }
 }
@@ -221,8 +213,9 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<(Option<(TenantId, u64)>, Path
 /// with a warning. Signatures are not checked here.
 pub fn newest_checkpoint(path: &Path) -> Result<Option<StoredCheckpoint>, String> {
     use std::io::{Seek, SeekFrom};
-    let mut file = crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path)
-        .map_err(|e| format!("cannot open it: {e}"))?;
+    let Some(mut file) = open_checkpoints(path)? else {
+        return Ok(None);
+    };
     let len = file
         .metadata()
         .map_err(|e| format!("cannot read it: {e}"))?
@@ -269,6 +262,16 @@ pub fn newest_checkpoint(path: &Path) -> Result<Option<StoredCheckpoint>, String
         })
 }
 
+/// Opens a checkpoint file for reading, without following a link (`None`:
+/// there is none, which holds no checkpoint).
+fn open_checkpoints(path: &Path) -> Result<Option<std::fs::File>, String> {
+    match crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot open it: {e}")),
+    }
+}
+
 /// Calls `f` with every stored checkpoint of a file, in order, with its
 /// line number, until `f` returns `false`. Lines that are not stored
 /// checkpoints (a torn last line, damage) are skipped; a line over
@@ -278,8 +281,9 @@ pub fn for_each_checkpoint(
     mut f: impl FnMut(usize, StoredCheckpoint) -> bool,
 ) -> Result<(), String> {
     use std::io::BufRead;
-    let file = crate::datadir::open_no_follow(std::fs::OpenOptions::new().read(true), path)
-        .map_err(|e| format!("cannot open it: {e}"))?;
+    let Some(file) = open_checkpoints(path)? else {
+        return Ok(());
+    };
     let mut reader = std::io::BufReader::new(file);
     let mut line = Vec::new();
     for n in 1.. {
@@ -382,12 +386,7 @@ pub fn check_tenant(
         let limit = log_size.min(signed.size);
         let mut best: Option<(usize, StoredCheckpoint)> = None;
         let _ = for_each_checkpoint(file, |n, c| {
-            let root = c
-                .note
-                .rfind("\n\n")
-                .and_then(|i| c.note.get(..=i))
-                .and_then(|text| checkpoint::Checkpoint::parse_text(text).ok())
-                .map(|cp| cp.root);
+            let root = checkpoint::parse_unverified(&c.note).ok().map(|cp| cp.root);
             if c.size <= limit
                 && best.as_ref().is_none_or(|(_, b)| c.size > b.size)
                 && root.is_some()
@@ -480,20 +479,33 @@ fn stray(file: PathBuf, what: String) -> Problem {
 
 /// Checks every tenant's newest stored checkpoint in `dir` against the log.
 pub fn check_all(dir: &Path, key: &VerifyingKey, trees: &dyn Trees) -> Checked {
+    match checkpoint_files(dir) {
+        Ok(files) => check_files(files, key, trees),
+        Err(e) => Checked {
+            problems: vec![stray(dir.join(CHECKPOINT_DIR), e)],
+            ..Checked::default()
+        },
+    }
+}
+
+/// The checkpoints of a file not named for any tenant.
+fn nameless(path: PathBuf) -> Problem {
+    stray(
+        path,
+        "the file's name is no tenant's: it was not written by keyledger".into(),
+    )
+}
+
+/// [`check_all`] over the files given (from [`checkpoint_files`]).
+fn check_files(
+    files: Vec<(Option<(TenantId, u64)>, PathBuf)>,
+    key: &VerifyingKey,
+    trees: &dyn Trees,
+) -> Checked {
     let mut checked = Checked::default();
-    let files = match checkpoint_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            checked.problems.push(stray(dir.join(CHECKPOINT_DIR), e));
-            return checked;
-        }
-    };
     for (named, path) in files {
         let Some((tenant, epoch)) = named else {
-            checked.problems.push(stray(
-                path,
-                "the file's name is no tenant's: it was not written by keyledger".into(),
-            ));
+            checked.problems.push(nameless(path));
             continue;
         };
         match check_tenant(&tenant, epoch, &path, key, trees) {
@@ -510,19 +522,9 @@ pub fn check_all(dir: &Path, key: &VerifyingKey, trees: &dyn Trees) -> Checked {
 /// The public half of the data directory's audit signing key, read
 /// without creating it (`None`: the directory has none yet).
 pub fn read_verifying_key(dir: &Path) -> Result<Option<VerifyingKey>, String> {
-    let path = dir.join(crate::audit::SIGNING_KEY_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let seed: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("{} does not hold 64 hex digits", path.display()))?;
-    Ok(Some(
-        keyledger_audit::SigningKey::from_bytes(&seed).verifying_key(),
-    ))
+    crate::signing_key::read_key(dir)
+        .map(|key| key.map(|k| k.verifying_key()))
+        .map_err(|e| e.to_string())
 }
 
 /// The outcome of checking one tenant's stored checkpoints against a log
@@ -546,62 +548,48 @@ pub fn check_log(
     log: &dyn keyledger_store::EventLog,
     only: Option<&TenantId>,
 ) -> Result<Vec<TenantCheck>, String> {
-    let files = checkpoint_files(dir)?;
-    let files: Vec<_> = files
+    let files: Vec<_> = checkpoint_files(dir)?
         .into_iter()
         .filter(|(t, _)| only.is_none() || t.as_ref().map(|(t, _)| t) == only)
         .collect();
-    if files.is_empty() {
-        return Ok(Vec::new());
-    }
-    let key = read_verifying_key(dir)?;
-    let mut trees: HashMap<TenantId, (Tree, u64)> = HashMap::new();
-    let mut out = Vec::new();
-    for (named, path) in files {
-        let Some((tenant, epoch)) = named else {
-            out.push(TenantCheck {
-                tenant: "(unknown)".into(),
-                outcome: Err(stray(
-                    path,
-                    "the file's name is no tenant's: it was not written by keyledger".into(),
-                )),
-            });
-            continue;
-        };
-        if !trees.contains_key(&tenant) {
-            let rebuilt = rebuild(log, &tenant)?;
-            trees.insert(tenant.clone(), rebuilt);
+    let mut trees = Rebuilt::default();
+    for (tenant, _) in files.iter().filter_map(|(named, _)| named.as_ref()) {
+        if !trees.0.contains_key(tenant) {
+            trees.0.insert(tenant.clone(), rebuild(log, tenant)?);
         }
-        let Some((tree, log_epoch)) = trees.get(&tenant) else {
-            continue;
-        };
-        let view = Rebuilt {
-            tenant: &tenant,
-            tree,
-            epoch: *log_epoch,
-        };
-        let outcome = match &key {
-            Some(key) => check_tenant(&tenant, epoch, &path, key, &view).map_err(|p| *p),
-            None => Err(Problem {
-                tenant: tenant.to_string(),
-                what: format!(
-                    "{} is missing, so its checkpoints cannot be checked",
-                    crate::audit::SIGNING_KEY_FILE
-                ),
-                log_size: tree.len(),
-                ..stray(path, String::new())
-            }),
-        };
-        // A retired epoch's file is history: only the current one reports.
-        if epoch < *log_epoch {
-            continue;
-        }
-        out.push(TenantCheck {
-            tenant: tenant.to_string(),
-            outcome,
-        });
     }
-    Ok(out)
+    let checked = match read_verifying_key(dir)? {
+        Some(key) => check_files(files, &key, &trees),
+        None => Checked {
+            problems: files
+                .into_iter()
+                // A retired epoch's file is history: only current ones report.
+                .filter(|(named, _)| named.as_ref().is_none_or(|(t, e)| *e >= trees.epoch(t)))
+                .map(|(named, path)| match named {
+                    None => nameless(path),
+                    Some((tenant, _)) => Problem {
+                        tenant: tenant.to_string(),
+                        what: format!(
+                            "{} is missing, so its checkpoints cannot be checked",
+                            crate::audit::SIGNING_KEY_FILE
+                        ),
+                        log_size: trees.size(&tenant),
+                        ..stray(path, String::new())
+                    },
+                })
+                .collect(),
+            ..Checked::default()
+        },
+    };
+    let signed = checked.signed.into_iter().map(|(t, s)| TenantCheck {
+        tenant: t.to_string(),
+        outcome: Ok(Some(s)),
+    });
+    let problems = checked.problems.into_iter().map(|p| TenantCheck {
+        tenant: p.tenant.clone(),
+        outcome: Err(p),
+    });
+    Ok(signed.chain(problems).collect())
 }
 
 /// A tenant's tree of stored chain hashes and its checkpoint epoch, read

@@ -26,9 +26,9 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Loads the signing key from `dir`, creating it (mode 0600) and its public
-/// key file on first use.
-pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<SigningKey, Error> {
+/// Reads the signing key of `dir` without creating it (`None`: there is
+/// none yet). The file is opened without following a link.
+pub fn read_key(dir: &Path) -> Result<Option<SigningKey>, Error> {
     let path = dir.join(SIGNING_KEY_FILE);
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::Unavailable(format!("{what} {}: {e}", path.display()))
@@ -53,31 +53,42 @@ pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<Si
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| fail("cannot read", &"not 64 hex digits"))?;
-            Ok(SigningKey::from_bytes(&seed))
+            Ok(Some(SigningKey::from_bytes(&seed)))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
-            let mut seed = [0u8; 32];
-            entropy.fill(&mut seed).map_err(Error::Unavailable)?;
-            let key = SigningKey::from_bytes(&seed);
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = crate::datadir::open_no_follow(&mut options, &path)
-                .map_err(|e| fail("cannot create", &e))?;
-            file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| fail("cannot write", &e))?;
-            let public = dir.join(PUBLIC_KEY_FILE);
-            crate::datadir::open_no_follow(&mut crate::datadir::write_public(), &public)
-                .and_then(|mut f| writeln!(f, "{}", b64(key.verifying_key().as_bytes())))
-                .map_err(|e| fail("cannot write the public key beside", &e))?;
-            Ok(key)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(fail("cannot read", &e)),
     }
+}
+
+/// Loads the signing key from `dir`, creating it (mode 0600) and its public
+/// key file on first use.
+pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<SigningKey, Error> {
+    if let Some(key) = read_key(dir)? {
+        return Ok(key);
+    }
+    let path = dir.join(SIGNING_KEY_FILE);
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("{what} {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+    let mut seed = [0u8; 32];
+    entropy.fill(&mut seed).map_err(Error::Unavailable)?;
+    let key = SigningKey::from_bytes(&seed);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = crate::datadir::open_no_follow(&mut options, &path)
+        .map_err(|e| fail("cannot create", &e))?;
+    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail("cannot write", &e))?;
+    let public = dir.join(PUBLIC_KEY_FILE);
+    crate::datadir::open_no_follow(&mut crate::datadir::write_public(), &public)
+        .and_then(|mut f| writeln!(f, "{}", b64(key.verifying_key().as_bytes())))
+        .map_err(|e| fail("cannot write the public key beside", &e))?;
+    Ok(key)
 }
