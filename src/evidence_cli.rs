@@ -87,7 +87,7 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
                 &serde_json::json!({
                     "origin": signed.checkpoint.origin,
                     "size": signed.checkpoint.size,
-                    "root": hex_of(&signed.checkpoint.root),
+                    "root": crate::output::hex_hash(&signed.checkpoint.root),
                     "note": signed.note,
                 }),
                 || signed.note.trim_end().to_owned(),
@@ -133,7 +133,7 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
             let key = ledger
                 .audit_public_key()
                 .ok_or_else(|| Failure("audit signing is not configured".into()))?;
-            let raw = base64_of(key.as_bytes());
+            let raw = audit::encode_public_key(&key);
             let vkey = tenant
                 .as_deref()
                 .map(|t| t.parse::<TenantId>())
@@ -223,13 +223,4 @@ fn label(kind: ProblemKind) -> &'static str {
         ProblemKind::Unverifiable => "NOT VERIFIABLE",
         _ => "PROBLEM",
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

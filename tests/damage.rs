@@ -5,19 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{Data, bin, contains, files, wait_exit};
-
-/// Copies the data directory `from` into `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    for file in files(from) {
-        let rel = file.strip_prefix(from).unwrap_or_else(|e| panic!("{e}"));
-        let dest = to.join(rel);
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-        }
-        std::fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
-    }
-}
+use crate::util::{Data, bin, contains, copy_dir, wait_exit};
 
 /// Runs `keyledger serve` on `data` until it exits by itself (within a
 /// minute, or the test fails); its exit code and standard error.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Data, bin, wait_exit};
+use crate::util::{Data, bin, copy_dir, wait_exit};
 
 const TOKEN: &str = "operator-token-of-the-integrity-tests";
 
@@ -92,20 +92,6 @@ fn serve_refuses(d: &Data, needles: &[&str]) {
     assert!(!out.contains("panicked"), "serve panicked:\n{out}");
     for n in needles {
         assert!(out.contains(n), "serve: no `{n}` in:\n{out}");
-    }
-}
-
-/// Copies every file of the data directory `from` into `to` (created).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

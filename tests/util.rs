@@ -122,3 +122,15 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Copies every file below `from` into `to`, keeping the layout.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for file in files(from) {
+        let rel = file.strip_prefix(from).unwrap_or_else(|e| panic!("{e}"));
+        let dest = to.join(rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
+    }
+}

@@ -16,7 +16,7 @@ use crate::event::{
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::limits::{
     AUDIT_READ_RANGES_MAX, DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX,
-    ROTATION_GRACE_SECONDS_MAX,
+    RECOVERY_REASON_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
 };
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
@@ -661,9 +661,6 @@ fn remove_user(
     );
     Ok(events)
 }
-
-/// Most characters of a recovery's reason.
-pub const RECOVERY_REASON_CHARS_MAX: usize = 1000;
 
 fn record_recovery(
     tenant_state: &TenantState,

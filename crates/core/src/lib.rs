@@ -25,8 +25,8 @@ pub mod trail;
 pub mod usage;
 
 pub use decide::{
-    Command, CommandError, CreateKey, FieldError, Principal, RECOVERY_REASON_CHARS_MAX, RemoveUser,
-    RevokeKey, RotateKey, decide,
+    Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
+    decide,
 };
 pub use event::{
     Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,

@@ -23,3 +23,6 @@ pub const SUMMARY_DAYS_MAX: u32 = 366;
 
 const _: () = assert!(NAME_CHARS_MAX < DESCRIPTION_CHARS_MAX);
 const _: () = assert!(TENANT_ID_BYTES_MAX <= USER_ID_CHARS_MAX);
+
+/// Most characters of a recovery's reason.
+pub const RECOVERY_REASON_CHARS_MAX: usize = 1000;

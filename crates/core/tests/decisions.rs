@@ -1926,7 +1926,7 @@ fn a_recovery_that_misstates_the_log_or_has_no_reason_is_refused() {
         .when(recover(operator(), blank), t(3))
         .then_invalid("reason");
     let mut long = recovery(2, 2);
-    long.reason = "x".repeat(keyledger_core::RECOVERY_REASON_CHARS_MAX + 1);
+    long.reason = "x".repeat(keyledger_core::limits::RECOVERY_REASON_CHARS_MAX + 1);
     given(given_events())
         .when(recover(operator(), long), t(3))
         .then_invalid("reason");

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::auth::{AnyScope, AuditRead, Authed};
 use crate::error::{ApiError, ApiQuery, responses};
+use crate::handlers::blocking;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -26,14 +27,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(consistency))
         .routes(routes!(bundle))
         .routes(routes!(public_key))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// A signed checkpoint of the tenant's Merkle tree.

@@ -59,7 +59,7 @@ pub(crate) async fn not_found() -> ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking work (log reads, sorts) off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
