@@ -2,37 +2,16 @@
 //! non-zero with a message naming the file, and never panics.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use crate::util::{Data, bin, contains, copy_dir, wait_exit};
+use crate::util::{Data, contains, copy_dir, serve_until_exit};
 
-/// Runs `keyledger serve` on `data` until it exits by itself (within a
-/// minute, or the test fails); its exit code and standard error.
+/// `keyledger serve` on `data`, run until it exits by itself: its exit
+/// code and standard error.
 fn serve(data: &Path) -> (Option<i32>, String) {
-    let stderr = data.with_extension("serve-stderr");
-    let mut child = Command::new(bin())
-        .arg("--data")
-        .arg(data)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("KEYLEDGER_LOG", "warn")
-        .env_remove("KEYLEDGER_OPERATOR_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap_or_else(|e| panic!("{e}")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("the binary starts: {e}"));
-    let Some(status) = wait_exit(&mut child, Duration::from_secs(60)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "`serve` on a damaged ledger.redb kept running; stderr:\n{}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-    };
+    let out = serve_until_exit(data);
     (
-        status.code(),
-        std::fs::read_to_string(&stderr).unwrap_or_default(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 

@@ -7,10 +7,9 @@
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
-use crate::util::{Data, bin, wait_exit};
+use crate::util::{Data, bin, serve_until_exit};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
@@ -28,29 +27,6 @@ fn create_key(d: &Data, tenant: &str) {
     d.ok(&[
         "keys", "create", "--tenant", tenant, "--user", "alice", "--name", "k",
     ]);
-}
-
-/// `keyledger --data <data> serve` must exit at once (it is refused);
-/// its output. A server that starts instead fails the test, and is killed.
-fn serve_refused(data: &Path) -> Output {
-    let mut child = Command::new(bin())
-        .arg("--data")
-        .arg(data)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env_remove("KEYLEDGER_OPERATOR_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if wait_exit(&mut child, Duration::from_secs(30)).is_none() {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "serve started on an unsafe data directory: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// Exit code 2, and the message names the data directory and `what`.
@@ -87,7 +63,7 @@ fn a_data_directory_writable_by_others_is_refused_with_how_to_fix_it() {
         let out = d.run(args);
         assert_refused(&out, &data, &[&path, "mode 0777", &fix]);
     }
-    assert_refused(&serve_refused(&data), &data, &[&path, "mode 0777", &fix]);
+    assert_refused(&serve_until_exit(&data), &data, &[&path, "mode 0777", &fix]);
     assert_eq!(
         mode(&data),
         0o777,
@@ -146,7 +122,7 @@ fn a_data_directory_of_another_user_is_refused_and_left_as_it_is() {
     chmod(&data, 0o777);
     let out = d.run(&["keys", "list", "--tenant", "acme"]);
     assert_refused(&out, &data, &["owned by uid 65534", "chown"]);
-    assert_refused(&serve_refused(&data), &data, &["owned by uid 65534"]);
+    assert_refused(&serve_until_exit(&data), &data, &["owned by uid 65534"]);
     assert_eq!(mode(&data), 0o777, "not chmod'ed");
     assert_eq!(
         std::fs::read_dir(&data).unwrap().count(),
@@ -162,7 +138,7 @@ fn a_data_directory_of_another_user_is_refused_and_left_as_it_is() {
     chmod(&token, 0o600);
     std::os::unix::fs::chown(&token, Some(nobody), None).unwrap();
     assert_refused(
-        &serve_refused(&data),
+        &serve_until_exit(&data),
         &data,
         &["operator-token", "owned by uid 65534"],
     );
@@ -176,7 +152,7 @@ fn a_linked_operator_token_is_refused() {
     let theirs = data.parent().unwrap().join("their-token");
     std::fs::write(&theirs, "klop_chosen_by_someone_else_0123456789\n").unwrap();
     symlink(&theirs, data.join("operator-token")).unwrap();
-    let out = serve_refused(&data);
+    let out = serve_until_exit(&data);
     assert_refused(&out, &data, &["operator-token is a symbolic link"]);
     assert_eq!(
         std::fs::read_to_string(&theirs).unwrap(),
@@ -203,7 +179,7 @@ fn a_linked_checkpoint_file_is_refused_and_the_file_elsewhere_not_appended_to() 
     ]);
     assert_refused(&out, &data, &["acme.jsonl is a symbolic link"]);
     assert_refused(
-        &serve_refused(&data),
+        &serve_until_exit(&data),
         &data,
         &["acme.jsonl is a symbolic link"],
     );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Data, bin, copy_dir, wait_exit};
+use crate::util::{Data, bin, copy_dir, serve_until_exit};
 
 const TOKEN: &str = "operator-token-of-the-integrity-tests";
 
@@ -66,24 +66,13 @@ fn refused(d: &Data, args: &[&str], needles: &[&str]) -> String {
 /// `needles` in its standard error, and never listen.
 #[track_caller]
 fn serve_refuses(d: &Data, needles: &[&str]) {
-    let mut child = Command::new(bin())
-        .arg("--data")
-        .arg(d.path())
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let mut out = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut out));
-    let status = status.unwrap_or_else(|| panic!("serve kept running on damaged data:\n{out}"));
+    let output = serve_until_exit(&d.path());
+    let status = output.status;
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!status.success(), "serve exited 0 on damaged data:\n{out}");
     assert!(
         !out.contains("listening on"),

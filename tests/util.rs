@@ -134,3 +134,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(&file, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
     }
 }
+
+/// Runs `keyledger --data <data> serve` on a free port, expecting it to
+/// refuse the data directory and exit by itself; fails the test if it is
+/// still running after a minute. Its output (logs at `warn`, so the pipes
+/// cannot fill; no operator token from the environment).
+pub fn serve_until_exit(data: &Path) -> Output {
+    let mut child = Command::new(bin())
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("KEYLEDGER_LOG", "warn")
+        .env_remove("KEYLEDGER_OPERATOR_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    if wait_exit(&mut child, Duration::from_secs(60)).is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("its output");
+        panic!(
+            "serve kept running on {}:\n{}{}",
+            data.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.wait_with_output().expect("its output")
+}
