@@ -4,15 +4,16 @@ use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use keyledger_core::{AuditFilter, EventType, TenantId, Timestamp};
+use keyledger_core::{AuditFilter, EventType, TenantId};
+use keyledger_runtime::Keyledger;
 use keyledger_runtime::views::{
-    AuditEntry, ChainBody, CreatedKey, DailyView, KeyView, SummaryView,
+    AuditEntry, AuditPageBody, ChainBody, CreatedKey, DailyView, KeyList, KeyView, RemovedUser,
+    StateBody, SummaryView,
 };
-use keyledger_runtime::{Created, Keyledger};
 use keyledger_store::ChainReport;
 use serde::Serialize;
 
-use crate::cli::{Failure, Format, Result};
+use crate::cli::{Format, Result};
 
 /// Where results go: a table or text, or JSON with `--json`.
 pub struct Out {
@@ -141,15 +142,136 @@ pub fn key_detail(k: &KeyView) -> String {
 }
 
 /// The create result: the only place a secret is ever printed.
-pub fn created(out: &Out, c: &Created, now: Timestamp) -> Result<()> {
-    let body = CreatedKey::new(c, now);
-    out.value(&body, || {
+pub fn created(out: &Out, body: &CreatedKey) -> Result<()> {
+    out.value(body, || {
         format!(
             "{}\n\nYour new key (shown once; it cannot be recovered):\n\n    {}\n",
             key_detail(&body.view),
-            c.secret.expose()
+            body.key
         )
     })
+}
+
+/// A page of keys and the active count.
+pub fn key_list(out: &Out, body: &KeyList) -> Result<()> {
+    out.value(body, || {
+        let mut s = format!(
+            "{}\nActive keys: {}",
+            key_table(&body.keys),
+            body.active_count
+        );
+        if let Some(c) = &body.next_cursor {
+            s.push_str(&format!("\nmore: --cursor {c}"));
+        }
+        s
+    })
+}
+
+/// A page of the trail.
+pub fn audit_page(out: &Out, body: &AuditPageBody) -> Result<()> {
+    out.value(body, || {
+        let mut s = audit_table(&body.events);
+        if let Some(c) = &body.next_cursor {
+            s.push_str(&format!("\nmore: --cursor {c}"));
+        }
+        s
+    })
+}
+
+/// A removed user and the keys revoked with them.
+pub fn removed_user(out: &Out, body: &RemovedUser) -> Result<()> {
+    out.value(body, || {
+        let list = if body.revoked.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", body.revoked.join(", "))
+        };
+        format!(
+            "removed {}; revoked {} key(s){list}",
+            body.user_id,
+            body.revoked.len()
+        )
+    })
+}
+
+/// Every key of a tenant as of a point in its trail.
+pub fn state(out: &Out, body: &StateBody) -> Result<()> {
+    out.value(body, || {
+        format!(
+            "as of {} (event {} of the tenant):\n{}",
+            body.at,
+            body.position,
+            key_table(&body.keys)
+        )
+    })
+}
+
+/// A written evidence bundle.
+pub fn bundle_written(
+    out: &Out,
+    path: &std::path::Path,
+    events: usize,
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<()> {
+    out.value(
+        &serde_json::json!({
+            "output": path.display().to_string(),
+            "events": events,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+        }),
+        || {
+            format!(
+                "wrote {events} events ({from_seq}..={to_seq}) with a signed checkpoint and proofs to {}",
+                path.display()
+            )
+        },
+    )
+}
+
+/// The checkpoint signing key, and a tenant's note verifier key.
+pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>) -> Result<()> {
+    out.value(
+        &serde_json::json!({ "public_key": raw, "verifier_key": verifier }),
+        || match verifier {
+            Some(v) => format!("{raw}\n{v}"),
+            None => raw.to_owned(),
+        },
+    )
+}
+
+/// Chain checks as the server answers them (`audit verify` with `--url`):
+/// the same rows as on a data directory, without the stored checkpoints'
+/// check, which only the server's data directory can make.
+pub fn chain_bodies(out: &Out, bodies: Vec<ChainBody>) -> Result<()> {
+    let text: Vec<String> = bodies.iter().map(chain_line).collect();
+    let rows: Vec<ChainRow> = bodies
+        .into_iter()
+        .map(|chain| ChainRow::Chain {
+            chain,
+            checkpoint: serde_json::Value::Null,
+        })
+        .collect();
+    out.value(&rows, || text.join("\n"))
+}
+
+/// A chain check's line, from its body.
+fn chain_line(c: &ChainBody) -> String {
+    match (c.ok, c.first_bad_seq, &c.problem) {
+        (true, _, _) | (false, None, None) => {
+            format!(
+                "{}: ok, {} events, head {}",
+                c.tenant, c.events, c.head_hash
+            )
+        }
+        (false, seq, problem) => format!(
+            "{}: BROKEN at event {} of the tenant: {}",
+            c.tenant,
+            seq.unwrap_or(0),
+            problem.as_deref().unwrap_or("")
+        ),
+    }
 }
 
 pub fn audit_table(entries: &[AuditEntry]) -> String {
@@ -419,7 +541,7 @@ pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> 
             for r in rows {
                 w.write_record(r.csv_row())?;
             }
-            w.flush().map_err(|e| Failure(e.to_string()))?;
+            w.flush()?;
         }
     }
     Ok(())

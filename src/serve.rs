@@ -69,7 +69,7 @@ impl ServeArgs {
     /// The server's limits: these options over the defaults.
     fn limits(&self) -> cli::Result<limits::ServerLimits> {
         if self.connections_per_client_max > self.connections_max {
-            return Err(Failure(format!(
+            return Err(Failure::msg(format!(
                 "--connections-per-client-max ({}) is over --connections-max ({})",
                 self.connections_per_client_max, self.connections_max
             )));
@@ -100,9 +100,8 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         )
     });
     if args.node_id.is_some() && follow.is_none() {
-        return Err(Failure(
-            "--node-id names a node among several sharing a PostgreSQL log: give --postgres too"
-                .into(),
+        return Err(Failure::msg(
+            "--node-id names a node among several sharing a PostgreSQL log: give --postgres too",
         ));
     }
     if let Some(f) = &follow {
@@ -123,7 +122,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         Ok(t) => t,
         Err(e) => {
             let _ = ledger.shutdown().await;
-            return Err(Failure(e));
+            return Err(Failure::msg(e));
         }
     };
     let newcomer = match source {
@@ -138,7 +137,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         }
     })
     .await
-    .map_err(|e| Failure(e.to_string()))?;
+    .map_err(|e| Failure::msg(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,7 +197,7 @@ fn check_node_id(id: &str) -> cli::Result<()> {
     if fine {
         Ok(())
     } else {
-        Err(Failure(format!(
+        Err(Failure::msg(format!(
             "--node-id must be 1 to {NODE_ID_CHARS_MAX} printable ASCII characters without spaces"
         )))
     }

@@ -380,3 +380,483 @@ fn audit_verify_names_the_first_bad_position_of_a_tampered_log() {
         );
     }
 }
+
+/// Runs the binary with only the environment given (no KEYLEDGER_* from the
+/// caller's shell, no config directory of the user's), optionally with
+/// `stdin`.
+fn kl(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    cmd.args(args).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.env("KEYLEDGER_LOG", "warn").envs(env.iter().copied());
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("the binary starts");
+    let mut input = child.stdin.take().expect("piped standard input");
+    if let Some(s) = stdin {
+        input
+            .write_all(s.as_bytes())
+            .expect("standard input written");
+    }
+    drop(input);
+    child.wait_with_output().expect("its output")
+}
+
+#[track_caller]
+fn ok_out(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}
+
+/// A demo data directory with a key of tenant acme holding every scope
+/// (owned by `tour`, created by the operator), and its secret.
+fn demo_with_tour_key() -> (Data, String) {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let created = d.json(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--user",
+        "tour",
+        "--name",
+        "tour",
+        "--scope",
+        "keys:read,keys:write,audit:read,usage:read,users:remove",
+    ]);
+    let key = text(&created, "key");
+    (d, key)
+}
+
+/// Ids, secrets, masked keys and times replaced by placeholders, and the
+/// actor of an action left out: the same tour run twice mints other ids at
+/// other times, and a key acts as itself where the operator acts offline.
+fn normalized(v: &Value) -> Value {
+    match v {
+        Value::String(s) if s.starts_with("key_") && s.len() == 30 => "KEY_ID".into(),
+        Value::String(s) if s.starts_with("klk_") => "SECRET".into(),
+        Value::String(s) if s.contains('…') => "MASKED".into(),
+        Value::String(s) if s.len() >= 20 && s.starts_with("20") && s.ends_with('Z') => {
+            "TIME".into()
+        }
+        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "created_via" | "revoked_by"))
+                .map(|(k, v)| (k.clone(), normalized(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The README's command-line tour, on a data directory and against a
+/// server serving a copy of it: the same tables and the same JSON. The
+/// server writes no counted use during the test (a window of an hour), and
+/// records each read of the trail at once, as the offline commands do; the
+/// reads it records are the key's where offline they are the operator's,
+/// so trail lines of `AuditRead` events, and the chain's head hash that
+/// covers them, are left out of the comparison.
+#[test]
+fn readme_cli_tour_prints_the_same_offline_and_against_a_server() {
+    let (offline, key) = demo_with_tour_key();
+    let served = Data::new();
+    crate::util::copy_dir(&offline.path(), &served.path());
+    let live = crate::live::Live::start_with(
+        &served.path(),
+        3_600_000,
+        "warn",
+        &["--audit-read-window-ms", "0"],
+    );
+    let url = format!("http://{}", live.addr);
+    let remote = |args: &[&str]| {
+        let mut with = vec!["--url", url.as_str()];
+        with.extend_from_slice(args);
+        let out = kl(&with, &[("KEYLEDGER_API_KEY", key.as_str())], None);
+        ok_out(&out, &format!("{args:?} against the server"))
+    };
+    let week_ago = keyledger_core::Timestamp::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+            - 7 * 86_400_000_000,
+    );
+    let from_day = week_ago.day().to_string();
+    let forty_days_ago =
+        keyledger_core::Timestamp::from_micros(week_ago.as_micros() - 33 * 86_400_000_000)
+            .to_rfc3339();
+    let tour: Vec<Vec<&str>> = vec![
+        // The first read of the trail on each side: no read recorded yet.
+        vec!["audit", "list", "--tenant", "acme"],
+        vec!["keys", "list", "--tenant", "acme"],
+        vec![
+            "keys", "list", "--tenant", "acme", "--status", "revoked", "--sort", "name", "--order",
+            "asc",
+        ],
+        vec!["audit", "list", "--tenant", "acme", "--type", "KeyRevoked"],
+        vec!["usage", "summary", "--tenant", "acme"],
+        vec!["usage", "daily", "--tenant", "acme", "--from", &from_day],
+        vec!["state", "--tenant", "acme", "--at", &forty_days_ago],
+        vec!["state", "--tenant", "acme", "--at", "12"],
+        vec!["audit", "public-key", "--tenant", "acme"],
+        vec!["usage", "export", "--tenant", "acme"],
+    ];
+    for (i, args) in tour.iter().enumerate() {
+        let here = offline.ok(args);
+        let there = remote(args);
+        assert_eq!(here, there, "{args:?}: the same table both ways");
+        if i == 0 || args.contains(&"export") {
+            // The first read is recorded on each side: its JSON would show
+            // that read. An export is its format, whatever --json says.
+            continue;
+        }
+        let mut json = args.clone();
+        json.push("--json");
+        let here: Value = serde_json::from_str(&offline.ok(&json)).unwrap();
+        let there: Value = serde_json::from_str(&remote(&json)).unwrap();
+        assert_eq!(here, there, "{args:?} --json: the same JSON both ways");
+        assert!(here != Value::Null);
+    }
+    // The export: every line the same but the recorded reads.
+    let no_reads = |csv: String| -> Vec<String> {
+        csv.lines()
+            .filter(|l| !l.contains(",AuditRead,"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let args = ["audit", "export", "--tenant", "acme", "--format", "csv"];
+    let (here, there) = (no_reads(offline.ok(&args)), no_reads(remote(&args)));
+    assert!(here.len() > 15, "{here:?}");
+    assert_eq!(here, there, "the exported trail");
+    // The chain check: the same events, every one good.
+    let args = ["audit", "verify", "--tenant", "acme", "--json"];
+    let here: Value = serde_json::from_str(&offline.ok(&args)).unwrap();
+    let there: Value = serde_json::from_str(&remote(&args)).unwrap();
+    for v in [&here, &there] {
+        assert_eq!(v[0]["ok"], true, "{v}");
+        assert_eq!(v[0]["tenant"], "acme");
+    }
+    assert_eq!(here[0]["events"], there[0]["events"]);
+
+    // Then the writes of the tour: the same answers but for ids, times,
+    // secrets and who acted (the operator acting as tour offline, tour's
+    // key against the server).
+    let write = |offline_args: &[&str], remote_args: &[&str]| -> (Value, Value) {
+        let mut a = offline_args.to_vec();
+        a.push("--json");
+        let mut b = remote_args.to_vec();
+        b.push("--json");
+        let here: Value = serde_json::from_str(&offline.ok(&a)).unwrap();
+        let there: Value = serde_json::from_str(&remote(&b)).unwrap();
+        assert_eq!(
+            normalized(&here),
+            normalized(&there),
+            "{offline_args:?} / {remote_args:?}"
+        );
+        (here, there)
+    };
+    let (a, b) = write(
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--as",
+            "tour",
+            "--name",
+            "My laptop",
+        ],
+        &["keys", "create", "--name", "My laptop"],
+    );
+    let (sa, sb) = (text(&a, "key"), text(&b, "key"));
+    let (ia, ib) = (text(&a, "id"), text(&b, "id"));
+    // (Before the verification: offline its use is written at once, the
+    // server writes it at the end of its usage window.)
+    write(
+        &["keys", "show", "--tenant", "acme", &ia],
+        &["keys", "show", &ib],
+    );
+    write(&["verify", &sa], &["verify", &sb]);
+    let (ra, rb) = write(
+        &[
+            "keys",
+            "rotate",
+            "--tenant",
+            "acme",
+            "--as",
+            "tour",
+            &ia,
+            "--grace-seconds",
+            "3600",
+        ],
+        &["keys", "rotate", &ib, "--grace-seconds", "3600"],
+    );
+    write(
+        &[
+            "keys",
+            "revoke",
+            "--tenant",
+            "acme",
+            "--as",
+            "tour",
+            &text(&ra, "id"),
+        ],
+        &["keys", "revoke", &text(&rb, "id")],
+    );
+    write(
+        &["users", "remove", "--tenant", "acme", "--as", "tour", "bob"],
+        &["users", "remove", "bob"],
+    );
+    // A refusal reads the same both ways, as JSON on standard error.
+    let again = |out: std::process::Output| -> Value {
+        assert_eq!(out.status.code(), Some(2));
+        serde_json::from_slice(&out.stderr).expect("a JSON error on standard error")
+    };
+    let here = again(offline.run(&[
+        "keys",
+        "revoke",
+        "--tenant",
+        "acme",
+        &text(&ra, "id"),
+        "--json",
+    ]));
+    let there = again(kl(
+        &["--url", &url, "keys", "revoke", &text(&rb, "id"), "--json"],
+        &[("KEYLEDGER_API_KEY", key.as_str())],
+        None,
+    ));
+    assert_eq!(here["error"]["code"], "already_revoked", "{here}");
+    assert_eq!(there["error"]["code"], "already_revoked", "{there}");
+    assert_eq!(there["error"]["status"], 409, "{there}");
+    live.stop();
+}
+
+#[test]
+fn the_cli_against_a_server_needs_a_credential_and_keeps_local_commands_local() {
+    let (d, key) = demo_with_tour_key();
+    let live = crate::live::Live::start(&d.path(), 1000);
+    let url = format!("http://{}", live.addr);
+    let no_credential = kl(&["--url", &url, "keys", "list"], &[], None);
+    assert_eq!(no_credential.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&no_credential.stderr);
+    assert!(
+        err.contains("KEYLEDGER_API_KEY") && err.contains("login"),
+        "{err}"
+    );
+    for local in [vec!["replay"], vec!["demo"]] {
+        let mut args = vec!["--url", url.as_str()];
+        args.extend(local.iter().copied());
+        let out = kl(&args, &[("KEYLEDGER_API_KEY", key.as_str())], None);
+        assert_eq!(out.status.code(), Some(2), "{local:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("runs on a data directory"), "{local:?}: {err}");
+    }
+    // A key acts in its own tenant only, and says so.
+    let other = kl(
+        &["--url", &url, "keys", "list", "--tenant", "globex"],
+        &[("KEYLEDGER_API_KEY", key.as_str())],
+        None,
+    );
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("belongs to tenant acme"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    // The server's refusal of a bad key is reported with its code.
+    let bad = kl(
+        &["--url", &url, "keys", "list", "--json"],
+        &[("KEYLEDGER_API_KEY", "klk_not-a-key")],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let e: Value = serde_json::from_slice(&bad.stderr).expect("a JSON error");
+    assert_eq!(e["error"]["status"], 401, "{e}");
+    // Nothing listening: a clear error, not a panic.
+    let gone = kl(
+        &["--url", "http://127.0.0.1:9", "keys", "list"],
+        &[("KEYLEDGER_API_KEY", key.as_str())],
+        None,
+    );
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("http://127.0.0.1:9/v1/keys"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    live.stop();
+}
+
+#[cfg(unix)]
+#[test]
+fn login_stores_the_key_for_its_owner_only_and_whoami_and_logout_use_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, key) = demo_with_tour_key();
+    let live = crate::live::Live::start(&d.path(), 1000);
+    let url = format!("http://{}", live.addr);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
+
+    // Never from an argument.
+    let refused = kl(&["login", "--url", &url, "--key", &key], &env, None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("shell history"));
+    assert!(!config.join("keyledger/login.json").exists());
+    // A wrong key is checked before anything is stored.
+    let wrong = kl(&["login", "--url", &url], &env, Some("klk_wrong\n"));
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(!config.join("keyledger/login.json").exists());
+
+    let out = kl(&["login", "--url", &url], &env, Some(&format!("{key}\n")));
+    let said = ok_out(&out, "login");
+    assert!(
+        said.contains("tenant acme") && said.contains("tour"),
+        "{said}"
+    );
+    assert!(!said.contains(&key) && !contains(&out.stderr, &key));
+    let file = config.join("keyledger/login.json");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&config.join("keyledger")), 0o700);
+
+    // Later commands need no flags.
+    let me = ok_out(&kl(&["whoami", "--json"], &env, None), "whoami");
+    let me: Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["tenant_id"], "acme");
+    assert_eq!(me["owner"], "tour");
+    assert_eq!(me["name"], "tour");
+    assert_eq!(me["scopes"].as_array().unwrap().len(), 5);
+    let list = ok_out(&kl(&["keys", "list", "--json"], &env, None), "keys list");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert!(list["keys"].as_array().unwrap().len() >= 10);
+    // A data directory named explicitly is used instead.
+    let data = d.path();
+    let offline = kl(&["--data", data.to_str().unwrap(), "whoami"], &env, None);
+    assert_eq!(offline.status.code(), Some(2), "whoami needs a server");
+
+    let out = ok_out(&kl(&["logout"], &env, None), "logout");
+    assert!(out.contains("logged out"), "{out}");
+    assert!(!file.exists());
+    let after = kl(&["whoami"], &env, None);
+    assert_eq!(after.status.code(), Some(2));
+    live.stop();
+}
+
+#[test]
+fn errors_are_json_under_json() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let out = d.run(&["keys", "show", "--tenant", "acme", "key_nope", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let e: Value = serde_json::from_slice(&out.stderr).expect("a JSON error on standard error");
+    assert_eq!(e["error"]["code"], "invalid_argument", "{e}");
+    assert!(text(&e["error"], "message").contains("key_nope"), "{e}");
+    let missing = d.run(&[
+        "keys",
+        "show",
+        "--tenant",
+        "acme",
+        "key_01M97R85QM6P3Q9TATV0SX99QJ",
+        "--json",
+    ]);
+    let e: Value = serde_json::from_slice(&missing.stderr).expect("a JSON error");
+    assert_eq!(e["error"]["code"], "key_not_found", "{e}");
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let mut child = std::process::Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(d.path())
+        .args(["audit", "list", "--tenant", "acme", "--limit", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `| head -0` does: the reading end closed before anything is read.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
+
+#[test]
+fn a_missing_tenant_names_the_option_not_the_data_directory() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let out = d.run(&["keys", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tenant") && !err.contains("--data"), "{err}");
+}
+
+#[test]
+fn state_at_takes_a_plain_day_as_usage_does() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let day = d.json(&["state", "--tenant", "acme", "--at", "2026-01-01"]);
+    assert_eq!(day["at"], "2026-01-01T00:00:00Z");
+    let same = d.json(&["state", "--tenant", "acme", "--at", "2026-01-01T00:00:00Z"]);
+    assert_eq!(day, same);
+    let bad = d.run(&["state", "--tenant", "acme", "--at", "tomorrow"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("YYYY-MM-DD")
+            || String::from_utf8_lossy(&bad.stderr).contains("a day")
+    );
+}
+
+#[test]
+fn audit_type_takes_a_comma_list_as_the_api_does() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let both = d.json(&[
+        "audit",
+        "list",
+        "--tenant",
+        "acme",
+        "--type",
+        "KeyRevoked,UserRemoved",
+        "--limit",
+        "1000",
+    ]);
+    let events = both["events"].as_array().unwrap();
+    let of = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert!(of("KeyRevoked") >= 4 && of("UserRemoved") == 1, "{both}");
+    assert_eq!(of("KeyRevoked") + of("UserRemoved"), events.len());
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_clap_definitions() {
+    let d = Data::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = d.ok(&["completions", shell]);
+        assert!(
+            out.contains("keyledger") && out.contains("verify-bundle"),
+            "{shell}"
+        );
+    }
+    let man = d.ok(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH keyledger"),
+        "{man}"
+    );
+    assert!(man.contains("serve"));
+    assert!(!d.path().exists(), "nothing written to the data directory");
+}
