@@ -143,7 +143,10 @@ pub enum Cmd {
     /// directory, readable by you only; later commands go to that server.
     Login,
     /// Print the tenant, owner, key name and scopes of the credential used.
-    Whoami,
+    Whoami {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
     /// Forget the stored login.
     Logout,
     /// Print a shell completion script (bash, zsh or fish).
@@ -568,7 +571,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if let Some(remote) = crate::login::remote_for(&args)? {
         return remote.run(&out, args.command);
     }
-    if let Cmd::Whoami = args.command {
+    if let Cmd::Whoami { .. } = args.command {
         return Err(Failure::msg(
             "whoami asks a server: give --url (or KEYLEDGER_URL) with a credential, or `keyledger login`",
         ));
@@ -653,7 +656,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         | Cmd::Serve(_)
         | Cmd::Recover { .. }
         | Cmd::Login
-        | Cmd::Whoami
+        | Cmd::Whoami { .. }
         | Cmd::Logout
         | Cmd::Completions { .. }
         | Cmd::Man => {}

@@ -421,8 +421,9 @@ impl Remote {
                 output::state(out, &body)?;
             }
             Cmd::Usage(u) => self.usage(out, u)?,
-            Cmd::Whoami => {
-                let me = self.whoami()?;
+            Cmd::Whoami { tenant } => {
+                self.check_tenant(&tenant)?;
+                let me: WhoAmI = self.json(Call::get("/v1/whoami").tenant(&tenant))?;
                 out.value(&me, || whoami_text(&me))?;
             }
             Cmd::Serve(_)

@@ -438,22 +438,22 @@ fn demo_with_tour_key() -> (Data, String) {
     (d, key)
 }
 
-/// Ids, secrets, masked keys and times replaced by placeholders, and the
-/// actor of an action left out: the same tour run twice mints other ids at
-/// other times, and a key acts as itself where the operator acts offline.
-fn normalized(v: &Value) -> Value {
+/// Ids, secrets, masked keys and times replaced by placeholders (the same
+/// tour run twice mints other ids at other times); with `actors` false, who
+/// acted is left out too (tour's key acts as itself where the operator acts
+/// as tour offline).
+fn normalized(v: &Value, actors: bool) -> Value {
     match v {
         Value::String(s) if s.starts_with("key_") && s.len() == 30 => "KEY_ID".into(),
         Value::String(s) if s.starts_with("klk_") => "SECRET".into(),
-        Value::String(s) if s.contains('…') => "MASKED".into(),
         Value::String(s) if s.len() >= 20 && s.starts_with("20") && s.ends_with('Z') => {
             "TIME".into()
         }
-        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|v| normalized(v, actors)).collect()),
         Value::Object(o) => Value::Object(
             o.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "created_via" | "revoked_by"))
-                .map(|(k, v)| (k.clone(), normalized(v)))
+                .filter(|(k, _)| actors || !matches!(k.as_str(), "created_via" | "revoked_by"))
+                .map(|(k, v)| (k.clone(), normalized(v, actors)))
                 .collect(),
         ),
         other => other.clone(),
@@ -461,14 +461,14 @@ fn normalized(v: &Value) -> Value {
 }
 
 /// The README's command-line tour, on a data directory and against a
-/// server serving a copy of it: the same tables and the same JSON. The
-/// server writes no counted use during the test (a window of an hour), and
-/// records each read of the trail at once, as the offline commands do; the
-/// reads it records are the key's where offline they are the operator's,
-/// so trail lines of `AuditRead` events, and the chain's head hash that
-/// covers them, are left out of the comparison.
-#[test]
-fn readme_cli_tour_prints_the_same_offline_and_against_a_server() {
+/// server serving a copy of it, with the operator token (`operator`) or
+/// an API key of acme's holding every scope: the same tables and the same
+/// JSON. The server writes no counted use during the test (a window of an
+/// hour), and records each read of the trail at once, as the offline
+/// commands do; those records differ in time (and, with the key, in
+/// actor), so trail lines of `AuditRead` events and the chain's head hash
+/// that covers them are left out of the comparison.
+fn readme_tour_both_ways(operator: bool) {
     let (offline, key) = demo_with_tour_key();
     let served = Data::new();
     crate::util::copy_dir(&offline.path(), &served.path());
@@ -479,23 +479,26 @@ fn readme_cli_tour_prints_the_same_offline_and_against_a_server() {
         &["--audit-read-window-ms", "0"],
     );
     let url = format!("http://{}", live.addr);
+    let env: Vec<(&str, &str)> = if operator {
+        vec![("KEYLEDGER_OPERATOR_TOKEN", crate::live::TOKEN)]
+    } else {
+        vec![("KEYLEDGER_API_KEY", key.as_str())]
+    };
     let remote = |args: &[&str]| {
         let mut with = vec!["--url", url.as_str()];
         with.extend_from_slice(args);
-        let out = kl(&with, &[("KEYLEDGER_API_KEY", key.as_str())], None);
-        ok_out(&out, &format!("{args:?} against the server"))
+        ok_out(
+            &kl(&with, &env, None),
+            &format!("{args:?} against the server"),
+        )
     };
-    let week_ago = keyledger_core::Timestamp::from_micros(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64
-            - 7 * 86_400_000_000,
-    );
-    let from_day = week_ago.day().to_string();
-    let forty_days_ago =
-        keyledger_core::Timestamp::from_micros(week_ago.as_micros() - 33 * 86_400_000_000)
-            .to_rfc3339();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let days_ago = |n: i64| keyledger_core::Timestamp::from_micros(now - n * 86_400_000_000);
+    let from_day = days_ago(7).day().to_string();
+    let forty_days_ago = days_ago(40).to_rfc3339();
     let tour: Vec<Vec<&str>> = vec![
         // The first read of the trail on each side: no read recorded yet.
         vec!["audit", "list", "--tenant", "acme"],
@@ -549,97 +552,87 @@ fn readme_cli_tour_prints_the_same_offline_and_against_a_server() {
     }
     assert_eq!(here[0]["events"], there[0]["events"]);
 
-    // Then the writes of the tour: the same answers but for ids, times,
-    // secrets and who acted (the operator acting as tour offline, tour's
-    // key against the server).
-    let write = |offline_args: &[&str], remote_args: &[&str]| -> (Value, Value) {
-        let mut a = offline_args.to_vec();
-        a.push("--json");
-        let mut b = remote_args.to_vec();
-        b.push("--json");
+    // Then the writes of the tour: the same answers but for ids, times
+    // and secrets (and who acted, with the key). The operator runs the
+    // README's commands as they are; the key acts as its owner, tour,
+    // whom the operator acts as offline (`--as tour`).
+    let owner: &[&str] = if operator {
+        &["--tenant", "acme", "--user", "tour"]
+    } else {
+        &[]
+    };
+    let tenant: &[&str] = if operator { &["--tenant", "acme"] } else { &[] };
+    let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
+        head.iter().chain(tail).map(|s| (*s).to_owned()).collect()
+    };
+    // Each side with its own ids (the two mint different ones).
+    let both = |here_args: Vec<String>, there_args: Vec<String>| -> (Value, Value) {
+        let mut a = here_args;
+        if !operator && a[0] != "verify" {
+            a.extend(["--tenant".into(), "acme".into()]);
+            if a[1] != "show" {
+                a.extend(["--as".into(), "tour".into()]);
+            }
+        }
+        a.push("--json".into());
+        let mut b = there_args;
+        b.push("--json".into());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let b: Vec<&str> = b.iter().map(String::as_str).collect();
         let here: Value = serde_json::from_str(&offline.ok(&a)).unwrap();
         let there: Value = serde_json::from_str(&remote(&b)).unwrap();
         assert_eq!(
-            normalized(&here),
-            normalized(&there),
-            "{offline_args:?} / {remote_args:?}"
+            normalized(&here, operator),
+            normalized(&there, operator),
+            "{a:?} / {b:?}"
         );
         (here, there)
     };
-    let (a, b) = write(
-        &[
-            "keys",
-            "create",
-            "--tenant",
-            "acme",
-            "--as",
-            "tour",
-            "--name",
-            "My laptop",
-        ],
-        &["keys", "create", "--name", "My laptop"],
-    );
-    let (sa, sb) = (text(&a, "key"), text(&b, "key"));
+    let create = with(&["keys", "create", "--name", "My laptop"], owner);
+    let (a, b) = both(create.clone(), create);
     let (ia, ib) = (text(&a, "id"), text(&b, "id"));
     // (Before the verification: offline its use is written at once, the
     // server writes it at the end of its usage window.)
-    write(
-        &["keys", "show", "--tenant", "acme", &ia],
-        &["keys", "show", &ib],
+    both(
+        with(&["keys", "show", &ia], tenant),
+        with(&["keys", "show", &ib], tenant),
     );
-    write(&["verify", &sa], &["verify", &sb]);
-    let (ra, rb) = write(
-        &[
-            "keys",
-            "rotate",
-            "--tenant",
-            "acme",
-            "--as",
-            "tour",
-            &ia,
-            "--grace-seconds",
-            "3600",
-        ],
-        &["keys", "rotate", &ib, "--grace-seconds", "3600"],
+    both(
+        with(&["verify", &text(&a, "key")], &[]),
+        with(&["verify", &text(&b, "key")], &[]),
     );
-    write(
-        &[
-            "keys",
-            "revoke",
-            "--tenant",
-            "acme",
-            "--as",
-            "tour",
-            &text(&ra, "id"),
-        ],
-        &["keys", "revoke", &text(&rb, "id")],
+    let rotate = |id: &str| with(&["keys", "rotate", id, "--grace-seconds", "3600"], tenant);
+    let (ra, rb) = both(rotate(&ia), rotate(&ib));
+    let (ra, rb) = (text(&ra, "id"), text(&rb, "id"));
+    both(
+        with(&["keys", "revoke", &ra], tenant),
+        with(&["keys", "revoke", &rb], tenant),
     );
-    write(
-        &["users", "remove", "--tenant", "acme", "--as", "tour", "bob"],
-        &["users", "remove", "bob"],
-    );
+    let remove = with(&["users", "remove", "bob"], tenant);
+    both(remove.clone(), remove);
     // A refusal reads the same both ways, as JSON on standard error.
-    let again = |out: std::process::Output| -> Value {
+    let refused = |out: std::process::Output| -> Value {
         assert_eq!(out.status.code(), Some(2));
         serde_json::from_slice(&out.stderr).expect("a JSON error on standard error")
     };
-    let here = again(offline.run(&[
-        "keys",
-        "revoke",
-        "--tenant",
-        "acme",
-        &text(&ra, "id"),
-        "--json",
-    ]));
-    let there = again(kl(
-        &["--url", &url, "keys", "revoke", &text(&rb, "id"), "--json"],
-        &[("KEYLEDGER_API_KEY", key.as_str())],
-        None,
-    ));
+    let here = refused(offline.run(&["keys", "revoke", "--tenant", "acme", &ra, "--json"]));
+    let mut again = vec!["--url", url.as_str(), "keys", "revoke", &rb, "--json"];
+    again.extend_from_slice(tenant);
+    let there = refused(kl(&again, &env, None));
     assert_eq!(here["error"]["code"], "already_revoked", "{here}");
     assert_eq!(there["error"]["code"], "already_revoked", "{there}");
     assert_eq!(there["error"]["status"], 409, "{there}");
     live.stop();
+}
+
+#[test]
+fn readme_cli_tour_prints_the_same_offline_and_against_a_server_with_a_key() {
+    readme_tour_both_ways(false);
+}
+
+#[test]
+fn readme_cli_tour_prints_the_same_offline_and_against_a_server_as_the_operator() {
+    readme_tour_both_ways(true);
 }
 
 #[test]
