@@ -904,7 +904,7 @@ fn usage(ledger: &Keyledger, out: &Out, cmd: UsageCmd) -> Result<()> {
                 day(&to)?.unwrap_or(today),
             )?;
             let body = UsageDays::new(&rows, k);
-            output::export_rows(&body.days, format, std::io::stdout().lock())?;
+            output::export_rows(&body.days, k.is_some(), format, std::io::stdout().lock())?;
         }
     }
     Ok(())

@@ -527,7 +527,12 @@ pub fn export_trail(
     }
 }
 
-pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> Result<()> {
+pub fn export_rows(
+    rows: &[DailyView],
+    per_key: bool,
+    format: Format,
+    mut sink: impl Write,
+) -> Result<()> {
     match format {
         Format::Jsonl => {
             for r in rows {
@@ -537,7 +542,7 @@ pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> 
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(sink);
-            w.write_record(DailyView::CSV_HEADER)?;
+            w.write_record(DailyView::csv_header(per_key))?;
             for r in rows {
                 w.write_record(r.csv_row())?;
             }

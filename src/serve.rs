@@ -125,10 +125,12 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
             return Err(Failure::msg(e));
         }
     };
+    // Until the ledger holds an event, every start says what to do next:
+    // a first start that failed after creating the token (a port in use)
+    // is not the last chance to read it.
     let newcomer = match source {
         TokenSource::Created => true,
-        TokenSource::Environment => ledger.head() == 0,
-        TokenSource::File => false,
+        TokenSource::Environment | TokenSource::File => ledger.head() == 0,
     };
     let state = AppState::with_limits(ledger, token, limits);
     keyledger_server::serve(state, &args.addr, |addr| {
@@ -138,6 +140,11 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     })
     .await
     .map_err(|e| Failure::msg(e.to_string()))?;
+    // Said at any log level: the operator who pressed Ctrl-C knows the
+    // counted uses are on disk.
+    eprintln!(
+        "keyledger stopped: the requests in flight were answered and every counted use is written"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -219,7 +226,8 @@ fn welcome(data: &Path, addr: SocketAddr, source: TokenSource) -> String {
     };
     format!(
         "\nkeyledger is running for the first time. The operator token was {whence};\n\
-         it acts only on /v1/admin/... routes. Mint a first key for user `alice` of tenant `acme`:\n\n\
+         it acts on /v1/admin/... routes, and on a tenant's routes with `Keyledger-Tenant: <tenant>`.\n\
+         Mint a first key for user `alice` of tenant `acme`:\n\n\
          \x20 curl -sS -X POST http://{addr}/v1/admin/tenants/acme/keys \\\n\
          \x20   -H \"Authorization: Bearer {token}\" \\\n\
          \x20   -H 'Content-Type: application/json' \\\n\

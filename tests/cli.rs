@@ -244,7 +244,8 @@ fn key_lifecycle_and_the_secret_is_never_written_or_logged() {
         outputs.push(out.stderr);
     }
     let usage = d.run(&["usage", "export", "--tenant", "acme", "--format", "csv"]);
-    assert!(String::from_utf8_lossy(&usage.stdout).starts_with("day,key_id,total"));
+    // The tenant's rows have no key_id column (issue 20, item 13).
+    assert!(String::from_utf8_lossy(&usage.stdout).starts_with("day,total"));
     outputs.push(usage.stdout);
 
     let stored = files(&d.path());
@@ -852,4 +853,99 @@ fn completions_and_the_man_page_come_from_the_clap_definitions() {
     );
     assert!(man.contains("serve"));
     assert!(!d.path().exists(), "nothing written to the data directory");
+}
+
+#[test]
+fn the_tenant_usage_csv_has_no_always_empty_key_id_column() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let tenant = d.ok(&["usage", "export", "--tenant", "acme"]);
+    let mut lines = tenant.lines();
+    assert_eq!(
+        lines.next(),
+        Some("day,total,valid,rejected,revoked,expired,insufficient_scope")
+    );
+    let row = lines.next().expect("a day of usage");
+    assert_eq!(row.split(',').count(), 7, "{row}");
+    assert!(!row.contains(",,"), "no empty field: {row}");
+    let id = text(
+        &d.json(&["keys", "list", "--tenant", "acme"])["keys"][0],
+        "id",
+    );
+    let key = d.ok(&["usage", "export", "--tenant", "acme", "--key-id", &id]);
+    assert!(key.starts_with("day,key_id,total,"), "{key}");
+}
+
+#[test]
+fn a_stopped_server_says_every_counted_use_is_written() {
+    let d = Data::new();
+    let live = crate::live::Live::start_with(&d.path(), 1000, "warn", &[]);
+    // Once it has answered, it is waiting for the signal.
+    let health = crate::live::request(&live.addr, "GET", "/healthz", &[], None).unwrap();
+    assert_eq!(health.status, 200);
+    live.stop();
+    // Live keeps the server's standard error beside the data directory.
+    let logs: String = files(&d.path().with_extension("logs"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("every counted use is written"),
+        "at the default log level too: {logs}"
+    );
+}
+
+#[test]
+fn a_first_start_that_failed_welcomes_on_the_retry() {
+    let d = Data::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let failed = kl(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "serve",
+            "--addr",
+            &addr,
+        ],
+        &[],
+        None,
+    );
+    assert!(!failed.status.success(), "the port is in use");
+    assert!(
+        d.path().join("operator-token").exists(),
+        "the token was made"
+    );
+    drop(taken);
+    let mut child = std::process::Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(d.path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env_remove("KEYLEDGER_OPERATOR_TOKEN")
+        .env("KEYLEDGER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = lines.clone();
+    let listening =
+        crate::util::listening_addr(&mut child, std::time::Duration::from_secs(60), move |l| {
+            let mut s = seen.lock().unwrap();
+            s.push_str(l);
+            s.push('\n');
+        });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !lines.lock().unwrap().contains("first time") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening.is_some(), "the retry starts");
+    let out = lines.lock().unwrap().clone();
+    assert!(
+        out.contains("first time") && out.contains("operator-token"),
+        "the retry says what to do: {out}"
+    );
 }

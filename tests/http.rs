@@ -1008,7 +1008,7 @@ fn the_tour_over_http_survives_a_restart() {
     assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
     assert!(
         csv.text()
-            .starts_with("day,key_id,total,valid,rejected,revoked,expired,insufficient_scope\n"),
+            .starts_with("day,total,valid,rejected,revoked,expired,insufficient_scope\n"),
         "{}",
         csv.text()
     );

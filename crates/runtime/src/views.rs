@@ -378,7 +378,7 @@ impl DailyView {
         }
     }
 
-    /// Column names of the CSV export.
+    /// Column names of the CSV export of one key's rows.
     pub const CSV_HEADER: [&'static str; 8] = [
         "day",
         "key_id",
@@ -390,19 +390,34 @@ impl DailyView {
         "insufficient_scope",
     ];
 
-    /// The row as CSV, in [`Self::CSV_HEADER`] order.
-    pub fn csv_row(&self) -> [String; 8] {
+    /// Column names of the CSV export: [`Self::CSV_HEADER`], without
+    /// `key_id` for the tenant's rows (a column always empty would be read
+    /// as numbers that are missing, floats, by tools like pandas).
+    pub fn csv_header(per_key: bool) -> Vec<&'static str> {
+        Self::CSV_HEADER
+            .into_iter()
+            .filter(|c| per_key || *c != "key_id")
+            .collect()
+    }
+
+    /// The row as CSV, in [`Self::csv_header`] order (`key_id` only for a
+    /// key's row).
+    pub fn csv_row(&self) -> Vec<String> {
         let u = &self.uses;
-        [
-            self.day.clone(),
-            self.key_id.clone().unwrap_or_default(),
-            u.total.to_string(),
-            u.valid.to_string(),
-            u.rejected.to_string(),
-            u.revoked.to_string(),
-            u.expired.to_string(),
-            u.insufficient_scope.to_string(),
-        ]
+        let mut row = vec![self.day.clone()];
+        row.extend(self.key_id.clone());
+        row.extend(
+            [
+                u.total,
+                u.valid,
+                u.rejected,
+                u.revoked,
+                u.expired,
+                u.insufficient_scope,
+            ]
+            .map(|n| n.to_string()),
+        );
+        row
     }
 }
 

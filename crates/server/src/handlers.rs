@@ -593,7 +593,11 @@ async fn usage_export(
     let from = q.from.map_or(keyledger_core::Day::from_days(0), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
     let rows = daily(&state, auth.tenant(), key, from, to)?;
-    crate::export::rows(&rows.days, q.format.unwrap_or(ExportFormat::Csv))
+    crate::export::rows(
+        &rows.days,
+        key.is_some(),
+        q.format.unwrap_or(ExportFormat::Csv),
+    )
 }
 
 fn tenant(text: &str) -> ApiResult<TenantId> {
