@@ -601,11 +601,44 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         return recover(&args, &out, tenant, acting, reason).await;
     }
     let ledger = open(&args.data, &args.key_prefix, UsageWindow::Manual)?;
+    hint_unknown_tenant(&ledger, &args.command);
     let result = dispatch(&ledger, &out, args.command).await;
     let closed = ledger.shutdown().await;
     let code = result?;
     closed?;
     Ok(code)
+}
+
+/// A read of a tenant that has no event says so on standard error (an
+/// empty table alone reads like a tenant without keys), naming the
+/// tenants there are.
+fn hint_unknown_tenant(ledger: &Keyledger, command: &Cmd) {
+    let arg = match command {
+        Cmd::Keys(KeysCmd::List { tenant, .. } | KeysCmd::Show { tenant, .. })
+        | Cmd::Audit(AuditCmd::List { tenant, .. } | AuditCmd::Export { tenant, .. })
+        | Cmd::State { tenant, .. }
+        | Cmd::Usage(
+            UsageCmd::Daily { tenant, .. }
+            | UsageCmd::Summary { tenant, .. }
+            | UsageCmd::Export { tenant, .. },
+        ) => tenant,
+        _ => return,
+    };
+    let Some(Ok(t)) = arg.tenant.as_deref().map(str::parse::<TenantId>) else {
+        return;
+    };
+    let tenants = ledger.tenants();
+    if !tenants.contains(&t) {
+        let names: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
+        eprintln!(
+            "note: tenant `{t}` has no events in this ledger{}",
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" (its tenants: {})", names.join(", "))
+            }
+        );
+    }
 }
 
 async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCode> {
@@ -773,7 +806,17 @@ fn filter(f: &TrailFilter) -> Result<AuditFilter> {
         include_usage: f.include_usage,
     }
     .parse()
-    .map_err(|e| Failure::msg(e.to_string()))?;
+    .map_err(|e| match e {
+        // Worded as the API words it: every type named.
+        keyledger_runtime::AuditFilterError::UnknownType(t) => Failure::msg(format!(
+            "--type: unknown event type `{}`; types are {}",
+            t.escape_debug(),
+            keyledger_core::EventType::ALL
+                .map(keyledger_core::EventType::as_str)
+                .join(", ")
+        )),
+        e => Failure::msg(format!("--key-id: {e}")),
+    })?;
     Ok(AuditFilter {
         from: from?,
         to: to?,

@@ -160,12 +160,20 @@ fn verify_bundle(
     public_key: &str,
     checkpoints: &[PathBuf],
 ) -> cli::Result<ExitCode> {
-    let key_text = match std::fs::read_to_string(public_key) {
-        Ok(text) => text,
-        Err(_) => public_key.to_owned(),
+    // A file holding the key, or the key itself; when it is neither, both
+    // reasons are given (a missing file is named as such).
+    let key = match std::fs::read_to_string(public_key) {
+        Ok(text) => checkpoint::parse_public_key(&text).map_err(|e| {
+            Failure::msg(format!(
+                "--public-key {public_key}: the file holds no key: {e}"
+            ))
+        })?,
+        Err(io) => checkpoint::parse_public_key(public_key).map_err(|e| {
+            Failure::msg(format!(
+                "--public-key {public_key}: not a readable file ({io}), nor a key ({e})"
+            ))
+        })?,
     };
-    let key = checkpoint::parse_public_key(&key_text)
-        .map_err(|e| Failure::msg(format!("--public-key: {e}")))?;
     let bytes = std::fs::read(file)
         .map_err(|e| Failure::msg(format!("cannot read {}: {e}", file.display())))?;
     let held = checkpoints

@@ -949,3 +949,89 @@ fn a_first_start_that_failed_welcomes_on_the_retry() {
         "the retry says what to do: {out}"
     );
 }
+
+#[test]
+fn an_unknown_event_type_is_refused_with_every_type_named() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let out = d.run(&[
+        "audit",
+        "list",
+        "--tenant",
+        "acme",
+        "--type",
+        "KeyRevoked,Nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for t in ["`Nope`", "KeyCreated", "AuditRead", "LogRecovered"] {
+        assert!(err.contains(t), "{t}: {err}");
+    }
+}
+
+#[test]
+fn a_mistyped_tenant_is_told_it_has_no_events() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let out = d.run(&["keys", "list", "--tenant", "acmee"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tenant `acmee` has no events") && err.contains("acme, "),
+        "{err}"
+    );
+    let known = d.run(&["keys", "list", "--tenant", "acme"]);
+    assert!(!String::from_utf8_lossy(&known.stderr).contains("no events"));
+}
+
+#[test]
+fn verify_bundle_names_a_missing_key_file_and_a_kept_checkpoint_that_is_only_newer() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b.jsonl");
+    d.ok(&[
+        "audit",
+        "bundle",
+        "--tenant",
+        "acme",
+        "--output",
+        bundle.to_str().unwrap(),
+    ]);
+    let key = d.ok(&["audit", "public-key"]).trim().to_owned();
+    let b = bundle.to_str().unwrap();
+
+    let out = d.run(&["audit", "verify-bundle", b, "--public-key", "nosuchfile"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nosuchfile") && err.contains("not a readable file"),
+        "{err}"
+    );
+
+    // A checkpoint kept after the bundle was made: newer, not a removal.
+    d.ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "later",
+    ]);
+    let kept = dir.path().join("kept.json");
+    std::fs::write(
+        &kept,
+        d.ok(&["audit", "checkpoint", "--tenant", "acme", "--json"]),
+    )
+    .unwrap();
+    let out = d.run(&[
+        "audit",
+        "verify-bundle",
+        b,
+        "--public-key",
+        &key,
+        "--checkpoint",
+        kept.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("is newer than the bundle's checkpoint"),
+        "{text}"
+    );
+    assert!(!text.contains("removed"), "{text}");
+}

@@ -365,11 +365,11 @@ fn readable_mismatch(
         })
         .unwrap_or_default();
     Ok(Some(format!(
-        "event {seq} (line {line}) was modified: {} differ from its signed bytes",
-        if fields.is_empty() {
-            "extra fields".to_owned()
-        } else {
-            fields.join(", ")
+        "event {seq} (line {line}) was modified: {} from its signed bytes",
+        match fields.as_slice() {
+            [] => "extra fields differ".to_owned(),
+            [one] => format!("{one} differs"),
+            many => format!("{} differ", many.join(", ")),
         }
     )))
 }
