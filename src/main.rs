@@ -12,11 +12,11 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+use clap::{FromArgMatches, parser::ValueSource};
 
 fn main() -> ExitCode {
     quiet_caught_panics();
-    let matches = cli::Args::command().get_matches();
+    let matches = <cli::Args as clap::CommandFactory>::command().get_matches();
     let mut args = match cli::Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(e) => e.exit(),

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
 use keyledger_core::{AuditFilter, EventType, TenantId};
 use keyledger_runtime::Keyledger;
 use keyledger_runtime::views::{
@@ -42,12 +42,38 @@ impl Out {
 pub fn progress(what: &str, total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} events ({per_sec}, {eta})")
+        ProgressStyle::with_template("{msg} [{bar:30}] {count}{rate}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            // `5,144/5,158 events`; nothing while the total is unknown
+            // (never `0/0`).
+            .with_key("count", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if let Some(len) = s.len().filter(|l| *l > 0) {
+                    let _ = write!(w, "{}/{} events", HumanCount(s.pos()), HumanCount(len));
+                }
+            })
+            // A whole number of events a second, and the time left.
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if s.len().is_some_and(|l| l > 0) && s.pos() > 0 {
+                    let _ = write!(
+                        w,
+                        " ({}/s, {}s left)",
+                        HumanCount(s.per_sec().round() as u64),
+                        s.eta().as_secs()
+                    );
+                }
+            })
             .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
+}
+
+/// A bar whose work is done shows its total (filtered-out events at the
+/// end of the log are gone through too), never a count short of it.
+pub fn finish(bar: &ProgressBar) {
+    if let Some(len) = bar.length() {
+        bar.set_position(len);
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -511,6 +537,7 @@ pub fn export_trail(
                 Ok(())
             })?;
             sink.flush()?;
+            finish(bar);
             Ok(n)
         }
         Format::Csv => {
@@ -522,6 +549,7 @@ pub fn export_trail(
                 Ok(())
             })?;
             w.flush()?;
+            finish(bar);
             Ok(n)
         }
     }
