@@ -91,30 +91,166 @@ fn short_time(t: &Option<String>) -> String {
     )
 }
 
-pub fn key_table(keys: &[KeyView]) -> String {
-    let mut t = table(&[
-        "ID",
-        "Name",
-        "Key",
-        "Created by",
-        "Created",
-        "Last used",
-        "Uses",
-        "Status",
-    ]);
-    for k in keys {
-        t.add_row(vec![
-            k.id.clone(),
-            k.name.clone(),
-            k.masked.clone(),
-            k.created_by.clone(),
-            short_time(&Some(k.created_at.clone())),
-            short_time(&k.last_used_at),
-            k.uses.total.to_string(),
-            k.status.to_owned(),
-        ]);
+/// A column of a table that fits the terminal: its header, its rank
+/// (the widest columns ranked last go first when the table is too wide)
+/// and, for free text, the narrowest it may be cut to (with `…`).
+struct Col {
+    header: &'static str,
+    rank: u8,
+    cut_to: Option<usize>,
+}
+
+const fn col(header: &'static str, rank: u8, cut_to: Option<usize>) -> Col {
+    Col {
+        header,
+        rank,
+        cut_to,
+    }
+}
+
+/// The width to fit: `COLUMNS` when set, else the terminal's; none when
+/// standard output is not a terminal (a pipe gets whole rows).
+fn fit_width() -> Option<usize> {
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|c| *c > 0)
+    {
+        return Some(c);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return None;
+    }
+    Table::new().width().map(usize::from)
+}
+
+/// `text` cut to `max` characters, the last one `…`.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A table of `rows` that fits [`fit_width`]: free text cut with `…`
+/// first, then whole columns left out, lowest rank first. Cells are never
+/// wrapped, so an id is always whole (and can be double-clicked).
+fn fitted(cols: &[Col], rows: Vec<Vec<String>>) -> String {
+    let chars = |s: &str| s.chars().count();
+    let full = |i: usize| {
+        rows.iter()
+            .map(|r| chars(&r[i]))
+            .chain([chars(cols[i].header)])
+            .max()
+            .unwrap_or(0)
+    };
+    let mut widths: Vec<usize> = (0..cols.len()).map(full).collect();
+    let mut shown: Vec<bool> = vec![true; cols.len()];
+    if let Some(width) = fit_width() {
+        // `│ a ┆ b │`: three characters a column, and the left border.
+        let total = |widths: &[usize], shown: &[bool]| -> usize {
+            1 + widths
+                .iter()
+                .zip(shown)
+                .filter(|(_, s)| **s)
+                .map(|(w, _)| w + 3)
+                .sum::<usize>()
+        };
+        loop {
+            let over = total(&widths, &shown).saturating_sub(width);
+            if over == 0 {
+                break;
+            }
+            // Cut free text, down to its narrowest.
+            let mut left = over;
+            for (i, c) in cols.iter().enumerate() {
+                if let (true, Some(min)) = (shown[i], c.cut_to) {
+                    let give = widths[i].saturating_sub(min.max(chars(c.header))).min(left);
+                    widths[i] -= give;
+                    left -= give;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            // Then leave out the lowest-ranked column still shown.
+            let Some(drop) = (0..cols.len())
+                .filter(|i| shown[*i] && shown.iter().filter(|s| **s).count() > 1)
+                .max_by_key(|i| cols[*i].rank)
+            else {
+                break;
+            };
+            shown[drop] = false;
+            // Its width goes back to the text columns.
+            for (i, c) in cols.iter().enumerate() {
+                if c.cut_to.is_some() {
+                    widths[i] = full(i);
+                }
+            }
+        }
+        // A text column left out comes back, cut, where room is left.
+        for (i, c) in cols.iter().enumerate() {
+            let room = width.saturating_sub(total(&widths, &shown));
+            if let (false, Some(min)) = (shown[i], c.cut_to) {
+                if room >= min.max(chars(c.header)) + 3 {
+                    shown[i] = true;
+                    widths[i] = full(i).min(room - 3);
+                }
+            }
+        }
+    }
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(
+            cols.iter()
+                .zip(&shown)
+                .filter(|(_, s)| **s)
+                .map(|(c, _)| c.header)
+                .collect::<Vec<_>>(),
+        );
+    for row in rows {
+        t.add_row(
+            row.into_iter()
+                .enumerate()
+                .filter(|(i, _)| shown[*i])
+                .map(|(i, cell)| cut(&cell, widths[i]))
+                .collect::<Vec<_>>(),
+        );
     }
     t.to_string()
+}
+
+/// Keys, one a row: as many columns as fit, the id always whole.
+pub fn key_table(keys: &[KeyView]) -> String {
+    const COLS: [Col; 8] = [
+        col("ID", 0, None),
+        col("Name", 1, Some(10)),
+        col("Key", 3, None),
+        col("Created by", 5, Some(10)),
+        col("Created", 7, None),
+        col("Last used", 4, None),
+        col("Uses", 6, None),
+        col("Status", 2, None),
+    ];
+    let rows = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                k.name.clone(),
+                k.masked.clone(),
+                k.created_by.clone(),
+                short_time(&Some(k.created_at.clone())),
+                short_time(&k.last_used_at),
+                k.uses.total.to_string(),
+                k.status.to_owned(),
+            ]
+        })
+        .collect();
+    fitted(&COLS, rows)
 }
 
 pub fn key_detail(k: &KeyView) -> String {
@@ -300,19 +436,30 @@ fn chain_line(c: &ChainBody) -> String {
     }
 }
 
+/// Trail entries, one a row: as many columns as fit, key ids whole.
 pub fn audit_table(entries: &[AuditEntry]) -> String {
-    let mut t = table(&["Pos", "Time", "Event", "Actor", "Key", "Details"]);
-    for e in entries {
-        t.add_row(vec![
-            e.position.to_string(),
-            short_time(&Some(e.at.clone())),
-            e.kind.to_owned(),
-            e.actor.display.clone(),
-            e.key_id.clone().unwrap_or_default(),
-            details_text(e),
-        ]);
-    }
-    t.to_string()
+    const COLS: [Col; 6] = [
+        col("Pos", 0, None),
+        col("Time", 4, None),
+        col("Event", 1, None),
+        col("Actor", 3, Some(12)),
+        col("Key", 2, None),
+        col("Details", 5, Some(12)),
+    ];
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.position.to_string(),
+                short_time(&Some(e.at.clone())),
+                e.kind.to_owned(),
+                e.actor.display.clone(),
+                e.key_id.clone().unwrap_or_default(),
+                details_text(e),
+            ]
+        })
+        .collect();
+    fitted(&COLS, rows)
 }
 
 fn details_text(e: &AuditEntry) -> String {

@@ -389,8 +389,11 @@ fn kl(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process:
     use std::io::Write;
     let mut cmd = std::process::Command::new(crate::util::bin());
     cmd.args(args).env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
+    // PATH, and the width tables fit, as `Data::run` has them.
+    for var in ["PATH", "COLUMNS"] {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
     }
     cmd.env("KEYLEDGER_LOG", "warn").envs(env.iter().copied());
     cmd.stdin(std::process::Stdio::piped())
@@ -1034,4 +1037,57 @@ fn verify_bundle_names_a_missing_key_file_and_a_kept_checkpoint_that_is_only_new
         "{text}"
     );
     assert!(!text.contains("removed"), "{text}");
+}
+
+#[test]
+fn tables_fit_the_terminal_without_splitting_ids() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let data = d.path();
+    let data = data.to_str().unwrap();
+    let keys = d.json(&["keys", "list", "--tenant", "acme"]);
+    let ids: Vec<String> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| text(k, "id"))
+        .collect();
+    // (Not the reads of the trail: each list adds one.)
+    const MANAGEMENT: &str = "KeyCreated,KeyRevoked,KeyRotated,UserRemoved";
+    let events = d.json(&["audit", "list", "--tenant", "acme", "--type", MANAGEMENT])["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    for width in ["80", "120", "60"] {
+        let run = |args: &[&str]| {
+            let mut with = vec!["--data", data];
+            with.extend_from_slice(args);
+            ok_out(&kl(&with, &[("COLUMNS", width)], None), width)
+        };
+        let w: usize = width.parse().unwrap();
+        let table = run(&["keys", "list", "--tenant", "acme"]);
+        for line in table.lines() {
+            assert!(line.chars().count() <= w, "{width}: {line}");
+        }
+        for id in &ids {
+            assert_eq!(
+                table.lines().filter(|l| l.contains(id.as_str())).count(),
+                1,
+                "{width}: {id} whole, on one line:\n{table}"
+            );
+        }
+        assert!(table.contains("ID") && table.contains("Status"), "{table}");
+        let trail = run(&["audit", "list", "--tenant", "acme", "--type", MANAGEMENT]);
+        for line in trail.lines() {
+            assert!(line.chars().count() <= w, "{width}: {line}");
+        }
+        // One line a row: the header's three, the rows, the bottom border.
+        assert_eq!(trail.lines().count(), 3 + events + 1, "{width}:\n{trail}");
+        if width == "80" {
+            assert!(table.contains("Production Web A…"), "{table}");
+        }
+    }
+    // Piped (no COLUMNS), every column, every name whole.
+    let whole = d.ok(&["keys", "list", "--tenant", "acme"]);
+    assert!(whole.contains("Production Web App") && whole.contains("Last used"));
 }
