@@ -193,11 +193,11 @@ fn fitted(cols: &[Col], rows: Vec<Vec<String>>) -> String {
         // A text column left out comes back, cut, where room is left.
         for (i, c) in cols.iter().enumerate() {
             let room = width.saturating_sub(total(&widths, &shown));
-            if let (false, Some(min)) = (shown[i], c.cut_to) {
-                if room >= min.max(chars(c.header)) + 3 {
-                    shown[i] = true;
-                    widths[i] = full(i).min(room - 3);
-                }
+            if let (false, Some(min)) = (shown[i], c.cut_to)
+                && room >= min.max(chars(c.header)) + 3
+            {
+                shown[i] = true;
+                widths[i] = full(i).min(room - 3);
             }
         }
     }
