@@ -1091,3 +1091,52 @@ fn tables_fit_the_terminal_without_splitting_ids() {
     let whole = d.ok(&["keys", "list", "--tenant", "acme"]);
     assert!(whole.contains("Production Web App") && whole.contains("Last used"));
 }
+
+/// `docs/api.md`'s table of routes, as `METHOD /path` (every row of the
+/// "Routes" section starts with one).
+fn documented_routes() -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"))
+        .expect("docs/api.md");
+    let section = doc
+        .split("\n## Routes\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Routes section");
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| {
+            let (method, rest) = l.split_once(' ')?;
+            let path = rest.split(['`', '?', ' ']).next()?;
+            ["GET", "POST", "DELETE", "PUT", "PATCH"]
+                .contains(&method)
+                .then(|| format!("{method} {path}"))
+        })
+        .collect()
+}
+
+#[test]
+fn docs_api_md_lists_every_route_of_the_openapi_document() {
+    let doc: Value = serde_json::from_str(&keyledger_server::openapi_json()).unwrap();
+    let served: std::collections::BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "delete", "put", "patch"].contains(&m.as_str()))
+                .map(move |m| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect();
+    let documented = documented_routes();
+    assert!(served.len() >= 25, "{served:?}");
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/api.md's Routes table and /openapi.json differ: not documented {missing:?}, \
+         not served {extra:?}"
+    );
+}
