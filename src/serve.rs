@@ -15,6 +15,10 @@ use crate::cli::{self, Failure};
 /// Options of `keyledger serve` (the data directory and the key prefix are global).
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Not an option of `serve` (it prints no result): the global `--json`,
+    /// taken here so that `serve --help` does not offer it.
+    #[arg(long, hide = true)]
+    pub json: bool,
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KEYLEDGER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,

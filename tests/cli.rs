@@ -1140,3 +1140,15 @@ fn docs_api_md_lists_every_route_of_the_openapi_document() {
          not served {extra:?}"
     );
 }
+
+#[test]
+fn serve_help_offers_no_json() {
+    let d = Data::new();
+    let help = d.ok(&["serve", "--help"]);
+    assert!(
+        help.contains("--addr") && !help.contains("--json"),
+        "{help}"
+    );
+    assert!(d.ok(&["keys", "list", "--help"]).contains("--json"));
+    assert!(!d.path().exists(), "help starts nothing");
+}
