@@ -988,58 +988,6 @@ fn a_mistyped_tenant_is_told_it_has_no_events() {
 }
 
 #[test]
-fn verify_bundle_names_a_missing_key_file_and_a_kept_checkpoint_that_is_only_newer() {
-    let d = Data::new();
-    d.ok(&["demo"]);
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("b.jsonl");
-    d.ok(&[
-        "audit",
-        "bundle",
-        "--tenant",
-        "acme",
-        "--output",
-        bundle.to_str().unwrap(),
-    ]);
-    let key = d.ok(&["audit", "public-key"]).trim().to_owned();
-    let b = bundle.to_str().unwrap();
-
-    let out = d.run(&["audit", "verify-bundle", b, "--public-key", "nosuchfile"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("nosuchfile") && err.contains("not a readable file"),
-        "{err}"
-    );
-
-    // A checkpoint kept after the bundle was made: newer, not a removal.
-    d.ok(&[
-        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "later",
-    ]);
-    let kept = dir.path().join("kept.json");
-    std::fs::write(
-        &kept,
-        d.ok(&["audit", "checkpoint", "--tenant", "acme", "--json"]),
-    )
-    .unwrap();
-    let out = d.run(&[
-        "audit",
-        "verify-bundle",
-        b,
-        "--public-key",
-        &key,
-        "--checkpoint",
-        kept.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("is newer than the bundle's checkpoint"),
-        "{text}"
-    );
-    assert!(!text.contains("removed"), "{text}");
-}
-
-#[test]
 fn tables_fit_the_terminal_without_splitting_ids() {
     let d = Data::new();
     d.ok(&["demo"]);
