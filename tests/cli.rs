@@ -1065,7 +1065,7 @@ fn documented_routes() -> std::collections::BTreeSet<String> {
 
 #[test]
 fn docs_api_md_lists_every_route_of_the_openapi_document() {
-    let doc: Value = serde_json::from_str(&keyledger_server::openapi_json()).unwrap();
+    let doc: Value = serde_json::from_str(keyledger_server::openapi_json()).unwrap();
     let served: std::collections::BTreeSet<String> = doc["paths"]
         .as_object()
         .unwrap()
