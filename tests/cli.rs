@@ -680,6 +680,30 @@ fn the_cli_against_a_server_needs_a_credential_and_keeps_local_commands_local() 
     assert_eq!(bad.status.code(), Some(2));
     let e: Value = serde_json::from_slice(&bad.stderr).expect("a JSON error");
     assert_eq!(e["error"]["status"], 401, "{e}");
+    // `verify` needs no credential: the key checked is the one presented.
+    let verified = kl(&["--url", &url, "verify", &key, "--json"], &[], None);
+    let v: Value = serde_json::from_str(&ok_out(&verified, "verify")).unwrap();
+    assert_eq!(v["outcome"], "valid", "{v}");
+    // The operator token from a file, acting in a tenant it names.
+    let token_file = d.path().with_extension("token");
+    std::fs::write(&token_file, format!("{}\n", crate::live::TOKEN)).unwrap();
+    let me = kl(
+        &[
+            "--url",
+            &url,
+            "--operator-token-file",
+            token_file.to_str().unwrap(),
+            "whoami",
+            "--tenant",
+            "globex",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    let me: Value = serde_json::from_str(&ok_out(&me, "whoami as the operator")).unwrap();
+    assert_eq!(me["operator"], true, "{me}");
+    assert_eq!(me["tenant_id"], "globex", "{me}");
     // Nothing listening: a clear error, not a panic.
     let gone = kl(
         &["--url", "http://127.0.0.1:9", "keys", "list"],
