@@ -139,7 +139,6 @@ impl KeyRecord {
 
 /// A committed event could not be folded: the log is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ApplyError {
     /// The tenant's sequence numbers are not contiguous.
     #[error("tenant {tenant}: expected sequence number {expected}, found {found}")]
