@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use crate::util::{Data, bin, files};
 
 mod bodies;
+mod console;
+mod operator;
 mod positions;
 
 /// The operator token the tests that do not test its creation pass in.
@@ -451,6 +453,10 @@ fn first_start_creates_the_operator_token_and_says_what_to_do() {
     let out = s.stdout();
     assert!(out.contains("/v1/admin/tenants/"), "{out}");
     assert!(out.contains("operator-token"), "{out}");
+    assert!(
+        out.contains(&format!("http://{}/ ", s.addr)),
+        "the console: {out}"
+    );
     assert!(!out.contains(&token), "the token itself is never printed");
     // Bootstrap exactly as the welcome says.
     let r = s
@@ -1789,7 +1795,14 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
         ),
         // Routes and methods.
         ("unknown route", s.get("/v1/nope"), 404, "not_found"),
-        ("the root", s.get("/"), 404, "not_found"),
+        // `/` is the web console (tests/http/console.rs); any other path
+        // outside the API is not.
+        (
+            "a path outside the API and the console",
+            s.get("/keys"),
+            404,
+            "not_found",
+        ),
         (
             "another version",
             s.get("/v2/keys").bearer(&key),
@@ -1904,10 +1917,10 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
             "invalid_credentials",
         ),
         (
-            "the token as a key",
+            "the token on a tenant route without Keyledger-Tenant",
             s.get("/v1/keys").bearer(TOKEN),
-            401,
-            "malformed_key",
+            400,
+            "tenant_required",
         ),
         (
             "a key as the token",
