@@ -63,10 +63,8 @@ use tokio_postgres::error::SqlState;
 use keyledger_core::TenantId;
 
 use crate::chain::Hash;
-use crate::{
-    EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, check_tenant_page,
-    decode_page, decode_record,
-};
+use crate::read::{PositionPage, TenantPage};
+use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append};
 
 mod append;
 mod nodes;
@@ -417,7 +415,12 @@ impl EventLog for PgLog {
             )
             .await
         })?;
-        decode_page(after, rows.iter().map(raw_from_row), rows.len())
+        let mut page = PositionPage::new(after, rows.len());
+        for row in &rows {
+            let r = raw_from_row(row)?;
+            page.push(r.position, r.as_ref())?;
+        }
+        Ok(page.finish())
     }
 
     fn read_tenant(
@@ -427,30 +430,13 @@ impl EventLog for PgLog {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let rows = self.read_tenant_rows(tenant, after_seq, limit)?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut page = TenantPage::new(tenant, after_seq, rows.len());
         for row in &rows {
             let r = raw_from_row(row)?;
-            if r.tenant != tenant.as_str() {
-                return Err(corrupt(
-                    r.position,
-                    format!(
-                        "tenant {tenant} event {}: the record belongs to tenant `{}`",
-                        r.seq,
-                        r.tenant.escape_debug()
-                    ),
-                ));
-            }
-            out.push(decode_record(
-                r.position,
-                r.seq,
-                r.prev_hash,
-                r.hash,
-                tenant,
-                &r.payload,
-            )?);
+            // No index: the row's own numbers are the entry's.
+            page.push(r.seq, r.position, Some(r.as_ref()))?;
         }
-        check_tenant_page(tenant, after_seq, &out)?;
-        Ok(out)
+        page.finish()
     }
 
     fn read_tenant_raw(
