@@ -171,10 +171,9 @@ impl AuditState {
         }
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         for p in checked.problems {
-            let Ok(tenant) = p.tenant.parse::<TenantId>() else {
-                continue;
-            };
-            blocked.insert(tenant, (p.epoch, p));
+            if let Some(tenant) = p.tenant.clone() {
+                blocked.insert(tenant, (p.epoch, p));
+            }
         }
         Ok(())
     }

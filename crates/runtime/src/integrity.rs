@@ -85,8 +85,8 @@ pub struct Signed {
 /// What is wrong between the log and one tenant's stored checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// The tenant (as named by the file).
-    pub tenant: String,
+    /// The tenant, as named by the file (`None`: the file is no tenant's).
+    pub tenant: Option<TenantId>,
     /// The checkpoint epoch of the file.
     pub epoch: u64,
     /// The checkpoint file.
@@ -108,12 +108,21 @@ pub struct Problem {
     pub what: String,
 }
 
+impl Problem {
+    /// The tenant's name, or `(unknown)` for a file that is no tenant's.
+    pub fn tenant_name(&self) -> String {
+        self.tenant
+            .as_ref()
+            .map_or_else(|| "(unknown)".to_owned(), TenantId::to_string)
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "tenant {} ({}): {}",
-            self.tenant,
+            self.tenant_name(),
             self.file.display(),
             self.what
         )
@@ -360,7 +369,7 @@ pub fn check_tenant(
     let log_epoch = trees.epoch(tenant);
     let problem = |signed: Option<&Signed>, first_bad, agreed_size, what: String| {
         Box::new(Problem {
-            tenant: tenant.to_string(),
+            tenant: Some(tenant.clone()),
             epoch,
             file: file.to_owned(),
             signed_size: signed.map(|s| s.size),
@@ -465,7 +474,7 @@ pub struct Checked {
 /// A problem with a file that is no tenant's, or the directory itself.
 fn stray(file: PathBuf, what: String) -> Problem {
     Problem {
-        tenant: "(unknown)".into(),
+        tenant: None,
         epoch: 1,
         file,
         signed_size: None,
@@ -568,7 +577,7 @@ pub fn check_log(
                 .map(|(named, path)| match named {
                     None => nameless(path),
                     Some((tenant, _)) => Problem {
-                        tenant: tenant.to_string(),
+                        tenant: Some(tenant.clone()),
                         what: format!(
                             "{} is missing, so its checkpoints cannot be checked",
                             crate::audit::SIGNING_KEY_FILE
@@ -586,7 +595,7 @@ pub fn check_log(
         outcome: Ok(Some(s)),
     });
     let problems = checked.problems.into_iter().map(|p| TenantCheck {
-        tenant: p.tenant.clone(),
+        tenant: p.tenant_name(),
         outcome: Err(p),
     });
     Ok(signed.chain(problems).collect())

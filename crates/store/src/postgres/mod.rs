@@ -244,26 +244,11 @@ impl PgLog {
         F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        self.run_noting(what, "", f)
+        self.run_within(self.shared.options.operation_timeout, what, "", f)
     }
 
-    /// [`PgLog::run`], adding `on_timeout` to the error when the operation
-    /// timeout cuts the call short.
-    fn run_noting<T, F, Fut>(
-        &self,
-        what: &'static str,
-        on_timeout: &'static str,
-        f: F,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        self.run_within(self.shared.options.operation_timeout, what, on_timeout, f)
-    }
-
-    /// [`PgLog::run_noting`] bounded by `timeout`.
+    /// [`PgLog::run`] bounded by `timeout`, adding `on_timeout` to the
+    /// error when the timeout cuts the call short.
     fn run_within<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -388,7 +373,8 @@ fn hash_of(bytes: &[u8], position: u64, what: &str) -> Result<Hash, StoreError> 
 impl EventLog for PgLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
-        self.run_noting(
+        self.run_within(
+            self.shared.options.operation_timeout,
             "appending",
             "; whether the append was committed is known only once the log can be read again",
             move |s| append(s, batches),
