@@ -546,7 +546,7 @@ impl<T: DeserializeOwned + IntoParams, S: Send + Sync> FromRequestParts<S> for A
     type Rejection = ApiError;
 
     /// Read as axum's `Query` reads it (`serde_urlencoded`); a refusal
-    /// names the parameter and what it takes ([`refusal`]).
+    /// names the parameter and what it takes (`refusal`).
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
         let params = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
