@@ -29,18 +29,28 @@ pub fn leaf_of(chain_hash: &Hash) -> Hash {
 pub(crate) struct AuditState {
     pub(crate) trees: RwLock<HashMap<TenantId, TenantTree>>,
     pub(crate) signer: Option<Signer>,
-    /// Per tenant: the epoch, size and instant of the last stored checkpoint.
-    pub(crate) written: Mutex<HashMap<TenantId, (u64, u64, Timestamp)>>,
-    /// Per tenant: the largest checkpoint signed (epoch, size and root),
-    /// stored or handed out, by this process or found at open. Nothing is
-    /// signed in that epoch that does not extend it.
-    pub(crate) signed: Mutex<HashMap<TenantId, (u64, u64, Hash)>>,
+    /// Per tenant: the largest checkpoint signed and the last one stored.
+    pub(crate) checkpoints: Mutex<HashMap<TenantId, LastCheckpoints>>,
     /// Tenants whose log does not hold their newest signed checkpoint,
     /// opened anyway to recover them (`Config::recovering`): nothing is
     /// signed for them in that epoch, and what is wrong.
     pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A tenant's largest checkpoint signed (stored or handed out, by this
+/// process or found at open) and its last one stored, both of one epoch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LastCheckpoints {
+    /// The epoch of the largest checkpoint signed: nothing is signed in it
+    /// that does not extend that checkpoint.
+    pub(crate) epoch: u64,
+    /// Its size and root.
+    pub(crate) signed: (u64, Hash),
+    /// The size and instant of the last checkpoint stored in `epoch`, when
+    /// one is known.
+    pub(crate) written: Option<(u64, Timestamp)>,
 }
 
 /// A tenant's Merkle tree, the chain hash of its last event and its

@@ -23,7 +23,7 @@
 
 use std::borrow::Cow;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use keyledger_core::CommandError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -337,26 +337,84 @@ pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Resp
     ApiError::internal("a handler panicked").into_response()
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not valid JSON: {}", e.body_text()),
-        ),
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as application/json",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-        }
-        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+/// What a body or a query that did not deserialize is told, in the API's
+/// words rather than serde's or axum's: the field or parameter named
+/// (`place` says which, in `whole`, the body or the query), and what it takes (`takes`, from the route's
+/// documentation, where it has one).
+fn refusal<E: std::fmt::Display>(
+    (whole, place): (&str, &str),
+    e: &serde_path_to_error::Error<E>,
+    takes: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let inner = e.inner().to_string();
+    let takes = |name: &str| takes(name).map_or(String::new(), |t| format!("; it takes {t}"));
+    let quoted = |prefix: &str| {
+        inner
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, rest)| (name.to_owned(), rest.to_owned()))
+    };
+    if let Some((name, _)) = quoted("missing field `") {
+        return format!("the {place} `{name}` is required{}", takes(&name));
     }
+    if let Some((name, rest)) = quoted("unknown field `") {
+        let known = match rest.strip_prefix(", ") {
+            Some("there are no fields") | None => "none is taken here".to_owned(),
+            Some(known) => known.to_owned(),
+        };
+        return format!("there is no {place} `{name}`; {known}");
+    }
+    let inner = plain_types(&inner);
+    let path = e.path().to_string();
+    if path == "." {
+        // serde's derive also reads a struct from a JSON array.
+        return if inner.contains(", expected struct ") {
+            format!("the {whole} must be a JSON object")
+        } else {
+            inner
+        };
+    }
+    let top = path.split(['.', '[']).next().unwrap_or(&path);
+    format!("the {place} `{path}` is not valid: {inner}{}", takes(top))
+}
+
+/// serde's names of Rust number types, as a client reads them.
+fn plain_types(message: &str) -> String {
+    for (rust, plain) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("usize", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("bool", "true or false"),
+        ("a boolean", "true or false"),
+    ] {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {plain}");
+        }
+    }
+    match message {
+        "invalid digit found in string" | "cannot parse integer from empty string" => {
+            "not a whole number (0 or more)".into()
+        }
+        "number too large to fit in target type" => "a number too large".into(),
+        "provided string was not `true` or `false`" => "expected true or false".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// The description of the query parameter `name` of `T`, as the route's
+/// documentation gives it (on one line, first letter lower-cased, no
+/// final stop).
+fn described<T: IntoParams>(name: &str) -> Option<String> {
+    let params = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query));
+    let text = params.into_iter().find(|p| p.name == name)?.description?;
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    let first = chars.next()?;
+    Some(first.to_lowercase().chain(chars).collect())
 }
 
 /// A JSON body, with axum's rejections in the API's error format.
@@ -372,13 +430,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     /// quoted back.
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        let parsed = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::internal(format!("a parsed body is not a JSON value: {e}")))?;
+        // Parsed once, as a JSON value: the request type is read from it,
+        // and it is searched for keys.
+        let value: serde_json::Value = parse_json(&bytes)?;
+        let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                refusal(("body", "field"), &e, &|_| None),
+            )
+        })?;
         if crate::redact::json_holds_key(&value) {
             return Err(ApiError::key_in_body());
         }
-        Ok(ApiJson(parsed.0))
+        Ok(ApiJson(parsed))
     }
 }
 
@@ -477,14 +542,19 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+impl<T: DeserializeOwned + IntoParams, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::query(e.body_text()))
+    /// Read as axum's `Query` reads it (`serde_urlencoded`); a refusal
+    /// names the parameter and what it takes (`refusal`).
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let params = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(params)
+            .map(ApiQuery)
+            .map_err(|e| {
+                ApiError::query(refusal(("query", "query parameter"), &e, &described::<T>))
+            })
     }
 }
 
