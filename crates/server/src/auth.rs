@@ -159,7 +159,8 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let credential = presented(&parts.headers)?;
-        let v = state.ledger().verify(credential, S::SCOPE);
+        // A key another node created a moment ago is found too.
+        let v = state.ledger().verify_current(credential, S::SCOPE).await;
         let key = match (v.outcome, v.key) {
             (VerifyOutcome::Valid, Some(key)) => key,
             (VerifyOutcome::InsufficientScope, _) => {
@@ -186,6 +187,8 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
                 return Err(ApiError::unauthorized("unknown_key", "no such key"));
             }
         };
+        // Read your writes: wait for the position the request passes back.
+        crate::position::wait(state.ledger(), &key.tenant, &parts.headers).await?;
         Ok(Authed {
             key,
             _scope: PhantomData,
