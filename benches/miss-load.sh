@@ -12,8 +12,8 @@
 #
 # Rounds alternate the workloads, so a noisy neighbour hits all alike; the
 # ratios reported are medians of the rounds' ratios. Requests are formatted
-# up front by Lua, as in benches/http-load.sh (whose Lua this reuses), so
-# the client costs the same per request whatever the workload. Also prints
+# up front by the Lua of benches/load-common.sh, as in benches/http-load.sh,
+# so the client costs the same per request whatever the workload. Also prints
 # the head reads per second that the misses cost (from B's /metrics).
 #
 #   scripts/postgres run -- benches/miss-load.sh
@@ -31,14 +31,8 @@ KEYS="${KEYS:-1000}"
 MISS_INTERVAL_MS="${MISS_INTERVAL_MS:-1}"
 url="${KEYLEDGER_TEST_POSTGRES_URL:?run under scripts/postgres run -- (or set KEYLEDGER_TEST_POSTGRES_URL)}"
 
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk
-fi
-cargo build --release --locked --bin keyledger
-bin="$PWD/target/release/keyledger"
-
-work="$(mktemp -d)"
-token="load-operator-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+# wrk, the release binary, $work, $token and write_rotate_lua.
+. benches/load-common.sh
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -93,23 +87,7 @@ with open(f"{work}/unknown.txt", "w") as f:
         f.write(s + base62(zlib.crc32(s.encode()), 6) + "\n")
 PY
 
-# The Lua of benches/http-load.sh: a table of requests formatted up front,
-# taken in turn from a random start; a report line at the end.
-cat >"$work/rotate.lua" <<'LUA'
-local i = math.random(#requests)
-request = function()
-  i = i % #requests + 1
-  return requests[i]
-end
-done = function(summary, latency, requests)
-  local seconds = summary.duration / 1e6
-  local bad = summary.errors.status + summary.errors.connect + summary.errors.read
-    + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT rps=%.0f p50_ms=%.3f p99_ms=%.3f requests=%d errors=%d\n",
-    summary.requests / seconds, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.requests, bad))
-end
-LUA
+write_rotate_lua
 cat >"$work/healthz.lua" <<LUA
 local requests = { wrk.format("GET", "/healthz") }
 $(cat "$work/rotate.lua")
