@@ -474,13 +474,7 @@ impl Keyledger {
     /// when the key is known. Never waits for the disk.
     pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
         let v = self.shared.verify(presented, scope);
-        // Outcomes of known keys reach the metrics when their `KeyUsed`
-        // event commits (see `flush`): no process-wide atomic on the hot
-        // path for them. Unknown and malformed keys are counted here.
-        if v.outcome.counted().is_none() {
-            self.shared.metrics.verifications[v.outcome.index()]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.note_unknown(v.outcome);
         v
     }
 
@@ -494,10 +488,7 @@ impl Keyledger {
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
         self.shared.verify_with(presented, scope, |outcome, key| {
-            if outcome.counted().is_none() {
-                self.shared.metrics.verifications[outcome.index()]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.note_unknown(outcome);
             f(outcome, key.map(|k| &**k))
         })
     }
@@ -620,7 +611,9 @@ impl Keyledger {
     }
 
     /// Counts an outcome that no usage event will count (an unknown or a
-    /// malformed key).
+    /// malformed key). Outcomes of known keys reach the metrics when their
+    /// `KeyUsed` event commits (see `flush`): no process-wide atomic on the
+    /// hot path for them.
     fn note_unknown(&self, outcome: VerifyOutcome) {
         if outcome.counted().is_none() {
             self.shared.metrics.verifications[outcome.index()]
