@@ -74,7 +74,7 @@ pub(crate) struct Signer {
 impl AuditState {
     fn signer(&self) -> Result<&Signer, Error> {
         self.signer.as_ref().ok_or_else(|| {
-            Error::Unavailable("audit signing is not configured (no data directory)".into())
+            Error::unavailable("audit signing is not configured (no data directory)")
         })
     }
 
@@ -99,7 +99,7 @@ impl AuditState {
             .get(tenant)
             && *blocked >= epoch
         {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::inconsistent(format!(
                 "refusing to sign a checkpoint for tenant {tenant}: {problem}"
             )));
         }
@@ -107,7 +107,7 @@ impl AuditState {
         if let Some(&(last_epoch, ..)) = signed.get(tenant)
             && last_epoch > epoch
         {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::inconsistent(format!(
                 "refusing to sign a checkpoint for tenant {tenant} in epoch {epoch}: one was \
                  signed in epoch {last_epoch} (a log never forks)"
             )));
@@ -122,7 +122,7 @@ impl AuditState {
                 && whole == Some(root)
                 && (size > last_size || root == last_root);
             if !extends {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::inconsistent(format!(
                     "refusing to sign a checkpoint of {size} events for tenant {tenant}: it does \
                      not extend the checkpoint of {last_size} events signed before (a log never \
                      forks)"
@@ -158,7 +158,7 @@ impl AuditState {
             )
         };
         if !recovering && !checked.problems.is_empty() {
-            return Err(Error::Corrupt(crate::integrity::describe(
+            return Err(Error::inconsistent(crate::integrity::describe(
                 &checked.problems,
             )));
         }
@@ -210,7 +210,7 @@ impl AuditState {
             }
             true
         })
-        .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
         Ok(out)
     }
 
@@ -302,7 +302,7 @@ impl AuditState {
         // Only the file's end is read: it may be gigabytes long.
         let path = self.checkpoint_path(tenant)?;
         let newest = crate::integrity::newest_checkpoint(&path)
-            .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
         Ok(newest.map(|c| {
             let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
             (c.size, at)
@@ -311,9 +311,9 @@ impl AuditState {
 
     /// Appends one line to the tenant's checkpoint file, durably.
     fn append_stored(&self, tenant: &TenantId, stored: &StoredCheckpoint) -> Result<(), Error> {
-        let line = serde_json::to_string(stored).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let line = serde_json::to_string(stored).map_err(|e| Error::unavailable(e.to_string()))?;
         let path = self.checkpoint_path(tenant)?;
-        let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
         if let Some(dir) = path.parent() {
             crate::datadir::create_dir_private(dir).map_err(io)?;
         }
@@ -457,7 +457,9 @@ mod tests {
             put(tree_of(leaves));
             let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
             match state.sign(&acme, size, root, now) {
-                Err(Error::Corrupt(m)) => assert!(m.contains("never forks"), "{m}"),
+                Err(e @ Error::Corrupt(crate::Damage::Inconsistent(_))) => {
+                    assert!(e.to_string().contains("never forks"), "{e}")
+                }
                 other => panic!("{leaves:?}: signed a fork: {other:?}"),
             }
             // (The tree of five is not due at all: its size was stored.)

@@ -645,23 +645,15 @@ impl crate::Keyledger {
     ) -> Result<keyledger_core::LogRecovered, crate::Error> {
         let tenant = principal.tenant.clone();
         let Some(problem) = self.checkpoint_problem(&tenant) else {
-            return Err(crate::Error::BadRequest(format!(
-                "tenant {tenant}'s log holds its signed checkpoints: there is nothing to recover"
-            )));
+            return Err(crate::RecoveryRefused::NothingLost(tenant).into());
         };
         let (Some(signed_size), Some(signed_root)) = (problem.signed_size, problem.signed_root)
         else {
-            return Err(crate::Error::BadRequest(format!(
-                "{problem}; this is not a signed checkpoint of this log, so there is no loss to \
-                 record: move the file aside (keep it: it is evidence) and start again"
-            )));
+            return Err(crate::RecoveryRefused::NotSigned(Box::new(problem)).into());
         };
         let current = self.shared.audit_epoch(&tenant);
         if problem.epoch != current {
-            return Err(crate::Error::BadRequest(format!(
-                "{problem}; a recovery cannot start an epoch that was already signed in: restore \
-                 the data directory from a backup (docs/operations.md, \"Restoring after damage\")"
-            )));
+            return Err(crate::RecoveryRefused::EpochSigned(Box::new(problem)).into());
         }
         let epoch = current + 1;
         let recovery = keyledger_core::LogRecovered {
@@ -681,8 +673,8 @@ impl crate::Keyledger {
             .await?;
         match records.first().map(|r| &r.event.kind) {
             Some(keyledger_core::EventKind::LogRecovered(e)) => Ok(e.clone()),
-            _ => Err(crate::Error::Corrupt(
-                "the recovery was not recorded as one LogRecovered event".into(),
+            _ => Err(crate::Error::inconsistent(
+                "the recovery was not recorded as one LogRecovered event",
             )),
         }
     }

@@ -42,6 +42,7 @@ mod catchup;
 mod checkpoints;
 mod clock;
 pub mod datadir;
+mod error;
 mod filter;
 mod follower;
 pub mod integrity;
@@ -58,16 +59,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keyledger_core::{
-    Command, CommandError, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal,
-    RemoveUser, RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId,
-    Timestamp, Usage, UserId, secret,
+    Command, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
+    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
+    Usage, UserId, secret,
 };
-use keyledger_store::{EventLog, Record, StoreError};
+use keyledger_store::{EventLog, Record};
 use tokio::sync::{Notify, mpsc, oneshot};
 use ulid::Ulid;
 
 pub use audit::{AuditConfig, Bundle, BundleHeader, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use error::{BadRequest, Damage, Error, Missing, RecoveryRefused, Unavailable};
 pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use metrics::{Histogram, Metrics};
@@ -152,55 +154,6 @@ impl Default for Config {
     }
 }
 
-/// Why a runtime call failed.
-///
-/// Not `#[non_exhaustive]`, like the core's `CommandError`: the server
-/// and the CLI match it in this workspace, and a new failure must be
-/// mapped there on purpose.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
-    /// The command was refused; nothing was written.
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    /// Nothing of the kind in this tenant.
-    #[error("{0}")]
-    NotFound(Missing),
-    /// A query's parameters are not acceptable (cursor, range, limit).
-    #[error("{0}")]
-    BadRequest(String),
-    /// The log could not be written or read: nothing was acknowledged.
-    #[error("the event log is unavailable: {0}")]
-    Unavailable(String),
-    /// The log is damaged.
-    #[error("the event log is damaged: {0}")]
-    Corrupt(String),
-    /// The runtime is shutting down.
-    #[error("keyledger is shutting down")]
-    ShuttingDown,
-    /// The data directory is refused: another user could steer what is
-    /// read from it or written to it ([`datadir`]).
-    #[error(transparent)]
-    DataDir(#[from] datadir::DataDirError),
-    /// A command was committed and is enforced by this node, but not every
-    /// live node sharing the log confirmed it applied it in time. It is
-    /// not undone: the other nodes apply it as soon as they catch up.
-    ///
-    /// The message is shown to the tenant that asked, so it names no global
-    /// log position (they would tell it how busy other tenants are); the
-    /// positions are logged for the operator.
-    #[error(
-        "committed and enforced by this node, but not confirmed by every live node within \
-         {waited_ms} ms: {why}"
-    )]
-    NotConfirmed {
-        /// How long it waited.
-        waited_ms: u64,
-        /// What was seen: a node has not applied it yet, or why the
-        /// nodes' progress could not be read.
-        why: String,
-    },
-}
-
 /// How a wait for a tenant's position ended
 /// ([`Keyledger::wait_tenant_position`]). Every position in it is the
 /// tenant's own sequence number.
@@ -222,25 +175,6 @@ pub enum PositionWait {
         /// The tenant's last event applied here.
         applied: u64,
     },
-}
-
-/// What a call did not find.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Missing {
-    /// No key with this id in the tenant.
-    #[error("no key {0} in this tenant")]
-    Key(KeyId),
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => {
-                Error::Corrupt(e.to_string())
-            }
-            other => Error::Unavailable(other.to_string()),
-        }
-    }
 }
 
 /// A key was created: the secret, shown once, and the key.
@@ -387,7 +321,7 @@ impl Keyledger {
         let writer = std::thread::Builder::new()
             .name("keyledger-writer".into())
             .spawn(move || writer::run(&writer_shared, rx, decision))
-            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+            .map_err(|e| Error::io("cannot start the writer", e))?;
         let follower = match shared.config.follow.clone() {
             None => None,
             Some(follow) => {
@@ -400,9 +334,7 @@ impl Keyledger {
                     Err(e) => {
                         let _ = shared.tx.try_send(Job::Stop);
                         let _ = writer.join();
-                        return Err(Error::Unavailable(format!(
-                            "cannot start the follower: {e}"
-                        )));
+                        return Err(Error::io("cannot start the follower", e));
                     }
                 }
             }
@@ -746,7 +678,7 @@ impl Keyledger {
             }
         })
         .await;
-        waited.map_err(|e| Error::Unavailable(format!("the wait failed: {e}")))?
+        waited.map_err(|e| Error::unavailable(format!("the wait failed: {e}")))?
     }
 
     /// Replaces a key with a new one with the same owner, name and scopes.
@@ -859,7 +791,7 @@ impl Keyledger {
             let shared = self.shared.clone();
             let written = tokio::task::spawn_blocking(move || shared.write_final_checkpoints())
                 .await
-                .map_err(|e| Error::Unavailable(e.to_string()))
+                .map_err(|e| Error::unavailable(e.to_string()))
                 .and_then(|r| r);
             if let Err(e) = written {
                 tracing::warn!(error = %e, "writing the final audit checkpoints failed");
@@ -878,11 +810,11 @@ impl Shared {
         let mut material = [0u8; secret::BODY_BYTES];
         self.entropy
             .fill(&mut material)
-            .map_err(Error::Unavailable)?;
+            .map_err(Error::unavailable)?;
         let mut id_random = [0u8; 16];
         self.entropy
             .fill(&mut id_random)
-            .map_err(Error::Unavailable)?;
+            .map_err(Error::unavailable)?;
         let ms = (self.clock.now().as_micros() / 1000).max(0) as u64;
         let id = KeyId::from_ulid(Ulid::from_parts(ms, u128::from_be_bytes(id_random)));
         Ok((id, Secret::from_material(&self.config.prefix, &material)))
@@ -1023,7 +955,7 @@ impl Shared {
         let mut failed = None;
         for r in records {
             if r.position != read.head + 1 {
-                failed = Some(Error::Corrupt(format!(
+                failed = Some(Error::inconsistent(format!(
                     "expected log position {}, found {}",
                     read.head + 1,
                     r.position
@@ -1031,7 +963,7 @@ impl Shared {
                 break;
             }
             if let Err(e) = read.ledger.apply(r.seq, &r.event) {
-                failed = Some(Error::Corrupt(e.to_string()));
+                failed = Some(e.into());
                 break;
             }
             applied += 1;

@@ -16,7 +16,7 @@ use keyledger_core::{TenantId, Timestamp};
 use keyledger_store::{Record, chain};
 
 use crate::checkpoints::{AuditConfig, Signer};
-use crate::{Error, Keyledger};
+use crate::{BadRequest, Error, Keyledger};
 
 /// The Merkle leaf hash of an event: `SHA-256(0x00 || chain hash)`.
 pub fn leaf_of(chain_hash: &Hash) -> Hash {
@@ -118,7 +118,7 @@ impl AuditState {
             };
             for r in run {
                 if tree.tree.len() + 1 != r.seq {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::inconsistent(format!(
                         "tenant {tenant}: Merkle leaf {} expected, event {} applied",
                         tree.tree.len() + 1,
                         r.seq
@@ -127,7 +127,7 @@ impl AuditState {
                 // Each record's own hash was recomputed when it was read
                 // (`keyledger_store`); here it must link to the one before.
                 if r.prev_hash != tree.head {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::inconsistent(format!(
                         "tenant {tenant}: event {} (log position {}) does not link to event {}: \
                          the chain is broken there",
                         r.seq,
@@ -182,10 +182,12 @@ impl Keyledger {
         self.shared.audit.with_tree(tenant, |t| {
             let size = if size == 0 { t.len() } else { size };
             if seq == 0 || seq > size || size > t.len() {
-                return Err(Error::BadRequest(format!(
-                    "position {seq} is not in a tree of size {size} (the tenant has {} events)",
-                    t.len()
-                )));
+                return Err(BadRequest::NotInTree {
+                    seq,
+                    size,
+                    events: t.len(),
+                }
+                .into());
             }
             let proof = t.inclusion_proof(seq - 1, size).map_err(proof_error)?;
             Ok(InclusionProof {
@@ -209,10 +211,12 @@ impl Keyledger {
         self.shared.audit.with_tree(tenant, |t| {
             let to = if to == 0 { t.len() } else { to };
             if from > to || to > t.len() {
-                return Err(Error::BadRequest(format!(
-                    "sizes {from} to {to} are not within 0..={}",
-                    t.len()
-                )));
+                return Err(BadRequest::SizesOutOfRange {
+                    from,
+                    to,
+                    events: t.len(),
+                }
+                .into());
             }
             Ok(ConsistencyProof {
                 from,
@@ -226,5 +230,5 @@ impl Keyledger {
 }
 
 pub(crate) fn proof_error(e: merkle::ProofError) -> Error {
-    Error::BadRequest(e.to_string())
+    BadRequest::Proof(e).into()
 }

@@ -5,8 +5,8 @@
 //! same data (`tests/bodies.rs`).
 
 use keyledger_core::{
-    Actor, Cause, DailyRow, EventKind, EventType, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet,
-    Timestamp, UsageSummary, UserId,
+    Actor, Cause, DailyRow, EventKind, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet, Timestamp,
+    UsageSummary, UserId,
 };
 use keyledger_store::{ChainReport, Record};
 use serde::{Deserialize, Serialize};
@@ -169,7 +169,7 @@ pub struct AuditEntry {
     pub at: String,
     /// The tenant.
     pub tenant: String,
-    /// The event's type: one of [`EventType::ALL`], by name.
+    /// The event's type: one of [`EventType::ALL`](keyledger_core::EventType::ALL), by name.
     #[serde(rename = "type")]
     #[cfg_attr(feature = "openapi", schema(schema_with = event_type_schema))]
     pub kind: &'static str,
@@ -190,6 +190,7 @@ pub struct AuditEntry {
 /// [`EventType::ALL`], so a new type is in the document as soon as it exists.
 #[cfg(feature = "openapi")]
 fn event_type_schema() -> utoipa::openapi::Object {
+    use keyledger_core::EventType;
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(EventType::ALL.map(EventType::as_str)))

@@ -17,9 +17,9 @@
 //! | 415 | a body that is not `application/json` |
 //! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
 //! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
-//! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
+//! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
-//! | 500 | a bug or a damaged log: never for anything a client sends |
+//! | 500 | a bug, or the log and what was built from it disagree: never for anything a client sends |
 
 use std::borrow::Cow;
 
@@ -51,7 +51,7 @@ pub struct ErrorDetail {
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
-    /// `unavailable`, `shutting_down`, `timeout`, `internal_error`.
+    /// `unavailable`, `log_damaged`, `shutting_down`, `timeout`, `internal_error`.
     pub code: Cow<'static, str>,
     /// For a human; never holds a secret: anything shaped like a key is
     /// masked when the error is rendered.
@@ -284,25 +284,45 @@ impl From<CommandError> for ApiError {
 
 impl From<keyledger_runtime::Error> for ApiError {
     fn from(e: keyledger_runtime::Error) -> Self {
-        use keyledger_runtime::Error as E;
+        use keyledger_runtime::{Damage, Error as E};
         match e {
             E::Command(c) => c.into(),
             E::NotFound(m @ keyledger_runtime::Missing::Key(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "key_not_found", m.to_string())
             }
-            E::BadRequest(m) => Self::query(m),
-            E::Unavailable(m) => ApiError {
+            E::BadRequest(b) => Self::query(b.to_string()),
+            // No route records a recovery (`keyledger recover` does).
+            e @ E::Recovery(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            e @ E::Unavailable(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "unavailable",
                 message: "the event log is unavailable; nothing was acknowledged".into(),
-                internal: Some(m),
+                internal: Some(e.to_string()),
             },
             E::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "keyledger is shutting down",
             ),
-            E::Corrupt(m) => Self::internal(format!("the event log is damaged: {m}")),
+            // The store found its file or a record damaged after start-up
+            // (a release build finds a damaged page only when it reads it):
+            // the operator must restore the file; the client is told no
+            // more than that, and nothing was acknowledged.
+            E::Corrupt(d @ (Damage::File(_) | Damage::Record(_) | Damage::Decode { .. })) => {
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "log_damaged",
+                    message: "the event log is damaged; nothing was acknowledged (the operator \
+                              has been told)"
+                        .into(),
+                    internal: Some(d.to_string()),
+                }
+            }
+            // The log and what was built from it disagree: a bug, or damage
+            // that no check of the store caught.
+            E::Corrupt(d @ (Damage::Apply(_) | Damage::Inconsistent(_))) => {
+                Self::internal(d.to_string())
+            }
             // Committed and enforced here; the other nodes did not confirm in time.
             e @ E::NotConfirmed { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "not_confirmed", e.to_string())
@@ -500,7 +520,7 @@ pub(crate) mod responses {
         /// The headers are over the limit (16 KiB).
         #[response(status = 431)]
         HeadersTooLarge(ErrorBody),
-        /// The log is unavailable, the server is shutting down, or the request timed out.
+        /// The log is unavailable or found damaged, the server is shutting down, or the request timed out.
         #[response(status = 503)]
         Unavailable(ErrorBody),
     }

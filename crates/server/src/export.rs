@@ -138,7 +138,7 @@ pub(crate) fn trail(
                     .and_then(|n| flushed.map(|()| n))
                     .map_err(|e| match e {
                         Stop::Encode(m) => out.stop(m),
-                        other => other,
+                        other @ (Stop::Gone | Stop::Ledger(_)) => other,
                     })
             }
         };

@@ -89,7 +89,6 @@ pub struct TenantAppend {
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     /// A tenant is not at the expected version: someone else appended
     /// first. Nothing was written.
