@@ -41,6 +41,15 @@ pub struct ServeArgs {
     /// host name, the process id and a random suffix).
     #[arg(long, env = "KEYLEDGER_NODE_ID")]
     pub node_id: Option<String>,
+    /// With --postgres: a key this node does not know (or a
+    /// Keyledger-Position it has not applied) is answered after it read
+    /// the log's head and applied the log up to it; such reads start at
+    /// most once per this many milliseconds, each shared by every miss
+    /// waiting (docs/operations.md, "What a client sees while nodes catch up").
+    #[arg(long, env = "KEYLEDGER_MISS_INTERVAL_MS",
+        default_value_t = keyledger_runtime::MISS_INTERVAL_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub miss_interval_ms: u64,
     /// Connections held open at once, all clients together; more wait in
     /// the kernel's backlog until one closes.
     #[arg(long, env = "KEYLEDGER_CONNECTIONS_MAX", default_value_t = limits::CONNECTIONS_MAX as u64,
@@ -96,8 +105,9 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     let limits = args.limits()?;
     raise_file_limit(limits.connections_max);
     // On a shared log, follow what the other nodes append.
-    let follow = cli::postgres().then(|| {
-        Follow::new(
+    let follow = cli::postgres().then(|| Follow {
+        miss_interval: Duration::from_millis(args.miss_interval_ms),
+        ..Follow::new(
             args.node_id
                 .clone()
                 .unwrap_or_else(keyledger_runtime::default_node_id),

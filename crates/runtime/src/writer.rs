@@ -40,6 +40,12 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
             match job {
                 Job::Command(command, reply) => batch.push((command, reply)),
                 Job::Apply(page) => follow(shared, &mut decision, &page),
+                Job::CatchUp => {
+                    if let Err(e) = catch_up(shared, &mut decision) {
+                        tracing::debug!(error = %e, "cannot read the log to answer a miss");
+                        decision = shared.read_model().ledger.clone();
+                    }
+                }
                 Job::Stop => {
                     stop = true;
                     break;

@@ -31,6 +31,7 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+pub mod position;
 pub mod redact;
 pub mod wire;
 
