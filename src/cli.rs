@@ -569,7 +569,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         _ => {}
     }
     if let Some(remote) = crate::login::remote_for(&args)? {
-        return remote.run(&out, args.command);
+        let done = remote.run(&out, args.command);
+        crate::login::remember_position(&remote);
+        return done;
     }
     if let Cmd::Whoami { .. } = args.command {
         return Err(Failure::msg(

@@ -15,11 +15,23 @@ use crate::evidence_cli::EvidenceCmd;
 use crate::output::Out;
 use crate::remote::{Credential, Remote, whoami_text};
 
-/// A stored login: a server and an API key.
+/// A stored login: a server and an API key, and the tenant position of
+/// the newest write seen through it (`Keyledger-Position`), so the next
+/// command's reads see it even through another node.
 #[derive(Serialize, Deserialize)]
 struct Login {
     url: String,
     key: String,
+    #[serde(default)]
+    position: u64,
+}
+
+/// `KEYLEDGER_POSITION`: a tenant position (from a write's
+/// `Keyledger-Position`) the command's reads must see.
+const POSITION_ENV: &str = "KEYLEDGER_POSITION";
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// The directory `login.json` is kept in: `$XDG_CONFIG_HOME/keyledger`,
@@ -110,11 +122,20 @@ pub fn remote_for(args: &Args) -> Result<Option<Remote>> {
         (None, Some(l)) => l.url.clone(),
         (None, None) => return Ok(None),
     };
+    let given_position = match std::env::var(POSITION_ENV) {
+        Ok(p) => Some(p.trim().parse::<u64>().map_err(|_| {
+            Failure::msg(format!(
+                "{POSITION_ENV}={p}: give a tenant position, a whole number (a write's \
+                 Keyledger-Position)"
+            ))
+        })?),
+        Err(_) => None,
+    };
+    let mut kept = 0;
     let credential = if let Some(c) = given {
         c
-    } else if let Some(l) =
-        login.filter(|l| l.url.trim_end_matches('/') == url.trim_end_matches('/'))
-    {
+    } else if let Some(l) = login.filter(|l| same_url(&l.url, &url)) {
+        kept = l.position;
         Credential::Key(l.key)
     } else if matches!(args.command, Cmd::Verify { .. }) {
         // The key checked is the credential.
@@ -126,7 +147,31 @@ pub fn remote_for(args: &Args) -> Result<Option<Remote>> {
              `keyledger login`"
         )));
     };
-    Remote::new(&url, credential).map(Some)
+    let remote = Remote::new(&url, credential)?;
+    Ok(Some(match given_position {
+        Some(p) => remote.with_position(p, false),
+        None => remote.with_position(kept, true),
+    }))
+}
+
+/// After a command against the stored login's server with its key: keeps
+/// the newest position seen, so the next command's reads see this one's
+/// writes on any node (or forgets one the server refused: a server since
+/// reset). Best effort: the command's answer stands either way.
+pub fn remember_position(remote: &Remote) {
+    let Ok(Some(mut login)) = stored() else {
+        return;
+    };
+    if !same_url(&login.url, remote.url())
+        || !remote.uses_key(&login.key)
+        || !(remote.position() > login.position || remote.position_dropped())
+    {
+        return;
+    }
+    login.position = remote.position();
+    if let Err(e) = save(&login) {
+        tracing::debug!(error = %e, "could not keep the position in the stored login");
+    }
 }
 
 /// `keyledger login`: checks the key against the server (`whoami`) and
@@ -155,6 +200,7 @@ pub fn login(args: &Args, out: &Out) -> Result<ExitCode> {
     save(&Login {
         url: url.trim_end_matches('/').to_owned(),
         key,
+        position: 0,
     })?;
     let path = login_path()?;
     out.value(

@@ -43,7 +43,22 @@ pub struct Remote {
     agent: ureq::Agent,
     base: String,
     credential: Credential,
+    /// The tenant position of the newest write this client has seen
+    /// (`Keyledger-Position`), sent back on every tenant request so that a
+    /// node that has not applied it yet waits for it: a read right after a
+    /// write, through any node, sees the write. 0: none.
+    position: std::cell::Cell<u64>,
+    /// Whether that position was kept by an earlier command (the stored
+    /// login's), not given for this one: then a server that calls it past
+    /// the tenant's log (a server since reset) has it dropped, not refused.
+    position_kept: bool,
+    /// Set when the kept position was dropped that way.
+    position_dropped: std::cell::Cell<bool>,
 }
+
+/// The header a write's answer carries its tenant position in, and a read
+/// passes back.
+const POSITION_HEADER: &str = "keyledger-position";
 
 /// A request: method, path (segments already encoded), query and body.
 struct Call<'a> {
@@ -134,12 +149,59 @@ impl Remote {
             agent,
             base,
             credential,
+            position: std::cell::Cell::new(0),
+            position_kept: false,
+            position_dropped: std::cell::Cell::new(false),
         })
     }
 
+    /// Starts from a position the reads must see: given for this command
+    /// (KEYLEDGER_POSITION; a server that refuses it is an error), or
+    /// `kept` by an earlier one (the stored login's; dropped if refused).
+    pub fn with_position(mut self, position: u64, kept: bool) -> Self {
+        self.position.set(position);
+        self.position_kept = kept;
+        self
+    }
+
+    /// The tenant position of the newest write seen (0: none).
+    pub fn position(&self) -> u64 {
+        self.position.get()
+    }
+
+    /// Whether the kept position was refused by the server and dropped.
+    pub fn position_dropped(&self) -> bool {
+        self.position_dropped.get()
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether the requests are made with the API key `key`.
+    pub fn uses_key(&self, key: &str) -> bool {
+        matches!(&self.credential, Credential::Key(k) if k == key)
+    }
+
     /// Sends `call`; the response when its status is a success, else the
-    /// server's error.
+    /// server's error. A kept position the server calls past the tenant's
+    /// log (kept from a server since reset) is dropped and the call sent
+    /// again without it.
     fn send(&self, call: Call<'_>) -> Result<ureq::http::Response<ureq::Body>> {
+        match self.send_once(&call) {
+            Err(Failure::Server { code, .. })
+                if code == "invalid_position" && self.position_kept && self.position.get() > 0 =>
+            {
+                self.position.set(0);
+                self.position_dropped.set(true);
+                self.send_once(&call)
+            }
+            other => other,
+        }
+    }
+
+    fn send_once(&self, call: &Call<'_>) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{}", self.base, call.path);
         let http = |e: ureq::Error| Failure::Http {
             url: url.clone(),
@@ -170,6 +232,10 @@ impl Remote {
                     }
                 }
             }
+        }
+        let position = self.position.get();
+        if position > 0 && !call.path.starts_with("/v1/admin/") && call.path != "/v1/verify" {
+            headers.push((POSITION_HEADER, position.to_string()));
         }
         let response = match call.method {
             "POST" => {
@@ -204,6 +270,14 @@ impl Remote {
         }
         .map_err(http)?;
         if response.status().is_success() {
+            let seen = response
+                .headers()
+                .get(POSITION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(p) = seen.filter(|&p| p > self.position.get()) {
+                self.position.set(p);
+            }
             return Ok(response);
         }
         Err(server_error(response, &url))

@@ -775,6 +775,69 @@ fn login_stores_the_key_for_its_owner_only_and_whoami_and_logout_use_it() {
     live.stop();
 }
 
+/// Read-your-writes from the CLI (docs/api.md, "Reading your writes on any
+/// node"): a write's `Keyledger-Position` is kept in the stored login and
+/// sent back by the next commands; one the server refuses (a server since
+/// reset) is dropped rather than failing every later command; one given in
+/// KEYLEDGER_POSITION is sent as given.
+#[test]
+fn the_cli_passes_back_the_position_of_its_last_write() {
+    let (d, key) = demo_with_tour_key();
+    let live = crate::live::Live::start(&d.path(), 1000);
+    let url = format!("http://{}", live.addr);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
+    ok_out(
+        &kl(&["login", "--url", &url], &env, Some(&format!("{key}\n"))),
+        "login",
+    );
+    let file = config.join("keyledger/login.json");
+    let stored = || -> Value { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+    assert_eq!(stored()["position"], 0, "no write yet");
+
+    ok_out(
+        &kl(&["keys", "create", "--name", "position probe"], &env, None),
+        "keys create",
+    );
+    let after_create = stored()["position"].as_u64().unwrap();
+    assert!(after_create > 0, "the create's position is kept");
+    // A read with it: answered (the one node has applied it).
+    let list = ok_out(&kl(&["keys", "list", "--json"], &env, None), "keys list");
+    assert!(list.contains("position probe"), "{list}");
+    assert_eq!(stored()["position"].as_u64(), Some(after_create));
+
+    // Given for this command, it is sent as given: past the tenant's log,
+    // the server refuses it.
+    let past = (after_create + 1_000_000).to_string();
+    let refused = kl(
+        &["keys", "list"],
+        &[env[0], ("KEYLEDGER_POSITION", past.as_str())],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid_position"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let bad = kl(
+        &["keys", "list"],
+        &[env[0], ("KEYLEDGER_POSITION", "soon")],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2));
+
+    // Kept from a server since reset: dropped, and forgotten.
+    let mut login = stored();
+    login["position"] = (after_create + 1_000_000).into();
+    std::fs::write(&file, serde_json::to_vec(&login).unwrap()).unwrap();
+    let list = ok_out(&kl(&["keys", "list", "--json"], &env, None), "keys list");
+    assert!(list.contains("position probe"), "{list}");
+    assert_eq!(stored()["position"], 0, "the refused position is forgotten");
+    live.stop();
+}
+
 #[test]
 fn errors_are_json_under_json() {
     let d = Data::new();
