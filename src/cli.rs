@@ -480,15 +480,20 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
         return Ok(Arc::new(log));
     }
     let data = data_dir(data)?;
-    let log = RedbLog::open(&log_path(&data)).map_err(|e| match e {
-        // The message names the file and says what to do.
-        keyledger_store::StoreError::Damaged { .. } => {
-            Failure::msg(format!("cannot open {}: {e}", data.display()))
+    let log = RedbLog::open(&log_path(&data)).map_err(|source| {
+        use keyledger_store::StoreError as E;
+        let hint = match &source {
+            // The message names the file and says what to do.
+            E::Damaged { .. } | E::Corrupt { .. } => "",
+            E::Conflict { .. } | E::BadAppend(_) | E::Backend(_) | E::Unavailable(_) => {
+                " (is a keyledger server running on it?)"
+            }
+        };
+        Failure::Open {
+            data: data.clone(),
+            source,
+            hint,
         }
-        e => Failure::msg(format!(
-            "cannot open {}: {e} (is a keyledger server running on it?)",
-            data.display()
-        )),
     })?;
     Ok(Arc::new(log))
 }
@@ -817,7 +822,9 @@ fn filter(f: &TrailFilter) -> Result<AuditFilter> {
                 .map(keyledger_core::EventType::as_str)
                 .join(", ")
         )),
-        e => Failure::msg(format!("--key-id: {e}")),
+        e @ keyledger_runtime::AuditFilterError::KeyId(_) => {
+            Failure::msg(format!("--key-id: {e}"))
+        }
     })?;
     Ok(AuditFilter {
         from: from?,

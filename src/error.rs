@@ -42,6 +42,18 @@ pub enum Failure {
         /// The API's message.
         message: String,
     },
+    /// The data directory's log could not be opened; `hint` says what to
+    /// check (empty when the message says it already).
+    #[error("cannot open {}: {source}{hint}", data.display())]
+    Open {
+        /// The data directory.
+        data: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: keyledger_store::StoreError,
+        /// What to check.
+        hint: &'static str,
+    },
     /// The server could not be reached, or its answer could not be read.
     #[error("{url}: {source}")]
     Http {
@@ -69,7 +81,7 @@ impl Failure {
             Failure::Runtime(e) => keyledger_server::ApiError::from(e.clone())
                 .code()
                 .to_owned(),
-            Failure::Store(_) => "store_error".into(),
+            Failure::Store(_) | Failure::Open { .. } => "store_error".into(),
             Failure::Io(_) => "io_error".into(),
             Failure::Json(_) | Failure::Csv(_) => "output_error".into(),
             Failure::Server { code, .. } => code.clone(),
@@ -87,7 +99,14 @@ impl Failure {
                 csv::ErrorKind::Io(e) => Some(e.kind()),
                 _ => None,
             },
-            _ => None,
+            Failure::Invalid(_)
+            | Failure::Runtime(_)
+            | Failure::Store(_)
+            | Failure::Open { .. }
+            | Failure::Id(_)
+            | Failure::Time(_)
+            | Failure::Server { .. }
+            | Failure::Http { .. } => None,
         };
         kind == Some(io::ErrorKind::BrokenPipe)
     }
