@@ -122,6 +122,12 @@ impl FromStr for KeyId {
                 s.escape_debug()
             ))
         })?;
+        // A ULID's 26 characters hold 130 bits: a first character past `7`
+        // would be shifted out by the decoder, so `key_8…` would name the
+        // same key as `key_0…`. Refused, as the ULID spec says.
+        if !body.starts_with(|c: char| ('0'..='7').contains(&c)) {
+            return Err(IdError(format!("`{}` is not a key id", s.escape_debug())));
+        }
         Ulid::from_string(body)
             .map(KeyId)
             .map_err(|_| IdError(format!("`{}` is not a key id", s.escape_debug())))
@@ -161,5 +167,13 @@ mod tests {
         assert_eq!(text.parse::<KeyId>().unwrap(), id);
         assert!("key_nope".parse::<KeyId>().is_err());
         assert!("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<KeyId>().is_err());
+        // Crockford base32 is read in either case; past 128 bits is refused,
+        // not wrapped onto another id.
+        let lower = "key_01arz3ndektsv4rrffq69g5fav".parse::<KeyId>();
+        assert_eq!(lower, "key_01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<KeyId>());
+        assert!(lower.is_ok());
+        assert!("key_7ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<KeyId>().is_ok());
+        assert!("key_81ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<KeyId>().is_err());
+        assert!("key_Z1ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<KeyId>().is_err());
     }
 }

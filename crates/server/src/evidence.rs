@@ -56,6 +56,7 @@ pub struct PublicKeyBody {
 #[into_params(parameter_in = Query)]
 pub struct InclusionQuery {
     /// The event's tenant sequence number (1-based; leaf `position - 1`).
+    #[param(minimum = 1)]
     pub position: u64,
     /// The tree size (default: the current size).
     pub size: Option<u64>,
@@ -77,8 +78,10 @@ pub struct RangeQuery {
 pub struct BundleQuery {
     /// The first sequence number, a whole number (default 1: the whole log, as
     /// `keyledger audit evidence bundle` does).
+    #[param(minimum = 1)]
     pub from: Option<u64>,
     /// The last sequence number, a whole number (default: the current size).
+    #[param(minimum = 1)]
     pub to: Option<u64>,
 }
 

@@ -168,7 +168,7 @@ async fn list_keys(
 /// One key: never its secret or the secret's hash.
 #[utoipa::path(
     get, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
     responses((status = 200, description = "The key", body = KeyView), responses::KeyAuth, responses::NotFound, responses::Common),
     security(("bearer" = ["keys:read"]), ("api_key" = ["keys:read"])),
 )]
@@ -185,7 +185,7 @@ async fn get_key(
 /// every node sharing the log, with `wait=all-nodes`).
 #[utoipa::path(
     post, path = "/v1/keys/{id}/revoke", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), RevokeQuery),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), RevokeQuery),
     request_body(content = Option<RevokeRequest>, description = "Optional; the reason defaults to `manual`"),
     responses(
         (status = 200, description = "The key, revoked", body = KeyView),
@@ -246,7 +246,7 @@ const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_mil
 /// expires after the grace period.
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
     request_body(content = Option<RotateRequest>, description = "Optional; no grace by default"),
     responses(
         (status = 201, description = "The new key; `key` is its secret, shown once", body = CreatedKey,
@@ -277,7 +277,7 @@ async fn rotate_key(
 /// Every event of one key, usage included, in log order.
 #[utoipa::path(
     get, path = "/v1/keys/{id}/history", tag = "audit",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), PageQuery),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), PageQuery),
     responses((status = 200, description = "A page of the key's events", body = AuditPageBody), responses::KeyAuth, responses::NotFound, responses::Common),
     security(("bearer" = ["audit:read"]), ("api_key" = ["audit:read"])),
 )]
@@ -320,7 +320,7 @@ fn remove(
 /// the same atomic append, and listed.
 #[utoipa::path(
     delete, path = "/v1/users/{user_id}", tag = "users",
-    params(("user_id" = String, Path, description = "The user, as the product's identity system names them", min_length = 1, max_length = 256)),
+    params(("user_id" = String, Path, description = "The user, as the product's identity system names them", min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")),
     responses(
         (status = 200, description = "Removed; the keys revoked with them", body = RemovedUser),
         responses::KeyAuth, responses::Conflict, responses::Common,
@@ -654,7 +654,7 @@ async fn admin_create_key(
     delete, path = "/v1/admin/tenants/{tenant}/users/{user}", tag = "admin",
     params(
         ("tenant" = String, Path, description = "1 to 64 of `A-Z a-z 0-9 . _ -`", pattern = r"^[A-Za-z0-9._-]{1,64}$"),
-        ("user" = String, Path, description = "The user to remove", min_length = 1, max_length = 256),
+        ("user" = String, Path, description = "The user to remove", min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"),
     ),
     responses(
         (status = 200, description = "Removed; the keys revoked with them", body = RemovedUser),

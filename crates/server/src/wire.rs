@@ -48,7 +48,11 @@ impl<'de> Deserialize<'de> for DayParam {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Where the key lives: 1 to 100 characters after trimming, no control characters.
-    #[schema(example = "CI/CD Pipeline", min_length = 1, max_length = 100)]
+    #[schema(
+        example = "CI/CD Pipeline",
+        min_length = 1,
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]{0,98}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     /// What it is for: at most 500 characters.
     #[serde(default)]
@@ -56,11 +60,12 @@ pub struct CreateKeyRequest {
     pub description: Option<String>,
     /// When it stops working on its own (RFC 3339, in the future).
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2099-01-01T00:00:00Z")]
     pub expires_at: Option<Rfc3339>,
     /// What it may do; none gives every scope but `users:remove`. A key
     /// cannot grant a scope it does not hold.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub scopes: Option<Vec<ScopeName>>,
 }
 
@@ -69,11 +74,21 @@ pub struct CreateKeyRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateKeyRequest {
-    /// The user who owns the key and whom it acts as.
-    #[schema(example = "alice", min_length = 1, max_length = 256)]
+    /// The user who owns the key and whom it acts as: 1 to 256 characters, not
+    /// blank, no control characters.
+    #[schema(
+        example = "alice",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub user: String,
     /// Where the key lives: 1 to 100 characters after trimming, no control characters.
-    #[schema(example = "bootstrap", min_length = 1, max_length = 100)]
+    #[schema(
+        example = "bootstrap",
+        min_length = 1,
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]{0,98}[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     /// What it is for: at most 500 characters.
     #[serde(default)]
@@ -81,11 +96,12 @@ pub struct AdminCreateKeyRequest {
     pub description: Option<String>,
     /// When it stops working on its own (RFC 3339, in the future).
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2099-01-01T00:00:00Z")]
     pub expires_at: Option<Rfc3339>,
     /// What it may do; none gives every scope but `users:remove`. The
     /// operator may grant any scope.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub scopes: Option<Vec<ScopeName>>,
 }
 
@@ -129,7 +145,7 @@ pub struct RotateRequest {
     pub grace_seconds: Option<u64>,
     /// The new key's expiry (RFC 3339, in the future); none by default.
     #[serde(default)]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2099-01-01T00:00:00Z")]
     pub expires_at: Option<Rfc3339>,
 }
 
@@ -273,7 +289,12 @@ pub struct ListKeysQuery {
     /// Sort order (default `desc`).
     #[param(inline)]
     pub order: Option<OrderName>,
-    /// Where the previous page ended.
+    /// Where the previous page ended: the `next_cursor` of a page of the
+    /// same sort and order (lower-case hex: a long run of letters and digits
+    /// holding an upper-case letter is refused as key-shaped, `key_in_url`).
+    #[param(
+        pattern = r"^6b311f(?:6e|63|75)(?:61|64)1f6b65795f3[0-7](?:3[0-9]|4[1-8abde]|5[0-46-9a]|6[1-8abde]|7[0-46-9a]){25}1f(?:74(?:[0-9a-f]{2})*|69(?:2[bd])?(?:3[0-9])+)$"
+    )]
     pub cursor: Option<String>,
     /// Page size: 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -285,7 +306,7 @@ pub struct ListKeysQuery {
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only events about this key (`key_<ulid>`).
-    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub key_id: Option<String>,
     /// Only events by this actor: a user id, a key id, `user:<id>`, `key:<id>`, `operator` or `system`.
     pub actor: Option<String>,
@@ -302,7 +323,8 @@ pub struct AuditQuery {
     pub to: Option<Rfc3339>,
     /// Include `KeyUsed` events (default false).
     pub include_usage: Option<bool>,
-    /// Where the previous page ended.
+    /// Where the previous page ended: a page's `next_cursor` (`s<position>`).
+    #[param(pattern = r"^s\+?[0-9]+$")]
     pub cursor: Option<String>,
     /// Page size: 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -317,7 +339,7 @@ pub struct AuditExportQuery {
     #[param(inline)]
     pub format: Option<ExportFormat>,
     /// Only events about this key (`key_<ulid>`).
-    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub key_id: Option<String>,
     /// Only events by this actor.
     pub actor: Option<String>,
@@ -339,7 +361,8 @@ pub struct AuditExportQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Where the previous page ended.
+    /// Where the previous page ended: a page's `next_cursor` (`s<position>`).
+    #[param(pattern = r"^s\+?[0-9]+$")]
     pub cursor: Option<String>,
     /// Page size: 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -352,6 +375,9 @@ pub struct PageQuery {
 pub struct StateQuery {
     /// An RFC 3339 instant, or a position in the tenant's trail: its
     /// sequence number, a whole number (`0`: before its first event).
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(?:\+?[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2}))[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub at: String,
 }
 
@@ -366,7 +392,7 @@ pub struct UsageQuery {
     #[param(value_type = Option<String>, format = Date)]
     pub to: Option<DayParam>,
     /// One key's rows instead of the tenant's (`key_<ulid>`).
-    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub key_id: Option<String>,
 }
 
@@ -393,7 +419,7 @@ pub struct UsageExportQuery {
     #[param(value_type = Option<String>, format = Date)]
     pub to: Option<DayParam>,
     /// One key's rows instead of the tenant's (`key_<ulid>`).
-    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+    #[param(pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub key_id: Option<String>,
 }
 
