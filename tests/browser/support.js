@@ -1,0 +1,123 @@
+// What every spec shares: the guarded page (nothing reached but the server,
+// no CSP violation, no uncaught error), signing in, the accessibility check
+// and the screenshots.
+import { test as base, expect } from '@playwright/test';
+import AxeBuilder from '@axe-core/playwright';
+import path from 'node:path';
+import { operatorToken } from './api.js';
+
+export { expect };
+
+export const test = base.extend({
+  // Every request not to the server's origin is refused and remembered; the
+  // test fails if there was any. Every URL requested is kept, to show that
+  // no secret travelled in one.
+  requested: async ({}, use) => {
+    await use([]);
+  },
+  context: async ({ context, baseURL, requested }, use) => {
+    const origin = new URL(baseURL).origin;
+    const offsite = [];
+    await context.route('**/*', (route) => {
+      const url = route.request().url();
+      requested.push(url);
+      if (new URL(url).origin === origin) return route.continue();
+      offsite.push(url);
+      return route.abort('blockedbyclient');
+    });
+    context.on('websocket', (ws) => offsite.push(ws.url()));
+    await use(context);
+    expect(offsite, 'requests to anything but the keyledger server').toEqual([]);
+  },
+  page: async ({ page }, use) => {
+    const csp = [];
+    const errors = [];
+    page.on('console', (m) => {
+      if (/Content[- ]Security[- ]Policy/i.test(m.text())) csp.push(m.text());
+    });
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await use(page);
+    expect(csp, 'Content-Security-Policy violations in the browser console').toEqual([]);
+    expect(errors, 'uncaught errors in the page').toEqual([]);
+  },
+});
+
+/** Signs in with an API key; ends on the keys page. */
+export async function signIn(page, key) {
+  await page.goto('/');
+  await expect(page.getByRole('heading', { name: 'Sign in to keyledger' })).toBeVisible();
+  await page.getByLabel('API key or operator token').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByRole('navigation', { name: 'Main' })).toBeVisible();
+}
+
+/** Signs in with the operator token, picks `tenant` and acts as `user`. */
+export async function signInOperator(page, tenant, user) {
+  await page.goto('/');
+  await page.getByLabel('API key or operator token').fill(operatorToken());
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('textbox', { name: 'Tenant' }).fill(tenant);
+  if (user) await page.getByRole('textbox', { name: 'Act as user (optional)' }).fill(user);
+  await page.getByRole('button', { name: 'Continue' }).click();
+  await expect(page.getByRole('navigation', { name: 'Main' })).toBeVisible();
+}
+
+/** Goes to a page of the console by its link in the main navigation. */
+export async function open(page, link, heading = link) {
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: link }).click();
+  await expect(page.getByRole('heading', { level: 1, name: heading })).toBeVisible();
+}
+
+/**
+ * axe-core on the page as it is now (open dialogs included): fails with the
+ * list of every serious or critical violation.
+ */
+export async function expectAccessible(page, what) {
+  const result = await new AxeBuilder({ page }).analyze();
+  const bad = result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map(
+      (v) =>
+        `${v.impact} ${v.id}: ${v.help} (${v.helpUrl})\n` +
+        v.nodes.map((n) => `    ${n.target.join(' ')}: ${n.failureSummary}`).join('\n'),
+    );
+  expect(bad, `serious or critical accessibility violations on ${what}`).toEqual([]);
+}
+
+export const SIZES = [
+  { width: 1280, height: 800 },
+  { width: 390, height: 844 },
+];
+
+/**
+ * Screenshots of the page at 1280x800 and 390x844 (full page) in
+ * KEYLEDGER_SCREENSHOTS (target/console-screenshots), secrets masked; the
+ * viewport is put back afterwards.
+ */
+export async function screenshots(page, name) {
+  const dir = process.env.KEYLEDGER_SCREENSHOTS;
+  if (!dir) return;
+  const before = page.viewportSize();
+  for (const size of SIZES) {
+    await page.setViewportSize(size);
+    await page.screenshot({
+      path: path.join(dir, `${name}-${size.width}x${size.height}.png`),
+      fullPage: true,
+      mask: [page.getByTestId('secret')],
+    });
+  }
+  await page.setViewportSize(before);
+}
+
+/**
+ * Every place a secret could be kept or sent besides the Authorization
+ * header: no URL requested, no localStorage, no cookie may hold it.
+ */
+export async function expectSecretNowhere(page, requested, secret) {
+  expect(page.url()).not.toContain(secret);
+  expect(requested.filter((u) => u.includes(secret))).toEqual([]);
+  const local = await page.evaluate(() => JSON.stringify({ ...localStorage }));
+  expect(local).not.toContain(secret);
+  const cookies = JSON.stringify(await page.context().cookies());
+  expect(cookies).not.toContain(secret);
+}
