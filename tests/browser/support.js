@@ -8,37 +8,50 @@ import { operatorToken } from './api.js';
 
 export { expect };
 
+/**
+ * Refuses every request of `context` not to `origin`, and remembers it in
+ * the returned list; every URL requested is pushed to `requested`.
+ */
+export async function guardNetwork(context, origin, requested = []) {
+  const offsite = [];
+  await context.route('**/*', (route) => {
+    const url = route.request().url();
+    requested.push(url);
+    if (new URL(url).origin === origin) return route.continue();
+    offsite.push(url);
+    return route.abort('blockedbyclient');
+  });
+  context.on('websocket', (ws) => offsite.push(ws.url()));
+  return offsite;
+}
+
+/** Content-Security-Policy violations and uncaught errors `page` reports. */
+export function watchConsole(page) {
+  const seen = { csp: [], errors: [] };
+  page.on('console', (m) => {
+    if (/Content[- ]Security[- ]Policy/i.test(m.text())) seen.csp.push(m.text());
+  });
+  page.on('pageerror', (e) => seen.errors.push(String(e)));
+  return seen;
+}
+
 export const test = base.extend({
-  // Every request not to the server's origin is refused and remembered; the
-  // test fails if there was any. Every URL requested is kept, to show that
-  // no secret travelled in one.
+  // Every request not to the server's origin is refused, and the test fails
+  // if there was any. Every URL requested is kept, to show that no secret
+  // travelled in one.
   requested: async ({}, use) => {
     await use([]);
   },
   context: async ({ context, baseURL, requested }, use) => {
-    const origin = new URL(baseURL).origin;
-    const offsite = [];
-    await context.route('**/*', (route) => {
-      const url = route.request().url();
-      requested.push(url);
-      if (new URL(url).origin === origin) return route.continue();
-      offsite.push(url);
-      return route.abort('blockedbyclient');
-    });
-    context.on('websocket', (ws) => offsite.push(ws.url()));
+    const offsite = await guardNetwork(context, new URL(baseURL).origin, requested);
     await use(context);
     expect(offsite, 'requests to anything but the keyledger server').toEqual([]);
   },
   page: async ({ page }, use) => {
-    const csp = [];
-    const errors = [];
-    page.on('console', (m) => {
-      if (/Content[- ]Security[- ]Policy/i.test(m.text())) csp.push(m.text());
-    });
-    page.on('pageerror', (e) => errors.push(String(e)));
+    const seen = watchConsole(page);
     await use(page);
-    expect(csp, 'Content-Security-Policy violations in the browser console').toEqual([]);
-    expect(errors, 'uncaught errors in the page').toEqual([]);
+    expect(seen.csp, 'Content-Security-Policy violations in the browser console').toEqual([]);
+    expect(seen.errors, 'uncaught errors in the page').toEqual([]);
   },
 });
 

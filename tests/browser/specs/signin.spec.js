@@ -4,9 +4,11 @@ import {
   expect,
   expectAccessible,
   expectSecretNowhere,
+  guardNetwork,
   screenshots,
   signIn,
   test,
+  watchConsole,
 } from '../support.js';
 
 test('the console is served with a strict Content-Security-Policy', async ({ request }) => {
@@ -63,4 +65,38 @@ test('signing in keeps the key in sessionStorage only; signing out clears it', a
   await expect(page.getByRole('heading', { name: 'Sign in to keyledger' })).toBeVisible();
   expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
   await expectSecretNowhere(page, requested, admin.key);
+});
+
+// The two guards every test runs under can fail: a request elsewhere is
+// refused and seen, and the browser reports a CSP violation in words the
+// console watch recognises (an injected inline script is refused).
+test('the network guard and the CSP watch see what they must', async ({ browser, baseURL }) => {
+  const context = await browser.newContext({ baseURL });
+  const offsite = await guardNetwork(context, new URL(baseURL).origin);
+  const page = await context.newPage();
+  const seen = watchConsole(page);
+  await page.goto('/');
+  await expect(page.getByRole('heading', { name: 'Sign in to keyledger' })).toBeVisible();
+
+  const fetched = await page.evaluate(() =>
+    fetch('https://cdn.example.com/lib.js').then(
+      () => 'fetched',
+      () => 'refused',
+    ),
+  );
+  expect(fetched).toBe('refused');
+  await page.evaluate(() => {
+    const s = document.createElement('script');
+    s.textContent = 'window.injected = true';
+    document.body.append(s);
+  });
+  expect(await page.evaluate(() => window.injected)).toBeUndefined();
+  await expect.poll(() => seen.csp.length).toBeGreaterThan(0);
+  // The CSP refuses such requests inside the page before the guard sees
+  // them; the guard's own refusal is shown with a navigation elsewhere
+  // (the same server, named by another origin).
+  const elsewhere = baseURL.replace('127.0.0.1', 'localhost');
+  await expect(page.goto(elsewhere)).rejects.toThrow();
+  await expect.poll(() => offsite.length).toBeGreaterThan(0);
+  await context.close();
 });
