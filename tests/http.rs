@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::util::{Data, bin, files};
 
 mod bodies;
+mod operator;
 mod positions;
 
 /// The operator token the tests that do not test its creation pass in.
@@ -1904,10 +1905,10 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
             "invalid_credentials",
         ),
         (
-            "the token as a key",
+            "the token on a tenant route without Keyledger-Tenant",
             s.get("/v1/keys").bearer(TOKEN),
-            401,
-            "malformed_key",
+            400,
+            "tenant_required",
         ),
         (
             "a key as the token",

@@ -6,9 +6,14 @@
 //!   path, for the scope the route needs, so using the API is a counted use
 //!   of the key like any other. The checksum rejects a malformed key before
 //!   any lookup.
-//! * The operator token acts on any tenant, and only through
-//!   `/v1/admin/...` ([`Operator`]). It is compared as a SHA-256 digest in
-//!   constant time, and only its digest is kept in memory.
+//! * The operator token acts on any tenant: through `/v1/admin/...`
+//!   ([`Operator`]), and on the tenant routes ([`Authed`]) in the tenant
+//!   named by a `Keyledger-Tenant` header (400 `tenant_required` without
+//!   it), with every scope, as the operator or as the user named by
+//!   `Keyledger-Act-As`; the trail records which. An API key sending those
+//!   headers is refused unless they name its own tenant and no other user.
+//!   The token is compared as a SHA-256 digest in constant time, and only
+//!   its digest is kept in memory.
 //!
 //! Neither a key nor the token ever appears in a log line or an error message.
 
@@ -18,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
-use keyledger_core::{Principal, Scope};
+use axum::http::{HeaderMap, StatusCode, header};
+use keyledger_core::{Principal, Scope, TenantId, UserId};
 use keyledger_runtime::{KeyEntry, VerifyOutcome};
 use sha2::{Digest, Sha256};
 
@@ -120,38 +125,192 @@ scopes! {
     AnyScope => None;
 }
 
-/// A request authenticated by an API key holding scope `S`.
+/// The header naming the tenant the operator token acts in on a tenant route.
+pub const TENANT_HEADER: &str = "keyledger-tenant";
+/// The header naming the user the operator token acts as on a tenant route.
+pub const ACT_AS_HEADER: &str = "keyledger-act-as";
+
+/// Who is asking on a tenant route.
+#[derive(Clone)]
+enum Caller {
+    /// An API key, as its owner in its tenant, narrowed by its scopes.
+    Key(std::sync::Arc<KeyEntry>),
+    /// The operator token, in the tenant named by `Keyledger-Tenant`, as
+    /// itself or as the user named by `Keyledger-Act-As`, with every scope.
+    Operator {
+        tenant: TenantId,
+        act_as: Option<UserId>,
+    },
+}
+
+/// A request on a tenant route, authenticated by an API key holding scope
+/// `S`, or by the operator token with a `Keyledger-Tenant` header.
 pub struct Authed<S> {
-    key: std::sync::Arc<KeyEntry>,
+    caller: Caller,
     _scope: PhantomData<S>,
 }
 
 impl<S> std::fmt::Debug for Authed<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authed")
-            .field("key_id", &self.key.key_id)
-            .field("tenant", &self.key.tenant)
-            .finish()
+        match &self.caller {
+            Caller::Key(k) => f
+                .debug_struct("Authed")
+                .field("key_id", &k.key_id)
+                .field("tenant", &k.tenant)
+                .finish(),
+            Caller::Operator { tenant, act_as } => f
+                .debug_struct("Authed")
+                .field("operator", &true)
+                .field("tenant", tenant)
+                .field("act_as", act_as)
+                .finish(),
+        }
     }
 }
 
 impl<S> Authed<S> {
-    /// The key that authenticated.
-    pub fn key(&self) -> &KeyEntry {
-        &self.key
+    /// The key that authenticated; `None` for the operator token.
+    pub fn key(&self) -> Option<&KeyEntry> {
+        match &self.caller {
+            Caller::Key(k) => Some(k),
+            Caller::Operator { .. } => None,
+        }
     }
 
-    /// The key acting as its owner in its tenant, narrowed by its scopes.
-    pub fn principal(&self) -> Principal {
-        let k = &self.key;
-        Principal::api_key(
-            k.tenant.clone(),
-            k.key_id,
-            k.name.clone(),
-            k.owner.clone(),
-            k.scopes,
-        )
+    /// The tenant acted in.
+    pub fn tenant(&self) -> &TenantId {
+        match &self.caller {
+            Caller::Key(k) => &k.tenant,
+            Caller::Operator { tenant, .. } => tenant,
+        }
     }
+
+    /// The user named by `Keyledger-Act-As`, for the operator token.
+    pub fn act_as(&self) -> Option<&UserId> {
+        match &self.caller {
+            Caller::Key(_) => None,
+            Caller::Operator { act_as, .. } => act_as.as_ref(),
+        }
+    }
+
+    /// The principal recorded on what the request causes: the key acting
+    /// as its owner, narrowed by its scopes; or the operator (or the user
+    /// it acts as) with every scope.
+    pub fn principal(&self) -> Principal {
+        match &self.caller {
+            Caller::Key(k) => Principal::api_key(
+                k.tenant.clone(),
+                k.key_id,
+                k.name.clone(),
+                k.owner.clone(),
+                k.scopes,
+            ),
+            Caller::Operator {
+                tenant,
+                act_as: None,
+            } => Principal::operator(tenant.clone()),
+            Caller::Operator {
+                tenant,
+                act_as: Some(user),
+            } => Principal::user(tenant.clone(), user.clone()),
+        }
+    }
+}
+
+/// The text of an operator header, if sent; refused when unreadable,
+/// repeated or shaped like a key (never quoted back).
+fn operator_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("the {} header {why}", header_title(name)),
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad("is sent more than once"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| bad("is not readable text"))?
+        .trim();
+    if crate::redact::holds_key(text) {
+        return Err(bad(
+            "holds text shaped like an API key; send a key only in `Authorization` or `X-API-Key`",
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn header_title(name: &str) -> &'static str {
+    if name == TENANT_HEADER {
+        "`Keyledger-Tenant`"
+    } else {
+        "`Keyledger-Act-As`"
+    }
+}
+
+/// The operator token on a tenant route: the tenant from `Keyledger-Tenant`
+/// (400 `tenant_required` without it), the user from `Keyledger-Act-As`.
+fn operator_caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let tenant = operator_header(headers, TENANT_HEADER)?;
+    let act_as = operator_header(headers, ACT_AS_HEADER)?;
+    let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "tenant_required",
+            "the operator token acts on a tenant route only in the tenant named by a \
+             `Keyledger-Tenant: <tenant>` header (and as the user named by \
+             `Keyledger-Act-As: <user>`, if given); add the header, or use /v1/admin/...",
+        ));
+    };
+    let tenant: TenantId = tenant.parse().map_err(|e: keyledger_core::IdError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("the `Keyledger-Tenant` header: {e}"),
+        )
+    })?;
+    let act_as = act_as
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<UserId>().map_err(|e: keyledger_core::IdError| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("the `Keyledger-Act-As` header: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Caller::Operator { tenant, act_as })
+}
+
+/// An API key with an operator header: ignored when it names the key's own
+/// tenant, refused otherwise (a key acts only in its tenant, as its owner).
+fn key_headers(headers: &HeaderMap, key: &KeyEntry) -> Result<(), ApiError> {
+    let forbidden = |what: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{what} is for the operator token: an API key acts only in its own tenant, as its owner"
+            ),
+        )
+    };
+    if let Some(t) = operator_header(headers, TENANT_HEADER)?
+        && t != key.tenant.as_str()
+    {
+        return Err(forbidden("the `Keyledger-Tenant` header"));
+    }
+    if operator_header(headers, ACT_AS_HEADER)?.is_some() {
+        return Err(forbidden("the `Keyledger-Act-As` header"));
+    }
+    Ok(())
 }
 
 impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
@@ -159,13 +318,19 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let credential = presented(&parts.headers)?;
+        if state.operator().matches(credential) {
+            return Ok(Authed {
+                caller: operator_caller(&parts.headers)?,
+                _scope: PhantomData,
+            });
+        }
         let v = state.ledger().verify(credential, S::SCOPE);
         let key = match (v.outcome, v.key) {
             (VerifyOutcome::Valid, Some(key)) => key,
             (VerifyOutcome::InsufficientScope, _) => {
                 let scope = S::SCOPE.map_or("", Scope::as_str);
                 return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
+                    StatusCode::FORBIDDEN,
                     "insufficient_scope",
                     format!("this route needs the `{scope}` scope, which the key does not hold"),
                 ));
@@ -186,8 +351,9 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
                 return Err(ApiError::unauthorized("unknown_key", "no such key"));
             }
         };
+        key_headers(&parts.headers, &key)?;
         Ok(Authed {
-            key,
+            caller: Caller::Key(key),
             _scope: PhantomData,
         })
     }
@@ -334,7 +500,8 @@ impl FromRequestParts<AppState> for Operator {
         } else {
             Err(ApiError::unauthorized(
                 "invalid_operator_token",
-                "this route takes the operator token (the admin routes and /metrics), not an API key",
+                "the credential is not the operator token, which this route takes (the admin \
+                 routes and /metrics take only the operator token)",
             ))
         }
     }

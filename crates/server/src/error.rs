@@ -44,7 +44,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, snake_case code: `malformed_json`, `invalid_body`,
-    /// `invalid_query`, `invalid_path`, `missing_credentials`,
+    /// `invalid_query`, `invalid_path`, `tenant_required`, `invalid_header`, `missing_credentials`,
     /// `invalid_credentials`, `malformed_key`, `unknown_key`, `key_revoked`,
     /// `key_expired`, `invalid_operator_token`, `insufficient_scope`,
     /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,

@@ -111,7 +111,7 @@ async fn checkpoint(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
 ) -> ApiResult<Json<CheckpointBody>> {
-    let signed = state.ledger().checkpoint(&auth.key().tenant)?;
+    let signed = state.ledger().checkpoint(auth.tenant())?;
     Ok(Json(CheckpointBody {
         origin: signed.checkpoint.origin,
         size: signed.checkpoint.size,
@@ -133,7 +133,7 @@ async fn inclusion(
     ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> ApiResult<Json<InclusionBody>> {
     let ledger = state.ledger();
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     // Checked first (bad input changes nothing), recorded before it is handed out.
     let p = ledger.inclusion_proof(&tenant, q.position, q.size.unwrap_or(0))?;
     ledger
@@ -162,7 +162,7 @@ async fn consistency(
 ) -> ApiResult<Json<ConsistencyBody>> {
     let c = state
         .ledger()
-        .consistency_proof(&auth.key().tenant, q.from, q.to.unwrap_or(0))?;
+        .consistency_proof(auth.tenant(), q.from, q.to.unwrap_or(0))?;
     Ok(Json(ConsistencyBody {
         from: c.from,
         to: c.to,
@@ -193,7 +193,7 @@ async fn bundle(
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Response> {
     let ledger = state.ledger().clone();
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let to = q.to.unwrap_or_else(|| ledger.tree_size(&tenant));
     ledger.check_bundle_range(&tenant, q.from, to)?;
     ledger

@@ -142,7 +142,7 @@ async fn list_keys(
     auth: Authed<KeysRead>,
     ApiQuery(q): ApiQuery<ListKeysQuery>,
 ) -> ApiResult<Json<KeyList>> {
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let query = ListQuery {
         status: q.status.map(Into::into),
         created_by: q.created_by,
@@ -172,7 +172,7 @@ async fn get_key(
     auth: Authed<KeysRead>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyView>> {
-    let key = state.ledger().key(&auth.key().tenant, key_id(&id)?)?;
+    let key = state.ledger().key(auth.tenant(), key_id(&id)?)?;
     Ok(Json(key_view(&state, &key)))
 }
 
@@ -282,7 +282,7 @@ async fn key_history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<AuditPageBody>> {
     let id = key_id(&id)?;
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let ledger = state.ledger().clone();
     let page =
         blocking(move || Ok(ledger.key_history(&tenant, id, q.cursor.as_deref(), q.limit)?))
@@ -327,22 +327,36 @@ async fn remove_user(
     remove(state, auth.principal(), &user).await
 }
 
-/// The presented key: its tenant, owner, id, name and scopes.
+/// The presented key: its tenant, owner, id, name and scopes. For the
+/// operator token (with `Keyledger-Tenant`): the tenant, the user it acts
+/// as (`Keyledger-Act-As`), `operator: true` and every scope.
 #[utoipa::path(
     get, path = "/v1/whoami", tag = "keys",
-    responses((status = 200, description = "The presented key", body = WhoAmI), responses::KeyAuth, responses::Common),
-    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, description = "The presented key, or the operator", body = WhoAmI), responses::KeyAuth, responses::Common),
+    security(("bearer" = []), ("api_key" = []), ("operator" = [])),
 )]
 async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
-    let k = auth.key();
-    Json(WhoAmI {
-        tenant_id: k.tenant.to_string(),
-        owner: k.owner.to_string(),
-        key_id: k.key_id.to_string(),
-        name: k.name.clone(),
-        scopes: k.scopes.names(),
-        expires_at: k.expires_at().map(|t| t.to_rfc3339()),
-    })
+    let who = match auth.key() {
+        Some(k) => WhoAmI {
+            tenant_id: k.tenant.to_string(),
+            owner: Some(k.owner.to_string()),
+            key_id: Some(k.key_id.to_string()),
+            name: Some(k.name.clone()),
+            operator: false,
+            scopes: k.scopes.names(),
+            expires_at: k.expires_at().map(|t| t.to_rfc3339()),
+        },
+        None => WhoAmI {
+            tenant_id: auth.tenant().to_string(),
+            owner: auth.act_as().map(ToString::to_string),
+            key_id: None,
+            name: None,
+            operator: true,
+            scopes: keyledger_core::ScopeSet::ALL.names(),
+            expires_at: None,
+        },
+    };
+    Json(who)
 }
 
 /// Verify a key, as the API layer does for every request it receives.
@@ -411,7 +425,7 @@ async fn audit(
         to: q.to.map(|t| t.0),
         include_usage: q.include_usage.unwrap_or(false),
     })?;
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let ledger = state.ledger().clone();
     let page =
         blocking(move || Ok(ledger.audit(&tenant, &filter, q.cursor.as_deref(), q.limit)?)).await?;
@@ -452,7 +466,7 @@ async fn audit_export(
     state.ledger().record_trail_export(auth.principal()).await?;
     Ok(crate::export::trail(
         state.ledger().clone(),
-        auth.key().tenant.clone(),
+        auth.tenant().clone(),
         filter,
         format,
     ))
@@ -469,7 +483,7 @@ async fn audit_verify(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
 ) -> ApiResult<Json<ChainBody>> {
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let body = blocking(move || {
         let r = state.ledger().verify_chain(&tenant, &mut |_| {})?;
         Ok(ChainBody::new(tenant.as_str(), &r))
@@ -501,7 +515,7 @@ async fn state_at(
             },
         )?),
     };
-    let tenant = auth.key().tenant.clone();
+    let tenant = auth.tenant().clone();
     let body = blocking(move || {
         let s = state.ledger().state_at(&tenant, point)?;
         Ok(StateBody::from(&s))
@@ -537,7 +551,7 @@ async fn usage(
     let key = query_key_id(q.key_id.as_deref())?;
     let from = q.from.map_or(today.minus(29), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
-    Ok(Json(daily(&state, &auth.key().tenant, key, from, to)?))
+    Ok(Json(daily(&state, auth.tenant(), key, from, to)?))
 }
 
 /// The tenant's last `days` days: totals, success rate and a per-day series.
@@ -554,7 +568,7 @@ async fn usage_summary(
 ) -> ApiResult<Json<SummaryView>> {
     let s = state
         .ledger()
-        .usage_summary(&auth.key().tenant, q.days.unwrap_or(30))?;
+        .usage_summary(auth.tenant(), q.days.unwrap_or(30))?;
     Ok(Json(SummaryView::from(&s)))
 }
 
@@ -578,7 +592,7 @@ async fn usage_export(
     let key = query_key_id(q.key_id.as_deref())?;
     let from = q.from.map_or(keyledger_core::Day::from_days(0), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
-    let rows = daily(&state, &auth.key().tenant, key, from, to)?;
+    let rows = daily(&state, auth.tenant(), key, from, to)?;
     crate::export::rows(&rows.days, q.format.unwrap_or(ExportFormat::Csv))
 }
 

@@ -68,7 +68,9 @@ impl Modify for SecuritySchemes {
                     .description(Some(
                         "The operator token (`KEYLEDGER_OPERATOR_TOKEN`, or `<data>/operator-token`), \
                          as `Authorization: Bearer <token>` (or `X-API-Key`). Accepted on \
-                         `/v1/admin/...` only; API keys are not.",
+                         `/v1/admin/...` (where API keys are not), and on the tenant routes \
+                         with a `Keyledger-Tenant: <tenant>` header (and optionally \
+                         `Keyledger-Act-As: <user>`): every scope, in that tenant.",
                     ))
                     .build(),
             ),

@@ -133,17 +133,23 @@ pub struct RotateRequest {
     pub expires_at: Option<Rfc3339>,
 }
 
-/// The presented key.
+/// The presented key, or the operator token on a tenant route.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WhoAmI {
-    /// Its tenant.
+    /// Its tenant (for the operator: the `Keyledger-Tenant` header's).
     pub tenant_id: String,
-    /// The user it acts as.
-    pub owner: String,
-    /// Its id.
-    pub key_id: String,
-    /// Its name.
-    pub name: String,
+    /// The user it acts as (for the operator: `Keyledger-Act-As`, if sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its id (absent for the operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Its name (absent for the operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `true` for the operator token; absent for a key.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
     /// What it may do.
     #[schema(value_type = Vec<ScopeName>)]
     pub scopes: Vec<&'static str>,

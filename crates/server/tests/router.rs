@@ -418,9 +418,11 @@ async fn scopes_and_the_operator_token_stay_in_their_lanes() {
         .call(Method::DELETE, "/v1/users/bob", Some(&writer), None)
         .await;
     assert_error(s, &b, StatusCode::FORBIDDEN, "insufficient_scope");
-    // The operator token is no key, and a key is no operator token.
+    // The operator token on a tenant route needs `Keyledger-Tenant`, and a
+    // key is no operator token.
     let (s, b) = h.call(Method::GET, "/v1/keys", Some(OPERATOR), None).await;
-    assert_error(s, &b, StatusCode::UNAUTHORIZED, "malformed_key");
+    assert_error(s, &b, StatusCode::BAD_REQUEST, "tenant_required");
+    assert!(b.to_string().contains("Keyledger-Tenant"), "{b}");
     let (s, b) = h
         .call(
             Method::POST,
