@@ -44,6 +44,11 @@ test('the keys page shows the count, masked keys and every status', async ({ pag
 
   await expectAccessible(page, 'the keys page');
   await screenshots(page, 'keys');
+  // Dark mode follows the system: contrast checked there too.
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await expectAccessible(page, 'the keys page in dark mode');
+  await screenshots(page, 'keys-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
   if (process.env.KEYLEDGER_DOCS_SCREENSHOT) {
     // The README's picture (docs/console-keys.png): only when asked, so
     // that a test run never changes a committed file.
