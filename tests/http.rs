@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::util::{Data, bin, files};
 
 mod bodies;
+mod console;
 mod operator;
 mod positions;
 
