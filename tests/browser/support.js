@@ -75,6 +75,25 @@ export async function signInOperator(page, tenant, user) {
   await expect(page.getByRole('navigation', { name: 'Main' })).toBeVisible();
 }
 
+/** The next answer of `GET /v1/keys` whose query `matches(searchParams)`. */
+export function keysListed(page, matches) {
+  return page.waitForResponse((r) => {
+    const u = new URL(r.url());
+    return u.pathname === '/v1/keys' && matches(u.searchParams);
+  });
+}
+
+/**
+ * Types `text` in the keys page's name filter and waits for the server's
+ * answer to it (the filter applies a moment after typing: a click before
+ * then would be undone by it).
+ */
+export async function filterKeys(page, text) {
+  const answered = keysListed(page, (q) => (q.get('q') ?? '') === text);
+  await page.getByRole('searchbox', { name: 'Filter by name' }).fill(text);
+  await answered;
+}
+
 /** Goes to a page of the console by its link in the main navigation. */
 export async function open(page, link, heading = link) {
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: link }).click();

@@ -1,12 +1,12 @@
 // A key's own page: its fields, its history, its daily usage; another
 // tenant's key id is not found.
 import { seeded } from '../api.js';
-import { expect, expectAccessible, screenshots, signIn, test } from '../support.js';
+import { expect, expectAccessible, filterKeys, screenshots, signIn, test } from '../support.js';
 
 test('a key page shows its history and its usage', async ({ page }) => {
   const { admin, staging } = seeded().acme;
   await signIn(page, admin.key);
-  await page.getByRole('searchbox', { name: 'Filter by name' }).fill(staging.name);
+  await filterKeys(page, staging.name);
   await page
     .getByRole('table', { name: 'API keys' })
     .getByRole('link', { name: staging.name })

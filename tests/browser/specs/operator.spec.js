@@ -1,6 +1,13 @@
 // The operator token: pick a tenant, act as a named user, switch tenant.
 import { call, seeded, unique } from '../api.js';
-import { expect, expectAccessible, screenshots, signInOperator, test } from '../support.js';
+import {
+  expect,
+  expectAccessible,
+  filterKeys,
+  screenshots,
+  signInOperator,
+  test,
+} from '../support.js';
 
 test('the operator picks a tenant and acts as a user', async ({ page, requested }) => {
   const { admin, ci } = seeded().acme;
@@ -13,6 +20,7 @@ test('the operator picks a tenant and acts as a user', async ({ page, requested 
   await screenshots(page, 'sign-in-operator');
 
   await signInOperator(page, 'acme', 'alice');
+  await filterKeys(page, ci.name);
   await expect(page.getByRole('table', { name: 'API keys' }).getByText(ci.name)).toBeVisible();
   await expect(page.locator('body')).not.toContainText(theirs.name);
   expect(requested.filter((u) => u.includes(process.env.KEYLEDGER_OPERATOR_TOKEN))).toEqual([]);
@@ -39,6 +47,8 @@ test('the operator picks a tenant and acts as a user', async ({ page, requested 
   await page.getByRole('textbox', { name: 'Tenant' }).fill('globex');
   await page.getByRole('textbox', { name: 'Act as user (optional)' }).fill('');
   await page.getByRole('button', { name: 'Continue' }).click();
+  await expect(page.getByText('globex').first()).toBeVisible();
+  await filterKeys(page, 'Globex');
   await expect(page.getByRole('table', { name: 'API keys' }).getByText(theirs.name)).toBeVisible();
   await expect(page.locator('body')).not.toContainText(ci.name);
 

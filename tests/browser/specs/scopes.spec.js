@@ -1,11 +1,12 @@
 // A keys:read key sees the keys but no write action, and is told why each
 // section it lacks a scope for is empty.
 import { seeded } from '../api.js';
-import { expect, expectAccessible, screenshots, signIn, test } from '../support.js';
+import { expect, expectAccessible, filterKeys, screenshots, signIn, test } from '../support.js';
 
 test('a keys:read key sees no write action, and the reason', async ({ page }) => {
   const { reader, ci } = seeded().acme;
   await signIn(page, reader.key);
+  await filterKeys(page, ci.name);
   await expect(page.getByRole('table', { name: 'API keys' }).getByText(ci.name)).toBeVisible();
   await expect(page.getByRole('button', { name: 'Create key' })).toHaveCount(0);
   await expect(page.getByRole('button', { name: /^Revoke / })).toHaveCount(0);

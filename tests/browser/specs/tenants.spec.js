@@ -1,7 +1,7 @@
 // Another tenant's data never appears: not in the keys, usage or audit
 // pages, not by searching, not by typing its key id.
 import { seeded } from '../api.js';
-import { expect, open, signIn, test } from '../support.js';
+import { expect, filterKeys, open, signIn, test } from '../support.js';
 
 test("signed in as acme, nothing of globex's keys is ever shown", async ({ page }) => {
   const { admin } = seeded().acme;
@@ -17,7 +17,7 @@ test("signed in as acme, nothing of globex's keys is ever shown", async ({ page 
 
   await expect(page.getByRole('table', { name: 'API keys' }).locator('tbody tr').first()).toBeVisible();
   await noneOfTheirs();
-  await page.getByRole('searchbox', { name: 'Filter by name' }).fill('Globex');
+  await filterKeys(page, 'Globex');
   await expect(page.getByRole('table', { name: 'API keys' }).getByText(/Globex/)).toHaveCount(0);
   await noneOfTheirs();
 
