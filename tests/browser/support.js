@@ -101,6 +101,66 @@ export async function open(page, link, heading = link) {
 }
 
 /**
+ * The usage chart's data as Chart.js holds it (the canvas named "Daily
+ * uses…"): the number of labels, whether both axes stack, the chart type and
+ * each dataset's label and sum; `null` when no chart is drawn on it.
+ */
+export async function chartData(page) {
+  const canvas = page.getByRole('img', { name: /^Daily uses/ });
+  await expect(canvas).toBeVisible();
+  return canvas.evaluate((c) => {
+    const chart = window.Chart && window.Chart.getChart(c);
+    if (!chart) return null;
+    return {
+      labels: chart.data.labels.length,
+      stacked: !!(chart.options.scales?.x?.stacked && chart.options.scales?.y?.stacked),
+      type: chart.config.type,
+      sets: chart.data.datasets.map((d) => ({
+        label: String(d.label),
+        sum: d.data.reduce((a, b) => a + (Number(b) || 0), 0),
+      })),
+    };
+  });
+}
+
+/** The sum of the chart's datasets whose label matches `re`. */
+export const chartSum = (data, re) =>
+  data.sets.filter((s) => re.test(s.label)).reduce((a, s) => a + s.sum, 0);
+
+/** Waits until the chart's bars add up to `want` ({valid, revoked, expired, scope}). */
+export async function expectChartUses(page, want) {
+  await expect(async () => {
+    const data = await chartData(page);
+    expect(data, 'a Chart.js chart on the canvas').not.toBeNull();
+    expect({
+      valid: chartSum(data, /valid/i) - chartSum(data, /invalid/i),
+      revoked: chartSum(data, /revoked/i),
+      expired: chartSum(data, /expired/i),
+      scope: chartSum(data, /scope/i),
+    }).toEqual(want);
+  }).toPass();
+}
+
+/**
+ * Presses Tab until `target` has the focus (at most `max` times), and
+ * checks that the focus is visible on it (an outline or a box shadow).
+ */
+export async function tabTo(page, target, max = 40) {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press('Tab');
+    if (await target.evaluate((el) => el === document.activeElement)) {
+      const ring = await target.evaluate((el) => {
+        const s = getComputedStyle(el);
+        return { outline: s.outlineStyle !== 'none' && s.outlineWidth !== '0px', shadow: s.boxShadow !== 'none' };
+      });
+      expect(ring.outline || ring.shadow, 'a visible focus indicator').toBe(true);
+      return;
+    }
+  }
+  throw new Error(`${target} never got the focus in ${max} presses of Tab`);
+}
+
+/**
  * axe-core on the page as it is now (open dialogs included): fails with the
  * list of every serious or critical violation.
  */

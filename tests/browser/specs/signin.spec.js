@@ -7,6 +7,7 @@ import {
   guardNetwork,
   screenshots,
   signIn,
+  tabTo,
   test,
   watchConsole,
 } from '../support.js';
@@ -30,6 +31,18 @@ test('the sign-in page is accessible', async ({ page }) => {
   await expect(page.getByRole('heading', { name: 'Sign in to keyledger' })).toBeVisible();
   await expectAccessible(page, 'the sign-in page');
   await screenshots(page, 'sign-in');
+});
+
+test('signing in works with the keyboard alone', async ({ page }) => {
+  const { admin } = seeded().acme;
+  await page.goto('/');
+  await tabTo(page, page.getByLabel('API key or operator token'));
+  await page.keyboard.type(admin.key);
+  await page.keyboard.press('Enter');
+  await expect(page.getByRole('navigation', { name: 'Main' })).toBeVisible();
+  await tabTo(page, page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Usage' }));
+  await page.keyboard.press('Enter');
+  await expect(page.getByRole('heading', { level: 1, name: 'Usage' })).toBeVisible();
 });
 
 test('a wrong key is refused in words, not raw JSON', async ({ page }) => {

@@ -2,29 +2,17 @@
 // page, the window, the per-key drill-down and the CSV.
 import fs from 'node:fs';
 import { seeded } from '../api.js';
-import { expect, expectAccessible, open, screenshots, signIn, test } from '../support.js';
-
-/** The chart's data as Chart.js holds it: labels and each dataset's sum. */
-async function chartData(page) {
-  const canvas = page.getByRole('img', { name: /^Daily uses/ });
-  await expect(canvas).toBeVisible();
-  return canvas.evaluate((c) => {
-    const chart = window.Chart && window.Chart.getChart(c);
-    if (!chart) return null;
-    return {
-      labels: chart.data.labels.length,
-      stacked: !!(chart.options.scales?.x?.stacked && chart.options.scales?.y?.stacked),
-      type: chart.config.type,
-      sets: chart.data.datasets.map((d) => ({
-        label: String(d.label),
-        sum: d.data.reduce((a, b) => a + (Number(b) || 0), 0),
-      })),
-    };
-  });
-}
-
-const sum = (data, re) =>
-  data.sets.filter((s) => re.test(s.label)).reduce((a, s) => a + s.sum, 0);
+import {
+  chartData,
+  chartSum as sum,
+  expect,
+  expectAccessible,
+  expectChartUses,
+  open,
+  screenshots,
+  signIn,
+  test,
+} from '../support.js';
 
 test('the usage chart has stacked bars for the seeded uses', async ({ page }) => {
   const { admin } = seeded().acme;
@@ -68,12 +56,7 @@ test('drilling down to one key shows its uses only', async ({ page }) => {
   await select.selectOption(await option.getAttribute('value'));
   // The seed verified the CI key six times as valid and twice with a scope
   // it lacks, and nothing else used it.
-  await expect(async () => {
-    const data = await chartData(page);
-    expect(sum(data, /valid/i) - sum(data, /invalid/i)).toBe(6);
-    expect(sum(data, /scope/i)).toBe(2);
-    expect(sum(data, /revoked|expired/i)).toBe(0);
-  }).toPass();
+  await expectChartUses(page, { valid: 6, revoked: 0, expired: 0, scope: 2 });
   await expect(page.getByTestId('usage-total')).toHaveText(/\b8\b/);
 });
 
