@@ -138,7 +138,11 @@ async function route() {
   try {
     leave = await r.page.render(main, ctx, ...args);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return showSignIn(e);
+    if (e instanceof ApiError && e.status === 401) {
+      session.clear();
+      ctx = null;
+      return showSignIn(e);
+    }
     main.append(h('p', { role: 'alert', class: 'alert' }, e.message));
   }
   const h1 = main.querySelector('h1');

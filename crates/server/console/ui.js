@@ -145,7 +145,7 @@ export function dailyChart(rows, label) {
     h('tbody', {}, rows.map((r) => h('tr', {},
       h('th', { scope: 'row', class: 'nowrap' }, r.day), h('td', {}, r.total),
       OUTCOMES.map(([k]) => h('td', {}, r[k]))))));
-  const tableWrap = h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'Daily usage, as a table' }, table);
+  const tableWrap = h('div', { class: 'table-wrap tall', tabindex: 0, role: 'region', 'aria-label': 'Daily usage, as a table' }, table);
   let chart = null;
   if (window.Chart) {
     const css = getComputedStyle(document.documentElement);

@@ -1,7 +1,7 @@
 // One key: its fields, every event of its history, its daily usage.
 
-import { ApiError, all, api, withQuery } from '../api.js';
-import { badge, dailyChart, fillDays, h, needs, time } from '../ui.js';
+import { ApiError, api, withQuery } from '../api.js';
+import { alertBox, badge, busy, dailyChart, fill, fillDays, h, needs, time } from '../ui.js';
 import { describe } from './audit.js';
 
 export async function render(main, ctx, id) {
@@ -43,13 +43,23 @@ export async function render(main, ctx, id) {
   if (!ctx.can('audit:read')) {
     main.append(needs('audit:read', 'The history'));
   } else {
-    const events = await all(`/v1/keys/${id}/history`, {}, 'events');
+    const body = h('tbody');
+    const more = h('div');
+    const alert = alertBox();
+    const load = async (cursor) => {
+      const page = await api(withQuery(`/v1/keys/${id}/history`, { cursor, limit: 500 }));
+      body.append(...page.events.map((e) => h('tr', {},
+        h('td', {}, e.position), h('td', {}, describe(e, () => heading.textContent)),
+        h('td', {}, time(e.at)), h('td', {}, e.actor.display))));
+      fill(more, page.next_cursor ? h('button', {
+        type: 'button', onclick: (ev) => busy(ev.currentTarget, alert, () => load(page.next_cursor)),
+      }, 'Load more') : null);
+    };
+    await load(null);
     main.append(h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': 'History, scrollable' },
       h('table', { 'aria-label': 'History' },
-        h('thead', {}, h('tr', {}, ['#', 'Event', 'Time', 'Actor'].map((c) => h('th', { scope: 'col' }, c)))),
-        h('tbody', {}, events.map((e) => h('tr', {},
-          h('td', {}, e.position), h('td', {}, describe(e, () => heading.textContent)),
-          h('td', {}, time(e.at)), h('td', {}, e.actor.display)))))));
+        h('thead', {}, h('tr', {}, ['#', 'Event', 'Time', 'Actor'].map((c) => h('th', { scope: 'col' }, c)))), body)),
+    alert, more);
   }
 
   main.append(h('h2', {}, 'Usage'));
