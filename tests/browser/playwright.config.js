@@ -19,7 +19,8 @@ export default defineConfig({
   timeout: 30_000,
   expect: { timeout: 5_000 },
   reporter: [['list']],
-  outputDir: '../../target/browser-test-results',
+  // What a failing test leaves (its screenshot): scripts/browser names it.
+  outputDir: process.env.KEYLEDGER_TEST_RESULTS || '../../target/browser-test-results',
   use: {
     baseURL,
     browserName: 'chromium',
