@@ -49,7 +49,8 @@ export default async function seed() {
 
   while (Date.now() < Date.parse(expiresSoon) + 200) await sleep(100);
   const expired = await verify(expiring.key);
-  if (expired.outcome !== 'expired') throw new Error(`an expired key verified as ${expired.outcome}`);
+  if (expired.outcome !== 'expired')
+    throw new Error(`an expired key verified as ${expired.outcome}`);
 
   // Uses are written every second: wait until the seeded ones are readable.
   for (let i = 0; ; i++) {

@@ -151,7 +151,10 @@ export async function tabTo(page, target, max = 40) {
     if (await target.evaluate((el) => el === document.activeElement)) {
       const ring = await target.evaluate((el) => {
         const s = getComputedStyle(el);
-        return { outline: s.outlineStyle !== 'none' && s.outlineWidth !== '0px', shadow: s.boxShadow !== 'none' };
+        return {
+          outline: s.outlineStyle !== 'none' && s.outlineWidth !== '0px',
+          shadow: s.boxShadow !== 'none',
+        };
       });
       expect(ring.outline || ring.shadow, 'a visible focus indicator').toBe(true);
       return;

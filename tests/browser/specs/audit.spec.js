@@ -23,13 +23,17 @@ test('the trail reads who did what, with the cascade grouped', async ({ page }) 
   await open(page, 'Audit');
   await expect(entries(page).first()).toBeVisible();
 
-  const revoked = entries(page).filter({ hasText: staging.name }).filter({ hasText: /revoked/i });
+  const revoked = entries(page)
+    .filter({ hasText: staging.name })
+    .filter({ hasText: /revoked/i });
   await expect(revoked.first()).toBeVisible();
   await expect(revoked.first()).toContainText(`API Key: ${admin.name}`);
 
-  const removal = entries(page).filter({ hasText: erin.user }).filter({
-    has: page.getByRole('list', { name: 'Revoked by this removal' }),
-  });
+  const removal = entries(page)
+    .filter({ hasText: erin.user })
+    .filter({
+      has: page.getByRole('list', { name: 'Revoked by this removal' }),
+    });
   await expect(removal).toHaveCount(1);
   const group = removal.getByRole('list', { name: 'Revoked by this removal' });
   await expect(group.getByRole('listitem')).toHaveCount(2);
@@ -43,7 +47,9 @@ test('the trail reads who did what, with the cascade grouped', async ({ page }) 
 
   await expect(page.getByRole('region', { name: 'Chain status' })).toContainText('Chain intact');
   await expect(page.getByRole('region', { name: 'Latest checkpoint' })).toBeVisible();
-  await expect(page.locator('code').filter({ hasText: 'keyledger audit verify-bundle' })).toHaveCount(1);
+  await expect(
+    page.locator('code').filter({ hasText: 'keyledger audit verify-bundle' }),
+  ).toHaveCount(1);
 
   await expectAccessible(page, 'the audit page');
   await screenshots(page, 'audit');
@@ -73,14 +79,14 @@ test('the filters narrow the trail', async ({ page }) => {
   };
 
   await test.step('by type', () =>
-    narrows(() => page.getByRole('combobox', { name: 'Type' }).selectOption('KeyRevoked'), /revoked/i),
-  );
+    narrows(
+      () => page.getByRole('combobox', { name: 'Type' }).selectOption('KeyRevoked'),
+      /revoked/i,
+    ));
   await test.step('by key', () =>
-    narrows(() => page.getByRole('textbox', { name: 'Key id' }).fill(ci.id), ci.name),
-  );
+    narrows(() => page.getByRole('textbox', { name: 'Key id' }).fill(ci.id), ci.name));
   await test.step('by actor', () =>
-    narrows(() => page.getByRole('textbox', { name: 'Actor' }).fill('operator'), /operator/i),
-  );
+    narrows(() => page.getByRole('textbox', { name: 'Actor' }).fill('operator'), /operator/i));
   await test.step('by date: nothing happened tomorrow', async () => {
     const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
     await page.getByLabel('From', { exact: true }).fill(tomorrow);

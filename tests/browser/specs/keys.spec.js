@@ -114,7 +114,9 @@ test('create a key: the secret once, copied, valid; then revoke it', async ({
   await test.step('listed as Active, then revoked', async () => {
     await filterByName(page, name);
     await expect(badge(row(page, name), 'Active')).toBeVisible();
-    await row(page, name).getByRole('button', { name: `Revoke ${name}` }).click();
+    await row(page, name)
+      .getByRole('button', { name: `Revoke ${name}` })
+      .click();
     const confirm = page.getByRole('alertdialog', { name: `Revoke ${name}?` });
     await expect(confirm).toBeVisible();
     await expectAccessible(page, 'the revoke dialog');
@@ -126,8 +128,12 @@ test('create a key: the secret once, copied, valid; then revoke it', async ({
     await expect(row(page, name).getByRole('button', { name: `Revoke ${name}` })).toHaveCount(0);
     const v = await verify(secret, 'keys:read');
     expect(v).toMatchObject({ valid: false, outcome: 'revoked' });
-    const listed = await call('GET', `/v1/keys?q=${encodeURIComponent(name)}`, { token: admin.key });
-    expect(listed.json.keys).toMatchObject([{ name, status: 'revoked', revoke_reason: 'compromised' }]);
+    const listed = await call('GET', `/v1/keys?q=${encodeURIComponent(name)}`, {
+      token: admin.key,
+    });
+    expect(listed.json.keys).toMatchObject([
+      { name, status: 'revoked', revoke_reason: 'compromised' },
+    ]);
   });
 });
 
@@ -151,7 +157,9 @@ test('rotate with a grace period: the old key is Expiring and still valid', asyn
   const old = await mint('acme', 'alice', name, ['keys:read']);
   await signIn(page, admin.key);
   await filterByName(page, name);
-  await row(page, name).getByRole('button', { name: `Rotate ${name}` }).click();
+  await row(page, name)
+    .getByRole('button', { name: `Rotate ${name}` })
+    .click();
   const confirm = page.getByRole('alertdialog', { name: `Rotate ${name}?` });
   await expect(confirm).toBeVisible();
   await expectAccessible(page, 'the rotate dialog');
@@ -226,8 +234,7 @@ test('pagination walks the pages of a long list', async ({ page }) => {
   await expect(rows.first()).toBeVisible();
   // The Name cell of each row (its text content: innerText depends on
   // whether the row is laid out yet).
-  const shownNames = () =>
-    rows.evaluateAll((rs) => rs.map((r) => r.cells[0].textContent.trim()));
+  const shownNames = () => rows.evaluateAll((rs) => rs.map((r) => r.cells[0].textContent.trim()));
   const pages = [await shownNames()];
   expect(pages[0].length).toBeLessThan(45);
   // Forward to the last page: every key once, on one page only.

@@ -31,7 +31,10 @@ test('the operator picks a tenant and acts as a user', async ({ page, requested 
   const dialog = page.getByRole('dialog', { name: 'Create API key' });
   await dialog.getByRole('textbox', { name: 'Name' }).fill(name);
   await dialog.getByRole('button', { name: 'Create', exact: true }).click();
-  await page.getByRole('dialog', { name: 'Your new API key' }).getByRole('button', { name: 'Done' }).click();
+  await page
+    .getByRole('dialog', { name: 'Your new API key' })
+    .getByRole('button', { name: 'Done' })
+    .click();
   const found = await call('GET', `/v1/keys?q=${encodeURIComponent(name)}`, { token: admin.key });
   expect(found.json.keys).toHaveLength(1);
   expect(found.json.keys[0].owner ?? found.json.keys[0].created_by).toBe('alice');

@@ -11,7 +11,9 @@ test('a keys:read key sees no write action, and the reason', async ({ page }) =>
   await expect(page.getByRole('button', { name: 'Create key' })).toHaveCount(0);
   await expect(page.getByRole('button', { name: /^Revoke / })).toHaveCount(0);
   await expect(page.getByRole('button', { name: /^Rotate / })).toHaveCount(0);
-  await expect(page.getByRole('status').filter({ hasText: 'needs the keys:write scope' })).toBeVisible();
+  await expect(
+    page.getByRole('status').filter({ hasText: 'needs the keys:write scope' }),
+  ).toBeVisible();
   await expectAccessible(page, 'the keys page of a keys:read key');
   await screenshots(page, 'keys-read-only');
 

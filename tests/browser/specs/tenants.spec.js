@@ -15,22 +15,30 @@ test("signed in as acme, nothing of globex's keys is ever shown", async ({ page 
     }
   };
 
-  await expect(page.getByRole('table', { name: 'API keys' }).locator('tbody tr').first()).toBeVisible();
+  await expect(
+    page.getByRole('table', { name: 'API keys' }).locator('tbody tr').first(),
+  ).toBeVisible();
   await noneOfTheirs();
   await filterKeys(page, 'Globex');
   await expect(page.getByRole('table', { name: 'API keys' }).getByText(/Globex/)).toHaveCount(0);
   await noneOfTheirs();
 
   await open(page, 'Usage');
-  await expect(page.getByRole('combobox', { name: 'Key' }).locator('option', { hasText: /Globex/ })).toHaveCount(0);
+  await expect(
+    page.getByRole('combobox', { name: 'Key' }).locator('option', { hasText: /Globex/ }),
+  ).toHaveCount(0);
   await noneOfTheirs();
 
   await open(page, 'Audit');
-  await expect(page.getByRole('list', { name: 'Audit trail' }).locator(':scope > li').first()).toBeVisible();
+  await expect(
+    page.getByRole('list', { name: 'Audit trail' }).locator(':scope > li').first(),
+  ).toBeVisible();
   await noneOfTheirs();
   await page.getByRole('textbox', { name: 'Key id' }).fill(theirs[0].id);
   await page.getByRole('button', { name: 'Apply filters' }).click();
-  await expect(page.getByRole('list', { name: 'Audit trail' }).locator(':scope > li')).toHaveCount(0);
+  await expect(page.getByRole('list', { name: 'Audit trail' }).locator(':scope > li')).toHaveCount(
+    0,
+  );
   await noneOfTheirs();
 
   for (const k of theirs) {

@@ -18,7 +18,10 @@ test('the usage chart has stacked bars for the seeded uses', async ({ page }) =>
   const { admin } = seeded().acme;
   await signIn(page, admin.key);
   await open(page, 'Usage');
-  await page.getByRole('radio', { name: '30 days' }).or(page.getByRole('button', { name: '30 days' })).click();
+  await page
+    .getByRole('radio', { name: '30 days' })
+    .or(page.getByRole('button', { name: '30 days' }))
+    .click();
 
   await expect(page.getByTestId('usage-total')).toHaveText(/[1-9]/);
   await expect(page.getByTestId('usage-success-rate')).toHaveText(/\d+(\.\d+)?\s*%/);
@@ -42,7 +45,10 @@ test('the usage chart has stacked bars for the seeded uses', async ({ page }) =>
   await expectAccessible(page, 'the usage page');
   await screenshots(page, 'usage');
 
-  await page.getByRole('radio', { name: '7 days' }).or(page.getByRole('button', { name: '7 days' })).click();
+  await page
+    .getByRole('radio', { name: '7 days' })
+    .or(page.getByRole('button', { name: '7 days' }))
+    .click();
   await expect(async () => expect((await chartData(page)).labels).toBe(7)).toPass();
 });
 
@@ -66,7 +72,10 @@ test('the CSV download holds the daily rows', async ({ page }) => {
   await open(page, 'Usage');
   const [download] = await Promise.all([
     page.waitForEvent('download'),
-    page.getByRole('link', { name: 'Download CSV' }).or(page.getByRole('button', { name: 'Download CSV' })).click(),
+    page
+      .getByRole('link', { name: 'Download CSV' })
+      .or(page.getByRole('button', { name: 'Download CSV' }))
+      .click(),
   ]);
   const text = fs.readFileSync(await download.path(), 'utf8');
   const lines = text.trim().split('\n');
