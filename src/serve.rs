@@ -220,13 +220,15 @@ fn welcome(data: &Path, addr: SocketAddr, source: TokenSource) -> String {
     };
     format!(
         "\nkeyledger is running for the first time. The operator token was {whence};\n\
-         it acts only on /v1/admin/... routes. Mint a first key for user `alice` of tenant `acme`:\n\n\
+         it acts on /v1/admin/... routes (and on a tenant's routes with a `Keyledger-Tenant` header).\n\
+         Mint a first key for user `alice` of tenant `acme`:\n\n\
          \x20 curl -sS -X POST http://{addr}/v1/admin/tenants/acme/keys \\\n\
          \x20   -H \"Authorization: Bearer {token}\" \\\n\
          \x20   -H 'Content-Type: application/json' \\\n\
          \x20   -d '{{\"user\": \"alice\", \"name\": \"first key\"}}'\n\n\
          The answer holds the key (shown once). Use it as `Authorization: Bearer <key>`:\n\n\
          \x20 curl -sS http://{addr}/v1/whoami -H \"Authorization: Bearer <key>\"\n\n\
+         Or open the web console at http://{addr}/ and sign in with the key (or the token).\n\
          The API is described at http://{addr}/openapi.json and in docs/api.md.\n"
     )
 }

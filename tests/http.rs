@@ -453,6 +453,10 @@ fn first_start_creates_the_operator_token_and_says_what_to_do() {
     let out = s.stdout();
     assert!(out.contains("/v1/admin/tenants/"), "{out}");
     assert!(out.contains("operator-token"), "{out}");
+    assert!(
+        out.contains(&format!("http://{}/ ", s.addr)),
+        "the console: {out}"
+    );
     assert!(!out.contains(&token), "the token itself is never printed");
     // Bootstrap exactly as the welcome says.
     let r = s
@@ -1791,7 +1795,14 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
         ),
         // Routes and methods.
         ("unknown route", s.get("/v1/nope"), 404, "not_found"),
-        ("the root", s.get("/"), 404, "not_found"),
+        // `/` is the web console (tests/http/console.rs); any other path
+        // outside the API is not.
+        (
+            "a path outside the API and the console",
+            s.get("/keys"),
+            404,
+            "not_found",
+        ),
         (
             "another version",
             s.get("/v2/keys").bearer(&key),

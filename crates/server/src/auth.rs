@@ -217,49 +217,63 @@ impl<S> Authed<S> {
     }
 }
 
-/// The text of an operator header, if sent; refused when unreadable,
-/// repeated or shaped like a key (never quoted back).
-fn operator_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let bad = |why: &str| {
+/// The two headers that place the operator token on a tenant route.
+#[derive(Clone, Copy)]
+enum OperatorHeader {
+    Tenant,
+    ActAs,
+}
+
+impl OperatorHeader {
+    fn name(self) -> &'static str {
+        match self {
+            OperatorHeader::Tenant => TENANT_HEADER,
+            OperatorHeader::ActAs => ACT_AS_HEADER,
+        }
+    }
+
+    /// 400 `invalid_header`; the value is never quoted back.
+    fn invalid(self, why: impl std::fmt::Display) -> ApiError {
+        let title = match self {
+            OperatorHeader::Tenant => "Keyledger-Tenant",
+            OperatorHeader::ActAs => "Keyledger-Act-As",
+        };
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_header",
-            format!("the {} header {why}", header_title(name)),
+            format!("the `{title}` header {why}"),
         )
-    };
-    if values.next().is_some() {
-        return Err(bad("is sent more than once"));
     }
-    let text = value
-        .to_str()
-        .map_err(|_| bad("is not readable text"))?
-        .trim();
-    if crate::redact::holds_key(text) {
-        return Err(bad(
-            "holds text shaped like an API key; send a key only in `Authorization` or `X-API-Key`",
-        ));
-    }
-    Ok(Some(text))
-}
 
-fn header_title(name: &str) -> &'static str {
-    if name == TENANT_HEADER {
-        "`Keyledger-Tenant`"
-    } else {
-        "`Keyledger-Act-As`"
+    /// The header's text, if sent and not blank; refused when unreadable,
+    /// repeated or shaped like a key.
+    fn read(self, headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+        let mut values = headers.get_all(self.name()).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(self.invalid("is sent more than once"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| self.invalid("is not readable text"))?
+            .trim();
+        if crate::redact::holds_key(text) {
+            return Err(self.invalid(
+                "holds text shaped like an API key; send a key only in `Authorization` or `X-API-Key`",
+            ));
+        }
+        Ok(Some(text).filter(|t| !t.is_empty()))
     }
 }
 
 /// The operator token on a tenant route: the tenant from `Keyledger-Tenant`
 /// (400 `tenant_required` without it), the user from `Keyledger-Act-As`.
 fn operator_caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let tenant = operator_header(headers, TENANT_HEADER)?;
-    let act_as = operator_header(headers, ACT_AS_HEADER)?;
-    let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+    let tenant = OperatorHeader::Tenant.read(headers)?;
+    let act_as = OperatorHeader::ActAs.read(headers)?;
+    let Some(tenant) = tenant else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "tenant_required",
@@ -269,21 +283,12 @@ fn operator_caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
         ));
     };
     let tenant: TenantId = tenant.parse().map_err(|e: keyledger_core::IdError| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_header",
-            format!("the `Keyledger-Tenant` header: {e}"),
-        )
+        OperatorHeader::Tenant.invalid(format_args!("is not a tenant id: {e}"))
     })?;
     let act_as = act_as
-        .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse::<UserId>().map_err(|e: keyledger_core::IdError| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_header",
-                    format!("the `Keyledger-Act-As` header: {e}"),
-                )
+                OperatorHeader::ActAs.invalid(format_args!("is not a user id: {e}"))
             })
         })
         .transpose()?;
@@ -302,12 +307,12 @@ fn key_headers(headers: &HeaderMap, key: &KeyEntry) -> Result<(), ApiError> {
             ),
         )
     };
-    if let Some(t) = operator_header(headers, TENANT_HEADER)?
+    if let Some(t) = OperatorHeader::Tenant.read(headers)?
         && t != key.tenant.as_str()
     {
         return Err(forbidden("the `Keyledger-Tenant` header"));
     }
-    if operator_header(headers, ACT_AS_HEADER)?.is_some() {
+    if OperatorHeader::ActAs.read(headers)?.is_some() {
         return Err(forbidden("the `Keyledger-Act-As` header"));
     }
     Ok(())

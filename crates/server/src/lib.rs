@@ -8,7 +8,8 @@
 //!   writes every counted use.
 //! * Authentication ([`auth`]): an API key in `Authorization: Bearer` or
 //!   `X-API-Key` acts as its owner in its tenant, narrowed by its scopes;
-//!   the operator token acts only through `/v1/admin/...`.
+//!   the operator token acts through `/v1/admin/...`, and on the tenant
+//!   routes in the tenant named by a `Keyledger-Tenant` header.
 //! * Errors ([`error`]): every failure, axum's own rejections included, is
 //!   `{"error": {"code", "message"}}` with its status, mapped in one place.
 //! * The web console ([`console`]): static files embedded in the binary,

@@ -14,7 +14,7 @@ export async function render(main, ctx) {
   const user = h('input', { type: 'text', autocomplete: 'off', required: true });
   const alert = alertBox();
   const result = h('div');
-  const review = h('button', { type: 'submit', class: 'danger' }, 'Review removal');
+  const review = h('button', { type: 'submit', class: 'primary' }, 'Review removal');
   const form = h('form', { novalidate: true }, field('User id', user), alert, h('div', { class: 'actions' }, review));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
