@@ -1,6 +1,10 @@
 // The audit page: the trail with actors, cascades grouped under their
 // UserRemoved, filters that narrow, state as of a time, chain status and
 // the evidence bundle's command.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { seeded } from '../api.js';
 import { expect, expectAccessible, open, screenshots, signIn, test } from '../support.js';
 
@@ -112,4 +116,40 @@ test('the state as of a time lists the keys as they were', async ({ page }) => {
   const state = page.getByRole('table', { name: 'State' });
   await expect(state).toContainText(ci.name);
   await expectAccessible(page, 'the audit page with a past state');
+});
+
+test('the evidence bundle downloads and verifies offline with the command shown', async ({
+  page,
+}) => {
+  const { admin } = seeded().acme;
+  await signIn(page, admin.key);
+  await open(page, 'Audit');
+  const command = page.locator('code').filter({ hasText: 'keyledger audit verify-bundle' });
+  await expect(command).toContainText('--public-key');
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('button', { name: 'Download bundle' }).click(),
+  ]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyledger-bundle-'));
+  try {
+    await download.saveAs(path.join(dir, download.suggestedFilename()));
+    // The command as shown, run with the binary under test in the folder
+    // the bundle was saved to: no server, no data directory.
+    const [program, ...args] = (await command.innerText()).trim().split(/\s+/);
+    expect(program).toBe('keyledger');
+    expect(args).toContain(download.suggestedFilename());
+    const bin = process.env.KEYLEDGER_BIN;
+    expect(bin, 'KEYLEDGER_BIN (set by scripts/browser)').toBeTruthy();
+    const run = () => execFileSync(bin, args, { cwd: dir, encoding: 'utf8', stdio: 'pipe' });
+    expect(run().length).toBeGreaterThan(0); // exit 0, or it throws
+    // The same command refuses the bundle once an event in it is changed.
+    const file = path.join(dir, download.suggestedFilename());
+    const original = fs.readFileSync(file, 'utf8');
+    const changed = original.replace('Console admin', 'Console admiN');
+    expect(changed).not.toBe(original);
+    fs.writeFileSync(file, changed);
+    expect(run).toThrow();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
