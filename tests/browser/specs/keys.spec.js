@@ -151,6 +151,25 @@ test('the create dialog by keyboard: Escape closes it and the focus returns', as
   await expect(create).toBeFocused();
 });
 
+test('a refused create is explained in words in the dialog, and makes no key', async ({ page }) => {
+  const { admin } = seeded().acme;
+  await signIn(page, admin.key);
+  const before = await call('GET', '/v1/keys?limit=1', { token: admin.key });
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const dialog = page.getByRole('dialog', { name: 'Create API key' });
+  // A blank name passes the form's own check; the server refuses it (422).
+  await dialog.getByRole('textbox', { name: 'Name' }).fill('   ');
+  await dialog.getByRole('button', { name: 'Create', exact: true }).click();
+  const alert = dialog.getByRole('alert');
+  await expect(alert).toContainText(/name/i);
+  await expect(alert).not.toContainText('{');
+  await expect(alert).not.toContainText('invalid_field');
+  await expect(page.getByRole('dialog', { name: 'Your new API key' })).toHaveCount(0);
+  await expectAccessible(page, 'the create dialog with an error');
+  const after = await call('GET', '/v1/keys?limit=1', { token: admin.key });
+  expect(after.json.keys[0].id).toBe(before.json.keys[0].id);
+});
+
 test('rotate with a grace period: the old key is Expiring and still valid', async ({ page }) => {
   const { admin } = seeded().acme;
   const name = unique('Rotate me');
