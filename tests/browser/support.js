@@ -186,15 +186,31 @@ export const SIZES = [
 
 /**
  * Screenshots of the page at 1280x800 and 390x844 (full page) in
- * KEYLEDGER_SCREENSHOTS (target/console-screenshots), secrets masked; the
+ * KEYLEDGER_SCREENSHOTS (target/console-screenshots), secrets masked, after
+ * checking that the page does not scroll sideways at that width; the
  * viewport is put back afterwards.
  */
 export async function screenshots(page, name) {
   const dir = process.env.KEYLEDGER_SCREENSHOTS;
-  if (!dir) return;
   const before = page.viewportSize();
   for (const size of SIZES) {
     await page.setViewportSize(size);
+    // Readable at this size: the page itself never scrolls sideways (a
+    // wide table scrolls inside its own box).
+    await expect(async () => {
+      const { wide, past } = await page.evaluate(() => ({
+        wide: document.documentElement.scrollWidth,
+        // The elements reaching past the right edge, outermost first.
+        past: [...document.body.querySelectorAll('*')]
+          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+          .slice(0, 5)
+          .map((e) => `${e.tagName.toLowerCase()}${e.className ? '.' + e.className : ''}`),
+      }));
+      expect(wide, `${name} at ${size.width}px wide: ${past.join(', ')}`).toBeLessThanOrEqual(
+        size.width,
+      );
+    }).toPass({ timeout: 5_000 });
+    if (!dir) continue;
     await page.screenshot({
       path: path.join(dir, `${name}-${size.width}x${size.height}.png`),
       fullPage: true,
