@@ -5,7 +5,8 @@
 // Tenant acme: alice's admin key (every scope), a keys:read-only key, a
 // "CI/CD Pipeline" key verified as valid and with a scope it lacks, a
 // revoked key verified afterwards, an expired key verified after its
-// expiry, and erin, removed by the operator with her two keys (a cascade).
+// expiry, a key with the longest name allowed, and erin, removed by the
+// operator with her two keys (a cascade).
 // Tenant globex: two keys whose names must never appear signed in as acme.
 import { call, mint, must, operatorToken, verify } from './api.js';
 
@@ -26,6 +27,11 @@ export default async function seed() {
     description: 'Deploys from the main branch',
   });
   const staging = await mint('acme', 'bob', 'Staging deploy', ['keys:read']);
+  // The longest name a key may have (100 characters): pages must stay
+  // readable on a phone with it in a table or a select.
+  const longName =
+    'Quarterly reconciliation export for the finance data warehouse, EU region, '.padEnd(100, 'x');
+  await mint('acme', 'alice', longName, ['keys:read']);
   const erin1 = await mint('acme', 'erin', 'Erin laptop', ['keys:read']);
   const erin2 = await mint('acme', 'erin', 'Erin scripts', ['keys:read']);
   const globex1 = await mint('globex', 'gina', 'Globex payments secret', ['keys:read']);

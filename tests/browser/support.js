@@ -200,9 +200,16 @@ export async function screenshots(page, name) {
     await expect(async () => {
       const { wide, past } = await page.evaluate(() => ({
         wide: document.documentElement.scrollWidth,
-        // The elements reaching past the right edge, outermost first.
+        // The elements reaching past the right edge, outermost first (not
+        // those inside a box that scrolls or clips them).
         past: [...document.body.querySelectorAll('*')]
           .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+          .filter((e) => {
+            for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+              if (getComputedStyle(a).overflowX !== 'visible') return false;
+            }
+            return true;
+          })
           .slice(0, 5)
           .map((e) => `${e.tagName.toLowerCase()}${e.className ? '.' + e.className : ''}`),
       }));
