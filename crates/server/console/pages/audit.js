@@ -57,14 +57,18 @@ function trailSection(nameOf, names) {
   const events = [];
   let cursor = null;
 
-  const query = () => withQuery('/v1/audit', {
+  const filters = () => ({
     type: type.value, actor: actor.value.trim(), key_id: keyId.value.trim(),
     from: from.value && `${from.value}T00:00:00Z`, to: to.value && `${to.value}T23:59:59.999Z`,
-    cursor, limit: 50,
   });
+  let latest = 0;
+  let applied = {};
   const load = async (fresh) => {
-    if (fresh) { events.length = 0; cursor = null; }
-    const page = await api(query());
+    const mine = ++latest;
+    if (fresh) applied = filters();
+    const page = await api(withQuery('/v1/audit', { ...applied, cursor: fresh ? null : cursor, limit: 50 }));
+    if (mine !== latest) return;
+    if (fresh) events.length = 0;
     for (const e of page.events) {
       events.push(e);
       if (e.type === 'KeyCreated' && e.key_id) names.set(e.key_id, e.details.name);

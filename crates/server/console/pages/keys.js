@@ -41,8 +41,12 @@ export async function render(main, ctx) {
   await reload();
 }
 
+// Only the answer to the latest request is shown (typing sends several).
+let latest = 0;
+
 async function load(ctx, { count, table, pager, alert }) {
   const page = view.cursors.length - 1;
+  const mine = ++latest;
   let list;
   try {
     list = await api(withQuery('/v1/keys', {
@@ -50,8 +54,10 @@ async function load(ctx, { count, table, pager, alert }) {
       cursor: view.cursors[page], limit: 20,
     }));
   } catch (e) {
-    return alert.show(e);
+    if (mine === latest) alert.show(e);
+    return;
   }
+  if (mine !== latest) return;
   alert.show(null);
   fill(count, list.active_count);
   fill(table, keyTable(ctx, list.keys, () => load(ctx, { count, table, pager, alert })));

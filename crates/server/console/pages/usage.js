@@ -40,7 +40,9 @@ export async function render(main, ctx) {
   if (!ctx.can('keys:read')) main.append(needs('keys:read', 'Choosing one key'));
 
   let destroy = null;
+  let latest = 0;
   async function show() {
+    const mine = ++latest;
     try {
       const summary = await api(`/v1/usage/summary?days=${view.days}`);
       let rows = summary.series;
@@ -52,6 +54,7 @@ export async function render(main, ctx) {
         totals = rows.reduce((t, r) => ({ total: t.total + r.total, valid: t.valid + r.valid }), { total: 0, valid: 0 });
         rate = totals.total ? totals.valid / totals.total : null;
       }
+      if (mine !== latest) return;
       csv.from = summary.from;
       csv.to = summary.to;
       const which = view.key ? keySelect.selectedOptions[0].textContent : 'all keys';
@@ -66,7 +69,7 @@ export async function render(main, ctx) {
       fill(chartBox, chart.el);
       alert.show(null);
     } catch (e) {
-      alert.show(e);
+      if (mine === latest) alert.show(e);
     }
   }
   await show();
