@@ -164,18 +164,24 @@ export async function tabTo(page, target, max = 40) {
 }
 
 /**
- * axe-core on the page as it is now (open dialogs included): fails with the
- * list of every serious or critical violation.
+ * axe-core on the page as it is now (open dialogs included), in the light
+ * and in the dark colour scheme (the console follows the system's): fails
+ * with the list of every serious or critical violation.
  */
 export async function expectAccessible(page, what) {
-  const result = await new AxeBuilder({ page }).analyze();
-  const bad = result.violations
-    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
-    .map(
-      (v) =>
-        `${v.impact} ${v.id}: ${v.help} (${v.helpUrl})\n` +
-        v.nodes.map((n) => `    ${n.target.join(' ')}: ${n.failureSummary}`).join('\n'),
-    );
+  const bad = [];
+  for (const colorScheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme });
+    const result = await new AxeBuilder({ page }).analyze();
+    for (const v of result.violations) {
+      if (v.impact !== 'serious' && v.impact !== 'critical') continue;
+      bad.push(
+        `${colorScheme}: ${v.impact} ${v.id}: ${v.help} (${v.helpUrl})\n` +
+          v.nodes.map((n) => `    ${n.target.join(' ')}: ${n.failureSummary}`).join('\n'),
+      );
+    }
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
   expect(bad, `serious or critical accessibility violations on ${what}`).toEqual([]);
 }
 
