@@ -5,8 +5,9 @@
 // Tenant acme: alice's admin key (every scope), a keys:read-only key, a
 // "CI/CD Pipeline" key verified as valid and with a scope it lacks, a
 // revoked key verified afterwards, an expired key verified after its
-// expiry, a key with the longest name allowed, and erin, removed by the
-// operator with her two keys (a cascade).
+// expiry, a key rotated with a day's grace (Expiring), a key with the
+// longest name allowed, and erin, removed by the operator with her two keys
+// (a cascade).
 // Tenant globex: two keys whose names must never appear signed in as acme.
 import { call, mint, must, operatorToken, verify } from './api.js';
 
@@ -16,6 +17,13 @@ export default async function seed() {
   const health = await call('GET', '/healthz');
   if (health.status !== 200) throw new Error(`the server is not up: ${health.status}`);
 
+  // The longest name a key may have (100 characters): pages must stay
+  // readable on a phone with it in a table or a select. The oldest key, so
+  // it stands last in the newest-first list, below the README's picture.
+  const longName =
+    'Quarterly reconciliation export for the finance data warehouse (EU region), nightly batch, read only';
+  if (longName.length !== 100) throw new Error(`the long name has ${longName.length} characters`);
+  await mint('acme', 'alice', longName, ['keys:read']);
   const expiresSoon = new Date(Date.now() + 3_000).toISOString();
   const expiring = await mint('acme', 'carol', 'Nightly export', ['keys:read'], {
     expires_at: expiresSoon,
@@ -27,11 +35,11 @@ export default async function seed() {
     description: 'Deploys from the main branch',
   });
   const staging = await mint('acme', 'bob', 'Staging deploy', ['keys:read']);
-  // The longest name a key may have (100 characters): pages must stay
-  // readable on a phone with it in a table or a select.
-  const longName =
-    'Quarterly reconciliation export for the finance data warehouse, EU region, '.padEnd(100, 'x');
-  await mint('acme', 'alice', longName, ['keys:read']);
+  const mobile = await mint('acme', 'alice', 'Mobile app backend', ['keys:read']);
+  await must(201, 'POST', `/v1/keys/${mobile.id}/rotate`, {
+    token: admin.key,
+    body: { grace_seconds: 86_400 },
+  });
   const erin1 = await mint('acme', 'erin', 'Erin laptop', ['keys:read']);
   const erin2 = await mint('acme', 'erin', 'Erin scripts', ['keys:read']);
   const globex1 = await mint('globex', 'gina', 'Globex payments secret', ['keys:read']);
@@ -75,6 +83,7 @@ export default async function seed() {
       ci: pick(ci),
       staging: pick(staging),
       expired: pick(expiring),
+      rotated: pick(mobile),
       erin: { user: 'erin', keys: [pick(erin1), pick(erin2)] },
     },
     globex: { keys: [pick(globex1), pick(globex2)] },

@@ -25,7 +25,7 @@ async function filterByName(page, name) {
 }
 
 test('the keys page shows the count, masked keys and every status', async ({ page }) => {
-  const { admin, ci, staging, expired } = seeded().acme;
+  const { admin, ci, staging, expired, rotated } = seeded().acme;
   await signIn(page, admin.key);
   await expect(page.getByRole('heading', { level: 1, name: 'API keys' })).toBeVisible();
   await expect(table(page)).toBeVisible();
@@ -43,6 +43,9 @@ test('the keys page shows the count, masked keys and every status', async ({ pag
   await expect(row(page, ci.name)).not.toContainText(ci.key);
   await expect(badge(row(page, staging.name), 'Revoked')).toBeVisible();
   await expect(badge(row(page, expired.name), 'Expired')).toBeVisible();
+  // Rotated with a grace period: the old key Expiring, the new one Active.
+  await expect(badge(row(page, rotated.name), 'Expiring')).toHaveCount(1);
+  await expect(badge(row(page, rotated.name), 'Active')).toHaveCount(1);
   expect(await page.content()).not.toContain(ci.key);
 
   await expectAccessible(page, 'the keys page');
