@@ -33,14 +33,8 @@ CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 KEYS="${KEYS:-1000}"
 
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk
-fi
-cargo build --release --locked --bin keyledger
-bin="$PWD/target/release/keyledger"
-
-work="$(mktemp -d)"
-token="load-operator-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+# wrk, the release binary, $work, $token and write_rotate_lua.
+. benches/load-common.sh
 KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG=warn "$bin" --data "$work/data" \
   serve --addr 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
 pid=$!
@@ -84,28 +78,8 @@ with open(f"{work}/writers.txt", "w") as f:
         f.write(mint(f"load-{i}", "writer", "writer", ["keys:write"]) + "\n")
 PY
 
-cat >"$work/report.lua" <<'LUA'
-done = function(summary, latency, requests)
-  local seconds = summary.duration / 1e6
-  local bad = summary.errors.status + summary.errors.connect + summary.errors.read
-    + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT rps=%.0f p50_ms=%.3f p99_ms=%.3f requests=%d errors=%d\n",
-    summary.requests / seconds, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.requests, bad))
-end
-LUA
-# Every request is formatted once, up front: wrk shares the 2 cores with
-# the server, and formatting per request in Lua would cost it the most.
-# Each script fills `requests`, then takes them in turn from a random start.
-# Healthz is driven the same way (one request in the table).
-cat >"$work/rotate.lua" <<LUA
-local i = math.random(#requests)
-request = function()
-  i = i % #requests + 1
-  return requests[i]
-end
-$(cat "$work/report.lua")
-LUA
+# Healthz is driven the same way as the others (one request in the table).
+write_rotate_lua
 cat >"$work/healthz.lua" <<LUA
 local requests = { wrk.format("GET", "/healthz") }
 $(cat "$work/rotate.lua")

@@ -72,7 +72,7 @@ pub async fn run(data: &Path, prefix: &str) -> Result<()> {
         } else {
             data.display().to_string()
         };
-        return Err(Failure(format!(
+        return Err(Failure::msg(format!(
             "{place} already holds a ledger; demo fills only an empty log (use --data to pick another)"
         )));
     }
@@ -82,7 +82,7 @@ pub async fn run(data: &Path, prefix: &str) -> Result<()> {
         start.as_micros() + 9 * MICROS_PER_HOUR,
     ));
     let config = Config {
-        prefix: KeyPrefix::new(prefix).map_err(Failure)?,
+        prefix: KeyPrefix::new(prefix).map_err(Failure::msg)?,
         usage_window: UsageWindow::Manual,
         ..Config::default()
     };

@@ -81,7 +81,8 @@ pub async fn run(data: &Path, prefix: &str, out: &Out, cmd: &EvidenceCmd) -> cli
 async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::Result<ExitCode> {
     match cmd {
         EvidenceCmd::Checkpoint { tenant } => {
-            let t: TenantId = tenant.tenant.parse()?;
+            // The same body as `GET /v1/audit/checkpoint`.
+            let t = cli::tenant(tenant)?;
             let signed = ledger.checkpoint(&t)?;
             out.value(
                 &serde_json::json!({
@@ -100,7 +101,7 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
             to,
             output,
         } => {
-            let t: TenantId = tenant.tenant.parse()?;
+            let t = cli::tenant(tenant)?;
             let principal = match &acting.acting_user {
                 Some(u) => Principal::user(t.clone(), u.parse()?),
                 None => Principal::operator(t.clone()),
@@ -111,41 +112,25 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
                 .await?;
             let file = std::fs::File::create(output)?;
             bundle.write_jsonl(std::io::BufWriter::new(file))?;
-            out.value(
-                &serde_json::json!({
-                    "output": output.display().to_string(),
-                    "events": bundle.events.len(),
-                    "from_seq": bundle.header.from_seq,
-                    "to_seq": bundle.header.to_seq,
-                }),
-                || {
-                    format!(
-                        "wrote {} events ({}..={}) with a signed checkpoint and proofs to {}",
-                        bundle.events.len(),
-                        bundle.header.from_seq,
-                        bundle.header.to_seq,
-                        output.display()
-                    )
-                },
+            crate::output::bundle_written(
+                out,
+                output,
+                bundle.events.len(),
+                bundle.header.from_seq,
+                bundle.header.to_seq,
             )?;
         }
         EvidenceCmd::PublicKey { tenant } => {
             let key = ledger
                 .audit_public_key()
-                .ok_or_else(|| Failure("audit signing is not configured".into()))?;
+                .ok_or_else(|| Failure::msg("audit signing is not configured"))?;
             let raw = audit::encode_public_key(&key);
             let vkey = tenant
                 .as_deref()
                 .map(|t| t.parse::<TenantId>())
                 .transpose()?
                 .map(|t| checkpoint::verifier_key(&ledger.checkpoint_origin(&t), &key));
-            out.value(
-                &serde_json::json!({ "public_key": raw, "verifier_key": vkey }),
-                || match &vkey {
-                    Some(v) => format!("{raw}\n{v}"),
-                    None => raw.clone(),
-                },
-            )?;
+            crate::output::public_key(out, &raw, vkey.as_deref())?;
         }
         EvidenceCmd::VerifyBundle { .. } => unreachable!("verified without a ledger"),
     }
@@ -155,12 +140,12 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
 /// Reads a kept checkpoint: a signed note, or JSON with a `note` field.
 fn read_checkpoint(path: &Path) -> cli::Result<String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure(format!("--checkpoint {}: {e}", path.display())))?;
+        .map_err(|e| Failure::msg(format!("--checkpoint {}: {e}", path.display())))?;
     if text.trim_start().starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Failure(format!("--checkpoint {}: {e}", path.display())))?;
+            .map_err(|e| Failure::msg(format!("--checkpoint {}: {e}", path.display())))?;
         return v["note"].as_str().map(str::to_owned).ok_or_else(|| {
-            Failure(format!(
+            Failure::msg(format!(
                 "--checkpoint {}: JSON without a `note` string",
                 path.display()
             ))
@@ -175,14 +160,22 @@ fn verify_bundle(
     public_key: &str,
     checkpoints: &[PathBuf],
 ) -> cli::Result<ExitCode> {
-    let key_text = match std::fs::read_to_string(public_key) {
-        Ok(text) => text,
-        Err(_) => public_key.to_owned(),
+    // A file holding the key, or the key itself; when it is neither, both
+    // reasons are given (a missing file is named as such).
+    let key = match std::fs::read_to_string(public_key) {
+        Ok(text) => checkpoint::parse_public_key(&text).map_err(|e| {
+            Failure::msg(format!(
+                "--public-key {public_key}: the file holds no key: {e}"
+            ))
+        })?,
+        Err(io) => checkpoint::parse_public_key(public_key).map_err(|e| {
+            Failure::msg(format!(
+                "--public-key {public_key}: not a readable file ({io}), nor a key ({e})"
+            ))
+        })?,
     };
-    let key = checkpoint::parse_public_key(&key_text)
-        .map_err(|e| Failure(format!("--public-key: {e}")))?;
-    let bytes =
-        std::fs::read(file).map_err(|e| Failure(format!("cannot read {}: {e}", file.display())))?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| Failure::msg(format!("cannot read {}: {e}", file.display())))?;
     let held = checkpoints
         .iter()
         .map(|p| read_checkpoint(p))

@@ -3,17 +3,30 @@
 
 mod cli;
 mod demo;
+mod error;
 mod evidence_cli;
+mod login;
 mod output;
+mod remote;
 mod serve;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{FromArgMatches, parser::ValueSource};
 
 fn main() -> ExitCode {
     quiet_caught_panics();
-    let args = cli::Args::parse();
+    let matches = <cli::Args as clap::CommandFactory>::command().get_matches();
+    let mut args = match cli::Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    args.data_given = matches!(
+        matches.value_source("data"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
+    args.key_in_argument = matches.value_source("key") == Some(ValueSource::CommandLine);
+    let json = args.json;
     tracing_subscriber::fmt()
         // Anything shaped like a key is masked in every log line, whoever
         // logs it (keyledger_server::redact).
@@ -38,8 +51,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
+        // `| head` closed standard output: the reader has what it wanted.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            if json {
+                eprintln!("{}", e.json());
+            } else {
+                eprintln!("error: {}", e.text());
+            }
             ExitCode::from(2)
         }
     }

@@ -3,16 +3,17 @@
 use std::io::Write;
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use indicatif::{ProgressBar, ProgressStyle};
-use keyledger_core::{AuditFilter, EventType, TenantId, Timestamp};
+use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
+use keyledger_core::{AuditFilter, EventType, TenantId};
+use keyledger_runtime::Keyledger;
 use keyledger_runtime::views::{
-    AuditEntry, ChainBody, CreatedKey, DailyView, KeyView, SummaryView,
+    AuditEntry, AuditPageBody, ChainBody, CreatedKey, DailyView, KeyList, KeyView, RemovedUser,
+    StateBody, SummaryView,
 };
-use keyledger_runtime::{Created, Keyledger};
 use keyledger_store::ChainReport;
 use serde::Serialize;
 
-use crate::cli::{Failure, Format, Result};
+use crate::cli::{Format, Result};
 
 /// Where results go: a table or text, or JSON with `--json`.
 pub struct Out {
@@ -41,12 +42,38 @@ impl Out {
 pub fn progress(what: &str, total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} events ({per_sec}, {eta})")
+        ProgressStyle::with_template("{msg} [{bar:30}] {count}{rate}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            // `5,144/5,158 events`; nothing while the total is unknown
+            // (never `0/0`).
+            .with_key("count", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if let Some(len) = s.len().filter(|l| *l > 0) {
+                    let _ = write!(w, "{}/{} events", HumanCount(s.pos()), HumanCount(len));
+                }
+            })
+            // A whole number of events a second, and the time left.
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                if s.len().is_some_and(|l| l > 0) && s.pos() > 0 {
+                    let _ = write!(
+                        w,
+                        " ({}/s, {}s left)",
+                        HumanCount(s.per_sec().round() as u64),
+                        s.eta().as_secs()
+                    );
+                }
+            })
             .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
+}
+
+/// A bar whose work is done shows its total (filtered-out events at the
+/// end of the log are gone through too), never a count short of it.
+pub fn finish(bar: &ProgressBar) {
+    if let Some(len) = bar.length() {
+        bar.set_position(len);
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -64,30 +91,166 @@ fn short_time(t: &Option<String>) -> String {
     )
 }
 
-pub fn key_table(keys: &[KeyView]) -> String {
-    let mut t = table(&[
-        "ID",
-        "Name",
-        "Key",
-        "Created by",
-        "Created",
-        "Last used",
-        "Uses",
-        "Status",
-    ]);
-    for k in keys {
-        t.add_row(vec![
-            k.id.clone(),
-            k.name.clone(),
-            k.masked.clone(),
-            k.created_by.clone(),
-            short_time(&Some(k.created_at.clone())),
-            short_time(&k.last_used_at),
-            k.uses.total.to_string(),
-            k.status.to_owned(),
-        ]);
+/// A column of a table that fits the terminal: its header, its rank
+/// (the widest columns ranked last go first when the table is too wide)
+/// and, for free text, the narrowest it may be cut to (with `…`).
+struct Col {
+    header: &'static str,
+    rank: u8,
+    cut_to: Option<usize>,
+}
+
+const fn col(header: &'static str, rank: u8, cut_to: Option<usize>) -> Col {
+    Col {
+        header,
+        rank,
+        cut_to,
+    }
+}
+
+/// The width to fit: `COLUMNS` when set, else the terminal's; none when
+/// standard output is not a terminal (a pipe gets whole rows).
+fn fit_width() -> Option<usize> {
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|c| *c > 0)
+    {
+        return Some(c);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return None;
+    }
+    Table::new().width().map(usize::from)
+}
+
+/// `text` cut to `max` characters, the last one `…`.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A table of `rows` that fits [`fit_width`]: free text cut with `…`
+/// first, then whole columns left out, lowest rank first. Cells are never
+/// wrapped, so an id is always whole (and can be double-clicked).
+fn fitted(cols: &[Col], rows: Vec<Vec<String>>) -> String {
+    let chars = |s: &str| s.chars().count();
+    let full = |i: usize| {
+        rows.iter()
+            .map(|r| chars(&r[i]))
+            .chain([chars(cols[i].header)])
+            .max()
+            .unwrap_or(0)
+    };
+    let mut widths: Vec<usize> = (0..cols.len()).map(full).collect();
+    let mut shown: Vec<bool> = vec![true; cols.len()];
+    if let Some(width) = fit_width() {
+        // `│ a ┆ b │`: three characters a column, and the left border.
+        let total = |widths: &[usize], shown: &[bool]| -> usize {
+            1 + widths
+                .iter()
+                .zip(shown)
+                .filter(|(_, s)| **s)
+                .map(|(w, _)| w + 3)
+                .sum::<usize>()
+        };
+        loop {
+            let over = total(&widths, &shown).saturating_sub(width);
+            if over == 0 {
+                break;
+            }
+            // Cut free text, down to its narrowest.
+            let mut left = over;
+            for (i, c) in cols.iter().enumerate() {
+                if let (true, Some(min)) = (shown[i], c.cut_to) {
+                    let give = widths[i].saturating_sub(min.max(chars(c.header))).min(left);
+                    widths[i] -= give;
+                    left -= give;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            // Then leave out the lowest-ranked column still shown.
+            let Some(drop) = (0..cols.len())
+                .filter(|i| shown[*i] && shown.iter().filter(|s| **s).count() > 1)
+                .max_by_key(|i| cols[*i].rank)
+            else {
+                break;
+            };
+            shown[drop] = false;
+            // Its width goes back to the text columns.
+            for (i, c) in cols.iter().enumerate() {
+                if c.cut_to.is_some() {
+                    widths[i] = full(i);
+                }
+            }
+        }
+        // A text column left out comes back, cut, where room is left.
+        for (i, c) in cols.iter().enumerate() {
+            let room = width.saturating_sub(total(&widths, &shown));
+            if let (false, Some(min)) = (shown[i], c.cut_to)
+                && room >= min.max(chars(c.header)) + 3
+            {
+                shown[i] = true;
+                widths[i] = full(i).min(room - 3);
+            }
+        }
+    }
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(
+            cols.iter()
+                .zip(&shown)
+                .filter(|(_, s)| **s)
+                .map(|(c, _)| c.header)
+                .collect::<Vec<_>>(),
+        );
+    for row in rows {
+        t.add_row(
+            row.into_iter()
+                .enumerate()
+                .filter(|(i, _)| shown[*i])
+                .map(|(i, cell)| cut(&cell, widths[i]))
+                .collect::<Vec<_>>(),
+        );
     }
     t.to_string()
+}
+
+/// Keys, one a row: as many columns as fit, the id always whole.
+pub fn key_table(keys: &[KeyView]) -> String {
+    const COLS: [Col; 8] = [
+        col("ID", 0, None),
+        col("Name", 1, Some(10)),
+        col("Key", 3, None),
+        col("Created by", 5, Some(10)),
+        col("Created", 7, None),
+        col("Last used", 4, None),
+        col("Uses", 6, None),
+        col("Status", 2, None),
+    ];
+    let rows = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                k.name.clone(),
+                k.masked.clone(),
+                k.created_by.clone(),
+                short_time(&Some(k.created_at.clone())),
+                short_time(&k.last_used_at),
+                k.uses.total.to_string(),
+                k.status.to_owned(),
+            ]
+        })
+        .collect();
+    fitted(&COLS, rows)
 }
 
 pub fn key_detail(k: &KeyView) -> String {
@@ -141,30 +304,162 @@ pub fn key_detail(k: &KeyView) -> String {
 }
 
 /// The create result: the only place a secret is ever printed.
-pub fn created(out: &Out, c: &Created, now: Timestamp) -> Result<()> {
-    let body = CreatedKey::new(c, now);
-    out.value(&body, || {
+pub fn created(out: &Out, body: &CreatedKey) -> Result<()> {
+    out.value(body, || {
         format!(
             "{}\n\nYour new key (shown once; it cannot be recovered):\n\n    {}\n",
             key_detail(&body.view),
-            c.secret.expose()
+            body.key
         )
     })
 }
 
-pub fn audit_table(entries: &[AuditEntry]) -> String {
-    let mut t = table(&["Pos", "Time", "Event", "Actor", "Key", "Details"]);
-    for e in entries {
-        t.add_row(vec![
-            e.position.to_string(),
-            short_time(&Some(e.at.clone())),
-            e.kind.to_owned(),
-            e.actor.display.clone(),
-            e.key_id.clone().unwrap_or_default(),
-            details_text(e),
-        ]);
+/// A page of keys and the active count.
+pub fn key_list(out: &Out, body: &KeyList) -> Result<()> {
+    out.value(body, || {
+        let mut s = format!(
+            "{}\nActive keys: {}",
+            key_table(&body.keys),
+            body.active_count
+        );
+        if let Some(c) = &body.next_cursor {
+            s.push_str(&format!("\nmore: --cursor {c}"));
+        }
+        s
+    })
+}
+
+/// A page of the trail.
+pub fn audit_page(out: &Out, body: &AuditPageBody) -> Result<()> {
+    out.value(body, || {
+        let mut s = audit_table(&body.events);
+        if let Some(c) = &body.next_cursor {
+            s.push_str(&format!("\nmore: --cursor {c}"));
+        }
+        s
+    })
+}
+
+/// A removed user and the keys revoked with them.
+pub fn removed_user(out: &Out, body: &RemovedUser) -> Result<()> {
+    out.value(body, || {
+        let list = if body.revoked.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", body.revoked.join(", "))
+        };
+        format!(
+            "removed {}; revoked {} key(s){list}",
+            body.user_id,
+            body.revoked.len()
+        )
+    })
+}
+
+/// Every key of a tenant as of a point in its trail.
+pub fn state(out: &Out, body: &StateBody) -> Result<()> {
+    out.value(body, || {
+        format!(
+            "as of {} (event {} of the tenant):\n{}",
+            body.at,
+            body.position,
+            key_table(&body.keys)
+        )
+    })
+}
+
+/// A written evidence bundle.
+pub fn bundle_written(
+    out: &Out,
+    path: &std::path::Path,
+    events: usize,
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<()> {
+    out.value(
+        &serde_json::json!({
+            "output": path.display().to_string(),
+            "events": events,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+        }),
+        || {
+            format!(
+                "wrote {events} events ({from_seq}..={to_seq}) with a signed checkpoint and proofs to {}",
+                path.display()
+            )
+        },
+    )
+}
+
+/// The checkpoint signing key, and a tenant's note verifier key.
+pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>) -> Result<()> {
+    out.value(
+        &serde_json::json!({ "public_key": raw, "verifier_key": verifier }),
+        || match verifier {
+            Some(v) => format!("{raw}\n{v}"),
+            None => raw.to_owned(),
+        },
+    )
+}
+
+/// Chain checks as the server answers them (`audit verify` with `--url`):
+/// the same rows as on a data directory, without the stored checkpoints'
+/// check, which only the server's data directory can make.
+pub fn chain_bodies(out: &Out, bodies: Vec<ChainBody>) -> Result<()> {
+    let text: Vec<String> = bodies.iter().map(chain_line).collect();
+    let rows: Vec<ChainRow> = bodies
+        .into_iter()
+        .map(|chain| ChainRow::Chain {
+            chain,
+            checkpoint: serde_json::Value::Null,
+        })
+        .collect();
+    out.value(&rows, || text.join("\n"))
+}
+
+/// A chain check's line, from its body.
+fn chain_line(c: &ChainBody) -> String {
+    match (c.ok, c.first_bad_seq, &c.problem) {
+        (true, _, _) | (false, None, None) => {
+            format!(
+                "{}: ok, {} events, head {}",
+                c.tenant, c.events, c.head_hash
+            )
+        }
+        (false, seq, problem) => format!(
+            "{}: BROKEN at event {} of the tenant: {}",
+            c.tenant,
+            seq.unwrap_or(0),
+            problem.as_deref().unwrap_or("")
+        ),
     }
-    t.to_string()
+}
+
+/// Trail entries, one a row: as many columns as fit, key ids whole.
+pub fn audit_table(entries: &[AuditEntry]) -> String {
+    const COLS: [Col; 6] = [
+        col("Pos", 0, None),
+        col("Time", 4, None),
+        col("Event", 1, None),
+        col("Actor", 3, Some(12)),
+        col("Key", 2, None),
+        col("Details", 5, Some(12)),
+    ];
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.position.to_string(),
+                short_time(&Some(e.at.clone())),
+                e.kind.to_owned(),
+                e.actor.display.clone(),
+                e.key_id.clone().unwrap_or_default(),
+                details_text(e),
+            ]
+        })
+        .collect();
+    fitted(&COLS, rows)
 }
 
 fn details_text(e: &AuditEntry) -> String {
@@ -389,6 +684,7 @@ pub fn export_trail(
                 Ok(())
             })?;
             sink.flush()?;
+            finish(bar);
             Ok(n)
         }
         Format::Csv => {
@@ -400,12 +696,18 @@ pub fn export_trail(
                 Ok(())
             })?;
             w.flush()?;
+            finish(bar);
             Ok(n)
         }
     }
 }
 
-pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> Result<()> {
+pub fn export_rows(
+    rows: &[DailyView],
+    per_key: bool,
+    format: Format,
+    mut sink: impl Write,
+) -> Result<()> {
     match format {
         Format::Jsonl => {
             for r in rows {
@@ -415,11 +717,11 @@ pub fn export_rows(rows: &[DailyView], format: Format, mut sink: impl Write) -> 
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(sink);
-            w.write_record(DailyView::CSV_HEADER)?;
+            w.write_record(DailyView::csv_header(per_key))?;
             for r in rows {
                 w.write_record(r.csv_row())?;
             }
-            w.flush().map_err(|e| Failure(e.to_string()))?;
+            w.flush()?;
         }
     }
     Ok(())

@@ -15,6 +15,10 @@ use crate::cli::{self, Failure};
 /// Options of `keyledger serve` (the data directory and the key prefix are global).
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Not an option of `serve` (it prints no result): the global `--json`,
+    /// taken here so that `serve --help` does not offer it.
+    #[arg(long, hide = true)]
+    pub json: bool,
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KEYLEDGER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,
@@ -37,6 +41,15 @@ pub struct ServeArgs {
     /// host name, the process id and a random suffix).
     #[arg(long, env = "KEYLEDGER_NODE_ID")]
     pub node_id: Option<String>,
+    /// With --postgres: a key this node does not know (or a
+    /// Keyledger-Position it has not applied) is answered after it read
+    /// the log's head and applied the log up to it; such reads start at
+    /// most once per this many milliseconds, each shared by every miss
+    /// waiting (docs/operations.md, "What a client sees while nodes catch up").
+    #[arg(long, env = "KEYLEDGER_MISS_INTERVAL_MS",
+        default_value_t = keyledger_runtime::MISS_INTERVAL_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub miss_interval_ms: u64,
     /// Connections held open at once, all clients together; more wait in
     /// the kernel's backlog until one closes.
     #[arg(long, env = "KEYLEDGER_CONNECTIONS_MAX", default_value_t = limits::CONNECTIONS_MAX as u64,
@@ -69,7 +82,7 @@ impl ServeArgs {
     /// The server's limits: these options over the defaults.
     fn limits(&self) -> cli::Result<limits::ServerLimits> {
         if self.connections_per_client_max > self.connections_max {
-            return Err(Failure(format!(
+            return Err(Failure::msg(format!(
                 "--connections-per-client-max ({}) is over --connections-max ({})",
                 self.connections_per_client_max, self.connections_max
             )));
@@ -92,17 +105,17 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     let limits = args.limits()?;
     raise_file_limit(limits.connections_max);
     // On a shared log, follow what the other nodes append.
-    let follow = cli::postgres().then(|| {
-        Follow::new(
+    let follow = cli::postgres().then(|| Follow {
+        miss_interval: Duration::from_millis(args.miss_interval_ms),
+        ..Follow::new(
             args.node_id
                 .clone()
                 .unwrap_or_else(keyledger_runtime::default_node_id),
         )
     });
     if args.node_id.is_some() && follow.is_none() {
-        return Err(Failure(
-            "--node-id names a node among several sharing a PostgreSQL log: give --postgres too"
-                .into(),
+        return Err(Failure::msg(
+            "--node-id names a node among several sharing a PostgreSQL log: give --postgres too",
         ));
     }
     if let Some(f) = &follow {
@@ -123,13 +136,15 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         Ok(t) => t,
         Err(e) => {
             let _ = ledger.shutdown().await;
-            return Err(Failure(e));
+            return Err(Failure::msg(e));
         }
     };
+    // Until the ledger holds an event, every start says what to do next:
+    // a first start that failed after creating the token (a port in use)
+    // is not the last chance to read it.
     let newcomer = match source {
         TokenSource::Created => true,
-        TokenSource::Environment => ledger.head() == 0,
-        TokenSource::File => false,
+        TokenSource::Environment | TokenSource::File => ledger.head() == 0,
     };
     let state = AppState::with_limits(ledger, token, limits);
     keyledger_server::serve(state, &args.addr, |addr| {
@@ -138,7 +153,12 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         }
     })
     .await
-    .map_err(|e| Failure(e.to_string()))?;
+    .map_err(|e| Failure::msg(e.to_string()))?;
+    // Said at any log level: the operator who pressed Ctrl-C knows the
+    // counted uses are on disk.
+    eprintln!(
+        "keyledger stopped: the requests in flight were answered and every counted use is written"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,7 +218,7 @@ fn check_node_id(id: &str) -> cli::Result<()> {
     if fine {
         Ok(())
     } else {
-        Err(Failure(format!(
+        Err(Failure::msg(format!(
             "--node-id must be 1 to {NODE_ID_CHARS_MAX} printable ASCII characters without spaces"
         )))
     }

@@ -527,3 +527,29 @@ fn a_stored_checkpoint_signed_by_another_key_is_named() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("BAD SIGNATURE: earlier checkpoint 1"), "{out}");
 }
+
+/// Issue 20, item 9: a --public-key that is neither a readable file nor a
+/// key says both; a kept checkpoint signed after the bundle's is newer,
+/// not a sign that events were removed.
+#[test]
+fn verify_bundle_names_a_missing_key_file_and_a_kept_checkpoint_that_is_only_newer() {
+    let d = ledger();
+    let file = bundle(&d, "b.jsonl");
+    let (code, out) = verify(&file, Path::new("nosuchfile"), &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.contains("nosuchfile") && out.contains("not a readable file"),
+        "{out}"
+    );
+    d.ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "later",
+    ]);
+    let kept = keep_checkpoint(&d, "kept.json");
+    let (code, out) = verify(&file, &public_key(&d), &[&kept]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("is newer than the bundle's checkpoint"),
+        "{out}"
+    );
+    assert!(!out.contains("removed"), "{out}");
+}

@@ -1013,7 +1013,7 @@ fn the_tour_over_http_survives_a_restart() {
     assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
     assert!(
         csv.text()
-            .starts_with("day,key_id,total,valid,rejected,revoked,expired,insufficient_scope\n"),
+            .starts_with("day,total,valid,rejected,revoked,expired,insufficient_scope\n"),
         "{}",
         csv.text()
     );
@@ -1724,6 +1724,24 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
         ),
         ("state without at", get("/v1/state"), 400, "invalid_query"),
         (
+            "consistency without from",
+            get("/v1/audit/proof/consistency"),
+            400,
+            "invalid_query",
+        ),
+        (
+            "bundle from not a number",
+            get("/v1/audit/bundle?from=first"),
+            400,
+            "invalid_query",
+        ),
+        (
+            "expiry tomorrow",
+            create("{\"name\": \"a\", \"expires_at\": \"tomorrow\"}"),
+            400,
+            "invalid_body",
+        ),
+        (
             "state at garbage",
             get("/v1/state?at=last%20tuesday"),
             400,
@@ -1968,6 +1986,13 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
         if let Err(e) = r.check_error(status, code) {
             failures.push(format!("{what}: {e}"));
         }
+        // Every refusal in the API's words, never the framework's.
+        if ["Failed to", "serde", "deserialize"]
+            .iter()
+            .any(|w| r.text().contains(w))
+        {
+            failures.push(format!("{what}: framework wording: {}", r.text()));
+        }
         if status == 405 && r.header("allow").is_none() {
             failures.push(format!("{what}: a 405 names the allowed methods"));
         }
@@ -2009,6 +2034,106 @@ fn bad_input_is_answered_in_the_error_format_and_writes_nothing() {
     // them reaches a log line (the server logs at `trace`) or the disk.
     let logs = s.stop();
     assert_no_secret(&d, &logs, &[TOKEN, &key, &reader, &revoked_key]);
+}
+
+#[test]
+fn refusals_name_the_parameter_and_what_it_takes() {
+    let d = Data::new();
+    let s = Server::start(&d, Options::default());
+    let k = s.mint(
+        "acme",
+        json!({"user": "alice", "name": "k", "scopes": ["keys:write", "audit:read", "usage:read"]}),
+    );
+    let key = k["key"].as_str().unwrap();
+    let create = |body: &str| {
+        s.post("/v1/keys")
+            .bearer(key)
+            .raw_body(Some("application/json"), body.to_owned())
+    };
+    for (what, req, code, words) in [
+        (
+            "state without at",
+            s.get("/v1/state").bearer(key),
+            "invalid_query",
+            &[
+                "the query parameter `at` is required",
+                "RFC 3339",
+                "a whole number",
+            ][..],
+        ),
+        (
+            "consistency without from",
+            s.get("/v1/audit/proof/consistency").bearer(key),
+            "invalid_query",
+            &["the query parameter `from` is required", "older tree size"],
+        ),
+        (
+            "a month 13",
+            s.get("/v1/usage?from=2026-13-01").bearer(key),
+            "invalid_query",
+            &[
+                "the query parameter `from` is not valid",
+                "`2026-13-01`",
+                "YYYY-MM-DD",
+            ],
+        ),
+        (
+            "a limit in words",
+            s.get("/v1/audit?limit=lots").bearer(key),
+            "invalid_query",
+            &[
+                "the query parameter `limit` is not valid",
+                "whole number",
+                "1 to 1000",
+            ],
+        ),
+        (
+            "an expiry of tomorrow",
+            create(r#"{"name": "a", "expires_at": "tomorrow"}"#),
+            "invalid_body",
+            &[
+                "the field `expires_at` is not valid",
+                "`tomorrow`",
+                "RFC 3339",
+            ],
+        ),
+        (
+            "a body without its name",
+            create(r#"{"description": "d"}"#),
+            "invalid_body",
+            &["the field `name` is required"],
+        ),
+        (
+            "a field the body does not take",
+            create(r#"{"name": "a", "owner": "mallory"}"#),
+            "invalid_body",
+            &["there is no field `owner`", "`name`"],
+        ),
+        (
+            "a list for a body",
+            create("[]"),
+            "invalid_body",
+            &["the body must be a JSON object"],
+        ),
+    ] {
+        let r = req.send();
+        r.check_error(400, code)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        for w in words {
+            assert!(message.contains(w), "{what}: `{w}` not in: {message}");
+        }
+    }
+    // A bundle without `from` is the whole log, as the CLI's `audit bundle`.
+    let r = s.get("/v1/audit/bundle").bearer(key).send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let header: Value = serde_json::from_str(r.text().lines().next().unwrap()).unwrap();
+    assert_eq!(header["from_seq"], 1, "{header}");
+    assert_eq!(
+        r.text().lines().count() as u64 - 1,
+        header["to_seq"].as_u64().unwrap(),
+        "every event from 1"
+    );
 }
 
 /// No secret in `logs` or in any file of the data directory; the logs are

@@ -39,6 +39,11 @@ struct Node {
 
 impl Node {
     fn start(url: &str, name: &str) -> Node {
+        Node::start_with(url, name, &[])
+    }
+
+    /// [`Node::start`] with more options for `serve`.
+    fn start_with(url: &str, name: &str, options: &[&str]) -> Node {
         let data = Data::new();
         let log_dir = data.path().with_extension("logs");
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -56,6 +61,7 @@ impl Node {
             .arg(data.path())
             .args(["serve", "--addr", "127.0.0.1:0", "--usage-window-ms", "50"])
             .args(["--node-id", name])
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
@@ -81,7 +87,29 @@ impl Node {
     }
 
     fn send(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Resp {
-        send(&self.addr, method, path, auth, body)
+        send(&self.addr, method, path, auth, body, &[])
+    }
+
+    /// A request that passes back a write's `Keyledger-Position`.
+    fn send_at(&self, position: &str, method: &str, path: &str, auth: &str) -> Resp {
+        send(
+            &self.addr,
+            method,
+            path,
+            Some(auth),
+            None,
+            &[("Keyledger-Position", position)],
+        )
+    }
+
+    /// A counter of this node's `/metrics`.
+    fn counter(&self, name: &str) -> u64 {
+        let r = self.send("GET", "/metrics", Some(TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
     }
 
     /// Mints a key for `user` through the operator route.
@@ -151,10 +179,20 @@ impl Drop for Node {
 /// A response.
 struct Resp {
     status: u16,
+    /// The head, lower-cased.
+    head: String,
     body: Vec<u8>,
 }
 
 impl Resp {
+    /// A header's value (`name` lower-case).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -174,7 +212,14 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-fn send(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Resp {
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -184,6 +229,9 @@ fn send(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&
     }
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).expect("send");
@@ -203,7 +251,7 @@ fn send(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&
     if head.contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    Resp { status, body }
+    Resp { status, head, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -746,4 +794,192 @@ fn node_options_are_checked_and_the_password_never_shown() {
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
     }
+}
+
+/// A well-formed secret (its checksum holds) that no node has: made from
+/// `n`, never minted.
+fn unknown_secret(n: u64) -> String {
+    let mut material = [0x5au8; keyledger_core::secret::BODY_BYTES];
+    material[..8].copy_from_slice(&n.to_le_bytes());
+    keyledger_core::Secret::from_material(&keyledger_core::KeyPrefix::default(), &material)
+        .expose()
+        .to_owned()
+}
+
+/// Issue 17: a key is valid on every node from the moment its create
+/// returns; a read passing back a write's `Keyledger-Position` sees the
+/// write on any node; a flood of unknown keys makes at most one read of
+/// the log's head per miss interval (`keyledger_miss_head_queries_total`).
+#[test]
+fn nodes_read_each_others_writes_at_once() {
+    const MISS_INTERVAL_MS: u64 = 20;
+    let db = TestDatabase::create();
+    let a = Node::start(db.url(), "ryw-a");
+    let interval = MISS_INTERVAL_MS.to_string();
+    let b = Node::start_with(db.url(), "ryw-b", &["--miss-interval-ms", &interval]);
+
+    // 200 keys created through a, each verified on b right after a answered.
+    let mut not_valid = Vec::new();
+    for i in 0..200 {
+        let (id, secret) = a.mint("acme", "ada", &format!("k{i}"));
+        let outcome = b.outcome(&secret);
+        if outcome != "valid" {
+            not_valid.push((id, outcome));
+        }
+    }
+    assert!(
+        not_valid.is_empty(),
+        "{} of 200 not valid on b at once: {not_valid:?}",
+        not_valid.len()
+    );
+
+    // A key made on a authenticates on b at once too; every write answers
+    // the tenant's position, and a read passing it back sees the write.
+    let (_, admin) = a.mint("acme", "root", "admin");
+    let r = b.send("GET", "/v1/whoami", Some(&admin), None);
+    assert_eq!(
+        r.status,
+        200,
+        "a key made on a, used on b at once: {}",
+        r.text()
+    );
+    for i in 0..30 {
+        let r = a.send(
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            Some(&json!({ "name": format!("r{i}") })),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        let position = r
+            .header("keyledger-position")
+            .expect("a write answers its position")
+            .to_owned();
+        let got = b.send_at(&position, "GET", &format!("/v1/keys/{id}"), &admin);
+        assert_eq!(
+            got.status,
+            200,
+            "key {i} on b at position {position}: {}",
+            got.text()
+        );
+        let r = a.send("POST", &format!("/v1/keys/{id}/revoke"), Some(&admin), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let position = r
+            .header("keyledger-position")
+            .expect("a revoke answers its position")
+            .to_owned();
+        let history = b.send_at(&position, "GET", &format!("/v1/keys/{id}/history"), &admin);
+        assert_eq!(history.status, 200, "{}", history.text());
+        let types: Vec<String> = history.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(
+            types.iter().any(|t| t == "KeyRevoked"),
+            "history of key {i} on b: {types:?}"
+        );
+        let list = b.send_at(
+            &position,
+            "GET",
+            "/v1/keys?status=revoked&limit=1000",
+            &admin,
+        );
+        assert_eq!(list.status, 200, "{}", list.text());
+        assert!(
+            list.text().contains(&id),
+            "the revoked list on b lacks key {i}"
+        );
+    }
+    // The position is the tenant's own sequence number: 200 + 1 mints, 30
+    // creates and 30 revokes, and the reads of the trail on b.
+    let last = a.send(
+        "POST",
+        "/v1/keys",
+        Some(&admin),
+        Some(&json!({ "name": "last" })),
+    );
+    let last: u64 = last.header("keyledger-position").unwrap().parse().unwrap();
+    assert!(last > 261, "{last}");
+    // Another tenant's writes do not move it.
+    a.mint("globex", "gus", "other tenant");
+    let again = a.send(
+        "POST",
+        "/v1/keys",
+        Some(&admin),
+        Some(&json!({ "name": "again" })),
+    );
+    let again: u64 = again.header("keyledger-position").unwrap().parse().unwrap();
+    assert!(again > last, "{again} after {last}");
+
+    // Bad values are refused in words; a position past the tenant's
+    // trail was never given out.
+    for bad in ["-1", "1.5", "12abc", " ", "0x10", "99999999999999999999999"] {
+        let r = b.send_at(bad, "GET", "/v1/keys", &admin);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_position".into()),
+            "{bad:?}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("Keyledger-Position"), "{}", r.text());
+    }
+    let r = b.send_at(&(again + 1000).to_string(), "GET", "/v1/keys", &admin);
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_position".into()),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("past this tenant's last event"),
+        "{}",
+        r.text()
+    );
+
+    // A flood of unknown keys on b, from 8 clients for a bounded count:
+    // every one `not_found`, and at most one read of the head per
+    // interval, shared by the misses.
+    let before_a = a.counter("keyledger_miss_head_queries_total");
+    let before_b = b.counter("keyledger_miss_head_queries_total");
+    let started = Instant::now();
+    let misses: u64 = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8u64)
+            .map(|c| {
+                let b = &b;
+                s.spawn(move || {
+                    let mut n = 0;
+                    for i in 0..150 {
+                        assert_eq!(b.outcome(&unknown_secret(c * 1000 + i)), "not_found");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed();
+    let queries = b.counter("keyledger_miss_head_queries_total") - before_b;
+    let intervals = (elapsed.as_millis() as u64) / MISS_INTERVAL_MS;
+    println!("{misses} misses on b in {elapsed:?}: {queries} head reads ({intervals} intervals)");
+    assert_eq!(misses, 1200);
+    assert!(
+        (1..=intervals + 1).contains(&queries),
+        "{queries} head reads for {misses} misses in {intervals} intervals of {MISS_INTERVAL_MS} ms"
+    );
+    assert!(
+        queries * 4 < misses,
+        "{queries} head reads for {misses} misses: not shared"
+    );
+    assert_eq!(
+        a.counter("keyledger_miss_head_queries_total"),
+        before_a,
+        "the flood on b made a read nothing"
+    );
+
+    a.stop();
+    b.stop();
 }

@@ -623,6 +623,20 @@ fn check_held(n: usize, note: &str, signed: &Signed<'_>, report: &mut BundleRepo
         return;
     }
     let when = kept.extension("time").unwrap_or("no time");
+    if kept.size > head.size && signed_later(&kept, head) {
+        // Kept after this bundle was made: the bundle is only older.
+        report.problem(
+            ProblemKind::Unverifiable,
+            format!(
+                "held checkpoint {n} ({} events, {when}) is newer than the bundle's checkpoint \
+                 ({} events, {}): export a newer bundle to check it",
+                kept.size,
+                head.size,
+                head.extension("time").unwrap_or("no time"),
+            ),
+        );
+        return;
+    }
     match held_verdict(&kept, signed) {
         Some(Ok(())) => report.consistency_proofs_ok += 1,
         Some(Err(why)) => report.problem(
@@ -647,6 +661,19 @@ fn check_held(n: usize, note: &str, signed: &Signed<'_>, report: &mut BundleRepo
             ),
         ),
     }
+}
+
+/// Whether `kept` was signed after `head` (both carry the signer's `time`
+/// extension, an RFC 3339 UTC time); false when either has none.
+fn signed_later(kept: &Checkpoint, head: &Checkpoint) -> bool {
+    // `2026-12-07T07:59:46.514424Z`: the seconds, then the fraction padded.
+    fn key(c: &Checkpoint) -> Option<(String, String)> {
+        let t = c.extension("time")?.strip_suffix('Z')?;
+        let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+        (secs.len() == 19 && frac.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| (secs.to_owned(), format!("{frac:0<9}")))
+    }
+    matches!((key(kept), key(head)), (Some(k), Some(h)) if k > h)
 }
 
 /// Whether the bundle's range holds the last event of `kept`'s tree.

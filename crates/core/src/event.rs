@@ -123,17 +123,23 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The type's name.
-    pub fn type_name(&self) -> &'static str {
+    /// The type, in the trail's filter's terms.
+    pub fn event_type(&self) -> crate::trail::EventType {
+        use crate::trail::EventType as T;
         match self {
-            EventKind::KeyCreated(_) => "KeyCreated",
-            EventKind::KeyUsed(_) => "KeyUsed",
-            EventKind::KeyRevoked(_) => "KeyRevoked",
-            EventKind::KeyRotated(_) => "KeyRotated",
-            EventKind::UserRemoved(_) => "UserRemoved",
-            EventKind::AuditRead(_) => "AuditRead",
-            EventKind::LogRecovered(_) => "LogRecovered",
+            EventKind::KeyCreated(_) => T::KeyCreated,
+            EventKind::KeyUsed(_) => T::KeyUsed,
+            EventKind::KeyRevoked(_) => T::KeyRevoked,
+            EventKind::KeyRotated(_) => T::KeyRotated,
+            EventKind::UserRemoved(_) => T::UserRemoved,
+            EventKind::AuditRead(_) => T::AuditRead,
+            EventKind::LogRecovered(_) => T::LogRecovered,
         }
+    }
+
+    /// The type's name ([`crate::trail::EventType::as_str`]).
+    pub fn type_name(&self) -> &'static str {
+        self.event_type().as_str()
     }
 }
 

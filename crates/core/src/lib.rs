@@ -6,7 +6,7 @@
 //! caller passes the time, the new ids and the key material in, so a replay
 //! is exact and every test is deterministic.
 //!
-//! * [`decide`] takes the current [`Ledger`] state and a [`Command`] and
+//! * [`decide()`] takes the current [`Ledger`] state and a [`Command`] and
 //!   returns the events to append, or a [`CommandError`].
 //! * [`Ledger::apply`] folds one committed event into the key state;
 //!   [`Usage::apply`] folds it into the usage rollups.

@@ -16,7 +16,7 @@ use crate::time::Timestamp;
 /// the global indexes with the original, and either side copies a tenant's
 /// state (or an index's shard) the first time it changes it (copy on
 /// write). The indexes are sharded so that no single insert rehashes them
-/// whole ([`crate::shards`]). The runtime
+/// whole (`crates/core/src/shards.rs`). The runtime
 /// keeps two ledgers (the read model and the writer's decision copy): at
 /// start-up the second is a clone of the first, and a tenant's keys are
 /// copied only when the writer first writes for that tenant.
@@ -139,7 +139,6 @@ impl KeyRecord {
 
 /// A committed event could not be folded: the log is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ApplyError {
     /// The tenant's sequence numbers are not contiguous.
     #[error("tenant {tenant}: expected sequence number {expected}, found {found}")]

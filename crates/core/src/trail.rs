@@ -66,16 +66,7 @@ impl EventType {
 
     /// The type of an event.
     pub fn of(event: &Event) -> Self {
-        use crate::event::EventKind as K;
-        match event.kind {
-            K::KeyCreated(_) => EventType::KeyCreated,
-            K::KeyUsed(_) => EventType::KeyUsed,
-            K::KeyRevoked(_) => EventType::KeyRevoked,
-            K::KeyRotated(_) => EventType::KeyRotated,
-            K::UserRemoved(_) => EventType::UserRemoved,
-            K::AuditRead(_) => EventType::AuditRead,
-            K::LogRecovered(_) => EventType::LogRecovered,
-        }
+        event.kind.event_type()
     }
 }
 

@@ -20,7 +20,7 @@ use crate::checkpoints::StoredCheckpoint;
 use crate::signing_key::b64;
 use crate::trees::proof_error;
 use crate::views::AuditEntry;
-use crate::{Error, Keyledger};
+use crate::{BadRequest, Damage, Error, Keyledger};
 
 impl Keyledger {
     /// Records the read, then builds the bundle of `from_seq..=to_seq`.
@@ -46,14 +46,18 @@ impl Keyledger {
     ) -> Result<(), Error> {
         let size = self.tree_size(tenant);
         if from_seq == 0 || from_seq > to_seq || to_seq > size {
-            return Err(Error::BadRequest(format!(
-                "the range {from_seq}..={to_seq} is not within the tenant's events 1..={size}"
-            )));
+            return Err(BadRequest::BundleRange {
+                from_seq,
+                to_seq,
+                events: size,
+            }
+            .into());
         }
         if to_seq - from_seq >= BUNDLE_EVENTS_MAX {
-            return Err(Error::BadRequest(format!(
-                "a bundle holds at most {BUNDLE_EVENTS_MAX} events"
-            )));
+            return Err(BadRequest::BundleTooLong {
+                max: BUNDLE_EVENTS_MAX,
+            }
+            .into());
         }
         Ok(())
     }
@@ -140,7 +144,7 @@ impl Keyledger {
                 .min(4096);
             let page = self.shared.log.read_tenant_raw(tenant, after, want)?;
             if page.is_empty() {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::inconsistent(format!(
                     "tenant {tenant}: event {} is in the tree but not in the log",
                     after + 1
                 )));
@@ -190,8 +194,11 @@ fn pick_earlier(stored: &[StoredCheckpoint], to_seq: u64) -> BTreeSet<usize> {
 /// One event as a bundle holds it: its trail entry, without `position`,
 /// with `payload`, the stored bytes (base64).
 fn bundle_event(tenant: &TenantId, raw: RawRecord) -> Result<Value, Error> {
-    let event = envelope::decode(tenant, &raw.payload)
-        .map_err(|e| Error::Corrupt(format!("tenant {tenant} event {}: {e}", raw.seq)))?;
+    let event = envelope::decode(tenant, &raw.payload).map_err(|source| Damage::Decode {
+        tenant: tenant.clone(),
+        seq: raw.seq,
+        source,
+    })?;
     let record = Record {
         position: raw.position,
         seq: raw.seq,
@@ -200,7 +207,7 @@ fn bundle_event(tenant: &TenantId, raw: RawRecord) -> Result<Value, Error> {
         event,
     };
     let mut value = serde_json::to_value(AuditEntry::from(&record))
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+        .map_err(|e| Error::inconsistent(e.to_string()))?;
     if let Value::Object(map) = &mut value {
         // `position` repeats `seq`, which the chain commits to: a bundle
         // names each event by `seq` alone.
@@ -365,11 +372,11 @@ fn readable_mismatch(
         })
         .unwrap_or_default();
     Ok(Some(format!(
-        "event {seq} (line {line}) was modified: {} differ from its signed bytes",
-        if fields.is_empty() {
-            "extra fields".to_owned()
-        } else {
-            fields.join(", ")
+        "event {seq} (line {line}) was modified: {} from its signed bytes",
+        match fields.as_slice() {
+            [] => "extra fields differ".to_owned(),
+            [one] => format!("{one} differs"),
+            many => format!("{} differ", many.join(", ")),
         }
     )))
 }

@@ -18,7 +18,7 @@ use keyledger_audit::{SigningKey, VerifyingKey};
 use keyledger_core::{TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::trees::{AuditState, Replayed, proof_error};
+use crate::trees::{AuditState, LastCheckpoints, Replayed, proof_error};
 use crate::{Error, Keyledger, Shared};
 
 /// The directory of stored checkpoints, one JSON Lines file per tenant.
@@ -74,7 +74,7 @@ pub(crate) struct Signer {
 impl AuditState {
     fn signer(&self) -> Result<&Signer, Error> {
         self.signer.as_ref().ok_or_else(|| {
-            Error::Unavailable("audit signing is not configured (no data directory)".into())
+            Error::unavailable("audit signing is not configured (no data directory)")
         })
     }
 
@@ -99,20 +99,27 @@ impl AuditState {
             .get(tenant)
             && *blocked >= epoch
         {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::inconsistent(format!(
                 "refusing to sign a checkpoint for tenant {tenant}: {problem}"
             )));
         }
-        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&(last_epoch, ..)) = signed.get(tenant)
+        let mut last = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let known = last.get(tenant).copied();
+        if let Some(LastCheckpoints {
+            epoch: last_epoch, ..
+        }) = known
             && last_epoch > epoch
         {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::inconsistent(format!(
                 "refusing to sign a checkpoint for tenant {tenant} in epoch {epoch}: one was \
                  signed in epoch {last_epoch} (a log never forks)"
             )));
         }
-        if let Some(&(last_epoch, last_size, last_root)) = signed.get(tenant)
+        if let Some(LastCheckpoints {
+            epoch: last_epoch,
+            signed: (last_size, last_root),
+            ..
+        }) = known
             && last_epoch == epoch
         {
             let (prefix, whole) =
@@ -122,7 +129,7 @@ impl AuditState {
                 && whole == Some(root)
                 && (size > last_size || root == last_root);
             if !extends {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::inconsistent(format!(
                     "refusing to sign a checkpoint of {size} events for tenant {tenant}: it does \
                      not extend the checkpoint of {last_size} events signed before (a log never \
                      forks)"
@@ -136,7 +143,16 @@ impl AuditState {
             extensions: vec![format!("time {}", now.to_rfc3339())],
         };
         let note = checkpoint.sign(&signer.key);
-        signed.insert(tenant.clone(), (epoch, size, root));
+        // A new epoch's first checkpoint: nothing of it is stored yet.
+        let written = known.filter(|k| k.epoch == epoch).and_then(|k| k.written);
+        last.insert(
+            tenant.clone(),
+            LastCheckpoints {
+                epoch,
+                signed: (size, root),
+                written,
+            },
+        );
         Ok(SignedCheckpoint { checkpoint, note })
     }
 
@@ -158,23 +174,27 @@ impl AuditState {
             )
         };
         if !recovering && !checked.problems.is_empty() {
-            return Err(Error::Corrupt(crate::integrity::describe(
+            return Err(Error::inconsistent(crate::integrity::describe(
                 &checked.problems,
             )));
         }
-        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
         for (tenant, s) in checked.signed {
             let at = Timestamp::parse_rfc3339(&s.at).unwrap_or(Timestamp::EPOCH);
-            signed.insert(tenant.clone(), (s.epoch, s.size, s.root));
-            written.insert(tenant, (s.epoch, s.size, at));
+            last.insert(
+                tenant,
+                LastCheckpoints {
+                    epoch: s.epoch,
+                    signed: (s.size, s.root),
+                    written: Some((s.size, at)),
+                },
+            );
         }
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         for p in checked.problems {
-            let Ok(tenant) = p.tenant.parse::<TenantId>() else {
-                continue;
-            };
-            blocked.insert(tenant, (p.epoch, p));
+            if let Some(tenant) = p.tenant.clone() {
+                blocked.insert(tenant, (p.epoch, p));
+            }
         }
         Ok(())
     }
@@ -210,7 +230,7 @@ impl AuditState {
             }
             true
         })
-        .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
         Ok(out)
     }
 
@@ -247,11 +267,7 @@ impl AuditState {
                 }
             };
             if !due {
-                let (size, at) = last.unwrap_or((size, now));
-                self.written
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(tenant, (epoch, size, at));
+                self.note_written(&tenant, epoch, last.unwrap_or((size, now)));
                 continue;
             }
             let signed = match self.sign(&tenant, size, root, now) {
@@ -269,15 +285,22 @@ impl AuditState {
                     note: signed.note,
                 },
             )?;
-            self.written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(tenant, (epoch, size, now));
+            self.note_written(&tenant, epoch, (size, now));
             written += 1;
         }
         match failed {
             Some(e) => Err(e),
             None => Ok(written),
+        }
+    }
+
+    /// Remembers the size and instant of the tenant's last stored
+    /// checkpoint in `epoch`: kept only beside the largest one signed in
+    /// that epoch (without it, [`AuditState::last_written`] reads the file).
+    fn note_written(&self, tenant: &TenantId, epoch: u64, written: (u64, Timestamp)) {
+        let mut last = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = last.get_mut(tenant).filter(|k| k.epoch == epoch) {
+            k.written = Some(written);
         }
     }
 
@@ -289,20 +312,19 @@ impl AuditState {
         epoch: u64,
     ) -> Result<Option<(u64, Timestamp)>, Error> {
         let known = self
-            .written
+            .checkpoints
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(tenant)
-            .copied()
-            .filter(|(e, ..)| *e == epoch)
-            .map(|(_, size, at)| (size, at));
+            .filter(|k| k.epoch == epoch)
+            .and_then(|k| k.written);
         if known.is_some() {
             return Ok(known);
         }
         // Only the file's end is read: it may be gigabytes long.
         let path = self.checkpoint_path(tenant)?;
         let newest = crate::integrity::newest_checkpoint(&path)
-            .map_err(|e| Error::Unavailable(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
         Ok(newest.map(|c| {
             let at = Timestamp::parse_rfc3339(&c.at).unwrap_or(Timestamp::EPOCH);
             (c.size, at)
@@ -311,9 +333,9 @@ impl AuditState {
 
     /// Appends one line to the tenant's checkpoint file, durably.
     fn append_stored(&self, tenant: &TenantId, stored: &StoredCheckpoint) -> Result<(), Error> {
-        let line = serde_json::to_string(stored).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let line = serde_json::to_string(stored).map_err(|e| Error::unavailable(e.to_string()))?;
         let path = self.checkpoint_path(tenant)?;
-        let io = |e: std::io::Error| Error::Unavailable(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
         if let Some(dir) = path.parent() {
             crate::datadir::create_dir_private(dir).map_err(io)?;
         }
@@ -457,7 +479,9 @@ mod tests {
             put(tree_of(leaves));
             let (size, root) = head(&state).unwrap_or_else(|e| panic!("{e}"));
             match state.sign(&acme, size, root, now) {
-                Err(Error::Corrupt(m)) => assert!(m.contains("never forks"), "{m}"),
+                Err(e @ Error::Corrupt(crate::Damage::Inconsistent(_))) => {
+                    assert!(e.to_string().contains("never forks"), "{e}")
+                }
                 other => panic!("{leaves:?}: signed a fork: {other:?}"),
             }
             // (The tree of five is not due at all: its size was stored.)

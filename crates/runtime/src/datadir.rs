@@ -73,7 +73,6 @@ pub struct DataDirError {
 /// What is wrong with a data directory. Each names the path at fault and
 /// says how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Problem {
     /// The directory or an entry in it belongs to another user.
     OwnedByOther {

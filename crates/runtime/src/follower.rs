@@ -36,20 +36,33 @@ pub struct Follow {
     /// A node that has not reported for this long is counted as gone when
     /// waiting for every live node.
     pub live_within: Duration,
+    /// A miss (a well-formed secret no key has here, or a tenant position
+    /// not applied here) is answered after this node read the log's head
+    /// and applied the log up to it; one such read serves every miss that
+    /// waits for it, and they start at most once per this interval, so a
+    /// flood of unknown keys costs at most one query per interval (see
+    /// `catchup.rs`). It is also about the longest a miss waits for its
+    /// read to start.
+    pub miss_interval: Duration,
 }
 
 impl Follow {
     /// Defaults for a node named `node_id`: a bound of 100 ms without
-    /// notifications, a report every second, gone after five.
+    /// notifications, a report every second, gone after five, a head read
+    /// for misses at most every millisecond.
     pub fn new(node_id: impl Into<String>) -> Self {
         Follow {
             node_id: node_id.into(),
             wait_max: Duration::from_millis(100),
             report_every: Duration::from_secs(1),
             live_within: Duration::from_secs(5),
+            miss_interval: MISS_INTERVAL_DEFAULT,
         }
     }
 }
+
+/// The default [`Follow::miss_interval`].
+pub const MISS_INTERVAL_DEFAULT: Duration = Duration::from_millis(1);
 
 /// A node name unique enough among the nodes sharing a log: the host name,
 /// the process id and a few random bits (a restarted process on the same

@@ -85,8 +85,8 @@ pub struct Signed {
 /// What is wrong between the log and one tenant's stored checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// The tenant (as named by the file).
-    pub tenant: String,
+    /// The tenant, as named by the file (`None`: the file is no tenant's).
+    pub tenant: Option<TenantId>,
     /// The checkpoint epoch of the file.
     pub epoch: u64,
     /// The checkpoint file.
@@ -108,12 +108,21 @@ pub struct Problem {
     pub what: String,
 }
 
+impl Problem {
+    /// The tenant's name, or `(unknown)` for a file that is no tenant's.
+    pub fn tenant_name(&self) -> String {
+        self.tenant
+            .as_ref()
+            .map_or_else(|| "(unknown)".to_owned(), TenantId::to_string)
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "tenant {} ({}): {}",
-            self.tenant,
+            self.tenant_name(),
             self.file.display(),
             self.what
         )
@@ -360,7 +369,7 @@ pub fn check_tenant(
     let log_epoch = trees.epoch(tenant);
     let problem = |signed: Option<&Signed>, first_bad, agreed_size, what: String| {
         Box::new(Problem {
-            tenant: tenant.to_string(),
+            tenant: Some(tenant.clone()),
             epoch,
             file: file.to_owned(),
             signed_size: signed.map(|s| s.size),
@@ -465,7 +474,7 @@ pub struct Checked {
 /// A problem with a file that is no tenant's, or the directory itself.
 fn stray(file: PathBuf, what: String) -> Problem {
     Problem {
-        tenant: "(unknown)".into(),
+        tenant: None,
         epoch: 1,
         file,
         signed_size: None,
@@ -543,10 +552,15 @@ pub struct TenantCheck {
 /// tree is rebuilt from its stored chain hashes, its epoch from its
 /// `LogRecovered` events. For `audit verify`, which must work on a log
 /// that cannot be replayed.
+///
+/// The trees of the tenants in `fed` are built already from the records a
+/// chain walk read (`chain::verify_tenant_seeing`): only what the walk did
+/// not read is read here.
 pub fn check_log(
     dir: &Path,
     log: &dyn keyledger_store::EventLog,
     only: Option<&TenantId>,
+    mut fed: HashMap<TenantId, LogTree>,
 ) -> Result<Vec<TenantCheck>, String> {
     let files: Vec<_> = checkpoint_files(dir)?
         .into_iter()
@@ -555,7 +569,8 @@ pub fn check_log(
     let mut trees = Rebuilt::default();
     for (tenant, _) in files.iter().filter_map(|(named, _)| named.as_ref()) {
         if !trees.0.contains_key(tenant) {
-            trees.0.insert(tenant.clone(), rebuild(log, tenant)?);
+            let tree = fed.remove(tenant).unwrap_or_default();
+            trees.0.insert(tenant.clone(), tree.finish(log, tenant)?);
         }
     }
     let checked = match read_verifying_key(dir)? {
@@ -568,7 +583,7 @@ pub fn check_log(
                 .map(|(named, path)| match named {
                     None => nameless(path),
                     Some((tenant, _)) => Problem {
-                        tenant: tenant.to_string(),
+                        tenant: Some(tenant.clone()),
                         what: format!(
                             "{} is missing, so its checkpoints cannot be checked",
                             crate::audit::SIGNING_KEY_FILE
@@ -586,41 +601,72 @@ pub fn check_log(
         outcome: Ok(Some(s)),
     });
     let problems = checked.problems.into_iter().map(|p| TenantCheck {
-        tenant: p.tenant.clone(),
+        tenant: p.tenant_name(),
         outcome: Err(p),
     });
     Ok(signed.chain(problems).collect())
 }
 
-/// A tenant's tree of stored chain hashes and its checkpoint epoch, read
-/// straight from the store.
-fn rebuild(log: &dyn keyledger_store::EventLog, tenant: &TenantId) -> Result<(Tree, u64), String> {
-    let mut tree = Tree::new();
-    let mut epoch = 1;
-    let mut after = 0;
-    loop {
-        let page = log
-            .read_tenant_raw(
-                tenant,
-                after,
-                keyledger_store::chain::VERIFY_PAGE_EVENTS_MAX,
-            )
-            .map_err(|e| format!("reading tenant {tenant}: {e}"))?;
-        let Some(last) = page.last().map(|r| r.seq) else {
-            break;
-        };
-        for r in &page {
-            tree.push_leaf_hash(crate::audit::leaf_of(&r.hash));
+/// A tenant's tree of stored chain hashes and its checkpoint epoch (from
+/// its `LogRecovered` events), built from its stored records as they are
+/// read, in order: fed the pages a chain walk reads ([`LogTree::feed`]),
+/// it reads only the rest.
+#[derive(Debug)]
+pub struct LogTree {
+    tree: Tree,
+    epoch: u64,
+    /// The sequence number of the last record fed (as stored).
+    after: u64,
+}
+
+impl Default for LogTree {
+    fn default() -> Self {
+        LogTree {
+            tree: Tree::new(),
+            epoch: 1,
+            after: 0,
+        }
+    }
+}
+
+impl LogTree {
+    /// Adds the next page of the tenant's stored records.
+    pub fn feed(&mut self, tenant: &TenantId, page: &[keyledger_store::RawRecord]) {
+        for r in page {
+            self.tree.push_leaf_hash(crate::audit::leaf_of(&r.hash));
             // A payload that does not decode is the chain check's to name.
             if let Ok(event) = keyledger_store::envelope::decode(tenant, &r.payload)
                 && let keyledger_core::EventKind::LogRecovered(e) = &event.kind
             {
-                epoch = e.epoch;
+                self.epoch = e.epoch;
             }
         }
-        after = last;
+        if let Some(last) = page.last() {
+            self.after = last.seq;
+        }
     }
-    Ok((tree, epoch))
+
+    /// Reads the tenant's records after the last one fed, and the tree
+    /// and epoch of all of them.
+    fn finish(
+        mut self,
+        log: &dyn keyledger_store::EventLog,
+        tenant: &TenantId,
+    ) -> Result<(Tree, u64), String> {
+        loop {
+            let page = log
+                .read_tenant_raw(
+                    tenant,
+                    self.after,
+                    keyledger_store::chain::VERIFY_PAGE_EVENTS_MAX,
+                )
+                .map_err(|e| format!("reading tenant {tenant}: {e}"))?;
+            if page.is_empty() {
+                return Ok((self.tree, self.epoch));
+            }
+            self.feed(tenant, &page);
+        }
+    }
 }
 
 impl crate::Keyledger {
@@ -645,23 +691,15 @@ impl crate::Keyledger {
     ) -> Result<keyledger_core::LogRecovered, crate::Error> {
         let tenant = principal.tenant.clone();
         let Some(problem) = self.checkpoint_problem(&tenant) else {
-            return Err(crate::Error::BadRequest(format!(
-                "tenant {tenant}'s log holds its signed checkpoints: there is nothing to recover"
-            )));
+            return Err(crate::RecoveryRefused::NothingLost(tenant).into());
         };
         let (Some(signed_size), Some(signed_root)) = (problem.signed_size, problem.signed_root)
         else {
-            return Err(crate::Error::BadRequest(format!(
-                "{problem}; this is not a signed checkpoint of this log, so there is no loss to \
-                 record: move the file aside (keep it: it is evidence) and start again"
-            )));
+            return Err(crate::RecoveryRefused::NotSigned(Box::new(problem)).into());
         };
         let current = self.shared.audit_epoch(&tenant);
         if problem.epoch != current {
-            return Err(crate::Error::BadRequest(format!(
-                "{problem}; a recovery cannot start an epoch that was already signed in: restore \
-                 the data directory from a backup (docs/operations.md, \"Restoring after damage\")"
-            )));
+            return Err(crate::RecoveryRefused::EpochSigned(Box::new(problem)).into());
         }
         let epoch = current + 1;
         let recovery = keyledger_core::LogRecovered {
@@ -681,8 +719,8 @@ impl crate::Keyledger {
             .await?;
         match records.first().map(|r| &r.event.kind) {
             Some(keyledger_core::EventKind::LogRecovered(e)) => Ok(e.clone()),
-            _ => Err(crate::Error::Corrupt(
-                "the recovery was not recorded as one LogRecovered event".into(),
+            _ => Err(crate::Error::inconsistent(
+                "the recovery was not recorded as one LogRecovered event",
             )),
         }
     }

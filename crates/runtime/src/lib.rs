@@ -38,9 +38,11 @@ pub mod audit {
     pub use keyledger_audit::verify::{BundleReport, Problem, ProblemKind};
 }
 mod bundles;
+mod catchup;
 mod checkpoints;
 mod clock;
 pub mod datadir;
+mod error;
 mod filter;
 mod follower;
 pub mod integrity;
@@ -57,18 +59,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keyledger_core::{
-    Command, CommandError, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal,
-    RemoveUser, RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId,
-    Timestamp, Usage, UserId, secret,
+    Command, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
+    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
+    Usage, UserId, secret,
 };
-use keyledger_store::{EventLog, Record, StoreError};
+use keyledger_store::{EventLog, Record};
 use tokio::sync::{Notify, mpsc, oneshot};
 use ulid::Ulid;
 
 pub use audit::{AuditConfig, Bundle, BundleHeader, BundleReport, SignedCheckpoint, verify_bundle};
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
+pub use error::{BadRequest, Damage, Error, Missing, RecoveryRefused, Unavailable};
 pub use filter::{AuditFilterError, AuditFilterText};
-pub use follower::{Follow, default_node_id};
+pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
@@ -151,72 +154,27 @@ impl Default for Config {
     }
 }
 
-/// Why a runtime call failed.
-///
-/// Not `#[non_exhaustive]`, like the core's `CommandError`: the server
-/// and the CLI match it in this workspace, and a new failure must be
-/// mapped there on purpose.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
-    /// The command was refused; nothing was written.
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    /// Nothing of the kind in this tenant.
-    #[error("{0}")]
-    NotFound(Missing),
-    /// A query's parameters are not acceptable (cursor, range, limit).
-    #[error("{0}")]
-    BadRequest(String),
-    /// The log could not be written or read: nothing was acknowledged.
-    #[error("the event log is unavailable: {0}")]
-    Unavailable(String),
-    /// The log is damaged.
-    #[error("the event log is damaged: {0}")]
-    Corrupt(String),
-    /// The runtime is shutting down.
-    #[error("keyledger is shutting down")]
-    ShuttingDown,
-    /// The data directory is refused: another user could steer what is
-    /// read from it or written to it ([`datadir`]).
-    #[error(transparent)]
-    DataDir(#[from] datadir::DataDirError),
-    /// A command was committed and is enforced by this node, but not every
-    /// live node sharing the log confirmed it applied it in time. It is
-    /// not undone: the other nodes apply it as soon as they catch up.
-    ///
-    /// The message is shown to the tenant that asked, so it names no global
-    /// log position (they would tell it how busy other tenants are); the
-    /// positions are logged for the operator.
-    #[error(
-        "committed and enforced by this node, but not confirmed by every live node within \
-         {waited_ms} ms: {why}"
-    )]
-    NotConfirmed {
-        /// How long it waited.
-        waited_ms: u64,
-        /// What was seen: a node has not applied it yet, or why the
-        /// nodes' progress could not be read.
-        why: String,
+/// How a wait for a tenant's position ended
+/// ([`Keyledger::wait_tenant_position`]). Every position in it is the
+/// tenant's own sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionWait {
+    /// This node has applied the tenant's trail up to the position.
+    Reached,
+    /// The tenant's trail ends before the position (`last`, its last
+    /// event), and this node has applied the whole log as it was after the
+    /// wait began: no write gave that position out.
+    Beyond {
+        /// The tenant's last event.
+        last: u64,
     },
-}
-
-/// What a call did not find.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Missing {
-    /// No key with this id in the tenant.
-    #[error("no key {0} in this tenant")]
-    Key(KeyId),
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => {
-                Error::Corrupt(e.to_string())
-            }
-            other => Error::Unavailable(other.to_string()),
-        }
-    }
+    /// The time ran out, or the log could not be read, before this node
+    /// applied the position; it had applied the tenant's trail up to
+    /// `applied`.
+    Behind {
+        /// The tenant's last event applied here.
+        applied: u64,
+    },
 }
 
 /// A key was created: the secret, shown once, and the key.
@@ -260,6 +218,9 @@ pub(crate) enum Job {
     Command(Command, oneshot::Sender<Result<Vec<Record>, Error>>),
     /// Records the follower read: other nodes' commits to apply.
     Apply(Vec<Record>),
+    /// Read and apply whatever the log holds past the read model's head
+    /// (a miss is waiting for it: `catchup.rs`).
+    CatchUp,
     Stop,
 }
 
@@ -281,6 +242,12 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) audit: trees::AuditState,
     pub(crate) follow: follower::Signal,
+    /// The read model's head, published after every apply, for those who
+    /// wait for a position (misses, `Keyledger-Position`).
+    pub(crate) applied: tokio::sync::watch::Sender<u64>,
+    /// Rounds of "read the head and apply up to it" for misses; only on a
+    /// node that follows a shared log.
+    pub(crate) catch_up: Option<catchup::CatchUp>,
     pub(crate) reads: reads::Reads,
     pub(crate) tx: mpsc::Sender<Job>,
     tasks: Mutex<Tasks>,
@@ -292,6 +259,7 @@ struct Tasks {
     writer: Option<std::thread::JoinHandle<()>>,
     follower: Option<std::thread::JoinHandle<()>>,
     flusher: Option<tokio::task::JoinHandle<()>>,
+    catch_up: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// An open ledger. Cheap to clone; every clone is the same ledger.
@@ -353,7 +321,7 @@ impl Keyledger {
         let writer = std::thread::Builder::new()
             .name("keyledger-writer".into())
             .spawn(move || writer::run(&writer_shared, rx, decision))
-            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))?;
+            .map_err(|e| Error::io("cannot start the writer", e))?;
         let follower = match shared.config.follow.clone() {
             None => None,
             Some(follow) => {
@@ -366,9 +334,7 @@ impl Keyledger {
                     Err(e) => {
                         let _ = shared.tx.try_send(Job::Stop);
                         let _ = writer.join();
-                        return Err(Error::Unavailable(format!(
-                            "cannot start the follower: {e}"
-                        )));
+                        return Err(Error::io("cannot start the follower", e));
                     }
                 }
             }
@@ -384,10 +350,15 @@ impl Keyledger {
             ));
             *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
+        let catch_up = shared
+            .catch_up
+            .is_some()
+            .then(|| tokio::spawn(catchup::run(shared.clone())));
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
             flusher,
+            catch_up,
         };
         Ok(Keyledger { shared })
     }
@@ -435,13 +406,7 @@ impl Keyledger {
     /// when the key is known. Never waits for the disk.
     pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
         let v = self.shared.verify(presented, scope);
-        // Outcomes of known keys reach the metrics when their `KeyUsed`
-        // event commits (see `flush`): no process-wide atomic on the hot
-        // path for them. Unknown and malformed keys are counted here.
-        if v.outcome.counted().is_none() {
-            self.shared.metrics.verifications[v.outcome.index()]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.note_unknown(v.outcome);
         v
     }
 
@@ -455,12 +420,137 @@ impl Keyledger {
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
         self.shared.verify_with(presented, scope, |outcome, key| {
-            if outcome.counted().is_none() {
-                self.shared.metrics.verifications[outcome.index()]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.note_unknown(outcome);
             f(outcome, key.map(|k| &**k))
         })
+    }
+
+    /// [`Keyledger::verify_with`], and on a node that follows a shared log
+    /// ([`Config::follow`]) a key other nodes created is found from the
+    /// moment its create returned: a well-formed secret that no key has
+    /// here is looked up again once this node has applied the log up to
+    /// its head as read after the miss (one head query shared by every miss
+    /// waiting, at most one per [`Follow::miss_interval`]). A known key
+    /// costs exactly what `verify_with` costs; on a single node this is
+    /// `verify_with`. When the log cannot be read, a miss answers from what
+    /// is applied (`not_found`), as verification does during an outage.
+    pub async fn verify_current_with<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
+    ) -> R {
+        self.verify_current_arc(presented, scope, |outcome, key| {
+            f(outcome, key.map(|k| &**k))
+        })
+        .await
+    }
+
+    /// [`Keyledger::verify_current_with`], keeping the key.
+    pub async fn verify_current(&self, presented: &str, scope: Option<Scope>) -> Verification {
+        self.verify_current_arc(presented, scope, |outcome, key| Verification {
+            outcome,
+            key: key.cloned(),
+        })
+        .await
+    }
+
+    async fn verify_current_arc<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+    ) -> R {
+        let f = match &self.shared.catch_up {
+            None => f,
+            Some(catch_up) => {
+                let first = self.shared.verify_with(presented, scope, |outcome, key| {
+                    if outcome == VerifyOutcome::NotFound {
+                        Err(f)
+                    } else {
+                        self.note_unknown(outcome);
+                        Ok(f(outcome, key))
+                    }
+                });
+                match first {
+                    Ok(answer) => return answer,
+                    Err(f) => {
+                        catch_up.round(catchup::MISS_WAIT_MAX).await;
+                        f
+                    }
+                }
+            }
+        };
+        self.shared.verify_with(presented, scope, |outcome, key| {
+            self.note_unknown(outcome);
+            f(outcome, key)
+        })
+    }
+
+    /// The tenant's last event applied here: its sequence number in the
+    /// tenant's trail (0 before its first). Right after a write through
+    /// this node it is at least the write's; it is what a write hands the
+    /// client to pass back (`Keyledger-Position`, docs/api.md).
+    pub fn tenant_position(&self, tenant: &TenantId) -> u64 {
+        tenant_seq(&self.shared.read_model(), tenant)
+    }
+
+    /// Waits until this node has applied `tenant`'s trail up to `position`
+    /// (a [`Keyledger::tenant_position`] some node gave out), at most
+    /// `timeout`. On a node that follows a shared log a position not
+    /// applied yet asks for a read of the log's head, shared with the
+    /// misses ([`Keyledger::verify_current_with`]), so it is reached as
+    /// soon as this node has applied what was committed, not after the
+    /// next notification. A position past the tenant's last event (on a
+    /// single node at once; on a follower once it has read the head) is
+    /// [`PositionWait::Beyond`]: no write gave it out.
+    pub async fn wait_tenant_position(
+        &self,
+        tenant: &TenantId,
+        position: u64,
+        timeout: Duration,
+    ) -> PositionWait {
+        let here = self.tenant_position(tenant);
+        if here >= position {
+            return PositionWait::Reached;
+        }
+        let Some(catch_up) = &self.shared.catch_up else {
+            return PositionWait::Beyond { last: here };
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let caught_up = catch_up.round(timeout).await;
+        let here = self.tenant_position(tenant);
+        if here >= position {
+            return PositionWait::Reached;
+        }
+        if caught_up {
+            return PositionWait::Beyond { last: here };
+        }
+        // The log could not be read: whatever the follower applies may
+        // still bring it.
+        let mut applied = self.shared.applied.subscribe();
+        let reached = tokio::time::timeout_at(
+            deadline,
+            applied.wait_for(|_| self.tenant_position(tenant) >= position),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => PositionWait::Reached,
+            _ => PositionWait::Behind {
+                applied: self.tenant_position(tenant),
+            },
+        }
+    }
+
+    /// Counts an outcome that no usage event will count (an unknown or a
+    /// malformed key). Outcomes of known keys reach the metrics when their
+    /// `KeyUsed` event commits (see `flush`): no process-wide atomic on the
+    /// hot path for them.
+    fn note_unknown(&self, outcome: VerifyOutcome) {
+        if outcome.counted().is_none() {
+            self.shared.metrics.verifications[outcome.index()]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Decides, appends durably and applies one command. Answers once the
@@ -588,7 +678,7 @@ impl Keyledger {
             }
         })
         .await;
-        waited.map_err(|e| Error::Unavailable(format!("the wait failed: {e}")))?
+        waited.map_err(|e| Error::unavailable(format!("the wait failed: {e}")))?
     }
 
     /// Replaces a key with a new one with the same owner, name and scopes.
@@ -660,10 +750,18 @@ impl Keyledger {
     /// read of the trail waiting for its window is written, the writer
     /// finishes its batch and the log is closed. Idempotent.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let (writer, follower, flusher) = {
+        let (writer, follower, flusher, catch_up) = {
             let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            (t.writer.take(), t.follower.take(), t.flusher.take())
+            (
+                t.writer.take(),
+                t.follower.take(),
+                t.flusher.take(),
+                t.catch_up.take(),
+            )
         };
+        if let Some(task) = catch_up {
+            task.abort();
+        }
         self.shared.follow.stop();
         if let Some(f) = follower {
             let _ = tokio::task::spawn_blocking(move || f.join()).await;
@@ -693,7 +791,7 @@ impl Keyledger {
             let shared = self.shared.clone();
             let written = tokio::task::spawn_blocking(move || shared.write_final_checkpoints())
                 .await
-                .map_err(|e| Error::Unavailable(e.to_string()))
+                .map_err(|e| Error::unavailable(e.to_string()))
                 .and_then(|r| r);
             if let Err(e) = written {
                 tracing::warn!(error = %e, "writing the final audit checkpoints failed");
@@ -712,11 +810,11 @@ impl Shared {
         let mut material = [0u8; secret::BODY_BYTES];
         self.entropy
             .fill(&mut material)
-            .map_err(Error::Unavailable)?;
+            .map_err(Error::unavailable)?;
         let mut id_random = [0u8; 16];
         self.entropy
             .fill(&mut id_random)
-            .map_err(Error::Unavailable)?;
+            .map_err(Error::unavailable)?;
         let ms = (self.clock.now().as_micros() / 1000).max(0) as u64;
         let id = KeyId::from_ulid(Ulid::from_parts(ms, u128::from_be_bytes(id_random)));
         Ok((id, Secret::from_material(&self.config.prefix, &material)))
@@ -775,6 +873,10 @@ impl Shared {
     ) -> Result<Self, Error> {
         let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
         let reads = reads::Reads::new(config.audit_read_window);
+        let catch_up = config
+            .follow
+            .as_ref()
+            .map(|f| catchup::CatchUp::new(f.miss_interval));
         Ok(Shared {
             config,
             clock,
@@ -788,6 +890,8 @@ impl Shared {
             metrics: Metrics::default(),
             audit,
             follow: follower::Signal::default(),
+            applied: tokio::sync::watch::Sender::new(0),
+            catch_up,
             reads,
             tx,
             tasks: Mutex::new(Tasks::default()),
@@ -851,7 +955,7 @@ impl Shared {
         let mut failed = None;
         for r in records {
             if r.position != read.head + 1 {
-                failed = Some(Error::Corrupt(format!(
+                failed = Some(Error::inconsistent(format!(
                     "expected log position {}, found {}",
                     read.head + 1,
                     r.position
@@ -859,7 +963,7 @@ impl Shared {
                 break;
             }
             if let Err(e) = read.ledger.apply(r.seq, &r.event) {
-                failed = Some(Error::Corrupt(e.to_string()));
+                failed = Some(e.into());
                 break;
             }
             applied += 1;
@@ -870,13 +974,20 @@ impl Shared {
         // pass (see `Usage::apply_all`).
         read.usage
             .apply_all(records.iter().take(applied).map(|r| &r.event));
+        let head = read.head;
+        drop(read);
+        self.applied.send_replace(head);
         if let Some(e) = failed {
             return Err(e);
         }
-        drop(read);
         drop(keys);
         self.audit.apply(records)
     }
+}
+
+/// The tenant's last applied sequence number (0 before its first event).
+fn tenant_seq(read: &ReadModel, tenant: &TenantId) -> u64 {
+    read.ledger.tenant(tenant).map_or(0, |t| t.version)
 }
 
 /// The verification map's side of one applied event, `ledger` being the

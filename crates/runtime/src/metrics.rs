@@ -79,6 +79,11 @@ pub struct Metrics {
     pub append_conflicts: AtomicU64,
     /// Events written by other nodes and applied here.
     pub events_followed: AtomicU64,
+    /// Reads of the log's head made to answer a miss (an unknown key, or a
+    /// position not applied yet) on a node that follows a shared log: at
+    /// most one per [`crate::Follow::miss_interval`], shared by every miss
+    /// waiting for it.
+    pub miss_head_queries: AtomicU64,
 }
 
 impl Metrics {

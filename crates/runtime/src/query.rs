@@ -7,7 +7,7 @@ use keyledger_core::{
 };
 use keyledger_store::{ChainReport, Record, chain};
 
-use crate::{Error, Keyledger, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::{BadRequest, Error, Keyledger, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 
 /// Records read from the log per page while filtering the trail.
 const AUDIT_PAGE_RECORDS: usize = 4096;
@@ -130,10 +130,11 @@ pub struct StateAt {
 
 fn check_limit(limit: Option<usize>) -> Result<usize, Error> {
     match limit.unwrap_or(PAGE_LIMIT_DEFAULT) {
-        0 => Err(Error::BadRequest("limit must be at least 1".into())),
-        n if n > PAGE_LIMIT_MAX => Err(Error::BadRequest(format!(
-            "limit is at most {PAGE_LIMIT_MAX}"
-        ))),
+        0 => Err(BadRequest::LimitZero.into()),
+        n if n > PAGE_LIMIT_MAX => Err(BadRequest::LimitOver {
+            max: PAGE_LIMIT_MAX,
+        }
+        .into()),
         n => Ok(n),
     }
 }
@@ -167,7 +168,7 @@ fn decode_cursor(
     field: SortField,
     order: Order,
 ) -> Result<(SortValue, KeyId), Error> {
-    let bad = || Error::BadRequest("the cursor is not one this list gave out".into());
+    let bad = || Error::BadRequest(BadRequest::ListCursor);
     let text = String::from_utf8(hex::decode(cursor).map_err(|_| bad())?).map_err(|_| bad())?;
     let mut parts = text.splitn(4, '\u{1f}');
     let (Some("k1"), Some(mode), Some(id), Some(v)) =
@@ -177,9 +178,7 @@ fn decode_cursor(
     };
     let o = if order == Order::Asc { 'a' } else { 'd' };
     if mode != format!("{}{o}", field.code()) {
-        return Err(Error::BadRequest(
-            "the cursor belongs to a list with another sort or order".into(),
-        ));
+        return Err(BadRequest::ListCursorOfOtherOrder.into());
     }
     let id: KeyId = id.parse().map_err(|_| bad())?;
     let value = match v.split_at_checked(1) {
@@ -200,7 +199,7 @@ fn parse_audit_cursor(cursor: Option<&str>) -> Result<u64, Error> {
         Some(c) => c
             .strip_prefix('s')
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::BadRequest("the cursor is not one this trail gave out".into())),
+            .ok_or(Error::BadRequest(BadRequest::TrailCursor)),
     }
 }
 
@@ -407,9 +406,7 @@ impl Keyledger {
                 if past {
                     break 'walk;
                 }
-                ledger
-                    .apply(r.seq, &r.event)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                ledger.apply(r.seq, &r.event).map_err(Error::from)?;
                 after = r.seq;
                 last_at = r.event.at;
             }
@@ -446,7 +443,7 @@ impl Keyledger {
         to: Day,
     ) -> Result<Vec<DailyRow>, Error> {
         if from > to {
-            return Err(Error::BadRequest("`from` is after `to`".into()));
+            return Err(BadRequest::DaysReversed.into());
         }
         if let Some(k) = key {
             self.key(tenant, k)?;
@@ -461,9 +458,10 @@ impl Keyledger {
     /// A tenant's last `days` days of usage, ending today (UTC).
     pub fn usage_summary(&self, tenant: &TenantId, days: u32) -> Result<UsageSummary, Error> {
         if days == 0 || days > SUMMARY_DAYS_MAX {
-            return Err(Error::BadRequest(format!(
-                "days is 1 to {SUMMARY_DAYS_MAX}"
-            )));
+            return Err(BadRequest::SummaryDays {
+                max: SUMMARY_DAYS_MAX,
+            }
+            .into());
         }
         Ok(self
             .shared

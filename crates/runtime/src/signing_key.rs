@@ -30,9 +30,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
 /// none yet). The file is opened without following a link.
 pub fn read_key(dir: &Path) -> Result<Option<SigningKey>, Error> {
     let path = dir.join(SIGNING_KEY_FILE);
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Unavailable(format!("{what} {}: {e}", path.display()))
-    };
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
     let read = crate::datadir::open_no_follow(OpenOptions::new().read(true), &path)
         .and_then(std::io::read_to_string);
     match read {
@@ -52,11 +50,15 @@ pub fn read_key(dir: &Path) -> Result<Option<SigningKey>, Error> {
             let seed: [u8; 32] = hex::decode(text.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| fail("cannot read", &"not 64 hex digits"))?;
+                .ok_or_else(|| {
+                    let e =
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "not 64 hex digits");
+                    fail("cannot read", e)
+                })?;
             Ok(Some(SigningKey::from_bytes(&seed)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(fail("cannot read", &e)),
+        Err(e) => Err(fail("cannot read", e)),
     }
 }
 
@@ -67,12 +69,10 @@ pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<Si
         return Ok(key);
     }
     let path = dir.join(SIGNING_KEY_FILE);
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Error::Unavailable(format!("{what} {}: {e}", path.display()))
-    };
-    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", path.display()), e);
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", e))?;
     let mut seed = [0u8; 32];
-    entropy.fill(&mut seed).map_err(Error::Unavailable)?;
+    entropy.fill(&mut seed).map_err(Error::unavailable)?;
     let key = SigningKey::from_bytes(&seed);
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
@@ -82,13 +82,13 @@ pub fn load_or_create_key(dir: &Path, entropy: &dyn crate::Entropy) -> Result<Si
         options.mode(0o600);
     }
     let mut file = crate::datadir::open_no_follow(&mut options, &path)
-        .map_err(|e| fail("cannot create", &e))?;
+        .map_err(|e| fail("cannot create", e))?;
     file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| fail("cannot write", &e))?;
+        .map_err(|e| fail("cannot write", e))?;
     let public = dir.join(PUBLIC_KEY_FILE);
     crate::datadir::open_no_follow(&mut crate::datadir::write_public(), &public)
         .and_then(|mut f| writeln!(f, "{}", b64(key.verifying_key().as_bytes())))
-        .map_err(|e| fail("cannot write the public key beside", &e))?;
+        .map_err(|e| fail("cannot write the public key beside", e))?;
     Ok(key)
 }

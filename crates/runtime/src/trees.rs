@@ -16,7 +16,7 @@ use keyledger_core::{TenantId, Timestamp};
 use keyledger_store::{Record, chain};
 
 use crate::checkpoints::{AuditConfig, Signer};
-use crate::{Error, Keyledger};
+use crate::{BadRequest, Error, Keyledger};
 
 /// The Merkle leaf hash of an event: `SHA-256(0x00 || chain hash)`.
 pub fn leaf_of(chain_hash: &Hash) -> Hash {
@@ -29,18 +29,28 @@ pub fn leaf_of(chain_hash: &Hash) -> Hash {
 pub(crate) struct AuditState {
     pub(crate) trees: RwLock<HashMap<TenantId, TenantTree>>,
     pub(crate) signer: Option<Signer>,
-    /// Per tenant: the epoch, size and instant of the last stored checkpoint.
-    pub(crate) written: Mutex<HashMap<TenantId, (u64, u64, Timestamp)>>,
-    /// Per tenant: the largest checkpoint signed (epoch, size and root),
-    /// stored or handed out, by this process or found at open. Nothing is
-    /// signed in that epoch that does not extend it.
-    pub(crate) signed: Mutex<HashMap<TenantId, (u64, u64, Hash)>>,
+    /// Per tenant: the largest checkpoint signed and the last one stored.
+    pub(crate) checkpoints: Mutex<HashMap<TenantId, LastCheckpoints>>,
     /// Tenants whose log does not hold their newest signed checkpoint,
     /// opened anyway to recover them (`Config::recovering`): nothing is
     /// signed for them in that epoch, and what is wrong.
     pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A tenant's largest checkpoint signed (stored or handed out, by this
+/// process or found at open) and its last one stored, both of one epoch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LastCheckpoints {
+    /// The epoch of the largest checkpoint signed: nothing is signed in it
+    /// that does not extend that checkpoint.
+    pub(crate) epoch: u64,
+    /// Its size and root.
+    pub(crate) signed: (u64, Hash),
+    /// The size and instant of the last checkpoint stored in `epoch`, when
+    /// one is known.
+    pub(crate) written: Option<(u64, Timestamp)>,
 }
 
 /// A tenant's Merkle tree, the chain hash of its last event and its
@@ -118,7 +128,7 @@ impl AuditState {
             };
             for r in run {
                 if tree.tree.len() + 1 != r.seq {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::inconsistent(format!(
                         "tenant {tenant}: Merkle leaf {} expected, event {} applied",
                         tree.tree.len() + 1,
                         r.seq
@@ -127,7 +137,7 @@ impl AuditState {
                 // Each record's own hash was recomputed when it was read
                 // (`keyledger_store`); here it must link to the one before.
                 if r.prev_hash != tree.head {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::inconsistent(format!(
                         "tenant {tenant}: event {} (log position {}) does not link to event {}: \
                          the chain is broken there",
                         r.seq,
@@ -182,10 +192,12 @@ impl Keyledger {
         self.shared.audit.with_tree(tenant, |t| {
             let size = if size == 0 { t.len() } else { size };
             if seq == 0 || seq > size || size > t.len() {
-                return Err(Error::BadRequest(format!(
-                    "position {seq} is not in a tree of size {size} (the tenant has {} events)",
-                    t.len()
-                )));
+                return Err(BadRequest::NotInTree {
+                    seq,
+                    size,
+                    events: t.len(),
+                }
+                .into());
             }
             let proof = t.inclusion_proof(seq - 1, size).map_err(proof_error)?;
             Ok(InclusionProof {
@@ -209,10 +221,12 @@ impl Keyledger {
         self.shared.audit.with_tree(tenant, |t| {
             let to = if to == 0 { t.len() } else { to };
             if from > to || to > t.len() {
-                return Err(Error::BadRequest(format!(
-                    "sizes {from} to {to} are not within 0..={}",
-                    t.len()
-                )));
+                return Err(BadRequest::SizesOutOfRange {
+                    from,
+                    to,
+                    events: t.len(),
+                }
+                .into());
             }
             Ok(ConsistencyProof {
                 from,
@@ -226,5 +240,5 @@ impl Keyledger {
 }
 
 pub(crate) fn proof_error(e: merkle::ProofError) -> Error {
-    Error::BadRequest(e.to_string())
+    BadRequest::Proof(e).into()
 }

@@ -5,8 +5,8 @@
 //! same data (`tests/bodies.rs`).
 
 use keyledger_core::{
-    Actor, Cause, DailyRow, EventKind, EventType, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet,
-    Timestamp, UsageSummary, UserId,
+    Actor, Cause, DailyRow, EventKind, KeyId, KeyRecord, KeyStatus, Scope, ScopeSet, Timestamp,
+    UsageSummary, UserId,
 };
 use keyledger_store::{ChainReport, Record};
 use serde::{Deserialize, Serialize};
@@ -18,13 +18,75 @@ fn time(t: Timestamp) -> String {
     t.to_rfc3339()
 }
 
+/// Reading back the fields that are one of a fixed set of names (held as
+/// `&'static str`): a client of the API (the CLI with `--url`) decodes the
+/// bodies into these same types, and an unknown name is an error.
+/// A name out of a fixed set: `&'static str`, named so that serde's derive
+/// does not take it for text borrowed from the input (it is decoded by
+/// one of [`names`]' functions instead).
+pub type Name = &'static str;
+
+mod names {
+    use keyledger_core::{EventType, KeyStatus, RevokeReason, Scope};
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn one_of<E: Error>(s: &str, names: &[&'static str], what: &str) -> Result<&'static str, E> {
+        names.iter().copied().find(|n| *n == s).ok_or_else(|| {
+            E::custom(format!(
+                "unknown {what} `{}`: one of {}",
+                s.escape_debug(),
+                names.join(", ")
+            ))
+        })
+    }
+
+    pub(super) fn actor<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let s = String::deserialize(d)?;
+        one_of(&s, &["user", "api_key", "operator", "system"], "actor type")
+    }
+
+    pub(super) fn status<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let s = String::deserialize(d)?;
+        KeyStatus::parse(&s)
+            .map(KeyStatus::as_str)
+            .ok_or_else(|| D::Error::custom(format!("unknown status `{}`", s.escape_debug())))
+    }
+
+    pub(super) fn event_type<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let s = String::deserialize(d)?;
+        one_of(&s, &EventType::ALL.map(EventType::as_str), "event type")
+    }
+
+    pub(super) fn scopes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'static str>, D::Error> {
+        let all = Scope::ALL.map(Scope::as_str);
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| one_of(s, &all, "scope"))
+            .collect()
+    }
+
+    pub(super) fn revoke_reason<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<&'static str>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                RevokeReason::parse(&s)
+                    .map(RevokeReason::as_str)
+                    .ok_or_else(|| {
+                        D::Error::custom(format!("unknown reason `{}`", s.escape_debug()))
+                    })
+            })
+            .transpose()
+    }
+}
+
 /// An actor: who did something.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActorView {
     /// `user`, `api_key`, `operator` or `system`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+    #[serde(rename = "type", deserialize_with = "names::actor")]
+    pub kind: Name,
     /// The user id or key id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -55,7 +117,7 @@ impl From<&Actor> for ActorView {
 }
 
 /// Use counts by outcome.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsesView {
     /// Every use.
@@ -86,7 +148,7 @@ impl From<&keyledger_core::UseCounts> for UsesView {
 }
 
 /// A key, as lists and detail views show it: never the secret or its hash.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyView {
     /// `key_<ulid>`.
@@ -106,9 +168,11 @@ pub struct KeyView {
     /// When it stops working on its own.
     pub expires_at: Option<String>,
     /// What it may do.
-    pub scopes: Vec<&'static str>,
+    #[serde(deserialize_with = "names::scopes")]
+    pub scopes: Vec<Name>,
     /// `active`, `expired` or `revoked`.
-    pub status: &'static str,
+    #[serde(deserialize_with = "names::status")]
+    pub status: Name,
     /// The last valid use.
     pub last_used_at: Option<String>,
     /// Uses so far.
@@ -118,7 +182,8 @@ pub struct KeyView {
     /// Who revoked it.
     pub revoked_by: Option<ActorView>,
     /// Why: `manual`, `user_removed`, `rotated`, `compromised`.
-    pub revoke_reason: Option<&'static str>,
+    #[serde(default, deserialize_with = "names::revoke_reason")]
+    pub revoke_reason: Option<Name>,
     /// The key it replaced.
     pub rotated_from: Option<String>,
     /// The key that replaced it.
@@ -157,7 +222,7 @@ impl KeyView {
 /// number in the tenant's chain (1, 2, 3, …), never the global log
 /// position, which interleaves every tenant and would tell one tenant how
 /// busy the others are (`docs/api.md`, "Positions").
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// The event's position in the tenant's trail: its sequence number in
@@ -169,10 +234,10 @@ pub struct AuditEntry {
     pub at: String,
     /// The tenant.
     pub tenant: String,
-    /// The event's type: one of [`EventType::ALL`], by name.
-    #[serde(rename = "type")]
+    /// The event's type: one of [`EventType::ALL`](keyledger_core::EventType::ALL), by name.
+    #[serde(rename = "type", deserialize_with = "names::event_type")]
     #[cfg_attr(feature = "openapi", schema(schema_with = event_type_schema))]
-    pub kind: &'static str,
+    pub kind: Name,
     /// Who.
     pub actor: ActorView,
     /// The key concerned.
@@ -190,6 +255,7 @@ pub struct AuditEntry {
 /// [`EventType::ALL`], so a new type is in the document as soon as it exists.
 #[cfg(feature = "openapi")]
 fn event_type_schema() -> utoipa::openapi::Object {
+    use keyledger_core::EventType;
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(EventType::ALL.map(EventType::as_str)))
@@ -290,7 +356,7 @@ impl AuditEntry {
 }
 
 /// One day of usage.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DailyView {
     /// The UTC day, `YYYY-MM-DD`.
@@ -313,7 +379,7 @@ impl DailyView {
         }
     }
 
-    /// Column names of the CSV export.
+    /// Column names of the CSV export of one key's rows.
     pub const CSV_HEADER: [&'static str; 8] = [
         "day",
         "key_id",
@@ -325,24 +391,39 @@ impl DailyView {
         "insufficient_scope",
     ];
 
-    /// The row as CSV, in [`Self::CSV_HEADER`] order.
-    pub fn csv_row(&self) -> [String; 8] {
+    /// Column names of the CSV export: [`Self::CSV_HEADER`], without
+    /// `key_id` for the tenant's rows (a column always empty would be read
+    /// as numbers that are missing, floats, by tools like pandas).
+    pub fn csv_header(per_key: bool) -> Vec<&'static str> {
+        Self::CSV_HEADER
+            .into_iter()
+            .filter(|c| per_key || *c != "key_id")
+            .collect()
+    }
+
+    /// The row as CSV, in [`Self::csv_header`] order (`key_id` only for a
+    /// key's row).
+    pub fn csv_row(&self) -> Vec<String> {
         let u = &self.uses;
-        [
-            self.day.clone(),
-            self.key_id.clone().unwrap_or_default(),
-            u.total.to_string(),
-            u.valid.to_string(),
-            u.rejected.to_string(),
-            u.revoked.to_string(),
-            u.expired.to_string(),
-            u.insufficient_scope.to_string(),
-        ]
+        let mut row = vec![self.day.clone()];
+        row.extend(self.key_id.clone());
+        row.extend(
+            [
+                u.total,
+                u.valid,
+                u.rejected,
+                u.revoked,
+                u.expired,
+                u.insufficient_scope,
+            ]
+            .map(|n| n.to_string()),
+        );
+        row
     }
 }
 
 /// A usage summary: totals, success rate and a per-day series.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SummaryView {
     /// First day.
@@ -405,7 +486,7 @@ impl From<ScopeName> for Scope {
     }
 }
 /// A created key: the secret, shown this once, and the key.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedKey {
     /// The secret. It is stored nowhere and cannot be shown again.
@@ -415,7 +496,7 @@ pub struct CreatedKey {
     pub view: KeyView,
 }
 /// A page of keys.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyList {
     /// The keys, masked.
@@ -427,7 +508,7 @@ pub struct KeyList {
 }
 
 /// A removed user and the keys revoked with them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemovedUser {
     /// The user.
@@ -547,7 +628,7 @@ fn push_json_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 /// A page of the audit trail, or of one key's history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPageBody {
     /// Matching events, in log order.
@@ -557,7 +638,7 @@ pub struct AuditPageBody {
 }
 
 /// The result of recomputing a tenant's hash chain.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChainBody {
     /// The tenant.
@@ -578,7 +659,7 @@ pub struct ChainBody {
 }
 
 /// Every key of the tenant as of a past instant.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateBody {
     /// The instant the statuses are judged at.
@@ -591,7 +672,7 @@ pub struct StateBody {
 }
 
 /// Per-day usage rows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageDays {
     /// Days with uses, oldest first.
@@ -695,6 +776,73 @@ impl UsageDays {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_decode_back_to_the_same_views_and_refuse_unknown_names() {
+        let actor = ActorView {
+            kind: "api_key",
+            id: Some("key_01M97R85QM6P3Q9TATV0SX99QJ".into()),
+            name: Some("CI".into()),
+            display: "API Key: CI".into(),
+        };
+        let uses = UsesView {
+            total: 3,
+            valid: 2,
+            rejected: 1,
+            revoked: 1,
+            expired: 0,
+            insufficient_scope: 0,
+        };
+        let key = KeyView {
+            id: "key_01M97R85QM6P3Q9TATV0SX99QJ".into(),
+            name: "CI".into(),
+            description: None,
+            masked: "klk_abcd…wxyz".into(),
+            created_by: "alice".into(),
+            created_via: actor.clone(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            scopes: vec!["keys:read", "audit:read"],
+            status: "revoked",
+            last_used_at: None,
+            uses,
+            revoked_at: Some("2026-01-02T00:00:00Z".into()),
+            revoked_by: Some(actor.clone()),
+            revoke_reason: Some("compromised"),
+            rotated_from: None,
+            rotated_to: None,
+        };
+        let text = serde_json::to_string(&key).unwrap();
+        let back: KeyView = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, key);
+        let entry = AuditEntry {
+            position: 1,
+            seq: 1,
+            at: "2026-01-01T00:00:00Z".into(),
+            tenant: "acme".into(),
+            kind: "AuditRead",
+            actor,
+            key_id: None,
+            details: json!({"what": "list"}),
+            hash: "00".into(),
+            prev_hash: "00".into(),
+        };
+        let back: AuditEntry =
+            serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
+        assert_eq!(back, entry);
+        for (field, bad) in [
+            ("status", json!("gone")),
+            ("scopes", json!(["keys:read", "root"])),
+            ("revoke_reason", json!("bored")),
+        ] {
+            let mut v = serde_json::to_value(&key).unwrap();
+            v[field] = bad;
+            assert!(
+                serde_json::from_value::<KeyView>(v).is_err(),
+                "{field}: an unknown name is refused"
+            );
+        }
+    }
 
     #[test]
     fn the_hand_written_verify_json_is_serdes() {

@@ -40,6 +40,12 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
             match job {
                 Job::Command(command, reply) => batch.push((command, reply)),
                 Job::Apply(page) => follow(shared, &mut decision, &page),
+                Job::CatchUp => {
+                    if let Err(e) = catch_up(shared, &mut decision) {
+                        tracing::debug!(error = %e, "cannot read the log to answer a miss");
+                        decision = shared.read_model().ledger.clone();
+                    }
+                }
                 Job::Stop => {
                     stop = true;
                     break;
@@ -109,8 +115,8 @@ fn settle_in_doubt(
                     tracing::info!(tenant = %d.tenant, "usage whose commit was in doubt is in the log");
                     let _ = d.reply.send(Ok(records));
                 } else {
-                    let _ = d.reply.send(Err(Error::Unavailable(
-                        "the log was unavailable; these uses were not written".into(),
+                    let _ = d.reply.send(Err(Error::unavailable(
+                        "the log was unavailable; these uses were not written",
                     )));
                 }
             }
@@ -316,7 +322,7 @@ fn decide_batch(
             tracing::error!(error = %e, "a decided command did not fold; refused");
             *decision = shared.read_model().ledger.clone();
             reapply(decision, &appends);
-            let _ = reply.send(Err(Error::Corrupt(e.to_string())));
+            let _ = reply.send(Err(e.into()));
             continue;
         }
         waiting.push((events_total, events.len()));
@@ -424,7 +430,7 @@ fn apply_own(shared: &Shared, decision: &mut Ledger, own: &[Record]) -> Result<(
             // The log does not show our commit yet (an earlier-numbered
             // transaction of another node is still committing).
             if Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "the log does not show this node's commit at position {last} \
                      (it shows up to {head})"
                 )));

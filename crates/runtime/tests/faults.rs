@@ -295,7 +295,7 @@ fn disk_full_and_read_only_fail_clearly_and_recover() {
                 let Err(Error::Unavailable(msg)) = e else {
                     panic!("{mode}: create was not refused as unavailable: {e:?}");
                 };
-                let lower = msg.to_lowercase();
+                let lower = msg.to_string().to_lowercase();
                 assert!(
                     lower.contains("no space left") || lower.contains("read-only"),
                     "{mode}: unclear error: {msg}"

@@ -577,12 +577,28 @@ async fn revoke_everywhere_names_a_lagging_node_then_ages_it_out(b: Backend) {
 
 /// A shared log whose connection drops around a `COMMIT`: the next append
 /// either reaches the log or not, and in both cases reports
-/// `StoreError::Unavailable`, as PostgreSQL does when it cannot tell.
+/// `StoreError::Unavailable`, as PostgreSQL does when it cannot tell. And
+/// whose wake-ups never come while `deaf` is set: a node's follower then
+/// reads only after its whole `wait_max`, as when notifications are lost.
 struct DroppedCommit {
     inner: MemoryLog,
     /// 0: normal; 1: the next append is written, then reported failed;
     /// 2: the next append is not written, and reported failed.
     next: std::sync::atomic::AtomicU8,
+    /// Made deaf: wake-ups come only from `deaf` being cleared.
+    lossy: bool,
+    deaf: std::sync::atomic::AtomicBool,
+}
+
+impl DroppedCommit {
+    fn new(deaf: bool) -> Self {
+        DroppedCommit {
+            inner: MemoryLog::new(),
+            next: std::sync::atomic::AtomicU8::new(0),
+            lossy: deaf,
+            deaf: std::sync::atomic::AtomicBool::new(deaf),
+        }
+    }
 }
 
 impl EventLog for DroppedCommit {
@@ -642,6 +658,26 @@ impl EventLog for DroppedCommit {
     fn tenants(&self) -> Result<Vec<keyledger_core::TenantId>, keyledger_store::StoreError> {
         self.inner.tenants()
     }
+
+    fn wait_for_append(
+        &self,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(), keyledger_store::StoreError> {
+        if !self.lossy {
+            return self.inner.wait_for_append(after, timeout);
+        }
+        let until = Instant::now() + timeout;
+        while self.deaf.load(std::sync::atomic::Ordering::SeqCst) {
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Hearing again (the test is ending): spurious wake-ups from now
+        // on, so that the follower sees its stop at once.
+        Ok(())
+    }
 }
 
 /// Usage whose append's outcome is unknown is neither counted twice (it
@@ -651,10 +687,7 @@ impl EventLog for DroppedCommit {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_whose_commit_is_in_doubt_is_counted_exactly_once() {
     let seed = seed("usage_whose_commit_is_in_doubt_is_counted_exactly_once");
-    let log = Arc::new(DroppedCommit {
-        inner: MemoryLog::new(),
-        next: std::sync::atomic::AtomicU8::new(0),
-    });
+    let log = Arc::new(DroppedCommit::new(false));
     let shared: Arc<dyn EventLog> = log.clone();
     let config = Config {
         usage_window: UsageWindow::Manual,
@@ -710,4 +743,169 @@ async fn usage_whose_commit_is_in_doubt_is_counted_exactly_once() {
     a.shutdown()
         .await
         .unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
+
+/// A node whose follower hears nothing (its `wait_max` is a minute) still
+/// finds a key created on another node from the moment the create
+/// returned, and reaches a position another node gave out; a flood of
+/// unknown keys shares one read of the head per `miss_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_reads_the_head_so_a_lagging_node_reads_its_writes() {
+    let seed = seed("a_miss_reads_the_head_so_a_lagging_node_reads_its_writes");
+    let log = Arc::new(DroppedCommit::new(true));
+    let open = |name: &str, follow: Follow| {
+        let config = Config {
+            usage_window: UsageWindow::Manual,
+            follow: Some(follow),
+            ..Config::default()
+        };
+        Keyledger::open_with(
+            log.clone(),
+            config,
+            Arc::new(SystemClock),
+            Arc::new(SeededEntropy::new(seed ^ name.len() as u64)),
+            &mut |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("open {name}: {e}"))
+    };
+    let interval = Duration::from_millis(20);
+    let a = open("a", follow("a"));
+    let b = open(
+        "bb",
+        Follow {
+            wait_max: Duration::from_secs(60),
+            miss_interval: interval,
+            ..follow("bb")
+        },
+    );
+    let queries = || {
+        b.metrics()
+            .miss_head_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let acme = tenant("acme");
+    for i in 0..20 {
+        let (id, secret) = create(&a, "acme", "ada", &format!("k{i}")).await;
+        // The follower has not read it (that is what is being tested; later
+        // keys may be read by b's writer still reading for the last miss) …
+        if i == 0 {
+            assert_eq!(b.verify(&secret, None).outcome, VerifyOutcome::NotFound);
+        }
+        // … yet the key is valid on b from the moment the create returned.
+        let v = b.verify_current(&secret, None).await;
+        assert_eq!(v.outcome, VerifyOutcome::Valid, "key {i}");
+        assert_eq!(v.key.map(|k| k.key_id), Some(id));
+    }
+    let after_keys = queries();
+    assert!(
+        (1..=20).contains(&after_keys),
+        "one head read per miss at most: {after_keys}"
+    );
+
+    // A position a's write gave out is reached on b; one past the
+    // tenant's last event is refused as never given out.
+    let (_, _) = create(&a, "acme", "ada", "one more").await;
+    let position = a.tenant_position(&acme);
+    assert_eq!(position, 21);
+    assert!(b.tenant_position(&acme) < position);
+    assert_eq!(
+        b.wait_tenant_position(&acme, position, Duration::from_secs(5))
+            .await,
+        keyledger_runtime::PositionWait::Reached
+    );
+    assert_eq!(b.tenant_position(&acme), position);
+    assert_eq!(
+        b.wait_tenant_position(&acme, position + 5, Duration::from_secs(5))
+            .await,
+        keyledger_runtime::PositionWait::Beyond { last: position }
+    );
+
+    // A flood of unknown keys: many misses, at most one head read per
+    // interval (plus the one running when the flood began).
+    let unknown: Vec<String> = {
+        let mut rng = Rng(seed);
+        let other = node(&Backend::memory(), "x", None, rng.next());
+        let mut out = Vec::new();
+        for i in 0..64 {
+            out.push(create(&other, "zzz", "ada", &format!("u{i}")).await.1);
+        }
+        other.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        out
+    };
+    let before = queries();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let b = b.clone();
+        let unknown = unknown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut misses = 0u64;
+            for i in 0..40 {
+                let secret = &unknown[(t * 40 + i) % unknown.len()];
+                let v = b.verify_current(secret, None).await;
+                assert_eq!(v.outcome, VerifyOutcome::NotFound);
+                misses += 1;
+            }
+            misses
+        }));
+    }
+    let mut misses = 0;
+    for t in tasks {
+        misses += t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let elapsed = started.elapsed();
+    let flood = queries() - before;
+    let intervals = (elapsed.as_nanos() / interval.as_nanos()) as u64;
+    assert_eq!(misses, 640);
+    assert!(
+        flood >= 1 && flood <= intervals + 1,
+        "{flood} head reads for {misses} misses in {elapsed:?} ({intervals} intervals)"
+    );
+    assert!(flood < misses / 4, "{flood} head reads for {misses} misses");
+
+    log.deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    for n in [&a, &b] {
+        n.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// On a single node nothing changes: a miss reads no head, and a
+/// position past the tenant's trail is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_answers_misses_and_positions_at_once() {
+    let seed = seed("a_single_node_answers_misses_and_positions_at_once");
+    let b = Backend::memory();
+    let n = node(&b, "solo", None, seed);
+    let other = node(&Backend::memory(), "other", None, seed ^ 1);
+    let (_, unknown) = create(&other, "acme", "ada", "elsewhere").await;
+    let (_, secret) = create(&n, "acme", "ada", "here").await;
+    assert_eq!(
+        n.verify_current(&secret, None).await.outcome,
+        VerifyOutcome::Valid
+    );
+    assert_eq!(
+        n.verify_current(&unknown, None).await.outcome,
+        VerifyOutcome::NotFound
+    );
+    let acme = tenant("acme");
+    assert_eq!(n.tenant_position(&acme), 1);
+    assert_eq!(
+        n.wait_tenant_position(&acme, 1, Duration::from_secs(5))
+            .await,
+        keyledger_runtime::PositionWait::Reached
+    );
+    assert_eq!(
+        n.wait_tenant_position(&acme, 2, Duration::from_secs(5))
+            .await,
+        keyledger_runtime::PositionWait::Beyond { last: 1 }
+    );
+    assert_eq!(
+        n.metrics()
+            .miss_head_queries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    for l in [&n, &other] {
+        l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
 }

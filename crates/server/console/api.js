@@ -4,6 +4,10 @@
 
 const STORE = 'keyledger.session';
 let trying = null; // a sign-in being checked: in memory only until it works
+// The tenant's position after this tab's last write (`Keyledger-Position`),
+// sent back on every request so that a node behind a load balancer that has
+// not applied that write yet waits for it: lists never go backwards.
+let position = 0;
 
 export const session = {
   /** {credential, tenant?, actAs?} or null. */
@@ -18,6 +22,7 @@ export const session = {
   /** Uses `s` for the next requests without keeping it (a sign-in being checked). */
   try(s) {
     trying = s;
+    position = 0;
   },
   /** Keeps the session tried (or `s`) in sessionStorage. */
   keep(s = trying) {
@@ -26,6 +31,7 @@ export const session = {
   },
   clear() {
     trying = null;
+    position = 0;
     sessionStorage.removeItem(STORE);
   },
 };
@@ -61,7 +67,7 @@ export function words(status, code, message) {
       return 'Choose a tenant to act in.';
     case 'key_not_found':
       return `Key not found: ${m}`;
-    case 'timeout': case 'unavailable': case 'shutting_down':
+    case 'timeout': case 'unavailable': case 'shutting_down': case 'position_not_reached':
       return `The server cannot answer now; try again shortly. ${m}`;
     default:
       if (status >= 500) return `The server failed (${status}): ${m || 'no detail'}`;
@@ -88,6 +94,7 @@ function headers(extra) {
   if (s?.credential) h.Authorization = `Bearer ${s.credential}`;
   if (s?.tenant) h['Keyledger-Tenant'] = s.tenant;
   if (s?.actAs) h['Keyledger-Act-As'] = s.actAs;
+  if (position > 0) h['Keyledger-Position'] = String(position);
   return h;
 }
 
@@ -106,6 +113,8 @@ export async function request(path, { method = 'GET', body } = {}) {
     throw new ApiError(0, 'network', `The server could not be reached (${e.message}).`);
   }
   if (!r.ok) throw await toError(r);
+  const p = Number(r.headers.get('Keyledger-Position'));
+  if (Number.isSafeInteger(p) && p > position) position = p;
   return r;
 }
 

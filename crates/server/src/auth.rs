@@ -324,12 +324,16 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let credential = presented(&parts.headers)?;
         if state.operator().matches(credential) {
-            return Ok(Authed {
+            let authed = Authed {
                 caller: operator_caller(&parts.headers)?,
                 _scope: PhantomData,
-            });
+            };
+            // Read your writes, as for a key (below).
+            crate::position::wait(state.ledger(), authed.tenant(), &parts.headers).await?;
+            return Ok(authed);
         }
-        let v = state.ledger().verify(credential, S::SCOPE);
+        // A key another node created a moment ago is found too.
+        let v = state.ledger().verify_current(credential, S::SCOPE).await;
         let key = match (v.outcome, v.key) {
             (VerifyOutcome::Valid, Some(key)) => key,
             (VerifyOutcome::InsufficientScope, _) => {
@@ -357,6 +361,8 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
             }
         };
         key_headers(&parts.headers, &key)?;
+        // Read your writes: wait for the position the request passes back.
+        crate::position::wait(state.ledger(), &key.tenant, &parts.headers).await?;
         Ok(Authed {
             caller: Caller::Key(key),
             _scope: PhantomData,

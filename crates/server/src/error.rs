@@ -17,13 +17,13 @@
 //! | 415 | a body that is not `application/json` |
 //! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
 //! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
-//! | 503 | the log is unavailable, the server is shutting down, or the request timed out |
+//! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
-//! | 500 | a bug or a damaged log: never for anything a client sends |
+//! | 500 | a bug, or the log and what was built from it disagree: never for anything a client sends |
 
 use std::borrow::Cow;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use keyledger_core::CommandError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,7 +51,7 @@ pub struct ErrorDetail {
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
-    /// `unavailable`, `shutting_down`, `timeout`, `internal_error`.
+    /// `unavailable`, `log_damaged`, `shutting_down`, `timeout`, `internal_error`.
     pub code: Cow<'static, str>,
     /// For a human; never holds a secret: anything shaped like a key is
     /// masked when the error is rendered.
@@ -284,25 +284,45 @@ impl From<CommandError> for ApiError {
 
 impl From<keyledger_runtime::Error> for ApiError {
     fn from(e: keyledger_runtime::Error) -> Self {
-        use keyledger_runtime::Error as E;
+        use keyledger_runtime::{Damage, Error as E};
         match e {
             E::Command(c) => c.into(),
             E::NotFound(m @ keyledger_runtime::Missing::Key(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "key_not_found", m.to_string())
             }
-            E::BadRequest(m) => Self::query(m),
-            E::Unavailable(m) => ApiError {
+            E::BadRequest(b) => Self::query(b.to_string()),
+            // No route records a recovery (`keyledger recover` does).
+            e @ E::Recovery(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            e @ E::Unavailable(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "unavailable",
                 message: "the event log is unavailable; nothing was acknowledged".into(),
-                internal: Some(m),
+                internal: Some(e.to_string()),
             },
             E::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "keyledger is shutting down",
             ),
-            E::Corrupt(m) => Self::internal(format!("the event log is damaged: {m}")),
+            // The store found its file or a record damaged after start-up
+            // (a release build finds a damaged page only when it reads it):
+            // the operator must restore the file; the client is told no
+            // more than that, and nothing was acknowledged.
+            E::Corrupt(d @ (Damage::File(_) | Damage::Record(_) | Damage::Decode { .. })) => {
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "log_damaged",
+                    message: "the event log is damaged; nothing was acknowledged (the operator \
+                              has been told)"
+                        .into(),
+                    internal: Some(d.to_string()),
+                }
+            }
+            // The log and what was built from it disagree: a bug, or damage
+            // that no check of the store caught.
+            E::Corrupt(d @ (Damage::Apply(_) | Damage::Inconsistent(_))) => {
+                Self::internal(d.to_string())
+            }
             // Committed and enforced here; the other nodes did not confirm in time.
             e @ E::NotConfirmed { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "not_confirmed", e.to_string())
@@ -317,26 +337,84 @@ pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Resp
     ApiError::internal("a handler panicked").into_response()
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not valid JSON: {}", e.body_text()),
-        ),
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as application/json",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
-        }
-        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+/// What a body or a query that did not deserialize is told, in the API's
+/// words rather than serde's or axum's: the field or parameter named
+/// (`place` says which, in `whole`, the body or the query), and what it takes (`takes`, from the route's
+/// documentation, where it has one).
+fn refusal<E: std::fmt::Display>(
+    (whole, place): (&str, &str),
+    e: &serde_path_to_error::Error<E>,
+    takes: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let inner = e.inner().to_string();
+    let takes = |name: &str| takes(name).map_or(String::new(), |t| format!("; it takes {t}"));
+    let quoted = |prefix: &str| {
+        inner
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, rest)| (name.to_owned(), rest.to_owned()))
+    };
+    if let Some((name, _)) = quoted("missing field `") {
+        return format!("the {place} `{name}` is required{}", takes(&name));
     }
+    if let Some((name, rest)) = quoted("unknown field `") {
+        let known = match rest.strip_prefix(", ") {
+            Some("there are no fields") | None => "none is taken here".to_owned(),
+            Some(known) => known.to_owned(),
+        };
+        return format!("there is no {place} `{name}`; {known}");
+    }
+    let inner = plain_types(&inner);
+    let path = e.path().to_string();
+    if path == "." {
+        // serde's derive also reads a struct from a JSON array.
+        return if inner.contains(", expected struct ") {
+            format!("the {whole} must be a JSON object")
+        } else {
+            inner
+        };
+    }
+    let top = path.split(['.', '[']).next().unwrap_or(&path);
+    format!("the {place} `{path}` is not valid: {inner}{}", takes(top))
+}
+
+/// serde's names of Rust number types, as a client reads them.
+fn plain_types(message: &str) -> String {
+    for (rust, plain) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("usize", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("bool", "true or false"),
+        ("a boolean", "true or false"),
+    ] {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {plain}");
+        }
+    }
+    match message {
+        "invalid digit found in string" | "cannot parse integer from empty string" => {
+            "not a whole number (0 or more)".into()
+        }
+        "number too large to fit in target type" => "a number too large".into(),
+        "provided string was not `true` or `false`" => "expected true or false".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// The description of the query parameter `name` of `T`, as the route's
+/// documentation gives it (on one line, first letter lower-cased, no
+/// final stop).
+fn described<T: IntoParams>(name: &str) -> Option<String> {
+    let params = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query));
+    let text = params.into_iter().find(|p| p.name == name)?.description?;
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    let first = chars.next()?;
+    Some(first.to_lowercase().chain(chars).collect())
 }
 
 /// A JSON body, with axum's rejections in the API's error format.
@@ -352,13 +430,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     /// quoted back.
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        let parsed = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::internal(format!("a parsed body is not a JSON value: {e}")))?;
+        // Parsed once, as a JSON value: the request type is read from it,
+        // and it is searched for keys.
+        let value: serde_json::Value = parse_json(&bytes)?;
+        let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                refusal(("body", "field"), &e, &|_| None),
+            )
+        })?;
         if crate::redact::json_holds_key(&value) {
             return Err(ApiError::key_in_body());
         }
-        Ok(ApiJson(parsed.0))
+        Ok(ApiJson(parsed))
     }
 }
 
@@ -457,14 +542,19 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+impl<T: DeserializeOwned + IntoParams, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::query(e.body_text()))
+    /// Read as axum's `Query` reads it (`serde_urlencoded`); a refusal
+    /// names the parameter and what it takes (`refusal`).
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let params = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(params)
+            .map(ApiQuery)
+            .map_err(|e| {
+                ApiError::query(refusal(("query", "query parameter"), &e, &described::<T>))
+            })
     }
 }
 
@@ -500,7 +590,7 @@ pub(crate) mod responses {
         /// The headers are over the limit (16 KiB).
         #[response(status = 431)]
         HeadersTooLarge(ErrorBody),
-        /// The log is unavailable, the server is shutting down, or the request timed out.
+        /// The log is unavailable or found damaged, the server is shutting down, or the request timed out.
         #[response(status = 503)]
         Unavailable(ErrorBody),
     }

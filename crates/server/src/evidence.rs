@@ -61,13 +61,24 @@ pub struct InclusionQuery {
     pub size: Option<u64>,
 }
 
-/// Query of the consistency proof and the bundle.
+/// Query of the consistency proof.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RangeQuery {
-    /// The older tree size / the first sequence number.
+    /// The older tree size, a whole number.
     pub from: u64,
-    /// The newer tree size / the last sequence number (default: the current size).
+    /// The newer tree size, a whole number (default: the current size).
+    pub to: Option<u64>,
+}
+
+/// Query of the bundle.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BundleQuery {
+    /// The first sequence number, a whole number (default 1: the whole log, as
+    /// `keyledger audit evidence bundle` does).
+    pub from: Option<u64>,
+    /// The last sequence number, a whole number (default: the current size).
     pub to: Option<u64>,
 }
 
@@ -172,14 +183,14 @@ async fn consistency(
     }))
 }
 
-/// An evidence bundle of events `from..=to`, as one JSON Lines file: a
+/// An evidence bundle of events `from..=to` (by default the whole log), as one JSON Lines file: a
 /// header line (format, tenant, range, the signed checkpoint, the range,
 /// inclusion and consistency proofs), then one event per line with its
 /// stored bytes. Verify it offline with `keyledger audit verify-bundle`.
 /// The export is recorded in the trail first.
 #[utoipa::path(
     get, path = "/v1/audit/bundle", tag = "audit",
-    params(RangeQuery),
+    params(BundleQuery),
     responses(
         (status = 200, description = "The bundle (format `keyledger-audit-bundle/v1`): a header line, then one event per line",
             content((String = "application/x-ndjson"))),
@@ -190,16 +201,16 @@ async fn consistency(
 async fn bundle(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
-    ApiQuery(q): ApiQuery<RangeQuery>,
+    ApiQuery(q): ApiQuery<BundleQuery>,
 ) -> ApiResult<Response> {
     let ledger = state.ledger().clone();
     let tenant = auth.tenant().clone();
+    let from = q.from.unwrap_or(1);
     let to = q.to.unwrap_or_else(|| ledger.tree_size(&tenant));
-    ledger.check_bundle_range(&tenant, q.from, to)?;
+    ledger.check_bundle_range(&tenant, from, to)?;
     ledger
-        .record_audit_read(auth.principal(), q.from, to, AuditReadKind::Bundle)
+        .record_audit_read(auth.principal(), from, to, AuditReadKind::Bundle)
         .await?;
-    let from = q.from;
     let bytes = blocking(move || Ok(ledger.bundle(&tenant, from, to)?.to_jsonl())).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response())
 }

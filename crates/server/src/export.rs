@@ -138,7 +138,7 @@ pub(crate) fn trail(
                     .and_then(|n| flushed.map(|()| n))
                     .map_err(|e| match e {
                         Stop::Encode(m) => out.stop(m),
-                        other => other,
+                        other @ (Stop::Gone | Stop::Ledger(_)) => other,
                     })
             }
         };
@@ -160,7 +160,11 @@ pub(crate) fn trail(
 }
 
 /// Usage rows as one body.
-pub(crate) fn rows(rows: &[DailyView], format: ExportFormat) -> Result<Response, ApiError> {
+pub(crate) fn rows(
+    rows: &[DailyView],
+    per_key: bool,
+    format: ExportFormat,
+) -> Result<Response, ApiError> {
     let mut buf = Vec::new();
     match format {
         ExportFormat::Jsonl => {
@@ -172,7 +176,7 @@ pub(crate) fn rows(rows: &[DailyView], format: ExportFormat) -> Result<Response,
         }
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut buf);
-            w.write_record(DailyView::CSV_HEADER)
+            w.write_record(DailyView::csv_header(per_key))
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             for r in rows {
                 w.write_record(r.csv_row())

@@ -23,6 +23,7 @@ use crate::auth::{
 use crate::error::{
     ApiError, ApiJson, ApiPath, ApiQuery, JsonBytes, OptionalJson, parse_json, responses,
 };
+use crate::position;
 use crate::wire::*;
 
 /// Every documented route.
@@ -84,15 +85,19 @@ fn scopes(names: Option<Vec<ScopeName>>) -> Option<ScopeSet> {
     names.map(|n| n.into_iter().map(Scope::from).collect())
 }
 
-fn created_response(state: &AppState, c: Created) -> Response {
+/// A created key's answer, with the tenant's position after the write.
+fn created_response(state: &AppState, tenant: &TenantId, c: Created) -> Response {
     let body = CreatedKey::new(&c, state.ledger().now());
     let location = format!("/v1/keys/{}", body.view.id);
-    (
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(body),
+    position::answer(
+        state.ledger(),
+        tenant,
+        (
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(body),
+        ),
     )
-        .into_response()
 }
 
 fn key_view(state: &AppState, k: &keyledger_core::KeyRecord) -> KeyView {
@@ -127,7 +132,7 @@ async fn create_key(
         scopes: scopes(body.scopes),
     };
     let created = state.ledger().create_key(auth.principal(), new).await?;
-    Ok(created_response(&state, created))
+    Ok(created_response(&state, auth.tenant(), created))
 }
 
 /// List the tenant's keys, masked, with the tenant's active count.
@@ -195,7 +200,7 @@ async fn revoke_key(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RevokeQuery>,
     OptionalJson(body): OptionalJson<RevokeRequest>,
-) -> ApiResult<Json<KeyView>> {
+) -> ApiResult<Response> {
     let id = key_id(&id)?;
     let reason = body.reason.unwrap_or_default().into();
     let key = match q.wait.unwrap_or_default() {
@@ -226,7 +231,8 @@ async fn revoke_key(
                 .await?
         }
     };
-    Ok(Json(key_view(&state, &key)))
+    let view = Json(key_view(&state, &key));
+    Ok(position::answer(state.ledger(), auth.tenant(), view))
 }
 
 /// How long a revoke with `wait=all-nodes` waits for the other nodes by default.
@@ -265,7 +271,7 @@ async fn rotate_key(
             body.expires_at.map(|t| t.0),
         )
         .await?;
-    Ok(created_response(&state, created))
+    Ok(created_response(&state, auth.tenant(), created))
 }
 
 /// Every event of one key, usage included, in log order.
@@ -299,12 +305,14 @@ fn remove(
     state: AppState,
     principal: Principal,
     user: &str,
-) -> impl Future<Output = ApiResult<Json<RemovedUser>>> {
+) -> impl Future<Output = ApiResult<Response>> {
     let user: Result<UserId, _> = user.parse();
     async move {
         let user = user.map_err(|e: keyledger_core::IdError| ApiError::path(e.to_string()))?;
+        let tenant = principal.tenant.clone();
         let revoked = state.ledger().remove_user(principal, user.clone()).await?;
-        Ok(Json(RemovedUser::new(&user, &revoked)))
+        let body = Json(RemovedUser::new(&user, &revoked));
+        Ok(position::answer(state.ledger(), &tenant, body))
     }
 }
 
@@ -323,7 +331,7 @@ async fn remove_user(
     State(state): State<AppState>,
     auth: Authed<UsersRemove>,
     ApiPath(user): ApiPath<String>,
-) -> ApiResult<Json<RemovedUser>> {
+) -> ApiResult<Response> {
     remove(state, auth.principal(), &user).await
 }
 
@@ -374,12 +382,13 @@ async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
 async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> ApiResult<Response> {
     let body: VerifyRequest<'_> = parse_json(&bytes)?;
     // The answer is written while the key is lent: no reference to it kept.
-    let answer =
-        state
-            .ledger()
-            .verify_with(&body.key, body.scope.map(Into::into), |outcome, key| {
-                VerifyResponse::new(outcome, key).to_json()
-            });
+    // A key another node created a moment ago is found too (the miss path).
+    let answer = state
+        .ledger()
+        .verify_current_with(&body.key, body.scope.map(Into::into), |outcome, key| {
+            VerifyResponse::new(outcome, key).to_json()
+        })
+        .await;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -593,7 +602,11 @@ async fn usage_export(
     let from = q.from.map_or(keyledger_core::Day::from_days(0), |d| d.0);
     let to = q.to.map_or(today, |d| d.0);
     let rows = daily(&state, auth.tenant(), key, from, to)?;
-    crate::export::rows(&rows.days, q.format.unwrap_or(ExportFormat::Csv))
+    crate::export::rows(
+        &rows.days,
+        key.is_some(),
+        q.format.unwrap_or(ExportFormat::Csv),
+    )
 }
 
 fn tenant(text: &str) -> ApiResult<TenantId> {
@@ -631,9 +644,9 @@ async fn admin_create_key(
     };
     let created = state
         .ledger()
-        .create_key(Principal::operator(tenant), new)
+        .create_key(Principal::operator(tenant.clone()), new)
         .await?;
-    Ok(created_response(&state, created))
+    Ok(created_response(&state, &tenant, created))
 }
 
 /// Operator: remove a user of any tenant, revoking every active key they own.
@@ -653,7 +666,7 @@ async fn admin_remove_user(
     State(state): State<AppState>,
     _operator: Operator,
     ApiPath((t, user)): ApiPath<(String, String)>,
-) -> ApiResult<Json<RemovedUser>> {
+) -> ApiResult<Response> {
     let tenant = tenant(&t)?;
     remove(state, Principal::operator(tenant), &user).await
 }

@@ -31,6 +31,7 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+pub mod position;
 pub mod redact;
 pub mod wire;
 
@@ -235,17 +236,16 @@ fn is_json(response: &Response) -> bool {
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ServeError {
     /// The address could not be bound or read.
     #[error("{0}")]
     Bind(String),
     /// The server failed while running.
     #[error("the server failed: {0}")]
-    Io(std::io::Error),
+    Io(#[source] std::io::Error),
     /// The ledger failed to write every counted use at shutdown.
     #[error("shutting the ledger down failed: {0}")]
-    Shutdown(keyledger_runtime::Error),
+    Shutdown(#[source] keyledger_runtime::Error),
 }
 
 /// Binds `addr`, calls `on_listening` with the bound address (for a

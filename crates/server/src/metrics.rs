@@ -11,8 +11,8 @@
 //!   (histogram), `keyledger_usage_events_total`, `keyledger_log_head`,
 //!   `keyledger_clock_behind_decisions_total`,
 //!   `keyledger_clock_behind_seconds_max` (a clock that stepped back),
-//!   `keyledger_append_conflicts_total`, `keyledger_events_followed_total`
-//!   (several nodes on one log);
+//!   `keyledger_append_conflicts_total`, `keyledger_events_followed_total`,
+//!   `keyledger_miss_head_queries_total` (several nodes on one log);
 //! * `keyledger_http_connections_open`,
 //!   `keyledger_http_connections_refused_total` (a client over its
 //!   connection limit).
@@ -330,6 +330,11 @@ fn writer_counters(out: &mut String, m: &Metrics) {
             "keyledger_events_followed_total",
             "Events written by other nodes sharing the log, applied here.",
             &m.events_followed,
+        ),
+        (
+            "keyledger_miss_head_queries_total",
+            "Reads of the shared log's head made to answer an unknown key or an unapplied position (at most one per miss interval).",
+            &m.miss_head_queries,
         ),
     ] {
         header(out, name, "counter", help);

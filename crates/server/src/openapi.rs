@@ -83,7 +83,11 @@ pub(crate) fn base() -> OpenApi {
     ApiDoc::openapi()
 }
 
-static DOC: LazyLock<OpenApi> = LazyLock::new(|| crate::handlers::router().into_openapi());
+static DOC: LazyLock<OpenApi> = LazyLock::new(|| {
+    let mut doc = crate::handlers::router().into_openapi();
+    crate::position::document(&mut doc);
+    doc
+});
 static JSON: LazyLock<String> = LazyLock::new(|| {
     serde_json::to_string_pretty(&*DOC).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 });

@@ -897,3 +897,103 @@ async fn every_event_type_is_named_in_the_document_and_the_refusal() {
         "{message}"
     );
 }
+
+/// `Keyledger-Position` (docs/api.md, "Reading your writes on any node"):
+/// every write answers the tenant's own sequence number; a key-authenticated
+/// request passing it back is answered once it is applied (on one node, at
+/// once), a bad value or one no write gave out is 400 in words; the
+/// OpenAPI document says so.
+#[tokio::test]
+async fn writes_answer_their_position_and_reads_take_it_back() {
+    let h = Harness::new();
+    let (admin, _) = h.mint("acme", "root", None).await;
+    let send = |method: Method, uri: &str, position: Option<&str>, body: Option<Value>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"));
+        if let Some(p) = position {
+            req = req.header("keyledger-position", p);
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        };
+        h.raw(req.unwrap())
+    };
+    let position = |headers: &axum::http::HeaderMap| -> u64 {
+        headers
+            .get("keyledger-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a position")
+    };
+    let (status, headers, body) =
+        send(Method::POST, "/v1/keys", None, Some(json!({"name": "k"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The tenant's own numbers: its mint was 1, this create 2.
+    assert_eq!(position(&headers), 2);
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another tenant's write does not move it.
+    h.mint("globex", "gus", None).await;
+    let (status, headers, _) =
+        send(Method::POST, &format!("/v1/keys/{id}/revoke"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(position(&headers), 3);
+    assert_eq!(h.ledger.tenant_position(&"acme".parse().unwrap()), 3);
+    // A read is not a write: no position.
+    let (status, headers, _) = send(Method::GET, "/v1/keys", Some("3"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("keyledger-position").is_none());
+    for p in ["0", "1", "3"] {
+        let (status, _, _) = send(Method::GET, &format!("/v1/keys/{id}"), Some(p), None).await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+    }
+    for bad in [
+        "4",
+        "-1",
+        "+3",
+        "3 ",
+        "3,3",
+        "abc",
+        "",
+        "18446744073709551616",
+    ] {
+        let (status, _, body) = send(Method::GET, "/v1/keys", Some(bad), None).await;
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_position");
+        assert!(body.to_string().contains("Keyledger-Position"), "{body}");
+    }
+    // Nothing was written by the refused reads.
+    assert_eq!(h.ledger.tenant_position(&"acme".parse().unwrap()), 3);
+
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let param = |op: &Value| {
+        op["parameters"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == "Keyledger-Position" && p["in"] == "header")
+        })
+    };
+    assert!(param(&doc["paths"]["/v1/keys"]["get"]));
+    assert!(param(&doc["paths"]["/v1/audit"]["get"]));
+    assert!(!param(&doc["paths"]["/v1/verify"]["post"]));
+    assert!(!param(&doc["paths"]["/healthz"]["get"]));
+    for (path, method, status) in [
+        ("/v1/keys", "post", "201"),
+        ("/v1/keys/{id}/revoke", "post", "200"),
+        ("/v1/keys/{id}/rotate", "post", "201"),
+        ("/v1/users/{user_id}", "delete", "200"),
+        ("/v1/admin/tenants/{tenant}/keys", "post", "201"),
+    ] {
+        let headers = &doc["paths"][path][method]["responses"][status]["headers"];
+        assert!(
+            headers.get("Keyledger-Position").is_some(),
+            "{method} {path}: {headers}"
+        );
+    }
+}

@@ -123,6 +123,20 @@ pub fn verify_tenant_with_progress(
     tenant: &TenantId,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ChainReport, StoreError> {
+    verify_tenant_seeing(log, tenant, progress, &mut |_| {})
+}
+
+/// Like [`verify_tenant_with_progress`], handing `seen` every page of
+/// stored records the walk reads, in order, each record once (the page
+/// the first problem is found in whole), so a caller that needs the
+/// records too (`keyledger audit verify` rebuilds the tenant's tree from
+/// them) does not read them a second time.
+pub fn verify_tenant_seeing(
+    log: &dyn EventLog,
+    tenant: &TenantId,
+    progress: &mut dyn FnMut(u64),
+    seen: &mut dyn FnMut(&[RawRecord]),
+) -> Result<ChainReport, StoreError> {
     let mut state = Walk {
         expected_seq: 1,
         prev: GENESIS,
@@ -134,7 +148,7 @@ pub fn verify_tenant_with_progress(
     // taken as events to check too; only a head ahead of what the log
     // holds means events were removed.
     let head = loop {
-        if let Some(problem) = walk_pages(log, tenant, &mut state, progress)? {
+        if let Some(problem) = walk_pages(log, tenant, &mut state, progress, seen)? {
             return Ok(state.report(Some(problem)));
         }
         let head = log.tenant_head(tenant)?;
@@ -151,13 +165,14 @@ pub fn verify_tenant_with_progress(
 }
 
 /// Walks the tenant's records from `state.checked` on, a page at a time,
-/// until the log holds no more; calls `progress` after every page. The
-/// first problem found, if any.
+/// until the log holds no more; hands each page read to `seen` and calls
+/// `progress` after every page. The first problem found, if any.
 fn walk_pages(
     log: &dyn EventLog,
     tenant: &TenantId,
     state: &mut Walk,
     progress: &mut dyn FnMut(u64),
+    seen: &mut dyn FnMut(&[RawRecord]),
 ) -> Result<Option<ChainProblem>, StoreError> {
     loop {
         let page = match log.read_tenant_raw(tenant, state.checked, VERIFY_PAGE_EVENTS_MAX) {
@@ -167,7 +182,7 @@ fn walk_pages(
                 // record at a time so the records before it are checked first
                 // and the problem is named at its place.
                 let before = state.checked;
-                match walk_singly(log, tenant, state)? {
+                match walk_singly(log, tenant, state, seen)? {
                     Some(problem) => {
                         progress(state.checked);
                         return Ok(Some(problem));
@@ -181,6 +196,7 @@ fn walk_pages(
         if page.is_empty() {
             break;
         }
+        seen(&page);
         for raw in &page {
             if let Some(problem) = state.check(tenant, raw) {
                 progress(state.checked);
@@ -318,12 +334,14 @@ fn walk_singly(
     log: &dyn EventLog,
     tenant: &TenantId,
     state: &mut Walk,
+    seen: &mut dyn FnMut(&[RawRecord]),
 ) -> Result<Option<ChainProblem>, StoreError> {
     for _ in 0..VERIFY_PAGE_EVENTS_MAX {
         match log.read_tenant_raw(tenant, state.checked, 1) {
             Ok(page) => match page.first() {
                 None => return Ok(None),
                 Some(raw) => {
+                    seen(&page);
                     if let Some(problem) = state.check(tenant, raw) {
                         return Ok(Some(problem));
                     }
@@ -406,17 +424,26 @@ mod tests {
         }
     }
 
+    impl AppendsDuringTheWalk {
+        /// Three events of `t`, and a fourth to come during the walk.
+        fn new(t: &TenantId) -> Self {
+            use crate::conformance::{batch, sample_events};
+            let log = AppendsDuringTheWalk {
+                inner: crate::MemoryLog::new(),
+                pending: std::sync::Mutex::new(Some(batch(t, 3, sample_events(t, 4, 1)))),
+            };
+            log.inner
+                .append(vec![batch(t, 0, sample_events(t, 1, 3))])
+                .unwrap();
+            log
+        }
+    }
+
     #[test]
     fn an_append_during_the_walk_is_checked_not_taken_for_a_removal() {
-        use crate::conformance::{batch, sample_events, tenant};
+        use crate::conformance::tenant;
         let t = tenant("acme");
-        let log = AppendsDuringTheWalk {
-            inner: crate::MemoryLog::new(),
-            pending: std::sync::Mutex::new(Some(batch(&t, 3, sample_events(&t, 4, 1)))),
-        };
-        log.inner
-            .append(vec![batch(&t, 0, sample_events(&t, 1, 3))])
-            .unwrap();
+        let log = AppendsDuringTheWalk::new(&t);
         let report = verify_tenant(&log, &t).unwrap();
         assert!(report.ok, "{:?}", report.first_bad);
         assert_eq!(
@@ -424,6 +451,35 @@ mod tests {
             "the event appended meanwhile is checked too"
         );
         assert_eq!(Some((4, report.head_hash)), log.tenant_head(&t).unwrap());
+    }
+
+    /// What the walk hands on, each record once and in order, whatever
+    /// the walk finds: an event appended meanwhile, a changed event.
+    #[test]
+    fn the_walk_hands_on_each_record_it_reads_once() {
+        use crate::conformance::{batch, sample_events, tenant};
+        let t = tenant("acme");
+        let seen_by = |log: &dyn EventLog| {
+            let mut seen = Vec::new();
+            let report = verify_tenant_seeing(log, &t, &mut |_| {}, &mut |page: &[RawRecord]| {
+                seen.extend(page.iter().map(|r| r.seq));
+            })
+            .unwrap();
+            (report, seen)
+        };
+        let log = AppendsDuringTheWalk::new(&t);
+        let (report, seen) = seen_by(&log);
+        assert!(report.ok, "{:?}", report.first_bad);
+        assert_eq!(seen, [1, 2, 3, 4], "the event appended meanwhile once");
+
+        let changed = crate::MemoryLog::new();
+        changed
+            .append(vec![batch(&t, 0, sample_events(&t, 1, 5))])
+            .unwrap();
+        changed.tamper(|records| records[1].payload.push(0));
+        let (report, seen) = seen_by(&changed);
+        assert_eq!(report.first_bad.map(|p| p.seq), Some(2));
+        assert_eq!(seen, [1, 2, 3, 4, 5], "the page of the problem, whole");
     }
 
     #[test]

@@ -30,7 +30,6 @@ pub const VERSION_CURRENT: u8 = 2;
 
 /// Stored bytes are not an event this release can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DecodeError {
     /// No bytes at all: not even a version byte.
     #[error("empty payload: no version byte")]
@@ -865,7 +864,9 @@ pub mod v2 {
                 field,
                 message,
             },
-            other => other,
+            other @ (DecodeError::Empty
+            | DecodeError::UnknownVersion(_)
+            | DecodeError::Malformed { .. }) => other,
         }
     }
 }

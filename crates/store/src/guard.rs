@@ -4,7 +4,7 @@
 //! (debug builds assert while walking every page at open; release builds
 //! reach `unreachable!` in its B-tree code), at open or lazily while an
 //! iterator walks the damaged page. [`RedbLog`](crate::RedbLog) runs every call into redb under
-//! [`run`], which catches such a panic and hands back its message, so a
+//! one guard, which catches such a panic and hands back its message, so a
 //! damaged file is a [`StoreError::Damaged`](crate::StoreError::Damaged)
 //! naming the file, never a crash (`crates/store/tests/damage.rs`).
 //!

@@ -32,6 +32,7 @@ mod memory;
 pub mod no_follow;
 mod plan;
 pub mod postgres;
+mod read;
 mod redb_log;
 pub mod wal;
 
@@ -89,7 +90,6 @@ pub struct TenantAppend {
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     /// A tenant is not at the expected version: someone else appended
     /// first. Nothing was written.
@@ -276,48 +276,6 @@ pub(crate) fn check_tenant_page(
         expected = expected.saturating_add(1);
     }
     Ok(())
-}
-
-/// Decodes a page of raw records read by global position after `after`:
-/// the positions must follow on without a gap, and each run of records of
-/// one tenant parses the tenant's name once. Shared by the backends that
-/// read whole [`RawRecord`]s.
-pub(crate) fn decode_page<R: std::borrow::Borrow<RawRecord>>(
-    after: u64,
-    raws: impl IntoIterator<Item = Result<R, StoreError>>,
-    capacity: usize,
-) -> Result<Vec<Record>, StoreError> {
-    let mut out = Vec::with_capacity(capacity.min(READ_PREALLOC_RECORDS_MAX));
-    let mut expected = after.saturating_add(1);
-    let mut tenant: Option<TenantId> = None;
-    for raw in raws {
-        let raw = raw?;
-        let r = raw.borrow();
-        if r.position != expected {
-            return Err(StoreError::Corrupt {
-                position: expected,
-                message: format!("position {expected} is missing ({} follows)", r.position),
-            });
-        }
-        let t = match tenant.take() {
-            Some(t) if t.as_str() == r.tenant => t,
-            _ => r.tenant.parse().map_err(|e| StoreError::Corrupt {
-                position: r.position,
-                message: format!("stored tenant `{}`: {e}", r.tenant.escape_debug()),
-            })?,
-        };
-        out.push(decode_record(
-            r.position,
-            r.seq,
-            r.prev_hash,
-            r.hash,
-            &t,
-            &r.payload,
-        )?);
-        tenant = Some(t);
-        expected = expected.saturating_add(1);
-    }
-    Ok(out)
 }
 
 /// Decodes a stored payload into a record, naming the position on failure.

@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 use keyledger_core::TenantId;
 
 use crate::chain::{GENESIS, Hash};
-use crate::{
-    EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_page, decode_record, plan,
-};
+use crate::read::{PositionPage, RecordRef, TenantPage};
+use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, plan};
 
 /// An [`EventLog`] held in memory, behind one mutex.
 ///
@@ -121,7 +119,7 @@ impl<'a> plan::AppendSink<'a> for Stage<'_> {
         self.inner.checked_head(tenant)
     }
 
-    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
         let (position, tenant, seq) = (r.position, r.tenant, r.seq);
         if self.inner.slots.contains_key(&position) {
             return Err(StoreError::Corrupt {
@@ -270,8 +268,11 @@ impl EventLog for MemoryLog {
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let inner = self.lock();
         let start = inner.records.partition_point(|r| r.position <= after);
-        let page = inner.records.iter().skip(start).take(limit).map(Ok);
-        decode_page(after, page, limit)
+        let mut page = PositionPage::new(after, limit);
+        for r in inner.records.iter().skip(start).take(limit) {
+            page.push(r.position, r.as_ref())?;
+        }
+        Ok(page.finish())
     }
 
     fn read_tenant(
@@ -281,44 +282,11 @@ impl EventLog for MemoryLog {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let inner = self.lock();
-        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        let mut page = TenantPage::new(tenant, after_seq, limit);
         for (seq, position, stored) in inner.walk_tenant(tenant, after_seq).take(limit) {
-            let Some(r) = stored else {
-                return Err(StoreError::Corrupt {
-                    position,
-                    message: format!(
-                        "tenant {tenant}: the index names position {position} for event {seq}, \
-                         which holds nothing"
-                    ),
-                });
-            };
-            let mismatch = if r.tenant != tenant.as_str() {
-                Some(format!(
-                    "the record belongs to tenant `{}`",
-                    r.tenant.escape_debug()
-                ))
-            } else if r.seq != seq {
-                Some(format!("the record says sequence number {}", r.seq))
-            } else {
-                None
-            };
-            if let Some(m) = mismatch {
-                return Err(StoreError::Corrupt {
-                    position,
-                    message: format!("tenant {tenant} event {seq}: {m}"),
-                });
-            }
-            out.push(decode_record(
-                position,
-                seq,
-                r.prev_hash,
-                r.hash,
-                tenant,
-                &r.payload,
-            )?);
+            page.push(seq, position, stored.map(RawRecord::as_ref))?;
         }
-        check_tenant_page(tenant, after_seq, &out)?;
-        Ok(out)
+        page.finish()
     }
 
     /// Index entries naming an empty position are left out (the chain walk

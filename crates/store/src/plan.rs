@@ -13,6 +13,7 @@
 use keyledger_core::Event;
 
 use crate::chain::{self, Hash};
+use crate::read::RecordRef;
 use crate::{Record, StoreError, TenantAppend, envelope};
 
 /// Where an append put one record: (position, seq, prev_hash, hash).
@@ -39,22 +40,6 @@ impl Encoded {
     }
 }
 
-/// One record the plan asks the backend to store.
-pub(crate) struct NewRecord<'a> {
-    /// Global position.
-    pub(crate) position: u64,
-    /// The tenant.
-    pub(crate) tenant: &'a str,
-    /// The tenant sequence number.
-    pub(crate) seq: u64,
-    /// The predecessor's hash.
-    pub(crate) prev_hash: Hash,
-    /// This record's chain hash.
-    pub(crate) hash: Hash,
-    /// The encoded event.
-    pub(crate) payload: &'a [u8],
-}
-
 /// The I/O an append plan needs from a backend.
 pub(crate) trait AppendSink<'a> {
     /// The tenant's stored head (0 and [`chain::GENESIS`] without events),
@@ -63,7 +48,7 @@ pub(crate) trait AppendSink<'a> {
     fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError>;
 
     /// Stores or stages one record, in order; an error stops the plan.
-    fn record(&mut self, record: &NewRecord<'a>) -> Result<(), StoreError>;
+    fn record(&mut self, record: &RecordRef<'a>) -> Result<(), StoreError>;
 }
 
 /// A planned append: where each record went, and the tenants' new heads.
@@ -117,7 +102,7 @@ pub(crate) fn plan<'a>(
             seq += 1;
             position += 1;
             let hash = chain::link(&prev, tenant, seq, payload);
-            sink.record(&NewRecord {
+            sink.record(&RecordRef {
                 position,
                 tenant,
                 seq,

@@ -29,10 +29,11 @@ use keyledger_core::TenantId;
 
 use crate::chain::{self, GENESIS, Hash};
 use crate::guard;
+use crate::read::{PositionPage, RecordRef, TenantPage};
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    check_tenant_page, decode_record, no_follow, plan,
+    no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -63,6 +64,20 @@ struct StoredHeader<'a> {
 struct Stored<'a> {
     header: StoredHeader<'a>,
     payload: &'a [u8],
+}
+
+impl Stored<'_> {
+    fn as_ref(&self) -> RecordRef<'_> {
+        let h = &self.header;
+        RecordRef {
+            position: h.position,
+            tenant: h.tenant,
+            seq: h.seq,
+            prev_hash: h.prev_hash,
+            hash: h.hash,
+            payload: self.payload,
+        }
+    }
 }
 
 fn encode_stored(header: &StoredHeader<'_>, payload: &[u8], out: &mut Vec<u8>) {
@@ -786,7 +801,7 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
         self.tables.checked_head(tenant)
     }
 
-    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
         let header = StoredHeader {
             position: r.position,
             tenant: r.tenant,
@@ -898,9 +913,7 @@ impl RedbLog {
             return Ok(Vec::new());
         }
         let events = self.read_table(EVENTS)?;
-        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
-        let mut expected = first;
-        let mut tenant: Option<TenantId> = None;
+        let mut page = PositionPage::new(after, limit);
         for entry in events
             .range(first..)
             .map_err(backend("reading events"))?
@@ -908,39 +921,9 @@ impl RedbLog {
         {
             let (k, v) = entry.map_err(backend("reading an event"))?;
             let position = k.value();
-            if position != expected {
-                return Err(StoreError::Corrupt {
-                    position: expected,
-                    message: format!("position {expected} is missing ({position} follows)"),
-                });
-            }
-            let stored = decode_stored(position, v.value())?;
-            let h = &stored.header;
-            if h.position != position {
-                return Err(StoreError::Corrupt {
-                    position,
-                    message: format!("the record stored here says position {}", h.position),
-                });
-            }
-            let t = match tenant.take() {
-                Some(t) if t.as_str() == h.tenant => t,
-                _ => h.tenant.parse().map_err(|e| StoreError::Corrupt {
-                    position,
-                    message: format!("stored tenant `{}`: {e}", h.tenant.escape_debug()),
-                })?,
-            };
-            out.push(decode_record(
-                position,
-                h.seq,
-                h.prev_hash,
-                h.hash,
-                &t,
-                stored.payload,
-            )?);
-            tenant = Some(t);
-            expected = expected.saturating_add(1);
+            page.push(position, decode_stored(position, v.value())?.as_ref())?;
         }
-        Ok(out)
+        Ok(page.finish())
     }
 
     fn read_tenant_unguarded(
@@ -949,48 +932,11 @@ impl RedbLog {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        let mut page = TenantPage::new(tenant, after_seq, limit);
         self.walk_tenant(tenant, after_seq, limit, |seq, position, stored| {
-            let Some(stored) = stored else {
-                return Err(StoreError::Corrupt {
-                    position,
-                    message: format!(
-                        "tenant {tenant}: the index names position {position} for event {seq}, \
-                         which holds nothing"
-                    ),
-                });
-            };
-            let h = &stored.header;
-            let mismatch = if h.position != position {
-                Some(format!("the record says position {}", h.position))
-            } else if h.tenant != tenant.as_str() {
-                Some(format!(
-                    "the record belongs to tenant `{}`",
-                    h.tenant.escape_debug()
-                ))
-            } else if h.seq != seq {
-                Some(format!("the record says sequence number {}", h.seq))
-            } else {
-                None
-            };
-            if let Some(m) = mismatch {
-                return Err(StoreError::Corrupt {
-                    position,
-                    message: format!("tenant {tenant} event {seq}: {m}"),
-                });
-            }
-            out.push(decode_record(
-                position,
-                seq,
-                h.prev_hash,
-                h.hash,
-                tenant,
-                stored.payload,
-            )?);
-            Ok(())
+            page.push(seq, position, stored.as_ref().map(Stored::as_ref))
         })?;
-        check_tenant_page(tenant, after_seq, &out)?;
-        Ok(out)
+        page.finish()
     }
 
     /// Records whose index entry names an empty position are left out (the

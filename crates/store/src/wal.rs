@@ -309,7 +309,7 @@ fn next_whole_frame(bytes: &[u8], epoch: u64) -> Option<usize> {
     None
 }
 
-/// One frame of `epoch` holding `records`, as [`Wal`] writes it (the
+/// One frame of `epoch` holding `records`, as the write-ahead log writes it (the
 /// inverse of [`frames`]).
 pub fn encode_frame(epoch: u64, records: &[&[u8]]) -> Vec<u8> {
     let mut frame = vec![0; FRAME_HEADER];

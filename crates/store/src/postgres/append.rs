@@ -16,6 +16,7 @@ use super::{
     to_u64,
 };
 use crate::chain::{GENESIS, Hash};
+use crate::read::RecordRef;
 use crate::{Record, StoreError, TenantAppend, check_append, plan};
 
 const SQL_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
@@ -265,7 +266,7 @@ impl<'a> plan::AppendSink<'a> for Stage<'_, '_, 'a> {
             .unwrap_or((0, GENESIS)))
     }
 
-    fn record(&mut self, r: &plan::NewRecord<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
         self.args.positions.push(to_i64(r.position, "position")?);
         self.args.tenants.push(r.tenant);
         self.args.seqs.push(to_i64(r.seq, "sequence number")?);

@@ -63,10 +63,8 @@ use tokio_postgres::error::SqlState;
 use keyledger_core::TenantId;
 
 use crate::chain::Hash;
-use crate::{
-    EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, check_tenant_page,
-    decode_page, decode_record,
-};
+use crate::read::{PositionPage, TenantPage};
+use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append};
 
 mod append;
 mod nodes;
@@ -246,26 +244,11 @@ impl PgLog {
         F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        self.run_noting(what, "", f)
+        self.run_within(self.shared.options.operation_timeout, what, "", f)
     }
 
-    /// [`PgLog::run`], adding `on_timeout` to the error when the operation
-    /// timeout cuts the call short.
-    fn run_noting<T, F, Fut>(
-        &self,
-        what: &'static str,
-        on_timeout: &'static str,
-        f: F,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        self.run_within(self.shared.options.operation_timeout, what, on_timeout, f)
-    }
-
-    /// [`PgLog::run_noting`] bounded by `timeout`.
+    /// [`PgLog::run`] bounded by `timeout`, adding `on_timeout` to the
+    /// error when the timeout cuts the call short.
     fn run_within<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -390,7 +373,8 @@ fn hash_of(bytes: &[u8], position: u64, what: &str) -> Result<Hash, StoreError> 
 impl EventLog for PgLog {
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         check_append(&batches)?;
-        self.run_noting(
+        self.run_within(
+            self.shared.options.operation_timeout,
             "appending",
             "; whether the append was committed is known only once the log can be read again",
             move |s| append(s, batches),
@@ -417,7 +401,12 @@ impl EventLog for PgLog {
             )
             .await
         })?;
-        decode_page(after, rows.iter().map(raw_from_row), rows.len())
+        let mut page = PositionPage::new(after, rows.len());
+        for row in &rows {
+            let r = raw_from_row(row)?;
+            page.push(r.position, r.as_ref())?;
+        }
+        Ok(page.finish())
     }
 
     fn read_tenant(
@@ -427,30 +416,13 @@ impl EventLog for PgLog {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         let rows = self.read_tenant_rows(tenant, after_seq, limit)?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut page = TenantPage::new(tenant, after_seq, rows.len());
         for row in &rows {
             let r = raw_from_row(row)?;
-            if r.tenant != tenant.as_str() {
-                return Err(corrupt(
-                    r.position,
-                    format!(
-                        "tenant {tenant} event {}: the record belongs to tenant `{}`",
-                        r.seq,
-                        r.tenant.escape_debug()
-                    ),
-                ));
-            }
-            out.push(decode_record(
-                r.position,
-                r.seq,
-                r.prev_hash,
-                r.hash,
-                tenant,
-                &r.payload,
-            )?);
+            // No index: the row's own numbers are the entry's.
+            page.push(r.seq, r.position, Some(r.as_ref()))?;
         }
-        check_tenant_page(tenant, after_seq, &out)?;
-        Ok(out)
+        page.finish()
     }
 
     fn read_tenant_raw(

@@ -98,7 +98,7 @@ pub(super) async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
         let script = format!(
             "BEGIN; {sql}\n; INSERT INTO keyledger.schema_migrations (version, name, checksum) \
              VALUES ({version}, '{name}', '\\x{}'); COMMIT",
-            hex_lower(&checksum)
+            hex::encode(checksum)
         );
         if let Err(e) = client.batch_execute(&script).await {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -112,12 +112,4 @@ pub(super) async fn migrate(shared: Arc<Shared>) -> Result<(), StoreError> {
         )
         .await;
     Ok(())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
