@@ -195,14 +195,20 @@ export const SIZES = [
  * KEYLEDGER_SCREENSHOTS (target/console-screenshots), secrets masked, after
  * checking that the page does not scroll sideways at that width; the
  * viewport is put back afterwards.
+ *
+ * `knownWide` names a known, reported failure of that check at 390 px (a
+ * REQUEST in the console's contract): it is recorded on the test as a
+ * "known issue" instead of failing it, and the test fails once the page
+ * fits, so that the exemption is removed then.
  */
-export async function screenshots(page, name) {
+export async function screenshots(page, name, { knownWide } = {}) {
   const dir = process.env.KEYLEDGER_SCREENSHOTS;
   const before = page.viewportSize();
   for (const size of SIZES) {
     await page.setViewportSize(size);
     // Readable at this size: the page itself never scrolls sideways (a
     // wide table scrolls inside its own box).
+    const known = knownWide && size.width < 1000;
     await expect(async () => {
       const { wide, past } = await page.evaluate(() => ({
         wide: document.documentElement.scrollWidth,
@@ -219,9 +225,17 @@ export async function screenshots(page, name) {
           .slice(0, 5)
           .map((e) => `${e.tagName.toLowerCase()}${e.className ? '.' + e.className : ''}`),
       }));
-      expect(wide, `${name} at ${size.width}px wide: ${past.join(', ')}`).toBeLessThanOrEqual(
-        size.width,
-      );
+      const what = `${name} at ${size.width}px wide: ${past.join(', ')}`;
+      if (known) {
+        expect(wide, `${name} fits ${size.width}px now: remove its knownWide`).toBeGreaterThan(
+          size.width,
+        );
+        test
+          .info()
+          .annotations.push({ type: 'known issue', description: `${what} (${knownWide})` });
+      } else {
+        expect(wide, what).toBeLessThanOrEqual(size.width);
+      }
     }).toPass({ timeout: 5_000 });
     if (!dir) continue;
     await page.screenshot({
