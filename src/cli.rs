@@ -822,9 +822,7 @@ fn filter(f: &TrailFilter) -> Result<AuditFilter> {
                 .map(keyledger_core::EventType::as_str)
                 .join(", ")
         )),
-        e @ keyledger_runtime::AuditFilterError::KeyId(_) => {
-            Failure::msg(format!("--key-id: {e}"))
-        }
+        e @ keyledger_runtime::AuditFilterError::KeyId(_) => Failure::msg(format!("--key-id: {e}")),
     })?;
     Ok(AuditFilter {
         from: from?,
