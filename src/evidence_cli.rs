@@ -214,6 +214,5 @@ fn label(kind: ProblemKind) -> &'static str {
         ProblemKind::InconsistentCheckpoints => "INCONSISTENT CHECKPOINTS",
         ProblemKind::ProofFailed => "PROOF FAILED",
         ProblemKind::Unverifiable => "NOT VERIFIABLE",
-        _ => "PROBLEM",
     }
 }

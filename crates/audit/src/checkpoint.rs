@@ -49,7 +49,6 @@ pub struct Checkpoint {
 
 /// Why a note is not a valid checkpoint signed by the expected key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum NoteError {
     /// Not a signed note, or its text is not a checkpoint.
     #[error("malformed checkpoint: {0}")]

@@ -102,7 +102,6 @@ pub fn root_of_leaves(leaves: &[Hash]) -> Hash {
 
 /// Why a proof cannot be made or does not verify.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ProofError {
     /// The index or sizes asked for do not fit the tree (or each other).
     #[error("out of range: {0}")]

@@ -23,7 +23,6 @@ use crate::proofs::parse_hashes;
 /// The kind of a problem a bundle check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ProblemKind {
     /// The bundle is not well formed.
     Malformed,

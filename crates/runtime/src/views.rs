@@ -23,7 +23,7 @@ fn time(t: Timestamp) -> String {
 /// bodies into these same types, and an unknown name is an error.
 /// A name out of a fixed set: `&'static str`, named so that serde's derive
 /// does not take it for text borrowed from the input (it is decoded by
-/// one of [`names`]' functions instead).
+/// one of the `names` module's functions instead).
 pub type Name = &'static str;
 
 mod names {

@@ -7,10 +7,14 @@ import { alertBox, badge, busy, field, fill, h, modal, needs, statusOf, time } f
 const SCOPES = ['keys:read', 'keys:write', 'audit:read', 'usage:read', 'users:remove'];
 const SORTS = [['name', 'name'], ['created_at', 'created'], ['last_used_at', 'last used']];
 
-// Kept while the console runs, so coming back to the list keeps its view.
-const view = { status: '', q: '', sort: 'created_at', order: 'desc', cursors: [null] };
+// Kept while the console runs, so coming back to the list keeps its view;
+// started afresh for another tenant (the operator's "Switch tenant"), whose
+// keys the old filter and cursors say nothing about.
+const FRESH = { status: '', q: '', sort: 'created_at', order: 'desc', cursors: [null] };
+const view = { ...FRESH, tenant: null };
 
 export async function render(main, ctx) {
+  if (view.tenant !== ctx.me.tenant_id) Object.assign(view, FRESH, { cursors: [null], tenant: ctx.me.tenant_id });
   main.append(h('h1', {}, 'API keys'));
   if (!ctx.can('keys:read')) {
     main.append(needs('keys:read', 'The list of keys'));
