@@ -441,13 +441,17 @@ pub struct RevokeQuery {
     pub wait_ms: Option<u64>,
 }
 
-/// Which nodes a revocation waits for.
+/// Which nodes a revocation waits for (`this-node` when not given).
+///
+/// `all-nodes` is listed first: generated requests (schemathesis) take an
+/// enum's first value, and `wait_ms` is accepted only with `all-nodes`, a
+/// rule between two parameters that OpenAPI cannot state.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaitFor {
+    /// Every live node sharing the log.
+    AllNodes,
     /// This node only.
     #[default]
     ThisNode,
-    /// Every live node sharing the log.
-    AllNodes,
 }
