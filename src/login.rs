@@ -220,8 +220,9 @@ pub fn login(args: &Args, out: &Out) -> Result<ExitCode> {
 fn read_key() -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!("API key (input is shown; or set KEYLEDGER_API_KEY): ");
-        std::io::stderr().flush()?;
+        // Typed at a terminal: not echoed (nor left in its scrollback).
+        let key = rpassword::prompt_password("API key (not shown; or set KEYLEDGER_API_KEY): ")?;
+        return Ok(key.trim().to_owned());
     }
     let mut line = String::new();
     stdin.lock().read_line(&mut line)?;
