@@ -142,12 +142,13 @@ export async function expectChartUses(page, want) {
 }
 
 /**
- * Presses Tab until `target` has the focus (at most `max` times), and
- * checks that the focus is visible on it (an outline or a box shadow).
+ * Presses Tab (Shift+Tab with `back`) until `target` has the focus (at most
+ * `max` times), and checks that the focus is visible on it (an outline or a
+ * box shadow).
  */
-export async function tabTo(page, target, max = 40) {
+export async function tabTo(page, target, { max = 40, back = false } = {}) {
   for (let i = 0; i < max; i++) {
-    await page.keyboard.press('Tab');
+    await page.keyboard.press(back ? 'Shift+Tab' : 'Tab');
     if (await target.evaluate((el) => el === document.activeElement)) {
       const ring = await target.evaluate((el) => {
         const s = getComputedStyle(el);
@@ -160,7 +161,7 @@ export async function tabTo(page, target, max = 40) {
       return;
     }
   }
-  throw new Error(`${target} never got the focus in ${max} presses of Tab`);
+  throw new Error(`${target} never got the focus in ${max} presses of ${back ? 'Shift+Tab' : 'Tab'}`);
 }
 
 /**
