@@ -486,6 +486,15 @@ fn details_text(e: &AuditEntry) -> String {
             "{} valid, {} revoked, {} expired, {} out of scope",
             d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
         ),
+        Some(EventType::KeyLeaked) => {
+            let mut text = format!("reported by {}", s("reported_by"));
+            for (field, label) in [("source", "in"), ("url", "at")] {
+                if let Some(v) = d.get(field).and_then(|v| v.as_str()) {
+                    text.push_str(&format!(" {label} {v}"));
+                }
+            }
+            text
+        }
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }

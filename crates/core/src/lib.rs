@@ -15,6 +15,7 @@
 pub mod decide;
 pub mod event;
 pub mod ids;
+pub mod leak;
 pub mod limits;
 pub mod scope;
 pub mod secret;
@@ -29,9 +30,11 @@ pub use decide::{
     decide,
 };
 pub use event::{
-    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,
-    KeyUsed, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyLeaked, KeyRevoked,
+    KeyRotated, KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts,
+    UserRemoved,
 };
+pub use leak::{Leak, ReportLeaked, Reporter};
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};

@@ -338,6 +338,20 @@ fn fold(
             }
             state.removed_users.insert(e.user_id.clone(), event.at);
         }
+        // A report changes no key (the `KeyRevoked` after it does), but
+        // names one that exists and is not revoked.
+        EventKind::KeyLeaked(e) => {
+            let key = state
+                .keys
+                .get(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is leaked but unknown", e.key_id)))?;
+            if key.revoked.is_some() {
+                return Err(inconsistent(format!(
+                    "{} is reported leaked after it was revoked",
+                    e.key_id
+                )));
+            }
+        }
         // A read of the trail changes no key: only the chain moves on.
         EventKind::AuditRead(_) => {}
         EventKind::LogRecovered(e) => {

@@ -25,11 +25,13 @@ pub enum EventType {
     AuditRead,
     /// `LogRecovered`.
     LogRecovered,
+    /// `KeyLeaked`.
+    KeyLeaked,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
@@ -37,6 +39,7 @@ impl EventType {
         EventType::UserRemoved,
         EventType::AuditRead,
         EventType::LogRecovered,
+        EventType::KeyLeaked,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -49,6 +52,7 @@ impl EventType {
             EventType::UserRemoved => "UserRemoved",
             EventType::AuditRead => "AuditRead",
             EventType::LogRecovered => "LogRecovered",
+            EventType::KeyLeaked => "KeyLeaked",
         }
     }
 

@@ -46,6 +46,7 @@ mod error;
 mod filter;
 mod follower;
 pub mod integrity;
+mod leaks;
 mod metrics;
 mod query;
 mod reads;
@@ -72,6 +73,7 @@ pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
 pub use error::{BadRequest, Damage, Error, Missing, RecoveryRefused, Unavailable};
 pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
+pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
@@ -1039,7 +1041,8 @@ fn update_verification_map<G: papaya::Guard>(
                 }
             }
         }
-        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
+        // A leak is followed by its `KeyRevoked`, which refuses the key.
+        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) | K::KeyLeaked(_) => {}
     }
 }
 

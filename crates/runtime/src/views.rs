@@ -317,6 +317,11 @@ impl From<&Record> for AuditEntry {
                 "agreed_size": v.agreed_size,
                 "reason": v.reason,
             }),
+            EventKind::KeyLeaked(v) => json!({
+                "source": v.source,
+                "url": v.url,
+                "reported_by": v.reporter.as_text(),
+            }),
         };
         AuditEntry {
             position: r.seq,

@@ -28,6 +28,7 @@ pub mod error;
 mod evidence;
 mod export;
 mod handlers;
+pub mod leaks;
 pub mod limits;
 pub mod metrics;
 mod openapi;
@@ -66,6 +67,7 @@ struct Inner {
     limits: limits::ServerLimits,
     connections: Arc<Semaphore>,
     clients: Arc<conn::Clients>,
+    leak_partners: std::sync::OnceLock<leaks::LeakPartners>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,8 +106,22 @@ impl AppState {
                 limits,
                 connections: Arc::new(Semaphore::new(limits.connections_max)),
                 clients: Arc::new(conn::Clients::new(limits.connections_per_client_max)),
+                leak_partners: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Accepts signed leak reports from these secret-scanning partners
+    /// (`--leak-partner`); set once, before serving.
+    pub fn with_leak_partners(self, partners: leaks::LeakPartners) -> Self {
+        let _ = self.inner.leak_partners.set(partners);
+        self
+    }
+
+    pub(crate) fn leak_partners(&self) -> &leaks::LeakPartners {
+        static NONE: std::sync::LazyLock<leaks::LeakPartners> =
+            std::sync::LazyLock::new(leaks::LeakPartners::none);
+        self.inner.leak_partners.get().unwrap_or(&NONE)
     }
 
     /// The limits this server runs with.

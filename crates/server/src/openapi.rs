@@ -75,6 +75,16 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "partner_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Github-Public-Key-Signature",
+                "A secret-scanning partner's signature of the raw body (base64 DER ECDSA \
+                 P-256/SHA-256), as GitHub's partner programme sends it with \
+                 `Github-Public-Key-Identifier`; accepted on `POST /v1/keys/leaked` from the \
+                 partners the server was started with (`--leak-partner NAME=PATH.pem`).",
+            ))),
+        );
     }
 }
 

@@ -8,7 +8,7 @@
 //! | version | schema | written by |
 //! |---|---|---|
 //! | 1 | [`v1::EventV1`] | 0.1.0 |
-//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered` | after 0.1.0 |
+//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered`; `KeyLeaked` | after 0.1.0 |
 //!
 //! Rules for changing the stored form:
 //!
@@ -433,7 +433,7 @@ pub mod v1 {
                     })
                 }
                 // Added after version 1.
-                EventKind::LogRecovered(_) => return None,
+                EventKind::LogRecovered(_) | EventKind::KeyLeaked(_) => return None,
             })
         }
 
@@ -589,7 +589,8 @@ pub mod v1 {
 /// change a type. A change is a new version.
 pub mod v2 {
     use keyledger_core::{
-        AuditRead, Event, EventKind, LogRecovered, SeqRange, TenantId, Timestamp,
+        AuditRead, Event, EventKind, KeyId, KeyLeaked, LeakReporter, LogRecovered, SeqRange,
+        TenantId, Timestamp,
     };
     use serde::{Deserialize, Serialize};
 
@@ -632,6 +633,70 @@ pub mod v2 {
         AuditRead(AuditReadV2),
         /// A new checkpoint epoch started after a loss (`keyledger recover`).
         LogRecovered(#[serde(borrow)] LogRecoveredV2<'a>),
+        /// A key's secret was reported leaked. Added at the end before
+        /// version 2 was released, as `LogRecovered` was: postcard tags
+        /// variants by index, so every record written before decodes
+        /// unchanged.
+        KeyLeaked(#[serde(borrow)] KeyLeakedV2<'a>),
+    }
+
+    /// A key's secret was reported leaked.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyLeakedV2<'a> {
+        /// The key id.
+        pub key_id: u128,
+        /// Where it was found, in the reporter's words.
+        pub source: Option<&'a str>,
+        /// The address where it was found.
+        pub url: Option<&'a str>,
+        /// Who reported it.
+        #[serde(borrow)]
+        pub reporter: LeakReporterV2<'a>,
+    }
+
+    /// Who reported a leaked key.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum LeakReporterV2<'a> {
+        /// The operator.
+        Operator,
+        /// A key of the same tenant.
+        Tenant,
+        /// A key of another tenant.
+        OtherTenant,
+        /// A secret-scanning partner, by its configured name.
+        Partner(&'a str),
+    }
+
+    impl<'a> KeyLeakedV2<'a> {
+        /// The stored form of a core `KeyLeaked` (borrowing its text).
+        pub fn from_core(e: &'a KeyLeaked) -> Self {
+            KeyLeakedV2 {
+                key_id: e.key_id.to_u128(),
+                source: e.source.as_deref(),
+                url: e.url.as_deref(),
+                reporter: match &e.reporter {
+                    LeakReporter::Operator => LeakReporterV2::Operator,
+                    LeakReporter::Tenant => LeakReporterV2::Tenant,
+                    LeakReporter::OtherTenant => LeakReporterV2::OtherTenant,
+                    LeakReporter::Partner(name) => LeakReporterV2::Partner(name),
+                },
+            }
+        }
+
+        /// The core `KeyLeaked` this stored form describes.
+        pub fn into_core(self) -> KeyLeaked {
+            KeyLeaked {
+                key_id: KeyId::from_u128(self.key_id),
+                source: self.source.map(str::to_owned),
+                url: self.url.map(str::to_owned),
+                reporter: match self.reporter {
+                    LeakReporterV2::Operator => LeakReporter::Operator,
+                    LeakReporterV2::Tenant => LeakReporter::Tenant,
+                    LeakReporterV2::OtherTenant => LeakReporter::OtherTenant,
+                    LeakReporterV2::Partner(name) => LeakReporter::Partner(name.to_owned()),
+                },
+            }
+        }
     }
 
     /// A tenant's log lost what a signed checkpoint covered; a new
@@ -690,11 +755,12 @@ pub mod v2 {
                     agreed_size: r.agreed_size,
                     reason: &r.reason,
                 }),
+                EventKind::KeyLeaked(l) => KindV2::KeyLeaked(KeyLeakedV2::from_core(l)),
                 other => match KindV1::from_core(other, e.at) {
                     Some(k) => KindV2::from_v1(k, e.at.as_micros()),
-                    None => {
-                        unreachable!("version 1 holds every kind but AuditRead and LogRecovered")
-                    }
+                    None => unreachable!(
+                        "version 1 holds every kind but AuditRead, LogRecovered and KeyLeaked"
+                    ),
                 },
             };
             EventV2 {
@@ -711,6 +777,7 @@ pub mod v2 {
                 Split::V1(k) => k.into_core(at).map_err(as_v2)?,
                 Split::AuditRead(r) => EventKind::AuditRead(r.into_core()?),
                 Split::LogRecovered(r) => EventKind::LogRecovered(r.into_core()?),
+                Split::KeyLeaked(l) => EventKind::KeyLeaked(l.into_core()),
             };
             Ok(Event {
                 tenant: tenant.clone(),
@@ -756,6 +823,7 @@ pub mod v2 {
                 KindV2::UserRemoved(u) => Split::V1(KindV1::UserRemoved(u)),
                 KindV2::AuditRead(r) => Split::AuditRead(r),
                 KindV2::LogRecovered(r) => Split::LogRecovered(r),
+                KindV2::KeyLeaked(l) => Split::KeyLeaked(l),
             }
         }
     }
@@ -765,6 +833,7 @@ pub mod v2 {
         V1(KindV1<'a>),
         AuditRead(AuditReadV2),
         LogRecovered(LogRecoveredV2<'a>),
+        KeyLeaked(KeyLeakedV2<'a>),
     }
 
     impl LogRecoveredV2<'_> {
