@@ -138,6 +138,12 @@ pub enum Cmd {
     },
     /// Fill an empty data directory with a realistic sample.
     Demo,
+    /// Find keys of this deployment (--key-prefix) in files and
+    /// directories, by shape and checksum, without a lookup; print them
+    /// masked with file and line. Exit code 1 when a key is found, 0 when
+    /// none, 2 on an error. `--report` sends them to the server as leaked
+    /// (each active one is revoked).
+    Scan(crate::scan::ScanArgs),
     /// Store a server's URL (--url) and an API key (read from standard
     /// input or KEYLEDGER_API_KEY, never from an argument) in your config
     /// directory, readable by you only; later commands go to that server.
@@ -573,6 +579,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Cmd::Logout => return crate::login::logout(&out),
         _ => {}
     }
+    if let Cmd::Scan(scan) = &args.command {
+        return crate::scan::run(&args, scan, &out);
+    }
     if let Some(remote) = crate::login::remote_for(&args)? {
         let done = remote.run(&out, args.command);
         crate::login::remember_position(&remote);
@@ -694,6 +703,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         Cmd::Replay => return replay(ledger, out),
         Cmd::Demo
         | Cmd::Serve(_)
+        | Cmd::Scan(_)
         | Cmd::Recover { .. }
         | Cmd::Login
         | Cmd::Whoami { .. }

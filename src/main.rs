@@ -8,6 +8,7 @@ mod evidence_cli;
 mod login;
 mod output;
 mod remote;
+mod scan;
 mod serve;
 
 use std::process::ExitCode;

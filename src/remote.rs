@@ -327,6 +327,24 @@ impl Remote {
     pub fn whoami(&self) -> Result<WhoAmI> {
         self.json(Call::get("/v1/whoami"))
     }
+
+    /// `POST /v1/keys/leaked`: reports `secrets` (at most 1000) as found
+    /// in `source`.
+    pub fn report_leaked(&self, secrets: &[&str], source: &str) -> Result<LeakReportBody> {
+        self.json(Call::post(
+            "/v1/keys/leaked",
+            json!({ "secrets": secrets, "source": source }),
+        ))
+    }
+}
+
+/// The answer of `POST /v1/keys/leaked`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeakReportBody {
+    /// How many secrets were reported.
+    pub reported: usize,
+    /// How many of them are keys of the server.
+    pub found: usize,
 }
 
 /// The server's `{"error": {"code", "message"}}`, or the status alone.
@@ -505,6 +523,7 @@ impl Remote {
             }
             Cmd::Serve(_)
             | Cmd::Demo
+            | Cmd::Scan(_)
             | Cmd::Replay
             | Cmd::Recover { .. }
             | Cmd::Login

@@ -73,6 +73,13 @@ pub struct ServeArgs {
         default_value_t = limits::IDLE_TIMEOUT.as_millis() as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
+    /// Accept signed leak reports (`POST /v1/keys/leaked`) from a
+    /// secret-scanning partner: NAME (a-z, 0-9, `-`) and a file of its
+    /// P-256 public keys in PEM (GitHub publishes its keys at
+    /// /meta/public_keys/secret_scanning of its API). Repeatable
+    /// (docs/security.md).
+    #[arg(long, value_name = "NAME=PATH.pem")]
+    pub leak_partner: Vec<String>,
 }
 
 /// The largest connection limit the options take.
@@ -103,6 +110,10 @@ const OPERATOR_TOKEN_ENV: &str = "KEYLEDGER_OPERATOR_TOKEN";
 
 pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result<ExitCode> {
     let limits = args.limits()?;
+    let mut partners = keyledger_server::leaks::LeakPartners::none();
+    for spec in &args.leak_partner {
+        partners.add_spec(spec).map_err(Failure::msg)?;
+    }
     raise_file_limit(limits.connections_max);
     // On a shared log, follow what the other nodes append.
     let follow = cli::postgres().then(|| Follow {
@@ -146,7 +157,10 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         TokenSource::Created => true,
         TokenSource::Environment | TokenSource::File => ledger.head() == 0,
     };
-    let state = AppState::with_limits(ledger, token, limits);
+    for name in partners.names() {
+        tracing::info!(partner = name, "accepting signed leak reports");
+    }
+    let state = AppState::with_limits(ledger, token, limits).with_leak_partners(partners);
     keyledger_server::serve(state, &args.addr, |addr| {
         if newcomer {
             println!("{}", welcome(data, addr, source));

@@ -738,6 +738,26 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                     reason,
                 })
             }),
+        (
+            arb_key(),
+            proptest::option::of("[ -~]{0,40}"),
+            proptest::option::of("[ -~]{0,120}"),
+            0u8..4,
+            "[a-z0-9-]{1,32}",
+        )
+            .prop_map(|(key_id, source, url, who, partner)| {
+                EventKind::KeyLeaked(keyledger_core::KeyLeaked {
+                    key_id,
+                    source,
+                    url,
+                    reporter: match who {
+                        0 => keyledger_core::LeakReporter::Operator,
+                        1 => keyledger_core::LeakReporter::Tenant,
+                        2 => keyledger_core::LeakReporter::OtherTenant,
+                        _ => keyledger_core::LeakReporter::Partner(partner),
+                    },
+                })
+            }),
     ]
 }
 
