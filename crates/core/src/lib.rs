@@ -34,8 +34,8 @@ pub use event::{
     KeyRotated, KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts,
     UserRemoved,
 };
-pub use leak::{Leak, ReportLeaked, Reporter};
 pub use ids::{IdError, KeyId, TenantId, UserId};
+pub use leak::{Leak, ReportLeaked, Reporter};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};
 pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};

@@ -798,14 +798,20 @@ fn check_leak(
             }
         }
     }
-    prop_assert_eq!(events.len(), expected.len() * 2, "two events per active key");
+    prop_assert_eq!(
+        events.len(),
+        expected.len() * 2,
+        "two events per active key"
+    );
     let mut revoked = BTreeSet::new();
     for pair in events.chunks(2) {
         let [leaked, revoke] = pair else {
             return Err(TestCaseError::fail("a leak without its revocation"));
         };
         let EventKind::KeyLeaked(l) = &leaked.kind else {
-            return Err(TestCaseError::fail("a leak report's event is not KeyLeaked"));
+            return Err(TestCaseError::fail(
+                "a leak report's event is not KeyLeaked",
+            ));
         };
         prop_assert_eq!(
             &revoke.kind,

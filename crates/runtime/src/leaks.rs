@@ -67,11 +67,8 @@ impl Keyledger {
                 url: s.url,
             });
         }
-        self.execute(Command::ReportLeaked(ReportLeaked {
-            reporter,
-            leaks,
-        }))
-        .await?;
+        self.execute(Command::ReportLeaked(ReportLeaked { reporter, leaks }))
+            .await?;
         let read = self.shared.read_model();
         let found = hashes
             .iter()

@@ -126,9 +126,10 @@ fn read_keys(path: &Path) -> Result<Vec<VerifyingKey>, String> {
     let mut rest = text.as_str();
     while let Some(start) = rest.find(BEGIN) {
         let block = &rest[start..];
-        let end = block.find(END).ok_or_else(|| {
-            format!("{}: a PUBLIC KEY block does not end", path.display())
-        })? + END.len();
+        let end = block
+            .find(END)
+            .ok_or_else(|| format!("{}: a PUBLIC KEY block does not end", path.display()))?
+            + END.len();
         let key = VerifyingKey::from_public_key_pem(&block[..end]).map_err(|e| {
             format!(
                 "{}: key {} is not a P-256 public key: {e}",
