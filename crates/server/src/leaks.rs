@@ -97,11 +97,6 @@ impl LeakPartners {
         Ok(())
     }
 
-    /// Adds a partner with these keys.
-    pub fn add(&mut self, name: &str, keys: Vec<VerifyingKey>) {
-        self.partners.push((name.to_owned(), keys));
-    }
-
     /// The partners' names, in the order given.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.partners.iter().map(|(n, _)| n.as_str())
@@ -326,4 +321,81 @@ async fn report_leaked(
         reported: report.reported,
         found: report.found,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GitHub's published sample: its secret-scanning key
+    /// `bcb53661…7518c`, and a request signed with it, from its partner
+    /// programme's documentation.
+    const GITHUB_KEY: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYAGMWO8XgCamYKMJS6jc/qgvSlAd\n\
+        AjPuDPRcXU22YxgBrz+zoN19MzuRyW87qEt9/AmtoNP5GrobzUvQSyJFVw==\n\
+        -----END PUBLIC KEY-----\n";
+    const GITHUB_OLD_KEY: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq\n\
+        kCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==\n\
+        -----END PUBLIC KEY-----\n";
+    const PAYLOAD: &str = r#"[{"source":"commit","token":"some_token","type":"some_type","url":"https://example.com/base-repo-url/"}]"#;
+    const SIGNATURE: &str = "MEQCIQDaMKqrGnE27S0kgMrEK0eYBmyG0LeZismAEz/BgZyt7AIfXt9fErtRS4XaeSt/AO1RtBY66YcAdjxji410VQV4xg==";
+
+    fn signature() -> DerSignature {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(SIGNATURE)
+            .unwrap();
+        DerSignature::from_bytes(&der).unwrap()
+    }
+
+    #[test]
+    fn githubs_signed_sample_verifies_and_a_changed_body_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("github.pem");
+        // Both of GitHub's keys in one file, the signing one second.
+        std::fs::write(&pem, format!("{GITHUB_OLD_KEY}{GITHUB_KEY}")).unwrap();
+        let mut partners = LeakPartners::none();
+        partners
+            .add_spec(&format!("github={}", pem.display()))
+            .unwrap();
+        assert_eq!(
+            partners.signer(PAYLOAD.as_bytes(), &signature()),
+            Some("github")
+        );
+        let changed = PAYLOAD.replace("commit", "content");
+        assert_eq!(partners.signer(changed.as_bytes(), &signature()), None);
+        assert_eq!(
+            LeakPartners::none().signer(PAYLOAD.as_bytes(), &signature()),
+            None
+        );
+        // The partner body parses as a report.
+        let report: AnyReport = parse_json(PAYLOAD.as_bytes()).unwrap();
+        assert!(matches!(report, AnyReport::Partner(m) if m[0].token == "some_token"));
+    }
+
+    #[test]
+    fn partner_specs_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("k.pem");
+        std::fs::write(&pem, GITHUB_KEY).unwrap();
+        let mut p = LeakPartners::none();
+        for bad in [
+            "no-equals-sign".to_owned(),
+            format!("Git Hub={}", pem.display()),
+            format!("github={}", dir.path().join("missing.pem").display()),
+        ] {
+            assert!(p.add_spec(&bad).is_err(), "{bad}");
+        }
+        std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
+        let e = p
+            .add_spec(&format!("x={}", dir.path().join("empty.pem").display()))
+            .unwrap_err();
+        assert!(e.contains("no `-----BEGIN PUBLIC KEY-----` block"), "{e}");
+        p.add_spec(&format!("github={}", pem.display())).unwrap();
+        let e = p
+            .add_spec(&format!("github={}", pem.display()))
+            .unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        assert_eq!(p.names().collect::<Vec<_>>(), ["github"]);
+    }
 }

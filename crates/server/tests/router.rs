@@ -754,6 +754,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         ("/v1/keys", "post"),
         ("/v1/keys/{id}/revoke", "post"),
         ("/v1/keys/{id}/rotate", "post"),
+        ("/v1/keys/leaked", "post"),
         ("/v1/verify", "post"),
         ("/v1/admin/tenants/{tenant}/keys", "post"),
     ] {
@@ -786,6 +787,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         "GET /v1/whoami",
         "POST /v1/admin/tenants/{tenant}/keys",
         "POST /v1/keys",
+        "POST /v1/keys/leaked",
         "POST /v1/keys/{id}/revoke",
         "POST /v1/keys/{id}/rotate",
         "POST /v1/verify",
@@ -796,6 +798,10 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert!(schemes.contains_key("operator"));
+    assert_eq!(
+        schemes["partner_signature"]["name"],
+        "Github-Public-Key-Signature"
+    );
 }
 
 #[tokio::test]
