@@ -94,6 +94,9 @@ fn check_text(
     Ok(Some(t.to_owned()))
 }
 
+/// A key to revoke: its id, and where its secret was found.
+type Found = (KeyId, Option<String>, Option<String>);
+
 /// The decision (see the module's documentation). `Ok(vec![])` when no
 /// listed key is active: nothing to append.
 pub(crate) fn report_leaked(
@@ -145,8 +148,7 @@ pub(crate) fn report_leaked(
     // The keys to revoke, by tenant (in tenant order, so the decision does
     // not depend on a hash map's order), each in the report's order.
     let mut seen: HashSet<KeyId> = HashSet::new();
-    let mut by_tenant: BTreeMap<&TenantId, Vec<(KeyId, Option<String>, Option<String>)>> =
-        BTreeMap::new();
+    let mut by_tenant: BTreeMap<&TenantId, Vec<Found>> = BTreeMap::new();
     for (hash, source, url) in checked {
         let Some((tenant, key)) = hash.and_then(|h| state.key_by_hash(&h)) else {
             continue;
