@@ -321,8 +321,17 @@ fn decide_batch(
         // every command but a leak report, which may span tenants.
         let first_append = appends.len();
         let mut failed = None;
-        for tenant_events in by_tenant(events) {
-            let tenant = tenant_events[0].tenant.clone();
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            // The run of the first event's tenant; a command's whole list
+            // is moved as it is (no copy) when it is all one tenant's.
+            let tenant = first.tenant.clone();
+            let run_end = rest
+                .iter()
+                .position(|e| e.tenant != tenant)
+                .unwrap_or(rest.len());
+            let tail = rest.split_off(run_end);
+            let tenant_events = std::mem::replace(&mut rest, tail);
             let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
             let applied = tenant_events
                 .iter()
@@ -352,7 +361,8 @@ fn decide_batch(
         waiting.push((events_total, len));
         usage.push(
             matches!(command, keyledger_core::Command::RecordUsage { .. })
-                .then(|| appends[first_append].clone()),
+                .then(|| appends.get(first_append).cloned())
+                .flatten(),
         );
         kept.push((command, reply));
         events_total += len;
@@ -363,18 +373,6 @@ fn decide_batch(
         waiting,
         usage,
     }
-}
-
-/// Splits a decision's events into runs of one tenant each, in order.
-fn by_tenant(events: Vec<keyledger_core::Event>) -> Vec<Vec<keyledger_core::Event>> {
-    let mut runs: Vec<Vec<keyledger_core::Event>> = Vec::new();
-    for e in events {
-        match runs.last_mut() {
-            Some(run) if run[0].tenant == e.tenant => run.push(e),
-            _ => runs.push(vec![e]),
-        }
-    }
-    runs
 }
 
 /// Moves the batch's usage commands, whose commit may have been written,
