@@ -67,6 +67,18 @@ impl Keyledger {
                 url: s.url,
             });
         }
+        // On a shared log, a key another node created a moment ago is
+        // found too: a well-formed secret unknown here waits for one
+        // catch-up round first, as a verification's miss does.
+        if let Some(catch_up) = &self.shared.catch_up {
+            let unknown = {
+                let read = self.shared.read_model();
+                hashes.iter().any(|h| read.ledger.key_by_hash(h).is_none())
+            };
+            if unknown {
+                catch_up.round(crate::catchup::MISS_WAIT_MAX).await;
+            }
+        }
         self.execute(Command::ReportLeaked(ReportLeaked { reporter, leaks }))
             .await?;
         let read = self.shared.read_model();
