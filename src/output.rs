@@ -486,6 +486,8 @@ fn details_text(e: &AuditEntry) -> String {
             "{} valid, {} revoked, {} expired, {} out of scope",
             d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
         ),
+        Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
+        Some(EventType::WebhookDeleted) => s("webhook_id"),
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }

@@ -123,6 +123,10 @@ pub enum Command {
         /// What was lost, and why the operator goes on.
         recovery: LogRecovered,
     },
+    /// Subscribe an endpoint to notices (needs `webhooks:manage`).
+    SubscribeWebhook(crate::webhook::SubscribeWebhook),
+    /// Delete a webhook subscription (needs `webhooks:manage`).
+    DeleteWebhook(crate::webhook::DeleteWebhook),
     /// Record counted uses (from the usage counters, acting as the system).
     RecordUsage {
         /// The key's tenant.
@@ -142,6 +146,8 @@ impl Command {
             Command::RemoveUser(c) => Some(&c.principal),
             Command::RecordAuditRead { principal, .. } => Some(principal),
             Command::RecordRecovery { principal, .. } => Some(principal),
+            Command::SubscribeWebhook(c) => Some(&c.principal),
+            Command::DeleteWebhook(c) => Some(&c.principal),
             Command::RecordUsage { .. } => None,
         }
     }
@@ -155,6 +161,8 @@ impl Command {
             Command::RemoveUser(c) => &c.principal.tenant,
             Command::RecordAuditRead { principal, .. } => &principal.tenant,
             Command::RecordRecovery { principal, .. } => &principal.tenant,
+            Command::SubscribeWebhook(c) => &c.principal.tenant,
+            Command::DeleteWebhook(c) => &c.principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
         }
     }
@@ -264,12 +272,15 @@ pub enum CommandError {
     /// A named limit was reached.
     #[error("{0}")]
     Limit(String),
+    /// No live webhook subscription with this id in this tenant.
+    #[error("no webhook {0} in this tenant")]
+    WebhookNotFound(crate::webhook::WebhookId),
     /// The new key's id or secret hash is taken (a caller's bug, never chance).
     #[error("{0}")]
     Duplicate(String),
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
     CommandError::Invalid(FieldError {
         field,
         message: message.into(),
@@ -315,6 +326,8 @@ pub fn decide(
             principal,
             recovery,
         } => record_recovery(tenant_state, principal, recovery, at),
+        Command::SubscribeWebhook(c) => crate::webhook::subscribe(tenant_state, c, at),
+        Command::DeleteWebhook(c) => crate::webhook::delete(tenant_state, c, at),
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));

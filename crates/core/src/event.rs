@@ -29,9 +29,11 @@ impl Event {
             EventKind::KeyUsed(e) => Some(e.key_id),
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
-            EventKind::UserRemoved(_) | EventKind::AuditRead(_) | EventKind::LogRecovered(_) => {
-                None
-            }
+            EventKind::UserRemoved(_)
+            | EventKind::AuditRead(_)
+            | EventKind::LogRecovered(_)
+            | EventKind::WebhookSubscribed(_)
+            | EventKind::WebhookDeleted(_) => None,
         }
     }
 
@@ -120,6 +122,10 @@ pub enum EventKind {
     /// The log no longer held what a signed checkpoint said, and the
     /// operator went on without a backup: a new checkpoint epoch starts.
     LogRecovered(LogRecovered),
+    /// A tenant subscribed an endpoint to notices (no secret in it).
+    WebhookSubscribed(crate::webhook::WebhookSubscribed),
+    /// A webhook subscription was deleted.
+    WebhookDeleted(crate::webhook::WebhookDeleted),
 }
 
 impl EventKind {
@@ -134,6 +140,8 @@ impl EventKind {
             EventKind::UserRemoved(_) => T::UserRemoved,
             EventKind::AuditRead(_) => T::AuditRead,
             EventKind::LogRecovered(_) => T::LogRecovered,
+            EventKind::WebhookSubscribed(_) => T::WebhookSubscribed,
+            EventKind::WebhookDeleted(_) => T::WebhookDeleted,
         }
     }
 

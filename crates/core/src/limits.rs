@@ -26,3 +26,10 @@ const _: () = assert!(TENANT_ID_BYTES_MAX <= USER_ID_CHARS_MAX);
 
 /// Most characters of a recovery's reason.
 pub const RECOVERY_REASON_CHARS_MAX: usize = 1000;
+
+/// Most live webhook subscriptions a tenant may hold.
+pub const WEBHOOKS_PER_TENANT_MAX: usize = 20;
+/// Longest webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+/// Most event types one subscription names.
+pub const WEBHOOK_EVENT_TYPES_MAX: usize = 16;

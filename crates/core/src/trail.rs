@@ -25,11 +25,15 @@ pub enum EventType {
     AuditRead,
     /// `LogRecovered`.
     LogRecovered,
+    /// `WebhookSubscribed`.
+    WebhookSubscribed,
+    /// `WebhookDeleted`.
+    WebhookDeleted,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 9] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
@@ -37,6 +41,8 @@ impl EventType {
         EventType::UserRemoved,
         EventType::AuditRead,
         EventType::LogRecovered,
+        EventType::WebhookSubscribed,
+        EventType::WebhookDeleted,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -49,6 +55,8 @@ impl EventType {
             EventType::UserRemoved => "UserRemoved",
             EventType::AuditRead => "AuditRead",
             EventType::LogRecovered => "LogRecovered",
+            EventType::WebhookSubscribed => "WebhookSubscribed",
+            EventType::WebhookDeleted => "WebhookDeleted",
         }
     }
 

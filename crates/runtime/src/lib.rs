@@ -1039,7 +1039,11 @@ fn update_verification_map<G: papaya::Guard>(
                 }
             }
         }
-        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
+        K::KeyUsed(_)
+        | K::AuditRead(_)
+        | K::LogRecovered(_)
+        | K::WebhookSubscribed(_)
+        | K::WebhookDeleted(_) => {}
     }
 }
 

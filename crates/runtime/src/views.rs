@@ -317,6 +317,13 @@ impl From<&Record> for AuditEntry {
                 "agreed_size": v.agreed_size,
                 "reason": v.reason,
             }),
+            EventKind::WebhookSubscribed(w) => json!({
+                "webhook_id": w.webhook_id.to_string(),
+                "url": w.url,
+                "event_types": w.event_types,
+                "description": w.description,
+            }),
+            EventKind::WebhookDeleted(w) => json!({ "webhook_id": w.webhook_id.to_string() }),
         };
         AuditEntry {
             position: r.seq,
@@ -472,6 +479,9 @@ pub enum ScopeName {
     /// Remove users (revoking their keys). Never granted by default.
     #[serde(rename = "users:remove")]
     UsersRemove,
+    /// Subscribe, list and delete webhooks. Never granted by default.
+    #[serde(rename = "webhooks:manage")]
+    WebhooksManage,
 }
 
 impl From<ScopeName> for Scope {
@@ -482,6 +492,7 @@ impl From<ScopeName> for Scope {
             ScopeName::AuditRead => Scope::AuditRead,
             ScopeName::UsageRead => Scope::UsageRead,
             ScopeName::UsersRemove => Scope::UsersRemove,
+            ScopeName::WebhooksManage => Scope::WebhooksManage,
         }
     }
 }

@@ -47,7 +47,8 @@ pub struct ErrorDetail {
     /// `invalid_query`, `invalid_path`, `tenant_required`, `invalid_header`, `missing_credentials`,
     /// `invalid_credentials`, `malformed_key`, `unknown_key`, `key_revoked`,
     /// `key_expired`, `invalid_operator_token`, `insufficient_scope`,
-    /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,
+    /// `forbidden`, `not_found`, `key_not_found`, `webhook_not_found`,
+    /// `delivery_not_found`, `webhook_url_refused`, `method_not_allowed`,
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
@@ -276,6 +277,9 @@ impl From<CommandError> for ApiError {
             }
             CommandError::Invalid(f) => Self::field(f.field, f.message),
             CommandError::Limit(_) => Self::new(StatusCode::CONFLICT, "limit_reached", message),
+            CommandError::WebhookNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "webhook_not_found", message)
+            }
             // A duplicate id or secret hash is the caller's bug, never chance.
             CommandError::Duplicate(_) => Self::internal(message),
         }
