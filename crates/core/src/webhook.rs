@@ -120,6 +120,8 @@ pub struct Webhook {
     pub created_seq: u64,
     /// When it was deleted, if it was.
     pub deleted_at: Option<Timestamp>,
+    /// The tenant sequence number of its `WebhookDeleted`, if any.
+    pub deleted_seq: Option<u64>,
 }
 
 impl Webhook {
@@ -280,11 +282,15 @@ pub(crate) fn fold(state: &mut TenantState, seq: u64, event: &Event) -> Result<(
                     created_at: event.at,
                     created_seq: seq,
                     deleted_at: None,
+                    deleted_seq: None,
                 },
             );
         }
         EventKind::WebhookDeleted(e) => match state.webhooks.get_mut(&e.webhook_id) {
-            Some(w) if w.deleted_at.is_none() => w.deleted_at = Some(event.at),
+            Some(w) if w.deleted_at.is_none() => {
+                w.deleted_at = Some(event.at);
+                w.deleted_seq = Some(seq);
+            }
             _ => return Err(format!("webhook {} is deleted but not live", e.webhook_id)),
         },
         _ => {}

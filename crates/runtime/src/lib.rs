@@ -53,6 +53,7 @@ mod signing_key;
 mod trees;
 mod verify;
 pub mod views;
+pub mod webhooks;
 mod writer;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -137,6 +138,10 @@ pub struct Config {
     /// recover`). Nothing is signed for such a tenant until then. `false`
     /// (the default): such a log is refused at open.
     pub recovering: bool,
+    /// Webhook subscriptions' secrets and deliveries ([`webhooks`]).
+    /// `None` (the default): subscriptions can be neither made nor
+    /// delivered (a ledger without a data directory).
+    pub webhooks: Option<webhooks::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -150,6 +155,7 @@ impl Default for Config {
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
+            webhooks: None,
         }
     }
 }
@@ -250,6 +256,8 @@ pub(crate) struct Shared {
     pub(crate) catch_up: Option<catchup::CatchUp>,
     pub(crate) reads: reads::Reads,
     pub(crate) tx: mpsc::Sender<Job>,
+    /// Webhook secrets and deliveries, when configured.
+    pub(crate) webhooks: Option<Arc<webhooks::Service>>,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -354,6 +362,7 @@ impl Keyledger {
             .catch_up
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
+        webhooks::start(&shared)?;
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
@@ -762,6 +771,9 @@ impl Keyledger {
         if let Some(task) = catch_up {
             task.abort();
         }
+        if let Some(w) = self.shared.webhooks.clone() {
+            let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+        }
         self.shared.follow.stop();
         if let Some(f) = follower {
             let _ = tokio::task::spawn_blocking(move || f.join()).await;
@@ -877,6 +889,11 @@ impl Shared {
             .follow
             .as_ref()
             .map(|f| catchup::CatchUp::new(f.miss_interval));
+        let webhooks = config
+            .webhooks
+            .clone()
+            .map(|w| webhooks::Service::open(w, entropy.as_ref()).map(Arc::new))
+            .transpose()?;
         Ok(Shared {
             config,
             clock,
@@ -894,6 +911,7 @@ impl Shared {
             catch_up,
             reads,
             tx,
+            webhooks,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
         })

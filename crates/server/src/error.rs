@@ -15,7 +15,7 @@
 //! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
-//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`); a webhook URL that is not HTTPS (or HTTP to loopback) or resolves to a private, loopback, link-local or otherwise special address (`webhook_url_refused`) |
 //! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
 //! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
@@ -294,6 +294,17 @@ impl From<keyledger_runtime::Error> for ApiError {
             E::NotFound(m @ keyledger_runtime::Missing::Key(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "key_not_found", m.to_string())
             }
+            E::NotFound(m @ keyledger_runtime::Missing::Webhook(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "webhook_not_found", m.to_string())
+            }
+            E::NotFound(m @ keyledger_runtime::Missing::Delivery(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "delivery_not_found", m.to_string())
+            }
+            E::WebhookTarget(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhook_url_refused",
+                format!("url: {why}"),
+            ),
             E::BadRequest(b) => Self::query(b.to_string()),
             // No route records a recovery (`keyledger recover` does).
             e @ E::Recovery(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
