@@ -515,6 +515,19 @@ pub fn open_following(
     audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
+    open_serving(data, prefix, window, audit_read_window, follow, None)
+}
+
+/// [`open_following`] with the server's webhook settings (`None`: the
+/// CLI's, which manage subscriptions and send nothing).
+pub fn open_serving(
+    data: &Path,
+    prefix: &str,
+    window: UsageWindow,
+    audit_read_window: std::time::Duration,
+    follow: Option<keyledger_runtime::Follow>,
+    webhooks: Option<keyledger_runtime::webhooks::WebhookConfig>,
+) -> Result<Keyledger> {
     open_with_config(
         data,
         prefix,
@@ -522,6 +535,7 @@ pub fn open_following(
             usage_window: window,
             audit_read_window,
             follow,
+            webhooks,
             ..Config::default()
         },
     )
@@ -535,6 +549,14 @@ fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledg
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure::msg)?,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
+        // The CLI manages subscriptions (their secrets come from the data
+        // directory's root key) and sends nothing: `serve` delivers.
+        webhooks: Some(config.webhooks.clone().unwrap_or_else(|| {
+            keyledger_runtime::webhooks::WebhookConfig {
+                deliver: false,
+                ..keyledger_runtime::webhooks::WebhookConfig::in_dir(&data)
+            }
+        })),
         ..config
     };
     let bar = output::progress("replaying", 0);
