@@ -831,3 +831,74 @@ fn webhook_kinds_have_no_older_form() {
     assert_eq!(bytes.first(), Some(&3));
     assert_eq!(envelope::decode(&event.tenant, &bytes), Ok(event));
 }
+
+/// The events in `fixtures/v3-events.bin`: the webhook kinds, written by
+/// version 3. Never change them.
+fn v3_fixture_events() -> Vec<Event> {
+    let tn = tenant("fixture-tenant");
+    let wh = "wh_01JD8X3Q5V7Z9B1C3D5F7H9K2M"
+        .parse::<keyledger_core::WebhookId>()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alice = user("alice@example.com");
+    vec![
+        Event {
+            tenant: tn.clone(),
+            at: t(1_764_000_030_000_000),
+            actor: Actor::User { id: alice },
+            kind: EventKind::WebhookSubscribed(keyledger_core::WebhookSubscribed {
+                webhook_id: wh,
+                url: "https://hooks.example.com/keyledger".into(),
+                event_types: vec!["key.revoked".into(), "user.removed".into()],
+                description: Some("SIEM".into()),
+            }),
+        },
+        Event {
+            tenant: tn,
+            at: t(1_764_000_031_000_000),
+            actor: Actor::Operator,
+            kind: EventKind::WebhookDeleted(keyledger_core::WebhookDeleted { webhook_id: wh }),
+        },
+    ]
+}
+
+#[test]
+fn v3_fixture_still_decodes() {
+    let expected = v3_fixture_events();
+    let path = fixture_path().with_file_name("v3-events.bin");
+    if !path.exists() {
+        // First run only: written by version 3, then committed.
+        assert_eq!(
+            VERSION_CURRENT, 3,
+            "the v3 fixture is missing and cannot be rewritten"
+        );
+        std::fs::write(&path, write_fixture(&expected)).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("wrote {}: commit it", path.display());
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored = split_fixture(&bytes);
+    assert_eq!(stored.len(), expected.len(), "events in the fixture");
+    let tn = tenant("fixture-tenant");
+    for (i, (raw, want)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(raw.first(), Some(&3), "fixture event {i} is version 3");
+        let got = envelope::decode(&tn, raw)
+            .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
+        assert_eq!(&got, want, "fixture event {i} decodes differently");
+        assert_eq!(envelope::encode_as(want, 3).as_deref(), Some(*raw));
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+    }
+    if VERSION_CURRENT == 3 {
+        assert_eq!(
+            write_fixture(&expected),
+            bytes,
+            "the v3 encoding changed without a new version"
+        );
+    }
+    // Every older kind keeps its version-2 bytes in version 3.
+    for e in v2_fixture_events() {
+        let (v2, v3) = (
+            envelope::encode_as(&e, 2).unwrap_or_else(|| panic!("{e:?}")),
+            envelope::encode(&e),
+        );
+        assert_eq!(v2[1..], v3[1..], "{e:?}");
+    }
+}
