@@ -95,6 +95,11 @@ pub enum Cmd {
     /// Create, list, show, revoke and rotate keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Subscribe endpoints to notices (webhooks), list and delete them, and
+    /// see their deliveries. On a data directory this manages the
+    /// subscriptions only; `serve` delivers.
+    #[command(subcommand)]
+    Webhooks(crate::webhooks_cli::WebhooksCmd),
     /// Remove users (revokes every key they own).
     #[command(subcommand)]
     Users(UsersCmd),
@@ -426,7 +431,7 @@ fn key_id(s: &str) -> Result<KeyId> {
     Ok(s.parse()?)
 }
 
-fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
+pub fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
     Ok(match &acting.acting_user {
         Some(u) => Principal::user(tenant.clone(), u.parse()?),
         None => Principal::operator(tenant.clone()),
@@ -673,6 +678,7 @@ fn hint_unknown_tenant(ledger: &Keyledger, command: &Cmd) {
 async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Keys(k) => keys(ledger, out, k).await?,
+        Cmd::Webhooks(w) => crate::webhooks_cli::offline(ledger, out, w).await?,
         Cmd::Users(UsersCmd::Remove {
             tenant: t,
             acting,

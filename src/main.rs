@@ -9,6 +9,7 @@ mod login;
 mod output;
 mod remote;
 mod serve;
+mod webhooks_cli;
 
 use std::process::ExitCode;
 

@@ -532,3 +532,78 @@ fn the_signing_secret_is_never_in_the_data_directory_or_the_logs() {
     );
     assert!(!logs.contains(&body), "the log lines hold the secret");
 }
+
+#[test]
+fn the_cli_manages_subscriptions_offline_and_with_url() {
+    let data = Data::new();
+    let made = data.json(&[
+        "webhooks",
+        "create",
+        "--tenant",
+        "acme",
+        "http://127.0.0.1:9/hook",
+        "--event",
+        "key.revoked",
+        "--event",
+        "user.removed",
+    ]);
+    assert!(
+        made["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{made}"
+    );
+    let id = made["id"].as_str().unwrap().to_owned();
+    let list = data.json(&["webhooks", "list", "--tenant", "acme"]);
+    assert_eq!(list["data"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(
+        list["data"][0]["event_types"],
+        json!(["key.revoked", "user.removed"])
+    );
+    assert!(
+        !list.to_string().contains("whsec_"),
+        "a list shows no secret: {list}"
+    );
+    let refused = data.run(&[
+        "webhooks",
+        "create",
+        "--tenant",
+        "acme",
+        "https://10.1.2.3/",
+        "--event",
+        "key.revoked",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("10.1.2.3") && stderr.contains("private"),
+        "{stderr}"
+    );
+
+    let live = Live::start(&data.path(), 50);
+    let url = format!("http://{}", live.addr);
+    let remote = |args: &[&str]| {
+        let out = Command::new(crate::util::bin())
+            .args(["--url", &url])
+            .args(args)
+            .arg("--json")
+            .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
+            .env_remove("KEYLEDGER_API_KEY")
+            .env("XDG_CONFIG_HOME", data.path().with_extension("config"))
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("JSON")
+    };
+    let listed = remote(&["webhooks", "list", "--tenant", "acme"]);
+    assert_eq!(listed["data"][0]["id"], id.as_str(), "{listed}");
+    let deliveries = remote(&["webhooks", "deliveries", "--tenant", "acme", &id]);
+    assert_eq!(deliveries["webhook_id"], id.as_str(), "{deliveries}");
+    let deleted = remote(&["webhooks", "delete", "--tenant", "acme", &id]);
+    assert_eq!(deleted["status"], "deleted", "{deleted}");
+    live.stop();
+    let list = data.json(&["webhooks", "list", "--tenant", "acme"]);
+    assert_eq!(list["data"], json!([]), "{list}");
+}
