@@ -607,3 +607,63 @@ fn the_cli_manages_subscriptions_offline_and_with_url() {
     let list = data.json(&["webhooks", "list", "--tenant", "acme"]);
     assert_eq!(list["data"], json!([]), "{list}");
 }
+
+#[test]
+fn key_expiring_is_sent_once_per_key_across_a_restart() {
+    let data = Data::new();
+    let mut opts = options();
+    opts.extend([
+        "--webhook-expiring-before",
+        "1h",
+        "--webhook-expiring-scan",
+        "100ms",
+    ]);
+    let live = Live::start_with(&data.path(), 50, "info", &opts);
+    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
+    let rx = Receiver::start(0, 0.0);
+    let made = subscribe(&live, &admin, &rx.url(), &["key.expiring"]);
+    rx.set_secret(made["secret"].as_str().unwrap());
+    let soon = keyledger_core::Timestamp::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+            + 30 * 60 * 1_000_000,
+    )
+    .to_rfc3339();
+    let later = keyledger_core::Timestamp::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+            + 48 * 3600 * 1_000_000,
+    )
+    .to_rfc3339();
+    let (s, soon_key) = call(
+        &live,
+        &admin,
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "soon", "expires_at": soon})),
+    );
+    assert_eq!(s, 201, "{soon_key}");
+    let (s, _) = call(
+        &live,
+        &admin,
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "later", "expires_at": later})),
+    );
+    assert_eq!(s, 201);
+    let reqs = rx.wait_for("key.expiring", |r| !r.is_empty());
+    assert_eq!(reqs[0]["verified"], true, "{reqs:#?}");
+    assert_eq!(reqs[0]["payload"]["type"], "key.expiring");
+    assert_eq!(reqs[0]["payload"]["data"]["key_id"], soon_key["id"]);
+    live.stop();
+    // Restarted, scanning again: the notice was made already.
+    let live = Live::start_with(&data.path(), 50, "info", &opts);
+    std::thread::sleep(Duration::from_millis(800));
+    let reqs = rx.requests();
+    assert_eq!(first_arrivals(&reqs).len(), 1, "{reqs:#?}");
+    live.stop();
+}
