@@ -2,8 +2,9 @@
 
 Every request is checked with `standardwebhooks`, the Standard Webhooks
 authors' own library (from PyPI, in the venv `scripts/webhook-receiver-venv`
-makes), against the secret in --secret-file (read at each request, so the
-test can write it after subscribing). One JSON line per request goes to
+makes), against the secrets in --secret-file (one per line, read at each
+request, so the test can write them after subscribing): it is verified if
+one of them verifies it. One JSON line per request goes to
 --out: the message id, whether the signature verified, the status answered
 and the parsed body.
 
@@ -45,13 +46,19 @@ def main() -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
             headers = {k: v for k, v in self.headers.items()}
+            payload, verified, error = None, False, "no secret"
             try:
                 with open(args.secret_file, encoding="utf-8") as f:
-                    secret = f.read().strip()
-                payload = Webhook(secret).verify(body, headers)
-                verified, error = True, None
-            except (WebhookVerificationError, OSError, ValueError) as e:
-                payload, verified, error = None, False, f"{type(e).__name__}: {e}"
+                    secrets = f.read().split()
+            except OSError as e:
+                secrets, error = [], f"{type(e).__name__}: {e}"
+            for secret in secrets:
+                try:
+                    payload = Webhook(secret).verify(body, headers)
+                    verified, error = True, None
+                    break
+                except (WebhookVerificationError, ValueError) as e:
+                    error = f"{type(e).__name__}: {e}"
             if args.delay:
                 time.sleep(args.delay)
             with lock:
