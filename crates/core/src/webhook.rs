@@ -301,6 +301,105 @@ pub(crate) fn fold(state: &mut TenantState, seq: u64, event: &Event) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::{Command, decide};
+    use crate::scope::ScopeSet;
+    use crate::state::Ledger;
+
+    fn principal(scopes: ScopeSet) -> Principal {
+        let mut p = Principal::operator("acme".parse().unwrap_or_else(|e| panic!("{e}")));
+        p.scopes = scopes;
+        p
+    }
+
+    fn subscribe_cmd(p: Principal, id: u128, types: &[&str]) -> Command {
+        Command::SubscribeWebhook(SubscribeWebhook {
+            principal: p,
+            webhook_id: WebhookId::from_u128(id),
+            url: " https://hooks.example.com/x ".into(),
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            description: Some("  ".into()),
+        })
+    }
+
+    fn apply_all(ledger: &mut Ledger, events: &[Event]) {
+        for e in events {
+            let seq = ledger.tenant(&e.tenant).map_or(0, |t| t.version) + 1;
+            ledger.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn subscribing_needs_the_scope_and_known_types() {
+        let ledger = Ledger::new();
+        let now = Timestamp::from_micros(1_764_000_000_000_000);
+        let without = principal(ScopeSet::DEFAULT);
+        assert!(matches!(
+            decide(&ledger, &subscribe_cmd(without, 1, &["key.revoked"]), now),
+            Err(CommandError::Forbidden(_))
+        ));
+        let p = principal(ScopeSet::ALL);
+        for bad in [&[][..], &["key.nope"][..]] {
+            assert!(matches!(
+                decide(&ledger, &subscribe_cmd(p.clone(), 1, bad), now),
+                Err(CommandError::Invalid(_))
+            ));
+        }
+        let events = decide(
+            &ledger,
+            &subscribe_cmd(p, 1, &["user.removed", "key.revoked", "key.revoked"]),
+            now,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let EventKind::WebhookSubscribed(w) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(w.url, "https://hooks.example.com/x");
+        assert_eq!(w.event_types, ["key.revoked", "user.removed"]);
+        assert_eq!(w.description, None);
+    }
+
+    #[test]
+    fn delete_once_and_a_limit_on_live_subscriptions() {
+        let mut ledger = Ledger::new();
+        let now = Timestamp::from_micros(1_764_000_000_000_000);
+        let p = principal(ScopeSet::ALL);
+        for i in 0..WEBHOOKS_PER_TENANT_MAX as u128 {
+            let e = decide(
+                &ledger,
+                &subscribe_cmd(p.clone(), i + 1, &["key.created"]),
+                now,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            apply_all(&mut ledger, &e);
+        }
+        let over = subscribe_cmd(p.clone(), 999, &["key.created"]);
+        assert!(matches!(
+            decide(&ledger, &over, now),
+            Err(CommandError::Limit(_))
+        ));
+        let del = Command::DeleteWebhook(DeleteWebhook {
+            principal: p.clone(),
+            webhook_id: WebhookId::from_u128(1),
+        });
+        let e = decide(&ledger, &del, now).unwrap_or_else(|e| panic!("{e}"));
+        apply_all(&mut ledger, &e);
+        assert!(matches!(
+            decide(&ledger, &del, now),
+            Err(CommandError::WebhookNotFound(_))
+        ));
+        // A slot is free again; a taken id stays taken.
+        assert!(decide(&ledger, &over, now).is_ok());
+        let taken = subscribe_cmd(p, 2, &["key.created"]);
+        assert!(matches!(
+            decide(&ledger, &taken, now),
+            Err(CommandError::Duplicate(_))
+        ));
+        let t = ledger
+            .tenant(&"acme".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|| panic!("the tenant"));
+        let w = &t.webhooks[&WebhookId::from_u128(1)];
+        assert_eq!((w.created_seq, w.deleted_seq), (1, Some(21)));
+    }
 
     #[test]
     fn ids_round_trip() {

@@ -248,7 +248,12 @@ pub(super) fn kick(shared: &Arc<Shared>, s: &Service, tenant: &TenantId, id: Web
         .name("keyledger-webhook".into())
         .spawn(move || work(&sh, &t, id));
     match spawned {
-        Ok(h) => s.threads.lock().unwrap_or_else(|e| e.into_inner()).push(h),
+        Ok(h) => {
+            let mut threads = s.threads.lock().unwrap_or_else(|e| e.into_inner());
+            // Workers end when their queue is empty: keep only the live ones.
+            threads.retain(|t| !t.is_finished());
+            threads.push(h);
+        }
         Err(e) => {
             active.remove(&id);
             tracing::warn!(error = %e, webhook = %id, "cannot start a webhook worker");
