@@ -3,15 +3,15 @@
 //!
 //! * A subscription is decided like any command (`WebhookSubscribed`,
 //!   `WebhookDeleted`); where its URL may point is judged here first
-//!   ([`target`]), as it needs name resolution.
+//!   (`target.rs`), as it needs name resolution.
 //! * Its signing secret is derived from a root key in the data directory
-//!   and the subscription's id ([`secret`], docs/adr/0007-webhook-secrets.md),
+//!   and the subscription's id (`secret.rs`, docs/adr/0007-webhook-secrets.md),
 //!   shown once when it is made, and never stored or logged.
 //! * The dispatcher thread reads the log after its cursor (only what the
 //!   read model has applied, so it sees every subscription in force at
 //!   each event), makes one delivery per matching subscription in the same
-//!   durable transaction that moves its cursor ([`store`]), and wakes a
-//!   worker thread per subscription with deliveries to send ([`deliver`]).
+//!   durable transaction that moves its cursor (`store.rs`), and wakes a
+//!   worker thread per subscription with deliveries to send (`deliver.rs`).
 //!   Nothing here runs on the writer or on a request: a slow or dead
 //!   receiver holds only its own worker.
 
