@@ -186,18 +186,44 @@ fn options() -> Vec<&'static str> {
     ]
 }
 
+/// A server with `opts` (logs at `log`), alice's key of acme holding
+/// `webhooks:manage`, and a receiver (`fail_first`, `delay_s`) subscribed
+/// to `types` and given its secret. The subscription's answer is last.
+fn setup(
+    data: &Data,
+    log: &str,
+    opts: &[&str],
+    fail_first: u32,
+    delay_s: f64,
+    types: &[&str],
+) -> (Live, String, Receiver, Value) {
+    let live = Live::start_with(&data.path(), 50, log, opts);
+    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
+    let rx = Receiver::start(fail_first, delay_s);
+    let made = subscribe(&live, &admin, &rx.url(), types);
+    rx.set_secret(made["secret"].as_str().unwrap());
+    (live, admin, rx, made)
+}
+
+/// An RFC 3339 time `seconds` from now.
+fn from_now(seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    keyledger_core::Timestamp::from_micros(now + seconds * 1_000_000).to_rfc3339()
+}
+
 #[test]
 fn deliveries_are_signed_in_log_order_at_least_once_across_a_restart() {
     let data = Data::new();
     let opts = options();
-    let live = Live::start_with(&data.path(), 50, "info", &opts);
-    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
     // Slow enough that deliveries are still pending when the server dies.
-    let rx = Receiver::start(0, 0.15);
-    let made = subscribe(&live, &admin, &rx.url(), &ALL_TYPES);
-    let secret = made["secret"].as_str().unwrap();
-    assert!(secret.starts_with("whsec_"), "{made}");
-    rx.set_secret(secret);
+    let (live, admin, rx, made) = setup(&data, "info", &opts, 0, 0.15, &ALL_TYPES);
+    assert!(
+        made["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{made}"
+    );
     let wh = made["id"].as_str().unwrap().to_owned();
 
     // Another tenant's events, and one of its own subscriptions elsewhere:
@@ -340,11 +366,7 @@ fn deliveries_are_signed_in_log_order_at_least_once_across_a_restart() {
 fn a_receiver_failing_three_attempts_gets_the_fourth() {
     let data = Data::new();
     let opts = options();
-    let live = Live::start_with(&data.path(), 50, "info", &opts);
-    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
-    let rx = Receiver::start(3, 0.0);
-    let made = subscribe(&live, &admin, &rx.url(), &["key.created"]);
-    rx.set_secret(made["secret"].as_str().unwrap());
+    let (live, admin, rx, made) = setup(&data, "info", &opts, 3, 0.0, &["key.created"]);
     let wh = made["id"].as_str().unwrap();
     let (s, _) = call(
         &live,
@@ -492,12 +514,8 @@ fn webhooks_need_their_scope_and_a_public_or_loopback_target() {
 #[test]
 fn the_signing_secret_is_never_in_the_data_directory_or_the_logs() {
     let data = Data::new();
-    let live = Live::start_with(&data.path(), 50, "trace", &options());
-    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
-    let rx = Receiver::start(1, 0.0);
-    let made = subscribe(&live, &admin, &rx.url(), &["key.created"]);
+    let (live, admin, rx, made) = setup(&data, "trace", &options(), 1, 0.0, &["key.created"]);
     let secret = made["secret"].as_str().unwrap().to_owned();
-    rx.set_secret(&secret);
     let (s, _) = call(
         &live,
         &admin,
@@ -618,27 +636,8 @@ fn key_expiring_is_sent_once_per_key_across_a_restart() {
         "--webhook-expiring-scan",
         "100ms",
     ]);
-    let live = Live::start_with(&data.path(), 50, "info", &opts);
-    let (admin, _) = mint(&live, "acme", "alice", &MANAGE);
-    let rx = Receiver::start(0, 0.0);
-    let made = subscribe(&live, &admin, &rx.url(), &["key.expiring"]);
-    rx.set_secret(made["secret"].as_str().unwrap());
-    let soon = keyledger_core::Timestamp::from_micros(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64
-            + 30 * 60 * 1_000_000,
-    )
-    .to_rfc3339();
-    let later = keyledger_core::Timestamp::from_micros(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64
-            + 48 * 3600 * 1_000_000,
-    )
-    .to_rfc3339();
+    let (live, admin, rx, _) = setup(&data, "info", &opts, 0, 0.0, &["key.expiring"]);
+    let (soon, later) = (from_now(30 * 60), from_now(48 * 3600));
     let (s, soon_key) = call(
         &live,
         &admin,
