@@ -95,6 +95,11 @@ pub enum Cmd {
     /// Create, list, show, revoke and rotate keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Subscribe endpoints to notices (webhooks), list and delete them, and
+    /// see their deliveries. On a data directory this manages the
+    /// subscriptions only; `serve` delivers.
+    #[command(subcommand)]
+    Webhooks(crate::webhooks_cli::WebhooksCmd),
     /// Remove users (revokes every key they own).
     #[command(subcommand)]
     Users(UsersCmd),
@@ -432,7 +437,7 @@ fn key_id(s: &str) -> Result<KeyId> {
     Ok(s.parse()?)
 }
 
-fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
+pub fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
     Ok(match &acting.acting_user {
         Some(u) => Principal::user(tenant.clone(), u.parse()?),
         None => Principal::operator(tenant.clone()),
@@ -521,6 +526,19 @@ pub fn open_following(
     audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
 ) -> Result<Keyledger> {
+    open_serving(data, prefix, window, audit_read_window, follow, None)
+}
+
+/// [`open_following`] with the server's webhook settings (`None`: the
+/// CLI's, which manage subscriptions and send nothing).
+pub fn open_serving(
+    data: &Path,
+    prefix: &str,
+    window: UsageWindow,
+    audit_read_window: std::time::Duration,
+    follow: Option<keyledger_runtime::Follow>,
+    webhooks: Option<keyledger_runtime::webhooks::WebhookConfig>,
+) -> Result<Keyledger> {
     open_with_config(
         data,
         prefix,
@@ -528,6 +546,7 @@ pub fn open_following(
             usage_window: window,
             audit_read_window,
             follow,
+            webhooks,
             ..Config::default()
         },
     )
@@ -541,6 +560,14 @@ fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledg
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure::msg)?,
         audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
+        // The CLI manages subscriptions (their secrets come from the data
+        // directory's root key) and sends nothing: `serve` delivers.
+        webhooks: Some(config.webhooks.clone().unwrap_or_else(|| {
+            keyledger_runtime::webhooks::WebhookConfig {
+                deliver: false,
+                ..keyledger_runtime::webhooks::WebhookConfig::in_dir(&data)
+            }
+        })),
         ..config
     };
     let bar = output::progress("replaying", 0);
@@ -660,6 +687,7 @@ fn hint_unknown_tenant(ledger: &Keyledger, command: &Cmd) {
 async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Keys(k) => keys(ledger, out, k).await?,
+        Cmd::Webhooks(w) => crate::webhooks_cli::offline(ledger, out, w).await?,
         Cmd::Users(UsersCmd::Remove {
             tenant: t,
             acting,

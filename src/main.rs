@@ -10,6 +10,7 @@ mod output;
 mod remote;
 mod scan;
 mod serve;
+mod webhooks_cli;
 
 use std::process::ExitCode;
 

@@ -495,6 +495,8 @@ fn details_text(e: &AuditEntry) -> String {
             }
             text
         }
+        Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
+        Some(EventType::WebhookDeleted) => s("webhook_id"),
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }

@@ -479,6 +479,7 @@ impl Remote {
     pub fn run(&self, out: &Out, command: Cmd) -> Result<ExitCode> {
         match command {
             Cmd::Keys(k) => self.keys(out, k)?,
+            Cmd::Webhooks(w) => self.webhooks(out, w)?,
             Cmd::Users(UsersCmd::Remove {
                 tenant,
                 acting,
@@ -534,6 +535,47 @@ impl Remote {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn webhooks(&self, out: &Out, cmd: crate::webhooks_cli::WebhooksCmd) -> Result<()> {
+        use crate::webhooks_cli::{self as w, WebhooksCmd as C};
+        match cmd {
+            C::Create {
+                tenant,
+                acting,
+                endpoint,
+                events,
+                description,
+            } => {
+                self.check_tenant(&tenant)?;
+                let body = serde_json::json!({
+                    "url": endpoint,
+                    "event_types": crate::cli::split_list(&events),
+                    "description": description,
+                });
+                let made = self.json(
+                    Call::post("/v1/webhooks", body)
+                        .tenant(&tenant)
+                        .acting(&acting),
+                )?;
+                w::created(out, &made)
+            }
+            C::List { tenant } => {
+                self.check_tenant(&tenant)?;
+                w::list(out, &self.json(Call::get("/v1/webhooks").tenant(&tenant))?)
+            }
+            C::Delete { tenant, acting, id } => {
+                self.check_tenant(&tenant)?;
+                let call = Call::delete(format!("/v1/webhooks/{}", segment(&id)));
+                w::deleted(out, &self.json(call.tenant(&tenant).acting(&acting))?)
+            }
+            C::Deliveries { tenant, id, limit } => {
+                self.check_tenant(&tenant)?;
+                let call = Call::get(format!("/v1/webhooks/{}/deliveries", segment(&id)))
+                    .query("limit", Some(limit));
+                w::deliveries(out, &self.json(call.tenant(&tenant))?)
+            }
+        }
     }
 
     fn keys(&self, out: &Out, cmd: KeysCmd) -> Result<()> {

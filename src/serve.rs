@@ -80,6 +80,62 @@ pub struct ServeArgs {
     /// (docs/security.md).
     #[arg(long, value_name = "NAME=PATH.pem")]
     pub leak_partner: Vec<String>,
+    /// Let webhooks go to private, loopback (over HTTPS), link-local and
+    /// other non-public addresses (plain http:// stays loopback-only).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Send no webhook deliveries from this node (with several nodes on one
+    /// PostgreSQL log, let one node deliver). Subscriptions are still managed.
+    #[arg(long, env = "KEYLEDGER_NO_WEBHOOK_DELIVERY")]
+    pub no_webhook_delivery: bool,
+    /// How long a webhook delivery is retried, from its first attempt,
+    /// before it is marked failed (`30s`, `15m`, `24h`, `3d`).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_FOR", default_value = "24h",
+        value_parser = parse_duration)]
+    pub webhook_retry_for: Duration,
+    /// The wait after a webhook's first failed attempt; it doubles per
+    /// attempt (less up to half, at random) up to --webhook-backoff-max.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF", default_value = "5s",
+        value_parser = parse_duration)]
+    pub webhook_backoff: Duration,
+    /// The longest wait between two attempts of a webhook delivery.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF_MAX", default_value = "1h",
+        value_parser = parse_duration)]
+    pub webhook_backoff_max: Duration,
+    /// How long one webhook attempt may take (connect, send, answer).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_TIMEOUT", default_value = "10s",
+        value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// `key.expiring` is sent this long before a key expires, once per key.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_BEFORE", default_value = "7d",
+        value_parser = parse_duration)]
+    pub webhook_expiring_before: Duration,
+    /// How often keys are looked at for `key.expiring` (only in tenants
+    /// with a subscription to it).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_SCAN", default_value = "30s",
+        value_parser = parse_duration)]
+    pub webhook_expiring_scan: Duration,
+}
+
+/// A duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 24h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: the unit is ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// The largest connection limit the options take.
@@ -135,12 +191,24 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     }
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
-    let ledger = cli::open_following(
+    let webhooks = keyledger_runtime::webhooks::WebhookConfig {
+        deliver: !args.no_webhook_delivery,
+        allow_private: args.webhook_allow_private,
+        retry_for: args.webhook_retry_for,
+        backoff_first: args.webhook_backoff,
+        backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+        attempt_timeout: args.webhook_timeout,
+        expiring_before: args.webhook_expiring_before,
+        expiring_scan: args.webhook_expiring_scan,
+        ..keyledger_runtime::webhooks::WebhookConfig::in_dir(data)
+    };
+    let ledger = cli::open_serving(
         data,
         key_prefix,
         UsageWindow::from_millis(args.usage_window_ms),
         std::time::Duration::from_millis(args.audit_read_window_ms),
         follow,
+        Some(webhooks),
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {

@@ -14,3 +14,4 @@ mod live;
 mod nodes;
 mod scan;
 mod util;
+mod webhooks;

@@ -129,6 +129,10 @@ pub enum Command {
     /// Revoke every known, active key among reported leaked secrets, in
     /// whichever tenants they are (`crate::leak`).
     ReportLeaked(crate::leak::ReportLeaked),
+    /// Subscribe an endpoint to notices (needs `webhooks:manage`).
+    SubscribeWebhook(crate::webhook::SubscribeWebhook),
+    /// Delete a webhook subscription (needs `webhooks:manage`).
+    DeleteWebhook(crate::webhook::DeleteWebhook),
     /// Record counted uses (from the usage counters, acting as the system).
     RecordUsage {
         /// The key's tenant.
@@ -153,6 +157,8 @@ impl Command {
                 crate::leak::Reporter::Key(p) => Some(p),
                 crate::leak::Reporter::Operator | crate::leak::Reporter::Partner(_) => None,
             },
+            Command::SubscribeWebhook(c) => Some(&c.principal),
+            Command::DeleteWebhook(c) => Some(&c.principal),
             Command::RecordUsage { .. } => None,
         }
     }
@@ -169,6 +175,8 @@ impl Command {
             Command::RecordAuditRead { principal, .. } => &principal.tenant,
             Command::RecordRecovery { principal, .. } => &principal.tenant,
             Command::ReportLeaked(_) => return None,
+            Command::SubscribeWebhook(c) => &c.principal.tenant,
+            Command::DeleteWebhook(c) => &c.principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
         })
     }
@@ -278,12 +286,15 @@ pub enum CommandError {
     /// A named limit was reached.
     #[error("{0}")]
     Limit(String),
+    /// No live webhook subscription with this id in this tenant.
+    #[error("no webhook {0} in this tenant")]
+    WebhookNotFound(crate::webhook::WebhookId),
     /// The new key's id or secret hash is taken (a caller's bug, never chance).
     #[error("{0}")]
     Duplicate(String),
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
     CommandError::Invalid(FieldError {
         field,
         message: message.into(),
@@ -340,6 +351,8 @@ pub fn decide(
             recovery,
         } => record_recovery(tenant_state, principal, recovery, at),
         Command::ReportLeaked(c) => crate::leak::report_leaked(state, c, now),
+        Command::SubscribeWebhook(c) => crate::webhook::subscribe(tenant_state, c, at),
+        Command::DeleteWebhook(c) => crate::webhook::delete(tenant_state, c, at),
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));

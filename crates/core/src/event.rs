@@ -30,9 +30,11 @@ impl Event {
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
             EventKind::KeyLeaked(e) => Some(e.key_id),
-            EventKind::UserRemoved(_) | EventKind::AuditRead(_) | EventKind::LogRecovered(_) => {
-                None
-            }
+            EventKind::UserRemoved(_)
+            | EventKind::AuditRead(_)
+            | EventKind::LogRecovered(_)
+            | EventKind::WebhookSubscribed(_)
+            | EventKind::WebhookDeleted(_) => None,
         }
     }
 
@@ -124,6 +126,10 @@ pub enum EventKind {
     /// A key's secret was reported found where it does not belong; a
     /// `KeyRevoked` (reason `compromised`) follows in the same append.
     KeyLeaked(KeyLeaked),
+    /// A tenant subscribed an endpoint to notices (no secret in it).
+    WebhookSubscribed(crate::webhook::WebhookSubscribed),
+    /// A webhook subscription was deleted.
+    WebhookDeleted(crate::webhook::WebhookDeleted),
 }
 
 impl EventKind {
@@ -139,6 +145,8 @@ impl EventKind {
             EventKind::AuditRead(_) => T::AuditRead,
             EventKind::LogRecovered(_) => T::LogRecovered,
             EventKind::KeyLeaked(_) => T::KeyLeaked,
+            EventKind::WebhookSubscribed(_) => T::WebhookSubscribed,
+            EventKind::WebhookDeleted(_) => T::WebhookDeleted,
         }
     }
 

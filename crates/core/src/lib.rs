@@ -24,6 +24,7 @@ pub mod state;
 pub mod time;
 pub mod trail;
 pub mod usage;
+pub mod webhook;
 
 pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
@@ -42,3 +43,7 @@ pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
 pub use time::{Day, Timestamp};
 pub use trail::{AuditFilter, EventType};
 pub use usage::{DailyRow, Usage, UsageSummary};
+pub use webhook::{
+    DeleteWebhook, SubscribeWebhook, WEBHOOK_EVENT_TYPES, Webhook, WebhookDeleted, WebhookId,
+    WebhookSubscribed,
+};

@@ -36,3 +36,9 @@ pub const LEAK_SOURCE_CHARS_MAX: usize = 100;
 pub const LEAK_URL_CHARS_MAX: usize = 2048;
 /// Longest secret-scanning partner name, in characters.
 pub const LEAK_PARTNER_CHARS_MAX: usize = 32;
+/// Most live webhook subscriptions a tenant may hold.
+pub const WEBHOOKS_PER_TENANT_MAX: usize = 20;
+/// Longest webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+/// Most event types one subscription names.
+pub const WEBHOOK_EVENT_TYPES_MAX: usize = 16;

@@ -45,6 +45,8 @@ pub struct TenantState {
     /// `LogRecovered` events applied: the checkpoint epoch is one more
     /// ([`TenantState::epoch`]).
     pub recoveries: u64,
+    /// Webhook subscriptions, deleted ones included, by id.
+    pub webhooks: BTreeMap<crate::webhook::WebhookId, crate::webhook::Webhook>,
 }
 
 /// A key, as the list and the detail views show it (never the secret).
@@ -363,6 +365,9 @@ fn fold(
                 )));
             }
             state.recoveries += 1;
+        }
+        EventKind::WebhookSubscribed(_) | EventKind::WebhookDeleted(_) => {
+            crate::webhook::fold(state, seq, event).map_err(inconsistent)?;
         }
     }
     state.version = seq;

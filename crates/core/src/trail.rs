@@ -27,11 +27,15 @@ pub enum EventType {
     LogRecovered,
     /// `KeyLeaked`.
     KeyLeaked,
+    /// `WebhookSubscribed`.
+    WebhookSubscribed,
+    /// `WebhookDeleted`.
+    WebhookDeleted,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
@@ -40,6 +44,8 @@ impl EventType {
         EventType::AuditRead,
         EventType::LogRecovered,
         EventType::KeyLeaked,
+        EventType::WebhookSubscribed,
+        EventType::WebhookDeleted,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -53,6 +59,8 @@ impl EventType {
             EventType::AuditRead => "AuditRead",
             EventType::LogRecovered => "LogRecovered",
             EventType::KeyLeaked => "KeyLeaked",
+            EventType::WebhookSubscribed => "WebhookSubscribed",
+            EventType::WebhookDeleted => "WebhookDeleted",
         }
     }
 

@@ -54,6 +54,7 @@ mod signing_key;
 mod trees;
 mod verify;
 pub mod views;
+pub mod webhooks;
 mod writer;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -139,6 +140,10 @@ pub struct Config {
     /// recover`). Nothing is signed for such a tenant until then. `false`
     /// (the default): such a log is refused at open.
     pub recovering: bool,
+    /// Webhook subscriptions' secrets and deliveries ([`webhooks`]).
+    /// `None` (the default): subscriptions can be neither made nor
+    /// delivered (a ledger without a data directory).
+    pub webhooks: Option<webhooks::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -152,6 +157,7 @@ impl Default for Config {
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
+            webhooks: None,
         }
     }
 }
@@ -252,6 +258,8 @@ pub(crate) struct Shared {
     pub(crate) catch_up: Option<catchup::CatchUp>,
     pub(crate) reads: reads::Reads,
     pub(crate) tx: mpsc::Sender<Job>,
+    /// Webhook secrets and deliveries, when configured.
+    pub(crate) webhooks: Option<Arc<webhooks::Service>>,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -356,6 +364,7 @@ impl Keyledger {
             .catch_up
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
+        webhooks::start(&shared)?;
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
@@ -764,6 +773,9 @@ impl Keyledger {
         if let Some(task) = catch_up {
             task.abort();
         }
+        if let Some(w) = self.shared.webhooks.clone() {
+            let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+        }
         self.shared.follow.stop();
         if let Some(f) = follower {
             let _ = tokio::task::spawn_blocking(move || f.join()).await;
@@ -879,6 +891,11 @@ impl Shared {
             .follow
             .as_ref()
             .map(|f| catchup::CatchUp::new(f.miss_interval));
+        let webhooks = config
+            .webhooks
+            .clone()
+            .map(|w| webhooks::Service::open(w, entropy.as_ref()).map(Arc::new))
+            .transpose()?;
         Ok(Shared {
             config,
             clock,
@@ -896,6 +913,7 @@ impl Shared {
             catch_up,
             reads,
             tx,
+            webhooks,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
         })
@@ -1042,7 +1060,12 @@ fn update_verification_map<G: papaya::Guard>(
             }
         }
         // A leak is followed by its `KeyRevoked`, which refuses the key.
-        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) | K::KeyLeaked(_) => {}
+        K::KeyUsed(_)
+        | K::AuditRead(_)
+        | K::LogRecovered(_)
+        | K::KeyLeaked(_)
+        | K::WebhookSubscribed(_)
+        | K::WebhookDeleted(_) => {}
     }
 }
 

@@ -121,6 +121,8 @@ scopes! {
     UsageRead => Some(Scope::UsageRead);
     /// `users:remove`.
     UsersRemove => Some(Scope::UsersRemove);
+    /// `webhooks:manage`.
+    WebhooksManage => Some(Scope::WebhooksManage);
     /// Any valid key.
     AnyScope => None;
 }

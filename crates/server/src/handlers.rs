@@ -42,6 +42,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_verify))
         .merge(crate::evidence::router())
         .merge(crate::leaks::router())
+        .merge(crate::webhooks::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))

@@ -34,6 +34,7 @@ pub mod metrics;
 mod openapi;
 pub mod position;
 pub mod redact;
+mod webhooks;
 pub mod wire;
 
 use std::future::Future;

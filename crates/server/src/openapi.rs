@@ -28,6 +28,7 @@ use crate::error::ErrorBody;
         (name = "verify", description = "Verify a key, as the API layer does"),
         (name = "audit", description = "The tamper-evident trail, key history and past state"),
         (name = "usage", description = "Per-day usage rollups"),
+        (name = "webhooks", description = "Webhook subscriptions and their deliveries (Standard Webhooks)"),
         (name = "admin", description = "The operator's routes (the operator token only)"),
         (name = "meta", description = "Liveness, metrics and this document"),
     ),

@@ -757,6 +757,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         ("/v1/keys/leaked", "post"),
         ("/v1/verify", "post"),
         ("/v1/admin/tenants/{tenant}/keys", "post"),
+        ("/v1/webhooks", "post"),
     ] {
         assert!(
             doc["paths"][op.0][op.1]["requestBody"].is_object(),
@@ -766,6 +767,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     let expected = [
         "DELETE /v1/admin/tenants/{tenant}/users/{user}",
         "DELETE /v1/users/{user_id}",
+        "DELETE /v1/webhooks/{id}",
         "GET /healthz",
         "GET /metrics",
         "GET /openapi.json",
@@ -784,6 +786,9 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         "GET /v1/usage",
         "GET /v1/usage/export",
         "GET /v1/usage/summary",
+        "GET /v1/webhooks",
+        "GET /v1/webhooks/{id}",
+        "GET /v1/webhooks/{id}/deliveries",
         "GET /v1/whoami",
         "POST /v1/admin/tenants/{tenant}/keys",
         "POST /v1/keys",
@@ -791,6 +796,8 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         "POST /v1/keys/{id}/revoke",
         "POST /v1/keys/{id}/rotate",
         "POST /v1/verify",
+        "POST /v1/webhooks",
+        "POST /v1/webhooks/{id}/deliveries/{delivery}/retry",
     ];
     assert_eq!(ops, expected);
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
