@@ -666,3 +666,51 @@ fn key_expiring_is_sent_once_per_key_across_a_restart() {
     assert_eq!(first_arrivals(&reqs).len(), 1, "{reqs:#?}");
     live.stop();
 }
+
+#[test]
+fn a_leaked_key_is_revoked_and_announced_as_key_leaked() {
+    let data = Data::new();
+    let opts = options();
+    let (live, admin, rx, _) = setup(&data, "info", &opts, 0, 0.0, &["key.leaked"]);
+    let (s, made) = call(
+        &live,
+        &admin,
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "pasted in a gist"})),
+    );
+    assert_eq!(s, 201, "{made}");
+    let secret = made["key"].as_str().unwrap();
+    let key_id = made["id"].as_str().unwrap();
+    // Reported by another tenant's key: the caller learns a count only.
+    let (reporter, _) = mint(&live, "globex", "gina", &["keys:read"]);
+    let (s, v) = call(
+        &live,
+        &reporter,
+        "POST",
+        "/v1/keys/leaked",
+        Some(json!({"secrets": [secret], "source": "gist", "url": "https://gist.example/1"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["found"], 1, "{v}");
+    let reqs = rx.wait_for("key.leaked", |r| {
+        r.iter().any(|x| x["payload"]["type"] == "key.leaked")
+    });
+    let leaked: Vec<&Value> = reqs
+        .iter()
+        .filter(|x| x["payload"]["type"] == "key.leaked")
+        .collect();
+    assert!(leaked.iter().all(|r| r["verified"] == true), "{reqs:#?}");
+    let data = &leaked[0]["payload"]["data"];
+    assert_eq!(data["key_id"], key_id, "{data}");
+    assert_eq!(data["tenant_id"], "acme", "{data}");
+    assert_eq!(data["source"], "gist", "{data}");
+    assert_eq!(data["url"], "https://gist.example/1", "{data}");
+    assert_eq!(data["reporter"], "other_tenant", "{data}");
+    // Only key.leaked was asked for: the create and the revocation are not sent.
+    assert!(
+        reqs.iter().all(|x| x["payload"]["type"] == "key.leaked"),
+        "{reqs:#?}"
+    );
+    live.stop();
+}
