@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::bundle::{BUNDLE_FORMAT, BundleEarlier, BundleHeader, HeaderError, read_jsonl};
 use crate::checkpoint::{self, Checkpoint};
 use crate::merkle::{self, Hash};
-use crate::origin::{epoch_of_origin, origin};
+use crate::origin::epoch_of_origin;
 use crate::proofs::parse_hashes;
 
 /// The kind of a problem a bundle check found.
@@ -308,9 +308,9 @@ fn check_checkpoint(
         report.problem(
             ProblemKind::Malformed,
             format!(
-                "the checkpoint is for `{}`, not `{}` (or one of its later epochs)",
+                "the checkpoint is for `{}`, not `<origin>/{}` (or one of its later epochs)",
                 head.origin,
-                origin(&bundle.tenant)
+                bundle.tenant
             ),
         );
         None

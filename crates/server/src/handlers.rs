@@ -41,6 +41,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .merge(crate::evidence::router())
+        .merge(crate::transparency::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))

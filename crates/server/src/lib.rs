@@ -31,6 +31,7 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+pub mod transparency;
 pub mod position;
 pub mod redact;
 pub mod wire;
@@ -66,6 +67,9 @@ struct Inner {
     limits: limits::ServerLimits,
     connections: Arc<Semaphore>,
     clients: Arc<conn::Clients>,
+    /// Whether the global tree's tiles are served without the operator
+    /// token (`serve --tiles-public`).
+    tiles_public: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,6 +108,7 @@ impl AppState {
                 limits,
                 connections: Arc::new(Semaphore::new(limits.connections_max)),
                 clients: Arc::new(conn::Clients::new(limits.connections_per_client_max)),
+                tiles_public: false,
             }),
         }
     }
@@ -116,6 +121,21 @@ impl AppState {
     /// The ledger served.
     pub fn ledger(&self) -> &Keyledger {
         &self.inner.ledger
+    }
+
+    /// Serves the global tree's tiles and checkpoint (`/log/...`) to anyone
+    /// (`public`), or only with the operator token (the default). Set
+    /// before the state is shared.
+    pub fn with_tiles_public(mut self, public: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tiles_public = public;
+        }
+        self
+    }
+
+    /// Whether the tiles are public.
+    pub fn tiles_public(&self) -> bool {
+        self.inner.tiles_public
     }
 
     pub(crate) fn operator(&self) -> &OperatorToken {
