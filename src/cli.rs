@@ -522,9 +522,10 @@ fn parse_interval(s: &str) -> std::result::Result<std::time::Duration, String> {
 /// The audit settings of a data directory: `--audit-origin` (default
 /// `<host name>/log`) and `--checkpoint-interval`.
 fn audit_config(data: &Path) -> keyledger_runtime::AuditConfig {
-    let (origin, interval) = AUDIT_SETTINGS.get().cloned().unwrap_or_else(|| {
-        (default_origin(), std::time::Duration::from_secs(3600))
-    });
+    let (origin, interval) = AUDIT_SETTINGS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| (default_origin(), std::time::Duration::from_secs(3600)));
     keyledger_runtime::AuditConfig {
         origin,
         checkpoint_interval: interval,

@@ -88,7 +88,9 @@ pub fn check_base(base: &str) -> Result<(), String> {
         return Err(format!("an audit origin is 1 to {BASE_BYTES_MAX} bytes"));
     }
     if base.contains("://") {
-        return Err("an audit origin is a URL without its scheme (`ledger.example.com/log`)".into());
+        return Err(
+            "an audit origin is a URL without its scheme (`ledger.example.com/log`)".into(),
+        );
     }
     if base.starts_with('/') || base.ends_with('/') || base.contains("//") {
         return Err("an audit origin neither starts nor ends with `/`".into());
@@ -96,9 +98,7 @@ pub fn check_base(base: &str) -> Result<(), String> {
     if base.contains('~') {
         return Err("an audit origin holds no `~` (it marks the global log's epochs)".into());
     }
-    let ok = |c: char| {
-        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':')
-    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':');
     if !base.chars().all(ok) {
         return Err(
             "an audit origin holds only letters, digits, `.`, `-`, `_`, `:` and `/`".into(),
@@ -152,7 +152,17 @@ mod tests {
     #[test]
     fn bases_are_schema_less_urls() {
         assert!(check_base("ledger.example.com/log").is_ok());
-        for bad in ["", "https://x/log", "x/", "/x", "a//b", "a b", "a+b", "x/~y", "a\nb"] {
+        for bad in [
+            "",
+            "https://x/log",
+            "x/",
+            "/x",
+            "a//b",
+            "a b",
+            "a+b",
+            "x/~y",
+            "a\nb",
+        ] {
             assert!(check_base(bad).is_err(), "{bad:?}");
         }
         assert_eq!(default_base(Some("Box-1\n")), "box-1/log");

@@ -94,9 +94,7 @@ impl TilePath {
     /// Whether it is a full tile (or bundle), whose bytes never change.
     pub fn is_full(&self) -> bool {
         match *self {
-            TilePath::Hashes { width, .. } | TilePath::Entries { width, .. } => {
-                width == TILE_WIDTH
-            }
+            TilePath::Hashes { width, .. } | TilePath::Entries { width, .. } => width == TILE_WIDTH,
         }
     }
 }

@@ -357,8 +357,8 @@ pub(crate) fn append_line(path: &std::path::Path, stored: &StoredCheckpoint) -> 
     if let Some(dir) = path.parent() {
         crate::datadir::create_dir_private(dir).map_err(io)?;
     }
-    let mut file = crate::datadir::open_no_follow(&mut crate::datadir::append_private(), path)
-        .map_err(io)?;
+    let mut file =
+        crate::datadir::open_no_follow(&mut crate::datadir::append_private(), path).map_err(io)?;
     file.write_all(format!("{line}\n").as_bytes())
         .and_then(|()| file.sync_data())
         .map_err(io)

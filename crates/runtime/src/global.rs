@@ -155,7 +155,11 @@ impl AuditState {
                 "audit signing is not configured (no data directory)",
             ));
         };
-        if let Some((blocked, why)) = &*self.global.blocked.lock().unwrap_or_else(|e| e.into_inner())
+        if let Some((blocked, why)) = &*self
+            .global
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             && *blocked >= epoch
         {
             return Err(Error::inconsistent(format!(
@@ -314,7 +318,11 @@ impl AuditState {
             None => Ok(()),
             Some(p) if recovering => {
                 tracing::warn!(problem = %p, "no global checkpoint is signed until `keyledger recover`");
-                *self.global.blocked.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, p));
+                *self
+                    .global
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((epoch, p));
                 Ok(())
             }
             Some(p) => Err(Error::inconsistent(p)),
@@ -323,16 +331,17 @@ impl AuditState {
 
     /// The global inclusion of the tenant's head, if the tenant has events,
     /// read under one lock with the tenant's tree size and root.
-    fn tenant_head_in_global(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<(u64, Hash, Option<u64>), Error> {
+    fn tenant_head_in_global(&self, tenant: &TenantId) -> Result<(u64, Hash, Option<u64>), Error> {
         // The global tree first, then the tenants' (as `apply` takes them).
         let g = self.global.tree.read().unwrap_or_else(|e| e.into_inner());
         let (size, root) = self.with_tree(tenant, |t| {
             Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
         })?;
-        Ok((size, root, g.heads.get(tenant).copied().filter(|_| size > 0)))
+        Ok((
+            size,
+            root,
+            g.heads.get(tenant).copied().filter(|_| size > 0),
+        ))
     }
 }
 
@@ -353,11 +362,7 @@ impl Keyledger {
             .unwrap_or_else(|e| e.into_inner());
         let nodes = TreeNodes {
             tree: &g.tree,
-            entries: |i: u64| {
-                g.entries
-                    .get(usize::try_from(i).ok()?)
-                    .map(|h| h.to_vec())
-            },
+            entries: |i: u64| g.entries.get(usize::try_from(i).ok()?).map(|h| h.to_vec()),
         };
         tiles::tile_bytes(&nodes, path)
     }

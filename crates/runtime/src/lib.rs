@@ -37,8 +37,8 @@ pub mod audit {
     pub use keyledger_audit::origin::{
         default_base, epoch_of_origin, global_origin, origin, origin_in, tenant_origin,
     };
-    pub use keyledger_audit::tiles::TilePath;
     pub use keyledger_audit::proofs::{ConsistencyProof, InclusionProof};
+    pub use keyledger_audit::tiles::TilePath;
     pub use keyledger_audit::verify::{BundleReport, Problem, ProblemKind};
 }
 mod bundles;

@@ -31,9 +31,9 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 mod openapi;
-pub mod transparency;
 pub mod position;
 pub mod redact;
+pub mod transparency;
 pub mod wire;
 
 use std::future::Future;
