@@ -426,6 +426,20 @@ fn the_origin_defaults_to_the_host_name_and_legacy_checkpoints_still_verify() {
         None,
     );
     assert!(!out.status.success(), "an interval of 0 was taken");
+    for good in ["15m", "2h", "90"] {
+        let out = run(
+            &[
+                "--checkpoint-interval",
+                good,
+                "audit",
+                "checkpoint",
+                "--tenant",
+                "acme",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{good}: {out:?}");
+    }
     // The stored checkpoints of both origins still open (the ledger opens
     // with them checked) and a bundle over the whole log verifies.
     let dir = tempfile::tempdir().unwrap();

@@ -51,6 +51,29 @@ impl AuditConfig {
     }
 }
 
+impl AuditConfig {
+    /// Whether a tree of `size` is due a stored checkpoint, `last` being
+    /// the size and instant of the last one stored: none yet, grown since,
+    /// or (unless `force`, at shutdown) older than the interval.
+    pub(crate) fn due(
+        &self,
+        last: Option<(u64, Timestamp)>,
+        size: u64,
+        now: Timestamp,
+        force: bool,
+    ) -> bool {
+        match last {
+            None => true,
+            Some((last_size, _)) if last_size != size => true,
+            Some((_, when)) => {
+                let interval =
+                    i64::try_from(self.checkpoint_interval.as_micros()).unwrap_or(i64::MAX);
+                !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
+            }
+        }
+    }
+}
+
 /// A signed checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedCheckpoint {
@@ -265,15 +288,7 @@ impl AuditState {
         let mut failed = None;
         for (tenant, epoch, size, root) in heads {
             let last = self.last_written(&tenant, epoch)?;
-            let due = match last {
-                None => true,
-                Some((last_size, _)) if last_size != size => true,
-                Some((_, when)) => {
-                    let interval = i64::try_from(signer.config.checkpoint_interval.as_micros())
-                        .unwrap_or(i64::MAX);
-                    !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
-                }
-            };
+            let due = signer.config.due(last, size, now, force);
             if !due {
                 self.note_written(&tenant, epoch, last.unwrap_or((size, now)));
                 continue;

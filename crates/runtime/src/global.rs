@@ -70,16 +70,21 @@ impl GlobalTree {
     pub(crate) fn apply(&mut self, records: &[Record]) {
         for r in records {
             let recovered = matches!(r.event.kind, keyledger_core::EventKind::LogRecovered(_));
-            if r.position == self.tree.len() + 1 {
-                self.push(&r.event.tenant, r.hash, recovered);
-            } else if r.position > self.tree.len() + 1 {
-                self.pending
-                    .insert(r.position, (r.event.tenant.clone(), r.hash, recovered));
-            }
-            while let Some((tenant, hash, recovered)) = self.pending.remove(&(self.tree.len() + 1))
-            {
-                self.push(&tenant, hash, recovered);
-            }
+            self.add(r.position, &r.event.tenant, r.hash, recovered);
+        }
+    }
+
+    /// Appends the event at `position`, or holds it until the positions
+    /// before it are in (one already in is ignored).
+    fn add(&mut self, position: u64, tenant: &TenantId, hash: Hash, recovered: bool) {
+        if position == self.tree.len() + 1 {
+            self.push(tenant, hash, recovered);
+        } else if position > self.tree.len() + 1 {
+            self.pending
+                .insert(position, (tenant.clone(), hash, recovered));
+        }
+        while let Some((tenant, hash, recovered)) = self.pending.remove(&(self.tree.len() + 1)) {
+            self.push(&tenant, hash, recovered);
         }
     }
 }
@@ -118,9 +123,14 @@ pub struct GlobalInclusion {
 }
 
 impl AuditState {
+    /// The global tree, read-locked.
+    fn global_tree(&self) -> std::sync::RwLockReadGuard<'_, GlobalTree> {
+        self.global.tree.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The global tree's size, root and epoch now.
     fn global_head(&self) -> Result<(u64, Hash, u64), Error> {
-        let g = self.global.tree.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.global_tree();
         let size = g.tree.len();
         Ok((size, g.tree.root(size).map_err(proof_error)?, g.epoch()))
     }
@@ -132,6 +142,7 @@ impl AuditState {
         if let Some(last) = &*self.global.last.lock().unwrap_or_else(|e| e.into_inner())
             && last.epoch == epoch
             && last.signed.checkpoint.size == size
+            && last.signed.checkpoint.root == root
         {
             return Ok(last.signed.clone());
         }
@@ -177,7 +188,7 @@ impl AuditState {
             }
             if l.epoch == epoch {
                 let (last_size, last_root) = (l.signed.checkpoint.size, l.signed.checkpoint.root);
-                let g = self.global.tree.read().unwrap_or_else(|e| e.into_inner());
+                let g = self.global_tree();
                 let extends = size >= last_size
                     && g.tree.root(last_size).ok() == Some(last_root)
                     && g.tree.root(size).ok() == Some(root);
@@ -228,16 +239,8 @@ impl AuditState {
             .as_ref()
             .filter(|l| l.epoch == epoch)
             .and_then(|l| l.written);
-        let due = match written {
-            None => size > 0,
-            Some((last_size, _)) if last_size != size => true,
-            Some((_, when)) => {
-                let interval = i64::try_from(signer.config.checkpoint_interval.as_micros())
-                    .unwrap_or(i64::MAX);
-                !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
-            }
-        };
-        if !due {
+        // An empty tree is not stored until it holds an event.
+        if (written.is_none() && size == 0) || !signer.config.due(written, size, now, force) {
             return Ok(false);
         }
         let signed = self.sign_global(size, root, epoch, now, true)?;
@@ -284,7 +287,9 @@ impl AuditState {
                     .rsplit_once("/~epoch-")
                     .and_then(|(base, _)| epoch_of_global_origin(base, &c.origin))
                     .unwrap_or(1);
-                let g = self.global.tree.read().unwrap_or_else(|e| e.into_inner());
+                // Read, and the lock let go, before `last` is locked
+                // (`sign_global` takes them the other way round).
+                let prefix = self.global_tree().tree.root(c.size).ok();
                 if signed_epoch > epoch {
                     Some(format!(
                         "the newest global checkpoint is of epoch {signed_epoch}, the log's is \
@@ -292,7 +297,7 @@ impl AuditState {
                     ))
                 } else if signed_epoch < epoch {
                     None
-                } else if g.tree.root(c.size).ok() != Some(c.root) {
+                } else if prefix != Some(c.root) {
                     Some(format!(
                         "the newest global checkpoint ({} events, {}) is not a prefix of the log \
                          ({size} events): events it vouches for are missing or changed",
@@ -333,7 +338,7 @@ impl AuditState {
     /// read under one lock with the tenant's tree size and root.
     fn tenant_head_in_global(&self, tenant: &TenantId) -> Result<(u64, Hash, Option<u64>), Error> {
         // The global tree first, then the tenants' (as `apply` takes them).
-        let g = self.global.tree.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.global_tree();
         let (size, root) = self.with_tree(tenant, |t| {
             Ok((t.len(), t.root(t.len()).map_err(proof_error)?))
         })?;
@@ -353,13 +358,7 @@ impl Keyledger {
 
     /// The bytes of a global tile or entry bundle, if the tree holds it.
     pub fn global_tile(&self, path: &TilePath) -> Option<Vec<u8>> {
-        let g = self
-            .shared
-            .audit
-            .global
-            .tree
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let g = self.shared.audit.global_tree();
         let nodes = TreeNodes {
             tree: &g.tree,
             entries: |i: u64| g.entries.get(usize::try_from(i).ok()?).map(|h| h.to_vec()),
@@ -374,25 +373,13 @@ impl Keyledger {
             .signer
             .as_ref()
             .map_or(keyledger_audit::origin::LEGACY_BASE, |s| &s.config.origin);
-        let epoch = audit
-            .global
-            .tree
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .epoch();
+        let epoch = audit.global_tree().epoch();
         global_origin(base, epoch)
     }
 
     /// The global tree's size.
     pub fn global_size(&self) -> u64 {
-        let g = self
-            .shared
-            .audit
-            .global
-            .tree
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        g.tree.len()
+        self.shared.audit.global_tree().tree.len()
     }
 
     /// A freshly signed checkpoint of the tenant's tree, with the proof
@@ -410,7 +397,7 @@ impl Keyledger {
             return Ok((signed, None));
         };
         let global = audit.global_checkpoint(now)?;
-        let g = audit.global.tree.read().unwrap_or_else(|e| e.into_inner());
+        let g = audit.global_tree();
         let gsize = global.checkpoint.size;
         let proof = g.tree.inclusion_proof(index, gsize).map_err(proof_error)?;
         let leaf = g.tree.node(0, index).unwrap_or_default();
@@ -424,5 +411,118 @@ impl Keyledger {
                 proof: hex_hashes(&proof),
             }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoints::AuditConfig;
+
+    fn tree_of(leaves: &[u8]) -> GlobalTree {
+        let acme: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let mut g = GlobalTree::default();
+        for &b in leaves {
+            g.push(&acme, [b; 32], false);
+        }
+        g
+    }
+
+    fn state(dir: &std::path::Path) -> AuditState {
+        AuditState::new(Some(AuditConfig::in_dir(dir)), &crate::OsEntropy)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn put(state: &AuditState, g: GlobalTree) {
+        *state.global.tree.write().unwrap_or_else(|e| e.into_inner()) = g;
+    }
+
+    fn forked(r: Result<SignedCheckpoint, Error>) -> bool {
+        matches!(r, Err(e @ Error::Corrupt(crate::Damage::Inconsistent(_))) if e.to_string().contains("never forks"))
+    }
+
+    /// Whatever the global tree comes to hold, no global checkpoint is
+    /// signed that does not extend the largest one signed; and at open, a
+    /// log that no longer holds the newest stored one is refused (or, to
+    /// be recovered, opened with global signing refused).
+    #[test]
+    fn the_global_tree_never_forks_in_memory_or_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let now = Timestamp::EPOCH;
+        let s = state(dir.path());
+        put(&s, tree_of(&[1, 2, 3, 4, 5]));
+        let first = s.global_checkpoint(now).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.checkpoint.origin, "keyledger");
+        assert_eq!(first.checkpoint.size, 5);
+        assert!(
+            s.write_global_due(now, false)
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            !s.write_global_due(now, false)
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        // Unchanged: the same note, not a new signature.
+        assert_eq!(s.global_checkpoint(now).ok(), Some(first.clone()));
+        let file = dir.path().join(GLOBAL_CHECKPOINT_FILE);
+        let stored = std::fs::read_to_string(&file).unwrap_or_default();
+        assert_eq!(stored.lines().count(), 1);
+
+        put(&s, tree_of(&[1, 2, 3, 4, 5, 6]));
+        assert_eq!(
+            s.global_checkpoint(now).map(|c| c.checkpoint.size).ok(),
+            Some(6)
+        );
+        for leaves in [&[1, 2, 9, 4, 5, 6, 7][..], &[1, 2, 3], &[1, 2, 3, 4, 5, 9]] {
+            put(&s, tree_of(leaves));
+            assert!(forked(s.global_checkpoint(now)), "{leaves:?}");
+            assert!(s.write_global_due(now, false).is_err(), "{leaves:?}");
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), stored);
+
+        // A restart over a log that lost or changed what the newest stored
+        // global checkpoint vouches for.
+        for leaves in [&[1, 2, 3][..], &[1, 2, 9, 4, 5, 6]] {
+            let again = state(dir.path());
+            put(&again, tree_of(leaves));
+            assert!(again.check_global(false).is_err(), "{leaves:?}");
+            let recovering = state(dir.path());
+            put(&recovering, tree_of(leaves));
+            assert!(recovering.check_global(true).is_ok());
+            assert!(recovering.global_checkpoint(now).is_err(), "{leaves:?}");
+        }
+        // A log that extends it opens, and what it signs extends it.
+        let again = state(dir.path());
+        put(&again, tree_of(&[1, 2, 3, 4, 5, 6, 7]));
+        assert!(again.check_global(false).is_ok());
+        assert_eq!(
+            again.global_checkpoint(now).map(|c| c.checkpoint.size).ok(),
+            Some(7)
+        );
+    }
+
+    /// Records that arrive out of position order wait for the gap to fill:
+    /// leaf `i` is always the event at position `i + 1`.
+    #[test]
+    fn leaves_are_in_log_position_order() {
+        let mut g = GlobalTree::default();
+        let acme: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        let globex: TenantId = "globex".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        g.add(3, &acme, [3; 32], false);
+        g.add(2, &globex, [2; 32], true);
+        assert_eq!(g.tree.len(), 0, "positions 2 and 3 wait for 1");
+        g.add(1, &acme, [1; 32], false);
+        g.add(2, &acme, [7; 32], false);
+        assert_eq!(g.tree.len(), 3);
+        assert!(g.pending.is_empty());
+        assert_eq!(g.entries, vec![[1; 32], [2; 32], [3; 32]]);
+        assert_eq!(g.heads.get(&acme), Some(&2));
+        assert_eq!(g.heads.get(&globex), Some(&1));
+        assert_eq!(g.epoch(), 2);
+        let mut want = Tree::new();
+        for e in [[1u8; 32], [2; 32], [3; 32]] {
+            want.push(&e);
+        }
+        assert_eq!(g.tree.root(3).ok(), want.root(3).ok());
     }
 }
