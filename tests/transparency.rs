@@ -117,36 +117,39 @@ fn auditor(addr: &str, tenant: &str) -> String {
     k["key"].as_str().unwrap().to_owned()
 }
 
+/// Creates 300 events in three tenants: more than 256, so there are full
+/// and partial level-0 tiles and a level-1 tile.
+fn three_hundred_events(addr: &str) {
+    for i in 0..300 {
+        let tenant = ["acme", "globex", "initech"][i % 3];
+        mint(addr, tenant, json!({"user": format!("u{i}"), "name": "k"}));
+    }
+}
+
+/// With `--tiles-public`, an auditor's API key is all the Go verifier
+/// needs: the checkpoints open with the API's verifier keys, the proofs
+/// check, tiles over HTTP give the same proof, and every alteration is
+/// rejected; later, an older global checkpoint is consistent with the new.
 #[test]
 fn the_go_verifier_checks_checkpoints_proofs_and_tiles_and_rejects_altered_ones() {
     let verifier = go_verifier();
     assert!(verifier.exists());
     let d = Data::new();
-    let live = Live::start_with(&d.path(), 0, "warn", &[]);
+    let live = Live::start_with(&d.path(), 0, "warn", &["--tiles-public"]);
     let addr = live.addr.clone();
-    // More than 256 events: full and partial level-0 tiles, a level-1 tile.
-    for i in 0..300 {
-        let tenant = ["acme", "globex", "initech"][i % 3];
-        mint(&addr, tenant, json!({"user": format!("u{i}"), "name": "k"}));
-    }
+    three_hundred_events(&addr);
     let key = auditor(&addr, "acme");
-
-    // Behind the operator token by default.
-    let r = get(&addr, "/log/checkpoint", None);
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(get(&addr, "/log/tile/0/000", Some(&key)).status, 401);
-    let (passed, out) = run_verifier(&addr, &key, None, &[]);
-    assert!(!passed, "tiles without the token: {out}");
 
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("old.note");
     let old = old.to_str().unwrap();
-    let (passed, out) = run_verifier(&addr, &key, Some(TOKEN), &["-save", old]);
+    let (passed, out) = run_verifier(&addr, &key, None, &["-save", old]);
     assert!(passed, "{out}");
     assert!(out.contains("VERIFIED"), "{out}");
     for rejected in [
         "altered tenant checkpoint is rejected",
         "altered global checkpoint is rejected",
+        "altered checkpoint of another log",
         "altered served global inclusion proof is rejected",
         "altered level-0 tile is rejected",
         "altered level-1 tile is rejected",
@@ -163,7 +166,7 @@ fn the_go_verifier_checks_checkpoints_proofs_and_tiles_and_rejects_altered_ones(
             json!({"user": format!("v{i}"), "name": "k"}),
         );
     }
-    let (passed, out) = run_verifier(&addr, &key, Some(TOKEN), &["-old", old]);
+    let (passed, out) = run_verifier(&addr, &key, None, &["-old", old]);
     assert!(passed, "{out}");
     assert!(out.contains("-> "), "{out}");
 
@@ -173,8 +176,46 @@ fn the_go_verifier_checks_checkpoints_proofs_and_tiles_and_rejects_altered_ones(
     let size: u64 = lines[1].parse().unwrap();
     lines[1] = (size - 1).to_string();
     std::fs::write(old, lines.join("\n")).unwrap();
-    let (passed, out) = run_verifier(&addr, &key, Some(TOKEN), &["-old", old]);
+    let (passed, out) = run_verifier(&addr, &key, None, &["-old", old]);
     assert!(!passed, "an altered older checkpoint passed: {out}");
+    live.stop();
+}
+
+/// By default the global tree is the operator's: its tiles and checkpoint
+/// take the operator token, and an API key's tenant checkpoint comes
+/// without its global inclusion (whose index is a global log position).
+/// With the operator token (in the tenant), the Go verifier passes.
+#[test]
+fn without_tiles_public_the_global_tree_is_the_operators() {
+    go_verifier();
+    let d = Data::new();
+    let live = Live::start_with(&d.path(), 0, "warn", &[]);
+    let addr = live.addr.clone();
+    three_hundred_events(&addr);
+    let key = auditor(&addr, "acme");
+    for path in [
+        "/log/checkpoint",
+        "/log/tile/0/000",
+        "/log/tile/entries/000",
+    ] {
+        for credential in [None, Some(key.as_str())] {
+            let r = get(&addr, path, credential);
+            assert_eq!(r.status, 401, "{path}: {}", r.text());
+            assert_eq!(r.code(), "invalid_operator_token");
+        }
+        assert_eq!(get(&addr, path, Some(TOKEN)).status, 200, "{path}");
+    }
+    let cp = get(&addr, "/v1/audit/checkpoint", Some(&key)).json();
+    assert!(cp["note"].is_string() && cp.get("global").is_none(), "{cp}");
+    let (passed, out) = run_verifier(&addr, &key, Some(TOKEN), &[]);
+    assert!(
+        !passed && out.contains("without its global inclusion"),
+        "{out}"
+    );
+
+    let (passed, out) = run_verifier(&addr, TOKEN, Some(TOKEN), &["-tenant", "acme"]);
+    assert!(passed, "{out}");
+    assert!(out.contains("VERIFIED"), "{out}");
     live.stop();
 }
 

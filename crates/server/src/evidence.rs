@@ -41,7 +41,9 @@ pub struct CheckpointBody {
     /// The C2SP signed note (origin, size, base64 root, `time` line, signature).
     pub note: String,
     /// The proof that the tenant's last event is a leaf of a global
-    /// checkpoint (absent for a tenant without events).
+    /// checkpoint: absent for a tenant without events, and for an API key
+    /// unless the global tree's tiles are public (`serve --tiles-public`;
+    /// its index is a global log position).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub global: Option<GlobalInclusionBody>,
 }
@@ -160,7 +162,14 @@ async fn checkpoint(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
 ) -> ApiResult<Json<CheckpointBody>> {
-    let (signed, global) = state.ledger().checkpoint_in_global(auth.tenant())?;
+    // Global positions interleave the tenants (docs/api.md, "Positions"):
+    // shown to whoever may read the global tree, i.e. to anyone when its
+    // tiles are public, else to the operator only.
+    let (signed, global) = if state.tiles_public() || auth.key().is_none() {
+        state.ledger().checkpoint_in_global(auth.tenant())?
+    } else {
+        (state.ledger().checkpoint(auth.tenant())?, None)
+    };
     Ok(Json(CheckpointBody {
         origin: signed.checkpoint.origin,
         size: signed.checkpoint.size,

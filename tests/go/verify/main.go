@@ -12,10 +12,11 @@
 // checkpoint (-old), the consistency of the two global checkpoints. Then it
 // alters each piece of evidence and requires every check to reject it.
 //
-//	verify -url http://127.0.0.1:8080 [-old FILE] [-save FILE]
+//	verify -url http://127.0.0.1:8080 [-tenant T] [-old FILE] [-save FILE]
 //
-// The API key is read from KEYLEDGER_API_KEY; the operator token (for tiles
-// that are not public) from KEYLEDGER_OPERATOR_TOKEN. Exit status 0: all
+// The API key is read from KEYLEDGER_API_KEY (or the operator token, with
+// -tenant); the operator token for tiles that are not public from
+// KEYLEDGER_OPERATOR_TOKEN. Exit status 0: all
 // checks passed and every alteration was rejected.
 package main
 
@@ -41,6 +42,7 @@ var (
 	base     = flag.String("url", "", "the server's base URL")
 	oldFile  = flag.String("old", "", "an older global checkpoint note, to check consistency with")
 	saveFile = flag.String("save", "", "write the global checkpoint note here")
+	tenant   = flag.String("tenant", "", "the tenant, when KEYLEDGER_API_KEY holds the operator token")
 	apiKey   = os.Getenv("KEYLEDGER_API_KEY")
 	operator = os.Getenv("KEYLEDGER_OPERATOR_TOKEN")
 )
@@ -61,6 +63,9 @@ func get(path, credential string) ([]byte, *http.Response, error) {
 	}
 	if credential != "" {
 		req.Header.Set("Authorization", "Bearer "+credential)
+	}
+	if *tenant != "" && strings.HasPrefix(path, "/v1/") {
+		req.Header.Set("Keyledger-Tenant", *tenant)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -264,6 +269,9 @@ func main() {
 		} `json:"global"`
 	}
 	getJSON("/v1/audit/checkpoint", &cp)
+	if cp.Global.Note == "" {
+		fail("the tenant checkpoint comes without its global inclusion (an API key sees it only with --tiles-public)")
+	}
 	tenant, err := open([]byte(cp.Note), tenantV)
 	if err != nil {
 		fail("the tenant checkpoint: %v", err)
