@@ -7,7 +7,7 @@
 //! `docs/audit.md`, "The global tree and its tiles".
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyledger_runtime::audit::TilePath;
@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{AuditRead, Authed, MaybeOperator};
-use crate::error::{ApiError, ApiQuery, responses};
+use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody, responses};
 use crate::handlers::blocking;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -171,7 +171,7 @@ fn with_headers(body: Vec<u8>, content_type: &'static str, cache: String) -> Res
     get, path = "/log/checkpoint", tag = "audit",
     responses(
         (status = 200, description = "The signed note", content((String = "text/plain"))),
-        responses::Common,
+        responses::OperatorAuth, responses::Common,
     ),
     security((), ("operator" = [])),
 )]
@@ -197,14 +197,15 @@ async fn log_checkpoint(
     params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, `<N>` in three-digit groups (`x001/234`)")),
     responses(
         (status = 200, description = "The tile's bytes", content((Vec<u8> = "application/octet-stream"))),
-        responses::Common,
+        (status = 404, description = "Not a C2SP tile path, or beyond the tree", body = ErrorBody),
+        responses::OperatorAuth, responses::Common,
     ),
     security((), ("operator" = [])),
 )]
 pub(crate) async fn log_tile(
     State(state): State<AppState>,
     MaybeOperator(operator): MaybeOperator,
-    Path(path): Path<String>,
+    ApiPath(path): ApiPath<String>,
 ) -> ApiResult<Response> {
     let visibility = tiles_access(&state, operator)?;
     let not_found = || {
