@@ -316,6 +316,15 @@ fn the_global_tiles_are_public_on_request_and_expose_nothing_but_hashes() {
         assert_eq!(r.status, 404, "{path}: {}", r.text());
         assert_eq!(r.code(), "not_found", "{path}");
     }
+    // Counted under the documented route.
+    let metrics = get(&addr, "/metrics", Some(TOKEN)).text();
+    for series in [
+        r#"route="/log/tile/{path}",status="200"}"#,
+        r#"route="/log/tile/{path}",status="404"}"#,
+        r#"route="/log/checkpoint",status="200"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series}");
+    }
     live.stop();
 }
 

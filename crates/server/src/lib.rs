@@ -231,7 +231,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     }
     let elapsed = started.elapsed();
     state.http_metrics().observe(
-        route.as_ref().map(MatchedPath::as_str),
+        route
+            .as_ref()
+            .map(|r| transparency::documented_route(r.as_str())),
         &method,
         status,
         elapsed,

@@ -38,7 +38,20 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(log_checkpoint))
         // A tile path spans several segments: routed with a wildcard, and
         // documented as `/log/tile/{path}` (`crate::openapi`).
-        .route("/log/tile/{*path}", axum::routing::get(log_tile))
+        .route(TILE_ROUTE, axum::routing::get(log_tile))
+}
+
+/// The tile route as axum matches it (a wildcard).
+const TILE_ROUTE: &str = "/log/tile/{*path}";
+
+/// A matched route as the OpenAPI document (and so the metrics) name it:
+/// the tile route's wildcard is documented as `/log/tile/{path}`.
+pub(crate) fn documented_route(route: &str) -> &str {
+    if route == TILE_ROUTE {
+        "/log/tile/{path}"
+    } else {
+        route
+    }
 }
 
 /// Query of `GET /v1/audit/checkpoints`.
