@@ -291,10 +291,12 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(e.to_string()))?;
+    // Installed before anyone is told the server is up.
+    let shutdown = shutdown_signal();
     on_listening(local);
     tracing::info!(addr = %local, "listening");
     println!("listening on http://{local}");
-    serve_until(state, listener, shutdown_signal()).await
+    serve_until(state, listener, shutdown).await
 }
 
 /// Serves on a bound listener until `shutdown` completes, then drains the
@@ -395,26 +397,41 @@ pub async fn serve_until(
     ledger.shutdown().await.map_err(ServeError::Shutdown)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives just
+/// after `listening on` is printed stops the server gracefully instead of
+/// killing it by the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
-        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => tracing::info!("Ctrl-C: shutting down"),
+                () = wait(terminate) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("Ctrl-C: shutting down");
+        }
     }
 }
