@@ -130,7 +130,8 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
                 .map(|t| t.parse::<TenantId>())
                 .transpose()?
                 .map(|t| checkpoint::verifier_key(&ledger.checkpoint_origin(&t), &key));
-            crate::output::public_key(out, &raw, vkey.as_deref())?;
+            let global = checkpoint::verifier_key(&ledger.global_origin(), &key);
+            crate::output::public_key(out, &raw, vkey.as_deref(), &global)?;
         }
         EvidenceCmd::VerifyBundle { .. } => unreachable!("verified without a ledger"),
     }

@@ -392,13 +392,18 @@ pub fn bundle_written(
     )
 }
 
-/// The checkpoint signing key, and a tenant's note verifier key.
-pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>) -> Result<()> {
+/// The checkpoint signing key, a tenant's note verifier key, and the
+/// global tree's.
+pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>, global: &str) -> Result<()> {
     out.value(
-        &serde_json::json!({ "public_key": raw, "verifier_key": verifier }),
+        &serde_json::json!({
+            "public_key": raw,
+            "verifier_key": verifier,
+            "global_verifier_key": global,
+        }),
         || match verifier {
-            Some(v) => format!("{raw}\n{v}"),
-            None => raw.to_owned(),
+            Some(v) => format!("{raw}\n{v}\n{global}"),
+            None => format!("{raw}\n{global}"),
         },
     )
 }

@@ -780,6 +780,8 @@ impl Remote {
                 #[derive(Deserialize)]
                 struct PublicKey {
                     public_key: String,
+                    verifier_key: String,
+                    global_verifier_key: String,
                 }
                 let t = TenantArg { tenant };
                 let key: PublicKey = self.json(Call::get("/v1/audit/public-key").tenant(&t))?;
@@ -787,16 +789,15 @@ impl Remote {
                     None => None,
                     Some(_) => {
                         self.check_tenant(&t)?;
-                        let cp: Checkpoint =
-                            self.json(Call::get("/v1/audit/checkpoint").tenant(&t))?;
-                        let parsed = keyledger_audit::checkpoint::parse_public_key(&key.public_key)
-                            .map_err(|e| Failure::msg(format!("the server's public key: {e}")))?;
-                        Some(keyledger_audit::checkpoint::verifier_key(
-                            &cp.origin, &parsed,
-                        ))
+                        Some(key.verifier_key)
                     }
                 };
-                output::public_key(out, &key.public_key, vkey.as_deref())?;
+                output::public_key(
+                    out,
+                    &key.public_key,
+                    vkey.as_deref(),
+                    &key.global_verifier_key,
+                )?;
             }
             EvidenceCmd::VerifyBundle { .. } => unreachable!("verified on this machine"),
         }

@@ -22,6 +22,11 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KEYLEDGER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Serve the global tree's checkpoint and tiles (`/log/checkpoint`,
+    /// `/log/tile/...`, C2SP tlog-tiles) to anyone; without it they take
+    /// the operator token. They hold only hashes (docs/audit.md).
+    #[arg(long, env = "KEYLEDGER_TILES_PUBLIC")]
+    pub tiles_public: bool,
     /// Uses are counted in memory and written as one KeyUsed event per key
     /// per window of this many milliseconds (0: one event per use).
     #[arg(long, env = "KEYLEDGER_USAGE_WINDOW_MS", default_value_t = 1000)]
@@ -228,7 +233,9 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     for name in partners.names() {
         tracing::info!(partner = name, "accepting signed leak reports");
     }
-    let state = AppState::with_limits(ledger, token, limits).with_leak_partners(partners);
+    let state = AppState::with_limits(ledger, token, limits)
+        .with_leak_partners(partners)
+        .with_tiles_public(args.tiles_public);
     keyledger_server::serve(state, &args.addr, |addr| {
         if newcomer {
             println!("{}", welcome(data, addr, source));

@@ -13,5 +13,6 @@ mod limits;
 mod live;
 mod nodes;
 mod scan;
+mod transparency;
 mod util;
 mod webhooks;

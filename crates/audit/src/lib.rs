@@ -6,8 +6,10 @@
 //!   their verification by the RFC's algorithms.
 //! * [`checkpoint`]: tree heads as C2SP signed notes (`tlog-checkpoint`),
 //!   signed and verified with Ed25519; [`origin`]: the origins keyledger
-//!   signs a tenant's checkpoints under.
+//!   signs checkpoints under (tenants' and the global tree's).
 //! * [`proofs`]: inclusion and consistency proofs as handed out (hex).
+//! * [`tiles`]: the C2SP tlog-tiles paths and the bytes of hash tiles
+//!   and entry bundles, built from a tree's nodes.
 //! * [`bundle`]: the evidence bundle's format and its JSON Lines file.
 //! * [`verify`]: the offline bundle verifier and its report.
 //!
@@ -21,6 +23,7 @@ pub mod checkpoint;
 pub mod merkle;
 pub mod origin;
 pub mod proofs;
+pub mod tiles;
 pub mod verify;
 
 pub use bundle::{Bundle, BundleEarlier, BundleHeader, BundleInclusion};

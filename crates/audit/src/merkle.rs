@@ -171,6 +171,16 @@ impl Tree {
             .copied()
     }
 
+    /// The hash of the complete subtree of `2^level` leaves starting at leaf
+    /// `index · 2^level`, if the tree holds all of them: `MTH(D[index·2^level
+    /// : (index+1)·2^level])`. Level 0 is the leaf hashes.
+    pub fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels
+            .get(usize::try_from(level).ok()?)?
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+
     /// The root of the tree of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
         self.check_size(size)?;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::bundle::{BUNDLE_FORMAT, BundleEarlier, BundleHeader, HeaderError, read_jsonl};
 use crate::checkpoint::{self, Checkpoint};
 use crate::merkle::{self, Hash};
-use crate::origin::{epoch_of_origin, origin};
+use crate::origin::epoch_of_origin;
 use crate::proofs::parse_hashes;
 
 /// The kind of a problem a bundle check found.
@@ -201,7 +201,7 @@ pub fn verify_bundle_with<F: EventFormat>(
     check_inclusion_proofs(&bundle, &head, &events, &mut report);
     // 7. Earlier checkpoints: signed, and consistent with the head.
     for (i, earlier) in bundle.earlier_checkpoints.iter().enumerate() {
-        check_earlier(i + 1, earlier, &head, key, &mut report);
+        check_earlier(i + 1, earlier, &bundle.tenant, &head, key, &mut report);
     }
     // 8. Checkpoints the reviewer kept: signed, and a prefix of this tree.
     let signed = Signed {
@@ -308,9 +308,8 @@ fn check_checkpoint(
         report.problem(
             ProblemKind::Malformed,
             format!(
-                "the checkpoint is for `{}`, not `{}` (or one of its later epochs)",
-                head.origin,
-                origin(&bundle.tenant)
+                "the checkpoint is for `{}`, not `<origin>/{}` (or one of its later epochs)",
+                head.origin, bundle.tenant
             ),
         );
         None
@@ -527,6 +526,7 @@ fn check_inclusion_proofs(
 fn check_earlier(
     n: usize,
     e: &BundleEarlier,
+    tenant: &str,
     head: &Checkpoint,
     key: &VerifyingKey,
     report: &mut BundleReport,
@@ -544,7 +544,7 @@ fn check_earlier(
             return;
         }
     };
-    if earlier.origin != head.origin {
+    if !same_log(tenant, &earlier.origin, &head.origin) {
         report.problem(
             ProblemKind::Malformed,
             format!("earlier checkpoint {n} is for `{}`", earlier.origin),
@@ -611,7 +611,7 @@ fn check_held(n: usize, note: &str, signed: &Signed<'_>, report: &mut BundleRepo
             return;
         }
     };
-    if kept.origin != head.origin {
+    if !same_log(&signed.bundle.tenant, &kept.origin, &head.origin) {
         report.problem(
             ProblemKind::Malformed,
             format!(
@@ -664,6 +664,13 @@ fn check_held(n: usize, note: &str, signed: &Signed<'_>, report: &mut BundleRepo
 
 /// Whether `kept` was signed after `head` (both carry the signer's `time`
 /// extension, an RFC 3339 UTC time); false when either has none.
+/// Whether two origins name one log of `tenant`: equal, or the same epoch
+/// of the tenant under two base origins (the node's `--audit-origin`
+/// changed, e.g. from the legacy `keyledger`; the tree is the same).
+fn same_log(tenant: &str, a: &str, b: &str) -> bool {
+    a == b || epoch_of_origin(tenant, a).is_some_and(|e| epoch_of_origin(tenant, b) == Some(e))
+}
+
 fn signed_later(kept: &Checkpoint, head: &Checkpoint) -> bool {
     // `2026-12-07T07:59:46.514424Z`: the seconds, then the fraction padded.
     fn key(c: &Checkpoint) -> Option<(String, String)> {
@@ -712,7 +719,8 @@ fn held_verdict(kept: &Checkpoint, signed: &Signed<'_>) -> Option<Result<(), &'s
     }
     let by_bundle_proof = bundle.earlier_checkpoints.iter().find_map(|e| {
         let c = checkpoint::open(&e.checkpoint, signed.key).ok()?;
-        (c.origin == head.origin && c.size == kept.size).then_some(c.root)
+        (same_log(&signed.bundle.tenant, &c.origin, &head.origin) && c.size == kept.size)
+            .then_some(c.root)
     });
     // The earlier checkpoint of that size was checked against the head in
     // step 7; the held one must be the same tree.

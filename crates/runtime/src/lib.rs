@@ -25,6 +25,7 @@
 pub mod audit {
     pub use crate::bundles::{LedgerEvents, verify_bundle, verify_bundle_with};
     pub use crate::checkpoints::{AuditConfig, CHECKPOINT_DIR, SignedCheckpoint, StoredCheckpoint};
+    pub use crate::global::{GLOBAL_CHECKPOINT_FILE, GlobalInclusion};
     pub use crate::signing_key::{
         PUBLIC_KEY_FILE, SIGNING_KEY_FILE, encode_public_key, load_or_create_key,
     };
@@ -33,8 +34,11 @@ pub mod audit {
         BUNDLE_EVENTS_MAX, BUNDLE_FORMAT, BUNDLE_INCLUSION_PROOFS_MAX, Bundle, BundleEarlier,
         BundleHeader, BundleInclusion,
     };
-    pub use keyledger_audit::origin::{epoch_of_origin, origin, origin_in};
+    pub use keyledger_audit::origin::{
+        default_base, epoch_of_origin, global_origin, origin, origin_in, tenant_origin,
+    };
     pub use keyledger_audit::proofs::{ConsistencyProof, InclusionProof};
+    pub use keyledger_audit::tiles::TilePath;
     pub use keyledger_audit::verify::{BundleReport, Problem, ProblemKind};
 }
 mod bundles;
@@ -45,6 +49,7 @@ pub mod datadir;
 mod error;
 mod filter;
 mod follower;
+mod global;
 pub mod integrity;
 mod leaks;
 mod metrics;

@@ -35,6 +35,8 @@ pub(crate) struct AuditState {
     /// opened anyway to recover them (`Config::recovering`): nothing is
     /// signed for them in that epoch, and what is wrong.
     pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
+    /// The global tree over every tenant's events (`global.rs`).
+    pub(crate) global: crate::global::GlobalState,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -115,6 +117,10 @@ impl AuditState {
     /// must be the record's `seq - 1` (checked here, as the chain is
     /// checked on append and replay).
     pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
+        // The global tree is locked first, and held until the tenants' trees
+        // are updated too: read in that order, the two agree.
+        let mut global = self.global.tree.write().unwrap_or_else(|e| e.into_inner());
+        global.apply(records);
         let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
         // One tree lookup per run of records of one tenant.
         for run in records.chunk_by(|a, b| a.event.tenant == b.event.tenant) {

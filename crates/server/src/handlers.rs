@@ -43,6 +43,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .merge(crate::evidence::router())
         .merge(crate::leaks::router())
         .merge(crate::webhooks::router())
+        .merge(crate::transparency::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))

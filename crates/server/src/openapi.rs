@@ -20,6 +20,7 @@ use crate::error::ErrorBody;
             with an opaque `cursor` and `limit` (default 50, at most 1000). See docs/api.md.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    paths(crate::transparency::log_tile),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
