@@ -737,7 +737,9 @@ impl Remote {
                 };
                 output::public_key(out, &key.public_key, vkey.as_deref())?;
             }
-            EvidenceCmd::VerifyBundle { .. } => unreachable!("verified on this machine"),
+            EvidenceCmd::VerifyBundle { .. } | EvidenceCmd::VerifyReceipt { .. } => {
+                unreachable!("verified on this machine")
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -73,6 +73,12 @@ pub struct ServeArgs {
         default_value_t = limits::IDLE_TIMEOUT.as_millis() as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
+    /// A witness each stored checkpoint is sent to (C2SP tlog-witness
+    /// `add-checkpoint`), as `<verifier key>=<URL prefix>`: its C2SP
+    /// cosignature/v1 verifier key and the prefix `add-checkpoint` is posted
+    /// under. Its cosignatures are kept with the checkpoint. Repeatable.
+    #[arg(long = "witness", value_name = "VKEY=URL")]
+    pub witnesses: Vec<keyledger_runtime::WitnessTarget>,
 }
 
 /// The largest connection limit the options take.
@@ -124,12 +130,16 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     }
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
-    let ledger = cli::open_following(
+    let ledger = cli::open_with_config(
         data,
         key_prefix,
-        UsageWindow::from_millis(args.usage_window_ms),
-        std::time::Duration::from_millis(args.audit_read_window_ms),
-        follow,
+        keyledger_runtime::Config {
+            usage_window: UsageWindow::from_millis(args.usage_window_ms),
+            audit_read_window: std::time::Duration::from_millis(args.audit_read_window_ms),
+            follow,
+            witnesses: args.witnesses.clone(),
+            ..keyledger_runtime::Config::default()
+        },
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {

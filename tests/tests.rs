@@ -13,3 +13,4 @@ mod limits;
 mod live;
 mod nodes;
 mod util;
+mod witness;

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::bundle::{BUNDLE_FORMAT, BundleEarlier, BundleHeader, HeaderError, read_jsonl};
 use crate::checkpoint::{self, Checkpoint};
+use crate::cosignature::Policy;
 use crate::merkle::{self, Hash};
 use crate::origin::{epoch_of_origin, origin};
 use crate::proofs::parse_hashes;
@@ -42,6 +43,9 @@ pub enum ProblemKind {
     ProofFailed,
     /// A checkpoint the reviewer holds cannot be checked with this bundle.
     Unverifiable,
+    /// The witness policy is not met: no checkpoint covering the range is
+    /// cosigned by enough of the trusted witnesses.
+    Unwitnessed,
 }
 
 impl ProblemKind {
@@ -57,6 +61,7 @@ impl ProblemKind {
             ProblemKind::InconsistentCheckpoints => "inconsistent_checkpoints",
             ProblemKind::ProofFailed => "proof_failed",
             ProblemKind::Unverifiable => "unverifiable",
+            ProblemKind::Unwitnessed => "unwitnessed",
         }
     }
 }
@@ -173,6 +178,22 @@ pub fn verify_bundle_with<F: EventFormat>(
     held: &[String],
     format: &F,
 ) -> BundleReport {
+    verify_bundle_witnessed(bytes, key, held, None, format)
+}
+
+/// [`verify_bundle_with`], and with a witness `policy`: the bundle's
+/// `witnessed` checkpoint must be signed by the key, consistent with the
+/// bundle's checkpoint, cover the whole range (size ≥ `to_seq`) and be
+/// cosigned by at least `policy.quorum` of its witnesses
+/// (**unwitnessed** otherwise). Without a policy a `witnessed` checkpoint
+/// is checked as an earlier one (signature and consistency).
+pub fn verify_bundle_witnessed<F: EventFormat>(
+    bytes: &[u8],
+    key: &VerifyingKey,
+    held: &[String],
+    policy: Option<&Policy>,
+    format: &F,
+) -> BundleReport {
     let mut report = BundleReport::default();
     let Some((bundle, lines)) = read_lines(bytes, &mut report) else {
         return report;
@@ -203,6 +224,8 @@ pub fn verify_bundle_with<F: EventFormat>(
     for (i, earlier) in bundle.earlier_checkpoints.iter().enumerate() {
         check_earlier(i + 1, earlier, &head, key, &mut report);
     }
+    // 7b. The witnessed checkpoint, and the witness policy.
+    check_witnessed(&bundle, &head, key, policy, &mut report);
     // 8. Checkpoints the reviewer kept: signed, and a prefix of this tree.
     let signed = Signed {
         bundle: &bundle,
@@ -723,4 +746,61 @@ fn held_verdict(kept: &Checkpoint, signed: &Signed<'_>) -> Option<Result<(), &'s
             Err("the bundle's own checkpoint of that size has another root: the log was rewritten")
         }
     })
+}
+
+/// The bundle's witnessed checkpoint: like an earlier one (signed,
+/// consistent with the head), and under a policy, cosigned by enough
+/// trusted witnesses and covering the range.
+fn check_witnessed(
+    bundle: &BundleHeader,
+    head: &Checkpoint,
+    key: &VerifyingKey,
+    policy: Option<&Policy>,
+    report: &mut BundleReport,
+) {
+    let Some(w) = &bundle.witnessed else {
+        if let Some(p) = policy {
+            report.problem(
+                ProblemKind::Unwitnessed,
+                format!(
+                    "the bundle carries no witnessed checkpoint; the policy asks for {} of {} \
+                     witnesses",
+                    p.quorum,
+                    p.witnesses.len()
+                ),
+            );
+        }
+        return;
+    };
+    let before = report.problems.len();
+    check_earlier(0, w, head, key, report);
+    for p in &mut report.problems[before..] {
+        p.message = p
+            .message
+            .replace("earlier checkpoint 0", "the witnessed checkpoint")
+            .replace("an earlier checkpoint", "the witnessed checkpoint");
+    }
+    let Some(policy) = policy else {
+        return;
+    };
+    if report.problems.len() > before {
+        report.problem(
+            ProblemKind::Unwitnessed,
+            "the witnessed checkpoint does not hold, so no witness vouches for the range",
+        );
+        return;
+    }
+    let size = checkpoint::parse_unverified(&w.checkpoint).map_or(0, |c| c.size);
+    match policy.check(&w.checkpoint) {
+        Err(e) => report.problem(ProblemKind::Unwitnessed, format!("the witnessed checkpoint: {e}")),
+        Ok(_) if size < bundle.to_seq => report.problem(
+            ProblemKind::Unwitnessed,
+            format!(
+                "the witnessed checkpoint holds {size} events: events {}..={} are not witnessed yet",
+                size.saturating_add(1).max(bundle.from_seq),
+                bundle.to_seq
+            ),
+        ),
+        Ok(_) => {}
+    }
 }

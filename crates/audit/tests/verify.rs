@@ -108,6 +108,7 @@ fn bundle(n: u64, from: u64, to: u64) -> (Bundle, VerifyingKey, Tree, SigningKey
             })
             .collect(),
         earlier_checkpoints: Vec::new(),
+        witnessed: None,
     };
     let events = events[(from - 1) as usize..to as usize].to_vec();
     let public = key.verifying_key();

@@ -117,6 +117,7 @@ impl Keyledger {
                 consistency_proof: hex_hashes(&proof),
             });
         }
+        let witnessed = self.bundle_witnessed(tenant, t, size)?;
         Ok(BundleHeader {
             format: BUNDLE_FORMAT.into(),
             tenant: tenant.to_string(),
@@ -126,6 +127,7 @@ impl Keyledger {
             range_proof: hex_hashes(&range),
             inclusion_proofs: inclusion,
             earlier_checkpoints: earlier,
+            witnessed,
         })
     }
 

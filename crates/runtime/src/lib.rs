@@ -53,6 +53,7 @@ mod signing_key;
 mod trees;
 mod verify;
 pub mod views;
+mod witness;
 mod writer;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -75,6 +76,10 @@ pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
+pub use witness::{
+    COSIGNATURES_SUFFIX, ReceiptAnswer, StoredCosignatures, WITNESS_TIMEOUT, WitnessTarget,
+    WitnessedCheckpoint,
+};
 
 /// Longest page of any list.
 pub const PAGE_LIMIT_MAX: usize = 1000;
@@ -137,6 +142,9 @@ pub struct Config {
     /// recover`). Nothing is signed for such a tenant until then. `false`
     /// (the default): such a log is refused at open.
     pub recovering: bool,
+    /// Witnesses each stored checkpoint is sent to (C2SP tlog-witness), and
+    /// whose cosignatures are kept with it; empty (the default): none.
+    pub witnesses: Vec<WitnessTarget>,
 }
 
 impl Default for Config {
@@ -150,6 +158,7 @@ impl Default for Config {
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -349,6 +358,7 @@ impl Keyledger {
                 a.checkpoint_debounce,
             ));
             *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            witness::start(&shared)?;
         }
         let catch_up = shared
             .catch_up
@@ -797,6 +807,8 @@ impl Keyledger {
                 tracing::warn!(error = %e, "writing the final audit checkpoints failed");
             }
         }
+        // The witness threads send what is queued, then end on their own.
+        self.shared.audit.witnessing.close();
         flushed.map(|_| ())
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct AuditState {
     pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The witness client: channels to its threads, cosignatures gathered.
+    pub(crate) witnessing: crate::witness::Witnessing,
 }
 
 /// A tenant's largest checkpoint signed (stored or handed out, by this

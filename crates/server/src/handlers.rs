@@ -41,6 +41,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .merge(crate::evidence::router())
+        .merge(crate::witnessing::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))
@@ -203,6 +204,9 @@ async fn revoke_key(
 ) -> ApiResult<Response> {
     let id = key_id(&id)?;
     let reason = body.reason.unwrap_or_default().into();
+    if q.receipt == Some(true) {
+        return crate::witnessing::revoke_with_receipt(&state, &auth, id, reason, &q).await;
+    }
     let key = match q.wait.unwrap_or_default() {
         WaitFor::ThisNode if q.wait_ms.is_some() => {
             return Err(ApiError::query("wait_ms applies only with wait=all-nodes"));
@@ -236,9 +240,9 @@ async fn revoke_key(
 }
 
 /// How long a revoke with `wait=all-nodes` waits for the other nodes by default.
-const REVOKE_WAIT_MS_DEFAULT: u64 = 10_000;
+pub(crate) const REVOKE_WAIT_MS_DEFAULT: u64 = 10_000;
 /// The longest wait a revoke may ask for (under the request timeout).
-const REVOKE_WAIT_MS_MAX: u64 = 20_000;
+pub(crate) const REVOKE_WAIT_MS_MAX: u64 = 20_000;
 const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_millis() as u64);
 
 /// Replace a key with a new one with the same owner, name, description and

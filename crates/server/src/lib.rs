@@ -34,6 +34,7 @@ mod openapi;
 pub mod position;
 pub mod redact;
 pub mod wire;
+mod witnessing;
 
 use std::future::Future;
 use std::net::SocketAddr;
