@@ -71,16 +71,15 @@ impl TestWitness {
             w.answered.clone(),
             w.stop.clone(),
         );
-        listener.set_nonblocking(true).expect("non-blocking");
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let ctx = (&name, &key, &*logs, &*state, &*answered);
-                        serve_one(conn, ctx);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            // One request at a time: what a witness's atomic check-and-update needs anyway.
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    let ctx = (&name, &key, &*logs, &*state, &*answered);
+                    serve_one(conn, ctx);
                 }
             }
         });
@@ -126,6 +125,8 @@ impl TestWitness {
 impl Drop for TestWitness {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accepting thread, which then ends.
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
     }
 }
 
@@ -707,6 +708,144 @@ fn a_bundle_under_a_policy_of_2_of_3_passes_with_2_and_fails_with_1() {
     assert!(
         out.contains("cosigned by 1 of the 2 witnesses required"),
         "{out}"
+    );
+    live.stop();
+}
+
+/// Figures for docs/performance.md ("Witnesses and receipts"), printed,
+/// never asserted: the witness round trip on loopback against a same-run
+/// baseline (an HTTP round trip the witness answers 404 without any
+/// check), the node's queue-to-stored cosigning time from its log, and the
+/// size of a receipt. `cargo nextest run --test tests --run-ignored only
+/// figures_ --no-capture`.
+#[test]
+#[ignore = "prints figures; run on a quiet machine"]
+fn figures_cosigning_latency_and_receipt_size() {
+    fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+    let w = TestWitness::start("witness.test/figures", 30);
+    let log = SigningKey::from_bytes(&[7; 32]);
+    let origin = "example.test/log";
+    w.trust(&checkpoint::verifier_key(origin, &log.verifying_key()));
+    let n = 200u64;
+    let mut tree = Tree::new();
+    for i in 0..100_000u64 {
+        tree.push(&i.to_be_bytes());
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let (mut rt, mut base) = (Vec::new(), Vec::new());
+    let mut old = 0;
+    for i in 0..n {
+        let size = 99_000 + i * 5;
+        let proof = if old == 0 {
+            vec![]
+        } else {
+            tree.consistency_proof(old, size).unwrap()
+        };
+        let b = body(old, &proof, &signed(&tree, size, origin, &log));
+        let t = Instant::now();
+        let mut r = agent
+            .post(&format!("{}/add-checkpoint", w.url))
+            .send(b.as_bytes())
+            .unwrap();
+        let _ = r.body_mut().read_to_string();
+        rt.push(t.elapsed());
+        assert_eq!(r.status().as_u16(), 200);
+        old = size;
+        let t = Instant::now();
+        let mut r = agent
+            .post(&format!("{}/nothing", w.url))
+            .send(b.as_bytes())
+            .unwrap();
+        let _ = r.body_mut().read_to_string();
+        base.push(t.elapsed());
+    }
+    let (rt, base) = (median(rt), median(base));
+    println!(
+        "add-checkpoint round trip (100,000-leaf log, {}-hash proofs): median {rt:?}; \
+         baseline HTTP round trip {base:?}; ratio {:.1}",
+        tree.consistency_proof(99_000, 99_005).unwrap().len(),
+        rt.as_secs_f64() / base.as_secs_f64()
+    );
+
+    // The node: queue-to-stored per cosignature, and a receipt's size.
+    let d = Data::new();
+    d.ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
+    ]);
+    let vkey = log_vkey(&d, "acme");
+    let ws: Vec<TestWitness> = (0..2)
+        .map(|i| TestWitness::start(&format!("witness.test/f{i}"), 40 + i))
+        .collect();
+    for w in &ws {
+        w.trust(&vkey);
+    }
+    let live = Live::start_with(
+        d.path().as_path(),
+        1000,
+        "info,keyledger_runtime=debug",
+        &["--witness", &ws[0].option(), "--witness", &ws[1].option()],
+    );
+    let auditor = mint(&live, "acme", "auditor");
+    let secret = auditor["key"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {secret}");
+    let mut positions = Vec::new();
+    for i in 0..10 {
+        let k = mint(&live, "acme", &format!("k{i}"));
+        let r = request(
+            &live.addr,
+            "POST",
+            &format!("/v1/keys/{}/revoke?receipt=true", k["id"].as_str().unwrap()),
+            &[("Authorization", &auth)],
+            None,
+        )
+        .unwrap();
+        positions.push(r.json()["receipt"]["position"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let all: Vec<Cosigner> = ws.iter().map(TestWitness::cosigner).collect();
+    let policy = Policy::new(all, 2).unwrap();
+    let last = *positions.last().unwrap();
+    let mut receipt = String::new();
+    eventually("a receipt cosigned by both", || {
+        let r = get(
+            &live,
+            &secret,
+            &format!("/v1/audit/receipt?position={last}"),
+        );
+        receipt = r.text();
+        r.status == 200
+            && policy
+                .check(&receipt[receipt.find("\n\n").unwrap() + 2..])
+                .is_ok()
+    });
+    let logs = live.all_logs();
+    let mut us: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("checkpoint cosigned"))
+        .filter_map(|l| {
+            l.split("queued_to_stored_us=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    us.sort_unstable();
+    let proof_lines = receipt[..receipt.find("\n\n").unwrap()].lines().count() - 3;
+    println!(
+        "node: {} cosignatures, queue-to-stored median {} µs, max {} µs; receipt of position {last} \
+         in a tree of about {last} events: {} bytes ({proof_lines} proof hashes, 2 cosignatures)",
+        us.len(),
+        us.get(us.len() / 2).copied().unwrap_or(0),
+        us.last().copied().unwrap_or(0),
+        receipt.len()
     );
     live.stop();
 }

@@ -104,6 +104,8 @@ pub struct WitnessedCheckpoint {
 
 /// A checkpoint to send.
 struct Submission {
+    /// When it was queued (for the log line of its cosignature).
+    queued: std::time::Instant,
     tenant: TenantId,
     checkpoint: Checkpoint,
     note: String,
@@ -138,6 +140,7 @@ impl Witnessing {
             return;
         }
         let s = Arc::new(Submission {
+            queued: std::time::Instant::now(),
             tenant: tenant.clone(),
             checkpoint: checkpoint.clone(),
             note: note.to_owned(),
@@ -465,7 +468,13 @@ fn submit(
                     cosignatures: lines,
                 };
                 match shared.audit.store_cosignatures(&s.tenant, &stored) {
-                    Ok(()) => tracing::debug!(witness = name, origin, size, "checkpoint cosigned"),
+                    Ok(()) => tracing::debug!(
+                        witness = name,
+                        origin,
+                        size,
+                        queued_to_stored_us = s.queued.elapsed().as_micros() as u64,
+                        "checkpoint cosigned"
+                    ),
                     Err(e) => {
                         tracing::warn!(witness = name, origin, size, error = %e, "storing a cosignature failed")
                     }
