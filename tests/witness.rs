@@ -372,6 +372,35 @@ fn mint(live: &Live, tenant: &str, name: &str) -> Value {
     r.json()
 }
 
+/// A data directory with one event in `acme`, `n` witnesses trusting its
+/// log (`witness.test/<prefix><i>`, keys from `seed + i`), and the node
+/// serving it with the first two of them.
+fn witnessed_node(
+    prefix: &str,
+    n: u8,
+    seed: u8,
+    log: &str,
+) -> (Data, String, Vec<TestWitness>, Live) {
+    let d = Data::new();
+    d.ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
+    ]);
+    let vkey = log_vkey(&d, "acme");
+    let ws: Vec<TestWitness> = (0..n)
+        .map(|i| TestWitness::start(&format!("witness.test/{prefix}{i}"), seed + i))
+        .collect();
+    for w in &ws {
+        w.trust(&vkey);
+    }
+    let live = Live::start_with(
+        d.path().as_path(),
+        1000,
+        log,
+        &["--witness", &ws[0].option(), "--witness", &ws[1].option()],
+    );
+    (d, vkey, ws, live)
+}
+
 /// Runs the binary with no data directory, from an empty directory.
 fn offline(args: &[&str]) -> (Option<i32>, String) {
     let cwd = tempfile::tempdir().unwrap();
@@ -563,24 +592,8 @@ fn the_node_resyncs_after_a_409_and_serves_the_cosigned_checkpoint() {
 /// cosignature removed (1 of 3) or when altered.
 #[test]
 fn a_bundle_under_a_policy_of_2_of_3_passes_with_2_and_fails_with_1() {
-    let d = Data::new();
-    d.ok(&[
-        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
-    ]);
-    let vkey = log_vkey(&d, "acme");
-    let ws: Vec<TestWitness> = (0..3)
-        .map(|i| TestWitness::start(&format!("witness.test/k{i}"), 20 + i))
-        .collect();
-    for w in &ws {
-        w.trust(&vkey);
-    }
-    // The node knows two of them.
-    let live = Live::start_with(
-        d.path().as_path(),
-        1000,
-        "info",
-        &["--witness", &ws[0].option(), "--witness", &ws[1].option()],
-    );
+    // Three witnesses; the node knows two of them.
+    let (_d, vkey, ws, live) = witnessed_node("k", 3, 20, "info");
     let auditor = mint(&live, "acme", "auditor");
     let secret = auditor["key"].as_str().unwrap().to_owned();
     let doomed = mint(&live, "acme", "doomed");
@@ -774,23 +787,7 @@ fn figures_cosigning_latency_and_receipt_size() {
     );
 
     // The node: queue-to-stored per cosignature, and a receipt's size.
-    let d = Data::new();
-    d.ok(&[
-        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
-    ]);
-    let vkey = log_vkey(&d, "acme");
-    let ws: Vec<TestWitness> = (0..2)
-        .map(|i| TestWitness::start(&format!("witness.test/f{i}"), 40 + i))
-        .collect();
-    for w in &ws {
-        w.trust(&vkey);
-    }
-    let live = Live::start_with(
-        d.path().as_path(),
-        1000,
-        "info,keyledger_runtime=debug",
-        &["--witness", &ws[0].option(), "--witness", &ws[1].option()],
-    );
+    let (_d, _, ws, live) = witnessed_node("f", 2, 40, "info,keyledger_runtime=debug");
     let auditor = mint(&live, "acme", "auditor");
     let secret = auditor["key"].as_str().unwrap().to_owned();
     let auth = format!("Bearer {secret}");
