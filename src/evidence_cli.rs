@@ -169,17 +169,22 @@ async fn with_ledger(ledger: &Keyledger, out: &Out, cmd: &EvidenceCmd) -> cli::R
                 None => Principal::operator(t.clone()),
             };
             let size = ledger.tree_size(&t);
-            let bundle = ledger
-                .export_bundle(principal, from.unwrap_or(1), to.unwrap_or(size))
-                .await?;
             let file = std::fs::File::create(output)?;
-            bundle.write_jsonl(std::io::BufWriter::new(file))?;
+            // Written event by event: any range in bounded memory.
+            let (header, events) = ledger
+                .export_bundle_to(
+                    principal,
+                    from.unwrap_or(1),
+                    to.unwrap_or(size),
+                    std::io::BufWriter::new(file),
+                )
+                .await?;
             crate::output::bundle_written(
                 out,
                 output,
-                bundle.events.len(),
-                bundle.header.from_seq,
-                bundle.header.to_seq,
+                usize::try_from(events).unwrap_or(usize::MAX),
+                header.from_seq,
+                header.to_seq,
             )?;
         }
         EvidenceCmd::PublicKey { tenant } => {
