@@ -247,19 +247,21 @@ fn verify_bundle(
 ) -> cli::Result<ExitCode> {
     let key = read_key("--public-key", public_key)?;
     let policy = witnesses.policy()?;
-    let bytes = std::fs::read(file)
-        .map_err(|e| Failure::msg(format!("cannot read {}: {e}", file.display())))?;
+    let cannot = |e: std::io::Error| Failure::msg(format!("cannot read {}: {e}", file.display()));
+    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(cannot)?);
     let held = checkpoints
         .iter()
         .map(|p| read_checkpoint(p))
         .collect::<cli::Result<Vec<String>>>()?;
-    let report = keyledger_audit::verify_bundle_witnessed(
-        &bytes,
+    // One line at a time: any bundle in bounded memory.
+    let report = keyledger_audit::verify_bundle_reader(
+        reader,
         &key,
         &held,
         policy.as_ref(),
         &audit::LedgerEvents,
-    );
+    )
+    .map_err(cannot)?;
     out.value(
         &serde_json::json!({
             "valid": report.ok(),

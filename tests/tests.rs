@@ -12,5 +12,6 @@ mod leaks;
 mod limits;
 mod live;
 mod nodes;
+mod stream;
 mod util;
 mod witness;

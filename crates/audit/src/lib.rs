@@ -39,6 +39,6 @@ pub use merkle::{
 pub use proofs::{ConsistencyProof, InclusionProof};
 pub use receipt::{Receipt, ReceiptCheck, ReceiptError, verify_receipt};
 pub use verify::{
-    BundleReport, EventFormat, EventLink, Problem, ProblemKind, verify_bundle_with,
-    verify_bundle_witnessed,
+    BundleReport, EventFormat, EventLink, Problem, ProblemKind, verify_bundle_reader,
+    verify_bundle_with, verify_bundle_witnessed,
 };
