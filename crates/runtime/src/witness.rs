@@ -576,13 +576,14 @@ impl Keyledger {
         } else {
             self.witnessed_checkpoint(tenant)?
         };
+        let covered = best.as_ref().map_or(0, |b| b.size);
         let Some(best) = best.filter(|b| b.size >= position) else {
             let debounce = audit
                 .signer
                 .as_ref()
                 .map_or(Duration::from_secs(1), |s| s.config.checkpoint_debounce);
             return Ok(ReceiptAnswer::NotYet {
-                covered: self.witnessed_checkpoint(tenant)?.map_or(0, |b| b.size),
+                covered,
                 retry_after: debounce
                     + if self.shared.config.witnesses.is_empty() {
                         Duration::ZERO
