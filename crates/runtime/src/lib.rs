@@ -195,6 +195,9 @@ pub struct Created {
     pub key: KeyRecord,
     /// The `KeyCreated` event's log position.
     pub position: u64,
+    /// The tenant sequence number of the command's last event (a rotation's
+    /// revocation of the old key, say): the position a receipt is asked for.
+    pub seq: u64,
 }
 
 /// What to create.
@@ -747,6 +750,7 @@ impl Keyledger {
             secret,
             key: self.key(tenant, key_id)?,
             position,
+            seq: records.iter().map(|r| r.seq).max().unwrap_or(0),
         })
     }
 

@@ -88,17 +88,37 @@ fn scopes(names: Option<Vec<ScopeName>>) -> Option<ScopeSet> {
 
 /// A created key's answer, with the tenant's position after the write.
 fn created_response(state: &AppState, tenant: &TenantId, c: Created) -> Response {
+    created_response_with(state, tenant, c, None)
+}
+
+/// [`created_response`], with `receipt` added to the body when given.
+fn created_response_with(
+    state: &AppState,
+    tenant: &TenantId,
+    c: Created,
+    receipt: Option<serde_json::Value>,
+) -> Response {
     let body = CreatedKey::new(&c, state.ledger().now());
     let location = format!("/v1/keys/{}", body.view.id);
-    position::answer(
-        state.ledger(),
-        tenant,
-        (
-            StatusCode::CREATED,
-            [(header::LOCATION, location)],
-            Json(body),
+    let location = [(header::LOCATION, location)];
+    match receipt {
+        None => position::answer(
+            state.ledger(),
+            tenant,
+            (StatusCode::CREATED, location, Json(body)),
         ),
-    )
+        Some(r) => {
+            let mut v = serde_json::to_value(&body).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("receipt".into(), r);
+            }
+            position::answer(
+                state.ledger(),
+                tenant,
+                (StatusCode::CREATED, location, Json(v)),
+            )
+        }
+    }
 }
 
 fn key_view(state: &AppState, k: &keyledger_core::KeyRecord) -> KeyView {
@@ -250,7 +270,7 @@ const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_mil
 /// expires after the grace period.
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), crate::wire::RotateQuery),
     request_body(content = Option<RotateRequest>, description = "Optional; no grace by default"),
     responses(
         (status = 201, description = "The new key; `key` is its secret, shown once", body = CreatedKey,
@@ -263,6 +283,7 @@ async fn rotate_key(
     State(state): State<AppState>,
     auth: Authed<KeysWrite>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<crate::wire::RotateQuery>,
     OptionalJson(body): OptionalJson<RotateRequest>,
 ) -> ApiResult<Response> {
     let id = key_id(&id)?;
@@ -275,6 +296,15 @@ async fn rotate_key(
             body.expires_at.map(|t| t.0),
         )
         .await?;
+    if q.receipt == Some(true) {
+        let receipt = crate::witnessing::receipt_object(&state, &auth, created.seq).await?;
+        return Ok(created_response_with(
+            &state,
+            auth.tenant(),
+            created,
+            Some(receipt),
+        ));
+    }
     Ok(created_response(&state, auth.tenant(), created))
 }
 

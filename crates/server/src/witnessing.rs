@@ -159,6 +159,36 @@ pub(crate) fn pending(position: u64, covered: u64, retry_after: std::time::Durat
     r
 }
 
+/// The `receipt` object of a write asked with `receipt=true`: the
+/// event's `position`, `receipt_url`, and `tlog_proof` (the receipt,
+/// recorded as a proof read) when a checkpoint already covers it, else
+/// `null` and `retry_after_seconds`.
+pub(crate) async fn receipt_object<S>(
+    state: &AppState,
+    auth: &Authed<S>,
+    position: u64,
+) -> ApiResult<serde_json::Value> {
+    let ledger = state.ledger().clone();
+    let tenant = auth.tenant().clone();
+    let answer = blocking(move || Ok(ledger.receipt(&tenant, position)?)).await?;
+    let url = format!("/v1/audit/receipt?position={position}");
+    Ok(match answer {
+        ReceiptAnswer::Ready { text, .. } => {
+            state
+                .ledger()
+                .record_audit_read(auth.principal(), position, position, AuditReadKind::Proof)
+                .await?;
+            serde_json::json!({"position": position, "receipt_url": url, "tlog_proof": text})
+        }
+        ReceiptAnswer::NotYet { retry_after, .. } => serde_json::json!({
+            "position": position,
+            "receipt_url": url,
+            "tlog_proof": null,
+            "retry_after_seconds": retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        }),
+    })
+}
+
 /// `POST /v1/keys/{id}/revoke?receipt=true`: the revoked key, as without
 /// `receipt`, with a `receipt` object: the revocation's `position`,
 /// `receipt_url`, and `tlog_proof` (the receipt) when a checkpoint already
@@ -188,28 +218,11 @@ pub(crate) async fn revoke_with_receipt(
             Some(std::time::Duration::from_millis(wait_ms))
         }
     };
-    let ledger = state.ledger().clone();
-    let (key, position) = ledger
+    let (key, position) = state
+        .ledger()
         .revoke_key_at(auth.principal(), id, reason, wait)
         .await?;
-    let tenant = auth.tenant().clone();
-    let answer = blocking(move || Ok(ledger.receipt(&tenant, position)?)).await?;
-    let url = format!("/v1/audit/receipt?position={position}");
-    let receipt = match answer {
-        ReceiptAnswer::Ready { text, .. } => {
-            state
-                .ledger()
-                .record_audit_read(auth.principal(), position, position, AuditReadKind::Proof)
-                .await?;
-            serde_json::json!({"position": position, "receipt_url": url, "tlog_proof": text})
-        }
-        ReceiptAnswer::NotYet { retry_after, .. } => serde_json::json!({
-            "position": position,
-            "receipt_url": url,
-            "tlog_proof": null,
-            "retry_after_seconds": retry_after.as_secs_f64().ceil().max(1.0) as u64,
-        }),
-    };
+    let receipt = receipt_object(state, auth, position).await?;
     let view = keyledger_runtime::views::KeyView::new(&key, key.status(state.ledger().now()));
     let mut body =
         serde_json::to_value(&view).map_err(|e| ApiError::internal(format!("a key view: {e}")))?;

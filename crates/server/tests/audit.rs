@@ -488,4 +488,34 @@ async fn a_revocation_s_receipt_verifies_offline() {
     // Another key does not open it.
     let other = keyledger_audit::SigningKey::from_bytes(&[9; 32]).verifying_key();
     assert!(keyledger_audit::verify_receipt(&text, &other, None).is_err());
+
+    // A rotation asked with `receipt=true`: the receipt of its last event.
+    let carol = mint(&router, "acme", "carol", &["keys:read"]).await;
+    let (_, body) = call(&router, "GET", "/v1/whoami", Some(&carol), None).await;
+    let old = json_of(&body)["key_id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        &router,
+        "POST",
+        &format!("/v1/keys/{old}/rotate?receipt=true"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let rotated = json_of(&body);
+    assert!(rotated["key"].as_str().is_some(), "{rotated}");
+    let position = rotated["receipt"]["position"].as_u64().unwrap();
+    assert_eq!(position, ledger.tree_size(&tenant("acme")), "{rotated}");
+    ledger.write_checkpoints().unwrap();
+    let url = rotated["receipt"]["receipt_url"].as_str().unwrap();
+    let (status, body) = call(&router, "GET", url, Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let checked =
+        keyledger_audit::verify_receipt(&String::from_utf8(body).unwrap(), &public, None).unwrap();
+    assert_eq!(checked.position, position);
 }
