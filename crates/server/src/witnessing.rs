@@ -121,17 +121,9 @@ async fn receipt(
     auth: Authed<AuditRead>,
     ApiQuery(q): ApiQuery<ReceiptQuery>,
 ) -> ApiResult<Response> {
-    let ledger = state.ledger().clone();
-    let tenant = auth.tenant().clone();
     let position = q.position;
-    // Checked first (bad input changes nothing), recorded before it is handed out.
-    let answer = blocking(move || Ok(ledger.receipt(&tenant, position)?)).await?;
-    Ok(match answer {
+    Ok(match recorded_receipt(&state, &auth, position).await? {
         ReceiptAnswer::Ready { text, .. } => {
-            state
-                .ledger()
-                .record_audit_read(auth.principal(), position, position, AuditReadKind::Proof)
-                .await?;
             ([(header::CONTENT_TYPE, RECEIPT_CONTENT_TYPE)], text).into_response()
         }
         ReceiptAnswer::NotYet {
@@ -139,6 +131,26 @@ async fn receipt(
             retry_after,
         } => pending(position, covered, retry_after),
     })
+}
+
+/// The receipt of the caller's tenant's event at `position` (bad input is
+/// refused first and changes nothing); a receipt handed out is recorded
+/// as a proof read first.
+async fn recorded_receipt<S>(
+    state: &AppState,
+    auth: &Authed<S>,
+    position: u64,
+) -> ApiResult<ReceiptAnswer> {
+    let ledger = state.ledger().clone();
+    let tenant = auth.tenant().clone();
+    let answer = blocking(move || Ok(ledger.receipt(&tenant, position)?)).await?;
+    if let ReceiptAnswer::Ready { .. } = answer {
+        state
+            .ledger()
+            .record_audit_read(auth.principal(), position, position, AuditReadKind::Proof)
+            .await?;
+    }
+    Ok(answer)
 }
 
 /// The 202 answer for a receipt that is not ready.
@@ -168,16 +180,9 @@ pub(crate) async fn receipt_object<S>(
     auth: &Authed<S>,
     position: u64,
 ) -> ApiResult<serde_json::Value> {
-    let ledger = state.ledger().clone();
-    let tenant = auth.tenant().clone();
-    let answer = blocking(move || Ok(ledger.receipt(&tenant, position)?)).await?;
     let url = format!("/v1/audit/receipt?position={position}");
-    Ok(match answer {
+    Ok(match recorded_receipt(state, auth, position).await? {
         ReceiptAnswer::Ready { text, .. } => {
-            state
-                .ledger()
-                .record_audit_read(auth.principal(), position, position, AuditReadKind::Proof)
-                .await?;
             serde_json::json!({"position": position, "receipt_url": url, "tlog_proof": text})
         }
         ReceiptAnswer::NotYet { retry_after, .. } => serde_json::json!({
