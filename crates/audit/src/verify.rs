@@ -529,7 +529,8 @@ fn check_complete(bundle: &BundleHeader, events: &mut Events, report: &mut Bundl
 
 /// Step 4: each event links to the one before it, and event 1 to `genesis`.
 fn check_links(bundle: &BundleHeader, events: &Events, genesis: &Hash, report: &mut BundleReport) {
-    for seq in bundle.from_seq + 1..=bundle.to_seq {
+    // (Saturating: a range may end at u64::MAX.)
+    for seq in bundle.from_seq.saturating_add(1)..=bundle.to_seq {
         if let (Some(a), Some(b)) = (events.get(seq - 1), events.get(seq))
             && b.prev != a.recomputed
         {
@@ -989,7 +990,8 @@ fn stream_pass<F: EventFormat>(
     // 2–4. Every event read, in order, linked to the one before.
     let mut links = Vec::new();
     let mut prev: Option<Hash> = None;
-    let mut next = bundle.from_seq;
+    // u128: a range ending at u64::MAX is read without overflow.
+    let mut next = u128::from(bundle.from_seq);
     while let Some(n) = next_line(r, &mut buf, &mut line)? {
         report.events += 1;
         let Ok(value) = serde_json::from_slice::<Value>(&buf) else {
@@ -998,7 +1000,7 @@ fn stream_pass<F: EventFormat>(
         let Ok((ev, modified)) = format.read_event(&tenant, n, &value) else {
             return Ok(Streamed::OutOfOrder);
         };
-        if ev.seq != next || next > bundle.to_seq {
+        if u128::from(ev.seq) != next || next > u128::from(bundle.to_seq) {
             return Ok(Streamed::OutOfOrder);
         }
         if let Some(m) = modified {
@@ -1033,7 +1035,7 @@ fn stream_pass<F: EventFormat>(
             links.push(String::new());
         }
     }
-    if next != bundle.to_seq + 1 {
+    if next != u128::from(bundle.to_seq) + 1 {
         return Ok(Streamed::OutOfOrder);
     }
     for l in links.iter().filter(|l| !l.is_empty()) {
