@@ -634,7 +634,7 @@ pub fn open_serving(
 
 /// Opens the data directory with `config` (its prefix and audit settings
 /// are set here).
-fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledger> {
+pub fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledger> {
     let data = data_dir(data)?;
     let log = open_log(&data)?;
     let config = Config {

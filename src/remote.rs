@@ -799,7 +799,9 @@ impl Remote {
                     &key.global_verifier_key,
                 )?;
             }
-            EvidenceCmd::VerifyBundle { .. } => unreachable!("verified on this machine"),
+            EvidenceCmd::VerifyBundle { .. } | EvidenceCmd::VerifyReceipt { .. } => {
+                unreachable!("verified on this machine")
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

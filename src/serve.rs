@@ -120,6 +120,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_SCAN", default_value = "30s",
         value_parser = parse_duration)]
     pub webhook_expiring_scan: Duration,
+    /// A witness each stored checkpoint is sent to (C2SP tlog-witness
+    /// `add-checkpoint`), as `<verifier key>=<URL prefix>`: its C2SP
+    /// cosignature/v1 verifier key and the prefix `add-checkpoint` is posted
+    /// under. Its cosignatures are kept with the checkpoint. Repeatable.
+    #[arg(long = "witness", value_name = "VKEY=URL")]
+    pub witnesses: Vec<keyledger_runtime::WitnessTarget>,
 }
 
 /// A duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
@@ -207,13 +213,17 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         expiring_scan: args.webhook_expiring_scan,
         ..keyledger_runtime::webhooks::WebhookConfig::in_dir(data)
     };
-    let ledger = cli::open_serving(
+    let ledger = cli::open_with_config(
         data,
         key_prefix,
-        UsageWindow::from_millis(args.usage_window_ms),
-        std::time::Duration::from_millis(args.audit_read_window_ms),
-        follow,
-        Some(webhooks),
+        keyledger_runtime::Config {
+            usage_window: UsageWindow::from_millis(args.usage_window_ms),
+            audit_read_window: std::time::Duration::from_millis(args.audit_read_window_ms),
+            follow,
+            webhooks: Some(webhooks),
+            witnesses: args.witnesses.clone(),
+            ..keyledger_runtime::Config::default()
+        },
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {

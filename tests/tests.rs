@@ -13,6 +13,8 @@ mod limits;
 mod live;
 mod nodes;
 mod scan;
+mod stream;
 mod transparency;
 mod util;
 mod webhooks;
+mod witness;

@@ -240,7 +240,7 @@ impl AuditState {
     }
 
     /// The file of the tenant's checkpoints in its current epoch.
-    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
+    pub(crate) fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
         Ok(self.signer()?.config.dir.join(CHECKPOINT_DIR).join(
             crate::integrity::checkpoint_file_name_in(tenant.as_str(), self.epoch(tenant)),
         ))
@@ -305,9 +305,12 @@ impl AuditState {
                 &StoredCheckpoint {
                     size,
                     at: now.to_rfc3339(),
-                    note: signed.note,
+                    note: signed.note.clone(),
                 },
             )?;
+            // Off this thread: each witness has its own (`witness.rs`).
+            self.witnessing
+                .submit(&tenant, &signed.checkpoint, &signed.note);
             self.note_written(&tenant, epoch, (size, now));
             written += 1;
         }

@@ -60,6 +60,7 @@ mod trees;
 mod verify;
 pub mod views;
 pub mod webhooks;
+mod witness;
 mod writer;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,6 +84,10 @@ pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
+pub use witness::{
+    COSIGNATURES_SUFFIX, ReceiptAnswer, StoredCosignatures, WITNESS_TIMEOUT, WitnessTarget,
+    WitnessedCheckpoint,
+};
 
 /// Longest page of any list.
 pub const PAGE_LIMIT_MAX: usize = 1000;
@@ -149,6 +154,9 @@ pub struct Config {
     /// `None` (the default): subscriptions can be neither made nor
     /// delivered (a ledger without a data directory).
     pub webhooks: Option<webhooks::WebhookConfig>,
+    /// Witnesses each stored checkpoint is sent to (C2SP tlog-witness), and
+    /// whose cosignatures are kept with it; empty (the default): none.
+    pub witnesses: Vec<WitnessTarget>,
 }
 
 impl Default for Config {
@@ -163,6 +171,7 @@ impl Default for Config {
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
             webhooks: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -199,6 +208,9 @@ pub struct Created {
     pub key: KeyRecord,
     /// The `KeyCreated` event's log position.
     pub position: u64,
+    /// The tenant sequence number of the command's last event (a rotation's
+    /// revocation of the old key, say): the position a receipt is asked for.
+    pub seq: u64,
 }
 
 /// What to create.
@@ -364,6 +376,7 @@ impl Keyledger {
                 a.checkpoint_debounce,
             ));
             *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            witness::start(&shared)?;
         }
         let catch_up = shared
             .catch_up
@@ -753,6 +766,7 @@ impl Keyledger {
             secret,
             key: self.key(tenant, key_id)?,
             position,
+            seq: records.iter().map(|r| r.seq).max().unwrap_or(0),
         })
     }
 
@@ -816,6 +830,8 @@ impl Keyledger {
                 tracing::warn!(error = %e, "writing the final audit checkpoints failed");
             }
         }
+        // The witness threads send what is queued, then end on their own.
+        self.shared.audit.witnessing.close();
         flushed.map(|_| ())
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct AuditState {
     pub(crate) global: crate::global::GlobalState,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The witness client: channels to its threads, cosignatures gathered.
+    pub(crate) witnessing: crate::witness::Witnessing,
 }
 
 /// A tenant's largest checkpoint signed (stored or handed out, by this

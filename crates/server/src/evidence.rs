@@ -4,8 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use keyledger_core::AuditReadKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -267,8 +266,11 @@ async fn bundle(
     ledger
         .record_audit_read(auth.principal(), from, to, AuditReadKind::Bundle)
         .await?;
-    let bytes = blocking(move || Ok(ledger.bundle(&tenant, from, to)?.to_jsonl())).await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response())
+    // The header (checkpoint, proofs) first, so its errors are answered
+    // as such; then the events, streamed in bounded memory.
+    let (l, t) = (ledger.clone(), tenant.clone());
+    let header = blocking(move || Ok(l.bundle_header_now(&t, from, to)?)).await?;
+    Ok(crate::export::bundle(ledger, tenant, header))
 }
 
 /// The Ed25519 public key that signs every checkpoint. Any valid key may

@@ -37,6 +37,7 @@ pub mod redact;
 pub mod transparency;
 mod webhooks;
 pub mod wire;
+mod witnessing;
 
 use std::future::Future;
 use std::net::SocketAddr;
