@@ -16,8 +16,10 @@
 //!   bytes (and against read + decode), alternating, three times.
 //! * `measure DIR`: durable creates at size against an empty store,
 //!   verification at size against 1,000 keys, query p99s for `big`.
-//! * `memory DIR`: which structures hold the heap (each built alone from
-//!   the log, counted by an instrumented allocator).
+//! * `memory DIR PART`: which structures hold the heap, each built alone
+//!   from the log (PART: `sizes`, `runtime`, `log`, `ledger`, `decision`,
+//!   `usage`, `trees`, `vmap`), counted by an instrumented allocator
+//!   (stats_alloc) and by the growth of the resident set.
 //!
 //! Secrets are derived from the key's index and a fixed seed (`secret_of`),
 //! so `measure` can present random existing keys without storing secrets.
@@ -65,7 +67,7 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR | coldstart DIR | measure DIR | memory DIR");
+            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR | coldstart DIR | measure DIR | memory DIR PART");
             std::process::exit(2)
         })
     };
@@ -89,7 +91,7 @@ fn main() {
         "open" => rt.block_on(open_report(&dir)),
         "coldstart" => rt.block_on(coldstart(&dir)),
         "measure" => rt.block_on(measure(&dir)),
-        "memory" => rt.block_on(memory(&dir)),
+        "memory" => rt.block_on(memory(&dir, args.get(2).map_or("sizes", String::as_str))),
         other => {
             eprintln!("unknown subcommand {other}");
             std::process::exit(2)
@@ -213,8 +215,11 @@ fn log_path(dir: &Path) -> PathBuf {
 
 fn open_dir(dir: &Path) -> Keyledger {
     let log = Arc::new(RedbLog::open(&log_path(dir)).expect("open the log"));
-    Keyledger::open(log, serve_config(dir, UsageWindow::Every(Duration::from_secs(1))))
-        .expect("open the ledger")
+    Keyledger::open(
+        log,
+        serve_config(dir, UsageWindow::Every(Duration::from_secs(1))),
+    )
+    .expect("open the ledger")
 }
 
 fn make_dir(dir: &Path) {
@@ -284,7 +289,10 @@ fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
 
 async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
     if log_path(dir).exists() {
-        eprintln!("{} exists: load into a fresh directory", log_path(dir).display());
+        eprintln!(
+            "{} exists: load into a fresh directory",
+            log_path(dir).display()
+        );
         std::process::exit(2);
     }
     make_dir(dir);
@@ -317,7 +325,11 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
     };
     let began = Instant::now();
     let out_of_time = |began: Instant| began.elapsed() >= limit;
-    println!("load: {keys} keys, about {events} events, into {} ({})", dir.display(), loadavg());
+    println!(
+        "load: {keys} keys, about {events} events, into {} ({})",
+        dir.display(),
+        loadavg()
+    );
 
     // Phase 1: every key, on day 0.
     let step = DAY_MICROS / keys.max(1) as i64;
@@ -361,7 +373,11 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
     // Phase 2: days 1..DAYS: usage, with a revocation and a rotation of
     // one key in a hundred spread through it; user removals on day DAYS.
     let rest = events.saturating_sub(head_keys);
-    let changes = if rest >= 40 * (created / 100) { created / 100 } else { 0 };
+    let changes = if rest >= 40 * (created / 100) {
+        created / 100
+    } else {
+        0
+    };
     let rev_every = rest.checked_div(changes).unwrap_or(u64::MAX);
     let per_day = rest.div_ceil((DAYS - 1) as u64).max(1);
     let mut rng = Rng(0x5ca1e);
@@ -645,7 +661,12 @@ async fn coldstart(dir: &Path) {
 
 async fn measure(dir: &Path) {
     let plan = Plan::read(dir);
-    println!("measure: {} ({} keys planned; {})", dir.display(), plan.keys, loadavg());
+    println!(
+        "measure: {} ({} keys planned; {})",
+        dir.display(),
+        plan.keys,
+        loadavg()
+    );
     let ledger = open_dir(dir);
     let big: TenantId = "big".parse().expect("tenant");
     queries(&ledger, &plan, &big);
@@ -939,219 +960,320 @@ async fn creates_at_size(ledger: &Keyledger, dir: &Path) {
 
 // ------------------------------------------------------------ memory
 
-/// Live heap held by what `build` returns (kept alive until measured).
-fn held<T>(build: impl FnOnce() -> T) -> (T, i64, i64) {
-    let (b0, n0) = heap();
-    let value = build();
-    let (b1, n1) = heap();
-    (value, b1 - b0, n1 - n0)
+/// The verification map's entry as far as memory goes: the same size
+/// (checked) and the same three strings cloned per key (`KeyEntry::new`
+/// is the runtime's own).
+struct EntryStandIn {
+    _tenant: TenantId,
+    _owner: UserId,
+    _name: String,
+    _rest: [u64; ENTRY_REST_WORDS],
 }
 
-async fn memory(dir: &Path) {
-    let path = log_path(dir);
-    println!("memory: {} ({})", dir.display(), loadavg());
-    // What a runtime holds on an empty data directory (fixed costs: the
-    // tokio tasks, the writer's queue, redb's and papaya's first tables).
-    let empty_dir = dir.with_extension("empty-for-memory");
-    let _ = std::fs::remove_dir_all(&empty_dir);
-    make_dir(&empty_dir);
-    let (empty, fixed, fixed_blocks) = held(|| open_dir(&empty_dir));
-    // The whole runtime, opened as `serve` opens it.
-    let (ledger, total, total_blocks) = held(|| open_dir(dir));
-    let head = ledger.head();
-    let keys: u64 = ledger
-        .tenants()
-        .iter()
-        .map(|t| ledger.key_counts(t).0 as u64)
-        .sum();
-    let (rss_open, _) = rss();
-    // The writer's decision copy: shared with the read model until the
-    // writer first writes for a tenant; one usage window for a key of the
-    // big tenant makes it copy that tenant's keys.
-    let big: TenantId = "big".parse().expect("tenant");
-    let plan = Plan::read(dir);
-    let (b0, n0) = heap();
-    ledger
-        .execute(Command::RecordUsage {
-            tenant: big.clone(),
-            usage: KeyUsed {
-                key_id: plan.key_id(0),
-                window_start: ledger.now(),
-                window_end: ledger.now(),
-                last_valid_at: None,
-                counts: UseCounts {
-                    valid: 1,
-                    ..UseCounts::default()
-                },
-            },
-        })
-        .await
-        .expect("one write");
-    let (b1, n1) = heap();
-    let copy_big = (b1 - b0, n1 - n0);
-    ledger.shutdown().await.expect("shutdown");
-    drop(ledger);
-    empty.shutdown().await.expect("shutdown");
-    drop(empty);
-    let _ = std::fs::remove_dir_all(&empty_dir);
+const ENTRY_REST_WORDS: usize = (std::mem::size_of::<keyledger_runtime::KeyEntry>()
+    - 2 * std::mem::size_of::<String>()
+    - std::mem::size_of::<TenantId>())
+    / 8;
 
-    // Each structure alone, folded from the same log. First the log
-    // itself: what it keeps (redb's page cache) after being read through.
-    let (log, _, _) = held(|| RedbLog::open(&path).expect("open the log"));
-    let (r0, rn0) = heap();
+/// What `build` returns and what it holds: live heap asked of the
+/// allocator (bytes, blocks) and the growth of the resident set.
+fn held<T>(build: impl FnOnce() -> T) -> (T, [i64; 3]) {
+    let (b0, n0) = heap();
+    let (r0, _) = rss();
+    let value = build();
+    let (b1, n1) = heap();
+    let (r1, _) = rss();
+    (value, [b1 - b0, n1 - n0, r1 as i64 - r0 as i64])
+}
+
+/// Folds the log page by page (never the whole log in memory at once).
+fn fold_log(log: &RedbLog, mut f: impl FnMut(&[keyledger_store::Record])) {
     let mut after = 0;
     loop {
         let page = log.read_after(after, 16_384).expect("read");
         let Some(last) = page.last() else { break };
         after = last.position;
+        f(&page);
     }
-    let (r1, rn1) = heap();
-    let log_cache = (r1 - r0, rn1 - rn0);
-    let (b0, _) = heap();
-    let mut records = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = log.read_after(after, 16_384).expect("read");
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        records.extend(page);
+}
+
+/// Rows of the memory breakdown for one part, each built alone in this
+/// process from the log (`scripts/scale` runs each part in a process of
+/// its own, so the resident-set growth is that part's).
+async fn memory(dir: &Path, part: &str) {
+    let path = log_path(dir);
+    // Rows are printed at the end: counting keys reads the whole log,
+    // which would move the resident set measured here.
+    let mut rows: Vec<(String, [i64; 3])> = Vec::new();
+    let mut filled: Option<u64> = None;
+    let mut row = |what: &str, v: [i64; 3]| rows.push((what.to_owned(), v));
+    // The runtime opens the log itself (one process at a time may).
+    let log =
+        (part != "runtime" && part != "sizes").then(|| RedbLog::open(&path).expect("open the log"));
+    let log = log.as_ref();
+    if part != "runtime" && part != "log" {
+        // redb's cache fills while the log is read: warm it first, so that
+        // what is counted below is the structure alone.
+        log.into_iter().for_each(|l| fold_log(l, |_| {}));
     }
-    let (b1, _) = heap();
-    let records_bytes = b1 - b0;
-    let (ledger_alone, ledger_bytes, ledger_blocks) = held(|| {
-        let mut l = Ledger::new();
-        for r in &records {
-            l.apply(r.seq, &r.event).expect("apply");
-        }
-        l
-    });
-    let (keys_map, keys_bytes, keys_blocks) = held(|| {
-        ledger_alone
-            .tenants()
-            .map(|(t, s)| (t.clone(), s.keys.clone()))
-            .collect::<Vec<_>>()
-    });
-    let (owners, owners_bytes, owners_blocks) = held(|| {
-        ledger_alone
-            .tenants()
-            .map(|(_, s)| s.by_owner.clone())
-            .collect::<Vec<_>>()
-    });
-    drop((keys_map, owners));
-    let (usage, usage_bytes, usage_blocks) = held(|| {
-        let mut u = Usage::new();
-        u.apply_all(records.iter().map(|r| &r.event));
-        u
-    });
-    let (trees, trees_bytes, trees_blocks) = held(|| {
-        let mut trees: std::collections::HashMap<TenantId, Tree> = Default::default();
-        for r in &records {
-            trees
-                .entry(r.event.tenant.clone())
-                .or_default()
-                .push_leaf_hash(keyledger_audit::merkle::leaf_hash(&r.hash));
-        }
-        trees
-    });
-    let (decision, decision_bytes, decision_blocks) = held(|| {
-        // Every tenant written once: the writer's copy in full.
-        let mut copy = ledger_alone.clone();
-        for (t, s) in ledger_alone.tenants() {
-            if let Some((id, _)) = s.keys.iter().next() {
-                let e = keyledger_core::Event {
-                    tenant: t.clone(),
-                    at: s.last_at,
-                    actor: keyledger_core::Actor::System,
-                    kind: keyledger_core::EventKind::KeyUsed(KeyUsed {
-                        key_id: *id,
-                        window_start: s.last_at,
-                        window_end: s.last_at,
+    match part {
+        "sizes" => {}
+        "runtime" => {
+            // What a runtime holds on an empty data directory (tokio tasks,
+            // the writer's queue, the first tables of every map).
+            let empty_dir = dir.with_extension("empty-for-memory");
+            let _ = std::fs::remove_dir_all(&empty_dir);
+            make_dir(&empty_dir);
+            let (empty, fixed) = held(|| open_dir(&empty_dir));
+            let (ledger, total) = held(|| open_dir(dir));
+            row("an empty runtime (fixed)", fixed);
+            row("the runtime after the open, less the empty one", {
+                let [a, b, c] = total;
+                [a - fixed[0], b - fixed[1], c]
+            });
+            // The writer's decision copy: shared with the read model until
+            // the writer first writes for a tenant; one usage window for a
+            // key of `big` makes it copy that tenant's keys.
+            let plan = Plan::read(dir);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (b0, n0) = heap();
+            let (r0, _) = rss();
+            ledger
+                .execute(Command::RecordUsage {
+                    tenant: "big".parse().expect("tenant"),
+                    usage: KeyUsed {
+                        key_id: plan.key_id(0),
+                        window_start: ledger.now(),
+                        window_end: ledger.now(),
                         last_valid_at: None,
-                        counts: UseCounts::default(),
-                    }),
-                };
-                copy.apply(s.version + 1, &e).expect("apply");
+                        counts: UseCounts {
+                            valid: 1,
+                            ..UseCounts::default()
+                        },
+                    },
+                })
+                .await
+                .expect("one write");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (b1, n1) = heap();
+            let (r1, _) = rss();
+            row(
+                "the writer's copy after one write to big (runtime)",
+                [b1 - b0, n1 - n0, r1 as i64 - r0 as i64],
+            );
+            ledger.shutdown().await.expect("shutdown");
+            empty.shutdown().await.expect("shutdown");
+            let _ = std::fs::remove_dir_all(&empty_dir);
+        }
+        "log" => {
+            let (_, cache) = held(|| fold_log(log.expect("the log"), |_| {}));
+            row("the log's caches after a read through (redb)", cache);
+        }
+        "ledger" | "decision" => {
+            let (ledger, alone) = held(|| {
+                let mut l = Ledger::new();
+                fold_log(log.expect("the log"), |page| {
+                    for r in page {
+                        l.apply(r.seq, &r.event).expect("apply");
+                    }
+                });
+                l
+            });
+            if part == "decision" {
+                let (copy, copied) = held(|| decision_copy(&ledger, &Plan::read(dir)));
+                row("the writer's copy after a write to every tenant", copied);
+                drop(copy);
+            }
+            if part == "decision" {
+                // Printed above.
+            } else {
+                row("Ledger (read model's key state)", alone);
+                let (keys_map, in_keys) = held(|| {
+                    ledger
+                        .tenants()
+                        .map(|(t, s)| (t.clone(), s.keys.clone()))
+                        .collect::<Vec<_>>()
+                });
+                let (owners, in_owners) = held(|| {
+                    ledger
+                        .tenants()
+                        .map(|(_, s)| s.by_owner.clone())
+                        .collect::<Vec<_>>()
+                });
+                drop((keys_map, owners));
+                row(
+                    "  tenants' keys (BTreeMap<KeyId, KeyRecord>, a clone)",
+                    in_keys,
+                );
+                row("  tenants' by_owner (a clone)", in_owners);
+                row("  by_hash + key_tenants + tenants (the rest)", {
+                    let d = |i: usize| alone[i] - in_keys[i] - in_owners[i];
+                    [d(0), d(1), d(2)]
+                });
             }
         }
-        // And 2,048 creates in big: they touch nearly every shard of the
-        // two key indexes (256 shards each), which are then copied too.
-        let mut version = copy.tenant(&big).map_or(0, |s| s.version);
-        for n in 0..2048u64 {
-            let s = secret_of(2u64 << 40 | n);
-            let e = keyledger_core::Event {
-                tenant: big.clone(),
-                at: Timestamp::from_micros(plan.start),
-                actor: keyledger_core::Actor::System,
-                kind: keyledger_core::EventKind::KeyCreated(keyledger_core::KeyCreated {
-                    key_id: plan.key_id(2u64 << 40 | n),
-                    owner: "u1".parse().expect("user"),
-                    name: format!("key {n}"),
-                    description: None,
-                    expires_at: None,
-                    scopes: keyledger_core::ScopeSet::DEFAULT,
-                    secret_hash: s.hash(),
-                    masked: s.masked(),
-                    rotated_from: None,
-                }),
-            };
-            version += 1;
-            copy.apply(version, &e).expect("apply");
+        "usage" => {
+            let (_usage, alone) = held(|| {
+                let mut u = Usage::new();
+                fold_log(log.expect("the log"), |page| {
+                    u.apply_all(page.iter().map(|r| &r.event))
+                });
+                u
+            });
+            row("Usage (per-key days + per-tenant days)", alone);
         }
-        copy
+        "trees" => {
+            let (trees, alone) = held(|| {
+                let mut trees: std::collections::HashMap<TenantId, Tree> = Default::default();
+                fold_log(log.expect("the log"), |page| {
+                    for r in page {
+                        trees
+                            .entry(r.event.tenant.clone())
+                            .or_default()
+                            .push_leaf_hash(keyledger_audit::merkle::leaf_hash(&r.hash));
+                    }
+                });
+                trees
+            });
+            row("Merkle trees (every tenant's)", alone);
+            // What the hashes fill (a tree of n leaves has 2n - 1 nodes):
+            // the rest is the levels' spare capacity.
+            let nodes: u64 = trees
+                .values()
+                .map(|t| (2 * t.len()).saturating_sub(1))
+                .sum();
+            filled = Some(nodes * 32);
+        }
+        "vmap" => {
+            let (_map, alone) = held(|| {
+                let map: papaya::HashMap<keyledger_core::SecretHash, Arc<EntryStandIn>> =
+                    papaya::HashMap::default();
+                let pinned = map.pin();
+                fold_log(log.expect("the log"), |page| {
+                    for r in page {
+                        if let keyledger_core::EventKind::KeyCreated(e) = &r.event.kind {
+                            pinned.insert(
+                                e.secret_hash,
+                                Arc::new(EntryStandIn {
+                                    _tenant: r.event.tenant.clone(),
+                                    _owner: e.owner.clone(),
+                                    _name: e.name.clone(),
+                                    _rest: [0; ENTRY_REST_WORDS],
+                                }),
+                            );
+                        }
+                    }
+                });
+                drop(pinned);
+                map
+            });
+            assert_eq!(
+                std::mem::size_of::<EntryStandIn>(),
+                std::mem::size_of::<keyledger_runtime::KeyEntry>(),
+                "the stand-in has the verification map entry's size"
+            );
+            row("verification map (papaya, Arc<KeyEntry>)", alone);
+        }
+        other => {
+            eprintln!(
+                "memory parts: sizes runtime log ledger decision usage trees vmap; not {other}"
+            );
+            std::process::exit(2);
+        }
+    }
+    let (mut keys, mut head) = (0u64, 0u64);
+    let opened;
+    let log = match log {
+        Some(l) => l,
+        None => {
+            opened = RedbLog::open(&path).expect("open the log");
+            &opened
+        }
+    };
+    fold_log(log, |page| {
+        head = page.last().map_or(head, |r| r.position);
+        keys += page
+            .iter()
+            .filter(|r| matches!(r.event.kind, keyledger_core::EventKind::KeyCreated(_)))
+            .count() as u64;
     });
-    drop((decision, usage, trees, ledger_alone));
-    drop(records);
-    drop(log);
     let per = |bytes: i64, n: u64| bytes as f64 / n.max(1) as f64;
-    let row = |what: &str, bytes: i64, blocks: i64| {
+    if part == "sizes" {
         println!(
-            "memory: {what:<58} {:>14} B {:>8.1} B/key {:>7.1} B/event {:>12} blocks",
+            "memory: {keys} keys, {head} events; inline sizes: KeyRecord {} B, KeyEntry {} B, \
+             Record {} B ({})",
+            std::mem::size_of::<keyledger_core::KeyRecord>(),
+            std::mem::size_of::<keyledger_runtime::KeyEntry>(),
+            std::mem::size_of::<keyledger_store::Record>(),
+            loadavg()
+        );
+    }
+    for (what, [bytes, blocks, resident]) in rows {
+        println!(
+            "memory: {what:<52} heap {:>13} B = {:>7.1} B/key {:>6.1} B/event, {:>9} blocks; \
+             resident +{:>7.1} B/key",
             bytes,
             per(bytes, keys),
             per(bytes, head),
-            blocks
+            blocks,
+            per(resident, keys),
         );
-    };
-    println!("memory: {keys} keys, {head} events; live heap (bytes asked of the allocator):");
-    row("an empty runtime (fixed; not in the rows below)", fixed, fixed_blocks);
-    row(
-        "the runtime, opened as serve opens it, less the empty one",
-        total - fixed,
-        total_blocks - fixed_blocks,
-    );
-    row("  Ledger (read model's key state), built alone", ledger_bytes, ledger_blocks);
-    row("    of which every tenant's keys (BTreeMap<KeyId, KeyRecord>)", keys_bytes, keys_blocks);
-    row("    of which every tenant's by_owner index", owners_bytes, owners_blocks);
-    row(
-        "    of which by_hash + key_tenants + tenants (the rest)",
-        ledger_bytes - keys_bytes - owners_bytes,
-        ledger_blocks - keys_blocks - owners_blocks,
-    );
-    row("  Usage (per-key days + per-tenant days), built alone", usage_bytes, usage_blocks);
-    row("  Merkle trees (every tenant's), built alone", trees_bytes, trees_blocks);
-    row("  the log's caches after a read through, alone", log_cache.0, log_cache.1);
-    row(
-        "  verification map + the rest (runtime − the four above)",
-        total - fixed - ledger_bytes - usage_bytes - trees_bytes - log_cache.0,
-        total_blocks - fixed_blocks - ledger_blocks - usage_blocks - trees_blocks - log_cache.1,
-    );
-    row("writer's decision copy after one write to big", copy_big.0, copy_big.1);
-    row(
-        "writer's copy after a write to every tenant + 2,048 creates",
-        decision_bytes,
-        decision_blocks,
-    );
-    row("(for scale) every record decoded and held at once", records_bytes, 0);
-    println!(
-        "memory: resident after the open {rss_open} B ({:.0} B/key), live heap less the empty \
-         runtime's {:.0} B/key",
-        per(rss_open as i64, keys),
-        per(total - fixed, keys)
-    );
-    println!(
-        "memory: sizes: KeyRecord {} B, KeyEntry {} B, Record {} B (inline, before heap parts)",
-        std::mem::size_of::<keyledger_core::KeyRecord>(),
-        std::mem::size_of::<keyledger_runtime::KeyEntry>(),
-        std::mem::size_of::<keyledger_store::Record>()
-    );
+    }
+    if let Some(filled) = filled {
+        println!(
+            "memory:   (the trees' hashes fill {:.1} B/event of it; the rest is the levels' \
+             spare capacity)",
+            per(filled as i64, head)
+        );
+    }
+}
+
+/// The writer's decision copy once it has written for every tenant: a
+/// clone of `ledger` and one usage event applied per tenant (its keys are
+/// copied), then 2,048 creates in `big`, which touch nearly every shard of
+/// the two key indexes (256 shards each; copied in turn). Counts the
+/// 2,048 new keys too (small beside the rest).
+fn decision_copy(ledger: &Ledger, plan: &Plan) -> Ledger {
+    let big: TenantId = "big".parse().expect("tenant");
+    let mut copy = ledger.clone();
+    for (t, s) in ledger.tenants() {
+        if let Some((id, _)) = s.keys.iter().next() {
+            let e = keyledger_core::Event {
+                tenant: t.clone(),
+                at: s.last_at,
+                actor: keyledger_core::Actor::System,
+                kind: keyledger_core::EventKind::KeyUsed(KeyUsed {
+                    key_id: *id,
+                    window_start: s.last_at,
+                    window_end: s.last_at,
+                    last_valid_at: None,
+                    counts: UseCounts::default(),
+                }),
+            };
+            copy.apply(s.version + 1, &e).expect("apply");
+        }
+    }
+    let mut version = copy.tenant(&big).map_or(0, |s| s.version);
+    for n in 0..2048u64 {
+        let s = secret_of(2u64 << 40 | n);
+        let e = keyledger_core::Event {
+            tenant: big.clone(),
+            at: Timestamp::from_micros(plan.start),
+            actor: keyledger_core::Actor::System,
+            kind: keyledger_core::EventKind::KeyCreated(keyledger_core::KeyCreated {
+                key_id: plan.key_id(2u64 << 40 | n),
+                owner: "u1".parse().expect("user"),
+                name: format!("key {n}"),
+                description: None,
+                expires_at: None,
+                scopes: keyledger_core::ScopeSet::DEFAULT,
+                secret_hash: s.hash(),
+                masked: s.masked(),
+                rotated_from: None,
+            }),
+        };
+        version += 1;
+        copy.apply(version, &e).expect("apply");
+    }
+    copy
 }
