@@ -193,6 +193,14 @@ fn a_key_pasted_in_a_git_repository_is_found_reported_and_revoked() {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
+    // The owner's subscription to key.leaked hears of it, signed (checked
+    // by the Standard Webhooks library in the receiver).
+    let (manager, _) =
+        crate::webhooks::mint(&live, "acme", "alice", &["keys:read", "webhooks:manage"]);
+    let rx = crate::webhooks::Receiver::start(0, 0.0);
+    let made = crate::webhooks::subscribe(&live, &manager, &rx.url(), &["key.leaked"]);
+    rx.set_secret(made["secret"].as_str().unwrap());
+
     let body = report(&[repo_arg]);
     assert_eq!(body["findings"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["findings"][0]["line"], 3);
@@ -205,6 +213,13 @@ fn a_key_pasted_in_a_git_repository_is_found_reported_and_revoked() {
         "{v}"
     );
     assert_eq!(verdict(&live, &bystander)["valid"], true);
+    let announced = rx.wait_for("key.leaked", |r| !r.is_empty());
+    assert_eq!(announced.len(), 1, "{announced:#?}");
+    assert_eq!(announced[0]["verified"], true, "{announced:#?}");
+    let notice = &announced[0]["payload"];
+    assert_eq!(notice["type"], "key.leaked", "{notice}");
+    assert_eq!(notice["data"]["key_id"], leaked_id.as_str(), "{notice}");
+    assert_eq!(notice["data"]["source"], "keyledger scan", "{notice}");
 
     // The trail: KeyLeaked (where, by whom) then KeyRevoked, compromised,
     // at the same instant, by the system (the reporter is another tenant's).

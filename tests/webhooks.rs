@@ -26,14 +26,14 @@ fn python() -> PathBuf {
 }
 
 /// A running receiver.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Receiver {
-    fn start(fail_first: u32, delay_s: f64) -> Receiver {
+    pub(crate) fn start(fail_first: u32, delay_s: f64) -> Receiver {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let child = Command::new(python())
@@ -66,11 +66,11 @@ impl Receiver {
         Receiver { child, dir, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    fn set_secret(&self, secret: &str) {
+    pub(crate) fn set_secret(&self, secret: &str) {
         std::fs::write(self.dir.path().join("secret"), secret).expect("the secret file");
     }
 
@@ -84,7 +84,7 @@ impl Receiver {
     }
 
     /// Waits until `done` holds for the requests, or fails after a minute.
-    fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let started = Instant::now();
         loop {
             let r = self.requests();
@@ -112,7 +112,7 @@ fn operator() -> String {
 }
 
 /// A key of `tenant` for `user` with `scopes`.
-fn mint(live: &Live, tenant: &str, user: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) fn mint(live: &Live, tenant: &str, user: &str, scopes: &[&str]) -> (String, String) {
     let auth = operator();
     let r = request(
         &live.addr,
@@ -149,7 +149,7 @@ fn call(live: &Live, key: &str, method: &str, path: &str, body: Option<Value>) -
 }
 
 /// Subscribes `url`; the answer's body.
-fn subscribe(live: &Live, key: &str, url: &str, types: &[&str]) -> Value {
+pub(crate) fn subscribe(live: &Live, key: &str, url: &str, types: &[&str]) -> Value {
     let (status, v) = call(
         live,
         key,
