@@ -401,6 +401,21 @@ fn witnessed_node(
     (d, vkey, ws, live)
 }
 
+/// The witness answered a 409, and after it cosigned a resend from `held`.
+fn assert_resent_after_409(w: &TestWitness, held: u64) {
+    let answered = w.answered();
+    let i409 = answered
+        .iter()
+        .position(|a| a.status == 409)
+        .unwrap_or_else(|| panic!("no 409: {answered:?}"));
+    assert!(
+        answered[i409..]
+            .iter()
+            .any(|a| a.status == 200 && a.old == Some(held)),
+        "no resend from {held} after the 409: {answered:?}"
+    );
+}
+
 /// Runs the binary with no data directory, from an empty directory.
 fn offline(args: &[&str]) -> (Option<i32>, String) {
     let cwd = tempfile::tempdir().unwrap();
@@ -545,17 +560,7 @@ fn the_node_resyncs_after_a_409_and_serves_the_cosigned_checkpoint() {
     eventually("a checkpoint beyond the held one is cosigned", || {
         w.size(&origin).is_some_and(|s| s > held)
     });
-    let answered = w.answered();
-    let i409 = answered
-        .iter()
-        .position(|a| a.status == 409)
-        .unwrap_or_else(|| panic!("no 409: {answered:?}"));
-    assert!(
-        answered[i409..]
-            .iter()
-            .any(|a| a.status == 200 && a.old == Some(held)),
-        "no resend from {held} after the 409: {answered:?}"
-    );
+    assert_resent_after_409(&w, held);
     let secret = key["key"].as_str().unwrap();
     let mut body = Value::Null;
     eventually("the cosigned checkpoint is served", || {
@@ -583,6 +588,94 @@ fn the_node_resyncs_after_a_409_and_serves_the_cosigned_checkpoint() {
             .iter()
             .any(|f| f.to_string_lossy().ends_with(".jsonl.cosignatures")),
         "{files:?}"
+    );
+    live.stop();
+}
+
+/// The global tree's checkpoints go to the witnesses too (the one log a
+/// witness network follows): the witness holds a global checkpoint the
+/// node does not know about, answers 409, the node resends from that size
+/// with a consistency proof from the global tree; `/log/checkpoint` then
+/// serves the global checkpoint with the witness's cosignature, which
+/// verifies against the global origin.
+#[test]
+fn the_global_checkpoint_is_witnessed_after_a_409_and_served_cosigned() {
+    let d = Data::new();
+    d.ok(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
+    ]);
+    let pk = d.json(&["audit", "public-key", "--tenant", "acme"]);
+    let gvkey = pk["global_verifier_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a global verifier key in {pk}"))
+        .to_owned();
+    let origin = gvkey.split('+').next().unwrap().to_owned();
+    let global_key = checkpoint::parse_public_key(&gvkey).unwrap();
+    let w = TestWitness::start("witness.test/global", 14);
+    w.trust(&gvkey);
+    let operator = format!("Bearer {TOKEN}");
+    let log_checkpoint = |live: &Live| {
+        let r = request(
+            &live.addr,
+            "GET",
+            "/log/checkpoint",
+            &[("Authorization", &operator)],
+            None,
+        )
+        .expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+
+    // Someone (a monitor, an earlier run) gave the witness a global checkpoint.
+    let live = Live::start_with(d.path().as_path(), 1000, "info", &[]);
+    mint(&live, "globex", "first");
+    let note = log_checkpoint(&live);
+    let held = checkpoint::open(&note, &global_key).unwrap().size;
+    assert!(held >= 2, "{note}");
+    assert!(!note.contains("\u{2014} witness.test/"), "{note}");
+    let (s, _, text) = post(&w.url, &body(0, &[], &note));
+    assert_eq!(s, 200, "{text}");
+    live.stop();
+
+    let live = Live::start_with(
+        d.path().as_path(),
+        1000,
+        "info",
+        &["--witness", &w.option()],
+    );
+    mint(&live, "acme", "second");
+    eventually(
+        "a global checkpoint beyond the held one is cosigned",
+        || w.size(&origin).is_some_and(|s| s > held),
+    );
+    assert_resent_after_409(&w, held);
+    let policy = Policy::new(vec![w.cosigner()], 1).unwrap();
+    let mut served = String::new();
+    eventually(
+        "/log/checkpoint serves the cosigned global checkpoint",
+        || {
+            served = log_checkpoint(&live);
+            policy.check(&served).is_ok()
+        },
+    );
+    let c = checkpoint::open(&served, &global_key).unwrap();
+    assert_eq!(c.origin, origin);
+    assert!(c.size > held, "{served}");
+    assert_eq!(w.size(&origin), Some(c.size));
+    // The cosignature is on this checkpoint only: moved onto another
+    // global checkpoint of the log, it does not verify.
+    let cosig: String = served
+        .lines()
+        .filter(|l| l.starts_with("\u{2014} witness.test/global "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!cosig.is_empty(), "{served}");
+    assert!(policy.check(&format!("{note}{cosig}")).is_err());
+    assert!(
+        d.path()
+            .join("global-checkpoints.jsonl.cosignatures")
+            .is_file()
     );
     live.stop();
 }

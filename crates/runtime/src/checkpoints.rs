@@ -100,7 +100,7 @@ pub(crate) struct Signer {
 }
 
 impl AuditState {
-    fn signer(&self) -> Result<&Signer, Error> {
+    pub(crate) fn signer(&self) -> Result<&Signer, Error> {
         self.signer.as_ref().ok_or_else(|| {
             Error::unavailable("audit signing is not configured (no data directory)")
         })
@@ -309,8 +309,11 @@ impl AuditState {
                 },
             )?;
             // Off this thread: each witness has its own (`witness.rs`).
-            self.witnessing
-                .submit(&tenant, &signed.checkpoint, &signed.note);
+            self.witnessing.submit(
+                &crate::witness::WitnessedLog::Tenant(tenant.clone()),
+                &signed.checkpoint,
+                &signed.note,
+            );
             self.note_written(&tenant, epoch, (size, now));
             written += 1;
         }

@@ -128,6 +128,14 @@ impl AuditState {
         self.global.tree.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The global tree's consistency proof from `old` to `new` events.
+    pub(crate) fn global_consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
+        self.global_tree()
+            .tree
+            .consistency_proof(old, new)
+            .map_err(proof_error)
+    }
+
     /// The global tree's size, root and epoch now.
     fn global_head(&self) -> Result<(u64, Hash, u64), Error> {
         let g = self.global_tree();
@@ -247,10 +255,16 @@ impl AuditState {
         let stored = StoredCheckpoint {
             size,
             at: now.to_rfc3339(),
-            note: signed.note,
+            note: signed.note.clone(),
         };
         let path = signer.config.dir.join(GLOBAL_CHECKPOINT_FILE);
         crate::checkpoints::append_line(&path, &stored)?;
+        // Off this thread, as the tenants' (`witness.rs`).
+        self.witnessing.submit(
+            &crate::witness::WitnessedLog::Global,
+            &signed.checkpoint,
+            &signed.note,
+        );
         if let Some(l) = &mut *self.global.last.lock().unwrap_or_else(|e| e.into_inner())
             && l.epoch == epoch
         {

@@ -1,5 +1,5 @@
-//! The witness client (C2SP [tlog-witness]): after a tenant's checkpoint is
-//! signed and stored, it is sent to every configured witness with
+//! The witness client (C2SP [tlog-witness]): after a tenant's or the global
+//! tree's checkpoint is signed and stored, it is sent to every configured witness with
 //! `POST <url>/add-checkpoint` (`old <size>`, the consistency proof from
 //! that size, a blank line, the signed note). Each witness has a thread of
 //! its own, fed by a channel: the writer, verifications and management
@@ -15,7 +15,10 @@
 //! lines) beside the tenant's checkpoint file, whose format is unchanged,
 //! and served with the checkpoint: the signed note with the cosignature
 //! lines appended ([`Keyledger::witnessed_checkpoint`]), in bundles and in
-//! receipts ([`Keyledger::receipt`]).
+//! receipts ([`Keyledger::receipt`]). The global tree's go to
+//! `global-checkpoints.jsonl.cosignatures`, and the best witnessed global
+//! checkpoint is what `/log/checkpoint` serves
+//! ([`Keyledger::served_global_checkpoint`]).
 //!
 //! [tlog-witness]: https://c2sp.org/tlog-witness
 
@@ -102,11 +105,20 @@ pub struct WitnessedCheckpoint {
     pub witnesses: Vec<String>,
 }
 
+/// A log whose checkpoints are witnessed: a tenant's, or the global tree's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum WitnessedLog {
+    /// A tenant's tree.
+    Tenant(TenantId),
+    /// The global tree (`global.rs`).
+    Global,
+}
+
 /// A checkpoint to send.
 struct Submission {
     /// When it was queued (for the log line of its cosignature).
     queued: std::time::Instant,
-    tenant: TenantId,
+    log: WitnessedLog,
     checkpoint: Checkpoint,
     note: String,
 }
@@ -125,23 +137,23 @@ struct Recent {
 #[derive(Default)]
 pub(crate) struct Witnessing {
     senders: Mutex<Vec<mpsc::Sender<Arc<Submission>>>>,
-    recent: Mutex<HashMap<TenantId, Vec<Recent>>>,
-    /// Tenants whose cosignature file was read into `recent`.
-    loaded: Mutex<HashSet<TenantId>>,
+    recent: Mutex<HashMap<WitnessedLog, Vec<Recent>>>,
+    /// Logs whose cosignature file was read into `recent`.
+    loaded: Mutex<HashSet<WitnessedLog>>,
     /// One append to a cosignature file at a time.
     append: Mutex<()>,
 }
 
 impl Witnessing {
     /// Queues a freshly stored checkpoint for every witness.
-    pub(crate) fn submit(&self, tenant: &TenantId, checkpoint: &Checkpoint, note: &str) {
+    pub(crate) fn submit(&self, log: &WitnessedLog, checkpoint: &Checkpoint, note: &str) {
         let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         if senders.is_empty() {
             return;
         }
         let s = Arc::new(Submission {
             queued: std::time::Instant::now(),
-            tenant: tenant.clone(),
+            log: log.clone(),
             checkpoint: checkpoint.clone(),
             note: note.to_owned(),
         });
@@ -158,12 +170,12 @@ impl Witnessing {
             .clear();
     }
 
-    fn remember(&self, tenant: &TenantId, s: &StoredCosignatures) {
+    fn remember(&self, log: &WitnessedLog, s: &StoredCosignatures) {
         let Ok(c) = keyledger_audit::checkpoint::parse_unverified(&s.note) else {
             return;
         };
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let list = recent.entry(tenant.clone()).or_default();
+        let list = recent.entry(log.clone()).or_default();
         match list.iter_mut().find(|r| r.note == s.note) {
             Some(r) => {
                 r.lines.insert(s.witness.clone(), s.cosignatures.clone());
@@ -185,25 +197,33 @@ impl Witnessing {
 }
 
 impl AuditState {
-    /// The file of a tenant's cosignatures (beside its checkpoint file).
-    fn cosignature_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
-        let mut p = self.checkpoint_path(tenant)?.into_os_string();
+    /// The file of a log's cosignatures (beside its checkpoint file).
+    fn cosignature_path(&self, log: &WitnessedLog) -> Result<PathBuf, Error> {
+        let checkpoints = match log {
+            WitnessedLog::Tenant(tenant) => self.checkpoint_path(tenant)?,
+            WitnessedLog::Global => self
+                .signer()?
+                .config
+                .dir
+                .join(crate::global::GLOBAL_CHECKPOINT_FILE),
+        };
+        let mut p = checkpoints.into_os_string();
         p.push(COSIGNATURES_SUFFIX);
         Ok(PathBuf::from(p))
     }
 
-    /// Reads the tenant's cosignature file into memory, once.
-    fn load_cosignatures(&self, tenant: &TenantId) -> Result<(), Error> {
+    /// Reads the log's cosignature file into memory, once.
+    fn load_cosignatures(&self, log: &WitnessedLog) -> Result<(), Error> {
         if self
             .witnessing
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(tenant)
+            .contains(log)
         {
             return Ok(());
         }
-        let path = self.cosignature_path(tenant)?;
+        let path = self.cosignature_path(log)?;
         match std::fs::File::open(&path) {
             Ok(file) => {
                 use std::io::BufRead as _;
@@ -212,7 +232,7 @@ impl AuditState {
                 for line in std::io::BufReader::new(file).lines() {
                     let line = line.map_err(|e| Error::io(path.display().to_string(), e))?;
                     if let Ok(s) = serde_json::from_str::<StoredCosignatures>(&line) {
-                        self.witnessing.remember(tenant, &s);
+                        self.witnessing.remember(log, &s);
                     }
                 }
             }
@@ -223,14 +243,14 @@ impl AuditState {
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.clone());
+            .insert(log.clone());
         Ok(())
     }
 
-    /// Appends a witness's answer to the tenant's cosignature file, durably.
-    fn store_cosignatures(&self, tenant: &TenantId, s: &StoredCosignatures) -> Result<(), Error> {
-        self.load_cosignatures(tenant)?;
-        let path = self.cosignature_path(tenant)?;
+    /// Appends a witness's answer to the log's cosignature file, durably.
+    fn store_cosignatures(&self, log: &WitnessedLog, s: &StoredCosignatures) -> Result<(), Error> {
+        self.load_cosignatures(log)?;
+        let path = self.cosignature_path(log)?;
         let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
         let line = serde_json::to_string(s).map_err(|e| Error::unavailable(e.to_string()))?;
         {
@@ -246,45 +266,45 @@ impl AuditState {
                 .and_then(|()| file.sync_data())
                 .map_err(io)?;
         }
-        self.witnessing.remember(tenant, s);
+        self.witnessing.remember(log, s);
         Ok(())
     }
 
     /// The largest size `witness` cosigned for `origin`, as far as this
     /// data directory knows.
-    fn last_cosigned(&self, tenant: &TenantId, origin: &str, witness: &str) -> Option<u64> {
-        self.load_cosignatures(tenant).ok()?;
+    fn last_cosigned(&self, log: &WitnessedLog, origin: &str, witness: &str) -> Option<u64> {
+        self.load_cosignatures(log).ok()?;
         let recent = self
             .witnessing
             .recent
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         recent
-            .get(tenant)?
+            .get(log)?
             .iter()
             .filter(|r| r.origin == origin && r.lines.contains_key(witness))
             .map(|r| r.size)
             .max()
     }
 
-    /// The tenant's best witnessed checkpoint of `origin`: the one with the
+    /// The log's best witnessed checkpoint of `origin`: the one with the
     /// most witnesses, the largest among those.
     pub(crate) fn witnessed(
         &self,
-        tenant: &TenantId,
+        log: &WitnessedLog,
         origin: &str,
     ) -> Result<Option<WitnessedCheckpoint>, Error> {
         if self.signer.is_none() {
             return Ok(None);
         }
-        self.load_cosignatures(tenant)?;
+        self.load_cosignatures(log)?;
         let recent = self
             .witnessing
             .recent
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let best = recent
-            .get(tenant)
+            .get(log)
             .into_iter()
             .flatten()
             .filter(|r| r.origin == origin)
@@ -383,7 +403,7 @@ fn submit(
     let mut old = known
         .get(origin)
         .copied()
-        .or_else(|| shared.audit.last_cosigned(&s.tenant, origin, name))
+        .or_else(|| shared.audit.last_cosigned(&s.log, origin, name))
         .unwrap_or(0);
     let url = format!("{}/add-checkpoint", target.url);
     for _ in 0..=RESYNCS_MAX {
@@ -402,9 +422,12 @@ fn submit(
         let proof = if old == 0 || old == size {
             Ok(Vec::new())
         } else {
-            shared.audit.with_tree(&s.tenant, |t| {
-                t.consistency_proof(old, size).map_err(proof_error)
-            })
+            match &s.log {
+                WitnessedLog::Tenant(tenant) => shared.audit.with_tree(tenant, |t| {
+                    t.consistency_proof(old, size).map_err(proof_error)
+                }),
+                WitnessedLog::Global => shared.audit.global_consistency_proof(old, size),
+            }
         };
         let proof = match proof {
             Ok(p) => p,
@@ -467,7 +490,7 @@ fn submit(
                     note: s.note.clone(),
                     cosignatures: lines,
                 };
-                match shared.audit.store_cosignatures(&s.tenant, &stored) {
+                match shared.audit.store_cosignatures(&s.log, &stored) {
                     Ok(()) => tracing::debug!(
                         witness = name,
                         origin,
@@ -539,9 +562,10 @@ impl Keyledger {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<WitnessedCheckpoint>, Error> {
-        self.shared
-            .audit
-            .witnessed(tenant, &self.checkpoint_origin(tenant))
+        self.shared.audit.witnessed(
+            &WitnessedLog::Tenant(tenant.clone()),
+            &self.checkpoint_origin(tenant),
+        )
     }
 
     /// A receipt (C2SP tlog-proof) for the tenant's event at `position`:
@@ -676,5 +700,31 @@ impl Keyledger {
             self.wait_enforced_everywhere(position, timeout).await?;
         }
         Ok((self.key(&tenant, key_id)?, seq))
+    }
+}
+
+impl Keyledger {
+    /// The global tree's best witnessed checkpoint under its current
+    /// origin (the signed note with its cosignature lines), if any witness
+    /// cosigned one.
+    pub fn witnessed_global_checkpoint(&self) -> Result<Option<WitnessedCheckpoint>, Error> {
+        self.shared
+            .audit
+            .witnessed(&WitnessedLog::Global, &self.global_origin())
+    }
+}
+
+impl Keyledger {
+    /// The global checkpoint a tlog client reads at `/log/checkpoint`: with
+    /// witnesses configured, the best witnessed one (its cosignature lines
+    /// appended, as C2SP tlog-checkpoint allows), once one is cosigned;
+    /// otherwise the newest signed one, as [`Keyledger::global_checkpoint`].
+    pub fn served_global_checkpoint(&self) -> Result<String, Error> {
+        if !self.shared.config.witnesses.is_empty()
+            && let Some(w) = self.witnessed_global_checkpoint()?
+        {
+            return Ok(w.note);
+        }
+        Ok(self.global_checkpoint()?.note)
     }
 }

@@ -178,8 +178,10 @@ fn with_headers(body: Vec<u8>, content_type: &'static str, cache: String) -> Res
 }
 
 /// The global tree's newest signed checkpoint (C2SP tlog-checkpoint, origin
-/// `<origin>`), as `text/plain`. Public with `serve --tiles-public`, else
-/// for the operator token.
+/// `<origin>`), as `text/plain`; with `serve --witness`, once a witness
+/// cosigned one, the best witnessed global checkpoint with its cosignature
+/// lines appended instead. Public with `serve --tiles-public`, else for the
+/// operator token.
 #[utoipa::path(
     get, path = "/log/checkpoint", tag = "audit",
     responses(
@@ -193,9 +195,11 @@ async fn log_checkpoint(
     MaybeOperator(operator): MaybeOperator,
 ) -> ApiResult<Response> {
     let visibility = tiles_access(&state, operator)?;
-    let signed = state.ledger().global_checkpoint()?;
+    // The cosignatures are read from their file the first time.
+    let ledger = state.ledger().clone();
+    let note = blocking(move || Ok(ledger.served_global_checkpoint()?)).await?;
     Ok(with_headers(
-        signed.note.into_bytes(),
+        note.into_bytes(),
         "text/plain; charset=utf-8",
         format!("{visibility}, max-age={CHECKPOINT_MAX_AGE}"),
     ))
