@@ -20,6 +20,7 @@ use crate::checkpoints::StoredCheckpoint;
 use crate::signing_key::b64;
 use crate::trees::proof_error;
 use crate::views::AuditEntry;
+use crate::witness::bundle_witnessed;
 use crate::{BadRequest, Damage, Error, Keyledger};
 
 impl Keyledger {
@@ -88,10 +89,18 @@ impl Keyledger {
     ) -> Result<BundleHeader, Error> {
         self.check_bundle_range(tenant, from_seq, to_seq)?;
         let stored = self.stored_checkpoints(tenant)?;
-        // One consistent view of the tree for the checkpoint and every proof.
-        self.shared.audit.with_tree(tenant, |t| {
-            self.bundle_header(t, tenant, from_seq, to_seq, &stored)
-        })
+        let witnessed = self.witnessed_checkpoint(tenant)?;
+        // One consistent view of the tree for every proof. Nothing inside
+        // takes the trees' lock again (the epoch, the signature): std's
+        // RwLock is not reentrant, and a second read waits behind a writer
+        // that waits for the first, so the writer and this reader would
+        // wait for each other for ever.
+        let (size, root, mut header) = self.shared.audit.with_tree(tenant, |t| {
+            self.bundle_header(t, from_seq, to_seq, &stored, witnessed.as_ref())
+        })?;
+        header.tenant = tenant.to_string();
+        header.checkpoint = self.shared.audit.sign(tenant, size, root, self.now())?.note;
+        Ok(header)
     }
 
     /// Checks that `from_seq..=to_seq` is a range a bundle can hold.
@@ -131,20 +140,21 @@ impl Keyledger {
         Ok(Bundle { header, events })
     }
 
-    /// A bundle's header: the tree `t` signed now, the range proof of
-    /// `from_seq..=to_seq`, its inclusion proofs, and earlier checkpoints
-    /// picked from `stored` with their consistency proofs.
+    /// A bundle's header but its tenant and checkpoint (the caller signs
+    /// the size and root returned, outside the trees' lock): the range
+    /// proof of `from_seq..=to_seq` in the tree `t`, its inclusion proofs,
+    /// earlier checkpoints picked from `stored` and the `witnessed` one,
+    /// with their consistency proofs.
     fn bundle_header(
         &self,
         t: &Tree,
-        tenant: &TenantId,
         from_seq: u64,
         to_seq: u64,
         stored: &[StoredCheckpoint],
-    ) -> Result<BundleHeader, Error> {
+        witnessed: Option<&crate::WitnessedCheckpoint>,
+    ) -> Result<(u64, keyledger_audit::Hash, BundleHeader), Error> {
         let size = t.len();
         let root = t.root(size).map_err(proof_error)?;
-        let signed = self.shared.audit.sign(tenant, size, root, self.now())?;
         let range = t
             .range_proof(from_seq - 1, to_seq, size)
             .map_err(proof_error)?;
@@ -173,18 +183,19 @@ impl Keyledger {
                 consistency_proof: hex_hashes(&proof),
             });
         }
-        let witnessed = self.bundle_witnessed(tenant, t, size)?;
-        Ok(BundleHeader {
+        let witnessed = bundle_witnessed(witnessed, t, size)?;
+        let header = BundleHeader {
             format: BUNDLE_FORMAT.into(),
-            tenant: tenant.to_string(),
+            tenant: String::new(),
             from_seq,
             to_seq,
-            checkpoint: signed.note,
+            checkpoint: String::new(),
             range_proof: hex_hashes(&range),
             inclusion_proofs: inclusion,
             earlier_checkpoints: earlier,
             witnessed,
-        })
+        };
+        Ok((size, root, header))
     }
 
     /// Each event of `from_seq..=to_seq` as a bundle holds it, read from

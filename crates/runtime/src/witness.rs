@@ -649,30 +649,6 @@ impl Keyledger {
 }
 
 impl Keyledger {
-    /// The bundle's `witnessed` checkpoint: the best witnessed checkpoint
-    /// of the tenant's current epoch no larger than the bundle's tree of
-    /// `size`, with its consistency proof to it.
-    pub(crate) fn bundle_witnessed(
-        &self,
-        tenant: &TenantId,
-        t: &keyledger_audit::Tree,
-        size: u64,
-    ) -> Result<Option<keyledger_audit::BundleEarlier>, Error> {
-        let Some(w) = self.witnessed_checkpoint(tenant)? else {
-            return Ok(None);
-        };
-        if w.size > size {
-            return Ok(None);
-        }
-        let proof = t.consistency_proof(w.size, size).map_err(proof_error)?;
-        Ok(Some(keyledger_audit::BundleEarlier {
-            checkpoint: w.note,
-            consistency_proof: keyledger_audit::proofs::hex_hashes(&proof),
-        }))
-    }
-}
-
-impl Keyledger {
     /// Revokes a key as [`Keyledger::revoke_key`] does (and, with `wait`,
     /// waits for every live node as [`Keyledger::revoke_key_everywhere`]
     /// does), and also returns the tenant sequence number of the
@@ -727,4 +703,25 @@ impl Keyledger {
         }
         Ok(self.global_checkpoint()?.note)
     }
+}
+
+/// The bundle's `witnessed` checkpoint (the tenant's best witnessed one
+/// in its current epoch) if it is no larger than the bundle's tree `t` of
+/// `size` leaves, with its consistency proof to it.
+pub(crate) fn bundle_witnessed(
+    witnessed: Option<&WitnessedCheckpoint>,
+    t: &keyledger_audit::Tree,
+    size: u64,
+) -> Result<Option<keyledger_audit::BundleEarlier>, Error> {
+    let Some(w) = witnessed else {
+        return Ok(None);
+    };
+    if w.size > size {
+        return Ok(None);
+    }
+    let proof = t.consistency_proof(w.size, size).map_err(proof_error)?;
+    Ok(Some(keyledger_audit::BundleEarlier {
+        checkpoint: w.note.clone(),
+        consistency_proof: keyledger_audit::proofs::hex_hashes(&proof),
+    }))
 }
