@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use keyledger_runtime::{Follow, UsageWindow};
+use keyledger_runtime::{Follow, SnapshotConfig, UsageWindow};
 use keyledger_server::{AppState, OperatorToken, TokenSource, limits};
 
 use crate::cli::{self, Failure};
@@ -73,6 +73,19 @@ pub struct ServeArgs {
         default_value_t = limits::IDLE_TIMEOUT.as_millis() as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
+    /// A snapshot of the projections is written once this many events
+    /// were applied since the last one, so that a restart replays only
+    /// the log after it (docs/operations.md, "Snapshots"). 0: no snapshot
+    /// is read or written, and every start replays the whole log.
+    #[arg(long, env = "KEYLEDGER_SNAPSHOT_EVERY_EVENTS",
+        default_value_t = keyledger_runtime::SNAPSHOT_EVERY_EVENTS_DEFAULT)]
+    pub snapshot_every_events: u64,
+    /// ... or once this many seconds have passed since the last one, if
+    /// any event was applied since. One is also written at shutdown.
+    #[arg(long, env = "KEYLEDGER_SNAPSHOT_EVERY_SECS",
+        default_value_t = keyledger_runtime::SNAPSHOT_EVERY_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every_secs: u64,
 }
 
 /// The largest connection limit the options take.
@@ -124,12 +137,18 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     }
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
+    let snapshots = (args.snapshot_every_events > 0).then(|| SnapshotConfig {
+        every_events: args.snapshot_every_events,
+        every: Duration::from_secs(args.snapshot_every_secs),
+        ..SnapshotConfig::in_dir(data)
+    });
     let ledger = cli::open_following(
         data,
         key_prefix,
         UsageWindow::from_millis(args.usage_window_ms),
         std::time::Duration::from_millis(args.audit_read_window_ms),
         follow,
+        snapshots,
     )?;
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {

@@ -55,6 +55,7 @@ pub(crate) struct LastCheckpoints {
 
 /// A tenant's Merkle tree, the chain hash of its last event and its
 /// checkpoint epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TenantTree {
     pub(crate) tree: Tree,
     /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
