@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
@@ -142,6 +143,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         every: Duration::from_secs(args.snapshot_every_secs),
         ..SnapshotConfig::in_dir(data)
     });
+    let started = std::time::Instant::now();
     let ledger = cli::open_following(
         data,
         key_prefix,
@@ -150,6 +152,13 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         follow,
         snapshots,
     )?;
+    let start = &ledger.metrics().snapshots;
+    tracing::info!(
+        snapshot_position = start.start_snapshot_position.load(Ordering::Relaxed),
+        replayed = start.start_replayed_events.load(Ordering::Relaxed),
+        ms = started.elapsed().as_millis() as u64,
+        "projections ready"
+    );
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {
         Ok(t) => t,

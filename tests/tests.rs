@@ -12,4 +12,5 @@ mod leaks;
 mod limits;
 mod live;
 mod nodes;
+mod snapshots;
 mod util;

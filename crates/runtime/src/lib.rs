@@ -322,7 +322,6 @@ impl Keyledger {
         }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let shared = Arc::new(Shared::new(config, clock, entropy, log, tx)?);
-        let started = std::time::Instant::now();
         // A valid snapshot becomes the projections, and replay reads only
         // the tail; `keyledger replay` compares one with the replay instead.
         let compare = shared.start_from_snapshot()?;
@@ -332,18 +331,14 @@ impl Keyledger {
             shared.compare_with_snapshot(&snapshot);
         }
         shared.replay(progress, None)?;
+        // Read by `serve`'s start-up line and `/metrics`; a one-shot
+        // command of the CLI logs nothing on the way.
         let replayed = shared.read_model().head - from;
         shared
             .metrics
             .snapshots
             .start_replayed_events
             .store(replayed, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            snapshot_position = from,
-            replayed,
-            ms = started.elapsed().as_millis() as u64,
-            "projections ready"
-        );
         // Before anything is served or signed: the log must still hold
         // every event a stored checkpoint signed.
         shared.audit.check_stored(shared.config.recovering)?;

@@ -242,7 +242,7 @@ impl Shared {
         let shared = self.clone();
         *task = Some(
             s.runtime
-                .spawn_blocking(move || shared.write_snapshot(&capture)),
+                .spawn_blocking(move || shared.write_snapshot(&capture, true)),
         );
     }
 
@@ -261,10 +261,12 @@ impl Shared {
         let capture = self.capture();
         s.taken.store(capture.position, Ordering::Release);
         let shared = self.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.write_snapshot(&capture)).await;
+        let _ = tokio::task::spawn_blocking(move || shared.write_snapshot(&capture, false)).await;
     }
 
-    fn write_snapshot(&self, p: &Projections) {
+    /// Writes `p`; `announce`: logs it (the periodic ones: a one-shot
+    /// command of the CLI logs nothing when all goes well).
+    fn write_snapshot(&self, p: &Projections, announce: bool) {
         let Some(s) = &self.snapshots else { return };
         let started = Instant::now();
         let bytes = encode(p);
@@ -273,13 +275,15 @@ impl Shared {
                 let m = &self.metrics.snapshots;
                 m.written.fetch_add(1, Ordering::Relaxed);
                 m.last_position.fetch_max(p.position, Ordering::Relaxed);
-                tracing::info!(
-                    file = %path.display(),
-                    position = p.position,
-                    bytes = bytes.len(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "wrote a snapshot of the projections"
-                );
+                if announce {
+                    tracing::info!(
+                        file = %path.display(),
+                        position = p.position,
+                        bytes = bytes.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "wrote a snapshot of the projections"
+                    );
+                }
                 if let Err(e) = prune(&s.config.dir, s.config.keep.max(1)) {
                     tracing::warn!(dir = %s.config.dir.display(), error = %e, "cannot remove old snapshots");
                 }
@@ -317,14 +321,9 @@ impl Shared {
             .store(check.refused.len() as u64, Ordering::Relaxed);
         match s.config.start {
             SnapshotStart::Load => {
-                let Some((path, p)) = found else {
+                let Some((_, p)) = found else {
                     return Ok(None);
                 };
-                tracing::info!(
-                    file = %path.display(),
-                    position = p.position,
-                    "starting from a snapshot; replaying the log after it"
-                );
                 s.taken.store(p.position, Ordering::Release);
                 self.metrics
                     .snapshots
