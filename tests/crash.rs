@@ -862,6 +862,22 @@ fn compare_with_fold(api: &[BTreeMap<String, Value>], fold: &Fold, seed: u64, wh
     }
 }
 
+/// Snapshots of the projections every [`SNAPSHOT_EVERY_EVENTS`] events:
+/// kills land while one is written, and each restart starts from the newest
+/// whole one and replays the tail (its projections are then compared with
+/// a fold of the log like any other restart's).
+const SNAPSHOT_EVERY_EVENTS: &str = "300";
+
+/// Starts the server on the harness's data directory.
+fn start(data: &std::path::Path) -> Live {
+    Live::start_with(
+        data,
+        WINDOW_MS,
+        "info",
+        &["--snapshot-every-events", SNAPSHOT_EVERY_EVENTS],
+    )
+}
+
 /// Mints the tenant's reader key (through the operator route).
 fn mint_readers(live: &Live, shared: &Shared) {
     let (n, v) = operator();
@@ -924,7 +940,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
         seed,
     });
     let mut rng = Rng(seed);
-    let mut live = Some(Live::start(&data.path(), WINDOW_MS));
+    let mut live = Some(start(&data.path()));
     mint_readers(live.as_ref().expect("running"), &shared);
     let mut presented_at_check = HashMap::new();
 
@@ -1019,7 +1035,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
             startup_kills += 1;
         }
         let t_start = Instant::now();
-        let server = Live::start(&data.path(), WINDOW_MS);
+        let server = start(&data.path());
         timing[1] += t_start.elapsed();
         let t_api = Instant::now();
         let api = api_keys(&server, &shared);
