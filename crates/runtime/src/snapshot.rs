@@ -150,6 +150,8 @@ pub(crate) struct Snapshots {
     pub(crate) config: SnapshotConfig,
     /// The position of the last snapshot taken or loaded.
     taken: AtomicU64,
+    /// The position of the newest snapshot on disk (loaded, or written).
+    on_disk: AtomicU64,
     taken_at: Mutex<Instant>,
     /// The snapshot being written.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -181,6 +183,7 @@ impl Snapshots {
         Ok(Snapshots {
             config,
             taken: AtomicU64::new(0),
+            on_disk: AtomicU64::new(0),
             taken_at: Mutex::new(Instant::now()),
             task: Mutex::new(None),
             runtime,
@@ -247,15 +250,15 @@ impl Shared {
     }
 
     /// At shutdown, once the writer stopped: waits for the snapshot being
-    /// written, then writes one of the final state if any event was
-    /// applied since the last.
+    /// written, then writes one of the final state unless the newest on
+    /// disk is of it already (a failed periodic one is made up for here).
     pub(crate) async fn snapshot_at_shutdown(self: &Arc<Self>) {
         let Some(s) = &self.snapshots else { return };
         let running = s.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = running {
             let _ = t.await;
         }
-        if !s.writes() || self.read_model().head <= s.taken.load(Ordering::Acquire) {
+        if !s.writes() || self.read_model().head <= s.on_disk.load(Ordering::Acquire) {
             return;
         }
         let capture = self.capture();
@@ -272,6 +275,7 @@ impl Shared {
         let bytes = encode(p);
         match write_file(&s.config.dir, p.position, &bytes) {
             Ok(path) => {
+                s.on_disk.fetch_max(p.position, Ordering::AcqRel);
                 let m = &self.metrics.snapshots;
                 m.written.fetch_add(1, Ordering::Relaxed);
                 m.last_position.fetch_max(p.position, Ordering::Relaxed);
@@ -325,6 +329,7 @@ impl Shared {
                     return Ok(None);
                 };
                 s.taken.store(p.position, Ordering::Release);
+                s.on_disk.store(p.position, Ordering::Release);
                 self.metrics
                     .snapshots
                     .start_snapshot_position
