@@ -417,7 +417,7 @@ fn cold_start(c: &mut Criterion) {
                 for _ in 0..iters {
                     let _inside = rt.enter();
                     let start = Instant::now();
-                    let log = Arc::new(RedbLog::open(&path).expect("redb"));
+                    let log = Arc::new(RedbLog::open(path).expect("redb"));
                     let ledger = Keyledger::open(log, config.clone()).expect("open");
                     timed += start.elapsed();
                     assert_eq!(ledger.head(), n as u64);
