@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyledger_audit::merkle::{Hash, Tree};
 use keyledger_core::{
     Actor, Cause, DailyRow, Day, KeyId, KeyRecord, Ledger, Revocation, RevokeReason, ScopeSet,
     SecretHash, TenantId, TenantState, Timestamp, Usage, UseCounts, UserId,
@@ -922,11 +921,7 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
             continue;
         };
         let tree = p.trees.get(id).unwrap_or(&empty);
-        for level in tree.tree.levels() {
-            for h in level {
-                nodes.extend_from_slice(h);
-            }
-        }
+        tree.to_snapshot(&mut nodes);
         let mut by_owner: Vec<(String, Vec<u128>)> = state
             .by_owner
             .iter()
@@ -1040,21 +1035,8 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
             )));
         }
         total = total.saturating_add(t.version);
-        let mut levels = Vec::new();
-        for size in Tree::level_sizes(t.leaves) {
-            let size = usize::try_from(size).map_err(|_| bad("a tree too large".to_owned()))?;
-            if nodes.len() < size {
-                return Err(bad(format!("tenant {id}: its tree nodes are missing")));
-            }
-            let level: Vec<Hash> = nodes
-                .by_ref()
-                .take(size)
-                .map(|c| c.try_into().unwrap_or([0; 32]))
-                .collect();
-            levels.push(level);
-        }
-        let tree = Tree::from_levels(levels)
-            .ok_or_else(|| bad(format!("tenant {id}: its tree is malformed")))?;
+        let tree = TenantTree::from_snapshot(t.leaves, t.head, t.epoch, &mut nodes)
+            .map_err(|e| bad(format!("tenant {id}: {e}")))?;
         let mut keys = std::collections::BTreeMap::new();
         for k in t.keys {
             let k = k.into_core()?;
@@ -1071,14 +1053,7 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
         if !t.usage.is_empty() {
             tenant_usage.push((id.clone(), days_core(t.usage)));
         }
-        trees.insert(
-            id.clone(),
-            TenantTree {
-                tree,
-                head: t.head,
-                epoch: t.epoch,
-            },
-        );
+        trees.insert(id.clone(), tree);
         states.push((
             id,
             TenantState {

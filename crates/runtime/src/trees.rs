@@ -74,6 +74,45 @@ impl Default for TenantTree {
     }
 }
 
+impl TenantTree {
+    /// For a snapshot (`snapshot.rs`): appends every stored node, level by
+    /// level from the leaves up, to `nodes` (32 bytes each); the leaf
+    /// count, chain head and epoch are saved beside them.
+    pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) {
+        for level in self.tree.levels() {
+            for h in level {
+                nodes.extend_from_slice(h);
+            }
+        }
+    }
+
+    /// The tree [`TenantTree::to_snapshot`] saved, taking its nodes from
+    /// `nodes` (32-byte chunks). Fails, naming what is wrong, when there
+    /// are too few.
+    pub(crate) fn from_snapshot(
+        leaves: u64,
+        head: Hash,
+        epoch: u64,
+        nodes: &mut std::slice::ChunksExact<'_, u8>,
+    ) -> Result<TenantTree, String> {
+        let mut levels = Vec::new();
+        for size in Tree::level_sizes(leaves) {
+            let size = usize::try_from(size).map_err(|_| "a tree too large".to_owned())?;
+            if nodes.len() < size {
+                return Err("its tree nodes are missing".to_owned());
+            }
+            let level: Vec<Hash> = nodes
+                .by_ref()
+                .take(size)
+                .map(|c| c.try_into().unwrap_or([0; 32]))
+                .collect();
+            levels.push(level);
+        }
+        let tree = Tree::from_levels(levels).ok_or_else(|| "its tree is malformed".to_owned())?;
+        Ok(TenantTree { tree, head, epoch })
+    }
+}
+
 /// The replayed trees, as [`crate::integrity`] reads them.
 pub(crate) struct Replayed<'a>(pub(crate) &'a HashMap<TenantId, TenantTree>);
 
