@@ -76,6 +76,31 @@ pub struct Args {
     /// Whether the API key was given as an argument (not from the environment).
     #[arg(skip)]
     pub key_in_argument: bool,
+    /// The origin audit checkpoints are signed under: a URL without its
+    /// scheme naming this node's logs, e.g. `ledger.example.com/log` (the
+    /// global tree's origin; a tenant's log is `<origin>/<tenant>`).
+    /// Default: `<host name>/log`. Checkpoints signed under an earlier
+    /// origin (before 0.x: `keyledger`) still verify.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_AUDIT_ORIGIN",
+        value_name = "ORIGIN",
+        value_parser = parse_origin
+    )]
+    pub audit_origin: Option<String>,
+    /// How often a checkpoint is signed and stored for every tenant and
+    /// the global tree even when nothing changed: `1h`, `15m`, `30s`, or
+    /// seconds. A grown tree is checkpointed within a second regardless.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_CHECKPOINT_INTERVAL",
+        value_name = "DURATION",
+        default_value = "1h",
+        value_parser = parse_interval
+    )]
+    pub checkpoint_interval: std::time::Duration,
     /// Prefix of minted keys.
     #[arg(
         long,
@@ -95,6 +120,11 @@ pub enum Cmd {
     /// Create, list, show, revoke and rotate keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Subscribe endpoints to notices (webhooks), list and delete them, and
+    /// see their deliveries. On a data directory this manages the
+    /// subscriptions only; `serve` delivers.
+    #[command(subcommand)]
+    Webhooks(crate::webhooks_cli::WebhooksCmd),
     /// Remove users (revokes every key they own).
     #[command(subcommand)]
     Users(UsersCmd),
@@ -138,6 +168,12 @@ pub enum Cmd {
     },
     /// Fill an empty data directory with a realistic sample.
     Demo,
+    /// Find keys of this deployment (--key-prefix) in files and
+    /// directories, by shape and checksum, without a lookup; print them
+    /// masked with file and line. Exit code 1 when a key is found, 0 when
+    /// none, 2 on an error. `--report` sends them to the server as leaked
+    /// (each active one is revoked).
+    Scan(crate::scan::ScanArgs),
     /// Store a server's URL (--url) and an API key (read from standard
     /// input or KEYLEDGER_API_KEY, never from an argument) in your config
     /// directory, readable by you only; later commands go to that server.
@@ -426,7 +462,7 @@ fn key_id(s: &str) -> Result<KeyId> {
     Ok(s.parse()?)
 }
 
-fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
+pub fn principal(tenant: &TenantId, acting: &ActingArg) -> Result<Principal> {
     Ok(match &acting.acting_user {
         Some(u) => Principal::user(tenant.clone(), u.parse()?),
         None => Principal::operator(tenant.clone()),
@@ -460,6 +496,61 @@ pub fn log_path(data: &Path) -> PathBuf {
 /// The PostgreSQL log to use instead of the data directory's file: set
 /// once from `--postgres`, before anything opens the log.
 static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The audit origin and checkpoint interval: set once from
+/// `--audit-origin` and `--checkpoint-interval`.
+static AUDIT_SETTINGS: std::sync::OnceLock<(String, std::time::Duration)> =
+    std::sync::OnceLock::new();
+
+/// `--audit-origin`: a base origin `keyledger_audit::origin::check_base` accepts.
+fn parse_origin(s: &str) -> std::result::Result<String, String> {
+    keyledger_audit::origin::check_base(s).map(|()| s.to_owned())
+}
+
+/// `--checkpoint-interval`: `<n>` seconds or `<n>s`, `<n>m`, `<n>h`, `<n>d`;
+/// at least a second, at most a year.
+fn parse_interval(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a duration such as `1h`, `15m`, `30s` or `3600`");
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(per).ok_or_else(bad)?;
+    if !(1..=366 * 86_400).contains(&secs) {
+        return Err(format!("`{s}`: a checkpoint interval is from 1s to 366d"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// The audit settings of a data directory: `--audit-origin` (default
+/// `<host name>/log`) and `--checkpoint-interval`.
+fn audit_config(data: &Path) -> keyledger_runtime::AuditConfig {
+    let (origin, interval) = AUDIT_SETTINGS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| (default_origin(), std::time::Duration::from_secs(3600)));
+    keyledger_runtime::AuditConfig {
+        origin,
+        checkpoint_interval: interval,
+        ..keyledger_runtime::AuditConfig::in_dir(data)
+    }
+}
+
+/// `<host name>/log`.
+pub fn default_origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    keyledger_runtime::audit::default_base(host.as_deref())
+}
 
 /// Whether the log is in PostgreSQL (`--postgres`).
 pub fn postgres() -> bool {
@@ -536,6 +627,28 @@ pub fn open_following(
     follow: Option<keyledger_runtime::Follow>,
     snapshots: Option<SnapshotConfig>,
 ) -> Result<Keyledger> {
+    open_serving(
+        data,
+        prefix,
+        window,
+        audit_read_window,
+        follow,
+        None,
+        snapshots,
+    )
+}
+
+/// [`open_following`] with the server's webhook settings (`None`: the
+/// CLI's, which manage subscriptions and send nothing).
+pub fn open_serving(
+    data: &Path,
+    prefix: &str,
+    window: UsageWindow,
+    audit_read_window: std::time::Duration,
+    follow: Option<keyledger_runtime::Follow>,
+    webhooks: Option<keyledger_runtime::webhooks::WebhookConfig>,
+    snapshots: Option<SnapshotConfig>,
+) -> Result<Keyledger> {
     open_with_config(
         data,
         prefix,
@@ -543,6 +656,7 @@ pub fn open_following(
             usage_window: window,
             audit_read_window,
             follow,
+            webhooks,
             snapshots,
             ..Config::default()
         },
@@ -551,12 +665,20 @@ pub fn open_following(
 
 /// Opens the data directory with `config` (its prefix and audit settings
 /// are set here).
-fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledger> {
+pub fn open_with_config(data: &Path, prefix: &str, config: Config) -> Result<Keyledger> {
     let data = data_dir(data)?;
     let log = open_log(&data)?;
     let config = Config {
         prefix: KeyPrefix::new(prefix).map_err(Failure::msg)?,
-        audit: Some(keyledger_runtime::AuditConfig::in_dir(&data)),
+        audit: Some(audit_config(&data)),
+        // The CLI manages subscriptions (their secrets come from the data
+        // directory's root key) and sends nothing: `serve` delivers.
+        webhooks: Some(config.webhooks.clone().unwrap_or_else(|| {
+            keyledger_runtime::webhooks::WebhookConfig {
+                deliver: false,
+                ..keyledger_runtime::webhooks::WebhookConfig::in_dir(&data)
+            }
+        })),
         ..config
     };
     let bar = output::progress("replaying", 0);
@@ -587,6 +709,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if let Some(url) = &args.postgres {
         let _ = POSTGRES_URL.set(url.clone());
     }
+    let _ = AUDIT_SETTINGS.set((
+        args.audit_origin.clone().unwrap_or_else(default_origin),
+        args.checkpoint_interval,
+    ));
     let out = Out::new(args.json);
     match &args.command {
         Cmd::Completions { shell } => return crate::login::completions(*shell),
@@ -594,6 +720,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Cmd::Login => return crate::login::login(&args, &out),
         Cmd::Logout => return crate::login::logout(&out),
         _ => {}
+    }
+    if let Cmd::Scan(scan) = &args.command {
+        return crate::scan::run(&args, scan, &out);
     }
     if let Some(remote) = crate::login::remote_for(&args)? {
         let done = remote.run(&out, args.command);
@@ -677,6 +806,7 @@ fn hint_unknown_tenant(ledger: &Keyledger, command: &Cmd) {
 async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCode> {
     match command {
         Cmd::Keys(k) => keys(ledger, out, k).await?,
+        Cmd::Webhooks(w) => crate::webhooks_cli::offline(ledger, out, w).await?,
         Cmd::Users(UsersCmd::Remove {
             tenant: t,
             acting,
@@ -720,6 +850,7 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
         Cmd::Replay => return replay(ledger, out),
         Cmd::Demo
         | Cmd::Serve(_)
+        | Cmd::Scan(_)
         | Cmd::Recover { .. }
         | Cmd::Login
         | Cmd::Whoami { .. }
@@ -1017,13 +1148,13 @@ async fn recover(
     let recorded = ledger
         .recover(principal(&t, acting)?, reason.to_owned())
         .await;
+    let new_origin = ledger.checkpoint_origin(&t);
     let closed = ledger.shutdown().await;
     let r = recorded?;
     // Other tenants with problems stay refused until each is recovered.
     if let Err(e) = closed {
         tracing::warn!(error = %e, "closing after the recovery");
     }
-    let new_origin = keyledger_runtime::audit::origin_in(t.as_str(), r.epoch);
     out.value(
         &serde_json::json!({
             "tenant": t.as_str(),

@@ -93,7 +93,9 @@ fn local_only(cmd: &Cmd) -> Option<&'static str> {
 pub fn remote_for(args: &Args) -> Result<Option<Remote>> {
     if matches!(
         args.command,
-        Cmd::Audit(AuditCmd::Evidence(EvidenceCmd::VerifyBundle { .. }))
+        Cmd::Audit(AuditCmd::Evidence(
+            EvidenceCmd::VerifyBundle { .. } | EvidenceCmd::VerifyReceipt { .. }
+        ))
     ) {
         return Ok(None);
     }

@@ -8,7 +8,9 @@ mod evidence_cli;
 mod login;
 mod output;
 mod remote;
+mod scan;
 mod serve;
+mod webhooks_cli;
 
 use std::process::ExitCode;
 

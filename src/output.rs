@@ -392,13 +392,18 @@ pub fn bundle_written(
     )
 }
 
-/// The checkpoint signing key, and a tenant's note verifier key.
-pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>) -> Result<()> {
+/// The checkpoint signing key, a tenant's note verifier key, and the
+/// global tree's.
+pub fn public_key(out: &Out, raw: &str, verifier: Option<&str>, global: &str) -> Result<()> {
     out.value(
-        &serde_json::json!({ "public_key": raw, "verifier_key": verifier }),
+        &serde_json::json!({
+            "public_key": raw,
+            "verifier_key": verifier,
+            "global_verifier_key": global,
+        }),
         || match verifier {
-            Some(v) => format!("{raw}\n{v}"),
-            None => raw.to_owned(),
+            Some(v) => format!("{raw}\n{v}\n{global}"),
+            None => format!("{raw}\n{global}"),
         },
     )
 }
@@ -486,6 +491,17 @@ fn details_text(e: &AuditEntry) -> String {
             "{} valid, {} revoked, {} expired, {} out of scope",
             d["valid"], d["revoked"], d["expired"], d["insufficient_scope"]
         ),
+        Some(EventType::KeyLeaked) => {
+            let mut text = format!("reported by {}", s("reported_by"));
+            for (field, label) in [("source", "in"), ("url", "at")] {
+                if let Some(v) = d.get(field).and_then(|v| v.as_str()) {
+                    text.push_str(&format!(" {label} {v}"));
+                }
+            }
+            text
+        }
+        Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
+        Some(EventType::WebhookDeleted) => s("webhook_id"),
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }

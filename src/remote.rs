@@ -327,6 +327,24 @@ impl Remote {
     pub fn whoami(&self) -> Result<WhoAmI> {
         self.json(Call::get("/v1/whoami"))
     }
+
+    /// `POST /v1/keys/leaked`: reports `secrets` (at most 1000) as found
+    /// in `source`.
+    pub fn report_leaked(&self, secrets: &[&str], source: &str) -> Result<LeakReportBody> {
+        self.json(Call::post(
+            "/v1/keys/leaked",
+            json!({ "secrets": secrets, "source": source }),
+        ))
+    }
+}
+
+/// The answer of `POST /v1/keys/leaked`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeakReportBody {
+    /// How many secrets were reported.
+    pub reported: usize,
+    /// How many of them are keys of the server.
+    pub found: usize,
 }
 
 /// The server's `{"error": {"code", "message"}}`, or the status alone.
@@ -461,6 +479,7 @@ impl Remote {
     pub fn run(&self, out: &Out, command: Cmd) -> Result<ExitCode> {
         match command {
             Cmd::Keys(k) => self.keys(out, k)?,
+            Cmd::Webhooks(w) => self.webhooks(out, w)?,
             Cmd::Users(UsersCmd::Remove {
                 tenant,
                 acting,
@@ -505,6 +524,7 @@ impl Remote {
             }
             Cmd::Serve(_)
             | Cmd::Demo
+            | Cmd::Scan(_)
             | Cmd::Replay
             | Cmd::Recover { .. }
             | Cmd::Login
@@ -515,6 +535,47 @@ impl Remote {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn webhooks(&self, out: &Out, cmd: crate::webhooks_cli::WebhooksCmd) -> Result<()> {
+        use crate::webhooks_cli::{self as w, WebhooksCmd as C};
+        match cmd {
+            C::Create {
+                tenant,
+                acting,
+                endpoint,
+                events,
+                description,
+            } => {
+                self.check_tenant(&tenant)?;
+                let body = serde_json::json!({
+                    "url": endpoint,
+                    "event_types": crate::cli::split_list(&events),
+                    "description": description,
+                });
+                let made = self.json(
+                    Call::post("/v1/webhooks", body)
+                        .tenant(&tenant)
+                        .acting(&acting),
+                )?;
+                w::created(out, &made)
+            }
+            C::List { tenant } => {
+                self.check_tenant(&tenant)?;
+                w::list(out, &self.json(Call::get("/v1/webhooks").tenant(&tenant))?)
+            }
+            C::Delete { tenant, acting, id } => {
+                self.check_tenant(&tenant)?;
+                let call = Call::delete(format!("/v1/webhooks/{}", segment(&id)));
+                w::deleted(out, &self.json(call.tenant(&tenant).acting(&acting))?)
+            }
+            C::Deliveries { tenant, id, limit } => {
+                self.check_tenant(&tenant)?;
+                let call = Call::get(format!("/v1/webhooks/{}/deliveries", segment(&id)))
+                    .query("limit", Some(limit));
+                w::deliveries(out, &self.json(call.tenant(&tenant))?)
+            }
+        }
     }
 
     fn keys(&self, out: &Out, cmd: KeysCmd) -> Result<()> {
@@ -719,6 +780,8 @@ impl Remote {
                 #[derive(Deserialize)]
                 struct PublicKey {
                     public_key: String,
+                    verifier_key: String,
+                    global_verifier_key: String,
                 }
                 let t = TenantArg { tenant };
                 let key: PublicKey = self.json(Call::get("/v1/audit/public-key").tenant(&t))?;
@@ -726,18 +789,19 @@ impl Remote {
                     None => None,
                     Some(_) => {
                         self.check_tenant(&t)?;
-                        let cp: Checkpoint =
-                            self.json(Call::get("/v1/audit/checkpoint").tenant(&t))?;
-                        let parsed = keyledger_audit::checkpoint::parse_public_key(&key.public_key)
-                            .map_err(|e| Failure::msg(format!("the server's public key: {e}")))?;
-                        Some(keyledger_audit::checkpoint::verifier_key(
-                            &cp.origin, &parsed,
-                        ))
+                        Some(key.verifier_key)
                     }
                 };
-                output::public_key(out, &key.public_key, vkey.as_deref())?;
+                output::public_key(
+                    out,
+                    &key.public_key,
+                    vkey.as_deref(),
+                    &key.global_verifier_key,
+                )?;
             }
-            EvidenceCmd::VerifyBundle { .. } => unreachable!("verified on this machine"),
+            EvidenceCmd::VerifyBundle { .. } | EvidenceCmd::VerifyReceipt { .. } => {
+                unreachable!("verified on this machine")
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

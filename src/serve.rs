@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KEYLEDGER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Serve the global tree's checkpoint and tiles (`/log/checkpoint`,
+    /// `/log/tile/...`, C2SP tlog-tiles) to anyone; without it they take
+    /// the operator token. They hold only hashes (docs/audit.md).
+    #[arg(long, env = "KEYLEDGER_TILES_PUBLIC")]
+    pub tiles_public: bool,
     /// Uses are counted in memory and written as one KeyUsed event per key
     /// per window of this many milliseconds (0: one event per use).
     #[arg(long, env = "KEYLEDGER_USAGE_WINDOW_MS", default_value_t = 1000)]
@@ -87,6 +92,75 @@ pub struct ServeArgs {
         default_value_t = keyledger_runtime::SNAPSHOT_EVERY_DEFAULT.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every_secs: u64,
+    /// Accept signed leak reports (`POST /v1/keys/leaked`) from a
+    /// secret-scanning partner: NAME (a-z, 0-9, `-`) and a file of its
+    /// P-256 public keys in PEM (GitHub publishes its keys at
+    /// /meta/public_keys/secret_scanning of its API). Repeatable
+    /// (docs/security.md).
+    #[arg(long, value_name = "NAME=PATH.pem")]
+    pub leak_partner: Vec<String>,
+    /// Let webhooks go to private, loopback (over HTTPS), link-local and
+    /// other non-public addresses (plain http:// stays loopback-only).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Send no webhook deliveries from this node (with several nodes on one
+    /// PostgreSQL log, let one node deliver). Subscriptions are still managed.
+    #[arg(long, env = "KEYLEDGER_NO_WEBHOOK_DELIVERY")]
+    pub no_webhook_delivery: bool,
+    /// How long a webhook delivery is retried, from its first attempt,
+    /// before it is marked failed (`30s`, `15m`, `24h`, `3d`).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_FOR", default_value = "24h",
+        value_parser = parse_duration)]
+    pub webhook_retry_for: Duration,
+    /// The wait after a webhook's first failed attempt; it doubles per
+    /// attempt (less up to half, at random) up to --webhook-backoff-max.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF", default_value = "5s",
+        value_parser = parse_duration)]
+    pub webhook_backoff: Duration,
+    /// The longest wait between two attempts of a webhook delivery.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF_MAX", default_value = "1h",
+        value_parser = parse_duration)]
+    pub webhook_backoff_max: Duration,
+    /// How long one webhook attempt may take (connect, send, answer).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_TIMEOUT", default_value = "10s",
+        value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// `key.expiring` is sent this long before a key expires, once per key.
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_BEFORE", default_value = "7d",
+        value_parser = parse_duration)]
+    pub webhook_expiring_before: Duration,
+    /// How often keys are looked at for `key.expiring` (only in tenants
+    /// with a subscription to it).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_SCAN", default_value = "30s",
+        value_parser = parse_duration)]
+    pub webhook_expiring_scan: Duration,
+    /// A witness each stored checkpoint is sent to (C2SP tlog-witness
+    /// `add-checkpoint`), as `<verifier key>=<URL prefix>`: its C2SP
+    /// cosignature/v1 verifier key and the prefix `add-checkpoint` is posted
+    /// under. Its cosignatures are kept with the checkpoint. Repeatable.
+    #[arg(long = "witness", value_name = "VKEY=URL")]
+    pub witnesses: Vec<keyledger_runtime::WitnessTarget>,
+}
+
+/// A duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 24h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: the unit is ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// The largest connection limit the options take.
@@ -117,6 +191,10 @@ const OPERATOR_TOKEN_ENV: &str = "KEYLEDGER_OPERATOR_TOKEN";
 
 pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result<ExitCode> {
     let limits = args.limits()?;
+    let mut partners = keyledger_server::leaks::LeakPartners::none();
+    for spec in &args.leak_partner {
+        partners.add_spec(spec).map_err(Failure::msg)?;
+    }
     raise_file_limit(limits.connections_max);
     // On a shared log, follow what the other nodes append.
     let follow = cli::postgres().then(|| Follow {
@@ -138,19 +216,35 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
     }
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
+    let webhooks = keyledger_runtime::webhooks::WebhookConfig {
+        deliver: !args.no_webhook_delivery,
+        allow_private: args.webhook_allow_private,
+        retry_for: args.webhook_retry_for,
+        backoff_first: args.webhook_backoff,
+        backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+        attempt_timeout: args.webhook_timeout,
+        expiring_before: args.webhook_expiring_before,
+        expiring_scan: args.webhook_expiring_scan,
+        ..keyledger_runtime::webhooks::WebhookConfig::in_dir(data)
+    };
     let snapshots = (args.snapshot_every_events > 0).then(|| SnapshotConfig {
         every_events: args.snapshot_every_events,
         every: Duration::from_secs(args.snapshot_every_secs),
         ..SnapshotConfig::in_dir(data)
     });
     let started = std::time::Instant::now();
-    let ledger = cli::open_following(
+    let ledger = cli::open_with_config(
         data,
         key_prefix,
-        UsageWindow::from_millis(args.usage_window_ms),
-        std::time::Duration::from_millis(args.audit_read_window_ms),
-        follow,
-        snapshots,
+        keyledger_runtime::Config {
+            usage_window: UsageWindow::from_millis(args.usage_window_ms),
+            audit_read_window: std::time::Duration::from_millis(args.audit_read_window_ms),
+            follow,
+            webhooks: Some(webhooks),
+            witnesses: args.witnesses.clone(),
+            snapshots,
+            ..keyledger_runtime::Config::default()
+        },
     )?;
     let start = &ledger.metrics().snapshots;
     tracing::info!(
@@ -174,7 +268,12 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         TokenSource::Created => true,
         TokenSource::Environment | TokenSource::File => ledger.head() == 0,
     };
-    let state = AppState::with_limits(ledger, token, limits);
+    for name in partners.names() {
+        tracing::info!(partner = name, "accepting signed leak reports");
+    }
+    let state = AppState::with_limits(ledger, token, limits)
+        .with_leak_partners(partners)
+        .with_tiles_public(args.tiles_public);
     keyledger_server::serve(state, &args.addr, |addr| {
         if newcomer {
             println!("{}", welcome(data, addr, source));

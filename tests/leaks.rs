@@ -23,6 +23,9 @@ fn minimal_body(schema: &str) -> Value {
         "CreateKeyRequest" => json!({"name": "leak test"}),
         "AdminCreateKeyRequest" => json!({"user": "nobody", "name": "leak test"}),
         "VerifyRequest" => json!({"key": "klk_not_a_key"}),
+        "CreateWebhookRequest" => {
+            json!({"url": "http://127.0.0.1:9/leaks", "event_types": ["key.revoked"]})
+        }
         _ => json!({}),
     }
 }
@@ -62,7 +65,8 @@ fn a_key_in_any_wrong_field_is_never_answered_logged_or_stored() {
             "/v1/admin/tenants/acme/keys",
             &[("Authorization", &operator)],
             Some(&json!({"user": user, "name": "leaks",
-                "scopes": ["keys:read", "keys:write", "audit:read", "usage:read", "users:remove"]})),
+                "scopes": ["keys:read", "keys:write", "audit:read", "usage:read", "users:remove",
+                    "webhooks:manage"]})),
         )
         .expect("mint");
         assert_eq!(r.status, 201, "{}", r.text());

@@ -119,6 +119,7 @@ impl Live {
             .args(options)
             .env("KEYLEDGER_OPERATOR_TOKEN", TOKEN)
             .env("KEYLEDGER_LOG", log)
+            .env("KEYLEDGER_AUDIT_ORIGIN", crate::util::LEGACY_ORIGIN)
             .env_remove("KEYLEDGER_ADDR")
             .env_remove("KEYLEDGER_USAGE_WINDOW_MS")
             .env_remove("KEYLEDGER_KEY_PREFIX")

@@ -7,6 +7,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The `keyledger` binary under test.
+/// The audit origin the binary is started with here: the one data
+/// directories used before it was configurable (`keyledger`), so that the
+/// tests pin `keyledger/<tenant>` (the default, `<host name>/log`, is tested
+/// in tests/transparency.rs).
+pub const LEGACY_ORIGIN: &str = "keyledger";
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_keyledger")
 }
@@ -36,6 +42,7 @@ impl Data {
             .args(args)
             .env("KEYLEDGER_LOG", "trace")
             .env_remove("KEYLEDGER_TENANT")
+            .env("KEYLEDGER_AUDIT_ORIGIN", LEGACY_ORIGIN)
             .output()
             .expect("the binary runs")
     }
@@ -146,6 +153,7 @@ pub fn serve_until_exit(data: &Path) -> Output {
         .args(["serve", "--addr", "127.0.0.1:0"])
         .env("KEYLEDGER_LOG", "warn")
         .env_remove("KEYLEDGER_OPERATOR_TOKEN")
+        .env("KEYLEDGER_AUDIT_ORIGIN", LEGACY_ORIGIN)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -79,7 +79,9 @@ fn the_operator_token_acts_on_tenant_routes_in_the_tenant_its_header_names() {
         .json();
     assert_eq!(me["tenant_id"], "acme", "{me}");
     assert_eq!(me["operator"], true, "{me}");
-    assert_eq!(me["scopes"], json!(ALL), "{me}");
+    // Every scope: the five, and `webhooks:manage`.
+    let every: Vec<&str> = ALL.iter().copied().chain(["webhooks:manage"]).collect();
+    assert_eq!(me["scopes"], json!(every), "{me}");
     assert!(
         me.get("owner").is_none() && me.get("key_id").is_none(),
         "{me}"

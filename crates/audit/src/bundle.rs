@@ -55,6 +55,12 @@ pub struct BundleHeader {
     pub inclusion_proofs: Vec<BundleInclusion>,
     /// Earlier stored checkpoints and their consistency proofs.
     pub earlier_checkpoints: Vec<BundleEarlier>,
+    /// The newest stored checkpoint witnesses cosigned when the bundle was
+    /// built (the signed note with the cosignature lines), with its
+    /// consistency proof to `checkpoint`; absent when none was witnessed
+    /// (and in bundles written before witnesses existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witnessed: Option<BundleEarlier>,
 }
 
 /// Evidence a reviewer can take away, as one JSON Lines file: the

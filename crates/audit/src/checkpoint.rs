@@ -142,9 +142,14 @@ impl Checkpoint {
 
 /// The note key ID: `SHA-256(name || 0x0A || 0x01 || public key)[:4]`.
 pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    key_id_of_type(name, ED25519_TYPE, key)
+}
+
+/// A key ID of signature type `kind`: `SHA-256(name || 0x0A || kind || key)[:4]`.
+pub(crate) fn key_id_of_type(name: &str, kind: u8, key: &VerifyingKey) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
-    h.update([b'\n', ED25519_TYPE]);
+    h.update([b'\n', kind]);
     h.update(key.as_bytes());
     let d: [u8; 32] = h.finalize().into();
     [d[0], d[1], d[2], d[3]]
@@ -258,7 +263,7 @@ pub fn parse_unverified(note: &str) -> Result<Checkpoint, NoteError> {
 
 /// A note's checkpoint (parsed), its text (what is signed) and its
 /// signature lines.
-fn split_note(note: &str) -> Result<(Checkpoint, &str, &str), NoteError> {
+pub(crate) fn split_note(note: &str) -> Result<(Checkpoint, &str, &str), NoteError> {
     if note.len() > NOTE_BYTES_MAX {
         return Err(malformed(format!("longer than {NOTE_BYTES_MAX} bytes")));
     }

@@ -196,6 +196,16 @@ impl Tree {
             .copied()
     }
 
+    /// The hash of the complete subtree of `2^level` leaves starting at leaf
+    /// `index · 2^level`, if the tree holds all of them: `MTH(D[index·2^level
+    /// : (index+1)·2^level])`. Level 0 is the leaf hashes.
+    pub fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels
+            .get(usize::try_from(level).ok()?)?
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+
     /// The root of the tree of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
         self.check_size(size)?;
@@ -554,6 +564,121 @@ fn range_root(
     }
 }
 
+/// [`root_from_range`] without holding the range's leaves: they are
+/// pushed one at a time, and only the roots of the subtrees the range
+/// proof leaves to the verifier are kept (O(log n) hashes), each built as
+/// its leaves arrive.
+#[derive(Clone, Debug)]
+pub struct RangeRoot {
+    begin: u64,
+    end: u64,
+    size: u64,
+    /// The subtrees `[lo, hi)` inside the range, left to right.
+    segments: Vec<(u64, u64)>,
+    /// Their roots, as far as they are complete.
+    done: Vec<Hash>,
+    /// The current segment's perfect subtrees: (leaves, root), largest first.
+    stack: Vec<(u64, Hash)>,
+    /// Leaves pushed so far.
+    pushed: u64,
+}
+
+impl RangeRoot {
+    /// For the leaves `begin..end` of the tree of `size`.
+    pub fn new(begin: u64, end: u64, size: u64) -> Result<Self, ProofError> {
+        if begin >= end || end > size {
+            return Err(ProofError::OutOfRange(format!(
+                "range {begin}..{end} is empty or not in a tree of size {size}"
+            )));
+        }
+        let mut segments = Vec::new();
+        fn walk(begin: u64, end: u64, lo: u64, hi: u64, out: &mut Vec<(u64, u64)>) {
+            if hi <= begin || lo >= end {
+            } else if begin <= lo && hi <= end {
+                out.push((lo, hi));
+            } else {
+                let k = split(hi - lo);
+                walk(begin, end, lo, lo + k, out);
+                walk(begin, end, lo + k, hi, out);
+            }
+        }
+        walk(begin, end, 0, size, &mut segments);
+        Ok(RangeRoot {
+            begin,
+            end,
+            size,
+            segments,
+            done: Vec::new(),
+            stack: Vec::new(),
+            pushed: 0,
+        })
+    }
+
+    /// The next leaf of the range (leaves past its end are counted, and
+    /// make [`RangeRoot::finish`] fail).
+    pub fn push(&mut self, leaf: Hash) {
+        self.pushed += 1;
+        let Some(&(_, hi)) = self.segments.get(self.done.len()) else {
+            return;
+        };
+        self.stack.push((1, leaf));
+        while let [.., (a, left), (b, right)] = self.stack[..] {
+            if a != b {
+                break;
+            }
+            self.stack.truncate(self.stack.len() - 2);
+            self.stack.push((a + b, node_hash(&left, &right)));
+        }
+        if self.begin + self.pushed == hi {
+            // RFC 6962's root of the segment: its perfect subtrees folded
+            // from the right.
+            let mut parts = std::mem::take(&mut self.stack).into_iter().rev();
+            if let Some((_, mut root)) = parts.next() {
+                for (_, left) in parts {
+                    root = node_hash(&left, &root);
+                }
+                self.done.push(root);
+            }
+        }
+    }
+
+    /// The root of the tree of `size` from the leaves pushed and the range
+    /// proof ([`Tree::range_proof`]); fails unless exactly the range's
+    /// leaves were pushed and the proof has the right length.
+    pub fn finish(&self, proof: &[Hash]) -> Result<Hash, ProofError> {
+        if self.pushed != self.end - self.begin || self.done.len() != self.segments.len() {
+            return Err(ProofError::WrongLength);
+        }
+        if proof.len() > PROOF_HASHES_MAX {
+            return Err(ProofError::WrongLength);
+        }
+        fn fold(
+            r: &RangeRoot,
+            lo: u64,
+            hi: u64,
+            proof: &mut std::slice::Iter<'_, Hash>,
+            done: &mut std::slice::Iter<'_, Hash>,
+        ) -> Result<Hash, ProofError> {
+            if hi <= r.begin || lo >= r.end {
+                proof.next().copied().ok_or(ProofError::WrongLength)
+            } else if r.begin <= lo && hi <= r.end {
+                done.next().copied().ok_or(ProofError::WrongLength)
+            } else {
+                let k = split(hi - lo);
+                let left = fold(r, lo, lo + k, proof, done)?;
+                let right = fold(r, lo + k, hi, proof, done)?;
+                Ok(node_hash(&left, &right))
+            }
+        }
+        let mut p = proof.iter();
+        let root = fold(self, 0, self.size, &mut p, &mut self.done.iter())?;
+        if p.next().is_some() {
+            return Err(ProofError::WrongLength);
+        }
+        Ok(root)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +749,41 @@ mod tests {
                     Tree::from_levels(extra).is_none(),
                     "{n} leaves, a level too many"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_range_roots_equal_range_roots() {
+        let mut tree = Tree::new();
+        let mut leaves = Vec::new();
+        for i in 0u32..40 {
+            tree.push(&i.to_be_bytes());
+            leaves.push(leaf_hash(&i.to_be_bytes()));
+        }
+        for size in 1..=40u64 {
+            for begin in 0..size {
+                for end in begin + 1..=size {
+                    let proof = tree.range_proof(begin, end, size).unwrap();
+                    let range = &leaves[begin as usize..end as usize];
+                    let mut r = RangeRoot::new(begin, end, size).unwrap();
+                    for l in range {
+                        r.push(*l);
+                    }
+                    assert_eq!(
+                        r.finish(&proof),
+                        root_from_range(begin, size, range, &proof)
+                    );
+                    assert_eq!(r.finish(&proof), tree.root(size));
+                    // One leaf short or one too many: refused.
+                    let mut short = RangeRoot::new(begin, end, size).unwrap();
+                    for l in &range[1..] {
+                        short.push(*l);
+                    }
+                    assert!(short.finish(&proof).is_err());
+                    r.push(leaves[0]);
+                    assert!(r.finish(&proof).is_err());
+                }
             }
         }
     }

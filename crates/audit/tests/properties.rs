@@ -133,3 +133,67 @@ proptest! {
         }
     }
 }
+
+mod tiles {
+    use keyledger_audit::merkle::Tree;
+    use keyledger_audit::tiles::{TilePath, TreeNodes, tile_bytes};
+    use proptest::prelude::*;
+
+    fn tile_path() -> impl Strategy<Value = TilePath> {
+        // Mostly tiles a small tree may hold, some anywhere.
+        let level = prop_oneof![3 => 0u32..2, 1 => 0u32..64];
+        let index = prop_oneof![3 => 0u64..4, 1 => any::<u64>()];
+        (any::<bool>(), level, index, 1u64..=256).prop_map(|(entries, level, index, width)| {
+            if entries {
+                TilePath::Entries { index, width }
+            } else {
+                TilePath::Hashes {
+                    level,
+                    index,
+                    width,
+                }
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Every tile path reads back as itself, and any text a client sends
+        /// parses without panicking, to a path that spells it exactly.
+        #[test]
+        fn tile_paths_round_trip_and_any_text_parses_safely(
+            t in tile_path(),
+            junk in "(tile/)?([0-9x/.p]|entries){0,40}",
+        ) {
+            prop_assert_eq!(TilePath::parse(&t.path()), Some(t));
+            if let Some(p) = TilePath::parse(&junk) {
+                prop_assert_eq!(p.path(), junk);
+            }
+        }
+
+        /// Any tile asked of any small tree is either absent or exactly its
+        /// width in hashes (or entries), never a panic.
+        #[test]
+        fn any_tile_of_any_tree_is_whole_or_absent(t in tile_path(), leaves in 0u64..700) {
+            let mut tree = Tree::new();
+            for i in 0..leaves {
+                tree.push(&i.to_be_bytes());
+            }
+            let nodes = TreeNodes {
+                tree: &tree,
+                entries: |i: u64| (i < leaves).then(|| i.to_be_bytes().to_vec()),
+            };
+            if let Some(bytes) = tile_bytes(&nodes, &t) {
+                let per = match t {
+                    TilePath::Hashes { .. } => 32,
+                    TilePath::Entries { .. } => 10,
+                };
+                let width = match t {
+                    TilePath::Hashes { width, .. } | TilePath::Entries { width, .. } => width,
+                };
+                prop_assert_eq!(bytes.len() as u64, per * width);
+            }
+        }
+    }
+}

@@ -108,6 +108,7 @@ fn bundle(n: u64, from: u64, to: u64) -> (Bundle, VerifyingKey, Tree, SigningKey
             })
             .collect(),
         earlier_checkpoints: Vec::new(),
+        witnessed: None,
     };
     let events = events[(from - 1) as usize..to as usize].to_vec();
     let public = key.verifying_key();
@@ -161,4 +162,47 @@ fn every_problem_is_named_by_its_kind() {
 
     let empty = verify_bundle_with(b"\n \n", &public, &[], &Toy);
     assert_eq!(empty.problems[0].message, "the bundle is empty");
+}
+
+/// A header whose range ends at the largest sequence number, with that
+/// event once and twice: refused, never a panic, never a pass; and the
+/// streaming reader gives the same report as a slice.
+#[test]
+fn a_range_ending_at_the_largest_sequence_number_is_refused_without_overflow() {
+    let (bundle, public, _, _) = bundle(4, 1, 4);
+    let mut header = bundle.header.clone();
+    header.from_seq = u64::MAX;
+    header.to_seq = u64::MAX;
+    let event = json!({"seq": u64::MAX, "prev": hex::encode([0u8; 32]), "data": "x",
+        "hash": hex::encode(entry(&[0; 32], u64::MAX, "x"))});
+    for copies in [1, 2] {
+        let mut text = serde_json::to_string(&header).unwrap();
+        for _ in 0..copies {
+            text.push('\n');
+            text.push_str(&event.to_string());
+        }
+        let report = verify_bundle_with(text.as_bytes(), &public, &[], &Toy);
+        assert!(!report.ok(), "{copies}: {report:?}");
+        let streamed = keyledger_audit::verify_bundle_reader(
+            std::io::Cursor::new(text.as_bytes()),
+            &public,
+            &[],
+            None,
+            &Toy,
+        )
+        .unwrap();
+        assert_eq!(streamed, report);
+    }
+    // And every bundle of this file's tests reads the same through a reader.
+    let text = bundle.to_jsonl();
+    let streamed = keyledger_audit::verify_bundle_reader(
+        std::io::Cursor::new(&text[..]),
+        &public,
+        &[],
+        None,
+        &Toy,
+    )
+    .unwrap();
+    assert!(streamed.ok(), "{streamed:?}");
+    assert_eq!(streamed, verify_bundle_with(&text, &public, &[], &Toy));
 }

@@ -7,7 +7,10 @@
 //! 2. removing a user revokes each of their active keys, in the same append,
 //!    one `KeyRevoked` (reason `user_removed`) per key;
 //! 3. a removed user creates nothing; removing a user twice is a conflict;
-//! 4. the secret is not an input: a command carries only its hash and mask.
+//! 4. the secret is not an input: a command carries only its hash and mask;
+//! 5. a leaked key's `KeyLeaked` is followed, in the same append, by its
+//!    `KeyRevoked` (reason `compromised`); a key not active is left alone
+//!    (`crate::leak`).
 
 use crate::event::{
     Actor, AuditRead, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed,
@@ -123,6 +126,13 @@ pub enum Command {
         /// What was lost, and why the operator goes on.
         recovery: LogRecovered,
     },
+    /// Revoke every known, active key among reported leaked secrets, in
+    /// whichever tenants they are (`crate::leak`).
+    ReportLeaked(crate::leak::ReportLeaked),
+    /// Subscribe an endpoint to notices (needs `webhooks:manage`).
+    SubscribeWebhook(crate::webhook::SubscribeWebhook),
+    /// Delete a webhook subscription (needs `webhooks:manage`).
+    DeleteWebhook(crate::webhook::DeleteWebhook),
     /// Record counted uses (from the usage counters, acting as the system).
     RecordUsage {
         /// The key's tenant.
@@ -133,7 +143,8 @@ pub enum Command {
 }
 
 impl Command {
-    /// Who asks (the system, for usage records, is nobody).
+    /// Who asks (the system, for usage records, is nobody; so are the
+    /// operator and a partner reporting leaked keys, who act in no tenant).
     pub fn principal(&self) -> Option<&Principal> {
         match self {
             Command::CreateKey(c) => Some(&c.principal),
@@ -142,21 +153,32 @@ impl Command {
             Command::RemoveUser(c) => Some(&c.principal),
             Command::RecordAuditRead { principal, .. } => Some(principal),
             Command::RecordRecovery { principal, .. } => Some(principal),
+            Command::ReportLeaked(c) => match &c.reporter {
+                crate::leak::Reporter::Key(p) => Some(p),
+                crate::leak::Reporter::Operator | crate::leak::Reporter::Partner(_) => None,
+            },
+            Command::SubscribeWebhook(c) => Some(&c.principal),
+            Command::DeleteWebhook(c) => Some(&c.principal),
             Command::RecordUsage { .. } => None,
         }
     }
 
-    /// The tenant the command acts in.
-    pub fn tenant(&self) -> &TenantId {
-        match self {
+    /// The one tenant the command acts in; `None` for a leak report,
+    /// whose events go to the tenants of the keys it names (one append
+    /// across tenants).
+    pub fn tenant(&self) -> Option<&TenantId> {
+        Some(match self {
             Command::CreateKey(c) => &c.principal.tenant,
             Command::RevokeKey(c) => &c.principal.tenant,
             Command::RotateKey(c) => &c.principal.tenant,
             Command::RemoveUser(c) => &c.principal.tenant,
             Command::RecordAuditRead { principal, .. } => &principal.tenant,
             Command::RecordRecovery { principal, .. } => &principal.tenant,
+            Command::ReportLeaked(_) => return None,
+            Command::SubscribeWebhook(c) => &c.principal.tenant,
+            Command::DeleteWebhook(c) => &c.principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
-        }
+        })
     }
 }
 
@@ -264,12 +286,15 @@ pub enum CommandError {
     /// A named limit was reached.
     #[error("{0}")]
     Limit(String),
+    /// No live webhook subscription with this id in this tenant.
+    #[error("no webhook {0} in this tenant")]
+    WebhookNotFound(crate::webhook::WebhookId),
     /// The new key's id or secret hash is taken (a caller's bug, never chance).
     #[error("{0}")]
     Duplicate(String),
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
     CommandError::Invalid(FieldError {
         field,
         message: message.into(),
@@ -280,14 +305,24 @@ fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
 ///
 /// Returns the events to append, all in one atomic append, or why not.
 /// Event times never go backwards within a tenant: a clock that stepped
-/// back is answered with the tenant's last time.
+/// back is answered with the tenant's last time. Every command's events
+/// are in its one tenant ([`Command::tenant`]) but a leak report's, which
+/// are grouped by tenant, each tenant's together.
 pub fn decide(
     state: &Ledger,
     command: &Command,
     now: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
+    let Some(tenant) = command.tenant() else {
+        return match command {
+            Command::ReportLeaked(c) => crate::leak::report_leaked(state, c, now),
+            _ => Err(CommandError::Forbidden(
+                "a command that names no tenant is a leak report".into(),
+            )),
+        };
+    };
     let empty = TenantState::default();
-    let tenant_state = state.tenant(command.tenant()).unwrap_or(&empty);
+    let tenant_state = state.tenant(tenant).unwrap_or(&empty);
     let at = now.max(tenant_state.last_at);
     // A removed user acts no more, directly or otherwise.
     if let Some(p) = command.principal()
@@ -315,6 +350,9 @@ pub fn decide(
             principal,
             recovery,
         } => record_recovery(tenant_state, principal, recovery, at),
+        Command::ReportLeaked(c) => crate::leak::report_leaked(state, c, now),
+        Command::SubscribeWebhook(c) => crate::webhook::subscribe(tenant_state, c, at),
+        Command::DeleteWebhook(c) => crate::webhook::delete(tenant_state, c, at),
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));

@@ -29,9 +29,12 @@ impl Event {
             EventKind::KeyUsed(e) => Some(e.key_id),
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
-            EventKind::UserRemoved(_) | EventKind::AuditRead(_) | EventKind::LogRecovered(_) => {
-                None
-            }
+            EventKind::KeyLeaked(e) => Some(e.key_id),
+            EventKind::UserRemoved(_)
+            | EventKind::AuditRead(_)
+            | EventKind::LogRecovered(_)
+            | EventKind::WebhookSubscribed(_)
+            | EventKind::WebhookDeleted(_) => None,
         }
     }
 
@@ -120,6 +123,13 @@ pub enum EventKind {
     /// The log no longer held what a signed checkpoint said, and the
     /// operator went on without a backup: a new checkpoint epoch starts.
     LogRecovered(LogRecovered),
+    /// A key's secret was reported found where it does not belong; a
+    /// `KeyRevoked` (reason `compromised`) follows in the same append.
+    KeyLeaked(KeyLeaked),
+    /// A tenant subscribed an endpoint to notices (no secret in it).
+    WebhookSubscribed(crate::webhook::WebhookSubscribed),
+    /// A webhook subscription was deleted.
+    WebhookDeleted(crate::webhook::WebhookDeleted),
 }
 
 impl EventKind {
@@ -134,6 +144,9 @@ impl EventKind {
             EventKind::UserRemoved(_) => T::UserRemoved,
             EventKind::AuditRead(_) => T::AuditRead,
             EventKind::LogRecovered(_) => T::LogRecovered,
+            EventKind::KeyLeaked(_) => T::KeyLeaked,
+            EventKind::WebhookSubscribed(_) => T::WebhookSubscribed,
+            EventKind::WebhookDeleted(_) => T::WebhookDeleted,
         }
     }
 
@@ -533,4 +546,49 @@ pub struct LogRecovered {
     pub agreed_size: u64,
     /// Why, in the operator's words.
     pub reason: String,
+}
+
+/// A key's secret was reported found where it does not belong (a public
+/// repository, a paste, a log). Decided only for a key active at that
+/// instant, and always followed, in the same append, by its `KeyRevoked`
+/// with reason `compromised` (`crates/core/src/leak.rs`). Carries what an
+/// announcement needs: the key (the event's tenant and time beside it),
+/// where it was found, and who reported it; never the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLeaked {
+    /// The key.
+    pub key_id: KeyId,
+    /// Where it was found, in the reporter's words (GitHub's `source`:
+    /// `content`, `commit`, …), if said.
+    pub source: Option<String>,
+    /// The address where it was found, if given.
+    pub url: Option<String>,
+    /// Who reported it.
+    pub reporter: LeakReporter,
+}
+
+/// Who reported a leaked key, as the key's tenant is told.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LeakReporter {
+    /// The deployment's operator (the event's actor is the operator).
+    Operator,
+    /// A key of the same tenant (the event's actor is that key).
+    Tenant,
+    /// A key of another tenant: which one is not told (the actor is the system).
+    OtherTenant,
+    /// A secret-scanning partner, by the name the operator configured
+    /// (the actor is the system).
+    Partner(String),
+}
+
+impl LeakReporter {
+    /// The wire form: `operator`, `tenant`, `other_tenant`, `partner:<name>`.
+    pub fn as_text(&self) -> String {
+        match self {
+            LeakReporter::Operator => "operator".into(),
+            LeakReporter::Tenant => "tenant".into(),
+            LeakReporter::OtherTenant => "other_tenant".into(),
+            LeakReporter::Partner(name) => format!("partner:{name}"),
+        }
+    }
 }

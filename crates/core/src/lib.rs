@@ -15,6 +15,7 @@
 pub mod decide;
 pub mod event;
 pub mod ids;
+pub mod leak;
 pub mod limits;
 pub mod scope;
 pub mod secret;
@@ -23,19 +24,26 @@ pub mod state;
 pub mod time;
 pub mod trail;
 pub mod usage;
+pub mod webhook;
 
 pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
     decide,
 };
 pub use event::{
-    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated,
-    KeyUsed, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyLeaked, KeyRevoked,
+    KeyRotated, KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts,
+    UserRemoved,
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
+pub use leak::{Leak, ReportLeaked, Reporter};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};
 pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
 pub use time::{Day, Timestamp};
 pub use trail::{AuditFilter, EventType};
 pub use usage::{DailyRow, Usage, UsageSummary};
+pub use webhook::{
+    DeleteWebhook, SubscribeWebhook, WEBHOOK_EVENT_TYPES, Webhook, WebhookDeleted, WebhookId,
+    WebhookSubscribed,
+};

@@ -26,3 +26,19 @@ const _: () = assert!(TENANT_ID_BYTES_MAX <= USER_ID_CHARS_MAX);
 
 /// Most characters of a recovery's reason.
 pub const RECOVERY_REASON_CHARS_MAX: usize = 1000;
+
+/// Most secrets one leak report lists (`POST /v1/keys/leaked`); a longer
+/// list is refused whole.
+pub const LEAK_SECRETS_MAX: usize = 1000;
+/// Longest `source` of a leak report, in characters.
+pub const LEAK_SOURCE_CHARS_MAX: usize = 100;
+/// Longest `url` of a leak report, in characters.
+pub const LEAK_URL_CHARS_MAX: usize = 2048;
+/// Longest secret-scanning partner name, in characters.
+pub const LEAK_PARTNER_CHARS_MAX: usize = 32;
+/// Most live webhook subscriptions a tenant may hold.
+pub const WEBHOOKS_PER_TENANT_MAX: usize = 20;
+/// Longest webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2048;
+/// Most event types one subscription names.
+pub const WEBHOOK_EVENT_TYPES_MAX: usize = 16;

@@ -16,16 +16,19 @@ pub enum Scope {
     UsageRead,
     /// Remove users (and so revoke every key they own). Never granted by default.
     UsersRemove,
+    /// Subscribe, list and delete webhooks. Never granted by default.
+    WebhooksManage,
 }
 
 impl Scope {
     /// Every scope, in display order.
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::KeysRead,
         Scope::KeysWrite,
         Scope::AuditRead,
         Scope::UsageRead,
         Scope::UsersRemove,
+        Scope::WebhooksManage,
     ];
 
     /// The wire name, such as `keys:read`.
@@ -36,6 +39,7 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::UsageRead => "usage:read",
             Scope::UsersRemove => "users:remove",
+            Scope::WebhooksManage => "webhooks:manage",
         }
     }
 
@@ -46,6 +50,7 @@ impl Scope {
             Scope::AuditRead => 4,
             Scope::UsageRead => 8,
             Scope::UsersRemove => 16,
+            Scope::WebhooksManage => 32,
         }
     }
 }
@@ -81,9 +86,10 @@ impl ScopeSet {
     /// No scope.
     pub const EMPTY: ScopeSet = ScopeSet(0);
     /// Every scope.
-    pub const ALL: ScopeSet = ScopeSet(31);
-    /// What a key gets when it is created without scopes: all but `users:remove`.
-    pub const DEFAULT: ScopeSet = ScopeSet(31 & !16);
+    pub const ALL: ScopeSet = ScopeSet(63);
+    /// What a key gets when it is created without scopes: all but
+    /// `users:remove` and `webhooks:manage`, which are granted only by name.
+    pub const DEFAULT: ScopeSet = ScopeSet(63 & !16 & !32);
 
     /// From the stored bits; `None` if a bit names no scope.
     pub const fn from_bits(bits: u8) -> Option<ScopeSet> {
@@ -152,10 +158,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_lacks_users_remove_only() {
+    fn default_lacks_users_remove_and_webhooks_manage_only() {
         assert!(!ScopeSet::DEFAULT.contains(Scope::UsersRemove));
-        assert_eq!(ScopeSet::DEFAULT.with(Scope::UsersRemove), ScopeSet::ALL);
-        assert_eq!(ScopeSet::from_bits(32), None);
+        assert!(!ScopeSet::DEFAULT.contains(Scope::WebhooksManage));
+        assert_eq!(
+            ScopeSet::DEFAULT
+                .with(Scope::UsersRemove)
+                .with(Scope::WebhooksManage),
+            ScopeSet::ALL
+        );
+        assert_eq!(ScopeSet::from_bits(64), None);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct TenantState {
     /// `LogRecovered` events applied: the checkpoint epoch is one more
     /// ([`TenantState::epoch`]).
     pub recoveries: u64,
+    /// Webhook subscriptions, deleted ones included, by id.
+    pub webhooks: BTreeMap<crate::webhook::WebhookId, crate::webhook::Webhook>,
 }
 
 /// A key, as the list and the detail views show it (never the secret).
@@ -384,6 +386,20 @@ fn fold(
             }
             state.removed_users.insert(e.user_id.clone(), event.at);
         }
+        // A report changes no key (the `KeyRevoked` after it does), but
+        // names one that exists and is not revoked.
+        EventKind::KeyLeaked(e) => {
+            let key = state
+                .keys
+                .get(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is leaked but unknown", e.key_id)))?;
+            if key.revoked.is_some() {
+                return Err(inconsistent(format!(
+                    "{} is reported leaked after it was revoked",
+                    e.key_id
+                )));
+            }
+        }
         // A read of the trail changes no key: only the chain moves on.
         EventKind::AuditRead(_) => {}
         EventKind::LogRecovered(e) => {
@@ -395,6 +411,9 @@ fn fold(
                 )));
             }
             state.recoveries += 1;
+        }
+        EventKind::WebhookSubscribed(_) | EventKind::WebhookDeleted(_) => {
+            crate::webhook::fold(state, seq, event).map_err(inconsistent)?;
         }
     }
     state.version = seq;

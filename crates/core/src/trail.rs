@@ -25,11 +25,17 @@ pub enum EventType {
     AuditRead,
     /// `LogRecovered`.
     LogRecovered,
+    /// `KeyLeaked`.
+    KeyLeaked,
+    /// `WebhookSubscribed`.
+    WebhookSubscribed,
+    /// `WebhookDeleted`.
+    WebhookDeleted,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 10] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
@@ -37,6 +43,9 @@ impl EventType {
         EventType::UserRemoved,
         EventType::AuditRead,
         EventType::LogRecovered,
+        EventType::KeyLeaked,
+        EventType::WebhookSubscribed,
+        EventType::WebhookDeleted,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -49,6 +58,9 @@ impl EventType {
             EventType::UserRemoved => "UserRemoved",
             EventType::AuditRead => "AuditRead",
             EventType::LogRecovered => "LogRecovered",
+            EventType::KeyLeaked => "KeyLeaked",
+            EventType::WebhookSubscribed => "WebhookSubscribed",
+            EventType::WebhookDeleted => "WebhookDeleted",
         }
     }
 

@@ -15,8 +15,9 @@ use keyledger_core::limits::{
 };
 use keyledger_core::{
     Actor, AuditRead, AuditReadKind, Cause, Command, CommandError, CreateKey, Event, EventKind,
-    KeyCreated, KeyRevoked, KeyRotated, KeyStatus, Ledger, Outcome, Principal, RemoveUser,
-    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, SeqRange, Timestamp, UseCounts, decide,
+    KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyStatus, Leak, LeakReporter, Ledger, Outcome,
+    Principal, RemoveUser, ReportLeaked, Reporter, RevokeKey, RevokeReason, RotateKey, Scope,
+    ScopeSet, SeqRange, Timestamp, UseCounts, decide,
 };
 
 // ---------------------------------------------------------------- harness
@@ -1940,4 +1941,159 @@ fn a_recovery_that_misstates_the_log_or_has_no_reason_is_refused() {
             t(3),
         )
         .then_forbidden();
+}
+
+// ------------------------------------------------------------- leak reports
+
+fn leaked(n: u8, source: Option<&str>, reporter: LeakReporter) -> EventKind {
+    EventKind::KeyLeaked(KeyLeaked {
+        key_id: kid(n),
+        source: source.map(str::to_owned),
+        url: None,
+        reporter,
+    })
+}
+
+fn compromised(n: u8) -> EventKind {
+    EventKind::KeyRevoked(KeyRevoked {
+        key_id: kid(n),
+        reason: RevokeReason::Compromised,
+        cause: None,
+    })
+}
+
+fn report(reporter: Reporter, secrets: &[Option<u8>]) -> Command {
+    Command::ReportLeaked(ReportLeaked {
+        reporter,
+        leaks: secrets
+            .iter()
+            .map(|n| Leak {
+                // `None`: text that is not a well-formed key.
+                secret_hash: n.map(|n| secret(n).hash()),
+                source: Some(" commit ".into()),
+                url: None,
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn a_leak_report_revokes_active_keys_of_every_tenant_in_one_decision() {
+    let acme_key = key_principal(acme(), 1, "alice", ScopeSet::from_bits(1).unwrap());
+    let ledger = given([
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(acme(), t(2), 2, "alice"),
+        create_ev(globex(), t(3), 3, "bob"),
+        revoke_ev(acme(), t(4), as_user("alice"), 2),
+        create_ev(globex(), t(5), 4, "bob"),
+    ])
+    .ledger;
+    // Key 1 (acme, the reporter's own tenant), key 3 (globex) twice, key 2
+    // (revoked already), key 9 (unknown) and junk: acme's events first
+    // (tenants in order), each KeyLeaked right before its KeyRevoked.
+    let ledger = Given { ledger }
+        .when(
+            report(
+                Reporter::Key(acme_key.clone()),
+                &[Some(3), Some(1), Some(2), Some(9), None, Some(3)],
+            ),
+            t(10),
+        )
+        .then_events(vec![
+            ev(
+                acme(),
+                t(10),
+                as_key(1, "alice"),
+                leaked(1, Some("commit"), LeakReporter::Tenant),
+            ),
+            ev(acme(), t(10), as_key(1, "alice"), compromised(1)),
+            ev(
+                globex(),
+                t(10),
+                Actor::System,
+                leaked(3, Some("commit"), LeakReporter::OtherTenant),
+            ),
+            ev(globex(), t(10), Actor::System, compromised(3)),
+        ]);
+    // Reported again: nothing to append.
+    Given {
+        ledger: ledger.clone(),
+    }
+    .when(report(Reporter::Operator, &[Some(1), Some(3)]), t(11))
+    .then_events(vec![]);
+    // A partner and the operator are recorded as such.
+    Given {
+        ledger: ledger.clone(),
+    }
+    .when(
+        report(Reporter::Partner("github".into()), &[Some(4)]),
+        t(12),
+    )
+    .then_events(vec![
+        ev(
+            globex(),
+            t(12),
+            Actor::System,
+            leaked(4, Some("commit"), LeakReporter::Partner("github".into())),
+        ),
+        ev(globex(), t(12), Actor::System, compromised(4)),
+    ]);
+    Given { ledger }
+        .when(report(Reporter::Operator, &[Some(4)]), t(12))
+        .then_events(vec![
+            ev(
+                globex(),
+                t(12),
+                Actor::Operator,
+                leaked(4, Some("commit"), LeakReporter::Operator),
+            ),
+            ev(globex(), t(12), Actor::Operator, compromised(4)),
+        ]);
+}
+
+#[test]
+fn a_leak_report_is_refused_whole_for_a_bad_text_or_too_many_secrets() {
+    let ledger = || given([create_ev(acme(), t(1), 1, "alice")]);
+    let with = |source: String, url: String, n: usize| {
+        Command::ReportLeaked(ReportLeaked {
+            reporter: Reporter::Operator,
+            leaks: (0..n)
+                .map(|_| Leak {
+                    secret_hash: Some(secret(1).hash()),
+                    source: Some(source.clone()),
+                    url: Some(url.clone()),
+                })
+                .collect(),
+        })
+    };
+    ledger()
+        .when(with("x".repeat(101), String::new(), 1), t(2))
+        .then_invalid("source");
+    ledger()
+        .when(with(String::new(), "u\u{7}".into(), 1), t(2))
+        .then_invalid("url");
+    ledger()
+        .when(with(String::new(), String::new(), 1001), t(2))
+        .then_invalid("secrets");
+    ledger()
+        .when(report(Reporter::Partner(String::new()), &[Some(1)]), t(2))
+        .then_invalid("partner");
+    // A removed user's key reports nothing.
+    given([
+        create_ev(acme(), t(1), 1, "alice"),
+        removed_ev(acme(), t(2), Actor::Operator, "alice"),
+    ])
+    .when(
+        report(
+            Reporter::Key(key_principal(
+                acme(),
+                7,
+                "alice",
+                ScopeSet::from_bits(1).unwrap(),
+            )),
+            &[Some(1)],
+        ),
+        t(3),
+    )
+    .then_error(CommandError::UserRemoved(user("alice")));
 }

@@ -12,6 +12,11 @@
 //! * every `UserRemoved` is followed, in the same decision, by one
 //!   `KeyRevoked` (reason `user_removed`, actor System, cause = its seq) for
 //!   exactly the owner's keys active at that instant, and by nothing else;
+//! * every `KeyLeaked` is followed, in the same decision, by the
+//!   `KeyRevoked` (reason `compromised`, same actor and time) of the same
+//!   key; a leak report revokes exactly the reported keys active at that
+//!   instant, in whichever tenant, and nothing else (a revoked key
+//!   reported again changes nothing);
 //! * per-tenant event times never decrease;
 //! * tenant versions are contiguous (1, 2, 3… with no gap);
 //! * folding the whole log from scratch gives the live ledger.
@@ -35,9 +40,9 @@ use common::*;
 use keyledger_core::limits::ROTATION_GRACE_SECONDS_MAX;
 use keyledger_core::secret::BODY_BYTES;
 use keyledger_core::{
-    Actor, Cause, Command, CreateKey, Event, EventKind, KeyId, KeyPrefix, KeyStatus, Ledger,
-    Principal, RemoveUser, RevokeKey, RevokeReason, RotateKey, ScopeSet, Secret, TenantId,
-    Timestamp, Usage, UseCounts, UserId, decide,
+    Actor, Cause, Command, CreateKey, Event, EventKind, KeyId, KeyPrefix, KeyStatus, Leak, Ledger,
+    Principal, RemoveUser, ReportLeaked, Reporter, RevokeKey, RevokeReason, RotateKey, ScopeSet,
+    Secret, TenantId, Timestamp, Usage, UseCounts, UserId, decide,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -105,8 +110,22 @@ enum Op {
         counts: [u8; 4],
         window_back: u16,
     },
+    /// Reports secrets leaked: known keys (by index, `u8::MAX`: a secret
+    /// that is no key), as the operator, a partner, or a key of tenant `n`.
+    Leak {
+        by: LeakBy,
+        keys: Vec<u8>,
+    },
     /// Moves the clock by this many seconds (backwards when negative).
     Clock(i64),
+}
+
+/// Who reports leaked secrets.
+#[derive(Clone, Debug)]
+enum LeakBy {
+    Operator,
+    Partner,
+    Key(u8),
 }
 
 fn who() -> impl Strategy<Value = Who> {
@@ -176,6 +195,15 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (key_ref(), any::<[u8; 4]>(), any::<u16>()).prop_map(
             |((key, foreign), counts, window_back)| Op::Use { key, foreign, counts, window_back }
         ),
+        1 => (
+            prop_oneof![
+                Just(LeakBy::Operator),
+                Just(LeakBy::Partner),
+                (0..TENANTS).prop_map(LeakBy::Key),
+            ],
+            prop::collection::vec(prop_oneof![8 => 0u8..64, 1 => Just(u8::MAX)], 0..5),
+        )
+            .prop_map(|(by, keys)| Op::Leak { by, keys }),
         2 => prop_oneof![3 => 1i64..400, 1 => -300i64..0].prop_map(Op::Clock),
     ]
 }
@@ -348,6 +376,38 @@ impl World {
                     masked: secret.masked(),
                 })
             }
+            Op::Leak { by, keys } => {
+                let leaks = keys
+                    .iter()
+                    .map(|&k| {
+                        let hash = match self.known.get(usize::from(k) % self.known.len().max(1)) {
+                            Some(known) if k != u8::MAX => self
+                                .ledger
+                                .key(&known.tenant, known.id)
+                                .map(|r| r.secret_hash),
+                            _ => Some(minted(u64::MAX).hash()),
+                        };
+                        Leak {
+                            secret_hash: hash,
+                            source: Some("commit".into()),
+                            url: None,
+                        }
+                    })
+                    .collect();
+                let reporter = match by {
+                    LeakBy::Operator => Reporter::Operator,
+                    LeakBy::Partner => Reporter::Partner("github".into()),
+                    LeakBy::Key(t) => Reporter::Key(self.principal(
+                        &Who::Key {
+                            owner: Some(0),
+                            scopes: 1,
+                        },
+                        tenant_n(*t),
+                        &user_n(0),
+                    )),
+                };
+                Command::ReportLeaked(ReportLeaked { reporter, leaks })
+            }
             Op::Remove { tenant, who, user } => Command::RemoveUser(RemoveUser {
                 principal: self.principal(who, tenant_n(*tenant), &user_n(0)),
                 user_id: user_n(*user),
@@ -397,13 +457,18 @@ impl World {
         *self.outcomes.entry(outcome).or_default() += 1;
         if let Ok(events) = decided {
             prop_assert!(
-                !events.is_empty(),
-                "a decision that succeeds appends something"
+                !events.is_empty() || matches!(command, Command::ReportLeaked(_)),
+                "a decision that succeeds appends something (but a leak report of no active key)"
             );
             check_cascade(&before, &events)?;
             check_rotation(&before, &events)?;
+            check_leak(&before, &command, &events, self.now)?;
             for event in events {
-                self.append(command.tenant(), event)?;
+                let tenant = event.tenant.clone();
+                if let Some(t) = command.tenant() {
+                    prop_assert_eq!(&tenant, t, "a decision stays in its tenant");
+                }
+                self.append(&tenant, event)?;
             }
         }
         self.check_state(&before)
@@ -411,7 +476,6 @@ impl World {
 
     /// Appends one event of a decision, as the store would, and folds it.
     fn append(&mut self, tenant: &TenantId, event: Event) -> Result<(), TestCaseError> {
-        prop_assert_eq!(&event.tenant, tenant, "a decision stays in its tenant");
         prop_assert!(
             event.at >= self.now,
             "an event is never earlier than the clock"
@@ -560,7 +624,7 @@ fn check_cascade(before: &Ledger, events: &[Event]) -> Result<(), TestCaseError>
 /// A rotation creates the new key, then retires the old one without ever
 /// extending its life.
 fn check_rotation(before: &Ledger, events: &[Event]) -> Result<(), TestCaseError> {
-    let EventKind::KeyCreated(kc) = &events[0].kind else {
+    let Some(EventKind::KeyCreated(kc)) = events.first().map(|e| &e.kind) else {
         return Ok(());
     };
     let Some(old_id) = kc.rotated_from else {
@@ -684,6 +748,7 @@ fn operations_reach_every_event_type_and_error() {
         types.into_iter().collect::<Vec<_>>(),
         [
             "KeyCreated",
+            "KeyLeaked",
             "KeyRevoked",
             "KeyRotated",
             "KeyUsed",
@@ -704,4 +769,64 @@ fn operations_reach_every_event_type_and_error() {
             "UserRemoved",
         ]
     );
+}
+
+/// A leak report revokes exactly the reported keys that were active, each
+/// with a `KeyLeaked` right before its `KeyRevoked` (reason
+/// `compromised`), by the same actor at the same instant; nothing else.
+fn check_leak(
+    before: &Ledger,
+    command: &Command,
+    events: &[Event],
+    now: Timestamp,
+) -> Result<(), TestCaseError> {
+    let Command::ReportLeaked(report) = command else {
+        for e in events {
+            prop_assert!(
+                !matches!(e.kind, EventKind::KeyLeaked(_)),
+                "only a leak report records a leak"
+            );
+        }
+        return Ok(());
+    };
+    let mut expected = BTreeSet::new();
+    for leak in &report.leaks {
+        if let Some((tenant, key)) = leak.secret_hash.and_then(|h| before.key_by_hash(&h)) {
+            let at = before.tenant(tenant).map_or(now, |t| now.max(t.last_at));
+            if key.status(at) == KeyStatus::Active {
+                expected.insert(key.id);
+            }
+        }
+    }
+    prop_assert_eq!(
+        events.len(),
+        expected.len() * 2,
+        "two events per active key"
+    );
+    let mut revoked = BTreeSet::new();
+    for pair in events.chunks(2) {
+        let [leaked, revoke] = pair else {
+            return Err(TestCaseError::fail("a leak without its revocation"));
+        };
+        let EventKind::KeyLeaked(l) = &leaked.kind else {
+            return Err(TestCaseError::fail(
+                "a leak report's event is not KeyLeaked",
+            ));
+        };
+        prop_assert_eq!(
+            &revoke.kind,
+            &EventKind::KeyRevoked(keyledger_core::KeyRevoked {
+                key_id: l.key_id,
+                reason: RevokeReason::Compromised,
+                cause: None,
+            }),
+            "a KeyLeaked is followed by its KeyRevoked (compromised)"
+        );
+        prop_assert_eq!(&leaked.actor, &revoke.actor);
+        prop_assert_eq!(leaked.at, revoke.at);
+        prop_assert_eq!(&leaked.tenant, &revoke.tenant);
+        prop_assert!(revoked.insert(l.key_id), "{} revoked twice", l.key_id);
+    }
+    prop_assert_eq!(revoked, expected, "exactly the active reported keys");
+    Ok(())
 }

@@ -37,6 +37,63 @@ impl Keyledger {
         self.bundle(&tenant, from_seq, to_seq)
     }
 
+    /// Records the read, then writes the bundle of `from_seq..=to_seq` to
+    /// `w` as JSON Lines, event by event (any range in bounded memory);
+    /// returns its header and how many events were written.
+    pub async fn export_bundle_to(
+        &self,
+        principal: Principal,
+        from_seq: u64,
+        to_seq: u64,
+        w: impl std::io::Write,
+    ) -> Result<(BundleHeader, u64), Error> {
+        let tenant = principal.tenant.clone();
+        self.check_bundle_range(&tenant, from_seq, to_seq)?;
+        self.record_audit_read(principal, from_seq, to_seq, AuditReadKind::Bundle)
+            .await?;
+        let header = self.bundle_header_now(&tenant, from_seq, to_seq)?;
+        let events = self.write_bundle(&tenant, &header, w)?;
+        Ok((header, events))
+    }
+
+    /// Writes a bundle: `header` on the first line, then the events of its
+    /// range read from the log a page at a time; returns how many.
+    pub fn write_bundle(
+        &self,
+        tenant: &TenantId,
+        header: &BundleHeader,
+        mut w: impl std::io::Write,
+    ) -> Result<u64, Error> {
+        let io = |e: std::io::Error| Error::io("writing a bundle", e);
+        serde_json::to_writer(&mut w, header).map_err(|e| io(e.into()))?;
+        w.write_all(b"\n").map_err(io)?;
+        let mut n = 0;
+        self.for_each_bundle_event(tenant, header.from_seq, header.to_seq, |e| {
+            serde_json::to_writer(&mut w, &e).map_err(|e| io(e.into()))?;
+            w.write_all(b"\n").map_err(io)?;
+            n += 1;
+            Ok::<(), Error>(())
+        })?;
+        w.flush().map_err(io)?;
+        Ok(n)
+    }
+
+    /// The header of a bundle of `from_seq..=to_seq` built now: its
+    /// checkpoint signed now, its proofs (not recorded as a read).
+    pub fn bundle_header_now(
+        &self,
+        tenant: &TenantId,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<BundleHeader, Error> {
+        self.check_bundle_range(tenant, from_seq, to_seq)?;
+        let stored = self.stored_checkpoints(tenant)?;
+        // One consistent view of the tree for the checkpoint and every proof.
+        self.shared.audit.with_tree(tenant, |t| {
+            self.bundle_header(t, tenant, from_seq, to_seq, &stored)
+        })
+    }
+
     /// Checks that `from_seq..=to_seq` is a range a bundle can hold.
     pub fn check_bundle_range(
         &self,
@@ -65,13 +122,12 @@ impl Keyledger {
     /// The evidence bundle of events `from_seq..=to_seq` (not recorded as
     /// a read: see [`Keyledger::export_bundle`]).
     pub fn bundle(&self, tenant: &TenantId, from_seq: u64, to_seq: u64) -> Result<Bundle, Error> {
-        self.check_bundle_range(tenant, from_seq, to_seq)?;
-        let stored = self.stored_checkpoints(tenant)?;
-        // One consistent view of the tree for the checkpoint and every proof.
-        let header = self.shared.audit.with_tree(tenant, |t| {
-            self.bundle_header(t, tenant, from_seq, to_seq, &stored)
+        let header = self.bundle_header_now(tenant, from_seq, to_seq)?;
+        let mut events = Vec::with_capacity((to_seq - from_seq + 1) as usize);
+        self.for_each_bundle_event(tenant, from_seq, to_seq, |e| {
+            events.push(e);
+            Ok::<(), Error>(())
         })?;
-        let events = self.bundle_events(tenant, from_seq, to_seq)?;
         Ok(Bundle { header, events })
     }
 
@@ -117,6 +173,7 @@ impl Keyledger {
                 consistency_proof: hex_hashes(&proof),
             });
         }
+        let witnessed = self.bundle_witnessed(tenant, t, size)?;
         Ok(BundleHeader {
             format: BUNDLE_FORMAT.into(),
             tenant: tenant.to_string(),
@@ -126,38 +183,45 @@ impl Keyledger {
             range_proof: hex_hashes(&range),
             inclusion_proofs: inclusion,
             earlier_checkpoints: earlier,
+            witnessed,
         })
     }
 
-    /// The events `from_seq..=to_seq` as a bundle holds them, read from the log.
-    fn bundle_events(
+    /// Each event of `from_seq..=to_seq` as a bundle holds it, read from
+    /// the log a page at a time and handed to `f` in order.
+    pub fn for_each_bundle_event<E: From<Error>>(
         &self,
         tenant: &TenantId,
         from_seq: u64,
         to_seq: u64,
-    ) -> Result<Vec<Value>, Error> {
-        let mut events = Vec::with_capacity((to_seq - from_seq + 1) as usize);
+        mut f: impl FnMut(Value) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut after = from_seq - 1;
         while after < to_seq {
             let want = usize::try_from(to_seq - after)
                 .unwrap_or(usize::MAX)
                 .min(4096);
-            let page = self.shared.log.read_tenant_raw(tenant, after, want)?;
+            let page = self
+                .shared
+                .log
+                .read_tenant_raw(tenant, after, want)
+                .map_err(Error::from)?;
             if page.is_empty() {
                 return Err(Error::inconsistent(format!(
                     "tenant {tenant}: event {} is in the tree but not in the log",
                     after + 1
-                )));
+                ))
+                .into());
             }
             for raw in page {
                 if raw.seq > to_seq {
                     break;
                 }
                 after = raw.seq;
-                events.push(bundle_event(tenant, raw)?);
+                f(bundle_event(tenant, raw).map_err(E::from)?)?;
             }
         }
-        Ok(events)
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keyledger_audit::checkpoint::Checkpoint;
 use keyledger_audit::merkle::Hash;
-use keyledger_audit::origin::origin_in;
+use keyledger_audit::origin::{LEGACY_BASE, epoch_of_origin, tenant_origin};
 use keyledger_audit::{SigningKey, VerifyingKey};
 use keyledger_core::{TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -33,15 +33,43 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// A grown tree is checkpointed at most this often.
     pub checkpoint_debounce: Duration,
+    /// The base origin checkpoints are signed under (a schema-less URL:
+    /// `keyledger_audit::origin`); [`LEGACY_BASE`] unless configured.
+    pub origin: String,
 }
 
 impl AuditConfig {
-    /// Hourly checkpoints, debounced by a second, in `dir`.
+    /// Hourly checkpoints, debounced by a second, in `dir`, under the
+    /// legacy base origin `keyledger`.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         AuditConfig {
             dir: dir.into(),
             checkpoint_interval: Duration::from_secs(3600),
             checkpoint_debounce: Duration::from_secs(1),
+            origin: LEGACY_BASE.to_owned(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Whether a tree of `size` is due a stored checkpoint, `last` being
+    /// the size and instant of the last one stored: none yet, grown since,
+    /// or (unless `force`, at shutdown) older than the interval.
+    pub(crate) fn due(
+        &self,
+        last: Option<(u64, Timestamp)>,
+        size: u64,
+        now: Timestamp,
+        force: bool,
+    ) -> bool {
+        match last {
+            None => true,
+            Some((last_size, _)) if last_size != size => true,
+            Some((_, when)) => {
+                let interval =
+                    i64::try_from(self.checkpoint_interval.as_micros()).unwrap_or(i64::MAX);
+                !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
+            }
         }
     }
 }
@@ -137,7 +165,7 @@ impl AuditState {
             }
         }
         let checkpoint = Checkpoint {
-            origin: origin_in(tenant.as_str(), epoch),
+            origin: tenant_origin(&signer.config.origin, tenant.as_str(), epoch),
             size,
             root,
             extensions: vec![format!("time {}", now.to_rfc3339())],
@@ -196,7 +224,9 @@ impl AuditState {
                 blocked.insert(tenant, (p.epoch, p));
             }
         }
-        Ok(())
+        drop(blocked);
+        drop(last);
+        self.check_global(recovering)
     }
 
     /// What is wrong with a tenant opened to be recovered, if anything.
@@ -210,7 +240,7 @@ impl AuditState {
     }
 
     /// The file of the tenant's checkpoints in its current epoch.
-    fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
+    pub(crate) fn checkpoint_path(&self, tenant: &TenantId) -> Result<PathBuf, Error> {
         Ok(self.signer()?.config.dir.join(CHECKPOINT_DIR).join(
             crate::integrity::checkpoint_file_name_in(tenant.as_str(), self.epoch(tenant)),
         ))
@@ -223,9 +253,10 @@ impl AuditState {
         // Another tenant's lines are skipped: on a case-insensitive file
         // system, earlier versions kept `ACME` and `acme` in one file. A
         // torn last line (a crash mid-write) is skipped, not fatal.
-        let first_line = format!("{}\n", origin_in(tenant.as_str(), self.epoch(tenant)));
+        let epoch = self.epoch(tenant);
         crate::integrity::for_each_checkpoint(&path, |_, c| {
-            if c.note.starts_with(&first_line) {
+            let first_line = c.note.split('\n').next().unwrap_or_default();
+            if epoch_of_origin(tenant.as_str(), first_line) == Some(epoch) {
                 out.push(c);
             }
             true
@@ -257,15 +288,7 @@ impl AuditState {
         let mut failed = None;
         for (tenant, epoch, size, root) in heads {
             let last = self.last_written(&tenant, epoch)?;
-            let due = match last {
-                None => true,
-                Some((last_size, _)) if last_size != size => true,
-                Some((_, when)) => {
-                    let interval = i64::try_from(signer.config.checkpoint_interval.as_micros())
-                        .unwrap_or(i64::MAX);
-                    !force && now.as_micros().saturating_sub(when.as_micros()) >= interval
-                }
-            };
+            let due = signer.config.due(last, size, now, force);
             if !due {
                 self.note_written(&tenant, epoch, last.unwrap_or((size, now)));
                 continue;
@@ -282,11 +305,19 @@ impl AuditState {
                 &StoredCheckpoint {
                     size,
                     at: now.to_rfc3339(),
-                    note: signed.note,
+                    note: signed.note.clone(),
                 },
             )?;
+            // Off this thread: each witness has its own (`witness.rs`).
+            self.witnessing
+                .submit(&tenant, &signed.checkpoint, &signed.note);
             self.note_written(&tenant, epoch, (size, now));
             written += 1;
+        }
+        // The global tree, on the same interval (not counted: the count is
+        // of tenants); its failure does not hold back the tenants'.
+        if let Err(e) = self.write_global_due(now, force) {
+            failed.get_or_insert(e);
         }
         match failed {
             Some(e) => Err(e),
@@ -333,18 +364,22 @@ impl AuditState {
 
     /// Appends one line to the tenant's checkpoint file, durably.
     fn append_stored(&self, tenant: &TenantId, stored: &StoredCheckpoint) -> Result<(), Error> {
-        let line = serde_json::to_string(stored).map_err(|e| Error::unavailable(e.to_string()))?;
-        let path = self.checkpoint_path(tenant)?;
-        let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
-        if let Some(dir) = path.parent() {
-            crate::datadir::create_dir_private(dir).map_err(io)?;
-        }
-        let mut file = crate::datadir::open_no_follow(&mut crate::datadir::append_private(), &path)
-            .map_err(io)?;
-        file.write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(io)
+        append_line(&self.checkpoint_path(tenant)?, stored)
     }
+}
+
+/// Appends one stored checkpoint to a checkpoint file, durably.
+pub(crate) fn append_line(path: &std::path::Path, stored: &StoredCheckpoint) -> Result<(), Error> {
+    let line = serde_json::to_string(stored).map_err(|e| Error::unavailable(e.to_string()))?;
+    let io = |e: std::io::Error| Error::io(path.display().to_string(), e);
+    if let Some(dir) = path.parent() {
+        crate::datadir::create_dir_private(dir).map_err(io)?;
+    }
+    let mut file =
+        crate::datadir::open_no_follow(&mut crate::datadir::append_private(), path).map_err(io)?;
+    file.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(io)
 }
 
 /// Writes checkpoints as trees grow, and at least every interval.
@@ -380,9 +415,15 @@ impl Shared {
 
 impl Keyledger {
     /// The origin the tenant's checkpoints are signed under now (it changes
-    /// with each `keyledger recover`: [`origin_in`]).
+    /// with each `keyledger recover`: [`tenant_origin`]).
     pub fn checkpoint_origin(&self, tenant: &TenantId) -> String {
-        origin_in(tenant.as_str(), self.shared.audit.epoch(tenant))
+        let base = self
+            .shared
+            .audit
+            .signer
+            .as_ref()
+            .map_or(LEGACY_BASE, |s| &s.config.origin);
+        tenant_origin(base, tenant.as_str(), self.shared.audit.epoch(tenant))
     }
 
     /// The public key checkpoints are signed with, if signing is configured.

@@ -50,7 +50,8 @@ pub const LOG_FILE: &str = "ledger.redb";
 pub const WAL_FILE: &str = "ledger.redb-wal";
 
 /// keyledger's own files: a symbolic link in their place is refused.
-const OWN_FILES: [&str; 5] = [
+const OWN_FILES: [&str; 6] = [
+    crate::audit::GLOBAL_CHECKPOINT_FILE,
     LOG_FILE,
     WAL_FILE,
     OPERATOR_TOKEN_FILE,
@@ -523,10 +524,11 @@ fn is_epoch_file(path: &Path) -> bool {
     if epoch < 2 {
         return false;
     }
-    let origin = format!("{}\n", crate::audit::origin_in(tenant.as_str(), epoch));
     let mut first_is_of_epoch = false;
     let _ = crate::integrity::for_each_checkpoint(path, |_, c| {
-        first_is_of_epoch = c.note.starts_with(&origin);
+        let first_line = c.note.split('\n').next().unwrap_or_default();
+        first_is_of_epoch =
+            crate::audit::epoch_of_origin(tenant.as_str(), first_line) == Some(epoch);
         false
     });
     first_is_of_epoch

@@ -53,6 +53,11 @@ pub enum Error {
     /// read from it or written to it ([`datadir`]).
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
+    /// A webhook URL is refused: not `https://` (or `http://` to
+    /// loopback), or its host resolves to an address webhooks may not go
+    /// to. Nothing was written.
+    #[error("{0}")]
+    WebhookTarget(String),
     /// A command was committed and is enforced by this node, but not every
     /// live node sharing the log confirmed it applied it in time. It is
     /// not undone: the other nodes apply it as soon as they catch up.
@@ -99,6 +104,12 @@ pub enum Missing {
     /// No key with this id in the tenant.
     #[error("no key {0} in this tenant")]
     Key(KeyId),
+    /// No live webhook subscription with this id in the tenant.
+    #[error("no webhook {0} in this tenant")]
+    Webhook(keyledger_core::WebhookId),
+    /// No delivery with this id for the subscription.
+    #[error("no delivery {0} for this webhook")]
+    Delivery(String),
 }
 
 /// A query's parameter that is not acceptable: what was wrong, and with

@@ -26,7 +26,7 @@ use keyledger_audit::merkle::{Hash, Tree};
 use keyledger_audit::{VerifyingKey, checkpoint};
 use keyledger_core::TenantId;
 
-use crate::audit::{CHECKPOINT_DIR, StoredCheckpoint, origin_in};
+use crate::audit::{CHECKPOINT_DIR, StoredCheckpoint, epoch_of_origin, origin_in};
 
 /// Most bytes of one stored checkpoint line (a signed note is at most
 /// `NOTE_BYTES_MAX`, 16 KiB; keyledger writes about 300 bytes). A longer
@@ -334,9 +334,13 @@ pub fn open_stored(
              comes from another data directory, or it was changed ({e})"
         )
     })?;
-    let want = origin_in(tenant.as_str(), epoch);
-    if c.origin != want {
-        return Err(format!("{which} is for `{}`, not `{want}`", c.origin));
+    // Under any base origin: `--audit-origin` may have changed since.
+    if epoch_of_origin(tenant.as_str(), &c.origin) != Some(epoch) {
+        let want = origin_in(tenant.as_str(), epoch);
+        return Err(format!(
+            "{which} is for `{}`, not `{want}` (under any origin)",
+            c.origin
+        ));
     }
     if c.size != stored.size {
         return Err(format!(
@@ -704,7 +708,7 @@ impl crate::Keyledger {
         let epoch = current + 1;
         let recovery = keyledger_core::LogRecovered {
             epoch,
-            old_origin: crate::audit::origin_in(tenant.as_str(), problem.epoch),
+            old_origin: self.checkpoint_origin(&tenant),
             signed_size,
             signed_root,
             recovered_size: problem.log_size,

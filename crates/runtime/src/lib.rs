@@ -25,6 +25,7 @@
 pub mod audit {
     pub use crate::bundles::{LedgerEvents, verify_bundle, verify_bundle_with};
     pub use crate::checkpoints::{AuditConfig, CHECKPOINT_DIR, SignedCheckpoint, StoredCheckpoint};
+    pub use crate::global::{GLOBAL_CHECKPOINT_FILE, GlobalInclusion};
     pub use crate::signing_key::{
         PUBLIC_KEY_FILE, SIGNING_KEY_FILE, encode_public_key, load_or_create_key,
     };
@@ -33,8 +34,11 @@ pub mod audit {
         BUNDLE_EVENTS_MAX, BUNDLE_FORMAT, BUNDLE_INCLUSION_PROOFS_MAX, Bundle, BundleEarlier,
         BundleHeader, BundleInclusion,
     };
-    pub use keyledger_audit::origin::{epoch_of_origin, origin, origin_in};
+    pub use keyledger_audit::origin::{
+        default_base, epoch_of_origin, global_origin, origin, origin_in, tenant_origin,
+    };
     pub use keyledger_audit::proofs::{ConsistencyProof, InclusionProof};
+    pub use keyledger_audit::tiles::TilePath;
     pub use keyledger_audit::verify::{BundleReport, Problem, ProblemKind};
 }
 mod bundles;
@@ -45,7 +49,9 @@ pub mod datadir;
 mod error;
 mod filter;
 mod follower;
+mod global;
 pub mod integrity;
+mod leaks;
 mod metrics;
 mod query;
 mod reads;
@@ -54,6 +60,8 @@ mod snapshot;
 mod trees;
 mod verify;
 pub mod views;
+pub mod webhooks;
+mod witness;
 mod writer;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -73,6 +81,7 @@ pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SystemClock};
 pub use error::{BadRequest, Damage, Error, Missing, RecoveryRefused, Unavailable};
 pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
+pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use snapshot::{
@@ -81,6 +90,10 @@ pub use snapshot::{
     SnapshotMetrics, SnapshotStart,
 };
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
+pub use witness::{
+    COSIGNATURES_SUFFIX, ReceiptAnswer, StoredCosignatures, WITNESS_TIMEOUT, WitnessTarget,
+    WitnessedCheckpoint,
+};
 
 /// Longest page of any list.
 pub const PAGE_LIMIT_MAX: usize = 1000;
@@ -147,6 +160,13 @@ pub struct Config {
     /// whether open starts from one. `None` (the default): none is read or
     /// written, and open replays the whole log.
     pub snapshots: Option<SnapshotConfig>,
+    /// Webhook subscriptions' secrets and deliveries ([`webhooks`]).
+    /// `None` (the default): subscriptions can be neither made nor
+    /// delivered (a ledger without a data directory).
+    pub webhooks: Option<webhooks::WebhookConfig>,
+    /// Witnesses each stored checkpoint is sent to (C2SP tlog-witness), and
+    /// whose cosignatures are kept with it; empty (the default): none.
+    pub witnesses: Vec<WitnessTarget>,
 }
 
 impl Default for Config {
@@ -161,6 +181,8 @@ impl Default for Config {
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
             snapshots: None,
+            webhooks: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -197,6 +219,9 @@ pub struct Created {
     pub key: KeyRecord,
     /// The `KeyCreated` event's log position.
     pub position: u64,
+    /// The tenant sequence number of the command's last event (a rotation's
+    /// revocation of the old key, say): the position a receipt is asked for.
+    pub seq: u64,
 }
 
 /// What to create.
@@ -262,6 +287,8 @@ pub(crate) struct Shared {
     pub(crate) reads: reads::Reads,
     pub(crate) snapshots: Option<snapshot::Snapshots>,
     pub(crate) tx: mpsc::Sender<Job>,
+    /// Webhook secrets and deliveries, when configured.
+    pub(crate) webhooks: Option<Arc<webhooks::Service>>,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -379,11 +406,13 @@ impl Keyledger {
                 a.checkpoint_debounce,
             ));
             *shared.audit.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            witness::start(&shared)?;
         }
         let catch_up = shared
             .catch_up
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
+        webhooks::start(&shared)?;
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
@@ -776,6 +805,7 @@ impl Keyledger {
             secret,
             key: self.key(tenant, key_id)?,
             position,
+            seq: records.iter().map(|r| r.seq).max().unwrap_or(0),
         })
     }
 
@@ -800,6 +830,9 @@ impl Keyledger {
         };
         if let Some(task) = catch_up {
             task.abort();
+        }
+        if let Some(w) = self.shared.webhooks.clone() {
+            let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
         }
         self.shared.follow.stop();
         if let Some(f) = follower {
@@ -837,6 +870,8 @@ impl Keyledger {
                 tracing::warn!(error = %e, "writing the final audit checkpoints failed");
             }
         }
+        // The witness threads send what is queued, then end on their own.
+        self.shared.audit.witnessing.close();
         flushed.map(|_| ())
     }
 }
@@ -922,6 +957,11 @@ impl Shared {
             .follow
             .as_ref()
             .map(|f| catchup::CatchUp::new(f.miss_interval));
+        let webhooks = config
+            .webhooks
+            .clone()
+            .map(|w| webhooks::Service::open(w, entropy.as_ref()).map(Arc::new))
+            .transpose()?;
         Ok(Shared {
             config,
             clock,
@@ -940,6 +980,7 @@ impl Shared {
             reads,
             snapshots,
             tx,
+            webhooks,
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
         })
@@ -1093,7 +1134,13 @@ fn update_verification_map<G: papaya::Guard>(
                 }
             }
         }
-        K::KeyUsed(_) | K::AuditRead(_) | K::LogRecovered(_) => {}
+        // A leak is followed by its `KeyRevoked`, which refuses the key.
+        K::KeyUsed(_)
+        | K::AuditRead(_)
+        | K::LogRecovered(_)
+        | K::KeyLeaked(_)
+        | K::WebhookSubscribed(_)
+        | K::WebhookDeleted(_) => {}
     }
 }
 

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub clock_behind_decisions: AtomicU64,
     /// The largest such skew seen, in microseconds.
     pub clock_behind_micros_max: AtomicU64,
+    /// Webhook delivery attempts by outcome, in
+    /// [`crate::webhooks::OUTCOMES`] order.
+    pub webhook_attempts: [AtomicU64; 4],
+    /// Webhook attempts' latency by outcome, in the same order.
+    pub webhook_latency: [Histogram; 4],
+    /// Webhook deliveries given up after the retry time.
+    pub webhook_failed: AtomicU64,
     /// Appends refused because another node wrote to a tenant first; each
     /// was retried after catching up.
     pub append_conflicts: AtomicU64,

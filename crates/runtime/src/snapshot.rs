@@ -3,15 +3,20 @@
 //!
 //! A snapshot holds everything [`crate::Keyledger::open_with`] would
 //! otherwise rebuild by replaying the log from position 1: the key state
-//! ([`Ledger`]), the usage rollups ([`Usage`]) and each tenant's Merkle
-//! tree with its chain head and checkpoint epoch (the verification map is
-//! rebuilt from the key state), and the log position they cover.
+//! ([`Ledger`], webhook subscriptions included), the usage rollups
+//! ([`Usage`]), each tenant's Merkle tree with its chain head and
+//! checkpoint epoch, and the global tree (`global.rs`: its nodes, entries,
+//! tenants' heads, recoveries and any records held back), and the log
+//! position they cover. The verification map is rebuilt from the key
+//! state. Not in it, as they are not projections of the log: the webhook
+//! delivery store, stored checkpoints and their cosignatures.
 //!
 //! * Format: `snapshots/snapshot-<position, 20 digits>.bin` in the data
 //!   directory: a magic, the format version, a postcard body in the
 //!   snapshot's own schema types (below; never the domain types, so the
 //!   core stays free of serialization), the trees' nodes as raw 32-byte
-//!   hashes, then the SHA-256 of everything before it.
+//!   hashes (each tenant's tree, then the global tree and its entries),
+//!   then the SHA-256 of everything before it.
 //! * Written atomically (a `.tmp` file, fsync, rename, fsync of the
 //!   directory), owner-only, never through a symbolic link; the newest
 //!   [`SnapshotConfig::keep`] are kept.
@@ -22,7 +27,8 @@
 //!   task; one at a time. Taken again at a graceful shutdown.
 //! * Verified before use: the checksum, the format version, the shape,
 //!   and against the log: the record at the snapshot's position exists,
-//!   and every tenant's chain head at that position is the snapshot's. A
+//!   and every tenant's chain head at that position is the snapshot's
+//!   (and the global tree's entry for it). A
 //!   snapshot that fails is refused with a warning naming what is wrong,
 //!   renamed `.refused`, and the next older one is tried; without one the
 //!   log is replayed from position 1. Never trusted, never fatal.
@@ -37,19 +43,21 @@ use std::time::{Duration, Instant};
 
 use keyledger_core::{
     Actor, Cause, DailyRow, Day, KeyId, KeyRecord, Ledger, Revocation, RevokeReason, ScopeSet,
-    SecretHash, TenantId, TenantState, Timestamp, Usage, UseCounts, UserId,
+    SecretHash, TenantId, TenantState, Timestamp, Usage, UseCounts, UserId, Webhook, WebhookId,
 };
 use keyledger_store::EventLog;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::global::{GlobalSnapshot, GlobalTree};
 use crate::trees::TenantTree;
 use crate::{Error, Shared};
 
 /// The snapshots' directory inside the data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes and reads (1: before webhook
+/// subscriptions and the global tree; refused, and the log replayed).
+pub const FORMAT_VERSION: u16 = 2;
 /// What every snapshot file starts with.
 const MAGIC: &[u8; 8] = b"KLSNAP\n\0";
 /// Magic, version, body length.
@@ -142,6 +150,7 @@ pub(crate) struct Projections {
     pub(crate) ledger: Ledger,
     pub(crate) usage: Usage,
     pub(crate) trees: HashMap<TenantId, TenantTree>,
+    pub(crate) global: GlobalTree,
 }
 
 /// A runtime's snapshot state.
@@ -203,17 +212,28 @@ impl Shared {
         let read = self.read_model();
         let (position, ledger, usage) = (read.head, read.ledger.clone(), read.usage.clone());
         drop(read);
+        // The global tree first, then the tenants' (as `AuditState::apply`
+        // takes them).
+        let global_lock = self
+            .audit
+            .global
+            .tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let global = global_lock.clone();
         let trees = self
             .audit
             .trees
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        drop(global_lock);
         Projections {
             position,
             ledger,
             usage,
             trees,
+            global,
         }
     }
 
@@ -432,7 +452,15 @@ impl Shared {
                 keys.insert(k.secret_hash, Arc::new(entry));
             }
         }
+        let mut global = self
+            .audit
+            .global
+            .tree
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *global = p.global;
         *self.audit.trees.write().unwrap_or_else(|e| e.into_inner()) = p.trees;
+        drop(global);
         let mut read = self.read.write().unwrap_or_else(|e| e.into_inner());
         read.ledger = p.ledger;
         read.usage = p.usage;
@@ -484,6 +512,13 @@ fn differences(replayed: &Projections, snapshot: &Projections) -> Vec<String> {
         out.push(format!(
             "the Merkle trees differ for tenants {}",
             names.join(", ")
+        ));
+    }
+    if replayed.global != snapshot.global {
+        out.push(format!(
+            "the global tree differs ({} leaves replayed, {} in the snapshot)",
+            replayed.global.tree.len(),
+            snapshot.global.tree.len()
         ));
     }
     out
@@ -660,22 +695,57 @@ fn prune(dir: &Path, keep: usize) -> io::Result<()> {
 
 // ---------------------------------------------------------------------
 // Encoding: the file's own schema types, apart from the domain types.
+// Each is named after the format version it first appeared in.
 
-/// A snapshot's body (format version 1).
+/// A snapshot's body (format version 2).
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotV1 {
+struct SnapshotV2 {
     /// The last log position applied.
     position: u64,
     /// Events folded into the key state ([`Ledger::events`]).
     events: u64,
     /// Every tenant with events, by id.
-    tenants: Vec<TenantV1>,
+    tenants: Vec<TenantV2>,
     /// Every key's days with uses.
     key_usage: Vec<KeyUsageV1>,
+    /// The global tree beside its nodes and entries.
+    global: GlobalV2,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct TenantV1 {
+struct GlobalV2 {
+    /// Its leaves (its nodes, then as many entries, follow the tenants'
+    /// tree nodes).
+    leaves: u64,
+    /// Each tenant's last event's leaf index.
+    heads: Vec<(String, u64)>,
+    recoveries: u64,
+    /// Records held back out of position order.
+    pending: Vec<PendingV2>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingV2 {
+    position: u64,
+    tenant: String,
+    hash: [u8; 32],
+    recovered: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WebhookV2 {
+    id: u128,
+    url: String,
+    event_types: Vec<String>,
+    description: Option<String>,
+    created_at: i64,
+    created_seq: u64,
+    deleted_at: Option<i64>,
+    deleted_seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TenantV2 {
     id: String,
     version: u64,
     last_at: i64,
@@ -690,6 +760,8 @@ struct TenantV1 {
     head: [u8; 32],
     /// The checkpoint epoch.
     epoch: u64,
+    /// Webhook subscriptions, deleted ones included, by id.
+    webhooks: Vec<WebhookV2>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -908,6 +980,39 @@ impl KeyV1 {
     }
 }
 
+impl WebhookV2 {
+    fn from_core(w: &Webhook) -> Self {
+        WebhookV2 {
+            id: w.id.to_u128(),
+            url: w.url.clone(),
+            event_types: w.event_types.clone(),
+            description: w.description.clone(),
+            created_at: w.created_at.as_micros(),
+            created_seq: w.created_seq,
+            deleted_at: w.deleted_at.map(Timestamp::as_micros),
+            deleted_seq: w.deleted_seq,
+        }
+    }
+
+    fn into_core(self) -> Webhook {
+        Webhook {
+            id: WebhookId::from_u128(self.id),
+            url: self.url,
+            event_types: self.event_types,
+            description: self.description,
+            created_at: Timestamp::from_micros(self.created_at),
+            created_seq: self.created_seq,
+            deleted_at: self.deleted_at.map(Timestamp::from_micros),
+            deleted_seq: self.deleted_seq,
+        }
+    }
+}
+
+fn tenant_id(s: &str) -> Result<TenantId, Refusal> {
+    s.parse()
+        .map_err(|e| Refusal::Content(format!("tenant id {s:?}: {e}")))
+}
+
 /// The file's bytes for `p`.
 pub(crate) fn encode(p: &Projections) -> Vec<u8> {
     let mut ids: Vec<&TenantId> = p.ledger.tenants().map(|(t, _)| t).collect();
@@ -928,7 +1033,7 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
             .map(|(u, ks)| (u.to_string(), ks.iter().map(|k| k.to_u128()).collect()))
             .collect();
         by_owner.sort();
-        tenants.push(TenantV1 {
+        tenants.push(TenantV2 {
             id: id.to_string(),
             version: state.version,
             last_at: state.last_at.as_micros(),
@@ -944,6 +1049,7 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
             leaves: tree.tree.len(),
             head: tree.head,
             epoch: tree.epoch,
+            webhooks: state.webhooks.values().map(WebhookV2::from_core).collect(),
         });
     }
     let mut key_usage: Vec<KeyUsageV1> = p
@@ -955,11 +1061,31 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
         })
         .collect();
     key_usage.sort_by_key(|k| k.key);
-    let body = SnapshotV1 {
+    let global = p.global.to_snapshot(&mut nodes);
+    let body = SnapshotV2 {
         position: p.position,
         events: p.ledger.events(),
         tenants,
         key_usage,
+        global: GlobalV2 {
+            leaves: global.leaves,
+            heads: global
+                .heads
+                .into_iter()
+                .map(|(t, i)| (t.to_string(), i))
+                .collect(),
+            recoveries: global.recoveries,
+            pending: global
+                .pending
+                .into_iter()
+                .map(|(position, tenant, hash, recovered)| PendingV2 {
+                    position,
+                    tenant: tenant.to_string(),
+                    hash,
+                    recovered,
+                })
+                .collect(),
+        },
     };
     // Serializing plain structs into a Vec cannot fail.
     let body = postcard::to_stdvec(&body).unwrap_or_default();
@@ -1009,12 +1135,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Projections, Refusal> {
     if Some(nodes.len() as u64) != nodes_count.checked_mul(32) {
         return Err(torn("its tree nodes do not fill the file"));
     }
-    let body: SnapshotV1 = postcard::from_bytes(&content[HEADER_LEN..body_end])
+    let body: SnapshotV2 = postcard::from_bytes(&content[HEADER_LEN..body_end])
         .map_err(|e| Refusal::Content(format!("the body does not decode: {e}")))?;
-    from_v1(body, nodes)
+    from_v2(body, nodes)
 }
 
-fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
+fn from_v2(body: SnapshotV2, nodes: &[u8]) -> Result<Projections, Refusal> {
     let bad = |m: String| Refusal::Content(m);
     if body.position == 0 {
         return Err(bad("position 0".to_owned()));
@@ -1025,9 +1151,7 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
     let mut tenant_usage = Vec::new();
     let mut total: u64 = 0;
     for t in body.tenants {
-        let id: TenantId =
-            t.id.parse()
-                .map_err(|e| bad(format!("tenant id {:?}: {e}", t.id)))?;
+        let id = tenant_id(&t.id)?;
         if t.version != t.leaves || t.version == 0 {
             return Err(bad(format!(
                 "tenant {id}: {} events, {} tree leaves",
@@ -1063,9 +1187,36 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
                 by_owner,
                 removed_users,
                 recoveries: t.recoveries,
+                webhooks: t
+                    .webhooks
+                    .into_iter()
+                    .map(|w| {
+                        let w = w.into_core();
+                        (w.id, w)
+                    })
+                    .collect(),
             },
         ));
     }
+    let g = body.global;
+    let mut heads = Vec::with_capacity(g.heads.len());
+    for (t, i) in g.heads {
+        heads.push((tenant_id(&t)?, i));
+    }
+    let mut pending = Vec::with_capacity(g.pending.len());
+    for r in g.pending {
+        pending.push((r.position, tenant_id(&r.tenant)?, r.hash, r.recovered));
+    }
+    let global = GlobalTree::from_snapshot(
+        GlobalSnapshot {
+            leaves: g.leaves,
+            heads,
+            recoveries: g.recoveries,
+            pending,
+        },
+        &mut nodes,
+    )
+    .map_err(|e| bad(format!("the global tree: {e}")))?;
     if nodes.len() != 0 {
         return Err(bad("tree nodes are left over".to_owned()));
     }
@@ -1073,6 +1224,26 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
         return Err(bad(format!(
             "position {} but {} events in its tenants' chains and {} folded",
             body.position, total, body.events
+        )));
+    }
+    // The global tree holds every event up to the position, each tenant's
+    // head among them, and every recovery.
+    let recoveries = states
+        .iter()
+        .fold(0u64, |n, (_, s)| n.saturating_add(s.recoveries));
+    if global.tree.len() != body.position
+        || global.tenants() != trees.len()
+        || trees
+            .iter()
+            .any(|(t, tree)| global.tenant_head(t) != Some(tree.head))
+        || global.epoch() != recoveries.saturating_add(1)
+    {
+        return Err(bad(format!(
+            "the global tree ({} leaves, {} tenants) does not match the tenants' trees at \
+             position {}",
+            global.tree.len(),
+            global.tenants(),
+            body.position
         )));
     }
     let ledger = Ledger::from_tenants(states, body.events).map_err(|e| bad(e.to_string()))?;
@@ -1087,6 +1258,7 @@ fn from_v1(body: SnapshotV1, nodes: &[u8]) -> Result<Projections, Refusal> {
         ledger,
         usage,
         trees,
+        global,
     })
 }
 
@@ -1182,6 +1354,8 @@ mod tests {
         assert_eq!(back.ledger, taken.ledger);
         assert_eq!(back.usage, taken.usage);
         assert_eq!(back.trees, taken.trees);
+        assert_eq!(back.global, taken.global);
+        assert_eq!(back.global.tree.len(), taken.position);
         assert_eq!(check_against_log(log.as_ref(), &back).ok(), Some(Ok(())));
         // Installed in a runtime of its own: the same verification map.
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
@@ -1251,6 +1425,82 @@ mod tests {
             assert!(decode(&bytes[..i]).is_err(), "cut at {i}");
         }
         rt.block_on(live.shutdown())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The global tree is checked against the tenants' trees when read.
+    #[test]
+    fn a_snapshot_whose_global_tree_does_not_match_its_tenants_is_refused() {
+        let rt = rt();
+        let _inside = rt.enter();
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+        let live = open(log.clone(), None);
+        rt.block_on(workload(&live));
+        let taken = live.shared.capture();
+        rt.block_on(live.shutdown())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(decode(&encode(&taken)).is_ok());
+        // No global tree (as a format-1 snapshot would start it), or one
+        // event short of the position.
+        let mut short = GlobalTree::default();
+        let records = log
+            .read_after(0, taken.position as usize - 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        short.apply(&records);
+        for global in [GlobalTree::default(), short] {
+            let wrong = Projections {
+                global,
+                ..taken.clone()
+            };
+            assert!(
+                matches!(decode(&encode(&wrong)), Err(Refusal::Content(_))),
+                "{:?}",
+                decode(&encode(&wrong)).map(|p| p.global.tree.len())
+            );
+        }
+    }
+
+    /// The same for the global tree.
+    #[test]
+    fn the_check_finds_a_global_tree_that_differs_from_the_replay() {
+        let rt = rt();
+        let _inside = rt.enter();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+        let live = open(log.clone(), None);
+        rt.block_on(workload(&live));
+        let mut taken = live.shared.capture();
+        rt.block_on(live.shutdown())
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A record held back that the log does not hold: the snapshot
+        // decodes, and the check names the global tree.
+        let mut parts = taken.global.to_snapshot(&mut Vec::new());
+        let mut nodes = Vec::new();
+        let _ = taken.global.to_snapshot(&mut nodes);
+        let tenant: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        parts
+            .pending
+            .push((taken.position + 5, tenant, [7; 32], false));
+        taken.global = GlobalTree::from_snapshot(parts, &mut nodes.chunks_exact(32))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = SnapshotConfig {
+            start: SnapshotStart::Check,
+            ..SnapshotConfig::in_dir(dir.path())
+        };
+        write_file(&config.dir, taken.position, &encode(&taken)).unwrap_or_else(|e| panic!("{e}"));
+        let checked = open(log.clone(), Some(config));
+        let check = checked
+            .snapshot_check()
+            .unwrap_or_else(|| panic!("a check"));
+        assert_eq!(check.compared.map(|(_, p)| p), Some(taken.position));
+        let n = taken.position;
+        assert_eq!(
+            check.differences,
+            vec![format!(
+                "the global tree differs ({n} leaves replayed, {n} in the snapshot)"
+            )]
+        );
+        rt.block_on(checked.shutdown())
             .unwrap_or_else(|e| panic!("{e}"));
     }
 

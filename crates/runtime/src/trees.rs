@@ -35,8 +35,12 @@ pub(crate) struct AuditState {
     /// opened anyway to recover them (`Config::recovering`): nothing is
     /// signed for them in that epoch, and what is wrong.
     pub(crate) blocked: Mutex<HashMap<TenantId, (u64, crate::integrity::Problem)>>,
+    /// The global tree over every tenant's events (`global.rs`).
+    pub(crate) global: crate::global::GlobalState,
     pub(crate) stop: tokio::sync::Notify,
     pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The witness client: channels to its threads, cosignatures gathered.
+    pub(crate) witnessing: crate::witness::Witnessing,
 }
 
 /// A tenant's largest checkpoint signed (stored or handed out, by this
@@ -75,15 +79,11 @@ impl Default for TenantTree {
 }
 
 impl TenantTree {
-    /// For a snapshot (`snapshot.rs`): appends every stored node, level by
-    /// level from the leaves up, to `nodes` (32 bytes each); the leaf
-    /// count, chain head and epoch are saved beside them.
+    /// For a snapshot (`snapshot.rs`): appends every stored node to
+    /// `nodes` ([`tree_to_snapshot`]); the leaf count, chain head and
+    /// epoch are saved beside them.
     pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) {
-        for level in self.tree.levels() {
-            for h in level {
-                nodes.extend_from_slice(h);
-            }
-        }
+        tree_to_snapshot(&self.tree, nodes);
     }
 
     /// The tree [`TenantTree::to_snapshot`] saved, taking its nodes from
@@ -95,22 +95,49 @@ impl TenantTree {
         epoch: u64,
         nodes: &mut std::slice::ChunksExact<'_, u8>,
     ) -> Result<TenantTree, String> {
-        let mut levels = Vec::new();
-        for size in Tree::level_sizes(leaves) {
-            let size = usize::try_from(size).map_err(|_| "a tree too large".to_owned())?;
-            if nodes.len() < size {
-                return Err("its tree nodes are missing".to_owned());
-            }
-            let level: Vec<Hash> = nodes
-                .by_ref()
-                .take(size)
-                .map(|c| c.try_into().unwrap_or([0; 32]))
-                .collect();
-            levels.push(level);
-        }
-        let tree = Tree::from_levels(levels).ok_or_else(|| "its tree is malformed".to_owned())?;
+        let tree = tree_from_snapshot(leaves, nodes)?;
         Ok(TenantTree { tree, head, epoch })
     }
+}
+
+/// For a snapshot: appends every stored node of `tree`, level by level
+/// from the leaves up, to `nodes` (32 bytes each).
+pub(crate) fn tree_to_snapshot(tree: &Tree, nodes: &mut Vec<u8>) {
+    for level in tree.levels() {
+        for h in level {
+            nodes.extend_from_slice(h);
+        }
+    }
+}
+
+/// The tree of `leaves` leaves [`tree_to_snapshot`] saved, taking its
+/// nodes from `nodes` (32-byte chunks). Fails, naming what is wrong, when
+/// there are too few.
+pub(crate) fn tree_from_snapshot(
+    leaves: u64,
+    nodes: &mut std::slice::ChunksExact<'_, u8>,
+) -> Result<Tree, String> {
+    let mut levels = Vec::new();
+    for size in Tree::level_sizes(leaves) {
+        levels.push(hashes_from_snapshot(size, nodes)?);
+    }
+    Tree::from_levels(levels).ok_or_else(|| "its tree is malformed".to_owned())
+}
+
+/// `count` hashes taken from `nodes` (32-byte chunks), or what is wrong.
+pub(crate) fn hashes_from_snapshot(
+    count: u64,
+    nodes: &mut std::slice::ChunksExact<'_, u8>,
+) -> Result<Vec<Hash>, String> {
+    let count = usize::try_from(count).map_err(|_| "a tree too large".to_owned())?;
+    if nodes.len() < count {
+        return Err("its tree nodes are missing".to_owned());
+    }
+    Ok(nodes
+        .by_ref()
+        .take(count)
+        .map(|c| c.try_into().unwrap_or([0; 32]))
+        .collect())
 }
 
 /// The replayed trees, as [`crate::integrity`] reads them.
@@ -155,6 +182,10 @@ impl AuditState {
     /// must be the record's `seq - 1` (checked here, as the chain is
     /// checked on append and replay).
     pub(crate) fn apply(&self, records: &[Record]) -> Result<(), Error> {
+        // The global tree is locked first, and held until the tenants' trees
+        // are updated too: read in that order, the two agree.
+        let mut global = self.global.tree.write().unwrap_or_else(|e| e.into_inner());
+        global.apply(records);
         let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
         // One tree lookup per run of records of one tenant.
         for run in records.chunk_by(|a, b| a.event.tenant == b.event.tenant) {

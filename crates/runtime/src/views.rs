@@ -317,6 +317,18 @@ impl From<&Record> for AuditEntry {
                 "agreed_size": v.agreed_size,
                 "reason": v.reason,
             }),
+            EventKind::KeyLeaked(v) => json!({
+                "source": v.source,
+                "url": v.url,
+                "reported_by": v.reporter.as_text(),
+            }),
+            EventKind::WebhookSubscribed(w) => json!({
+                "webhook_id": w.webhook_id.to_string(),
+                "url": w.url,
+                "event_types": w.event_types,
+                "description": w.description,
+            }),
+            EventKind::WebhookDeleted(w) => json!({ "webhook_id": w.webhook_id.to_string() }),
         };
         AuditEntry {
             position: r.seq,
@@ -472,6 +484,9 @@ pub enum ScopeName {
     /// Remove users (revoking their keys). Never granted by default.
     #[serde(rename = "users:remove")]
     UsersRemove,
+    /// Subscribe, list and delete webhooks. Never granted by default.
+    #[serde(rename = "webhooks:manage")]
+    WebhooksManage,
 }
 
 impl From<ScopeName> for Scope {
@@ -482,6 +497,7 @@ impl From<ScopeName> for Scope {
             ScopeName::AuditRead => Scope::AuditRead,
             ScopeName::UsageRead => Scope::UsageRead,
             ScopeName::UsersRemove => Scope::UsersRemove,
+            ScopeName::WebhooksManage => Scope::WebhooksManage,
         }
     }
 }

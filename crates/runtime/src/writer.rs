@@ -304,7 +304,9 @@ fn decide_batch(
     let mut kept = Vec::with_capacity(batch.len());
     let mut events_total = 0;
     for (command, reply) in batch.drain(..) {
-        note_clock_behind(shared, decision, command.tenant(), now);
+        if let Some(tenant) = command.tenant() {
+            note_clock_behind(shared, decision, tenant, now);
+        }
         let events = match decide(decision, &command, now) {
             Ok(events) => events,
             Err(e) => {
@@ -312,36 +314,60 @@ fn decide_batch(
                 continue;
             }
         };
-        let tenant = command.tenant().clone();
-        let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
-        let applied = events
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
-        if let Err(e) = applied {
+        if events.is_empty() {
+            // Nothing to append (a leak report that names no active key).
+            let _ = reply.send(Ok(Vec::new()));
+            continue;
+        }
+        // One append per tenant the events are in, in their order: one for
+        // every command but a leak report, which may span tenants.
+        let first_append = appends.len();
+        let mut failed = None;
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            // The run of the first event's tenant; a command's whole list
+            // is moved as it is (no copy) when it is all one tenant's.
+            let tenant = first.tenant.clone();
+            let run_end = rest
+                .iter()
+                .position(|e| e.tenant != tenant)
+                .unwrap_or(rest.len());
+            let tail = rest.split_off(run_end);
+            let tenant_events = std::mem::replace(&mut rest, tail);
+            let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
+            let applied = tenant_events
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, e)| decision.apply(expected_version + 1 + i as u64, e));
+            if let Err(e) = applied {
+                failed = Some(e);
+                break;
+            }
+            appends.push(TenantAppend {
+                tenant,
+                expected_version,
+                events: tenant_events,
+            });
+        }
+        if let Some(e) = failed {
             // A decision that does not fold is a bug in the core: refuse
             // the command and rebuild the copy without it.
             tracing::error!(error = %e, "a decided command did not fold; refused");
+            appends.truncate(first_append);
             *decision = shared.read_model().ledger.clone();
             reapply(decision, &appends);
             let _ = reply.send(Err(e.into()));
             continue;
         }
-        waiting.push((events_total, events.len()));
+        let len: usize = appends[first_append..].iter().map(|a| a.events.len()).sum();
+        waiting.push((events_total, len));
         usage.push(
-            matches!(command, keyledger_core::Command::RecordUsage { .. }).then(|| TenantAppend {
-                tenant: tenant.clone(),
-                expected_version,
-                events: events.clone(),
-            }),
+            matches!(command, keyledger_core::Command::RecordUsage { .. })
+                .then(|| appends.get(first_append).cloned())
+                .flatten(),
         );
         kept.push((command, reply));
-        events_total += events.len();
-        appends.push(TenantAppend {
-            tenant,
-            expected_version,
-            events,
-        });
+        events_total += len;
     }
     *batch = kept;
     Decided {

@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{Model, Rng, check_recovered, open, seed, step, tenant, user};
-use keyledger_core::{Principal, Timestamp};
-use keyledger_runtime::{Error, ManualClock, NewKey, VerifyOutcome};
+use keyledger_core::{Principal, Reporter, Timestamp};
+use keyledger_runtime::{Error, ManualClock, NewKey, ReportedSecret, VerifyOutcome};
 use keyledger_store::faults::FaultBackend;
 use keyledger_store::{EventLog, RedbLog};
 
@@ -635,4 +635,103 @@ fn shutdown_during_a_disk_outage_ends_and_says_uses_were_not_written() {
             );
         });
     }
+}
+
+/// A leak report that names keys of two tenants is one append: when its
+/// write or sync fails, neither key is revoked nor any `KeyLeaked` written;
+/// once it succeeds, both are, and a replay of the log agrees.
+#[test]
+fn a_leak_report_across_tenants_is_written_whole_or_not_at_all() {
+    let rt = rt();
+    let mut refusals = 0;
+    for (sync, n) in [(false, 1), (false, 2), (true, 1), (true, 2), (true, 3)] {
+        let disk = FaultBackend::new().without_journal();
+        let clock = ManualClock::new(Timestamp::from_micros(common::T0));
+        let log = redb(&disk);
+        rt.block_on(async {
+            let ledger = open(log.clone(), &clock, 7, 64).unwrap_or_else(|e| panic!("{e}"));
+            let mut secrets = Vec::new();
+            for t in ["acme", "globex"] {
+                let created = ledger
+                    .create_key(
+                        Principal::operator(tenant(t)),
+                        NewKey {
+                            owner: Some(user("ada")),
+                            name: format!("{t}'s key"),
+                            ..NewKey::default()
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                secrets.push(created.secret.expose().to_owned());
+            }
+            let report = || {
+                secrets
+                    .iter()
+                    .map(|s| ReportedSecret {
+                        secret: s.clone(),
+                        source: Some("commit".into()),
+                        url: None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let head = log.head().unwrap_or_else(|e| panic!("{e}"));
+            if sync {
+                disk.fail_sync(n);
+            } else {
+                disk.fail_write(n);
+            }
+            let first = ledger.report_leaked(Reporter::Operator, report()).await;
+            disk.clear_faults();
+            match first {
+                Err(Error::Unavailable(_)) => {
+                    refusals += 1;
+                    for s in &secrets {
+                        assert_eq!(ledger.verify(s, None).outcome, VerifyOutcome::Valid);
+                    }
+                    assert_eq!(log.head().unwrap_or_else(|e| panic!("{e}")), head);
+                    let done = ledger
+                        .report_leaked(Reporter::Operator, report())
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!((done.reported, done.found), (2, 2));
+                }
+                Ok(done) => assert_eq!((done.reported, done.found), (2, 2)),
+                Err(e) => panic!("sync {sync}, n {n}: {e}"),
+            }
+            for s in &secrets {
+                assert_eq!(ledger.verify(s, None).outcome, VerifyOutcome::Revoked);
+            }
+            // One append: four records in a row, each tenant's pair together.
+            let records = log.read_after(head, 10).unwrap_or_else(|e| panic!("{e}"));
+            let kinds: Vec<(&str, &str)> = records
+                .iter()
+                .map(|r| (r.event.tenant.as_str(), r.event.type_name()))
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("acme", "KeyLeaked"),
+                    ("acme", "KeyRevoked"),
+                    ("globex", "KeyLeaked"),
+                    ("globex", "KeyRevoked"),
+                ]
+            );
+            ledger.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        });
+        // A replay of the log builds the same key state.
+        let reopened = redb(&disk);
+        rt.block_on(async {
+            let ledger = open(reopened, &clock, 8, 64).unwrap_or_else(|e| panic!("{e}"));
+            let (state, _) = ledger.projections();
+            for t in ["acme", "globex"] {
+                let revoked = state
+                    .tenant(&tenant(t))
+                    .map(|s| s.keys.values().filter(|k| k.revoked.is_some()).count());
+                assert_eq!(revoked, Some(1), "{t}");
+            }
+            ledger.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        });
+    }
+    assert!(refusals >= 1, "no injected fault refused the report");
 }

@@ -14,10 +14,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Rng, SeededEntropy, fold, seed, tenant, total, user};
-use keyledger_core::{CommandError, KeyId, Principal, RevokeReason};
+use keyledger_core::{CommandError, KeyId, Principal, Reporter, RevokeReason};
 use keyledger_runtime::{
-    Config, Error, Follow, Keyledger, NewKey, SnapshotConfig, SystemClock, UsageWindow,
-    VerifyOutcome,
+    Config, Error, Follow, Keyledger, NewKey, ReportedSecret, SnapshotConfig, SystemClock,
+    UsageWindow, VerifyOutcome,
 };
 use keyledger_store::postgres::TestDatabase;
 use keyledger_store::{EventLog, MemoryLog, PgLog};
@@ -975,5 +975,62 @@ async fn a_single_node_answers_misses_and_positions_at_once() {
     );
     for l in [&n, &other] {
         l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// A leak report on a node that has not yet read the key's create (its
+/// follower hears no wake-up) finds the key all the same, as a
+/// verification's miss does, revokes it, and the other node refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_reported_on_a_lagging_node_revokes_a_key_it_had_not_read() {
+    let seed = seed("a_leak_reported_on_a_lagging_node_revokes_a_key_it_had_not_read");
+    let log = Arc::new(DroppedCommit::new(true));
+    let open = |name: &str, follow: Follow| {
+        let config = Config {
+            usage_window: UsageWindow::Manual,
+            follow: Some(follow),
+            ..Config::default()
+        };
+        Keyledger::open_with(
+            log.clone(),
+            config,
+            Arc::new(SystemClock),
+            Arc::new(SeededEntropy::new(seed ^ name.len() as u64)),
+            &mut |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("open {name}: {e}"))
+    };
+    let a = open("a", follow("a"));
+    let b = open(
+        "bb",
+        Follow {
+            wait_max: Duration::from_secs(60),
+            ..follow("bb")
+        },
+    );
+    let (_, secret) = create(&a, "acme", "ada", "pasted").await;
+    assert_eq!(b.verify(&secret, None).outcome, VerifyOutcome::NotFound);
+    let report = b
+        .report_leaked(
+            Reporter::Operator,
+            vec![ReportedSecret {
+                secret: secret.clone(),
+                source: Some("commit".into()),
+                url: None,
+            }],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("report: {e}"));
+    assert_eq!((report.reported, report.found), (1, 1));
+    assert_eq!(b.verify(&secret, None).outcome, VerifyOutcome::Revoked);
+    eventually("the node that made it refuses it", || {
+        a.verify(&secret, None).outcome == VerifyOutcome::Revoked
+    })
+    .await;
+    log.deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    for n in [a, b] {
+        n.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown: {e}"));
     }
 }

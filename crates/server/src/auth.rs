@@ -37,7 +37,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Reads the presented credential from either header. Both may be sent only
 /// if they agree.
-fn presented(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn presented(headers: &HeaderMap) -> Result<&str, ApiError> {
     let bearer = headers.get_all(header::AUTHORIZATION);
     let api_key = headers.get_all(API_KEY_HEADER);
     if bearer.iter().count() > 1 || api_key.iter().count() > 1 {
@@ -121,6 +121,8 @@ scopes! {
     UsageRead => Some(Scope::UsageRead);
     /// `users:remove`.
     UsersRemove => Some(Scope::UsersRemove);
+    /// `webhooks:manage`.
+    WebhooksManage => Some(Scope::WebhooksManage);
     /// Any valid key.
     AnyScope => None;
 }

@@ -15,7 +15,7 @@
 //! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
-//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`) |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`); a webhook URL that is not HTTPS (or HTTP to loopback) or resolves to a private, loopback, link-local or otherwise special address (`webhook_url_refused`) |
 //! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
 //! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
@@ -47,7 +47,8 @@ pub struct ErrorDetail {
     /// `invalid_query`, `invalid_path`, `tenant_required`, `invalid_header`, `missing_credentials`,
     /// `invalid_credentials`, `malformed_key`, `unknown_key`, `key_revoked`,
     /// `key_expired`, `invalid_operator_token`, `insufficient_scope`,
-    /// `forbidden`, `not_found`, `key_not_found`, `method_not_allowed`,
+    /// `forbidden`, `not_found`, `key_not_found`, `webhook_not_found`,
+    /// `delivery_not_found`, `webhook_url_refused`, `method_not_allowed`,
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
@@ -276,6 +277,9 @@ impl From<CommandError> for ApiError {
             }
             CommandError::Invalid(f) => Self::field(f.field, f.message),
             CommandError::Limit(_) => Self::new(StatusCode::CONFLICT, "limit_reached", message),
+            CommandError::WebhookNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "webhook_not_found", message)
+            }
             // A duplicate id or secret hash is the caller's bug, never chance.
             CommandError::Duplicate(_) => Self::internal(message),
         }
@@ -290,6 +294,17 @@ impl From<keyledger_runtime::Error> for ApiError {
             E::NotFound(m @ keyledger_runtime::Missing::Key(_)) => {
                 Self::new(StatusCode::NOT_FOUND, "key_not_found", m.to_string())
             }
+            E::NotFound(m @ keyledger_runtime::Missing::Webhook(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "webhook_not_found", m.to_string())
+            }
+            E::NotFound(m @ keyledger_runtime::Missing::Delivery(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "delivery_not_found", m.to_string())
+            }
+            E::WebhookTarget(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhook_url_refused",
+                format!("url: {why}"),
+            ),
             E::BadRequest(b) => Self::query(b.to_string()),
             // No route records a recovery (`keyledger recover` does).
             e @ E::Recovery(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),

@@ -4,8 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use keyledger_core::AuditReadKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -32,7 +31,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// A signed checkpoint of the tenant's Merkle tree.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckpointBody {
-    /// `keyledger/<tenant>`.
+    /// `<origin>/<tenant>` (`--audit-origin`; `/epoch-<n>` after a recovery).
     pub origin: String,
     /// Events in the tree.
     pub size: u64,
@@ -40,6 +39,33 @@ pub struct CheckpointBody {
     pub root: String,
     /// The C2SP signed note (origin, size, base64 root, `time` line, signature).
     pub note: String,
+    /// The proof that the tenant's last event is a leaf of a global
+    /// checkpoint: absent for a tenant without events, and for an API key
+    /// unless the global tree's tiles are public (`serve --tiles-public`;
+    /// its index is a global log position).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalInclusionBody>,
+}
+
+/// A tenant checkpoint's inclusion in the global tree: the tenant's last
+/// event (leaf `size - 1` of its tree) is leaf `index` of the global tree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GlobalInclusionBody {
+    /// The global checkpoint's origin (`<origin>`).
+    pub origin: String,
+    /// Leaves in the global tree.
+    pub size: u64,
+    /// Its root (hex).
+    pub root: String,
+    /// The global checkpoint as a C2SP signed note (also at `/log/checkpoint`).
+    pub note: String,
+    /// The tenant's last event's leaf index in the global tree (its log
+    /// position minus one).
+    pub index: u64,
+    /// The leaf hash (hex): the same as the tenant tree's last leaf.
+    pub leaf: String,
+    /// The RFC 9162 inclusion proof of `index` in the global tree (hex, bottom up).
+    pub proof: Vec<String>,
 }
 
 /// The public key checkpoints are signed with.
@@ -49,6 +75,16 @@ pub struct PublicKeyBody {
     pub public_key: String,
     /// The signature algorithm: `ed25519`.
     pub algorithm: &'static str,
+    /// The C2SP verifier key of the tenant's log
+    /// (`<origin>/<tenant>+<hex key ID>+<base64(0x01 || key)>`), as Go's
+    /// `note.NewVerifier` reads it.
+    pub verifier_key: String,
+    /// The tenant's origin (the verifier key's name).
+    pub origin: String,
+    /// The C2SP verifier key of the global tree (`<origin>+…`).
+    pub global_verifier_key: String,
+    /// The global tree's origin.
+    pub global_origin: String,
 }
 
 /// Query of `GET /v1/audit/proof/inclusion`.
@@ -125,12 +161,28 @@ async fn checkpoint(
     State(state): State<AppState>,
     auth: Authed<AuditRead>,
 ) -> ApiResult<Json<CheckpointBody>> {
-    let signed = state.ledger().checkpoint(auth.tenant())?;
+    // Global positions interleave the tenants (docs/api.md, "Positions"):
+    // shown to whoever may read the global tree, i.e. to anyone when its
+    // tiles are public, else to the operator only.
+    let (signed, global) = if state.tiles_public() || auth.key().is_none() {
+        state.ledger().checkpoint_in_global(auth.tenant())?
+    } else {
+        (state.ledger().checkpoint(auth.tenant())?, None)
+    };
     Ok(Json(CheckpointBody {
         origin: signed.checkpoint.origin,
         size: signed.checkpoint.size,
         root: hex::encode(signed.checkpoint.root),
         note: signed.note,
+        global: global.map(|g| GlobalInclusionBody {
+            origin: g.checkpoint.checkpoint.origin,
+            size: g.checkpoint.checkpoint.size,
+            root: hex::encode(g.checkpoint.checkpoint.root),
+            note: g.checkpoint.note,
+            index: g.index,
+            leaf: g.leaf,
+            proof: g.proof,
+        }),
     }))
 }
 
@@ -214,8 +266,11 @@ async fn bundle(
     ledger
         .record_audit_read(auth.principal(), from, to, AuditReadKind::Bundle)
         .await?;
-    let bytes = blocking(move || Ok(ledger.bundle(&tenant, from, to)?.to_jsonl())).await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response())
+    // The header (checkpoint, proofs) first, so its errors are answered
+    // as such; then the events, streamed in bounded memory.
+    let (l, t) = (ledger.clone(), tenant.clone());
+    let header = blocking(move || Ok(l.bundle_header_now(&t, from, to)?)).await?;
+    Ok(crate::export::bundle(ledger, tenant, header))
 }
 
 /// The Ed25519 public key that signs every checkpoint. Any valid key may
@@ -228,14 +283,20 @@ async fn bundle(
 )]
 async fn public_key(
     State(state): State<AppState>,
-    _auth: Authed<AnyScope>,
+    auth: Authed<AnyScope>,
 ) -> ApiResult<Json<PublicKeyBody>> {
-    let key = state
-        .ledger()
+    let ledger = state.ledger();
+    let key = ledger
         .audit_public_key()
         .ok_or_else(|| ApiError::internal("audit signing is not configured".to_owned()))?;
+    let origin = ledger.checkpoint_origin(auth.tenant());
+    let global_origin = ledger.global_origin();
     Ok(Json(PublicKeyBody {
         public_key: keyledger_runtime::audit::encode_public_key(&key),
         algorithm: "ed25519",
+        verifier_key: keyledger_audit::checkpoint::verifier_key(&origin, &key),
+        origin,
+        global_verifier_key: keyledger_audit::checkpoint::verifier_key(&global_origin, &key),
+        global_origin,
     }))
 }

@@ -159,6 +159,48 @@ pub(crate) fn trail(
         .into_response()
 }
 
+/// Streams an evidence bundle: `header` (built before the answer starts,
+/// so its errors are answered as such), then the range's events, read
+/// from the log a page at a time (any range in bounded memory).
+pub(crate) fn bundle(
+    ledger: Keyledger,
+    tenant: TenantId,
+    header: keyledger_runtime::BundleHeader,
+) -> Response {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS_BUFFERED);
+    tokio::task::spawn_blocking(move || {
+        let mut out = Chunker {
+            tx,
+            buf: Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096),
+        };
+        let walked = serde_json::to_writer(&mut out, &header)
+            .map_err(|e| out.stop(e))
+            .and_then(|()| out.write_all(b"\n").map_err(|e| out.stop(e)))
+            .and_then(|()| {
+                ledger.for_each_bundle_event(
+                    &tenant,
+                    header.from_seq,
+                    header.to_seq,
+                    |e| -> Result<(), Stop> {
+                        serde_json::to_writer(&mut out, &e).map_err(|e| out.stop(e))?;
+                        out.write_all(b"\n").map_err(|e| out.stop(e))
+                    },
+                )
+            });
+        match walked.and_then(|()| out.send()) {
+            Ok(()) | Err(Stop::Gone) => {}
+            Err(Stop::Ledger(e)) => out.fail("a bundle failed part way", e),
+            Err(Stop::Encode(e)) => out.fail("encoding a bundle failed", e),
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 /// Usage rows as one body.
 pub(crate) fn rows(
     rows: &[DailyView],

@@ -41,6 +41,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_export))
         .routes(routes!(audit_verify))
         .merge(crate::evidence::router())
+        .merge(crate::leaks::router())
+        .merge(crate::webhooks::router())
+        .merge(crate::transparency::router())
+        .merge(crate::witnessing::router())
         .routes(routes!(state_at))
         .routes(routes!(usage))
         .routes(routes!(usage_summary))
@@ -87,17 +91,37 @@ fn scopes(names: Option<Vec<ScopeName>>) -> Option<ScopeSet> {
 
 /// A created key's answer, with the tenant's position after the write.
 fn created_response(state: &AppState, tenant: &TenantId, c: Created) -> Response {
+    created_response_with(state, tenant, c, None)
+}
+
+/// [`created_response`], with `receipt` added to the body when given.
+fn created_response_with(
+    state: &AppState,
+    tenant: &TenantId,
+    c: Created,
+    receipt: Option<serde_json::Value>,
+) -> Response {
     let body = CreatedKey::new(&c, state.ledger().now());
     let location = format!("/v1/keys/{}", body.view.id);
-    position::answer(
-        state.ledger(),
-        tenant,
-        (
-            StatusCode::CREATED,
-            [(header::LOCATION, location)],
-            Json(body),
+    let location = [(header::LOCATION, location)];
+    match receipt {
+        None => position::answer(
+            state.ledger(),
+            tenant,
+            (StatusCode::CREATED, location, Json(body)),
         ),
-    )
+        Some(r) => {
+            let mut v = serde_json::to_value(&body).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("receipt".into(), r);
+            }
+            position::answer(
+                state.ledger(),
+                tenant,
+                (StatusCode::CREATED, location, Json(v)),
+            )
+        }
+    }
 }
 
 fn key_view(state: &AppState, k: &keyledger_core::KeyRecord) -> KeyView {
@@ -203,6 +227,9 @@ async fn revoke_key(
 ) -> ApiResult<Response> {
     let id = key_id(&id)?;
     let reason = body.reason.unwrap_or_default().into();
+    if q.receipt == Some(true) {
+        return crate::witnessing::revoke_with_receipt(&state, &auth, id, reason, &q).await;
+    }
     let key = match q.wait.unwrap_or_default() {
         WaitFor::ThisNode if q.wait_ms.is_some() => {
             return Err(ApiError::query("wait_ms applies only with wait=all-nodes"));
@@ -236,9 +263,9 @@ async fn revoke_key(
 }
 
 /// How long a revoke with `wait=all-nodes` waits for the other nodes by default.
-const REVOKE_WAIT_MS_DEFAULT: u64 = 10_000;
+pub(crate) const REVOKE_WAIT_MS_DEFAULT: u64 = 10_000;
 /// The longest wait a revoke may ask for (under the request timeout).
-const REVOKE_WAIT_MS_MAX: u64 = 20_000;
+pub(crate) const REVOKE_WAIT_MS_MAX: u64 = 20_000;
 const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_millis() as u64);
 
 /// Replace a key with a new one with the same owner, name, description and
@@ -246,7 +273,7 @@ const _: () = assert!(REVOKE_WAIT_MS_MAX < crate::limits::REQUEST_TIMEOUT.as_mil
 /// expires after the grace period.
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys",
-    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), crate::wire::RotateQuery),
     request_body(content = Option<RotateRequest>, description = "Optional; no grace by default"),
     responses(
         (status = 201, description = "The new key; `key` is its secret, shown once", body = CreatedKey,
@@ -259,6 +286,7 @@ async fn rotate_key(
     State(state): State<AppState>,
     auth: Authed<KeysWrite>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<crate::wire::RotateQuery>,
     OptionalJson(body): OptionalJson<RotateRequest>,
 ) -> ApiResult<Response> {
     let id = key_id(&id)?;
@@ -271,6 +299,15 @@ async fn rotate_key(
             body.expires_at.map(|t| t.0),
         )
         .await?;
+    if q.receipt == Some(true) {
+        let receipt = crate::witnessing::receipt_object(&state, &auth, created.seq).await?;
+        return Ok(created_response_with(
+            &state,
+            auth.tenant(),
+            created,
+            Some(receipt),
+        ));
+    }
     Ok(created_response(&state, auth.tenant(), created))
 }
 

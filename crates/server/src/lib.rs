@@ -28,12 +28,16 @@ pub mod error;
 mod evidence;
 mod export;
 mod handlers;
+pub mod leaks;
 pub mod limits;
 pub mod metrics;
 mod openapi;
 pub mod position;
 pub mod redact;
+pub mod transparency;
+mod webhooks;
 pub mod wire;
+mod witnessing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +70,10 @@ struct Inner {
     limits: limits::ServerLimits,
     connections: Arc<Semaphore>,
     clients: Arc<conn::Clients>,
+    leak_partners: std::sync::OnceLock<leaks::LeakPartners>,
+    /// Whether the global tree's tiles are served without the operator
+    /// token (`serve --tiles-public`).
+    tiles_public: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,8 +112,23 @@ impl AppState {
                 limits,
                 connections: Arc::new(Semaphore::new(limits.connections_max)),
                 clients: Arc::new(conn::Clients::new(limits.connections_per_client_max)),
+                leak_partners: std::sync::OnceLock::new(),
+                tiles_public: false,
             }),
         }
+    }
+
+    /// Accepts signed leak reports from these secret-scanning partners
+    /// (`--leak-partner`); set once, before serving.
+    pub fn with_leak_partners(self, partners: leaks::LeakPartners) -> Self {
+        let _ = self.inner.leak_partners.set(partners);
+        self
+    }
+
+    pub(crate) fn leak_partners(&self) -> &leaks::LeakPartners {
+        static NONE: std::sync::LazyLock<leaks::LeakPartners> =
+            std::sync::LazyLock::new(leaks::LeakPartners::none);
+        self.inner.leak_partners.get().unwrap_or(&NONE)
     }
 
     /// The limits this server runs with.
@@ -116,6 +139,21 @@ impl AppState {
     /// The ledger served.
     pub fn ledger(&self) -> &Keyledger {
         &self.inner.ledger
+    }
+
+    /// Serves the global tree's tiles and checkpoint (`/log/...`) to anyone
+    /// (`public`), or only with the operator token (the default). Set
+    /// before the state is shared.
+    pub fn with_tiles_public(mut self, public: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tiles_public = public;
+        }
+        self
+    }
+
+    /// Whether the tiles are public.
+    pub fn tiles_public(&self) -> bool {
+        self.inner.tiles_public
     }
 
     pub(crate) fn operator(&self) -> &OperatorToken {
@@ -211,7 +249,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     }
     let elapsed = started.elapsed();
     state.http_metrics().observe(
-        route.as_ref().map(MatchedPath::as_str),
+        route
+            .as_ref()
+            .map(|r| transparency::documented_route(r.as_str())),
         &method,
         status,
         elapsed,
@@ -269,10 +309,12 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(e.to_string()))?;
+    // Installed before anyone is told the server is up.
+    let shutdown = shutdown_signal();
     on_listening(local);
     tracing::info!(addr = %local, "listening");
     println!("listening on http://{local}");
-    serve_until(state, listener, shutdown_signal()).await
+    serve_until(state, listener, shutdown).await
 }
 
 /// Serves on a bound listener until `shutdown` completes, then drains the
@@ -373,26 +415,41 @@ pub async fn serve_until(
     ledger.shutdown().await.map_err(ServeError::Shutdown)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives just
+/// after `listening on` is printed stops the server gracefully instead of
+/// killing it by the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
-        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => tracing::info!("Ctrl-C: shutting down"),
+                () = wait(terminate) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("Ctrl-C: shutting down");
+        }
     }
 }

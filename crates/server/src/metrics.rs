@@ -17,6 +17,9 @@
 //!   `keyledger_snapshot_position`, `keyledger_snapshots_refused`,
 //!   `keyledger_snapshots_written_total`, `keyledger_snapshot_failures_total`
 //!   (snapshots of the projections, docs/operations.md);
+//! * `keyledger_webhook_attempts_total{outcome}`,
+//!   `keyledger_webhook_attempt_duration_seconds{outcome}` (histogram),
+//!   `keyledger_webhook_deliveries_failed_total` (given up after the retry time);
 //! * `keyledger_http_connections_open`,
 //!   `keyledger_http_connections_refused_total` (a client over its
 //!   connection limit).
@@ -186,6 +189,7 @@ pub(crate) fn render(state: &AppState) -> String {
     let _ = writeln!(out, "keyledger_usage_queue_depth {}", ledger.queue_depth());
     writer_counters(&mut out, m);
     clock_and_commits(&mut out, m);
+    webhooks(&mut out, m);
     header(
         &mut out,
         "keyledger_log_head",
@@ -391,6 +395,50 @@ fn writer_counters(out: &mut String, m: &Metrics) {
         header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
     }
+}
+
+/// Webhook delivery attempts and their durations by outcome, and the
+/// deliveries given up.
+fn webhooks(out: &mut String, m: &Metrics) {
+    use keyledger_runtime::webhooks::OUTCOMES;
+    header(
+        out,
+        "keyledger_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts by outcome (delivered, http_error, network_error, refused).",
+    );
+    for (i, outcome) in OUTCOMES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "keyledger_webhook_attempts_total{{outcome=\"{outcome}\"}} {}",
+            m.webhook_attempts[i].load(Ordering::Relaxed)
+        );
+    }
+    header(
+        out,
+        "keyledger_webhook_attempt_duration_seconds",
+        "histogram",
+        "Time of each webhook delivery attempt, by outcome.",
+    );
+    for (i, outcome) in OUTCOMES.iter().enumerate() {
+        histogram(
+            out,
+            "keyledger_webhook_attempt_duration_seconds",
+            &format!("outcome=\"{outcome}\""),
+            &m.webhook_latency[i],
+        );
+    }
+    header(
+        out,
+        "keyledger_webhook_deliveries_failed_total",
+        "counter",
+        "Webhook deliveries given up after the retry time.",
+    );
+    let _ = writeln!(
+        out,
+        "keyledger_webhook_deliveries_failed_total {}",
+        m.webhook_failed.load(Ordering::Relaxed)
+    );
 }
 
 /// The largest clock step back, and the commits' durations.

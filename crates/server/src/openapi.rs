@@ -20,6 +20,7 @@ use crate::error::ErrorBody;
             with an opaque `cursor` and `limit` (default 50, at most 1000). See docs/api.md.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    paths(crate::transparency::log_tile),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
@@ -28,6 +29,7 @@ use crate::error::ErrorBody;
         (name = "verify", description = "Verify a key, as the API layer does"),
         (name = "audit", description = "The tamper-evident trail, key history and past state"),
         (name = "usage", description = "Per-day usage rollups"),
+        (name = "webhooks", description = "Webhook subscriptions and their deliveries (Standard Webhooks)"),
         (name = "admin", description = "The operator's routes (the operator token only)"),
         (name = "meta", description = "Liveness, metrics and this document"),
     ),
@@ -74,6 +76,16 @@ impl Modify for SecuritySchemes {
                     ))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "partner_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Github-Public-Key-Signature",
+                "A secret-scanning partner's signature of the raw body (base64 DER ECDSA \
+                 P-256/SHA-256), as GitHub's partner programme sends it with \
+                 `Github-Public-Key-Identifier`; accepted on `POST /v1/keys/leaked` from the \
+                 partners the server was started with (`--leak-partner NAME=PATH.pem`).",
+            ))),
         );
     }
 }

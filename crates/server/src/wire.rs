@@ -423,6 +423,17 @@ pub struct UsageExportQuery {
     pub key_id: Option<String>,
 }
 
+/// Query of `POST /v1/keys/{id}/rotate`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RotateQuery {
+    /// `true`: the answer also holds `receipt`, the receipt of the
+    /// rotation's last event (C2SP tlog-proof, as `GET /v1/audit/receipt`
+    /// serves it) when a checkpoint already covers it, else its position,
+    /// where to fetch it and when. Never waits for a witness.
+    pub receipt: Option<bool>,
+}
+
 /// Query of `POST /v1/keys/{id}/revoke`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -439,6 +450,11 @@ pub struct RevokeQuery {
     /// counting as live).
     #[param(minimum = 1, maximum = 20000)]
     pub wait_ms: Option<u64>,
+    /// `true`: the answer also holds `receipt`, the revocation's receipt
+    /// (a C2SP tlog-proof, as `GET /v1/audit/receipt` serves it) when a
+    /// checkpoint already covers it, else its position, where to fetch it
+    /// and when (`retry_after_seconds`). Never waits for a witness.
+    pub receipt: Option<bool>,
 }
 
 /// Which nodes a revocation waits for (`this-node` when not given).

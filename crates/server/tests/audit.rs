@@ -241,6 +241,12 @@ async fn bad_input_is_a_400_in_the_error_format_and_records_nothing() {
         "/v1/audit/bundle?from=5",
         "/v1/audit/bundle?from=1&to=2.5",
         "/v1/audit/bundle?to=9",
+        // a receipt: position 0, beyond the tree, missing, not a number
+        "/v1/audit/receipt?position=0",
+        "/v1/audit/receipt?position=5",
+        "/v1/audit/receipt",
+        "/v1/audit/receipt?position=x",
+        "/v1/audit/receipt?position=-1",
     ] {
         let (status, body) = call(&router, "GET", uri, Some(&key), None).await;
         assert_eq!(
@@ -413,4 +419,103 @@ async fn every_read_of_the_trail_is_recorded() {
     }
     assert_eq!(ledger.tree_size(&acme), before);
     ledger.shutdown().await.unwrap();
+}
+
+/// Without witnesses a receipt holds the newest stored checkpoint: a
+/// revocation asked with `receipt=true` says where to fetch its receipt
+/// (or holds it), and the receipt fetched verifies offline with
+/// `crates/audit` alone, for exactly that event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_s_receipt_verifies_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, router) = ledger_and_router(dir.path()).await;
+    let key = mint(
+        &router,
+        "acme",
+        "alice",
+        &["audit:read", "keys:write", "keys:read"],
+    )
+    .await;
+    let (_, body) = call(
+        &router,
+        "POST",
+        "/v1/admin/tenants/acme/keys",
+        Some(OPERATOR),
+        Some(json!({"user": "bob", "name": "doomed"})),
+    )
+    .await;
+    let doomed = json_of(&body)["id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        &router,
+        "POST",
+        &format!("/v1/keys/{doomed}/revoke?receipt=true"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let revoked = json_of(&body);
+    assert_eq!(revoked["status"], "revoked");
+    let position = revoked["receipt"]["position"].as_u64().unwrap();
+    assert_eq!(position, 3, "{revoked}");
+    let url = format!("/v1/audit/receipt?position={position}");
+    assert_eq!(revoked["receipt"]["receipt_url"], url.as_str());
+    if revoked["receipt"]["tlog_proof"].is_null() {
+        assert!(revoked["receipt"]["retry_after_seconds"].as_u64().unwrap() >= 1);
+    }
+    ledger.write_checkpoints().unwrap();
+    let (status, body) = call(&router, "GET", &url, Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8(body).unwrap();
+    let public = ledger.audit_public_key().unwrap();
+    let checked = keyledger_audit::verify_receipt(&text, &public, None).unwrap();
+    assert_eq!(checked.position, 3);
+    assert!(checked.checkpoint.size >= 3);
+    // The event's chain hash as the trail shows it.
+    let (_, body) = call(
+        &router,
+        "GET",
+        "/v1/audit?type=KeyRevoked",
+        Some(&key),
+        None,
+    )
+    .await;
+    let trail = json_of(&body);
+    assert_eq!(
+        trail["events"][0]["hash"].as_str().unwrap(),
+        hex::encode(checked.chain_hash)
+    );
+    // Another key does not open it.
+    let other = keyledger_audit::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    assert!(keyledger_audit::verify_receipt(&text, &other, None).is_err());
+
+    // A rotation asked with `receipt=true`: the receipt of its last event.
+    let carol = mint(&router, "acme", "carol", &["keys:read"]).await;
+    let (_, body) = call(&router, "GET", "/v1/whoami", Some(&carol), None).await;
+    let old = json_of(&body)["key_id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        &router,
+        "POST",
+        &format!("/v1/keys/{old}/rotate?receipt=true"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let rotated = json_of(&body);
+    assert!(rotated["key"].as_str().is_some(), "{rotated}");
+    let position = rotated["receipt"]["position"].as_u64().unwrap();
+    assert_eq!(position, ledger.tree_size(&tenant("acme")), "{rotated}");
+    ledger.write_checkpoints().unwrap();
+    let url = rotated["receipt"]["receipt_url"].as_str().unwrap();
+    let (status, body) = call(&router, "GET", url, Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let checked =
+        keyledger_audit::verify_receipt(&String::from_utf8(body).unwrap(), &public, None).unwrap();
+    assert_eq!(checked.position, position);
 }

@@ -754,8 +754,10 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         ("/v1/keys", "post"),
         ("/v1/keys/{id}/revoke", "post"),
         ("/v1/keys/{id}/rotate", "post"),
+        ("/v1/keys/leaked", "post"),
         ("/v1/verify", "post"),
         ("/v1/admin/tenants/{tenant}/keys", "post"),
+        ("/v1/webhooks", "post"),
     ] {
         assert!(
             doc["paths"][op.0][op.1]["requestBody"].is_object(),
@@ -765,16 +767,22 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     let expected = [
         "DELETE /v1/admin/tenants/{tenant}/users/{user}",
         "DELETE /v1/users/{user_id}",
+        "DELETE /v1/webhooks/{id}",
         "GET /healthz",
+        "GET /log/checkpoint",
+        "GET /log/tile/{path}",
         "GET /metrics",
         "GET /openapi.json",
         "GET /v1/audit",
         "GET /v1/audit/bundle",
         "GET /v1/audit/checkpoint",
+        "GET /v1/audit/checkpoint/witnessed",
+        "GET /v1/audit/checkpoints",
         "GET /v1/audit/export",
         "GET /v1/audit/proof/consistency",
         "GET /v1/audit/proof/inclusion",
         "GET /v1/audit/public-key",
+        "GET /v1/audit/receipt",
         "GET /v1/audit/verify",
         "GET /v1/keys",
         "GET /v1/keys/{id}",
@@ -783,12 +791,18 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         "GET /v1/usage",
         "GET /v1/usage/export",
         "GET /v1/usage/summary",
+        "GET /v1/webhooks",
+        "GET /v1/webhooks/{id}",
+        "GET /v1/webhooks/{id}/deliveries",
         "GET /v1/whoami",
         "POST /v1/admin/tenants/{tenant}/keys",
         "POST /v1/keys",
+        "POST /v1/keys/leaked",
         "POST /v1/keys/{id}/revoke",
         "POST /v1/keys/{id}/rotate",
         "POST /v1/verify",
+        "POST /v1/webhooks",
+        "POST /v1/webhooks/{id}/deliveries/{delivery}/retry",
     ];
     assert_eq!(ops, expected);
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
@@ -796,6 +810,10 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert!(schemes.contains_key("operator"));
+    assert_eq!(
+        schemes["partner_signature"]["name"],
+        "Github-Public-Key-Signature"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //! | version | schema | written by |
 //! |---|---|---|
 //! | 1 | [`v1::EventV1`] | 0.1.0 |
-//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered` | after 0.1.0 |
+//! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered`; `KeyLeaked` | after 0.1.0 |
+//! | 3 | [`v3::EventV3`]: version 2 (`KeyLeaked` included) plus `WebhookSubscribed` and `WebhookDeleted` | after 0.1.0 |
 //!
 //! Rules for changing the stored form:
 //!
@@ -26,7 +27,7 @@
 use keyledger_core::{Event, TenantId};
 
 /// The version [`encode`] writes.
-pub const VERSION_CURRENT: u8 = 2;
+pub const VERSION_CURRENT: u8 = 3;
 
 /// Stored bytes are not an event this release can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,13 +72,13 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// can reuse one buffer across many events.
 pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
     out.push(VERSION_CURRENT);
-    let schema = v2::EventV2::from_core(event);
+    let schema = v3::EventV3::from_core(event);
     let buf = std::mem::take(out);
     *out = match postcard::to_extend(&schema, buf) {
         Ok(buf) => buf,
         // postcard writing into a Vec fails only for sequences of unknown
         // length, which this schema does not have.
-        Err(e) => unreachable!("postcard cannot fail writing the v2 schema into a Vec: {e}"),
+        Err(e) => unreachable!("postcard cannot fail writing the v3 schema into a Vec: {e}"),
     };
 }
 
@@ -87,6 +88,12 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
 pub fn encode_as(event: &Event, version: u8) -> Option<Vec<u8>> {
     match version {
         VERSION_CURRENT => Some(encode(event)),
+        2 => {
+            let schema = v2::EventV2::try_from_core(event)?;
+            let mut out = vec![2];
+            out.extend(postcard::to_stdvec(&schema).ok()?);
+            Some(out)
+        }
         1 => {
             let schema = v1::EventV1::from_core(event)?;
             let mut out = vec![1];
@@ -105,6 +112,7 @@ pub fn decode(tenant: &TenantId, bytes: &[u8]) -> Result<Event, DecodeError> {
         // Version 1 upcasts straight to the core type (`v1::KindV1::into_core`).
         1 => v1::decode(tenant, body),
         2 => v2::decode(tenant, body),
+        3 => v3::decode(tenant, body),
         other => Err(DecodeError::UnknownVersion(other)),
     }
 }
@@ -433,7 +441,10 @@ pub mod v1 {
                     })
                 }
                 // Added after version 1.
-                EventKind::LogRecovered(_) => return None,
+                EventKind::LogRecovered(_)
+                | EventKind::KeyLeaked(_)
+                | EventKind::WebhookSubscribed(_)
+                | EventKind::WebhookDeleted(_) => return None,
             })
         }
 
@@ -589,7 +600,8 @@ pub mod v1 {
 /// change a type. A change is a new version.
 pub mod v2 {
     use keyledger_core::{
-        AuditRead, Event, EventKind, LogRecovered, SeqRange, TenantId, Timestamp,
+        AuditRead, Event, EventKind, KeyId, KeyLeaked, LeakReporter, LogRecovered, SeqRange,
+        TenantId, Timestamp,
     };
     use serde::{Deserialize, Serialize};
 
@@ -632,6 +644,70 @@ pub mod v2 {
         AuditRead(AuditReadV2),
         /// A new checkpoint epoch started after a loss (`keyledger recover`).
         LogRecovered(#[serde(borrow)] LogRecoveredV2<'a>),
+        /// A key's secret was reported leaked. Added at the end before
+        /// version 2 was released, as `LogRecovered` was: postcard tags
+        /// variants by index, so every record written before decodes
+        /// unchanged.
+        KeyLeaked(#[serde(borrow)] KeyLeakedV2<'a>),
+    }
+
+    /// A key's secret was reported leaked.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyLeakedV2<'a> {
+        /// The key id.
+        pub key_id: u128,
+        /// Where it was found, in the reporter's words.
+        pub source: Option<&'a str>,
+        /// The address where it was found.
+        pub url: Option<&'a str>,
+        /// Who reported it.
+        #[serde(borrow)]
+        pub reporter: LeakReporterV2<'a>,
+    }
+
+    /// Who reported a leaked key.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum LeakReporterV2<'a> {
+        /// The operator.
+        Operator,
+        /// A key of the same tenant.
+        Tenant,
+        /// A key of another tenant.
+        OtherTenant,
+        /// A secret-scanning partner, by its configured name.
+        Partner(&'a str),
+    }
+
+    impl<'a> KeyLeakedV2<'a> {
+        /// The stored form of a core `KeyLeaked` (borrowing its text).
+        pub fn from_core(e: &'a KeyLeaked) -> Self {
+            KeyLeakedV2 {
+                key_id: e.key_id.to_u128(),
+                source: e.source.as_deref(),
+                url: e.url.as_deref(),
+                reporter: match &e.reporter {
+                    LeakReporter::Operator => LeakReporterV2::Operator,
+                    LeakReporter::Tenant => LeakReporterV2::Tenant,
+                    LeakReporter::OtherTenant => LeakReporterV2::OtherTenant,
+                    LeakReporter::Partner(name) => LeakReporterV2::Partner(name),
+                },
+            }
+        }
+
+        /// The core `KeyLeaked` this stored form describes.
+        pub fn into_core(self) -> KeyLeaked {
+            KeyLeaked {
+                key_id: KeyId::from_u128(self.key_id),
+                source: self.source.map(str::to_owned),
+                url: self.url.map(str::to_owned),
+                reporter: match self.reporter {
+                    LeakReporterV2::Operator => LeakReporter::Operator,
+                    LeakReporterV2::Tenant => LeakReporter::Tenant,
+                    LeakReporterV2::OtherTenant => LeakReporter::OtherTenant,
+                    LeakReporterV2::Partner(name) => LeakReporter::Partner(name.to_owned()),
+                },
+            }
+        }
     }
 
     /// A tenant's log lost what a signed checkpoint covered; a new
@@ -671,8 +747,9 @@ pub mod v2 {
     }
 
     impl<'a> EventV2<'a> {
-        /// The stored form of a core event (borrowing its text).
-        pub fn from_core(e: &'a Event) -> Self {
+        /// The stored form of a core event (borrowing its text), if
+        /// version 2 can hold it (the webhook kinds came in version 3).
+        pub fn try_from_core(e: &'a Event) -> Option<Self> {
             let kind = match &e.kind {
                 EventKind::AuditRead(r) => KindV2::AuditRead(AuditReadV2 {
                     what: AuditReadKindV1::from_core(r.what),
@@ -690,18 +767,20 @@ pub mod v2 {
                     agreed_size: r.agreed_size,
                     reason: &r.reason,
                 }),
+                EventKind::KeyLeaked(l) => KindV2::KeyLeaked(KeyLeakedV2::from_core(l)),
+                EventKind::WebhookSubscribed(_) | EventKind::WebhookDeleted(_) => return None,
                 other => match KindV1::from_core(other, e.at) {
                     Some(k) => KindV2::from_v1(k, e.at.as_micros()),
-                    None => {
-                        unreachable!("version 1 holds every kind but AuditRead and LogRecovered")
-                    }
+                    None => unreachable!(
+                        "version 1 holds every kind but AuditRead, LogRecovered and KeyLeaked"
+                    ),
                 },
             };
-            EventV2 {
+            Some(EventV2 {
                 at: e.at.as_micros(),
                 actor: ActorV1::from_core(&e.actor),
                 kind,
-            }
+            })
         }
 
         /// The core event this stored form describes, for `tenant`.
@@ -711,6 +790,7 @@ pub mod v2 {
                 Split::V1(k) => k.into_core(at).map_err(as_v2)?,
                 Split::AuditRead(r) => EventKind::AuditRead(r.into_core()?),
                 Split::LogRecovered(r) => EventKind::LogRecovered(r.into_core()?),
+                Split::KeyLeaked(l) => EventKind::KeyLeaked(l.into_core()),
             };
             Ok(Event {
                 tenant: tenant.clone(),
@@ -756,6 +836,7 @@ pub mod v2 {
                 KindV2::UserRemoved(u) => Split::V1(KindV1::UserRemoved(u)),
                 KindV2::AuditRead(r) => Split::AuditRead(r),
                 KindV2::LogRecovered(r) => Split::LogRecovered(r),
+                KindV2::KeyLeaked(l) => Split::KeyLeaked(l),
             }
         }
     }
@@ -765,6 +846,7 @@ pub mod v2 {
         V1(KindV1<'a>),
         AuditRead(AuditReadV2),
         LogRecovered(LogRecoveredV2<'a>),
+        KeyLeaked(KeyLeakedV2<'a>),
     }
 
     impl LogRecoveredV2<'_> {
@@ -871,6 +953,240 @@ pub mod v2 {
     }
 }
 
+/// Version 3 of the stored schema: version 2 with the webhook
+/// subscription kinds appended. Every version-2 kind, and the actor, keep
+/// their types, variant indices and bytes. Frozen: never reorder fields or
+/// enum variants, never change a type. A change is a new version.
+pub mod v3 {
+    use std::str::FromStr;
+
+    use keyledger_core::{
+        Event, EventKind, TenantId, WEBHOOK_EVENT_TYPES, WebhookDeleted, WebhookId,
+        WebhookSubscribed,
+    };
+    use serde::{Deserialize, Serialize};
+
+    use super::DecodeError;
+    use super::v1::{ActorV1, KeyCreatedV1, KeyRevokedV1, KeyRotatedV1, KeyUsedV1, UserRemovedV1};
+    use super::v2::{AuditReadV2, EventV2, KeyLeakedV2, KindV2, LogRecoveredV2};
+
+    const VERSION: u8 = 3;
+
+    /// An event, minus its tenant (as [`super::v2::EventV2`]).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventV3<'a> {
+        /// When it was decided, in microseconds since the Unix epoch.
+        pub at: i64,
+        /// Who did it.
+        #[serde(borrow)]
+        pub actor: ActorV1<'a>,
+        /// What happened.
+        #[serde(borrow)]
+        pub kind: KindV3<'a>,
+    }
+
+    /// What happened: [`KindV2`]'s first seven variants, in its order, then
+    /// the webhook kinds, then `KeyLeaked`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KindV3<'a> {
+        /// A key exists.
+        KeyCreated(#[serde(borrow)] KeyCreatedV1<'a>),
+        /// A key was presented.
+        KeyUsed(KeyUsedV1),
+        /// A key was revoked.
+        KeyRevoked(#[serde(borrow)] KeyRevokedV1<'a>),
+        /// A key was rotated.
+        KeyRotated(KeyRotatedV1),
+        /// A user was removed.
+        UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
+        /// The audit trail was read, once or many times.
+        AuditRead(AuditReadV2),
+        /// A new checkpoint epoch started after a loss.
+        LogRecovered(#[serde(borrow)] LogRecoveredV2<'a>),
+        /// A webhook subscription was made.
+        WebhookSubscribed(#[serde(borrow)] WebhookSubscribedV3<'a>),
+        /// A webhook subscription was deleted.
+        WebhookDeleted(WebhookDeletedV3),
+        /// A key's secret was reported leaked (as in version 2, whose
+        /// tag for it is 7; here it comes after the webhook kinds).
+        KeyLeaked(#[serde(borrow)] KeyLeakedV2<'a>),
+    }
+
+    /// A webhook subscription (no secret: see docs/adr/0007-webhook-secrets.md).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WebhookSubscribedV3<'a> {
+        /// The subscription's ULID bits.
+        pub webhook_id: u128,
+        /// Where deliveries go.
+        pub url: &'a str,
+        /// The notice types, sorted.
+        #[serde(borrow)]
+        pub event_types: Vec<&'a str>,
+        /// An optional description.
+        pub description: Option<&'a str>,
+    }
+
+    /// A webhook subscription was deleted.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WebhookDeletedV3 {
+        /// The subscription's ULID bits.
+        pub webhook_id: u128,
+    }
+
+    impl<'a> EventV3<'a> {
+        /// The stored form of a core event (borrowing its text).
+        pub fn from_core(e: &'a Event) -> Self {
+            let kind = match &e.kind {
+                EventKind::WebhookSubscribed(w) => KindV3::WebhookSubscribed(WebhookSubscribedV3 {
+                    webhook_id: w.webhook_id.to_u128(),
+                    url: &w.url,
+                    event_types: w.event_types.iter().map(String::as_str).collect(),
+                    description: w.description.as_deref(),
+                }),
+                EventKind::WebhookDeleted(w) => KindV3::WebhookDeleted(WebhookDeletedV3 {
+                    webhook_id: w.webhook_id.to_u128(),
+                }),
+                _ => match EventV2::try_from_core(e) {
+                    Some(v2) => KindV3::from_v2(v2.kind),
+                    None => unreachable!("version 2 holds every kind but the webhook kinds"),
+                },
+            };
+            EventV3 {
+                at: e.at.as_micros(),
+                actor: ActorV1::from_core(&e.actor),
+                kind,
+            }
+        }
+
+        /// The core event this stored form describes, for `tenant`.
+        pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
+            let kind = match self.kind {
+                KindV3::WebhookSubscribed(w) => EventKind::WebhookSubscribed(w.into_core()?),
+                KindV3::WebhookDeleted(w) => EventKind::WebhookDeleted(WebhookDeleted {
+                    webhook_id: WebhookId::from_u128(w.webhook_id),
+                }),
+                other => {
+                    let v2 = EventV2 {
+                        at: self.at,
+                        actor: self.actor,
+                        kind: other.into_v2(),
+                    };
+                    return v2.into_core(tenant).map_err(as_v3);
+                }
+            };
+            Ok(Event {
+                tenant: tenant.clone(),
+                at: super::v1::time_of(VERSION, "at", self.at)?,
+                actor: self.actor.into_core().map_err(as_v3)?,
+                kind,
+            })
+        }
+    }
+
+    impl<'a> KindV3<'a> {
+        /// A version-2 kind, with the same bytes.
+        pub fn from_v2(kind: KindV2<'a>) -> Self {
+            match kind {
+                KindV2::KeyCreated(c) => KindV3::KeyCreated(c),
+                KindV2::KeyUsed(u) => KindV3::KeyUsed(u),
+                KindV2::KeyRevoked(r) => KindV3::KeyRevoked(r),
+                KindV2::KeyRotated(r) => KindV3::KeyRotated(r),
+                KindV2::UserRemoved(u) => KindV3::UserRemoved(u),
+                KindV2::AuditRead(r) => KindV3::AuditRead(r),
+                KindV2::LogRecovered(r) => KindV3::LogRecovered(r),
+                KindV2::KeyLeaked(l) => KindV3::KeyLeaked(l),
+            }
+        }
+
+        /// The version-2 kind; only for the kinds version 2 has.
+        fn into_v2(self) -> KindV2<'a> {
+            match self {
+                KindV3::KeyCreated(c) => KindV2::KeyCreated(c),
+                KindV3::KeyUsed(u) => KindV2::KeyUsed(u),
+                KindV3::KeyRevoked(r) => KindV2::KeyRevoked(r),
+                KindV3::KeyRotated(r) => KindV2::KeyRotated(r),
+                KindV3::UserRemoved(u) => KindV2::UserRemoved(u),
+                KindV3::AuditRead(r) => KindV2::AuditRead(r),
+                KindV3::LogRecovered(r) => KindV2::LogRecovered(r),
+                KindV3::KeyLeaked(l) => KindV2::KeyLeaked(l),
+                KindV3::WebhookSubscribed(_) | KindV3::WebhookDeleted(_) => {
+                    unreachable!("the webhook kinds are decoded before")
+                }
+            }
+        }
+    }
+
+    impl WebhookSubscribedV3<'_> {
+        /// The core event; refuses what no decision records: an empty URL,
+        /// no or unknown event types, types out of order or repeated.
+        pub fn into_core(self) -> Result<WebhookSubscribed, DecodeError> {
+            let invalid = |field, message: &str| DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message: message.into(),
+            };
+            if self.url.is_empty() {
+                return Err(invalid("url", "empty"));
+            }
+            if self.event_types.is_empty()
+                || self.event_types.windows(2).any(|w| w[0] >= w[1])
+                || self
+                    .event_types
+                    .iter()
+                    .any(|t| !WEBHOOK_EVENT_TYPES.contains(t))
+            {
+                return Err(invalid(
+                    "event_types",
+                    "not a sorted set of known event types",
+                ));
+            }
+            // Parsed back to check the id's text form round-trips.
+            let webhook_id = WebhookId::from_u128(self.webhook_id);
+            if WebhookId::from_str(&webhook_id.to_string()).is_err() {
+                return Err(invalid("webhook_id", "not a webhook id"));
+            }
+            Ok(WebhookSubscribed {
+                webhook_id,
+                url: self.url.to_owned(),
+                event_types: self.event_types.iter().map(|t| (*t).to_owned()).collect(),
+                description: self.description.map(str::to_owned),
+            })
+        }
+    }
+
+    /// Decodes a version-3 body (the bytes after the version byte).
+    pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
+        let (schema, rest) =
+            postcard::take_from_bytes::<EventV3<'_>>(body).map_err(|e| DecodeError::Malformed {
+                version: VERSION,
+                message: e.to_string(),
+            })?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed {
+                version: VERSION,
+                message: format!("{} bytes after the event", rest.len()),
+            });
+        }
+        schema.into_core(tenant)
+    }
+
+    /// An older version's field error, reported for the version-3 payload it was in.
+    fn as_v3(e: DecodeError) -> DecodeError {
+        match e {
+            DecodeError::Invalid { field, message, .. } => DecodeError::Invalid {
+                version: VERSION,
+                field,
+                message,
+            },
+            DecodeError::Malformed { message, .. } => DecodeError::Malformed {
+                version: VERSION,
+                message,
+            },
+            other @ (DecodeError::Empty | DecodeError::UnknownVersion(_)) => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,7 +1196,7 @@ mod tests {
         let t: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(decode(&t, &[]), Err(DecodeError::Empty));
         assert_eq!(decode(&t, &[0]), Err(DecodeError::UnknownVersion(0)));
-        assert_eq!(decode(&t, &[3, 0]), Err(DecodeError::UnknownVersion(3)));
+        assert_eq!(decode(&t, &[4, 0]), Err(DecodeError::UnknownVersion(4)));
         assert!(matches!(
             decode(&t, &[1]),
             Err(DecodeError::Malformed { version: 1, .. })

@@ -71,7 +71,8 @@ fn v1_fixture_events() -> Vec<Event> {
                 name: "x".into(),
                 description: None,
                 expires_at: None,
-                scopes: ScopeSet::ALL,
+                // Every scope version 1 knew (`webhooks:manage` came later).
+                scopes: ScopeSet::ALL.without(keyledger_core::Scope::WebhooksManage),
                 secret_hash: SecretHash([0; 32]),
                 masked: "…".into(),
                 rotated_from: Some(k1),
@@ -317,9 +318,9 @@ fn v1_audit_reads_decode_as_one_read_each() {
         // Chain verification takes it: it is version 1's one form of it.
         assert_eq!(envelope::encode_as(want, 1).as_deref(), Some(*raw));
         assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
-        // Written again, it is version 2, and decodes to the same read.
+        // Written again, it is the current version, and decodes to the same read.
         let again = envelope::encode(want);
-        assert_eq!(again.first(), Some(&2));
+        assert_eq!(again.first(), Some(&VERSION_CURRENT));
         assert_eq!(envelope::decode(&tn, &again).as_ref(), Ok(want));
     }
 }
@@ -441,7 +442,7 @@ fn reads_version_1_cannot_hold_are_not_its_canonical_form() {
         envelope::encode_as(&v2_fixture_events()[13], 1).map(|b| b[0]),
         Some(1)
     );
-    assert_eq!(envelope::encode_as(&v1_fixture_events()[0], 3), None);
+    assert_eq!(envelope::encode_as(&v1_fixture_events()[0], 4), None);
 }
 
 #[test]
@@ -522,7 +523,7 @@ fn a_version_2_payload_with_an_overlong_count_fails_chain_verification() {
 #[test]
 fn decode_refuses_invalid_fields() {
     let tn = tenant("t");
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         let good = envelope::encode_as(&v1_fixture_events()[0], version)
             .unwrap_or_else(|| panic!("version {version} holds a KeyCreated"));
         assert!(envelope::decode(&tn, &good).is_ok());
@@ -561,8 +562,10 @@ fn decode_refuses_invalid_fields() {
         envelope::decode(&tn, &bytes)
     };
     assert!(bad(0, 31, "bob").is_ok());
+    // `webhooks:manage` came after version 1, but the bit is the same in every version.
+    assert!(bad(0, 63, "bob").is_ok());
     assert!(matches!(
-        bad(0, 32, "bob"),
+        bad(0, 64, "bob"),
         Err(DecodeError::Invalid {
             field: "scopes",
             ..
@@ -738,6 +741,46 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                     reason,
                 })
             }),
+        (
+            arb_key(),
+            proptest::option::of("[ -~]{0,40}"),
+            proptest::option::of("[ -~]{0,120}"),
+            0u8..4,
+            "[a-z0-9-]{1,32}",
+        )
+            .prop_map(|(key_id, source, url, who, partner)| {
+                EventKind::KeyLeaked(keyledger_core::KeyLeaked {
+                    key_id,
+                    source,
+                    url,
+                    reporter: match who {
+                        0 => keyledger_core::LeakReporter::Operator,
+                        1 => keyledger_core::LeakReporter::Tenant,
+                        2 => keyledger_core::LeakReporter::OtherTenant,
+                        _ => keyledger_core::LeakReporter::Partner(partner),
+                    },
+                })
+            }),
+        (
+            any::<u128>(),
+            "https://[a-z.]{1,40}/[ -~]{0,40}",
+            proptest::sample::subsequence(keyledger_core::WEBHOOK_EVENT_TYPES.to_vec(), 1..=6),
+            proptest::option::of("[ -~]{1,40}"),
+        )
+            .prop_map(|(id, url, mut types, description)| {
+                types.sort_unstable();
+                EventKind::WebhookSubscribed(keyledger_core::WebhookSubscribed {
+                    webhook_id: keyledger_core::WebhookId::from_u128(id >> 2),
+                    url,
+                    event_types: types.into_iter().map(str::to_owned).collect(),
+                    description,
+                })
+            }),
+        any::<u128>().prop_map(
+            |id| EventKind::WebhookDeleted(keyledger_core::WebhookDeleted {
+                webhook_id: keyledger_core::WebhookId::from_u128(id),
+            })
+        ),
     ]
 }
 
@@ -789,5 +832,93 @@ proptest! {
             *b = byte;
         }
         let _ = envelope::decode(&event.tenant, &bytes);
+    }
+}
+
+#[test]
+fn webhook_kinds_have_no_older_form() {
+    let event = Event {
+        tenant: tenant("t"),
+        at: t(1_764_000_000_000_000),
+        actor: Actor::Operator,
+        kind: EventKind::WebhookDeleted(keyledger_core::WebhookDeleted {
+            webhook_id: keyledger_core::WebhookId::from_u128(9),
+        }),
+    };
+    assert_eq!(envelope::encode_as(&event, 1), None);
+    assert_eq!(envelope::encode_as(&event, 2), None);
+    let bytes = envelope::encode(&event);
+    assert_eq!(bytes.first(), Some(&3));
+    assert_eq!(envelope::decode(&event.tenant, &bytes), Ok(event));
+}
+
+/// The events in `fixtures/v3-events.bin`: the webhook kinds, written by
+/// version 3. Never change them.
+fn v3_fixture_events() -> Vec<Event> {
+    let tn = tenant("fixture-tenant");
+    let wh = "wh_01JD8X3Q5V7Z9B1C3D5F7H9K2M"
+        .parse::<keyledger_core::WebhookId>()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alice = user("alice@example.com");
+    vec![
+        Event {
+            tenant: tn.clone(),
+            at: t(1_764_000_030_000_000),
+            actor: Actor::User { id: alice },
+            kind: EventKind::WebhookSubscribed(keyledger_core::WebhookSubscribed {
+                webhook_id: wh,
+                url: "https://hooks.example.com/keyledger".into(),
+                event_types: vec!["key.revoked".into(), "user.removed".into()],
+                description: Some("SIEM".into()),
+            }),
+        },
+        Event {
+            tenant: tn,
+            at: t(1_764_000_031_000_000),
+            actor: Actor::Operator,
+            kind: EventKind::WebhookDeleted(keyledger_core::WebhookDeleted { webhook_id: wh }),
+        },
+    ]
+}
+
+#[test]
+fn v3_fixture_still_decodes() {
+    let expected = v3_fixture_events();
+    let path = fixture_path().with_file_name("v3-events.bin");
+    if !path.exists() {
+        // First run only: written by version 3, then committed.
+        assert_eq!(
+            VERSION_CURRENT, 3,
+            "the v3 fixture is missing and cannot be rewritten"
+        );
+        std::fs::write(&path, write_fixture(&expected)).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("wrote {}: commit it", path.display());
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored = split_fixture(&bytes);
+    assert_eq!(stored.len(), expected.len(), "events in the fixture");
+    let tn = tenant("fixture-tenant");
+    for (i, (raw, want)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(raw.first(), Some(&3), "fixture event {i} is version 3");
+        let got = envelope::decode(&tn, raw)
+            .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
+        assert_eq!(&got, want, "fixture event {i} decodes differently");
+        assert_eq!(envelope::encode_as(want, 3).as_deref(), Some(*raw));
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+    }
+    if VERSION_CURRENT == 3 {
+        assert_eq!(
+            write_fixture(&expected),
+            bytes,
+            "the v3 encoding changed without a new version"
+        );
+    }
+    // Every older kind keeps its version-2 bytes in version 3.
+    for e in v2_fixture_events() {
+        let (v2, v3) = (
+            envelope::encode_as(&e, 2).unwrap_or_else(|| panic!("{e:?}")),
+            envelope::encode(&e),
+        );
+        assert_eq!(v2[1..], v3[1..], "{e:?}");
     }
 }

@@ -5,7 +5,7 @@
 import { api, download, withQuery } from '../api.js';
 import { alertBox, badge, busy, field, fill, h, needs, time } from '../ui.js';
 
-const TYPES = ['KeyCreated', 'KeyUsed', 'KeyRevoked', 'KeyRotated', 'UserRemoved', 'AuditRead', 'LogRecovered'];
+const TYPES = ['KeyCreated', 'KeyUsed', 'KeyRevoked', 'KeyRotated', 'UserRemoved', 'AuditRead', 'LogRecovered', 'KeyLeaked'];
 
 /** How the trail reads an entry: "API key: CI/CD Pipeline revoked". */
 export function describe(e, nameOf) {
@@ -23,6 +23,8 @@ export function describe(e, nameOf) {
     case 'UserRemoved': return `User ${d.user_id} removed`;
     case 'AuditRead': return `Trail read (${d.what}, ${d.count} read(s), positions ${d.from_seq}–${d.to_seq})`;
     case 'LogRecovered': return `Log recovered (epoch ${d.epoch}): ${d.reason}`;
+    case 'KeyLeaked':
+      return `${k()} reported leaked by ${d.reported_by}${d.source ? ` in ${d.source}` : ''}${d.url ? ` at ${d.url}` : ''}`;
     default: return e.type;
   }
 }
