@@ -1,20 +1,24 @@
 //! Snapshots of the projections: a restart starts from the newest valid
 //! snapshot and replays only the tail, to the same state as a replay of
 //! the whole log; a damaged, torn, foreign, older-version or ahead-of-the-log
-//! snapshot is refused and the projections are rebuilt from the log.
+//! snapshot is refused and the projections are rebuilt from the log. The
+//! global tree comes back from a snapshot equal to a replay's, and the
+//! global checkpoints signed before and after a restart never fork.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Model, Rng, fold, open, seed, step, tenant, user};
-use keyledger_core::{Principal, Timestamp};
+use common::{Model, Rng, TENANTS, fold, open, seed, step, tenant, user};
+use keyledger_core::{Principal, Reporter, Timestamp};
+use keyledger_runtime::audit::{AuditConfig, GLOBAL_CHECKPOINT_FILE};
+use keyledger_runtime::webhooks::{NewWebhook, WebhookConfig};
 use keyledger_runtime::{
-    Config, Keyledger, ManualClock, NewKey, SNAPSHOT_DIR, SnapshotConfig, SnapshotStart,
-    UsageWindow,
+    Config, Error, Keyledger, ManualClock, NewKey, ReportedSecret, SNAPSHOT_DIR, SnapshotConfig,
+    SnapshotStart, UsageWindow,
 };
 use keyledger_store::{EventLog, MemoryLog, RedbLog};
 
@@ -73,6 +77,54 @@ fn open_with(
     .unwrap_or_else(|e| panic!("open: {e}"))
 }
 
+/// Opens with audit signing in `data` (checkpoints stored on demand only,
+/// each checked at open against the trees), webhook subscriptions (nothing
+/// delivered; a delivery store of its own per open, as an abandoned
+/// runtime keeps its own open) and `snapshots`.
+fn open_audited(
+    log: Arc<dyn EventLog>,
+    clock: &ManualClock,
+    seed: u64,
+    data: &Path,
+    snapshots: Option<SnapshotConfig>,
+) -> Keyledger {
+    static OPENS: AtomicU64 = AtomicU64::new(0);
+    let mut audit = AuditConfig::in_dir(data);
+    audit.checkpoint_debounce = Duration::from_secs(3600);
+    let hooks = data.join(format!("hooks-{}", OPENS.fetch_add(1, Ordering::Relaxed)));
+    let config = Config {
+        usage_window: UsageWindow::Manual,
+        snapshots,
+        audit: Some(audit),
+        webhooks: Some(WebhookConfig {
+            deliver: false,
+            ..WebhookConfig::in_dir(hooks)
+        }),
+        ..Config::default()
+    };
+    Keyledger::open_with(
+        log,
+        config,
+        Arc::new(clock.clone()),
+        Arc::new(common::SeededEntropy::new(seed)),
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"))
+}
+
+/// The sizes of the global checkpoints stored in `data`, oldest first.
+fn stored_global(data: &Path) -> Vec<u64> {
+    std::fs::read_to_string(data.join(GLOBAL_CHECKPOINT_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            v["size"].as_u64().unwrap_or_else(|| panic!("{l}: no size"))
+        })
+        .collect()
+}
+
 fn snapshot_files(data: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data.join(SNAPSHOT_DIR))
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -115,6 +167,32 @@ async fn same_as_full_replay(
     );
     let full = open(log.clone(), clock, 7, 64).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(ledger.head(), full.head(), "{what}");
+    assert_eq!(
+        ledger.global_size(),
+        full.global_size(),
+        "{what}: global tree"
+    );
+    assert_eq!(ledger.global_size(), ledger.head(), "{what}: global tree");
+    assert_eq!(
+        ledger.global_origin(),
+        full.global_origin(),
+        "{what}: global epoch"
+    );
+    if ledger.audit_public_key().is_some() {
+        // The global root, signed by each (a replay with a key of its own).
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let signing = open_audited(log.clone(), clock, 8, dir.path(), None);
+        let root = |l: &Keyledger| {
+            l.global_checkpoint()
+                .map(|c| (c.checkpoint.size, c.checkpoint.root))
+                .unwrap_or_else(|e| panic!("{what}: global checkpoint: {e}"))
+        };
+        assert_eq!(root(ledger), root(&signing), "{what}: global root");
+        signing
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
     for t in log.tenants().unwrap_or_else(|e| panic!("{e}")) {
         let size = full.tree_size(&t);
         assert_eq!(ledger.tree_size(&t), size, "{what}: tree of {t}");
@@ -211,6 +289,90 @@ fn a_restart_starts_from_the_snapshot_and_replays_only_the_tail() {
     });
 }
 
+fn named(name: &str) -> NewKey {
+    NewKey {
+        name: name.to_owned(),
+        ..NewKey::default()
+    }
+}
+
+/// A restart from a snapshot keeps the global tree: equal to a replay's,
+/// it passes the open's check against a global checkpoint stored past the
+/// snapshot (over the tail), and what it signs next extends every global
+/// checkpoint signed before (no fork), across a second restart too.
+#[test]
+fn a_restart_from_a_snapshot_keeps_the_global_tree_and_its_checkpoints_never_fork() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = dir.path();
+    let clock = ManualClock::new(Timestamp::from_micros(common::T0));
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+    let snap = || Some(snapshots(data, 1_000_000, SnapshotStart::Load));
+    let globex = Principal::user(tenant("globex"), user("gus"));
+    rt.block_on(async {
+        let first = open_audited(log.clone(), &clock, 1, data, snap());
+        some_events(&first, 5).await;
+        first
+            .create_key(globex.clone(), named("g"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(first.write_checkpoints().unwrap_or_else(|e| panic!("{e}")) > 0);
+        first.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let at = log.head().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bins(data).len(), 1);
+    assert_eq!(stored_global(data).last(), Some(&at));
+    // A tail the snapshot does not cover, under a global checkpoint.
+    rt.block_on(async {
+        let other = open_audited(log.clone(), &clock, 2, data, None);
+        some_events(&other, 2).await;
+        other
+            .create_key(globex.clone(), named("g"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        other.write_checkpoints().unwrap_or_else(|e| panic!("{e}"));
+        other.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let head = log.head().unwrap_or_else(|e| panic!("{e}"));
+    assert!(head > at);
+    assert_eq!(stored_global(data).last(), Some(&head));
+    rt.block_on(async {
+        // Opened: the global checkpoint of `head` events is a prefix of the
+        // global tree that the snapshot and the tail made.
+        let again = open_audited(log.clone(), &clock, 3, data, snap());
+        assert_eq!(started_from(&again), (at, head - at));
+        same_as_full_replay(&again, &log, &clock, "snapshot + tail").await;
+        let signed = again.global_checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(signed.checkpoint.size, head, "the stored one, not a fork");
+        some_events(&again, 2).await;
+        again
+            .create_key(globex.clone(), named("g"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Signing refuses anything that does not extend what was signed.
+        again
+            .write_checkpoints()
+            .unwrap_or_else(|e| panic!("signs on, no fork: {e}"));
+        again.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let end = log.head().unwrap_or_else(|e| panic!("{e}"));
+    let sizes = stored_global(data);
+    assert_eq!(sizes.last(), Some(&end));
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+    rt.block_on(async {
+        let last = open_audited(log.clone(), &clock, 4, data, snap());
+        assert_eq!(started_from(&last), (end, 0));
+        same_as_full_replay(&last, &log, &clock, "snapshot at the head").await;
+        assert_eq!(
+            last.global_checkpoint()
+                .map(|c| c.checkpoint.size)
+                .unwrap_or_else(|e| panic!("{e}")),
+            end
+        );
+        last.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
 /// Random workloads with restarts, some graceful (a snapshot at shutdown)
 /// and some abrupt (the process gone: whatever periodic snapshot was
 /// written is the newest); after each, snapshot + tail equals a replay of
@@ -222,6 +384,8 @@ fn snapshot_plus_tail_equals_a_full_replay_over_random_workloads() {
     // Starts from a snapshot with a tail to replay (a periodic snapshot
     // behind the head): the case this test is for.
     let mut with_tail = 0;
+    // What the extra operations did, over all cases.
+    let mut done = Extra::default();
     for case in 0..6u64 {
         let mut rng = Rng(base ^ case.wrapping_mul(0x9e37_79b9));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -231,13 +395,20 @@ fn snapshot_plus_tail_equals_a_full_replay_over_random_workloads() {
         let model = Model::default();
         let every = 1 + rng.below(25);
         let _inside = rt.enter();
-        let mut ledger = open_snap(log.clone(), &clock, rng.next(), data, every);
+        let audited = |seed: u64| {
+            let config = snapshots(data, every, SnapshotStart::Load);
+            open_audited(log.clone(), &clock, seed, data, Some(config))
+        };
+        let mut ledger = audited(rng.next());
         let mut abandoned = Vec::new();
         for round in 0..8 {
             let what = format!("seed {base}, case {case}, round {round}, every {every}");
             rt.block_on(async {
                 for _ in 0..(5 + rng.below(30)) {
                     step(&ledger, &model, &mut rng, &|| 0).await;
+                    if rng.below(4) == 0 {
+                        extra_step(&ledger, &model, &mut rng, &mut done).await;
+                    }
                     clock.advance_micros(rng.below(40_000_000_000) as i64);
                 }
             });
@@ -253,11 +424,18 @@ fn snapshot_plus_tail_equals_a_full_replay_over_random_workloads() {
                 // snapshot is whatever it wrote by itself.
                 abandoned.push(ledger.clone());
             }
-            ledger = open_snap(log.clone(), &clock, rng.next(), data, every);
+            // The open checks the stored checkpoints, the global ones
+            // included, against the trees it started with.
+            ledger = audited(rng.next());
             let (from, replayed) = started_from(&ledger);
             assert_eq!(from + replayed, ledger.head(), "{what}");
             if from > 0 && replayed > 0 {
                 with_tail += 1;
+            }
+            if from > 0 {
+                let (state, _) = ledger.projections();
+                done.snapshot_starts_with_webhooks +=
+                    u64::from(state.tenants().any(|(_, t)| !t.webhooks.is_empty()));
             }
             rt.block_on(same_as_full_replay(&ledger, &log, &clock, &what));
         }
@@ -270,6 +448,85 @@ fn snapshot_plus_tail_equals_a_full_replay_over_random_workloads() {
         with_tail > 0,
         "seed {base}: no start from a snapshot with a tail"
     );
+    assert!(
+        done.subscribed > 0
+            && done.deleted > 0
+            && done.leaked > 0
+            && done.checkpoints > 0
+            && done.snapshot_starts_with_webhooks > 0,
+        "seed {base}: the workload missed a kind: {done:?}"
+    );
+}
+
+/// What [`extra_step`] did.
+#[derive(Debug, Default)]
+struct Extra {
+    subscribed: u64,
+    deleted: u64,
+    /// Leak reports that revoked a key.
+    leaked: u64,
+    /// Rounds of stored checkpoints (tenants' and global).
+    checkpoints: u64,
+    snapshot_starts_with_webhooks: u64,
+}
+
+/// A webhook subscription or deletion, a leak report of a known key, or
+/// the checkpoints stored (the global one among them).
+async fn extra_step(ledger: &Keyledger, model: &Model, rng: &mut Rng, done: &mut Extra) {
+    let t = tenant(rng.pick(&TENANTS).copied().unwrap_or("acme"));
+    let refused = |e: &Error| matches!(e, Error::Command(_) | Error::NotFound(_));
+    match rng.below(4) {
+        0 => {
+            let r = ledger
+                .subscribe_webhook(
+                    Principal::operator(t),
+                    NewWebhook {
+                        url: format!("http://127.0.0.1:9/hook-{}", rng.below(1000)),
+                        event_types: vec!["key.created".to_owned(), "key.leaked".to_owned()],
+                        description: (rng.below(2) == 0).then(|| "seeded".to_owned()),
+                    },
+                )
+                .await;
+            match r {
+                Ok(_) => done.subscribed += 1,
+                Err(e) => assert!(refused(&e), "subscribe: {e}"),
+            }
+        }
+        1 => {
+            let live = ledger.webhooks(&t);
+            let Some(w) = rng.pick(&live) else { return };
+            ledger
+                .delete_webhook(Principal::operator(t), w.id)
+                .await
+                .unwrap_or_else(|e| panic!("delete {}: {e}", w.id));
+            done.deleted += 1;
+        }
+        2 => {
+            let known = model.lock().keys.clone();
+            let Some(k) = rng.pick(&known) else { return };
+            let report = ledger
+                .report_leaked(
+                    Reporter::Operator,
+                    vec![ReportedSecret {
+                        secret: k.secret.clone(),
+                        source: Some("seeded test".to_owned()),
+                        url: None,
+                    }],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("report {}: {e}", k.id));
+            if report.found > 0 {
+                done.leaked += 1;
+                model.lock().dead.insert(k.id);
+            }
+        }
+        _ => {
+            ledger
+                .write_checkpoints()
+                .unwrap_or_else(|e| panic!("checkpoints: {e}"));
+            done.checkpoints += 1;
+        }
+    }
 }
 
 /// Writes some events and a snapshot at shutdown; returns the log, the
