@@ -11,6 +11,11 @@
 //!   `KEYLEDGER_BENCH_EVENTS` events (default 1,000,000) into every
 //!   projection, against reading and decoding the same log.
 //!
+//! * `cold_start/*` vs `cold_start/read_file`: opening a ledger of
+//!   `KEYLEDGER_BENCH_EVENTS` events from a snapshot 1% behind the head
+//!   (snapshot + tail) and without one (the whole log), against reading
+//!   the log file's bytes.
+//!
 //! Run: `cargo bench --bench ledger` (add `-- verify` etc. to pick one).
 
 mod common;
@@ -350,5 +355,98 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, verify, appends, replay);
+/// A cold start: the time from opening the log file to a ready ledger,
+/// from a snapshot (1% of the events after it, replayed) and from the log
+/// alone, against reading the log file's bytes (a warm page cache for all
+/// three: the figure is the work, not the disk).
+fn cold_start(c: &mut Criterion) {
+    let n: usize = std::env::var("KEYLEDGER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let tail = n / 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    let snapshots = keyledger_runtime::SnapshotConfig::in_dir(dir.path());
+    let with_snapshots = || Config {
+        snapshots: Some(snapshots.clone()),
+        ..config()
+    };
+    let rt = rt();
+    {
+        let log = RedbLog::open(&path).expect("redb");
+        common::fill(&log, n - tail);
+        let _inside = rt.enter();
+        let ledger = Keyledger::open(Arc::new(log), with_snapshots()).expect("open");
+        // Writes the snapshot at the head.
+        rt.block_on(ledger.shutdown()).expect("shutdown");
+    }
+    common::fill_with(&RedbLog::open(&path).expect("redb"), tail, 1 << 40, 1);
+    let file_bytes = || {
+        ["ledger.redb", "ledger.redb-wal"]
+            .iter()
+            .map(|f| std::fs::read(dir.path().join(f)).map_or(0, |b| b.len()))
+            .sum::<usize>()
+    };
+    eprintln!(
+        "cold_start: {n} events, log files {} bytes, snapshot {} bytes",
+        file_bytes(),
+        std::fs::read_dir(&snapshots.dir)
+            .expect("snapshots")
+            .flatten()
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum::<u64>()
+    );
+    let mut g = c.benchmark_group("cold_start");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("read_file", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                assert!(file_bytes() > 0);
+            }
+            start.elapsed()
+        })
+    });
+    let (rt, path, snapshots) = (&rt, &path, &snapshots);
+    let open = |config: Config, from: u64| {
+        move |b: &mut criterion::Bencher| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let _inside = rt.enter();
+                    let start = Instant::now();
+                    let log = Arc::new(RedbLog::open(path).expect("redb"));
+                    let ledger = Keyledger::open(log, config.clone()).expect("open");
+                    timed += start.elapsed();
+                    assert_eq!(ledger.head(), n as u64);
+                    let started = &ledger.metrics().snapshots.start_snapshot_position;
+                    assert_eq!(started.load(std::sync::atomic::Ordering::Relaxed), from);
+                    rt.block_on(ledger.shutdown()).expect("shutdown");
+                    // The one written at shutdown, at the head: the next
+                    // iteration starts from the same snapshot again.
+                    let _ =
+                        std::fs::remove_file(snapshots.dir.join(format!("snapshot-{n:020}.bin")));
+                }
+                timed
+            })
+        }
+    };
+    // No periodic snapshot during the measurement.
+    let reading = keyledger_runtime::SnapshotConfig {
+        every_events: u64::MAX,
+        every: Duration::from_secs(1 << 30),
+        ..snapshots.clone()
+    };
+    let from_snapshot = Config {
+        snapshots: Some(reading),
+        ..config()
+    };
+    g.bench_function("from_snapshot", open(from_snapshot, (n - tail) as u64));
+    g.bench_function("whole_log", open(config(), 0));
+    g.finish();
+}
+
+criterion_group!(benches, verify, appends, replay, cold_start);
 criterion_main!(benches);

@@ -15,8 +15,8 @@ use keyledger_runtime::views::{
     VerifyResponse,
 };
 use keyledger_runtime::{
-    AuditFilterText, Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SortField,
-    UsageWindow,
+    AuditFilterText, Config, Keyledger, ListQuery, NewKey, Order, PointInTime, SnapshotConfig,
+    SortField, UsageWindow,
 };
 use keyledger_store::{EventLog, RedbLog};
 
@@ -593,20 +593,49 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
 /// with a progress bar on a terminal.
 pub fn open(data: &Path, prefix: &str, window: UsageWindow) -> Result<Keyledger> {
     let reads = keyledger_runtime::AUDIT_READ_WINDOW_DEFAULT;
-    open_following(data, prefix, window, reads, None)
+    let snapshots = SnapshotConfig::in_dir(data_dir(data)?);
+    open_following(data, prefix, window, reads, None, Some(snapshots))
+}
+
+/// [`open`] for `keyledger replay`: the whole log is replayed, and the
+/// newest valid snapshot is compared with it (none is written).
+fn open_checking_snapshot(data: &Path, prefix: &str) -> Result<Keyledger> {
+    let reads = keyledger_runtime::AUDIT_READ_WINDOW_DEFAULT;
+    let snapshots = SnapshotConfig {
+        start: keyledger_runtime::SnapshotStart::Check,
+        ..SnapshotConfig::in_dir(data_dir(data)?)
+    };
+    open_following(
+        data,
+        prefix,
+        UsageWindow::Manual,
+        reads,
+        None,
+        Some(snapshots),
+    )
 }
 
 /// [`open`], following what other nodes append to a shared log when
 /// `follow` is given (`serve --postgres`), writing reads of the trail
-/// once per `audit_read_window` per reader and kind.
+/// once per `audit_read_window` per reader and kind, with `snapshots`
+/// (`None`: none read or written).
 pub fn open_following(
     data: &Path,
     prefix: &str,
     window: UsageWindow,
     audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
+    snapshots: Option<SnapshotConfig>,
 ) -> Result<Keyledger> {
-    open_serving(data, prefix, window, audit_read_window, follow, None)
+    open_serving(
+        data,
+        prefix,
+        window,
+        audit_read_window,
+        follow,
+        None,
+        snapshots,
+    )
 }
 
 /// [`open_following`] with the server's webhook settings (`None`: the
@@ -618,6 +647,7 @@ pub fn open_serving(
     audit_read_window: std::time::Duration,
     follow: Option<keyledger_runtime::Follow>,
     webhooks: Option<keyledger_runtime::webhooks::WebhookConfig>,
+    snapshots: Option<SnapshotConfig>,
 ) -> Result<Keyledger> {
     open_with_config(
         data,
@@ -627,6 +657,7 @@ pub fn open_serving(
             audit_read_window,
             follow,
             webhooks,
+            snapshots,
             ..Config::default()
         },
     )
@@ -727,7 +758,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     {
         return recover(&args, &out, tenant, acting, reason).await;
     }
-    let ledger = open(&args.data, &args.key_prefix, UsageWindow::Manual)?;
+    let ledger = if let Cmd::Replay = args.command {
+        open_checking_snapshot(&args.data, &args.key_prefix)?
+    } else {
+        open(&args.data, &args.key_prefix, UsageWindow::Manual)?
+    };
     hint_unknown_tenant(&ledger, &args.command);
     let result = dispatch(&ledger, &out, args.command).await;
     let closed = ledger.shutdown().await;
@@ -1106,6 +1141,7 @@ async fn recover(
         Config {
             usage_window: UsageWindow::Manual,
             recovering: true,
+            snapshots: Some(SnapshotConfig::in_dir(data_dir(&args.data)?)),
             ..Config::default()
         },
     )?;
@@ -1171,16 +1207,29 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
         keys += all;
         active += live;
     }
+    let check = ledger.snapshot_check().unwrap_or_default();
+    let differs = !check.differences.is_empty();
+    let snapshot = serde_json::json!({
+        "file": check.compared.as_ref().map(|(f, _)| f.display().to_string()),
+        "position": check.compared.as_ref().map(|(_, p)| *p),
+        "equal": check.compared.as_ref().map(|_| !differs),
+        "differences": check.differences,
+        "refused": check.refused.iter().map(|(f, why)| serde_json::json!({
+            "file": f.display().to_string(),
+            "problem": why,
+        })).collect::<Vec<_>>(),
+    });
     let body = serde_json::json!({
         "events": ledger.head(),
         "tenants": tenants.len(),
         "keys": keys,
         "active_keys": active,
         "broken_chains": broken,
+        "snapshot": snapshot,
         "at": now.to_rfc3339(),
     });
     out.value(&body, || {
-        format!(
+        let mut text = format!(
             "replayed {} events: {} tenants, {} keys ({} active); chains: {}",
             ledger.head(),
             tenants.len(),
@@ -1191,11 +1240,38 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
             } else {
                 format!("{broken} BROKEN (run `audit verify`)")
             }
-        )
+        );
+        text.push_str(&snapshot_text(&check));
+        text
     })?;
-    Ok(if broken == 0 {
+    Ok(if broken == 0 && !differs {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The lines `replay` adds about the snapshot it compared.
+fn snapshot_text(check: &keyledger_runtime::SnapshotCheck) -> String {
+    let mut text = String::new();
+    for (file, why) in &check.refused {
+        text.push_str(&format!(
+            "\nsnapshot {} REFUSED: {why} (a start rebuilds from the log; see docs/operations.md, \"Snapshots\")",
+            file.display()
+        ));
+    }
+    match &check.compared {
+        None => text.push_str("\nsnapshot: none to compare"),
+        Some((file, position)) if check.differences.is_empty() => text.push_str(&format!(
+            "\nsnapshot {} (position {position}): equal to the replay",
+            file.display()
+        )),
+        Some((file, position)) => text.push_str(&format!(
+            "\nsnapshot {} (position {position}) DIFFERS from the replay: {}; delete it \
+             (docs/operations.md, \"Snapshots\")",
+            file.display(),
+            check.differences.join("; ")
+        )),
+    }
+    text
 }

@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
-use keyledger_runtime::{Follow, UsageWindow};
+use keyledger_runtime::{Follow, SnapshotConfig, UsageWindow};
 use keyledger_server::{AppState, OperatorToken, TokenSource, limits};
 
 use crate::cli::{self, Failure};
@@ -78,6 +79,19 @@ pub struct ServeArgs {
         default_value_t = limits::IDLE_TIMEOUT.as_millis() as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
+    /// A snapshot of the projections is written once this many events
+    /// were applied since the last one, so that a restart replays only
+    /// the log after it (docs/operations.md, "Snapshots"). 0: no snapshot
+    /// is read or written, and every start replays the whole log.
+    #[arg(long, env = "KEYLEDGER_SNAPSHOT_EVERY_EVENTS",
+        default_value_t = keyledger_runtime::SNAPSHOT_EVERY_EVENTS_DEFAULT)]
+    pub snapshot_every_events: u64,
+    /// ... or once this many seconds have passed since the last one, if
+    /// any event was applied since. One is also written at shutdown.
+    #[arg(long, env = "KEYLEDGER_SNAPSHOT_EVERY_SECS",
+        default_value_t = keyledger_runtime::SNAPSHOT_EVERY_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every_secs: u64,
     /// Accept signed leak reports (`POST /v1/keys/leaked`) from a
     /// secret-scanning partner: NAME (a-z, 0-9, `-`) and a file of its
     /// P-256 public keys in PEM (GitHub publishes its keys at
@@ -213,6 +227,12 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         expiring_scan: args.webhook_expiring_scan,
         ..keyledger_runtime::webhooks::WebhookConfig::in_dir(data)
     };
+    let snapshots = (args.snapshot_every_events > 0).then(|| SnapshotConfig {
+        every_events: args.snapshot_every_events,
+        every: Duration::from_secs(args.snapshot_every_secs),
+        ..SnapshotConfig::in_dir(data)
+    });
+    let started = std::time::Instant::now();
     let ledger = cli::open_with_config(
         data,
         key_prefix,
@@ -222,9 +242,17 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
             follow,
             webhooks: Some(webhooks),
             witnesses: args.witnesses.clone(),
+            snapshots,
             ..keyledger_runtime::Config::default()
         },
     )?;
+    let start = &ledger.metrics().snapshots;
+    tracing::info!(
+        snapshot_position = start.start_snapshot_position.load(Ordering::Relaxed),
+        replayed = start.start_replayed_events.load(Ordering::Relaxed),
+        ms = started.elapsed().as_millis() as u64,
+        "projections ready"
+    );
     let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {
         Ok(t) => t,

@@ -862,6 +862,22 @@ fn compare_with_fold(api: &[BTreeMap<String, Value>], fold: &Fold, seed: u64, wh
     }
 }
 
+/// Snapshots of the projections every [`SNAPSHOT_EVERY_EVENTS`] events:
+/// kills land while one is written, and each restart starts from the newest
+/// whole one and replays the tail (its projections are then compared with
+/// a fold of the log like any other restart's).
+const SNAPSHOT_EVERY_EVENTS: &str = "300";
+
+/// Starts the server on the harness's data directory.
+fn start(data: &std::path::Path) -> Live {
+    Live::start_with(
+        data,
+        WINDOW_MS,
+        "info",
+        &["--snapshot-every-events", SNAPSHOT_EVERY_EVENTS],
+    )
+}
+
 /// Mints the tenant's reader key (through the operator route).
 fn mint_readers(live: &Live, shared: &Shared) {
     let (n, v) = operator();
@@ -924,7 +940,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
         seed,
     });
     let mut rng = Rng(seed);
-    let mut live = Some(Live::start(&data.path(), WINDOW_MS));
+    let mut live = Some(start(&data.path()));
     mint_readers(live.as_ref().expect("running"), &shared);
     let mut presented_at_check = HashMap::new();
 
@@ -935,6 +951,7 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
     };
     let mut total = Load::default();
     let (mut sigkills, mut quiet, mut graceful, mut startup_kills) = (0u64, 0u64, 0u64, 0u64);
+    let mut from_snapshot = (0u64, 0u64);
     let mut ack_checks = 0u64;
     let mut bundles = 0u64;
     let mut cycle = 0u64;
@@ -1019,8 +1036,16 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
             startup_kills += 1;
         }
         let t_start = Instant::now();
-        let server = Live::start(&data.path(), WINDOW_MS);
+        let server = start(&data.path());
         timing[1] += t_start.elapsed();
+        // From a snapshot (the checks' commands write one when they end),
+        // with a tail after it to replay?
+        let logs = server.all_logs();
+        let ready = logs.lines().find(|l| l.contains("projections ready"));
+        if let Some(l) = ready.filter(|l| !l.contains("snapshot_position=0 ")) {
+            from_snapshot.0 += 1;
+            from_snapshot.1 += u64::from(!l.contains(" replayed=0 "));
+        }
         let t_api = Instant::now();
         let api = api_keys(&server, &shared);
         timing[2] += t_api.elapsed();
@@ -1053,11 +1078,14 @@ fn sigkill_under_load_never_loses_an_acknowledged_event() {
             .count();
     println!(
         "crash harness, seed {seed}: kill cycles survived: {sigkills} (of which quiet: {quiet}), \
-         graceful restarts: {graceful}, kills during start-up: {startup_kills}; \
+         graceful restarts: {graceful}, kills during start-up: {startup_kills}, \
+         restarts from a snapshot: {} (with a tail to replay: {}); \
          requests: {}, answered 2xx: {}, refused: {}, answers lost in a crash: {}; \
          acknowledged management events: {acked_events}, acknowledgement checks: {ack_checks}; \
          evidence bundles verified on recovered data: {bundles}; \
          events in the log: {}; {:.1} s (checks {:.1} s, starts {:.1} s, reads {:.1} s)",
+        from_snapshot.0,
+        from_snapshot.1,
         total.requests,
         total.acked,
         total.refused,

@@ -13,6 +13,7 @@ mod limits;
 mod live;
 mod nodes;
 mod scan;
+mod snapshots;
 mod stream;
 mod transparency;
 mod util;

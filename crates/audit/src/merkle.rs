@@ -118,7 +118,7 @@ pub enum ProofError {
 /// the root of any prefix and any proof cost O(log² n) hash reads.
 ///
 /// Memory: two hashes (64 bytes) per leaf.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     /// `levels[k][i]` is the hash of leaves `i·2^k .. (i+1)·2^k`.
     levels: Vec<Vec<Hash>>,
@@ -161,6 +161,31 @@ impl Tree {
             node = node_hash(&row[row.len() - 2], &row[row.len() - 1]);
             level += 1;
         }
+    }
+
+    /// The stored nodes, level by level from the leaves up:
+    /// `levels()[k][i]` is the hash of leaves `i·2^k .. (i+1)·2^k`. A tree
+    /// of `n` leaves has `n >> k` nodes on level `k` (see [`Tree::level_sizes`]).
+    pub fn levels(&self) -> &[Vec<Hash>] {
+        &self.levels
+    }
+
+    /// How many nodes each level of a tree of `leaves` leaves holds.
+    pub fn level_sizes(leaves: u64) -> impl Iterator<Item = u64> + Clone {
+        (0..u64::BITS - leaves.leading_zeros()).map(move |k| leaves >> k)
+    }
+
+    /// A tree from its stored nodes ([`Tree::levels`]), for a tree saved
+    /// and read back. `None` unless every level holds as many nodes as a
+    /// tree of that many leaves has. The nodes are taken as they are: the
+    /// caller checks what they were read from (a checksum) and the roots
+    /// against what was signed.
+    pub fn from_levels(levels: Vec<Vec<Hash>>) -> Option<Tree> {
+        let leaves = levels.first().map_or(0, |l| l.len() as u64);
+        let sizes = Tree::level_sizes(leaves);
+        let shaped = levels.len() == sizes.clone().count()
+            && levels.iter().zip(sizes).all(|(l, n)| l.len() as u64 == n);
+        shaped.then_some(Tree { levels })
     }
 
     /// The leaf hash at `index`.
@@ -693,6 +718,39 @@ mod tests {
         assert_eq!(split(8), 4);
         assert_eq!(split(9), 8);
         assert_eq!(split(u64::MAX), 1 << 63);
+    }
+
+    #[test]
+    fn a_tree_is_rebuilt_from_its_levels_and_only_from_a_whole_shape() {
+        for n in 0..40u64 {
+            let mut t = Tree::new();
+            for i in 0..n {
+                t.push(&i.to_be_bytes());
+            }
+            let sizes: Vec<u64> = Tree::level_sizes(n).collect();
+            let stored: Vec<u64> = t.levels().iter().map(|l| l.len() as u64).collect();
+            assert_eq!(sizes, stored, "{n} leaves");
+            let back = Tree::from_levels(t.levels().to_vec()).expect("the shape of a real tree");
+            assert_eq!(back.root(n).unwrap(), t.root(n).unwrap());
+            let mut grown = back;
+            grown.push(b"next");
+            t.push(b"next");
+            assert_eq!(grown.root(n + 1).unwrap(), t.root(n + 1).unwrap());
+            if n > 1 {
+                let mut short = t.levels().to_vec();
+                short.last_mut().unwrap().pop();
+                assert!(
+                    Tree::from_levels(short).is_none(),
+                    "{n} leaves, a node missing"
+                );
+                let mut extra = t.levels().to_vec();
+                extra.push(vec![[0; 32]]);
+                assert!(
+                    Tree::from_levels(extra).is_none(),
+                    "{n} leaves, a level too many"
+                );
+            }
+        }
     }
 
     #[test]

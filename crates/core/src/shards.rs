@@ -87,6 +87,11 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         self.shard_mut(&key).insert(key, value)
     }
 
+    /// Every entry, shard by shard (in no particular order).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
     /// How many entries the map holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

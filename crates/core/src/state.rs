@@ -201,6 +201,52 @@ impl Ledger {
         self.events
     }
 
+    /// A ledger made of tenants' states, as [`Ledger::tenants`] lists them,
+    /// and the number of events they fold (a snapshot read back). The
+    /// indexes by secret hash and by key id are rebuilt from the keys.
+    /// Fails, changing nothing, when two keys share an id or a secret hash
+    /// (no log folds to that).
+    pub fn from_tenants(
+        tenants: impl IntoIterator<Item = (TenantId, TenantState)>,
+        events: u64,
+    ) -> Result<Self, ApplyError> {
+        let mut ledger = Ledger {
+            events,
+            ..Ledger::default()
+        };
+        for (tenant, state) in tenants {
+            for key in state.keys.values() {
+                let clash = |what: &str| ApplyError::Inconsistent {
+                    tenant: tenant.clone(),
+                    seq: state.version,
+                    message: format!("key {} {what}", key.id),
+                };
+                if ledger
+                    .by_hash
+                    .insert(key.secret_hash, (tenant.clone(), key.id))
+                    .is_some()
+                {
+                    return Err(clash("shares its secret hash with another key"));
+                }
+                if ledger.key_tenants.insert(key.id, tenant.clone()).is_some() {
+                    return Err(clash("is listed twice"));
+                }
+            }
+            if ledger
+                .tenants
+                .insert(tenant.clone(), Arc::new(state))
+                .is_some()
+            {
+                return Err(ApplyError::Inconsistent {
+                    tenant,
+                    seq: 0,
+                    message: "the tenant is listed twice".to_owned(),
+                });
+            }
+        }
+        Ok(ledger)
+    }
+
     /// Folds one committed event, which is the tenant's event number `seq`.
     ///
     /// The sequence number is checked here, as it was when appended: a

@@ -140,6 +140,52 @@ impl Usage {
         days.entry(day).or_default().add(counts);
     }
 
+    /// Every key's days with uses, oldest first (in no particular key order).
+    pub fn key_rows(&self) -> impl Iterator<Item = (KeyId, Vec<DailyRow>)> + '_ {
+        self.per_key.iter().map(|(key, days)| {
+            (
+                *key,
+                days.rows(Day::from_days(i32::MIN), Day::from_days(i32::MAX)),
+            )
+        })
+    }
+
+    /// Every tenant's days with uses, oldest first (in no particular tenant order).
+    pub fn tenant_rows(&self) -> impl Iterator<Item = (&TenantId, Vec<DailyRow>)> + '_ {
+        self.per_tenant.iter().map(|(tenant, days)| {
+            (
+                tenant,
+                rows(
+                    Some(days),
+                    Day::from_days(i32::MIN),
+                    Day::from_days(i32::MAX),
+                ),
+            )
+        })
+    }
+
+    /// The projection that [`Usage::key_rows`] and [`Usage::tenant_rows`]
+    /// list (a snapshot read back). A day listed twice adds up; a key or
+    /// tenant without rows is left out.
+    pub fn from_rows(
+        keys: impl IntoIterator<Item = (KeyId, Vec<DailyRow>)>,
+        tenants: impl IntoIterator<Item = (TenantId, Vec<DailyRow>)>,
+    ) -> Self {
+        let mut usage = Usage::default();
+        for (key, mut days) in keys {
+            days.sort_by_key(|r| r.day);
+            for r in days {
+                usage.add_to_key(key, r.day, &r.counts);
+            }
+        }
+        for (tenant, days) in tenants {
+            for r in days {
+                usage.add_to_tenant(&tenant, r.day, &r.counts);
+            }
+        }
+        usage
+    }
+
     /// Folds one committed event (only `KeyUsed` changes anything).
     pub fn apply(&mut self, event: &Event) {
         self.apply_all(std::iter::once(event));

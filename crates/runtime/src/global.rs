@@ -31,7 +31,7 @@ use crate::{Error, Keyledger};
 pub const GLOBAL_CHECKPOINT_FILE: &str = "global-checkpoints.jsonl";
 
 /// The global tree and what it needs beside it.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GlobalTree {
     pub(crate) tree: Tree,
     /// Leaf `i`'s entry: the chain hash of the event at position `i + 1`.
@@ -47,7 +47,7 @@ pub(crate) struct GlobalTree {
 impl GlobalTree {
     /// The checkpoint epoch: 1, plus one for each `LogRecovered` applied.
     pub(crate) fn epoch(&self) -> u64 {
-        1 + self.recoveries
+        self.recoveries.saturating_add(1)
     }
 
     fn push(&mut self, tenant: &TenantId, hash: Hash, recovered: bool) {
@@ -86,6 +86,100 @@ impl GlobalTree {
         while let Some((tenant, hash, recovered)) = self.pending.remove(&(self.tree.len() + 1)) {
             self.push(&tenant, hash, recovered);
         }
+    }
+}
+
+/// What a snapshot keeps of the global tree beside its nodes and entries
+/// (`snapshot.rs`, which gives it its file schema).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct GlobalSnapshot {
+    /// Leaves in the tree (and entries).
+    pub(crate) leaves: u64,
+    /// Each tenant's last event's leaf index, by tenant id.
+    pub(crate) heads: Vec<(TenantId, u64)>,
+    /// `LogRecovered` events applied.
+    pub(crate) recoveries: u64,
+    /// Records held back out of position order: position, tenant, chain
+    /// hash, whether it is a `LogRecovered`.
+    pub(crate) pending: Vec<(u64, TenantId, Hash, bool)>,
+}
+
+impl GlobalTree {
+    /// For a snapshot: appends the tree's nodes, then its entries, to
+    /// `nodes` (32 bytes each), and returns the rest.
+    pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) -> GlobalSnapshot {
+        crate::trees::tree_to_snapshot(&self.tree, nodes);
+        for e in &self.entries {
+            nodes.extend_from_slice(e);
+        }
+        let mut heads: Vec<(TenantId, u64)> =
+            self.heads.iter().map(|(t, i)| (t.clone(), *i)).collect();
+        heads.sort();
+        GlobalSnapshot {
+            leaves: self.tree.len(),
+            heads,
+            recoveries: self.recoveries,
+            pending: self
+                .pending
+                .iter()
+                .map(|(p, (t, h, r))| (*p, t.clone(), *h, *r))
+                .collect(),
+        }
+    }
+
+    /// The tree [`GlobalTree::to_snapshot`] saved, taking its nodes and
+    /// entries from `nodes`. Fails, naming what is wrong, when they are
+    /// too few or do not hold together: a head past the tree, a tenant
+    /// listed twice, a record held back that is already in.
+    pub(crate) fn from_snapshot(
+        s: GlobalSnapshot,
+        nodes: &mut std::slice::ChunksExact<'_, u8>,
+    ) -> Result<GlobalTree, String> {
+        let tree = crate::trees::tree_from_snapshot(s.leaves, nodes)?;
+        let entries = crate::trees::hashes_from_snapshot(s.leaves, nodes)?;
+        let mut heads = HashMap::with_capacity(s.heads.len());
+        for (tenant, index) in s.heads {
+            if index >= s.leaves {
+                return Err(format!(
+                    "tenant {tenant}: its head is leaf {index} of {}",
+                    s.leaves
+                ));
+            }
+            if heads.insert(tenant.clone(), index).is_some() {
+                return Err(format!("tenant {tenant}: listed twice"));
+            }
+        }
+        let mut pending = BTreeMap::new();
+        for (position, tenant, hash, recovered) in s.pending {
+            if position <= s.leaves.saturating_add(1)
+                || pending
+                    .insert(position, (tenant, hash, recovered))
+                    .is_some()
+            {
+                return Err(format!(
+                    "a record held back at position {position}, with {} leaves",
+                    s.leaves
+                ));
+            }
+        }
+        Ok(GlobalTree {
+            tree,
+            entries,
+            heads,
+            recoveries: s.recoveries,
+            pending,
+        })
+    }
+
+    /// The entry (chain hash) of `tenant`'s last event, if it has one.
+    pub(crate) fn tenant_head(&self, tenant: &TenantId) -> Option<Hash> {
+        let index = usize::try_from(*self.heads.get(tenant)?).ok()?;
+        self.entries.get(index).copied()
+    }
+
+    /// Tenants with a leaf.
+    pub(crate) fn tenants(&self) -> usize {
+        self.heads.len()
     }
 }
 

@@ -56,6 +56,7 @@ mod metrics;
 mod query;
 mod reads;
 mod signing_key;
+mod snapshot;
 mod trees;
 mod verify;
 pub mod views;
@@ -83,6 +84,11 @@ pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
+pub use snapshot::{
+    EVERY_DEFAULT as SNAPSHOT_EVERY_DEFAULT, EVERY_EVENTS_DEFAULT as SNAPSHOT_EVERY_EVENTS_DEFAULT,
+    FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION, SNAPSHOT_DIR, SnapshotCheck, SnapshotConfig,
+    SnapshotMetrics, SnapshotStart,
+};
 pub use verify::{KeyEntry, Verification, VerifyOutcome};
 pub use witness::{
     COSIGNATURES_SUFFIX, ReceiptAnswer, StoredCosignatures, WITNESS_TIMEOUT, WitnessTarget,
@@ -150,6 +156,10 @@ pub struct Config {
     /// recover`). Nothing is signed for such a tenant until then. `false`
     /// (the default): such a log is refused at open.
     pub recovering: bool,
+    /// Snapshots of the projections (`snapshot.rs`): where, how often, and
+    /// whether open starts from one. `None` (the default): none is read or
+    /// written, and open replays the whole log.
+    pub snapshots: Option<SnapshotConfig>,
     /// Webhook subscriptions' secrets and deliveries ([`webhooks`]).
     /// `None` (the default): subscriptions can be neither made nor
     /// delivered (a ledger without a data directory).
@@ -170,6 +180,7 @@ impl Default for Config {
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
             recovering: false,
+            snapshots: None,
             webhooks: None,
             witnesses: Vec::new(),
         }
@@ -274,6 +285,7 @@ pub(crate) struct Shared {
     /// node that follows a shared log.
     pub(crate) catch_up: Option<catchup::CatchUp>,
     pub(crate) reads: reads::Reads,
+    pub(crate) snapshots: Option<snapshot::Snapshots>,
     pub(crate) tx: mpsc::Sender<Job>,
     /// Webhook secrets and deliveries, when configured.
     pub(crate) webhooks: Option<Arc<webhooks::Service>>,
@@ -337,10 +349,28 @@ impl Keyledger {
         }
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let shared = Arc::new(Shared::new(config, clock, entropy, log, tx)?);
-        shared.replay(progress)?;
+        // A valid snapshot becomes the projections, and replay reads only
+        // the tail; `keyledger replay` compares one with the replay instead.
+        let compare = shared.start_from_snapshot()?;
+        let from = shared.read_model().head;
+        if let Some(snapshot) = compare {
+            shared.replay(progress, Some(snapshot.position))?;
+            shared.compare_with_snapshot(&snapshot);
+        }
+        shared.replay(progress, None)?;
+        // Read by `serve`'s start-up line and `/metrics`; a one-shot
+        // command of the CLI logs nothing on the way.
+        let replayed = shared.read_model().head - from;
+        shared
+            .metrics
+            .snapshots
+            .start_replayed_events
+            .store(replayed, std::sync::atomic::Ordering::Relaxed);
         // Before anything is served or signed: the log must still hold
         // every event a stored checkpoint signed.
         shared.audit.check_stored(shared.config.recovering)?;
+        // A long replay is not repeated at the next start.
+        shared.snapshot_tick();
         // Shares every tenant's state with the read model: the writer
         // copies a tenant's keys when it first writes for that tenant.
         let decision = shared.read_model().ledger.clone();
@@ -410,6 +440,15 @@ impl Keyledger {
     /// Counters and histograms for `/metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// With [`SnapshotStart::Check`] (`keyledger replay`): the newest
+    /// valid snapshot compared with the replay of the log at its position,
+    /// and the snapshots refused. `None` without snapshots configured or
+    /// in [`SnapshotStart::Load`].
+    pub fn snapshot_check(&self) -> Option<SnapshotCheck> {
+        let s = self.shared.snapshots.as_ref()?;
+        s.check.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Commands waiting for the writer.
@@ -811,6 +850,7 @@ impl Keyledger {
         if let Some(w) = writer {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
+        self.shared.snapshot_at_shutdown().await;
         let checkpointer = self
             .shared
             .audit
@@ -908,6 +948,11 @@ impl Shared {
     ) -> Result<Self, Error> {
         let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
         let reads = reads::Reads::new(config.audit_read_window);
+        let snapshots = config
+            .snapshots
+            .clone()
+            .map(snapshot::Snapshots::new)
+            .transpose()?;
         let catch_up = config
             .follow
             .as_ref()
@@ -933,6 +978,7 @@ impl Shared {
             applied: tokio::sync::watch::Sender::new(0),
             catch_up,
             reads,
+            snapshots,
             tx,
             webhooks,
             tasks: Mutex::new(Tasks::default()),
@@ -940,24 +986,32 @@ impl Shared {
         })
     }
 
-    /// Folds the whole log into the read model and the verification map.
+    /// Folds the log after the read model's head (up to `until`, or its
+    /// end) into the read model and the verification map.
     ///
     /// Reading and decoding run on a second thread, one page ahead of
     /// applying, so replay costs about the larger of the two, not their sum.
     /// Applied pages go back to the reading thread to be freed: it made
     /// every allocation in them, and frees them cheaper than this one.
-    fn replay(&self, progress: Progress<'_>) -> Result<(), Error> {
+    fn replay(&self, progress: Progress<'_>, until: Option<u64>) -> Result<(), Error> {
         const PAGE: usize = 16_384;
         const PAGES_AHEAD: usize = 2;
         let total = self.log.head()?;
+        let start = self.read_model().head;
         let log = self.log.clone();
         std::thread::scope(|scope| {
             let (pages, next_page) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
             let (spent, spent_pages) = std::sync::mpsc::channel::<Vec<Record>>();
             scope.spawn(move || {
-                let mut after = 0;
+                let mut after = start;
                 loop {
-                    let page = log.read_after(after, PAGE);
+                    let limit = until.map_or(PAGE, |u| {
+                        PAGE.min(usize::try_from(u.saturating_sub(after)).unwrap_or(PAGE))
+                    });
+                    if limit == 0 {
+                        break;
+                    }
+                    let page = log.read_after(after, limit);
                     let last = page
                         .as_ref()
                         .ok()

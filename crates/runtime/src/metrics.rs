@@ -91,6 +91,9 @@ pub struct Metrics {
     /// most one per [`crate::Follow::miss_interval`], shared by every miss
     /// waiting for it.
     pub miss_head_queries: AtomicU64,
+    /// Snapshots of the projections: written, refused, and what open
+    /// replayed.
+    pub snapshots: crate::SnapshotMetrics,
 }
 
 impl Metrics {

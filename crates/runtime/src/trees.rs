@@ -59,6 +59,7 @@ pub(crate) struct LastCheckpoints {
 
 /// A tenant's Merkle tree, the chain hash of its last event and its
 /// checkpoint epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TenantTree {
     pub(crate) tree: Tree,
     /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
@@ -75,6 +76,68 @@ impl Default for TenantTree {
             epoch: 1,
         }
     }
+}
+
+impl TenantTree {
+    /// For a snapshot (`snapshot.rs`): appends every stored node to
+    /// `nodes` ([`tree_to_snapshot`]); the leaf count, chain head and
+    /// epoch are saved beside them.
+    pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) {
+        tree_to_snapshot(&self.tree, nodes);
+    }
+
+    /// The tree [`TenantTree::to_snapshot`] saved, taking its nodes from
+    /// `nodes` (32-byte chunks). Fails, naming what is wrong, when there
+    /// are too few.
+    pub(crate) fn from_snapshot(
+        leaves: u64,
+        head: Hash,
+        epoch: u64,
+        nodes: &mut std::slice::ChunksExact<'_, u8>,
+    ) -> Result<TenantTree, String> {
+        let tree = tree_from_snapshot(leaves, nodes)?;
+        Ok(TenantTree { tree, head, epoch })
+    }
+}
+
+/// For a snapshot: appends every stored node of `tree`, level by level
+/// from the leaves up, to `nodes` (32 bytes each).
+pub(crate) fn tree_to_snapshot(tree: &Tree, nodes: &mut Vec<u8>) {
+    for level in tree.levels() {
+        for h in level {
+            nodes.extend_from_slice(h);
+        }
+    }
+}
+
+/// The tree of `leaves` leaves [`tree_to_snapshot`] saved, taking its
+/// nodes from `nodes` (32-byte chunks). Fails, naming what is wrong, when
+/// there are too few.
+pub(crate) fn tree_from_snapshot(
+    leaves: u64,
+    nodes: &mut std::slice::ChunksExact<'_, u8>,
+) -> Result<Tree, String> {
+    let mut levels = Vec::new();
+    for size in Tree::level_sizes(leaves) {
+        levels.push(hashes_from_snapshot(size, nodes)?);
+    }
+    Tree::from_levels(levels).ok_or_else(|| "its tree is malformed".to_owned())
+}
+
+/// `count` hashes taken from `nodes` (32-byte chunks), or what is wrong.
+pub(crate) fn hashes_from_snapshot(
+    count: u64,
+    nodes: &mut std::slice::ChunksExact<'_, u8>,
+) -> Result<Vec<Hash>, String> {
+    let count = usize::try_from(count).map_err(|_| "a tree too large".to_owned())?;
+    if nodes.len() < count {
+        return Err("its tree nodes are missing".to_owned());
+    }
+    Ok(nodes
+        .by_ref()
+        .take(count)
+        .map(|c| c.try_into().unwrap_or([0; 32]))
+        .collect())
 }
 
 /// The replayed trees, as [`crate::integrity`] reads them.

@@ -61,6 +61,8 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
             settle_in_doubt(shared, &mut decision, &mut in_doubt, giving_up);
         }
         commit(shared, &mut decision, &mut batch, &mut in_doubt);
+        // Between two commits the projections are of one position.
+        shared.snapshot_tick();
         if stop {
             settle_in_doubt(shared, &mut decision, &mut in_doubt, true);
             return;

@@ -10,13 +10,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Rng, SeededEntropy, fold, seed, tenant, total, user};
 use keyledger_core::{CommandError, KeyId, Principal, Reporter, RevokeReason};
 use keyledger_runtime::{
-    Config, Error, Follow, Keyledger, NewKey, ReportedSecret, SystemClock, UsageWindow,
-    VerifyOutcome,
+    Config, Error, Follow, Keyledger, NewKey, ReportedSecret, SnapshotConfig, SystemClock,
+    UsageWindow, VerifyOutcome,
 };
 use keyledger_store::postgres::TestDatabase;
 use keyledger_store::{EventLog, MemoryLog, PgLog};
@@ -88,6 +89,7 @@ on_every_backend!(
     removing_a_user_on_one_node_cascades_on_every_node,
     revoke_everywhere_answers_once_every_live_node_refuses,
     revoke_everywhere_names_a_lagging_node_then_ages_it_out,
+    a_node_restarts_from_its_snapshot_and_follows_the_tail,
 );
 
 fn node(b: &Backend, name: &str, follow: Option<Follow>, seed: u64) -> Keyledger {
@@ -162,6 +164,71 @@ async fn create(n: &Keyledger, t: &str, owner: &str, name: &str) -> (KeyId, Stri
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
     (c.key.id, c.secret.expose().to_owned())
+}
+
+/// A node's snapshot is in its own data directory: restarted, it starts
+/// from it and replays only what the other nodes wrote meanwhile from the
+/// shared log, then follows them as before.
+async fn a_node_restarts_from_its_snapshot_and_follows_the_tail(b: Backend) {
+    let seed = seed("a_node_restarts_from_its_snapshot_and_follows_the_tail");
+    let log = b.log();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let open_a = || {
+        let config = Config {
+            usage_window: UsageWindow::Manual,
+            follow: Some(follow("a")),
+            snapshots: Some(SnapshotConfig {
+                every: Duration::from_secs(3600),
+                ..SnapshotConfig::in_dir(dir.path())
+            }),
+            ..Config::default()
+        };
+        Keyledger::open_with(
+            b.log(),
+            config,
+            Arc::new(SystemClock),
+            Arc::new(SeededEntropy::new(seed ^ 0xa)),
+            &mut |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("open a: {e}"))
+    };
+    let a = open_a();
+    let other = node(&b, "b", Some(follow("b")), seed);
+    for i in 0..5 {
+        create(&a, "acme", "ada", &format!("before {i}")).await;
+    }
+    converge(&[a.clone(), other.clone()], &log).await;
+    a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let at = log.head().unwrap_or_else(|e| panic!("{e}"));
+    let mut meanwhile = Vec::new();
+    for i in 0..4 {
+        meanwhile.push(create(&other, "acme", "bob", &format!("meanwhile {i}")).await);
+    }
+    let a = open_a();
+    let started = &a.metrics().snapshots;
+    assert_eq!(
+        started.start_snapshot_position.load(Ordering::Relaxed),
+        at,
+        "a starts from its snapshot"
+    );
+    assert_eq!(
+        started.start_replayed_events.load(Ordering::Relaxed),
+        4,
+        "and replays only what b wrote meanwhile"
+    );
+    for (_, secret) in &meanwhile {
+        assert_eq!(a.verify(secret, None).outcome, VerifyOutcome::Valid);
+    }
+    let (_, later) = create(&other, "acme", "bob", "later").await;
+    eventually("a follows b after its restart", || {
+        a.verify(&later, None).outcome == VerifyOutcome::Valid
+    })
+    .await;
+    converge(&[a.clone(), other.clone()], &log).await;
+    assert_projections_match(&[a.clone(), other.clone()], &log);
+    for n in [a, other] {
+        n.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 async fn keys_created_on_each_node_verify_on_the_others(b: Backend) {

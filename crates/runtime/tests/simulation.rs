@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Model, Rng, check_recovered, open, seed, step};
+use common::{Model, Rng, check_recovered, open_with_snapshots, seed, step};
 use keyledger_core::Timestamp;
 use keyledger_runtime::{Keyledger, ManualClock};
 use keyledger_store::faults::FaultBackend;
@@ -51,6 +51,19 @@ fn run_case(case_seed: u64, rt: &tokio::runtime::Runtime, totals: &mut Totals) {
         )
     };
     let mut log = open_log();
+    // Snapshots every few events in a directory of the case's own, so
+    // restarts start from one and replay the tail (the checks below then
+    // compare snapshot + tail with a fresh replay of the log). Taken from
+    // the case's seed, not its generator: the seeded choices stay as they were.
+    let _inside = rt.enter();
+    let snapshot_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let snapshots = Some(keyledger_runtime::SnapshotConfig {
+        every_events: 1 + case_seed % 30,
+        ..keyledger_runtime::SnapshotConfig::in_dir(snapshot_dir.path())
+    });
+    let open = |log: Arc<dyn EventLog>, clock: &ManualClock, seed: u64, batch: usize| {
+        open_with_snapshots(log, clock, seed, batch, snapshots.clone())
+    };
     let mut ledger: Keyledger = open(log.clone(), &clock, rng.next(), 1 + rng.below(64) as usize)
         .unwrap_or_else(|e| panic!("seed {case_seed}: {e}"));
     let steps = 30 + rng.below(40);

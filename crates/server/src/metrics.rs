@@ -13,6 +13,10 @@
 //!   `keyledger_clock_behind_seconds_max` (a clock that stepped back),
 //!   `keyledger_append_conflicts_total`, `keyledger_events_followed_total`,
 //!   `keyledger_miss_head_queries_total` (several nodes on one log);
+//! * `keyledger_start_replayed_events`, `keyledger_start_snapshot_position`,
+//!   `keyledger_snapshot_position`, `keyledger_snapshots_refused`,
+//!   `keyledger_snapshots_written_total`, `keyledger_snapshot_failures_total`
+//!   (snapshots of the projections, docs/operations.md);
 //! * `keyledger_webhook_attempts_total{outcome}`,
 //!   `keyledger_webhook_attempt_duration_seconds{outcome}` (histogram),
 //!   `keyledger_webhook_deliveries_failed_total` (given up after the retry time);
@@ -193,7 +197,54 @@ pub(crate) fn render(state: &AppState) -> String {
         "The last applied global log position.",
     );
     let _ = writeln!(out, "keyledger_log_head {}", ledger.head());
+    snapshots(&mut out, &m.snapshots);
     out
+}
+
+/// The snapshots of the projections: what the last start replayed, and
+/// what was written and refused since.
+fn snapshots(out: &mut String, s: &keyledger_runtime::SnapshotMetrics) {
+    for (name, kind, help, v) in [
+        (
+            "keyledger_start_replayed_events",
+            "gauge",
+            "Events replayed from the log at the last start (only the tail after a snapshot).",
+            &s.start_replayed_events,
+        ),
+        (
+            "keyledger_start_snapshot_position",
+            "gauge",
+            "The log position of the snapshot the last start began from (0: none).",
+            &s.start_snapshot_position,
+        ),
+        (
+            "keyledger_snapshot_position",
+            "gauge",
+            "The log position of the last snapshot written (0: none since the start).",
+            &s.last_position,
+        ),
+        (
+            "keyledger_snapshots_refused",
+            "gauge",
+            "Snapshot files refused at the last start (damaged, of another version, or not matching the log).",
+            &s.refused,
+        ),
+        (
+            "keyledger_snapshots_written_total",
+            "counter",
+            "Snapshots of the projections written.",
+            &s.written,
+        ),
+        (
+            "keyledger_snapshot_failures_total",
+            "counter",
+            "Snapshots that could not be written.",
+            &s.write_failures,
+        ),
+    ] {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
 }
 
 /// `keyledger_http_requests_total`: only the (route, method, status)

@@ -98,9 +98,21 @@ pub fn open(
     seed: u64,
     batch_commands_max: usize,
 ) -> Result<Keyledger, Error> {
+    open_with_snapshots(log, clock, seed, batch_commands_max, None)
+}
+
+/// [`open`] with snapshots of the projections (inside a tokio runtime).
+pub fn open_with_snapshots(
+    log: Arc<dyn EventLog>,
+    clock: &ManualClock,
+    seed: u64,
+    batch_commands_max: usize,
+    snapshots: Option<keyledger_runtime::SnapshotConfig>,
+) -> Result<Keyledger, Error> {
     let config = Config {
         usage_window: UsageWindow::Manual,
         batch_commands_max,
+        snapshots,
         ..Config::default()
     };
     Keyledger::open_with(
