@@ -507,27 +507,44 @@ fn parse_origin(s: &str) -> std::result::Result<String, String> {
     keyledger_audit::origin::check_base(s).map(|()| s.to_owned())
 }
 
-/// `--checkpoint-interval`: `<n>` seconds or `<n>s`, `<n>m`, `<n>h`, `<n>d`;
-/// at least a second, at most a year.
+/// `--checkpoint-interval`: `<n>` seconds or a [`parse_duration`]
+/// (`30s`, `15m`, `1h`, `1d`); at least a second, at most 366 days.
 fn parse_interval(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let bad = || format!("`{s}` is not a duration such as `1h`, `15m`, `30s` or `3600`");
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => s.split_at(i),
-        None => (s, "s"),
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        parse_duration(&format!("{s}s"))?
+    } else {
+        parse_duration(s)?
     };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let per = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    let secs = n.checked_mul(per).ok_or_else(bad)?;
-    if !(1..=366 * 86_400).contains(&secs) {
+    let (min, max) = (
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(366 * 86_400),
+    );
+    if d < min || d > max {
         return Err(format!("`{s}`: a checkpoint interval is from 1s to 366d"));
     }
-    Ok(std::time::Duration::from_secs(secs))
+    Ok(d)
+}
+
+/// A duration option: a whole number and a unit, `ms`, `s`, `m`, `h` or
+/// `d` (`30s`, `15m`, `24h`, `7d`).
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 24h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: the unit is ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// The audit settings of a data directory: `--audit-origin` (default

@@ -110,29 +110,29 @@ pub struct ServeArgs {
     /// How long a webhook delivery is retried, from its first attempt,
     /// before it is marked failed (`30s`, `15m`, `24h`, `3d`).
     #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_FOR", default_value = "24h",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_retry_for: Duration,
     /// The wait after a webhook's first failed attempt; it doubles per
     /// attempt (less up to half, at random) up to --webhook-backoff-max.
     #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF", default_value = "5s",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_backoff: Duration,
     /// The longest wait between two attempts of a webhook delivery.
     #[arg(long, env = "KEYLEDGER_WEBHOOK_BACKOFF_MAX", default_value = "1h",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_backoff_max: Duration,
     /// How long one webhook attempt may take (connect, send, answer).
     #[arg(long, env = "KEYLEDGER_WEBHOOK_TIMEOUT", default_value = "10s",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_timeout: Duration,
     /// `key.expiring` is sent this long before a key expires, once per key.
     #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_BEFORE", default_value = "7d",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_expiring_before: Duration,
     /// How often keys are looked at for `key.expiring` (only in tenants
     /// with a subscription to it).
     #[arg(long, env = "KEYLEDGER_WEBHOOK_EXPIRING_SCAN", default_value = "30s",
-        value_parser = parse_duration)]
+        value_parser = cli::parse_duration)]
     pub webhook_expiring_scan: Duration,
     /// A witness each stored checkpoint is sent to (C2SP tlog-witness
     /// `add-checkpoint`), as `<verifier key>=<URL prefix>`: its C2SP
@@ -140,27 +140,6 @@ pub struct ServeArgs {
     /// under. Its cosignatures are kept with the checkpoint. Repeatable.
     #[arg(long = "witness", value_name = "VKEY=URL")]
     pub witnesses: Vec<keyledger_runtime::WitnessTarget>,
-}
-
-/// A duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(digits);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 24h or 7d"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{text}`: the unit is ms, s, m, h or d")),
-    };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// The largest connection limit the options take.
