@@ -17,6 +17,7 @@ pub mod event;
 pub mod ids;
 pub mod leak;
 pub mod limits;
+pub mod policy;
 pub mod scope;
 pub mod secret;
 mod shards;
