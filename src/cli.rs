@@ -569,6 +569,17 @@ pub fn default_origin() -> String {
     keyledger_runtime::audit::default_base(host.as_deref())
 }
 
+/// Whether a PostgreSQL log opened from here on keeps the analysts'
+/// projections (`serve` sets it; other commands open the log briefly and
+/// leave them to the servers).
+static KEEP_PROJECTIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says whether a PostgreSQL log opened from here on keeps the analysts'
+/// projections (`keyledger_read`, docs/operations.md).
+pub fn keep_projections(on: bool) {
+    KEEP_PROJECTIONS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether the log is in PostgreSQL (`--postgres`).
 pub fn postgres() -> bool {
     POSTGRES_URL.get().is_some()
@@ -585,6 +596,9 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
                 "cannot open the PostgreSQL log (--postgres / KEYLEDGER_POSTGRES_URL): {e}"
             ))
         })?;
+        if KEEP_PROJECTIONS.load(std::sync::atomic::Ordering::Relaxed) {
+            log.start_projecting(std::time::Duration::from_secs(1));
+        }
         return Ok(Arc::new(log));
     }
     let data = data_dir(data)?;

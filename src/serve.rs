@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// PostgreSQL log, let one node deliver). Subscriptions are still managed.
     #[arg(long, env = "KEYLEDGER_NO_WEBHOOK_DELIVERY")]
     pub no_webhook_delivery: bool,
+    /// With --postgres, keep no SQL projections for analysts from this node
+    /// (the `keyledger_read` views; docs/operations.md). Other nodes still
+    /// keep them; one node projecting is enough.
+    #[arg(long, env = "KEYLEDGER_NO_PROJECTIONS")]
+    pub no_projections: bool,
     /// How long a webhook delivery is retried, from its first attempt,
     /// before it is marked failed (`30s`, `15m`, `24h`, `3d`).
     #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_FOR", default_value = "24h",
@@ -193,6 +198,7 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         check_node_id(&f.node_id)?;
         tracing::info!(node = %f.node_id, "following the shared PostgreSQL log");
     }
+    cli::keep_projections(!args.no_projections);
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
     let webhooks = keyledger_runtime::webhooks::WebhookConfig {

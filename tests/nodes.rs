@@ -983,3 +983,114 @@ fn nodes_read_each_others_writes_at_once() {
     a.stop();
     b.stop();
 }
+
+/// Runs one query on `url` with a client none of the nodes use, and
+/// returns its rows.
+fn sql(url: &str, query: &str) -> Vec<tokio_postgres::Row> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect for SQL: {e}"));
+        tokio::spawn(connection);
+        client
+            .query(query, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    })
+}
+
+/// The analysts' views (`keyledger_read`, docs/operations.md) follow what
+/// two nodes write: each key's row and status, and usage per key per day
+/// equal to the verifications made on both nodes and to the nodes' own
+/// rollups. A node started with --no-projections keeps none.
+#[test]
+fn two_nodes_keep_the_analysts_views() {
+    let db = TestDatabase::create();
+    let nodes = [
+        Node::start(db.url(), "node-a"),
+        Node::start_with(db.url(), "node-b", &["--no-projections"]),
+    ];
+    let (admin_id, admin) = nodes[0].mint("acme", "root", "admin");
+    let (used_id, used) = nodes[1].mint("acme", "ada", "used on both");
+    for n in &nodes {
+        within(PROPAGATION_BOUND, "the key reaches every node", || {
+            n.outcome(&used) == "valid"
+        });
+    }
+    for n in &nodes {
+        for _ in 0..4 {
+            assert_eq!(n.outcome(&used), "valid");
+        }
+    }
+    let r = nodes[1].send(
+        "POST",
+        &format!("/v1/keys/{used_id}/revoke"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    within(PROPAGATION_BOUND, "node a sees the revocation", || {
+        nodes[0].outcome(&used) == "revoked"
+    });
+    // Both within() calls above verified at least once each, and 8 more.
+    within(
+        Duration::from_secs(10),
+        "both nodes' usage is counted",
+        || nodes[0].uses(&admin, &used_id) >= 11,
+    );
+    // The last usage windows may still be landing: the view and the
+    // node's rollup must come to agree, and then stay equal to the log.
+    let view = || {
+        let rows = sql(
+            db.url(),
+            &format!(
+                "SELECT coalesce(sum(total), 0)::bigint, coalesce(sum(valid), 0)::bigint, \
+                 coalesce(sum(revoked), 0)::bigint, \
+                 (SELECT projected_position = log_head FROM keyledger_read.freshness) \
+                 FROM keyledger_read.usage_daily WHERE key_id = '{used_id}'"
+            ),
+        );
+        let r = &rows[0];
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, bool>(3),
+        )
+    };
+    within(
+        Duration::from_secs(10),
+        "the view and the node's rollup agree",
+        || {
+            let (total, _, _, fresh) = view();
+            fresh && total as u64 == nodes[0].uses(&admin, &used_id)
+        },
+    );
+    let (_, valid, revoked, _) = view();
+    assert!(
+        valid >= 10 && revoked >= 1,
+        "valid {valid}, revoked {revoked}"
+    );
+    let keys = sql(
+        db.url(),
+        "SELECT key_id, status, revoke_reason FROM keyledger_read.keys \
+         WHERE tenant = 'acme' ORDER BY key_id",
+    );
+    let by_id = |id: &str| {
+        keys.iter()
+            .find(|r| r.get::<_, String>(0) == id)
+            .map(|r| (r.get::<_, String>(1), r.get::<_, Option<String>>(2)))
+    };
+    assert_eq!(by_id(&admin_id), Some(("active".into(), None)));
+    assert_eq!(
+        by_id(&used_id),
+        Some(("revoked".into(), Some("manual".into())))
+    );
+    for n in nodes {
+        n.stop();
+    }
+}

@@ -7,7 +7,9 @@
 //! (see `crates/store/migrations/*.sql`): `events` (one row per record,
 //! keyed by position, unique by `(tenant, seq)`), `tenant_heads` (each
 //! tenant's last sequence number and hash) and `nodes` (what each node has
-//! applied, for revocations that wait for every node). The migrations are
+//! applied, for revocations that wait for every node). Besides them, the
+//! analysts' projections (`keys`, `usage_daily`, `projections`, read through
+//! the views of the schema `keyledger_read`: `projection.rs`). The migrations are
 //! applied when a [`PgLog`] connects, under an advisory lock, and recorded
 //! with their checksums in `keyledger.schema_migrations`.
 //!
@@ -70,12 +72,14 @@ mod append;
 mod nodes;
 mod notify;
 mod pool;
+mod projection;
 mod read;
 mod schema;
 #[cfg(feature = "test-support")]
 mod test_support;
 
 pub use append::append_in_transaction;
+pub use projection::{PROJECT_BATCH_MAX, PROJECT_LOCK, ProjectStep};
 pub use schema::MIGRATIONS;
 #[cfg(feature = "test-support")]
 pub use test_support::{TEST_URL_ENV, TestDatabase};

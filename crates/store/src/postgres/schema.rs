@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0001_event_log.sql"),
     ),
     (2, "nodes", include_str!("../../migrations/0002_nodes.sql")),
+    (
+        3,
+        "projections",
+        include_str!("../../migrations/0003_projections.sql"),
+    ),
 ];
 
 const _: () = assert!(!MIGRATIONS.is_empty());

@@ -90,6 +90,10 @@ impl TestDatabase {
                IF to_regclass('keyledger.nodes') IS NOT NULL THEN \
                  TRUNCATE keyledger.nodes; \
                END IF; \
+               IF to_regclass('keyledger.projections') IS NOT NULL THEN \
+                 TRUNCATE keyledger.keys, keyledger.usage_daily; \
+                 UPDATE keyledger.projections SET position = 0; \
+               END IF; \
              END $$"
                 .to_owned(),
         )
