@@ -35,21 +35,7 @@ KEYS="${KEYS:-1000}"
 
 # wrk, the release binary, $work, $token and write_rotate_lua.
 . benches/load-common.sh
-KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG=warn "$bin" --data "$work/data" \
-  serve --addr 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
-pid=$!
-cleanup() {
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-for _ in $(seq 1 600); do
-  grep -q '^listening on ' "$work/stdout" && break
-  sleep 0.1
-done
-base="$(sed -n 's/^listening on //p' "$work/stdout")"
-[ -n "$base" ] || { cat "$work/stderr"; exit 1; }
+start_server server
 
 # Mint the keys to verify, and one writer key for the creates, through the
 # operator route (keep-alive, so this takes a moment, not a minute).

@@ -1,6 +1,7 @@
-# Sourced by benches/http-load.sh and benches/miss-load.sh: wrk, the release
+# Sourced by the load benchmarks (benches/*-load.sh): wrk, the release
 # binary ($bin), a work directory ($work) and an operator token ($token);
-# and write_rotate_lua, the Lua both drive wrk with.
+# start_server, which starts a server and waits for it (stopped, and $work
+# deleted, on exit); and write_rotate_lua, the Lua they drive wrk with.
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk
 fi
@@ -9,6 +10,36 @@ bin="$PWD/target/release/keyledger"
 
 work="$(mktemp -d)"
 token="load-operator-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+
+# The processes to stop on exit: start_server's, and any a script adds.
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_server NAME [SERVE OPTIONS...]: runs `keyledger serve` on a fresh
+# data directory $work/NAME/data with the operator token, its output in
+# $work/NAME/{stdout,stderr}, waits up to 60 s for its `listening on` line
+# and sets $base to its URL (or prints its stderr and exits). Environment
+# variables for it go before the call (`KEYLEDGER_POSTGRES_URL=... start_server`).
+start_server() {
+  local name="$1"
+  shift
+  mkdir -p "$work/$name"
+  KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG="${KEYLEDGER_LOG:-warn}" \
+    "$bin" --data "$work/$name/data" serve --addr 127.0.0.1:0 "$@" \
+    >"$work/$name/stdout" 2>"$work/$name/stderr" &
+  pids+=($!)
+  for _ in $(seq 1 600); do
+    grep -q '^listening on ' "$work/$name/stdout" && break
+    sleep 0.1
+  done
+  base="$(sed -n 's/^listening on //p' "$work/$name/stdout")"
+  [ -n "$base" ] || { cat "$work/$name/stderr"; exit 1; }
+}
 
 # Every request is formatted once, up front: wrk shares the 2 cores with
 # the server, and formatting per request in Lua would cost it the most.

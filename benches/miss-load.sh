@@ -33,24 +33,9 @@ url="${KEYLEDGER_TEST_POSTGRES_URL:?run under scripts/postgres run -- (or set KE
 
 # wrk, the release binary, $work, $token and write_rotate_lua.
 . benches/load-common.sh
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 start() { # name -> $base, its URL
-  mkdir -p "$work/$1"
-  KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG=warn KEYLEDGER_POSTGRES_URL="$url" \
-    "$bin" --data "$work/$1/data" serve --addr 127.0.0.1:0 --node-id "$1" \
-    --miss-interval-ms "$MISS_INTERVAL_MS" >"$work/$1/stdout" 2>"$work/$1/stderr" &
-  pids+=($!)
-  for _ in $(seq 1 600); do
-    grep -q '^listening on ' "$work/$1/stdout" && break
-    sleep 0.1
-  done
-  base="$(sed -n 's/^listening on //p' "$work/$1/stdout")"
+  KEYLEDGER_POSTGRES_URL="$url" start_server "$1" --node-id "$1" \
+    --miss-interval-ms "$MISS_INTERVAL_MS"
 }
 start node-a
 base_a="$base"

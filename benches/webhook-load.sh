@@ -28,26 +28,14 @@ scripts/webhook-receiver-venv >/dev/null
 python="$PWD/target/webhooks-venv/bin/python"
 # wrk, the release binary, $work, $token and write_rotate_lua.
 . benches/load-common.sh
-KEYLEDGER_OPERATOR_TOKEN="$token" KEYLEDGER_LOG=warn "$bin" --data "$work/data" \
-  serve --addr 127.0.0.1:0 --webhook-timeout 30s >"$work/stdout" 2>"$work/stderr" &
-pid=$!
 "$python" tests/webhook_receiver.py --port-file "$work/rx-port" --secret-file "$work/rx-secret" \
   --out "$work/rx.jsonl" --delay "$DELAY" 2>"$work/rx-stderr" &
-rx=$!
-writer=""
-cleanup() {
-  [ -n "$writer" ] && kill "$writer" 2>/dev/null || true
-  kill "$pid" "$rx" 2>/dev/null || true
-  wait "$pid" "$rx" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+pids+=($!)
+start_server server --webhook-timeout 30s
 for _ in $(seq 1 600); do
-  grep -q '^listening on ' "$work/stdout" && [ -s "$work/rx-port" ] && break
+  [ -s "$work/rx-port" ] && break
   sleep 0.1
 done
-base="$(sed -n 's/^listening on //p' "$work/stdout")"
-[ -n "$base" ] || { cat "$work/stderr"; exit 1; }
 rx_url="http://127.0.0.1:$(cat "$work/rx-port")/hook"
 
 # Keys to verify, a webhooks:manage key per tenant, one subscription per
@@ -99,7 +87,7 @@ while True:
     c.getresponse().read()
     i += 1
 PY
-writer=$!
+pids+=($!)
 
 write_rotate_lua
 cat >"$work/healthz.lua" <<LUA
