@@ -67,7 +67,7 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR | coldstart DIR | measure DIR | memory DIR PART");
+            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR | coldstart DIR | measure DIR | export DIR | memory DIR PART");
             std::process::exit(2)
         })
     };
@@ -91,6 +91,10 @@ fn main() {
         "open" => rt.block_on(open_report(&dir)),
         "coldstart" => rt.block_on(coldstart(&dir)),
         "measure" => rt.block_on(measure(&dir)),
+        "export" => rt.block_on(async {
+            let ledger = open_dir(&dir);
+            export_at_size(&ledger, &"big".parse().expect("tenant"));
+        }),
         "memory" => rt.block_on(memory(&dir, args.get(2).map_or("sizes", String::as_str))),
         other => {
             eprintln!("unknown subcommand {other}");
@@ -672,9 +676,77 @@ async fn measure(dir: &Path) {
     let ledger = open_dir(dir);
     let big: TenantId = "big".parse().expect("tenant");
     queries(&ledger, &plan, &big);
+    export_at_size(&ledger, &big);
     verify_at_size(&ledger, &plan).await;
     creates_at_size(&ledger, dir).await;
     ledger.shutdown().await.expect("shutdown");
+}
+
+/// `audit export` of the big tenant's whole trail (usage included), as the
+/// server streams it (JSON lines, `AuditEntry`), against reading the same
+/// records raw from the store (no decoding), alternated three times each.
+/// The live heap is sampled every 10,000 records: an export that streams
+/// holds no more than a page of records at any time.
+fn export_at_size(ledger: &Keyledger, big: &TenantId) {
+    use std::io::Write;
+    struct Counter(u64);
+    impl Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let filter = keyledger_core::AuditFilter {
+        include_usage: true,
+        ..keyledger_core::AuditFilter::default()
+    };
+    let (mut raw_rates, mut export_rates) = (Vec::new(), Vec::new());
+    let (mut records, mut bytes, mut heap_growth) = (0u64, 0u64, 0i64);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (mut after, mut n) = (0u64, 0u64);
+        loop {
+            let page = ledger
+                .log()
+                .read_tenant_raw(big, after, 1000)
+                .expect("raw read");
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            n += page.len() as u64;
+            std::hint::black_box(&page);
+        }
+        raw_rates.push(n as f64 / t.elapsed().as_secs_f64());
+        let base = heap().0;
+        let mut out = Counter(0);
+        let t = Instant::now();
+        let mut seen = 0u64;
+        let exported = ledger
+            .for_each_audit(big, &filter, |r| -> Result<(), keyledger_runtime::Error> {
+                serde_json::to_writer(&mut out, &keyledger_runtime::views::AuditEntry::from(r))
+                    .expect("encode");
+                out.write_all(b"\n").expect("count");
+                seen += 1;
+                if seen.is_multiple_of(10_000) {
+                    heap_growth = heap_growth.max(heap().0 - base);
+                }
+                Ok(())
+            })
+            .expect("export");
+        export_rates.push(exported as f64 / t.elapsed().as_secs_f64());
+        (records, bytes) = (exported, out.0);
+    }
+    let (raw, export) = (median(&mut raw_rates), median(&mut export_rates));
+    println!(
+        "export: {records} records, {bytes} bytes of JSON lines: {export:.0} records/s \
+         vs raw read {raw:.0} records/s: {:.2} of raw; live heap grew at most {} KiB \
+         during the walk ({})",
+        export / raw,
+        heap_growth / 1024,
+        loadavg()
+    );
 }
 
 /// Runs `f` up to `n` times or for `budget`, whichever ends first; returns
