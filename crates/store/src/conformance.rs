@@ -102,6 +102,9 @@ pub fn key_created(tenant: &TenantId, n: u64) -> Event {
         at: at(n),
         actor: Actor::User { id: owner.clone() },
         kind: EventKind::KeyCreated(KeyCreated {
+            meta: None,
+            credits: None,
+            limits: Vec::new(),
             key_id: key_id(n),
             owner,
             name: format!("key {n}"),
@@ -133,7 +136,7 @@ pub fn sample_events(tenant: &TenantId, first: u64, count: usize) -> Vec<Event> 
                         window_start: at(n),
                         window_end: at(n + 1),
                         last_valid_at: Some(at(n)),
-                        counts: UseCounts::from_array([n, 1, 0, 2]),
+                        counts: UseCounts::from_array([n, 1, 0, 2, 0, 0]),
                     });
                 }
                 2 => {
