@@ -1422,6 +1422,42 @@ mod tests {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+            // A key with a policy: metadata, credits with a refill, a
+            // limit; some credits reserved, then the key changed.
+            let c = l
+                .create_key(
+                    user("ada"),
+                    NewKey {
+                        name: format!("{t} metered"),
+                        meta: Some(
+                            keyledger_core::Meta::new(r#"{"plan":"pro"}"#.into())
+                                .unwrap_or_else(|e| panic!("{e}")),
+                        ),
+                        credits: Some(keyledger_core::Credits {
+                            remaining: 500,
+                            refill: Some(keyledger_core::Refill {
+                                amount: 100,
+                                interval: keyledger_core::RefillInterval::Monthly,
+                                day: Some(31),
+                            }),
+                        }),
+                        limits: vec![keyledger_core::RateLimit {
+                            name: "burst".into(),
+                            limit: 5,
+                            duration_ms: 1000,
+                        }],
+                        ..NewKey::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let epoch = c.key.credit_state().map_or(0, |s| s.epoch);
+            l.reserve_credits(&tenant, c.key.id, epoch, 64)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut u = keyledger_core::UpdateKey::new(user("ada"), c.key.id);
+            u.description = Some(Some("changed".into()));
+            l.update_key(u).await.unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
@@ -1443,6 +1479,15 @@ mod tests {
         );
         assert_eq!(back.ledger, taken.ledger);
         assert_eq!(back.usage, taken.usage);
+        // The policy is in the snapshot, reservations included.
+        let metered = back
+            .ledger
+            .tenants()
+            .flat_map(|(_, s)| s.keys.values())
+            .filter_map(|k| k.credit_state())
+            .filter(|c| c.outstanding == 64 && c.refill.is_some())
+            .count();
+        assert_eq!(metered, 2);
         assert_eq!(back.trees, taken.trees);
         assert_eq!(back.global, taken.global);
         assert_eq!(back.global.tree.len(), taken.position);
