@@ -995,3 +995,15 @@ fn a_removed_users_expired_key_is_not_changed() {
         Err(CommandError::UserRemoved(user("alice")))
     );
 }
+
+/// A key without a policy pays one pointer for it (issue 13's memory
+/// budget): the policy is boxed, and `None` is the null pointer.
+#[test]
+fn a_key_without_a_policy_pays_one_pointer() {
+    use keyledger_core::KeyPolicy;
+    assert_eq!(
+        std::mem::size_of::<Option<Box<KeyPolicy>>>(),
+        std::mem::size_of::<usize>()
+    );
+    assert_eq!(KeyPolicy::default().boxed(), None);
+}

@@ -181,7 +181,8 @@ pub struct UsesView {
     pub total: u64,
     /// Valid uses.
     pub valid: u64,
-    /// Rejected uses (revoked, expired, insufficient scope).
+    /// Rejected uses (revoked, expired, insufficient scope, usage
+    /// exceeded, rate limited).
     pub rejected: u64,
     /// Uses after revocation.
     pub revoked: u64,
@@ -189,6 +190,12 @@ pub struct UsesView {
     pub expired: u64,
     /// Uses for a scope the key lacks.
     pub insufficient_scope: u64,
+    /// Uses refused because no credits were left.
+    pub usage_exceeded: u64,
+    /// Uses refused by a rate limit.
+    pub rate_limited: u64,
+    /// Credits the valid uses spent (not an outcome).
+    pub credits_spent: u64,
 }
 
 impl From<&keyledger_core::UseCounts> for UsesView {
@@ -200,6 +207,9 @@ impl From<&keyledger_core::UseCounts> for UsesView {
             revoked: c.revoked,
             expired: c.expired,
             insufficient_scope: c.insufficient_scope,
+            usage_exceeded: c.usage_exceeded,
+            rate_limited: c.rate_limited,
+            credits_spent: c.credits_spent,
         }
     }
 }
@@ -878,6 +888,9 @@ mod tests {
             revoked: 1,
             expired: 0,
             insufficient_scope: 0,
+            usage_exceeded: 0,
+            rate_limited: 0,
+            credits_spent: 0,
         };
         let key = KeyView {
             id: "key_01M97R85QM6P3Q9TATV0SX99QJ".into(),
