@@ -34,6 +34,19 @@ CREATE TABLE keyledger.keys (
     revoked_by    text,
     revoke_reason text,
     last_used_at  timestamptz,
+    -- The key's metadata, a JSON object (NULL: none).
+    meta          jsonb,
+    -- Its credits (all NULL: unlimited uses). credits_remaining is the
+    -- log's: what no node has reserved yet (a node spends its reserved
+    -- block in memory); credits_epoch is the tenant sequence number of the
+    -- event that started the current credit epoch.
+    credits_remaining bigint,
+    credits_epoch     bigint,
+    refill_amount     bigint,
+    refill_interval   text,
+    refill_day        smallint,
+    -- Its named rate limits: [{"name", "limit", "duration_ms"}].
+    limits        jsonb NOT NULL DEFAULT '[]',
     -- The position of the last event that changed the row.
     position      bigint NOT NULL
 );
@@ -49,6 +62,10 @@ CREATE TABLE keyledger.usage_daily (
     revoked            bigint NOT NULL DEFAULT 0,
     expired            bigint NOT NULL DEFAULT 0,
     insufficient_scope bigint NOT NULL DEFAULT 0,
+    usage_exceeded     bigint NOT NULL DEFAULT 0,
+    rate_limited       bigint NOT NULL DEFAULT 0,
+    -- The sum of the costs of the valid uses (0 for a key without credits).
+    credits_spent      bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, key_id, day)
 );
 CREATE INDEX usage_daily_by_day ON keyledger.usage_daily (tenant, day);
@@ -58,7 +75,8 @@ CREATE SCHEMA IF NOT EXISTS keyledger_read;
 CREATE VIEW keyledger_read.keys AS
 SELECT tenant, key_id, owner, name, description, created_at, created_by,
        expires_at, scopes, masked, rotated_from, rotated_to, revoked_at,
-       revoked_by, revoke_reason, last_used_at,
+       revoked_by, revoke_reason, last_used_at, meta, credits_remaining,
+       refill_amount, refill_interval, refill_day, limits,
        CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
             WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
             ELSE 'active' END AS status
@@ -66,7 +84,9 @@ FROM keyledger.keys;
 
 CREATE VIEW keyledger_read.usage_daily AS
 SELECT tenant, key_id, day, valid, revoked, expired, insufficient_scope,
-       valid + revoked + expired + insufficient_scope AS total
+       usage_exceeded, rate_limited, credits_spent,
+       valid + revoked + expired + insufficient_scope + usage_exceeded
+         + rate_limited AS total
 FROM keyledger.usage_daily;
 
 -- How far the projections are behind the log.

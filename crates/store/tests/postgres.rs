@@ -1089,7 +1089,7 @@ fn projection_story(t: &keyledger_core::TenantId) -> Vec<keyledger_core::Event> 
     };
     use keyledger_store::conformance::{at, key_created, key_id};
     let mut events: Vec<Event> = (0..4).map(|n| key_created(t, n)).collect();
-    let used = |start: u64, counts: [u64; 4]| Event {
+    let used = |start: u64, counts: [u64; 6]| Event {
         tenant: t.clone(),
         at: at(start + 1),
         actor: Actor::System,
@@ -1101,9 +1101,9 @@ fn projection_story(t: &keyledger_core::TenantId) -> Vec<keyledger_core::Event> 
             counts: UseCounts::from_array(counts),
         }),
     };
-    events.push(used(10, [5, 0, 0, 1]));
-    events.push(used(20, [2, 1, 0, 0]));
-    events.push(used(86_400 + 30, [7, 0, 0, 0]));
+    events.push(used(10, [5, 0, 0, 1, 0, 0]));
+    events.push(used(20, [2, 1, 0, 0, 0, 0]));
+    events.push(used(86_400 + 30, [7, 0, 0, 0, 0, 0]));
     let mut revoke = key_created(t, 1);
     revoke.at = at(86_400 + 40);
     revoke.actor = Actor::Operator;
@@ -1127,7 +1127,110 @@ fn projection_story(t: &keyledger_core::TenantId) -> Vec<keyledger_core::Event> 
         c.rotated_from = Some(key_id(2));
     }
     events.push(successor);
+    events.extend(policy_story(t));
     events
+}
+
+/// Key 3 (created fourth: sequence number 4) gets a policy by a change,
+/// then a node reserves 30 credits, spends 12 of them, hands 18 back,
+/// and is refused twice by a limit.
+fn policy_story(t: &keyledger_core::TenantId) -> Vec<keyledger_core::Event> {
+    use keyledger_core::event::{CreditsReleased, CreditsReserved, KeyChange, KeyUpdated};
+    use keyledger_core::policy::{Credits, Meta, RateLimit, Refill, RefillInterval};
+    use keyledger_core::{Actor, Event, EventKind, KeyUsed, UseCounts};
+    use keyledger_store::conformance::{at, key_created, key_id};
+    let event = |n: u64, actor: Actor, kind: EventKind| Event {
+        tenant: t.clone(),
+        at: at(2 * 86_400 + n),
+        actor,
+        kind,
+    };
+    let name = match &key_created(t, 3).kind {
+        EventKind::KeyCreated(c) => c.name.clone(),
+        _ => unreachable!("key_created makes a KeyCreated"),
+    };
+    let credits = Credits {
+        remaining: 100,
+        refill: Some(Refill {
+            amount: 50,
+            interval: RefillInterval::Monthly,
+            day: Some(15),
+        }),
+    };
+    vec![
+        event(
+            1,
+            Actor::Operator,
+            EventKind::KeyUpdated(KeyUpdated {
+                key_id: key_id(3),
+                changes: vec![
+                    KeyChange::Name {
+                        before: name,
+                        after: "metered".into(),
+                    },
+                    KeyChange::Meta {
+                        before: None,
+                        after: Some(Meta::new(r#"{"plan":"pro"}"#.into()).unwrap()),
+                    },
+                    KeyChange::Credits {
+                        before: None,
+                        after: Some(credits),
+                    },
+                    KeyChange::Limits {
+                        before: Vec::new(),
+                        after: vec![RateLimit {
+                            name: "burst".into(),
+                            limit: 10,
+                            duration_ms: 1000,
+                        }],
+                    },
+                ],
+            }),
+        ),
+        // The change is the tenant's 11th event: it starts epoch 11.
+        event(
+            2,
+            Actor::System,
+            EventKind::CreditsReserved(CreditsReserved {
+                key_id: key_id(3),
+                epoch: 11,
+                amount: 30,
+            }),
+        ),
+        event(
+            3,
+            Actor::System,
+            EventKind::KeyUsed(KeyUsed {
+                key_id: key_id(3),
+                window_start: at(2 * 86_400 + 2),
+                window_end: at(2 * 86_400 + 3),
+                last_valid_at: Some(at(2 * 86_400 + 2)),
+                counts: UseCounts {
+                    credits_spent: 12,
+                    ..UseCounts::from_array([12, 0, 0, 0, 0, 2])
+                },
+            }),
+        ),
+        event(
+            4,
+            Actor::System,
+            EventKind::CreditsReleased(CreditsReleased {
+                key_id: key_id(3),
+                epoch: 11,
+                amount: 18,
+            }),
+        ),
+        // A release from an epoch that is not the key's: lapsed.
+        event(
+            5,
+            Actor::System,
+            EventKind::CreditsReleased(CreditsReleased {
+                key_id: key_id(3),
+                epoch: 4,
+                amount: 5,
+            }),
+        ),
+    ]
 }
 
 #[test]
@@ -1158,8 +1261,8 @@ fn postgres_projections_follow_the_log_exactly() {
         let usage = c
             .query(
                 "SELECT key_id, day::text, valid, revoked, insufficient_scope, total \
-                 FROM keyledger_read.usage_daily ORDER BY day",
-                &[],
+                 FROM keyledger_read.usage_daily WHERE key_id = $1 ORDER BY day",
+                &[&key_id(0).to_string()],
             )
             .await
             .unwrap_or_else(|e| panic!("usage view: {e}"));
@@ -1208,7 +1311,43 @@ fn postgres_projections_follow_the_log_exactly() {
             Some(key_id(2).to_string())
         );
         assert!(row(0).get::<_, bool>(6), "key 0 was used");
-        assert!(!row(3).get::<_, bool>(6), "key 3 never was");
+        assert!(!row(1).get::<_, bool>(6), "key 1 never was");
+        let metered = c
+            .query_one(
+                "SELECT k.name, k.meta->>'plan', k.credits_remaining, k.refill_amount, \
+                 k.refill_interval, k.refill_day, k.limits->0->>'name', \
+                 u.credits_spent, u.rate_limited, u.total \
+                 FROM keyledger_read.keys k JOIN keyledger_read.usage_daily u USING (key_id) \
+                 WHERE key_id = $1",
+                &[&key_id(3).to_string()],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("key 3: {e}"));
+        assert_eq!(metered.get::<_, String>(0), "metered");
+        assert_eq!(metered.get::<_, Option<String>>(1).as_deref(), Some("pro"));
+        assert_eq!(
+            metered.get::<_, Option<i64>>(2),
+            Some(88),
+            "100, less 30 reserved, plus 18 released; the lapsed release adds nothing"
+        );
+        assert_eq!(metered.get::<_, Option<i64>>(3), Some(50));
+        assert_eq!(
+            metered.get::<_, Option<String>>(4).as_deref(),
+            Some("monthly")
+        );
+        assert_eq!(metered.get::<_, Option<i16>>(5), Some(15));
+        assert_eq!(
+            metered.get::<_, Option<String>>(6).as_deref(),
+            Some("burst")
+        );
+        assert_eq!(
+            (
+                metered.get::<_, i64>(7),
+                metered.get::<_, i64>(8),
+                metered.get::<_, i64>(9)
+            ),
+            (12, 2, 14)
+        );
         let fresh = c
             .query_one(
                 "SELECT projected_position, log_head FROM keyledger_read.freshness",
@@ -1262,7 +1401,7 @@ fn postgres_projections_count_each_event_once_with_two_nodes() {
                             window_start: at(10 + n),
                             window_end: at(11 + n),
                             last_valid_at: Some(at(10 + n)),
-                            counts: UseCounts::from_array([n + 1, 0, 0, 0]),
+                            counts: UseCounts::from_array([n + 1, 0, 0, 0, 0, 0]),
                         }),
                     }
                 })

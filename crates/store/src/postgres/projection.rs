@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
+use keyledger_core::event::KeyChange;
+use keyledger_core::policy::{Credits, RateLimit};
 use keyledger_core::{Event, EventKind, Timestamp};
 use tokio_postgres::types::ToSql;
 
@@ -48,22 +50,49 @@ const SQL_MOVE: &str =
     "UPDATE keyledger.projections SET position = $1, updated_at = now() WHERE name = 'analytics'";
 
 const SQL_KEY_CREATED: &str = "INSERT INTO keyledger.keys (key_id, tenant, owner, name, \
-     description, created_at, created_by, expires_at, scopes, masked, rotated_from, position) \
+     description, created_at, created_by, expires_at, scopes, masked, rotated_from, position, \
+     meta, limits, credits_remaining, credits_epoch, refill_amount, refill_interval, refill_day) \
      VALUES ($1, $2, $3, $4, $5, keyledger.from_micros($6), $7, keyledger.from_micros($8), $9, \
-     $10, $11, $12)";
+     $10, $11, $12, ($13::text)::jsonb, ($14::text)::jsonb, $15, $16, $17, $18, $19)";
 const SQL_KEY_USED: &str = "UPDATE keyledger.keys SET \
      last_used_at = greatest(last_used_at, keyledger.from_micros($2)), position = $3 \
      WHERE key_id = $1";
 const SQL_USAGE: &str = "INSERT INTO keyledger.usage_daily AS u (tenant, key_id, day, valid, \
-     revoked, expired, insufficient_scope) \
-     VALUES ($1, $2, date '1970-01-01' + $3::integer, $4, $5, $6, $7) \
+     revoked, expired, insufficient_scope, usage_exceeded, rate_limited, credits_spent) \
+     VALUES ($1, $2, date '1970-01-01' + $3::integer, $4, $5, $6, $7, $8, $9, $10) \
      ON CONFLICT (tenant, key_id, day) DO UPDATE SET valid = u.valid + excluded.valid, \
      revoked = u.revoked + excluded.revoked, expired = u.expired + excluded.expired, \
-     insufficient_scope = u.insufficient_scope + excluded.insufficient_scope";
+     insufficient_scope = u.insufficient_scope + excluded.insufficient_scope, \
+     usage_exceeded = u.usage_exceeded + excluded.usage_exceeded, \
+     rate_limited = u.rate_limited + excluded.rate_limited, \
+     credits_spent = u.credits_spent + excluded.credits_spent";
 const SQL_KEY_REVOKED: &str = "UPDATE keyledger.keys SET revoked_at = keyledger.from_micros($2), \
      revoked_by = $3, revoke_reason = $4, position = $5 WHERE key_id = $1";
 const SQL_KEY_ROTATED: &str = "UPDATE keyledger.keys SET rotated_to = $2, \
-     expires_at = keyledger.from_micros($3), position = $4 WHERE key_id = $1";
+     expires_at = keyledger.from_micros($3), position = $4, \
+     credits_remaining = CASE WHEN credits_remaining IS NULL THEN NULL ELSE 0 END \
+     WHERE key_id = $1";
+const SQL_SET_NAME: &str = "UPDATE keyledger.keys SET name = $2, position = $3 WHERE key_id = $1";
+const SQL_SET_DESCRIPTION: &str =
+    "UPDATE keyledger.keys SET description = $2, position = $3 WHERE key_id = $1";
+const SQL_SET_META: &str =
+    "UPDATE keyledger.keys SET meta = ($2::text)::jsonb, position = $3 WHERE key_id = $1";
+const SQL_SET_EXPIRY: &str = "UPDATE keyledger.keys SET \
+     expires_at = keyledger.from_micros($2), position = $3 WHERE key_id = $1";
+const SQL_SET_SCOPES: &str =
+    "UPDATE keyledger.keys SET scopes = $2, position = $3 WHERE key_id = $1";
+const SQL_SET_LIMITS: &str =
+    "UPDATE keyledger.keys SET limits = ($2::text)::jsonb, position = $3 WHERE key_id = $1";
+const SQL_SET_CREDITS: &str = "UPDATE keyledger.keys SET credits_remaining = $2, \
+     credits_epoch = $3, refill_amount = $4, refill_interval = $5, refill_day = $6, \
+     position = $7 WHERE key_id = $1";
+const SQL_RESERVED: &str = "UPDATE keyledger.keys SET \
+     credits_remaining = credits_remaining - $2, position = $3 WHERE key_id = $1";
+const SQL_RELEASED: &str = "UPDATE keyledger.keys SET \
+     credits_remaining = credits_remaining + $2, position = $4 \
+     WHERE key_id = $1 AND credits_epoch = $3";
+const SQL_REFILLED: &str = "UPDATE keyledger.keys SET credits_remaining = $2, \
+     credits_epoch = $3, position = $4 WHERE key_id = $1";
 
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,13 +127,93 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The statements that bring the rows from before `event` to after it.
-fn statements_for(position: i64, event: &Event, out: &mut Vec<Statement>) {
+/// A key's rate limits as the JSON array the `limits` column holds (names
+/// are `[a-z0-9_.-]`: nothing to escape).
+fn limits_json(limits: &[RateLimit]) -> String {
+    let items: Vec<String> = limits
+        .iter()
+        .map(|l| {
+            format!(
+                "{{\"name\":\"{}\",\"limit\":{},\"duration_ms\":{}}}",
+                l.name, l.limit, l.duration_ms
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// The credit columns' parameters: remaining, epoch, refill amount,
+/// interval and day (all `NULL` for a key without credits).
+fn credit_params(credits: Option<&Credits>, epoch: i64) -> [Param; 5] {
+    let refill = credits.and_then(|c| c.refill);
+    [
+        Box::new(credits.map(|c| count(c.remaining))),
+        Box::new(credits.map(|_| epoch)),
+        Box::new(refill.map(|r| count(r.amount))),
+        Box::new(refill.map(|r| r.interval.as_str().to_owned())),
+        Box::new(refill.and_then(|r| r.day).map(i16::from)),
+    ]
+}
+
+/// The statements of one field change of a `KeyUpdated`.
+fn change_statement(key: String, seq: i64, position: i64, change: &KeyChange) -> Statement {
+    match change {
+        KeyChange::Name { after, .. } => (
+            SQL_SET_NAME,
+            vec![Box::new(key), Box::new(after.clone()), Box::new(position)],
+        ),
+        KeyChange::Description { after, .. } => (
+            SQL_SET_DESCRIPTION,
+            vec![Box::new(key), Box::new(after.clone()), Box::new(position)],
+        ),
+        KeyChange::Meta { after, .. } => (
+            SQL_SET_META,
+            vec![
+                Box::new(key),
+                Box::new(after.as_ref().map(|m| m.as_str().to_owned())),
+                Box::new(position),
+            ],
+        ),
+        KeyChange::ExpiresAt { after, .. } => (
+            SQL_SET_EXPIRY,
+            vec![
+                Box::new(key),
+                Box::new(after.map(micros)),
+                Box::new(position),
+            ],
+        ),
+        KeyChange::Scopes { after, .. } => (
+            SQL_SET_SCOPES,
+            vec![
+                Box::new(key),
+                Box::new(after.to_string()),
+                Box::new(position),
+            ],
+        ),
+        KeyChange::Limits { after, .. } => (
+            SQL_SET_LIMITS,
+            vec![
+                Box::new(key),
+                Box::new(limits_json(after)),
+                Box::new(position),
+            ],
+        ),
+        KeyChange::Credits { after, .. } => {
+            let mut params: Vec<Param> = vec![Box::new(key)];
+            params.extend(credit_params(after.as_ref(), seq));
+            params.push(Box::new(position));
+            (SQL_SET_CREDITS, params)
+        }
+    }
+}
+
+/// The statements that bring the rows from before `event` (at `position`,
+/// the tenant's sequence number `seq`) to after it.
+fn statements_for(position: i64, seq: i64, event: &Event, out: &mut Vec<Statement>) {
     let tenant = event.tenant.as_str().to_owned();
     match &event.kind {
-        EventKind::KeyCreated(c) => out.push((
-            SQL_KEY_CREATED,
-            vec![
+        EventKind::KeyCreated(c) => {
+            let mut params: Vec<Param> = vec![
                 Box::new(c.key_id.to_string()),
                 Box::new(tenant),
                 Box::new(c.owner.as_str().to_owned()),
@@ -117,8 +226,12 @@ fn statements_for(position: i64, event: &Event, out: &mut Vec<Statement>) {
                 Box::new(c.masked.clone()),
                 Box::new(c.rotated_from.map(|k| k.to_string())),
                 Box::new(position),
-            ],
-        )),
+                Box::new(c.meta.as_ref().map(|m| m.as_str().to_owned())),
+                Box::new(limits_json(&c.limits)),
+            ];
+            params.extend(credit_params(c.credits.as_ref(), seq));
+            out.push((SQL_KEY_CREATED, params));
+        }
         EventKind::KeyUsed(u) => {
             let c = &u.counts;
             out.push((
@@ -131,6 +244,9 @@ fn statements_for(position: i64, event: &Event, out: &mut Vec<Statement>) {
                     Box::new(count(c.revoked)),
                     Box::new(count(c.expired)),
                     Box::new(count(c.insufficient_scope)),
+                    Box::new(count(c.usage_exceeded)),
+                    Box::new(count(c.rate_limited)),
+                    Box::new(count(c.credits_spent)),
                 ],
             ));
             if let Some(last) = u.last_valid_at {
@@ -160,6 +276,43 @@ fn statements_for(position: i64, event: &Event, out: &mut Vec<Statement>) {
                 Box::new(r.key_id.to_string()),
                 Box::new(r.new_key_id.to_string()),
                 Box::new(micros(r.expires_at)),
+                Box::new(position),
+            ],
+        )),
+        EventKind::KeyUpdated(u) => {
+            for change in &u.changes {
+                out.push(change_statement(
+                    u.key_id.to_string(),
+                    seq,
+                    position,
+                    change,
+                ));
+            }
+        }
+        EventKind::CreditsReserved(r) => out.push((
+            SQL_RESERVED,
+            vec![
+                Box::new(r.key_id.to_string()),
+                Box::new(count(r.amount)),
+                Box::new(position),
+            ],
+        )),
+        // A release from an older epoch has lapsed, as in the fold.
+        EventKind::CreditsReleased(r) => out.push((
+            SQL_RELEASED,
+            vec![
+                Box::new(r.key_id.to_string()),
+                Box::new(count(r.amount)),
+                Box::new(count(r.epoch)),
+                Box::new(position),
+            ],
+        )),
+        EventKind::CreditsRefilled(r) => out.push((
+            SQL_REFILLED,
+            vec![
+                Box::new(r.key_id.to_string()),
+                Box::new(count(r.remaining)),
+                Box::new(seq),
                 Box::new(position),
             ],
         )),
@@ -235,7 +388,8 @@ pub(super) async fn project_step(
         let mut statements = Vec::new();
         for r in &records {
             let at = i64::try_from(r.position).unwrap_or(i64::MAX);
-            statements_for(at, &r.event, &mut statements);
+            let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
+            statements_for(at, seq, &r.event, &mut statements);
         }
         apply(
             client,
