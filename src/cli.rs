@@ -233,7 +233,13 @@ pub enum KeysCmd {
         /// A scope (repeat for several); none gives all but users:remove.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        #[command(flatten)]
+        policy: crate::policy_args::PolicyArgs,
     },
+    /// Change a key: name, description, expiry, scopes, metadata, credits,
+    /// rate limits (only the fields named; scopes and expiry only narrow
+    /// unless you could grant the wider value).
+    Update(crate::policy_args::UpdateArgs),
     /// List a tenant's keys (masked).
     List {
         #[command(flatten)]
@@ -888,8 +894,11 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             description,
             expires_at,
             scopes: s,
+            policy,
         } => {
             let t = tenant(&t)?;
+            // TODO(pcore): pass the policy to NewKey.
+            let _policy = policy.read()?;
             let new = NewKey {
                 owner: user.map(|u| u.parse()).transpose()?,
                 name,
@@ -935,6 +944,13 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             };
             let page = ledger.list_keys(&t, &query)?;
             output::key_list(out, &KeyList::from(&page))?;
+        }
+        KeysCmd::Update(u) => {
+            let t = tenant(&u.tenant)?;
+            // TODO(pcore): ledger.update_key.
+            let _patch = u.read()?;
+            let _ = t;
+            return Err(Failure::msg("keys update: not yet"));
         }
         KeysCmd::Show { tenant: t, id } => {
             let key = ledger.key(&tenant(&t)?, key_id(&id)?)?;

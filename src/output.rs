@@ -300,7 +300,54 @@ pub fn key_detail(k: &KeyView) -> String {
             t.add_row(vec![f.to_owned(), v.clone()]);
         }
     }
+    for (f, v) in policy_rows(k) {
+        t.add_row(vec![f.to_owned(), v]);
+    }
     t.to_string()
+}
+
+/// A key's policy as detail rows (none for a key without one): credits,
+/// rate limits, metadata.
+fn policy_rows(k: &KeyView) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    if let Some(c) = &k.credits {
+        rows.push((
+            "Credits",
+            match &c.refill {
+                None => format!("{} left", c.remaining),
+                Some(r) => format!(
+                    "{} left; set to {} {}{}, next at {}",
+                    c.remaining,
+                    r.amount,
+                    r.interval,
+                    r.day.map_or(String::new(), |d| format!(" on day {d}")),
+                    r.next_at
+                ),
+            },
+        ));
+    }
+    if !k.limits.is_empty() {
+        let limits = k
+            .limits
+            .iter()
+            .map(|l| format!("{} {}/{}", l.name, l.limit, duration_text(l.duration)))
+            .collect::<Vec<_>>();
+        rows.push(("Rate limits", limits.join(", ")));
+    }
+    if let Some(m) = &k.meta {
+        rows.push(("Meta", m.to_string()));
+    }
+    rows
+}
+
+/// A duration in milliseconds as the `--limit` flag takes it: `1s`, `15m`, `250ms`.
+pub fn duration_text(ms: u64) -> String {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// The create result: the only place a secret is ever printed.

@@ -92,6 +92,11 @@ impl ApiError {
         self.code
     }
 
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 400: a query parameter is not acceptable.
     pub fn query(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
