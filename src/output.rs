@@ -342,7 +342,12 @@ fn policy_rows(k: &KeyView) -> Vec<(&'static str, String)> {
 
 /// A duration in milliseconds as the `--limit` flag takes it: `1s`, `15m`, `250ms`.
 pub fn duration_text(ms: u64) -> String {
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }

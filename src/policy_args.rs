@@ -41,7 +41,9 @@ impl PolicyArgs {
             let v: Value = serde_json::from_str(m)
                 .map_err(|e| Failure::msg(format!("--meta: not JSON: {e}")))?;
             if !v.is_object() {
-                return Err(Failure::msg("--meta: must be a JSON object, e.g. '{\"plan\":\"pro\"}'"));
+                return Err(Failure::msg(
+                    "--meta: must be a JSON object, e.g. '{\"plan\":\"pro\"}'",
+                ));
             }
             body.insert("meta".into(), v);
         }
@@ -122,7 +124,10 @@ fn limit(text: &str) -> Result<Value> {
     };
     let (name, rest) = text.split_once('=').ok_or_else(|| bad("no `=`"))?;
     let (n, duration) = rest.split_once('/').ok_or_else(|| bad("no `/`"))?;
-    let n: u64 = n.trim().parse().map_err(|_| bad("LIMIT is not a whole number"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| bad("LIMIT is not a whole number"))?;
     let duration = parse_duration(duration).map_err(|e| bad(&e))?;
     let ms = u64::try_from(duration.as_millis()).map_err(|_| bad("the duration is too long"))?;
     Ok(json!({ "name": name.trim(), "limit": n, "duration": ms }))

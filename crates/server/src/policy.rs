@@ -291,7 +291,10 @@ impl UpdateKeyRequest {
         Ok(KeyPatch {
             name: self.name,
             description: self.description,
-            meta: self.meta.map(|m| m.map(read_meta).transpose()).transpose()?,
+            meta: self
+                .meta
+                .map(|m| m.map(read_meta).transpose())
+                .transpose()?,
             expires_at: self.expires_at.map(|t| t.map(|t| t.0)),
             scopes: self
                 .scopes
@@ -320,8 +323,8 @@ mod tests {
 
     #[test]
     fn absent_null_and_values_are_told_apart() {
-        let p = patch(r#"{"description": null, "limits": [], "meta": {"b": 1, "a": [true]}}"#)
-            .unwrap();
+        let p =
+            patch(r#"{"description": null, "limits": [], "meta": {"b": 1, "a": [true]}}"#).unwrap();
         assert_eq!(p.name, None);
         assert_eq!(p.description, Some(None));
         assert_eq!(p.limits, Some(vec![]));
@@ -363,7 +366,10 @@ mod tests {
         );
         let deep = format!("{{\"meta\": {}1{}}}", "{\"a\":".repeat(9), "}".repeat(9));
         assert!(message(&deep).contains("meta"));
-        let big = format!("{{\"meta\": {{\"a\": \"{}\"}}}}", "x".repeat(META_BYTES_MAX));
+        let big = format!(
+            "{{\"meta\": {{\"a\": \"{}\"}}}}",
+            "x".repeat(META_BYTES_MAX)
+        );
         assert!(message(&big).contains("meta"));
         let ok = format!("{{\"meta\": {}1{}}}", "{\"a\":".repeat(7), "}".repeat(7));
         assert!(patch(&ok).is_ok());
