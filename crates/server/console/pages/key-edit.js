@@ -167,7 +167,7 @@ export function editDialog(ctx, k, done) {
   const save = h('button', { type: 'submit', class: 'primary' }, 'Save changes');
   const form = h('form', { method: 'dialog', novalidate: true },
     name.el, description.el, expires.el, scopes,
-    h('fieldset', {}, h('legend', {}, 'Credits'), credits.el, interval.el, amount.el, day.el),
+    h('fieldset', {}, h('legend', {}, 'Credits and refill'), credits.el, interval.el, amount.el, day.el),
     limits.el, meta.el, alert,
     h('div', { class: 'actions' }, save, h('button', { type: 'button', onclick: () => dlg.close() }, 'Cancel')));
   const dlg = modal({ title: `Change ${k.name}`, content: form });
