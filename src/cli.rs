@@ -900,6 +900,9 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             // TODO(pcore): pass the policy to NewKey.
             let _policy = policy.read()?;
             let new = NewKey {
+                meta: None,
+                credits: None,
+                limits: Vec::new(),
                 owner: user.map(|u| u.parse()).transpose()?,
                 name,
                 description,
