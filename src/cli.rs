@@ -897,17 +897,16 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             policy,
         } => {
             let t = tenant(&t)?;
-            // TODO(pcore): pass the policy to NewKey.
-            let _policy = policy.read()?;
+            let policy = policy.read()?;
             let new = NewKey {
-                meta: None,
-                credits: None,
-                limits: Vec::new(),
                 owner: user.map(|u| u.parse()).transpose()?,
                 name,
                 description,
                 expires_at: time(&expires_at)?,
                 scopes: scopes(&s)?,
+                meta: policy.meta,
+                credits: policy.credits,
+                limits: policy.limits,
             };
             let created = ledger.create_key(principal(&t, &acting)?, new).await?;
             output::created(out, &CreatedKey::new(&created, ledger.now()))?;
@@ -950,10 +949,12 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
         }
         KeysCmd::Update(u) => {
             let t = tenant(&u.tenant)?;
-            // TODO(pcore): ledger.update_key.
-            let _patch = u.read()?;
-            let _ = t;
-            return Err(Failure::msg("keys update: not yet"));
+            let update = u
+                .read()?
+                .into_update(principal(&t, &u.acting)?, key_id(&u.id)?);
+            let key = ledger.update_key(update).await?;
+            let view = KeyView::new(&key, key.status(ledger.now()));
+            out.value(&view, || output::key_detail(&view))?;
         }
         KeysCmd::Show { tenant: t, id } => {
             let key = ledger.key(&tenant(&t)?, key_id(&id)?)?;

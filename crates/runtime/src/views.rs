@@ -288,11 +288,6 @@ impl From<&keyledger_core::policy::RateLimit> for LimitView {
     }
 }
 
-/// A key's metadata as JSON (the log keeps its compact text).
-pub fn meta_json(m: &keyledger_core::policy::Meta) -> Value {
-    serde_json::from_str(m.as_str()).unwrap_or(Value::Null)
-}
-
 /// A key, as lists and detail views show it: never the secret or its hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -367,10 +362,11 @@ impl KeyView {
             revoke_reason: k.revoked.as_ref().map(|r| r.reason.as_str()),
             rotated_from: k.rotated_from.map(|i| i.to_string()),
             rotated_to: k.rotated_to.map(|i| i.to_string()),
-            // TODO(pcore): from the record.
-            meta: None,
-            credits: None,
-            limits: Vec::new(),
+            meta: k.meta().map(meta_json),
+            credits: k
+                .credit_state()
+                .map(|c| CreditsView::new(&c.credits(), c.since)),
+            limits: k.limits().iter().map(LimitView::from).collect(),
         }
     }
 }

@@ -267,6 +267,25 @@ pub struct KeyPatch {
     pub limits: Option<Vec<RateLimit>>,
 }
 
+impl KeyPatch {
+    /// The core's command: this change of `key_id`, asked by `principal`.
+    pub fn into_update(
+        self,
+        principal: keyledger_core::Principal,
+        key_id: keyledger_core::KeyId,
+    ) -> keyledger_core::UpdateKey {
+        let mut u = keyledger_core::UpdateKey::new(principal, key_id);
+        u.name = self.name;
+        u.description = self.description;
+        u.meta = self.meta;
+        u.expires_at = self.expires_at;
+        u.scopes = self.scopes;
+        u.credits = self.credits;
+        u.limits = self.limits;
+        u
+    }
+}
+
 impl UpdateKeyRequest {
     /// Whether the body names no field at all.
     pub fn is_empty(&self) -> bool {
