@@ -555,12 +555,19 @@ fn details_text(e: &AuditEntry) -> String {
         Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
         Some(EventType::WebhookDeleted) => s("webhook_id"),
         Some(EventType::KeyUpdated) => {
-            let fields: Vec<&str> = d
+            let changes: Vec<String> = d
                 .get("changes")
                 .and_then(|c| c.as_object())
-                .map(|c| c.keys().map(String::as_str).collect())
+                .map(|c| {
+                    c.iter()
+                        .map(|(field, v)| {
+                            let (before, after) = (&v["before"], &v["after"]);
+                            format!("{field} {} → {}", change_text(before), change_text(after))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            format!("changed {}", fields.join(", "))
+            changes.join("; ")
         }
         Some(EventType::CreditsReserved) => {
             format!("{} credits reserved (epoch {})", d["amount"], d["epoch"])
@@ -572,6 +579,46 @@ fn details_text(e: &AuditEntry) -> String {
             format!("refilled to {} (due {})", d["remaining"], s("due_at"))
         }
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
+    }
+}
+
+/// A changed field's value, before or after, as the trail table shows it:
+/// `none` for null or an empty list, a scope list joined, rate limits as
+/// `--limit` takes them, credits with their refill, text quoted.
+fn change_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "none".into(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) if a.is_empty() => "none".into(),
+        Value::Array(a) => a
+            .iter()
+            .map(
+                |x| match (x.as_str(), x["name"].as_str(), x["duration"].as_u64()) {
+                    (Some(s), _, _) => s.to_owned(),
+                    (None, Some(name), Some(ms)) => {
+                        format!("{name}={}/{}", x["limit"], duration_text(ms))
+                    }
+                    _ => x.to_string(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Object(o) if o.contains_key("remaining") => {
+            let refill = match &v["refill"] {
+                Value::Null => String::new(),
+                r => format!(
+                    ", refilled to {} {}{}",
+                    r["amount"],
+                    r["interval"].as_str().unwrap_or(""),
+                    r["day"]
+                        .as_u64()
+                        .map_or(String::new(), |d| format!(" on day {d}"))
+                ),
+            };
+            format!("{}{refill}", v["remaining"])
+        }
+        other => other.to_string(),
     }
 }
 

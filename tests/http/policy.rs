@@ -494,6 +494,16 @@ fn the_cli_creates_and_updates_keys_with_a_policy_on_a_server_and_offline() {
     );
     let shown = d.ok(&["keys", "show", &id, "--tenant", "acme"]);
     assert!(shown.contains("burst 5/100ms"), "{shown}");
+    // The trail, as the CLI prints it: each field before and after.
+    let trail = d.ok(&["audit", "list", "--tenant", "acme", "--type", "KeyUpdated"]);
+    for change in [
+        r#"name "cli" → "cli-2""#,
+        r#"meta {"plan":"pro"} → none"#,
+        "credits 100, refilled to 1000 monthly on day 15 → none",
+        "limits burst=10/1s, hourly=500/1h → burst=5/100ms",
+    ] {
+        assert!(trail.contains(change), "`{change}` not in {trail}");
+    }
     // Refusals are the API's words, naming the field.
     let mut args = vec![
         "keys", "update", &id, "--limit", "a=1/1s", "--limit", "a=2/1s",
