@@ -999,6 +999,21 @@ mod tests {
             revoke_reason: Some("compromised"),
             rotated_from: None,
             rotated_to: None,
+            meta: Some(json!({"plan": "pro"})),
+            credits: Some(CreditsView {
+                remaining: 5,
+                refill: Some(RefillView {
+                    amount: 10,
+                    interval: "monthly",
+                    day: Some(31),
+                    next_at: "2026-01-31T00:00:00Z".into(),
+                }),
+            }),
+            limits: vec![LimitView {
+                name: "burst".into(),
+                limit: 10,
+                duration: 1000,
+            }],
         };
         let text = serde_json::to_string(&key).unwrap();
         let back: KeyView = serde_json::from_str(&text).unwrap();
@@ -1018,6 +1033,12 @@ mod tests {
         let back: AuditEntry =
             serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
+        let mut v = serde_json::to_value(&key).unwrap();
+        v["credits"]["refill"]["interval"] = json!("weekly");
+        assert!(
+            serde_json::from_value::<KeyView>(v).is_err(),
+            "an unknown refill interval is refused"
+        );
         for (field, bad) in [
             ("status", json!("gone")),
             ("scopes", json!(["keys:read", "root"])),
