@@ -187,11 +187,17 @@ impl UpdateArgs {
             body.insert("description".into(), Value::Null);
         }
         if let Some(t) = &self.expires_at {
+            keyledger_core::Timestamp::parse_rfc3339(t)
+                .map_err(|e| Failure::msg(format!("--expires-at: {e}")))?;
             body.insert("expires_at".into(), json!(t));
         } else if self.no_expiry {
             body.insert("expires_at".into(), Value::Null);
         }
         let scopes = split_list(&self.scopes);
+        for s in &scopes {
+            s.parse::<keyledger_core::Scope>()
+                .map_err(|e| Failure::msg(format!("--scope: {e}")))?;
+        }
         if !scopes.is_empty() {
             body.insert("scopes".into(), json!(scopes));
         }
@@ -219,10 +225,10 @@ impl UpdateArgs {
     /// a `PATCH` body.
     pub fn read(&self) -> Result<KeyPatch> {
         let body = self.body()?;
-        let request: UpdateKeyRequest = serde_json::from_value(body).map_err(|e| {
-            // Only an RFC 3339 time or a scope name can fail to read here.
-            Failure::msg(format!("{e}"))
-        })?;
+        // The times and scopes were checked as flags: what is left to fail
+        // here is a value the flags' own parsers let through.
+        let request: UpdateKeyRequest =
+            serde_json::from_value(body).map_err(|e| Failure::msg(e.to_string()))?;
         request.read().map_err(refused)
     }
 }
