@@ -407,19 +407,28 @@ async fn manage(m: &mut Minter<'_>, tenants: &Tenants, acme: &AcmeKeys, day: i32
     Ok(())
 }
 
-/// Day 20: alice gives "Deploy Bot" a description and metadata (a
-/// `KeyUpdated`, each field before and after in the trail).
-async fn describe_deploy_bot(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
-    let bot = m.ledger.list_keys(
-        acme,
+/// The id of the newest key of `tenant` whose name holds `name`, if any.
+fn first_named(
+    ledger: &Keyledger,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Option<keyledger_core::KeyId>> {
+    let page = ledger.list_keys(
+        tenant,
         &keyledger_runtime::ListQuery {
-            q: Some("Deploy Bot".into()),
+            q: Some(name.into()),
             ..Default::default()
         },
     )?;
-    if let Some((k, _)) = bot.keys.first() {
+    Ok(page.keys.first().map(|(k, _)| k.id))
+}
+
+/// Day 20: alice gives "Deploy Bot" a description and metadata (a
+/// `KeyUpdated`, each field before and after in the trail).
+async fn describe_deploy_bot(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
+    if let Some(id) = first_named(m.ledger, acme, "Deploy Bot")? {
         let mut change =
-            keyledger_core::UpdateKey::new(Principal::user(acme.clone(), u("alice")), k.id);
+            keyledger_core::UpdateKey::new(Principal::user(acme.clone(), u("alice")), id);
         change.description = Some(Some("Deploys tagged releases from CI".into()));
         change.meta = Some(Some(
             keyledger_core::Meta::new(r#"{"team":"platform"}"#.into())
@@ -433,19 +442,12 @@ async fn describe_deploy_bot(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> 
 /// Day 30: alice rotates "Production Web App" with a week's grace; its
 /// callers move to the new secret by day 38.
 async fn rotate_web_app(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
-    let web = m.ledger.list_keys(
-        acme,
-        &keyledger_runtime::ListQuery {
-            q: Some("Production Web App".into()),
-            ..Default::default()
-        },
-    )?;
-    if let Some((old, _)) = web.keys.first() {
+    if let Some(old) = first_named(m.ledger, acme, "Production Web App")? {
         let new = m
             .ledger
             .rotate_key(
                 Principal::user(acme.clone(), u("alice")),
-                old.id,
+                old,
                 7 * 86_400,
                 None,
             )
