@@ -1139,7 +1139,10 @@ async fn memory(dir: &Path, part: &str) {
                 });
                 trees
             });
-            row("Merkle trees (every tenant's)", alone);
+            row(
+                "Merkle trees whole in memory (before the node store)",
+                alone,
+            );
             // What the hashes fill (a tree of n leaves has 2n - 1 nodes):
             // the rest is the levels' spare capacity.
             let nodes: u64 = trees
@@ -1147,6 +1150,35 @@ async fn memory(dir: &Path, part: &str) {
                 .map(|t| (2 * t.len()).saturating_sub(1))
                 .sum();
             filled = Some(nodes * 32);
+            drop(trees);
+            // What the runtime keeps now (crates/runtime/src/tilestore.rs):
+            // per tree, its frontier (one partial tile of 256 per tile
+            // level, as a tree with its inner nodes); full tiles go to
+            // merkle.redb. The same shape, built here from the log.
+            let (_frontiers, alone) = held(|| {
+                let mut trees: std::collections::HashMap<TenantId, Vec<Tree>> = Default::default();
+                fold_log(log.expect("the log"), |page| {
+                    for r in page {
+                        let frontier = trees.entry(r.event.tenant.clone()).or_default();
+                        let mut node = keyledger_audit::merkle::leaf_hash(&r.hash);
+                        let mut level = 0;
+                        loop {
+                            if frontier.len() == level {
+                                frontier.push(Tree::new());
+                            }
+                            frontier[level].push_leaf_hash(node);
+                            if frontier[level].len() < 256 {
+                                break;
+                            }
+                            let tile = std::mem::take(&mut frontier[level]);
+                            node = tile.node(8, 0).expect("a full tile's root");
+                            level += 1;
+                        }
+                    }
+                });
+                trees
+            });
+            row("Merkle trees' frontiers (the rest in merkle.redb)", alone);
         }
         "vmap" => {
             let (_map, alone) = held(|| {

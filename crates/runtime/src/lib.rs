@@ -57,6 +57,7 @@ mod query;
 mod reads;
 mod signing_key;
 mod snapshot;
+mod tilestore;
 mod trees;
 mod verify;
 pub mod views;
