@@ -947,7 +947,17 @@ impl Shared {
         log: Arc<dyn EventLog>,
         tx: mpsc::Sender<Job>,
     ) -> Result<Self, Error> {
-        let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
+        // The Merkle node store lives in the data directory: the audit
+        // directory's, or the one holding the snapshots.
+        let node_dir = config.audit.as_ref().map(|a| a.dir.clone()).or_else(|| {
+            let s = config.snapshots.as_ref()?;
+            s.dir.parent().map(std::path::Path::to_path_buf)
+        });
+        let audit = trees::AuditState::with_node_dir(
+            config.audit.clone(),
+            node_dir.as_deref(),
+            entropy.as_ref(),
+        )?;
         let reads = reads::Reads::new(config.audit_read_window);
         let snapshots = config
             .snapshots

@@ -162,13 +162,25 @@ impl crate::integrity::Trees for Replayed<'_> {
 }
 
 impl AuditState {
+    #[cfg(test)]
     pub(crate) fn new(
         config: Option<AuditConfig>,
         entropy: &dyn crate::Entropy,
     ) -> Result<Self, Error> {
-        let nodes = Arc::new(match &config {
+        let dir = config.as_ref().map(|c| c.dir.clone());
+        AuditState::with_node_dir(config, dir.as_deref(), entropy)
+    }
+
+    /// The audit state, its node store in `node_dir` (the data directory;
+    /// `None`: in memory).
+    pub(crate) fn with_node_dir(
+        config: Option<AuditConfig>,
+        node_dir: Option<&std::path::Path>,
+        entropy: &dyn crate::Entropy,
+    ) -> Result<Self, Error> {
+        let nodes = Arc::new(match node_dir {
             None => NodeStore::in_memory(),
-            Some(config) => NodeStore::open(&config.dir),
+            Some(dir) => NodeStore::open(dir),
         });
         let signer = match config {
             None => None,
