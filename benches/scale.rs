@@ -88,7 +88,10 @@ fn main() {
             let seconds = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(3600);
             rt.block_on(load(&dir, num(2), num(3), Duration::from_secs(seconds)));
         }
-        "open" => rt.block_on(open_report(&dir, args.get(2).is_some_and(|a| a == "snapshots"))),
+        "open" => rt.block_on(open_report(
+            &dir,
+            args.get(2).is_some_and(|a| a == "snapshots"),
+        )),
         "trees" => rt.block_on(trees(&dir)),
         "coldstart" => rt.block_on(coldstart(&dir)),
         "measure" => rt.block_on(measure(&dir)),
@@ -733,7 +736,11 @@ async fn trees(dir: &Path) {
     }
     let size = ledger.tree_size(&big);
     let gsize = ledger.global_size();
-    assert_eq!((size, gsize), (big_tree.len(), global.len()), "the same trees");
+    assert_eq!(
+        (size, gsize),
+        (big_tree.len(), global.len()),
+        "the same trees"
+    );
     let mut rng = Rng(0x7ee5);
     const ROUNDS: usize = 10;
     const PER_ROUND: usize = 200;
@@ -753,7 +760,11 @@ async fn trees(dir: &Path) {
             let root = hx(big_tree.root(size).expect("a root"));
             let leaf = hx(big_tree.leaf(seq - 1).unwrap_or_default());
             mem.push(began.elapsed().as_secs_f64());
-            assert_eq!((p.proof, p.root, p.leaf), (same, root, leaf), "the same proof");
+            assert_eq!(
+                (p.proof, p.root, p.leaf),
+                (same, root, leaf),
+                "the same proof"
+            );
         }
         for _ in 0..PER_ROUND.min(full_tiles as usize) {
             let tile = keyledger_audit::tiles::TilePath::Hashes {

@@ -69,7 +69,7 @@ type Answers = Vec<Result<String, String>>;
 fn answers(l: &Keyledger) -> Answers {
     let acme = tenant("acme");
     let mut out = Vec::new();
-    for seq in [1, 2, 200, 256, 257, 599, 600] {
+    for seq in [1, 2, 200, 256, 257, 598, 599] {
         out.push(
             l.inclusion_proof(&acme, seq, 0)
                 .map(|p| format!("{seq}: {} {:?} {}", p.leaf, p.proof, p.root))
@@ -101,8 +101,8 @@ fn started_from_snapshot(l: &Keyledger) -> u64 {
         .load(Ordering::Relaxed)
 }
 
-/// Changes one byte of the stored tile `(tree, level, index)`.
-fn damage_tile(data: &Path, tree: &str, level: u32, index: u64) {
+/// Changes byte `at` of the stored tile `(tree, level, index)`.
+fn damage_tile(data: &Path, tree: &str, level: u32, index: u64, at: usize) {
     let table: redb::TableDefinition<(&str, u32, u64), &[u8]> = redb::TableDefinition::new("tiles");
     let db = redb::Database::create(data.join("merkle.redb")).unwrap_or_else(|e| panic!("{e}"));
     let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
@@ -114,7 +114,7 @@ fn damage_tile(data: &Path, tree: &str, level: u32, index: u64) {
             .unwrap_or_else(|| panic!("{tree} tile {level}/{index} is stored"))
             .value()
             .to_vec();
-        bytes[100] ^= 0x40;
+        bytes[at] ^= 0x40;
         t.insert((tree, level, index), bytes.as_slice())
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -129,12 +129,16 @@ fn old_nodes_come_from_the_node_store_and_a_damaged_tile_is_refused_then_rebuilt
     let clock = ManualClock::new(Timestamp::from_micros(common::T0));
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
     let ada = Principal::user(tenant("acme"), user("ada"));
-    // 600 events of acme (two full tiles and a partial one) and 100 of
-    // globex between them; a snapshot at shutdown.
+    // 599 events of acme (two full tiles and a partial one), 100 of
+    // globex between them and one of initech; a snapshot at shutdown.
     let first = rt.block_on(async {
         let l = open(&log, &clock, Some(data));
         for i in 0..700 {
-            let p = if i % 7 == 3 {
+            let p = if i == 0 {
+                // A tenant whose last event is global entry 0, read from
+                // the node store when a snapshot is checked.
+                Principal::user(tenant("initech"), user("ivy"))
+            } else if i % 7 == 3 {
                 Principal::user(tenant("globex"), user("gus"))
             } else {
                 ada.clone()
@@ -176,7 +180,7 @@ fn old_nodes_come_from_the_node_store_and_a_damaged_tile_is_refused_then_rebuilt
 
     // One of acme's level-0 tiles damaged: whatever needs it is refused,
     // the rest still answered, and nothing answered differs.
-    damage_tile(data, "t/acme", 0, 0);
+    damage_tile(data, "t/acme", 0, 0, 100);
     rt.block_on(async {
         let l = open(&log, &clock, Some(data));
         assert_eq!(started_from_snapshot(&l), head);
@@ -206,6 +210,24 @@ fn old_nodes_come_from_the_node_store_and_a_damaged_tile_is_refused_then_rebuilt
         l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     });
     // And a snapshot written after the rebuild is used again.
+    rt.block_on(async {
+        let l = open(&log, &clock, Some(data));
+        assert_eq!(started_from_snapshot(&l), head);
+        assert_eq!(answers(&l), replayed);
+        l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+
+    // Damage that the open itself reads (the global entry of initech's
+    // last event, checked against the snapshot): the snapshot is refused,
+    // and the open starts again with the store made anew, rebuilt from
+    // the whole log; the next start uses a snapshot again.
+    damage_tile(data, "g", u32::MAX, 0, 5);
+    rt.block_on(async {
+        let l = open(&log, &clock, Some(data));
+        assert_eq!(started_from_snapshot(&l), 0);
+        assert_eq!(answers(&l), replayed);
+        l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
     rt.block_on(async {
         let l = open(&log, &clock, Some(data));
         assert_eq!(started_from_snapshot(&l), head);
