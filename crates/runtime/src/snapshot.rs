@@ -415,12 +415,7 @@ impl Shared {
                 // Its trees' complete tiles must be in the node store (not
                 // looked for in it otherwise: a store that is behind is
                 // not damaged).
-                Ok(_)
-                    if config.start == SnapshotStart::Load
-                        && let Err(e) = self.audit.nodes.covers(position) =>
-                {
-                    Err(Refusal::Content(e))
-                }
+                Ok(_) if let Err(e) = self.audit.nodes.covers(position) => Err(Refusal::Content(e)),
                 Ok(bytes) => decode(&bytes, &self.audit.nodes).and_then(|p| {
                     if p.position == position {
                         Ok(p)
