@@ -692,10 +692,29 @@ async fn coldstart(dir: &Path) {
 /// against the same from trees built whole in memory from the log in this
 /// process (the design before), alternated in rounds.
 async fn trees(dir: &Path) {
+    // The same trees whole in memory (the log is read before any open:
+    // one handle at a time).
+    let big: TenantId = "big".parse().expect("tenant");
+    let (mut big_tree, mut global) = (Tree::new(), Tree::new());
+    {
+        let log = RedbLog::open_with_cache(&log_path(dir), 16 << 20).expect("the log");
+        fold_log(&log, |page| {
+            for r in page {
+                let leaf = keyledger_audit::merkle::leaf_hash(&r.hash);
+                global.push_leaf_hash(leaf);
+                if r.event.tenant == big {
+                    big_tree.push_leaf_hash(leaf);
+                }
+            }
+        });
+    }
+    // Snapshots are derived: the first open starts without one.
+    let _ = std::fs::remove_dir_all(dir.join(keyledger_runtime::SNAPSHOT_DIR));
     let began = Instant::now();
     let first = open_dir_snapshots(dir);
     let replay = began.elapsed().as_secs_f64();
     first.shutdown().await.expect("shutdown");
+    drop(first);
     let mut opens = Vec::new();
     let mut ledger = None;
     for _ in 0..3 {
@@ -715,25 +734,11 @@ async fn trees(dir: &Path) {
         .start_snapshot_position
         .load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "trees: open to ready from a snapshot (position {from}) {:.3} s (median of 3); the          first open (whole replay, then a snapshot) {replay:.3} s ({})",
+        "trees: open to ready from a snapshot (position {from}) {:.3} s (median of 3); the \
+         first open (whole replay, then a snapshot) {replay:.3} s ({})",
         median(&mut opens),
         loadavg()
     );
-    // The same trees whole in memory.
-    let big: TenantId = "big".parse().expect("tenant");
-    let (mut big_tree, mut global) = (Tree::new(), Tree::new());
-    {
-        let log = RedbLog::open_with_cache(&log_path(dir), 16 << 20).expect("the log");
-        fold_log(&log, |page| {
-            for r in page {
-                let leaf = keyledger_audit::merkle::leaf_hash(&r.hash);
-                global.push_leaf_hash(leaf);
-                if r.event.tenant == big {
-                    big_tree.push_leaf_hash(leaf);
-                }
-            }
-        });
-    }
     let size = ledger.tree_size(&big);
     let gsize = ledger.global_size();
     assert_eq!(
@@ -787,7 +792,8 @@ async fn trees(dir: &Path) {
     }
     let us = |v: &mut Vec<f64>, p: f64| percentile(v, p) * 1e6;
     println!(
-        "trees: inclusion proof of a random old event of big ({size} events), node store: p50          {:.1} µs p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each)",
+        "trees: inclusion proof of a random old event of big ({size} events), node store: p50 \
+         {:.1} µs p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each)",
         us(&mut disk, 0.5),
         us(&mut disk, 0.99),
         us(&mut mem, 0.5),
@@ -795,7 +801,8 @@ async fn trees(dir: &Path) {
         ROUNDS * PER_ROUND
     );
     println!(
-        "trees: a random full global tile (tile/0/N of {full_tiles}), node store: p50 {:.1} µs          p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each; {})",
+        "trees: a random full global tile (tile/0/N of {full_tiles}), node store: p50 {:.1} µs \
+         p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each; {})",
         us(&mut tdisk, 0.5),
         us(&mut tdisk, 0.99),
         us(&mut tmem, 0.5),

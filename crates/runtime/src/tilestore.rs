@@ -247,9 +247,16 @@ impl NodeStore {
         {
             let mut table = txn.open_table(TILES).map_err(|x| e(&x))?;
             for (tree, level, index, bytes) in tiles {
-                table
-                    .insert((&**tree, *level, *index), bytes.as_slice())
-                    .map_err(|x| e(&x))?;
+                let key = (&**tree, *level, *index);
+                // A replay writes again what is stored: left as it is
+                // (a tile never changes; a rewrite would only grow the file).
+                let same = table
+                    .get(key)
+                    .map_err(|x| e(&x))?
+                    .is_some_and(|v| v.value() == bytes.as_slice());
+                if !same {
+                    table.insert(key, bytes.as_slice()).map_err(|x| e(&x))?;
+                }
             }
             if let Some(position) = synced {
                 let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
