@@ -60,9 +60,10 @@ use crate::{Error, Shared};
 /// The snapshots' directory inside the data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The format version this build writes and reads (1: before webhook
-/// subscriptions and the global tree; 2: every tree node in the file,
-/// before the node store; refused, and the log replayed).
-pub const FORMAT_VERSION: u16 = 3;
+/// subscriptions and the global tree; 2: before key policies and the
+/// counts of issue 14; 3: every tree node in the file, before the node
+/// store; older ones are refused, and the log replayed).
+pub const FORMAT_VERSION: u16 = 4;
 /// What every snapshot file starts with.
 const MAGIC: &[u8; 8] = b"KLSNAP\n\0";
 /// Magic, version, body length.
