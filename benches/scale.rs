@@ -67,7 +67,7 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR | coldstart DIR | measure DIR | export DIR | memory DIR PART");
+            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR [snapshots] | coldstart DIR | measure DIR | export DIR | memory DIR PART | trees DIR");
             std::process::exit(2)
         })
     };
@@ -88,7 +88,11 @@ fn main() {
             let seconds = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(3600);
             rt.block_on(load(&dir, num(2), num(3), Duration::from_secs(seconds)));
         }
-        "open" => rt.block_on(open_report(&dir)),
+        "open" => rt.block_on(open_report(
+            &dir,
+            args.get(2).is_some_and(|a| a == "snapshots"),
+        )),
+        "trees" => rt.block_on(trees(&dir)),
         "coldstart" => rt.block_on(coldstart(&dir)),
         "measure" => rt.block_on(measure(&dir)),
         "export" => rt.block_on(async {
@@ -222,6 +226,21 @@ fn open_dir(dir: &Path) -> Keyledger {
     Keyledger::open(
         log,
         serve_config(dir, UsageWindow::Every(Duration::from_secs(1))),
+    )
+    .expect("open the ledger")
+}
+
+/// [`open_dir`] with snapshots, as `keyledger serve` opens by default:
+/// from the newest valid snapshot if there is one (one is written after a
+/// long replay, and at shutdown).
+fn open_dir_snapshots(dir: &Path) -> Keyledger {
+    let log = Arc::new(RedbLog::open(&log_path(dir)).expect("open the log"));
+    Keyledger::open(
+        log,
+        Config {
+            snapshots: Some(keyledger_runtime::SnapshotConfig::in_dir(dir)),
+            ..serve_config(dir, UsageWindow::Every(Duration::from_secs(1)))
+        },
     )
     .expect("open the ledger")
 }
@@ -575,14 +594,18 @@ fn dir_bytes(dir: &Path) -> u64 {
     walk(dir)
 }
 
-async fn open_report(dir: &Path) {
+async fn open_report(dir: &Path, snapshots: bool) {
     let (rss0, _) = rss();
     let (heap0, _) = heap();
     if !log_path(dir).exists() {
         make_dir(dir);
     }
     let began = Instant::now();
-    let ledger = open_dir(dir);
+    let ledger = if snapshots {
+        open_dir_snapshots(dir)
+    } else {
+        open_dir(dir)
+    };
     let took = began.elapsed();
     let (rss1, hwm) = rss();
     let (heap1, blocks) = heap();
@@ -667,6 +690,137 @@ async fn coldstart(dir: &Path) {
         o / d,
         loadavg()
     );
+}
+
+// ------------------------------------------------------------ trees
+
+/// `trees DIR` (issue 13's Merkle node store): open to ready from a
+/// snapshot (the first open replays the log and writes one; then three
+/// opens from it, median), then, in the last of them, inclusion proofs of
+/// random old events of `big` (in the first half of its trail) and random
+/// full level-0 tiles of the global tree, read through the node store,
+/// against the same from trees built whole in memory from the log in this
+/// process (the design before), alternated in rounds.
+async fn trees(dir: &Path) {
+    // The same trees whole in memory (the log is read before any open:
+    // one handle at a time).
+    let big: TenantId = "big".parse().expect("tenant");
+    let (mut big_tree, mut global) = (Tree::new(), Tree::new());
+    {
+        let log = RedbLog::open_with_cache(&log_path(dir), 16 << 20).expect("the log");
+        fold_log(&log, |page| {
+            for r in page {
+                let leaf = keyledger_audit::merkle::leaf_hash(&r.hash);
+                global.push_leaf_hash(leaf);
+                if r.event.tenant == big {
+                    big_tree.push_leaf_hash(leaf);
+                }
+            }
+        });
+    }
+    // Snapshots are derived: the first open starts without one.
+    let _ = std::fs::remove_dir_all(dir.join(keyledger_runtime::SNAPSHOT_DIR));
+    let began = Instant::now();
+    let first = open_dir_snapshots(dir);
+    let replay = began.elapsed().as_secs_f64();
+    first.shutdown().await.expect("shutdown");
+    drop(first);
+    let mut opens = Vec::new();
+    let mut ledger = None;
+    for _ in 0..3 {
+        if let Some(l) = ledger.take() {
+            let l: Keyledger = l;
+            l.shutdown().await.expect("shutdown");
+        }
+        let began = Instant::now();
+        let l = open_dir_snapshots(dir);
+        opens.push(began.elapsed().as_secs_f64());
+        ledger = Some(l);
+    }
+    let ledger = ledger.expect("opened");
+    let from = ledger
+        .metrics()
+        .snapshots
+        .start_snapshot_position
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "trees: open to ready from a snapshot (position {from}) {:.3} s (median of 3); the \
+         first open (whole replay, then a snapshot) {replay:.3} s ({})",
+        median(&mut opens),
+        loadavg()
+    );
+    let size = ledger.tree_size(&big);
+    let gsize = ledger.global_size();
+    assert_eq!(
+        (size, gsize),
+        (big_tree.len(), global.len()),
+        "the same trees"
+    );
+    let mut rng = Rng(0x7ee5);
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 200;
+    let (mut disk, mut mem) = (Vec::new(), Vec::new());
+    let (mut tdisk, mut tmem) = (Vec::new(), Vec::new());
+    let full_tiles = gsize / 256;
+    for _ in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            let seq = 1 + rng.below((size / 2).max(1));
+            let began = Instant::now();
+            let p = ledger.inclusion_proof(&big, seq, size).expect("a proof");
+            disk.push(began.elapsed().as_secs_f64());
+            let began = Instant::now();
+            let proof = big_tree.inclusion_proof(seq - 1, size).expect("a proof");
+            let same = keyledger_audit::proofs::hex_hashes(&proof);
+            let hx = |h| keyledger_audit::proofs::hex_hashes(&[h]).concat();
+            let root = hx(big_tree.root(size).expect("a root"));
+            let leaf = hx(big_tree.leaf(seq - 1).unwrap_or_default());
+            mem.push(began.elapsed().as_secs_f64());
+            assert_eq!(
+                (p.proof, p.root, p.leaf),
+                (same, root, leaf),
+                "the same proof"
+            );
+        }
+        for _ in 0..PER_ROUND.min(full_tiles as usize) {
+            let tile = keyledger_audit::tiles::TilePath::Hashes {
+                level: 0,
+                index: rng.below(full_tiles),
+                width: 256,
+            };
+            let began = Instant::now();
+            let bytes = ledger.global_tile(&tile).expect("a tile");
+            tdisk.push(began.elapsed().as_secs_f64());
+            let began = Instant::now();
+            let nodes = keyledger_audit::tiles::TreeNodes {
+                tree: &global,
+                entries: |_: u64| None,
+            };
+            let same = keyledger_audit::tiles::tile_bytes(&nodes, &tile);
+            tmem.push(began.elapsed().as_secs_f64());
+            assert_eq!(bytes, same, "the same tile");
+        }
+    }
+    let us = |v: &mut Vec<f64>, p: f64| percentile(v, p) * 1e6;
+    println!(
+        "trees: inclusion proof of a random old event of big ({size} events), node store: p50 \
+         {:.1} µs p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each)",
+        us(&mut disk, 0.5),
+        us(&mut disk, 0.99),
+        us(&mut mem, 0.5),
+        us(&mut mem, 0.99),
+        ROUNDS * PER_ROUND
+    );
+    println!(
+        "trees: a random full global tile (tile/0/N of {full_tiles}), node store: p50 {:.1} µs \
+         p99 {:.1} µs; whole tree in memory: p50 {:.1} µs p99 {:.1} µs ({} each; {})",
+        us(&mut tdisk, 0.5),
+        us(&mut tdisk, 0.99),
+        us(&mut tmem, 0.5),
+        us(&mut tmem, 0.99),
+        tdisk.len(),
+        loadavg()
+    );
+    ledger.shutdown().await.expect("shutdown");
 }
 
 // ------------------------------------------------------------ measure
@@ -1220,7 +1374,10 @@ async fn memory(dir: &Path, part: &str) {
                 });
                 trees
             });
-            row("Merkle trees (every tenant's)", alone);
+            row(
+                "Merkle trees whole in memory (before the node store)",
+                alone,
+            );
             // What the hashes fill (a tree of n leaves has 2n - 1 nodes):
             // the rest is the levels' spare capacity.
             let nodes: u64 = trees
@@ -1228,6 +1385,35 @@ async fn memory(dir: &Path, part: &str) {
                 .map(|t| (2 * t.len()).saturating_sub(1))
                 .sum();
             filled = Some(nodes * 32);
+            drop(trees);
+            // What the runtime keeps now (crates/runtime/src/tilestore.rs):
+            // per tree, its frontier (one partial tile of 256 per tile
+            // level, as a tree with its inner nodes); full tiles go to
+            // merkle.redb. The same shape, built here from the log.
+            let (_frontiers, alone) = held(|| {
+                let mut trees: std::collections::HashMap<TenantId, Vec<Tree>> = Default::default();
+                fold_log(log.expect("the log"), |page| {
+                    for r in page {
+                        let frontier = trees.entry(r.event.tenant.clone()).or_default();
+                        let mut node = keyledger_audit::merkle::leaf_hash(&r.hash);
+                        let mut level = 0;
+                        loop {
+                            if frontier.len() == level {
+                                frontier.push(Tree::new());
+                            }
+                            frontier[level].push_leaf_hash(node);
+                            if frontier[level].len() < 256 {
+                                break;
+                            }
+                            let tile = std::mem::take(&mut frontier[level]);
+                            node = tile.node(8, 0).expect("a full tile's root");
+                            level += 1;
+                        }
+                    }
+                });
+                trees
+            });
+            row("Merkle trees' frontiers (the rest in merkle.redb)", alone);
         }
         "vmap" => {
             let (_map, alone) = held(|| {

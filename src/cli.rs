@@ -46,6 +46,17 @@ pub struct Args {
         hide_env_values = true
     )]
     pub postgres: Option<String>,
+    /// redb's page cache for the data directory's `ledger.redb`, in MiB
+    /// (not with --postgres).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_LOG_CACHE_MIB",
+        value_name = "MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+    )]
+    pub log_cache_mib: u32,
     /// Print JSON instead of tables (errors too: `{"error": {"code", "message"}}` on standard error).
     #[arg(long, global = true)]
     pub json: bool,
@@ -502,6 +513,8 @@ pub fn log_path(data: &Path) -> PathBuf {
 /// The PostgreSQL log to use instead of the data directory's file: set
 /// once from `--postgres`, before anything opens the log.
 static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// `--log-cache-mib`, in bytes.
+static LOG_CACHE_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// The audit origin and checkpoint interval: set once from
 /// `--audit-origin` and `--checkpoint-interval`.
@@ -608,7 +621,11 @@ pub fn open_log(data: &Path) -> Result<Arc<dyn EventLog>> {
         return Ok(Arc::new(log));
     }
     let data = data_dir(data)?;
-    let log = RedbLog::open(&log_path(&data)).map_err(|source| {
+    let cache = LOG_CACHE_BYTES
+        .get()
+        .copied()
+        .unwrap_or(keyledger_store::LOG_CACHE_BYTES_DEFAULT);
+    let log = RedbLog::open_with_cache(&log_path(&data), cache).map_err(|source| {
         use keyledger_store::StoreError as E;
         let hint = match &source {
             // The message names the file and says what to do.
@@ -746,6 +763,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if let Some(url) = &args.postgres {
         let _ = POSTGRES_URL.set(url.clone());
     }
+    let _ = LOG_CACHE_BYTES.set((args.log_cache_mib as usize) << 20);
     let _ = AUDIT_SETTINGS.set((
         args.audit_origin.clone().unwrap_or_else(default_origin),
         args.checkpoint_interval,

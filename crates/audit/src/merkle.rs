@@ -112,6 +112,11 @@ pub enum ProofError {
     /// The recomputed root is not the root given.
     #[error("the recomputed root does not match")]
     RootMismatch,
+    /// A node of the tree cannot be read, or what was read is not what
+    /// the tree committed to (a damaged store of tree nodes): nothing is
+    /// answered from it.
+    #[error("a tree node cannot be read: {0}")]
+    Unavailable(String),
 }
 
 /// An append-only Merkle tree that keeps every complete subtree's hash, so
@@ -208,127 +213,214 @@ impl Tree {
 
     /// The root of the tree of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, ProofError> {
-        self.check_size(size)?;
-        Ok(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
-    }
-
-    fn check_size(&self, size: u64) -> Result<(), ProofError> {
-        if size > self.len() {
-            return Err(ProofError::OutOfRange(format!(
-                "tree size {size} asked for, the tree has {} leaves",
-                self.len()
-            )));
-        }
-        Ok(())
-    }
-
-    /// `MTH(D[lo:hi])` for `lo < hi <= len`, where `lo` is the start of a
-    /// subtree of the RFC's decomposition (a multiple of a power of two at
-    /// least `hi - lo`'s split).
-    fn subtree(&self, lo: u64, hi: u64) -> Hash {
-        let n = hi - lo;
-        if n.is_power_of_two() && lo.is_multiple_of(n) {
-            let k = n.trailing_zeros() as usize;
-            return self.levels[k][(lo >> k) as usize];
-        }
-        let k = split(n);
-        node_hash(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
+        root(self, size)
     }
 
     /// The inclusion proof of leaf `index` in the tree of size `size`
     /// (RFC 9162 §2.1.3.1, `PATH(m, D[n])`).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
-        self.check_size(size)?;
-        if index >= size {
-            return Err(ProofError::OutOfRange(format!(
-                "leaf {index} is not in a tree of size {size}"
-            )));
-        }
-        let mut out = Vec::new();
-        self.path(index, 0, size, &mut out);
-        Ok(out)
-    }
-
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if n == 1 {
-            return;
-        }
-        let k = split(n);
-        if m < lo + k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.path(m, lo + k, hi, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        inclusion_proof(self, index, size)
     }
 
     /// The consistency proof between the trees of sizes `old` and `new`
     /// (RFC 9162 §2.1.4.1, `PROOF(m, D[n])`). Empty when `old` is 0 or
     /// equal to `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
-        self.check_size(new)?;
-        if old > new {
-            return Err(ProofError::OutOfRange(format!(
-                "old size {old} is larger than new size {new}"
-            )));
-        }
-        let mut out = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut out);
-        }
-        Ok(out)
-    }
-
-    fn subproof(&self, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if m == n {
-            if !complete {
-                out.push(self.subtree(lo, hi));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, complete, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        consistency_proof(self, old, new)
     }
 
     /// The range proof of leaves `begin..end` in the tree of size `size`:
     /// the hashes of the subtrees of the RFC's decomposition that hold no
     /// leaf of the range, in left-to-right order. See [`root_from_range`].
     pub fn range_proof(&self, begin: u64, end: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
-        self.check_size(size)?;
-        if begin >= end || end > size {
-            return Err(ProofError::OutOfRange(format!(
-                "range {begin}..{end} is empty or not in a tree of size {size}"
-            )));
-        }
-        let mut out = Vec::new();
-        self.range(begin, end, 0, size, &mut out);
-        Ok(out)
+        range_proof(self, begin, end, size)
+    }
+}
+
+impl Subtrees for Tree {
+    fn leaves(&self) -> u64 {
+        self.len()
     }
 
-    fn range(&self, begin: u64, end: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        if hi <= begin || lo >= end {
-            out.push(self.subtree(lo, hi));
-        } else if begin <= lo && hi <= end {
-            // Computed by the verifier from the leaves.
-        } else {
-            let k = split(hi - lo);
-            self.range(begin, end, lo, lo + k, out);
-            self.range(begin, end, lo + k, hi, out);
-        }
+    fn complete(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
+        self.node(level, index).ok_or_else(|| {
+            ProofError::OutOfRange(format!(
+                "no complete subtree at level {level}, index {index}"
+            ))
+        })
     }
+}
+
+/// Where the proofs read a tree's complete subtrees from: the in-memory
+/// [`Tree`], or a store of tree nodes (on disk, read as they are asked for).
+pub trait Subtrees {
+    /// Leaves in the tree.
+    fn leaves(&self) -> u64;
+    /// `MTH(D[index·2^level : (index+1)·2^level])`, for a subtree the tree
+    /// holds whole. Fails only when the node cannot be read
+    /// ([`ProofError::Unavailable`]).
+    fn complete(&self, level: u32, index: u64) -> Result<Hash, ProofError>;
+}
+
+fn check_size(t: &(impl Subtrees + ?Sized), size: u64) -> Result<(), ProofError> {
+    if size > t.leaves() {
+        return Err(ProofError::OutOfRange(format!(
+            "tree size {size} asked for, the tree has {} leaves",
+            t.leaves()
+        )));
+    }
+    Ok(())
+}
+
+/// The root of the first `size` leaves of `t`.
+pub fn root(t: &(impl Subtrees + ?Sized), size: u64) -> Result<Hash, ProofError> {
+    check_size(t, size)?;
+    if size == 0 {
+        Ok(empty_root())
+    } else {
+        subtree(t, 0, size)
+    }
+}
+
+/// `MTH(D[lo:hi])` for `lo < hi <= len`, where `lo` is the start of a
+/// subtree of the RFC's decomposition (a multiple of a power of two at
+/// least `hi - lo`'s split).
+fn subtree(t: &(impl Subtrees + ?Sized), lo: u64, hi: u64) -> Result<Hash, ProofError> {
+    let n = hi - lo;
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
+        let k = n.trailing_zeros();
+        return t.complete(k, lo >> k);
+    }
+    let k = split(n);
+    Ok(node_hash(
+        &subtree(t, lo, lo + k)?,
+        &subtree(t, lo + k, hi)?,
+    ))
+}
+
+/// The inclusion proof of leaf `index` in the tree of size `size` of `t`
+/// (RFC 9162 §2.1.3.1, `PATH(m, D[n])`).
+pub fn inclusion_proof(
+    t: &(impl Subtrees + ?Sized),
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, ProofError> {
+    check_size(t, size)?;
+    if index >= size {
+        return Err(ProofError::OutOfRange(format!(
+            "leaf {index} is not in a tree of size {size}"
+        )));
+    }
+    let mut out = Vec::new();
+    path(t, index, 0, size, &mut out)?;
+    Ok(out)
+}
+
+fn path(
+    t: &(impl Subtrees + ?Sized),
+    m: u64,
+    lo: u64,
+    hi: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), ProofError> {
+    let n = hi - lo;
+    if n == 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < lo + k {
+        path(t, m, lo, lo + k, out)?;
+        out.push(subtree(t, lo + k, hi)?);
+    } else {
+        path(t, m, lo + k, hi, out)?;
+        out.push(subtree(t, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// The consistency proof between the trees of sizes `old` and `new` of `t`
+/// (RFC 9162 §2.1.4.1, `PROOF(m, D[n])`).
+pub fn consistency_proof(
+    t: &(impl Subtrees + ?Sized),
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, ProofError> {
+    check_size(t, new)?;
+    if old > new {
+        return Err(ProofError::OutOfRange(format!(
+            "old size {old} is larger than new size {new}"
+        )));
+    }
+    let mut out = Vec::new();
+    if old > 0 && old < new {
+        subproof(t, old, 0, new, true, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn subproof(
+    t: &(impl Subtrees + ?Sized),
+    m: u64,
+    lo: u64,
+    hi: u64,
+    complete: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), ProofError> {
+    let n = hi - lo;
+    if m == n {
+        if !complete {
+            out.push(subtree(t, lo, hi)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(t, m, lo, lo + k, complete, out)?;
+        out.push(subtree(t, lo + k, hi)?);
+    } else {
+        subproof(t, m - k, lo + k, hi, false, out)?;
+        out.push(subtree(t, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// The range proof of leaves `begin..end` in the tree of size `size` of
+/// `t` (see [`Tree::range_proof`]).
+pub fn range_proof(
+    t: &(impl Subtrees + ?Sized),
+    begin: u64,
+    end: u64,
+    size: u64,
+) -> Result<Vec<Hash>, ProofError> {
+    check_size(t, size)?;
+    if begin >= end || end > size {
+        return Err(ProofError::OutOfRange(format!(
+            "range {begin}..{end} is empty or not in a tree of size {size}"
+        )));
+    }
+    let mut out = Vec::new();
+    range(t, begin, end, 0, size, &mut out)?;
+    Ok(out)
+}
+
+fn range(
+    t: &(impl Subtrees + ?Sized),
+    begin: u64,
+    end: u64,
+    lo: u64,
+    hi: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), ProofError> {
+    if hi <= begin || lo >= end {
+        out.push(subtree(t, lo, hi)?);
+    } else if begin <= lo && hi <= end {
+        // Computed by the verifier from the leaves.
+    } else {
+        let k = split(hi - lo);
+        range(t, begin, end, lo, lo + k, out)?;
+        range(t, begin, end, lo + k, hi, out)?;
+    }
+    Ok(())
 }
 
 /// Verifies an inclusion proof by RFC 9162 §2.1.3.2.

@@ -9,7 +9,6 @@ use keyledger_audit::bundle::{
     BUNDLE_EVENTS_MAX, BUNDLE_FORMAT, BUNDLE_INCLUSION_PROOFS_MAX, Bundle, BundleEarlier,
     BundleHeader, BundleInclusion,
 };
-use keyledger_audit::merkle::Tree;
 use keyledger_audit::proofs::{hex_hashes, parse_hash};
 use keyledger_audit::verify::{BundleReport, EventFormat, EventLink};
 use keyledger_core::{AuditReadKind, Principal, TenantId};
@@ -147,7 +146,7 @@ impl Keyledger {
     /// with their consistency proofs.
     fn bundle_header(
         &self,
-        t: &Tree,
+        t: &crate::tilestore::TiledTree,
         from_seq: u64,
         to_seq: u64,
         stored: &[StoredCheckpoint],

@@ -460,20 +460,17 @@ impl Keyledger {
 
 #[cfg(test)]
 mod tests {
-    use keyledger_audit::merkle::Tree;
-
     use super::*;
     use crate::trees::{TenantTree, leaf_of};
 
     fn tree_of(leaves: &[u8]) -> TenantTree {
-        let mut tree = Tree::new();
+        let mut tree = TenantTree::default();
         for &b in leaves {
-            tree.push_leaf_hash(leaf_of(&[b; 32]));
+            tree.tree.push(leaf_of(&[b; 32]), None);
         }
         TenantTree {
-            tree,
             head: [0; 32],
-            epoch: 1,
+            ..tree
         }
     }
 

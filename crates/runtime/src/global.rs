@@ -10,16 +10,20 @@
 //! stored in [`GLOBAL_CHECKPOINT_FILE`] on the tenants' interval, and never
 //! fork: nothing is signed that does not extend the largest checkpoint
 //! signed before, and the newest stored one is checked against the log at
-//! open. Its tiles (C2SP tlog-tiles) are built from the tree in memory.
+//! open. Its tiles (C2SP tlog-tiles) are read from the node store
+//! (`tilestore.rs`), its frontier from memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
 
 use keyledger_audit::checkpoint::{self, Checkpoint};
-use keyledger_audit::merkle::{Hash, Tree};
+use keyledger_audit::merkle::Hash;
 use keyledger_audit::origin::{epoch_of_global_origin, global_origin};
 use keyledger_audit::proofs::hex_hashes;
-use keyledger_audit::tiles::{self, TilePath, TreeNodes};
+use keyledger_audit::tiles::{self, TilePath};
+use std::sync::Arc;
+
+use crate::tilestore::{GLOBAL_NAME, NodeStore, TiledTree};
 use keyledger_core::{TenantId, Timestamp};
 use keyledger_store::Record;
 
@@ -31,11 +35,11 @@ use crate::{Error, Keyledger};
 pub const GLOBAL_CHECKPOINT_FILE: &str = "global-checkpoints.jsonl";
 
 /// The global tree and what it needs beside it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct GlobalTree {
-    pub(crate) tree: Tree,
-    /// Leaf `i`'s entry: the chain hash of the event at position `i + 1`.
-    entries: Vec<Hash>,
+    /// Leaf `i`'s entry is the chain hash of the event at position `i + 1`
+    /// (kept with the tree: [`TiledTree::entry`]).
+    pub(crate) tree: TiledTree,
     /// Each tenant's last event's leaf index.
     heads: HashMap<TenantId, u64>,
     /// `LogRecovered` events applied: the epoch is one more.
@@ -44,7 +48,24 @@ pub(crate) struct GlobalTree {
     pending: BTreeMap<u64, (TenantId, Hash, bool)>,
 }
 
+impl Default for GlobalTree {
+    /// An empty global tree, its tiles in a store of its own in memory.
+    fn default() -> Self {
+        GlobalTree::new(Arc::new(NodeStore::in_memory()))
+    }
+}
+
 impl GlobalTree {
+    /// An empty global tree, its tiles in `nodes`.
+    pub(crate) fn new(nodes: Arc<NodeStore>) -> Self {
+        GlobalTree {
+            tree: TiledTree::new(nodes, Arc::from(GLOBAL_NAME), true),
+            heads: HashMap::new(),
+            recoveries: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
     /// The checkpoint epoch: 1, plus one for each `LogRecovered` applied.
     pub(crate) fn epoch(&self) -> u64 {
         self.recoveries.saturating_add(1)
@@ -52,8 +73,7 @@ impl GlobalTree {
 
     fn push(&mut self, tenant: &TenantId, hash: Hash, recovered: bool) {
         let index = self.tree.len();
-        self.tree.push_leaf_hash(leaf_of(&hash));
-        self.entries.push(hash);
+        self.tree.push(leaf_of(&hash), Some(&hash));
         match self.heads.get_mut(tenant) {
             Some(h) => *h = index,
             None => {
@@ -105,13 +125,11 @@ pub(crate) struct GlobalSnapshot {
 }
 
 impl GlobalTree {
-    /// For a snapshot: appends the tree's nodes, then its entries, to
-    /// `nodes` (32 bytes each), and returns the rest.
+    /// For a snapshot: appends the tree's frontier and its last partial
+    /// bundle of entries to `nodes` (32 bytes each; the rest is in the
+    /// node store), and returns the rest.
     pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) -> GlobalSnapshot {
-        crate::trees::tree_to_snapshot(&self.tree, nodes);
-        for e in &self.entries {
-            nodes.extend_from_slice(e);
-        }
+        self.tree.to_snapshot(nodes);
         let mut heads: Vec<(TenantId, u64)> =
             self.heads.iter().map(|(t, i)| (t.clone(), *i)).collect();
         heads.sort();
@@ -132,11 +150,12 @@ impl GlobalTree {
     /// too few or do not hold together: a head past the tree, a tenant
     /// listed twice, a record held back that is already in.
     pub(crate) fn from_snapshot(
+        store: &Arc<NodeStore>,
         s: GlobalSnapshot,
         nodes: &mut std::slice::ChunksExact<'_, u8>,
     ) -> Result<GlobalTree, String> {
-        let tree = crate::trees::tree_from_snapshot(s.leaves, nodes)?;
-        let entries = crate::trees::hashes_from_snapshot(s.leaves, nodes)?;
+        let tree =
+            TiledTree::from_snapshot(store.clone(), Arc::from(GLOBAL_NAME), true, s.leaves, nodes)?;
         let mut heads = HashMap::with_capacity(s.heads.len());
         for (tenant, index) in s.heads {
             if index >= s.leaves {
@@ -164,17 +183,16 @@ impl GlobalTree {
         }
         Ok(GlobalTree {
             tree,
-            entries,
             heads,
             recoveries: s.recoveries,
             pending,
         })
     }
 
-    /// The entry (chain hash) of `tenant`'s last event, if it has one.
+    /// The entry (chain hash) of `tenant`'s last event, if it has one
+    /// (and the node store holds it as the tree does).
     pub(crate) fn tenant_head(&self, tenant: &TenantId) -> Option<Hash> {
-        let index = usize::try_from(*self.heads.get(tenant)?).ok()?;
-        self.entries.get(index).copied()
+        self.tree.entry(*self.heads.get(tenant)?).ok().flatten()
     }
 
     /// Tenants with a leaf.
@@ -188,10 +206,21 @@ impl GlobalTree {
 /// recovered).
 #[derive(Default)]
 pub(crate) struct GlobalState {
+    /// The tree, its tiles in the audit state's node store.
     pub(crate) tree: RwLock<GlobalTree>,
     last: Mutex<Option<LastGlobal>>,
     /// The epoch in which nothing may be signed, and why.
     blocked: Mutex<Option<(u64, String)>>,
+}
+
+impl GlobalState {
+    /// An empty global tree, its tiles in `nodes`.
+    pub(crate) fn new(nodes: Arc<NodeStore>) -> Self {
+        GlobalState {
+            tree: RwLock::new(GlobalTree::new(nodes)),
+            ..GlobalState::default()
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -465,13 +494,16 @@ impl Keyledger {
     }
 
     /// The bytes of a global tile or entry bundle, if the tree holds it.
-    pub fn global_tile(&self, path: &TilePath) -> Option<Vec<u8>> {
+    /// An error when the node store cannot give it as the tree holds it.
+    pub fn global_tile(&self, path: &TilePath) -> Result<Option<Vec<u8>>, Error> {
         let g = self.shared.audit.global_tree();
-        let nodes = TreeNodes {
-            tree: &g.tree,
-            entries: |i: u64| g.entries.get(usize::try_from(i).ok()?).map(|h| h.to_vec()),
-        };
-        tiles::tile_bytes(&nodes, path)
+        let tile = tiles::tile_bytes(&g.tree, path);
+        if tile.is_none() && g.tree.nodes_damaged() {
+            return Err(Error::unavailable(
+                "the Merkle node store is damaged; a restart rebuilds it from the log",
+            ));
+        }
+        Ok(tile)
     }
 
     /// The origin the global tree's checkpoints are signed under now.
@@ -508,7 +540,7 @@ impl Keyledger {
         let g = audit.global_tree();
         let gsize = global.checkpoint.size;
         let proof = g.tree.inclusion_proof(index, gsize).map_err(proof_error)?;
-        let leaf = g.tree.node(0, index).unwrap_or_default();
+        let leaf = g.tree.leaf(index).map_err(proof_error)?.unwrap_or_default();
         drop(g);
         Ok((
             signed,
@@ -526,6 +558,7 @@ impl Keyledger {
 mod tests {
     use super::*;
     use crate::checkpoints::AuditConfig;
+    use keyledger_audit::merkle::Tree;
 
     fn tree_of(leaves: &[u8]) -> GlobalTree {
         let acme: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e:?}"));
@@ -623,7 +656,11 @@ mod tests {
         g.add(2, &acme, [7; 32], false);
         assert_eq!(g.tree.len(), 3);
         assert!(g.pending.is_empty());
-        assert_eq!(g.entries, vec![[1; 32], [2; 32], [3; 32]]);
+        let entries: Vec<_> = (0..4).map(|i| g.tree.entry(i).ok().flatten()).collect();
+        assert_eq!(
+            entries,
+            vec![Some([1; 32]), Some([2; 32]), Some([3; 32]), None]
+        );
         assert_eq!(g.heads.get(&acme), Some(&2));
         assert_eq!(g.heads.get(&globex), Some(&1));
         assert_eq!(g.epoch(), 2);

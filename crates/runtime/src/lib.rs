@@ -57,6 +57,7 @@ mod query;
 mod reads;
 mod signing_key;
 mod snapshot;
+mod tilestore;
 mod trees;
 mod verify;
 pub mod views;
@@ -348,11 +349,27 @@ impl Keyledger {
         entropy: Arc<dyn Entropy>,
         progress: Progress<'_>,
     ) -> Result<Self, Error> {
+        Self::open_once(log, config, clock, entropy, progress, true)
+    }
+
+    /// [`Keyledger::open_with`]; `retry`: if the Merkle node store is found
+    /// damaged during the open (a tile read back does not match its tree),
+    /// it is opened once more, which makes the node store anew and
+    /// rebuilds it by replaying the whole log (`tilestore.rs`).
+    fn open_once(
+        log: Arc<dyn EventLog>,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        progress: Progress<'_>,
+        retry: bool,
+    ) -> Result<Self, Error> {
         let mut config = config;
         // Checked before anything in it is read, and used by its real path.
         if let Some(audit) = &mut config.audit {
             audit.dir = datadir::prepare(&audit.dir)?;
         }
+        let again = retry.then(|| (log.clone(), config.clone(), clock.clone(), entropy.clone()));
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let shared = Arc::new(Shared::new(config, clock, entropy, log, tx)?);
         // A valid snapshot becomes the projections, and replay reads only
@@ -374,7 +391,17 @@ impl Keyledger {
             .store(replayed, std::sync::atomic::Ordering::Relaxed);
         // Before anything is served or signed: the log must still hold
         // every event a stored checkpoint signed.
-        shared.audit.check_stored(shared.config.recovering)?;
+        let checked = shared.audit.check_stored(shared.config.recovering);
+        if shared.audit.nodes.is_damaged()
+            && let Some((log, config, clock, entropy)) = again
+        {
+            tracing::warn!(
+                "the Merkle node store is damaged; opening again to rebuild it from the log"
+            );
+            drop((shared, rx));
+            return Self::open_once(log, config, clock, entropy, progress, false);
+        }
+        checked?;
         // A long replay is not repeated at the next start.
         shared.snapshot_tick();
         // Shares every tenant's state with the read model: the writer
@@ -1045,7 +1072,17 @@ impl Shared {
         log: Arc<dyn EventLog>,
         tx: mpsc::Sender<Job>,
     ) -> Result<Self, Error> {
-        let audit = trees::AuditState::new(config.audit.clone(), entropy.as_ref())?;
+        // The Merkle node store lives in the data directory: the audit
+        // directory's, or the one holding the snapshots.
+        let node_dir = config.audit.as_ref().map(|a| a.dir.clone()).or_else(|| {
+            let s = config.snapshots.as_ref()?;
+            s.dir.parent().map(std::path::Path::to_path_buf)
+        });
+        let audit = trees::AuditState::with_node_dir(
+            config.audit.clone(),
+            node_dir.as_deref(),
+            entropy.as_ref(),
+        )?;
         let reads = reads::Reads::new(config.audit_read_window);
         let snapshots = config
             .snapshots

@@ -5,17 +5,21 @@
 //! otherwise rebuild by replaying the log from position 1: the key state
 //! ([`Ledger`], webhook subscriptions included), the usage rollups
 //! ([`Usage`]), each tenant's Merkle tree with its chain head and
-//! checkpoint epoch, and the global tree (`global.rs`: its nodes, entries,
-//! tenants' heads, recoveries and any records held back), and the log
-//! position they cover. The verification map is rebuilt from the key
+//! checkpoint epoch, and the global tree (`global.rs`: its frontier and
+//! last partial bundle of entries, tenants' heads, recoveries and any
+//! records held back), and the log position they cover. The trees'
+//! complete tiles are not in it: they are in the node store
+//! (`tilestore.rs`), made durable before the snapshot is written, and a
+//! snapshot is used only if the node store covers its position. The verification map is rebuilt from the key
 //! state. Not in it, as they are not projections of the log: the webhook
 //! delivery store, stored checkpoints and their cosignatures.
 //!
 //! * Format: `snapshots/snapshot-<position, 20 digits>.bin` in the data
 //!   directory: a magic, the format version, a postcard body in the
 //!   snapshot's own schema types (below; never the domain types, so the
-//!   core stays free of serialization), the trees' nodes as raw 32-byte
-//!   hashes (each tenant's tree, then the global tree and its entries),
+//!   core stays free of serialization), the trees' frontiers as raw
+//!   32-byte hashes (each tenant's tree, then the global tree and its
+//!   entries after its last full bundle),
 //!   then the SHA-256 of everything before it.
 //! * Written atomically (a `.tmp` file, fsync, rename, fsync of the
 //!   directory), owner-only, never through a symbolic link; the newest
@@ -58,8 +62,9 @@ use crate::{Error, Shared};
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The format version this build writes and reads (1: before webhook
 /// subscriptions and the global tree; 2: before key policies and the
-/// counts of issue 14; older ones are refused, and the log replayed).
-pub const FORMAT_VERSION: u16 = 3;
+/// counts of issue 14; 3: every tree node in the file, before the node
+/// store; older ones are refused, and the log replayed).
+pub const FORMAT_VERSION: u16 = 4;
 /// What every snapshot file starts with.
 const MAGIC: &[u8; 8] = b"KLSNAP\n\0";
 /// Magic, version, body length.
@@ -293,6 +298,16 @@ impl Shared {
     fn write_snapshot(&self, p: &Projections, announce: bool) {
         let Some(s) = &self.snapshots else { return };
         let started = Instant::now();
+        // The trees' complete tiles are not in the snapshot: durable first.
+        if let Err(e) = self.audit.nodes.sync(p.position) {
+            self.metrics
+                .snapshots
+                .write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(position = p.position, error = %e,
+                "cannot write a snapshot; the next start replays more of the log");
+            return;
+        }
         let bytes = encode(p);
         match write_file(&s.config.dir, p.position, &bytes) {
             Ok(path) => {
@@ -399,7 +414,11 @@ impl Shared {
         for (position, path) in files.into_iter().rev() {
             let verdict = match read_file(&path) {
                 Err(e) => Err(Refusal::Torn(e.to_string())),
-                Ok(bytes) => decode(&bytes).and_then(|p| {
+                // Its trees' complete tiles must be in the node store (not
+                // looked for in it otherwise: a store that is behind is
+                // not damaged).
+                Ok(_) if let Err(e) = self.audit.nodes.covers(position) => Err(Refusal::Content(e)),
+                Ok(bytes) => decode(&bytes, &self.audit.nodes).and_then(|p| {
                     if p.position == position {
                         Ok(p)
                     } else {
@@ -1193,7 +1212,10 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
 
 /// Reads a snapshot file's bytes back, checking its magic, version,
 /// length, checksum and shape. Never panics, whatever the bytes.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Projections, Refusal> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    store: &Arc<crate::tilestore::NodeStore>,
+) -> Result<Projections, Refusal> {
     let torn = |what: &str| Refusal::Torn(what.to_owned());
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(torn("no snapshot header"));
@@ -1227,10 +1249,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Projections, Refusal> {
     }
     let body: SnapshotV2 = postcard::from_bytes(&content[HEADER_LEN..body_end])
         .map_err(|e| Refusal::Content(format!("the body does not decode: {e}")))?;
-    from_v2(body, nodes)
+    from_v2(body, nodes, store)
 }
 
-fn from_v2(body: SnapshotV2, nodes: &[u8]) -> Result<Projections, Refusal> {
+fn from_v2(
+    body: SnapshotV2,
+    nodes: &[u8],
+    store: &Arc<crate::tilestore::NodeStore>,
+) -> Result<Projections, Refusal> {
     let bad = |m: String| Refusal::Content(m);
     if body.position == 0 {
         return Err(bad("position 0".to_owned()));
@@ -1249,7 +1275,7 @@ fn from_v2(body: SnapshotV2, nodes: &[u8]) -> Result<Projections, Refusal> {
             )));
         }
         total = total.saturating_add(t.version);
-        let tree = TenantTree::from_snapshot(t.leaves, t.head, t.epoch, &mut nodes)
+        let tree = TenantTree::from_snapshot(store, &id, t.leaves, t.head, t.epoch, &mut nodes)
             .map_err(|e| bad(format!("tenant {id}: {e}")))?;
         let mut keys = std::collections::BTreeMap::new();
         for k in t.keys {
@@ -1298,6 +1324,7 @@ fn from_v2(body: SnapshotV2, nodes: &[u8]) -> Result<Projections, Refusal> {
         pending.push((r.position, tenant_id(&r.tenant)?, r.hash, r.recovered));
     }
     let global = GlobalTree::from_snapshot(
+        store,
         GlobalSnapshot {
             leaves: g.leaves,
             heads,
@@ -1471,7 +1498,7 @@ mod tests {
         let taken = live.shared.capture();
         let bytes = encode(&taken);
         assert_eq!(encode(&taken), bytes, "the encoding is deterministic");
-        let back = decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let back = decode(&bytes, taken.global.tree.store()).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             differences(&back, &taken).is_empty(),
             "{:?}",
@@ -1553,11 +1580,12 @@ mod tests {
         let live = open(log.clone(), None);
         rt.block_on(workload(&live));
         let bytes = encode(&live.shared.capture());
+        let store = &live.shared.audit.nodes;
         for i in (0..bytes.len()).step_by(7) {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            assert!(decode(&bad).is_err(), "byte {i} flipped");
-            assert!(decode(&bytes[..i]).is_err(), "cut at {i}");
+            assert!(decode(&bad, store).is_err(), "byte {i} flipped");
+            assert!(decode(&bytes[..i], store).is_err(), "cut at {i}");
         }
         rt.block_on(live.shutdown())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -1574,7 +1602,8 @@ mod tests {
         let taken = live.shared.capture();
         rt.block_on(live.shutdown())
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(decode(&encode(&taken)).is_ok());
+        let store = taken.global.tree.store().clone();
+        assert!(decode(&encode(&taken), &store).is_ok());
         // No global tree (as a format-1 snapshot would start it), or one
         // event short of the position.
         let mut short = GlobalTree::default();
@@ -1588,9 +1617,9 @@ mod tests {
                 ..taken.clone()
             };
             assert!(
-                matches!(decode(&encode(&wrong)), Err(Refusal::Content(_))),
+                matches!(decode(&encode(&wrong), &store), Err(Refusal::Content(_))),
                 "{:?}",
-                decode(&encode(&wrong)).map(|p| p.global.tree.len())
+                decode(&encode(&wrong), &store).map(|p| p.global.tree.len())
             );
         }
     }
@@ -1616,8 +1645,12 @@ mod tests {
         parts
             .pending
             .push((taken.position + 5, tenant, [7; 32], false));
-        taken.global = GlobalTree::from_snapshot(parts, &mut nodes.chunks_exact(32))
-            .unwrap_or_else(|e| panic!("{e}"));
+        taken.global = GlobalTree::from_snapshot(
+            &taken.global.tree.store().clone(),
+            parts,
+            &mut nodes.chunks_exact(32),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let config = SnapshotConfig {
             start: SnapshotStart::Check,
             ..SnapshotConfig::in_dir(dir.path())

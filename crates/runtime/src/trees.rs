@@ -1,6 +1,7 @@
-//! Each tenant's Merkle tree, kept in memory and appended to as committed
-//! events are applied (start-up replay included), 64 bytes per event, and
-//! the proofs read from it.
+//! Each tenant's Merkle tree, appended to as committed events are applied
+//! (start-up replay included), and the proofs read from it. Only each
+//! tree's frontier is in memory; its complete tiles are in the node store
+//! (`tilestore.rs`, `<data>/merkle.redb`), read back as proofs need them.
 //!
 //! Event `seq` of a tenant is leaf `seq - 1` of the tenant's tree, and its
 //! entry is the event's 32-byte chain hash, which already commits to the
@@ -11,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
 use keyledger_audit::merkle::{self, Hash, Tree};
+use std::sync::Arc;
+
+use crate::tilestore::{NodeStore, TiledTree};
 use keyledger_audit::proofs::{ConsistencyProof, InclusionProof, hex_hashes};
 use keyledger_core::{TenantId, Timestamp};
 use keyledger_store::{Record, chain};
@@ -27,6 +31,8 @@ pub fn leaf_of(chain_hash: &Hash) -> Hash {
 /// signed and written (kept by `checkpoints.rs`).
 #[derive(Default)]
 pub(crate) struct AuditState {
+    /// Where the trees' complete tiles are (`tilestore.rs`).
+    pub(crate) nodes: Arc<NodeStore>,
     pub(crate) trees: RwLock<HashMap<TenantId, TenantTree>>,
     pub(crate) signer: Option<Signer>,
     /// Per tenant: the largest checkpoint signed and the last one stored.
@@ -61,7 +67,7 @@ pub(crate) struct LastCheckpoints {
 /// checkpoint epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TenantTree {
-    pub(crate) tree: Tree,
+    pub(crate) tree: TiledTree,
     /// The chain hash of the last event applied ([`chain::GENESIS`] before any).
     pub(crate) head: Hash,
     /// 1, or the epoch of the last `LogRecovered` applied.
@@ -69,9 +75,11 @@ pub(crate) struct TenantTree {
 }
 
 impl Default for TenantTree {
+    /// An empty tree, its tiles in a store of its own in memory (a
+    /// placeholder for a tenant without events).
     fn default() -> Self {
         TenantTree {
-            tree: Tree::new(),
+            tree: TiledTree::new(Arc::new(NodeStore::in_memory()), Arc::from("t/"), false),
             head: chain::GENESIS,
             epoch: 1,
         }
@@ -79,49 +87,42 @@ impl Default for TenantTree {
 }
 
 impl TenantTree {
-    /// For a snapshot (`snapshot.rs`): appends every stored node to
-    /// `nodes` ([`tree_to_snapshot`]); the leaf count, chain head and
-    /// epoch are saved beside them.
-    pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) {
-        tree_to_snapshot(&self.tree, nodes);
+    /// The empty tree of `tenant`, its tiles in `nodes`.
+    pub(crate) fn new(nodes: Arc<NodeStore>, tenant: &TenantId) -> Self {
+        TenantTree {
+            tree: TiledTree::new(nodes, crate::tilestore::tenant_name(tenant), false),
+            head: chain::GENESIS,
+            epoch: 1,
+        }
     }
 
-    /// The tree [`TenantTree::to_snapshot`] saved, taking its nodes from
-    /// `nodes` (32-byte chunks). Fails, naming what is wrong, when there
-    /// are too few.
+    /// For a snapshot (`snapshot.rs`): appends the tree's frontier to
+    /// `nodes` ([`TiledTree::to_snapshot`]; the rest is in the node
+    /// store); the leaf count, chain head and epoch are saved beside it.
+    pub(crate) fn to_snapshot(&self, nodes: &mut Vec<u8>) {
+        self.tree.to_snapshot(nodes);
+    }
+
+    /// The tree [`TenantTree::to_snapshot`] saved, taking its frontier
+    /// from `nodes` (32-byte chunks) and its older nodes from `store`.
+    /// Fails, naming what is wrong, when there are too few.
     pub(crate) fn from_snapshot(
+        store: &Arc<NodeStore>,
+        tenant: &TenantId,
         leaves: u64,
         head: Hash,
         epoch: u64,
         nodes: &mut std::slice::ChunksExact<'_, u8>,
     ) -> Result<TenantTree, String> {
-        let tree = tree_from_snapshot(leaves, nodes)?;
+        let tree = TiledTree::from_snapshot(
+            store.clone(),
+            crate::tilestore::tenant_name(tenant),
+            false,
+            leaves,
+            nodes,
+        )?;
         Ok(TenantTree { tree, head, epoch })
     }
-}
-
-/// For a snapshot: appends every stored node of `tree`, level by level
-/// from the leaves up, to `nodes` (32 bytes each).
-pub(crate) fn tree_to_snapshot(tree: &Tree, nodes: &mut Vec<u8>) {
-    for level in tree.levels() {
-        for h in level {
-            nodes.extend_from_slice(h);
-        }
-    }
-}
-
-/// The tree of `leaves` leaves [`tree_to_snapshot`] saved, taking its
-/// nodes from `nodes` (32-byte chunks). Fails, naming what is wrong, when
-/// there are too few.
-pub(crate) fn tree_from_snapshot(
-    leaves: u64,
-    nodes: &mut std::slice::ChunksExact<'_, u8>,
-) -> Result<Tree, String> {
-    let mut levels = Vec::new();
-    for size in Tree::level_sizes(leaves) {
-        levels.push(hashes_from_snapshot(size, nodes)?);
-    }
-    Tree::from_levels(levels).ok_or_else(|| "its tree is malformed".to_owned())
 }
 
 /// `count` hashes taken from `nodes` (32-byte chunks), or what is wrong.
@@ -161,10 +162,26 @@ impl crate::integrity::Trees for Replayed<'_> {
 }
 
 impl AuditState {
+    #[cfg(test)]
     pub(crate) fn new(
         config: Option<AuditConfig>,
         entropy: &dyn crate::Entropy,
     ) -> Result<Self, Error> {
+        let dir = config.as_ref().map(|c| c.dir.clone());
+        AuditState::with_node_dir(config, dir.as_deref(), entropy)
+    }
+
+    /// The audit state, its node store in `node_dir` (the data directory;
+    /// `None`: in memory).
+    pub(crate) fn with_node_dir(
+        config: Option<AuditConfig>,
+        node_dir: Option<&std::path::Path>,
+        entropy: &dyn crate::Entropy,
+    ) -> Result<Self, Error> {
+        let nodes = Arc::new(match node_dir {
+            None => NodeStore::in_memory(),
+            Some(dir) => NodeStore::open(dir),
+        });
         let signer = match config {
             None => None,
             Some(config) => Some(Signer {
@@ -174,6 +191,8 @@ impl AuditState {
         };
         Ok(AuditState {
             signer,
+            global: crate::global::GlobalState::new(nodes.clone()),
+            nodes,
             ..AuditState::default()
         })
     }
@@ -195,7 +214,9 @@ impl AuditState {
             // Looked up first: the tenant id is cloned only for a new tree.
             let tree = match trees.get_mut(tenant) {
                 Some(tree) => tree,
-                None => trees.entry(tenant.clone()).or_default(),
+                None => trees
+                    .entry(tenant.clone())
+                    .or_insert_with(|| TenantTree::new(self.nodes.clone(), tenant)),
             };
             for r in run {
                 if tree.tree.len() + 1 != r.seq {
@@ -216,14 +237,15 @@ impl AuditState {
                         r.seq - 1
                     )));
                 }
-                tree.tree.push_leaf_hash(leaf_of(&r.hash));
+                tree.tree.push(leaf_of(&r.hash), None);
                 tree.head = r.hash;
                 if let keyledger_core::EventKind::LogRecovered(e) = &r.event.kind {
                     tree.epoch = e.epoch;
                 }
             }
         }
-        Ok(())
+        // Before the trees are read again: the tiles completed here.
+        self.nodes.flush().map_err(Error::unavailable)
     }
 
     /// The tenant's checkpoint epoch (1 for a tenant without events).
@@ -235,11 +257,17 @@ impl AuditState {
     pub(crate) fn with_tree<T>(
         &self,
         tenant: &TenantId,
-        f: impl FnOnce(&Tree) -> Result<T, Error>,
+        f: impl FnOnce(&TiledTree) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
-        let empty = Tree::new();
-        f(trees.get(tenant).map_or(&empty, |t| &t.tree))
+        match trees.get(tenant) {
+            Some(t) => f(&t.tree),
+            None => f(&TiledTree::new(
+                self.nodes.clone(),
+                crate::tilestore::tenant_name(tenant),
+                false,
+            )),
+        }
     }
 }
 
@@ -274,7 +302,7 @@ impl Keyledger {
             Ok(InclusionProof {
                 seq,
                 size,
-                leaf: hex::encode(t.leaf(seq - 1).unwrap_or_default()),
+                leaf: hex::encode(t.leaf(seq - 1).map_err(proof_error)?.unwrap_or_default()),
                 proof: hex_hashes(&proof),
                 root: hex::encode(t.root(size).map_err(proof_error)?),
             })
@@ -311,5 +339,9 @@ impl Keyledger {
 }
 
 pub(crate) fn proof_error(e: merkle::ProofError) -> Error {
-    BadRequest::Proof(e).into()
+    match e {
+        // Not the request's fault: the node store is damaged or unreadable.
+        merkle::ProofError::Unavailable(why) => Error::unavailable(why),
+        e => BadRequest::Proof(e).into(),
+    }
 }

@@ -624,7 +624,7 @@ impl Keyledger {
         })?;
         let (leaf, proof) = audit.with_tree(tenant, |t| {
             Ok((
-                t.leaf(position - 1),
+                t.leaf(position - 1).map_err(proof_error)?,
                 t.inclusion_proof(position - 1, best.size)
                     .map_err(proof_error)?,
             ))
@@ -710,7 +710,7 @@ impl Keyledger {
 /// `size` leaves, with its consistency proof to it.
 pub(crate) fn bundle_witnessed(
     witnessed: Option<&WitnessedCheckpoint>,
-    t: &keyledger_audit::Tree,
+    t: &crate::tilestore::TiledTree,
     size: u64,
 ) -> Result<Option<keyledger_audit::BundleEarlier>, Error> {
     let Some(w) = witnessed else {

@@ -233,7 +233,7 @@ pub(crate) async fn log_tile(
         )
     };
     let tile = TilePath::parse(&format!("tile/{path}")).ok_or_else(not_found)?;
-    let bytes = state.ledger().global_tile(&tile).ok_or_else(not_found)?;
+    let bytes = state.ledger().global_tile(&tile)?.ok_or_else(not_found)?;
     let cache = if tile.is_full() {
         format!("{visibility}, max-age=31536000, immutable")
     } else {

@@ -39,7 +39,10 @@ pub mod wal;
 pub use chain::{ChainProblem, ChainReport, Hash};
 pub use memory::MemoryLog;
 pub use postgres::{PgLog, PgOptions};
-pub use redb_log::{RedbLog, decode_record_bytes, encode_record_bytes};
+pub use redb_log::{
+    CACHE_BYTES_DEFAULT as LOG_CACHE_BYTES_DEFAULT, RedbLog, decode_record_bytes,
+    encode_record_bytes,
+};
 pub use wal::WalOptions;
 
 use keyledger_core::{Event, TenantId};

@@ -168,6 +168,11 @@ fn backend<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreE
 /// Opens (or reopens) the database: from a path, or from a storage backend.
 type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
 
+/// redb's page cache for the log file unless told otherwise: 64 MiB (redb's
+/// own default is 1 GiB, which a large log fills; the log is read mostly at
+/// start-up and by the audit reads, which stream it).
+pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 /// An [`EventLog`] in one redb file and its write-ahead log.
 ///
 /// Every [`append`](EventLog::append) is one redb write transaction. It is
@@ -287,6 +292,12 @@ impl RedbLog {
     /// no file or a complete, empty log: never a half-made file that would
     /// not open.
     pub fn open(path: &Path) -> Result<RedbLog, StoreError> {
+        Self::open_with_cache(path, CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`RedbLog::open`] with redb's page cache capped at `cache_bytes`
+    /// (`keyledger --log-cache-mib`; [`CACHE_BYTES_DEFAULT`] otherwise).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<RedbLog, StoreError> {
         if !path.exists() {
             create_atomically(path)?;
         }
@@ -296,7 +307,9 @@ impl RedbLog {
             path.to_owned(),
             Box::new(move || {
                 let file = no_follow::open(&mut no_follow::read_write_private(), &p)?;
-                Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)
+                Database::builder()
+                    .set_cache_size(cache_bytes)
+                    .create_with_backend(redb::backends::FileBackend::new(file)?)
             }),
             Box::new(wal),
             WalOptions::default(),
