@@ -53,6 +53,7 @@ mod global;
 pub mod integrity;
 mod leaks;
 mod metrics;
+pub mod policy;
 mod query;
 mod reads;
 mod signing_key;
@@ -83,6 +84,7 @@ pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
+pub use policy::{LimitState, PolicyAnswer};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use snapshot::{
     EVERY_DEFAULT as SNAPSHOT_EVERY_DEFAULT, EVERY_EVENTS_DEFAULT as SNAPSHOT_EVERY_EVENTS_DEFAULT,
@@ -237,6 +239,14 @@ pub struct NewKey {
     pub expires_at: Option<Timestamp>,
     /// Scopes; `None` for the default.
     pub scopes: Option<ScopeSet>,
+}
+
+/// How far the verification's fast path got (`Shared::verify_step`).
+pub(crate) enum Step {
+    /// Answered, with the policy's part for a valid key that has one.
+    Done(VerifyOutcome, Option<PolicyAnswer>),
+    /// The rate limits admitted the call; credits must be reserved first.
+    Reserve(PolicyAnswer),
 }
 
 /// State read by queries: changed only by applying committed events.
@@ -471,11 +481,13 @@ impl Keyledger {
     }
 
     /// Verifies a presented key for an optional scope, counting one use
-    /// when the key is known. Never waits for the disk.
+    /// when the key is known. Never waits for the disk, except for a key
+    /// with credits whose allowance on this node has run out: then the
+    /// calling thread waits for one reservation (a durable commit, once
+    /// per block of credits, `policy.rs`). Async callers use
+    /// [`Keyledger::verify_cost_with`], which waits without blocking.
     pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        let v = self.shared.verify(presented, scope);
-        self.note_unknown(v.outcome);
-        v
+        self.verify_blocking(presented, scope, 1, Verification::of)
     }
 
     /// [`Keyledger::verify`] for callers that need the key only while they
@@ -487,10 +499,31 @@ impl Keyledger {
         scope: Option<Scope>,
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
-        self.shared.verify_with(presented, scope, |outcome, key| {
-            self.note_unknown(outcome);
+        self.verify_blocking(presented, scope, 1, |outcome, key, _| {
             f(outcome, key.map(|k| &**k))
         })
+    }
+
+    /// The synchronous verification, spending `cost` credits.
+    fn verify_blocking<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>, Option<&PolicyAnswer>) -> R,
+    ) -> R {
+        self.shared
+            .verify_step(presented, scope, cost, |step, key| match (step, key) {
+                (Step::Reserve(answer), Some(entry)) => {
+                    let (outcome, answer) = policy::block_on(self.settle(entry, cost, answer));
+                    f(outcome, Some(entry), Some(&answer))
+                }
+                (Step::Done(outcome, answer), key) => {
+                    self.note_unknown(outcome);
+                    f(outcome, key, answer.as_ref())
+                }
+                (Step::Reserve(_), None) => f(VerifyOutcome::NotFound, None, None),
+            })
     }
 
     /// [`Keyledger::verify_with`], and on a node that follows a shared log
@@ -508,7 +541,7 @@ impl Keyledger {
         scope: Option<Scope>,
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
-        self.verify_current_arc(presented, scope, |outcome, key| {
+        self.verify_cost_arc(presented, scope, 1, |outcome, key, _| {
             f(outcome, key.map(|k| &**k))
         })
         .await
@@ -516,43 +549,112 @@ impl Keyledger {
 
     /// [`Keyledger::verify_current_with`], keeping the key.
     pub async fn verify_current(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        self.verify_current_arc(presented, scope, |outcome, key| Verification {
-            outcome,
-            key: key.cloned(),
+        self.verify_cost(presented, scope, 1).await
+    }
+
+    /// [`Keyledger::verify_current`] spending `cost` credits (0: only
+    /// check that some are left), with the policy's answer: credits left
+    /// and each rate limit checked.
+    pub async fn verify_cost(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+    ) -> Verification {
+        self.verify_cost_arc(presented, scope, cost, Verification::of)
+            .await
+    }
+
+    /// [`Keyledger::verify_current_with`] spending `cost` credits, handing
+    /// `f` the policy's answer too (for a valid key with credits or rate
+    /// limits). Rate limits are checked first, then credits: a call a
+    /// limit refuses spends none. When this node's allowance cannot cover
+    /// `cost`, one caller per key reserves a block through the log and the
+    /// others wait for it (`policy.rs`).
+    pub async fn verify_cost_with<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>, Option<&PolicyAnswer>) -> R,
+    ) -> R {
+        self.verify_cost_arc(presented, scope, cost, |outcome, key, policy| {
+            f(outcome, key.map(|k| &**k), policy)
         })
         .await
     }
 
-    async fn verify_current_arc<R>(
+    async fn verify_cost_arc<R>(
         &self,
         presented: &str,
         scope: Option<Scope>,
-        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>, Option<&PolicyAnswer>) -> R,
     ) -> R {
-        let f = match &self.shared.catch_up {
-            None => f,
-            Some(catch_up) => {
-                let first = self.shared.verify_with(presented, scope, |outcome, key| {
-                    if outcome == VerifyOutcome::NotFound {
-                        Err(f)
-                    } else {
+        let mut f = f;
+        for attempt in 0..2 {
+            let miss_waits = attempt == 0 && self.shared.catch_up.is_some();
+            let step = self
+                .shared
+                .verify_step(presented, scope, cost, |step, key| match step {
+                    Step::Done(VerifyOutcome::NotFound, _) if miss_waits => Err((f, None)),
+                    Step::Done(outcome, answer) => {
                         self.note_unknown(outcome);
-                        Ok(f(outcome, key))
+                        Ok(f(outcome, key, answer.as_ref()))
                     }
+                    Step::Reserve(answer) => Err((f, key.cloned().map(|k| (k, answer)))),
                 });
-                match first {
-                    Ok(answer) => return answer,
-                    Err(f) => {
+            match step {
+                Ok(answer) => return answer,
+                Err((g, Some((entry, answer)))) => {
+                    let (outcome, answer) = self.settle(&entry, cost, answer).await;
+                    return g(outcome, Some(&entry), Some(&answer));
+                }
+                Err((g, None)) => {
+                    if let Some(catch_up) = &self.shared.catch_up {
                         catch_up.round(catchup::MISS_WAIT_MAX).await;
-                        f
                     }
+                    f = g;
+                }
+            }
+        }
+        self.note_unknown(VerifyOutcome::NotFound);
+        f(VerifyOutcome::NotFound, None, None)
+    }
+
+    /// The slow path of a key with credits: the rate limits admitted the
+    /// call and this node's allowance cannot cover `cost`. Reserves (one
+    /// caller per key; the others wait) and spends, then counts the use.
+    async fn settle(
+        &self,
+        entry: &Arc<KeyEntry>,
+        cost: u64,
+        mut answer: PolicyAnswer,
+    ) -> (VerifyOutcome, PolicyAnswer) {
+        let outcome = match entry.policy().and_then(|p| p.credits.as_ref()) {
+            None => VerifyOutcome::Valid,
+            Some(credits) => {
+                let spend = credits
+                    .spend_reserving(cost, |epoch, want| {
+                        // MERGE-PCORE: self.reserve_credits(&entry.tenant, entry.key_id, epoch, want)
+                        let _ = (epoch, want);
+                        async { Err::<u64, Error>(Error::unavailable("no reservations yet")) }
+                    })
+                    .await;
+                if spend == policy::Spend::Spent {
+                    answer.spent = cost;
+                    VerifyOutcome::Valid
+                } else {
+                    VerifyOutcome::UsageExceeded
                 }
             }
         };
-        self.shared.verify_with(presented, scope, |outcome, key| {
-            self.note_unknown(outcome);
-            f(outcome, key)
-        })
+        if let Some(p) = entry.policy() {
+            p.note_credits(&mut answer);
+        }
+        self.shared
+            .count(entry, outcome, answer.spent, self.shared.clock.now_coarse());
+        (outcome, answer)
     }
 
     /// The tenant's last event applied here: its sequence number in the
@@ -895,32 +997,51 @@ impl Shared {
         Ok((id, Secret::from_material(&self.config.prefix, &material)))
     }
 
-    fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        self.verify_with(presented, scope, |outcome, key| Verification {
-            outcome,
-            key: key.cloned(),
-        })
-    }
-
-    /// Verifies and hands the outcome and the borrowed key to `f`: no
-    /// reference count moves unless `f` takes one.
-    fn verify_with<R>(
+    /// The verification's fast path: everything but a reservation of
+    /// credits. `f` gets the step and the borrowed key; a finished step is
+    /// counted here, a `Reserve` by whoever settles it.
+    fn verify_step<R>(
         &self,
         presented: &str,
         scope: Option<Scope>,
-        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+        cost: u64,
+        f: impl FnOnce(Step, Option<&Arc<KeyEntry>>) -> R,
     ) -> R {
         if secret::check(presented).is_err() {
-            return f(VerifyOutcome::Malformed, None);
+            return f(Step::Done(VerifyOutcome::Malformed, None), None);
         }
         let keys = self.keys.pin();
         let Some(entry) = keys.get(&SecretHash::of(presented)) else {
-            return f(VerifyOutcome::NotFound, None);
+            return f(Step::Done(VerifyOutcome::NotFound, None), None);
         };
         // A coarse clock: reading the OS clock would be a quarter of the
         // cost of a verification. Expiry is judged at most ~1 ms late.
         let now = self.clock.now_coarse();
-        let outcome = entry.judge(scope, now);
+        let step = match (entry.judge(scope, now), entry.policy()) {
+            (VerifyOutcome::Valid, Some(p)) => {
+                let mut answer = PolicyAnswer::default();
+                match p.enforce(cost, now, &mut answer) {
+                    policy::Enforced::Valid => Step::Done(VerifyOutcome::Valid, Some(answer)),
+                    policy::Enforced::RateLimited => {
+                        Step::Done(VerifyOutcome::RateLimited, Some(answer))
+                    }
+                    policy::Enforced::UsageExceeded => {
+                        Step::Done(VerifyOutcome::UsageExceeded, Some(answer))
+                    }
+                    policy::Enforced::Reserve => Step::Reserve(answer),
+                }
+            }
+            (outcome, _) => Step::Done(outcome, None),
+        };
+        if let Step::Done(outcome, answer) = &step {
+            self.count(entry, *outcome, answer.map_or(0, |a| a.spent), now);
+        }
+        f(step, Some(entry))
+    }
+
+    /// Counts one use of a known key (`spent`: the credits it spent).
+    fn count(&self, entry: &Arc<KeyEntry>, outcome: VerifyOutcome, spent: u64, now: Timestamp) {
+        let _ = spent; // MERGE-PCORE
         if let Some(counted) = outcome.counted()
             && entry.count(counted, now)
         {
@@ -932,7 +1053,6 @@ impl Shared {
                 self.dirty_signal.notify_one();
             }
         }
-        f(outcome, Some(entry))
     }
 
     /// A runtime's state before replay: empty projections and

@@ -56,7 +56,7 @@ pub struct Metrics {
     /// Verifications by outcome, in `VerifyOutcome::index` order. Outcomes
     /// of known keys are added when their usage is written (at most one
     /// usage window late); `not_found` and `malformed` at once.
-    pub verifications: [AtomicU64; 6],
+    pub verifications: [AtomicU64; crate::VerifyOutcome::ALL.len()],
     /// Events appended.
     pub events_appended: AtomicU64,
     /// Commands acknowledged.

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use keyledger_core::{KeyId, Outcome, Scope, ScopeSet, TenantId, Timestamp, UseCounts, UserId};
 
+use crate::policy::{Enforcement, PolicyAnswer};
+
 /// What a verification found. Serialized by its wire name, as `as_str`
 /// spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -25,17 +27,23 @@ pub enum VerifyOutcome {
     Expired,
     /// Lacks the scope asked for.
     InsufficientScope,
+    /// Over one of the key's rate limits (the answer says when to retry).
+    RateLimited,
+    /// The key has no credits left.
+    UsageExceeded,
 }
 
 impl VerifyOutcome {
     /// Every outcome.
-    pub const ALL: [VerifyOutcome; 6] = [
+    pub const ALL: [VerifyOutcome; 8] = [
         VerifyOutcome::Valid,
         VerifyOutcome::NotFound,
         VerifyOutcome::Malformed,
         VerifyOutcome::Revoked,
         VerifyOutcome::Expired,
         VerifyOutcome::InsufficientScope,
+        VerifyOutcome::RateLimited,
+        VerifyOutcome::UsageExceeded,
     ];
 
     /// The wire name.
@@ -47,6 +55,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => "revoked",
             VerifyOutcome::Expired => "expired",
             VerifyOutcome::InsufficientScope => "insufficient_scope",
+            VerifyOutcome::RateLimited => "rate_limited",
+            VerifyOutcome::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -57,6 +67,7 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => Some(Outcome::Revoked),
             VerifyOutcome::Expired => Some(Outcome::Expired),
             VerifyOutcome::InsufficientScope => Some(Outcome::InsufficientScope),
+            VerifyOutcome::RateLimited | VerifyOutcome::UsageExceeded => None, // MERGE-PCORE
             VerifyOutcome::NotFound | VerifyOutcome::Malformed => None,
         }
     }
@@ -70,6 +81,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => 3,
             VerifyOutcome::Expired => 4,
             VerifyOutcome::InsufficientScope => 5,
+            VerifyOutcome::RateLimited => 6,
+            VerifyOutcome::UsageExceeded => 7,
         }
     }
 }
@@ -95,6 +108,8 @@ pub struct KeyEntry {
     last_valid: AtomicI64,
     first_use: AtomicI64,
     pub(crate) dirty: AtomicBool,
+    /// Rate limits and credits, for a key that has them (`policy.rs`).
+    policy: Option<Box<Enforcement>>,
 }
 
 const NO_EXPIRY: i64 = i64::MAX;
@@ -122,7 +137,20 @@ impl KeyEntry {
             last_valid: AtomicI64::new(NEVER),
             first_use: AtomicI64::new(NEVER),
             dirty: AtomicBool::new(false),
+            policy: None,
         }
+    }
+
+    /// The entry with rate limits and credits to enforce (none when the
+    /// policy is empty: a plain key stays plain).
+    pub(crate) fn with_policy(mut self, policy: Option<Enforcement>) -> Self {
+        self.policy = policy.filter(|p| !p.is_empty()).map(Box::new);
+        self
+    }
+
+    /// The rate limits and credits enforced, if the key has any.
+    pub fn policy(&self) -> Option<&Enforcement> {
+        self.policy.as_deref()
     }
 
     /// The key's expiry, if any.
@@ -249,9 +277,23 @@ pub struct Verification {
     pub outcome: VerifyOutcome,
     /// The key, when one has this secret.
     pub key: Option<Arc<KeyEntry>>,
+    /// Credits and rate limits, for a valid key that has them.
+    pub policy: Option<PolicyAnswer>,
 }
 
 impl Verification {
+    pub(crate) fn of(
+        outcome: VerifyOutcome,
+        key: Option<&Arc<KeyEntry>>,
+        policy: Option<&PolicyAnswer>,
+    ) -> Self {
+        Verification {
+            outcome,
+            key: key.cloned(),
+            policy: policy.copied(),
+        }
+    }
+
     /// Whether the key works for the scope asked.
     pub fn is_valid(&self) -> bool {
         self.outcome == VerifyOutcome::Valid
