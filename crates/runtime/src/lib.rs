@@ -635,7 +635,7 @@ impl Keyledger {
             None => VerifyOutcome::Valid,
             Some(credits) => {
                 let spend = credits
-                    .spend_reserving(cost, |epoch, want| {
+                    .spend_reserving(cost, self.shared.clock.now_coarse(), |epoch, want| {
                         // MERGE-PCORE: self.reserve_credits(&entry.tenant, entry.key_id, epoch, want)
                         let _ = (epoch, want);
                         async { Err::<u64, Error>(Error::unavailable("no reservations yet")) }

@@ -10,11 +10,12 @@
 //! * **Credits**: the log holds what no node has reserved yet; each node
 //!   spends from an in-memory *allowance* (one atomic, compare-and-swap)
 //!   that it fills by reserving blocks through the log
-//!   (`CreditsReserved`). The block is [`block_for`]: an eighth of what the
-//!   log has left, at least 1 and at most [`BLOCK_MAX`]; it bounds what a
-//!   crash can lose (never more than one block per node and key), and
-//!   nothing a node has not reserved is ever spent, so credits are never
-//!   overspent: not across callers, crashes or nodes.
+//!   (`CreditsReserved`). The block is [`block_for`]: it follows the key's
+//!   rate on this node (about a second of its traffic), and is never more
+//!   than an eighth of what the log has left; it bounds what a crash can
+//!   lose (one block per node and key), and nothing a node has not
+//!   reserved is ever spent, so credits are never overspent: not across
+//!   callers, crashes or nodes.
 //!
 //! The allowance word carries the low bits of the credit epoch it was
 //! reserved in: a refill or a change of credits starts a new epoch and
@@ -37,15 +38,44 @@ use keyledger_core::policy::{RATE_LIMITS_PER_KEY_MAX, RateLimit};
 
 use crate::clock::Clock;
 
-/// Most credits one reservation asks for.
-pub const BLOCK_MAX: u64 = 1000;
+/// The block a key's first reservation asks for, and the least a block
+/// shrinks to.
+pub const BLOCK_MIN: u64 = 16;
+/// The most one reservation asks for, whatever the rate.
+pub const BLOCK_MAX: u64 = 1 << 20;
+/// A block spent faster than this (µs): the next one is twice as large.
+pub const BLOCK_FAST_US: i64 = 250_000;
+/// A block that lasted longer than this (µs): the next one is half.
+pub const BLOCK_SLOW_US: i64 = 2_000_000;
 
-/// How many credits a node reserves when its allowance runs short, with
-/// `remaining` left in the log: an eighth of it, at least 1, at most
-/// [`BLOCK_MAX`]. An eighth keeps the log's credits spread over several
-/// nodes while there are many, and the cap bounds what a crash loses.
-pub fn block_for(remaining: u64) -> u64 {
-    (remaining / 8).clamp(1, BLOCK_MAX)
+/// How many credits a node reserves next, having reserved `previous` a
+/// block `lasted_us` ago, with `remaining` left in the log. The block
+/// follows the key's rate on this node (doubled when the last one went in
+/// under [`BLOCK_FAST_US`], halved when it lasted over [`BLOCK_SLOW_US`]),
+/// within [`BLOCK_MIN`]..[`BLOCK_MAX`], and is never more than an eighth of
+/// what the log has left (at least 1), so the credits stay spread over
+/// the nodes while few are left. A crash loses at most one block: about
+/// two seconds of the key's traffic on that node (at least 16 credits),
+/// and never more than an eighth of what was left.
+pub fn block_for(remaining: u64, previous: u64, lasted_us: i64) -> u64 {
+    let size = if lasted_us < BLOCK_FAST_US {
+        previous.saturating_mul(2)
+    } else if lasted_us > BLOCK_SLOW_US {
+        previous / 2
+    } else {
+        previous
+    };
+    size.clamp(BLOCK_MIN, BLOCK_MAX).min((remaining / 8).max(1))
+}
+
+/// The pace of a key's reservations on this node (held under the
+/// reservation mutex).
+#[derive(Debug)]
+struct Pace {
+    /// The last block asked for.
+    block: u64,
+    /// When it was granted.
+    at: Option<Timestamp>,
 }
 
 // ---------------------------------------------------------------------------
@@ -212,7 +242,7 @@ pub struct Allowance {
     /// What the log holds unreserved, as applied here.
     log_remaining: AtomicU64,
     /// One reservation per key at a time; others wait on it.
-    reserving: tokio::sync::Mutex<()>,
+    reserving: tokio::sync::Mutex<Pace>,
 }
 
 impl Allowance {
@@ -222,7 +252,10 @@ impl Allowance {
             allowance: AtomicU64::new(tag_of(epoch)),
             epoch: AtomicU64::new(epoch),
             log_remaining: AtomicU64::new(log_remaining),
-            reserving: tokio::sync::Mutex::new(()),
+            reserving: tokio::sync::Mutex::new(Pace {
+                block: BLOCK_MIN / 2,
+                at: None,
+            }),
         }
     }
 
@@ -353,13 +386,18 @@ impl Allowance {
     /// key reserves; the others wait for it and then spend from what it
     /// added. A failed reservation (the log unavailable) answers
     /// `Exhausted`: refusing is safe, granting is not.
-    pub async fn spend_reserving<F, Fut, E>(&self, cost: u64, mut reserve: F) -> Spend
+    pub async fn spend_reserving<F, Fut, E>(
+        &self,
+        cost: u64,
+        now: Timestamp,
+        mut reserve: F,
+    ) -> Spend
     where
         F: FnMut(u64, u64) -> Fut,
         Fut: Future<Output = Result<u64, E>>,
         E: std::fmt::Display,
     {
-        let _one = self.reserving.lock().await;
+        let mut pace = self.reserving.lock().await;
         // A refill, a change or another node can each move the epoch
         // between reading it and the reservation landing: a few rounds.
         for _ in 0..4 {
@@ -369,9 +407,17 @@ impl Allowance {
             let log = self.log_remaining();
             let short = cost.saturating_sub(self.allowance());
             let epoch = self.epoch();
-            let want = short.max(block_for(log)).min(log);
+            let lasted = pace
+                .at
+                .map_or(0, |t| now.as_micros().saturating_sub(t.as_micros()));
+            let block = block_for(log, pace.block, lasted);
+            let want = short.max(block).min(log);
             match reserve(epoch, want).await {
                 Ok(granted) => {
+                    *pace = Pace {
+                        block,
+                        at: Some(now),
+                    };
                     self.add(epoch, granted);
                 }
                 Err(e) => {
@@ -614,11 +660,16 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_an_eighth_within_bounds() {
-        assert_eq!(block_for(0), 1);
-        assert_eq!(block_for(7), 1);
-        assert_eq!(block_for(1000), 125);
-        assert_eq!(block_for(1_000_000), BLOCK_MAX);
+    fn blocks_follow_the_rate_within_an_eighth_of_what_is_left() {
+        let (fast, steady, slow) = (1_000, 1_000_000, 5_000_000);
+        assert_eq!(block_for(1 << 40, 100, fast), 200);
+        assert_eq!(block_for(1 << 40, 100, steady), 100);
+        assert_eq!(block_for(1 << 40, 100, slow), 50);
+        assert_eq!(block_for(1 << 40, 20, slow), BLOCK_MIN);
+        assert_eq!(block_for(1 << 40, BLOCK_MAX, fast), BLOCK_MAX);
+        assert_eq!(block_for(1000, 1000, steady), 125);
+        assert_eq!(block_for(7, 100, steady), 1);
+        assert_eq!(block_for(0, 100, steady), 1);
     }
 
     /// A log of credits: reservations take from it, as the decision does.
@@ -697,7 +748,7 @@ mod tests {
                             let done = if done == Spend::Short {
                                 let log = log.clone();
                                 let state2 = state.clone();
-                                state.spend_reserving(cost, move |e, w| {
+                                state.spend_reserving(cost, Timestamp::EPOCH, move |e, w| {
                                     let r = log.reserve(e, w);
                                     if let Ok(g) = r {
                                         let left = log.0.lock().unwrap().1;
