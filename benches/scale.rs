@@ -346,6 +346,9 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
         let s = secret_of(i);
         let owner = plan.owner(i);
         p.push(Command::CreateKey(CreateKey {
+            meta: None,
+            credits: None,
+            limits: Vec::new(),
             principal: Principal::user(plan.tenant(i), owner),
             owner: None,
             name: format!("service key {i}"),
@@ -441,6 +444,9 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
                     window_end: at,
                     last_valid_at: Some(at),
                     counts: UseCounts {
+                        usage_exceeded: 0,
+                        rate_limited: 0,
+                        credits_spent: 0,
                         valid,
                         revoked: 0,
                         expired: 0,
@@ -799,6 +805,9 @@ async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
     for i in 0..1000 {
         let s = secret_of(1u64 << 40 | i);
         p.push(Command::CreateKey(CreateKey {
+            meta: None,
+            credits: None,
+            limits: Vec::new(),
             principal: Principal::user(small_plan.tenant(i), small_plan.owner(i)),
             owner: None,
             name: format!("service key {i}"),
@@ -1265,6 +1274,9 @@ fn decision_copy(ledger: &Ledger, plan: &Plan) -> Ledger {
             at: Timestamp::from_micros(plan.start),
             actor: keyledger_core::Actor::System,
             kind: keyledger_core::EventKind::KeyCreated(keyledger_core::KeyCreated {
+                meta: None,
+                credits: None,
+                limits: Vec::new(),
                 key_id: plan.key_id(2u64 << 40 | n),
                 owner: "u1".parse().expect("user"),
                 name: format!("key {n}"),

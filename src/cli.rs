@@ -891,6 +891,9 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
         } => {
             let t = tenant(&t)?;
             let new = NewKey {
+                meta: None,
+                credits: None,
+                limits: Vec::new(),
                 owner: user.map(|u| u.parse()).transpose()?,
                 name,
                 description,

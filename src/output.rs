@@ -502,6 +502,23 @@ fn details_text(e: &AuditEntry) -> String {
         }
         Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
         Some(EventType::WebhookDeleted) => s("webhook_id"),
+        Some(EventType::KeyUpdated) => {
+            let fields: Vec<&str> = d
+                .get("changes")
+                .and_then(|c| c.as_object())
+                .map(|c| c.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            format!("changed {}", fields.join(", "))
+        }
+        Some(EventType::CreditsReserved) => {
+            format!("{} credits reserved (epoch {})", d["amount"], d["epoch"])
+        }
+        Some(EventType::CreditsReleased) => {
+            format!("{} credits released (epoch {})", d["amount"], d["epoch"])
+        }
+        Some(EventType::CreditsRefilled) => {
+            format!("refilled to {} (due {})", d["remaining"], s("due_at"))
+        }
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
     }
 }

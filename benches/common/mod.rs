@@ -31,6 +31,9 @@ pub fn fill_with(log: &dyn EventLog, n: usize, key_base: u128, tag: u8) {
                     material[8] = tag;
                     let s = Secret::from_material(&prefix, &material);
                     EventKind::KeyCreated(KeyCreated {
+                        meta: None,
+                        credits: None,
+                        limits: Vec::new(),
                         key_id: KeyId::from_u128(key_base + i as u128),
                         owner: owner.clone(),
                         name: format!("key {i}"),
@@ -48,6 +51,9 @@ pub fn fill_with(log: &dyn EventLog, n: usize, key_base: u128, tag: u8) {
                         window_end: at.plus_seconds(1),
                         last_valid_at: Some(at),
                         counts: UseCounts {
+                            usage_exceeded: 0,
+                            rate_limited: 0,
+                            credits_spent: 0,
                             valid: 7,
                             revoked: 0,
                             expired: 0,

@@ -13,14 +13,16 @@
 //!    (`crate::leak`).
 
 use crate::event::{
-    Actor, AuditRead, Cause, Event, EventKind, KeyCreated, KeyRevoked, KeyRotated, KeyUsed,
-    LogRecovered, RevokeReason, UserRemoved,
+    Actor, AuditRead, Cause, CreditsRefilled, CreditsReleased, CreditsReserved, Event, EventKind,
+    KeyChange, KeyCreated, KeyRevoked, KeyRotated, KeyUpdated, KeyUsed, LogRecovered, RevokeReason,
+    UserRemoved,
 };
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::limits::{
     AUDIT_READ_RANGES_MAX, DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX,
     RECOVERY_REASON_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
 };
+use crate::policy::{Credits, Meta, PolicyError, RateLimit};
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
 use crate::state::{KeyRecord, KeyStatus, Ledger, TenantState};
@@ -140,6 +142,42 @@ pub enum Command {
         /// The counts.
         usage: KeyUsed,
     },
+    /// Change a key's fields (needs `keys:write`).
+    UpdateKey(UpdateKey),
+    /// Reserve a block of a key's credits for a node to spend in memory
+    /// (acting as the system): grants `min(want, remaining)`.
+    ReserveCredits {
+        /// The key's tenant.
+        tenant: TenantId,
+        /// The key.
+        key_id: KeyId,
+        /// The credit epoch the node knows; refused if it is not the key's.
+        epoch: u64,
+        /// How many the node would like (at least 1).
+        want: u64,
+    },
+    /// Hand back reserved credits not spent (acting as the system).
+    ReleaseCredits {
+        /// The key's tenant.
+        tenant: TenantId,
+        /// The key.
+        key_id: KeyId,
+        /// The credit epoch they were reserved in; refused if it is not the key's.
+        epoch: u64,
+        /// How many (at least 1, at most what is reserved).
+        amount: u64,
+    },
+    /// Refill a key's credits for the refill instant `due_at` (acting as
+    /// the system); refused unless that refill is due.
+    RefillCredits {
+        /// The key's tenant.
+        tenant: TenantId,
+        /// The key.
+        key_id: KeyId,
+        /// A refill instant of the key's refill, after its epoch started
+        /// and not after now.
+        due_at: Timestamp,
+    },
 }
 
 impl Command {
@@ -159,7 +197,11 @@ impl Command {
             },
             Command::SubscribeWebhook(c) => Some(&c.principal),
             Command::DeleteWebhook(c) => Some(&c.principal),
-            Command::RecordUsage { .. } => None,
+            Command::UpdateKey(c) => Some(&c.principal),
+            Command::RecordUsage { .. }
+            | Command::ReserveCredits { .. }
+            | Command::ReleaseCredits { .. }
+            | Command::RefillCredits { .. } => None,
         }
     }
 
@@ -178,6 +220,10 @@ impl Command {
             Command::SubscribeWebhook(c) => &c.principal.tenant,
             Command::DeleteWebhook(c) => &c.principal.tenant,
             Command::RecordUsage { tenant, .. } => tenant,
+            Command::UpdateKey(c) => &c.principal.tenant,
+            Command::ReserveCredits { tenant, .. }
+            | Command::ReleaseCredits { tenant, .. }
+            | Command::RefillCredits { tenant, .. } => tenant,
         })
     }
 }
@@ -204,6 +250,55 @@ pub struct CreateKey {
     pub secret_hash: SecretHash,
     /// The new secret, masked.
     pub masked: String,
+    /// Metadata, if any.
+    pub meta: Option<Meta>,
+    /// Credits, if any (`None`: unlimited uses).
+    pub credits: Option<Credits>,
+    /// Named rate limits (empty: none).
+    pub limits: Vec<RateLimit>,
+}
+
+/// Change some of a key's fields. `None` leaves a field as it is; for an
+/// optional field, `Some(None)` clears it. Scopes may only narrow and the
+/// expiry only come sooner, unless the principal could grant the wider
+/// value (see [`decide`]'s update rule in `update_key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateKey {
+    /// Who asks.
+    pub principal: Principal,
+    /// The key.
+    pub key_id: KeyId,
+    /// A new name (trimmed and checked).
+    pub name: Option<String>,
+    /// A new description, or none (a blank one is none).
+    pub description: Option<Option<String>>,
+    /// New metadata, or none.
+    pub meta: Option<Option<Meta>>,
+    /// A new expiry, or never.
+    pub expires_at: Option<Option<Timestamp>>,
+    /// New scopes (at least one).
+    pub scopes: Option<ScopeSet>,
+    /// New credits (a new credit epoch), or unlimited.
+    pub credits: Option<Option<Credits>>,
+    /// New rate limits, replacing the old ones whole (empty: none).
+    pub limits: Option<Vec<RateLimit>>,
+}
+
+impl UpdateKey {
+    /// An update of `key_id` that changes nothing yet: set the fields to change.
+    pub fn new(principal: Principal, key_id: KeyId) -> Self {
+        UpdateKey {
+            principal,
+            key_id,
+            name: None,
+            description: None,
+            meta: None,
+            expires_at: None,
+            scopes: None,
+            credits: None,
+            limits: None,
+        }
+    }
 }
 
 /// Revoke a key.
@@ -292,6 +387,32 @@ pub enum CommandError {
     /// The new key's id or secret hash is taken (a caller's bug, never chance).
     #[error("{0}")]
     Duplicate(String),
+    /// A policy field (metadata, credits, rate limits) is not acceptable.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// An update names no field, or sets each to what it already is.
+    #[error("the update of key {0} changes nothing")]
+    NoChange(KeyId),
+    /// The key has no credits (it is not limited by them).
+    #[error("key {0} has no credits")]
+    NoCredits(KeyId),
+    /// The key's credits are all spent or reserved: nothing to reserve.
+    #[error("key {0} has no credits left to reserve")]
+    CreditsExhausted(KeyId),
+    /// The credit epoch named is not the key's (a refill or a change
+    /// started a new one): what was reserved in it has lapsed.
+    #[error("key {key_id} is in credit epoch {current}, not {asked}")]
+    StaleEpoch {
+        /// The key.
+        key_id: KeyId,
+        /// The epoch asked about.
+        asked: u64,
+        /// The key's epoch.
+        current: u64,
+    },
+    /// No refill of the key is due at that instant.
+    #[error("no refill of key {0} is due at {1}")]
+    RefillNotDue(KeyId, Timestamp),
 }
 
 pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> CommandError {
@@ -353,6 +474,77 @@ pub fn decide(
         Command::ReportLeaked(c) => crate::leak::report_leaked(state, c, now),
         Command::SubscribeWebhook(c) => crate::webhook::subscribe(tenant_state, c, at),
         Command::DeleteWebhook(c) => crate::webhook::delete(tenant_state, c, at),
+        Command::UpdateKey(c) => update_key(tenant_state, c, at),
+        Command::ReserveCredits {
+            tenant,
+            key_id,
+            epoch,
+            want,
+        } => {
+            let c = live_credits(tenant_state, *key_id, *epoch)?;
+            if *want == 0 {
+                return Err(invalid("want", "reserve at least one credit"));
+            }
+            if c.remaining == 0 {
+                return Err(CommandError::CreditsExhausted(*key_id));
+            }
+            Ok(vec![system(
+                tenant,
+                at,
+                EventKind::CreditsReserved(CreditsReserved {
+                    key_id: *key_id,
+                    epoch: *epoch,
+                    amount: (*want).min(c.remaining),
+                }),
+            )])
+        }
+        Command::ReleaseCredits {
+            tenant,
+            key_id,
+            epoch,
+            amount,
+        } => {
+            let c = credit_state(tenant_state, *key_id)?;
+            check_epoch(c, *key_id, *epoch)?;
+            if *amount == 0 || *amount > c.outstanding {
+                return Err(invalid(
+                    "amount",
+                    format!("release 1 to {} credits (what is reserved)", c.outstanding),
+                ));
+            }
+            Ok(vec![system(
+                tenant,
+                at,
+                EventKind::CreditsReleased(CreditsReleased {
+                    key_id: *key_id,
+                    epoch: *epoch,
+                    amount: *amount,
+                }),
+            )])
+        }
+        Command::RefillCredits {
+            tenant,
+            key_id,
+            due_at,
+        } => {
+            let c = unrevoked_key(tenant_state, *key_id)?
+                .credit_state()
+                .ok_or(CommandError::NoCredits(*key_id))?;
+            let not_due = || CommandError::RefillNotDue(*key_id, *due_at);
+            let refill = c.refill.ok_or_else(not_due)?;
+            if *due_at <= c.since || *due_at > at || refill.last_at_or_before(*due_at) != *due_at {
+                return Err(not_due());
+            }
+            Ok(vec![system(
+                tenant,
+                at,
+                EventKind::CreditsRefilled(CreditsRefilled {
+                    key_id: *key_id,
+                    due_at: *due_at,
+                    remaining: refill.amount,
+                }),
+            )])
+        }
         Command::RecordUsage { tenant, usage } => {
             if !tenant_state.keys.contains_key(&usage.key_id) {
                 return Err(CommandError::KeyNotFound(usage.key_id));
@@ -521,6 +713,7 @@ fn create_key(
         Some(s) => s,
         None => ScopeSet::DEFAULT.intersect(p.scopes),
     };
+    check_policy(c.credits.as_ref(), Some(&c.limits))?;
     check_new_key(state, tenant, c.key_id, &c.secret_hash)?;
     Ok(vec![Event {
         tenant: p.tenant.clone(),
@@ -536,6 +729,9 @@ fn create_key(
             secret_hash: c.secret_hash,
             masked: c.masked.clone(),
             rotated_from: None,
+            meta: c.meta.clone(),
+            credits: c.credits.clone(),
+            limits: c.limits.clone(),
         }),
     }])
 }
@@ -599,13 +795,7 @@ fn rotate_key(
 ) -> Result<Vec<Event>, CommandError> {
     let p = &c.principal;
     p.require(Scope::KeysWrite)?;
-    let old = tenant
-        .keys
-        .get(&c.key_id)
-        .ok_or(CommandError::KeyNotFound(c.key_id))?;
-    if old.revoked.is_some() {
-        return Err(CommandError::AlreadyRevoked(c.key_id));
-    }
+    let old = unrevoked_key(tenant, c.key_id)?;
     if let Some(successor) = old.rotated_to {
         return Err(CommandError::AlreadyRotated(c.key_id, successor));
     }
@@ -635,6 +825,13 @@ fn rotate_key(
             secret_hash: c.secret_hash,
             masked: c.masked.clone(),
             rotated_from: Some(c.key_id),
+            // The policy goes with the key; the credits no node has
+            // reserved move to the successor: the old key's `KeyRotated`
+            // leaves it none (see the fold), and a revoked key reserves no
+            // more.
+            meta: old.meta().cloned(),
+            credits: old.credits(),
+            limits: old.limits().to_vec(),
         }),
     };
     let grace_end = at.plus_seconds(c.grace_seconds);
@@ -658,6 +855,199 @@ fn rotate_key(
         kind: retire,
     };
     Ok(vec![created, retire])
+}
+
+/// Checks credits and rate limits, when given.
+fn check_policy(
+    credits: Option<&Credits>,
+    limits: Option<&[RateLimit]>,
+) -> Result<(), CommandError> {
+    if let Some(c) = credits {
+        c.check()?;
+    }
+    if let Some(l) = limits {
+        RateLimit::check_all(l)?;
+    }
+    Ok(())
+}
+
+/// An event the system decides (credit reservations and refills).
+fn system(tenant: &TenantId, at: Timestamp, kind: EventKind) -> Event {
+    Event {
+        tenant: tenant.clone(),
+        at,
+        actor: Actor::System,
+        kind,
+    }
+}
+
+/// A key of the tenant that is not revoked.
+fn unrevoked_key(tenant: &TenantState, key_id: KeyId) -> Result<&KeyRecord, CommandError> {
+    let key = tenant
+        .keys
+        .get(&key_id)
+        .ok_or(CommandError::KeyNotFound(key_id))?;
+    if key.revoked.is_some() {
+        return Err(CommandError::AlreadyRevoked(key_id));
+    }
+    Ok(key)
+}
+
+/// A key's credit state, for a credit command.
+fn credit_state(
+    tenant: &TenantState,
+    key_id: KeyId,
+) -> Result<&crate::state::CreditState, CommandError> {
+    tenant
+        .keys
+        .get(&key_id)
+        .ok_or(CommandError::KeyNotFound(key_id))?
+        .credit_state()
+        .ok_or(CommandError::NoCredits(key_id))
+}
+
+fn check_epoch(
+    c: &crate::state::CreditState,
+    key_id: KeyId,
+    epoch: u64,
+) -> Result<(), CommandError> {
+    if c.epoch == epoch {
+        Ok(())
+    } else {
+        Err(CommandError::StaleEpoch {
+            key_id,
+            asked: epoch,
+            current: c.epoch,
+        })
+    }
+}
+
+/// The credits of a key that is not revoked, in `epoch`.
+fn live_credits(
+    tenant: &TenantState,
+    key_id: KeyId,
+    epoch: u64,
+) -> Result<&crate::state::CreditState, CommandError> {
+    unrevoked_key(tenant, key_id)?;
+    let c = credit_state(tenant, key_id)?;
+    check_epoch(c, key_id, epoch)?;
+    Ok(c)
+}
+
+/// The update rule. A principal with `keys:write` may change any key of its
+/// tenant (as it may revoke it), but may not widen what the key can do
+/// beyond what it could grant on a create: new scopes must be a subset of
+/// the old ones, or all held by the principal (create's rule: a key cannot
+/// grant scopes it does not hold); a later expiry, or none where there was
+/// one, gives the key's secret a longer life, which only a principal holding
+/// every scope of the (updated) key may give: it could have created that
+/// key with that expiry, as a rotation must hold the scopes of the secret it
+/// hands out. A rotated key's expiry is its grace period's end and is never
+/// pushed later. A revoked key changes no more.
+fn update_key(
+    tenant: &TenantState,
+    c: &UpdateKey,
+    at: Timestamp,
+) -> Result<Vec<Event>, CommandError> {
+    let p = &c.principal;
+    p.require(Scope::KeysWrite)?;
+    let key = unrevoked_key(tenant, c.key_id)?;
+    may_act_on(p, key, false)?;
+    // A removed user's keys stay refused (an expired one was not revoked
+    // by the cascade): none is changed, as none is rotated.
+    if tenant.is_removed(&key.owner) {
+        return Err(CommandError::UserRemoved(key.owner.clone()));
+    }
+    let mut changes = Vec::new();
+    if let Some(name) = &c.name {
+        changes.push(KeyChange::Name {
+            before: key.name.clone(),
+            after: check_name(name)?,
+        });
+    }
+    if let Some(d) = &c.description {
+        changes.push(KeyChange::Description {
+            before: key.description.clone(),
+            after: check_description(d.as_deref())?,
+        });
+    }
+    if let Some(m) = &c.meta {
+        changes.push(KeyChange::Meta {
+            before: key.meta().cloned(),
+            after: m.clone(),
+        });
+    }
+    let scopes = match c.scopes {
+        Some(s) if s == ScopeSet::EMPTY => {
+            return Err(invalid("scopes", "a key keeps at least one scope"));
+        }
+        Some(s) if !key.scopes.contains_all(s) && !p.scopes.contains_all(s) => {
+            return Err(CommandError::Forbidden(format!(
+                "a key's scopes may only narrow unless the caller holds them all \
+                 (asked for `{s}`, holds `{}`)",
+                p.scopes
+            )));
+        }
+        Some(s) => s,
+        None => key.scopes,
+    };
+    if let Some(e) = c.expires_at {
+        check_expiry(e, at)?;
+        let later = match (key.expires_at, e) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(old), Some(new)) => new > old,
+        };
+        if later {
+            if let Some(successor) = key.rotated_to {
+                return Err(CommandError::AlreadyRotated(c.key_id, successor));
+            }
+            if !p.scopes.contains_all(scopes) {
+                return Err(CommandError::Forbidden(format!(
+                    "a key's expiry may only come sooner unless the caller holds all its \
+                     scopes (`{scopes}`; holds `{}`)",
+                    p.scopes
+                )));
+            }
+        }
+        changes.push(KeyChange::ExpiresAt {
+            before: key.expires_at,
+            after: e,
+        });
+    }
+    if c.scopes.is_some() {
+        changes.push(KeyChange::Scopes {
+            before: key.scopes,
+            after: scopes,
+        });
+    }
+    if let Some(credits) = &c.credits {
+        check_policy(credits.as_ref(), None)?;
+        changes.push(KeyChange::Credits {
+            before: key.credits(),
+            after: credits.clone(),
+        });
+    }
+    if let Some(limits) = &c.limits {
+        check_policy(None, Some(limits))?;
+        changes.push(KeyChange::Limits {
+            before: key.limits().to_vec(),
+            after: limits.clone(),
+        });
+    }
+    changes.retain(|ch| !ch.is_noop());
+    if changes.is_empty() {
+        return Err(CommandError::NoChange(c.key_id));
+    }
+    Ok(vec![Event {
+        tenant: p.tenant.clone(),
+        at,
+        actor: p.actor.clone(),
+        kind: EventKind::KeyUpdated(KeyUpdated {
+            key_id: c.key_id,
+            changes,
+        }),
+    }])
 }
 
 fn remove_user(

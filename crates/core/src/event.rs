@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::ids::{KeyId, TenantId, UserId};
+use crate::policy::{Credits, Meta, RateLimit};
 use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 use crate::time::Timestamp;
@@ -30,6 +31,10 @@ impl Event {
             EventKind::KeyRevoked(e) => Some(e.key_id),
             EventKind::KeyRotated(e) => Some(e.key_id),
             EventKind::KeyLeaked(e) => Some(e.key_id),
+            EventKind::KeyUpdated(e) => Some(e.key_id),
+            EventKind::CreditsReserved(e) => Some(e.key_id),
+            EventKind::CreditsReleased(e) => Some(e.key_id),
+            EventKind::CreditsRefilled(e) => Some(e.key_id),
             EventKind::UserRemoved(_)
             | EventKind::AuditRead(_)
             | EventKind::LogRecovered(_)
@@ -130,6 +135,14 @@ pub enum EventKind {
     WebhookSubscribed(crate::webhook::WebhookSubscribed),
     /// A webhook subscription was deleted.
     WebhookDeleted(crate::webhook::WebhookDeleted),
+    /// A key's fields were changed: each change with its value before and after.
+    KeyUpdated(KeyUpdated),
+    /// A node set aside a block of a key's credits, to spend in memory.
+    CreditsReserved(CreditsReserved),
+    /// A node handed back credits it had set aside but not spent.
+    CreditsReleased(CreditsReleased),
+    /// A key's credits were set back to its refill amount.
+    CreditsRefilled(CreditsRefilled),
 }
 
 impl EventKind {
@@ -147,6 +160,10 @@ impl EventKind {
             EventKind::KeyLeaked(_) => T::KeyLeaked,
             EventKind::WebhookSubscribed(_) => T::WebhookSubscribed,
             EventKind::WebhookDeleted(_) => T::WebhookDeleted,
+            EventKind::KeyUpdated(_) => T::KeyUpdated,
+            EventKind::CreditsReserved(_) => T::CreditsReserved,
+            EventKind::CreditsReleased(_) => T::CreditsReleased,
+            EventKind::CreditsRefilled(_) => T::CreditsRefilled,
         }
     }
 
@@ -177,6 +194,163 @@ pub struct KeyCreated {
     pub masked: String,
     /// The key this one replaces, when made by a rotation.
     pub rotated_from: Option<KeyId>,
+    /// Free-form metadata (a small JSON object), if any.
+    pub meta: Option<Meta>,
+    /// Its credits, if it has any (`None`: unlimited uses).
+    pub credits: Option<Credits>,
+    /// Its named rate limits (empty: none).
+    pub limits: Vec<RateLimit>,
+}
+
+/// A key's fields were changed. Self-describing: each change carries the
+/// value before and after, so a reviewer reads what changed without
+/// replaying; the fold refuses a log whose `before` is not the key's state.
+/// At most one change per field, in [`KeyChange::field`] order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUpdated {
+    /// The key.
+    pub key_id: KeyId,
+    /// What changed (at least one field).
+    pub changes: Vec<KeyChange>,
+}
+
+/// One field of a key, before and after a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The name.
+    Name {
+        /// Before.
+        before: String,
+        /// After.
+        after: String,
+    },
+    /// The description (`None`: none).
+    Description {
+        /// Before.
+        before: Option<String>,
+        /// After.
+        after: Option<String>,
+    },
+    /// The metadata (`None`: none).
+    Meta {
+        /// Before.
+        before: Option<Meta>,
+        /// After.
+        after: Option<Meta>,
+    },
+    /// The expiry (`None`: never).
+    ExpiresAt {
+        /// Before.
+        before: Option<Timestamp>,
+        /// After.
+        after: Option<Timestamp>,
+    },
+    /// The scopes.
+    Scopes {
+        /// Before.
+        before: ScopeSet,
+        /// After.
+        after: ScopeSet,
+    },
+    /// The credits: `remaining` is the log's (what no node had reserved)
+    /// before, and what the key starts the new credit epoch with after
+    /// (`None`: unlimited). A change of credits starts a new epoch:
+    /// reservations made before it lapse.
+    Credits {
+        /// Before.
+        before: Option<Credits>,
+        /// After.
+        after: Option<Credits>,
+    },
+    /// The rate limits, replaced whole.
+    Limits {
+        /// Before.
+        before: Vec<RateLimit>,
+        /// After.
+        after: Vec<RateLimit>,
+    },
+}
+
+impl KeyChange {
+    /// The field's wire name (`name`, `description`, `meta`, `expires_at`,
+    /// `scopes`, `credits`, `limits`); changes in an event come in this order.
+    pub const fn field(&self) -> &'static str {
+        match self {
+            KeyChange::Name { .. } => "name",
+            KeyChange::Description { .. } => "description",
+            KeyChange::Meta { .. } => "meta",
+            KeyChange::ExpiresAt { .. } => "expires_at",
+            KeyChange::Scopes { .. } => "scopes",
+            KeyChange::Credits { .. } => "credits",
+            KeyChange::Limits { .. } => "limits",
+        }
+    }
+
+    /// The field's place in [`KeyChange::field`] order.
+    pub const fn order(&self) -> u8 {
+        match self {
+            KeyChange::Name { .. } => 0,
+            KeyChange::Description { .. } => 1,
+            KeyChange::Meta { .. } => 2,
+            KeyChange::ExpiresAt { .. } => 3,
+            KeyChange::Scopes { .. } => 4,
+            KeyChange::Credits { .. } => 5,
+            KeyChange::Limits { .. } => 6,
+        }
+    }
+
+    /// Whether `before` and `after` are the same (no decision records that).
+    pub fn is_noop(&self) -> bool {
+        match self {
+            KeyChange::Name { before, after } => before == after,
+            KeyChange::Description { before, after } => before == after,
+            KeyChange::Meta { before, after } => before == after,
+            KeyChange::ExpiresAt { before, after } => before == after,
+            KeyChange::Scopes { before, after } => before == after,
+            KeyChange::Credits { before, after } => before == after,
+            KeyChange::Limits { before, after } => before == after,
+        }
+    }
+}
+
+/// A node reserved `amount` of a key's credits in credit epoch `epoch`
+/// (the log's remaining drops by `amount`; the node spends them in memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditsReserved {
+    /// The key.
+    pub key_id: KeyId,
+    /// The credit epoch the reservation is drawn from.
+    pub epoch: u64,
+    /// How many (at least 1, at most the log's remaining).
+    pub amount: u64,
+}
+
+/// A node handed back `amount` credits it had reserved in `epoch` and not
+/// spent (a graceful shutdown). Folded only while `epoch` is the key's
+/// current one: after a refill or a change the old reservation has lapsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditsReleased {
+    /// The key.
+    pub key_id: KeyId,
+    /// The credit epoch the credits were reserved in.
+    pub epoch: u64,
+    /// How many (at least 1).
+    pub amount: u64,
+}
+
+/// A key's credits were refilled: `remaining` is its refill amount, and a
+/// new credit epoch starts (reservations made before lapse). `due_at` is
+/// the refill instant this stands for, which may be earlier than the
+/// event's time if the server was down then; missed refills collapse to
+/// one event for the latest due instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditsRefilled {
+    /// The key.
+    pub key_id: KeyId,
+    /// The refill instant.
+    pub due_at: Timestamp,
+    /// The credits after the refill.
+    pub remaining: u64,
 }
 
 /// A key was presented: exact counts per outcome for one key over one window.
@@ -433,15 +607,21 @@ pub enum Outcome {
     Expired,
     /// Missing the scope asked for.
     InsufficientScope,
+    /// No credits left (or fewer than the verification's cost).
+    UsageExceeded,
+    /// Over one of its rate limits.
+    RateLimited,
 }
 
 impl Outcome {
     /// Every counted outcome, in counter order.
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Valid,
         Outcome::Revoked,
         Outcome::Expired,
         Outcome::InsufficientScope,
+        Outcome::UsageExceeded,
+        Outcome::RateLimited,
     ];
 
     /// The wire name.
@@ -451,6 +631,8 @@ impl Outcome {
             Outcome::Revoked => "revoked",
             Outcome::Expired => "expired",
             Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::UsageExceeded => "usage_exceeded",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 
@@ -461,6 +643,8 @@ impl Outcome {
             Outcome::Revoked => 1,
             Outcome::Expired => 2,
             Outcome::InsufficientScope => 3,
+            Outcome::UsageExceeded => 4,
+            Outcome::RateLimited => 5,
         }
     }
 }
@@ -476,17 +660,40 @@ pub struct UseCounts {
     pub expired: u64,
     /// Uses for a scope the key lacks.
     pub insufficient_scope: u64,
+    /// Uses refused because no credits were left.
+    pub usage_exceeded: u64,
+    /// Uses refused by a rate limit.
+    pub rate_limited: u64,
+    /// Credits spent: the sum of the costs of the valid uses (not an
+    /// outcome; 0 for a key without credits).
+    pub credits_spent: u64,
 }
 
 impl UseCounts {
-    /// Counts from the four counters, in [`Outcome::index`] order.
-    pub const fn from_array(c: [u64; 4]) -> Self {
+    /// Counts from the six outcome counters, in [`Outcome::index`] order
+    /// (no credits spent).
+    pub const fn from_array(c: [u64; 6]) -> Self {
         UseCounts {
             valid: c[0],
             revoked: c[1],
             expired: c[2],
             insufficient_scope: c[3],
+            usage_exceeded: c[4],
+            rate_limited: c[5],
+            credits_spent: 0,
         }
+    }
+
+    /// The six outcome counters, in [`Outcome::index`] order.
+    pub const fn to_array(&self) -> [u64; 6] {
+        [
+            self.valid,
+            self.revoked,
+            self.expired,
+            self.insufficient_scope,
+            self.usage_exceeded,
+            self.rate_limited,
+        ]
     }
 
     /// Every use.
@@ -496,12 +703,16 @@ impl UseCounts {
 
     /// Every use but the valid ones.
     pub const fn rejected(&self) -> u64 {
-        self.revoked + self.expired + self.insufficient_scope
+        self.revoked
+            + self.expired
+            + self.insufficient_scope
+            + self.usage_exceeded
+            + self.rate_limited
     }
 
     /// Whether nothing was counted.
     pub const fn is_zero(&self) -> bool {
-        self.total() == 0
+        self.total() == 0 && self.credits_spent == 0
     }
 
     /// Adds another count in place (saturating: a count never wraps).
@@ -512,11 +723,14 @@ impl UseCounts {
         self.insufficient_scope = self
             .insufficient_scope
             .saturating_add(other.insufficient_scope);
+        self.usage_exceeded = self.usage_exceeded.saturating_add(other.usage_exceeded);
+        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
+        self.credits_spent = self.credits_spent.saturating_add(other.credits_spent);
     }
 
     /// One use with `outcome`.
     pub fn one(outcome: Outcome) -> Self {
-        let mut c = [0; 4];
+        let mut c = [0; 6];
         c[outcome.index()] = 1;
         Self::from_array(c)
     }

@@ -29,18 +29,19 @@ pub mod webhook;
 
 pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
-    decide,
+    UpdateKey, decide,
 };
 pub use event::{
-    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyLeaked, KeyRevoked,
-    KeyRotated, KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts,
-    UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, CreditsRefilled, CreditsReleased, CreditsReserved,
+    Event, EventKind, KeyChange, KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyUpdated,
+    KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use leak::{Leak, ReportLeaked, Reporter};
+pub use policy::{Credits, Meta, PolicyError, RateLimit, Refill, RefillInterval};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};
-pub use state::{KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
+pub use state::{CreditState, KeyPolicy, KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
 pub use time::{Day, Timestamp};
 pub use trail::{AuditFilter, EventType};
 pub use usage::{DailyRow, Usage, UsageSummary};

@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::event::{Actor, Cause, Event, EventKind, RevokeReason, UseCounts};
+use crate::event::{Actor, Cause, Event, EventKind, KeyChange, RevokeReason, UseCounts};
 use crate::ids::{KeyId, TenantId, UserId};
+use crate::policy::{Credits, Meta, RateLimit, Refill};
 use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 use crate::shards::ShardedMap;
@@ -82,6 +83,85 @@ pub struct KeyRecord {
     pub last_used_at: Option<Timestamp>,
     /// Every counted use, by outcome.
     pub uses: UseCounts,
+    /// Its policy (metadata, credits, rate limits); `None` for a key with
+    /// none of them, which then costs one pointer more than before.
+    pub policy: Option<Box<KeyPolicy>>,
+}
+
+/// A key's policy: what a key without one does not pay for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Its metadata.
+    pub meta: Option<Meta>,
+    /// Its credits, as the log knows them (`None`: unlimited).
+    pub credits: Option<CreditState>,
+    /// Its named rate limits.
+    pub limits: Vec<RateLimit>,
+}
+
+/// A key's credits as folded from the log. Nodes reserve blocks of them
+/// (`CreditsReserved`) and spend those in memory; so `remaining` is what no
+/// node has reserved yet, not what is left to spend.
+///
+/// Within one credit epoch, `remaining + outstanding` is always the credits
+/// the epoch started with: a reservation moves credits from `remaining` to
+/// `outstanding`, a release moves them back, and no event adds credits to
+/// an epoch. So reservations in an epoch never exceed what it started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditState {
+    /// Credits no node has reserved.
+    pub remaining: u64,
+    /// The refill, if any.
+    pub refill: Option<Refill>,
+    /// The current credit epoch: the tenant sequence number of the event
+    /// that started it (the `KeyCreated`, a `KeyUpdated` that changed the
+    /// credits, or a `CreditsRefilled`), so epochs only grow.
+    pub epoch: u64,
+    /// The instant the epoch stands for: the event's time, or a refill's
+    /// due instant. The next refill is the first refill instant after it.
+    pub since: Timestamp,
+    /// Credits reserved in this epoch and not released.
+    pub outstanding: u64,
+}
+
+impl CreditState {
+    /// Credits starting an epoch at `epoch` (a sequence number) and `since`.
+    pub fn start(credits: &Credits, epoch: u64, since: Timestamp) -> Self {
+        CreditState {
+            remaining: credits.remaining,
+            refill: credits.refill,
+            epoch,
+            since,
+            outstanding: 0,
+        }
+    }
+
+    /// The policy as a `Credits` value: the log's remaining and the refill.
+    pub fn credits(&self) -> Credits {
+        Credits {
+            remaining: self.remaining,
+            refill: self.refill,
+        }
+    }
+
+    /// The credits the current epoch started with.
+    pub fn epoch_start(&self) -> u64 {
+        self.remaining.saturating_add(self.outstanding)
+    }
+
+    /// The refill instant due at `now`, if one is: the latest refill
+    /// instant at or before `now` and after [`CreditState::since`].
+    pub fn refill_due(&self, now: Timestamp) -> Option<Timestamp> {
+        let due = self.refill?.last_at_or_before(now);
+        (due > self.since).then_some(due)
+    }
+}
+
+impl KeyPolicy {
+    /// The boxed policy, or `None` when it holds nothing.
+    pub fn boxed(self) -> Option<Box<KeyPolicy>> {
+        (self != KeyPolicy::default()).then(|| Box::new(self))
+    }
 }
 
 /// How a key was revoked.
@@ -136,6 +216,33 @@ impl KeyRecord {
         } else {
             KeyStatus::Active
         }
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.policy.as_ref()?.meta.as_ref()
+    }
+
+    /// Its credits, as the log knows them.
+    pub fn credit_state(&self) -> Option<&CreditState> {
+        self.policy.as_ref()?.credits.as_ref()
+    }
+
+    /// Its credits as a policy value (the log's remaining and the refill).
+    pub fn credits(&self) -> Option<Credits> {
+        self.credit_state().map(CreditState::credits)
+    }
+
+    /// Its rate limits.
+    pub fn limits(&self) -> &[RateLimit] {
+        self.policy.as_ref().map_or(&[], |p| &p.limits)
+    }
+
+    /// Changes the policy with `f`, keeping `None` for an empty one.
+    fn edit_policy(&mut self, f: impl FnOnce(&mut KeyPolicy)) {
+        let mut p = self.policy.take().map(|b| *b).unwrap_or_default();
+        f(&mut p);
+        self.policy = p.boxed();
     }
 }
 
@@ -294,6 +401,69 @@ fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
     }
 }
 
+/// A key's credit state for a credit event (`what` it is), or why not.
+fn credits_of<'a>(
+    state: &'a mut TenantState,
+    key_id: KeyId,
+    what: &str,
+) -> Result<&'a mut CreditState, String> {
+    state
+        .keys
+        .get_mut(&key_id)
+        .ok_or_else(|| format!("credits of {key_id} are {what} but the key is unknown"))?
+        .policy
+        .as_mut()
+        .and_then(|p| p.credits.as_mut())
+        .ok_or_else(|| format!("credits of {key_id} are {what} but it has none"))
+}
+
+/// Checks a `KeyUpdated`'s changes against the key: at least one, fields
+/// in order and once each, none a no-op, every `before` the key's state.
+fn check_update(key: &KeyRecord, changes: &[KeyChange]) -> Result<(), String> {
+    if changes.is_empty() {
+        return Err("an update changes nothing".into());
+    }
+    if changes.windows(2).any(|w| w[0].order() >= w[1].order()) {
+        return Err("an update's fields are out of order or repeated".into());
+    }
+    for change in changes {
+        if change.is_noop() {
+            return Err(format!("{} is changed to what it was", change.field()));
+        }
+        let same = match change {
+            KeyChange::Name { before, .. } => *before == key.name,
+            KeyChange::Description { before, .. } => *before == key.description,
+            KeyChange::Meta { before, .. } => before.as_ref() == key.meta(),
+            KeyChange::ExpiresAt { before, .. } => *before == key.expires_at,
+            KeyChange::Scopes { before, .. } => *before == key.scopes,
+            KeyChange::Credits { before, .. } => *before == key.credits(),
+            KeyChange::Limits { before, .. } => before.as_slice() == key.limits(),
+        };
+        if !same {
+            return Err(format!(
+                "{} before the update is not the key's",
+                change.field()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies one checked change; `seq` and `at` are the event's.
+fn apply_change(key: &mut KeyRecord, change: &KeyChange, seq: u64, at: Timestamp) {
+    match change {
+        KeyChange::Name { after, .. } => key.name.clone_from(after),
+        KeyChange::Description { after, .. } => key.description.clone_from(after),
+        KeyChange::Meta { after, .. } => key.edit_policy(|p| p.meta.clone_from(after)),
+        KeyChange::ExpiresAt { after, .. } => key.expires_at = *after,
+        KeyChange::Scopes { after, .. } => key.scopes = *after,
+        KeyChange::Credits { after, .. } => key.edit_policy(|p| {
+            p.credits = after.as_ref().map(|c| CreditState::start(c, seq, at));
+        }),
+        KeyChange::Limits { after, .. } => key.edit_policy(|p| p.limits.clone_from(after)),
+    }
+}
+
 /// [`Ledger::apply`] once the sequence number is checked, on the tenant's
 /// state. Every error is returned before anything is changed.
 fn fold(
@@ -331,6 +501,15 @@ fn fold(
                     rotated_to: None,
                     last_used_at: None,
                     uses: UseCounts::default(),
+                    policy: KeyPolicy {
+                        meta: e.meta.clone(),
+                        credits: e
+                            .credits
+                            .as_ref()
+                            .map(|c| CreditState::start(c, seq, event.at)),
+                        limits: e.limits.clone(),
+                    }
+                    .boxed(),
                 },
             );
             // Looked up first: the owner's id is cloned only for their
@@ -379,6 +558,82 @@ fn fold(
                 .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
             key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
             key.rotated_to = Some(e.new_key_id);
+            // The successor was created with the credits no node had
+            // reserved (decide.rs, rotation): they move, they are not copied.
+            if let Some(c) = key.policy.as_mut().and_then(|p| p.credits.as_mut()) {
+                c.remaining = 0;
+            }
+        }
+        EventKind::KeyUpdated(e) => {
+            let key = state
+                .keys
+                .get_mut(&e.key_id)
+                .ok_or_else(|| inconsistent(format!("{} is updated but unknown", e.key_id)))?;
+            check_update(key, &e.changes)
+                .map_err(|m| inconsistent(format!("{}: {m}", e.key_id)))?;
+            for change in &e.changes {
+                apply_change(key, change, seq, event.at);
+            }
+        }
+        EventKind::CreditsReserved(e) => {
+            let c = credits_of(state, e.key_id, "reserved").map_err(&inconsistent)?;
+            if e.epoch != c.epoch {
+                return Err(inconsistent(format!(
+                    "{}: credits reserved in epoch {}, but the key is in epoch {}",
+                    e.key_id, e.epoch, c.epoch
+                )));
+            }
+            if e.amount == 0 || e.amount > c.remaining {
+                return Err(inconsistent(format!(
+                    "{}: {} credits reserved, {} unreserved",
+                    e.key_id, e.amount, c.remaining
+                )));
+            }
+            c.remaining -= e.amount;
+            c.outstanding += e.amount;
+        }
+        EventKind::CreditsReleased(e) => {
+            let c = credits_of(state, e.key_id, "released").map_err(&inconsistent)?;
+            if e.epoch > c.epoch {
+                return Err(inconsistent(format!(
+                    "{}: credits released from epoch {}, after the key's epoch {}",
+                    e.key_id, e.epoch, c.epoch
+                )));
+            }
+            // A release from an older epoch has lapsed: nothing comes back.
+            if e.epoch == c.epoch {
+                if e.amount == 0 || e.amount > c.outstanding {
+                    return Err(inconsistent(format!(
+                        "{}: {} credits released, {} reserved",
+                        e.key_id, e.amount, c.outstanding
+                    )));
+                }
+                c.outstanding -= e.amount;
+                c.remaining += e.amount;
+            }
+        }
+        EventKind::CreditsRefilled(e) => {
+            let c = credits_of(state, e.key_id, "refilled").map_err(&inconsistent)?;
+            let Some(refill) = c.refill else {
+                return Err(inconsistent(format!(
+                    "{} is refilled without a refill",
+                    e.key_id
+                )));
+            };
+            if e.due_at <= c.since
+                || refill.last_at_or_before(e.due_at) != e.due_at
+                || e.due_at > event.at
+                || e.remaining != refill.amount
+            {
+                return Err(inconsistent(format!(
+                    "{}: a refill due at {} for {} is not one its refill makes",
+                    e.key_id, e.due_at, e.remaining
+                )));
+            }
+            c.remaining = e.remaining;
+            c.outstanding = 0;
+            c.epoch = seq;
+            c.since = e.due_at;
         }
         EventKind::UserRemoved(e) => {
             if state.removed_users.contains_key(&e.user_id) {

@@ -31,11 +31,19 @@ pub enum EventType {
     WebhookSubscribed,
     /// `WebhookDeleted`.
     WebhookDeleted,
+    /// `KeyUpdated`.
+    KeyUpdated,
+    /// `CreditsReserved`.
+    CreditsReserved,
+    /// `CreditsReleased`.
+    CreditsReleased,
+    /// `CreditsRefilled`.
+    CreditsRefilled,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 14] = [
         EventType::KeyCreated,
         EventType::KeyUsed,
         EventType::KeyRevoked,
@@ -46,6 +54,10 @@ impl EventType {
         EventType::KeyLeaked,
         EventType::WebhookSubscribed,
         EventType::WebhookDeleted,
+        EventType::KeyUpdated,
+        EventType::CreditsReserved,
+        EventType::CreditsReleased,
+        EventType::CreditsRefilled,
     ];
 
     /// The name, as in the log (`KeyCreated`, …).
@@ -61,6 +73,10 @@ impl EventType {
             EventType::KeyLeaked => "KeyLeaked",
             EventType::WebhookSubscribed => "WebhookSubscribed",
             EventType::WebhookDeleted => "WebhookDeleted",
+            EventType::KeyUpdated => "KeyUpdated",
+            EventType::CreditsReserved => "CreditsReserved",
+            EventType::CreditsReleased => "CreditsReleased",
+            EventType::CreditsRefilled => "CreditsRefilled",
         }
     }
 
@@ -76,6 +92,16 @@ impl EventType {
             .find(|t| t.as_str().to_ascii_lowercase() == folded)
     }
 
+    /// Whether the type is a usage record (`KeyUsed`, and the credit
+    /// reservations nodes make and hand back as keys are used): the trail
+    /// shows these only on request.
+    pub const fn is_usage(self) -> bool {
+        matches!(
+            self,
+            EventType::KeyUsed | EventType::CreditsReserved | EventType::CreditsReleased
+        )
+    }
+
     /// The type of an event.
     pub fn of(event: &Event) -> Self {
         event.kind.event_type()
@@ -89,8 +115,9 @@ impl fmt::Display for EventType {
 }
 
 /// Which events of a tenant's trail to show. The default shows every
-/// management event; `KeyUsed` only on request: `include_usage`, or
-/// `KeyUsed` named in `types`.
+/// management event; usage records (`KeyUsed`, `CreditsReserved`,
+/// `CreditsReleased`: [`EventType::is_usage`]) only on request:
+/// `include_usage`, or the type named in `types`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Only events about this key.
@@ -104,7 +131,7 @@ pub struct AuditFilter {
     pub from: Option<Timestamp>,
     /// Only events before this instant.
     pub to: Option<Timestamp>,
-    /// Include `KeyUsed` events.
+    /// Include usage records (`KeyUsed`, `CreditsReserved`, `CreditsReleased`).
     pub include_usage: bool,
 }
 
@@ -113,7 +140,7 @@ impl AuditFilter {
     pub fn matches(&self, event: &Event) -> bool {
         let ty = EventType::of(event);
         let type_ok = if self.types.is_empty() {
-            self.include_usage || ty != EventType::KeyUsed
+            self.include_usage || !ty.is_usage()
         } else {
             // Naming `KeyUsed` among the types is itself a request for it.
             self.types.contains(&ty)

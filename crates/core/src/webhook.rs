@@ -74,13 +74,14 @@ impl fmt::Display for WebhookId {
 
 /// The notices a subscription can ask for, by their Standard Webhooks
 /// `type` names.
-pub const WEBHOOK_EVENT_TYPES: [&str; 6] = [
+pub const WEBHOOK_EVENT_TYPES: [&str; 7] = [
     "key.created",
     "key.revoked",
     "key.rotated",
     "key.expiring",
     "key.leaked",
     "user.removed",
+    "key.updated",
 ];
 
 /// A tenant subscribed an endpoint to event types. Carries no secret.

@@ -162,6 +162,9 @@ impl From<RemoveUser> for Cmd {
 fn create(p: Principal, n: u8) -> CreateKey {
     let s = secret(n);
     CreateKey {
+        meta: None,
+        credits: None,
+        limits: Vec::new(),
         principal: p,
         owner: None,
         name: format!("key {n}"),
@@ -1442,6 +1445,9 @@ fn another_tenants_clock_does_not_hold_this_one_back() {
 #[test]
 fn record_usage_of_a_known_key_as_the_system() {
     let counts = UseCounts {
+        usage_exceeded: 0,
+        rate_limited: 0,
+        credits_spent: 0,
         valid: 3,
         revoked: 0,
         expired: 0,

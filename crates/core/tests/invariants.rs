@@ -329,6 +329,9 @@ impl World {
                     _ => self.fresh_id(),
                 };
                 Command::CreateKey(CreateKey {
+                    meta: None,
+                    credits: None,
+                    limits: Vec::new(),
                     principal: self.principal(who, tenant_n(*tenant), &user_n(0)),
                     owner: owner.map(user_n),
                     name: format!(" key {} ", self.minted),
@@ -420,7 +423,7 @@ impl World {
             } => {
                 let (tenant, key_id, _) = self.target(*key, *foreign);
                 let c = counts.map(u64::from);
-                let counts = UseCounts::from_array(c);
+                let counts = UseCounts::from_array([c[0], c[1], c[2], c[3], 0, 0]);
                 let window_start = self.in_seconds(-i64::from(*window_back));
                 let usage = keyledger_core::KeyUsed {
                     key_id,

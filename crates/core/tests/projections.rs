@@ -14,6 +14,9 @@ use keyledger_core::{
 
 fn counts(valid: u64, revoked: u64, expired: u64, insufficient_scope: u64) -> UseCounts {
     UseCounts {
+        usage_exceeded: 0,
+        rate_limited: 0,
+        credits_spent: 0,
         valid,
         revoked,
         expired,
@@ -62,6 +65,7 @@ fn key_record_after_create() {
         rotated_to: None,
         last_used_at: None,
         uses: UseCounts::default(),
+        policy: None,
     };
     assert_eq!(ledger.key(&acme(), kid(1)), Some(&expected));
     assert_eq!(ledger.events(), 1);

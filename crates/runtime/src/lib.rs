@@ -69,9 +69,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keyledger_core::{
-    Command, CreateKey, EventType, KeyId, KeyPrefix, KeyRecord, Ledger, Principal, RemoveUser,
-    RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash, TenantId, Timestamp,
-    Usage, UserId, secret,
+    Command, CommandError, CreateKey, EventKind, EventType, KeyId, KeyPrefix, KeyRecord, Ledger,
+    Principal, RemoveUser, RevokeKey, RevokeReason, RotateKey, Scope, ScopeSet, Secret, SecretHash,
+    TenantId, Timestamp, UpdateKey, Usage, UserId, secret,
 };
 use keyledger_store::{EventLog, Record};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -239,6 +239,12 @@ pub struct NewKey {
     pub expires_at: Option<Timestamp>,
     /// Scopes; `None` for the default.
     pub scopes: Option<ScopeSet>,
+    /// Metadata, if any.
+    pub meta: Option<keyledger_core::Meta>,
+    /// Credits, if any (`None`: unlimited uses).
+    pub credits: Option<keyledger_core::Credits>,
+    /// Named rate limits (empty: none).
+    pub limits: Vec<keyledger_core::RateLimit>,
 }
 
 /// How far the verification's fast path got (`Shared::verify_step`).
@@ -750,9 +756,102 @@ impl Keyledger {
                 key_id,
                 secret_hash: secret.hash(),
                 masked: secret.masked(),
+                meta: new.meta,
+                credits: new.credits,
+                limits: new.limits,
             }))
             .await?;
         self.created(&tenant, key_id, secret, &records)
+    }
+
+    /// Changes some of a key's fields (one `KeyUpdated`); returns the key
+    /// as changed. `update.principal` is who asks.
+    pub async fn update_key(&self, update: UpdateKey) -> Result<KeyRecord, Error> {
+        let tenant = update.principal.tenant.clone();
+        let key_id = update.key_id;
+        self.execute(Command::UpdateKey(update)).await?;
+        self.key(&tenant, key_id)
+    }
+
+    /// Reserves up to `want` of a key's credits in credit epoch `epoch`
+    /// (a `CreditsReserved`, acting as the system) for this node to spend
+    /// in memory; returns how many were granted (at least 1). Refused with
+    /// [`CommandError::CreditsExhausted`] when none are left unreserved,
+    /// [`CommandError::StaleEpoch`] when a refill or a change started a new
+    /// epoch, [`CommandError::NoCredits`] for a key without credits.
+    pub async fn reserve_credits(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        epoch: u64,
+        want: u64,
+    ) -> Result<u64, Error> {
+        let records = self
+            .execute(Command::ReserveCredits {
+                tenant: tenant.clone(),
+                key_id,
+                epoch,
+                want,
+            })
+            .await?;
+        records
+            .iter()
+            .find_map(|r| match &r.event.kind {
+                EventKind::CreditsReserved(c) => Some(c.amount),
+                _ => None,
+            })
+            .ok_or_else(|| Error::inconsistent("a reservation appended no CreditsReserved"))
+    }
+
+    /// Hands back `amount` credits reserved in `epoch` and not spent (a
+    /// `CreditsReleased`, acting as the system). Refused with
+    /// [`CommandError::StaleEpoch`] once the epoch has ended: those credits
+    /// have lapsed.
+    pub async fn release_credits(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        epoch: u64,
+        amount: u64,
+    ) -> Result<(), Error> {
+        self.execute(Command::ReleaseCredits {
+            tenant: tenant.clone(),
+            key_id,
+            epoch,
+            amount,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Refills a key's credits for the latest refill instant at or before
+    /// now, if one is due (a `CreditsRefilled`, acting as the system; a
+    /// server that was down when refills fell due writes one for the latest).
+    /// Returns the refill instant written, or `None` when none is due (or
+    /// the key has no refill). Missed refills are collapsed to the latest.
+    pub async fn refill_credits(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+    ) -> Result<Option<Timestamp>, Error> {
+        let now = self.now();
+        let key = self.key(tenant, key_id)?;
+        let Some(due_at) = key.credit_state().and_then(|c| c.refill_due(now)) else {
+            return Ok(None);
+        };
+        match self
+            .execute(Command::RefillCredits {
+                tenant: tenant.clone(),
+                key_id,
+                due_at,
+            })
+            .await
+        {
+            Ok(_) => Ok(Some(due_at)),
+            // Another caller (or node) refilled it first.
+            Err(Error::Command(CommandError::RefillNotDue(..))) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Revokes a key; returns it as revoked.
@@ -1260,8 +1359,49 @@ fn update_verification_map<G: papaya::Guard>(
         | K::LogRecovered(_)
         | K::KeyLeaked(_)
         | K::WebhookSubscribed(_)
-        | K::WebhookDeleted(_) => {}
+        | K::WebhookDeleted(_)
+        | K::CreditsReserved(_)
+        | K::CreditsReleased(_)
+        | K::CreditsRefilled(_) => {}
+        // A change of name or scopes makes a new entry (its fields are not
+        // atomics); uses counted in the old one are still on the dirty
+        // list and written from it. A change of expiry is stored in place.
+        K::KeyUpdated(e) => {
+            let Some(k) = ledger.key(tenant, e.key_id) else {
+                return;
+            };
+            let fields_changed = e.changes.iter().any(|c| {
+                matches!(
+                    c,
+                    keyledger_core::KeyChange::Name { .. }
+                        | keyledger_core::KeyChange::Scopes { .. }
+                )
+            });
+            if fields_changed && let Some(state) = ledger.tenant(tenant) {
+                keys.insert(k.secret_hash, Arc::new(entry_for(tenant, state, k)));
+            } else if let Some(entry) = keys.get(&k.secret_hash) {
+                entry.set_expires_at(k.expires_at);
+            }
+        }
     }
+}
+
+/// A key's verification entry as its state says: refused when revoked or
+/// when its owner was removed (the cascade revokes only active keys).
+pub(crate) fn entry_for(
+    tenant: &TenantId,
+    state: &keyledger_core::TenantState,
+    k: &KeyRecord,
+) -> KeyEntry {
+    KeyEntry::new(
+        tenant.clone(),
+        k.id,
+        k.owner.clone(),
+        k.name.clone(),
+        k.scopes,
+        k.expires_at,
+        k.revoked.is_some() || state.is_removed(&k.owner),
+    )
 }
 
 /// The counts of the `KeyUsed` events that write one key's uses: one
@@ -1270,18 +1410,23 @@ fn usage_units(counts: keyledger_core::UseCounts, per_use: bool) -> Vec<keyledge
     if !per_use {
         return vec![counts];
     }
-    keyledger_core::Outcome::ALL
+    let mut units: Vec<_> = keyledger_core::Outcome::ALL
         .iter()
         .flat_map(|o| {
-            let n = [
-                counts.valid,
-                counts.revoked,
-                counts.expired,
-                counts.insufficient_scope,
-            ][o.index()];
+            let n = counts.to_array()[o.index()];
             (0..n).map(|_| keyledger_core::UseCounts::one(*o))
         })
-        .collect()
+        .collect();
+    // Credits spent are no outcome: they ride on the first unit.
+    match units.first_mut() {
+        Some(first) => first.credits_spent = counts.credits_spent,
+        None if counts.credits_spent > 0 => units.push(keyledger_core::UseCounts {
+            credits_spent: counts.credits_spent,
+            ..Default::default()
+        }),
+        None => {}
+    }
+    units
 }
 
 /// Writes every counted use; puts counts back if the write fails.

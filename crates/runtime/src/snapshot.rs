@@ -42,8 +42,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_core::{
-    Actor, Cause, DailyRow, Day, KeyId, KeyRecord, Ledger, Revocation, RevokeReason, ScopeSet,
-    SecretHash, TenantId, TenantState, Timestamp, Usage, UseCounts, UserId, Webhook, WebhookId,
+    Actor, Cause, CreditState, DailyRow, Day, KeyId, KeyPolicy, KeyRecord, Ledger, Meta, RateLimit,
+    Refill, RefillInterval, Revocation, RevokeReason, ScopeSet, SecretHash, TenantId, TenantState,
+    Timestamp, Usage, UseCounts, UserId, Webhook, WebhookId,
 };
 use keyledger_store::EventLog;
 use serde::{Deserialize, Serialize};
@@ -56,8 +57,9 @@ use crate::{Error, Shared};
 /// The snapshots' directory inside the data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The format version this build writes and reads (1: before webhook
-/// subscriptions and the global tree; refused, and the log replayed).
-pub const FORMAT_VERSION: u16 = 2;
+/// subscriptions and the global tree; 2: before key policies and the
+/// counts of issue 14; older ones are refused, and the log replayed).
+pub const FORMAT_VERSION: u16 = 3;
 /// What every snapshot file starts with.
 const MAGIC: &[u8; 8] = b"KLSNAP\n\0";
 /// Magic, version, body length.
@@ -440,15 +442,7 @@ impl Shared {
         let keys = self.keys.pin();
         for (tenant, state) in p.ledger.tenants() {
             for k in state.keys.values() {
-                let entry = crate::KeyEntry::new(
-                    tenant.clone(),
-                    k.id,
-                    k.owner.clone(),
-                    k.name.clone(),
-                    k.scopes,
-                    k.expires_at,
-                    k.revoked.is_some() || state.is_removed(&k.owner),
-                );
+                let entry = crate::entry_for(tenant, state, k);
                 keys.insert(k.secret_hash, Arc::new(entry));
             }
         }
@@ -750,7 +744,7 @@ struct TenantV2 {
     version: u64,
     last_at: i64,
     recoveries: u64,
-    keys: Vec<KeyV1>,
+    keys: Vec<KeyV3>,
     by_owner: Vec<(String, Vec<u128>)>,
     removed_users: Vec<(String, i64)>,
     usage: Vec<DayV1>,
@@ -765,7 +759,7 @@ struct TenantV2 {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct KeyV1 {
+struct KeyV3 {
     id: u128,
     owner: String,
     name: String,
@@ -780,7 +774,89 @@ struct KeyV1 {
     rotated_from: Option<u128>,
     rotated_to: Option<u128>,
     last_used_at: Option<i64>,
-    uses: CountsV1,
+    uses: CountsV3,
+    policy: Option<PolicyV3>,
+}
+
+/// A key's policy (format 3).
+#[derive(Debug, Serialize, Deserialize)]
+struct PolicyV3 {
+    meta: Option<String>,
+    credits: Option<CreditStateV3>,
+    /// Name, limit, duration in milliseconds.
+    limits: Vec<(String, u64, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CreditStateV3 {
+    remaining: u64,
+    /// Amount, interval (`daily`, `monthly`), day.
+    refill: Option<(u64, String, Option<u8>)>,
+    epoch: u64,
+    since: i64,
+    outstanding: u64,
+}
+
+impl PolicyV3 {
+    fn from_core(p: &KeyPolicy) -> Self {
+        PolicyV3 {
+            meta: p.meta.as_ref().map(|m| m.as_str().to_owned()),
+            credits: p.credits.as_ref().map(|c| CreditStateV3 {
+                remaining: c.remaining,
+                refill: c
+                    .refill
+                    .map(|r| (r.amount, r.interval.as_str().to_owned(), r.day)),
+                epoch: c.epoch,
+                since: c.since.as_micros(),
+                outstanding: c.outstanding,
+            }),
+            limits: p
+                .limits
+                .iter()
+                .map(|l| (l.name.clone(), l.limit, l.duration_ms))
+                .collect(),
+        }
+    }
+
+    fn into_core(self) -> Result<Option<Box<KeyPolicy>>, Refusal> {
+        let bad = |m: String| Refusal::Content(m);
+        let credits = match self.credits {
+            None => None,
+            Some(c) => Some(CreditState {
+                remaining: c.remaining,
+                refill: match c.refill {
+                    None => None,
+                    Some((amount, interval, day)) => Some(Refill {
+                        amount,
+                        interval: RefillInterval::parse(&interval)
+                            .ok_or_else(|| bad(format!("refill interval {interval:?}")))?,
+                        day,
+                    }),
+                },
+                epoch: c.epoch,
+                since: Timestamp::from_micros(c.since),
+                outstanding: c.outstanding,
+            }),
+        };
+        let policy = KeyPolicy {
+            meta: self
+                .meta
+                .map(Meta::new)
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
+            credits,
+            limits: self
+                .limits
+                .into_iter()
+                .map(|(name, limit, duration_ms)| RateLimit {
+                    name,
+                    limit,
+                    duration_ms,
+                })
+                .collect(),
+        };
+        Ok(policy.boxed())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -812,17 +888,20 @@ enum ActorV1 {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct CountsV1 {
+struct CountsV3 {
     valid: u64,
     revoked: u64,
     expired: u64,
     insufficient_scope: u64,
+    usage_exceeded: u64,
+    rate_limited: u64,
+    credits_spent: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DayV1 {
     day: i32,
-    counts: CountsV1,
+    counts: CountsV3,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -867,13 +946,16 @@ impl ActorV1 {
     }
 }
 
-impl CountsV1 {
+impl CountsV3 {
     fn from_core(c: &UseCounts) -> Self {
-        CountsV1 {
+        CountsV3 {
             valid: c.valid,
             revoked: c.revoked,
             expired: c.expired,
             insufficient_scope: c.insufficient_scope,
+            usage_exceeded: c.usage_exceeded,
+            rate_limited: c.rate_limited,
+            credits_spent: c.credits_spent,
         }
     }
 
@@ -883,6 +965,9 @@ impl CountsV1 {
             revoked: self.revoked,
             expired: self.expired,
             insufficient_scope: self.insufficient_scope,
+            usage_exceeded: self.usage_exceeded,
+            rate_limited: self.rate_limited,
+            credits_spent: self.credits_spent,
         }
     }
 }
@@ -891,7 +976,7 @@ fn days_v1(rows: Vec<DailyRow>) -> Vec<DayV1> {
     rows.into_iter()
         .map(|r| DayV1 {
             day: r.day.as_days(),
-            counts: CountsV1::from_core(&r.counts),
+            counts: CountsV3::from_core(&r.counts),
         })
         .collect()
 }
@@ -910,9 +995,9 @@ fn user(s: &str) -> Result<UserId, Refusal> {
         .map_err(|e| Refusal::Content(format!("user id {s:?}: {e}")))
 }
 
-impl KeyV1 {
+impl KeyV3 {
     fn from_core(k: &KeyRecord) -> Self {
-        KeyV1 {
+        KeyV3 {
             id: k.id.to_u128(),
             owner: k.owner.to_string(),
             name: k.name.clone(),
@@ -937,7 +1022,8 @@ impl KeyV1 {
             rotated_from: k.rotated_from.map(KeyId::to_u128),
             rotated_to: k.rotated_to.map(KeyId::to_u128),
             last_used_at: k.last_used_at.map(Timestamp::as_micros),
-            uses: CountsV1::from_core(&k.uses),
+            uses: CountsV3::from_core(&k.uses),
+            policy: k.policy.as_deref().map(PolicyV3::from_core),
         }
     }
 
@@ -976,6 +1062,10 @@ impl KeyV1 {
             rotated_to: self.rotated_to.map(KeyId::from_u128),
             last_used_at: self.last_used_at.map(Timestamp::from_micros),
             uses: self.uses.into_core(),
+            policy: match self.policy {
+                None => None,
+                Some(p) => p.into_core()?,
+            },
         })
     }
 }
@@ -1038,7 +1128,7 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
             version: state.version,
             last_at: state.last_at.as_micros(),
             recoveries: state.recoveries,
-            keys: state.keys.values().map(KeyV1::from_core).collect(),
+            keys: state.keys.values().map(KeyV3::from_core).collect(),
             by_owner,
             removed_users: state
                 .removed_users
@@ -1332,6 +1422,42 @@ mod tests {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+            // A key with a policy: metadata, credits with a refill, a
+            // limit; some credits reserved, then the key changed.
+            let c = l
+                .create_key(
+                    user("ada"),
+                    NewKey {
+                        name: format!("{t} metered"),
+                        meta: Some(
+                            keyledger_core::Meta::new(r#"{"plan":"pro"}"#.into())
+                                .unwrap_or_else(|e| panic!("{e}")),
+                        ),
+                        credits: Some(keyledger_core::Credits {
+                            remaining: 500,
+                            refill: Some(keyledger_core::Refill {
+                                amount: 100,
+                                interval: keyledger_core::RefillInterval::Monthly,
+                                day: Some(31),
+                            }),
+                        }),
+                        limits: vec![keyledger_core::RateLimit {
+                            name: "burst".into(),
+                            limit: 5,
+                            duration_ms: 1000,
+                        }],
+                        ..NewKey::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let epoch = c.key.credit_state().map_or(0, |s| s.epoch);
+            l.reserve_credits(&tenant, c.key.id, epoch, 64)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut u = keyledger_core::UpdateKey::new(user("ada"), c.key.id);
+            u.description = Some(Some("changed".into()));
+            l.update_key(u).await.unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
@@ -1353,6 +1479,15 @@ mod tests {
         );
         assert_eq!(back.ledger, taken.ledger);
         assert_eq!(back.usage, taken.usage);
+        // The policy is in the snapshot, reservations included.
+        let metered = back
+            .ledger
+            .tenants()
+            .flat_map(|(_, s)| s.keys.values())
+            .filter_map(|k| k.credit_state())
+            .filter(|c| c.outstanding == 64 && c.refill.is_some())
+            .count();
+        assert_eq!(metered, 2);
         assert_eq!(back.trees, taken.trees);
         assert_eq!(back.global, taken.global);
         assert_eq!(back.global.tree.len(), taken.position);

@@ -104,7 +104,7 @@ pub struct KeyEntry {
     pub scopes: ScopeSet,
     expires_at: AtomicI64,
     revoked: AtomicBool,
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; Outcome::ALL.len()],
     last_valid: AtomicI64,
     first_use: AtomicI64,
     pub(crate) dirty: AtomicBool,
@@ -215,7 +215,7 @@ impl KeyEntry {
 
     pub(crate) fn take(&self) -> (UseCounts, Option<Timestamp>) {
         self.dirty.store(false, Ordering::Release);
-        let mut c = [0u64; 4];
+        let mut c = [0u64; Outcome::ALL.len()];
         for (slot, counter) in c.iter_mut().zip(&self.counts) {
             *slot = counter.swap(0, Ordering::AcqRel);
         }
@@ -228,12 +228,7 @@ impl KeyEntry {
 
     /// Puts counts back after a failed write, so they are written later.
     pub(crate) fn give_back(&self, counts: &UseCounts, last_valid: Option<Timestamp>) {
-        let c = [
-            counts.valid,
-            counts.revoked,
-            counts.expired,
-            counts.insufficient_scope,
-        ];
+        let c = counts.to_array();
         for (n, counter) in c.iter().zip(&self.counts) {
             counter.fetch_add(*n, Ordering::Relaxed);
         }

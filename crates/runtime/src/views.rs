@@ -14,6 +14,63 @@ use serde_json::{Value, json};
 
 use crate::VerifyOutcome;
 
+/// A key's metadata as JSON (its text is a JSON object; kept as a string
+/// should it ever not parse).
+pub fn meta_json(m: &keyledger_core::Meta) -> Value {
+    serde_json::from_str(m.as_str()).unwrap_or_else(|_| Value::String(m.as_str().to_owned()))
+}
+
+/// Credits as JSON: `{remaining, refill: {amount, interval, day} | null}`.
+pub fn credits_json(c: &keyledger_core::Credits) -> Value {
+    json!({
+        "remaining": c.remaining,
+        "refill": c.refill.map(|r| json!({
+            "amount": r.amount,
+            "interval": r.interval.as_str(),
+            "day": r.day,
+        })),
+    })
+}
+
+/// Rate limits as JSON: `[{name, limit, duration}]`, the duration in milliseconds.
+pub fn limits_json(limits: &[keyledger_core::RateLimit]) -> Value {
+    Value::Array(
+        limits
+            .iter()
+            .map(|l| json!({ "name": l.name, "limit": l.limit, "duration": l.duration_ms }))
+            .collect(),
+    )
+}
+
+/// A `KeyUpdated`'s changes as JSON: `{field: {before, after}}`, one
+/// member per changed field.
+pub fn key_changes_json(changes: &[keyledger_core::KeyChange]) -> Value {
+    use keyledger_core::KeyChange as C;
+    let mut out = serde_json::Map::new();
+    for c in changes {
+        let (before, after) = match c {
+            C::Name { before, after } => (json!(before), json!(after)),
+            C::Description { before, after } => (json!(before), json!(after)),
+            C::Meta { before, after } => (
+                before.as_ref().map_or(Value::Null, meta_json),
+                after.as_ref().map_or(Value::Null, meta_json),
+            ),
+            C::ExpiresAt { before, after } => (json!(before.map(time)), json!(after.map(time))),
+            C::Scopes { before, after } => (json!(before.names()), json!(after.names())),
+            C::Credits { before, after } => (
+                before.as_ref().map_or(Value::Null, credits_json),
+                after.as_ref().map_or(Value::Null, credits_json),
+            ),
+            C::Limits { before, after } => (limits_json(before), limits_json(after)),
+        };
+        out.insert(
+            c.field().to_owned(),
+            json!({ "before": before, "after": after }),
+        );
+    }
+    Value::Object(out)
+}
+
 fn time(t: Timestamp) -> String {
     t.to_rfc3339()
 }
@@ -124,7 +181,8 @@ pub struct UsesView {
     pub total: u64,
     /// Valid uses.
     pub valid: u64,
-    /// Rejected uses (revoked, expired, insufficient scope).
+    /// Rejected uses (revoked, expired, insufficient scope, usage
+    /// exceeded, rate limited).
     pub rejected: u64,
     /// Uses after revocation.
     pub revoked: u64,
@@ -132,6 +190,12 @@ pub struct UsesView {
     pub expired: u64,
     /// Uses for a scope the key lacks.
     pub insufficient_scope: u64,
+    /// Uses refused because no credits were left.
+    pub usage_exceeded: u64,
+    /// Uses refused by a rate limit.
+    pub rate_limited: u64,
+    /// Credits the valid uses spent (not an outcome).
+    pub credits_spent: u64,
 }
 
 impl From<&keyledger_core::UseCounts> for UsesView {
@@ -143,6 +207,9 @@ impl From<&keyledger_core::UseCounts> for UsesView {
             revoked: c.revoked,
             expired: c.expired,
             insufficient_scope: c.insufficient_scope,
+            usage_exceeded: c.usage_exceeded,
+            rate_limited: c.rate_limited,
+            credits_spent: c.credits_spent,
         }
     }
 }
@@ -275,6 +342,9 @@ impl From<&Record> for AuditEntry {
                 "scopes": c.scopes.names(),
                 "masked": c.masked,
                 "rotated_from": c.rotated_from.map(|i| i.to_string()),
+                "meta": c.meta.as_ref().map(meta_json),
+                "credits": c.credits.as_ref().map(credits_json),
+                "limits": limits_json(&c.limits),
             }),
             EventKind::KeyUsed(u) => json!({
                 "window_start": time(u.window_start),
@@ -284,6 +354,16 @@ impl From<&Record> for AuditEntry {
                 "revoked": u.counts.revoked,
                 "expired": u.counts.expired,
                 "insufficient_scope": u.counts.insufficient_scope,
+                "usage_exceeded": u.counts.usage_exceeded,
+                "rate_limited": u.counts.rate_limited,
+                "credits_spent": u.counts.credits_spent,
+            }),
+            EventKind::KeyUpdated(u) => json!({ "changes": key_changes_json(&u.changes) }),
+            EventKind::CreditsReserved(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
+            EventKind::CreditsReleased(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
+            EventKind::CreditsRefilled(c) => json!({
+                "due_at": time(c.due_at),
+                "remaining": c.remaining,
             }),
             EventKind::KeyRevoked(v) => json!({
                 "reason": v.reason.as_str(),
@@ -885,6 +965,9 @@ mod tests {
             revoked: 1,
             expired: 0,
             insufficient_scope: 0,
+            usage_exceeded: 0,
+            rate_limited: 0,
+            credits_spent: 0,
         };
         let key = KeyView {
             id: "key_01M97R85QM6P3Q9TATV0SX99QJ".into(),

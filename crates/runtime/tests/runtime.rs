@@ -262,6 +262,27 @@ enum Op {
     Clock {
         seconds: i32,
     },
+    /// A key with metadata, credits refilled daily and a rate limit.
+    CreateMetered {
+        tenant: usize,
+        credits: u16,
+    },
+    Update {
+        key: usize,
+        name: u8,
+        narrow: bool,
+    },
+    Reserve {
+        key: usize,
+        want: u16,
+    },
+    Release {
+        key: usize,
+        amount: u8,
+    },
+    Refill {
+        key: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -274,6 +295,12 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..64usize, 1u8..5, proptest::option::of(0u8..5)).prop_map(|(key, times, scope)| Op::Verify { key, times, scope }),
         1 => Just(Op::Flush),
         1 => (-30i32..3600).prop_map(|seconds| Op::Clock { seconds }),
+        1 => Just(Op::Clock { seconds: 86_400 }),
+        2 => (0..3usize, 0u16..300).prop_map(|(tenant, credits)| Op::CreateMetered { tenant, credits }),
+        2 => (0..64usize, 0u8..4, any::<bool>()).prop_map(|(key, name, narrow)| Op::Update { key, name, narrow }),
+        3 => (0..64usize, 1u16..100).prop_map(|(key, want)| Op::Reserve { key, want }),
+        1 => (0..64usize, 1u8..50).prop_map(|(key, amount)| Op::Release { key, amount }),
+        1 => (0..64usize).prop_map(|key| Op::Refill { key }),
     ]
 }
 
@@ -346,6 +373,81 @@ async fn drive(ledger: &Keyledger, clock: &ManualClock, ops: &[Op]) {
                     ledger.flush_usage().await.unwrap();
                 }
                 Op::Clock { seconds } => clock.advance_micros(i64::from(seconds) * 1_000_000),
+                Op::CreateMetered { tenant: t, credits } => {
+                    let p = Principal::user(tenant(TENANTS[t]), user(USERS[0]));
+                    let new = NewKey {
+                        meta: Some(keyledger_core::Meta::new(r#"{"tier":1}"#.into()).unwrap()),
+                        credits: Some(keyledger_core::Credits {
+                            remaining: u64::from(credits),
+                            refill: Some(keyledger_core::Refill {
+                                amount: 50,
+                                interval: keyledger_core::RefillInterval::Daily,
+                                day: None,
+                            }),
+                        }),
+                        limits: vec![keyledger_core::RateLimit {
+                            name: "second".into(),
+                            limit: 10,
+                            duration_ms: 1000,
+                        }],
+                        ..new_key("metered")
+                    };
+                    tasks.push(tokio::spawn(async move {
+                        l.create_key(p, new)
+                            .await
+                            .ok()
+                            .map(|c| (c.key.id, c.secret))
+                    }));
+                }
+                Op::Update { key, name, narrow } => {
+                    if let Some((t, id, _)) = keys.get(key % keys.len().max(1)).cloned() {
+                        let mut u = keyledger_core::UpdateKey::new(Principal::operator(t), id);
+                        u.name = Some(format!("renamed {name}"));
+                        if narrow {
+                            u.scopes = Some(ScopeSet::EMPTY.with(Scope::KeysRead));
+                        }
+                        tasks.push(tokio::spawn(async move {
+                            let _ = l.update_key(u).await;
+                            None
+                        }));
+                    }
+                }
+                Op::Reserve { key, want } => {
+                    if let Some((t, id, _)) = keys.get(key % keys.len().max(1)).cloned() {
+                        let epoch = l
+                            .key(&t, id)
+                            .ok()
+                            .and_then(|k| k.credit_state().map(|c| c.epoch));
+                        tasks.push(tokio::spawn(async move {
+                            let _ = l
+                                .reserve_credits(&t, id, epoch.unwrap_or(1), u64::from(want))
+                                .await;
+                            None
+                        }));
+                    }
+                }
+                Op::Release { key, amount } => {
+                    if let Some((t, id, _)) = keys.get(key % keys.len().max(1)).cloned() {
+                        let epoch = l
+                            .key(&t, id)
+                            .ok()
+                            .and_then(|k| k.credit_state().map(|c| c.epoch));
+                        tasks.push(tokio::spawn(async move {
+                            let _ = l
+                                .release_credits(&t, id, epoch.unwrap_or(1), u64::from(amount))
+                                .await;
+                            None
+                        }));
+                    }
+                }
+                Op::Refill { key } => {
+                    if let Some((t, id, _)) = keys.get(key % keys.len().max(1)).cloned() {
+                        tasks.push(tokio::spawn(async move {
+                            let _ = l.refill_credits(&t, id).await;
+                            None
+                        }));
+                    }
+                }
             }
         }
         for t in tasks {

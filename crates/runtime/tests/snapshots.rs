@@ -600,6 +600,17 @@ fn a_snapshot_of_another_format_version_is_refused_and_the_projections_rebuilt()
 }
 
 #[test]
+fn a_snapshot_of_the_format_before_key_policies_is_refused_and_the_projections_rebuilt() {
+    assert_eq!(keyledger_runtime::SNAPSHOT_FORMAT_VERSION, 3);
+    refused_and_rebuilt(|file| {
+        let mut bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
+        // Format 2 had no key policy: a file of it is never read as 3.
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        std::fs::write(file, bytes).unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+#[test]
 fn a_foreign_file_in_place_of_a_snapshot_is_refused() {
     refused_and_rebuilt(|file| {
         std::fs::write(file, b"not a snapshot at all").unwrap_or_else(|e| panic!("{e}"));

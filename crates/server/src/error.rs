@@ -307,6 +307,22 @@ impl From<CommandError> for ApiError {
             }
             // A duplicate id or secret hash is the caller's bug, never chance.
             CommandError::Duplicate(_) => Self::internal(message),
+            CommandError::Policy(p) => Self::field(&p.field, p.message),
+            CommandError::NoChange(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_change", message)
+            }
+            // The credit commands are the system's (the verification path
+            // reserves and refills); a client meets these only through it.
+            CommandError::NoCredits(_) => Self::new(StatusCode::CONFLICT, "no_credits", message),
+            CommandError::CreditsExhausted(_) => {
+                Self::new(StatusCode::CONFLICT, "usage_exceeded", message)
+            }
+            CommandError::StaleEpoch { .. } => {
+                Self::new(StatusCode::CONFLICT, "stale_epoch", message)
+            }
+            CommandError::RefillNotDue(..) => {
+                Self::new(StatusCode::CONFLICT, "refill_not_due", message)
+            }
         }
     }
 }

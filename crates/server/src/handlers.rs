@@ -149,6 +149,9 @@ async fn create_key(
     ApiJson(body): ApiJson<CreateKeyRequest>,
 ) -> ApiResult<Response> {
     let new = NewKey {
+        meta: None,
+        credits: None,
+        limits: Vec::new(),
         owner: None,
         name: body.name,
         description: body.description,
@@ -684,6 +687,9 @@ async fn admin_create_key(
     let tenant = tenant(&t)?;
     let owner: UserId = body.user.parse().map_err(|e| ApiError::field("user", e))?;
     let new = NewKey {
+        meta: None,
+        credits: None,
+        limits: Vec::new(),
         owner: Some(owner),
         name: body.name,
         description: body.description,

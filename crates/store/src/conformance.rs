@@ -9,8 +9,10 @@
 use std::time::{Duration, Instant};
 
 use keyledger_core::{
-    Actor, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked, KeyRotated, KeyUsed,
-    RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts, UserId, UserRemoved,
+    Actor, Cause, Credits, CreditsRefilled, CreditsReleased, CreditsReserved, Event, EventKind,
+    KeyChange, KeyCreated, KeyId, KeyRevoked, KeyRotated, KeyUpdated, KeyUsed, Meta, RateLimit,
+    Refill, RefillInterval, RevokeReason, ScopeSet, SecretHash, TenantId, Timestamp, UseCounts,
+    UserId, UserRemoved,
 };
 
 use crate::chain::{self, GENESIS};
@@ -102,6 +104,9 @@ pub fn key_created(tenant: &TenantId, n: u64) -> Event {
         at: at(n),
         actor: Actor::User { id: owner.clone() },
         kind: EventKind::KeyCreated(KeyCreated {
+            meta: None,
+            credits: None,
+            limits: Vec::new(),
             key_id: key_id(n),
             owner,
             name: format!("key {n}"),
@@ -117,14 +122,33 @@ pub fn key_created(tenant: &TenantId, n: u64) -> Event {
     }
 }
 
-/// `count` valid events for `tenant`, cycling through every event kind and
-/// actor; `first` offsets ids and times so calls give different events.
+/// `count` valid events for `tenant`, cycling through every key and user
+/// event kind (the key-policy ones and policies included) and actor; `first` offsets ids and times so calls give different events.
 pub fn sample_events(tenant: &TenantId, first: u64, count: usize) -> Vec<Event> {
     (first..)
         .take(count)
         .map(|n| {
             let mut e = key_created(tenant, n);
             match n % 6 {
+                // Every other key carries a policy (envelope v4).
+                0 if n.is_multiple_of(12) => {
+                    if let EventKind::KeyCreated(c) = &mut e.kind {
+                        c.meta = Meta::new(format!("{{\"n\":{n}}}")).ok();
+                        c.credits = Some(Credits {
+                            remaining: n,
+                            refill: Some(Refill {
+                                amount: 100,
+                                interval: RefillInterval::Monthly,
+                                day: Some(28),
+                            }),
+                        });
+                        c.limits = vec![RateLimit {
+                            name: "burst".into(),
+                            limit: 10,
+                            duration_ms: 1000,
+                        }];
+                    }
+                }
                 0 => {}
                 1 => {
                     e.actor = Actor::System;
@@ -133,7 +157,10 @@ pub fn sample_events(tenant: &TenantId, first: u64, count: usize) -> Vec<Event> 
                         window_start: at(n),
                         window_end: at(n + 1),
                         last_valid_at: Some(at(n)),
-                        counts: UseCounts::from_array([n, 1, 0, 2]),
+                        counts: UseCounts {
+                            credits_spent: n,
+                            ..UseCounts::from_array([n, 1, 0, 2, n % 3, n % 5])
+                        },
                     });
                 }
                 2 => {
@@ -160,6 +187,50 @@ pub fn sample_events(tenant: &TenantId, first: u64, count: usize) -> Vec<Event> 
                     e.actor = Actor::Operator;
                     e.kind = EventKind::UserRemoved(UserRemoved {
                         user_id: user(&format!("user {n}")),
+                    });
+                }
+                // The key-policy kinds (envelope v4), in turn with a cascade.
+                _ if (n / 6) % 5 == 1 => {
+                    e.actor = Actor::User { id: user("alice") };
+                    e.kind = EventKind::KeyUpdated(KeyUpdated {
+                        key_id: key_id(n - 5),
+                        changes: vec![
+                            KeyChange::Name {
+                                before: format!("key {}", n - 5),
+                                after: format!("key {n} renamed"),
+                            },
+                            KeyChange::Credits {
+                                before: None,
+                                after: Some(Credits {
+                                    remaining: n,
+                                    refill: None,
+                                }),
+                            },
+                        ],
+                    });
+                }
+                _ if (n / 6) % 5 == 2 => {
+                    e.actor = Actor::System;
+                    e.kind = EventKind::CreditsReserved(CreditsReserved {
+                        key_id: key_id(n - 5),
+                        epoch: n - 5,
+                        amount: 64,
+                    });
+                }
+                _ if (n / 6) % 5 == 3 => {
+                    e.actor = Actor::System;
+                    e.kind = EventKind::CreditsReleased(CreditsReleased {
+                        key_id: key_id(n - 5),
+                        epoch: n - 5,
+                        amount: 7,
+                    });
+                }
+                _ if (n / 6) % 5 == 4 => {
+                    e.actor = Actor::System;
+                    e.kind = EventKind::CreditsRefilled(CreditsRefilled {
+                        key_id: key_id(n - 5),
+                        due_at: at(n),
+                        remaining: 100,
                     });
                 }
                 _ => {

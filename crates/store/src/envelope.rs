@@ -10,6 +10,7 @@
 //! | 1 | [`v1::EventV1`] | 0.1.0 |
 //! | 2 | [`v2::EventV2`]: `AuditRead` with a count, ranges and a window; `LogRecovered`; `KeyLeaked` | after 0.1.0 |
 //! | 3 | [`v3::EventV3`]: version 2 (`KeyLeaked` included) plus `WebhookSubscribed` and `WebhookDeleted` | after 0.1.0 |
+//! | 4 | [`v4::EventV4`]: version 3 with `KeyCreated` carrying a key's policy and `KeyUsed` six outcomes and the credits spent, plus `KeyUpdated`, `CreditsReserved`, `CreditsReleased`, `CreditsRefilled` | after 0.1.0 |
 //!
 //! Rules for changing the stored form:
 //!
@@ -27,7 +28,7 @@
 use keyledger_core::{Event, TenantId};
 
 /// The version [`encode`] writes.
-pub const VERSION_CURRENT: u8 = 3;
+pub const VERSION_CURRENT: u8 = 4;
 
 /// Stored bytes are not an event this release can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,13 +73,13 @@ pub fn encode(event: &Event) -> Vec<u8> {
 /// can reuse one buffer across many events.
 pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
     out.push(VERSION_CURRENT);
-    let schema = v3::EventV3::from_core(event);
+    let schema = v4::EventV4::from_core(event);
     let buf = std::mem::take(out);
     *out = match postcard::to_extend(&schema, buf) {
         Ok(buf) => buf,
         // postcard writing into a Vec fails only for sequences of unknown
         // length, which this schema does not have.
-        Err(e) => unreachable!("postcard cannot fail writing the v3 schema into a Vec: {e}"),
+        Err(e) => unreachable!("postcard cannot fail writing the v4 schema into a Vec: {e}"),
     };
 }
 
@@ -88,6 +89,12 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
 pub fn encode_as(event: &Event, version: u8) -> Option<Vec<u8>> {
     match version {
         VERSION_CURRENT => Some(encode(event)),
+        3 => {
+            let schema = v3::EventV3::try_from_core(event)?;
+            let mut out = vec![3];
+            out.extend(postcard::to_stdvec(&schema).ok()?);
+            Some(out)
+        }
         2 => {
             let schema = v2::EventV2::try_from_core(event)?;
             let mut out = vec![2];
@@ -113,6 +120,7 @@ pub fn decode(tenant: &TenantId, bytes: &[u8]) -> Result<Event, DecodeError> {
         1 => v1::decode(tenant, body),
         2 => v2::decode(tenant, body),
         3 => v3::decode(tenant, body),
+        4 => v4::decode(tenant, body),
         other => Err(DecodeError::UnknownVersion(other)),
     }
 }
@@ -377,6 +385,19 @@ pub mod v1 {
         /// (see [`EventV1::from_core`]); `at` is the event's time.
         pub fn from_core(kind: &'a EventKind, at: Timestamp) -> Option<Self> {
             Some(match kind {
+                // A key policy came in version 4.
+                EventKind::KeyCreated(c)
+                    if c.meta.is_some() || c.credits.is_some() || !c.limits.is_empty() =>
+                {
+                    return None;
+                }
+                EventKind::KeyUsed(u)
+                    if u.counts.usage_exceeded != 0
+                        || u.counts.rate_limited != 0
+                        || u.counts.credits_spent != 0 =>
+                {
+                    return None;
+                }
                 EventKind::KeyCreated(c) => KindV1::KeyCreated(KeyCreatedV1 {
                     key_id: c.key_id.to_u128(),
                     owner: c.owner.as_str(),
@@ -444,7 +465,11 @@ pub mod v1 {
                 EventKind::LogRecovered(_)
                 | EventKind::KeyLeaked(_)
                 | EventKind::WebhookSubscribed(_)
-                | EventKind::WebhookDeleted(_) => return None,
+                | EventKind::WebhookDeleted(_)
+                | EventKind::KeyUpdated(_)
+                | EventKind::CreditsReserved(_)
+                | EventKind::CreditsReleased(_)
+                | EventKind::CreditsRefilled(_) => return None,
             })
         }
 
@@ -467,6 +492,9 @@ pub mod v1 {
                     secret_hash: SecretHash(c.secret_hash),
                     masked: c.masked.to_owned(),
                     rotated_from: c.rotated_from.map(KeyId::from_u128),
+                    meta: None,
+                    credits: None,
+                    limits: Vec::new(),
                 }),
                 KindV1::KeyUsed(u) => EventKind::KeyUsed(KeyUsed {
                     key_id: KeyId::from_u128(u.key_id),
@@ -476,7 +504,14 @@ pub mod v1 {
                         .last_valid_at
                         .map(|t| time("last_valid_at", t))
                         .transpose()?,
-                    counts: UseCounts::from_array(u.counts),
+                    counts: UseCounts::from_array([
+                        u.counts[0],
+                        u.counts[1],
+                        u.counts[2],
+                        u.counts[3],
+                        0,
+                        0,
+                    ]),
                 }),
                 KindV1::KeyRevoked(r) => EventKind::KeyRevoked(KeyRevoked {
                     key_id: KeyId::from_u128(r.key_id),
@@ -748,7 +783,8 @@ pub mod v2 {
 
     impl<'a> EventV2<'a> {
         /// The stored form of a core event (borrowing its text), if
-        /// version 2 can hold it (the webhook kinds came in version 3).
+        /// version 2 can hold it (the webhook kinds came in version 3, key
+        /// policies in version 4).
         pub fn try_from_core(e: &'a Event) -> Option<Self> {
             let kind = match &e.kind {
                 EventKind::AuditRead(r) => KindV2::AuditRead(AuditReadV2 {
@@ -769,12 +805,9 @@ pub mod v2 {
                 }),
                 EventKind::KeyLeaked(l) => KindV2::KeyLeaked(KeyLeakedV2::from_core(l)),
                 EventKind::WebhookSubscribed(_) | EventKind::WebhookDeleted(_) => return None,
-                other => match KindV1::from_core(other, e.at) {
-                    Some(k) => KindV2::from_v1(k, e.at.as_micros()),
-                    None => unreachable!(
-                        "version 1 holds every kind but AuditRead, LogRecovered and KeyLeaked"
-                    ),
-                },
+                // Version 1 holds every other kind of version 2 (and
+                // refuses the policy kinds and fields, which came in 4).
+                other => KindV2::from_v1(KindV1::from_core(other, e.at)?, e.at.as_micros()),
             };
             Some(EventV2 {
                 at: e.at.as_micros(),
@@ -1034,8 +1067,9 @@ pub mod v3 {
     }
 
     impl<'a> EventV3<'a> {
-        /// The stored form of a core event (borrowing its text).
-        pub fn from_core(e: &'a Event) -> Self {
+        /// The stored form of a core event (borrowing its text), if
+        /// version 3 can hold it (key policies came in version 4).
+        pub fn try_from_core(e: &'a Event) -> Option<Self> {
             let kind = match &e.kind {
                 EventKind::WebhookSubscribed(w) => KindV3::WebhookSubscribed(WebhookSubscribedV3 {
                     webhook_id: w.webhook_id.to_u128(),
@@ -1046,16 +1080,13 @@ pub mod v3 {
                 EventKind::WebhookDeleted(w) => KindV3::WebhookDeleted(WebhookDeletedV3 {
                     webhook_id: w.webhook_id.to_u128(),
                 }),
-                _ => match EventV2::try_from_core(e) {
-                    Some(v2) => KindV3::from_v2(v2.kind),
-                    None => unreachable!("version 2 holds every kind but the webhook kinds"),
-                },
+                _ => KindV3::from_v2(EventV2::try_from_core(e)?.kind),
             };
-            EventV3 {
+            Some(EventV3 {
                 at: e.at.as_micros(),
                 actor: ActorV1::from_core(&e.actor),
                 kind,
-            }
+            })
         }
 
         /// The core event this stored form describes, for `tenant`.
@@ -1099,7 +1130,7 @@ pub mod v3 {
         }
 
         /// The version-2 kind; only for the kinds version 2 has.
-        fn into_v2(self) -> KindV2<'a> {
+        pub(super) fn into_v2(self) -> KindV2<'a> {
             match self {
                 KindV3::KeyCreated(c) => KindV2::KeyCreated(c),
                 KindV3::KeyUsed(u) => KindV2::KeyUsed(u),
@@ -1171,13 +1202,584 @@ pub mod v3 {
     }
 
     /// An older version's field error, reported for the version-3 payload it was in.
-    fn as_v3(e: DecodeError) -> DecodeError {
+    pub(super) fn as_v3(e: DecodeError) -> DecodeError {
         match e {
             DecodeError::Invalid { field, message, .. } => DecodeError::Invalid {
                 version: VERSION,
                 field,
                 message,
             },
+            DecodeError::Malformed { message, .. } => DecodeError::Malformed {
+                version: VERSION,
+                message,
+            },
+            other @ (DecodeError::Empty | DecodeError::UnknownVersion(_)) => other,
+        }
+    }
+}
+
+/// Version 4 of the stored schema: key policy (issue 14). Version 3's kinds
+/// keep their tags, types and bytes, except `KeyCreated` (tag 0), which
+/// carries the key's metadata, credits and rate limits after version 1's
+/// fields, and `KeyUsed` (tag 1), which counts six outcomes and the
+/// credits spent. New kinds are appended: 10 `KeyUpdated`, 11
+/// `CreditsReserved`, 12 `CreditsReleased`, 13 `CreditsRefilled`. Frozen:
+/// never reorder fields or enum variants, never change a type. A change is
+/// a new version.
+pub mod v4 {
+    use keyledger_core::{
+        Credits, CreditsRefilled, CreditsReleased, CreditsReserved, Event, EventKind, KeyChange,
+        KeyCreated, KeyId, KeyUpdated, KeyUsed, Meta, RateLimit, Refill, RefillInterval, ScopeSet,
+        TenantId, Timestamp, UseCounts,
+    };
+    use serde::{Deserialize, Serialize};
+
+    use super::DecodeError;
+    use super::v1::{ActorV1, KeyCreatedV1, KeyRevokedV1, KeyRotatedV1, KindV1, UserRemovedV1};
+    use super::v2::{AuditReadV2, KeyLeakedV2, LogRecoveredV2};
+    use super::v3::{EventV3, KindV3, WebhookDeletedV3, WebhookSubscribedV3};
+
+    const VERSION: u8 = 4;
+
+    /// An event, minus its tenant (as [`super::v3::EventV3`]).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventV4<'a> {
+        /// When it was decided, in microseconds since the Unix epoch.
+        pub at: i64,
+        /// Who did it.
+        #[serde(borrow)]
+        pub actor: ActorV1<'a>,
+        /// What happened.
+        #[serde(borrow)]
+        pub kind: KindV4<'a>,
+    }
+
+    /// What happened: [`KindV3`]'s variants in its order (`KeyCreated` and
+    /// `KeyUsed` in their version-4 form), then the key-policy kinds.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KindV4<'a> {
+        /// A key exists (0).
+        KeyCreated(#[serde(borrow)] KeyCreatedV4<'a>),
+        /// A key was presented (1).
+        KeyUsed(KeyUsedV4),
+        /// A key was revoked (2).
+        KeyRevoked(#[serde(borrow)] KeyRevokedV1<'a>),
+        /// A key was rotated (3).
+        KeyRotated(KeyRotatedV1),
+        /// A user was removed (4).
+        UserRemoved(#[serde(borrow)] UserRemovedV1<'a>),
+        /// The audit trail was read (5).
+        AuditRead(AuditReadV2),
+        /// A new checkpoint epoch started after a loss (6).
+        LogRecovered(#[serde(borrow)] LogRecoveredV2<'a>),
+        /// A webhook subscription was made (7).
+        WebhookSubscribed(#[serde(borrow)] WebhookSubscribedV3<'a>),
+        /// A webhook subscription was deleted (8).
+        WebhookDeleted(WebhookDeletedV3),
+        /// A key's secret was reported leaked (9).
+        KeyLeaked(#[serde(borrow)] KeyLeakedV2<'a>),
+        /// A key's fields were changed (10).
+        KeyUpdated(#[serde(borrow)] KeyUpdatedV4<'a>),
+        /// Credits were reserved (11).
+        CreditsReserved(CreditsMovedV4),
+        /// Reserved credits were handed back (12).
+        CreditsReleased(CreditsMovedV4),
+        /// Credits were refilled (13).
+        CreditsRefilled(CreditsRefilledV4),
+    }
+
+    /// A key exists: version 1's fields, then its policy.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyCreatedV4<'a> {
+        /// Version 1's fields, in their order.
+        #[serde(borrow)]
+        pub base: KeyCreatedV1<'a>,
+        /// Metadata: compact JSON text of an object.
+        pub meta: Option<&'a str>,
+        /// Credits.
+        pub credits: Option<CreditsV4>,
+        /// Rate limits.
+        #[serde(borrow)]
+        pub limits: Vec<RateLimitV4<'a>>,
+    }
+
+    /// A key was presented.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyUsedV4 {
+        /// The key id.
+        pub key_id: u128,
+        /// The window's first instant.
+        pub window_start: i64,
+        /// The window's end (exclusive).
+        pub window_end: i64,
+        /// The last valid use.
+        pub last_valid_at: Option<i64>,
+        /// Counts: valid, revoked, expired, insufficient scope, usage
+        /// exceeded, rate limited.
+        pub counts: [u64; 6],
+        /// Credits spent by the valid uses.
+        pub credits_spent: u64,
+    }
+
+    /// Credits.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CreditsV4 {
+        /// Credits left.
+        pub remaining: u64,
+        /// The refill.
+        pub refill: Option<RefillV4>,
+    }
+
+    /// A refill.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RefillV4 {
+        /// What the credits are set to.
+        pub amount: u64,
+        /// How often.
+        pub interval: IntervalV4,
+        /// A monthly refill's day.
+        pub day: Option<u8>,
+    }
+
+    /// How often credits are refilled.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum IntervalV4 {
+        /// Every day.
+        Daily,
+        /// Every month.
+        Monthly,
+    }
+
+    /// A named rate limit.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RateLimitV4<'a> {
+        /// Its name.
+        pub name: &'a str,
+        /// Verifications per window.
+        pub limit: u64,
+        /// The window, in milliseconds.
+        pub duration_ms: u64,
+    }
+
+    /// A key's fields were changed.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyUpdatedV4<'a> {
+        /// The key id.
+        pub key_id: u128,
+        /// The changes, in field order.
+        #[serde(borrow)]
+        pub changes: Vec<KeyChangeV4<'a>>,
+    }
+
+    /// One field before and after.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KeyChangeV4<'a> {
+        /// The name.
+        Name(&'a str, &'a str),
+        /// The description.
+        Description(Option<&'a str>, Option<&'a str>),
+        /// The metadata.
+        Meta(Option<&'a str>, Option<&'a str>),
+        /// The expiry, in microseconds.
+        ExpiresAt(Option<i64>, Option<i64>),
+        /// The scope bits.
+        Scopes(u8, u8),
+        /// The credits.
+        Credits(Option<CreditsV4>, Option<CreditsV4>),
+        /// The rate limits.
+        Limits(
+            #[serde(borrow)] Vec<RateLimitV4<'a>>,
+            #[serde(borrow)] Vec<RateLimitV4<'a>>,
+        ),
+    }
+
+    /// Credits reserved or released.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CreditsMovedV4 {
+        /// The key id.
+        pub key_id: u128,
+        /// The credit epoch.
+        pub epoch: u64,
+        /// How many.
+        pub amount: u64,
+    }
+
+    /// Credits refilled.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CreditsRefilledV4 {
+        /// The key id.
+        pub key_id: u128,
+        /// The refill instant, in microseconds.
+        pub due_at: i64,
+        /// The credits after it.
+        pub remaining: u64,
+    }
+
+    impl<'a> EventV4<'a> {
+        /// The stored form of a core event (borrowing its text).
+        pub fn from_core(e: &'a Event) -> Self {
+            let at = e.at.as_micros();
+            let kind = match &e.kind {
+                EventKind::KeyCreated(c) => KindV4::KeyCreated(KeyCreatedV4 {
+                    base: created_v1(c),
+                    meta: c.meta.as_ref().map(Meta::as_str),
+                    credits: c.credits.as_ref().map(CreditsV4::from_core),
+                    limits: c.limits.iter().map(RateLimitV4::from_core).collect(),
+                }),
+                EventKind::KeyUsed(u) => KindV4::KeyUsed(KeyUsedV4 {
+                    key_id: u.key_id.to_u128(),
+                    window_start: u.window_start.as_micros(),
+                    window_end: u.window_end.as_micros(),
+                    last_valid_at: u.last_valid_at.map(Timestamp::as_micros),
+                    counts: u.counts.to_array(),
+                    credits_spent: u.counts.credits_spent,
+                }),
+                EventKind::KeyUpdated(u) => KindV4::KeyUpdated(KeyUpdatedV4 {
+                    key_id: u.key_id.to_u128(),
+                    changes: u.changes.iter().map(KeyChangeV4::from_core).collect(),
+                }),
+                EventKind::CreditsReserved(r) => KindV4::CreditsReserved(CreditsMovedV4 {
+                    key_id: r.key_id.to_u128(),
+                    epoch: r.epoch,
+                    amount: r.amount,
+                }),
+                EventKind::CreditsReleased(r) => KindV4::CreditsReleased(CreditsMovedV4 {
+                    key_id: r.key_id.to_u128(),
+                    epoch: r.epoch,
+                    amount: r.amount,
+                }),
+                EventKind::CreditsRefilled(r) => KindV4::CreditsRefilled(CreditsRefilledV4 {
+                    key_id: r.key_id.to_u128(),
+                    due_at: r.due_at.as_micros(),
+                    remaining: r.remaining,
+                }),
+                _ => match EventV3::try_from_core(e) {
+                    Some(v3) => KindV4::from_v3(v3.kind),
+                    None => unreachable!("version 3 holds every kind but the policy kinds"),
+                },
+            };
+            EventV4 {
+                at,
+                actor: ActorV1::from_core(&e.actor),
+                kind,
+            }
+        }
+
+        /// The core event this stored form describes, for `tenant`.
+        pub fn into_core(self, tenant: &TenantId) -> Result<Event, DecodeError> {
+            let at = super::v1::time_of(VERSION, "at", self.at)?;
+            let kind = match self.kind {
+                KindV4::KeyCreated(c) => {
+                    let EventKind::KeyCreated(base) =
+                        KindV1::KeyCreated(c.base).into_core(at).map_err(as_v4)?
+                    else {
+                        unreachable!("a version-1 KeyCreated decodes to a KeyCreated")
+                    };
+                    EventKind::KeyCreated(KeyCreated {
+                        meta: c.meta.map(meta).transpose()?,
+                        credits: c.credits.map(CreditsV4::into_core).transpose()?,
+                        limits: limits(c.limits)?,
+                        ..base
+                    })
+                }
+                KindV4::KeyUsed(u) => {
+                    let mut counts = UseCounts::from_array(u.counts);
+                    counts.credits_spent = u.credits_spent;
+                    EventKind::KeyUsed(KeyUsed {
+                        key_id: KeyId::from_u128(u.key_id),
+                        window_start: time("window_start", u.window_start)?,
+                        window_end: time("window_end", u.window_end)?,
+                        last_valid_at: u
+                            .last_valid_at
+                            .map(|t| time("last_valid_at", t))
+                            .transpose()?,
+                        counts,
+                    })
+                }
+                KindV4::KeyUpdated(u) => EventKind::KeyUpdated(KeyUpdated {
+                    key_id: KeyId::from_u128(u.key_id),
+                    changes: u
+                        .changes
+                        .into_iter()
+                        .map(KeyChangeV4::into_core)
+                        .collect::<Result<_, _>>()?,
+                }),
+                KindV4::CreditsReserved(r) => EventKind::CreditsReserved(CreditsReserved {
+                    key_id: KeyId::from_u128(r.key_id),
+                    epoch: r.epoch,
+                    amount: r.amount,
+                }),
+                KindV4::CreditsReleased(r) => EventKind::CreditsReleased(CreditsReleased {
+                    key_id: KeyId::from_u128(r.key_id),
+                    epoch: r.epoch,
+                    amount: r.amount,
+                }),
+                KindV4::CreditsRefilled(r) => EventKind::CreditsRefilled(CreditsRefilled {
+                    key_id: KeyId::from_u128(r.key_id),
+                    due_at: time("due_at", r.due_at)?,
+                    remaining: r.remaining,
+                }),
+                other => {
+                    let v3 = EventV3 {
+                        at: self.at,
+                        actor: self.actor,
+                        kind: other.into_v3(),
+                    };
+                    return v3.into_core(tenant).map_err(as_v4);
+                }
+            };
+            Ok(Event {
+                tenant: tenant.clone(),
+                at,
+                actor: self.actor.into_core().map_err(as_v4)?,
+                kind,
+            })
+        }
+    }
+
+    /// Version 1's `KeyCreated` fields of a core `KeyCreated`.
+    fn created_v1(c: &KeyCreated) -> KeyCreatedV1<'_> {
+        KeyCreatedV1 {
+            key_id: c.key_id.to_u128(),
+            owner: c.owner.as_str(),
+            name: &c.name,
+            description: c.description.as_deref(),
+            expires_at: c.expires_at.map(Timestamp::as_micros),
+            scopes: c.scopes.bits(),
+            secret_hash: c.secret_hash.0,
+            masked: &c.masked,
+            rotated_from: c.rotated_from.map(KeyId::to_u128),
+        }
+    }
+
+    impl<'a> KindV4<'a> {
+        /// A version-3 kind, with the same bytes but for `KeyCreated` and
+        /// `KeyUsed`, which gain their empty policy and zero counts.
+        pub fn from_v3(kind: KindV3<'a>) -> Self {
+            match kind {
+                KindV3::KeyCreated(c) => KindV4::KeyCreated(KeyCreatedV4 {
+                    base: c,
+                    meta: None,
+                    credits: None,
+                    limits: Vec::new(),
+                }),
+                KindV3::KeyUsed(u) => KindV4::KeyUsed(KeyUsedV4 {
+                    key_id: u.key_id,
+                    window_start: u.window_start,
+                    window_end: u.window_end,
+                    last_valid_at: u.last_valid_at,
+                    counts: [u.counts[0], u.counts[1], u.counts[2], u.counts[3], 0, 0],
+                    credits_spent: 0,
+                }),
+                KindV3::KeyRevoked(r) => KindV4::KeyRevoked(r),
+                KindV3::KeyRotated(r) => KindV4::KeyRotated(r),
+                KindV3::UserRemoved(u) => KindV4::UserRemoved(u),
+                KindV3::AuditRead(r) => KindV4::AuditRead(r),
+                KindV3::LogRecovered(r) => KindV4::LogRecovered(r),
+                KindV3::WebhookSubscribed(w) => KindV4::WebhookSubscribed(w),
+                KindV3::WebhookDeleted(w) => KindV4::WebhookDeleted(w),
+                KindV3::KeyLeaked(l) => KindV4::KeyLeaked(l),
+            }
+        }
+
+        /// The version-3 kind; only for the kinds whose form version 3 shares.
+        fn into_v3(self) -> KindV3<'a> {
+            match self {
+                KindV4::KeyRevoked(r) => KindV3::KeyRevoked(r),
+                KindV4::KeyRotated(r) => KindV3::KeyRotated(r),
+                KindV4::UserRemoved(u) => KindV3::UserRemoved(u),
+                KindV4::AuditRead(r) => KindV3::AuditRead(r),
+                KindV4::LogRecovered(r) => KindV3::LogRecovered(r),
+                KindV4::WebhookSubscribed(w) => KindV3::WebhookSubscribed(w),
+                KindV4::WebhookDeleted(w) => KindV3::WebhookDeleted(w),
+                KindV4::KeyLeaked(l) => KindV3::KeyLeaked(l),
+                KindV4::KeyCreated(_)
+                | KindV4::KeyUsed(_)
+                | KindV4::KeyUpdated(_)
+                | KindV4::CreditsReserved(_)
+                | KindV4::CreditsReleased(_)
+                | KindV4::CreditsRefilled(_) => {
+                    unreachable!("the version-4 forms are decoded before")
+                }
+            }
+        }
+    }
+
+    impl CreditsV4 {
+        /// The stored form of credits.
+        pub fn from_core(c: &Credits) -> Self {
+            CreditsV4 {
+                remaining: c.remaining,
+                refill: c.refill.map(|r| RefillV4 {
+                    amount: r.amount,
+                    interval: match r.interval {
+                        RefillInterval::Daily => IntervalV4::Daily,
+                        RefillInterval::Monthly => IntervalV4::Monthly,
+                    },
+                    day: r.day,
+                }),
+            }
+        }
+
+        /// The credits; refuses what no decision records (out-of-range
+        /// numbers, a day on a daily refill).
+        pub fn into_core(self) -> Result<Credits, DecodeError> {
+            let c = Credits {
+                remaining: self.remaining,
+                refill: self.refill.map(|r| Refill {
+                    amount: r.amount,
+                    interval: match r.interval {
+                        IntervalV4::Daily => RefillInterval::Daily,
+                        IntervalV4::Monthly => RefillInterval::Monthly,
+                    },
+                    day: r.day,
+                }),
+            };
+            c.check().map_err(|e| invalid("credits", e.to_string()))?;
+            Ok(c)
+        }
+    }
+
+    impl<'a> RateLimitV4<'a> {
+        /// The stored form of a rate limit.
+        pub fn from_core(l: &'a RateLimit) -> Self {
+            RateLimitV4 {
+                name: &l.name,
+                limit: l.limit,
+                duration_ms: l.duration_ms,
+            }
+        }
+    }
+
+    /// A key's rate limits; refuses a list no decision records.
+    fn limits(stored: Vec<RateLimitV4<'_>>) -> Result<Vec<RateLimit>, DecodeError> {
+        let limits: Vec<RateLimit> = stored
+            .into_iter()
+            .map(|l| RateLimit {
+                name: l.name.to_owned(),
+                limit: l.limit,
+                duration_ms: l.duration_ms,
+            })
+            .collect();
+        RateLimit::check_all(&limits).map_err(|e| invalid("limits", e.to_string()))?;
+        Ok(limits)
+    }
+
+    fn meta(text: &str) -> Result<Meta, DecodeError> {
+        Meta::new(text.to_owned()).map_err(|e| invalid("meta", e.to_string()))
+    }
+
+    fn scopes(bits: u8) -> Result<ScopeSet, DecodeError> {
+        ScopeSet::from_bits(bits)
+            .ok_or_else(|| invalid("scopes", format!("bits {bits:#010b} name no scope")))
+    }
+
+    fn optional_time(
+        field: &'static str,
+        t: Option<i64>,
+    ) -> Result<Option<Timestamp>, DecodeError> {
+        t.map(|t| time(field, t)).transpose()
+    }
+
+    impl<'a> KeyChangeV4<'a> {
+        /// The stored form of a change.
+        pub fn from_core(c: &'a KeyChange) -> Self {
+            let credits = |c: &Option<Credits>| c.as_ref().map(CreditsV4::from_core);
+            let limits = |l: &'a [RateLimit]| l.iter().map(RateLimitV4::from_core).collect();
+            match c {
+                KeyChange::Name { before, after } => KeyChangeV4::Name(before, after),
+                KeyChange::Description { before, after } => {
+                    KeyChangeV4::Description(before.as_deref(), after.as_deref())
+                }
+                KeyChange::Meta { before, after } => KeyChangeV4::Meta(
+                    before.as_ref().map(Meta::as_str),
+                    after.as_ref().map(Meta::as_str),
+                ),
+                KeyChange::ExpiresAt { before, after } => KeyChangeV4::ExpiresAt(
+                    before.map(Timestamp::as_micros),
+                    after.map(Timestamp::as_micros),
+                ),
+                KeyChange::Scopes { before, after } => {
+                    KeyChangeV4::Scopes(before.bits(), after.bits())
+                }
+                KeyChange::Credits { before, after } => {
+                    KeyChangeV4::Credits(credits(before), credits(after))
+                }
+                KeyChange::Limits { before, after } => {
+                    KeyChangeV4::Limits(limits(before), limits(after))
+                }
+            }
+        }
+
+        /// The change this stored form describes; refuses values no
+        /// decision records (the fold checks `before` against the state).
+        pub fn into_core(self) -> Result<KeyChange, DecodeError> {
+            let credits = |c: Option<CreditsV4>| c.map(CreditsV4::into_core).transpose();
+            Ok(match self {
+                KeyChangeV4::Name(before, after) => KeyChange::Name {
+                    before: before.to_owned(),
+                    after: after.to_owned(),
+                },
+                KeyChangeV4::Description(before, after) => KeyChange::Description {
+                    before: before.map(str::to_owned),
+                    after: after.map(str::to_owned),
+                },
+                KeyChangeV4::Meta(before, after) => KeyChange::Meta {
+                    before: before.map(meta).transpose()?,
+                    after: after.map(meta).transpose()?,
+                },
+                KeyChangeV4::ExpiresAt(before, after) => KeyChange::ExpiresAt {
+                    before: optional_time("expires_at", before)?,
+                    after: optional_time("expires_at", after)?,
+                },
+                KeyChangeV4::Scopes(before, after) => KeyChange::Scopes {
+                    before: scopes(before)?,
+                    after: scopes(after)?,
+                },
+                KeyChangeV4::Credits(before, after) => KeyChange::Credits {
+                    before: credits(before)?,
+                    after: credits(after)?,
+                },
+                KeyChangeV4::Limits(before, after) => KeyChange::Limits {
+                    before: limits(before)?,
+                    after: limits(after)?,
+                },
+            })
+        }
+    }
+
+    /// Decodes a version-4 body (the bytes after the version byte).
+    pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
+        let (schema, rest) =
+            postcard::take_from_bytes::<EventV4<'_>>(body).map_err(|e| DecodeError::Malformed {
+                version: VERSION,
+                message: e.to_string(),
+            })?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed {
+                version: VERSION,
+                message: format!("{} bytes after the event", rest.len()),
+            });
+        }
+        schema.into_core(tenant)
+    }
+
+    fn time(field: &'static str, micros: i64) -> Result<Timestamp, DecodeError> {
+        super::v1::time_of(VERSION, field, micros)
+    }
+
+    fn invalid(field: &'static str, message: String) -> DecodeError {
+        DecodeError::Invalid {
+            version: VERSION,
+            field,
+            message,
+        }
+    }
+
+    /// An older version's error, reported for the version-4 payload it was in.
+    fn as_v4(e: DecodeError) -> DecodeError {
+        match e {
+            DecodeError::Invalid { field, message, .. } => invalid(field, message),
             DecodeError::Malformed { message, .. } => DecodeError::Malformed {
                 version: VERSION,
                 message,
@@ -1196,7 +1798,7 @@ mod tests {
         let t: TenantId = "acme".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(decode(&t, &[]), Err(DecodeError::Empty));
         assert_eq!(decode(&t, &[0]), Err(DecodeError::UnknownVersion(0)));
-        assert_eq!(decode(&t, &[4, 0]), Err(DecodeError::UnknownVersion(4)));
+        assert_eq!(decode(&t, &[5, 0]), Err(DecodeError::UnknownVersion(5)));
         assert!(matches!(
             decode(&t, &[1]),
             Err(DecodeError::Malformed { version: 1, .. })

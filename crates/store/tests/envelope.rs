@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use keyledger_core::{
-    Actor, AuditRead, AuditReadKind, Cause, Event, EventKind, KeyCreated, KeyId, KeyRevoked,
-    KeyRotated, KeyUsed, RevokeReason, ScopeSet, SecretHash, SeqRange, TenantId, Timestamp,
-    UseCounts, UserId, UserRemoved,
+    Actor, AuditRead, AuditReadKind, Cause, Credits, CreditsRefilled, CreditsReleased,
+    CreditsReserved, Event, EventKind, KeyChange, KeyCreated, KeyId, KeyRevoked, KeyRotated,
+    KeyUpdated, KeyUsed, Meta, RateLimit, Refill, RefillInterval, RevokeReason, ScopeSet,
+    SecretHash, SeqRange, TenantId, Timestamp, UseCounts, UserId, UserRemoved,
 };
 use keyledger_store::chain;
 use keyledger_store::envelope::{self, DecodeError, VERSION_CURRENT};
@@ -47,6 +48,9 @@ fn v1_fixture_events() -> Vec<Event> {
             1_764_000_000_000_000,
             Actor::User { id: alice.clone() },
             EventKind::KeyCreated(KeyCreated {
+                meta: None,
+                credits: None,
+                limits: Vec::new(),
                 key_id: k1,
                 owner: alice.clone(),
                 name: "CI/CD Pipeline".into(),
@@ -66,6 +70,9 @@ fn v1_fixture_events() -> Vec<Event> {
                 owner: alice.clone(),
             },
             EventKind::KeyCreated(KeyCreated {
+                meta: None,
+                credits: None,
+                limits: Vec::new(),
                 key_id: k2,
                 owner: alice.clone(),
                 name: "x".into(),
@@ -86,7 +93,7 @@ fn v1_fixture_events() -> Vec<Event> {
                 window_start: t(1_764_000_001_000_000),
                 window_end: t(1_764_000_002_000_000),
                 last_valid_at: Some(t(1_764_000_001_500_000)),
-                counts: UseCounts::from_array([7, 1, 0, u64::MAX]),
+                counts: UseCounts::from_array([7, 1, 0, u64::MAX, 0, 0]),
             }),
         ),
         ev(
@@ -442,7 +449,10 @@ fn reads_version_1_cannot_hold_are_not_its_canonical_form() {
         envelope::encode_as(&v2_fixture_events()[13], 1).map(|b| b[0]),
         Some(1)
     );
-    assert_eq!(envelope::encode_as(&v1_fixture_events()[0], 4), None);
+    assert_eq!(
+        envelope::encode_as(&v1_fixture_events()[0], VERSION_CURRENT + 1),
+        None
+    );
 }
 
 #[test]
@@ -523,7 +533,7 @@ fn a_version_2_payload_with_an_overlong_count_fails_chain_verification() {
 #[test]
 fn decode_refuses_invalid_fields() {
     let tn = tenant("t");
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         let good = envelope::encode_as(&v1_fixture_events()[0], version)
             .unwrap_or_else(|| panic!("version {version} holds a KeyCreated"));
         assert!(envelope::decode(&tn, &good).is_ok());
@@ -625,7 +635,7 @@ fn arb_reason() -> impl Strategy<Value = RevokeReason> {
     ]
 }
 
-fn arb_kind() -> impl Strategy<Value = EventKind> {
+fn arb_kind_v3() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         (
             arb_key(),
@@ -651,6 +661,9 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                     rotated_from,
                 )| {
                     EventKind::KeyCreated(KeyCreated {
+                        meta: None,
+                        credits: None,
+                        limits: Vec::new(),
                         key_id,
                         owner,
                         name,
@@ -676,7 +689,7 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
                     window_start,
                     window_end,
                     last_valid_at,
-                    counts: UseCounts::from_array(c),
+                    counts: UseCounts::from_array([c[0], c[1], c[2], c[3], 0, 0]),
                 })
             }),
         (
@@ -784,6 +797,158 @@ fn arb_kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+fn arb_credits() -> impl Strategy<Value = Credits> {
+    (
+        0u64..=keyledger_core::policy::CREDITS_MAX,
+        proptest::option::of((
+            1u64..=keyledger_core::policy::CREDITS_MAX,
+            any::<bool>(),
+            proptest::option::of(1u8..=31),
+        )),
+    )
+        .prop_map(|(remaining, refill)| Credits {
+            remaining,
+            refill: refill.map(|(amount, monthly, day)| Refill {
+                amount,
+                interval: if monthly {
+                    RefillInterval::Monthly
+                } else {
+                    RefillInterval::Daily
+                },
+                day: if monthly { day } else { None },
+            }),
+        })
+}
+
+fn arb_limits() -> impl Strategy<Value = Vec<RateLimit>> {
+    proptest::collection::btree_map(
+        "[a-z0-9_.-]{1,32}",
+        (1u64..=1_000_000_000, 100u64..=86_400_000),
+        0..=5,
+    )
+    .prop_map(|m| {
+        m.into_iter()
+            .map(|(name, (limit, duration_ms))| RateLimit {
+                name,
+                limit,
+                duration_ms,
+            })
+            .collect()
+    })
+}
+
+fn arb_meta() -> impl Strategy<Value = Meta> {
+    "[a-z]{1,8}"
+        .prop_map(|v| Meta::new(format!("{{\"plan\":\"{v}\"}}")).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn arb_change() -> impl Strategy<Value = KeyChange> {
+    prop_oneof![
+        (".{0,20}", ".{0,20}").prop_map(|(before, after)| KeyChange::Name { before, after }),
+        (
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(".{0,20}")
+        )
+            .prop_map(|(before, after)| KeyChange::Description { before, after }),
+        (
+            proptest::option::of(arb_meta()),
+            proptest::option::of(arb_meta())
+        )
+            .prop_map(|(before, after)| KeyChange::Meta { before, after }),
+        (
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time())
+        )
+            .prop_map(|(before, after)| KeyChange::ExpiresAt { before, after }),
+        (0u8..32, 0u8..32).prop_map(|(b, a)| KeyChange::Scopes {
+            before: ScopeSet::from_bits(b).unwrap_or_default(),
+            after: ScopeSet::from_bits(a).unwrap_or_default(),
+        }),
+        (
+            proptest::option::of(arb_credits()),
+            proptest::option::of(arb_credits())
+        )
+            .prop_map(|(before, after)| KeyChange::Credits { before, after }),
+        (arb_limits(), arb_limits())
+            .prop_map(|(before, after)| KeyChange::Limits { before, after }),
+    ]
+}
+
+/// The kinds version 4 added or changed.
+fn arb_kind_v4() -> impl Strategy<Value = EventKind> {
+    prop_oneof![
+        (
+            arb_key(),
+            arb_user(),
+            ".{0,40}",
+            proptest::option::of(arb_meta()),
+            proptest::option::of(arb_credits()),
+            arb_limits(),
+        )
+            .prop_map(|(key_id, owner, name, meta, credits, limits)| {
+                EventKind::KeyCreated(KeyCreated {
+                    key_id,
+                    owner,
+                    name,
+                    description: None,
+                    expires_at: None,
+                    scopes: ScopeSet::DEFAULT,
+                    secret_hash: SecretHash([7; 32]),
+                    masked: "kl_test…abcd".into(),
+                    rotated_from: None,
+                    meta,
+                    credits,
+                    limits,
+                })
+            }),
+        (
+            arb_key(),
+            arb_time(),
+            proptest::option::of(arb_time()),
+            any::<[u64; 6]>(),
+            any::<u64>(),
+        )
+            .prop_map(|(key_id, window_start, last_valid_at, c, spent)| {
+                let mut counts = UseCounts::from_array(c);
+                counts.credits_spent = spent;
+                EventKind::KeyUsed(KeyUsed {
+                    key_id,
+                    window_start,
+                    window_end: window_start,
+                    last_valid_at,
+                    counts,
+                })
+            }),
+        (arb_key(), proptest::collection::vec(arb_change(), 0..4))
+            .prop_map(|(key_id, changes)| EventKind::KeyUpdated(KeyUpdated { key_id, changes })),
+        (arb_key(), any::<u64>(), any::<u64>()).prop_map(|(key_id, epoch, amount)| {
+            EventKind::CreditsReserved(CreditsReserved {
+                key_id,
+                epoch,
+                amount,
+            })
+        }),
+        (arb_key(), any::<u64>(), any::<u64>()).prop_map(|(key_id, epoch, amount)| {
+            EventKind::CreditsReleased(CreditsReleased {
+                key_id,
+                epoch,
+                amount,
+            })
+        }),
+        (arb_key(), arb_time(), any::<u64>()).prop_map(|(key_id, due_at, remaining)| {
+            EventKind::CreditsRefilled(CreditsRefilled {
+                key_id,
+                due_at,
+                remaining,
+            })
+        }),
+    ]
+}
+
+fn arb_kind() -> impl Strategy<Value = EventKind> {
+    prop_oneof![10 => arb_kind_v3(), 6 => arb_kind_v4()]
+}
+
 fn arb_event() -> impl Strategy<Value = Event> {
     (
         "[A-Za-z0-9._-]{1,64}".prop_map(|s| tenant(&s)),
@@ -815,7 +980,7 @@ proptest! {
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let tn = tenant("t");
         let _ = envelope::decode(&tn, &bytes);
-        for version in [1u8, 2] {
+        for version in [1u8, 2, 3, 4] {
             let mut versioned = vec![version];
             versioned.extend_from_slice(&bytes);
             let _ = envelope::decode(&tn, &versioned);
@@ -847,8 +1012,10 @@ fn webhook_kinds_have_no_older_form() {
     };
     assert_eq!(envelope::encode_as(&event, 1), None);
     assert_eq!(envelope::encode_as(&event, 2), None);
+    let bytes = envelope::encode_as(&event, 3).unwrap_or_else(|| panic!("{event:?}"));
+    assert_eq!(envelope::decode(&event.tenant, &bytes).as_ref(), Ok(&event));
     let bytes = envelope::encode(&event);
-    assert_eq!(bytes.first(), Some(&3));
+    assert_eq!(bytes.first(), Some(&VERSION_CURRENT));
     assert_eq!(envelope::decode(&event.tenant, &bytes), Ok(event));
 }
 
@@ -917,8 +1084,277 @@ fn v3_fixture_still_decodes() {
     for e in v2_fixture_events() {
         let (v2, v3) = (
             envelope::encode_as(&e, 2).unwrap_or_else(|| panic!("{e:?}")),
-            envelope::encode(&e),
+            envelope::encode_as(&e, 3).unwrap_or_else(|| panic!("{e:?}")),
         );
         assert_eq!(v2[1..], v3[1..], "{e:?}");
     }
+}
+
+/// The events in `fixtures/v4-events.bin`: the key-policy kinds and the
+/// version-4 forms of `KeyCreated` and `KeyUsed`, written by version 4.
+/// Never change them.
+fn v4_fixture_events() -> Vec<Event> {
+    let tn = tenant("fixture-tenant");
+    let alice = user("alice@example.com");
+    let k = key("key_01JD8X3Q5V7Z9B1C3D5F7H9K2P");
+    let credits = Credits {
+        remaining: 1000,
+        refill: Some(Refill {
+            amount: 500,
+            interval: RefillInterval::Monthly,
+            day: Some(15),
+        }),
+    };
+    let limits = vec![
+        RateLimit {
+            name: "burst".into(),
+            limit: 10,
+            duration_ms: 1000,
+        },
+        RateLimit {
+            name: "minute".into(),
+            limit: 100,
+            duration_ms: 60_000,
+        },
+    ];
+    let meta = |s: &str| Meta::new(s.into()).unwrap_or_else(|e| panic!("{e}"));
+    let ev = |at: i64, actor: Actor, kind: EventKind| Event {
+        tenant: tn.clone(),
+        at: t(at),
+        actor,
+        kind,
+    };
+    let me = Actor::User { id: alice.clone() };
+    let mut used = UseCounts::from_array([90, 1, 2, 3, 4, 5]);
+    used.credits_spent = 180;
+    vec![
+        ev(
+            1_764_000_040_000_000,
+            me.clone(),
+            EventKind::KeyCreated(KeyCreated {
+                key_id: k,
+                owner: alice,
+                name: "metered".into(),
+                description: Some("pay as you go".into()),
+                expires_at: Some(t(1_800_000_000_000_000)),
+                scopes: ScopeSet::DEFAULT,
+                secret_hash: SecretHash([0x5a; 32]),
+                masked: "kl_live_ab…wxyz".into(),
+                rotated_from: None,
+                meta: Some(meta(r#"{"plan":"pro","seats":3}"#)),
+                credits: Some(credits.clone()),
+                limits: limits.clone(),
+            }),
+        ),
+        ev(
+            1_764_000_041_000_000,
+            Actor::System,
+            EventKind::CreditsReserved(CreditsReserved {
+                key_id: k,
+                epoch: 1,
+                amount: 100,
+            }),
+        ),
+        ev(
+            1_764_000_042_000_000,
+            Actor::System,
+            EventKind::KeyUsed(KeyUsed {
+                key_id: k,
+                window_start: t(1_764_000_041_000_000),
+                window_end: t(1_764_000_042_000_000),
+                last_valid_at: Some(t(1_764_000_041_500_000)),
+                counts: used,
+            }),
+        ),
+        ev(
+            1_764_000_043_000_000,
+            Actor::System,
+            EventKind::CreditsReleased(CreditsReleased {
+                key_id: k,
+                epoch: 1,
+                amount: 10,
+            }),
+        ),
+        ev(
+            1_764_000_044_000_000,
+            me,
+            EventKind::KeyUpdated(KeyUpdated {
+                key_id: k,
+                changes: vec![
+                    KeyChange::Name {
+                        before: "metered".into(),
+                        after: "metered v2".into(),
+                    },
+                    KeyChange::Description {
+                        before: Some("pay as you go".into()),
+                        after: None,
+                    },
+                    KeyChange::Meta {
+                        before: Some(meta(r#"{"plan":"pro","seats":3}"#)),
+                        after: Some(meta(r#"{"plan":"team"}"#)),
+                    },
+                    KeyChange::ExpiresAt {
+                        before: Some(t(1_800_000_000_000_000)),
+                        after: Some(t(1_790_000_000_000_000)),
+                    },
+                    KeyChange::Scopes {
+                        before: ScopeSet::DEFAULT,
+                        after: ScopeSet::EMPTY.with(keyledger_core::Scope::KeysRead),
+                    },
+                    KeyChange::Credits {
+                        before: Some(Credits {
+                            remaining: 910,
+                            ..credits.clone()
+                        }),
+                        after: Some(Credits {
+                            remaining: 50,
+                            refill: None,
+                        }),
+                    },
+                    KeyChange::Limits {
+                        before: limits,
+                        after: Vec::new(),
+                    },
+                ],
+            }),
+        ),
+        ev(
+            1_764_000_045_000_000,
+            Actor::System,
+            EventKind::CreditsRefilled(CreditsRefilled {
+                key_id: k,
+                due_at: t(1_763_942_400_000_000),
+                remaining: 500,
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn v4_fixture_still_decodes() {
+    let expected = v4_fixture_events();
+    let path = fixture_path().with_file_name("v4-events.bin");
+    if !path.exists() {
+        // First run only: written by version 4, then committed.
+        assert_eq!(
+            VERSION_CURRENT, 4,
+            "the v4 fixture is missing and cannot be rewritten"
+        );
+        std::fs::write(&path, write_fixture(&expected)).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("wrote {}: commit it", path.display());
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stored = split_fixture(&bytes);
+    assert_eq!(stored.len(), expected.len(), "events in the fixture");
+    let tn = tenant("fixture-tenant");
+    for (i, (raw, want)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(raw.first(), Some(&4), "fixture event {i} is version 4");
+        let got = envelope::decode(&tn, raw)
+            .unwrap_or_else(|e| panic!("fixture event {i} no longer decodes: {e}"));
+        assert_eq!(&got, want, "fixture event {i} decodes differently");
+        assert_eq!(envelope::encode_as(want, 4).as_deref(), Some(*raw));
+        assert_eq!(chain::canonical_event(&tn, raw).as_ref(), Ok(want));
+        // None of them has an older form: encoding one as an older
+        // version refuses cleanly.
+        for old in 1..4 {
+            assert_eq!(envelope::encode_as(want, old), None, "event {i} as v{old}");
+        }
+    }
+    if VERSION_CURRENT == 4 {
+        assert_eq!(
+            write_fixture(&expected),
+            bytes,
+            "the v4 encoding changed without a new version"
+        );
+    }
+}
+
+/// Older versions' events upcast with an empty policy and zero new counts,
+/// and keep decoding to exactly what they decoded to before version 4.
+#[test]
+fn older_versions_upcast_with_an_empty_policy() {
+    let tn = tenant("fixture-tenant");
+    for e in v2_fixture_events() {
+        let v2 = envelope::encode_as(&e, 2).unwrap_or_else(|| panic!("{e:?}"));
+        let back = envelope::decode(&tn, &v2).unwrap_or_else(|err| panic!("{err}"));
+        if let EventKind::KeyCreated(c) = &back.kind {
+            assert_eq!((&c.meta, &c.credits, c.limits.len()), (&None, &None, 0));
+        }
+        if let EventKind::KeyUsed(u) = &back.kind {
+            assert_eq!(
+                (
+                    u.counts.usage_exceeded,
+                    u.counts.rate_limited,
+                    u.counts.credits_spent
+                ),
+                (0, 0, 0)
+            );
+        }
+        assert_eq!(back, e);
+    }
+}
+
+/// A version-4 payload holding a policy no decision records is refused
+/// with the field named, never folded.
+#[test]
+fn decode_refuses_policies_no_decision_records() {
+    use keyledger_store::envelope::v1::{ActorV1, KeyCreatedV1};
+    use keyledger_store::envelope::v4::{
+        CreditsV4, EventV4, IntervalV4, KeyCreatedV4, KindV4, RateLimitV4, RefillV4,
+    };
+    let tn = tenant("t");
+    let encode = |meta: Option<&str>, credits: Option<CreditsV4>, limits: Vec<RateLimitV4<'_>>| {
+        let schema = EventV4 {
+            at: 1_764_000_000_000_000,
+            actor: ActorV1::Operator,
+            kind: KindV4::KeyCreated(KeyCreatedV4 {
+                base: KeyCreatedV1 {
+                    key_id: 1,
+                    owner: "alice",
+                    name: "n",
+                    description: None,
+                    expires_at: None,
+                    scopes: 1,
+                    secret_hash: [1; 32],
+                    masked: "m",
+                    rotated_from: None,
+                },
+                meta,
+                credits,
+                limits,
+            }),
+        };
+        let mut out = vec![4];
+        out.extend(postcard::to_stdvec(&schema).unwrap_or_else(|e| panic!("{e}")));
+        out
+    };
+    let field = |bytes: Vec<u8>| match envelope::decode(&tn, &bytes) {
+        Err(DecodeError::Invalid {
+            version: 4, field, ..
+        }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert!(envelope::decode(&tn, &encode(Some("{}"), None, Vec::new())).is_ok());
+    assert_eq!(field(encode(Some("[1]"), None, Vec::new())), "meta");
+    let daily_on_a_day = CreditsV4 {
+        remaining: 1,
+        refill: Some(RefillV4 {
+            amount: 1,
+            interval: IntervalV4::Daily,
+            day: Some(3),
+        }),
+    };
+    assert_eq!(
+        field(encode(None, Some(daily_on_a_day), Vec::new())),
+        "credits"
+    );
+    let twice = RateLimitV4 {
+        name: "a",
+        limit: 1,
+        duration_ms: 1000,
+    };
+    assert_eq!(
+        field(encode(None, None, vec![twice.clone(), twice])),
+        "limits"
+    );
 }

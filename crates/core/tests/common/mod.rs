@@ -86,6 +86,9 @@ pub fn ev(tenant: TenantId, at: Timestamp, actor: Actor, kind: EventKind) -> Eve
 pub fn created(n: u8, owner: &str) -> KeyCreated {
     let s = secret(n);
     KeyCreated {
+        meta: None,
+        credits: None,
+        limits: Vec::new(),
         key_id: kid(n),
         owner: user(owner),
         name: format!("key {n}"),

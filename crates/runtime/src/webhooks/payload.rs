@@ -65,11 +65,25 @@ pub(crate) fn notice(e: &Event) -> Option<(&'static str, Value)> {
                 "actor": e.actor.reference(),
             }),
         )),
+        EventKind::KeyUpdated(u) => Some((
+            "key.updated",
+            json!({
+                "tenant_id": tenant,
+                "key_id": u.key_id.to_string(),
+                "changes": crate::views::key_changes_json(&u.changes),
+                "actor": e.actor.reference(),
+            }),
+        )),
+        // Credit reservations, releases and refills are the system's
+        // bookkeeping as keys are used, like `KeyUsed`: no notice.
         EventKind::KeyUsed(_)
         | EventKind::AuditRead(_)
         | EventKind::LogRecovered(_)
         | EventKind::WebhookSubscribed(_)
-        | EventKind::WebhookDeleted(_) => None,
+        | EventKind::WebhookDeleted(_)
+        | EventKind::CreditsReserved(_)
+        | EventKind::CreditsReleased(_)
+        | EventKind::CreditsRefilled(_) => None,
     }
 }
 
