@@ -305,6 +305,8 @@ pub(crate) struct Shared {
     pub(crate) tx: mpsc::Sender<Job>,
     /// Webhook secrets and deliveries, when configured.
     pub(crate) webhooks: Option<Arc<webhooks::Service>>,
+    /// Keys with a credit refill, by their next refill instant.
+    pub(crate) refills: policy::RefillQueue,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -315,6 +317,7 @@ struct Tasks {
     follower: Option<std::thread::JoinHandle<()>>,
     flusher: Option<tokio::task::JoinHandle<()>>,
     catch_up: Option<tokio::task::JoinHandle<()>>,
+    refiller: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// An open ledger. Cheap to clone; every clone is the same ledger.
@@ -429,11 +432,15 @@ impl Keyledger {
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
         webhooks::start(&shared)?;
+        let refiller = Some(tokio::spawn(refiller(Keyledger {
+            shared: shared.clone(),
+        })));
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
             flusher,
             catch_up,
+            refiller,
         };
         Ok(Keyledger { shared })
     }
@@ -642,9 +649,7 @@ impl Keyledger {
             Some(credits) => {
                 let spend = credits
                     .spend_reserving(cost, self.shared.clock.now_coarse(), |epoch, want| {
-                        // MERGE-PCORE: self.reserve_credits(&entry.tenant, entry.key_id, epoch, want)
-                        let _ = (epoch, want);
-                        async { Err::<u64, Error>(Error::unavailable("no reservations yet")) }
+                        self.reserve_credits(&entry.tenant, entry.key_id, epoch, want)
                     })
                     .await;
                 if spend == policy::Spend::Spent {
@@ -1010,6 +1015,59 @@ impl Keyledger {
         })
     }
 
+    /// Writes a `CreditsRefilled` for every key whose refill instant has
+    /// passed (one event per key, for the latest instant due: refills
+    /// missed while the server was down collapse into one). Runs every
+    /// second and at start-up (the refill task); callers with a manual
+    /// clock call it after moving the clock. Returns how many refills were
+    /// written; a refill another node wrote first counts as done, not here.
+    pub async fn refill_due(&self) -> Result<usize, Error> {
+        let now = self.now();
+        let mut written = 0;
+        let mut failed = None;
+        for (tenant, key_id) in self.shared.refills.due(now) {
+            match self.refill_credits(&tenant, key_id).await {
+                Ok(Some(_)) => written += 1,
+                // Not due (refilled already, here or by another node), no
+                // refill any more, or refused (the key is gone or revoked):
+                // the applied events scheduled whatever is next.
+                Ok(None) | Err(Error::NotFound(_) | Error::Command(_)) => {}
+                Err(e) => {
+                    self.shared.refills.retry(now, tenant, key_id);
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if written == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "some credit refills failed; retried at the next pass");
+                Ok(written)
+            }
+            None => Ok(written),
+        }
+    }
+
+    /// Hands back every credit this node reserved and did not spend
+    /// (`CreditsReleased`), at a graceful shutdown. A release the decision
+    /// refuses (the epoch ended meanwhile: those credits lapsed) is fine.
+    async fn release_allowances(&self) {
+        let unspent: Vec<(TenantId, KeyId, u64, u64)> = {
+            let keys = self.shared.keys.pin();
+            keys.values()
+                .filter_map(|e| {
+                    let (epoch, n) = e.credits()?.take_allowance();
+                    (n > 0).then(|| (e.tenant.clone(), e.key_id, epoch, n))
+                })
+                .collect()
+        };
+        for (tenant, key_id, epoch, n) in unspent {
+            if let Err(e) = self.release_credits(&tenant, key_id, epoch, n).await {
+                tracing::debug!(error = %e, %key_id, "unspent credits not released");
+            }
+        }
+    }
+
     /// Writes every use counted so far as `KeyUsed` events; returns how
     /// many events were written. Waits when the writer is behind.
     pub async fn flush_usage(&self) -> Result<usize, Error> {
@@ -1020,16 +1078,17 @@ impl Keyledger {
     /// read of the trail waiting for its window is written, the writer
     /// finishes its batch and the log is closed. Idempotent.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let (writer, follower, flusher, catch_up) = {
+        let (writer, follower, flusher, catch_up, refiller) = {
             let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
             (
                 t.writer.take(),
                 t.follower.take(),
                 t.flusher.take(),
                 t.catch_up.take(),
+                t.refiller.take(),
             )
         };
-        if let Some(task) = catch_up {
+        for task in [catch_up, refiller].into_iter().flatten() {
             task.abort();
         }
         if let Some(w) = self.shared.webhooks.clone() {
@@ -1044,6 +1103,9 @@ impl Keyledger {
             let _ = f.await;
         }
         let flushed = flush(&self.shared).await;
+        if writer.is_some() {
+            self.release_allowances().await;
+        }
         self.shared.reads.close().await;
         if writer.is_some() {
             let _ = self.shared.tx.send(Job::Stop).await;
@@ -1140,9 +1202,8 @@ impl Shared {
 
     /// Counts one use of a known key (`spent`: the credits it spent).
     fn count(&self, entry: &Arc<KeyEntry>, outcome: VerifyOutcome, spent: u64, now: Timestamp) {
-        let _ = spent; // MERGE-PCORE
         if let Some(counted) = outcome.counted()
-            && entry.count(counted, now)
+            && entry.count(counted, now, spent)
         {
             self.dirty
                 .lock()
@@ -1200,6 +1261,7 @@ impl Shared {
             snapshots,
             tx,
             webhooks,
+            refills: policy::RefillQueue::default(),
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
         })
@@ -1282,7 +1344,7 @@ impl Shared {
             }
             applied += 1;
             read.head = r.position;
-            update_verification_map(&keys, &read.ledger, &r.event);
+            update_verification_map(&keys, &read.ledger, &r.event, &self.clock, &self.refills);
         }
         // The usage rollups of the records the key state took, in one
         // pass (see `Usage::apply_all`).
@@ -1312,21 +1374,29 @@ fn update_verification_map<G: papaya::Guard>(
     keys: &papaya::HashMapRef<'_, SecretHash, Arc<KeyEntry>, verify::DigestHash, G>,
     ledger: &Ledger,
     event: &keyledger_core::Event,
+    clock: &Arc<dyn Clock>,
+    refills: &policy::RefillQueue,
 ) {
     use keyledger_core::EventKind as K;
     let tenant = &event.tenant;
+    // The key's credits as the log now has them, into its entry.
+    let credits_applied = |key_id: KeyId| {
+        if let Some(k) = ledger.key(tenant, key_id)
+            && let Some(entry) = keys.get(&k.secret_hash)
+            && let (Some(c), Some(allowance)) = (k.credit_state(), entry.credits())
+        {
+            allowance.set_log(c.epoch, c.remaining);
+        }
+    };
     match &event.kind {
         K::KeyCreated(e) => {
-            let entry = KeyEntry::new(
-                tenant.clone(),
-                e.key_id,
-                e.owner.clone(),
-                e.name.clone(),
-                e.scopes,
-                e.expires_at,
-                false,
-            );
-            keys.insert(e.secret_hash, Arc::new(entry));
+            if let Some(state) = ledger.tenant(tenant)
+                && let Some(k) = state.keys.get(&e.key_id)
+            {
+                let entry = entry_for(tenant, state, k, clock, None);
+                keys.insert(e.secret_hash, Arc::new(entry));
+                refills.schedule(tenant, k);
+            }
         }
         K::KeyRevoked(e) => {
             if let Some(k) = ledger.key(tenant, e.key_id)
@@ -1353,33 +1423,49 @@ fn update_verification_map<G: papaya::Guard>(
                 }
             }
         }
+        // A reservation (this node's or another's), a release or a refill:
+        // the log's credits and epoch, into the entry. A new epoch drops
+        // this node's allowance of the old one (`Allowance::set_log`).
+        K::CreditsReserved(e) => credits_applied(e.key_id),
+        K::CreditsReleased(e) => credits_applied(e.key_id),
+        K::CreditsRefilled(e) => {
+            credits_applied(e.key_id);
+            if let Some(k) = ledger.key(tenant, e.key_id) {
+                refills.schedule(tenant, k);
+            }
+        }
         // A leak is followed by its `KeyRevoked`, which refuses the key.
         K::KeyUsed(_)
         | K::AuditRead(_)
         | K::LogRecovered(_)
         | K::KeyLeaked(_)
         | K::WebhookSubscribed(_)
-        | K::WebhookDeleted(_)
-        | K::CreditsReserved(_)
-        | K::CreditsReleased(_)
-        | K::CreditsRefilled(_) => {}
-        // A change of name or scopes makes a new entry (its fields are not
-        // atomics); uses counted in the old one are still on the dirty
-        // list and written from it. A change of expiry is stored in place.
+        | K::WebhookDeleted(_) => {}
+        // A change of name, scopes, credits or limits makes a new entry
+        // (its fields are not atomics), carrying over the policy's state:
+        // the allowance (dropped if the credits changed: a new epoch) and
+        // every limit left as it was. Uses counted in the old entry are
+        // still on the dirty list and written from it. A change of expiry
+        // alone is stored in place.
         K::KeyUpdated(e) => {
             let Some(k) = ledger.key(tenant, e.key_id) else {
                 return;
             };
-            let fields_changed = e.changes.iter().any(|c| {
+            let rebuilt = e.changes.iter().any(|c| {
                 matches!(
                     c,
                     keyledger_core::KeyChange::Name { .. }
                         | keyledger_core::KeyChange::Scopes { .. }
+                        | keyledger_core::KeyChange::Credits { .. }
+                        | keyledger_core::KeyChange::Limits { .. }
                 )
             });
-            if fields_changed && let Some(state) = ledger.tenant(tenant) {
-                keys.insert(k.secret_hash, Arc::new(entry_for(tenant, state, k)));
-            } else if let Some(entry) = keys.get(&k.secret_hash) {
+            let previous = keys.get(&k.secret_hash);
+            if rebuilt && let Some(state) = ledger.tenant(tenant) {
+                let entry = entry_for(tenant, state, k, clock, previous.map(|p| &**p));
+                keys.insert(k.secret_hash, Arc::new(entry));
+                refills.schedule(tenant, k);
+            } else if let Some(entry) = previous {
                 entry.set_expires_at(k.expires_at);
             }
         }
@@ -1387,12 +1473,21 @@ fn update_verification_map<G: papaya::Guard>(
 }
 
 /// A key's verification entry as its state says: refused when revoked or
-/// when its owner was removed (the cascade revokes only active keys).
+/// when its owner was removed (the cascade revokes only active keys); its
+/// policy's state carried over from `previous`, the entry it replaces.
 pub(crate) fn entry_for(
     tenant: &TenantId,
     state: &keyledger_core::TenantState,
     k: &KeyRecord,
+    clock: &Arc<dyn Clock>,
+    previous: Option<&KeyEntry>,
 ) -> KeyEntry {
+    let enforced = policy::Enforcement::build(
+        k.limits(),
+        k.credit_state().map(|c| (c.epoch, c.remaining)),
+        clock,
+        previous.and_then(KeyEntry::policy),
+    );
     KeyEntry::new(
         tenant.clone(),
         k.id,
@@ -1402,6 +1497,7 @@ pub(crate) fn entry_for(
         k.expires_at,
         k.revoked.is_some() || state.is_removed(&k.owner),
     )
+    .with_policy(Some(enforced))
 }
 
 /// The counts of the `KeyUsed` events that write one key's uses: one
@@ -1498,6 +1594,20 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
         .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
     failure.map_or(Ok(written), Err)
 }
+
+/// The refill task: a pass at once (refills that fell due while the
+/// server was down), then one every second.
+async fn refiller(ledger: Keyledger) {
+    loop {
+        if let Err(e) = ledger.refill_due().await {
+            tracing::warn!(error = %e, "credit refills failed; retrying");
+        }
+        tokio::time::sleep(REFILL_EVERY).await;
+    }
+}
+
+/// How often the refill task looks for refills due.
+const REFILL_EVERY: Duration = Duration::from_secs(1);
 
 async fn flusher(shared: Arc<Shared>, window: UsageWindow) {
     loop {

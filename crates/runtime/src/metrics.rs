@@ -113,6 +113,8 @@ impl Metrics {
             (V::Revoked, counts.revoked),
             (V::Expired, counts.expired),
             (V::InsufficientScope, counts.insufficient_scope),
+            (V::RateLimited, counts.rate_limited),
+            (V::UsageExceeded, counts.usage_exceeded),
         ] {
             self.verifications[outcome.index()].fetch_add(n, Ordering::Relaxed);
         }

@@ -33,8 +33,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use keyledger_core::Timestamp;
 use keyledger_core::policy::{RATE_LIMITS_PER_KEY_MAX, RateLimit};
+use keyledger_core::{KeyId, TenantId, Timestamp};
 
 use crate::clock::Clock;
 
@@ -243,6 +243,8 @@ pub struct Allowance {
     log_remaining: AtomicU64,
     /// One reservation per key at a time; others wait on it.
     reserving: tokio::sync::Mutex<Pace>,
+    /// Credits spent since the usage flusher last took them.
+    spent: AtomicU64,
 }
 
 impl Allowance {
@@ -256,7 +258,18 @@ impl Allowance {
                 block: BLOCK_MIN / 2,
                 at: None,
             }),
+            spent: AtomicU64::new(0),
         }
+    }
+
+    /// Counts credits spent, for the next `KeyUsed`.
+    pub(crate) fn note_spent(&self, n: u64) {
+        self.spent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes the credits spent since the last take.
+    pub(crate) fn take_spent(&self) -> u64 {
+        self.spent.swap(0, Ordering::AcqRel)
     }
 
     /// The epoch in force here.
@@ -566,6 +579,66 @@ impl Enforcement {
     /// Writes the credits left into the answer.
     pub fn note_credits(&self, answer: &mut PolicyAnswer) {
         answer.credits_remaining = self.credits.as_ref().map(|c| c.remaining());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Refills.
+
+/// The keys whose credits refill, by their next refill instant: filled as
+/// events are applied (a key created or changed with a refill, a refill
+/// applied), read by the refill pass (`Keyledger::refill_due`). A key may
+/// be in it more than once, or after its refill was removed: the pass
+/// asks the decision, which refuses a refill that is not due.
+#[derive(Debug, Default)]
+pub(crate) struct RefillQueue(
+    std::sync::Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(Timestamp, TenantId, KeyId)>>>,
+);
+
+impl RefillQueue {
+    /// Puts `key` in line for its next refill after the one its credit
+    /// epoch stands for, if it has a refill.
+    pub(crate) fn schedule(&self, tenant: &TenantId, key: &keyledger_core::KeyRecord) {
+        let Some(c) = key.credit_state() else {
+            return;
+        };
+        let Some(refill) = c.refill else {
+            return;
+        };
+        let next = refill.next_after(c.since);
+        self.lock()
+            .push(std::cmp::Reverse((next, tenant.clone(), key.id)));
+    }
+
+    /// Takes every key whose refill instant is at or before `now`.
+    pub(crate) fn due(&self, now: Timestamp) -> Vec<(TenantId, KeyId)> {
+        let mut q = self.lock();
+        let mut out = Vec::new();
+        while q
+            .peek()
+            .is_some_and(|std::cmp::Reverse((at, _, _))| *at <= now)
+        {
+            if let Some(std::cmp::Reverse((_, tenant, key))) = q.pop() {
+                out.push((tenant, key));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Puts a key back to be tried again at `at` (the log was unavailable).
+    pub(crate) fn retry(&self, at: Timestamp, tenant: TenantId, key: KeyId) {
+        self.lock().push(std::cmp::Reverse((at, tenant, key)));
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BinaryHeap<std::cmp::Reverse<(Timestamp, TenantId, KeyId)>>,
+    > {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use keyledger_core::{KeyId, Outcome, Scope, ScopeSet, TenantId, Timestamp, UseCounts, UserId};
 
-use crate::policy::{Enforcement, PolicyAnswer};
+use crate::policy::{Allowance, Enforcement, PolicyAnswer};
 
 /// What a verification found. Serialized by its wire name, as `as_str`
 /// spells it.
@@ -67,7 +67,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => Some(Outcome::Revoked),
             VerifyOutcome::Expired => Some(Outcome::Expired),
             VerifyOutcome::InsufficientScope => Some(Outcome::InsufficientScope),
-            VerifyOutcome::RateLimited | VerifyOutcome::UsageExceeded => None, // MERGE-PCORE
+            VerifyOutcome::RateLimited => Some(Outcome::RateLimited),
+            VerifyOutcome::UsageExceeded => Some(Outcome::UsageExceeded),
             VerifyOutcome::NotFound | VerifyOutcome::Malformed => None,
         }
     }
@@ -153,6 +154,11 @@ impl KeyEntry {
         self.policy.as_deref()
     }
 
+    /// The key's credits on this node, if it has credits.
+    pub fn credits(&self) -> Option<&Allowance> {
+        self.policy()?.credits.as_deref()
+    }
+
     /// The key's expiry, if any.
     pub fn expires_at(&self) -> Option<Timestamp> {
         let e = self.expires_at.load(Ordering::Acquire);
@@ -186,10 +192,16 @@ impl KeyEntry {
         }
     }
 
-    /// Counts one use. Returns true when the key was clean and the caller
-    /// must put it on the dirty list (once per window).
-    pub(crate) fn count(&self, outcome: Outcome, now: Timestamp) -> bool {
+    /// Counts one use that spent `spent` credits. Returns true when the key
+    /// was clean and the caller must put it on the dirty list (once per
+    /// window).
+    pub(crate) fn count(&self, outcome: Outcome, now: Timestamp, spent: u64) -> bool {
         self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if spent > 0
+            && let Some(credits) = self.credits()
+        {
+            credits.note_spent(spent);
+        }
         // The coarse clock moves once a millisecond: nearly every use sees
         // `last_valid` already there, and a load is cheaper than an atomic
         // read-modify-write. `fetch_max` still settles racing uses.
@@ -220,8 +232,10 @@ impl KeyEntry {
             *slot = counter.swap(0, Ordering::AcqRel);
         }
         let last = self.last_valid.swap(NEVER, Ordering::AcqRel);
+        let mut counts = UseCounts::from_array(c);
+        counts.credits_spent = self.credits().map_or(0, |c| c.take_spent());
         (
-            UseCounts::from_array(c),
+            counts,
             (last != NEVER).then(|| Timestamp::from_micros(last)),
         )
     }
@@ -231,6 +245,9 @@ impl KeyEntry {
         let c = counts.to_array();
         for (n, counter) in c.iter().zip(&self.counts) {
             counter.fetch_add(*n, Ordering::Relaxed);
+        }
+        if let Some(credits) = self.credits() {
+            credits.note_spent(counts.credits_spent);
         }
         if let Some(t) = last_valid {
             self.last_valid.fetch_max(t.as_micros(), Ordering::Relaxed);
