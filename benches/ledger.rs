@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keyledger_core::Principal;
+use keyledger_core::policy::{Credits, RateLimit};
 use keyledger_runtime::{Config, Keyledger, NewKey, UsageWindow};
 use keyledger_store::{EventLog, MemoryLog, RedbLog};
 use sha2::{Digest, Sha256};
@@ -73,10 +74,41 @@ fn verify(c: &mut Criterion) {
                     .secret,
             );
         }
+        // A key with credits (never exhausted here: blocks are reserved
+        // through the log as the bench spends them) and two rate limits
+        // too large to refuse (issue 14, docs/policy.md).
+        let metered = ledger
+            .create_key(
+                principal(0),
+                NewKey {
+                    credits: Some(Credits {
+                        remaining: keyledger_core::policy::CREDITS_MAX,
+                        refill: None,
+                    }),
+                    limits: vec![
+                        RateLimit {
+                            name: "burst".into(),
+                            limit: 1_000_000_000,
+                            duration_ms: 1000,
+                        },
+                        RateLimit {
+                            name: "daily".into(),
+                            limit: 1_000_000_000,
+                            duration_ms: 86_400_000,
+                        },
+                    ],
+                    ..new_key(10_000)
+                },
+            )
+            .await
+            .expect("create")
+            .secret;
+        secrets.push(metered);
         (ledger, secrets)
     });
     let (ledger, secrets) = ledger;
     let secret = secrets[4242].expose().to_owned();
+    let metered = secrets[10_000].expose().to_owned();
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sha256", |b| {
@@ -94,6 +126,19 @@ fn verify(c: &mut Criterion) {
     // The owned form: the caller keeps a reference to the key.
     g.bench_function("keyledger_owned", |b| {
         b.iter(|| ledger.verify(std::hint::black_box(&secret), None))
+    });
+    // The same call for a key with credits and two rate limits: the limits
+    // checked, a credit spent from this node's allowance, the policy's
+    // answer read (goal: within 1.5x of `keyledger`).
+    g.bench_function("keyledger_policy", |b| {
+        b.iter(|| {
+            ledger.verify_with(std::hint::black_box(&metered), None, |outcome, key| {
+                (outcome, key.map(|k| k.key_id))
+            })
+        })
+    });
+    g.bench_function("keyledger_policy_answer", |b| {
+        b.iter(|| ledger.verify(std::hint::black_box(&metered), None).policy)
     });
     g.finish();
     rt.block_on(ledger.shutdown()).expect("shutdown");

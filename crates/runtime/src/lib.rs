@@ -248,11 +248,11 @@ pub struct NewKey {
 }
 
 /// How far the verification's fast path got (`Shared::verify_step`).
-pub(crate) enum Step {
+pub(crate) enum Step<'a> {
     /// Answered, with the policy's part for a valid key that has one.
-    Done(VerifyOutcome, Option<PolicyAnswer>),
+    Done(VerifyOutcome, Option<&'a PolicyAnswer>),
     /// The rate limits admitted the call; credits must be reserved first.
-    Reserve(PolicyAnswer),
+    Reserve(&'a PolicyAnswer),
 }
 
 /// State read by queries: changed only by applying committed events.
@@ -528,12 +528,12 @@ impl Keyledger {
         self.shared
             .verify_step(presented, scope, cost, |step, key| match (step, key) {
                 (Step::Reserve(answer), Some(entry)) => {
-                    let (outcome, answer) = policy::block_on(self.settle(entry, cost, answer));
+                    let (outcome, answer) = policy::block_on(self.settle(entry, cost, *answer));
                     f(outcome, Some(entry), Some(&answer))
                 }
                 (Step::Done(outcome, answer), key) => {
                     self.note_unknown(outcome);
-                    f(outcome, key, answer.as_ref())
+                    f(outcome, key, answer)
                 }
                 (Step::Reserve(_), None) => f(VerifyOutcome::NotFound, None, None),
             })
@@ -613,9 +613,9 @@ impl Keyledger {
                     Step::Done(VerifyOutcome::NotFound, _) if miss_waits => Err((f, None)),
                     Step::Done(outcome, answer) => {
                         self.note_unknown(outcome);
-                        Ok(f(outcome, key, answer.as_ref()))
+                        Ok(f(outcome, key, answer))
                     }
-                    Step::Reserve(answer) => Err((f, key.cloned().map(|k| (k, answer)))),
+                    Step::Reserve(answer) => Err((f, key.cloned().map(|k| (k, *answer)))),
                 });
             match step {
                 Ok(answer) => return answer,
@@ -1088,8 +1088,11 @@ impl Keyledger {
                 t.refiller.take(),
             )
         };
+        // Aborted, then awaited: the refill task holds a handle on the
+        // ledger (and so the log) until its future is dropped.
         for task in [catch_up, refiller].into_iter().flatten() {
             task.abort();
+            let _ = task.await;
         }
         if let Some(w) = self.shared.webhooks.clone() {
             let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
@@ -1166,7 +1169,7 @@ impl Shared {
         presented: &str,
         scope: Option<Scope>,
         cost: u64,
-        f: impl FnOnce(Step, Option<&Arc<KeyEntry>>) -> R,
+        f: impl FnOnce(Step<'_>, Option<&Arc<KeyEntry>>) -> R,
     ) -> R {
         if secret::check(presented).is_err() {
             return f(Step::Done(VerifyOutcome::Malformed, None), None);
@@ -1178,26 +1181,24 @@ impl Shared {
         // A coarse clock: reading the OS clock would be a quarter of the
         // cost of a verification. Expiry is judged at most ~1 ms late.
         let now = self.clock.now_coarse();
-        let step = match (entry.judge(scope, now), entry.policy()) {
-            (VerifyOutcome::Valid, Some(p)) => {
-                let mut answer = PolicyAnswer::default();
-                match p.enforce(cost, now, &mut answer) {
-                    policy::Enforced::Valid => Step::Done(VerifyOutcome::Valid, Some(answer)),
-                    policy::Enforced::RateLimited => {
-                        Step::Done(VerifyOutcome::RateLimited, Some(answer))
-                    }
-                    policy::Enforced::UsageExceeded => {
-                        Step::Done(VerifyOutcome::UsageExceeded, Some(answer))
-                    }
-                    policy::Enforced::Reserve => Step::Reserve(answer),
-                }
+        let outcome = entry.judge(scope, now);
+        let enforced = match entry.policy() {
+            Some(p) if outcome == VerifyOutcome::Valid => p,
+            // A plain key, or one refused before its policy counts.
+            _ => {
+                self.count(entry, outcome, 0, now);
+                return f(Step::Done(outcome, None), Some(entry));
             }
-            (outcome, _) => Step::Done(outcome, None),
         };
-        if let Step::Done(outcome, answer) = &step {
-            self.count(entry, *outcome, answer.map_or(0, |a| a.spent), now);
-        }
-        f(step, Some(entry))
+        let mut answer = PolicyAnswer::default();
+        let outcome = match enforced.enforce(cost, now, &mut answer) {
+            policy::Enforced::Valid => VerifyOutcome::Valid,
+            policy::Enforced::RateLimited => VerifyOutcome::RateLimited,
+            policy::Enforced::UsageExceeded => VerifyOutcome::UsageExceeded,
+            policy::Enforced::Reserve => return f(Step::Reserve(&answer), Some(entry)),
+        };
+        self.count(entry, outcome, answer.spent, now);
+        f(Step::Done(outcome, Some(&answer)), Some(entry))
     }
 
     /// Counts one use of a known key (`spent`: the credits it spent).
