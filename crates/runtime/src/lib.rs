@@ -432,9 +432,13 @@ impl Keyledger {
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
         webhooks::start(&shared)?;
-        let refiller = Some(tokio::spawn(refiller(Keyledger {
-            shared: shared.clone(),
-        })));
+        // Opened outside a tokio runtime (a bench, a tool with a manual
+        // usage window): no refill task; the caller calls `refill_due`.
+        let refiller = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(refiller(Keyledger {
+                shared: shared.clone(),
+            }))
+        });
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
