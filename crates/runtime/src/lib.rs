@@ -110,7 +110,8 @@ pub enum UsageWindow {
     /// One event per use (the window `0` of docs/api.md).
     PerUse,
     /// Only when [`Keyledger::flush_usage`] is called, and at shutdown
-    /// (tests, simulations, `demo`).
+    /// (tests, simulations, `demo`). Credit refills, too, are written only
+    /// when [`Keyledger::refill_due`] is called: no refill task runs.
     Manual,
 }
 
@@ -432,13 +433,18 @@ impl Keyledger {
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
         webhooks::start(&shared)?;
-        // Opened outside a tokio runtime (a bench, a tool with a manual
-        // usage window): no refill task; the caller calls `refill_due`.
-        let refiller = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            rt.spawn(refiller(Keyledger {
+        // With a manual usage window (tests, simulations, tools) nothing
+        // is written on its own: no refill task, the caller calls
+        // `refill_due`. Likewise when opened outside a tokio runtime.
+        let refiller = match (
+            shared.config.usage_window,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            (UsageWindow::Manual, _) | (_, Err(_)) => None,
+            (_, Ok(rt)) => Some(rt.spawn(refiller(Keyledger {
                 shared: shared.clone(),
-            }))
-        });
+            }))),
+        };
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
