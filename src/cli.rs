@@ -233,7 +233,13 @@ pub enum KeysCmd {
         /// A scope (repeat for several); none gives all but users:remove.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        #[command(flatten)]
+        policy: crate::policy_args::PolicyArgs,
     },
+    /// Change a key: name, description, expiry, scopes, metadata, credits,
+    /// rate limits (only the fields named; scopes and expiry only narrow
+    /// unless you could grant the wider value).
+    Update(crate::policy_args::UpdateArgs),
     /// List a tenant's keys (masked).
     List {
         #[command(flatten)]
@@ -889,17 +895,19 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             description,
             expires_at,
             scopes: s,
+            policy,
         } => {
             let t = tenant(&t)?;
+            let policy = policy.read()?;
             let new = NewKey {
-                meta: None,
-                credits: None,
-                limits: Vec::new(),
                 owner: user.map(|u| u.parse()).transpose()?,
                 name,
                 description,
                 expires_at: time(&expires_at)?,
                 scopes: scopes(&s)?,
+                meta: policy.meta,
+                credits: policy.credits,
+                limits: policy.limits,
             };
             let created = ledger.create_key(principal(&t, &acting)?, new).await?;
             output::created(out, &CreatedKey::new(&created, ledger.now()))?;
@@ -939,6 +947,15 @@ async fn keys(ledger: &Keyledger, out: &Out, cmd: KeysCmd) -> Result<()> {
             };
             let page = ledger.list_keys(&t, &query)?;
             output::key_list(out, &KeyList::from(&page))?;
+        }
+        KeysCmd::Update(u) => {
+            let t = tenant(&u.tenant)?;
+            let update = u
+                .read()?
+                .into_update(principal(&t, &u.acting)?, key_id(&u.id)?);
+            let key = ledger.update_key(update).await?;
+            let view = KeyView::new(&key, key.status(ledger.now()));
+            out.value(&view, || output::key_detail(&view))?;
         }
         KeysCmd::Show { tenant: t, id } => {
             let key = ledger.key(&tenant(&t)?, key_id(&id)?)?;

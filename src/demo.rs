@@ -328,6 +328,7 @@ async fn mint_globex(m: &mut Minter<'_>, globex: &TenantId) -> Result<()> {
     m.mint(op(), "erin", asks_keys_read, analytics).await?;
     let partner = NewKey {
         description: Some("Read-only access for a reseller".into()),
+        meta: keyledger_core::Meta::new(r#"{"reseller":"Northwind","tier":"gold"}"#.into()).ok(),
         scopes: scopes(&[Scope::KeysRead]),
         ..all_but_remove()
     };
@@ -353,7 +354,7 @@ async fn mint_initech(m: &mut Minter<'_>, initech: &TenantId) -> Result<()> {
     Ok(())
 }
 
-/// The management of `day`, if any: a key minted by a key, a rotation, a
+/// The management of `day`, if any: a key minted by a key, a change, a rotation, a
 /// compromised key revoked, two users removed. Keys that stop working are
 /// retired from traffic a few days later, as their callers notice.
 async fn manage(m: &mut Minter<'_>, tenants: &Tenants, acme: &AcmeKeys, day: i32) -> Result<()> {
@@ -371,6 +372,7 @@ async fn manage(m: &mut Minter<'_>, tenants: &Tenants, acme: &AcmeKeys, day: i32
             )
             .await?;
         }
+        20 => describe_deploy_bot(m, &tenants.acme).await?,
         30 => rotate_web_app(m, &tenants.acme).await?,
         45 => {
             m.ledger
@@ -405,22 +407,47 @@ async fn manage(m: &mut Minter<'_>, tenants: &Tenants, acme: &AcmeKeys, day: i32
     Ok(())
 }
 
-/// Day 30: alice rotates "Production Web App" with a week's grace; its
-/// callers move to the new secret by day 38.
-async fn rotate_web_app(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
-    let web = m.ledger.list_keys(
-        acme,
+/// The id of the newest key of `tenant` whose name holds `name`, if any.
+fn first_named(
+    ledger: &Keyledger,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Option<keyledger_core::KeyId>> {
+    let page = ledger.list_keys(
+        tenant,
         &keyledger_runtime::ListQuery {
-            q: Some("Production Web App".into()),
+            q: Some(name.into()),
             ..Default::default()
         },
     )?;
-    if let Some((old, _)) = web.keys.first() {
+    Ok(page.keys.first().map(|(k, _)| k.id))
+}
+
+/// Day 20: alice gives "Deploy Bot" a description and metadata (a
+/// `KeyUpdated`, each field before and after in the trail).
+async fn describe_deploy_bot(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
+    if let Some(id) = first_named(m.ledger, acme, "Deploy Bot")? {
+        let mut change =
+            keyledger_core::UpdateKey::new(Principal::user(acme.clone(), u("alice")), id);
+        change.description = Some(Some("Deploys tagged releases from CI".into()));
+        change.meta = Some(Some(
+            keyledger_core::Meta::new(r#"{"team":"platform"}"#.into())
+                .map_err(|e| crate::error::Failure::msg(e.to_string()))?,
+        ));
+        m.ledger.update_key(change).await?;
+    }
+    Ok(())
+}
+
+/// Day 30: alice rotates "Production Web App" with a week's grace; its
+/// callers move to the new secret by day 38.
+async fn rotate_web_app(m: &mut Minter<'_>, acme: &TenantId) -> Result<()> {
+    if let Some(old) = first_named(m.ledger, acme, "Production Web App")? {
         let new = m
             .ledger
             .rotate_key(
                 Principal::user(acme.clone(), u("alice")),
-                old.id,
+                old,
                 7 * 86_400,
                 None,
             )

@@ -7,6 +7,7 @@ mod error;
 mod evidence_cli;
 mod login;
 mod output;
+mod policy_args;
 mod remote;
 mod scan;
 mod serve;

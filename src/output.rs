@@ -300,7 +300,59 @@ pub fn key_detail(k: &KeyView) -> String {
             t.add_row(vec![f.to_owned(), v.clone()]);
         }
     }
+    for (f, v) in policy_rows(k) {
+        t.add_row(vec![f.to_owned(), v]);
+    }
     t.to_string()
+}
+
+/// A key's policy as detail rows (none for a key without one): credits,
+/// rate limits, metadata.
+fn policy_rows(k: &KeyView) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    if let Some(c) = &k.credits {
+        rows.push((
+            "Credits",
+            match &c.refill {
+                None => format!("{} left", c.remaining),
+                Some(r) => format!(
+                    "{} left; set to {} {}{}, next at {}",
+                    c.remaining,
+                    r.amount,
+                    r.interval,
+                    r.day.map_or(String::new(), |d| format!(" on day {d}")),
+                    r.next_at
+                ),
+            },
+        ));
+    }
+    if !k.limits.is_empty() {
+        let limits = k
+            .limits
+            .iter()
+            .map(|l| format!("{} {}/{}", l.name, l.limit, duration_text(l.duration)))
+            .collect::<Vec<_>>();
+        rows.push(("Rate limits", limits.join(", ")));
+    }
+    if let Some(m) = &k.meta {
+        rows.push(("Meta", m.to_string()));
+    }
+    rows
+}
+
+/// A duration in milliseconds as the `--limit` flag takes it: `1s`, `15m`, `250ms`.
+pub fn duration_text(ms: u64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// The create result: the only place a secret is ever printed.
@@ -503,12 +555,19 @@ fn details_text(e: &AuditEntry) -> String {
         Some(EventType::WebhookSubscribed) => format!("{} to {}", s("webhook_id"), s("url")),
         Some(EventType::WebhookDeleted) => s("webhook_id"),
         Some(EventType::KeyUpdated) => {
-            let fields: Vec<&str> = d
+            let changes: Vec<String> = d
                 .get("changes")
                 .and_then(|c| c.as_object())
-                .map(|c| c.keys().map(String::as_str).collect())
+                .map(|c| {
+                    c.iter()
+                        .map(|(field, v)| {
+                            let (before, after) = (&v["before"], &v["after"]);
+                            format!("{field} {} → {}", change_text(before), change_text(after))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            format!("changed {}", fields.join(", "))
+            changes.join("; ")
         }
         Some(EventType::CreditsReserved) => {
             format!("{} credits reserved (epoch {})", d["amount"], d["epoch"])
@@ -520,6 +579,46 @@ fn details_text(e: &AuditEntry) -> String {
             format!("refilled to {} (due {})", d["remaining"], s("due_at"))
         }
         Some(EventType::AuditRead | EventType::LogRecovered) | None => d.to_string(),
+    }
+}
+
+/// A changed field's value, before or after, as the trail table shows it:
+/// `none` for null or an empty list, a scope list joined, rate limits as
+/// `--limit` takes them, credits with their refill, text quoted.
+fn change_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "none".into(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) if a.is_empty() => "none".into(),
+        Value::Array(a) => a
+            .iter()
+            .map(
+                |x| match (x.as_str(), x["name"].as_str(), x["duration"].as_u64()) {
+                    (Some(s), _, _) => s.to_owned(),
+                    (None, Some(name), Some(ms)) => {
+                        format!("{name}={}/{}", x["limit"], duration_text(ms))
+                    }
+                    _ => x.to_string(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Object(o) if o.contains_key("remaining") => {
+            let refill = match &v["refill"] {
+                Value::Null => String::new(),
+                r => format!(
+                    ", refilled to {} {}{}",
+                    r["amount"],
+                    r["interval"].as_str().unwrap_or(""),
+                    r["day"]
+                        .as_u64()
+                        .map_or(String::new(), |d| format!(" on day {d}"))
+                ),
+            };
+            format!("{}{refill}", v["remaining"])
+        }
+        other => other.to_string(),
     }
 }
 

@@ -92,6 +92,14 @@ impl<'a> Call<'a> {
         }
     }
 
+    fn patch(path: impl Into<String>, body: Value) -> Self {
+        Call {
+            method: "PATCH",
+            body: Some(body),
+            ..Call::get(path)
+        }
+    }
+
     fn delete(path: impl Into<String>) -> Self {
         Call {
             method: "DELETE",
@@ -238,8 +246,12 @@ impl Remote {
             headers.push((POSITION_HEADER, position.to_string()));
         }
         let response = match call.method {
-            "POST" => {
-                let mut r = self.agent.post(&url);
+            "POST" | "PATCH" => {
+                let mut r = if call.method == "PATCH" {
+                    self.agent.patch(&url)
+                } else {
+                    self.agent.post(&url)
+                };
                 for (k, v) in &headers {
                     r = r.header(*k, v);
                 }
@@ -588,6 +600,7 @@ impl Remote {
                 description,
                 expires_at,
                 scopes,
+                policy,
             } => {
                 self.check_tenant(&tenant)?;
                 let scopes = crate::cli::split_list(&scopes);
@@ -597,6 +610,9 @@ impl Remote {
                     "expires_at": expires_at,
                     "scopes": (!scopes.is_empty()).then_some(scopes),
                 });
+                if let Some(fields) = body.as_object_mut() {
+                    policy.add_to(fields)?;
+                }
                 let call = match (&self.credential, &user, &acting.acting_user) {
                     (Credential::Key(_), Some(u), _) => {
                         return Err(Failure::msg(format!(
@@ -641,6 +657,12 @@ impl Remote {
                     .tenant(&tenant);
                 let body: KeyList = self.json(call)?;
                 output::key_list(out, &body)?;
+            }
+            KeysCmd::Update(u) => {
+                self.check_tenant(&u.tenant)?;
+                let call = Call::patch(format!("/v1/keys/{}", segment(&u.id)), u.body()?);
+                let view: KeyView = self.json(call.tenant(&u.tenant).acting(&u.acting))?;
+                out.value(&view, || output::key_detail(&view))?;
             }
             KeysCmd::Show { tenant, id } => {
                 self.check_tenant(&tenant)?;

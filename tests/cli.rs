@@ -46,6 +46,13 @@ fn demo_gives_a_newcomer_keys_a_trail_and_usage() {
             && by("KeyRevoked") >= 4
             && by("UserRemoved") == 1
             && by("KeyRotated") == 1
+            && by("KeyUpdated") == 1
+    );
+    let changed = events.iter().find(|e| e["type"] == "KeyUpdated").unwrap();
+    assert_eq!(
+        changed["details"]["changes"]["meta"],
+        serde_json::json!({"before": null, "after": {"team": "platform"}}),
+        "{changed}"
     );
     assert_eq!(by("KeyUsed"), 0, "usage only on request");
     assert!(

@@ -17,6 +17,7 @@ use crate::util::{Data, bin, files};
 mod bodies;
 mod console;
 mod operator;
+mod policy;
 mod positions;
 
 /// The operator token the tests that do not test its creation pass in.

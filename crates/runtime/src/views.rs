@@ -122,6 +122,13 @@ mod names {
             .collect()
     }
 
+    pub(super) fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let s = String::deserialize(d)?;
+        keyledger_core::policy::RefillInterval::parse(&s)
+            .map(keyledger_core::policy::RefillInterval::as_str)
+            .ok_or_else(|| D::Error::custom(format!("unknown interval `{}`", s.escape_debug())))
+    }
+
     pub(super) fn revoke_reason<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<&'static str>, D::Error> {
@@ -214,6 +221,73 @@ impl From<&keyledger_core::UseCounts> for UsesView {
     }
 }
 
+/// A key's credits, as the log has them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditsView {
+    /// Credits left in the log: what no node has set aside yet (a node
+    /// spends the blocks it reserved in memory).
+    pub remaining: u64,
+    /// When they are set back, if ever.
+    pub refill: Option<RefillView>,
+}
+
+/// A refill: at each refill instant the credits are set to `amount`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RefillView {
+    /// What the credits are set to.
+    pub amount: u64,
+    /// `daily` or `monthly`.
+    #[serde(deserialize_with = "names::interval")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "monthly"))]
+    pub interval: Name,
+    /// Monthly: the day of the month (a shorter month refills on its
+    /// last day); absent for a daily refill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<u8>,
+    /// The next refill instant (00:00 UTC), RFC 3339.
+    pub next_at: String,
+}
+
+impl CreditsView {
+    /// Credits, with the next refill after `last_refill` (the last refill
+    /// instant applied to the key, or when it got its credits).
+    pub fn new(c: &keyledger_core::policy::Credits, last_refill: Timestamp) -> Self {
+        CreditsView {
+            remaining: c.remaining,
+            refill: c.refill.as_ref().map(|r| RefillView {
+                amount: r.amount,
+                interval: r.interval.as_str(),
+                day: r.day,
+                next_at: time(r.next_after(last_refill)),
+            }),
+        }
+    }
+}
+
+/// A named rate limit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LimitView {
+    /// Its name, unique on the key.
+    pub name: String,
+    /// Verifications a window admits.
+    pub limit: u64,
+    /// The window, in milliseconds.
+    pub duration: u64,
+}
+
+impl From<&keyledger_core::policy::RateLimit> for LimitView {
+    fn from(l: &keyledger_core::policy::RateLimit) -> Self {
+        LimitView {
+            name: l.name.clone(),
+            limit: l.limit,
+            duration: l.duration_ms,
+        }
+    }
+}
+
 /// A key, as lists and detail views show it: never the secret or its hash.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -255,6 +329,16 @@ pub struct KeyView {
     pub rotated_from: Option<String>,
     /// The key that replaced it.
     pub rotated_to: Option<String>,
+    /// Its metadata: a JSON object, or null.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub meta: Option<Value>,
+    /// Its credits (null: unlimited).
+    #[serde(default)]
+    pub credits: Option<CreditsView>,
+    /// Its rate limits.
+    #[serde(default)]
+    pub limits: Vec<LimitView>,
 }
 
 impl KeyView {
@@ -278,6 +362,11 @@ impl KeyView {
             revoke_reason: k.revoked.as_ref().map(|r| r.reason.as_str()),
             rotated_from: k.rotated_from.map(|i| i.to_string()),
             rotated_to: k.rotated_to.map(|i| i.to_string()),
+            meta: k.meta().map(meta_json),
+            credits: k
+                .credit_state()
+                .map(|c| CreditsView::new(&c.credits(), c.since)),
+            limits: k.limits().iter().map(LimitView::from).collect(),
         }
     }
 }
@@ -987,6 +1076,21 @@ mod tests {
             revoke_reason: Some("compromised"),
             rotated_from: None,
             rotated_to: None,
+            meta: Some(json!({"plan": "pro"})),
+            credits: Some(CreditsView {
+                remaining: 5,
+                refill: Some(RefillView {
+                    amount: 10,
+                    interval: "monthly",
+                    day: Some(31),
+                    next_at: "2026-01-31T00:00:00Z".into(),
+                }),
+            }),
+            limits: vec![LimitView {
+                name: "burst".into(),
+                limit: 10,
+                duration: 1000,
+            }],
         };
         let text = serde_json::to_string(&key).unwrap();
         let back: KeyView = serde_json::from_str(&text).unwrap();
@@ -1006,6 +1110,12 @@ mod tests {
         let back: AuditEntry =
             serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
+        let mut v = serde_json::to_value(&key).unwrap();
+        v["credits"]["refill"]["interval"] = json!("weekly");
+        assert!(
+            serde_json::from_value::<KeyView>(v).is_err(),
+            "an unknown refill interval is refused"
+        );
         for (field, bad) in [
             ("status", json!("gone")),
             ("scopes", json!(["keys:read", "root"])),

@@ -38,10 +38,13 @@ export const session = {
 
 /** An API error, its message in words. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, detail = message) {
     super(message);
     this.status = status;
     this.code = code;
+    // The server's own message, unchanged (a refused field is named first:
+    // `credits.refill.day: must be 1 to 31`).
+    this.detail = detail;
   }
 }
 
@@ -85,7 +88,7 @@ async function toError(r) {
   } catch {
     // Not JSON: the status says enough.
   }
-  return new ApiError(r.status, code, words(r.status, code, message));
+  return new ApiError(r.status, code, words(r.status, code, message), message);
 }
 
 function headers(extra) {

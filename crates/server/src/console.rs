@@ -59,6 +59,7 @@ static ASSETS: &[Asset] = assets! {
     "ui.js" => JS,
     "pages/keys.js" => JS,
     "pages/key.js" => JS,
+    "pages/key-edit.js" => JS,
     "pages/users.js" => JS,
     "pages/usage.js" => JS,
     "pages/audit.js" => JS,

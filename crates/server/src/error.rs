@@ -15,7 +15,7 @@
 //! | 414 | a path and query over [`crate::limits::URI_BYTES_MAX`] |
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
-//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id; a body holding text shaped like a key (`key_in_body`); a webhook URL that is not HTTPS (or HTTP to loopback) or resolves to a private, loopback, link-local or otherwise special address (`webhook_url_refused`) |
+//! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id, a key policy value out of range (the field named: `credits.refill.day`, `limits[1].name`), a change of a key that changes nothing (`no_change`); a body holding text shaped like a key (`key_in_body`); a webhook URL that is not HTTPS (or HTTP to loopback) or resolves to a private, loopback, link-local or otherwise special address (`webhook_url_refused`) |
 //! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`); an API key over one of its rate limits (`rate_limited`, with `Retry-After`) |
 //! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
@@ -49,7 +49,7 @@ pub struct ErrorDetail {
     /// `key_expired`, `invalid_operator_token`, `insufficient_scope`,
     /// `forbidden`, `not_found`, `key_not_found`, `webhook_not_found`,
     /// `delivery_not_found`, `webhook_url_refused`, `method_not_allowed`,
-    /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`,
+    /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`, `no_change`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
     /// `rate_limited`, `usage_exceeded`,
@@ -108,6 +108,11 @@ impl ApiError {
     /// The code.
     pub fn code(&self) -> &'static str {
         self.code
+    }
+
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// 400: a query parameter is not acceptable.
@@ -685,7 +690,8 @@ pub(crate) mod responses {
         #[response(status = 415)]
         UnsupportedMediaType(ErrorBody),
         /// A field is well-shaped but refused: blank, over-long or
-        /// control-character name, past expiry, no scopes, grace too long, bad user id.
+        /// control-character name, past expiry, no scopes, grace too long, bad user id,
+        /// a key policy value out of range; a change that changes nothing (`no_change`).
         #[response(status = 422)]
         Invalid(ErrorBody),
     }

@@ -23,6 +23,7 @@ use crate::auth::{
 use crate::error::{
     ApiError, ApiJson, ApiPath, ApiQuery, JsonBytes, OptionalJson, parse_json, responses,
 };
+use crate::policy::NewPolicy;
 use crate::position;
 use crate::wire::*;
 
@@ -30,7 +31,7 @@ use crate::wire::*;
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(create_key, list_keys))
-        .routes(routes!(get_key))
+        .routes(routes!(get_key, update_key))
         .routes(routes!(revoke_key))
         .routes(routes!(rotate_key))
         .routes(routes!(key_history))
@@ -148,15 +149,16 @@ async fn create_key(
     auth: Authed<KeysWrite>,
     ApiJson(body): ApiJson<CreateKeyRequest>,
 ) -> ApiResult<Response> {
+    let policy = NewPolicy::read(body.meta, body.credits, body.limits)?;
     let new = NewKey {
-        meta: None,
-        credits: None,
-        limits: Vec::new(),
         owner: None,
         name: body.name,
         description: body.description,
         expires_at: body.expires_at.map(|t| t.0),
         scopes: scopes(body.scopes),
+        meta: policy.meta,
+        credits: policy.credits,
+        limits: policy.limits,
     };
     let created = state.ledger().create_key(auth.principal(), new).await?;
     Ok(created_response(&state, auth.tenant(), created))
@@ -206,6 +208,34 @@ async fn get_key(
 ) -> ApiResult<Json<KeyView>> {
     let key = state.ledger().key(auth.tenant(), key_id(&id)?)?;
     Ok(Json(key_view(&state, &key)))
+}
+
+/// Change a key: any of its name, description, metadata, expiry, scopes,
+/// credits and rate limits, as a JSON merge patch (a field left out is
+/// unchanged, `null` clears it). Scopes only narrow and the expiry only
+/// comes sooner unless the caller could grant the wider value (403). One
+/// `KeyUpdated` in the trail, with each field before and after.
+#[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "`key_<ulid>`", pattern = r"^key_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
+    request_body = crate::policy::UpdateKeyRequest,
+    responses(
+        (status = 200, description = "The key as changed, as `GET` shows it", body = KeyView),
+        responses::KeyAuth, responses::NotFound, responses::Conflict, responses::Body, responses::Common,
+    ),
+    security(("bearer" = ["keys:write"]), ("api_key" = ["keys:write"])),
+)]
+async fn update_key(
+    State(state): State<AppState>,
+    auth: Authed<KeysWrite>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<crate::policy::UpdateKeyRequest>,
+) -> ApiResult<Response> {
+    let id = key_id(&id)?;
+    let update = body.read()?.into_update(auth.principal(), id);
+    let key = state.ledger().update_key(update).await?;
+    let view = Json(key_view(&state, &key));
+    Ok(position::answer(state.ledger(), auth.tenant(), view))
 }
 
 /// Revoke a key, for good. It is refused from the moment this answers (on
@@ -686,15 +716,16 @@ async fn admin_create_key(
 ) -> ApiResult<Response> {
     let tenant = tenant(&t)?;
     let owner: UserId = body.user.parse().map_err(|e| ApiError::field("user", e))?;
+    let policy = NewPolicy::read(body.meta, body.credits, body.limits)?;
     let new = NewKey {
-        meta: None,
-        credits: None,
-        limits: Vec::new(),
         owner: Some(owner),
         name: body.name,
         description: body.description,
         expires_at: body.expires_at.map(|t| t.0),
         scopes: scopes(body.scopes),
+        meta: policy.meta,
+        credits: policy.credits,
+        limits: policy.limits,
     };
     let created = state
         .ledger()

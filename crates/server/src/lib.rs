@@ -32,6 +32,7 @@ pub mod leaks;
 pub mod limits;
 pub mod metrics;
 mod openapi;
+pub mod policy;
 pub mod position;
 pub mod redact;
 pub mod transparency;

@@ -67,6 +67,20 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     #[schema(min_items = 1)]
     pub scopes: Option<Vec<ScopeName>>,
+    /// Free-form metadata: a JSON object, kept as compact JSON (at most
+    /// 4096 bytes, 8 levels deep). Never put a secret here: it is in the log
+    /// for good.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>, example = json!({"plan": "pro"}))]
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How many valid verifications the key has, and how they come back;
+    /// none: unlimited.
+    #[serde(default)]
+    pub credits: Option<crate::policy::CreditsBody>,
+    /// Named rate limits, checked at every verification (at most 5, names unique).
+    #[serde(default)]
+    #[schema(max_items = 5)]
+    pub limits: Option<Vec<crate::policy::LimitBody>>,
 }
 
 /// Body of `POST /v1/admin/tenants/{tenant}/keys`: the operator mints a key
@@ -103,6 +117,20 @@ pub struct AdminCreateKeyRequest {
     #[serde(default)]
     #[schema(min_items = 1)]
     pub scopes: Option<Vec<ScopeName>>,
+    /// Free-form metadata: a JSON object, kept as compact JSON (at most
+    /// 4096 bytes, 8 levels deep). Never put a secret here: it is in the log
+    /// for good.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>, example = json!({"plan": "pro"}))]
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How many valid verifications the key has, and how they come back;
+    /// none: unlimited.
+    #[serde(default)]
+    pub credits: Option<crate::policy::CreditsBody>,
+    /// Named rate limits, checked at every verification (at most 5, names unique).
+    #[serde(default)]
+    #[schema(max_items = 5)]
+    pub limits: Option<Vec<crate::policy::LimitBody>>,
 }
 
 /// Why a key is revoked by hand.

@@ -752,6 +752,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
     // Every route that takes a body documents it.
     for op in [
         ("/v1/keys", "post"),
+        ("/v1/keys/{id}", "patch"),
         ("/v1/keys/{id}/revoke", "post"),
         ("/v1/keys/{id}/rotate", "post"),
         ("/v1/keys/leaked", "post"),
@@ -795,6 +796,7 @@ fn the_openapi_document_covers_every_route_error_and_scheme() {
         "GET /v1/webhooks/{id}",
         "GET /v1/webhooks/{id}/deliveries",
         "GET /v1/whoami",
+        "PATCH /v1/keys/{id}",
         "POST /v1/admin/tenants/{tenant}/keys",
         "POST /v1/keys",
         "POST /v1/keys/leaked",

@@ -5,7 +5,30 @@
 import { api, download, withQuery } from '../api.js';
 import { alertBox, badge, busy, field, fill, h, needs, time } from '../ui.js';
 
-const TYPES = ['KeyCreated', 'KeyUsed', 'KeyRevoked', 'KeyRotated', 'UserRemoved', 'AuditRead', 'LogRecovered', 'KeyLeaked'];
+const TYPES = ['KeyCreated', 'KeyUpdated', 'KeyUsed', 'KeyRevoked', 'KeyRotated', 'UserRemoved', 'AuditRead', 'LogRecovered', 'KeyLeaked', 'CreditsRefilled'];
+
+const FIELDS = {
+  name: 'name', description: 'description', meta: 'metadata', expires_at: 'expiry',
+  scopes: 'scopes', credits: 'credits', limits: 'rate limits',
+};
+
+/** A changed field's value, before or after, in words. */
+function shown(v) {
+  if (v == null) return 'none';
+  if (Array.isArray(v)) {
+    if (!v.length) return 'none';
+    if (v.every((x) => typeof x === 'string')) return v.join(', ');
+    return v.map((l) => (l && l.name ? `${l.name} ${l.limit}/${l.duration} ms` : JSON.stringify(l))).join(', ');
+  }
+  if (typeof v === 'object') {
+    if ('remaining' in v) {
+      const r = v.refill;
+      return `${v.remaining}${r ? ` (refill ${r.amount} ${r.interval}${r.day ? ` on day ${r.day}` : ''})` : ''}`;
+    }
+    return JSON.stringify(v);
+  }
+  return `“${v}”`;
+}
 
 /** How the trail reads an entry: "API key: CI/CD Pipeline revoked". */
 export function describe(e, nameOf) {
@@ -20,6 +43,13 @@ export function describe(e, nameOf) {
       const rejected = (d.revoked || 0) + (d.expired || 0) + (d.insufficient_scope || 0);
       return `${k()} used ${d.valid} time(s)${rejected ? `, ${rejected} rejected` : ''}`;
     }
+    case 'KeyUpdated': {
+      const changes = Object.entries(d.changes || {}).map(([field, c]) => `${FIELDS[field] || field} ${shown(c.before)} → ${shown(c.after)}`);
+      return `${k()} changed: ${changes.join('; ')}`;
+    }
+    case 'CreditsRefilled': return `${k()} credits refilled to ${d.remaining}`;
+    case 'CreditsReserved': return `${k()}: ${d.amount} credit(s) set aside by a node`;
+    case 'CreditsReleased': return `${k()}: ${d.amount} credit(s) handed back by a node`;
     case 'UserRemoved': return `User ${d.user_id} removed`;
     case 'AuditRead': return `Trail read (${d.what}, ${d.count} read(s), positions ${d.from_seq}–${d.to_seq})`;
     case 'LogRecovered': return `Log recovered (epoch ${d.epoch}): ${d.reason}`;

@@ -3,6 +3,7 @@
 import { ApiError, api, withQuery } from '../api.js';
 import { alertBox, badge, busy, dailyChart, fill, fillDays, h, needs, time } from '../ui.js';
 import { describe } from './audit.js';
+import { editDialog, policyRows } from './key-edit.js';
 
 export async function render(main, ctx, id) {
   const heading = h('h1', {}, id);
@@ -35,8 +36,16 @@ export async function render(main, ctx, id) {
       k.revoked_at ? ['Revocation', [time(k.revoked_at), ` by ${k.revoked_by?.display}, reason ${k.revoke_reason}`]] : null,
       ['Replaced', link(k.rotated_from)],
       ['Replaced by', link(k.rotated_to)],
+      ...policyRows(k),
     ].filter(Boolean);
     main.append(h('dl', { class: 'fields' }, rows.map(([dt, dd]) => [h('dt', {}, dt), h('dd', {}, dd)])));
+    if (ctx.can('keys:write') && k.status === 'active') {
+      // Saved: the page again, from the API (fields and history).
+      const again = () => window.dispatchEvent(new HashChangeEvent('hashchange'));
+      main.append(h('div', { class: 'actions' }, h('button', {
+        type: 'button', class: 'primary', onclick: () => editDialog(ctx, k, again),
+      }, 'Change key')));
+    }
   }
 
   main.append(h('h2', {}, 'History'));
