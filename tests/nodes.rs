@@ -1049,6 +1049,8 @@ fn two_nodes_never_overspend_credits_and_bound_rate_limit_overshoot() {
     // seconds. Per node the bound is 100 + elapsed × 100 / 60 s.
     let limit = 100u64;
     let key = mint(json!({"limits": [{"name": "minute", "limit": limit, "duration": 60000}]}));
+    // From before the probes: each node's limiter starts at its first check.
+    let started = Instant::now();
     for n in &nodes {
         within(PROPAGATION_BOUND, "the key reaches both nodes", || {
             verify(n, &key)["outcome"] != "not_found"
@@ -1056,7 +1058,6 @@ fn two_nodes_never_overspend_credits_and_bound_rate_limit_overshoot() {
     }
     let admitted = AtomicU64::new(0);
     let refused = AtomicU64::new(0);
-    let started = Instant::now();
     std::thread::scope(|s| {
         for i in 0..64 {
             let (node, admitted, refused, key) = (&nodes[i % 2], &admitted, &refused, &key);
