@@ -14,34 +14,21 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{T0, tenant, user};
 use keyledger_core::{Credits, EventKind, Principal, RateLimit, Refill, RefillInterval, Timestamp};
-use keyledger_runtime::{
-    Config, Keyledger, ManualClock, NewKey, OsEntropy, UsageWindow, VerifyOutcome,
-};
-use std::path::{Path, PathBuf};
-
-use keyledger_runtime::Clock;
+use keyledger_runtime::{Clock, Keyledger, ManualClock, NewKey, VerifyOutcome};
 use keyledger_store::{EventLog, RedbLog};
 use proptest::prelude::*;
 
 const DAY_US: i64 = 86_400_000_000;
 
+/// A ledger with a manual usage window (so no refill task: the tests call
+/// `refill_due`, as a server's task would).
 fn open(log: Arc<dyn EventLog>, clock: &ManualClock) -> Keyledger {
-    let config = Config {
-        usage_window: UsageWindow::Manual,
-        ..Config::default()
-    };
-    Keyledger::open_with(
-        log,
-        config,
-        Arc::new(clock.clone()),
-        Arc::new(OsEntropy),
-        &mut |_, _| {},
-    )
-    .unwrap()
+    common::open(log, clock, 7, 4096).unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
