@@ -125,6 +125,40 @@ pub fn decode(tenant: &TenantId, bytes: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
+/// Reads exactly one `T` from a version's body (the bytes after the
+/// version byte): bytes that do not follow the schema, or bytes left
+/// after it, are [`DecodeError::Malformed`].
+fn read_exact<'a, T: serde::Deserialize<'a>>(
+    version: u8,
+    body: &'a [u8],
+) -> Result<T, DecodeError> {
+    let (schema, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+            version,
+            message: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed {
+            version,
+            message: format!("{} bytes after the event", rest.len()),
+        });
+    }
+    Ok(schema)
+}
+
+/// An older version's error, reported for the `version` payload it was in.
+fn reported_as(version: u8, e: DecodeError) -> DecodeError {
+    match e {
+        DecodeError::Invalid { field, message, .. } => DecodeError::Invalid {
+            version,
+            field,
+            message,
+        },
+        DecodeError::Malformed { message, .. } => DecodeError::Malformed { version, message },
+        other @ (DecodeError::Empty | DecodeError::UnknownVersion(_)) => other,
+    }
+}
+
 /// Version 1 of the stored schema. Frozen: never reorder fields or enum
 /// variants, never change a type. A change is a new version.
 pub mod v1 {
@@ -1187,34 +1221,12 @@ pub mod v3 {
 
     /// Decodes a version-3 body (the bytes after the version byte).
     pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
-        let (schema, rest) =
-            postcard::take_from_bytes::<EventV3<'_>>(body).map_err(|e| DecodeError::Malformed {
-                version: VERSION,
-                message: e.to_string(),
-            })?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed {
-                version: VERSION,
-                message: format!("{} bytes after the event", rest.len()),
-            });
-        }
-        schema.into_core(tenant)
+        super::read_exact::<EventV3<'_>>(VERSION, body)?.into_core(tenant)
     }
 
-    /// An older version's field error, reported for the version-3 payload it was in.
-    pub(super) fn as_v3(e: DecodeError) -> DecodeError {
-        match e {
-            DecodeError::Invalid { field, message, .. } => DecodeError::Invalid {
-                version: VERSION,
-                field,
-                message,
-            },
-            DecodeError::Malformed { message, .. } => DecodeError::Malformed {
-                version: VERSION,
-                message,
-            },
-            other @ (DecodeError::Empty | DecodeError::UnknownVersion(_)) => other,
-        }
+    /// An older version's error, reported for the version-3 payload it was in.
+    fn as_v3(e: DecodeError) -> DecodeError {
+        super::reported_as(VERSION, e)
     }
 }
 
@@ -1750,18 +1762,7 @@ pub mod v4 {
 
     /// Decodes a version-4 body (the bytes after the version byte).
     pub fn decode(tenant: &TenantId, body: &[u8]) -> Result<Event, DecodeError> {
-        let (schema, rest) =
-            postcard::take_from_bytes::<EventV4<'_>>(body).map_err(|e| DecodeError::Malformed {
-                version: VERSION,
-                message: e.to_string(),
-            })?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed {
-                version: VERSION,
-                message: format!("{} bytes after the event", rest.len()),
-            });
-        }
-        schema.into_core(tenant)
+        super::read_exact::<EventV4<'_>>(VERSION, body)?.into_core(tenant)
     }
 
     fn time(field: &'static str, micros: i64) -> Result<Timestamp, DecodeError> {
@@ -1778,14 +1779,7 @@ pub mod v4 {
 
     /// An older version's error, reported for the version-4 payload it was in.
     fn as_v4(e: DecodeError) -> DecodeError {
-        match e {
-            DecodeError::Invalid { field, message, .. } => invalid(field, message),
-            DecodeError::Malformed { message, .. } => DecodeError::Malformed {
-                version: VERSION,
-                message,
-            },
-            other @ (DecodeError::Empty | DecodeError::UnknownVersion(_)) => other,
-        }
+        super::reported_as(VERSION, e)
     }
 }
 
