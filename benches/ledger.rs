@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keyledger_core::Principal;
+use keyledger_core::policy::{Credits, RateLimit};
 use keyledger_runtime::{Config, Keyledger, NewKey, UsageWindow};
 use keyledger_store::{EventLog, MemoryLog, RedbLog};
 use sha2::{Digest, Sha256};
@@ -73,10 +74,41 @@ fn verify(c: &mut Criterion) {
                     .secret,
             );
         }
+        // A key with credits (never exhausted here: blocks are reserved
+        // through the log as the bench spends them) and two rate limits
+        // too large to refuse (issue 14, docs/policy.md).
+        let metered = ledger
+            .create_key(
+                principal(0),
+                NewKey {
+                    credits: Some(Credits {
+                        remaining: keyledger_core::policy::CREDITS_MAX,
+                        refill: None,
+                    }),
+                    limits: vec![
+                        RateLimit {
+                            name: "burst".into(),
+                            limit: 1_000_000_000,
+                            duration_ms: 1000,
+                        },
+                        RateLimit {
+                            name: "daily".into(),
+                            limit: 1_000_000_000,
+                            duration_ms: 86_400_000,
+                        },
+                    ],
+                    ..new_key(10_000)
+                },
+            )
+            .await
+            .expect("create")
+            .secret;
+        secrets.push(metered);
         (ledger, secrets)
     });
     let (ledger, secrets) = ledger;
     let secret = secrets[4242].expose().to_owned();
+    let metered = secrets[10_000].expose().to_owned();
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sha256", |b| {
@@ -95,8 +127,75 @@ fn verify(c: &mut Criterion) {
     g.bench_function("keyledger_owned", |b| {
         b.iter(|| ledger.verify(std::hint::black_box(&secret), None))
     });
+    // The same call for a key with credits and two rate limits: the limits
+    // checked, a credit spent from this node's allowance, the policy's
+    // answer read (goal: within 1.5x of `keyledger`).
+    g.bench_function("keyledger_policy", |b| {
+        b.iter(|| {
+            ledger.verify_with(std::hint::black_box(&metered), None, |outcome, key| {
+                (outcome, key.map(|k| k.key_id))
+            })
+        })
+    });
+    g.bench_function("keyledger_policy_answer", |b| {
+        b.iter(|| ledger.verify(std::hint::black_box(&metered), None).policy)
+    });
     g.finish();
+    verify_paired(&ledger, &secret, &metered);
     rt.block_on(ledger.shutdown()).expect("shutdown");
+}
+
+/// The key with a policy against the plain key, interleaved: rounds of
+/// 100,000 verifications of each, in alternating order, so a neighbour on
+/// this shared machine slows both alike. Prints the median and range of
+/// the rounds' ratios ("verify paired", on stderr): the figure
+/// docs/performance.md reports (goal: at most 1.5).
+fn verify_paired(ledger: &Keyledger, plain: &str, metered: &str) {
+    const PER_ROUND: u32 = 100_000;
+    let rounds = std::env::var("KEYLEDGER_BENCH_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(31);
+    let time = |secret: &str| {
+        let start = Instant::now();
+        for _ in 0..PER_ROUND {
+            std::hint::black_box(ledger.verify_with(
+                std::hint::black_box(secret),
+                None,
+                |outcome, key| (outcome, key.map(|k| k.key_id)),
+            ));
+        }
+        start.elapsed().as_nanos() as f64 / f64::from(PER_ROUND)
+    };
+    let mut ratios = Vec::new();
+    let (mut plain_ns, mut policy_ns) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = time(plain);
+            (a, time(metered))
+        } else {
+            let b = time(metered);
+            (time(plain), b)
+        };
+        plain_ns.push(a);
+        policy_ns.push(b);
+        ratios.push(b / a);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    eprintln!(
+        "verify paired ({rounds} rounds of {PER_ROUND}): plain key {:.1} ns, key with credits and two limits {:.1} ns; \
+         ratio median {:.2} (rounds {lo:.2}–{hi:.2})",
+        median(&mut plain_ns),
+        median(&mut policy_ns),
+        median(&mut ratios),
+    );
 }
 
 fn appends(c: &mut Criterion) {

@@ -879,7 +879,8 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
                 .map(|s| s.parse::<Scope>())
                 .transpose()
                 .map_err(Failure::msg)?;
-            let v = ledger.verify(&secret, scope);
+            // Async: a key with credits may wait for a reservation.
+            let v = ledger.verify_current(&secret, scope).await;
             // Decoded from the API's own body, as `--url` decodes it.
             let body: crate::remote::VerifyBody = serde_json::from_slice(
                 &VerifyResponse::new(v.outcome, v.key.as_deref()).to_json(),

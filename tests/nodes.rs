@@ -1094,3 +1094,111 @@ fn two_nodes_keep_the_analysts_views() {
         n.stop();
     }
 }
+
+/// Key policy on two nodes (issue 14). Credits: 64 clients, half on each
+/// node, verify a key with 1,000 credits until told `usage_exceeded`: at
+/// most 1,000 `valid` in all (each node spends only blocks it reserved
+/// through the log). Rate limits: each node enforces a limit on its own,
+/// so two nodes admit at most twice the limit's bound (docs/policy.md);
+/// the figures are printed for docs/policy.md.
+#[test]
+fn two_nodes_never_overspend_credits_and_bound_rate_limit_overshoot() {
+    let db = TestDatabase::create();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(db.url(), &format!("node-{i}")))
+        .collect();
+    let mint = |policy: Value| -> String {
+        let mut body = json!({"user": "ada", "name": "metered"});
+        for (k, v) in policy.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = nodes[0].send(
+            "POST",
+            "/v1/admin/tenants/acme/keys",
+            Some(TOKEN),
+            Some(&body),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["key"].as_str().unwrap().to_owned()
+    };
+    let verify = |n: &Node, key: &str| -> Value {
+        let r = n.send("POST", "/v1/verify", None, Some(&json!({ "key": key })));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+
+    let key = mint(json!({"credits": {"remaining": 1000}}));
+    let valid = AtomicU64::new(0);
+    let per_node = [AtomicU64::new(0), AtomicU64::new(0)];
+    std::thread::scope(|s| {
+        for i in 0..64 {
+            let (node, valid, per_node, key) = (&nodes[i % 2], &valid, &per_node, &key);
+            s.spawn(move || {
+                loop {
+                    let v = verify(node, key);
+                    match v["outcome"].as_str().unwrap() {
+                        "valid" => {
+                            valid.fetch_add(1, Ordering::Relaxed);
+                            per_node[i % 2].fetch_add(1, Ordering::Relaxed);
+                        }
+                        "usage_exceeded" => return,
+                        other => panic!("unexpected outcome {other}: {v}"),
+                    }
+                }
+            });
+        }
+    });
+    let valid = valid.load(Ordering::Relaxed);
+    eprintln!(
+        "credits on two nodes: {valid} of 1000 valid ({} on node 0, {} on node 1)",
+        per_node[0].load(Ordering::Relaxed),
+        per_node[1].load(Ordering::Relaxed)
+    );
+    assert!(valid <= 1000, "{valid} valid answers for 1,000 credits");
+
+    // A limit of 100 per minute: 32 clients on each node for about two
+    // seconds. Per node the bound is 100 + elapsed × 100 / 60 s.
+    let limit = 100u64;
+    let key = mint(json!({"limits": [{"name": "minute", "limit": limit, "duration": 60000}]}));
+    // From before the probes: each node's limiter starts at its first check.
+    let started = Instant::now();
+    for n in &nodes {
+        within(PROPAGATION_BOUND, "the key reaches both nodes", || {
+            verify(n, &key)["outcome"] != "not_found"
+        });
+    }
+    let admitted = AtomicU64::new(0);
+    let refused = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for i in 0..64 {
+            let (node, admitted, refused, key) = (&nodes[i % 2], &admitted, &refused, &key);
+            s.spawn(move || {
+                while started.elapsed() < Duration::from_secs(2) {
+                    match verify(node, key)["outcome"].as_str().unwrap() {
+                        "valid" => admitted.fetch_add(1, Ordering::Relaxed),
+                        "rate_limited" => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected outcome {other}"),
+                    };
+                }
+            });
+        }
+    });
+    let elapsed_ms = started.elapsed().as_millis() as u64 + 1;
+    // The probes above took one cell on each node.
+    let admitted = admitted.load(Ordering::Relaxed) + 2;
+    let bound = 2 * (limit + elapsed_ms * limit / 60_000);
+    eprintln!(
+        "rate limit {limit}/min on two nodes over {elapsed_ms} ms: {admitted} admitted \
+         ({:.2}× the limit; bound {bound}), {} refused",
+        admitted as f64 / limit as f64,
+        refused.load(Ordering::Relaxed)
+    );
+    assert!(admitted <= bound, "{admitted} admitted, bound {bound}");
+    assert!(
+        admitted > limit,
+        "each node admits its own {limit}: {admitted}"
+    );
+    for n in nodes {
+        n.stop();
+    }
+}

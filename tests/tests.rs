@@ -12,6 +12,7 @@ mod leaks;
 mod limits;
 mod live;
 mod nodes;
+mod policy;
 mod scan;
 mod snapshots;
 mod stream;

@@ -53,6 +53,7 @@ mod global;
 pub mod integrity;
 mod leaks;
 mod metrics;
+pub mod policy;
 mod query;
 mod reads;
 mod signing_key;
@@ -84,6 +85,7 @@ pub use filter::{AuditFilterError, AuditFilterText};
 pub use follower::{Follow, MISS_INTERVAL_DEFAULT, default_node_id};
 pub use leaks::{LeakReport, ReportedSecret};
 pub use metrics::{Histogram, Metrics};
+pub use policy::{LimitState, PolicyAnswer};
 pub use query::{AuditPage, KeyPage, ListQuery, Order, PointInTime, SortField, StateAt};
 pub use snapshot::{
     EVERY_DEFAULT as SNAPSHOT_EVERY_DEFAULT, EVERY_EVENTS_DEFAULT as SNAPSHOT_EVERY_EVENTS_DEFAULT,
@@ -109,7 +111,8 @@ pub enum UsageWindow {
     /// One event per use (the window `0` of docs/api.md).
     PerUse,
     /// Only when [`Keyledger::flush_usage`] is called, and at shutdown
-    /// (tests, simulations, `demo`).
+    /// (tests, simulations, `demo`). Credit refills, too, are written only
+    /// when [`Keyledger::refill_due`] is called: no refill task runs.
     Manual,
 }
 
@@ -246,6 +249,14 @@ pub struct NewKey {
     pub limits: Vec<keyledger_core::RateLimit>,
 }
 
+/// How far the verification's fast path got (`Shared::verify_step`).
+pub(crate) enum Step<'a> {
+    /// Answered, with the policy's part for a valid key that has one.
+    Done(VerifyOutcome, Option<&'a PolicyAnswer>),
+    /// The rate limits admitted the call; credits must be reserved first.
+    Reserve(&'a PolicyAnswer),
+}
+
 /// State read by queries: changed only by applying committed events.
 #[derive(Debug, Default)]
 pub(crate) struct ReadModel {
@@ -296,6 +307,8 @@ pub(crate) struct Shared {
     pub(crate) tx: mpsc::Sender<Job>,
     /// Webhook secrets and deliveries, when configured.
     pub(crate) webhooks: Option<Arc<webhooks::Service>>,
+    /// Keys with a credit refill, by their next refill instant.
+    pub(crate) refills: policy::RefillQueue,
     tasks: Mutex<Tasks>,
     stop: Notify,
 }
@@ -306,6 +319,7 @@ struct Tasks {
     follower: Option<std::thread::JoinHandle<()>>,
     flusher: Option<tokio::task::JoinHandle<()>>,
     catch_up: Option<tokio::task::JoinHandle<()>>,
+    refiller: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// An open ledger. Cheap to clone; every clone is the same ledger.
@@ -446,11 +460,24 @@ impl Keyledger {
             .is_some()
             .then(|| tokio::spawn(catchup::run(shared.clone())));
         webhooks::start(&shared)?;
+        // With a manual usage window (tests, simulations, tools) nothing
+        // is written on its own: no refill task, the caller calls
+        // `refill_due`. Likewise when opened outside a tokio runtime.
+        let refiller = match (
+            shared.config.usage_window,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            (UsageWindow::Manual, _) | (_, Err(_)) => None,
+            (_, Ok(rt)) => Some(rt.spawn(refiller(Keyledger {
+                shared: shared.clone(),
+            }))),
+        };
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = Tasks {
             writer: Some(writer),
             follower,
             flusher,
             catch_up,
+            refiller,
         };
         Ok(Keyledger { shared })
     }
@@ -504,11 +531,13 @@ impl Keyledger {
     }
 
     /// Verifies a presented key for an optional scope, counting one use
-    /// when the key is known. Never waits for the disk.
+    /// when the key is known. Never waits for the disk, except for a key
+    /// with credits whose allowance on this node has run out: then the
+    /// calling thread waits for one reservation (a durable commit, once
+    /// per block of credits, `policy.rs`). Async callers use
+    /// [`Keyledger::verify_cost_with`], which waits without blocking.
     pub fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        let v = self.shared.verify(presented, scope);
-        self.note_unknown(v.outcome);
-        v
+        self.verify_blocking(presented, scope, 1, Verification::of)
     }
 
     /// [`Keyledger::verify`] for callers that need the key only while they
@@ -520,10 +549,31 @@ impl Keyledger {
         scope: Option<Scope>,
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
-        self.shared.verify_with(presented, scope, |outcome, key| {
-            self.note_unknown(outcome);
+        self.verify_blocking(presented, scope, 1, |outcome, key, _| {
             f(outcome, key.map(|k| &**k))
         })
+    }
+
+    /// The synchronous verification, spending `cost` credits.
+    fn verify_blocking<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>, Option<&PolicyAnswer>) -> R,
+    ) -> R {
+        self.shared
+            .verify_step(presented, scope, cost, |step, key| match (step, key) {
+                (Step::Reserve(answer), Some(entry)) => {
+                    let (outcome, answer) = policy::block_on(self.settle(entry, cost, *answer));
+                    f(outcome, Some(entry), Some(&answer))
+                }
+                (Step::Done(outcome, answer), key) => {
+                    self.note_unknown(outcome);
+                    f(outcome, key, answer)
+                }
+                (Step::Reserve(_), None) => f(VerifyOutcome::NotFound, None, None),
+            })
     }
 
     /// [`Keyledger::verify_with`], and on a node that follows a shared log
@@ -541,7 +591,7 @@ impl Keyledger {
         scope: Option<Scope>,
         f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>) -> R,
     ) -> R {
-        self.verify_current_arc(presented, scope, |outcome, key| {
+        self.verify_cost_arc(presented, scope, 1, |outcome, key, _| {
             f(outcome, key.map(|k| &**k))
         })
         .await
@@ -549,43 +599,110 @@ impl Keyledger {
 
     /// [`Keyledger::verify_current_with`], keeping the key.
     pub async fn verify_current(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        self.verify_current_arc(presented, scope, |outcome, key| Verification {
-            outcome,
-            key: key.cloned(),
+        self.verify_cost(presented, scope, 1).await
+    }
+
+    /// [`Keyledger::verify_current`] spending `cost` credits (0: only
+    /// check that some are left), with the policy's answer: credits left
+    /// and each rate limit checked.
+    pub async fn verify_cost(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+    ) -> Verification {
+        self.verify_cost_arc(presented, scope, cost, Verification::of)
+            .await
+    }
+
+    /// [`Keyledger::verify_current_with`] spending `cost` credits, handing
+    /// `f` the policy's answer too (for a valid key with credits or rate
+    /// limits). Rate limits are checked first, then credits: a call a
+    /// limit refuses spends none. When this node's allowance cannot cover
+    /// `cost`, one caller per key reserves a block through the log and the
+    /// others wait for it (`policy.rs`).
+    pub async fn verify_cost_with<R>(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&KeyEntry>, Option<&PolicyAnswer>) -> R,
+    ) -> R {
+        self.verify_cost_arc(presented, scope, cost, |outcome, key, policy| {
+            f(outcome, key.map(|k| &**k), policy)
         })
         .await
     }
 
-    async fn verify_current_arc<R>(
+    async fn verify_cost_arc<R>(
         &self,
         presented: &str,
         scope: Option<Scope>,
-        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+        cost: u64,
+        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>, Option<&PolicyAnswer>) -> R,
     ) -> R {
-        let f = match &self.shared.catch_up {
-            None => f,
-            Some(catch_up) => {
-                let first = self.shared.verify_with(presented, scope, |outcome, key| {
-                    if outcome == VerifyOutcome::NotFound {
-                        Err(f)
-                    } else {
+        let mut f = f;
+        for attempt in 0..2 {
+            let miss_waits = attempt == 0 && self.shared.catch_up.is_some();
+            let step = self
+                .shared
+                .verify_step(presented, scope, cost, |step, key| match step {
+                    Step::Done(VerifyOutcome::NotFound, _) if miss_waits => Err((f, None)),
+                    Step::Done(outcome, answer) => {
                         self.note_unknown(outcome);
-                        Ok(f(outcome, key))
+                        Ok(f(outcome, key, answer))
                     }
+                    Step::Reserve(answer) => Err((f, key.cloned().map(|k| (k, *answer)))),
                 });
-                match first {
-                    Ok(answer) => return answer,
-                    Err(f) => {
+            match step {
+                Ok(answer) => return answer,
+                Err((g, Some((entry, answer)))) => {
+                    let (outcome, answer) = self.settle(&entry, cost, answer).await;
+                    return g(outcome, Some(&entry), Some(&answer));
+                }
+                Err((g, None)) => {
+                    if let Some(catch_up) = &self.shared.catch_up {
                         catch_up.round(catchup::MISS_WAIT_MAX).await;
-                        f
                     }
+                    f = g;
+                }
+            }
+        }
+        self.note_unknown(VerifyOutcome::NotFound);
+        f(VerifyOutcome::NotFound, None, None)
+    }
+
+    /// The slow path of a key with credits: the rate limits admitted the
+    /// call and this node's allowance cannot cover `cost`. Reserves (one
+    /// caller per key; the others wait) and spends, then counts the use.
+    async fn settle(
+        &self,
+        entry: &Arc<KeyEntry>,
+        cost: u64,
+        mut answer: PolicyAnswer,
+    ) -> (VerifyOutcome, PolicyAnswer) {
+        let outcome = match entry.policy().and_then(|p| p.credits.as_ref()) {
+            None => VerifyOutcome::Valid,
+            Some(credits) => {
+                let spend = credits
+                    .spend_reserving(cost, self.shared.clock.now_coarse(), |epoch, want| {
+                        self.reserve_credits(&entry.tenant, entry.key_id, epoch, want)
+                    })
+                    .await;
+                if spend == policy::Spend::Spent {
+                    answer.spent = cost;
+                    VerifyOutcome::Valid
+                } else {
+                    VerifyOutcome::UsageExceeded
                 }
             }
         };
-        self.shared.verify_with(presented, scope, |outcome, key| {
-            self.note_unknown(outcome);
-            f(outcome, key)
-        })
+        if let Some(p) = entry.policy() {
+            p.note_credits(&mut answer);
+        }
+        self.shared
+            .count(entry, outcome, answer.spent, self.shared.clock.now_coarse());
+        (outcome, answer)
     }
 
     /// The tenant's last event applied here: its sequence number in the
@@ -935,6 +1052,59 @@ impl Keyledger {
         })
     }
 
+    /// Writes a `CreditsRefilled` for every key whose refill instant has
+    /// passed (one event per key, for the latest instant due: refills
+    /// missed while the server was down collapse into one). Runs every
+    /// second and at start-up (the refill task); callers with a manual
+    /// clock call it after moving the clock. Returns how many refills were
+    /// written; a refill another node wrote first counts as done, not here.
+    pub async fn refill_due(&self) -> Result<usize, Error> {
+        let now = self.now();
+        let mut written = 0;
+        let mut failed = None;
+        for (tenant, key_id) in self.shared.refills.due(now) {
+            match self.refill_credits(&tenant, key_id).await {
+                Ok(Some(_)) => written += 1,
+                // Not due (refilled already, here or by another node), no
+                // refill any more, or refused (the key is gone or revoked):
+                // the applied events scheduled whatever is next.
+                Ok(None) | Err(Error::NotFound(_) | Error::Command(_)) => {}
+                Err(e) => {
+                    self.shared.refills.retry(now, tenant, key_id);
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if written == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "some credit refills failed; retried at the next pass");
+                Ok(written)
+            }
+            None => Ok(written),
+        }
+    }
+
+    /// Hands back every credit this node reserved and did not spend
+    /// (`CreditsReleased`), at a graceful shutdown. A release the decision
+    /// refuses (the epoch ended meanwhile: those credits lapsed) is fine.
+    async fn release_allowances(&self) {
+        let unspent: Vec<(TenantId, KeyId, u64, u64)> = {
+            let keys = self.shared.keys.pin();
+            keys.values()
+                .filter_map(|e| {
+                    let (epoch, n) = e.credits()?.take_allowance();
+                    (n > 0).then(|| (e.tenant.clone(), e.key_id, epoch, n))
+                })
+                .collect()
+        };
+        for (tenant, key_id, epoch, n) in unspent {
+            if let Err(e) = self.release_credits(&tenant, key_id, epoch, n).await {
+                tracing::debug!(error = %e, %key_id, "unspent credits not released");
+            }
+        }
+    }
+
     /// Writes every use counted so far as `KeyUsed` events; returns how
     /// many events were written. Waits when the writer is behind.
     pub async fn flush_usage(&self) -> Result<usize, Error> {
@@ -945,17 +1115,21 @@ impl Keyledger {
     /// read of the trail waiting for its window is written, the writer
     /// finishes its batch and the log is closed. Idempotent.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let (writer, follower, flusher, catch_up) = {
+        let (writer, follower, flusher, catch_up, refiller) = {
             let mut t = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
             (
                 t.writer.take(),
                 t.follower.take(),
                 t.flusher.take(),
                 t.catch_up.take(),
+                t.refiller.take(),
             )
         };
-        if let Some(task) = catch_up {
+        // Aborted, then awaited: the refill task holds a handle on the
+        // ledger (and so the log) until its future is dropped.
+        for task in [catch_up, refiller].into_iter().flatten() {
             task.abort();
+            let _ = task.await;
         }
         if let Some(w) = self.shared.webhooks.clone() {
             let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
@@ -969,6 +1143,9 @@ impl Keyledger {
             let _ = f.await;
         }
         let flushed = flush(&self.shared).await;
+        if writer.is_some() {
+            self.release_allowances().await;
+        }
         self.shared.reads.close().await;
         if writer.is_some() {
             let _ = self.shared.tx.send(Job::Stop).await;
@@ -1021,34 +1198,50 @@ impl Shared {
         Ok((id, Secret::from_material(&self.config.prefix, &material)))
     }
 
-    fn verify(&self, presented: &str, scope: Option<Scope>) -> Verification {
-        self.verify_with(presented, scope, |outcome, key| Verification {
-            outcome,
-            key: key.cloned(),
-        })
-    }
-
-    /// Verifies and hands the outcome and the borrowed key to `f`: no
-    /// reference count moves unless `f` takes one.
-    fn verify_with<R>(
+    /// The verification's fast path: everything but a reservation of
+    /// credits. `f` gets the step and the borrowed key; a finished step is
+    /// counted here, a `Reserve` by whoever settles it.
+    fn verify_step<R>(
         &self,
         presented: &str,
         scope: Option<Scope>,
-        f: impl FnOnce(VerifyOutcome, Option<&Arc<KeyEntry>>) -> R,
+        cost: u64,
+        f: impl FnOnce(Step<'_>, Option<&Arc<KeyEntry>>) -> R,
     ) -> R {
         if secret::check(presented).is_err() {
-            return f(VerifyOutcome::Malformed, None);
+            return f(Step::Done(VerifyOutcome::Malformed, None), None);
         }
         let keys = self.keys.pin();
         let Some(entry) = keys.get(&SecretHash::of(presented)) else {
-            return f(VerifyOutcome::NotFound, None);
+            return f(Step::Done(VerifyOutcome::NotFound, None), None);
         };
         // A coarse clock: reading the OS clock would be a quarter of the
         // cost of a verification. Expiry is judged at most ~1 ms late.
         let now = self.clock.now_coarse();
         let outcome = entry.judge(scope, now);
+        let enforced = match entry.policy() {
+            Some(p) if outcome == VerifyOutcome::Valid => p,
+            // A plain key, or one refused before its policy counts.
+            _ => {
+                self.count(entry, outcome, 0, now);
+                return f(Step::Done(outcome, None), Some(entry));
+            }
+        };
+        let mut answer = PolicyAnswer::default();
+        let outcome = match enforced.enforce(cost, now, &mut answer) {
+            policy::Enforced::Valid => VerifyOutcome::Valid,
+            policy::Enforced::RateLimited => VerifyOutcome::RateLimited,
+            policy::Enforced::UsageExceeded => VerifyOutcome::UsageExceeded,
+            policy::Enforced::Reserve => return f(Step::Reserve(&answer), Some(entry)),
+        };
+        self.count(entry, outcome, answer.spent, now);
+        f(Step::Done(outcome, Some(&answer)), Some(entry))
+    }
+
+    /// Counts one use of a known key (`spent`: the credits it spent).
+    fn count(&self, entry: &Arc<KeyEntry>, outcome: VerifyOutcome, spent: u64, now: Timestamp) {
         if let Some(counted) = outcome.counted()
-            && entry.count(counted, now)
+            && entry.count(counted, now, spent)
         {
             self.dirty
                 .lock()
@@ -1058,7 +1251,6 @@ impl Shared {
                 self.dirty_signal.notify_one();
             }
         }
-        f(outcome, Some(entry))
     }
 
     /// A runtime's state before replay: empty projections and
@@ -1117,6 +1309,7 @@ impl Shared {
             snapshots,
             tx,
             webhooks,
+            refills: policy::RefillQueue::default(),
             tasks: Mutex::new(Tasks::default()),
             stop: Notify::new(),
         })
@@ -1199,7 +1392,7 @@ impl Shared {
             }
             applied += 1;
             read.head = r.position;
-            update_verification_map(&keys, &read.ledger, &r.event);
+            update_verification_map(&keys, &read.ledger, &r.event, &self.clock, &self.refills);
         }
         // The usage rollups of the records the key state took, in one
         // pass (see `Usage::apply_all`).
@@ -1229,21 +1422,29 @@ fn update_verification_map<G: papaya::Guard>(
     keys: &papaya::HashMapRef<'_, SecretHash, Arc<KeyEntry>, verify::DigestHash, G>,
     ledger: &Ledger,
     event: &keyledger_core::Event,
+    clock: &Arc<dyn Clock>,
+    refills: &policy::RefillQueue,
 ) {
     use keyledger_core::EventKind as K;
     let tenant = &event.tenant;
+    // The key's credits as the log now has them, into its entry.
+    let credits_applied = |key_id: KeyId| {
+        if let Some(k) = ledger.key(tenant, key_id)
+            && let Some(entry) = keys.get(&k.secret_hash)
+            && let (Some(c), Some(allowance)) = (k.credit_state(), entry.credits())
+        {
+            allowance.set_log(c.epoch, c.remaining);
+        }
+    };
     match &event.kind {
         K::KeyCreated(e) => {
-            let entry = KeyEntry::new(
-                tenant.clone(),
-                e.key_id,
-                e.owner.clone(),
-                e.name.clone(),
-                e.scopes,
-                e.expires_at,
-                false,
-            );
-            keys.insert(e.secret_hash, Arc::new(entry));
+            if let Some(state) = ledger.tenant(tenant)
+                && let Some(k) = state.keys.get(&e.key_id)
+            {
+                let entry = entry_for(tenant, state, k, clock, None);
+                keys.insert(e.secret_hash, Arc::new(entry));
+                refills.schedule(tenant, k);
+            }
         }
         K::KeyRevoked(e) => {
             if let Some(k) = ledger.key(tenant, e.key_id)
@@ -1270,33 +1471,49 @@ fn update_verification_map<G: papaya::Guard>(
                 }
             }
         }
+        // A reservation (this node's or another's), a release or a refill:
+        // the log's credits and epoch, into the entry. A new epoch drops
+        // this node's allowance of the old one (`Allowance::set_log`).
+        K::CreditsReserved(e) => credits_applied(e.key_id),
+        K::CreditsReleased(e) => credits_applied(e.key_id),
+        K::CreditsRefilled(e) => {
+            credits_applied(e.key_id);
+            if let Some(k) = ledger.key(tenant, e.key_id) {
+                refills.schedule(tenant, k);
+            }
+        }
         // A leak is followed by its `KeyRevoked`, which refuses the key.
         K::KeyUsed(_)
         | K::AuditRead(_)
         | K::LogRecovered(_)
         | K::KeyLeaked(_)
         | K::WebhookSubscribed(_)
-        | K::WebhookDeleted(_)
-        | K::CreditsReserved(_)
-        | K::CreditsReleased(_)
-        | K::CreditsRefilled(_) => {}
-        // A change of name or scopes makes a new entry (its fields are not
-        // atomics); uses counted in the old one are still on the dirty
-        // list and written from it. A change of expiry is stored in place.
+        | K::WebhookDeleted(_) => {}
+        // A change of name, scopes, credits or limits makes a new entry
+        // (its fields are not atomics), carrying over the policy's state:
+        // the allowance (dropped if the credits changed: a new epoch) and
+        // every limit left as it was. Uses counted in the old entry are
+        // still on the dirty list and written from it. A change of expiry
+        // alone is stored in place.
         K::KeyUpdated(e) => {
             let Some(k) = ledger.key(tenant, e.key_id) else {
                 return;
             };
-            let fields_changed = e.changes.iter().any(|c| {
+            let rebuilt = e.changes.iter().any(|c| {
                 matches!(
                     c,
                     keyledger_core::KeyChange::Name { .. }
                         | keyledger_core::KeyChange::Scopes { .. }
+                        | keyledger_core::KeyChange::Credits { .. }
+                        | keyledger_core::KeyChange::Limits { .. }
                 )
             });
-            if fields_changed && let Some(state) = ledger.tenant(tenant) {
-                keys.insert(k.secret_hash, Arc::new(entry_for(tenant, state, k)));
-            } else if let Some(entry) = keys.get(&k.secret_hash) {
+            let previous = keys.get(&k.secret_hash);
+            if rebuilt && let Some(state) = ledger.tenant(tenant) {
+                let entry = entry_for(tenant, state, k, clock, previous.map(|p| &**p));
+                keys.insert(k.secret_hash, Arc::new(entry));
+                refills.schedule(tenant, k);
+            } else if let Some(entry) = previous {
                 entry.set_expires_at(k.expires_at);
             }
         }
@@ -1304,12 +1521,21 @@ fn update_verification_map<G: papaya::Guard>(
 }
 
 /// A key's verification entry as its state says: refused when revoked or
-/// when its owner was removed (the cascade revokes only active keys).
+/// when its owner was removed (the cascade revokes only active keys); its
+/// policy's state carried over from `previous`, the entry it replaces.
 pub(crate) fn entry_for(
     tenant: &TenantId,
     state: &keyledger_core::TenantState,
     k: &KeyRecord,
+    clock: &Arc<dyn Clock>,
+    previous: Option<&KeyEntry>,
 ) -> KeyEntry {
+    let enforced = policy::Enforcement::build(
+        k.limits(),
+        k.credit_state().map(|c| (c.epoch, c.remaining)),
+        clock,
+        previous.and_then(KeyEntry::policy),
+    );
     KeyEntry::new(
         tenant.clone(),
         k.id,
@@ -1319,6 +1545,7 @@ pub(crate) fn entry_for(
         k.expires_at,
         k.revoked.is_some() || state.is_removed(&k.owner),
     )
+    .with_policy(Some(enforced))
 }
 
 /// The counts of the `KeyUsed` events that write one key's uses: one
@@ -1415,6 +1642,20 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
         .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
     failure.map_or(Ok(written), Err)
 }
+
+/// The refill task: a pass at once (refills that fell due while the
+/// server was down), then one every second.
+async fn refiller(ledger: Keyledger) {
+    loop {
+        if let Err(e) = ledger.refill_due().await {
+            tracing::warn!(error = %e, "credit refills failed; retrying");
+        }
+        tokio::time::sleep(REFILL_EVERY).await;
+    }
+}
+
+/// How often the refill task looks for refills due.
+const REFILL_EVERY: Duration = Duration::from_secs(1);
 
 async fn flusher(shared: Arc<Shared>, window: UsageWindow) {
     loop {

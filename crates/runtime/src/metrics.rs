@@ -56,7 +56,7 @@ pub struct Metrics {
     /// Verifications by outcome, in `VerifyOutcome::index` order. Outcomes
     /// of known keys are added when their usage is written (at most one
     /// usage window late); `not_found` and `malformed` at once.
-    pub verifications: [AtomicU64; 6],
+    pub verifications: [AtomicU64; crate::VerifyOutcome::ALL.len()],
     /// Events appended.
     pub events_appended: AtomicU64,
     /// Commands acknowledged.
@@ -113,6 +113,8 @@ impl Metrics {
             (V::Revoked, counts.revoked),
             (V::Expired, counts.expired),
             (V::InsufficientScope, counts.insufficient_scope),
+            (V::RateLimited, counts.rate_limited),
+            (V::UsageExceeded, counts.usage_exceeded),
         ] {
             self.verifications[outcome.index()].fetch_add(n, Ordering::Relaxed);
         }

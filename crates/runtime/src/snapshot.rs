@@ -461,8 +461,9 @@ impl Shared {
         let keys = self.keys.pin();
         for (tenant, state) in p.ledger.tenants() {
             for k in state.keys.values() {
-                let entry = crate::entry_for(tenant, state, k);
+                let entry = crate::entry_for(tenant, state, k, &self.clock, None);
                 keys.insert(k.secret_hash, Arc::new(entry));
+                self.refills.schedule(tenant, k);
             }
         }
         let mut global = self

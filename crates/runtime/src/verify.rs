@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use keyledger_core::{KeyId, Outcome, Scope, ScopeSet, TenantId, Timestamp, UseCounts, UserId};
 
+use crate::policy::{Allowance, Enforcement, PolicyAnswer};
+
 /// What a verification found. Serialized by its wire name, as `as_str`
 /// spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -25,17 +27,23 @@ pub enum VerifyOutcome {
     Expired,
     /// Lacks the scope asked for.
     InsufficientScope,
+    /// Over one of the key's rate limits (the answer says when to retry).
+    RateLimited,
+    /// The key has no credits left.
+    UsageExceeded,
 }
 
 impl VerifyOutcome {
     /// Every outcome.
-    pub const ALL: [VerifyOutcome; 6] = [
+    pub const ALL: [VerifyOutcome; 8] = [
         VerifyOutcome::Valid,
         VerifyOutcome::NotFound,
         VerifyOutcome::Malformed,
         VerifyOutcome::Revoked,
         VerifyOutcome::Expired,
         VerifyOutcome::InsufficientScope,
+        VerifyOutcome::RateLimited,
+        VerifyOutcome::UsageExceeded,
     ];
 
     /// The wire name.
@@ -47,6 +55,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => "revoked",
             VerifyOutcome::Expired => "expired",
             VerifyOutcome::InsufficientScope => "insufficient_scope",
+            VerifyOutcome::RateLimited => "rate_limited",
+            VerifyOutcome::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -57,6 +67,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => Some(Outcome::Revoked),
             VerifyOutcome::Expired => Some(Outcome::Expired),
             VerifyOutcome::InsufficientScope => Some(Outcome::InsufficientScope),
+            VerifyOutcome::RateLimited => Some(Outcome::RateLimited),
+            VerifyOutcome::UsageExceeded => Some(Outcome::UsageExceeded),
             VerifyOutcome::NotFound | VerifyOutcome::Malformed => None,
         }
     }
@@ -70,6 +82,8 @@ impl VerifyOutcome {
             VerifyOutcome::Revoked => 3,
             VerifyOutcome::Expired => 4,
             VerifyOutcome::InsufficientScope => 5,
+            VerifyOutcome::RateLimited => 6,
+            VerifyOutcome::UsageExceeded => 7,
         }
     }
 }
@@ -95,6 +109,8 @@ pub struct KeyEntry {
     last_valid: AtomicI64,
     first_use: AtomicI64,
     pub(crate) dirty: AtomicBool,
+    /// Rate limits and credits, for a key that has them (`policy.rs`).
+    policy: Option<Box<Enforcement>>,
 }
 
 const NO_EXPIRY: i64 = i64::MAX;
@@ -122,7 +138,25 @@ impl KeyEntry {
             last_valid: AtomicI64::new(NEVER),
             first_use: AtomicI64::new(NEVER),
             dirty: AtomicBool::new(false),
+            policy: None,
         }
+    }
+
+    /// The entry with rate limits and credits to enforce (none when the
+    /// policy is empty: a plain key stays plain).
+    pub(crate) fn with_policy(mut self, policy: Option<Enforcement>) -> Self {
+        self.policy = policy.filter(|p| !p.is_empty()).map(Box::new);
+        self
+    }
+
+    /// The rate limits and credits enforced, if the key has any.
+    pub fn policy(&self) -> Option<&Enforcement> {
+        self.policy.as_deref()
+    }
+
+    /// The key's credits on this node, if it has credits.
+    pub fn credits(&self) -> Option<&Allowance> {
+        self.policy()?.credits.as_deref()
     }
 
     /// The key's expiry, if any.
@@ -158,10 +192,16 @@ impl KeyEntry {
         }
     }
 
-    /// Counts one use. Returns true when the key was clean and the caller
-    /// must put it on the dirty list (once per window).
-    pub(crate) fn count(&self, outcome: Outcome, now: Timestamp) -> bool {
+    /// Counts one use that spent `spent` credits. Returns true when the key
+    /// was clean and the caller must put it on the dirty list (once per
+    /// window).
+    pub(crate) fn count(&self, outcome: Outcome, now: Timestamp, spent: u64) -> bool {
         self.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if spent > 0
+            && let Some(credits) = self.credits()
+        {
+            credits.note_spent(spent);
+        }
         // The coarse clock moves once a millisecond: nearly every use sees
         // `last_valid` already there, and a load is cheaper than an atomic
         // read-modify-write. `fetch_max` still settles racing uses.
@@ -192,8 +232,10 @@ impl KeyEntry {
             *slot = counter.swap(0, Ordering::AcqRel);
         }
         let last = self.last_valid.swap(NEVER, Ordering::AcqRel);
+        let mut counts = UseCounts::from_array(c);
+        counts.credits_spent = self.credits().map_or(0, |c| c.take_spent());
         (
-            UseCounts::from_array(c),
+            counts,
             (last != NEVER).then(|| Timestamp::from_micros(last)),
         )
     }
@@ -203,6 +245,9 @@ impl KeyEntry {
         let c = counts.to_array();
         for (n, counter) in c.iter().zip(&self.counts) {
             counter.fetch_add(*n, Ordering::Relaxed);
+        }
+        if let Some(credits) = self.credits() {
+            credits.note_spent(counts.credits_spent);
         }
         if let Some(t) = last_valid {
             self.last_valid.fetch_max(t.as_micros(), Ordering::Relaxed);
@@ -244,9 +289,23 @@ pub struct Verification {
     pub outcome: VerifyOutcome,
     /// The key, when one has this secret.
     pub key: Option<Arc<KeyEntry>>,
+    /// Credits and rate limits, for a valid key that has them.
+    pub policy: Option<PolicyAnswer>,
 }
 
 impl Verification {
+    pub(crate) fn of(
+        outcome: VerifyOutcome,
+        key: Option<&Arc<KeyEntry>>,
+        policy: Option<&PolicyAnswer>,
+    ) -> Self {
+        Verification {
+            outcome,
+            key: key.cloned(),
+            policy: policy.copied(),
+        }
+    }
+
     /// Whether the key works for the scope asked.
     pub fn is_valid(&self) -> bool {
         self.outcome == VerifyOutcome::Valid

@@ -743,6 +743,31 @@ pub struct VerifyResponse<'a> {
     pub scopes: Option<ScopeList>,
     /// The key's expiry.
     pub expires_at: Option<String>,
+    /// Credits left, for a valid key with credits (also on
+    /// `usage_exceeded` and `rate_limited`): what the log holds unreserved
+    /// plus this node's unspent allowance, so approximate across nodes
+    /// (docs/policy.md). Absent for a key without credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
+    /// The key's rate limits checked, in the key's order (a refused call
+    /// stops at the limit that refused it). Absent for a key without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimits: Option<Vec<RateLimitBody<'a>>>,
+}
+
+/// One rate limit in a verification's answer.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RateLimitBody<'a> {
+    /// The limit's name.
+    pub name: &'a str,
+    /// How many verifications its window admits.
+    pub limit: u64,
+    /// How many it admits right now.
+    pub remaining: u64,
+    /// Refused: the earliest instant a retry is admitted. Admitted: when
+    /// the whole limit is available again.
+    pub reset: String,
 }
 
 impl VerifyResponse<'_> {
@@ -789,6 +814,27 @@ impl VerifyResponse<'_> {
         }
         out.extend_from_slice(b",\"expires_at\":");
         push_json_str(&mut out, self.expires_at.as_deref());
+        if let Some(n) = self.credits_remaining {
+            let _ = write!(out, ",\"credits_remaining\":{n}");
+        }
+        if let Some(limits) = &self.ratelimits {
+            out.extend_from_slice(b",\"ratelimits\":[");
+            for (i, l) in limits.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"name\":");
+                push_json_str(&mut out, Some(l.name));
+                let _ = write!(
+                    out,
+                    ",\"limit\":{},\"remaining\":{},\"reset\":",
+                    l.limit, l.remaining
+                );
+                push_json_str(&mut out, Some(&l.reset));
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
         out.push(b'}');
         out
     }
@@ -906,7 +952,38 @@ impl<'a> VerifyResponse<'a> {
             owner: key.map(|k| k.owner.as_str()),
             scopes: key.map(|k| ScopeList(k.scopes)),
             expires_at: key.and_then(|k| k.expires_at()).map(time),
+            credits_remaining: None,
+            ratelimits: None,
         }
+    }
+
+    /// [`VerifyResponse::new`] with the policy's part of the answer
+    /// (credits left, rate limits checked), for a key that has a policy.
+    pub fn with_policy(
+        outcome: VerifyOutcome,
+        key: Option<&'a crate::KeyEntry>,
+        policy: Option<&crate::PolicyAnswer>,
+    ) -> Self {
+        let mut r = Self::new(outcome, key);
+        if let (Some(answer), Some(enforced)) = (policy, key.and_then(|k| k.policy())) {
+            r.credits_remaining = answer.credits_remaining;
+            if !enforced.limiters.is_empty() {
+                r.ratelimits = Some(
+                    enforced
+                        .limiters
+                        .iter()
+                        .zip(answer.limits())
+                        .map(|(l, state)| RateLimitBody {
+                            name: &l.limit.name,
+                            limit: l.limit.limit,
+                            remaining: state.remaining,
+                            reset: time(state.reset),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        r
     }
 }
 
@@ -1065,6 +1142,8 @@ mod tests {
                 owner: None,
                 scopes: None,
                 expires_at: None,
+                credits_remaining: None,
+                ratelimits: None,
             },
             VerifyResponse {
                 valid: true,
@@ -1074,6 +1153,8 @@ mod tests {
                 owner: Some("alice@example.com"),
                 scopes: Some(ScopeList(ScopeSet::DEFAULT)),
                 expires_at: Some("2027-01-01T00:00:00Z".into()),
+                credits_remaining: Some(0),
+                ratelimits: Some(Vec::new()),
             },
             VerifyResponse {
                 valid: false,
@@ -1083,6 +1164,32 @@ mod tests {
                 owner: Some("a \"quoted\" \\ user \u{e9}\u{1F600}"),
                 scopes: Some(ScopeList(ScopeSet::EMPTY.with(Scope::KeysRead))),
                 expires_at: None,
+                credits_remaining: None,
+                ratelimits: None,
+            },
+            VerifyResponse {
+                valid: false,
+                outcome: VerifyOutcome::RateLimited,
+                key_id: Some(KeyIdText(id)),
+                tenant_id: Some("t"),
+                owner: Some("u"),
+                scopes: Some(ScopeList(ScopeSet::DEFAULT)),
+                expires_at: None,
+                credits_remaining: Some(998),
+                ratelimits: Some(vec![
+                    RateLimitBody {
+                        name: "burst",
+                        limit: 10,
+                        remaining: 3,
+                        reset: "2027-01-01T00:00:00.5Z".into(),
+                    },
+                    RateLimitBody {
+                        name: "per.day_1",
+                        limit: 1_000_000,
+                        remaining: 0,
+                        reset: "2027-01-02T00:00:00Z".into(),
+                    },
+                ]),
             },
         ];
         for c in &cases {

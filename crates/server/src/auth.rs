@@ -358,6 +358,22 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authed<S> {
             (VerifyOutcome::Expired, _) => {
                 return Err(ApiError::unauthorized("key_expired", "the key has expired"));
             }
+            (VerifyOutcome::RateLimited, _) => {
+                let now = state.ledger().now();
+                let wait_us = v
+                    .policy
+                    .and_then(|p| p.retry_at())
+                    .map_or(0, |t| t.as_micros().saturating_sub(now.as_micros()).max(0));
+                let secs = u64::try_from(wait_us).unwrap_or(0).div_ceil(1_000_000);
+                return Err(ApiError::rate_limited(secs));
+            }
+            (VerifyOutcome::UsageExceeded, _) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "usage_exceeded",
+                    "the key has no credits left",
+                ));
+            }
             (VerifyOutcome::NotFound | VerifyOutcome::Valid, _) => {
                 return Err(ApiError::unauthorized("unknown_key", "no such key"));
             }

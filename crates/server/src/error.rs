@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 400 | the request does not match the documented shape: malformed JSON, wrong types, missing or unknown fields, values outside an enum, bad dates, cursors, limits or ids in the path or query; a path or query holding text shaped like a key (`key_in_url`) |
 //! | 401 | no credential, a malformed one, or an unknown, revoked or expired key (or a wrong operator token) |
-//! | 403 | the key lacks the scope, or asks to grant one it does not hold |
+//! | 403 | the key lacks the scope, or asks to grant one it does not hold; the key has no credits left (`usage_exceeded`) |
 //! | 404 | unknown route, or an id that names nothing in the caller's tenant (a foreign id included) |
 //! | 405 | a known route with another method |
 //! | 409 | already revoked, already rotated, user already removed, user removed, a tenant's key limit |
@@ -16,7 +16,7 @@
 //! | 431 | headers over [`crate::limits::HEADER_BYTES_MAX`] |
 //! | 415 | a body that is not `application/json` |
 //! | 422 | well-shaped, but refused by the rules: blank, over-long or control-character names, a past expiry, no scopes, a grace period too long, a bad user id, a key policy value out of range (the field named: `credits.refill.day`, `limits[1].name`), a change of a key that changes nothing (`no_change`); a body holding text shaped like a key (`key_in_body`); a webhook URL that is not HTTPS (or HTTP to loopback) or resolves to a private, loopback, link-local or otherwise special address (`webhook_url_refused`) |
-//! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`) |
+//! | 429 | a client over its connection limit (`too_many_connections`, written by the accept loop, `crate::conn`); an API key over one of its rate limits (`rate_limited`, with `Retry-After`) |
 //! | 503 | the log is unavailable or found damaged (`log_damaged`), the server is shutting down, or the request timed out |
 //! | 504 | a revoke asked to wait for every node (`wait=all-nodes`) is committed, but not every live node confirmed it in time |
 //! | 500 | a bug, or the log and what was built from it disagree: never for anything a client sends |
@@ -52,6 +52,7 @@ pub struct ErrorDetail {
     /// `already_revoked`, `already_rotated`, `conflict`, `user_already_removed`, `user_removed`, `no_change`,
     /// `limit_reached`, `body_too_large`, `unsupported_media_type`,
     /// `invalid_field`, `key_in_url`, `key_in_body`, `too_many_connections`,
+    /// `rate_limited`, `usage_exceeded`,
     /// `unavailable`, `log_damaged`, `shutting_down`, `timeout`, `internal_error`.
     pub code: Cow<'static, str>,
     /// For a human; never holds a secret: anything shaped like a key is
@@ -69,6 +70,8 @@ pub struct ApiError {
     message: String,
     /// Logged, never sent.
     internal: Option<String>,
+    /// Seconds for a `Retry-After` header (429 `rate_limited`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -79,6 +82,21 @@ impl ApiError {
             code,
             message: message.into(),
             internal: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429: an API key over one of its rate limits; retry in
+    /// `retry_after_secs` (at least 1), sent as `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let secs = retry_after_secs.max(1);
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("the key is over one of its rate limits; retry in {secs} s"),
+            )
         }
     }
 
@@ -169,6 +187,7 @@ impl ApiError {
             code: "internal_error",
             message: "internal error; it has been logged".into(),
             internal: Some(what.into()),
+            retry_after: None,
         }
     }
 
@@ -256,7 +275,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -334,6 +359,7 @@ impl From<keyledger_runtime::Error> for ApiError {
                 code: "unavailable",
                 message: "the event log is unavailable; nothing was acknowledged".into(),
                 internal: Some(e.to_string()),
+                retry_after: None,
             },
             E::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -352,6 +378,7 @@ impl From<keyledger_runtime::Error> for ApiError {
                               has been told)"
                         .into(),
                     internal: Some(d.to_string()),
+                    retry_after: None,
                 }
             }
             // The log and what was built from it disagree: a bug, or damage

@@ -451,13 +451,24 @@ async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
 )]
 async fn verify(State(state): State<AppState>, JsonBytes(bytes): JsonBytes) -> ApiResult<Response> {
     let body: VerifyRequest<'_> = parse_json(&bytes)?;
+    let cost = body.cost.unwrap_or(1);
+    if cost > keyledger_core::policy::CREDITS_MAX {
+        return Err(ApiError::field(
+            "cost",
+            format_args!("must be 0 to {}", keyledger_core::policy::CREDITS_MAX),
+        ));
+    }
     // The answer is written while the key is lent: no reference to it kept.
-    // A key another node created a moment ago is found too (the miss path).
+    // A key another node created a moment ago is found too (the miss path);
+    // a key with credits may wait for a reservation (docs/policy.md).
     let answer = state
         .ledger()
-        .verify_current_with(&body.key, body.scope.map(Into::into), |outcome, key| {
-            VerifyResponse::new(outcome, key).to_json()
-        })
+        .verify_cost_with(
+            &body.key,
+            body.scope.map(Into::into),
+            cost,
+            |outcome, key, policy| VerifyResponse::with_policy(outcome, key, policy).to_json(),
+        )
         .await;
     Ok((
         [(

@@ -214,6 +214,11 @@ pub struct VerifyRequest<'a> {
     /// The scope the API layer's request needs, if any.
     #[serde(default)]
     pub scope: Option<ScopeName>,
+    /// Credits a valid verification spends from a key with credits
+    /// (default 1; 0 checks that some are left and spends none). Keys
+    /// without credits ignore it.
+    #[serde(default)]
+    pub cost: Option<u64>,
 }
 
 /// Liveness.
