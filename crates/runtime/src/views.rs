@@ -423,30 +423,54 @@ impl From<&Record> for AuditEntry {
     fn from(r: &Record) -> Self {
         let e = &r.event;
         let details = match &e.kind {
-            EventKind::KeyCreated(c) => json!({
-                "owner": c.owner.as_str(),
-                "name": c.name,
-                "description": c.description,
-                "expires_at": c.expires_at.map(time),
-                "scopes": c.scopes.names(),
-                "masked": c.masked,
-                "rotated_from": c.rotated_from.map(|i| i.to_string()),
-                "meta": c.meta.as_ref().map(meta_json),
-                "credits": c.credits.as_ref().map(credits_json),
-                "limits": limits_json(&c.limits),
-            }),
-            EventKind::KeyUsed(u) => json!({
-                "window_start": time(u.window_start),
-                "window_end": time(u.window_end),
-                "last_valid_at": u.last_valid_at.map(time),
-                "valid": u.counts.valid,
-                "revoked": u.counts.revoked,
-                "expired": u.counts.expired,
-                "insufficient_scope": u.counts.insufficient_scope,
-                "usage_exceeded": u.counts.usage_exceeded,
-                "rate_limited": u.counts.rate_limited,
-                "credits_spent": u.counts.credits_spent,
-            }),
+            EventKind::KeyCreated(c) => {
+                let mut d = json!({
+                    "owner": c.owner.as_str(),
+                    "name": c.name,
+                    "description": c.description,
+                    "expires_at": c.expires_at.map(time),
+                    "scopes": c.scopes.names(),
+                    "masked": c.masked,
+                    "rotated_from": c.rotated_from.map(|i| i.to_string()),
+                });
+                // The policy only where there is one: a key without one reads
+                // exactly as before key policies, so evidence bundles
+                // exported by earlier releases still match their signed
+                // bytes (`verify_bundle` compares these details).
+                if let Some(m) = &c.meta {
+                    d["meta"] = meta_json(m);
+                }
+                if let Some(credits) = &c.credits {
+                    d["credits"] = credits_json(credits);
+                }
+                if !c.limits.is_empty() {
+                    d["limits"] = limits_json(&c.limits);
+                }
+                d
+            }
+            EventKind::KeyUsed(u) => {
+                let mut d = json!({
+                    "window_start": time(u.window_start),
+                    "window_end": time(u.window_end),
+                    "last_valid_at": u.last_valid_at.map(time),
+                    "valid": u.counts.valid,
+                    "revoked": u.counts.revoked,
+                    "expired": u.counts.expired,
+                    "insufficient_scope": u.counts.insufficient_scope,
+                });
+                // The key-policy counts only when not 0, for the same reason
+                // as the policy of `KeyCreated`.
+                for (name, n) in [
+                    ("usage_exceeded", u.counts.usage_exceeded),
+                    ("rate_limited", u.counts.rate_limited),
+                    ("credits_spent", u.counts.credits_spent),
+                ] {
+                    if n > 0 {
+                        d[name] = json!(n);
+                    }
+                }
+                d
+            }
             EventKind::KeyUpdated(u) => json!({ "changes": key_changes_json(&u.changes) }),
             EventKind::CreditsReserved(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
             EventKind::CreditsReleased(c) => json!({ "epoch": c.epoch, "amount": c.amount }),

@@ -803,3 +803,20 @@ fn a_reader_that_hangs_up_while_waiting_is_counted_and_leaves_no_one_waiting() {
         ledger.shutdown().await.unwrap();
     });
 }
+
+/// An evidence bundle exported by an earlier release (before key policies:
+/// the fuzz fixture, 23 Nov 2026) still verifies: the trail renders an
+/// event without a policy exactly as it did then, and the verifier compares
+/// each event's details with its signed bytes.
+#[test]
+fn a_bundle_from_an_earlier_release_still_verifies() {
+    const BUNDLE: &[u8] = include_bytes!("../../../fuzz/fixtures/bundle.jsonl");
+    const KEY_HEX: &str = include_str!("../../../fuzz/fixtures/bundle.key");
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&KEY_HEX.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let key = keyledger_audit::VerifyingKey::from_bytes(&bytes.try_into().unwrap()).unwrap();
+    let report = verify_bundle(BUNDLE, &key);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.inclusion_proofs_ok, 5);
+}

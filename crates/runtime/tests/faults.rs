@@ -355,11 +355,7 @@ fn disk_full_and_read_only_fail_clearly_and_recover() {
             let rec = state
                 .key(&tenant("acme"), k.key.id)
                 .unwrap_or_else(|| panic!("key"));
-            assert_eq!(
-                common::total(&rec.uses),
-                7,
-                "{mode}: counts kept across the outage"
-            );
+            assert_eq!(rec.uses.total(), 7, "{mode}: counts kept across the outage");
             let names: Vec<_> = state
                 .tenant(&tenant("acme"))
                 .map(|t| t.keys.values().map(|k| k.name.clone()).collect())
@@ -522,7 +518,7 @@ fn a_flush_returns_only_once_every_use_counted_before_it_is_written() {
         let (state, _) = ledger.projections();
         let uses = state
             .key(&tenant("acme"), k.key.id)
-            .map_or(0, |r| common::total(&r.uses));
+            .map_or(0, |r| r.uses.total());
         assert_eq!(
             uses, 3,
             "the second flush returned before the uses were written"

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Rng, SeededEntropy, fold, seed, tenant, total, user};
+use common::{Rng, SeededEntropy, fold, seed, tenant, user};
 use keyledger_core::{CommandError, KeyId, Principal, Reporter, RevokeReason};
 use keyledger_runtime::{
     Config, Error, Follow, Keyledger, NewKey, ReportedSecret, SnapshotConfig, SystemClock,
@@ -490,18 +490,18 @@ async fn usage_counted_on_every_node_adds_up_exactly(b: Backend) {
             let k = state
                 .key(&tenant("acme"), *id)
                 .unwrap_or_else(|| panic!("key {id}"));
-            assert_eq!(total(&k.uses), expected, "node {i}: total uses of {id}");
+            assert_eq!(k.uses.total(), expected, "node {i}: total uses of {id}");
             let rolled: u64 = usage
                 .daily_key(*id, from, to)
                 .iter()
-                .map(|r| total(&r.counts))
+                .map(|r| r.counts.total())
                 .sum();
             assert_eq!(rolled, expected, "node {i}: per-day rollups of {id}");
         }
         let tenant_rolled: u64 = usage
             .daily_tenant(&tenant("acme"), from, to)
             .iter()
-            .map(|r| total(&r.counts))
+            .map(|r| r.counts.total())
             .sum();
         assert_eq!(
             tenant_rolled,
@@ -775,7 +775,7 @@ async fn usage_whose_commit_is_in_doubt_is_counted_exactly_once() {
         n.projections()
             .0
             .key(&tenant("acme"), id)
-            .map_or(0, |k| total(&k.uses))
+            .map_or(0, |k| k.uses.total())
     };
 
     // Written, reported failed: found in the log, answered as written.
@@ -804,7 +804,7 @@ async fn usage_whose_commit_is_in_doubt_is_counted_exactly_once() {
 
     let (state, _) = fold(shared.as_ref());
     assert_eq!(
-        state.key(&tenant("acme"), id).map(|k| total(&k.uses)),
+        state.key(&tenant("acme"), id).map(|k| k.uses.total()),
         Some(8),
         "the log holds every use exactly once"
     );

@@ -485,7 +485,7 @@ pub fn check_recovered(
                     let Some(k) = record.keys.iter().find(|k| k.id == *id) else {
                         continue;
                     };
-                    let uses = state.key(&k.tenant, *id).map_or(0, |k| total(&k.uses));
+                    let uses = state.key(&k.tenant, *id).map_or(0, |k| k.uses.total());
                     assert!(
                         uses >= *n,
                         "{}",
@@ -522,11 +522,11 @@ pub fn check_recovered(
             }
             let made = record.verifications.get(id).copied().unwrap_or(0);
             assert!(
-                total(&k.uses) <= made,
+                k.uses.total() <= made,
                 "{}",
                 ctx(format!(
                     "key {id}: {} uses written, {made} verifications made",
-                    total(&k.uses)
+                    k.uses.total()
                 ))
             );
         }
@@ -573,10 +573,6 @@ pub fn check_recovered(
         }
     }
     (ledger, checked)
-}
-
-pub fn total(c: &keyledger_core::UseCounts) -> u64 {
-    c.valid + c.revoked + c.expired + c.insufficient_scope
 }
 
 pub fn now(clock: &ManualClock) -> Timestamp {
