@@ -33,7 +33,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 KEYS="${KEYS:-1000}"
 
-# wrk, the release binary, $work, $token and write_rotate_lua.
+# wrk, the release binary, $work, $token, start_server, the Lua writers and run.
 . benches/load-common.sh
 start_server server
 
@@ -66,18 +66,8 @@ PY
 
 # Healthz is driven the same way as the others (one request in the table).
 write_rotate_lua
-cat >"$work/healthz.lua" <<LUA
-local requests = { wrk.format("GET", "/healthz") }
-$(cat "$work/rotate.lua")
-LUA
-cat >"$work/verify.lua" <<LUA
-local requests = {}
-for line in io.lines("$work/keys.txt") do
-  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
-    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
-end
-$(cat "$work/rotate.lua")
-LUA
+write_healthz_lua
+write_verify_lua verify keys
 cat >"$work/create.lua" <<LUA
 local requests = {}
 for line in io.lines("$work/writers.txt") do
@@ -87,10 +77,6 @@ for line in io.lines("$work/writers.txt") do
 end
 $(cat "$work/rotate.lua")
 LUA
-
-run() { # name script path duration -> "name rps=… p50_ms=… p99_ms=… requests=… errors=…"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base$3" | sed -n 's/^RESULT /'"$1"' /p'
-}
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 

@@ -1,7 +1,8 @@
 # Sourced by the load benchmarks (benches/*-load.sh): wrk, the release
 # binary ($bin), a work directory ($work) and an operator token ($token);
 # start_server, which starts a server and waits for it (stopped, and $work
-# deleted, on exit); and write_rotate_lua, the Lua they drive wrk with.
+# deleted, on exit); write_rotate_lua and the Lua scripts they drive wrk
+# with; and run, one wrk run.
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk
 fi
@@ -61,4 +62,31 @@ done = function(summary, latency, requests)
     summary.requests, bad))
 end
 LUA
+}
+
+# write_healthz_lua: $work/healthz.lua, GET /healthz (write_rotate_lua first).
+write_healthz_lua() {
+  cat >"$work/healthz.lua" <<LUA
+local requests = { wrk.format("GET", "/healthz") }
+$(cat "$work/rotate.lua")
+LUA
+}
+
+# write_verify_lua OUT IN: $work/OUT.lua, POST /v1/verify of each key
+# listed one per line in $work/IN.txt, taken in turn (write_rotate_lua first).
+write_verify_lua() {
+  cat >"$work/$1.lua" <<LUA
+local requests = {}
+for line in io.lines("$work/$2.txt") do
+  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
+    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
+end
+$(cat "$work/rotate.lua")
+LUA
+}
+
+# run NAME SCRIPT PATH DURATION: one wrk run against $base$PATH, printed as
+# "NAME rps=… p50_ms=… p99_ms=… requests=… errors=…".
+run() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base$3" | sed -n 's/^RESULT /'"$1"' /p'
 }

@@ -31,7 +31,7 @@ KEYS="${KEYS:-1000}"
 MISS_INTERVAL_MS="${MISS_INTERVAL_MS:-1}"
 url="${KEYLEDGER_TEST_POSTGRES_URL:?run under scripts/postgres run -- (or set KEYLEDGER_TEST_POSTGRES_URL)}"
 
-# wrk, the release binary, $work, $token and write_rotate_lua.
+# wrk, the release binary, $work, $token, start_server, the Lua writers and run.
 . benches/load-common.sh
 start() { # name -> $base, its URL
   KEYLEDGER_POSTGRES_URL="$url" start_server "$1" --node-id "$1" \
@@ -73,20 +73,9 @@ with open(f"{work}/unknown.txt", "w") as f:
 PY
 
 write_rotate_lua
-cat >"$work/healthz.lua" <<LUA
-local requests = { wrk.format("GET", "/healthz") }
-$(cat "$work/rotate.lua")
-LUA
-for set in keys unknown; do
-  cat >"$work/verify-$set.lua" <<LUA
-local requests = {}
-for line in io.lines("$work/$set.txt") do
-  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
-    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
-end
-$(cat "$work/rotate.lua")
-LUA
-done
+write_healthz_lua
+write_verify_lua verify-keys keys
+write_verify_lua verify-unknown unknown
 
 run() { # name script path duration -> "name rps=… p50_ms=… p99_ms=… requests=… errors=…"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base_b$3" | sed -n 's/^RESULT /'"$1"' /p'

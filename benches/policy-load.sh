@@ -57,24 +57,9 @@ with open(f"{work}/plain.txt", "w") as f:
 PY
 
 write_rotate_lua
-cat >"$work/healthz.lua" <<LUA
-local requests = { wrk.format("GET", "/healthz") }
-$(cat "$work/rotate.lua")
-LUA
-for kind in policy plain; do
-  cat >"$work/$kind.lua" <<LUA
-local requests = {}
-for line in io.lines("$work/$kind.txt") do
-  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
-    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
-end
-$(cat "$work/rotate.lua")
-LUA
-done
-
-run() { # name script path duration
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base$3" | sed -n 's/^RESULT /'"$1"' /p'
-}
+write_healthz_lua
+write_verify_lua policy policy
+write_verify_lua plain plain
 
 echo "machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg); keyledger $("$bin" --version | cut -d' ' -f2)"
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION per round, $ROUNDS rounds of healthz, policy, plain"

@@ -23,7 +23,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 EVENTS="${EVENTS:-10000}"
 
-# wrk, the release binary, $work, $token and write_rotate_lua.
+# wrk, the release binary, $work, $token, start_server, the Lua writers and run.
 . benches/load-common.sh
 start_server server --tiles-public
 

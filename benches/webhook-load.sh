@@ -26,7 +26,7 @@ DELAY="${DELAY:-2}"
 
 scripts/webhook-receiver-venv >/dev/null
 python="$PWD/target/webhooks-venv/bin/python"
-# wrk, the release binary, $work, $token and write_rotate_lua.
+# wrk, the release binary, $work, $token, start_server, the Lua writers and run.
 . benches/load-common.sh
 "$python" tests/webhook_receiver.py --port-file "$work/rx-port" --secret-file "$work/rx-secret" \
   --out "$work/rx.jsonl" --delay "$DELAY" 2>"$work/rx-stderr" &
@@ -90,21 +90,8 @@ PY
 pids+=($!)
 
 write_rotate_lua
-cat >"$work/healthz.lua" <<LUA
-local requests = { wrk.format("GET", "/healthz") }
-$(cat "$work/rotate.lua")
-LUA
-cat >"$work/verify.lua" <<LUA
-local requests = {}
-for line in io.lines("$work/keys.txt") do
-  requests[#requests + 1] = wrk.format("POST", "/v1/verify",
-    { ["Content-Type"] = "application/json" }, '{"key":"' .. line .. '"}')
-end
-$(cat "$work/rotate.lua")
-LUA
-run() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4" --timeout 10s -s "$2" "$base$3" | sed -n 's/^RESULT /'"$1"' /p'
-}
+write_healthz_lua
+write_verify_lua verify keys
 
 echo "machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION per round, $ROUNDS rounds alternating healthz and verify;"
