@@ -1441,9 +1441,7 @@ fn update_verification_map<G: papaya::Guard>(
             if let Some(state) = ledger.tenant(tenant)
                 && let Some(k) = state.keys.get(&e.key_id)
             {
-                let entry = entry_for(tenant, state, k, clock, None);
-                keys.insert(e.secret_hash, Arc::new(entry));
-                refills.schedule(tenant, k);
+                put_entry(keys, tenant, state, k, clock, refills, None);
             }
         }
         K::KeyRevoked(e) => {
@@ -1510,9 +1508,7 @@ fn update_verification_map<G: papaya::Guard>(
             });
             let previous = keys.get(&k.secret_hash);
             if rebuilt && let Some(state) = ledger.tenant(tenant) {
-                let entry = entry_for(tenant, state, k, clock, previous.map(|p| &**p));
-                keys.insert(k.secret_hash, Arc::new(entry));
-                refills.schedule(tenant, k);
+                put_entry(keys, tenant, state, k, clock, refills, previous);
             } else if let Some(entry) = previous {
                 entry.set_expires_at(k.expires_at);
             }
@@ -1520,10 +1516,26 @@ fn update_verification_map<G: papaya::Guard>(
     }
 }
 
+/// Puts a key's entry ([`entry_for`]) in the verification map, in place of
+/// `previous` if there was one, and schedules its next credit refill.
+pub(crate) fn put_entry<G: papaya::Guard>(
+    keys: &papaya::HashMapRef<'_, SecretHash, Arc<KeyEntry>, verify::DigestHash, G>,
+    tenant: &TenantId,
+    state: &keyledger_core::TenantState,
+    k: &KeyRecord,
+    clock: &Arc<dyn Clock>,
+    refills: &policy::RefillQueue,
+    previous: Option<&Arc<KeyEntry>>,
+) {
+    let entry = entry_for(tenant, state, k, clock, previous.map(|p| &**p));
+    keys.insert(k.secret_hash, Arc::new(entry));
+    refills.schedule(tenant, k);
+}
+
 /// A key's verification entry as its state says: refused when revoked or
 /// when its owner was removed (the cascade revokes only active keys); its
 /// policy's state carried over from `previous`, the entry it replaces.
-pub(crate) fn entry_for(
+fn entry_for(
     tenant: &TenantId,
     state: &keyledger_core::TenantState,
     k: &KeyRecord,
@@ -1545,7 +1557,7 @@ pub(crate) fn entry_for(
         k.expires_at,
         k.revoked.is_some() || state.is_removed(&k.owner),
     )
-    .with_policy(Some(enforced))
+    .with_policy(enforced)
 }
 
 /// The counts of the `KeyUsed` events that write one key's uses: one

@@ -461,9 +461,7 @@ impl Shared {
         let keys = self.keys.pin();
         for (tenant, state) in p.ledger.tenants() {
             for k in state.keys.values() {
-                let entry = crate::entry_for(tenant, state, k, &self.clock, None);
-                keys.insert(k.secret_hash, Arc::new(entry));
-                self.refills.schedule(tenant, k);
+                crate::put_entry(&keys, tenant, state, k, &self.clock, &self.refills, None);
             }
         }
         let mut global = self

@@ -144,8 +144,8 @@ impl KeyEntry {
 
     /// The entry with rate limits and credits to enforce (none when the
     /// policy is empty: a plain key stays plain).
-    pub(crate) fn with_policy(mut self, policy: Option<Enforcement>) -> Self {
-        self.policy = policy.filter(|p| !p.is_empty()).map(Box::new);
+    pub(crate) fn with_policy(mut self, policy: Enforcement) -> Self {
+        self.policy = (!policy.is_empty()).then(|| Box::new(policy));
         self
     }
 
