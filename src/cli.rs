@@ -146,6 +146,10 @@ pub enum Cmd {
         /// The scope the request needs.
         #[arg(long)]
         scope: Option<String>,
+        /// Credits the call spends, for a key with credits (0: only check
+        /// that some are left; docs/policy.md).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=keyledger_core::policy::CREDITS_MAX))]
+        cost: u64,
     },
     /// Read, export and verify the audit trail.
     #[command(subcommand)]
@@ -874,20 +878,26 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
                 .await?;
             output::removed_user(out, &RemovedUser::new(&user, &revoked))?;
         }
-        Cmd::Verify { secret, scope } => {
+        Cmd::Verify {
+            secret,
+            scope,
+            cost,
+        } => {
             let scope = scope
                 .map(|s| s.parse::<Scope>())
                 .transpose()
                 .map_err(Failure::msg)?;
-            // Async: a key with credits may wait for a reservation.
-            let v = ledger.verify_current(&secret, scope).await;
-            // Decoded from the API's own body, as `--url` decodes it.
-            let body: crate::remote::VerifyBody = serde_json::from_slice(
-                &VerifyResponse::new(v.outcome, v.key.as_deref()).to_json(),
-            )?;
+            // Async: a key with credits may wait for a reservation. The
+            // answer is the API's own body, decoded as `--url` decodes it.
+            let answer = ledger
+                .verify_cost_with(&secret, scope, cost, |outcome, key, policy| {
+                    VerifyResponse::with_policy(outcome, key, policy).to_json()
+                })
+                .await;
+            let body: crate::remote::VerifyBody = serde_json::from_slice(&answer)?;
             out.value(&body, || crate::remote::verify_text(&body))?;
             ledger.flush_usage().await?;
-            if !v.is_valid() {
+            if !body.valid {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -436,14 +436,45 @@ pub struct VerifyBody {
     pub scopes: Option<Vec<String>>,
     /// Its expiry.
     pub expires_at: Option<String>,
+    /// Credits left, for a key with credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
+    /// Each rate limit checked, for a key with rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratelimits: Option<Vec<RateLimitState>>,
 }
 
-/// What `verify` prints for people, on a data directory or a server.
+/// One rate limit in a verification's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RateLimitState {
+    /// The limit's name.
+    pub name: String,
+    /// How many verifications its window admits.
+    pub limit: u64,
+    /// How many it admits right now.
+    pub remaining: u64,
+    /// When a retry is admitted (refused) or the whole limit is back (admitted).
+    pub reset: String,
+}
+
+/// What `verify` prints for people, on a data directory or a server: the
+/// verdict and the key, then credits left and each rate limit, if the key
+/// has them.
 pub fn verify_text(v: &VerifyBody) -> String {
-    match (&v.key_id, &v.tenant_id, &v.owner) {
+    let mut text = match (&v.key_id, &v.tenant_id, &v.owner) {
         (Some(id), Some(t), Some(o)) => format!("{}: {id} (tenant {t}, owner {o})", v.outcome),
         _ => v.outcome.clone(),
+    };
+    if let Some(n) = v.credits_remaining {
+        text.push_str(&format!("\ncredits remaining: {n}"));
     }
+    for l in v.ratelimits.iter().flatten() {
+        text.push_str(&format!(
+            "\nrate limit {}: {} of {} left, reset {}",
+            l.name, l.remaining, l.limit, l.reset
+        ));
+    }
+    text
 }
 
 /// `audit list`'s and `audit export`'s filter as the API's query.
@@ -509,11 +540,15 @@ impl Remote {
                 let body: RemovedUser = self.json(call.tenant(&tenant).acting(&acting))?;
                 output::removed_user(out, &body)?;
             }
-            Cmd::Verify { secret, scope } => {
+            Cmd::Verify {
+                secret,
+                scope,
+                cost,
+            } => {
                 // No credential: the key in the body is the one checked.
                 let body: VerifyBody = self.json(Call::post(
                     "/v1/verify",
-                    json!({ "key": secret, "scope": scope }),
+                    json!({ "key": secret, "scope": scope, "cost": cost }),
                 ))?;
                 out.value(&body, || verify_text(&body))?;
                 if !body.valid {

@@ -566,3 +566,84 @@ fn the_cli_creates_and_updates_keys_with_a_policy_on_a_server_and_offline() {
         "{out:?}"
     );
 }
+
+/// `keyledger verify` prints what the API answers for a key with a
+/// policy: credits left and each rate limit, offline and against a server,
+/// and spends `--cost`.
+#[test]
+fn the_cli_verify_shows_credits_and_limits_offline_and_on_a_server() {
+    let d = Data::new();
+    let k = d.json(&[
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--user",
+        "alice",
+        "--name",
+        "metered",
+        "--credits",
+        "10",
+        "--limit",
+        "burst=3/1m",
+    ]);
+    let key = text(&k, "key");
+    let v = d.json(&["verify", &key, "--cost", "4"]);
+    assert_eq!(v["outcome"], "valid", "{v}");
+    assert_eq!(v["credits_remaining"], 6, "{v}");
+    assert_eq!(v["ratelimits"][0]["name"], "burst", "{v}");
+    assert_eq!(v["ratelimits"][0]["remaining"], 2, "{v}");
+    // Cost 0 checks without spending; the text names both.
+    let shown = d.ok(&["verify", &key, "--cost", "0"]);
+    assert!(shown.contains("credits remaining: 6"), "{shown}");
+    assert!(
+        shown.contains("rate limit burst: 2 of 3 left, reset "),
+        "{shown}"
+    );
+    // More than is left: refused (exit 1), nothing spent.
+    let out = d.run(&["--json", "verify", &key, "--cost", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "usage_exceeded", "{v}");
+    assert_eq!(v["credits_remaining"], 6, "{v}");
+    let out = d.run(&["verify", &key, "--cost", "-1"]);
+    assert!(!out.status.success(), "{out:?}");
+    // A plain key prints as before.
+    let plain = d.json(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "p",
+    ]);
+    let shown = d.ok(&["verify", &text(&plain, "key")]);
+    assert_eq!(shown.trim().lines().count(), 1, "{shown}");
+
+    // Against a server: the same answer.
+    let (_d2, s, admin) = setup();
+    let out = cli(
+        &s,
+        &admin,
+        &[
+            "--json",
+            "keys",
+            "create",
+            "--name",
+            "remote",
+            "--credits",
+            "3",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let k: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = cli(
+        &s,
+        &admin,
+        &["--json", "verify", &text(&k, "key"), "--cost", "2"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["credits_remaining"], 1, "{v}");
+    assert!(v.get("ratelimits").is_none(), "{v}");
+    let out = cli(&s, &admin, &["verify", &text(&k, "key"), "--cost", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.starts_with("usage_exceeded: key_"), "{shown}");
+    assert!(shown.contains("credits remaining: 1"), "{shown}");
+}
