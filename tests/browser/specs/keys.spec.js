@@ -279,3 +279,39 @@ test('pagination walks the pages of a long list', async ({ page }) => {
   }
   await expect(page.getByRole('button', { name: 'Previous page' })).toBeDisabled();
 });
+
+test('a key is created with credits, a rate limit and metadata; a bad limit is shown beside its field', async ({ page }) => {
+  const { admin } = seeded().acme;
+  await signIn(page, admin.key);
+  const name = unique('Metered key');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const dialog = page.getByRole('dialog', { name: 'Create API key' });
+  await dialog.getByRole('textbox', { name: 'Name' }).fill(name);
+  await dialog.getByText('Credits, rate limits and metadata').click();
+  await dialog.getByLabel('Credits', { exact: true }).fill('500');
+  await dialog.getByLabel('Refill', { exact: true }).selectOption('monthly');
+  await dialog.getByLabel('Refill amount').fill('1000');
+  await dialog.getByLabel('Rate limits').fill('burst=10/1s\nburst=20/1m');
+  await dialog.getByLabel('Metadata').fill('{"plan": "pro"}');
+  await expectAccessible(page, 'the create dialog with a policy');
+  // Two limits of one name: the server refuses it (422), beside the field.
+  await dialog.getByRole('button', { name: 'Create', exact: true }).click();
+  await expect(dialog.getByLabel('Rate limits')).toHaveAttribute('aria-invalid', 'true');
+  await expect(dialog.getByText(/`burst` is named twice/)).toBeVisible();
+  await expect(page.getByRole('dialog', { name: 'Your new API key' })).toHaveCount(0);
+  const listed = await call('GET', `/v1/keys?q=${encodeURIComponent(name)}`, { token: admin.key });
+  expect(listed.json.keys).toHaveLength(0);
+
+  await dialog.getByLabel('Rate limits').fill('burst=10/1s');
+  await dialog.getByRole('button', { name: 'Create', exact: true }).click();
+  const secret = page.getByRole('dialog', { name: 'Your new API key' });
+  await expect(secret).toBeVisible();
+  const key = (await secret.getByTestId('secret').textContent()).trim();
+  await secret.getByRole('button', { name: 'Done' }).click();
+  const v = await verify(key, 'keys:read');
+  expect(v.credits_remaining).toBe(499);
+  expect(v.ratelimits).toMatchObject([{ name: 'burst', limit: 10, remaining: 9 }]);
+  const made = (await call('GET', `/v1/keys?q=${encodeURIComponent(name)}`, { token: admin.key })).json.keys[0];
+  expect(made.credits.refill).toMatchObject({ amount: 1000, interval: 'monthly' });
+  expect(made.meta).toEqual({ plan: 'pro' });
+});

@@ -63,22 +63,14 @@ function editable(label, input, hint) {
   return { el, input, error };
 }
 
-const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
-
-/** The change dialog; `done(key)` gets the key as changed. */
-export function editDialog(ctx, k, done) {
-  const name = editable('Name', h('input', { type: 'text', maxlength: 100, value: k.name, autocomplete: 'off' }));
-  const description = editable('Description', h('textarea', { maxlength: 500, rows: 2 }));
-  description.input.value = k.description || '';
-  const expires = editable('Expires', h('input', { type: 'datetime-local', value: localInput(k.expires_at) }),
-    'Your local time; empty: never. A later expiry needs the right to create keys that do not expire.');
-  const offered = SCOPES.filter((s) => ctx.can(s) || k.scopes.includes(s));
-  const boxes = offered.map((s) => h('input', {
-    type: 'checkbox', value: s, checked: k.scopes.includes(s), disabled: !ctx.can(s) && !k.scopes.includes(s),
-  }));
-  const scopesError = h('p', { class: 'field-error', id: `e${++ids}-error` });
-  const scopes = h('fieldset', { 'aria-describedby': scopesError.id }, h('legend', {}, 'Scopes'),
-    boxes.map((b, i) => h('label', { class: 'inline' }, b, offered[i])), scopesError);
+/**
+ * The policy's controls (credits and refill, rate limits, metadata) of the
+ * create and change dialogs, filled from key `k` (none for a new key):
+ * `els` to show, `places` (field pattern, control, error line) for refusals,
+ * and `read()` the values as the API's body has them (null: none), throwing
+ * a FieldError that names the field for what cannot be sent.
+ */
+export function policyInputs(k = {}) {
   const credits = editable('Credits', h('input', { type: 'number', min: 0, step: 1, value: k.credits ? k.credits.remaining : '' }),
     'Valid verifications left; empty: unlimited.');
   const r = k.credits?.refill;
@@ -96,18 +88,51 @@ export function editDialog(ctx, k, done) {
     'A JSON object, e.g. {"plan": "pro"}; empty: none. Never a secret.');
   meta.input.value = k.meta ? JSON.stringify(k.meta) : '';
 
-  const places = [
-    [/^name/, name.input, name.error],
-    [/^description/, description.input, description.error],
-    [/^expires_at/, expires.input, expires.error],
-    [/^scopes/, scopes, scopesError],
-    [/^credits\.refill\.amount/, amount.input, amount.error],
-    [/^credits\.refill\.day/, day.input, day.error],
-    [/^credits\.refill/, interval.input, interval.error],
-    [/^credits/, credits.input, credits.error],
-    [/^limits/, limits.input, limits.error],
-    [/^meta/, meta.input, meta.error],
-  ];
+  return {
+    els: [h('fieldset', {}, h('legend', {}, 'Credits and refill'), credits.el, interval.el, amount.el, day.el), limits.el, meta.el],
+    places: [
+      [/^credits\.refill\.amount/, amount.input, amount.error],
+      [/^credits\.refill\.day/, day.input, day.error],
+      [/^credits\.refill/, interval.input, interval.error],
+      [/^credits/, credits.input, credits.error],
+      [/^limits/, limits.input, limits.error],
+      [/^meta/, meta.input, meta.error],
+    ],
+    read() {
+      let c = null;
+      if (credits.input.value !== '') {
+        c = { remaining: Number(credits.input.value) };
+        if (interval.input.value) {
+          if (amount.input.value === '') throw new FieldError('credits.refill.amount', 'Give the amount a refill sets.');
+          c.refill = { amount: Number(amount.input.value), interval: interval.input.value };
+          if (interval.input.value === 'monthly' && day.input.value !== '') c.refill.day = Number(day.input.value);
+        }
+      } else if (interval.input.value) {
+        throw new FieldError('credits', 'A refill needs credits: give how many the key has now.');
+      }
+      const parsed = limits.input.value.split('\n').map((l) => l.trim()).filter(Boolean).map((line, i) => {
+        const m = /^([^=]+)=(\d+)\/(.+)$/.exec(line);
+        const duration = m ? parseDuration(m[3]) : NaN;
+        if (!m || Number.isNaN(duration)) throw new FieldError(`limits[${i}]`, `Line ${i + 1}: write name=limit/duration, e.g. burst=10/1s.`);
+        return { name: m[1].trim(), limit: Number(m[2]), duration };
+      });
+      const text = meta.input.value.trim();
+      let m = null;
+      if (text) {
+        try {
+          m = JSON.parse(text);
+        } catch {
+          throw new FieldError('meta', 'Not JSON: write an object such as {"plan": "pro"}.');
+        }
+        if (!m || typeof m !== 'object' || Array.isArray(m)) throw new FieldError('meta', 'Write a JSON object, such as {"plan": "pro"}.');
+      }
+      return { credits: c, limits: parsed, meta: m };
+    },
+  };
+}
+
+/** `clear()` every mark, and `mark(field, message)` beside the control whose pattern matches. */
+export function marker(places) {
   const clear = () => places.forEach(([, input, error]) => { input.removeAttribute('aria-invalid'); fill(error); });
   const mark = (field, message) => {
     const place = places.find(([re]) => re.test(field));
@@ -117,6 +142,35 @@ export function editDialog(ctx, k, done) {
     if (place[1].focus) place[1].focus();
     return true;
   };
+  return { clear, mark };
+}
+
+const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+
+/** The change dialog; `done(key)` gets the key as changed. */
+export function editDialog(ctx, k, done) {
+  const name = editable('Name', h('input', { type: 'text', maxlength: 100, value: k.name, autocomplete: 'off' }));
+  const description = editable('Description', h('textarea', { maxlength: 500, rows: 2 }));
+  description.input.value = k.description || '';
+  const expires = editable('Expires', h('input', { type: 'datetime-local', value: localInput(k.expires_at) }),
+    'Your local time; empty: never. A later expiry needs the right to create keys that do not expire.');
+  const offered = SCOPES.filter((s) => ctx.can(s) || k.scopes.includes(s));
+  const boxes = offered.map((s) => h('input', {
+    type: 'checkbox', value: s, checked: k.scopes.includes(s), disabled: !ctx.can(s) && !k.scopes.includes(s),
+  }));
+  const scopesError = h('p', { class: 'field-error', id: `e${++ids}-error` });
+  const scopes = h('fieldset', { 'aria-describedby': scopesError.id }, h('legend', {}, 'Scopes'),
+    boxes.map((b, i) => h('label', { class: 'inline' }, b, offered[i])), scopesError);
+  const policy = policyInputs(k);
+
+  const places = [
+    [/^name/, name.input, name.error],
+    [/^description/, description.input, description.error],
+    [/^expires_at/, expires.input, expires.error],
+    [/^scopes/, scopes, scopesError],
+    ...policy.places,
+  ];
+  const { clear, mark } = marker(places);
 
   // The body: only what changed. A refusal here names its field too.
   const body = () => {
@@ -128,37 +182,12 @@ export function editDialog(ctx, k, done) {
     if (exp !== localInput(k.expires_at)) b.expires_at = exp ? new Date(exp).toISOString() : null;
     const chosen = boxes.filter((x) => x.checked).map((x) => x.value);
     if (!same([...chosen].sort(), [...k.scopes].sort())) b.scopes = chosen;
-    let c = null;
-    if (credits.input.value !== '') {
-      c = { remaining: Number(credits.input.value) };
-      if (interval.input.value) {
-        if (amount.input.value === '') throw new FieldError('credits.refill.amount', 'Give the amount a refill sets.');
-        c.refill = { amount: Number(amount.input.value), interval: interval.input.value };
-        if (interval.input.value === 'monthly' && day.input.value !== '') c.refill.day = Number(day.input.value);
-      }
-    } else if (interval.input.value) {
-      throw new FieldError('credits', 'A refill needs credits: give how many the key has now.');
-    }
-    const was = k.credits && { remaining: k.credits.remaining, ...(k.credits.refill && {
+    const { credits: c, limits: parsed, meta: m } = policy.read();
+    const r = k.credits?.refill;
+    const was = k.credits && { remaining: k.credits.remaining, ...(r && {
       refill: { amount: r.amount, interval: r.interval, ...(r.day && { day: r.day }) } }) };
     if (!same(c, was)) b.credits = c;
-    const parsed = limits.input.value.split('\n').map((l) => l.trim()).filter(Boolean).map((line, i) => {
-      const m = /^([^=]+)=(\d+)\/(.+)$/.exec(line);
-      const duration = m ? parseDuration(m[3]) : NaN;
-      if (!m || Number.isNaN(duration)) throw new FieldError(`limits[${i}]`, `Line ${i + 1}: write name=limit/duration, e.g. burst=10/1s.`);
-      return { name: m[1].trim(), limit: Number(m[2]), duration };
-    });
     if (!same(parsed, (k.limits || []).map(({ name: n, limit, duration }) => ({ name: n, limit, duration })))) b.limits = parsed;
-    const text = meta.input.value.trim();
-    let m = null;
-    if (text) {
-      try {
-        m = JSON.parse(text);
-      } catch {
-        throw new FieldError('meta', 'Not JSON: write an object such as {"plan": "pro"}.');
-      }
-      if (!m || typeof m !== 'object' || Array.isArray(m)) throw new FieldError('meta', 'Write a JSON object, such as {"plan": "pro"}.');
-    }
     if (!same(m, k.meta)) b.meta = m;
     return b;
   };
@@ -166,9 +195,7 @@ export function editDialog(ctx, k, done) {
   const alert = alertBox();
   const save = h('button', { type: 'submit', class: 'primary' }, 'Save changes');
   const form = h('form', { method: 'dialog', novalidate: true },
-    name.el, description.el, expires.el, scopes,
-    h('fieldset', {}, h('legend', {}, 'Credits and refill'), credits.el, interval.el, amount.el, day.el),
-    limits.el, meta.el, alert,
+    name.el, description.el, expires.el, scopes, ...policy.els, alert,
     h('div', { class: 'actions' }, save, h('button', { type: 'button', onclick: () => dlg.close() }, 'Cancel')));
   const dlg = modal({ title: `Change ${k.name}`, content: form });
   form.addEventListener('submit', (ev) => {
@@ -196,7 +223,7 @@ export function editDialog(ctx, k, done) {
   name.input.focus();
 }
 
-class FieldError extends Error {
+export class FieldError extends Error {
   constructor(field, message) {
     super(message);
     this.field = field;
@@ -204,7 +231,7 @@ class FieldError extends Error {
 }
 
 /** Shows a refusal beside its field: `field: why` (422), or the 400 wording "the field `x` …". */
-function shownAtField(e, mark) {
+export function shownAtField(e, mark) {
   const detail = String(e.detail || '');
   const named = /^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)*): (.*)$/s.exec(detail)
     || /the field `([^`]+)`/.exec(detail);

@@ -1,8 +1,9 @@
 // API keys: the active count, a sortable, filterable, paged table, and
 // create / revoke / rotate behind dialogs. A new secret is shown once.
 
-import { api, withQuery } from '../api.js';
+import { ApiError, api, withQuery } from '../api.js';
 import { alertBox, badge, busy, field, fill, h, modal, needs, statusOf, time } from '../ui.js';
+import { FieldError, marker, policyInputs, shownAtField } from './key-edit.js';
 
 const SCOPES = ['keys:read', 'keys:write', 'audit:read', 'usage:read', 'users:remove'];
 const SORTS = [['name', 'name'], ['created_at', 'created'], ['last_used_at', 'last used']];
@@ -127,6 +128,11 @@ function createDialog(ctx, reload) {
   const expires = h('input', { type: 'datetime-local' });
   const held = SCOPES.filter((s) => ctx.can(s));
   const boxes = held.map((s) => h('input', { type: 'checkbox', value: s, checked: s !== 'users:remove' }));
+  // Credits, rate limits and metadata: closed until asked for, and a
+  // refusal of one of them is shown beside it (the change dialog's controls).
+  const policy = policyInputs();
+  const more = h('details', {}, h('summary', {}, 'Credits, rate limits and metadata'), ...policy.els);
+  const { clear, mark } = marker(policy.places);
   const alert = alertBox();
   const create = h('button', { type: 'submit', class: 'primary' }, 'Create');
   const form = h('form', { method: 'dialog', novalidate: true },
@@ -134,17 +140,34 @@ function createDialog(ctx, reload) {
     field('Expires', expires, 'Optional; your local time. Leave empty for a key that does not expire.'),
     h('fieldset', {}, h('legend', {}, 'Scopes'),
       boxes.map((b, i) => h('label', { class: 'inline' }, b, held[i]))),
+    more,
     ctx.me.operator && !ctx.me.owner
       ? h('p', { class: 'notice' }, 'The operator creates keys only while acting as a user: use “Switch tenant” and name one.') : null,
     alert, h('div', { class: 'actions' }, create, h('button', { type: 'button', onclick: () => dlg.close() }, 'Cancel')));
   const dlg = modal({ title: 'Create API key', content: form });
+  const shown = (field, message) => {
+    more.open = true;
+    return mark(field, message);
+  };
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
+    clear();
     busy(create, alert, async () => {
       const body = { name: name.value, scopes: boxes.filter((b) => b.checked).map((b) => b.value) };
       if (description.value.trim()) body.description = description.value.trim();
       if (expires.value) body.expires_at = new Date(expires.value).toISOString();
-      const created = await api('/v1/keys', { method: 'POST', body });
+      let created;
+      try {
+        const { credits, limits, meta } = policy.read();
+        if (credits) body.credits = credits;
+        if (limits.length) body.limits = limits;
+        if (meta) body.meta = meta;
+        created = await api('/v1/keys', { method: 'POST', body });
+      } catch (e) {
+        if (e instanceof FieldError && shown(e.field, e.message)) return;
+        if (e instanceof ApiError && shownAtField(e, shown)) return;
+        throw e;
+      }
       dlg.close();
       secretDialog(created);
       reload();
