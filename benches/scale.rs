@@ -16,6 +16,10 @@
 //!   bytes (and against read + decode), alternating, three times.
 //! * `measure DIR`: durable creates at size against an empty store,
 //!   verification at size against 1,000 keys, query p99s for `big`.
+//! * `soak-keys DIR N`: `N` random keys of the data set, one a line as
+//!   `tenant key_id secret owner`, for `scripts/scale soak`'s mixed load
+//!   (synthetic keys of a bench data set, derived as `measure`'s are;
+//!   the script keeps the list in its work directory and deletes it).
 //! * `memory DIR PART`: which structures hold the heap, each built alone
 //!   from the log (PART: `sizes`, `runtime`, `log`, `ledger`, `decision`,
 //!   `usage`, `trees`, `vmap`), counted by an instrumented allocator
@@ -67,7 +71,7 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR [snapshots] | coldstart DIR | measure DIR | export DIR | memory DIR PART | trees DIR");
+            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR [snapshots] | coldstart DIR | measure DIR | export DIR | memory DIR PART | trees DIR | soak-keys DIR N");
             std::process::exit(2)
         })
     };
@@ -100,6 +104,7 @@ fn main() {
             export_at_size(&ledger, &"big".parse().expect("tenant"));
         }),
         "memory" => rt.block_on(memory(&dir, args.get(2).map_or("sizes", String::as_str))),
+        "soak-keys" => soak_keys(&dir, num(2)),
         other => {
             eprintln!("unknown subcommand {other}");
             std::process::exit(2)
@@ -202,6 +207,26 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+}
+
+/// `soak-keys DIR N`: the keys `scripts/scale soak` presents and changes.
+fn soak_keys(dir: &Path, n: u64) {
+    use std::io::Write;
+    let plan = Plan::read(dir);
+    let mut rng = Rng(13);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for _ in 0..n {
+        let i = rng.below(plan.keys);
+        writeln!(
+            out,
+            "{} {} {} {}",
+            plan.tenant(i),
+            plan.key_id(i),
+            secret_of(i).expose(),
+            plan.owner(i)
+        )
+        .expect("write the keys");
     }
 }
 
