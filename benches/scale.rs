@@ -844,9 +844,9 @@ async fn measure(dir: &Path) {
 
 /// `audit export` of the big tenant's whole trail (usage included), as the
 /// server streams it (JSON lines, `AuditEntry`), against reading the same
-/// records raw from the store (no decoding), alternated three times each.
+/// records raw from the store (no decoding), alternated five times each.
 /// The live heap is sampled every 10,000 records: an export that streams
-/// holds no more than a few pages of records at any time.
+/// holds no more than a page of records at any time.
 ///
 /// Beside it, in the same run, where the time goes: the store's read with
 /// its chain check and decode (`read_tenant`), the export as it was before
@@ -873,7 +873,7 @@ fn export_at_size(ledger: &Keyledger, big: &TenantId) {
     let (mut raw_rates, mut decoded_rates, mut before_rates, mut export_rates) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut records, mut bytes, mut before_bytes, mut heap_growth) = (0u64, 0u64, 0u64, 0i64);
-    for _ in 0..3 {
+    for _ in 0..5 {
         // Raw store reads: no check, no decode.
         let t = Instant::now();
         let mut n = 0u64;
@@ -916,8 +916,8 @@ fn export_at_size(ledger: &Keyledger, big: &TenantId) {
         out.flush().expect("flush");
         before_rates.push(rate(n, t));
         before_bytes = out.get_ref().0;
-        // The export: `for_each_audit` (reads on a second thread) and the
-        // renderer, into one buffer written out as the server's chunks are.
+        // The export: `for_each_audit` and the renderer, into one buffer
+        // written out as the server's chunks are.
         let base = heap().0;
         let mut out = Counter(0);
         let mut buf = Vec::with_capacity(256 * 1024);

@@ -14,8 +14,6 @@ const AUDIT_PAGE_RECORDS: usize = 4096;
 /// Most records one audit request reads before it answers with a cursor,
 /// so a narrow filter over a long trail costs bounded work per request.
 const AUDIT_SCAN_RECORDS_MAX: usize = 200_000;
-/// Pages an export's reading thread may read ahead of the rendering.
-const EXPORT_PAGES_AHEAD: usize = 2;
 
 /// What a key list is sorted by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -343,56 +341,32 @@ impl Keyledger {
 
     /// Every matching record of a tenant's trail, in order, streamed to `f`
     /// (for exports of any size). `f` may stop the walk by returning an error.
-    ///
-    /// Reading, checking and decoding run on a second thread, a page or two
-    /// ahead of `f` (as replay does), so an export costs about the larger of
-    /// the read and the rendering, not their sum; memory stays bounded by
-    /// the pages in flight ([`EXPORT_PAGES_AHEAD`] + 2 of
-    /// [`AUDIT_PAGE_RECORDS`]). Pages `f` is done with go back to the
-    /// reading thread to be freed, where they were allocated.
     pub fn for_each_audit<E: From<Error>>(
         &self,
         tenant: &TenantId,
         filter: &AuditFilter,
         mut f: impl FnMut(&Record) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let log = &self.shared.log;
-        std::thread::scope(|scope| {
-            let (pages, next_page) = std::sync::mpsc::sync_channel(EXPORT_PAGES_AHEAD);
-            let (spent, spent_pages) = std::sync::mpsc::channel::<Vec<Record>>();
-            scope.spawn(move || {
-                let mut after = 0;
-                loop {
-                    let page = log.read_tenant(tenant, after, AUDIT_PAGE_RECORDS);
-                    let next = match &page {
-                        Ok(p) if p.len() == AUDIT_PAGE_RECORDS => p.last().map(|r| r.seq),
-                        _ => None,
-                    };
-                    if pages.send(page).is_err() {
-                        break;
-                    }
-                    let Some(next) = next else { break };
-                    after = next;
-                    spent_pages.try_iter().for_each(drop);
+        let mut after = 0;
+        let mut n = 0;
+        loop {
+            let page = self
+                .shared
+                .log
+                .read_tenant(tenant, after, AUDIT_PAGE_RECORDS)
+                .map_err(Error::from)?;
+            let exhausted = page.len() < AUDIT_PAGE_RECORDS;
+            for r in &page {
+                after = r.seq;
+                if filter.matches(&r.event) {
+                    f(r)?;
+                    n += 1;
                 }
-                drop(pages);
-                // Until the rendering side is done.
-                spent_pages.iter().for_each(drop);
-            });
-            let mut n = 0;
-            for page in next_page {
-                let page = page.map_err(Error::from)?;
-                for r in &page {
-                    if filter.matches(&r.event) {
-                        f(r)?;
-                        n += 1;
-                    }
-                }
-                // Dropped here if the reader has gone.
-                let _ = spent.send(page);
             }
-            Ok(n)
-        })
+            if exhausted {
+                return Ok(n);
+            }
+        }
     }
 
     /// Every event of one key, usage included.
