@@ -1,7 +1,7 @@
 //! The trail as an export writes it, rendered straight into a reusable
-//! buffer: byte for byte what serializing a [`AuditEntry`] writes (the JSON
-//! line) and what [`AuditEntry::csv_row`] holds (the CSV fields), without
-//! building the entry's strings and `Value`s for every record.
+//! buffer: byte for byte what serializing an [`AuditEntry`] writes (the
+//! JSON line) and what [`AuditEntry::csv_row`] holds (the CSV fields),
+//! without building the entry's strings and `Value`s for every record.
 //!
 //! [`AuditEntry`] stays the definition: its fields, their order, and a
 //! `details` object whose members serde_json keeps sorted by name. This
@@ -9,12 +9,15 @@
 //! trail is made of (keys created, used, revoked, rotated; credits; users
 //! removed), and hands the rare kinds to [`AuditEntry`]'s own `details`.
 //! `crates/runtime/tests/export_render.rs` holds the two to the same bytes
-//! for every kind, and to a fixture written by the release before this one.
+//! for every kind, and to a fixture `AuditEntry` wrote.
+//!
+//! [`AuditEntry`]: crate::views::AuditEntry
+//! [`AuditEntry::csv_row`]: crate::views::AuditEntry::csv_row
 
 use keyledger_core::{Actor, Cause, EventKind, KeyId, Timestamp};
 use keyledger_store::Record;
 
-use crate::views::{AuditEntry, details_value, meta_json};
+use crate::views::{details_value, meta_json};
 
 /// Appends the record's trail entry as one JSON line (with its `\n`):
 /// the bytes of `serde_json::to_writer(&AuditEntry::from(r))` and a newline.
@@ -67,11 +70,11 @@ pub fn json_line(r: &Record, out: &mut Vec<u8>) {
 }
 
 /// The CSV fields of one record, rendered into one reusable buffer: what
-/// [`AuditEntry::csv_row`] holds, in [`AuditEntry::CSV_HEADER`] order.
+/// [`AuditEntry::csv_row`](crate::views::AuditEntry::csv_row) holds, in
+/// [`AuditEntry::CSV_HEADER`](crate::views::AuditEntry::CSV_HEADER) order.
 #[derive(Debug, Default)]
 pub struct CsvFields {
     buf: Vec<u8>,
-    ends: [usize; 9],
 }
 
 impl CsvFields {
@@ -107,7 +110,6 @@ impl CsvFields {
         ends[7] = b.len();
         hex32(b, &r.hash);
         ends[8] = b.len();
-        self.ends = ends;
         let mut start = 0;
         ends.map(|end| {
             let field = &self.buf[start..end];
@@ -461,13 +463,4 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
-}
-
-#[doc(hidden)]
-/// The entry as [`AuditEntry`] renders it (what this module must equal),
-/// for tests and benchmarks.
-pub fn json_line_by_entry(r: &Record, out: &mut Vec<u8>) {
-    // Writing into memory cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &AuditEntry::from(r));
-    out.push(b'\n');
 }

@@ -1,8 +1,8 @@
 //! The export's renderer (`keyledger_runtime::export`) writes exactly what
 //! the trail entry (`views::AuditEntry`) serializes to: for every event
 //! kind and actor, for awkward strings and times, against the entry
-//! itself and against a fixture the entry wrote before the renderer
-//! existed (`tests/fixtures/export/trail.{jsonl,csv}`). Evidence bundles
+//! itself and against a fixture the entry wrote (`BLESS=1`, from
+//! `AuditEntry` only: `tests/fixtures/export/trail.{jsonl,csv}`). Evidence bundles
 //! compare exported details with their signed bytes, so not one byte may
 //! differ.
 
@@ -426,9 +426,8 @@ fn the_renderer_writes_what_the_entry_serializes_to_for_every_kind() {
     }
 }
 
-/// The renderer against the fixture the entry wrote (before the renderer
-/// existed): `BLESS=1` writes it again from the entry, never from the
-/// renderer.
+/// The renderer against the fixture the entry wrote: `BLESS=1` writes it
+/// again from the entry, never from the renderer.
 #[test]
 fn the_export_is_byte_identical_to_the_fixture() {
     let records = records();
