@@ -869,9 +869,14 @@ async fn measure(dir: &Path) {
 
 /// `audit export` of the big tenant's whole trail (usage included), as the
 /// server streams it (JSON lines, `AuditEntry`), against reading the same
-/// records raw from the store (no decoding), alternated three times each.
+/// records raw from the store (no decoding), alternated five times each.
 /// The live heap is sampled every 10,000 records: an export that streams
 /// holds no more than a page of records at any time.
+///
+/// Beside it, in the same run, where the time goes: the store's read with
+/// its chain check and decode (`read_tenant`), the export as it was before
+/// the renderer (one thread, a `serde_json` value built per record), and
+/// the two renderings alone over the first 100,000 records held in memory.
 fn export_at_size(ledger: &Keyledger, big: &TenantId) {
     use std::io::Write;
     struct Counter(u64);
@@ -884,35 +889,72 @@ fn export_at_size(ledger: &Keyledger, big: &TenantId) {
             Ok(())
         }
     }
+    const PAGE: usize = 4096;
     let filter = keyledger_core::AuditFilter {
         include_usage: true,
         ..keyledger_core::AuditFilter::default()
     };
-    let (mut raw_rates, mut export_rates) = (Vec::new(), Vec::new());
-    let (mut records, mut bytes, mut heap_growth) = (0u64, 0u64, 0i64);
-    for _ in 0..3 {
+    let rate = |n: u64, t: Instant| n as f64 / t.elapsed().as_secs_f64();
+    let (mut raw_rates, mut decoded_rates, mut before_rates, mut export_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut records, mut bytes, mut before_bytes, mut heap_growth) = (0u64, 0u64, 0u64, 0i64);
+    for _ in 0..5 {
+        // Raw store reads: no check, no decode.
         let t = Instant::now();
-        let (mut after, mut n) = (0u64, 0u64);
-        loop {
-            let page = ledger
-                .log()
-                .read_tenant_raw(big, after, 1000)
-                .expect("raw read");
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            n += page.len() as u64;
-            std::hint::black_box(&page);
-        }
-        raw_rates.push(n as f64 / t.elapsed().as_secs_f64());
+        let mut n = 0u64;
+        walk_pages(
+            |after| {
+                ledger
+                    .log()
+                    .read_tenant_raw(big, after, 1000)
+                    .expect("raw read")
+            },
+            |r| r.seq,
+            |page| n += std::hint::black_box(page).len() as u64,
+        );
+        raw_rates.push(rate(n, t));
+        // Read, chain-checked and decoded: what an export reads.
+        let t = Instant::now();
+        let mut n = 0u64;
+        walk_pages(
+            |after| ledger.log().read_tenant(big, after, PAGE).expect("read"),
+            |r| r.seq,
+            |page| n += std::hint::black_box(page).len() as u64,
+        );
+        decoded_rates.push(rate(n, t));
+        // The export before the renderer: read and render on one thread.
+        let mut out = std::io::BufWriter::new(Counter(0));
+        let t = Instant::now();
+        let mut n = 0u64;
+        walk_pages(
+            |after| ledger.log().read_tenant(big, after, PAGE).expect("read"),
+            |r| r.seq,
+            |page| {
+                for r in page.iter().filter(|r| filter.matches(&r.event)) {
+                    serde_json::to_writer(&mut out, &keyledger_runtime::views::AuditEntry::from(r))
+                        .expect("encode");
+                    out.write_all(b"\n").expect("count");
+                    n += 1;
+                }
+            },
+        );
+        out.flush().expect("flush");
+        before_rates.push(rate(n, t));
+        before_bytes = out.get_ref().0;
+        // The export: `for_each_audit` and the renderer, into one buffer
+        // written out as the server's chunks are.
         let base = heap().0;
         let mut out = Counter(0);
+        let mut buf = Vec::with_capacity(256 * 1024);
         let t = Instant::now();
         let mut seen = 0u64;
         let exported = ledger
             .for_each_audit(big, &filter, |r| -> Result<(), keyledger_runtime::Error> {
-                serde_json::to_writer(&mut out, &keyledger_runtime::views::AuditEntry::from(r))
-                    .expect("encode");
-                out.write_all(b"\n").expect("count");
+                keyledger_runtime::export::json_line(r, &mut buf);
+                if buf.len() >= 128 * 1024 {
+                    out.write_all(&buf).expect("count");
+                    buf.clear();
+                }
                 seen += 1;
                 if seen.is_multiple_of(10_000) {
                     heap_growth = heap_growth.max(heap().0 - base);
@@ -920,10 +962,41 @@ fn export_at_size(ledger: &Keyledger, big: &TenantId) {
                 Ok(())
             })
             .expect("export");
+        out.write_all(&buf).expect("count");
         export_rates.push(exported as f64 / t.elapsed().as_secs_f64());
         (records, bytes) = (exported, out.0);
     }
+    // The renderings alone, over records held in memory.
+    let mut held = Vec::new();
+    while held.len() < 100_000 {
+        let after = held.last().map_or(0, |r: &keyledger_store::Record| r.seq);
+        let page = ledger.log().read_tenant(big, after, PAGE).expect("read");
+        if page.is_empty() {
+            break;
+        }
+        held.extend(page);
+    }
+    let (mut entry_rates, mut direct_rates) = (Vec::new(), Vec::new());
+    let mut buf = Vec::with_capacity(1024);
+    for _ in 0..3 {
+        let t = Instant::now();
+        for r in &held {
+            buf.clear();
+            serde_json::to_writer(&mut buf, &keyledger_runtime::views::AuditEntry::from(r))
+                .expect("encode");
+            std::hint::black_box(&buf);
+        }
+        entry_rates.push(rate(held.len() as u64, t));
+        let t = Instant::now();
+        for r in &held {
+            buf.clear();
+            keyledger_runtime::export::json_line(r, &mut buf);
+            std::hint::black_box(&buf);
+        }
+        direct_rates.push(rate(held.len() as u64, t));
+    }
     let (raw, export) = (median(&mut raw_rates), median(&mut export_rates));
+    let (decoded, before) = (median(&mut decoded_rates), median(&mut before_rates));
     println!(
         "export: {records} records, {bytes} bytes of JSON lines: {export:.0} records/s \
          vs raw read {raw:.0} records/s: {:.2} of raw; live heap grew at most {} KiB \
@@ -932,6 +1005,40 @@ fn export_at_size(ledger: &Keyledger, big: &TenantId) {
         heap_growth / 1024,
         loadavg()
     );
+    println!(
+        "export: stages (records/s, same run): raw read {raw:.0}; read+check+decode \
+         {decoded:.0} ({:.2} of raw); rendering alone: AuditEntry+serde_json {:.0}, \
+         direct {:.0}; export before (one thread, AuditEntry) {before:.0} ({:.2} of raw, \
+         {}); export now {export:.0} ({:.2} of raw, {:.2}x before) ({})",
+        decoded / raw,
+        median(&mut entry_rates),
+        median(&mut direct_rates),
+        before / raw,
+        if before_bytes == bytes {
+            "same bytes"
+        } else {
+            "BYTES DIFFER"
+        },
+        export / raw,
+        export / before,
+        loadavg()
+    );
+}
+
+/// Reads pages of a tenant (`read` after a sequence number) to the end,
+/// handing each to `each`.
+fn walk_pages<R>(
+    mut read: impl FnMut(u64) -> Vec<R>,
+    seq: impl Fn(&R) -> u64,
+    mut each: impl FnMut(&[R]),
+) {
+    let mut after = 0;
+    loop {
+        let page = read(after);
+        let Some(last) = page.last() else { break };
+        after = seq(last);
+        each(&page);
+    }
 }
 
 /// Runs `f` up to `n` times or for `budget`, whichever ends first; returns

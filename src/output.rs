@@ -809,9 +809,13 @@ pub fn export_trail(
     match format {
         Format::Jsonl => {
             let mut sink = sink;
+            // Each line rendered into one reused buffer (the bytes of
+            // `AuditEntry`, without building one: `keyledger_runtime::export`).
+            let mut line = Vec::with_capacity(1024);
             let n = ledger.for_each_audit(tenant, filter, |r| -> Result<()> {
-                serde_json::to_writer(&mut sink, &AuditEntry::from(r))?;
-                sink.write_all(b"\n")?;
+                line.clear();
+                keyledger_runtime::export::json_line(r, &mut line);
+                sink.write_all(&line)?;
                 bar.set_position(r.seq);
                 Ok(())
             })?;
@@ -822,8 +826,9 @@ pub fn export_trail(
         Format::Csv => {
             let mut w = csv::Writer::from_writer(sink);
             w.write_record(AuditEntry::CSV_HEADER)?;
+            let mut fields = keyledger_runtime::export::CsvFields::new();
             let n = ledger.for_each_audit(tenant, filter, |r| -> Result<()> {
-                w.write_record(AuditEntry::from(r).csv_row())?;
+                w.write_record(fields.fill(r))?;
                 bar.set_position(r.seq);
                 Ok(())
             })?;

@@ -47,6 +47,7 @@ mod checkpoints;
 mod clock;
 pub mod datadir;
 mod error;
+pub mod export;
 mod filter;
 mod follower;
 mod global;

@@ -419,110 +419,115 @@ fn event_type_schema() -> utoipa::openapi::Object {
         .build()
 }
 
+/// An event's fields, as its trail entry's `details`.
+pub(crate) fn details_value(e: &keyledger_core::Event) -> Value {
+    match &e.kind {
+        EventKind::KeyCreated(c) => {
+            let mut d = json!({
+                "owner": c.owner.as_str(),
+                "name": c.name,
+                "description": c.description,
+                "expires_at": c.expires_at.map(time),
+                "scopes": c.scopes.names(),
+                "masked": c.masked,
+                "rotated_from": c.rotated_from.map(|i| i.to_string()),
+            });
+            // The policy only where there is one: a key without one reads
+            // exactly as before key policies, so evidence bundles
+            // exported by earlier releases still match their signed
+            // bytes (`verify_bundle` compares these details).
+            if let Some(m) = &c.meta {
+                d["meta"] = meta_json(m);
+            }
+            if let Some(credits) = &c.credits {
+                d["credits"] = credits_json(credits);
+            }
+            if !c.limits.is_empty() {
+                d["limits"] = limits_json(&c.limits);
+            }
+            d
+        }
+        EventKind::KeyUsed(u) => {
+            let mut d = json!({
+                "window_start": time(u.window_start),
+                "window_end": time(u.window_end),
+                "last_valid_at": u.last_valid_at.map(time),
+                "valid": u.counts.valid,
+                "revoked": u.counts.revoked,
+                "expired": u.counts.expired,
+                "insufficient_scope": u.counts.insufficient_scope,
+            });
+            // The key-policy counts only when not 0, for the same reason
+            // as the policy of `KeyCreated`.
+            for (name, n) in [
+                ("usage_exceeded", u.counts.usage_exceeded),
+                ("rate_limited", u.counts.rate_limited),
+                ("credits_spent", u.counts.credits_spent),
+            ] {
+                if n > 0 {
+                    d[name] = json!(n);
+                }
+            }
+            d
+        }
+        EventKind::KeyUpdated(u) => json!({ "changes": key_changes_json(&u.changes) }),
+        EventKind::CreditsReserved(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
+        EventKind::CreditsReleased(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
+        EventKind::CreditsRefilled(c) => json!({
+            "due_at": time(c.due_at),
+            "remaining": c.remaining,
+        }),
+        EventKind::KeyRevoked(v) => json!({
+            "reason": v.reason.as_str(),
+            "cause": v.cause.as_ref().map(|c| match c {
+                Cause::UserRemoved { user_id, seq } => json!({"user_removed": user_id.as_str(), "seq": seq}),
+            }),
+        }),
+        EventKind::KeyRotated(v) => json!({
+            "new_key_id": v.new_key_id.to_string(),
+            "expires_at": time(v.expires_at),
+        }),
+        EventKind::UserRemoved(u) => json!({ "user_id": u.user_id.as_str() }),
+        EventKind::AuditRead(r) => {
+            let (from_seq, to_seq) = r.span();
+            json!({
+                "what": r.what.as_str(),
+                "count": r.count,
+                "from_seq": from_seq,
+                "to_seq": to_seq,
+                "ranges": r.ranges.iter().map(|r| [r.from, r.to]).collect::<Vec<_>>(),
+                "window_start": time(r.window_start),
+                "window_end": time(r.window_end),
+            })
+        }
+        EventKind::LogRecovered(v) => json!({
+            "epoch": v.epoch,
+            "old_origin": v.old_origin,
+            "signed_size": v.signed_size,
+            "signed_root": hex::encode(v.signed_root),
+            "recovered_size": v.recovered_size,
+            "agreed_size": v.agreed_size,
+            "reason": v.reason,
+        }),
+        EventKind::KeyLeaked(v) => json!({
+            "source": v.source,
+            "url": v.url,
+            "reported_by": v.reporter.as_text(),
+        }),
+        EventKind::WebhookSubscribed(w) => json!({
+            "webhook_id": w.webhook_id.to_string(),
+            "url": w.url,
+            "event_types": w.event_types,
+            "description": w.description,
+        }),
+        EventKind::WebhookDeleted(w) => json!({ "webhook_id": w.webhook_id.to_string() }),
+    }
+}
+
 impl From<&Record> for AuditEntry {
     fn from(r: &Record) -> Self {
         let e = &r.event;
-        let details = match &e.kind {
-            EventKind::KeyCreated(c) => {
-                let mut d = json!({
-                    "owner": c.owner.as_str(),
-                    "name": c.name,
-                    "description": c.description,
-                    "expires_at": c.expires_at.map(time),
-                    "scopes": c.scopes.names(),
-                    "masked": c.masked,
-                    "rotated_from": c.rotated_from.map(|i| i.to_string()),
-                });
-                // The policy only where there is one: a key without one reads
-                // exactly as before key policies, so evidence bundles
-                // exported by earlier releases still match their signed
-                // bytes (`verify_bundle` compares these details).
-                if let Some(m) = &c.meta {
-                    d["meta"] = meta_json(m);
-                }
-                if let Some(credits) = &c.credits {
-                    d["credits"] = credits_json(credits);
-                }
-                if !c.limits.is_empty() {
-                    d["limits"] = limits_json(&c.limits);
-                }
-                d
-            }
-            EventKind::KeyUsed(u) => {
-                let mut d = json!({
-                    "window_start": time(u.window_start),
-                    "window_end": time(u.window_end),
-                    "last_valid_at": u.last_valid_at.map(time),
-                    "valid": u.counts.valid,
-                    "revoked": u.counts.revoked,
-                    "expired": u.counts.expired,
-                    "insufficient_scope": u.counts.insufficient_scope,
-                });
-                // The key-policy counts only when not 0, for the same reason
-                // as the policy of `KeyCreated`.
-                for (name, n) in [
-                    ("usage_exceeded", u.counts.usage_exceeded),
-                    ("rate_limited", u.counts.rate_limited),
-                    ("credits_spent", u.counts.credits_spent),
-                ] {
-                    if n > 0 {
-                        d[name] = json!(n);
-                    }
-                }
-                d
-            }
-            EventKind::KeyUpdated(u) => json!({ "changes": key_changes_json(&u.changes) }),
-            EventKind::CreditsReserved(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
-            EventKind::CreditsReleased(c) => json!({ "epoch": c.epoch, "amount": c.amount }),
-            EventKind::CreditsRefilled(c) => json!({
-                "due_at": time(c.due_at),
-                "remaining": c.remaining,
-            }),
-            EventKind::KeyRevoked(v) => json!({
-                "reason": v.reason.as_str(),
-                "cause": v.cause.as_ref().map(|c| match c {
-                    Cause::UserRemoved { user_id, seq } => json!({"user_removed": user_id.as_str(), "seq": seq}),
-                }),
-            }),
-            EventKind::KeyRotated(v) => json!({
-                "new_key_id": v.new_key_id.to_string(),
-                "expires_at": time(v.expires_at),
-            }),
-            EventKind::UserRemoved(u) => json!({ "user_id": u.user_id.as_str() }),
-            EventKind::AuditRead(r) => {
-                let (from_seq, to_seq) = r.span();
-                json!({
-                    "what": r.what.as_str(),
-                    "count": r.count,
-                    "from_seq": from_seq,
-                    "to_seq": to_seq,
-                    "ranges": r.ranges.iter().map(|r| [r.from, r.to]).collect::<Vec<_>>(),
-                    "window_start": time(r.window_start),
-                    "window_end": time(r.window_end),
-                })
-            }
-            EventKind::LogRecovered(v) => json!({
-                "epoch": v.epoch,
-                "old_origin": v.old_origin,
-                "signed_size": v.signed_size,
-                "signed_root": hex::encode(v.signed_root),
-                "recovered_size": v.recovered_size,
-                "agreed_size": v.agreed_size,
-                "reason": v.reason,
-            }),
-            EventKind::KeyLeaked(v) => json!({
-                "source": v.source,
-                "url": v.url,
-                "reported_by": v.reporter.as_text(),
-            }),
-            EventKind::WebhookSubscribed(w) => json!({
-                "webhook_id": w.webhook_id.to_string(),
-                "url": w.url,
-                "event_types": w.event_types,
-                "description": w.description,
-            }),
-            EventKind::WebhookDeleted(w) => json!({ "webhook_id": w.webhook_id.to_string() }),
-        };
+        let details = details_value(e);
         AuditEntry {
             position: r.seq,
             seq: r.seq,

@@ -116,19 +116,24 @@ pub(crate) fn trail(
         let walked = match format {
             ExportFormat::Jsonl => {
                 ledger.for_each_audit(&tenant, &filter, |r| -> Result<(), Stop> {
-                    serde_json::to_writer(&mut out, &AuditEntry::from(r))
-                        .map_err(|e| out.stop(e))?;
-                    out.write_all(b"\n").map_err(|e| out.stop(e))
+                    // Rendered straight into the chunk (the bytes of
+                    // `AuditEntry`, without building one).
+                    keyledger_runtime::export::json_line(r, &mut out.buf);
+                    if out.buf.len() >= EXPORT_CHUNK_BYTES {
+                        out.send()?;
+                    }
+                    Ok(())
                 })
             }
             ExportFormat::Csv => {
                 let mut w = csv::Writer::from_writer(&mut out);
+                let mut fields = keyledger_runtime::export::CsvFields::new();
                 let walked = w
                     .write_record(AuditEntry::CSV_HEADER)
                     .map_err(|e| Stop::Encode(e.to_string()))
                     .and_then(|()| {
                         ledger.for_each_audit(&tenant, &filter, |r| -> Result<(), Stop> {
-                            w.write_record(AuditEntry::from(r).csv_row())
+                            w.write_record(fields.fill(r))
                                 .map_err(|e| Stop::Encode(e.to_string()))
                         })
                     });
