@@ -713,22 +713,32 @@ fn config() -> Config {
     }
 }
 
-#[test]
-fn invariants_hold_for_random_command_sequences() {
+/// Runs `test` on the cases of `strategy` under [`config`]; a failure
+/// panics with the minimal case and the seed that replays the run.
+fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
     let config = config();
     let RngSeed::Fixed(seed) = config.rng_seed else {
         unreachable!()
     };
     let mut runner = TestRunner::new(config);
-    let ops = prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX);
-    match runner.run(&ops, |ops| run(&ops)) {
+    match runner.run(&strategy, test) {
         Ok(()) => {}
-        Err(TestError::Fail(why, ops)) => panic!(
-            "{why}\nminimal failing operations: {ops:#?}\n\
+        Err(TestError::Fail(why, case)) => panic!(
+            "{why}\nminimal failing case: {case:#?}\n\
              replay this run with PROPTEST_RNG_SEED={seed} cargo test -p keyledger-core --test invariants"
         ),
         Err(err) => panic!("{err}\nseed: PROPTEST_RNG_SEED={seed}"),
     }
+}
+
+#[test]
+fn invariants_hold_for_random_command_sequences() {
+    check(prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX), |ops| {
+        run(&ops)
+    });
 }
 
 /// The generator reaches every kind of decision and every refusal: a run
@@ -944,21 +954,9 @@ fn check_overlay(overlay: &Overlay<'_>, after: &Ledger) -> Result<(), TestCaseEr
 
 #[test]
 fn batches_through_an_overlay_decide_as_one_by_one() {
-    let config = config();
-    let RngSeed::Fixed(seed) = config.rng_seed else {
-        unreachable!()
-    };
-    let mut runner = TestRunner::new(config);
     let case = (
         prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX),
         prop::collection::vec((1usize..16, prop::bool::weighted(0.2)), 1..=BATCHES_MAX),
     );
-    match runner.run(&case, |(ops, batches)| run_batched(&ops, &batches)) {
-        Ok(()) => {}
-        Err(TestError::Fail(why, case)) => panic!(
-            "{why}\nminimal failing case: {case:#?}\n\
-             replay this run with PROPTEST_RNG_SEED={seed} cargo test -p keyledger-core --test invariants"
-        ),
-        Err(err) => panic!("{err}\nseed: PROPTEST_RNG_SEED={seed}"),
-    }
+    check(case, |(ops, batches)| run_batched(&ops, &batches));
 }
