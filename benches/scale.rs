@@ -1270,9 +1270,9 @@ async fn memory(dir: &Path, part: &str) {
                 let [a, b, c] = total;
                 [a - fixed[0], b - fixed[1], c]
             });
-            // The writer's decision copy: shared with the read model until
-            // the writer first writes for a tenant; one usage window for a
-            // key of `big` makes it copy that tenant's keys.
+            // What one write to `big` adds (the writer once copied that
+            // tenant's keys at its first write; it keeps no copy now: the
+            // `decision` part measures a write to every tenant).
             let plan = Plan::read(dir);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let (b0, n0) = heap();
@@ -1297,7 +1297,7 @@ async fn memory(dir: &Path, part: &str) {
             let (b1, n1) = heap();
             let (r1, _) = rss();
             row(
-                "the writer's copy after one write to big (runtime)",
+                "the runtime after one write to big",
                 [b1 - b0, n1 - n0, r1 as i64 - r0 as i64],
             );
             ledger.shutdown().await.expect("shutdown");
