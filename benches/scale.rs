@@ -23,7 +23,9 @@
 //! * `memory DIR PART`: which structures hold the heap, each built alone
 //!   from the log (PART: `sizes`, `runtime`, `log`, `ledger`, `decision`,
 //!   `usage`, `trees`, `vmap`), counted by an instrumented allocator
-//!   (stats_alloc) and by the growth of the resident set.
+//!   (stats_alloc) and by the growth of the resident set; `decision`
+//!   instead opens the runtime and measures its growth after the writer
+//!   wrote for every tenant (and the first write to `big`).
 //!
 //! Secrets are derived from the key's index and a fixed seed (`secret_of`),
 //! so `measure` can present random existing keys without storing secrets.
@@ -1377,8 +1379,8 @@ async fn memory(dir: &Path, part: &str) {
     let mut filled: Option<u64> = None;
     let mut row = |what: &str, v: [i64; 3]| rows.push((what.to_owned(), v));
     // The runtime opens the log itself (one process at a time may).
-    let log =
-        (part != "runtime" && part != "sizes").then(|| RedbLog::open(&path).expect("open the log"));
+    let log = (!matches!(part, "runtime" | "sizes" | "decision"))
+        .then(|| RedbLog::open(&path).expect("open the log"));
     let log = log.as_ref();
     if part != "runtime" && part != "log" {
         // redb's cache fills while the log is read: warm it first, so that
@@ -1400,9 +1402,9 @@ async fn memory(dir: &Path, part: &str) {
                 let [a, b, c] = total;
                 [a - fixed[0], b - fixed[1], c]
             });
-            // The writer's decision copy: shared with the read model until
-            // the writer first writes for a tenant; one usage window for a
-            // key of `big` makes it copy that tenant's keys.
+            // What one write to `big` adds (the writer once copied that
+            // tenant's keys at its first write; it keeps no copy now: the
+            // `decision` part measures a write to every tenant).
             let plan = Plan::read(dir);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let (b0, n0) = heap();
@@ -1427,7 +1429,7 @@ async fn memory(dir: &Path, part: &str) {
             let (b1, n1) = heap();
             let (r1, _) = rss();
             row(
-                "the writer's copy after one write to big (runtime)",
+                "the runtime after one write to big",
                 [b1 - b0, n1 - n0, r1 as i64 - r0 as i64],
             );
             ledger.shutdown().await.expect("shutdown");
@@ -1440,7 +1442,8 @@ async fn memory(dir: &Path, part: &str) {
             let (_, again) = held(|| fold_log(log.expect("the log"), |_| {}));
             row("  and after a second read through", again);
         }
-        "ledger" | "decision" => {
+        "decision" => decision_growth(dir, &mut row).await,
+        "ledger" => {
             let (ledger, alone) = held(|| {
                 let mut l = Ledger::new();
                 fold_log(log.expect("the log"), |page| {
@@ -1450,14 +1453,7 @@ async fn memory(dir: &Path, part: &str) {
                 });
                 l
             });
-            if part == "decision" {
-                let (copy, copied) = held(|| decision_copy(&ledger, &Plan::read(dir)));
-                row("the writer's copy after a write to every tenant", copied);
-                drop(copy);
-            }
-            if part == "decision" {
-                // Printed above.
-            } else {
+            {
                 row("Ledger (read model's key state)", alone);
                 let (keys_map, in_keys) = held(|| {
                     ledger
@@ -1631,55 +1627,97 @@ async fn memory(dir: &Path, part: &str) {
     }
 }
 
-/// The writer's decision copy once it has written for every tenant: a
-/// clone of `ledger` and one usage event applied per tenant (its keys are
-/// copied), then 2,048 creates in `big`, which touch nearly every shard of
-/// the two key indexes (256 shards each; copied in turn). Counts the
-/// 2,048 new keys too (small beside the rest).
-fn decision_copy(ledger: &Ledger, plan: &Plan) -> Ledger {
+/// What the runtime holds more after its writer has written for every
+/// tenant: one usage window for the first key of each tenant (the writer
+/// once copied a tenant's keys at its first write), then 2,048 creates in
+/// `big` (which touch nearly every shard of the key indexes), through the
+/// real writer, 64 commands in flight. The growth includes what the writes
+/// add to the read model (2,048 keys, their usage rows), small beside a
+/// second copy of the key state. Also times the first write to `big`
+/// after the open (the writer's stall when it copied the tenant).
+async fn decision_growth(dir: &Path, row: &mut impl FnMut(&str, [i64; 3])) {
+    let plan = Plan::read(dir);
     let big: TenantId = "big".parse().expect("tenant");
-    let mut copy = ledger.clone();
-    for (t, s) in ledger.tenants() {
-        if let Some((id, _)) = s.keys.iter().next() {
-            let e = keyledger_core::Event {
-                tenant: t.clone(),
-                at: s.last_at,
-                actor: keyledger_core::Actor::System,
-                kind: keyledger_core::EventKind::KeyUsed(KeyUsed {
-                    key_id: *id,
-                    window_start: s.last_at,
-                    window_end: s.last_at,
-                    last_valid_at: None,
-                    counts: UseCounts::default(),
-                }),
-            };
-            copy.apply(s.version + 1, &e).expect("apply");
+    // The first key of every tenant, `big`'s first.
+    let mut firsts = vec![(big.clone(), plan.key_id(0))];
+    for n in 0..plan.keys.div_ceil(SMALL_TENANT_KEYS) {
+        if let Some(i) = (n * SMALL_TENANT_KEYS..((n + 1) * SMALL_TENANT_KEYS).min(plan.keys))
+            .find(|&i| !plan.big(i))
+        {
+            firsts.push((plan.tenant(i), plan.key_id(i)));
         }
     }
-    let mut version = copy.tenant(&big).map_or(0, |s| s.version);
-    for n in 0..2048u64 {
-        let s = secret_of(2u64 << 40 | n);
-        let e = keyledger_core::Event {
-            tenant: big.clone(),
-            at: Timestamp::from_micros(plan.start),
-            actor: keyledger_core::Actor::System,
-            kind: keyledger_core::EventKind::KeyCreated(keyledger_core::KeyCreated {
-                meta: None,
-                credits: None,
-                limits: Vec::new(),
-                key_id: plan.key_id(2u64 << 40 | n),
-                owner: "u1".parse().expect("user"),
-                name: format!("key {n}"),
-                description: None,
-                expires_at: None,
-                scopes: keyledger_core::ScopeSet::DEFAULT,
-                secret_hash: s.hash(),
-                masked: s.masked(),
-                rotated_from: None,
-            }),
-        };
-        version += 1;
-        copy.apply(version, &e).expect("apply");
+    let ledger = open_dir(dir);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (b0, n0) = heap();
+    let (r0, _) = rss();
+    let usage = |tenant: TenantId, key_id: KeyId| {
+        let l = ledger.clone();
+        async move {
+            l.execute(Command::RecordUsage {
+                tenant,
+                usage: KeyUsed {
+                    key_id,
+                    window_start: l.now(),
+                    window_end: l.now(),
+                    last_valid_at: None,
+                    counts: UseCounts {
+                        valid: 1,
+                        ..UseCounts::default()
+                    },
+                },
+            })
+            .await
+            .expect("a usage write")
+        }
+    };
+    let began = Instant::now();
+    usage(firsts[0].0.clone(), firsts[0].1).await;
+    let first_ms = began.elapsed().as_secs_f64() * 1e3;
+    let began = Instant::now();
+    for chunk in firsts[1..].chunks(64) {
+        let mut set = tokio::task::JoinSet::new();
+        for (t, k) in chunk {
+            set.spawn(usage(t.clone(), *k));
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("task");
+        }
     }
-    copy
+    let every_ms = began.elapsed().as_secs_f64() * 1e3;
+    for chunk in 0..2048 / 64 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let l = ledger.clone();
+            let big = big.clone();
+            set.spawn(async move {
+                l.create_key(
+                    Principal::user(big, "u1".parse().expect("user")),
+                    keyledger_runtime::NewKey {
+                        name: format!("decision key {chunk}.{i}"),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("create")
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("task");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (b1, n1) = heap();
+    let (r1, _) = rss();
+    println!(
+        "memory: decision: the first write to big after the open took {first_ms:.1} ms; \
+         a write to each of the other {} tenants {every_ms:.0} ms ({})",
+        firsts.len() - 1,
+        loadavg()
+    );
+    row(
+        "runtime growth: a write to every tenant + 2,048 creates",
+        [b1 - b0, n1 - n0, r1 as i64 - r0 as i64],
+    );
+    ledger.shutdown().await.expect("shutdown");
 }

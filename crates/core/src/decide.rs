@@ -22,10 +22,11 @@ use crate::limits::{
     AUDIT_READ_RANGES_MAX, DESCRIPTION_CHARS_MAX, KEYS_PER_TENANT_MAX, NAME_CHARS_MAX,
     RECOVERY_REASON_CHARS_MAX, ROTATION_GRACE_SECONDS_MAX,
 };
+use crate::overlay::{StateView, TenantView};
 use crate::policy::{Credits, Meta, PolicyError, RateLimit};
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::SecretHash;
-use crate::state::{KeyRecord, KeyStatus, Ledger, TenantState};
+use crate::state::{KeyRecord, KeyStatus};
 use crate::time::Timestamp;
 
 /// Who asks, in which tenant, with which scopes.
@@ -429,8 +430,8 @@ pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Comman
 /// back is answered with the tenant's last time. Every command's events
 /// are in its one tenant ([`Command::tenant`]) but a leak report's, which
 /// are grouped by tenant, each tenant's together.
-pub fn decide(
-    state: &Ledger,
+pub fn decide<S: StateView + ?Sized>(
+    state: &S,
     command: &Command,
     now: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -442,9 +443,8 @@ pub fn decide(
             )),
         };
     };
-    let empty = TenantState::default();
-    let tenant_state = state.tenant(tenant).unwrap_or(&empty);
-    let at = now.max(tenant_state.last_at);
+    let tenant_state = state.tenant_view(tenant);
+    let at = now.max(tenant_state.last_at());
     // A removed user acts no more, directly or otherwise.
     if let Some(p) = command.principal()
         && let Some(user) = p.user_id()
@@ -546,7 +546,7 @@ pub fn decide(
             )])
         }
         Command::RecordUsage { tenant, usage } => {
-            if !tenant_state.keys.contains_key(&usage.key_id) {
+            if tenant_state.key(usage.key_id).is_none() {
                 return Err(CommandError::KeyNotFound(usage.key_id));
             }
             Ok(vec![Event {
@@ -646,18 +646,18 @@ fn check_expiry(expires_at: Option<Timestamp>, at: Timestamp) -> Result<(), Comm
     }
 }
 
-fn check_new_key(
-    state: &Ledger,
-    tenant: &TenantState,
+fn check_new_key<S: StateView + ?Sized>(
+    state: &S,
+    tenant: TenantView<'_>,
     key_id: KeyId,
     hash: &SecretHash,
 ) -> Result<(), CommandError> {
-    if tenant.keys.len() >= KEYS_PER_TENANT_MAX {
+    if tenant.key_count() >= KEYS_PER_TENANT_MAX {
         return Err(CommandError::Limit(format!(
             "a tenant holds at most {KEYS_PER_TENANT_MAX} keys, revoked ones included"
         )));
     }
-    if tenant.keys.contains_key(&key_id) || state.key_exists(key_id) {
+    if tenant.key(key_id).is_some() || state.key_exists(key_id) {
         return Err(CommandError::Duplicate(format!("key id {key_id} is taken")));
     }
     if state.key_by_hash(hash).is_some() {
@@ -666,9 +666,9 @@ fn check_new_key(
     Ok(())
 }
 
-fn create_key(
-    state: &Ledger,
-    tenant: &TenantState,
+fn create_key<S: StateView + ?Sized>(
+    state: &S,
+    tenant: TenantView<'_>,
     c: &CreateKey,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -755,7 +755,7 @@ fn may_act_on(p: &Principal, key: &KeyRecord, hands_out_secret: bool) -> Result<
 }
 
 fn revoke_key(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     c: &RevokeKey,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -768,8 +768,7 @@ fn revoke_key(
         ));
     }
     let key = tenant
-        .keys
-        .get(&c.key_id)
+        .key(c.key_id)
         .ok_or(CommandError::KeyNotFound(c.key_id))?;
     if key.revoked.is_some() {
         return Err(CommandError::AlreadyRevoked(c.key_id));
@@ -787,9 +786,9 @@ fn revoke_key(
     }])
 }
 
-fn rotate_key(
-    state: &Ledger,
-    tenant: &TenantState,
+fn rotate_key<S: StateView + ?Sized>(
+    state: &S,
+    tenant: TenantView<'_>,
     c: &RotateKey,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -882,10 +881,9 @@ fn system(tenant: &TenantId, at: Timestamp, kind: EventKind) -> Event {
 }
 
 /// A key of the tenant that is not revoked.
-fn unrevoked_key(tenant: &TenantState, key_id: KeyId) -> Result<&KeyRecord, CommandError> {
+fn unrevoked_key(tenant: TenantView<'_>, key_id: KeyId) -> Result<&KeyRecord, CommandError> {
     let key = tenant
-        .keys
-        .get(&key_id)
+        .key(key_id)
         .ok_or(CommandError::KeyNotFound(key_id))?;
     if key.revoked.is_some() {
         return Err(CommandError::AlreadyRevoked(key_id));
@@ -895,12 +893,11 @@ fn unrevoked_key(tenant: &TenantState, key_id: KeyId) -> Result<&KeyRecord, Comm
 
 /// A key's credit state, for a credit command.
 fn credit_state(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     key_id: KeyId,
 ) -> Result<&crate::state::CreditState, CommandError> {
     tenant
-        .keys
-        .get(&key_id)
+        .key(key_id)
         .ok_or(CommandError::KeyNotFound(key_id))?
         .credit_state()
         .ok_or(CommandError::NoCredits(key_id))
@@ -924,7 +921,7 @@ fn check_epoch(
 
 /// The credits of a key that is not revoked, in `epoch`.
 fn live_credits(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     key_id: KeyId,
     epoch: u64,
 ) -> Result<&crate::state::CreditState, CommandError> {
@@ -945,7 +942,7 @@ fn live_credits(
 /// hands out. A rotated key's expiry is its grace period's end and is never
 /// pushed later. A revoked key changes no more.
 fn update_key(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     c: &UpdateKey,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -1051,7 +1048,7 @@ fn update_key(
 }
 
 fn remove_user(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     c: &RemoveUser,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -1060,7 +1057,7 @@ fn remove_user(
     if tenant.is_removed(&c.user_id) {
         return Err(CommandError::UserAlreadyRemoved(c.user_id.clone()));
     }
-    let removed_seq = tenant.version + 1;
+    let removed_seq = tenant.version() + 1;
     let mut events = vec![Event {
         tenant: p.tenant.clone(),
         at,
@@ -1091,7 +1088,7 @@ fn remove_user(
 }
 
 fn record_recovery(
-    tenant_state: &TenantState,
+    tenant_state: TenantView<'_>,
     principal: &Principal,
     recovery: &LogRecovered,
     at: Timestamp,
@@ -1128,12 +1125,13 @@ fn record_recovery(
             ),
         ));
     }
-    if recovery.recovered_size != tenant_state.version {
+    if recovery.recovered_size != tenant_state.version() {
         return Err(invalid(
             "recovered_size",
             format!(
                 "the log holds {} events of the tenant, not {}",
-                tenant_state.version, recovery.recovered_size
+                tenant_state.version(),
+                recovery.recovered_size
             ),
         ));
     }

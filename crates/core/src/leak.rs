@@ -24,8 +24,9 @@ use crate::ids::{KeyId, TenantId};
 use crate::limits::{
     LEAK_PARTNER_CHARS_MAX, LEAK_SECRETS_MAX, LEAK_SOURCE_CHARS_MAX, LEAK_URL_CHARS_MAX,
 };
+use crate::overlay::StateView;
 use crate::secret::SecretHash;
-use crate::state::{KeyStatus, Ledger};
+use crate::state::KeyStatus;
 use crate::time::Timestamp;
 
 /// Report secrets found where they do not belong: revoke each known,
@@ -94,13 +95,23 @@ fn check_text(
     Ok(Some(t.to_owned()))
 }
 
+/// `now`, or the tenant's last event's time if later.
+fn last_at<S: StateView + ?Sized>(state: &S, tenant: &TenantId, now: Timestamp) -> Timestamp {
+    let t = state.tenant_view(tenant);
+    if t.exists() {
+        now.max(t.last_at())
+    } else {
+        now
+    }
+}
+
 /// A key to revoke: its id, and where its secret was found.
 type Found = (KeyId, Option<String>, Option<String>);
 
 /// The decision (see the module's documentation). `Ok(vec![])` when no
 /// listed key is active: nothing to append.
-pub(crate) fn report_leaked(
-    state: &Ledger,
+pub(crate) fn report_leaked<S: StateView + ?Sized>(
+    state: &S,
     c: &ReportLeaked,
     now: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -132,7 +143,7 @@ pub(crate) fn report_leaked(
                 ));
             }
             if let Some(user) = p.user_id()
-                && state.tenant(&p.tenant).is_some_and(|t| t.is_removed(user))
+                && state.tenant_view(&p.tenant).is_removed(user)
             {
                 return Err(CommandError::UserRemoved(user.clone()));
             }
@@ -153,7 +164,7 @@ pub(crate) fn report_leaked(
         let Some((tenant, key)) = hash.and_then(|h| state.key_by_hash(&h)) else {
             continue;
         };
-        let at = state.tenant(tenant).map_or(now, |t| now.max(t.last_at));
+        let at = last_at(state, tenant, now);
         if key.status(at) != KeyStatus::Active || !seen.insert(key.id) {
             continue;
         }
@@ -164,7 +175,7 @@ pub(crate) fn report_leaked(
     }
     let mut events = Vec::with_capacity(seen.len() * 2);
     for (tenant, keys) in by_tenant {
-        let at = state.tenant(tenant).map_or(now, |t| now.max(t.last_at));
+        let at = last_at(state, tenant, now);
         let (actor, reporter) = match &c.reporter {
             Reporter::Operator => (Actor::Operator, LeakReporter::Operator),
             Reporter::Key(p) if &p.tenant == tenant => (p.actor.clone(), LeakReporter::Tenant),

@@ -17,6 +17,7 @@ pub mod event;
 pub mod ids;
 pub mod leak;
 pub mod limits;
+pub mod overlay;
 pub mod policy;
 pub mod scope;
 pub mod secret;
@@ -38,6 +39,7 @@ pub use event::{
 };
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use leak::{Leak, ReportLeaked, Reporter};
+pub use overlay::{Overlay, StateView, TenantView};
 pub use policy::{Credits, Meta, PolicyError, RateLimit, Refill, RefillInterval};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};

@@ -16,11 +16,11 @@ use crate::time::Timestamp;
 /// Cloning is cheap: a clone shares each tenant's state and the shards of
 /// the global indexes with the original, and either side copies a tenant's
 /// state (or an index's shard) the first time it changes it (copy on
-/// write). The indexes are sharded so that no single insert rehashes them
-/// whole (`crates/core/src/shards.rs`). The runtime
-/// keeps two ledgers (the read model and the writer's decision copy): at
-/// start-up the second is a clone of the first, and a tenant's keys are
-/// copied only when the writer first writes for that tenant.
+/// write; snapshots take such a clone). The indexes are sharded so that
+/// no single insert rehashes them whole (`crates/core/src/shards.rs`). The
+/// runtime keeps one ledger, its read model: the writer decides a batch
+/// against it through an [`crate::overlay::Overlay`] of what the batch
+/// changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     tenants: HashMap<TenantId, Arc<TenantState>>,
@@ -298,6 +298,11 @@ impl Ledger {
         Some((tenant, self.tenants.get(tenant)?.keys.get(id)?))
     }
 
+    /// The tenant and id of the key with this secret hash.
+    pub(crate) fn key_id_by_hash(&self, hash: &SecretHash) -> Option<(&TenantId, KeyId)> {
+        self.by_hash.get(hash).map(|(tenant, id)| (tenant, *id))
+    }
+
     /// Whether a key with this id exists in any tenant.
     pub fn key_exists(&self, id: KeyId) -> bool {
         self.key_tenants.contains_key(&id)
@@ -363,25 +368,17 @@ impl Ledger {
     pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
         // One lookup of the tenant per event; a new tenant's state is
         // inserted only once its first event folds.
+        let mut indexes = LedgerIndexes {
+            by_hash: &mut self.by_hash,
+            key_tenants: &mut self.key_tenants,
+        };
         if let Some(state) = self.tenants.get_mut(&event.tenant) {
             check_seq(event, state.version + 1, seq)?;
-            fold(
-                Arc::make_mut(state),
-                &mut self.by_hash,
-                &mut self.key_tenants,
-                seq,
-                event,
-            )?;
+            fold(Arc::make_mut(state), &mut indexes, seq, event)?;
         } else {
             check_seq(event, 1, seq)?;
             let mut state = TenantState::default();
-            fold(
-                &mut state,
-                &mut self.by_hash,
-                &mut self.key_tenants,
-                seq,
-                event,
-            )?;
+            fold(&mut state, &mut indexes, seq, event)?;
             self.tenants.insert(event.tenant.clone(), Arc::new(state));
         }
         self.events += 1;
@@ -389,7 +386,33 @@ impl Ledger {
     }
 }
 
-fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
+/// The indexes of every key a fold adds to: the ledger's, or an overlay's
+/// over them (`crate::overlay`).
+pub(crate) trait KeyIndexes {
+    /// Whether a key with this id or this secret hash exists.
+    fn taken(&self, id: KeyId, hash: &SecretHash) -> bool;
+    /// Indexes a new key.
+    fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash);
+}
+
+/// The ledger's own indexes.
+struct LedgerIndexes<'a> {
+    by_hash: &'a mut ShardedMap<SecretHash, (TenantId, KeyId)>,
+    key_tenants: &'a mut ShardedMap<KeyId, TenantId>,
+}
+
+impl KeyIndexes for LedgerIndexes<'_> {
+    fn taken(&self, id: KeyId, hash: &SecretHash) -> bool {
+        self.key_tenants.contains_key(&id) || self.by_hash.contains_key(hash)
+    }
+
+    fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash) {
+        self.by_hash.insert(hash, (tenant.clone(), id));
+        self.key_tenants.insert(id, tenant.clone());
+    }
+}
+
+pub(crate) fn check_seq(event: &Event, expected: u64, seq: u64) -> Result<(), ApplyError> {
     if seq == expected {
         Ok(())
     } else {
@@ -466,10 +489,9 @@ fn apply_change(key: &mut KeyRecord, change: &KeyChange, seq: u64, at: Timestamp
 
 /// [`Ledger::apply`] once the sequence number is checked, on the tenant's
 /// state. Every error is returned before anything is changed.
-fn fold(
+pub(crate) fn fold(
     state: &mut TenantState,
-    by_hash: &mut ShardedMap<SecretHash, (TenantId, KeyId)>,
-    key_tenants: &mut ShardedMap<KeyId, TenantId>,
+    indexes: &mut impl KeyIndexes,
     seq: u64,
     event: &Event,
 ) -> Result<(), ApplyError> {
@@ -480,7 +502,7 @@ fn fold(
     };
     match &event.kind {
         EventKind::KeyCreated(e) => {
-            if key_tenants.contains_key(&e.key_id) || by_hash.contains_key(&e.secret_hash) {
+            if indexes.taken(e.key_id, &e.secret_hash) {
                 return Err(inconsistent(format!("{} is created twice", e.key_id)));
             }
             state.keys.insert(
@@ -520,8 +542,7 @@ fn fold(
                     state.by_owner.insert(e.owner.clone(), vec![e.key_id]);
                 }
             }
-            by_hash.insert(e.secret_hash, (event.tenant.clone(), e.key_id));
-            key_tenants.insert(e.key_id, event.tenant.clone());
+            indexes.insert(&event.tenant, e.key_id, e.secret_hash);
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
                 old.rotated_to = Some(e.key_id);
             }

@@ -20,6 +20,7 @@ use crate::ids::IdError;
 use crate::limits::{
     DESCRIPTION_CHARS_MAX, WEBHOOK_EVENT_TYPES_MAX, WEBHOOK_URL_BYTES_MAX, WEBHOOKS_PER_TENANT_MAX,
 };
+use crate::overlay::TenantView;
 use crate::scope::Scope;
 use crate::state::TenantState;
 use crate::time::Timestamp;
@@ -158,7 +159,7 @@ pub struct DeleteWebhook {
 }
 
 pub(crate) fn subscribe(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     c: &SubscribeWebhook,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
@@ -215,14 +216,14 @@ pub(crate) fn subscribe(
         }
         Some(d) => Some(d.to_owned()),
     };
-    if tenant.webhooks.contains_key(&c.webhook_id) {
+    if tenant.webhooks().contains_key(&c.webhook_id) {
         return Err(CommandError::Duplicate(format!(
             "webhook id {} is taken",
             c.webhook_id
         )));
     }
     let live = tenant
-        .webhooks
+        .webhooks()
         .values()
         .filter(|w| w.deleted_at.is_none())
         .count();
@@ -245,13 +246,13 @@ pub(crate) fn subscribe(
 }
 
 pub(crate) fn delete(
-    tenant: &TenantState,
+    tenant: TenantView<'_>,
     c: &DeleteWebhook,
     at: Timestamp,
 ) -> Result<Vec<Event>, CommandError> {
     let p = &c.principal;
     p.require(Scope::WebhooksManage)?;
-    match tenant.webhooks.get(&c.webhook_id) {
+    match tenant.webhooks().get(&c.webhook_id) {
         Some(w) if w.deleted_at.is_none() => {}
         _ => return Err(CommandError::WebhookNotFound(c.webhook_id)),
     }

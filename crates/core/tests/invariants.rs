@@ -41,8 +41,8 @@ use keyledger_core::limits::ROTATION_GRACE_SECONDS_MAX;
 use keyledger_core::secret::BODY_BYTES;
 use keyledger_core::{
     Actor, Cause, Command, CreateKey, Event, EventKind, KeyId, KeyPrefix, KeyStatus, Leak, Ledger,
-    Principal, RemoveUser, ReportLeaked, Reporter, RevokeKey, RevokeReason, RotateKey, ScopeSet,
-    Secret, TenantId, Timestamp, Usage, UseCounts, UserId, decide,
+    Overlay, Principal, RemoveUser, ReportLeaked, Reporter, RevokeKey, RevokeReason, RotateKey,
+    ScopeSet, Secret, StateView, TenantId, Timestamp, Usage, UseCounts, UserId, decide,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -245,6 +245,8 @@ struct World {
     minted: u64,
     /// How many decisions ended how (`Ok` or the error's variant).
     outcomes: HashMap<String, u32>,
+    /// Every command decided, with the clock it was decided at.
+    commands: Vec<(Command, Timestamp)>,
 }
 
 impl World {
@@ -258,6 +260,7 @@ impl World {
             known: Vec::new(),
             minted: 0,
             outcomes: HashMap::new(),
+            commands: Vec::new(),
         }
     }
 
@@ -442,6 +445,7 @@ impl World {
         let Some(command) = self.command(op) else {
             return Ok(());
         };
+        self.commands.push((command.clone(), self.now));
         let before = self.ledger.clone();
         let decided = decide(&self.ledger, &command, self.now);
         prop_assert_eq!(
@@ -709,22 +713,32 @@ fn config() -> Config {
     }
 }
 
-#[test]
-fn invariants_hold_for_random_command_sequences() {
+/// Runs `test` on the cases of `strategy` under [`config`]; a failure
+/// panics with the minimal case and the seed that replays the run.
+fn check<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
     let config = config();
     let RngSeed::Fixed(seed) = config.rng_seed else {
         unreachable!()
     };
     let mut runner = TestRunner::new(config);
-    let ops = prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX);
-    match runner.run(&ops, |ops| run(&ops)) {
+    match runner.run(&strategy, test) {
         Ok(()) => {}
-        Err(TestError::Fail(why, ops)) => panic!(
-            "{why}\nminimal failing operations: {ops:#?}\n\
+        Err(TestError::Fail(why, case)) => panic!(
+            "{why}\nminimal failing case: {case:#?}\n\
              replay this run with PROPTEST_RNG_SEED={seed} cargo test -p keyledger-core --test invariants"
         ),
         Err(err) => panic!("{err}\nseed: PROPTEST_RNG_SEED={seed}"),
     }
+}
+
+#[test]
+fn invariants_hold_for_random_command_sequences() {
+    check(prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX), |ops| {
+        run(&ops)
+    });
 }
 
 /// The generator reaches every kind of decision and every refusal: a run
@@ -832,4 +846,117 @@ fn check_leak(
     }
     prop_assert_eq!(revoked, expected, "exactly the active reported keys");
     Ok(())
+}
+
+// ------------------------------------------------ batches through an overlay
+
+/// Most batches in one case's list of batch sizes (used in turn).
+const BATCHES_MAX: usize = 8;
+
+/// A case's commands (made by a one-by-one run of `ops`) decided again in
+/// batches of the sizes in `batches` (in turn), as the writer decides them:
+/// each batch against the committed ledger through an [`Overlay`], each
+/// command after the ones before it in the batch; a batch marked failed is
+/// dropped (its commit failed), the others' events are applied. Beside it,
+/// the same commands one by one against a `Ledger`, failed batches
+/// skipped. Every decision (events or refusal) must be the same, the
+/// overlay must read as the ledger after the batch, and the committed
+/// ledgers must be equal after every batch.
+fn run_batched(ops: &[Op], batches: &[(usize, bool)]) -> Result<(), TestCaseError> {
+    let mut world = World::new();
+    for op in ops {
+        world.step(op)?;
+    }
+    let mut one = Ledger::new();
+    let mut batched = Ledger::new();
+    let mut rest = &world.commands[..];
+    let mut sizes = batches.iter().cycle();
+    while let Some(&(size, fails)) = sizes.next().filter(|_| !rest.is_empty()) {
+        let (batch, tail) = rest.split_at(size.clamp(1, rest.len()));
+        rest = tail;
+        let mut next = one.clone();
+        let mut expected = Vec::new();
+        for (command, now) in batch {
+            let decided = decide(&next, command, *now);
+            if let Ok(events) = &decided {
+                for e in events {
+                    let seq = next.tenant(&e.tenant).map_or(0, |t| t.version) + 1;
+                    next.apply(seq, e)
+                        .map_err(|e| TestCaseError::fail(format!("one by one: {e}")))?;
+                }
+            }
+            expected.push(decided);
+        }
+        let mut overlay = Overlay::new(&batched);
+        let mut appends = Vec::new();
+        let mut decided_all = Vec::new();
+        for (command, now) in batch {
+            let decided = decide(&overlay, command, *now);
+            if let Ok(events) = &decided {
+                for e in events {
+                    let seq = overlay.tenant_view(&e.tenant).version() + 1;
+                    overlay
+                        .apply(seq, e)
+                        .map_err(|e| TestCaseError::fail(format!("overlay: {e}")))?;
+                    appends.push((seq, e.clone()));
+                }
+            }
+            decided_all.push(decided);
+        }
+        prop_assert_eq!(&decided_all, &expected, "a batch decides as one by one");
+        check_overlay(&overlay, &next)?;
+        drop(overlay);
+        if fails {
+            // The commit failed: nothing of the batch is anywhere.
+            prop_assert!(batched == one, "a failed batch left a trace");
+            continue;
+        }
+        for (seq, e) in &appends {
+            batched
+                .apply(*seq, e)
+                .map_err(|e| TestCaseError::fail(format!("commit: {e}")))?;
+        }
+        one = next;
+        prop_assert!(batched == one, "the committed ledgers differ");
+    }
+    Ok(())
+}
+
+/// The overlay reads as `after`, the ledger with the batch applied: every
+/// tenant's counters, keys, owners' keys, removed users and webhooks, and
+/// the indexes by id and by secret hash.
+fn check_overlay(overlay: &Overlay<'_>, after: &Ledger) -> Result<(), TestCaseError> {
+    for (tenant, state) in after.tenants() {
+        let view = overlay.tenant_view(tenant);
+        prop_assert!(view.exists());
+        prop_assert_eq!(view.version(), state.version);
+        prop_assert_eq!(view.last_at(), state.last_at);
+        prop_assert_eq!(view.epoch(), state.epoch());
+        prop_assert_eq!(view.key_count(), state.keys.len());
+        prop_assert_eq!(view.webhooks(), &state.webhooks);
+        for (id, key) in &state.keys {
+            prop_assert_eq!(view.key(*id), Some(key));
+            prop_assert!(overlay.key_exists(*id));
+            prop_assert_eq!(overlay.key_by_hash(&key.secret_hash), Some((tenant, key)));
+        }
+        for user in state.by_owner.keys() {
+            let ids = |it: &mut dyn Iterator<Item = &keyledger_core::KeyRecord>| {
+                it.map(|k| k.id).collect::<Vec<_>>()
+            };
+            prop_assert_eq!(ids(&mut view.keys_of(user)), ids(&mut state.keys_of(user)));
+        }
+        for user in (0..USERS).map(user_n) {
+            prop_assert_eq!(view.is_removed(&user), state.is_removed(&user));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batches_through_an_overlay_decide_as_one_by_one() {
+    let case = (
+        prop::collection::vec(op(), 1..=OPS_PER_CASE_MAX),
+        prop::collection::vec((1usize..16, prop::bool::weighted(0.2)), 1..=BATCHES_MAX),
+    );
+    check(case, |(ops, batches)| run_batched(&ops, &batches));
 }

@@ -419,13 +419,11 @@ impl Keyledger {
         checked?;
         // A long replay is not repeated at the next start.
         shared.snapshot_tick();
-        // Shares every tenant's state with the read model: the writer
-        // copies a tenant's keys when it first writes for that tenant.
-        let decision = shared.read_model().ledger.clone();
+        // The writer decides against the read model itself (writer.rs).
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("keyledger-writer".into())
-            .spawn(move || writer::run(&writer_shared, rx, decision))
+            .spawn(move || writer::run(&writer_shared, rx))
             .map_err(|e| Error::io("cannot start the writer", e))?;
         let follower = match shared.config.follow.clone() {
             None => None,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyledger_core::{Ledger, TenantId, Timestamp, decide};
+use keyledger_core::{Overlay, StateView, TenantId, Timestamp, decide};
 use keyledger_store::{Record, StoreError, TenantAppend};
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,12 +13,13 @@ type Reply = oneshot::Sender<Result<Vec<Record>, Error>>;
 
 /// Runs until a [`Job::Stop`] arrives or every sender is gone.
 ///
-/// `decision` is the writer's own copy of the key state: it runs ahead of
-/// the read model by the batch being committed, so that commands in one
-/// batch see each other (a second revoke in the same batch is a conflict).
-/// When a commit fails it is reset from the read model, which holds only
-/// committed events.
-pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decision: Ledger) {
+/// The writer decides against the read model (it is the read model's only
+/// mutator) through an [`Overlay`] of what the batch being decided changed,
+/// so that commands in one batch see each other (a second revoke in the
+/// same batch is a conflict). The overlay is dropped once the batch is
+/// decided: the committed events reach the read model by applying them,
+/// and a failed commit leaves no trace.
+pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let max = shared.config.batch_commands_max.max(1);
     let mut batch = Vec::with_capacity(max.min(1024));
     let mut in_doubt: Vec<InDoubt> = Vec::new();
@@ -28,7 +29,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
             Next::Job(job) => Some(job),
             Next::Tick => None,
             Next::Closed => {
-                settle_in_doubt(shared, &mut decision, &mut in_doubt, true);
+                settle_in_doubt(shared, &mut in_doubt, true);
                 return;
             }
         };
@@ -39,11 +40,10 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
         {
             match job {
                 Job::Command(command, reply) => batch.push((command, reply)),
-                Job::Apply(page) => follow(shared, &mut decision, &page),
+                Job::Apply(page) => follow(shared, &page),
                 Job::CatchUp => {
-                    if let Err(e) = catch_up(shared, &mut decision) {
+                    if let Err(e) = catch_up(shared) {
                         tracing::debug!(error = %e, "cannot read the log to answer a miss");
-                        decision = shared.read_model().ledger.clone();
                     }
                 }
                 Job::Stop => {
@@ -58,13 +58,13 @@ pub(crate) fn run(shared: &Arc<Shared>, mut rx: mpsc::Receiver<Job>, mut decisio
         if !in_doubt.is_empty() {
             // Shutting down: the flusher's last flush waits for these.
             let giving_up = stop || shared.follow.stopping();
-            settle_in_doubt(shared, &mut decision, &mut in_doubt, giving_up);
+            settle_in_doubt(shared, &mut in_doubt, giving_up);
         }
-        commit(shared, &mut decision, &mut batch, &mut in_doubt);
+        commit(shared, &mut batch, &mut in_doubt);
         // Between two commits the projections are of one position.
         shared.snapshot_tick();
         if stop {
-            settle_in_doubt(shared, &mut decision, &mut in_doubt, true);
+            settle_in_doubt(shared, &mut in_doubt, true);
             return;
         }
     }
@@ -91,16 +91,11 @@ const IN_DOUBT_RETRY: Duration = Duration::from_millis(100);
 /// shared log's appends are serialized, so once it can be read a failed
 /// append has either committed or never will). `giving_up` (shutdown):
 /// what cannot be told is answered as failed, counts kept in memory only.
-fn settle_in_doubt(
-    shared: &Shared,
-    decision: &mut Ledger,
-    in_doubt: &mut Vec<InDoubt>,
-    giving_up: bool,
-) {
+fn settle_in_doubt(shared: &Shared, in_doubt: &mut Vec<InDoubt>, giving_up: bool) {
     if in_doubt.is_empty() {
         return;
     }
-    let caught_up = catch_up(shared, decision);
+    let caught_up = catch_up(shared);
     let mut kept = Vec::new();
     for d in in_doubt.drain(..) {
         let found = caught_up.as_ref().map_err(Clone::clone).and_then(|_| {
@@ -135,18 +130,17 @@ fn settle_in_doubt(
 /// Applies a page of the log the follower read (records other nodes
 /// wrote), skipping what is applied already: the follower may have read
 /// this node's own commits too, which the writer applied when it made them.
-fn follow(shared: &Shared, decision: &mut Ledger, page: &[Record]) {
+fn follow(shared: &Shared, page: &[Record]) {
     let head = shared.read_model().head;
     let fresh = &page[page.partition_point(|r| r.position <= head)..];
     let applied = match fresh.first() {
         None => Ok(()),
-        Some(r) if r.position == head + 1 => apply_records(shared, decision, fresh, |_| false),
+        Some(r) if r.position == head + 1 => apply_records(shared, fresh, |_| false),
         // The page does not start where the read model ends: read the log.
-        Some(_) => catch_up(shared, decision).map(|_| ()),
+        Some(_) => catch_up(shared).map(|_| ()),
     };
     if let Err(e) = applied {
         tracing::warn!(error = %e, "cannot apply what other nodes wrote; retrying");
-        *decision = shared.read_model().ledger.clone();
     }
     shared.follow.handled();
 }
@@ -208,7 +202,6 @@ const READ_BACK_WAIT_MAX: Duration = Duration::from_secs(30);
 /// refusal (a second revoke: `AlreadyRevoked`).
 fn commit(
     shared: &Shared,
-    decision: &mut Ledger,
     batch: &mut Vec<(keyledger_core::Command, Reply)>,
     in_doubt: &mut Vec<InDoubt>,
 ) {
@@ -222,7 +215,7 @@ fn commit(
             appends,
             waiting,
             usage,
-        } = decide_batch(shared, decision, batch, now);
+        } = decide_batch(shared, batch, now);
         if appends.is_empty() {
             return;
         }
@@ -230,7 +223,7 @@ fn commit(
         let result = shared.log.append(appends);
         shared.metrics.commit_latency.observe(started.elapsed());
         let failure = match result {
-            Ok(records) => match apply_own(shared, decision, &records) {
+            Ok(records) => match apply_own(shared, &records) {
                 Ok(()) => {
                     shared.metrics.note_commit(records.len(), waiting.len());
                     for ((_, reply), (start, len)) in batch.drain(..).zip(waiting) {
@@ -245,16 +238,16 @@ fn commit(
                 expected,
                 actual,
             }) if conflicts < CONFLICT_RETRIES_MAX => {
-                // Nothing was written. Forget the batch's events, take in
-                // what the other nodes wrote, and decide again.
+                // Nothing was written (and the batch's events were never
+                // applied): take in what the other nodes wrote, and decide
+                // again.
                 conflicts += 1;
                 shared
                     .metrics
                     .append_conflicts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%tenant, expected, actual, conflicts, "another node appended first; deciding again");
-                *decision = shared.read_model().ledger.clone();
-                match catch_up(shared, decision) {
+                match catch_up(shared) {
                     Ok(_) => continue,
                     Err(e) => e,
                 }
@@ -272,12 +265,13 @@ fn commit(
                 e
             }
         };
-        fail_batch(shared, decision, batch, &failure);
+        fail_batch(shared, batch, &failure);
         return;
     }
 }
 
-/// A batch decided against the writer's copy of the state, ready to append.
+/// A batch decided against the read model and the batch's overlay, ready
+/// to append.
 struct Decided {
     /// One append per command that holds, in the batch's order.
     appends: Vec<TenantAppend>,
@@ -288,16 +282,19 @@ struct Decided {
     usage: Vec<Option<TenantAppend>>,
 }
 
-/// Decides each command of `batch` in order against `decision`, applying
-/// each one's events to it so the next is decided after it. A refused
-/// command is answered at once and leaves the batch; the rest stay, in
-/// order, beside their appends.
+/// Decides each command of `batch` in order against the read model under
+/// an overlay, applying each one's events to the overlay so the next is
+/// decided after it. A refused command is answered at once and leaves the
+/// batch; the rest stay, in order, beside their appends. The read model
+/// is read-locked while deciding (the writer is its only mutator, so it
+/// waits for no one), and the overlay is dropped on return.
 fn decide_batch(
     shared: &Shared,
-    decision: &mut Ledger,
     batch: &mut Vec<(keyledger_core::Command, Reply)>,
     now: Timestamp,
 ) -> Decided {
+    let read = shared.read_model();
+    let mut decision = Overlay::new(&read.ledger);
     let mut appends: Vec<TenantAppend> = Vec::with_capacity(batch.len());
     let mut waiting: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
     let mut usage: Vec<Option<TenantAppend>> = Vec::with_capacity(batch.len());
@@ -305,9 +302,9 @@ fn decide_batch(
     let mut events_total = 0;
     for (command, reply) in batch.drain(..) {
         if let Some(tenant) = command.tenant() {
-            note_clock_behind(shared, decision, tenant, now);
+            note_clock_behind(shared, &decision, tenant, now);
         }
-        let events = match decide(decision, &command, now) {
+        let events = match decide(&decision, &command, now) {
             Ok(events) => events,
             Err(e) => {
                 let _ = reply.send(Err(Error::Command(e)));
@@ -334,7 +331,7 @@ fn decide_batch(
                 .unwrap_or(rest.len());
             let tail = rest.split_off(run_end);
             let tenant_events = std::mem::replace(&mut rest, tail);
-            let expected_version = decision.tenant(&tenant).map_or(0, |t| t.version);
+            let expected_version = decision.tenant_view(&tenant).version();
             let applied = tenant_events
                 .iter()
                 .enumerate()
@@ -351,11 +348,11 @@ fn decide_batch(
         }
         if let Some(e) = failed {
             // A decision that does not fold is a bug in the core: refuse
-            // the command and rebuild the copy without it.
+            // the command and rebuild the overlay without it.
             tracing::error!(error = %e, "a decided command did not fold; refused");
             appends.truncate(first_append);
-            *decision = shared.read_model().ledger.clone();
-            reapply(decision, &appends);
+            decision = Overlay::new(&read.ledger);
+            reapply(&mut decision, &appends);
             let _ = reply.send(Err(e.into()));
             continue;
         }
@@ -400,21 +397,15 @@ fn set_usage_in_doubt(
     *batch = rest;
 }
 
-/// Answers every command left in `batch` with `failure`, after rebuilding
-/// the decision copy from the log.
-fn fail_batch(
-    shared: &Shared,
-    decision: &mut Ledger,
-    batch: &mut Vec<(keyledger_core::Command, Reply)>,
-    failure: &Error,
-) {
+/// Answers every command left in `batch` with `failure`, after reading
+/// the log past the read model's head.
+fn fail_batch(shared: &Shared, batch: &mut Vec<(keyledger_core::Command, Reply)>, failure: &Error) {
     tracing::error!(error = %failure, "commit failed; nothing in the batch is acknowledged");
     shared.metrics.note_commit_failure();
     // When the log could not tell whether the commit reached it, a later
     // read may show it did: apply what is there so the next decisions
     // start from the log, not from a guess.
-    *decision = shared.read_model().ledger.clone();
-    if let Err(e) = catch_up(shared, decision) {
+    if let Err(e) = catch_up(shared) {
         tracing::warn!(error = %e, "cannot read the log back after a failed commit");
     }
     for (_, reply) in batch.drain(..) {
@@ -422,7 +413,7 @@ fn fail_batch(
     }
 }
 
-fn reapply(decision: &mut Ledger, appends: &[TenantAppend]) {
+fn reapply(decision: &mut Overlay<'_>, appends: &[TenantAppend]) {
     for a in appends {
         for (i, e) in a.events.iter().enumerate() {
             let _ = decision.apply(a.expected_version + 1 + i as u64, e);
@@ -430,15 +421,13 @@ fn reapply(decision: &mut Ledger, appends: &[TenantAppend]) {
     }
 }
 
-/// Applies this node's just-committed `own` records to the read model
-/// (the decision copy holds them already), together with whatever other
-/// nodes committed before them, in log order.
+/// Applies this node's just-committed `own` records to the read model,
+/// together with whatever other nodes committed before them, in log order.
 ///
 /// When the first own record directly follows the read model's head,
 /// nothing came in between: they are applied as they are. Otherwise the
-/// log is read from the head up to the last own record; records of other
-/// nodes go to both the read model and the decision copy.
-fn apply_own(shared: &Shared, decision: &mut Ledger, own: &[Record]) -> Result<(), Error> {
+/// log is read from the head up to the last own record.
+fn apply_own(shared: &Shared, own: &[Record]) -> Result<(), Error> {
     let (Some(first), Some(last)) = (own.first(), own.last()) else {
         return Ok(());
     };
@@ -466,7 +455,7 @@ fn apply_own(shared: &Shared, decision: &mut Ledger, own: &[Record]) -> Result<(
             shared.log.wait_for_append(head, Duration::from_millis(5))?;
             continue;
         }
-        apply_records(shared, decision, &page, |p| {
+        apply_records(shared, &page, |p| {
             own.binary_search_by_key(&p, |r| r.position).is_ok()
         })?;
     }
@@ -475,25 +464,15 @@ fn apply_own(shared: &Shared, decision: &mut Ledger, own: &[Record]) -> Result<(
 /// Catch-up reads: up to this many records per read.
 const PAGE: usize = 1024;
 
-/// Applies `page` to the read model, and to the decision copy those
-/// records it does not hold yet (`is_own` says which it holds).
+/// Applies `page` to the read model; those records `is_own` does not
+/// claim are counted as followed (other nodes' commits).
 fn apply_records(
     shared: &Shared,
-    decision: &mut Ledger,
     page: &[Record],
     is_own: impl Fn(u64) -> bool,
 ) -> Result<(), Error> {
     shared.apply_committed(page)?;
-    let mut followed = 0;
-    for r in page.iter().filter(|r| !is_own(r.position)) {
-        followed += 1;
-        if let Err(e) = decision.apply(r.seq, &r.event) {
-            // The copy and the read model disagree: take the read model's.
-            tracing::error!(error = %e, position = r.position, "the decision copy is out of step; rebuilding it");
-            *decision = shared.read_model().ledger.clone();
-            break;
-        }
-    }
+    let followed = page.iter().filter(|r| !is_own(r.position)).count() as u64;
     shared
         .metrics
         .events_followed
@@ -501,11 +480,10 @@ fn apply_records(
     Ok(())
 }
 
-/// Applies every record the log holds past the read model's head, to the
-/// read model and to the decision copy (which, between batches, equals the
-/// read model); returns how many. This is how a node takes in what other
+/// Applies every record the log holds past the read model's head to the
+/// read model; returns how many. This is how a node takes in what other
 /// nodes wrote, and how it settles a commit whose outcome was unknown.
-pub(crate) fn catch_up(shared: &Shared, decision: &mut Ledger) -> Result<u64, Error> {
+pub(crate) fn catch_up(shared: &Shared) -> Result<u64, Error> {
     let mut applied = 0;
     loop {
         let head = shared.read_model().head;
@@ -514,17 +492,19 @@ pub(crate) fn catch_up(shared: &Shared, decision: &mut Ledger) -> Result<u64, Er
             return Ok(applied);
         }
         applied += page.len() as u64;
-        apply_records(shared, decision, &page, |_| false)?;
+        apply_records(shared, &page, |_| false)?;
     }
 }
 
 /// Records a clock behind the tenant's last event: the decision then uses
 /// the tenant's last time instead (event times in a tenant never
 /// decrease), and the skew is counted and logged.
-fn note_clock_behind(shared: &Shared, decision: &Ledger, tenant: &TenantId, now: Timestamp) {
-    let Some(last) = decision.tenant(tenant).map(|t| t.last_at) else {
+fn note_clock_behind(shared: &Shared, decision: &Overlay<'_>, tenant: &TenantId, now: Timestamp) {
+    let view = decision.tenant_view(tenant);
+    if !view.exists() {
         return;
-    };
+    }
+    let last = view.last_at();
     if last <= now {
         return;
     }
