@@ -38,7 +38,7 @@ pub const USAGE_FILE: &str = "usage.redb";
 /// (space in a redb file is reused only after a durable commit).
 const DURABLE_EVERY_EVENTS: u64 = 1_000_000;
 /// redb's page cache for the file.
-const FILE_CACHE_BYTES: usize = 16 << 20;
+const FILE_CACHE_BYTES: usize = 8 << 20;
 
 /// (key id, day) → counts.
 const ROWS: TableDefinition<(u128, i32), &[u8]> = TableDefinition::new("usage_rows");
@@ -55,6 +55,10 @@ pub(crate) struct UsageStore {
     position: AtomicU64,
     /// Events applied since the last durable commit.
     undurable: AtomicU64,
+    /// The position and chain hash of records applied without a use since
+    /// the last write (no transaction for them: the rows on disk are
+    /// those of this position too); written by the next write or sync.
+    pending: std::sync::Mutex<Option<(u64, [u8; 32])>>,
     damaged: AtomicBool,
 }
 
@@ -102,6 +106,7 @@ impl UsageStore {
             file,
             position: AtomicU64::new(position),
             undurable: AtomicU64::new(0),
+            pending: std::sync::Mutex::new(None),
             damaged: AtomicBool::new(false),
         })
     }
@@ -217,7 +222,19 @@ impl UsageStore {
         }
         let sums = keyledger_core::key_day_sums(fresh.iter().map(|r| &r.event));
         let n = fresh.len() as u64;
+        if sums.is_empty() {
+            // No use among them: no transaction (creates and the like
+            // are not slowed); the position is written with the next.
+            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((last.position, last.hash));
+            self.undurable.fetch_add(n, Ordering::AcqRel);
+            self.position.store(last.position, Ordering::Release);
+            return Ok(());
+        }
         let durable = self.undurable.fetch_add(n, Ordering::AcqRel) + n >= DURABLE_EVERY_EVENTS;
+        // Held until the rows are written: a concurrent `sync` never
+        // writes an older pending position over theirs.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let e = |x: &dyn std::fmt::Display| Fault::Store(store_error("write", x));
         let written = (|| -> Result<(), Fault> {
             let mut txn = self.db.begin_write().map_err(|x| e(&x))?;
@@ -244,9 +261,12 @@ impl UsageStore {
             txn.commit().map_err(|x| e(&x))
         })();
         match written {
-            Ok(()) => {}
+            Ok(()) => *pending = None,
             // The write transaction is gone: the mark can be written.
-            Err(Fault::Damaged) => return Err(self.damaged("a stored row does not decode")),
+            Err(Fault::Damaged) => {
+                drop(pending);
+                return Err(self.damaged("a stored row does not decode"));
+            }
             Err(Fault::Store(x)) => return Err(x),
         }
         self.position.store(last.position, Ordering::Release);
@@ -262,9 +282,16 @@ impl UsageStore {
             return Ok(());
         }
         let e = |x: &dyn std::fmt::Display| store_error("write", x);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_write().map_err(|x| e(&x))?;
-        // An empty durable commit makes the commits before it durable.
+        if let Some((position, hash)) = *pending {
+            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
+            meta.insert("at", encode_at(position, &hash).as_slice())
+                .map_err(|x| e(&x))?;
+        }
+        // A durable commit makes the commits before it durable.
         txn.commit().map_err(|x| e(&x))?;
+        *pending = None;
         self.undurable.store(0, Ordering::Release);
         Ok(())
     }
