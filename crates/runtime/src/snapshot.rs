@@ -3,8 +3,9 @@
 //!
 //! A snapshot holds everything [`crate::Keyledger::open_with`] would
 //! otherwise rebuild by replaying the log from position 1: the key state
-//! ([`Ledger`], webhook subscriptions included), the usage rollups
-//! ([`Usage`]), each tenant's Merkle tree with its chain head and
+//! ([`Ledger`], webhook subscriptions included), the tenants' usage
+//! rollups ([`TenantUsage`]; each key's rows are in the usage projection,
+//! `usagestore.rs`, made durable before the snapshot is written), each tenant's Merkle tree with its chain head and
 //! checkpoint epoch, and the global tree (`global.rs`: its frontier and
 //! last partial bundle of entries, tenants' heads, recoveries and any
 //! records held back), and the log position they cover. The trees'
@@ -25,7 +26,7 @@
 //!   directory), owner-only, never through a symbolic link; the newest
 //!   [`SnapshotConfig::keep`] are kept.
 //! * Taken by the writer thread between two commits (a clone: the key
-//!   state and the usage shards are shared copy-on-write, the trees are
+//!   state is shared copy-on-write, the tenants' usage and the trees are
 //!   copied) every [`SnapshotConfig::every_events`] events or
 //!   [`SnapshotConfig::every`], and encoded and written on a blocking
 //!   task; one at a time. Taken again at a graceful shutdown.

@@ -35,8 +35,10 @@ use crate::tilestore::{OpenError, open_file};
 /// The usage projection's file in the data directory.
 pub const USAGE_FILE: &str = "usage.redb";
 /// Events applied without a durable commit before one is made anyway
-/// (space in a redb file is reused only after a durable commit).
-const DURABLE_EVERY_EVENTS: u64 = 1_000_000;
+/// (what a crash makes the next open read again; space in a redb file is
+/// reused only after a durable commit, and every transaction copies the
+/// pages it changes: docs/performance.md, "Usage rows on disk").
+const DURABLE_EVERY_EVENTS: u64 = 65_536;
 /// redb's page cache for the file.
 const FILE_CACHE_BYTES: usize = 8 << 20;
 
