@@ -1487,7 +1487,19 @@ async fn memory(dir: &Path, part: &str) {
                 });
                 u
             });
-            row("Usage (per-key days + per-tenant days)", alone);
+            row(
+                "Usage (per-key days + per-tenant days; in memory before usage.redb)",
+                alone,
+            );
+            drop(_usage);
+            let (_tenants, alone) = held(|| {
+                let mut u = keyledger_core::TenantUsage::new();
+                fold_log(log.expect("the log"), |page| {
+                    u.apply_all(page.iter().map(|r| &r.event))
+                });
+                u
+            });
+            row("TenantUsage (per-tenant days: what stays in memory)", alone);
         }
         "trees" => {
             let (trees, alone) = held(|| {

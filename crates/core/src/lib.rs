@@ -46,7 +46,7 @@ pub use secret::{KeyPrefix, Secret, SecretHash};
 pub use state::{CreditState, KeyPolicy, KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
 pub use time::{Day, Timestamp};
 pub use trail::{AuditFilter, EventType};
-pub use usage::{DailyRow, Usage, UsageSummary};
+pub use usage::{DailyRow, TenantUsage, Usage, UsageSummary, key_day_sums};
 pub use webhook::{
     DeleteWebhook, SubscribeWebhook, WEBHOOK_EVENT_TYPES, Webhook, WebhookDeleted, WebhookId,
     WebhookSubscribed,

@@ -61,6 +61,7 @@ mod signing_key;
 mod snapshot;
 mod tilestore;
 mod trees;
+mod usagestore;
 mod verify;
 pub mod views;
 pub mod webhooks;
@@ -262,7 +263,9 @@ pub(crate) enum Step<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct ReadModel {
     pub(crate) ledger: Ledger,
-    pub(crate) usage: Usage,
+    /// The per-tenant usage rows; the per-key ones are in
+    /// [`Shared::usage_rows`], written in the same apply step.
+    pub(crate) usage: keyledger_core::TenantUsage,
     pub(crate) head: u64,
 }
 
@@ -285,6 +288,8 @@ pub(crate) struct Shared {
     pub(crate) entropy: Arc<dyn Entropy>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) read: RwLock<ReadModel>,
+    /// The per-key per-day usage rows, on disk (`usagestore.rs`).
+    pub(crate) usage_rows: usagestore::UsageStore,
     /// The verification map: lock-free reads (papaya), so a verification
     /// never waits for the writer and takes no lock of its own.
     pub(crate) keys: papaya::HashMap<SecretHash, Arc<KeyEntry>, verify::DigestHash>,
@@ -390,12 +395,15 @@ impl Keyledger {
         // A valid snapshot becomes the projections, and replay reads only
         // the tail; `keyledger replay` compares one with the replay instead.
         let compare = shared.start_from_snapshot()?;
+        // The usage projection, if behind the snapshot, reads up to it.
+        shared.usage_catch_up()?;
         let from = shared.read_model().head;
         if let Some(snapshot) = compare {
             shared.replay(progress, Some(snapshot.position))?;
             shared.compare_with_snapshot(&snapshot);
         }
         shared.replay(progress, None)?;
+        shared.check_usage_rows()?;
         // Read by `serve`'s start-up line and `/metrics`; a one-shot
         // command of the CLI logs nothing on the way.
         let replayed = shared.read_model().head - from;
@@ -516,12 +524,19 @@ impl Keyledger {
     }
 
     /// A copy of the projections (key state and usage), for tests and
-    /// tools that compare a live ledger with a replay. Costs a full copy
-    /// of the usage rollups; the key state is shared until either side
-    /// changes it (see [`Ledger`]).
+    /// tools that compare a live ledger with a replay. Costs a full read
+    /// of the usage projection's per-key rows (`usagestore.rs`) into
+    /// memory; the key state is shared until either side changes it (see
+    /// [`Ledger`]). Per-key rows that cannot be read are left out (and
+    /// logged): such a copy differs from a replay.
     pub fn projections(&self) -> (Ledger, Usage) {
         let read = self.shared.read_model();
-        (read.ledger.clone(), read.usage.clone())
+        let keys = self.shared.usage_rows.all_rows().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the usage projection");
+            Vec::new()
+        });
+        let tenants = read.usage.tenant_rows().map(|(t, rows)| (t.clone(), rows));
+        (read.ledger.clone(), Usage::from_rows(keys, tenants))
     }
 
     /// The last applied log position.
@@ -1153,6 +1168,9 @@ impl Keyledger {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         self.shared.snapshot_at_shutdown().await;
+        if let Err(e) = self.shared.usage_rows.sync() {
+            tracing::warn!(error = %e, "cannot make the usage projection durable; the next start catches up from the log");
+        }
         let checkpointer = self
             .shared
             .audit
@@ -1274,6 +1292,11 @@ impl Shared {
             node_dir.as_deref(),
             entropy.as_ref(),
         )?;
+        // The usage projection beside it.
+        let usage_rows = match &node_dir {
+            Some(dir) => usagestore::UsageStore::open(dir, log.as_ref())?,
+            None => usagestore::UsageStore::in_memory(),
+        };
         let reads = reads::Reads::new(config.audit_read_window);
         let snapshots = config
             .snapshots
@@ -1295,6 +1318,7 @@ impl Shared {
             entropy,
             log,
             read: RwLock::new(ReadModel::default()),
+            usage_rows,
             keys: papaya::HashMap::default(),
             dirty: Mutex::new(Vec::new()),
             dirty_signal: Notify::new(),
@@ -1394,9 +1418,16 @@ impl Shared {
             update_verification_map(&keys, &read.ledger, &r.event, &self.clock, &self.refills);
         }
         // The usage rollups of the records the key state took, in one
-        // pass (see `Usage::apply_all`).
+        // pass (see `TenantUsage::apply_all`), and their per-key rows, in
+        // one transaction, before a query can see the new head.
         read.usage
             .apply_all(records.iter().take(applied).map(|r| &r.event));
+        if let Err(e) = self.usage_rows.apply(&records[..applied]) {
+            // Per-key usage is refused until a restart rebuilds it: never
+            // answered with uses missing.
+            tracing::error!(error = %e, "cannot write the usage projection; per-key usage is refused until a restart rebuilds it from the log");
+            self.usage_rows.mark_damaged();
+        }
         let head = read.head;
         drop(read);
         self.applied.send_replace(head);

@@ -448,11 +448,17 @@ impl Keyledger {
         if let Some(k) = key {
             self.key(tenant, k)?;
         }
-        let read = self.shared.read_model();
-        Ok(match key {
-            Some(k) => read.usage.daily_key(k, from, to),
-            None => read.usage.daily_tenant(tenant, from, to),
-        })
+        // The per-key rows are on disk (`usagestore.rs`), written in the
+        // apply step before the read model's head moves: every use applied
+        // is there.
+        match key {
+            Some(k) => self.shared.usage_rows.daily_key(k, from, to),
+            None => Ok(self
+                .shared
+                .read_model()
+                .usage
+                .daily_tenant(tenant, from, to)),
+        }
     }
 
     /// A tenant's last `days` days of usage, ending today (UTC).

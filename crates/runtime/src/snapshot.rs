@@ -3,8 +3,9 @@
 //!
 //! A snapshot holds everything [`crate::Keyledger::open_with`] would
 //! otherwise rebuild by replaying the log from position 1: the key state
-//! ([`Ledger`], webhook subscriptions included), the usage rollups
-//! ([`Usage`]), each tenant's Merkle tree with its chain head and
+//! ([`Ledger`], webhook subscriptions included), the tenants' usage
+//! rollups ([`TenantUsage`]; each key's rows are in the usage projection,
+//! `usagestore.rs`, made durable before the snapshot is written), each tenant's Merkle tree with its chain head and
 //! checkpoint epoch, and the global tree (`global.rs`: its frontier and
 //! last partial bundle of entries, tenants' heads, recoveries and any
 //! records held back), and the log position they cover. The trees'
@@ -25,7 +26,7 @@
 //!   directory), owner-only, never through a symbolic link; the newest
 //!   [`SnapshotConfig::keep`] are kept.
 //! * Taken by the writer thread between two commits (a clone: the key
-//!   state and the usage shards are shared copy-on-write, the trees are
+//!   state is shared copy-on-write, the tenants' usage and the trees are
 //!   copied) every [`SnapshotConfig::every_events`] events or
 //!   [`SnapshotConfig::every`], and encoded and written on a blocking
 //!   task; one at a time. Taken again at a graceful shutdown.
@@ -48,7 +49,7 @@ use std::time::{Duration, Instant};
 use keyledger_core::{
     Actor, Cause, CreditState, DailyRow, Day, KeyId, KeyPolicy, KeyRecord, Ledger, Meta, RateLimit,
     Refill, RefillInterval, Revocation, RevokeReason, ScopeSet, SecretHash, TenantId, TenantState,
-    Timestamp, Usage, UseCounts, UserId, Webhook, WebhookId,
+    TenantUsage, Timestamp, UseCounts, UserId, Webhook, WebhookId,
 };
 use keyledger_store::EventLog;
 use serde::{Deserialize, Serialize};
@@ -63,8 +64,9 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The format version this build writes and reads (1: before webhook
 /// subscriptions and the global tree; 2: before key policies and the
 /// counts of issue 14; 3: every tree node in the file, before the node
-/// store; older ones are refused, and the log replayed).
-pub const FORMAT_VERSION: u16 = 4;
+/// store; 4: every key's usage rows in the file, before the usage
+/// projection; older ones are refused, and the log replayed).
+pub const FORMAT_VERSION: u16 = 5;
 /// What every snapshot file starts with.
 const MAGIC: &[u8; 8] = b"KLSNAP\n\0";
 /// Magic, version, body length.
@@ -155,7 +157,10 @@ pub enum Refusal {
 pub(crate) struct Projections {
     pub(crate) position: u64,
     pub(crate) ledger: Ledger,
-    pub(crate) usage: Usage,
+    /// The per-tenant usage rows (the per-key ones are in the usage
+    /// projection, `usagestore.rs`, made durable before a snapshot is
+    /// written; one behind a snapshot catches up from the log).
+    pub(crate) usage: TenantUsage,
     pub(crate) trees: HashMap<TenantId, TenantTree>,
     pub(crate) global: GlobalTree,
 }
@@ -298,8 +303,14 @@ impl Shared {
     fn write_snapshot(&self, p: &Projections, announce: bool) {
         let Some(s) = &self.snapshots else { return };
         let started = Instant::now();
-        // The trees' complete tiles are not in the snapshot: durable first.
-        if let Err(e) = self.audit.nodes.sync(p.position) {
+        // The trees' complete tiles and the per-key usage rows are not in
+        // the snapshot: durable first.
+        let synced = self
+            .audit
+            .nodes
+            .sync(p.position)
+            .and_then(|()| self.usage_rows.sync().map_err(|e| e.to_string()));
+        if let Err(e) = synced {
             self.metrics
                 .snapshots
                 .write_failures
@@ -718,8 +729,6 @@ struct SnapshotV2 {
     events: u64,
     /// Every tenant with events, by id.
     tenants: Vec<TenantV2>,
-    /// Every key's days with uses.
-    key_usage: Vec<KeyUsageV1>,
     /// The global tree beside its nodes and entries.
     global: GlobalV2,
 }
@@ -920,12 +929,6 @@ struct CountsV3 {
 struct DayV1 {
     day: i32,
     counts: CountsV3,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct KeyUsageV1 {
-    key: u128,
-    days: Vec<DayV1>,
 }
 
 impl ActorV1 {
@@ -1160,21 +1163,11 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
             webhooks: state.webhooks.values().map(WebhookV2::from_core).collect(),
         });
     }
-    let mut key_usage: Vec<KeyUsageV1> = p
-        .usage
-        .key_rows()
-        .map(|(key, rows)| KeyUsageV1 {
-            key: key.to_u128(),
-            days: days_v1(rows),
-        })
-        .collect();
-    key_usage.sort_by_key(|k| k.key);
     let global = p.global.to_snapshot(&mut nodes);
     let body = SnapshotV2 {
         position: p.position,
         events: p.ledger.events(),
         tenants,
-        key_usage,
         global: GlobalV2 {
             leaves: global.leaves,
             heads: global
@@ -1363,12 +1356,7 @@ fn from_v2(
         )));
     }
     let ledger = Ledger::from_tenants(states, body.events).map_err(|e| bad(e.to_string()))?;
-    let usage = Usage::from_rows(
-        body.key_usage
-            .into_iter()
-            .map(|k| (KeyId::from_u128(k.key), days_core(k.days))),
-        tenant_usage,
-    );
+    let usage = TenantUsage::from_rows(tenant_usage);
     Ok(Projections {
         position: body.position,
         ledger,

@@ -132,7 +132,7 @@ impl NodeStore {
     /// none can be made there, the store is kept in memory.
     pub(crate) fn open(dir: &Path) -> NodeStore {
         let path = dir.join(NODE_FILE);
-        match open_file(&path) {
+        match open_file(&path, FILE_CACHE_BYTES) {
             Ok(db) if read_meta(&db, "damaged").unwrap_or(0) == 0 => {
                 return NodeStore::with_db(db, Some(path));
             }
@@ -158,7 +158,7 @@ impl NodeStore {
             }
         }
         let _ = std::fs::remove_file(&path);
-        match open_file(&path) {
+        match open_file(&path, FILE_CACHE_BYTES) {
             Ok(db) => NodeStore::with_db(db, Some(path)),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e,
@@ -323,22 +323,25 @@ fn unreachable_store() -> NodeStore {
     panic!("redb cannot open a database in memory")
 }
 
+/// Why a derived redb file did not open (also `usagestore.rs`'s).
 #[derive(Debug, thiserror::Error)]
-enum OpenError {
+pub(crate) enum OpenError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Database(#[from] redb::DatabaseError),
 }
 
-fn open_file(path: &Path) -> Result<Database, OpenError> {
+/// Opens or creates a derived redb file (never through a link, owner
+/// only) with a page cache of `cache_bytes`.
+pub(crate) fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, OpenError> {
     let file = keyledger_store::no_follow::open(
         &mut keyledger_store::no_follow::read_write_private(),
         path,
     )?;
     let backend = redb::backends::FileBackend::new(file)?;
     Ok(Database::builder()
-        .set_cache_size(FILE_CACHE_BYTES)
+        .set_cache_size(cache_bytes)
         .create_with_backend(backend)?)
 }
 

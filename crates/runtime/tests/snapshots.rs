@@ -601,7 +601,7 @@ fn a_snapshot_of_another_format_version_is_refused_and_the_projections_rebuilt()
 
 #[test]
 fn a_snapshot_of_the_format_before_key_policies_is_refused_and_the_projections_rebuilt() {
-    assert_eq!(keyledger_runtime::SNAPSHOT_FORMAT_VERSION, 4);
+    assert_eq!(keyledger_runtime::SNAPSHOT_FORMAT_VERSION, 5);
     refused_and_rebuilt(|file| {
         let mut bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
         // Format 2 had no key policy: a file of it is never read as 3.
@@ -616,6 +616,16 @@ fn a_snapshot_of_the_format_before_the_node_store_is_refused_and_the_projections
         let mut bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
         // Format 3 held every tree node: never read as frontiers.
         bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+        std::fs::write(file, bytes).unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+#[test]
+fn a_snapshot_of_the_format_before_the_usage_projection_is_refused_and_the_projections_rebuilt() {
+    refused_and_rebuilt(|file| {
+        let mut bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
+        // Format 4 held every key's usage rows: never read as 5.
+        bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
         std::fs::write(file, bytes).unwrap_or_else(|e| panic!("{e}"));
     });
 }
