@@ -871,7 +871,12 @@ async fn a_miss_reads_the_head_so_a_lagging_node_reads_its_writes() {
     );
 
     // A position a's write gave out is reached on b; one past the
-    // tenant's last event is refused as never given out.
+    // tenant's last event is refused as never given out. First, b's last
+    // miss read (a head read may follow a miss by `miss_interval`, and the
+    // catch-up it starts runs on b's writer) is let finish, so the next
+    // event is one b has no reason to read until asked (its follower
+    // sleeps a minute): otherwise that read may take it in first.
+    tokio::time::sleep(interval * 25).await;
     let (_, _) = create(&a, "acme", "ada", "one more").await;
     let position = a.tenant_position(&acme);
     assert_eq!(position, 21);
