@@ -14,6 +14,7 @@
 
 pub mod decide;
 pub mod event;
+pub mod history;
 pub mod ids;
 pub mod leak;
 pub mod limits;
@@ -31,6 +32,7 @@ pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
     UpdateKey, decide,
 };
+pub use history::{KeyFold, fold_key, touched_keys};
 pub use event::{
     Actor, AuditRead, AuditReadKind, Cause, CreditsRefilled, CreditsReleased, CreditsReserved,
     Event, EventKind, KeyChange, KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyUpdated,

@@ -466,7 +466,7 @@ fn apply_change(key: &mut KeyRecord, change: &KeyChange, seq: u64, at: Timestamp
 
 /// [`Ledger::apply`] once the sequence number is checked, on the tenant's
 /// state. Every error is returned before anything is changed.
-fn fold(
+pub(crate) fn fold(
     state: &mut TenantState,
     by_hash: &mut ShardedMap<SecretHash, (TenantId, KeyId)>,
     key_tenants: &mut ShardedMap<KeyId, TenantId>,
