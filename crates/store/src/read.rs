@@ -177,3 +177,71 @@ impl<'t> TenantPage<'t> {
         Ok(self.out)
     }
 }
+
+/// A page of the records naming one key of a tenant after `after_seq`, in
+/// the order of the per-key index: each entry must name a stored record of
+/// this tenant with the entry's position and sequence number, whose chain
+/// hash holds and whose event names the key; the sequence numbers must
+/// rise. (Unlike a tenant page they have gaps, so no link is checked
+/// between them: the chain is verified by [`crate::chain`].)
+pub(crate) struct KeyPage<'t> {
+    tenant: TenantPage<'t>,
+    key: keyledger_core::KeyId,
+    last_seq: u64,
+}
+
+impl<'t> KeyPage<'t> {
+    /// An empty page of `key` in `tenant` after `after_seq`, with room for
+    /// up to `capacity` records (at most [`READ_PREALLOC_RECORDS_MAX`]).
+    pub(crate) fn new(
+        tenant: &'t TenantId,
+        key: keyledger_core::KeyId,
+        after_seq: u64,
+        capacity: usize,
+    ) -> Self {
+        KeyPage {
+            tenant: TenantPage::new(tenant, after_seq, capacity),
+            key,
+            last_seq: after_seq,
+        }
+    }
+
+    /// The next index entry: event `seq` of the tenant at `position`, and
+    /// the record stored there (`None` when the position holds nothing).
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        position: u64,
+        stored: Option<RecordRef<'_>>,
+    ) -> Result<(), StoreError> {
+        let (tenant, key) = (self.tenant.tenant, self.key);
+        if seq <= self.last_seq {
+            return Err(corrupt(
+                position,
+                format!(
+                    "tenant {tenant}: the index of key {key} lists event {seq} after event {}",
+                    self.last_seq
+                ),
+            ));
+        }
+        self.tenant.push(seq, position, stored)?;
+        let named = self
+            .tenant
+            .out
+            .last()
+            .is_some_and(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key));
+        if !named {
+            return Err(corrupt(
+                position,
+                format!("tenant {tenant} event {seq}: listed under key {key}, which it does not name"),
+            ));
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    /// The records read.
+    pub(crate) fn finish(self) -> Vec<Record> {
+        self.tenant.out
+    }
+}
