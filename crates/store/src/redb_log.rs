@@ -1360,6 +1360,24 @@ impl RedbLog {
         })
     }
 
+    /// Makes the file what a release before the per-key index left: no
+    /// `key_index` table and no mark that it is built (the next open
+    /// builds it).
+    pub fn raw_forget_key_index(&self) -> Result<(), StoreError> {
+        self.guarded(|| {
+            let db = self.db_locked(&mut self.lock_wal())?;
+            let txn = db.begin_write().map_err(backend("starting a write"))?;
+            txn.delete_table(KEY_INDEX)
+                .map_err(backend("deleting key_index"))?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+                meta.remove(KEY_INDEX_BUILT)
+                    .map_err(backend("forgetting the key index"))?;
+            }
+            commit(txn, Durability::Immediate)
+        })
+    }
+
     /// Sets the tenant's head (last seq and hash), or deletes it with `None`.
     pub fn raw_put_head(&self, tenant: &str, head: Option<(u64, Hash)>) -> Result<(), StoreError> {
         self.guarded(|| {
