@@ -54,7 +54,10 @@ fn history_through_a_cascade_and_a_rotation_and_the_state_in_pages() {
     let bobs = s.mint("acme", json!({"user": "bob", "name": "Bob's"}));
     let worker = s.mint("acme", json!({"user": "alice", "name": "Worker"}));
     for n in 0..6 {
-        s.mint("acme", json!({"user": "carol", "name": format!("spare {n}")}));
+        s.mint(
+            "acme",
+            json!({"user": "carol", "name": format!("spare {n}")}),
+        );
     }
     let other = s.mint("globex", json!({"user": "gus", "name": "Globex's"}));
 
@@ -72,7 +75,10 @@ fn history_through_a_cascade_and_a_rotation_and_the_state_in_pages() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     let history = |id: &str, q: &str| {
-        let r = s.get(&format!("/v1/keys/{id}/history{q}")).bearer(&admin).send();
+        let r = s
+            .get(&format!("/v1/keys/{id}/history{q}"))
+            .bearer(&admin)
+            .send();
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
     };
@@ -107,16 +113,26 @@ fn history_through_a_cascade_and_a_rotation_and_the_state_in_pages() {
 
     // The state now, whole, and in pages of 3 that add up to it. (Reads
     // of the trail append `AuditRead`s: the pages ask for one position.)
-    let now = s.get("/v1/state?at=2999-01-01T00:00:00Z").bearer(&admin).send();
+    let now = s
+        .get("/v1/state?at=2999-01-01T00:00:00Z")
+        .bearer(&admin)
+        .send();
     assert_eq!(now.status, 200, "{}", now.text());
     let head = now.json()["position"].as_u64().unwrap_or_default();
     let whole = s.get(&format!("/v1/state?at={head}")).bearer(&admin).send();
     assert_eq!(whole.status, 200, "{}", whole.text());
     let whole = whole.json();
     assert_eq!(whole["position"], head);
-    assert!(whole.get("next_cursor").is_none(), "no cursor without a limit: {whole}");
+    assert!(
+        whole.get("next_cursor").is_none(),
+        "no cursor without a limit: {whole}"
+    );
     let all = ids(&whole["keys"]);
-    assert_eq!(all.len(), 10, "admin, Bob's, Worker, six spares, the successor");
+    assert_eq!(
+        all.len(),
+        10,
+        "admin, Bob's, Worker, six spares, the successor"
+    );
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(all, sorted, "in key-id order");
@@ -139,7 +155,11 @@ fn history_through_a_cascade_and_a_rotation_and_the_state_in_pages() {
             break;
         }
     }
-    assert_eq!(Value::Array(paged), whole["keys"], "the pages are the whole, key for key");
+    assert_eq!(
+        Value::Array(paged),
+        whole["keys"],
+        "the pages are the whole, key for key"
+    );
     let bob_now = whole["keys"]
         .as_array()
         .and_then(|k| k.iter().find(|k| k["id"] == bobs["id"]))
@@ -153,7 +173,10 @@ fn history_through_a_cascade_and_a_rotation_and_the_state_in_pages() {
         .as_u64()
         .unwrap_or_default()
         - 1;
-    let then = s.get(&format!("/v1/state?at={before}&limit=1000")).bearer(&admin).send();
+    let then = s
+        .get(&format!("/v1/state?at={before}&limit=1000"))
+        .bearer(&admin)
+        .send();
     assert_eq!(then.status, 200, "{}", then.text());
     let then = then.json();
     assert_eq!(then["position"], before);

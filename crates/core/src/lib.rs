@@ -32,12 +32,12 @@ pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
     UpdateKey, decide,
 };
-pub use history::{KeyFold, fold_key, touched_keys};
 pub use event::{
     Actor, AuditRead, AuditReadKind, Cause, CreditsRefilled, CreditsReleased, CreditsReserved,
     Event, EventKind, KeyChange, KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyUpdated,
     KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
+pub use history::{KeyFold, fold_key, touched_keys};
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use leak::{Leak, ReportLeaked, Reporter};
 pub use policy::{Credits, Meta, PolicyError, RateLimit, Refill, RefillInterval};

@@ -496,7 +496,11 @@ impl Keyledger {
                 break;
             }
             if keys.len() == limit {
-                let more = !self.shared.log.tenant_keys(tenant, Some(last), 1)?.is_empty();
+                let more = !self
+                    .shared
+                    .log
+                    .tenant_keys(tenant, Some(last), 1)?
+                    .is_empty();
                 next_cursor = more.then(|| state_cursor(last));
             }
         }

@@ -812,7 +812,10 @@ fn read_key_records(h: &mut dyn Harness) {
             );
             for (key, want) in &by_key {
                 let got = ok(log.read_key(t, *key, 0, usize::MAX), "read_key");
-                assert_eq!(&got, want, "{when}: tenant {t} key {key}: its records, in order");
+                assert_eq!(
+                    &got, want,
+                    "{when}: tenant {t} key {key}: its records, in order"
+                );
                 for page_size in [1, 2, 5] {
                     let mut paged = Vec::new();
                     let mut after = 0;
@@ -838,7 +841,11 @@ fn read_key_records(h: &mut dyn Harness) {
                 );
             }
             assert!(
-                ok(log.read_key(t, key_id(999_999_999), 0, 10), "read_key(unknown)").is_empty()
+                ok(
+                    log.read_key(t, key_id(999_999_999), 0, 10),
+                    "read_key(unknown)"
+                )
+                .is_empty()
             );
         }
     };

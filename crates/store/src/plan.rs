@@ -104,14 +104,17 @@ pub(crate) fn plan<'a>(
             seq += 1;
             position += 1;
             let hash = chain::link(&prev, tenant, seq, payload);
-            sink.record(&RecordRef {
-                position,
-                tenant,
-                seq,
-                prev_hash: prev,
-                hash,
-                payload,
-            }, event)?;
+            sink.record(
+                &RecordRef {
+                    position,
+                    tenant,
+                    seq,
+                    prev_hash: prev,
+                    hash,
+                    payload,
+                },
+                event,
+            )?;
             links.push((position, seq, prev, hash));
             prev = hash;
         }

@@ -233,7 +233,9 @@ impl<'t> KeyPage<'t> {
         if !named {
             return Err(corrupt(
                 position,
-                format!("tenant {tenant} event {seq}: listed under key {key}, which it does not name"),
+                format!(
+                    "tenant {tenant} event {seq}: listed under key {key}, which it does not name"
+                ),
             ));
         }
         self.last_seq = seq;

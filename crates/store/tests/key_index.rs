@@ -98,9 +98,11 @@ fn an_older_file_gets_its_key_index_built_on_open() {
             append(&log, &a, n * 7, 7);
             append(&log, &b, 1000 + n * 3, 3);
         }
-        log.raw_forget_key_index()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let key = *scanned(&log, &a).keys().next().unwrap_or_else(|| panic!("a key"));
+        log.raw_forget_key_index().unwrap_or_else(|e| panic!("{e}"));
+        let key = *scanned(&log, &a)
+            .keys()
+            .next()
+            .unwrap_or_else(|| panic!("a key"));
         assert!(
             log.read_key(&a, key, 0, 10).is_err(),
             "the file is as an older release left it: no key index"

@@ -38,6 +38,7 @@ const SQL_WRITE: &str = "WITH ev AS ( \
      ), ki AS ( \
        INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
        SELECT * FROM unnest($12::text[], $13::bytea[], $14::bigint[], $15::bigint[]) \
+       ON CONFLICT (tenant, key_id, seq) DO UPDATE SET position = excluded.position \
      ) \
      SELECT pg_notify($10, $11)";
 
@@ -291,7 +292,9 @@ impl<'a> plan::AppendSink<'a> for Stage<'_, '_, 'a> {
             self.args.key_tenants.push(r.tenant);
             self.args.key_ids.push(key.ulid().0.to_be_bytes());
             self.args.key_seqs.push(to_i64(r.seq, "sequence number")?);
-            self.args.key_positions.push(to_i64(r.position, "position")?);
+            self.args
+                .key_positions
+                .push(to_i64(r.position, "position")?);
         }
         self.args.positions.push(to_i64(r.position, "position")?);
         self.args.tenants.push(r.tenant);

@@ -172,4 +172,3 @@ pub(super) async fn backfill(shared: Arc<Shared>) -> Result<(), StoreError> {
         .map_err(fail("finishing the key index's backfill"))?;
     Ok(())
 }
-
