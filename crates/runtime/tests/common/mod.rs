@@ -586,7 +586,10 @@ pub fn now(clock: &ManualClock) -> Timestamp {
 pub fn check_state_at(ledger: &Keyledger, log: &dyn EventLog, what: &str) -> u64 {
     use keyledger_runtime::PointInTime;
     let mut checked = 0;
-    for tenant in log.tenants().unwrap_or_else(|e| panic!("{what}: tenants: {e}")) {
+    for tenant in log
+        .tenants()
+        .unwrap_or_else(|e| panic!("{what}: tenants: {e}"))
+    {
         let records = log
             .read_tenant(&tenant, 0, usize::MAX)
             .unwrap_or_else(|e| panic!("{what}: read: {e}"));
@@ -622,7 +625,10 @@ pub fn check_state_at(ledger: &Keyledger, log: &dyn EventLog, what: &str) -> u64
                     None => break,
                 }
             }
-            assert!(paged == want, "{what}: {tenant} at {seq}: pages of 2 differ");
+            assert!(
+                paged == want,
+                "{what}: {tenant} at {seq}: pages of 2 differ"
+            );
             checked += 1;
         }
     }
