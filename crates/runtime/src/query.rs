@@ -2,7 +2,7 @@
 //! itself (audit trail, history, point-in-time state).
 
 use keyledger_core::{
-    AuditFilter, DailyRow, Day, KeyFold, KeyId, KeyRecord, KeyStatus, TenantId, Timestamp,
+    AuditFilter, DailyRow, Day, KeyFold, KeyId, KeyRecord, KeyStatus, Ledger, TenantId, Timestamp,
     UsageSummary, limits::SUMMARY_DAYS_MAX,
 };
 use keyledger_store::{ChainReport, Record, chain};
@@ -445,14 +445,63 @@ impl Keyledger {
     }
 
     /// A tenant's keys as of an instant or one of its sequence numbers:
-    /// every key that existed then.
+    /// every key that existed then, by replaying the tenant's events up to
+    /// it. (Every key needs every event up to the point anyway, and one
+    /// walk of the trail in order reads them faster than the per-key
+    /// index does: 2.5 s against 7.8 s for a tenant of 10,000 keys and
+    /// 503,000 events, docs/performance.md. A page of keys is
+    /// [`Keyledger::state_at_page`].)
     pub fn state_at(&self, tenant: &TenantId, at: PointInTime) -> Result<StateAt, Error> {
-        self.state_at_page(tenant, at, None, None)
+        let mut ledger = Ledger::new();
+        let mut after = 0;
+        let mut last_at = Timestamp::EPOCH;
+        'walk: loop {
+            let page = self
+                .shared
+                .log
+                .read_tenant(tenant, after, AUDIT_PAGE_RECORDS)?;
+            let exhausted = page.len() < AUDIT_PAGE_RECORDS;
+            for r in &page {
+                let past = match at {
+                    PointInTime::Instant(t) => r.event.at > t,
+                    PointInTime::Seq(s) => r.seq > s,
+                };
+                if past {
+                    break 'walk;
+                }
+                ledger.apply(r.seq, &r.event).map_err(Error::from)?;
+                after = r.seq;
+                last_at = r.event.at;
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let judged_at = match at {
+            PointInTime::Instant(t) => t,
+            PointInTime::Seq(_) => last_at,
+        };
+        let keys = ledger
+            .tenant(tenant)
+            .map(|s| {
+                s.keys
+                    .values()
+                    .map(|k| (k.clone(), k.status(judged_at)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(StateAt {
+            at: judged_at,
+            seq: after,
+            keys,
+            next_cursor: None,
+        })
     }
 
     /// A tenant's keys as of an instant or one of its sequence numbers, in
-    /// key-id order: up to `limit` of them after `cursor` (every one
-    /// without a limit). The point in time is found in the tenant's trail
+    /// key-id order: up to `limit` of them after `cursor`; without a limit
+    /// and a cursor, [`Keyledger::state_at`] (every key, by replay). The
+    /// point in time is found in the tenant's trail
     /// by bisection (its events are in time order), and each key is folded
     /// from its own events up to it, read through the store's per-key
     /// index: the cost is the page's keys' events, not the tenant's trail.
@@ -463,9 +512,10 @@ impl Keyledger {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<StateAt, Error> {
-        let limit = match limit {
-            None => usize::MAX,
-            Some(_) => check_limit(limit)?,
+        let limit = match (limit, cursor) {
+            (None, None) => return self.state_at(tenant, at),
+            (None, Some(_)) => usize::MAX,
+            (Some(_), _) => check_limit(limit)?,
         };
         let mut after_key = cursor.map(parse_state_cursor).transpose()?;
         let (seq, judged_at) = self.point_in_time(tenant, at)?;

@@ -584,8 +584,9 @@ async fn audit_verify(
 
 /// The tenant's keys as of a past instant (or position in the tenant's
 /// trail), in key-id order: every one, or with `limit` a page of them
-/// (`next_cursor` continues). Each key is folded from its own events up to
-/// that point, read through the per-key index.
+/// (`next_cursor` continues). A page folds each key from its own events up
+/// to that point, read through the per-key index; without `limit` the
+/// tenant's trail is replayed up to it.
 #[utoipa::path(
     get, path = "/v1/state", tag = "audit",
     params(StateQuery),

@@ -415,9 +415,9 @@ pub struct StateQuery {
     /// Where the previous page ended: a page's `next_cursor`.
     #[param(pattern = r"^k[0-9a-f]{32}$")]
     pub cursor: Option<String>,
-    /// Keys per page: 1 to 1000. Without it, every key of the tenant, each
-    /// folded from its own events: the answer then costs the tenant's
-    /// whole trail up to the point in time.
+    /// Keys per page: 1 to 1000, each folded from its own events (the
+    /// per-key index). Without it, every key of the tenant, by a replay of
+    /// its trail up to the point in time: a cost that grows with the trail.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }

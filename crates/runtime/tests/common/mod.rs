@@ -580,9 +580,10 @@ pub fn now(clock: &ManualClock) -> Timestamp {
     clock.now()
 }
 
-/// The point-in-time state the runtime answers from the per-key index
-/// equals a replay of the tenant's trail up to it, at every sequence
-/// number of every tenant (and, in pages of 2, the same keys).
+/// The point-in-time state equals a replay of the tenant's trail up to it,
+/// at every sequence number of every tenant: whole (itself a replay) and
+/// in pages of 2 (each key folded from its own events, read through the
+/// per-key index).
 pub fn check_state_at(ledger: &Keyledger, log: &dyn EventLog, what: &str) -> u64 {
     use keyledger_runtime::PointInTime;
     let mut checked = 0;
