@@ -606,30 +606,10 @@ impl Keyledger {
         keys: &[KeyId],
         seq: u64,
     ) -> Result<std::collections::BTreeMap<KeyId, KeyRecord>, Error> {
-        let mut records = std::collections::BTreeMap::new();
-        for &k in keys {
-            let mut after = 0;
-            'key: loop {
-                let page = self
-                    .shared
-                    .log
-                    .read_key(tenant, k, after, KEY_PAGE_RECORDS)?;
-                let exhausted = page.len() < KEY_PAGE_RECORDS;
-                for r in page {
-                    if r.seq > seq {
-                        break 'key;
-                    }
-                    after = r.seq;
-                    records.entry(r.seq).or_insert(r);
-                }
-                if exhausted {
-                    break;
-                }
-            }
-        }
+        let records = self.shared.log.read_keys_until(tenant, keys, seq)?;
         let mut fold = KeyFold::new(keys.iter().copied());
-        for (s, r) in &records {
-            fold.apply(*s, &r.event).map_err(Error::from)?;
+        for r in &records {
+            fold.apply(r.seq, &r.event).map_err(Error::from)?;
         }
         Ok(fold.finish())
     }

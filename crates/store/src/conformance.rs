@@ -847,6 +847,37 @@ fn read_key_records(h: &mut dyn Harness) {
                 )
                 .is_empty()
             );
+            // Several keys up to a sequence number: each record naming any
+            // of them, once, in order.
+            let all_keys: Vec<KeyId> = by_key.keys().copied().collect();
+            let head = ok(log.tenant_head(t), "tenant_head").map_or(0, |h| h.0);
+            for (i, until) in [0, 1, head / 3, head / 2, head, head + 5]
+                .into_iter()
+                .enumerate()
+            {
+                let keys: Vec<KeyId> = all_keys
+                    .iter()
+                    .copied()
+                    .skip(i % 3)
+                    .step_by(1 + i % 3)
+                    .chain([key_id(999_999_999)])
+                    .collect();
+                let mut want: Vec<Record> = by_key
+                    .iter()
+                    .filter(|(k, _)| keys.contains(k))
+                    .flat_map(|(_, rs)| rs.iter().filter(|r| r.seq <= until).cloned())
+                    .collect();
+                want.sort_by_key(|r| r.seq);
+                want.dedup_by_key(|r| r.seq);
+                let got = ok(log.read_keys_until(t, &keys, until), "read_keys_until");
+                assert_eq!(
+                    got,
+                    want,
+                    "{when}: tenant {t}, {} keys up to {until}",
+                    keys.len()
+                );
+            }
+            assert!(ok(log.read_keys_until(t, &[], head), "read_keys_until(none)").is_empty());
         }
     };
     check(&*log, "after the appends");

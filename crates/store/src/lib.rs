@@ -209,6 +209,39 @@ pub trait EventLog: Send + Sync {
         Ok(out)
     }
 
+    /// Every record of a tenant that names any of `keys` with
+    /// `seq <= until_seq`, in sequence order, each once: what folding a
+    /// page of keys up to a point in time needs, read through the per-key
+    /// index in one go (one read transaction, each key's range bounded).
+    /// Records are checked as [`EventLog::read_key`] checks them (each
+    /// must name one of the keys). The default reads each key with
+    /// [`EventLog::read_key`].
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut by_seq = std::collections::BTreeMap::new();
+        for &key in keys {
+            let mut after = 0;
+            'key: loop {
+                let page = self.read_key(tenant, key, after, 4096)?;
+                let Some(last) = page.last().map(|r| r.seq) else {
+                    break;
+                };
+                after = last;
+                for r in page {
+                    if r.seq > until_seq {
+                        break 'key;
+                    }
+                    by_seq.entry(r.seq).or_insert(r);
+                }
+            }
+        }
+        Ok(by_seq.into_values().collect())
+    }
+
     /// Up to `limit` of the keys a tenant's records name, in key-id order,
     /// after `after` (from the first when `None`), each with the sequence
     /// number of the first record naming it (a key's `KeyCreated`). From

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use keyledger_core::{Event, KeyId, TenantId, touched_keys};
 
 use crate::chain::{GENESIS, Hash};
-use crate::read::{KeyPage, PositionPage, RecordRef, TenantPage};
+use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, plan};
 
 /// An [`EventLog`] held in memory, behind one mutex.
@@ -339,6 +339,33 @@ impl EventLog for MemoryLog {
             .range((t.clone(), k, first)..=(t, k, u64::MAX))
             .take(limit);
         for (&(_, _, seq), &position) in range {
+            page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
+        }
+        Ok(page.finish())
+    }
+
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let t = tenant.as_str().to_owned();
+        let mut entries = BTreeMap::new();
+        for k in keys {
+            let k = k.ulid().0;
+            for (&(_, _, seq), &position) in inner
+                .keys
+                .range((t.clone(), k, 1)..=(t.clone(), k, until_seq.max(1)))
+            {
+                if seq <= until_seq {
+                    merge_entry(&mut entries, tenant, seq, position)?;
+                }
+            }
+        }
+        let mut page = KeysPage::new(tenant, keys);
+        for (seq, position) in entries {
             page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
         }
         Ok(page.finish())

@@ -247,3 +247,70 @@ impl<'t> KeyPage<'t> {
         self.tenant.out
     }
 }
+
+/// The records naming any of some keys of a tenant up to a sequence
+/// number ([`crate::EventLog::read_keys_until`]): the backend gathers the
+/// index entries of every key (`entries`, by seq), then hands each entry's
+/// stored record to [`KeysPage::push`] in seq order. Each must be the
+/// record the entry names (as in a [`TenantPage`]) and name one of the
+/// keys.
+pub(crate) struct KeysPage<'t> {
+    tenant: TenantPage<'t>,
+    keys: &'t [keyledger_core::KeyId],
+}
+
+/// Index entries of several keys, merged: seq → position. Two keys'
+/// entries for one seq must agree on the position.
+pub(crate) fn merge_entry(
+    entries: &mut std::collections::BTreeMap<u64, u64>,
+    tenant: &TenantId,
+    seq: u64,
+    position: u64,
+) -> Result<(), StoreError> {
+    match entries.insert(seq, position) {
+        Some(other) if other != position => Err(corrupt(
+            position,
+            format!(
+                "tenant {tenant}: the key index names positions {other} and {position} for \
+                 event {seq}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl<'t> KeysPage<'t> {
+    /// An empty page of `keys` of `tenant`.
+    pub(crate) fn new(tenant: &'t TenantId, keys: &'t [keyledger_core::KeyId]) -> Self {
+        KeysPage {
+            tenant: TenantPage::new(tenant, 0, keys.len().saturating_mul(64)),
+            keys,
+        }
+    }
+
+    /// The record stored for the entry (seq, position), in seq order.
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        position: u64,
+        stored: Option<RecordRef<'_>>,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.tenant;
+        self.tenant.push(seq, position, stored)?;
+        let named = self.tenant.out.last().is_some_and(|r| {
+            keyledger_core::touched_keys(&r.event).any(|k| self.keys.contains(&k))
+        });
+        if !named {
+            return Err(corrupt(
+                position,
+                format!("tenant {tenant} event {seq}: listed under a key it does not name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The records read.
+    pub(crate) fn finish(self) -> Vec<Record> {
+        self.tenant.out
+    }
+}

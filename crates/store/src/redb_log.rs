@@ -36,7 +36,7 @@ use keyledger_core::{Event, KeyId, TenantId, touched_keys};
 
 use crate::chain::{self, GENESIS, Hash};
 use crate::guard;
-use crate::read::{KeyPage, PositionPage, RecordRef, TenantPage};
+use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
@@ -940,6 +940,15 @@ impl EventLog for RedbLog {
         self.guarded(|| self.read_key_unguarded(tenant, key, after_seq, limit))
     }
 
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.read_keys_until_unguarded(tenant, keys, until_seq))
+    }
+
     fn tenant_keys(
         &self,
         tenant: &TenantId,
@@ -1098,6 +1107,51 @@ impl RedbLog {
             let (ik, v) = entry.map_err(backend("reading the key index"))?;
             let (_, _, seq) = ik.value();
             let position = v.value();
+            let bytes = events.get(position).map_err(backend("reading an event"))?;
+            match bytes {
+                None => page.push(seq, position, None)?,
+                Some(b) => {
+                    let stored = decode_stored(position, b.value())?;
+                    page.push(seq, position, Some(stored.as_ref()))?;
+                }
+            }
+        }
+        Ok(page.finish())
+    }
+
+    /// One read transaction: each key's index range up to `until_seq`,
+    /// merged by seq, then each record once.
+    fn read_keys_until_unguarded(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        if until_seq == 0 || keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
+        let index = txn
+            .open_table(KEY_INDEX)
+            .map_err(backend("opening key_index"))?;
+        let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
+        let t = tenant.as_str();
+        let mut entries = std::collections::BTreeMap::new();
+        for key in keys {
+            let k = key.ulid().0;
+            for entry in index
+                .range((t, k, 1)..=(t, k, until_seq))
+                .map_err(backend("reading the key index"))?
+            {
+                let (ik, v) = entry.map_err(backend("reading the key index"))?;
+                merge_entry(&mut entries, tenant, ik.value().2, v.value())?;
+            }
+        }
+        let mut page = KeysPage::new(tenant, keys);
+        for (seq, position) in entries {
             let bytes = events.get(position).map_err(backend("reading an event"))?;
             match bytes {
                 None => page.push(seq, position, None)?,

@@ -9,13 +9,18 @@ use keyledger_core::{KeyId, TenantId, touched_keys};
 use super::pool::{connect, query};
 use super::read::raw_from_row;
 use super::{PgLog, Shared, classify, to_u64};
-use crate::read::KeyPage;
+use crate::read::{KeyPage, KeysPage, merge_entry};
 use crate::{Record, StoreError, envelope};
 
 const SQL_READ_KEY: &str = "SELECT e.position, e.tenant, e.seq, e.prev_hash, e.hash, e.payload, \
      k.seq, k.position \
      FROM keyledger.key_events k LEFT JOIN keyledger.events e ON e.position = k.position \
      WHERE k.tenant = $1 AND k.key_id = $2 AND k.seq > $3 ORDER BY k.seq LIMIT $4";
+
+const SQL_READ_KEYS_UNTIL: &str = "SELECT e.position, e.tenant, e.seq, e.prev_hash, e.hash, \
+     e.payload, k.seq, k.position \
+     FROM keyledger.key_events k LEFT JOIN keyledger.events e ON e.position = k.position \
+     WHERE k.tenant = $1 AND k.key_id = ANY($2) AND k.seq <= $3 ORDER BY k.seq";
 
 /// A loose index scan: one index probe per key, however many entries
 /// each key has.
@@ -60,6 +65,50 @@ impl PgLog {
         for row in &rows {
             let seq = to_u64(row.get::<_, i64>(6));
             let position = to_u64(row.get::<_, i64>(7));
+            if row.get::<_, Option<i64>>(0).is_none() {
+                page.push(seq, position, None)?;
+                continue;
+            }
+            let r = raw_from_row(row)?;
+            page.push(seq, position, Some(r.as_ref()))?;
+        }
+        Ok(page.finish())
+    }
+
+    pub(super) fn read_keys_until_records(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let Some((until, _)) = super::read::bounds(until_seq, 1) else {
+            return Ok(Vec::new());
+        };
+        if keys.is_empty() || until == 0 {
+            return Ok(Vec::new());
+        }
+        let t = tenant.as_str().to_owned();
+        let ids: Vec<Vec<u8>> = keys.iter().map(|k| key_bytes(*k)).collect();
+        let rows = self.run("reading keys' events", move |s| async move {
+            query(
+                &s,
+                "reading keys' events",
+                SQL_READ_KEYS_UNTIL,
+                vec![Box::new(t), Box::new(ids), Box::new(until)],
+            )
+            .await
+        })?;
+        let mut page = KeysPage::new(tenant, keys);
+        let mut entries = std::collections::BTreeMap::new();
+        for row in &rows {
+            let seq = to_u64(row.get::<_, i64>(6));
+            let position = to_u64(row.get::<_, i64>(7));
+            // Two of the keys may list one record: it is read once.
+            let seen = entries.contains_key(&seq);
+            merge_entry(&mut entries, tenant, seq, position)?;
+            if seen {
+                continue;
+            }
             if row.get::<_, Option<i64>>(0).is_none() {
                 page.push(seq, position, None)?;
                 continue;

@@ -458,6 +458,15 @@ impl EventLog for PgLog {
         self.read_key_records(tenant, key, after_seq, limit)
     }
 
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.read_keys_until_records(tenant, keys, until_seq)
+    }
+
     fn tenant_keys(
         &self,
         tenant: &TenantId,
