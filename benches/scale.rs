@@ -1129,8 +1129,25 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
             std::hint::black_box(ledger.usage_summary(big, 30).expect("summary"));
         }),
     );
+    // A page of 100 keys from a random place in the key order (the
+    // cursor is the key before it), then the whole tenant.
+    let mut ids: Vec<KeyId> = (0..big_keys).map(|i| plan.key_id(i * 10)).collect();
+    ids.sort();
     report(
-        "point-in-time state (day 45)",
+        "point-in-time state (day 45, a page of 100 keys at a random place)",
+        timed(200, budget, |_| {
+            let at = PointInTime::Instant(plan.day_start(45));
+            let after = ids[rng.below(ids.len() as u64) as usize];
+            let cursor = format!("k{:032x}", after.ulid().0);
+            std::hint::black_box(
+                ledger
+                    .state_at_page(big, at, Some(&cursor), Some(100))
+                    .expect("state"),
+            );
+        }),
+    );
+    report(
+        "point-in-time state (day 45, every key)",
         timed(100, budget, |_| {
             let at = PointInTime::Instant(plan.day_start(45));
             std::hint::black_box(ledger.state_at(big, at).expect("state"));

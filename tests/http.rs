@@ -16,6 +16,7 @@ use crate::util::{Data, bin, files};
 
 mod bodies;
 mod console;
+mod history;
 mod operator;
 mod policy;
 mod positions;

@@ -14,6 +14,7 @@
 
 pub mod decide;
 pub mod event;
+pub mod history;
 pub mod ids;
 pub mod leak;
 pub mod limits;
@@ -37,6 +38,7 @@ pub use event::{
     Event, EventKind, KeyChange, KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyUpdated,
     KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
+pub use history::{KeyFold, fold_key, touched_keys};
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use leak::{Leak, ReportLeaked, Reporter};
 pub use overlay::{Overlay, StateView, TenantView};

@@ -682,6 +682,38 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         usage == world.usage,
         "the replayed usage differs from the live one"
     );
+    check_key_folds(&world)
+}
+
+/// Each key folded from its own events (those the per-key index lists it
+/// under: `touched_keys`) is the key the tenant's replay holds, after
+/// every event of the log: the point-in-time state at any sequence number.
+fn check_key_folds(world: &World) -> Result<(), TestCaseError> {
+    let mut ledger = Ledger::new();
+    let mut seqs: HashMap<TenantId, u64> = HashMap::new();
+    let mut indexed: Vec<(TenantId, u64, &Event)> = Vec::new();
+    for event in &world.log {
+        let seq = seqs.entry(event.tenant.clone()).or_default();
+        *seq += 1;
+        let seq = *seq;
+        prop_assert!(ledger.apply(seq, event).is_ok());
+        indexed.push((event.tenant.clone(), seq, event));
+        for known in world.known.iter().filter(|k| k.tenant == event.tenant) {
+            let own = indexed.iter().filter(|(t, _, e)| {
+                *t == known.tenant && keyledger_core::touched_keys(e).any(|k| k == known.id)
+            });
+            let folded = keyledger_core::fold_key(known.id, own.map(|(_, s, e)| (*s, *e)))
+                .map_err(|e| TestCaseError::fail(format!("a key's own events do not fold: {e}")))?;
+            prop_assert_eq!(
+                folded.as_ref(),
+                ledger.key(&known.tenant, known.id),
+                "{} folded from its own events differs from the replay at {} event {}",
+                known.id,
+                known.tenant,
+                seq
+            );
+        }
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! itself (audit trail, history, point-in-time state).
 
 use keyledger_core::{
-    AuditFilter, DailyRow, Day, KeyId, KeyRecord, KeyStatus, Ledger, TenantId, Timestamp,
+    AuditFilter, DailyRow, Day, KeyFold, KeyId, KeyRecord, KeyStatus, Ledger, TenantId, Timestamp,
     UsageSummary, limits::SUMMARY_DAYS_MAX,
 };
 use keyledger_store::{ChainReport, Record, chain};
@@ -124,9 +124,18 @@ pub struct StateAt {
     pub at: Timestamp,
     /// The sequence number of the tenant's last event folded (0: none).
     pub seq: u64,
-    /// Every key that existed then, with its status then.
+    /// The keys that existed then (every one, or a page of them), in key-id
+    /// order, with their status then.
     pub keys: Vec<(KeyRecord, KeyStatus)>,
+    /// With a page: pass back to get the next; `None` on the last (and
+    /// always without a limit).
+    pub next_cursor: Option<String>,
 }
+
+/// Keys folded together from their indexed events (one [`KeyFold`]).
+const STATE_FOLD_KEYS: usize = 256;
+/// Records read from the per-key index at a time.
+const KEY_PAGE_RECORDS: usize = 1024;
 
 fn check_limit(limit: Option<usize>) -> Result<usize, Error> {
     match limit.unwrap_or(PAGE_LIMIT_DEFAULT) {
@@ -201,6 +210,22 @@ fn parse_audit_cursor(cursor: Option<&str>) -> Result<u64, Error> {
             .and_then(|n| n.parse().ok())
             .ok_or(Error::BadRequest(BadRequest::TrailCursor)),
     }
+}
+
+/// A point-in-time page's cursor: the last key listed, as `k` and its
+/// 128 bits in lower-case hex (a key id's own text form would look like a
+/// secret in a URL: `key_in_url`).
+fn state_cursor(key: KeyId) -> String {
+    format!("k{:032x}", key.ulid().0)
+}
+
+fn parse_state_cursor(cursor: &str) -> Result<KeyId, Error> {
+    cursor
+        .strip_prefix('k')
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .map(|n| KeyId::from_ulid(ulid::Ulid(n)))
+        .ok_or(Error::BadRequest(BadRequest::ListCursor))
 }
 
 impl Keyledger {
@@ -369,7 +394,9 @@ impl Keyledger {
         }
     }
 
-    /// Every event of one key, usage included.
+    /// Every event about one key (its `key_id`), usage included: the
+    /// audit trail filtered to the key, read through the store's per-key
+    /// index, so it costs the key's events, not the tenant's.
     pub fn key_history(
         &self,
         tenant: &TenantId,
@@ -378,16 +405,52 @@ impl Keyledger {
         limit: Option<usize>,
     ) -> Result<AuditPage, Error> {
         self.key(tenant, id)?;
+        let limit = check_limit(limit)?;
+        let mut after = parse_audit_cursor(cursor)?;
+        // The index also lists a rotation under its new key, and a
+        // rotation's `KeyCreated` under the old one: the history is the
+        // events *about* the key, as the trail's filter says.
         let filter = AuditFilter {
             key_id: Some(id),
             include_usage: true,
             ..AuditFilter::default()
         };
-        self.audit(tenant, &filter, cursor, limit)
+        let mut records = Vec::new();
+        loop {
+            let want = (limit - records.len() + 1).min(KEY_PAGE_RECORDS);
+            let page = self.shared.log.read_key(tenant, id, after, want)?;
+            let exhausted = page.len() < want;
+            for r in page {
+                after = r.seq;
+                if filter.matches(&r.event) {
+                    records.push(r);
+                    if records.len() == limit {
+                        // As the trail's pages: a cursor while the tenant
+                        // has any event after this one.
+                        let head = self.shared.log.tenant_head(tenant)?.map_or(0, |h| h.0);
+                        return Ok(AuditPage {
+                            records,
+                            next_cursor: (head > after).then(|| audit_cursor(after)),
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(AuditPage {
+                    records,
+                    next_cursor: None,
+                });
+            }
+        }
     }
 
-    /// A tenant's keys as of an instant or one of its sequence numbers, by
-    /// replaying the tenant's events up to it.
+    /// A tenant's keys as of an instant or one of its sequence numbers:
+    /// every key that existed then, by replaying the tenant's events up to
+    /// it. (Every key needs every event up to the point anyway, and one
+    /// walk of the trail in order reads them faster than the per-key
+    /// index does: 2.5 s against 7.8 s for a tenant of 10,000 keys and
+    /// 503,000 events, docs/performance.md. A page of keys is
+    /// [`Keyledger::state_at_page`].)
     pub fn state_at(&self, tenant: &TenantId, at: PointInTime) -> Result<StateAt, Error> {
         let mut ledger = Ledger::new();
         let mut after = 0;
@@ -431,7 +494,124 @@ impl Keyledger {
             at: judged_at,
             seq: after,
             keys,
+            next_cursor: None,
         })
+    }
+
+    /// A tenant's keys as of an instant or one of its sequence numbers, in
+    /// key-id order: up to `limit` of them after `cursor`; without a limit
+    /// and a cursor, [`Keyledger::state_at`] (every key, by replay). The
+    /// point in time is found in the tenant's trail
+    /// by bisection (its events are in time order), and each key is folded
+    /// from its own events up to it, read through the store's per-key
+    /// index: the cost is the page's keys' events, not the tenant's trail.
+    pub fn state_at_page(
+        &self,
+        tenant: &TenantId,
+        at: PointInTime,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<StateAt, Error> {
+        let limit = match (limit, cursor) {
+            (None, None) => return self.state_at(tenant, at),
+            (None, Some(_)) => usize::MAX,
+            (Some(_), _) => check_limit(limit)?,
+        };
+        let mut after_key = cursor.map(parse_state_cursor).transpose()?;
+        let (seq, judged_at) = self.point_in_time(tenant, at)?;
+        let mut keys = Vec::new();
+        let mut next_cursor = None;
+        while keys.len() < limit {
+            // No more keys listed than the page still needs, so each one
+            // listed is folded, and the last one listed is where the next
+            // page starts.
+            let want = (limit - keys.len()).min(STATE_FOLD_KEYS);
+            let listed = self.shared.log.tenant_keys(tenant, after_key, want)?;
+            let Some(last) = listed.last().map(|(k, _)| *k) else {
+                break;
+            };
+            // A key's first indexed event is its creation: one created
+            // after the point in time is skipped without reading it.
+            let existing: Vec<KeyId> = listed
+                .iter()
+                .filter(|(_, first)| *first <= seq)
+                .map(|(k, _)| *k)
+                .collect();
+            for (_, record) in self.fold_keys(tenant, &existing, seq)? {
+                let status = record.status(judged_at);
+                keys.push((record, status));
+            }
+            after_key = Some(last);
+            if listed.len() < want {
+                break;
+            }
+            if keys.len() == limit {
+                let more = !self
+                    .shared
+                    .log
+                    .tenant_keys(tenant, Some(last), 1)?
+                    .is_empty();
+                next_cursor = more.then(|| state_cursor(last));
+            }
+        }
+        Ok(StateAt {
+            at: judged_at,
+            seq,
+            keys,
+            next_cursor,
+        })
+    }
+
+    /// The tenant's last sequence number at the point in time, and the
+    /// instant statuses are judged at (the instant asked, or the time of
+    /// the event at the sequence number asked).
+    fn point_in_time(&self, tenant: &TenantId, at: PointInTime) -> Result<(u64, Timestamp), Error> {
+        let head = self.shared.log.tenant_head(tenant)?.map_or(0, |h| h.0);
+        let event_at = |seq: u64| -> Result<Option<Timestamp>, Error> {
+            let r = self.shared.log.read_tenant(tenant, seq - 1, 1)?;
+            Ok(r.first().map(|r| r.event.at))
+        };
+        match at {
+            PointInTime::Seq(s) => {
+                let seq = s.min(head);
+                let at = match seq {
+                    0 => Timestamp::EPOCH,
+                    n => event_at(n)?.unwrap_or(Timestamp::EPOCH),
+                };
+                Ok((seq, at))
+            }
+            PointInTime::Instant(t) => {
+                // The last event at or before `t`: events of a tenant never
+                // go back in time (the writer stamps each at or after the
+                // one before), so `at <= t` holds for a prefix.
+                let (mut lo, mut hi) = (0, head);
+                while lo < hi {
+                    let mid = lo + (hi - lo).div_ceil(2);
+                    if event_at(mid)?.is_some_and(|a| a <= t) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                Ok((lo, t))
+            }
+        }
+    }
+
+    /// `keys` folded together from their own events up to `seq`, by id
+    /// (a key not created by then is left out).
+    fn fold_keys(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        seq: u64,
+    ) -> Result<std::collections::BTreeMap<KeyId, KeyRecord>, Error> {
+        let records = self.shared.log.read_keys_until(tenant, keys, seq)?;
+        let mut fold = KeyFold::new(keys.iter().copied());
+        for r in &records {
+            fold.apply(r.seq, &r.event).map_err(Error::from)?;
+        }
+        Ok(fold.finish())
     }
 
     /// Per-day usage of a tenant, or of one of its keys, for `from..=to`.

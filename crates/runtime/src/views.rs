@@ -927,8 +927,13 @@ pub struct StateBody {
     /// The position in the tenant's trail (its sequence number) of the
     /// last event folded (0: none).
     pub position: u64,
-    /// Every key that existed then, with its status then.
+    /// The keys that existed then, with their status then, in key-id
+    /// order: every one, or with `limit` a page of them.
     pub keys: Vec<KeyView>,
+    /// With `limit`: pass as `cursor` to get the next page; absent on the
+    /// last page (and without `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Per-day usage rows.
@@ -1048,6 +1053,7 @@ impl From<&crate::StateAt> for StateBody {
             at: time(s.at),
             position: s.seq,
             keys: s.keys.iter().map(|(k, st)| KeyView::new(k, *st)).collect(),
+            next_cursor: s.next_cursor.clone(),
         }
     }
 }

@@ -180,7 +180,8 @@ fn run_case(case_seed: u64, rt: &tokio::runtime::Runtime, totals: &mut Totals) {
     let log = open_log();
     let record = model.lock();
     let what = format!("case seed {case_seed}, final reopen");
-    let (l, checked) = check_recovered(log, &record, u64::MAX, &clock, case_seed, &what);
+    let (l, checked) = check_recovered(log.clone(), &record, u64::MAX, &clock, case_seed, &what);
+    common::check_state_at(&l, log.as_ref(), &what);
     drop(l);
     totals.checks += 1;
     totals.cases += 1;

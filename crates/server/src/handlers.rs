@@ -582,8 +582,11 @@ async fn audit_verify(
     Ok(Json(body))
 }
 
-/// Every key of the tenant as of a past instant (or position in the
-/// tenant's trail), rebuilt by replaying the tenant's events up to it.
+/// The tenant's keys as of a past instant (or position in the tenant's
+/// trail), in key-id order: every one, or with `limit` a page of them
+/// (`next_cursor` continues). A page folds each key from its own events up
+/// to that point, read through the per-key index; without `limit` the
+/// tenant's trail is replayed up to it.
 #[utoipa::path(
     get, path = "/v1/state", tag = "audit",
     params(StateQuery),
@@ -607,7 +610,9 @@ async fn state_at(
     };
     let tenant = auth.tenant().clone();
     let body = blocking(move || {
-        let s = state.ledger().state_at(&tenant, point)?;
+        let s = state
+            .ledger()
+            .state_at_page(&tenant, point, q.cursor.as_deref(), q.limit)?;
         Ok(StateBody::from(&s))
     })
     .await?;

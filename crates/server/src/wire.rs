@@ -412,6 +412,14 @@ pub struct StateQuery {
         pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(?:\+?[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2}))[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub at: String,
+    /// Where the previous page ended: a page's `next_cursor`.
+    #[param(pattern = r"^k[0-9a-f]{32}$")]
+    pub cursor: Option<String>,
+    /// Keys per page: 1 to 1000, each folded from its own events (the
+    /// per-key index). Without it, every key of the tenant, by a replay of
+    /// its trail up to the point in time: a cost that grows with the trail.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
 }
 
 /// Query of `GET /v1/usage`.

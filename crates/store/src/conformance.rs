@@ -48,6 +48,8 @@ const CONTRACTS: &[(&str, Contract)] = &[
     ("tenant_head", tenant_head),
     ("tenants_are_listed_sorted", tenants_sorted),
     ("chain_verifies_on_untouched_log", chain_verifies),
+    ("read_key_lists_each_keys_records", read_key_records),
+    ("tenant_keys_pages_in_key_order", tenant_keys_pages),
 ];
 
 /// Runs every contract test, each on a fresh log from `h`. Panics naming
@@ -766,4 +768,153 @@ fn chain_verifies(h: &mut dyn Harness) {
     let nobody = ok(chain::verify_tenant(&*log, &tenant("nobody")), "verify");
     assert!(nobody.ok);
     assert_eq!((nobody.events, nobody.head_hash), (0, GENESIS));
+}
+
+/// What the per-key index must hold: for each key, the tenant's records
+/// naming it ([`keyledger_core::touched_keys`]), from the whole trail.
+fn expected_by_key(
+    log: &dyn EventLog,
+    t: &TenantId,
+) -> std::collections::BTreeMap<KeyId, Vec<Record>> {
+    let mut by_key: std::collections::BTreeMap<KeyId, Vec<Record>> = Default::default();
+    for r in ok(log.read_tenant(t, 0, usize::MAX), "read_tenant") {
+        for k in keyledger_core::touched_keys(&r.event) {
+            by_key.entry(k).or_default().push(r.clone());
+        }
+    }
+    by_key
+}
+
+fn read_key_records(h: &mut dyn Harness) {
+    let log = h.fresh();
+    let (a, b) = (tenant("a"), tenant("b"));
+    // One append of both tenants, then several of one each: every kind
+    // of event (rotations name two keys) in both.
+    ok(
+        log.append(vec![
+            batch(&a, 0, sample_events(&a, 0, 7)),
+            batch(&b, 0, sample_events(&b, 100, 5)),
+        ]),
+        "append",
+    );
+    for _ in 0..4 {
+        fill(&*log, &a, 13);
+        fill(&*log, &b, 6);
+    }
+    let check = |log: &dyn EventLog, when: &str| {
+        for (t, other) in [(&a, &b), (&b, &a)] {
+            let by_key = expected_by_key(log, t);
+            let others = expected_by_key(log, other);
+            assert!(by_key.len() > 10, "{when}: the sample names many keys");
+            assert!(
+                by_key.values().any(|rs| rs.len() >= 3),
+                "{when}: some key has several records"
+            );
+            for (key, want) in &by_key {
+                let got = ok(log.read_key(t, *key, 0, usize::MAX), "read_key");
+                assert_eq!(
+                    &got, want,
+                    "{when}: tenant {t} key {key}: its records, in order"
+                );
+                for page_size in [1, 2, 5] {
+                    let mut paged = Vec::new();
+                    let mut after = 0;
+                    loop {
+                        let page = ok(log.read_key(t, *key, after, page_size), "read_key");
+                        assert!(page.len() <= page_size);
+                        let Some(last) = page.last() else { break };
+                        after = last.seq;
+                        paged.extend(page);
+                    }
+                    assert_eq!(&paged, want, "{when}: pages of {page_size} of {key}");
+                }
+                let after_first = want.first().map_or(0, |r| r.seq);
+                let tail = ok(log.read_key(t, *key, after_first, usize::MAX), "read_key");
+                assert_eq!(tail.as_slice(), want.get(1..).unwrap_or_default());
+                assert!(ok(log.read_key(t, *key, u64::MAX, 10), "read_key(max)").is_empty());
+                assert!(ok(log.read_key(t, *key, 0, 0), "read_key(limit 0)").is_empty());
+                // (The sample reuses key ids across tenants: each reads its own.)
+                assert_eq!(
+                    ok(log.read_key(other, *key, 0, usize::MAX), "read_key(other)"),
+                    others.get(key).cloned().unwrap_or_default(),
+                    "{when}: the other tenant reads only its own records of {key}"
+                );
+            }
+            assert!(
+                ok(
+                    log.read_key(t, key_id(999_999_999), 0, 10),
+                    "read_key(unknown)"
+                )
+                .is_empty()
+            );
+            // Several keys up to a sequence number: each record naming any
+            // of them, once, in order.
+            let all_keys: Vec<KeyId> = by_key.keys().copied().collect();
+            let head = ok(log.tenant_head(t), "tenant_head").map_or(0, |h| h.0);
+            for (i, until) in [0, 1, head / 3, head / 2, head, head + 5]
+                .into_iter()
+                .enumerate()
+            {
+                let keys: Vec<KeyId> = all_keys
+                    .iter()
+                    .copied()
+                    .skip(i % 3)
+                    .step_by(1 + i % 3)
+                    .chain([key_id(999_999_999)])
+                    .collect();
+                let mut want: Vec<Record> = by_key
+                    .iter()
+                    .filter(|(k, _)| keys.contains(k))
+                    .flat_map(|(_, rs)| rs.iter().filter(|r| r.seq <= until).cloned())
+                    .collect();
+                want.sort_by_key(|r| r.seq);
+                want.dedup_by_key(|r| r.seq);
+                let got = ok(log.read_keys_until(t, &keys, until), "read_keys_until");
+                assert_eq!(
+                    got,
+                    want,
+                    "{when}: tenant {t}, {} keys up to {until}",
+                    keys.len()
+                );
+            }
+            assert!(ok(log.read_keys_until(t, &[], head), "read_keys_until(none)").is_empty());
+        }
+    };
+    check(&*log, "after the appends");
+    let log = h.reopen(log);
+    check(&*log, "after a reopen");
+}
+
+fn tenant_keys_pages(h: &mut dyn Harness) {
+    let log = h.fresh();
+    let (a, b) = (tenant("a"), tenant("b"));
+    for _ in 0..3 {
+        fill(&*log, &a, 11);
+        fill(&*log, &b, 4);
+    }
+    for t in [&a, &b] {
+        let want: Vec<(KeyId, u64)> = expected_by_key(&*log, t)
+            .into_iter()
+            .map(|(k, rs)| (k, rs.first().map_or(0, |r| r.seq)))
+            .collect();
+        assert_eq!(
+            ok(log.tenant_keys(t, None, usize::MAX), "tenant_keys"),
+            want,
+            "every key named, in key order, with its first record's seq"
+        );
+        for page_size in [1, 3, 100] {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = ok(log.tenant_keys(t, after, page_size), "tenant_keys");
+                assert!(page.len() <= page_size);
+                let Some(last) = page.last() else { break };
+                after = Some(last.0);
+                got.extend(page);
+            }
+            assert_eq!(got, want, "pages of {page_size} cover the keys exactly");
+        }
+        assert!(ok(log.tenant_keys(t, None, 0), "tenant_keys(limit 0)").is_empty());
+    }
+    assert!(ok(log.tenant_keys(&tenant("nobody"), None, 10), "tenant_keys").is_empty());
 }

@@ -45,7 +45,7 @@ pub use redb_log::{
 };
 pub use wal::WalOptions;
 
-use keyledger_core::{Event, TenantId};
+use keyledger_core::{Event, KeyId, TenantId};
 
 /// A committed event with its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +175,103 @@ pub trait EventLog: Send + Sync {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<RawRecord>, StoreError>;
+
+    /// Up to `limit` of the records of a tenant that name `key`
+    /// ([`keyledger_core::touched_keys`]) with `seq > after_seq`, in order:
+    /// read through the per-key index, so the cost is the key's events,
+    /// not the tenant's. Each record is checked as [`EventLog::read_tenant`]
+    /// checks it (position, tenant, sequence number, chain hash), and must
+    /// name the key.
+    ///
+    /// The default walks the tenant's whole trail (for wrappers in tests);
+    /// every backend overrides it with its index.
+    fn read_key(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = after_seq;
+        while out.len() < limit {
+            let page = self.read_tenant(tenant, after, 4096)?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            after = last;
+            out.extend(
+                page.into_iter()
+                    .filter(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key)),
+            );
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Every record of a tenant that names any of `keys` with
+    /// `seq <= until_seq`, in sequence order, each once: what folding a
+    /// page of keys up to a point in time needs, read through the per-key
+    /// index in one go (one read transaction, each key's range bounded).
+    /// Records are checked as [`EventLog::read_key`] checks them (each
+    /// must name one of the keys). The default reads each key with
+    /// [`EventLog::read_key`].
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut by_seq = std::collections::BTreeMap::new();
+        for &key in keys {
+            let mut after = 0;
+            'key: loop {
+                let page = self.read_key(tenant, key, after, 4096)?;
+                let Some(last) = page.last().map(|r| r.seq) else {
+                    break;
+                };
+                after = last;
+                for r in page {
+                    if r.seq > until_seq {
+                        break 'key;
+                    }
+                    by_seq.entry(r.seq).or_insert(r);
+                }
+            }
+        }
+        Ok(by_seq.into_values().collect())
+    }
+
+    /// Up to `limit` of the keys a tenant's records name, in key-id order,
+    /// after `after` (from the first when `None`), each with the sequence
+    /// number of the first record naming it (a key's `KeyCreated`). From
+    /// the per-key index; the default walks the tenant's trail.
+    fn tenant_keys(
+        &self,
+        tenant: &TenantId,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        let mut first = std::collections::BTreeMap::new();
+        let mut seq = 0;
+        loop {
+            let page = self.read_tenant(tenant, seq, 4096)?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            seq = last;
+            for r in &page {
+                for k in keyledger_core::touched_keys(&r.event) {
+                    first.entry(k).or_insert(r.seq);
+                }
+            }
+        }
+        Ok(first
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| *k > a))
+            .take(limit)
+            .collect())
+    }
 
     /// A tenant's last sequence number and hash, or `None` without events.
     fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError>;

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use keyledger_core::TenantId;
+use keyledger_core::{Event, KeyId, TenantId, touched_keys};
 
 use crate::chain::{GENESIS, Hash};
-use crate::read::{PositionPage, RecordRef, TenantPage};
+use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, plan};
 
 /// An [`EventLog`] held in memory, behind one mutex.
@@ -45,6 +45,9 @@ struct Inner {
     /// Each tenant's last sequence number and hash, kept apart from the
     /// records, so a cut-off tail shows.
     heads: BTreeMap<String, (u64, Hash)>,
+    /// The per-key index: (tenant, key, seq) → position, written at append
+    /// for every key the event names.
+    keys: BTreeMap<(String, u128, u64), u64>,
 }
 
 impl Inner {
@@ -112,6 +115,8 @@ impl Inner {
 struct Stage<'i> {
     inner: &'i Inner,
     staged: Vec<RawRecord>,
+    /// The per-key index entries of the staged records.
+    keyed: Vec<((String, u128, u64), u64)>,
 }
 
 impl<'a> plan::AppendSink<'a> for Stage<'_> {
@@ -119,8 +124,12 @@ impl<'a> plan::AppendSink<'a> for Stage<'_> {
         self.inner.checked_head(tenant)
     }
 
-    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>, event: &'a Event) -> Result<(), StoreError> {
         let (position, tenant, seq) = (r.position, r.tenant, r.seq);
+        for k in touched_keys(event) {
+            self.keyed
+                .push(((tenant.to_owned(), k.ulid().0, seq), position));
+        }
         if self.inner.slots.contains_key(&position) {
             return Err(StoreError::Corrupt {
                 position,
@@ -203,10 +212,12 @@ impl EventLog for MemoryLog {
         let mut sink = Stage {
             inner: &inner,
             staged: Vec::with_capacity(total),
+            keyed: Vec::with_capacity(total),
         };
         let plan::Plan { links, heads } = plan::plan(&batches, &encoded, last, &mut sink)?;
-        let staged = sink.staged;
+        let (staged, keyed) = (sink.staged, sink.keyed);
         // Everything is checked: commit.
+        inner.keys.extend(keyed);
         for (tenant, seq, hash) in heads {
             inner.heads.insert(tenant.to_owned(), (seq, hash));
         }
@@ -308,6 +319,84 @@ impl EventLog for MemoryLog {
                 })
             })
             .collect())
+    }
+
+    fn read_key(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let mut page = KeyPage::new(tenant, key, after_seq, limit);
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let (t, k) = (tenant.as_str().to_owned(), key.ulid().0);
+        let range = inner
+            .keys
+            .range((t.clone(), k, first)..=(t, k, u64::MAX))
+            .take(limit);
+        for (&(_, _, seq), &position) in range {
+            page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
+        }
+        Ok(page.finish())
+    }
+
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let t = tenant.as_str().to_owned();
+        let mut entries = BTreeMap::new();
+        for k in keys {
+            let k = k.ulid().0;
+            for (&(_, _, seq), &position) in inner
+                .keys
+                .range((t.clone(), k, 1)..=(t.clone(), k, until_seq.max(1)))
+            {
+                if seq <= until_seq {
+                    merge_entry(&mut entries, tenant, seq, position)?;
+                }
+            }
+        }
+        let mut page = KeysPage::new(tenant, keys);
+        for (seq, position) in entries {
+            page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
+        }
+        Ok(page.finish())
+    }
+
+    fn tenant_keys(
+        &self,
+        tenant: &TenantId,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        let inner = self.lock();
+        let t = tenant.as_str().to_owned();
+        let mut out = Vec::new();
+        let mut from = match after {
+            None => Some(0),
+            Some(a) => a.ulid().0.checked_add(1),
+        };
+        while out.len() < limit {
+            let Some(k) = from else { break };
+            let next = inner
+                .keys
+                .range((t.clone(), k, 0)..=(t.clone(), u128::MAX, u64::MAX))
+                .next();
+            let Some((&(_, key, seq), _)) = next else {
+                break;
+            };
+            out.push((KeyId::from_ulid(ulid::Ulid(key)), seq));
+            from = key.checked_add(1);
+        }
+        Ok(out)
     }
 
     fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {

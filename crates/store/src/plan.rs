@@ -47,8 +47,10 @@ pub(crate) trait AppendSink<'a> {
     /// in pairs"). Asked once per tenant, before its first batch.
     fn head(&mut self, tenant: &str) -> Result<(u64, Hash), StoreError>;
 
-    /// Stores or stages one record, in order; an error stops the plan.
-    fn record(&mut self, record: &RecordRef<'a>) -> Result<(), StoreError>;
+    /// Stores or stages one record (and `event`, what it encodes, for the
+    /// per-key index: [`keyledger_core::touched_keys`]), in order; an error
+    /// stops the plan.
+    fn record(&mut self, record: &RecordRef<'a>, event: &'a Event) -> Result<(), StoreError>;
 }
 
 /// A planned append: where each record went, and the tenants' new heads.
@@ -95,21 +97,24 @@ pub(crate) fn plan<'a>(
                 actual: seq,
             });
         }
-        for _ in &batch.events {
+        for event in &batch.events {
             let end = ends.next().copied().unwrap_or(start);
             let payload = encoded.bytes.get(start..end).unwrap_or_default();
             start = end;
             seq += 1;
             position += 1;
             let hash = chain::link(&prev, tenant, seq, payload);
-            sink.record(&RecordRef {
-                position,
-                tenant,
-                seq,
-                prev_hash: prev,
-                hash,
-                payload,
-            })?;
+            sink.record(
+                &RecordRef {
+                    position,
+                    tenant,
+                    seq,
+                    prev_hash: prev,
+                    hash,
+                    payload,
+                },
+                event,
+            )?;
             links.push((position, seq, prev, hash));
             prev = hash;
         }

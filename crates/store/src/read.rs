@@ -177,3 +177,140 @@ impl<'t> TenantPage<'t> {
         Ok(self.out)
     }
 }
+
+/// A page of the records naming one key of a tenant after `after_seq`, in
+/// the order of the per-key index: each entry must name a stored record of
+/// this tenant with the entry's position and sequence number, whose chain
+/// hash holds and whose event names the key; the sequence numbers must
+/// rise. (Unlike a tenant page they have gaps, so no link is checked
+/// between them: the chain is verified by [`crate::chain`].)
+pub(crate) struct KeyPage<'t> {
+    tenant: TenantPage<'t>,
+    key: keyledger_core::KeyId,
+    last_seq: u64,
+}
+
+impl<'t> KeyPage<'t> {
+    /// An empty page of `key` in `tenant` after `after_seq`, with room for
+    /// up to `capacity` records (at most [`READ_PREALLOC_RECORDS_MAX`]).
+    pub(crate) fn new(
+        tenant: &'t TenantId,
+        key: keyledger_core::KeyId,
+        after_seq: u64,
+        capacity: usize,
+    ) -> Self {
+        KeyPage {
+            tenant: TenantPage::new(tenant, after_seq, capacity),
+            key,
+            last_seq: after_seq,
+        }
+    }
+
+    /// The next index entry: event `seq` of the tenant at `position`, and
+    /// the record stored there (`None` when the position holds nothing).
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        position: u64,
+        stored: Option<RecordRef<'_>>,
+    ) -> Result<(), StoreError> {
+        let (tenant, key) = (self.tenant.tenant, self.key);
+        if seq <= self.last_seq {
+            return Err(corrupt(
+                position,
+                format!(
+                    "tenant {tenant}: the index of key {key} lists event {seq} after event {}",
+                    self.last_seq
+                ),
+            ));
+        }
+        self.tenant.push(seq, position, stored)?;
+        let named = self
+            .tenant
+            .out
+            .last()
+            .is_some_and(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key));
+        if !named {
+            return Err(corrupt(
+                position,
+                format!(
+                    "tenant {tenant} event {seq}: listed under key {key}, which it does not name"
+                ),
+            ));
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    /// The records read.
+    pub(crate) fn finish(self) -> Vec<Record> {
+        self.tenant.out
+    }
+}
+
+/// The records naming any of some keys of a tenant up to a sequence
+/// number ([`crate::EventLog::read_keys_until`]): the backend gathers the
+/// index entries of every key (`entries`, by seq), then hands each entry's
+/// stored record to [`KeysPage::push`] in seq order. Each must be the
+/// record the entry names (as in a [`TenantPage`]) and name one of the
+/// keys.
+pub(crate) struct KeysPage<'t> {
+    tenant: TenantPage<'t>,
+    keys: &'t [keyledger_core::KeyId],
+}
+
+/// Index entries of several keys, merged: seq → position. Two keys'
+/// entries for one seq must agree on the position.
+pub(crate) fn merge_entry(
+    entries: &mut std::collections::BTreeMap<u64, u64>,
+    tenant: &TenantId,
+    seq: u64,
+    position: u64,
+) -> Result<(), StoreError> {
+    match entries.insert(seq, position) {
+        Some(other) if other != position => Err(corrupt(
+            position,
+            format!(
+                "tenant {tenant}: the key index names positions {other} and {position} for \
+                 event {seq}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl<'t> KeysPage<'t> {
+    /// An empty page of `keys` of `tenant`.
+    pub(crate) fn new(tenant: &'t TenantId, keys: &'t [keyledger_core::KeyId]) -> Self {
+        KeysPage {
+            tenant: TenantPage::new(tenant, 0, keys.len().saturating_mul(64)),
+            keys,
+        }
+    }
+
+    /// The record stored for the entry (seq, position), in seq order.
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        position: u64,
+        stored: Option<RecordRef<'_>>,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.tenant;
+        self.tenant.push(seq, position, stored)?;
+        let named = self.tenant.out.last().is_some_and(|r| {
+            keyledger_core::touched_keys(&r.event).any(|k| self.keys.contains(&k))
+        });
+        if !named {
+            return Err(corrupt(
+                position,
+                format!("tenant {tenant} event {seq}: listed under a key it does not name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The records read.
+    pub(crate) fn finish(self) -> Vec<Record> {
+        self.tenant.out
+    }
+}

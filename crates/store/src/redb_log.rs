@@ -9,6 +9,13 @@
 //! | `events` | position `u64` | a stored record (below) |
 //! | `tenant_index` | `(tenant &str, seq u64)` | position `u64` |
 //! | `tenant_heads` | tenant `&str` | 40 bytes: last seq (u64 big-endian), last hash |
+//! | `key_index` | `(tenant &str, key id u128, seq u64)` | position `u64` |
+//!
+//! `key_index` lists every record under each key it names
+//! ([`keyledger_core::touched_keys`]), written in the same transaction as
+//! the record (and when the write-ahead log's frames are applied on open).
+//! A file made before it existed gets it built on open, in one pass over
+//! the events (`meta`: `"key_index"` → 1 once built).
 //!
 //! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
 //! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
@@ -25,11 +32,11 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use keyledger_core::TenantId;
+use keyledger_core::{Event, KeyId, TenantId, touched_keys};
 
 use crate::chain::{self, GENESIS, Hash};
 use crate::guard;
-use crate::read::{PositionPage, RecordRef, TenantPage};
+use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::wal::{Wal, WalOptions};
 use crate::{
     EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
@@ -45,6 +52,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const TENANT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("tenant_index");
 const TENANT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenant_heads");
+const KEY_INDEX: TableDefinition<(&str, u128, u64), u64> = TableDefinition::new("key_index");
+/// The `meta` key saying the per-key index holds every record (1).
+const KEY_INDEX_BUILT: &str = "key_index";
 
 const HEAD_BYTES: usize = 8 + 32;
 /// The `meta` key holding the write-ahead log's epoch ([`crate::wal`]).
@@ -276,8 +286,50 @@ fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map_err(backend("creating tenant_index"))?;
         txn.open_table(TENANT_HEADS)
             .map_err(backend("creating tenant_heads"))?;
+        let built = meta
+            .get(KEY_INDEX_BUILT)
+            .map_err(backend("reading whether the key index is built"))?
+            .is_some();
+        if !built {
+            build_key_index(&txn)?;
+            meta.insert(KEY_INDEX_BUILT, 1)
+                .map_err(backend("recording the key index built"))?;
+        }
     }
     txn.commit().map_err(backend("committing the tables"))
+}
+
+/// Fills the per-key index from every record of the `events` table: the
+/// one-time pass a file made before the index existed needs (a new file
+/// has no events). A record that cannot be decoded is left out: reads and
+/// chain verification name it.
+fn build_key_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
+    let mut keys = txn
+        .open_table(KEY_INDEX)
+        .map_err(backend("creating key_index"))?;
+    for entry in events.iter().map_err(backend("reading events"))? {
+        let (k, v) = entry.map_err(backend("reading an event"))?;
+        let position = k.value();
+        let Ok(stored) = decode_stored(position, v.value()) else {
+            continue;
+        };
+        let h = &stored.header;
+        let Ok(event) = decode_payload(h.tenant, stored.payload) else {
+            continue;
+        };
+        for key in touched_keys(&event) {
+            keys.insert((h.tenant, key.ulid().0, h.seq), position)
+                .map_err(backend("writing the key index"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The event a stored payload encodes.
+fn decode_payload(tenant: &str, payload: &[u8]) -> Result<Event, String> {
+    let tenant: TenantId = tenant.parse().map_err(|e| format!("{e}"))?;
+    crate::envelope::decode(&tenant, payload).map_err(|e| e.to_string())
 }
 
 impl RedbLog {
@@ -663,7 +715,9 @@ fn apply_wal(db: &Database, wal: &Wal) -> Result<u64, StoreError> {
             {
                 return Err(corrupt("does not extend its tenant's chain"));
             }
-            t.put(h, bytes)?;
+            let event = decode_payload(h.tenant, stored.payload)
+                .map_err(|e| corrupt(&format!("does not decode ({e})")))?;
+            t.put(h, bytes, touched_keys(&event))?;
             match heads.iter_mut().find(|(t, ..)| t == h.tenant) {
                 Some(head) => *head = (h.tenant.to_owned(), h.seq, h.hash),
                 None => heads.push((h.tenant.to_owned(), h.seq, h.hash)),
@@ -705,6 +759,7 @@ struct Tables<'txn> {
     events: redb::Table<'txn, u64, &'static [u8]>,
     index: redb::Table<'txn, (&'static str, u64), u64>,
     heads: redb::Table<'txn, &'static str, &'static [u8]>,
+    keys: redb::Table<'txn, (&'static str, u128, u64), u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -718,6 +773,9 @@ impl<'txn> Tables<'txn> {
             heads: txn
                 .open_table(TENANT_HEADS)
                 .map_err(backend("opening tenant_heads"))?,
+            keys: txn
+                .open_table(KEY_INDEX)
+                .map_err(backend("opening key_index"))?,
         })
     }
 }
@@ -732,8 +790,15 @@ impl Tables<'_> {
     }
 
     /// Stores one record (its stored bytes) at its position and indexes it,
-    /// refusing to overwrite either. The tenant's head is the caller's.
-    fn put(&mut self, h: &StoredHeader<'_>, bytes: &[u8]) -> Result<(), StoreError> {
+    /// in the tenant index and under each of `keys` (the keys its event
+    /// names), refusing to overwrite either. The tenant's head is the
+    /// caller's.
+    fn put(
+        &mut self,
+        h: &StoredHeader<'_>,
+        bytes: &[u8],
+        keys: impl Iterator<Item = KeyId>,
+    ) -> Result<(), StoreError> {
         let position = h.position;
         let taken = self
             .events
@@ -759,6 +824,11 @@ impl Tables<'_> {
                     h.tenant, h.seq
                 ),
             });
+        }
+        for key in keys {
+            self.keys
+                .insert((h.tenant, key.ulid().0, h.seq), position)
+                .map_err(backend("writing the key index"))?;
         }
         Ok(())
     }
@@ -814,7 +884,7 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
         self.tables.checked_head(tenant)
     }
 
-    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>, event: &'a Event) -> Result<(), StoreError> {
         let header = StoredHeader {
             position: r.position,
             tenant: r.tenant,
@@ -823,7 +893,7 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
             hash: r.hash,
         };
         encode_stored(&header, r.payload, &mut self.value);
-        self.tables.put(&header, &self.value)?;
+        self.tables.put(&header, &self.value, touched_keys(event))?;
         self.wal.push(&self.value);
         Ok(())
     }
@@ -858,6 +928,34 @@ impl EventLog for RedbLog {
         limit: usize,
     ) -> Result<Vec<RawRecord>, StoreError> {
         self.guarded(|| self.read_tenant_raw_unguarded(tenant, after_seq, limit))
+    }
+
+    fn read_key(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.read_key_unguarded(tenant, key, after_seq, limit))
+    }
+
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.guarded(|| self.read_keys_until_unguarded(tenant, keys, until_seq))
+    }
+
+    fn tenant_keys(
+        &self,
+        tenant: &TenantId,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        self.guarded(|| self.tenant_keys_unguarded(tenant, after, limit))
     }
 
     fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
@@ -975,6 +1073,122 @@ impl RedbLog {
             }
             Ok(())
         })?;
+        Ok(out)
+    }
+
+    fn read_key_unguarded(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
+        let keys = txn
+            .open_table(KEY_INDEX)
+            .map_err(backend("opening key_index"))?;
+        let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
+        let (t, k) = (tenant.as_str(), key.ulid().0);
+        let mut page = KeyPage::new(tenant, key, after_seq, limit);
+        for entry in keys
+            .range((t, k, first)..=(t, k, u64::MAX))
+            .map_err(backend("reading the key index"))?
+            .take(limit)
+        {
+            let (ik, v) = entry.map_err(backend("reading the key index"))?;
+            let (_, _, seq) = ik.value();
+            let position = v.value();
+            let bytes = events.get(position).map_err(backend("reading an event"))?;
+            match bytes {
+                None => page.push(seq, position, None)?,
+                Some(b) => {
+                    let stored = decode_stored(position, b.value())?;
+                    page.push(seq, position, Some(stored.as_ref()))?;
+                }
+            }
+        }
+        Ok(page.finish())
+    }
+
+    /// One read transaction: each key's index range up to `until_seq`,
+    /// merged by seq, then each record once.
+    fn read_keys_until_unguarded(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        if until_seq == 0 || keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
+        let index = txn
+            .open_table(KEY_INDEX)
+            .map_err(backend("opening key_index"))?;
+        let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
+        let t = tenant.as_str();
+        let mut entries = std::collections::BTreeMap::new();
+        for key in keys {
+            let k = key.ulid().0;
+            for entry in index
+                .range((t, k, 1)..=(t, k, until_seq))
+                .map_err(backend("reading the key index"))?
+            {
+                let (ik, v) = entry.map_err(backend("reading the key index"))?;
+                merge_entry(&mut entries, tenant, ik.value().2, v.value())?;
+            }
+        }
+        let mut page = KeysPage::new(tenant, keys);
+        for (seq, position) in entries {
+            let bytes = events.get(position).map_err(backend("reading an event"))?;
+            match bytes {
+                None => page.push(seq, position, None)?,
+                Some(b) => {
+                    let stored = decode_stored(position, b.value())?;
+                    page.push(seq, position, Some(stored.as_ref()))?;
+                }
+            }
+        }
+        Ok(page.finish())
+    }
+
+    /// One seek in the key index per key.
+    fn tenant_keys_unguarded(
+        &self,
+        tenant: &TenantId,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        let keys = self.read_table(KEY_INDEX)?;
+        let t = tenant.as_str();
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_RECORDS_MAX));
+        let mut from = match after {
+            None => Some(0),
+            Some(a) => a.ulid().0.checked_add(1),
+        };
+        while out.len() < limit {
+            let Some(k) = from else { break };
+            let mut range = keys
+                .range((t, k, 0)..=(t, u128::MAX, u64::MAX))
+                .map_err(backend("reading the key index"))?;
+            let Some(entry) = range.next() else { break };
+            let (ik, _) = entry.map_err(backend("reading the key index"))?;
+            let (_, key, seq) = ik.value();
+            out.push((KeyId::from_ulid(ulid::Ulid(key)), seq));
+            from = key.checked_add(1);
+        }
         Ok(out)
     }
 
@@ -1197,6 +1411,24 @@ impl RedbLog {
                     .map_err(backend("deleting a tenant index entry"))?
                     .is_some())
             })
+        })
+    }
+
+    /// Makes the file what a release before the per-key index left: no
+    /// `key_index` table and no mark that it is built (the next open
+    /// builds it).
+    pub fn raw_forget_key_index(&self) -> Result<(), StoreError> {
+        self.guarded(|| {
+            let db = self.db_locked(&mut self.lock_wal())?;
+            let txn = db.begin_write().map_err(backend("starting a write"))?;
+            txn.delete_table(KEY_INDEX)
+                .map_err(backend("deleting key_index"))?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+                meta.remove(KEY_INDEX_BUILT)
+                    .map_err(backend("forgetting the key index"))?;
+            }
+            commit(txn, Durability::Immediate)
         })
     }
 

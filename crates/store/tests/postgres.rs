@@ -388,15 +388,66 @@ fn migrations_apply_once_even_when_nodes_start_together() {
             .collect()
     });
     for log in &logs {
-        assert_eq!(log.schema_versions().ok(), Some(vec![1, 2, 3]));
+        assert_eq!(log.schema_versions().ok(), Some(vec![1, 2, 3, 4]));
     }
     drop(logs);
     let log = connect(&db);
     assert_eq!(
         log.schema_versions().ok(),
-        Some(vec![1, 2, 3]),
+        Some(vec![1, 2, 3, 4]),
         "reconnecting applies nothing again"
     );
+}
+
+/// A database from before migration 4 (events, no key index): the first
+/// node to connect fills the index for every event already there.
+#[test]
+fn the_key_index_is_filled_for_events_from_before_it() {
+    let db = TestDatabase::create();
+    let (a, b) = (tenant("a"), tenant("b"));
+    {
+        let log = connect(&db);
+        log.append(vec![
+            batch(&a, 0, sample_events(&a, 0, 12)),
+            batch(&b, 0, sample_events(&b, 50, 6)),
+        ])
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    }
+    // What migration 4 finds in an older database: events and no entries.
+    runtime().block_on(async {
+        let c = raw(&db).await;
+        exec(
+            &c,
+            "TRUNCATE keyledger.key_events; \
+             UPDATE keyledger.key_index_backfill \
+               SET upto = (SELECT max(position) FROM keyledger.events)",
+        )
+        .await;
+    });
+    let log = connect(&db);
+    for t in [&a, &b] {
+        let records = log
+            .read_tenant(t, 0, usize::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut keys: Vec<keyledger_core::KeyId> = records
+            .iter()
+            .flat_map(|r| keyledger_core::touched_keys(&r.event))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert!(keys.len() >= 3, "{t}: {keys:?}");
+        for key in keys {
+            let want: Vec<_> = records
+                .iter()
+                .filter(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key))
+                .cloned()
+                .collect();
+            let got = log
+                .read_key(t, key, 0, usize::MAX)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want, "tenant {t} key {key} after the backfill");
+        }
+    }
 }
 
 #[test]

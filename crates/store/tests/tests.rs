@@ -6,6 +6,7 @@ mod damage;
 mod envelope;
 mod faults;
 mod hostile;
+mod key_index;
 mod postgres;
 mod tamper;
 mod wal;

@@ -579,3 +579,59 @@ pub fn now(clock: &ManualClock) -> Timestamp {
     use keyledger_runtime::Clock;
     clock.now()
 }
+
+/// The point-in-time state equals a replay of the tenant's trail up to it,
+/// at every sequence number of every tenant: whole (itself a replay) and
+/// in pages of 2 (each key folded from its own events, read through the
+/// per-key index).
+pub fn check_state_at(ledger: &Keyledger, log: &dyn EventLog, what: &str) -> u64 {
+    use keyledger_runtime::PointInTime;
+    let mut checked = 0;
+    for tenant in log
+        .tenants()
+        .unwrap_or_else(|e| panic!("{what}: tenants: {e}"))
+    {
+        let records = log
+            .read_tenant(&tenant, 0, usize::MAX)
+            .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        let mut replay = Ledger::new();
+        for seq in 0..=records.len() as u64 {
+            if let Some(r) = seq.checked_sub(1).and_then(|i| records.get(i as usize)) {
+                replay
+                    .apply(r.seq, &r.event)
+                    .unwrap_or_else(|e| panic!("{what}: fold: {e}"));
+            }
+            let got = ledger
+                .state_at(&tenant, PointInTime::Seq(seq))
+                .unwrap_or_else(|e| panic!("{what}: state_at {tenant} {seq}: {e}"));
+            assert_eq!(got.seq, seq, "{what}: {tenant} at {seq}");
+            let want: Vec<_> = replay
+                .tenant(&tenant)
+                .map(|s| s.keys.values().cloned().collect())
+                .unwrap_or_default();
+            let keys: Vec<_> = got.keys.iter().map(|(k, _)| k.clone()).collect();
+            assert!(
+                keys == want,
+                "{what}: {tenant} at {seq}: the state from the key index differs from a replay"
+            );
+            let mut paged = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = ledger
+                    .state_at_page(&tenant, PointInTime::Seq(seq), cursor.as_deref(), Some(2))
+                    .unwrap_or_else(|e| panic!("{what}: state_at_page: {e}"));
+                paged.extend(page.keys.into_iter().map(|(k, _)| k));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert!(
+                paged == want,
+                "{what}: {tenant} at {seq}: pages of 2 differ"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}

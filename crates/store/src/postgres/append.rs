@@ -15,6 +15,8 @@ use super::{
     APPEND_LOCK, NOTIFY_CHANNEL, Shared, classify, corrupt, describe, hash_of, is_connection_error,
     to_u64,
 };
+use keyledger_core::{Event, touched_keys};
+
 use crate::chain::{GENESIS, Hash};
 use crate::read::RecordRef;
 use crate::{Record, StoreError, TenantAppend, check_append, plan};
@@ -33,6 +35,10 @@ const SQL_WRITE: &str = "WITH ev AS ( \
        INSERT INTO keyledger.tenant_heads (tenant, seq, hash) \
        SELECT * FROM unnest($7::text[], $8::bigint[], $9::bytea[]) \
        ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash \
+     ), ki AS ( \
+       INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
+       SELECT * FROM unnest($12::text[], $13::bytea[], $14::bigint[], $15::bigint[]) \
+       ON CONFLICT (tenant, key_id, seq) DO UPDATE SET position = excluded.position \
      ) \
      SELECT pg_notify($10, $11)";
 
@@ -107,6 +113,11 @@ struct WriteArgs<'a> {
     head_seqs: Vec<i64>,
     head_hashes: Vec<Hash>,
     new_head: String,
+    /// The per-key index entries: tenant, key id (16 bytes), seq, position.
+    key_tenants: Vec<&'a str>,
+    key_ids: Vec<[u8; 16]>,
+    key_seqs: Vec<i64>,
+    key_positions: Vec<i64>,
 }
 
 /// The byte-array arguments of a [`WriteArgs`], borrowed as the driver
@@ -117,6 +128,7 @@ struct PlanRefs<'p> {
     hashes: Vec<&'p [u8]>,
     payloads: Vec<&'p [u8]>,
     head_hashes: Vec<&'p [u8]>,
+    key_ids: Vec<&'p [u8]>,
 }
 
 impl<'a> WriteArgs<'a> {
@@ -127,13 +139,14 @@ impl<'a> WriteArgs<'a> {
             hashes: self.links.iter().map(|l| l.3.as_slice()).collect(),
             payloads: self.payloads.clone(),
             head_hashes: self.head_hashes.iter().map(|h| h.as_slice()).collect(),
+            key_ids: self.key_ids.iter().map(|k| k.as_slice()).collect(),
         }
     }
 }
 
 impl PlanRefs<'_> {
     /// The parameters of [`SQL_WRITE`], in order.
-    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.plan.positions,
             &self.plan.tenants,
@@ -146,6 +159,10 @@ impl PlanRefs<'_> {
             &self.head_hashes,
             &NOTIFY_CHANNEL,
             &self.plan.new_head,
+            &self.plan.key_tenants,
+            &self.key_ids,
+            &self.plan.key_seqs,
+            &self.plan.key_positions,
         ]
     }
 }
@@ -234,6 +251,10 @@ async fn plan_append<'a>(
         head_seqs: Vec::with_capacity(batches.len()),
         head_hashes: Vec::with_capacity(batches.len()),
         new_head: String::new(),
+        key_tenants: Vec::with_capacity(total),
+        key_ids: Vec::with_capacity(total),
+        key_seqs: Vec::with_capacity(total),
+        key_positions: Vec::with_capacity(total),
     };
     let mut sink = Stage {
         stored_heads: &stored_heads,
@@ -266,7 +287,15 @@ impl<'a> plan::AppendSink<'a> for Stage<'_, '_, 'a> {
             .unwrap_or((0, GENESIS)))
     }
 
-    fn record(&mut self, r: &RecordRef<'a>) -> Result<(), StoreError> {
+    fn record(&mut self, r: &RecordRef<'a>, event: &'a Event) -> Result<(), StoreError> {
+        for key in touched_keys(event) {
+            self.args.key_tenants.push(r.tenant);
+            self.args.key_ids.push(key.ulid().0.to_be_bytes());
+            self.args.key_seqs.push(to_i64(r.seq, "sequence number")?);
+            self.args
+                .key_positions
+                .push(to_i64(r.position, "position")?);
+        }
         self.args.positions.push(to_i64(r.position, "position")?);
         self.args.tenants.push(r.tenant);
         self.args.seqs.push(to_i64(r.seq, "sequence number")?);

@@ -62,13 +62,14 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use tokio_postgres::error::SqlState;
 
-use keyledger_core::TenantId;
+use keyledger_core::{KeyId, TenantId};
 
 use crate::chain::Hash;
 use crate::read::{PositionPage, TenantPage};
 use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append};
 
 mod append;
+mod keys;
 mod nodes;
 mod notify;
 mod pool;
@@ -234,6 +235,12 @@ impl PgLog {
             "applying the schema migrations",
             "",
             migrate,
+        )?;
+        log.run_within(
+            migration_timeout,
+            "filling the key index",
+            "",
+            keys::backfill,
         )?;
         let shared = log.shared.clone();
         log.handle.spawn(listen_forever(shared));
@@ -439,6 +446,34 @@ impl EventLog for PgLog {
             .iter()
             .map(raw_from_row)
             .collect()
+    }
+
+    fn read_key(
+        &self,
+        tenant: &TenantId,
+        key: KeyId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.read_key_records(tenant, key, after_seq, limit)
+    }
+
+    fn read_keys_until(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.read_keys_until_records(tenant, keys, until_seq)
+    }
+
+    fn tenant_keys(
+        &self,
+        tenant: &TenantId,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        self.key_list(tenant, after, limit)
     }
 
     fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projections",
         include_str!("../../migrations/0003_projections.sql"),
     ),
+    (
+        4,
+        "key_index",
+        include_str!("../../migrations/0004_key_index.sql"),
+    ),
 ];
 
 const _: () = assert!(!MIGRATIONS.is_empty());

@@ -90,6 +90,9 @@ impl TestDatabase {
                IF to_regclass('keyledger.nodes') IS NOT NULL THEN \
                  TRUNCATE keyledger.nodes; \
                END IF; \
+               IF to_regclass('keyledger.key_events') IS NOT NULL THEN \
+                 TRUNCATE keyledger.key_events; \
+               END IF; \
                IF to_regclass('keyledger.projections') IS NOT NULL THEN \
                  TRUNCATE keyledger.keys, keyledger.usage_daily; \
                  UPDATE keyledger.projections SET position = 0; \

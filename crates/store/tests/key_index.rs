@@ -1,0 +1,120 @@
+//! The per-key index of the redb log: entries of records recovered from
+//! the write-ahead log, and the index built on open for a file made
+//! before it existed.
+
+use std::collections::BTreeMap;
+
+use keyledger_core::{KeyId, TenantId, touched_keys};
+use keyledger_store::conformance::{sample_events, tenant};
+use keyledger_store::faults::{DiskImage, FaultBackend};
+use keyledger_store::{EventLog, Record, RedbLog, TenantAppend};
+
+fn append(log: &dyn EventLog, t: &TenantId, first: u64, n: usize) {
+    let version = log
+        .tenant_head(t)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map_or(0, |(s, _)| s);
+    log.append(vec![TenantAppend {
+        events: sample_events(t, first, n),
+        tenant: t.clone(),
+        expected_version: version,
+    }])
+    .unwrap_or_else(|e| panic!("append: {e}"));
+}
+
+/// Each key's records, from a walk of the tenant's whole trail.
+fn scanned(log: &dyn EventLog, t: &TenantId) -> BTreeMap<KeyId, Vec<Record>> {
+    let mut by_key: BTreeMap<KeyId, Vec<Record>> = BTreeMap::new();
+    for r in log
+        .read_tenant(t, 0, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"))
+    {
+        for k in touched_keys(&r.event) {
+            by_key.entry(k).or_default().push(r.clone());
+        }
+    }
+    by_key
+}
+
+/// The index answers every key exactly as the walk does.
+fn assert_index_complete(log: &dyn EventLog, t: &TenantId, when: &str) {
+    let want = scanned(log, t);
+    assert!(want.len() >= 4, "{when}: the sample names several keys");
+    for (key, records) in &want {
+        let got = log
+            .read_key(t, *key, 0, usize::MAX)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&got, records, "{when}: key {key}");
+    }
+    let keys: Vec<KeyId> = log
+        .tenant_keys(t, None, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, want.keys().copied().collect::<Vec<_>>(), "{when}");
+}
+
+/// Appends past the last checkpoint live in the write-ahead log only; the
+/// open that applies them writes their index entries too.
+#[test]
+fn index_entries_of_records_recovered_from_the_write_ahead_log() {
+    let disk = FaultBackend::new();
+    let log = RedbLog::open_with_backend(disk.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let t = tenant("acme");
+    // Fewer than the 16 frames between checkpoints of `open_with_backend`:
+    // every event of the sample's cycle, rotations included.
+    for n in 0..8 {
+        append(&log, &t, n * 3, 3);
+    }
+    let image: DiskImage = disk
+        .crash_images(1)
+        .last()
+        .unwrap_or_else(|| panic!("no crash image"))
+        .durable
+        .clone();
+    std::mem::forget(log);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ledger.redb");
+    image.write_to(&path).unwrap_or_else(|e| panic!("{e}"));
+    let recovered = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(recovered.head().unwrap_or_else(|e| panic!("{e}")), 24);
+    assert_index_complete(&recovered, &t, "after the recovery");
+    append(&recovered, &t, 100, 3);
+    assert_index_complete(&recovered, &t, "after the next append");
+}
+
+/// A file written before the index existed (no `key_index` table, no
+/// mark) gets the index built on open, for every record; appends go on
+/// indexing.
+#[test]
+fn an_older_file_gets_its_key_index_built_on_open() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ledger.redb");
+    let (a, b) = (tenant("a"), tenant("b"));
+    {
+        let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..5 {
+            append(&log, &a, n * 7, 7);
+            append(&log, &b, 1000 + n * 3, 3);
+        }
+        log.raw_forget_key_index().unwrap_or_else(|e| panic!("{e}"));
+        let key = *scanned(&log, &a)
+            .keys()
+            .next()
+            .unwrap_or_else(|| panic!("a key"));
+        assert!(
+            log.read_key(&a, key, 0, 10).is_err(),
+            "the file is as an older release left it: no key index"
+        );
+    }
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    for t in [&a, &b] {
+        assert_index_complete(&log, t, "after the open that built it");
+    }
+    append(&log, &a, 500, 6);
+    assert_index_complete(&log, &a, "after an append");
+    drop(log);
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_index_complete(&log, &a, "after a plain reopen");
+}
