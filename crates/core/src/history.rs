@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::event::{Event, EventKind};
 use crate::ids::{KeyId, TenantId};
 use crate::shards::ShardedMap;
-use crate::state::{ApplyError, KeyRecord, TenantState, fold};
+use crate::state::{ApplyError, KeyRecord, LedgerIndexes, TenantState, fold};
 
 /// Every key an event names, the one it is about first ([`Event::key_id`]),
 /// each once: a `KeyCreated` made by a rotation also names the key it
@@ -97,13 +97,11 @@ impl KeyFold {
             )));
         }
         if changes_any(event, &self.keys) {
-            fold(
-                &mut self.state,
-                &mut self.by_hash,
-                &mut self.key_tenants,
-                seq,
-                event,
-            )?;
+            let mut indexes = LedgerIndexes {
+                by_hash: &mut self.by_hash,
+                key_tenants: &mut self.key_tenants,
+            };
+            fold(&mut self.state, &mut indexes, seq, event)?;
         }
         self.last_seq = seq;
         Ok(())

@@ -395,10 +395,11 @@ pub(crate) trait KeyIndexes {
     fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash);
 }
 
-/// The ledger's own indexes.
-struct LedgerIndexes<'a> {
-    by_hash: &'a mut ShardedMap<SecretHash, (TenantId, KeyId)>,
-    key_tenants: &'a mut ShardedMap<KeyId, TenantId>,
+/// The ledger's own indexes (also those of a fold of chosen keys,
+/// `history.rs`).
+pub(crate) struct LedgerIndexes<'a> {
+    pub(crate) by_hash: &'a mut ShardedMap<SecretHash, (TenantId, KeyId)>,
+    pub(crate) key_tenants: &'a mut ShardedMap<KeyId, TenantId>,
 }
 
 impl KeyIndexes for LedgerIndexes<'_> {
