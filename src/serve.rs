@@ -199,6 +199,12 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         tracing::info!(node = %f.node_id, "following the shared PostgreSQL log");
     }
     cli::keep_projections(!args.no_projections);
+    // A bad token in the environment is refused before the data directory
+    // is opened, not after a replay of the whole log.
+    let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
+    if let Some(t) = env_token.as_deref().filter(|t| !t.is_empty()) {
+        OperatorToken::new(t).map_err(|e| Failure::msg(format!("{OPERATOR_TOKEN_ENV}: {e}")))?;
+    }
     // Checked once, and used by its real path from here on.
     let data = &cli::data_dir(data)?;
     let webhooks = keyledger_runtime::webhooks::WebhookConfig {
@@ -238,7 +244,6 @@ pub async fn run(data: &Path, key_prefix: &str, args: &ServeArgs) -> cli::Result
         ms = started.elapsed().as_millis() as u64,
         "projections ready"
     );
-    let env_token = std::env::var(OPERATOR_TOKEN_ENV).ok();
     let (token, source) = match OperatorToken::load_or_create(data, env_token.as_deref()) {
         Ok(t) => t,
         Err(e) => {

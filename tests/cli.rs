@@ -1194,3 +1194,26 @@ fn serve_help_offers_no_json() {
     assert!(d.ok(&["keys", "list", "--help"]).contains("--json"));
     assert!(!d.path().exists(), "help starts nothing");
 }
+
+/// A bad operator token in the environment is refused before the data
+/// directory is opened: nothing is created, and a large log is not
+/// replayed first only to be refused.
+#[test]
+fn serve_refuses_a_bad_operator_token_before_opening_the_data_directory() {
+    let d = Data::new();
+    let out = std::process::Command::new(crate::util::bin())
+        .arg("--data")
+        .arg(d.path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("KEYLEDGER_LOG", "warn")
+        .env("KEYLEDGER_OPERATOR_TOKEN", "too-short")
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KEYLEDGER_OPERATOR_TOKEN: an operator token is 24 to 512 characters"),
+        "{err}"
+    );
+    assert!(!d.path().exists(), "the data directory was created");
+}
