@@ -162,6 +162,13 @@ pub enum Cmd {
         /// sequence number, as `audit list` shows it (a whole number).
         #[arg(long)]
         at: String,
+        /// Page size (at most 1000), keys in key-id order; without it,
+        /// every key (a replay of the tenant: page a large one).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Where the previous page ended.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Per-day usage rollups.
     #[command(subcommand)]
@@ -902,14 +909,19 @@ async fn dispatch(ledger: &Keyledger, out: &Out, command: Cmd) -> Result<ExitCod
             }
         }
         Cmd::Audit(a) => return audit(ledger, out, a).await,
-        Cmd::State { tenant: t, at } => {
+        Cmd::State {
+            tenant: t,
+            at,
+            limit,
+            cursor,
+        } => {
             let t = tenant(&t)?;
             let at = state_at_text(&at)?;
             let point = match at.parse::<u64>() {
                 Ok(seq) => PointInTime::Seq(seq),
                 Err(_) => PointInTime::Instant(Timestamp::parse_rfc3339(&at)?),
             };
-            let state = ledger.state_at(&t, point)?;
+            let state = ledger.state_at_page(&t, point, cursor.as_deref(), limit)?;
             output::state(out, &StateBody::from(&state))?;
         }
         Cmd::Usage(u) => usage(ledger, out, u)?,

@@ -411,12 +411,16 @@ pub fn removed_user(out: &Out, body: &RemovedUser) -> Result<()> {
 /// Every key of a tenant as of a point in its trail.
 pub fn state(out: &Out, body: &StateBody) -> Result<()> {
     out.value(body, || {
-        format!(
+        let mut s = format!(
             "as of {} (event {} of the tenant):\n{}",
             body.at,
             body.position,
             key_table(&body.keys)
-        )
+        );
+        if let Some(c) = &body.next_cursor {
+            s.push_str(&format!("\nmore: --cursor {c}"));
+        }
+        s
     })
 }
 

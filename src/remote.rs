@@ -556,11 +556,21 @@ impl Remote {
                 }
             }
             Cmd::Audit(a) => return self.audit(out, a),
-            Cmd::State { tenant, at } => {
+            Cmd::State {
+                tenant,
+                at,
+                limit,
+                cursor,
+            } => {
                 self.check_tenant(&tenant)?;
                 let at = crate::cli::state_at_text(&at)?;
-                let body: StateBody =
-                    self.json(Call::get("/v1/state").query("at", Some(at)).tenant(&tenant))?;
+                let body: StateBody = self.json(
+                    Call::get("/v1/state")
+                        .query("at", Some(at))
+                        .query("limit", limit)
+                        .query("cursor", cursor.as_ref())
+                        .tenant(&tenant),
+                )?;
                 output::state(out, &body)?;
             }
             Cmd::Usage(u) => self.usage(out, u)?,

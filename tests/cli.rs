@@ -523,6 +523,7 @@ fn readme_tour_both_ways(operator: bool) {
         vec!["usage", "daily", "--tenant", "acme", "--from", &from_day],
         vec!["state", "--tenant", "acme", "--at", &forty_days_ago],
         vec!["state", "--tenant", "acme", "--at", "12"],
+        vec!["state", "--tenant", "acme", "--at", "12", "--limit", "2"],
         vec!["audit", "public-key", "--tenant", "acme"],
         vec!["usage", "export", "--tenant", "acme"],
     ];
@@ -1216,4 +1217,41 @@ fn serve_refuses_a_bad_operator_token_before_opening_the_data_directory() {
         "{err}"
     );
     assert!(!d.path().exists(), "the data directory was created");
+}
+
+/// `state --limit` pages the keys in key-id order: the pages, followed by
+/// their cursors, are the whole answer; the text names the next cursor.
+#[test]
+fn state_pages_add_up_to_the_whole_state() {
+    let d = Data::new();
+    d.ok(&["demo"]);
+    let at = ["state", "--tenant", "acme", "--at", "2030-01-01"];
+    let whole = d.json(&at);
+    let mut paged: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = at.to_vec();
+        args.extend(["--limit", "2"]);
+        if let Some(c) = &cursor {
+            args.extend(["--cursor", c.as_str()]);
+        }
+        let page = d.json(&args);
+        assert_eq!(page["at"], whole["at"]);
+        assert!(page["keys"].as_array().unwrap().len() <= 2, "{page}");
+        paged.extend(page["keys"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(paged.len() > 2, "the demo tenant has more than one page");
+    assert_eq!(&Value::Array(paged), &whole["keys"]);
+    let mut args = at.to_vec();
+    args.extend(["--limit", "2"]);
+    let text = d.ok(&args);
+    assert!(text.contains("more: --cursor "), "{text}");
+    let bad = d.run(&[
+        "state", "--tenant", "acme", "--at", "12", "--cursor", "nonsense",
+    ]);
+    assert!(!bad.status.success());
 }
