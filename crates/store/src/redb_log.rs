@@ -1107,14 +1107,9 @@ impl RedbLog {
             let (ik, v) = entry.map_err(backend("reading the key index"))?;
             let (_, _, seq) = ik.value();
             let position = v.value();
-            let bytes = events.get(position).map_err(backend("reading an event"))?;
-            match bytes {
-                None => page.push(seq, position, None)?,
-                Some(b) => {
-                    let stored = decode_stored(position, b.value())?;
-                    page.push(seq, position, Some(stored.as_ref()))?;
-                }
-            }
+            at_position(&events, position, |stored| {
+                page.push(seq, position, stored.as_ref().map(Stored::as_ref))
+            })?;
         }
         Ok(page.finish())
     }
@@ -1152,14 +1147,9 @@ impl RedbLog {
         }
         let mut page = KeysPage::new(tenant, keys);
         for (seq, position) in entries {
-            let bytes = events.get(position).map_err(backend("reading an event"))?;
-            match bytes {
-                None => page.push(seq, position, None)?,
-                Some(b) => {
-                    let stored = decode_stored(position, b.value())?;
-                    page.push(seq, position, Some(stored.as_ref()))?;
-                }
-            }
+            at_position(&events, position, |stored| {
+                page.push(seq, position, stored.as_ref().map(Stored::as_ref))
+            })?;
         }
         Ok(page.finish())
     }
@@ -1250,13 +1240,23 @@ impl RedbLog {
             let (k, v) = entry.map_err(backend("reading the tenant index"))?;
             let (_, seq) = k.value();
             let position = v.value();
-            let bytes = events.get(position).map_err(backend("reading an event"))?;
-            match bytes {
-                None => f(seq, position, None)?,
-                Some(b) => f(seq, position, Some(decode_stored(position, b.value())?))?,
-            }
+            at_position(&events, position, |stored| f(seq, position, stored))?;
         }
         Ok(())
+    }
+}
+
+/// The record stored at `position` as an index entry names it, framed
+/// (`None` when the position holds nothing), handed to `f`: the one step
+/// of every read through an index (a tenant's, a key's).
+fn at_position<R>(
+    events: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    position: u64,
+    f: impl FnOnce(Option<Stored<'_>>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    match events.get(position).map_err(backend("reading an event"))? {
+        None => f(None),
+        Some(b) => f(Some(decode_stored(position, b.value())?)),
     }
 }
 
