@@ -40,6 +40,20 @@ fn key_bytes(key: KeyId) -> Vec<u8> {
     key.ulid().0.to_be_bytes().to_vec()
 }
 
+/// A row of the key reads: the index entry's seq and position, and the
+/// record stored there (`None` when the position holds nothing).
+fn index_entry(
+    row: &tokio_postgres::Row,
+) -> Result<(u64, u64, Option<crate::RawRecord>), StoreError> {
+    let seq = to_u64(row.get::<_, i64>(6));
+    let position = to_u64(row.get::<_, i64>(7));
+    let stored = match row.get::<_, Option<i64>>(0) {
+        None => None,
+        Some(_) => Some(raw_from_row(row)?),
+    };
+    Ok((seq, position, stored))
+}
+
 impl PgLog {
     pub(super) fn read_key_records(
         &self,
@@ -63,14 +77,8 @@ impl PgLog {
         })?;
         let mut page = KeyPage::new(tenant, key, after_seq, rows.len());
         for row in &rows {
-            let seq = to_u64(row.get::<_, i64>(6));
-            let position = to_u64(row.get::<_, i64>(7));
-            if row.get::<_, Option<i64>>(0).is_none() {
-                page.push(seq, position, None)?;
-                continue;
-            }
-            let r = raw_from_row(row)?;
-            page.push(seq, position, Some(r.as_ref()))?;
+            let (seq, position, r) = index_entry(row)?;
+            page.push(seq, position, r.as_ref().map(|r| r.as_ref()))?;
         }
         Ok(page.finish())
     }
@@ -101,20 +109,13 @@ impl PgLog {
         let mut page = KeysPage::new(tenant, keys);
         let mut entries = std::collections::BTreeMap::new();
         for row in &rows {
-            let seq = to_u64(row.get::<_, i64>(6));
-            let position = to_u64(row.get::<_, i64>(7));
+            let (seq, position, r) = index_entry(row)?;
             // Two of the keys may list one record: it is read once.
             let seen = entries.contains_key(&seq);
             merge_entry(&mut entries, tenant, seq, position)?;
-            if seen {
-                continue;
+            if !seen {
+                page.push(seq, position, r.as_ref().map(|r| r.as_ref()))?;
             }
-            if row.get::<_, Option<i64>>(0).is_none() {
-                page.push(seq, position, None)?;
-                continue;
-            }
-            let r = raw_from_row(row)?;
-            page.push(seq, position, Some(r.as_ref()))?;
         }
         Ok(page.finish())
     }
