@@ -16,6 +16,9 @@
 //!   bytes (and against read + decode), alternating, three times.
 //! * `measure DIR`: durable creates at size against an empty store,
 //!   verification at size against 1,000 keys, query p99s for `big`.
+//! * `queries DIR`: only the query p99s for `big`. Loaded with
+//!   `SCALE_BIG_EVERY=1`, `big` holds every key (up to 980,000): the
+//!   queries at a million keys in a tenant.
 //! * `soak-keys DIR N`: `N` random keys of the data set, one a line as
 //!   `tenant key_id secret owner`, for `scripts/scale soak`'s mixed load
 //!   (synthetic keys of a bench data set, derived as `measure`'s are;
@@ -105,6 +108,10 @@ fn main() {
             let ledger = open_dir(&dir);
             export_at_size(&ledger, &"big".parse().expect("tenant"));
         }),
+        "queries" => rt.block_on(async {
+            let ledger = open_dir(&dir);
+            queries(&ledger, &Plan::read(&dir), &"big".parse().expect("tenant"));
+        }),
         "memory" => rt.block_on(memory(&dir, args.get(2).map_or("sizes", String::as_str))),
         "soak-keys" => soak_keys(&dir, num(2)),
         other => {
@@ -122,15 +129,24 @@ struct Plan {
     keys: u64,
     /// Microseconds: the start of day 0.
     start: i64,
+    /// Every `big_every`-th key is the big tenant's (10 unless the load
+    /// was given `SCALE_BIG_EVERY`; 1 puts up to [`BIG_KEYS_MAX`] keys in
+    /// one tenant, for the queries at a million keys in a tenant).
+    big_every: u64,
 }
 
 impl Plan {
     fn big(&self, i: u64) -> bool {
-        i.is_multiple_of(10) && i / 10 < BIG_KEYS_MAX
+        i.is_multiple_of(self.big_every) && i / self.big_every < BIG_KEYS_MAX
     }
 
     fn big_keys(&self) -> u64 {
-        self.keys.div_ceil(10).min(BIG_KEYS_MAX)
+        self.keys.div_ceil(self.big_every).min(BIG_KEYS_MAX)
+    }
+
+    /// A random key of the big tenant among the first `created` keys.
+    fn random_big(&self, rng: &mut Rng, created: u64) -> u64 {
+        rng.below(self.big_keys().min(created.div_ceil(self.big_every))) * self.big_every
     }
 
     fn tenant(&self, i: u64) -> TenantId {
@@ -166,7 +182,10 @@ impl Plan {
     fn write(&self, dir: &Path) {
         std::fs::write(
             dir.join(META),
-            format!("keys={}\nstart={}\n", self.keys, self.start),
+            format!(
+                "keys={}\nstart={}\nbig_every={}\n",
+                self.keys, self.start, self.big_every
+            ),
         )
         .expect("write the plan");
     }
@@ -174,15 +193,17 @@ impl Plan {
     fn read(dir: &Path) -> Plan {
         let text = std::fs::read_to_string(dir.join(META))
             .unwrap_or_else(|e| panic!("{}: {e} (made by `scale load`)", dir.join(META).display()));
-        let field = |name: &str| -> i64 {
+        let value = |name: &str| -> Option<i64> {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{META}: no {name}"))
         };
+        let field = |name: &str| value(name).unwrap_or_else(|| panic!("{META}: no {name}"));
         Plan {
             keys: field("keys") as u64,
             start: field("start"),
+            // Data sets loaded before the field existed put every tenth key in big.
+            big_every: value("big_every").map_or(10, |v| v.max(1) as u64),
         }
     }
 }
@@ -350,7 +371,15 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
     // Day 90 (user removals) is today, so the 30-day summary and the
     // usage of a day read today's history.
     let start = (now.div_euclid(DAY_MICROS) - DAYS) * DAY_MICROS;
-    let plan = Plan { keys, start };
+    let big_every = std::env::var("SCALE_BIG_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(10, |v| v.max(1));
+    let plan = Plan {
+        keys,
+        start,
+        big_every,
+    };
     plan.write(dir);
     let clock = ManualClock::new(plan.day_start(0));
     let log = Arc::new(RedbLog::open(&log_path(dir)).expect("open the log"));
@@ -481,7 +510,7 @@ async fn load(dir: &Path, keys: u64, events: u64, limit: Duration) {
         } else if created > 0 {
             // Half the usage is the big tenant's (a tenth of the keys).
             let i = if rng.below(2) == 0 {
-                rng.below(plan.big_keys().min(created.div_ceil(10))) * 10
+                plan.random_big(&mut rng, created)
             } else {
                 rng.below(created)
             };
@@ -1043,39 +1072,78 @@ fn walk_pages<R>(
     }
 }
 
-/// Runs `f` up to `n` times or for `budget`, whichever ends first; returns
-/// `(runs, p50, p99, max)` in milliseconds.
-fn timed(n: usize, budget: Duration, mut f: impl FnMut(usize)) -> (usize, f64, f64, f64) {
+/// What [`timed`] measured, in milliseconds.
+struct Timings {
+    runs: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    /// The calling thread's own time on a CPU per run (the kernel's
+    /// schedstat), which a loaded machine's run-queue waits do not
+    /// inflate: p50 and p99. `None` where schedstat is not available.
+    cpu: Option<(f64, f64)>,
+}
+
+/// Nanoseconds this thread has spent on a CPU (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `f` up to `n` times or for `budget`, whichever ends first.
+fn timed(n: usize, budget: Duration, mut f: impl FnMut(usize)) -> Timings {
     let mut took = Vec::new();
+    let mut cpu = Vec::new();
     let began = Instant::now();
     for i in 0..n {
+        let c = thread_cpu_ns();
         let t = Instant::now();
         f(i);
         took.push(t.elapsed().as_secs_f64() * 1e3);
+        if let (Some(a), Some(b)) = (c, thread_cpu_ns()) {
+            cpu.push(b.saturating_sub(a) as f64 / 1e6);
+        }
         if began.elapsed() >= budget {
             break;
         }
     }
     let runs = took.len();
     let max = took.iter().copied().fold(0.0, f64::max);
-    let p50 = percentile(&mut took, 0.5);
-    let p99 = percentile(&mut took, 0.99);
-    (runs, p50, p99, max)
+    let cpu = (cpu.len() == runs && runs > 0)
+        .then(|| (percentile(&mut cpu, 0.5), percentile(&mut cpu, 0.99)));
+    Timings {
+        runs,
+        p50: percentile(&mut took, 0.5),
+        p99: percentile(&mut took, 0.99),
+        max,
+        cpu,
+    }
 }
 
 fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
     let (all, active) = ledger.key_counts(big);
     let events = ledger.tenant_position(big);
     println!("queries: tenant big: {all} keys ({active} active), {events} events");
-    let report = |what: &str, (runs, p50, p99, max): (usize, f64, f64, f64)| {
+    let report = |what: &str, t: Timings| {
+        let cpu = t.cpu.map_or(String::new(), |(p50, p99)| {
+            format!("; on a CPU: p99 {p99:.2} ms, p50 {p50:.2}")
+        });
         println!(
-            "query: {what}: p99 {p99:.2} ms (p50 {p50:.2}, max {max:.2}, {runs} runs; {})",
+            "query: {what}: p99 {:.2} ms (p50 {:.2}, max {:.2}, {} runs{cpu}; {})",
+            t.p99,
+            t.p50,
+            t.max,
+            t.runs,
             loadavg()
         );
     };
     let budget = Duration::from_secs(20);
     let mut rng = Rng(42);
-    let big_keys = plan.big_keys().min(plan.keys.div_ceil(10));
+    let big_keys = plan.big_keys();
     report(
         "list keys (first page of 50)",
         timed(200, budget, |_| {
@@ -1096,7 +1164,7 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
     report(
         "key history (a random key, first page of 50)",
         timed(200, budget, |_| {
-            let i = rng.below(big_keys) * 10;
+            let i = plan.random_big(&mut rng, plan.keys);
             let page = ledger
                 .key_history(big, plan.key_id(i), None, None)
                 .expect("history");
@@ -1119,7 +1187,7 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
         "a day of usage (a random key's)",
         timed(200, budget, |i| {
             let day = days[i % days.len()];
-            let k = plan.key_id(rng.below(big_keys) * 10);
+            let k = plan.key_id(plan.random_big(&mut rng, plan.keys));
             std::hint::black_box(ledger.usage_daily(big, Some(k), day, day).expect("daily"));
         }),
     );
@@ -1131,7 +1199,9 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
     );
     // A page of 100 keys from a random place in the key order (the
     // cursor is the key before it), then the whole tenant.
-    let mut ids: Vec<KeyId> = (0..big_keys).map(|i| plan.key_id(i * 10)).collect();
+    let mut ids: Vec<KeyId> = (0..big_keys)
+        .map(|i| plan.key_id(i * plan.big_every))
+        .collect();
     ids.sort();
     report(
         "point-in-time state (day 45, a page of 100 keys at a random place)",
@@ -1178,6 +1248,7 @@ async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
     let small_plan = Plan {
         keys: 1000,
         start: plan.start,
+        big_every: 10,
     };
     for i in 0..1000 {
         let s = secret_of(1u64 << 40 | i);

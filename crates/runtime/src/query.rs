@@ -6,6 +6,8 @@ use keyledger_core::{
     UsageSummary, limits::SUMMARY_DAYS_MAX,
 };
 use keyledger_store::{ChainReport, Record, chain};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use crate::{BadRequest, Error, Keyledger, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 
@@ -163,6 +165,65 @@ fn sort_value(k: &KeyRecord, field: SortField) -> SortValue {
     }
 }
 
+/// A key's sort value against `value`, without making the key's own: a
+/// name is compared lower-cased, as [`sort_value`] lower-cases it.
+fn cmp_sort_value(k: &KeyRecord, field: SortField, value: &SortValue) -> Ordering {
+    match (field, value) {
+        (SortField::Name, SortValue::Text(t)) if k.name.is_ascii() => k
+            .name
+            .bytes()
+            .map(|b| b.to_ascii_lowercase())
+            .cmp(t.bytes()),
+        _ => sort_value(k, field).cmp(value),
+    }
+}
+
+/// Whether `name` lower-cased contains `needle` (lower-case already),
+/// without lower-casing an ASCII name into a new string. A non-ASCII name
+/// is lower-cased (some non-ASCII letters lower-case to ASCII ones: the
+/// Kelvin sign to `k`).
+fn name_contains(name: &str, needle: &str) -> bool {
+    if !name.is_ascii() {
+        return name.to_lowercase().contains(needle);
+    }
+    let needle = needle.as_bytes();
+    needle.is_empty()
+        || name
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A key on a list page being picked: ordered as the page is, so the
+/// heap's top is the last of the page so far.
+struct Listed<'a> {
+    value: SortValue,
+    key: &'a KeyRecord,
+    status: KeyStatus,
+    desc: bool,
+}
+
+impl Ord for Listed<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let asc = (&self.value, self.key.id).cmp(&(&other.value, other.key.id));
+        if self.desc { asc.reverse() } else { asc }
+    }
+}
+
+impl PartialOrd for Listed<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Listed<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Listed<'_> {}
+
 fn encode_cursor(field: SortField, order: Order, value: &SortValue, id: KeyId) -> String {
     let o = if order == Order::Asc { 'a' } else { 'd' };
     let v = match value {
@@ -273,46 +334,75 @@ impl Keyledger {
             });
         };
         let needle = q.q.as_deref().map(str::to_lowercase);
-        let mut matching: Vec<(SortValue, &KeyRecord)> = state
-            .keys
-            .values()
-            .filter(|k| q.status.is_none_or(|s| k.status(now) == s))
-            .filter(|k| {
-                q.created_by
+        // One pass over the tenant's keys: the active count, and the page
+        // (the `limit + 1` first matching keys after the cursor, in the
+        // page's order) picked by a bounded heap, so a page costs a scan
+        // of the keys and no sort of them all. Keys are visited newest id
+        // first when the page is newest first, so the heap fills with the
+        // page at once and the rest are turned away by one comparison.
+        let newest_first = q.order == Order::Desc && q.sort == SortField::CreatedAt;
+        let keys: Box<dyn Iterator<Item = &KeyRecord>> = if newest_first {
+            Box::new(state.keys.values().rev())
+        } else {
+            Box::new(state.keys.values())
+        };
+        let mut active_count = 0;
+        let mut page: BinaryHeap<Listed<'_>> = BinaryHeap::with_capacity(limit + 1);
+        for k in keys {
+            let status = k.status(now);
+            if status == KeyStatus::Active {
+                active_count += 1;
+            }
+            let wanted = q.status.is_none_or(|s| status == s)
+                && q.created_by
                     .as_deref()
                     .is_none_or(|c| k.owner.as_str() == c || k.created_by.matches(c))
-            })
-            .filter(|k| {
-                needle
-                    .as_deref()
-                    .is_none_or(|n| k.name.to_lowercase().contains(n))
-            })
-            .map(|k| (sort_value(k, q.sort), k))
-            .collect();
-        matching.sort_by(|(va, a), (vb, b)| (va, a.id).cmp(&(vb, b.id)));
-        if q.order == Order::Desc {
-            matching.reverse();
+                && needle.as_deref().is_none_or(|n| name_contains(&k.name, n));
+            if !wanted {
+                continue;
+            }
+            let place =
+                |value: &SortValue, id: KeyId| cmp_sort_value(k, q.sort, value).then(k.id.cmp(&id));
+            // Past the cursor, in the page's order.
+            if let Some((v, id)) = &after {
+                let past = match q.order {
+                    Order::Asc => place(v, *id).is_gt(),
+                    Order::Desc => place(v, *id).is_lt(),
+                };
+                if !past {
+                    continue;
+                }
+            }
+            if page.len() == limit + 1 {
+                let last = page.peek().expect("a full heap");
+                let before_last = match q.order {
+                    Order::Asc => place(&last.value, last.key.id).is_lt(),
+                    Order::Desc => place(&last.value, last.key.id).is_gt(),
+                };
+                if !before_last {
+                    continue;
+                }
+                page.pop();
+            }
+            page.push(Listed {
+                value: sort_value(k, q.sort),
+                key: k,
+                status,
+                desc: q.order == Order::Desc,
+            });
         }
-        let start = match &after {
-            None => 0,
-            Some((v, id)) => matching.partition_point(|(mv, k)| match q.order {
-                Order::Asc => (mv, k.id) <= (v, *id),
-                Order::Desc => (mv, k.id) >= (v, *id),
-            }),
-        };
-        let page: Vec<_> = matching[start..].iter().take(limit).collect();
-        let next_cursor = (start + page.len() < matching.len())
+        let mut page = page.into_sorted_vec();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next_cursor = more
             .then(|| {
                 page.last()
-                    .map(|(v, k)| encode_cursor(q.sort, q.order, v, k.id))
+                    .map(|l| encode_cursor(q.sort, q.order, &l.value, l.key.id))
             })
             .flatten();
         Ok(KeyPage {
-            keys: page
-                .iter()
-                .map(|(_, k)| ((*k).clone(), k.status(now)))
-                .collect(),
-            active_count: state.active_count(now),
+            keys: page.iter().map(|l| (l.key.clone(), l.status)).collect(),
+            active_count,
             next_cursor,
         })
     }
