@@ -17,14 +17,6 @@ use std::process::ExitCode;
 
 use clap::{FromArgMatches, parser::ValueSource};
 
-/// mimalloc rather than glibc's malloc: under an hour of mixed load glibc
-/// keeps the pages that snapshots and the writer's copies free (per-thread
-/// arenas, fragmented heaps), and the resident set only grows; mimalloc
-/// returns them (docs/performance.md, "Memory under load"). In this binary
-/// only: the library crates leave the choice to whoever embeds them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     quiet_caught_panics();
     let matches = <cli::Args as clap::CommandFactory>::command().get_matches();
