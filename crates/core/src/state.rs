@@ -287,6 +287,14 @@ impl Ledger {
         self.tenants.iter().map(|(id, t)| (id, &**t))
     }
 
+    /// Every tenant with at least one event, its state shared with this
+    /// ledger: a holder of one of these `Arc`s keeps that tenant as it is
+    /// now, and the ledger copies it on its next change to the tenant (a
+    /// snapshot encodes them one at a time, dropping each once encoded).
+    pub fn shared_tenants(&self) -> impl Iterator<Item = (&TenantId, &Arc<TenantState>)> {
+        self.tenants.iter()
+    }
+
     /// A key of a tenant. A key of another tenant is `None`, like an unknown one.
     pub fn key(&self, tenant: &TenantId, id: KeyId) -> Option<&KeyRecord> {
         self.tenants.get(tenant)?.keys.get(&id)

@@ -111,7 +111,7 @@ impl GlobalTree {
 
 /// What a snapshot keeps of the global tree beside its nodes and entries
 /// (`snapshot.rs`, which gives it its file schema).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct GlobalSnapshot {
     /// Leaves in the tree (and entries).
     pub(crate) leaves: u64,

@@ -25,11 +25,16 @@
 //! * Written atomically (a `.tmp` file, fsync, rename, fsync of the
 //!   directory), owner-only, never through a symbolic link; the newest
 //!   [`SnapshotConfig::keep`] are kept.
-//! * Taken by the writer thread between two commits (a clone: the key
-//!   state is shared copy-on-write, the tenants' usage and the trees are
-//!   copied) every [`SnapshotConfig::every_events`] events or
-//!   [`SnapshotConfig::every`], and encoded and written on a blocking
-//!   task; one at a time. Taken again at a graceful shutdown.
+//! * Taken by the writer thread between two commits ([`Frozen`]: each
+//!   tenant's key state shared with the read model, an `Arc` each; the
+//!   tenants' usage rows and the trees' frontiers copied) every
+//!   [`SnapshotConfig::every_events`] events or [`SnapshotConfig::every`],
+//!   and encoded and written on a blocking task; one at a time. Taken
+//!   again at a graceful shutdown. The encoding streams into the file a
+//!   tenant at a time and drops each tenant's state once written, so the
+//!   writer copies a tenant it changes meanwhile (copy on write) only
+//!   until the encoding has passed it, and no second copy of the state is
+//!   built in memory (docs/performance.md, "Memory under load").
 //! * Verified before use: the checksum, the format version, the shape,
 //!   and against the log: the record at the snapshot's position exists,
 //!   and every tenant's chain head at that position is the snapshot's
@@ -40,7 +45,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,6 +170,71 @@ pub(crate) struct Projections {
     pub(crate) global: GlobalTree,
 }
 
+/// What a snapshot file is written from ([`write_frozen`]): the
+/// projections at one log position, each tenant's key state shared (an
+/// `Arc` of the read model's, not a copy), the rest copied as the file
+/// holds it (it is small: the tenants' usage rows, the trees' leaf counts,
+/// heads and frontiers).
+pub(crate) struct Frozen {
+    position: u64,
+    events: u64,
+    /// By tenant id.
+    tenants: Vec<FrozenTenant>,
+    /// The trees' frontiers, 32 bytes a hash: each tenant's in order, then
+    /// the global tree's.
+    nodes: Vec<u8>,
+    global: GlobalSnapshot,
+}
+
+struct FrozenTenant {
+    id: TenantId,
+    state: Arc<TenantState>,
+    usage: Vec<DailyRow>,
+    leaves: u64,
+    head: [u8; 32],
+    epoch: u64,
+}
+
+impl Frozen {
+    /// The key state and usage rows of `ledger` and `usage` at `position`;
+    /// [`Frozen::with_trees`] adds the trees of the same position.
+    fn of(position: u64, ledger: &Ledger, usage: &TenantUsage) -> Self {
+        let mut rows: HashMap<&TenantId, Vec<DailyRow>> = usage.tenant_rows().collect();
+        let mut tenants: Vec<FrozenTenant> = ledger
+            .shared_tenants()
+            .map(|(id, state)| FrozenTenant {
+                id: id.clone(),
+                state: state.clone(),
+                usage: rows.remove(id).unwrap_or_default(),
+                leaves: 0,
+                head: [0; 32],
+                epoch: 0,
+            })
+            .collect();
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        Frozen {
+            position,
+            events: ledger.events(),
+            tenants,
+            nodes: Vec::new(),
+            global: GlobalSnapshot::default(),
+        }
+    }
+
+    /// Adds each tenant's tree (an empty one for a tenant without) and
+    /// the global tree.
+    fn with_trees(mut self, trees: &HashMap<TenantId, TenantTree>, global: &GlobalTree) -> Self {
+        let empty = TenantTree::default();
+        for t in &mut self.tenants {
+            let tree = trees.get(&t.id).unwrap_or(&empty);
+            tree.to_snapshot(&mut self.nodes);
+            (t.leaves, t.head, t.epoch) = (tree.tree.len(), tree.head, tree.epoch);
+        }
+        self.global = global.to_snapshot(&mut self.nodes);
+        self
+    }
+}
+
 /// A runtime's snapshot state.
 pub(crate) struct Snapshots {
     pub(crate) config: SnapshotConfig,
@@ -249,6 +319,24 @@ impl Shared {
         }
     }
 
+    /// The projections as they are, for a snapshot file: each tenant's key
+    /// state shared with the read model (see [`Shared::capture`] for when
+    /// this may be called).
+    fn freeze(&self) -> Frozen {
+        let read = self.read_model();
+        let frozen = Frozen::of(read.head, &read.ledger, &read.usage);
+        drop(read);
+        // The global tree first, then the tenants' (as `capture`).
+        let global = self
+            .audit
+            .global
+            .tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let trees = self.audit.trees.read().unwrap_or_else(|e| e.into_inner());
+        frozen.with_trees(&trees, &global)
+    }
+
     /// Takes a snapshot and writes it on a blocking task when one is due
     /// and none is being written. Called by the writer thread after each
     /// round, and at open.
@@ -270,13 +358,13 @@ impl Shared {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let capture = self.capture();
-        s.taken.store(capture.position, Ordering::Release);
+        let frozen = self.freeze();
+        s.taken.store(frozen.position, Ordering::Release);
         *taken_at = Instant::now();
         let shared = self.clone();
         *task = Some(
             s.runtime
-                .spawn_blocking(move || shared.write_snapshot(&capture, true)),
+                .spawn_blocking(move || shared.write_snapshot(frozen, true)),
         );
     }
 
@@ -292,45 +380,45 @@ impl Shared {
         if !s.writes() || self.read_model().head <= s.on_disk.load(Ordering::Acquire) {
             return;
         }
-        let capture = self.capture();
-        s.taken.store(capture.position, Ordering::Release);
+        let frozen = self.freeze();
+        s.taken.store(frozen.position, Ordering::Release);
         let shared = self.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.write_snapshot(&capture, false)).await;
+        let _ = tokio::task::spawn_blocking(move || shared.write_snapshot(frozen, false)).await;
     }
 
-    /// Writes `p`; `announce`: logs it (the periodic ones: a one-shot
+    /// Writes `f`; `announce`: logs it (the periodic ones: a one-shot
     /// command of the CLI logs nothing when all goes well).
-    fn write_snapshot(&self, p: &Projections, announce: bool) {
+    fn write_snapshot(&self, f: Frozen, announce: bool) {
         let Some(s) = &self.snapshots else { return };
         let started = Instant::now();
-        // The trees' complete tiles and the per-key usage rows are not in
-        // the snapshot: durable first.
-        let synced = self
-            .audit
-            .nodes
-            .sync(p.position)
-            .and_then(|()| self.usage_rows.sync().map_err(|e| e.to_string()));
-        if let Err(e) = synced {
-            self.metrics
-                .snapshots
-                .write_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(position = p.position, error = %e,
-                "cannot write a snapshot; the next start replays more of the log");
-            return;
-        }
-        let bytes = encode(p);
-        match write_file(&s.config.dir, p.position, &bytes) {
-            Ok(path) => {
-                s.on_disk.fetch_max(p.position, Ordering::AcqRel);
+        let position = f.position;
+        // Encoded first (each tenant's state is released as it is
+        // written); the trees' complete tiles and the per-key usage rows,
+        // which are not in the snapshot, are made durable before the file
+        // gets its name.
+        let durable = || {
+            self.audit
+                .nodes
+                .sync(position)
+                .and_then(|()| self.usage_rows.sync().map_err(|e| e.to_string()))
+                .map_err(io::Error::other)
+        };
+        match write_file_with(
+            &s.config.dir,
+            position,
+            |file| write_frozen(f, file),
+            durable,
+        ) {
+            Ok((path, bytes)) => {
+                s.on_disk.fetch_max(position, Ordering::AcqRel);
                 let m = &self.metrics.snapshots;
                 m.written.fetch_add(1, Ordering::Relaxed);
-                m.last_position.fetch_max(p.position, Ordering::Relaxed);
+                m.last_position.fetch_max(position, Ordering::Relaxed);
                 if announce {
                     tracing::info!(
                         file = %path.display(),
-                        position = p.position,
-                        bytes = bytes.len(),
+                        position,
+                        bytes,
                         ms = started.elapsed().as_millis() as u64,
                         "wrote a snapshot of the projections"
                     );
@@ -346,7 +434,7 @@ impl Shared {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     dir = %s.config.dir.display(),
-                    position = p.position,
+                    position,
                     error = %e,
                     "cannot write a snapshot; the next start replays more of the log"
                 );
@@ -681,29 +769,50 @@ fn read_file(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Writes a snapshot file atomically: a temporary file, fsync, rename,
 /// fsync of the directory. Returns its path.
+#[cfg(test)]
 fn write_file(dir: &Path, position: u64, bytes: &[u8]) -> io::Result<PathBuf> {
+    let fill = |f: &mut fs::File| f.write_all(bytes).map(|()| bytes.len() as u64);
+    write_file_with(dir, position, fill, || Ok(())).map(|(path, _)| path)
+}
+
+/// Writes a snapshot file atomically: `fill` writes the content into a
+/// temporary file (and returns its length), fsync, `durable` (what must be
+/// on disk before the file is found), rename, fsync of the directory.
+/// Returns its path and length; on an error, removes the temporary file.
+fn write_file_with(
+    dir: &Path,
+    position: u64,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<u64>,
+    durable: impl FnOnce() -> io::Result<()>,
+) -> io::Result<(PathBuf, u64)> {
     crate::datadir::create_dir_private(dir)?;
     check_dir(dir)?;
     let path = dir.join(file_name(position));
     let tmp = dir.join(format!("{}.tmp", file_name(position)));
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.read(true).write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let written = crate::datadir::open_no_follow(&mut options, &tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
+        let len = fill(&mut f)?;
+        f.sync_all()?;
+        drop(f);
+        durable()?;
+        Ok(len)
     });
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, &path)?;
     fs::File::open(dir)?.sync_all()?;
-    Ok(path)
+    Ok((path, len))
 }
 
 /// Removes all but the newest `keep` snapshot files.
@@ -765,13 +874,15 @@ struct WebhookV2 {
     deleted_seq: Option<u64>,
 }
 
+/// `K`: the keys as read back, or [`KeysOf`] as written (each encoded as
+/// it is reached: the same bytes).
 #[derive(Debug, Serialize, Deserialize)]
-struct TenantV2 {
+struct TenantV2<K = Vec<KeyV3>> {
     id: String,
     version: u64,
     last_at: i64,
     recoveries: u64,
-    keys: Vec<KeyV3>,
+    keys: K,
     by_owner: Vec<(String, Vec<u128>)>,
     removed_users: Vec<(String, i64)>,
     usage: Vec<DayV1>,
@@ -1124,51 +1235,49 @@ fn tenant_id(s: &str) -> Result<TenantId, Refusal> {
         .map_err(|e| Refusal::Content(format!("tenant id {s:?}: {e}")))
 }
 
-/// The file's bytes for `p`.
-pub(crate) fn encode(p: &Projections) -> Vec<u8> {
-    let mut ids: Vec<&TenantId> = p.ledger.tenants().map(|(t, _)| t).collect();
-    ids.sort();
-    let tenant_usage: HashMap<&TenantId, Vec<DailyRow>> = p.usage.tenant_rows().collect();
-    let empty = TenantTree::default();
-    let mut nodes: Vec<u8> = Vec::new();
-    let mut tenants = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(state) = p.ledger.tenant(id) else {
-            continue;
-        };
-        let tree = p.trees.get(id).unwrap_or(&empty);
-        tree.to_snapshot(&mut nodes);
+/// A tenant's keys, written as `Vec<KeyV3>`, each converted as it is
+/// reached.
+struct KeysOf<'a>(&'a TenantState);
+
+impl Serialize for KeysOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.keys.values().map(KeyV3::from_core))
+    }
+}
+
+impl FrozenTenant {
+    fn v2(&self) -> TenantV2<KeysOf<'_>> {
+        let state = &*self.state;
         let mut by_owner: Vec<(String, Vec<u128>)> = state
             .by_owner
             .iter()
             .map(|(u, ks)| (u.to_string(), ks.iter().map(|k| k.to_u128()).collect()))
             .collect();
         by_owner.sort();
-        tenants.push(TenantV2 {
-            id: id.to_string(),
+        TenantV2 {
+            id: self.id.to_string(),
             version: state.version,
             last_at: state.last_at.as_micros(),
             recoveries: state.recoveries,
-            keys: state.keys.values().map(KeyV3::from_core).collect(),
+            keys: KeysOf(state),
             by_owner,
             removed_users: state
                 .removed_users
                 .iter()
                 .map(|(u, t)| (u.to_string(), t.as_micros()))
                 .collect(),
-            usage: days_v1(tenant_usage.get(id).cloned().unwrap_or_default()),
-            leaves: tree.tree.len(),
-            head: tree.head,
-            epoch: tree.epoch,
+            usage: days_v1(self.usage.clone()),
+            leaves: self.leaves,
+            head: self.head,
+            epoch: self.epoch,
             webhooks: state.webhooks.values().map(WebhookV2::from_core).collect(),
-        });
+        }
     }
-    let global = p.global.to_snapshot(&mut nodes);
-    let body = SnapshotV2 {
-        position: p.position,
-        events: p.ledger.events(),
-        tenants,
-        global: GlobalV2 {
+}
+
+impl GlobalV2 {
+    fn from_snapshot(global: GlobalSnapshot) -> Self {
+        GlobalV2 {
             leaves: global.leaves,
             heads: global
                 .heads
@@ -1186,20 +1295,93 @@ pub(crate) fn encode(p: &Projections) -> Vec<u8> {
                     recovered,
                 })
                 .collect(),
-        },
+        }
+    }
+}
+
+/// The file's bytes for `p` (what [`write_frozen`] writes to a file).
+#[cfg(test)]
+pub(crate) fn encode(p: &Projections) -> Vec<u8> {
+    let frozen = Frozen::of(p.position, &p.ledger, &p.usage).with_trees(&p.trees, &p.global);
+    let mut out = io::Cursor::new(Vec::new());
+    // Writing into memory cannot fail.
+    let _ = write_frozen(frozen, &mut out);
+    out.into_inner()
+}
+
+/// Counts the bytes written through it.
+struct Counted<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the snapshot file of `f` into `out` from its start, and returns
+/// its length: the header, the body (a [`SnapshotV2`]), the trees'
+/// frontiers and the checksum. The body is streamed a tenant at a time
+/// (postcard writes a struct as its fields in order, and a sequence as its
+/// length then its items: the bytes of `SnapshotV2` as a whole), and each
+/// tenant's state is dropped once written, so nothing holds a second copy
+/// of the state. Then the body's length is written into the header and
+/// the checksum computed over what was written, read back.
+fn write_frozen<W: Read + Write + Seek>(f: Frozen, out: &mut W) -> io::Result<u64> {
+    fn put(w: &mut impl Write, value: &(impl Serialize + ?Sized)) -> io::Result<()> {
+        postcard::to_io(value, w)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    }
+    out.seek(SeekFrom::Start(0))?;
+    let body_len = {
+        let mut w = io::BufWriter::with_capacity(1 << 16, &mut *out);
+        w.write_all(MAGIC)?;
+        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        w.write_all(&0u64.to_le_bytes())?;
+        let mut body = Counted {
+            inner: &mut w,
+            n: 0,
+        };
+        put(&mut body, &f.position)?;
+        put(&mut body, &f.events)?;
+        put(&mut body, &f.tenants.len())?;
+        for tenant in f.tenants {
+            put(&mut body, &tenant.v2())?;
+            drop(tenant);
+        }
+        put(&mut body, &GlobalV2::from_snapshot(f.global))?;
+        let body_len = body.n;
+        w.write_all(&(f.nodes.len() as u64 / 32).to_le_bytes())?;
+        w.write_all(&f.nodes)?;
+        w.flush()?;
+        body_len
     };
-    // Serializing plain structs into a Vec cannot fail.
-    let body = postcard::to_stdvec(&body).unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 8 + nodes.len() + 32);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&(nodes.len() as u64 / 32).to_le_bytes());
-    out.extend_from_slice(&nodes);
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    out
+    out.seek(SeekFrom::Start(10))?;
+    out.write_all(&body_len.to_le_bytes())?;
+    out.seek(SeekFrom::Start(0))?;
+    let mut sum = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+        len += n as u64;
+    }
+    out.write_all(&sum.finalize())?;
+    out.flush()?;
+    Ok(len + 32)
 }
 
 /// Reads a snapshot file's bytes back, checking its magic, version,
@@ -1485,6 +1667,13 @@ mod tests {
         let taken = live.shared.capture();
         let bytes = encode(&taken);
         assert_eq!(encode(&taken), bytes, "the encoding is deterministic");
+        // Streamed a tenant at a time, the body is the bytes of the whole
+        // `SnapshotV2` serialized at once.
+        let body_len = u64::from_le_bytes(bytes[10..18].try_into().unwrap_or_default()) as usize;
+        let body = &bytes[HEADER_LEN..HEADER_LEN + body_len];
+        let whole: SnapshotV2 = postcard::from_bytes(body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(whole.tenants.len(), 2);
+        assert_eq!(postcard::to_stdvec(&whole).ok().as_deref(), Some(body));
         let back = decode(&bytes, taken.global.tree.store()).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             differences(&back, &taken).is_empty(),
@@ -1555,6 +1744,60 @@ mod tests {
         // ada's compromised key, and bob's three, in each tenant.
         assert_eq!(revoked, 8);
         assert!(taken.trees.values().all(|t| !t.tree.is_empty()));
+        rt.block_on(live.shutdown())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A snapshot is the state at the position it was taken, whatever the
+    /// writer applies while it is encoded: the tenants it changes are
+    /// copied, not changed under the encoding.
+    #[test]
+    fn writes_while_a_snapshot_is_encoded_do_not_leak_into_it() {
+        let rt = rt();
+        let _inside = rt.enter();
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new());
+        let live = open(log.clone(), None);
+        rt.block_on(workload(&live));
+        let frozen = live.shared.freeze();
+        let at_freeze = live.shared.capture();
+        // Meanwhile: creates in both tenants and a new one, a revocation,
+        // usage, a change.
+        rt.block_on(async {
+            for t in ["acme", "globex", "initech"] {
+                let tenant: TenantId = t.parse().unwrap_or_else(|e| panic!("{e}"));
+                let ada = Principal::user(tenant, "ada".parse().unwrap_or_else(|e| panic!("{e}")));
+                let c = live
+                    .create_key(
+                        ada.clone(),
+                        NewKey {
+                            name: format!("{t} later"),
+                            ..NewKey::default()
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(live.verify(c.secret.expose(), None).is_valid());
+                live.flush_usage().await.unwrap_or_else(|e| panic!("{e}"));
+                let mut u = keyledger_core::UpdateKey::new(ada.clone(), c.key.id);
+                u.description = Some(Some("later".into()));
+                live.update_key(u).await.unwrap_or_else(|e| panic!("{e}"));
+                live.revoke_key(ada, c.key.id, RevokeReason::Compromised)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        });
+        let now = live.shared.capture();
+        assert!(now.position > at_freeze.position + 10);
+        assert_ne!(now.ledger, at_freeze.ledger);
+        let mut out = io::Cursor::new(Vec::new());
+        let len = write_frozen(frozen, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = out.into_inner();
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(bytes, encode(&at_freeze));
+        let back = decode(&bytes, &live.shared.audit.nodes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(differences(&back, &at_freeze).is_empty());
+        assert_eq!(back.ledger.tenants().count(), 2);
+        assert_eq!(check_against_log(log.as_ref(), &back).ok(), Some(Ok(())));
         rt.block_on(live.shutdown())
             .unwrap_or_else(|e| panic!("{e}"));
     }
