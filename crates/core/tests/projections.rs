@@ -7,9 +7,9 @@ use common::*;
 use keyledger_core::limits::SUMMARY_DAYS_MAX;
 use keyledger_core::state::ApplyError;
 use keyledger_core::{
-    Actor, AuditFilter, Cause, DailyRow, Day, Event, EventKind, EventType, KeyCreated, KeyRecord,
-    KeyRevoked, KeyStatus, Ledger, Outcome, Revocation, RevokeReason, Scope, ScopeSet, SecretHash,
-    Timestamp, Usage, UseCounts,
+    Actor, AuditFilter, Cause, CreatedBy, DailyRow, Day, Event, EventKind, EventType, KeyCreated,
+    KeyRecord, KeyRevoked, KeyStatus, Ledger, Outcome, Revocation, RevokeReason, Scope, ScopeSet,
+    SecretHash, Timestamp, Usage, UseCounts,
 };
 
 fn counts(valid: u64, revoked: u64, expired: u64, insufficient_scope: u64) -> UseCounts {
@@ -55,14 +55,13 @@ fn key_record_after_create() {
         name: "CI/CD Pipeline".into(),
         description: Some("nightly deploys".into()),
         created_at: t(5),
-        created_by: as_key(9, "alice"),
+        creator: CreatedBy::Other(Box::new(as_key(9, "alice"))),
         expires_at: Some(t(1000)),
         scopes: ScopeSet::EMPTY.with(Scope::KeysRead),
         secret_hash: secret(1).hash(),
-        masked: secret(1).masked(),
+        masked: secret(1).masked().as_str().into(),
         revoked: None,
-        rotated_from: None,
-        rotated_to: None,
+        links: None,
         last_used_at: None,
         uses: UseCounts::default(),
         policy: None,
@@ -128,8 +127,8 @@ fn key_record_after_revoke() {
     ]);
     let key = ledger.key(&acme(), kid(1)).unwrap();
     assert_eq!(
-        key.revoked,
-        Some(Revocation {
+        key.revoked.as_deref(),
+        Some(&Revocation {
             at: t(9),
             by: Actor::System,
             reason: RevokeReason::UserRemoved,
@@ -172,11 +171,11 @@ fn key_records_after_rotate_with_grace() {
     let old = ledger.key(&acme(), kid(1)).unwrap();
     let new = ledger.key(&acme(), kid(2)).unwrap();
     assert_eq!(
-        (old.rotated_to, old.expires_at, old.revoked.clone()),
+        (old.rotated_to(), old.expires_at, old.revoked.clone()),
         (Some(kid(2)), Some(t(70)), None)
     );
     assert_eq!(
-        (new.rotated_from, new.rotated_to, new.expires_at),
+        (new.rotated_from(), new.rotated_to(), new.expires_at),
         (Some(kid(1)), None, None)
     );
     assert_eq!(old.status(t(69)), KeyStatus::Active);
@@ -205,7 +204,7 @@ fn a_rotation_never_extends_an_expiry_when_folded() {
 fn key_records_after_rotate_without_grace() {
     let ledger = fold(&rotation(None));
     let old = ledger.key(&acme(), kid(1)).unwrap();
-    assert_eq!(old.rotated_to, Some(kid(2)));
+    assert_eq!(old.rotated_to(), Some(kid(2)));
     assert_eq!(old.expires_at, None);
     assert_eq!(
         old.revoked.as_ref().map(|r| r.reason),

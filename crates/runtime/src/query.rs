@@ -280,7 +280,7 @@ impl Keyledger {
             .filter(|k| {
                 q.created_by
                     .as_deref()
-                    .is_none_or(|c| k.owner.as_str() == c || k.created_by.matches(c))
+                    .is_none_or(|c| k.owner.as_str() == c || k.created_by().matches(c))
             })
             .filter(|k| {
                 needle
