@@ -392,6 +392,33 @@ mod tests {
         out
     }
 
+    /// Decides `commands` in one batch through an overlay over `committed`:
+    /// the overlay, the events with their sequence numbers, the answers.
+    #[allow(clippy::type_complexity)]
+    fn through_overlay<'a>(
+        committed: &'a Ledger,
+        commands: &[Command],
+        now: Timestamp,
+    ) -> (
+        Overlay<'a>,
+        Vec<(u64, Event)>,
+        Vec<Result<Vec<Event>, crate::CommandError>>,
+    ) {
+        let mut overlay = Overlay::new(committed);
+        let mut events = Vec::new();
+        let mut answers = Vec::new();
+        for c in commands {
+            let d = decide(&overlay, c, now);
+            for e in d.iter().flatten() {
+                let seq = overlay.tenant_view(&e.tenant).version() + 1;
+                overlay.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
+                events.push((seq, e.clone()));
+            }
+            answers.push(d);
+        }
+        (overlay, events, answers)
+    }
+
     /// Webhooks, updates, credits and recoveries (which the invariants
     /// proptest does not generate) decided in one batch through an overlay
     /// answer as one by one, and the committed ledger is untouched until
@@ -428,18 +455,7 @@ mod tests {
         let mut expected_ledger = committed.clone();
         let expected = one_by_one(&mut expected_ledger, &batch, now);
         let before = committed.clone();
-        let mut overlay = Overlay::new(&committed);
-        let mut events = Vec::new();
-        let mut answers = Vec::new();
-        for c in &batch {
-            let d = decide(&overlay, c, now);
-            for e in d.iter().flatten() {
-                let seq = overlay.tenant_view(&e.tenant).version() + 1;
-                overlay.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
-                events.push((seq, e.clone()));
-            }
-            answers.push(d);
-        }
+        let (overlay, events, answers) = through_overlay(&committed, &batch, now);
         assert_eq!(answers, expected);
         let kinds: Vec<bool> = answers.iter().map(Result::is_ok).collect();
         assert_eq!(
@@ -504,18 +520,7 @@ mod tests {
         ];
         let mut expected_ledger = committed.clone();
         let expected = one_by_one(&mut expected_ledger, &batch, now);
-        let mut overlay = Overlay::new(&committed);
-        let mut events = Vec::new();
-        let mut answers = Vec::new();
-        for c in &batch {
-            let d = decide(&overlay, c, now);
-            for e in d.iter().flatten() {
-                let seq = overlay.tenant_view(&e.tenant).version() + 1;
-                overlay.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
-                events.push((seq, e.clone()));
-            }
-            answers.push(d);
-        }
+        let (overlay, events, answers) = through_overlay(&committed, &batch, now);
         assert_eq!(answers, expected);
         assert!(answers[7].is_err(), "an unknown key's use is refused");
         let delta = &overlay.tenants[&tenant()];
