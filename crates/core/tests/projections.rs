@@ -34,6 +34,27 @@ fn day(date: &str) -> Day {
 
 // --------------------------------------------------------------- key state
 
+/// Every key's owner and tenant ids point at one copy of the text (issue
+/// 13, memory): each event carries its own copy, and the fold keeps the
+/// one the ledger already holds.
+#[test]
+fn ids_are_shared_not_copied_per_key() {
+    let ledger = fold(&[
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(acme(), t(2), 2, "alice"),
+        create_ev(acme(), t(3), 3, "bob"),
+    ]);
+    let text = |s: &str| s.as_ptr();
+    let key = |n| ledger.key(&acme(), kid(n)).unwrap();
+    assert_eq!(text(key(1).owner.as_str()), text(key(2).owner.as_str()));
+    assert_ne!(text(key(1).owner.as_str()), text(key(3).owner.as_str()));
+    let tenant = ledger.tenant_id(&acme()).unwrap();
+    for n in 1..=3 {
+        let (t, k) = ledger.key_by_hash(&secret(n).hash()).unwrap();
+        assert_eq!((text(t.as_str()), k.id), (text(tenant.as_str()), kid(n)));
+    }
+}
+
 #[test]
 fn key_record_after_create() {
     let kc = KeyCreated {
