@@ -1420,17 +1420,20 @@ async fn creates_at_size(ledger: &Keyledger, dir: &Path) {
 // ------------------------------------------------------------ memory
 
 /// The verification map's entry as far as memory goes: the same size
-/// (checked) and the same three strings cloned per key (`KeyEntry::new`
-/// is the runtime's own).
+/// (checked) and the same shared texts (`KeyEntry::new` is the runtime's
+/// own). The tenant's and the owner's ids are shared as the ledger shares
+/// them (one copy per tenant, per owner); the name is counted here,
+/// though in the runtime it is the key record's own, shared.
 struct EntryStandIn {
     _tenant: TenantId,
     _owner: UserId,
-    _name: String,
+    _name: Arc<str>,
     _rest: [u64; ENTRY_REST_WORDS],
 }
 
 const ENTRY_REST_WORDS: usize = (std::mem::size_of::<keyledger_runtime::KeyEntry>()
-    - 2 * std::mem::size_of::<String>()
+    - std::mem::size_of::<UserId>()
+    - std::mem::size_of::<Arc<str>>()
     - std::mem::size_of::<TenantId>())
     / 8;
 
@@ -1648,15 +1651,25 @@ async fn memory(dir: &Path, part: &str) {
                 let map: papaya::HashMap<keyledger_core::SecretHash, Arc<EntryStandIn>> =
                     papaya::HashMap::default();
                 let pinned = map.pin();
+                let mut tenants = std::collections::HashSet::new();
+                let mut owners = std::collections::HashSet::new();
                 fold_log(log.expect("the log"), |page| {
                     for r in page {
                         if let keyledger_core::EventKind::KeyCreated(e) = &r.event.kind {
+                            if !tenants.contains(&r.event.tenant) {
+                                tenants.insert(r.event.tenant.clone());
+                            }
+                            if !owners.contains(&e.owner) {
+                                owners.insert(e.owner.clone());
+                            }
+                            let tenant = tenants.get(&r.event.tenant).expect("held").clone();
+                            let owner = owners.get(&e.owner).expect("held").clone();
                             pinned.insert(
                                 e.secret_hash,
                                 Arc::new(EntryStandIn {
-                                    _tenant: r.event.tenant.clone(),
-                                    _owner: e.owner.clone(),
-                                    _name: e.name.clone(),
+                                    _tenant: tenant.clone(),
+                                    _owner: owner.clone(),
+                                    _name: Arc::from(e.name.as_str()),
                                     _rest: [0; ENTRY_REST_WORDS],
                                 }),
                             );

@@ -268,7 +268,7 @@ async fn mint_acme(
         Principal::api_key(
             acme.clone(),
             k.key.id,
-            k.key.name.clone(),
+            k.key.name.to_string(),
             u("alice"),
             k.key.scopes,
         )

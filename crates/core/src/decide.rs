@@ -795,7 +795,7 @@ fn rotate_key<S: StateView + ?Sized>(
     let p = &c.principal;
     p.require(Scope::KeysWrite)?;
     let old = unrevoked_key(tenant, c.key_id)?;
-    if let Some(successor) = old.rotated_to {
+    if let Some(successor) = old.rotated_to() {
         return Err(CommandError::AlreadyRotated(c.key_id, successor));
     }
     may_act_on(p, old, true)?;
@@ -817,7 +817,7 @@ fn rotate_key<S: StateView + ?Sized>(
         kind: EventKind::KeyCreated(KeyCreated {
             key_id: c.new_key_id,
             owner: old.owner.clone(),
-            name: old.name.clone(),
+            name: old.name.to_string(),
             description: old.description.clone(),
             expires_at: c.expires_at,
             scopes: old.scopes,
@@ -958,7 +958,7 @@ fn update_key(
     let mut changes = Vec::new();
     if let Some(name) = &c.name {
         changes.push(KeyChange::Name {
-            before: key.name.clone(),
+            before: key.name.to_string(),
             after: check_name(name)?,
         });
     }
@@ -996,7 +996,7 @@ fn update_key(
             (Some(old), Some(new)) => new > old,
         };
         if later {
-            if let Some(successor) = key.rotated_to {
+            if let Some(successor) = key.rotated_to() {
                 return Err(CommandError::AlreadyRotated(c.key_id, successor));
             }
             if !p.scopes.contains_all(scopes) {

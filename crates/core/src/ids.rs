@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ulid::Ulid;
 
@@ -15,8 +16,11 @@ pub struct IdError(pub String);
 /// The isolation boundary: an account or organization.
 ///
 /// 1–64 bytes of `A-Z a-z 0-9 . _ -`, so it is safe in paths, URLs and logs.
+///
+/// Shared text (`Arc<str>`): the ledger's indexes and the verification map
+/// hold one per key, and a clone is a pointer, not a copy (issue 13).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     /// The id as text.
@@ -39,7 +43,7 @@ impl FromStr for TenantId {
                 "a tenant id may hold only letters, digits, `.`, `_` and `-`".into(),
             ));
         }
-        Ok(TenantId(s.to_owned()))
+        Ok(TenantId(Arc::from(s)))
     }
 }
 
@@ -52,8 +56,11 @@ impl fmt::Display for TenantId {
 /// A user id from the product's own identity system.
 ///
 /// 1–256 characters, no control characters, not only white space.
+///
+/// Shared text (`Arc<str>`), as [`TenantId`]: a key record holds its
+/// owner's id as a pointer to the one its tenant already has.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UserId(String);
+pub struct UserId(Arc<str>);
 
 impl UserId {
     /// The id as text.
@@ -74,7 +81,7 @@ impl FromStr for UserId {
         if s.chars().any(char::is_control) {
             return Err(IdError("a user id may not hold control characters".into()));
         }
-        Ok(UserId(s.to_owned()))
+        Ok(UserId(Arc::from(s)))
     }
 }
 

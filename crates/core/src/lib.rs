@@ -12,6 +12,7 @@
 //!   [`Usage::apply`] folds it into the usage rollups.
 //! * [`secret`] mints, parses, hashes and masks keys.
 
+pub mod compact;
 pub mod decide;
 pub mod event;
 pub mod history;
@@ -29,6 +30,7 @@ pub mod trail;
 pub mod usage;
 pub mod webhook;
 
+pub use compact::{CreatedBy, Links, Masked};
 pub use decide::{
     Command, CommandError, CreateKey, FieldError, Principal, RemoveUser, RevokeKey, RotateKey,
     UpdateKey, decide,

@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::event::{Event, EventKind};
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::secret::SecretHash;
-use crate::state::{ApplyError, KeyIndexes, KeyRecord, Ledger, TenantState, check_seq, fold};
+use crate::state::{
+    ApplyError, KeyIndexes, KeyRecord, Ledger, TenantState, check_seq, fold, fold_elsewhere,
+};
 use crate::time::Timestamp;
 use crate::webhook::{Webhook, WebhookId};
 
@@ -89,7 +91,9 @@ impl<'a> TenantView<'a> {
         self.scalars().map_or(1, TenantState::epoch)
     }
 
-    /// A key of the tenant.
+    /// A key of the tenant. Under an [`Overlay`], a key the batch only
+    /// used has its counts and last use as committed: decisions read
+    /// neither.
     pub fn key(self, id: KeyId) -> Option<&'a KeyRecord> {
         self.delta
             .and_then(|d| d.state.keys.get(&id))
@@ -193,6 +197,17 @@ impl<'a> Overlay<'a> {
                 created: 0,
             }),
         };
+        // A use changes only the key's counts and last use, which no
+        // decision reads: a key the batch has not copied is not copied for
+        // it (most of a batch's events are uses, issue 13). The tenant's
+        // counters move on as the fold would move them; the counts reach
+        // the committed state when the batch is applied there.
+        if let EventKind::KeyUsed(e) = &event.kind
+            && !delta.state.keys.contains_key(&e.key_id)
+        {
+            let known = base.is_some_and(|b| b.keys.contains_key(&e.key_id));
+            return fold_elsewhere(&mut delta.state, known, seq, event);
+        }
         // What the event reads or changes is copied over first, so that the
         // fold sees the whole of it (each at most once per batch).
         let state = &mut delta.state;
@@ -377,6 +392,33 @@ mod tests {
         out
     }
 
+    /// Decides `commands` in one batch through an overlay over `committed`:
+    /// the overlay, the events with their sequence numbers, the answers.
+    #[allow(clippy::type_complexity)]
+    fn through_overlay<'a>(
+        committed: &'a Ledger,
+        commands: &[Command],
+        now: Timestamp,
+    ) -> (
+        Overlay<'a>,
+        Vec<(u64, Event)>,
+        Vec<Result<Vec<Event>, crate::CommandError>>,
+    ) {
+        let mut overlay = Overlay::new(committed);
+        let mut events = Vec::new();
+        let mut answers = Vec::new();
+        for c in commands {
+            let d = decide(&overlay, c, now);
+            for e in d.iter().flatten() {
+                let seq = overlay.tenant_view(&e.tenant).version() + 1;
+                overlay.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
+                events.push((seq, e.clone()));
+            }
+            answers.push(d);
+        }
+        (overlay, events, answers)
+    }
+
     /// Webhooks, updates, credits and recoveries (which the invariants
     /// proptest does not generate) decided in one batch through an overlay
     /// answer as one by one, and the committed ledger is untouched until
@@ -413,18 +455,7 @@ mod tests {
         let mut expected_ledger = committed.clone();
         let expected = one_by_one(&mut expected_ledger, &batch, now);
         let before = committed.clone();
-        let mut overlay = Overlay::new(&committed);
-        let mut events = Vec::new();
-        let mut answers = Vec::new();
-        for c in &batch {
-            let d = decide(&overlay, c, now);
-            for e in d.iter().flatten() {
-                let seq = overlay.tenant_view(&e.tenant).version() + 1;
-                overlay.apply(seq, e).unwrap_or_else(|e| panic!("{e}"));
-                events.push((seq, e.clone()));
-            }
-            answers.push(d);
-        }
+        let (overlay, events, answers) = through_overlay(&committed, &batch, now);
         assert_eq!(answers, expected);
         let kinds: Vec<bool> = answers.iter().map(Result::is_ok).collect();
         assert_eq!(
@@ -450,6 +481,89 @@ mod tests {
             committed.apply(*seq, e).unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(committed, expected_ledger);
+    }
+
+    fn used(n: u8, valid: u64, at: Timestamp) -> Command {
+        Command::RecordUsage {
+            tenant: tenant(),
+            usage: crate::event::KeyUsed {
+                key_id: KeyId::from_u128(u128::from(n)),
+                window_start: at,
+                window_end: at,
+                last_valid_at: Some(at),
+                counts: crate::event::UseCounts {
+                    valid,
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    /// Uses of committed keys move the tenant's counters without copying
+    /// the keys into the overlay; uses of a key the batch holds (created
+    /// or changed in it) are folded into it. Applied, the batch gives the
+    /// ledger one by one gives.
+    #[test]
+    fn a_use_does_not_copy_its_key() {
+        let now = Timestamp::from_micros(1_764_000_000_000_000);
+        let mut committed = Ledger::new();
+        one_by_one(&mut committed, &[create(1, None), create(2, None)], now);
+        let batch = [
+            used(1, 3, now),
+            used(2, 1, now),
+            used(1, 2, now),
+            create(3, None),
+            used(3, 4, now),
+            rename(2, "two"),
+            used(2, 5, now),
+            used(9, 1, now),
+        ];
+        let mut expected_ledger = committed.clone();
+        let expected = one_by_one(&mut expected_ledger, &batch, now);
+        let (overlay, events, answers) = through_overlay(&committed, &batch, now);
+        assert_eq!(answers, expected);
+        assert!(answers[7].is_err(), "an unknown key's use is refused");
+        let delta = &overlay.tenants[&tenant()];
+        let copied: Vec<KeyId> = delta.state.keys.keys().copied().collect();
+        assert_eq!(copied, [KeyId::from_u128(2), KeyId::from_u128(3)]);
+        let view = overlay.tenant_view(&tenant());
+        assert_eq!(view.version(), 9);
+        // Key 1, only used: its committed counts; key 3, created in the
+        // batch, and key 2, renamed in it: theirs, with the uses after.
+        let uses = |n: u128| view.key(KeyId::from_u128(n)).map(|k| k.uses.valid);
+        assert_eq!((uses(1), uses(2), uses(3)), (Some(0), Some(5), Some(4)));
+        drop(overlay);
+        for (seq, e) in &events {
+            committed.apply(*seq, e).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(committed, expected_ledger);
+    }
+
+    /// A use of a key the tenant does not have does not fold, and leaves
+    /// the overlay as it was.
+    #[test]
+    fn a_use_of_an_unknown_key_does_not_fold() {
+        let now = Timestamp::from_micros(1_764_000_000_000_000);
+        let mut committed = Ledger::new();
+        one_by_one(&mut committed, &[create(1, None)], now);
+        let mut overlay = Overlay::new(&committed);
+        let Ok(events) = decide(&overlay, &used(1, 1, now), now) else {
+            panic!("a use")
+        };
+        let mut unknown = events[0].clone();
+        if let EventKind::KeyUsed(u) = &mut unknown.kind {
+            u.key_id = KeyId::from_u128(9);
+        }
+        let err = overlay.apply(2, &unknown);
+        assert!(
+            matches!(err, Err(ApplyError::Inconsistent { .. })),
+            "{err:?}"
+        );
+        assert_eq!(overlay.tenant_view(&tenant()).version(), 1);
+        overlay
+            .apply(2, &events[0])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(overlay.tenant_view(&tenant()).version(), 2);
     }
 
     /// An event the overlay cannot fold leaves it as it was, as

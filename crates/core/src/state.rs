@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::compact::{CreatedBy, Links, Masked};
 use crate::event::{Actor, Cause, Event, EventKind, KeyChange, RevokeReason, UseCounts};
 use crate::ids::{KeyId, TenantId, UserId};
 use crate::policy::{Credits, Meta, RateLimit, Refill};
@@ -51,20 +52,26 @@ pub struct TenantState {
 }
 
 /// A key, as the list and the detail views show it (never the secret).
+///
+/// Held for every key, so kept compact (issue 13): ids are shared
+/// pointers, the masked secret is inline, and what few keys have
+/// (revocation, rotation links, a creator other than the owner or the
+/// operator, a policy) is boxed. `size_of::<KeyRecord>()` is pinned by a
+/// test below.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     /// Its id.
     pub id: KeyId,
     /// The user it acts as.
     pub owner: UserId,
-    /// Its name.
-    pub name: String,
+    /// Its name (shared with the verification map's entry).
+    pub name: Arc<str>,
     /// Its description.
     pub description: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
-    /// Who created it.
-    pub created_by: Actor,
+    /// Who created it ([`KeyRecord::created_by`] gives the actor).
+    pub creator: CreatedBy,
     /// When it stops working on its own (a rotation may bring this forward).
     pub expires_at: Option<Timestamp>,
     /// What it may do.
@@ -72,13 +79,12 @@ pub struct KeyRecord {
     /// SHA-256 of the secret.
     pub secret_hash: SecretHash,
     /// First 8 characters, `…`, last 4.
-    pub masked: String,
+    pub masked: Masked,
     /// Set once, never cleared.
-    pub revoked: Option<Revocation>,
-    /// The key this one replaced.
-    pub rotated_from: Option<KeyId>,
-    /// The key that replaced this one.
-    pub rotated_to: Option<KeyId>,
+    pub revoked: Option<Box<Revocation>>,
+    /// The keys this one replaced and was replaced by, if either
+    /// ([`KeyRecord::rotated_from`], [`KeyRecord::rotated_to`]).
+    pub links: Option<Box<Links>>,
     /// The last valid use.
     pub last_used_at: Option<Timestamp>,
     /// Every counted use, by outcome.
@@ -218,6 +224,28 @@ impl KeyRecord {
         }
     }
 
+    /// Who created it.
+    pub fn created_by(&self) -> Actor {
+        self.creator.actor(&self.owner)
+    }
+
+    /// The key this one replaced.
+    pub fn rotated_from(&self) -> Option<KeyId> {
+        self.links.as_ref()?.from
+    }
+
+    /// The key that replaced this one.
+    pub fn rotated_to(&self) -> Option<KeyId> {
+        self.links.as_ref()?.to
+    }
+
+    /// Sets the key that replaced this one.
+    fn set_rotated_to(&mut self, to: KeyId) {
+        let mut links = self.links.take().map(|b| *b).unwrap_or_default();
+        links.to = Some(to);
+        self.links = links.boxed();
+    }
+
     /// Its metadata.
     pub fn meta(&self) -> Option<&Meta> {
         self.policy.as_ref()?.meta.as_ref()
@@ -280,6 +308,12 @@ impl Ledger {
     /// A tenant's state, if it has any event.
     pub fn tenant(&self, tenant: &TenantId) -> Option<&TenantState> {
         self.tenants.get(tenant).map(|t| &**t)
+    }
+
+    /// The tenant's id as the ledger holds it, which every key's entries
+    /// share (a clone of it is a pointer to the same text).
+    pub fn tenant_id(&self, tenant: &TenantId) -> Option<&TenantId> {
+        self.tenants.get_key_value(tenant).map(|(t, _)| t)
     }
 
     /// Every tenant with at least one event.
@@ -376,9 +410,18 @@ impl Ledger {
     pub fn apply(&mut self, seq: u64, event: &Event) -> Result<(), ApplyError> {
         // One lookup of the tenant per event; a new tenant's state is
         // inserted only once its first event folds.
-        let mut indexes = LedgerIndexes {
-            by_hash: &mut self.by_hash,
-            key_tenants: &mut self.key_tenants,
+        // A key's entries in the indexes point at the tenant's id the
+        // ledger already holds, not at a copy decoded with each event.
+        let tenant = match event.kind {
+            EventKind::KeyCreated(_) => self.tenant_id(&event.tenant).cloned(),
+            _ => None,
+        };
+        let mut indexes = SharedIndexes {
+            inner: LedgerIndexes {
+                by_hash: &mut self.by_hash,
+                key_tenants: &mut self.key_tenants,
+            },
+            tenant,
         };
         if let Some(state) = self.tenants.get_mut(&event.tenant) {
             check_seq(event, state.version + 1, seq)?;
@@ -418,6 +461,24 @@ impl KeyIndexes for LedgerIndexes<'_> {
     fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash) {
         self.by_hash.insert(hash, (tenant.clone(), id));
         self.key_tenants.insert(id, tenant.clone());
+    }
+}
+
+/// The ledger's indexes, given the tenant's id as the ledger holds it (if
+/// it holds one), which new entries then share.
+struct SharedIndexes<'a> {
+    inner: LedgerIndexes<'a>,
+    tenant: Option<TenantId>,
+}
+
+impl KeyIndexes for SharedIndexes<'_> {
+    fn taken(&self, id: KeyId, hash: &SecretHash) -> bool {
+        self.inner.taken(id, hash)
+    }
+
+    fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash) {
+        let tenant = self.tenant.as_ref().unwrap_or(tenant);
+        self.inner.insert(tenant, id, hash);
     }
 }
 
@@ -463,7 +524,7 @@ fn check_update(key: &KeyRecord, changes: &[KeyChange]) -> Result<(), String> {
             return Err(format!("{} is changed to what it was", change.field()));
         }
         let same = match change {
-            KeyChange::Name { before, .. } => *before == key.name,
+            KeyChange::Name { before, .. } => **before == *key.name,
             KeyChange::Description { before, .. } => *before == key.description,
             KeyChange::Meta { before, .. } => before.as_ref() == key.meta(),
             KeyChange::ExpiresAt { before, .. } => *before == key.expires_at,
@@ -484,7 +545,7 @@ fn check_update(key: &KeyRecord, changes: &[KeyChange]) -> Result<(), String> {
 /// Applies one checked change; `seq` and `at` are the event's.
 fn apply_change(key: &mut KeyRecord, change: &KeyChange, seq: u64, at: Timestamp) {
     match change {
-        KeyChange::Name { after, .. } => key.name.clone_from(after),
+        KeyChange::Name { after, .. } => key.name = Arc::from(after.as_str()),
         KeyChange::Description { after, .. } => key.description.clone_from(after),
         KeyChange::Meta { after, .. } => key.edit_policy(|p| p.meta.clone_from(after)),
         KeyChange::ExpiresAt { after, .. } => key.expires_at = *after,
@@ -494,6 +555,34 @@ fn apply_change(key: &mut KeyRecord, change: &KeyChange, seq: u64, at: Timestamp
         }),
         KeyChange::Limits { after, .. } => key.edit_policy(|p| p.limits.clone_from(after)),
     }
+}
+
+fn used_unknown(key_id: KeyId) -> String {
+    format!("{key_id} is used but unknown")
+}
+
+/// [`fold`] of a `KeyUsed` whose key is not in `state` (an overlay's,
+/// over the committed state): `known` says whether the key exists there.
+/// Only the tenant's counters move; the key's counts are folded where the
+/// key is held, when the event is applied there.
+pub(crate) fn fold_elsewhere(
+    state: &mut TenantState,
+    known: bool,
+    seq: u64,
+    event: &Event,
+) -> Result<(), ApplyError> {
+    if let EventKind::KeyUsed(e) = &event.kind
+        && !known
+    {
+        return Err(ApplyError::Inconsistent {
+            tenant: event.tenant.clone(),
+            seq,
+            message: used_unknown(e.key_id),
+        });
+    }
+    state.version = seq;
+    state.last_at = state.last_at.max(event.at);
+    Ok(())
 }
 
 /// [`Ledger::apply`] once the sequence number is checked, on the tenant's
@@ -514,22 +603,32 @@ pub(crate) fn fold(
             if indexes.taken(e.key_id, &e.secret_hash) {
                 return Err(inconsistent(format!("{} is created twice", e.key_id)));
             }
+            // The owner's id as the tenant already holds it, if it does:
+            // each record points at one copy.
+            let owner = state
+                .by_owner
+                .get_key_value(&e.owner)
+                .map_or(&e.owner, |(o, _)| o)
+                .clone();
             state.keys.insert(
                 e.key_id,
                 KeyRecord {
                     id: e.key_id,
-                    owner: e.owner.clone(),
-                    name: e.name.clone(),
+                    creator: CreatedBy::of(&event.actor, &e.owner),
+                    owner,
+                    name: Arc::from(e.name.as_str()),
                     description: e.description.clone(),
                     created_at: event.at,
-                    created_by: event.actor.clone(),
                     expires_at: e.expires_at,
                     scopes: e.scopes,
                     secret_hash: e.secret_hash,
-                    masked: e.masked.clone(),
+                    masked: Masked::from(e.masked.as_str()),
                     revoked: None,
-                    rotated_from: e.rotated_from,
-                    rotated_to: None,
+                    links: Links {
+                        from: e.rotated_from,
+                        to: None,
+                    }
+                    .boxed(),
                     last_used_at: None,
                     uses: UseCounts::default(),
                     policy: KeyPolicy {
@@ -553,14 +652,14 @@ pub(crate) fn fold(
             }
             indexes.insert(&event.tenant, e.key_id, e.secret_hash);
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
-                old.rotated_to = Some(e.key_id);
+                old.set_rotated_to(e.key_id);
             }
         }
         EventKind::KeyUsed(e) => {
             let key = state
                 .keys
                 .get_mut(&e.key_id)
-                .ok_or_else(|| inconsistent(format!("{} is used but unknown", e.key_id)))?;
+                .ok_or_else(|| inconsistent(used_unknown(e.key_id)))?;
             key.uses.add(&e.counts);
             if e.last_valid_at > key.last_used_at {
                 key.last_used_at = e.last_valid_at;
@@ -574,12 +673,12 @@ pub(crate) fn fold(
             if key.revoked.is_some() {
                 return Err(inconsistent(format!("{} is revoked twice", e.key_id)));
             }
-            key.revoked = Some(Revocation {
+            key.revoked = Some(Box::new(Revocation {
                 at: event.at,
                 by: event.actor.clone(),
                 reason: e.reason,
                 cause: e.cause.clone(),
-            });
+            }));
         }
         EventKind::KeyRotated(e) => {
             let key = state
@@ -587,7 +686,7 @@ pub(crate) fn fold(
                 .get_mut(&e.key_id)
                 .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
             key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
-            key.rotated_to = Some(e.new_key_id);
+            key.set_rotated_to(e.new_key_id);
             // The successor was created with the credits no node had
             // reserved (decide.rs, rotation): they move, they are not copied.
             if let Some(c) = key.policy.as_mut().and_then(|p| p.credits.as_mut()) {
@@ -732,5 +831,18 @@ impl TenantState {
             .into_iter()
             .flatten()
             .filter_map(|id| self.keys.get(id))
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Every key holds a record: 496 bytes inline before issue 13's compact
+    /// records, 272 since. A field that grows it fails here, not at 10M keys.
+    #[test]
+    fn a_key_record_stays_compact() {
+        assert!(
+            std::mem::size_of::<super::KeyRecord>() <= 272,
+            "KeyRecord is {} bytes",
+            std::mem::size_of::<super::KeyRecord>()
+        );
     }
 }

@@ -227,7 +227,7 @@ fn an_update_records_each_field_before_and_after() {
         }
     );
     let k = w.key(1);
-    assert_eq!(k.name, "renamed");
+    assert_eq!(&*k.name, "renamed");
     assert_eq!(k.description.as_deref(), Some("now described"));
     assert_eq!(k.meta(), None);
     assert_eq!(k.expires_at, Some(t(86_400)));
@@ -555,9 +555,9 @@ fn point_in_time_state_shows_the_fields_as_they_were() {
     w.run(&Command::UpdateKey(u), t(20)).unwrap();
     let before = fold(&w.log[..1]);
     let k = before.key(&acme(), kid(1)).unwrap();
-    assert_eq!(k.name, "key 1");
+    assert_eq!(&*k.name, "key 1");
     assert_eq!(k.limits(), [limit("burst", 10, 1000)]);
-    assert_eq!(w.key(1).name, "later name");
+    assert_eq!(&*w.key(1).name, "later name");
 }
 
 // ------------------------------------------------------- property tests
@@ -883,7 +883,7 @@ proptest! {
                                         !later || principal.scopes.contains_all(k.scopes),
                                         "expiry pushed later by a holder of {}", principal.scopes
                                     );
-                                    prop_assert!(old.rotated_to.is_none() || !later);
+                                    prop_assert!(old.rotated_to().is_none() || !later);
                                 }
                                 KeyChange::Credits { after: Some(c), .. } => {
                                     let cs = after.and_then(|k| k.credit_state()).expect("credits");
@@ -903,7 +903,7 @@ proptest! {
                 {
                     prop_assert_eq!(c.outstanding, net);
                     // A rotation moves the unreserved credits away.
-                    if k.rotated_to.is_none() {
+                    if k.rotated_to().is_none() {
                         prop_assert_eq!(c.epoch_start(), start);
                     }
                 }

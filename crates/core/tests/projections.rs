@@ -7,9 +7,9 @@ use common::*;
 use keyledger_core::limits::SUMMARY_DAYS_MAX;
 use keyledger_core::state::ApplyError;
 use keyledger_core::{
-    Actor, AuditFilter, Cause, DailyRow, Day, Event, EventKind, EventType, KeyCreated, KeyRecord,
-    KeyRevoked, KeyStatus, Ledger, Outcome, Revocation, RevokeReason, Scope, ScopeSet, SecretHash,
-    Timestamp, Usage, UseCounts,
+    Actor, AuditFilter, Cause, CreatedBy, DailyRow, Day, Event, EventKind, EventType, KeyCreated,
+    KeyRecord, KeyRevoked, KeyStatus, Ledger, Outcome, Revocation, RevokeReason, Scope, ScopeSet,
+    SecretHash, Timestamp, Usage, UseCounts,
 };
 
 fn counts(valid: u64, revoked: u64, expired: u64, insufficient_scope: u64) -> UseCounts {
@@ -34,6 +34,27 @@ fn day(date: &str) -> Day {
 
 // --------------------------------------------------------------- key state
 
+/// Every key's owner and tenant ids point at one copy of the text (issue
+/// 13, memory): each event carries its own copy, and the fold keeps the
+/// one the ledger already holds.
+#[test]
+fn ids_are_shared_not_copied_per_key() {
+    let ledger = fold(&[
+        create_ev(acme(), t(1), 1, "alice"),
+        create_ev(acme(), t(2), 2, "alice"),
+        create_ev(acme(), t(3), 3, "bob"),
+    ]);
+    let text = |s: &str| s.as_ptr();
+    let key = |n| ledger.key(&acme(), kid(n)).unwrap();
+    assert_eq!(text(key(1).owner.as_str()), text(key(2).owner.as_str()));
+    assert_ne!(text(key(1).owner.as_str()), text(key(3).owner.as_str()));
+    let tenant = ledger.tenant_id(&acme()).unwrap();
+    for n in 1..=3 {
+        let (t, k) = ledger.key_by_hash(&secret(n).hash()).unwrap();
+        assert_eq!((text(t.as_str()), k.id), (text(tenant.as_str()), kid(n)));
+    }
+}
+
 #[test]
 fn key_record_after_create() {
     let kc = KeyCreated {
@@ -55,14 +76,13 @@ fn key_record_after_create() {
         name: "CI/CD Pipeline".into(),
         description: Some("nightly deploys".into()),
         created_at: t(5),
-        created_by: as_key(9, "alice"),
+        creator: CreatedBy::Other(Box::new(as_key(9, "alice"))),
         expires_at: Some(t(1000)),
         scopes: ScopeSet::EMPTY.with(Scope::KeysRead),
         secret_hash: secret(1).hash(),
-        masked: secret(1).masked(),
+        masked: secret(1).masked().as_str().into(),
         revoked: None,
-        rotated_from: None,
-        rotated_to: None,
+        links: None,
         last_used_at: None,
         uses: UseCounts::default(),
         policy: None,
@@ -128,8 +148,8 @@ fn key_record_after_revoke() {
     ]);
     let key = ledger.key(&acme(), kid(1)).unwrap();
     assert_eq!(
-        key.revoked,
-        Some(Revocation {
+        key.revoked.as_deref(),
+        Some(&Revocation {
             at: t(9),
             by: Actor::System,
             reason: RevokeReason::UserRemoved,
@@ -172,11 +192,11 @@ fn key_records_after_rotate_with_grace() {
     let old = ledger.key(&acme(), kid(1)).unwrap();
     let new = ledger.key(&acme(), kid(2)).unwrap();
     assert_eq!(
-        (old.rotated_to, old.expires_at, old.revoked.clone()),
+        (old.rotated_to(), old.expires_at, old.revoked.clone()),
         (Some(kid(2)), Some(t(70)), None)
     );
     assert_eq!(
-        (new.rotated_from, new.rotated_to, new.expires_at),
+        (new.rotated_from(), new.rotated_to(), new.expires_at),
         (Some(kid(1)), None, None)
     );
     assert_eq!(old.status(t(69)), KeyStatus::Active);
@@ -205,7 +225,7 @@ fn a_rotation_never_extends_an_expiry_when_folded() {
 fn key_records_after_rotate_without_grace() {
     let ledger = fold(&rotation(None));
     let old = ledger.key(&acme(), kid(1)).unwrap();
-    assert_eq!(old.rotated_to, Some(kid(2)));
+    assert_eq!(old.rotated_to(), Some(kid(2)));
     assert_eq!(old.expires_at, None);
     assert_eq!(
         old.revoked.as_ref().map(|r| r.reason),

@@ -1456,7 +1456,8 @@ fn update_verification_map<G: papaya::Guard>(
     refills: &policy::RefillQueue,
 ) {
     use keyledger_core::EventKind as K;
-    let tenant = &event.tenant;
+    // The ledger's copy of the tenant's id, which entries then share.
+    let tenant = ledger.tenant_id(&event.tenant).unwrap_or(&event.tenant);
     // The key's credits as the log now has them, into its entry.
     let credits_applied = |key_id: KeyId| {
         if let Some(k) = ledger.key(tenant, key_id)

@@ -356,7 +356,7 @@ impl Keyledger {
             let wanted = q.status.is_none_or(|s| status == s)
                 && q.created_by
                     .as_deref()
-                    .is_none_or(|c| k.owner.as_str() == c || k.created_by.matches(c))
+                    .is_none_or(|c| k.owner.as_str() == c || k.created_by().matches(c))
                 && needle.as_deref().is_none_or(|n| name_contains(&k.name, n));
             if !wanted {
                 continue;

@@ -52,9 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_core::{
-    Actor, Cause, CreditState, DailyRow, Day, KeyId, KeyPolicy, KeyRecord, Ledger, Meta, RateLimit,
-    Refill, RefillInterval, Revocation, RevokeReason, ScopeSet, SecretHash, TenantId, TenantState,
-    TenantUsage, Timestamp, UseCounts, UserId, Webhook, WebhookId,
+    Actor, Cause, CreatedBy, CreditState, DailyRow, Day, KeyId, KeyPolicy, KeyRecord, Ledger,
+    Links, Masked, Meta, RateLimit, Refill, RefillInterval, Revocation, RevokeReason, ScopeSet,
+    SecretHash, TenantId, TenantState, TenantUsage, Timestamp, UseCounts, UserId, Webhook,
+    WebhookId,
 };
 use keyledger_store::EventLog;
 use serde::{Deserialize, Serialize};
@@ -1132,14 +1133,14 @@ impl KeyV3 {
         KeyV3 {
             id: k.id.to_u128(),
             owner: k.owner.to_string(),
-            name: k.name.clone(),
+            name: k.name.to_string(),
             description: k.description.clone(),
             created_at: k.created_at.as_micros(),
-            created_by: ActorV1::from_core(&k.created_by),
+            created_by: ActorV1::from_core(&k.created_by()),
             expires_at: k.expires_at.map(Timestamp::as_micros),
             scopes: k.scopes.bits(),
             secret_hash: k.secret_hash.0,
-            masked: k.masked.clone(),
+            masked: k.masked.to_string(),
             revoked: k.revoked.as_ref().map(|r| RevocationV1 {
                 at: r.at.as_micros(),
                 by: ActorV1::from_core(&r.by),
@@ -1151,8 +1152,8 @@ impl KeyV3 {
                     },
                 }),
             }),
-            rotated_from: k.rotated_from.map(KeyId::to_u128),
-            rotated_to: k.rotated_to.map(KeyId::to_u128),
+            rotated_from: k.rotated_from().map(KeyId::to_u128),
+            rotated_to: k.rotated_to().map(KeyId::to_u128),
             last_used_at: k.last_used_at.map(Timestamp::as_micros),
             uses: CountsV3::from_core(&k.uses),
             policy: k.policy.as_deref().map(PolicyV3::from_core),
@@ -1162,7 +1163,7 @@ impl KeyV3 {
     fn into_core(self) -> Result<KeyRecord, Refusal> {
         let revoked = match self.revoked {
             None => None,
-            Some(r) => Some(Revocation {
+            Some(r) => Some(Box::new(Revocation {
                 at: Timestamp::from_micros(r.at),
                 by: r.by.into_core()?,
                 reason: RevokeReason::parse(&r.reason).ok_or_else(|| {
@@ -1175,23 +1176,27 @@ impl KeyV3 {
                         seq,
                     }),
                 },
-            }),
+            })),
         };
+        let owner = user(&self.owner)?;
         Ok(KeyRecord {
             id: KeyId::from_u128(self.id),
-            owner: user(&self.owner)?,
-            name: self.name,
+            creator: CreatedBy::of(&self.created_by.into_core()?, &owner),
+            owner,
+            name: self.name.into(),
             description: self.description,
             created_at: Timestamp::from_micros(self.created_at),
-            created_by: self.created_by.into_core()?,
             expires_at: self.expires_at.map(Timestamp::from_micros),
             scopes: ScopeSet::from_bits(self.scopes)
                 .ok_or_else(|| Refusal::Content(format!("scope bits {:#x}", self.scopes)))?,
             secret_hash: SecretHash(self.secret_hash),
-            masked: self.masked,
+            masked: Masked::from(self.masked.as_str()),
             revoked,
-            rotated_from: self.rotated_from.map(KeyId::from_u128),
-            rotated_to: self.rotated_to.map(KeyId::from_u128),
+            links: Links {
+                from: self.rotated_from.map(KeyId::from_u128),
+                to: self.rotated_to.map(KeyId::from_u128),
+            }
+            .boxed(),
             last_used_at: self.last_used_at.map(Timestamp::from_micros),
             uses: self.uses.into_core(),
             policy: match self.policy {
@@ -1459,6 +1464,13 @@ fn from_v2(
         let mut by_owner = HashMap::with_capacity(t.by_owner.len());
         for (u, ks) in t.by_owner {
             by_owner.insert(user(&u)?, ks.into_iter().map(KeyId::from_u128).collect());
+        }
+        // Each key's owner points at the tenant's one copy of the id, as
+        // a fold leaves it (issue 13: ids are shared, not copied per key).
+        for k in keys.values_mut() {
+            if let Some((o, _)) = by_owner.get_key_value(&k.owner) {
+                k.owner = o.clone();
+            }
         }
         let mut removed_users = std::collections::BTreeMap::new();
         for (u, at) in t.removed_users {
@@ -1922,7 +1934,7 @@ mod tests {
             .map(|(t, s)| {
                 let mut s = s.clone();
                 if let Some(k) = s.keys.values_mut().next() {
-                    k.name.push_str(" (changed)");
+                    k.name = format!("{} (changed)", k.name).into();
                 }
                 (t.clone(), s)
             })

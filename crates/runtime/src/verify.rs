@@ -99,8 +99,8 @@ pub struct KeyEntry {
     pub key_id: KeyId,
     /// Its owner.
     pub owner: UserId,
-    /// Its name.
-    pub name: String,
+    /// Its name (shared with the key's record in the ledger).
+    pub name: Arc<str>,
     /// Its scopes.
     pub scopes: ScopeSet,
     expires_at: AtomicI64,
@@ -121,7 +121,7 @@ impl KeyEntry {
         tenant: TenantId,
         key_id: KeyId,
         owner: UserId,
-        name: String,
+        name: Arc<str>,
         scopes: ScopeSet,
         expires_at: Option<Timestamp>,
         revoked: bool,

@@ -346,11 +346,11 @@ impl KeyView {
     pub fn new(k: &KeyRecord, status: KeyStatus) -> Self {
         KeyView {
             id: k.id.to_string(),
-            name: k.name.clone(),
+            name: k.name.to_string(),
             description: k.description.clone(),
-            masked: k.masked.clone(),
+            masked: k.masked.to_string(),
             created_by: k.owner.to_string(),
-            created_via: (&k.created_by).into(),
+            created_via: (&k.created_by()).into(),
             created_at: time(k.created_at),
             expires_at: k.expires_at.map(time),
             scopes: k.scopes.names(),
@@ -360,8 +360,8 @@ impl KeyView {
             revoked_at: k.revoked.as_ref().map(|r| time(r.at)),
             revoked_by: k.revoked.as_ref().map(|r| (&r.by).into()),
             revoke_reason: k.revoked.as_ref().map(|r| r.reason.as_str()),
-            rotated_from: k.rotated_from.map(|i| i.to_string()),
-            rotated_to: k.rotated_to.map(|i| i.to_string()),
+            rotated_from: k.rotated_from().map(|i| i.to_string()),
+            rotated_to: k.rotated_to().map(|i| i.to_string()),
             meta: k.meta().map(meta_json),
             credits: k
                 .credit_state()

@@ -213,7 +213,7 @@ fn a_failed_write_or_sync_is_never_acknowledged_and_the_runtime_recovers() {
                         let name = format!("c{i}");
                         let present = state
                             .tenant(&tenant("acme"))
-                            .is_some_and(|t| t.keys.values().any(|k| k.name == name));
+                            .is_some_and(|t| t.keys.values().any(|k| *k.name == *name));
                         assert!(
                             !present,
                             "seed {seed}: refused create {name} is in the ledger"

@@ -53,7 +53,7 @@ fn reference(all: &[KeyRecord], q: &ListQuery, now: Timestamp) -> Vec<String> {
         .filter(|k| {
             q.created_by
                 .as_deref()
-                .is_none_or(|c| k.owner.as_str() == c || k.created_by.matches(c))
+                .is_none_or(|c| k.owner.as_str() == c || k.created_by().matches(c))
         })
         .filter(|k| {
             needle

@@ -102,7 +102,7 @@ fn the_writer_calls_reserve_release_refill_and_update_through_the_log() {
         u.scopes = Some(ScopeSet::EMPTY.with(Scope::KeysRead));
         u.name = Some("narrowed".into());
         let updated = l.update_key(u).await.unwrap();
-        assert_eq!(updated.name, "narrowed");
+        assert_eq!(&*updated.name, "narrowed");
         assert_eq!(
             l.verify(&secret, Some(Scope::UsageRead)).outcome,
             VerifyOutcome::InsufficientScope

@@ -203,7 +203,7 @@ impl<S> Authed<S> {
             Caller::Key(k) => Principal::api_key(
                 k.tenant.clone(),
                 k.key_id,
-                k.name.clone(),
+                k.name.to_string(),
                 k.owner.clone(),
                 k.scopes,
             ),

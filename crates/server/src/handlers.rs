@@ -419,7 +419,7 @@ async fn whoami(auth: Authed<AnyScope>) -> Json<WhoAmI> {
             tenant_id: k.tenant.to_string(),
             owner: Some(k.owner.to_string()),
             key_id: Some(k.key_id.to_string()),
-            name: Some(k.name.clone()),
+            name: Some(k.name.to_string()),
             operator: false,
             scopes: k.scopes.names(),
             expires_at: k.expires_at().map(|t| t.to_rfc3339()),

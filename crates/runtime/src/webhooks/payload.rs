@@ -93,8 +93,8 @@ pub(crate) fn expiring(tenant: &str, key: &KeyRecord, expires_at: Timestamp) -> 
         "tenant_id": tenant,
         "key_id": key.id.to_string(),
         "owner": key.owner.as_str(),
-        "name": key.name,
-        "masked": key.masked,
+        "name": &*key.name,
+        "masked": key.masked.as_str(),
         "expires_at": expires_at.to_rfc3339(),
     })
 }

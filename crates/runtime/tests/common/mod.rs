@@ -466,7 +466,7 @@ pub fn check_recovered(
                     "{}",
                     ctx(format!("rotated key {new} is missing"))
                 );
-                let to = state.key(tenant, *old).and_then(|k| k.rotated_to);
+                let to = state.key(tenant, *old).and_then(|k| k.rotated_to());
                 assert_eq!(
                     to,
                     Some(*new),
@@ -499,11 +499,11 @@ pub fn check_recovered(
     for (t, ts) in state.tenants() {
         for (id, k) in &ts.keys {
             assert!(
-                record.names.contains(&k.name),
+                record.names.contains(&*k.name),
                 "{}",
                 ctx(format!("key {id} named {} was never requested", k.name))
             );
-            if let Some(from) = k.rotated_from {
+            if let Some(from) = k.rotated_from() {
                 assert!(
                     record.rotations.contains(&from),
                     "{}",
