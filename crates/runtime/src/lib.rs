@@ -58,6 +58,7 @@ pub mod policy;
 mod query;
 mod reads;
 mod signing_key;
+mod shared;
 mod snapshot;
 mod tilestore;
 mod trees;

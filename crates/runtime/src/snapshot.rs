@@ -186,6 +186,9 @@ pub struct SnapshotMetrics {
     pub start_replayed_events: AtomicU64,
     /// The position of the snapshot open started from (0: none).
     pub start_snapshot_position: AtomicU64,
+    /// The position of the log's shared usage projection the per-key
+    /// usage rows were filled from at open (0: none; `shared.rs`).
+    pub start_usage_position: AtomicU64,
     /// Snapshots written.
     pub written: AtomicU64,
     /// Snapshots that could not be written.
@@ -338,6 +341,7 @@ impl Shared {
                 if let Err(e) = prune(&s.config.dir, s.config.keep.max(1)) {
                     tracing::warn!(dir = %s.config.dir.display(), error = %e, "cannot remove old snapshots");
                 }
+                self.publish_snapshot(p, &bytes);
             }
             Err(e) => {
                 self.metrics
@@ -366,6 +370,15 @@ impl Shared {
         };
         let mut check = SnapshotCheck::default();
         let found = self.newest_valid(&s.config, &mut check.refused)?;
+        // None of its own: one a node shared in the log (`shared.rs`).
+        let (found, shared) = match found {
+            None if s.config.start == SnapshotStart::Load => (
+                self.newest_shared(&mut check.refused)?
+                    .map(|p| (crate::shared::shared_name(p.position), p)),
+                true,
+            ),
+            found => (found, false),
+        };
         self.metrics
             .snapshots
             .refused
@@ -376,7 +389,10 @@ impl Shared {
                     return Ok(None);
                 };
                 s.taken.store(p.position, Ordering::Release);
-                s.on_disk.store(p.position, Ordering::Release);
+                if !shared {
+                    // (From a shared one, a stop writes one of its own.)
+                    s.on_disk.store(p.position, Ordering::Release);
+                }
                 self.metrics
                     .snapshots
                     .start_snapshot_position
@@ -551,7 +567,7 @@ fn differences(replayed: &Projections, snapshot: &Projections) -> Vec<String> {
 /// exists, and each tenant's chain head at that position is the
 /// snapshot's (a tenant the snapshot lacks has no event up to it).
 /// `Err` only when the log cannot be read.
-fn check_against_log(log: &dyn EventLog, p: &Projections) -> Result<Result<(), Refusal>, Error> {
+pub(crate) fn check_against_log(log: &dyn EventLog, p: &Projections) -> Result<Result<(), Refusal>, Error> {
     let mismatch = |m: String| Ok(Err(Refusal::Log(m)));
     let head = log.head()?;
     if p.position > head {
