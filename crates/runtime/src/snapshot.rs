@@ -193,7 +193,7 @@ pub struct SnapshotMetrics {
     pub written: AtomicU64,
     /// Snapshots that could not be written.
     pub write_failures: AtomicU64,
-    /// Snapshot files refused at open.
+    /// Snapshot files refused at open (shared ones included: `shared.rs`).
     pub refused: AtomicU64,
     /// The position of the last snapshot written.
     pub last_position: AtomicU64,
