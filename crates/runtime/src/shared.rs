@@ -59,7 +59,10 @@ impl Shared {
     /// After a snapshot file was written: publishes it in the log when the
     /// log is shared (a log with one node keeps none). A failure is
     /// logged: the file is written, only other nodes' starts miss it.
-    pub(crate) fn publish_snapshot(&self, p: &Projections, bytes: &[u8]) {
+    pub(crate) fn publish_snapshot(&self, p: &Projections, bytes: Vec<u8>) {
+        if !self.log.shares_snapshots() {
+            return;
+        }
         let mut heads: Vec<(&TenantId, u64, String)> = p
             .trees
             .iter()
@@ -73,15 +76,15 @@ impl Shared {
         let snapshot = SharedSnapshot {
             position: p.position,
             heads: serde_json::Value::Object(heads).to_string(),
-            bytes: bytes.to_vec(),
-            checksum: Sha256::digest(bytes).into(),
+            checksum: Sha256::digest(&bytes).into(),
+            bytes,
             node: self
                 .config
                 .follow
                 .as_ref()
                 .map_or_else(String::new, |f| f.node_id.clone()),
         };
-        if let Err(e) = self.log.publish_snapshot(&snapshot, SHARED_KEEP) {
+        if let Err(e) = self.log.publish_snapshot(snapshot, SHARED_KEEP) {
             tracing::warn!(position = p.position, error = %e,
                 "cannot publish the snapshot in the shared log; other nodes' starts replay more of it");
         }

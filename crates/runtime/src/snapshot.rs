@@ -341,7 +341,7 @@ impl Shared {
                 if let Err(e) = prune(&s.config.dir, s.config.keep.max(1)) {
                     tracing::warn!(dir = %s.config.dir.display(), error = %e, "cannot remove old snapshots");
                 }
-                self.publish_snapshot(p, &bytes);
+                self.publish_snapshot(p, bytes);
             }
             Err(e) => {
                 self.metrics

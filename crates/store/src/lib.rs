@@ -348,10 +348,17 @@ pub trait EventLog: Send + Sync {
         Ok(None)
     }
 
+    /// Whether the log keeps snapshots for the nodes sharing it
+    /// ([`EventLog::publish_snapshot`]; the default: no, a log with one
+    /// node).
+    fn shares_snapshots(&self) -> bool {
+        false
+    }
+
     /// Publishes a snapshot of a node's projections for the other nodes
-    /// sharing the log, keeping the newest `keep`. `Ok(false)`: the log
-    /// keeps none (the default: a log with one node).
-    fn publish_snapshot(&self, snapshot: &SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
+    /// sharing the log, keeping the newest `keep`. `Ok(false)`: not
+    /// written (the log keeps none, or has one at that position already).
+    fn publish_snapshot(&self, snapshot: SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
         let _ = (snapshot, keep);
         Ok(false)
     }

@@ -541,7 +541,11 @@ impl EventLog for PgLog {
         nodes::min_applied_live(self, live_within)
     }
 
-    fn publish_snapshot(&self, snapshot: &SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
+    fn shares_snapshots(&self) -> bool {
+        true
+    }
+
+    fn publish_snapshot(&self, snapshot: SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
         self.publish_snapshot_impl(snapshot, keep)
     }
 

@@ -205,10 +205,9 @@ async fn usage_rows(
 impl PgLog {
     pub(super) fn publish_snapshot_impl(
         &self,
-        s: &SharedSnapshot,
+        s: SharedSnapshot,
         keep: usize,
     ) -> Result<bool, StoreError> {
-        let s = s.clone();
         let keep = i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
         self.run("publishing a snapshot", move |shared| {
             publish(shared, s, keep)
