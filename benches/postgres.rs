@@ -217,13 +217,19 @@ fn follower(rt: &tokio::runtime::Runtime, n: usize) {
         let w = start();
         assert_eq!((w.1, w.2), (0, projected), "from position 1");
         let s = start();
-        assert_eq!((s.1, s.2, s.3), (projected, 0, projected), "from the shared snapshot");
+        assert_eq!(
+            (s.1, s.2, s.3),
+            (projected, 0, projected),
+            "from the shared snapshot"
+        );
         eprintln!(
             "follower round {round}: from position 1 {:?}, from the shared snapshot {:?} ({:.2}x), load {}",
             w.0,
             s.0,
             w.0.as_secs_f64() / s.0.as_secs_f64(),
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
         whole.push(w.0);
         shared.push(s.0);
@@ -250,7 +256,10 @@ fn follower(rt: &tokio::runtime::Runtime, n: usize) {
             .expect("connect");
         tokio::spawn(conn);
         client
-            .query("SELECT bytes FROM keyledger.snapshots ORDER BY position DESC", &[])
+            .query(
+                "SELECT bytes FROM keyledger.snapshots ORDER BY position DESC",
+                &[],
+            )
             .await
             .expect("sizes")
             .iter()

@@ -567,7 +567,10 @@ fn differences(replayed: &Projections, snapshot: &Projections) -> Vec<String> {
 /// exists, and each tenant's chain head at that position is the
 /// snapshot's (a tenant the snapshot lacks has no event up to it).
 /// `Err` only when the log cannot be read.
-pub(crate) fn check_against_log(log: &dyn EventLog, p: &Projections) -> Result<Result<(), Refusal>, Error> {
+pub(crate) fn check_against_log(
+    log: &dyn EventLog,
+    p: &Projections,
+) -> Result<Result<(), Refusal>, Error> {
     let mismatch = |m: String| Ok(Err(Refusal::Log(m)));
     let head = log.head()?;
     if p.position > head {

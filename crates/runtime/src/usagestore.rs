@@ -328,7 +328,11 @@ impl UsageStore {
         }
         txn.commit().map_err(|x| e(&x))?;
         self.position.store(position, Ordering::Release);
-        tracing::debug!(position, rows = rows_written, "filled the usage projection from the shared one");
+        tracing::debug!(
+            position,
+            rows = rows_written,
+            "filled the usage projection from the shared one"
+        );
         Ok(Some(position))
     }
 

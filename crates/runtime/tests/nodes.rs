@@ -1129,7 +1129,9 @@ fn assert_same_proofs(starting: &Keyledger, other: &Keyledger, events: &[(&str, 
         assert!(mine.is_some(), "{path}: a complete tile");
         assert_eq!(
             mine,
-            other.global_tile(&p).unwrap_or_else(|e| panic!("{path}: {e}")),
+            other
+                .global_tile(&p)
+                .unwrap_or_else(|e| panic!("{path}: {e}")),
             "{path}: the same bytes"
         );
     }

@@ -114,7 +114,11 @@ async fn fetch(shared: Arc<Shared>, position: i64) -> Result<Option<SharedSnapsh
     Ok(Some(SharedSnapshot {
         position: pos,
         heads: head.get(0),
-        checksum: hash_of(head.get::<_, &[u8]>(2), pos, "the shared snapshot's checksum")?,
+        checksum: hash_of(
+            head.get::<_, &[u8]>(2),
+            pos,
+            "the shared snapshot's checksum",
+        )?,
         node: head.get(3),
         bytes,
     }))
@@ -258,7 +262,11 @@ impl PgLog {
                         corrupt(position, format!("tenant `{}`: {e}", t.escape_debug()))
                     })?,
                     seq: to_u64(r.get::<_, i64>(2)),
-                    prev_hash: hash_of(r.get::<_, &[u8]>(3), position, "the stored predecessor hash")?,
+                    prev_hash: hash_of(
+                        r.get::<_, &[u8]>(3),
+                        position,
+                        "the stored predecessor hash",
+                    )?,
                     hash: hash_of(r.get::<_, &[u8]>(4), position, "the stored hash")?,
                 })
             })
