@@ -1241,7 +1241,7 @@ async fn a_new_node_starts_from_the_shared_snapshot_and_the_tail() {
             .load(Ordering::Relaxed),
         again
     );
-    assert_projections_match(&[c.clone()], &log);
+    assert_projections_match(std::slice::from_ref(&c), &log);
     for n in [c, other] {
         n.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     }

@@ -100,6 +100,10 @@ pub struct ChainLink {
 /// One key's uses on one day in a shared usage projection.
 pub type UsageRow = (KeyId, Day, UseCounts);
 
+/// What [`EventLog::usage_projection`] hands each page of rows to, with
+/// the log position they reflect.
+pub type UsagePage<'a> = dyn FnMut(u64, &[UsageRow]) -> Result<(), String> + 'a;
+
 /// A record exactly as stored, not decoded and not checked: what chain
 /// verification reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -399,10 +403,7 @@ pub trait EventLog: Send + Sync {
     /// returns. `Ok(None)`: the log keeps none (the default). An error
     /// from `page` stops the read and is returned as
     /// [`StoreError::Backend`].
-    fn usage_projection(
-        &self,
-        page: &mut dyn FnMut(u64, &[UsageRow]) -> Result<(), String>,
-    ) -> Result<Option<u64>, StoreError> {
+    fn usage_projection(&self, page: &mut UsagePage<'_>) -> Result<Option<u64>, StoreError> {
         let _ = page;
         Ok(None)
     }

@@ -67,7 +67,7 @@ use keyledger_core::{KeyId, TenantId};
 use crate::chain::Hash;
 use crate::read::{PositionPage, TenantPage};
 use crate::{
-    ChainLink, EventLog, RawRecord, Record, SharedSnapshot, StoreError, TenantAppend, UsageRow,
+    ChainLink, EventLog, RawRecord, Record, SharedSnapshot, StoreError, TenantAppend, UsagePage,
     check_append,
 };
 
@@ -561,10 +561,7 @@ impl EventLog for PgLog {
         self.chain_links_impl(after, limit)
     }
 
-    fn usage_projection(
-        &self,
-        page: &mut dyn FnMut(u64, &[UsageRow]) -> Result<(), String>,
-    ) -> Result<Option<u64>, StoreError> {
+    fn usage_projection(&self, page: &mut UsagePage<'_>) -> Result<Option<u64>, StoreError> {
         self.usage_projection_impl(page)
     }
 }

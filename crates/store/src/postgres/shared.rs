@@ -13,7 +13,7 @@ use tokio_postgres::IsolationLevel;
 use super::pool::{get, query};
 use super::read::bounds;
 use super::{PgLog, Shared, classify, corrupt, hash_of, to_u64};
-use crate::{ChainLink, SharedSnapshot, StoreError, UsageRow};
+use crate::{ChainLink, SharedSnapshot, StoreError, UsagePage, UsageRow};
 
 /// A snapshot's bytes are stored in chunks of at most this many bytes.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -125,7 +125,7 @@ async fn fetch(shared: Arc<Shared>, position: i64) -> Result<Option<SharedSnapsh
 }
 
 /// One message from [`usage_rows`] to the caller.
-enum UsagePage {
+enum UsageMsg {
     Position(u64),
     Rows(Vec<UsageRow>),
 }
@@ -134,11 +134,11 @@ enum UsagePage {
 /// position and rows of one moment), sending pages to `tx`.
 async fn usage_rows(
     shared: Arc<Shared>,
-    tx: std::sync::mpsc::SyncSender<Result<UsagePage, StoreError>>,
+    tx: std::sync::mpsc::SyncSender<Result<UsageMsg, StoreError>>,
 ) -> Result<(), StoreError> {
     const WHAT: &str = "reading the usage projection";
     let fail = |e: tokio_postgres::Error| classify(WHAT, &e);
-    let send = |tx: &std::sync::mpsc::SyncSender<Result<UsagePage, StoreError>>, m| {
+    let send = |tx: &std::sync::mpsc::SyncSender<Result<UsageMsg, StoreError>>, m| {
         let tx = tx.clone();
         // The caller may be slow: wait for room off the client's threads.
         tokio::task::spawn_blocking(move || tx.send(Ok(m)).is_ok())
@@ -157,7 +157,7 @@ async fn usage_rows(
         Some(r) => r.get(0),
         None => 0,
     };
-    if !send(&tx, UsagePage::Position(to_u64(position)))
+    if !send(&tx, UsageMsg::Position(to_u64(position)))
         .await
         .unwrap_or(false)
     {
@@ -197,7 +197,7 @@ async fn usage_rows(
             };
             page.push((key, Day::from_days(r.get::<_, i32>(1)), counts));
         }
-        if !send(&tx, UsagePage::Rows(page)).await.unwrap_or(false) {
+        if !send(&tx, UsageMsg::Rows(page)).await.unwrap_or(false) {
             return Ok(());
         }
     }
@@ -275,7 +275,7 @@ impl PgLog {
 
     pub(super) fn usage_projection_impl(
         &self,
-        page: &mut dyn FnMut(u64, &[UsageRow]) -> Result<(), String>,
+        page: &mut UsagePage<'_>,
     ) -> Result<Option<u64>, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let shared = self.shared.clone();
@@ -298,11 +298,11 @@ impl PgLog {
                     )));
                 }
                 Ok(Err(e)) => return Err(e),
-                Ok(Ok(UsagePage::Position(p))) => {
+                Ok(Ok(UsageMsg::Position(p))) => {
                     position = Some(p);
                     page(p, &[]).map_err(StoreError::Backend)?;
                 }
-                Ok(Ok(UsagePage::Rows(rows))) => {
+                Ok(Ok(UsageMsg::Rows(rows))) => {
                     let p = position.unwrap_or(0);
                     page(p, &rows).map_err(StoreError::Backend)?;
                 }
