@@ -155,6 +155,131 @@ fn replay(
     (read, full, events)
 }
 
+/// `cargo bench --bench postgres -- follower`: a new node's start on an
+/// empty data directory after `n` events, from position 1 and from the
+/// snapshot another node shared (issue 13), alternated, three rounds, in
+/// one run; with the parts of the second: reading the chain hashes alone
+/// (what the Merkle tiles are rebuilt from) against reading and decoding
+/// every record.
+fn follower(rt: &tokio::runtime::Runtime, n: usize) {
+    use keyledger_runtime::SnapshotConfig;
+    use std::sync::atomic::Ordering;
+    let db = TestDatabase::create();
+    let pg = || -> Arc<dyn EventLog> { Arc::new(PgLog::connect(db.url()).expect("connect")) };
+    let started = Instant::now();
+    common::fill_with(pg().as_ref(), n, 1 << 100, 0xf0);
+    eprintln!("follower: filled {n} events in {:?}", started.elapsed());
+    let started = Instant::now();
+    let projected = PgLog::connect(db.url())
+        .and_then(|l| l.project_all())
+        .expect("project");
+    eprintln!(
+        "follower: the analysts' projection up to {projected} in {:?}",
+        started.elapsed()
+    );
+    let sql = |statement: &'static str| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            client.batch_execute(statement).await.expect("sql");
+        });
+    };
+    // A node on an empty data directory: open to ready, and where it
+    // started from.
+    let start = || -> (Duration, u64, u64, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            snapshots: Some(SnapshotConfig::in_dir(dir.path())),
+            ..config(Some(Follow::new("bench")))
+        };
+        let log = pg();
+        let _guard = rt.enter();
+        let t = Instant::now();
+        let node = Keyledger::open(log, config).expect("open");
+        let took = t.elapsed();
+        let m = &node.metrics().snapshots;
+        let out = (
+            took,
+            m.start_snapshot_position.load(Ordering::Relaxed),
+            m.start_replayed_events.load(Ordering::Relaxed),
+            m.start_usage_position.load(Ordering::Relaxed),
+        );
+        // Its stop publishes a snapshot (the first round's is the one the
+        // later rounds start from).
+        rt.block_on(node.shutdown()).expect("shutdown");
+        out
+    };
+    let (mut whole, mut shared) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        sql("DELETE FROM keyledger.snapshots");
+        let w = start();
+        assert_eq!((w.1, w.2), (0, projected), "from position 1");
+        let s = start();
+        assert_eq!(
+            (s.1, s.2, s.3),
+            (projected, 0, projected),
+            "from the shared snapshot"
+        );
+        eprintln!(
+            "follower round {round}: from position 1 {:?}, from the shared snapshot {:?} ({:.2}x), load {}",
+            w.0,
+            s.0,
+            w.0.as_secs_f64() / s.0.as_secs_f64(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+        whole.push(w.0);
+        shared.push(s.0);
+    }
+    whole.sort();
+    shared.sort();
+    // The parts: reading the chain hashes against reading the records.
+    let log = pg();
+    let t = Instant::now();
+    let mut after = 0;
+    while let Some(last) = log.chain_links(after, 16_384).expect("links").last() {
+        after = last.position;
+    }
+    let links = t.elapsed();
+    let t = Instant::now();
+    let mut after = 0;
+    while let Some(last) = log.read_after(after, 16_384).expect("read").last() {
+        after = last.position;
+    }
+    let records = t.elapsed();
+    let bytes: Vec<u64> = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .query(
+                "SELECT bytes FROM keyledger.snapshots ORDER BY position DESC",
+                &[],
+            )
+            .await
+            .expect("sizes")
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect()
+    });
+    println!(
+        "follower at {projected} events: a new node's start, median of 3: from position 1 {}, \
+         from the shared snapshot {} ({:.2}x faster); reading the chain hashes {} against \
+         reading and decoding the records {} ({:.2}x); shared snapshot {:?} bytes",
+        millis(whole[1]),
+        millis(shared[1]),
+        whole[1].as_secs_f64() / shared[1].as_secs_f64(),
+        millis(links),
+        millis(records),
+        records.as_secs_f64() / links.as_secs_f64(),
+        bytes
+    );
+}
+
 /// p50, p99 and max of some durations.
 fn quantiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     v.sort();
@@ -253,6 +378,10 @@ fn main() {
         return;
     }
     let rt = rt();
+    if std::env::args().any(|a| a == "follower") {
+        follower(&rt, env_usize("KEYLEDGER_BENCH_EVENTS", 1_000_000));
+        return;
+    }
     let n_creates = env_usize("KEYLEDGER_BENCH_CREATES", 1000);
     let n_events = env_usize("KEYLEDGER_BENCH_EVENTS", 200_000);
     let rounds = env_usize("KEYLEDGER_BENCH_ROUNDS", 300);

@@ -57,6 +57,7 @@ mod metrics;
 pub mod policy;
 mod query;
 mod reads;
+mod shared;
 mod signing_key;
 mod snapshot;
 mod tilestore;

@@ -224,6 +224,14 @@ impl Frozen {
 
     /// Adds each tenant's tree (an empty one for a tenant without) and
     /// the global tree.
+    /// Each tenant's tree size and chain head at the position.
+    fn heads(&self) -> Vec<(TenantId, u64, [u8; 32])> {
+        self.tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.leaves, t.head))
+            .collect()
+    }
+
     fn with_trees(mut self, trees: &HashMap<TenantId, TenantTree>, global: &GlobalTree) -> Self {
         let empty = TenantTree::default();
         for t in &mut self.tenants {
@@ -257,11 +265,14 @@ pub struct SnapshotMetrics {
     pub start_replayed_events: AtomicU64,
     /// The position of the snapshot open started from (0: none).
     pub start_snapshot_position: AtomicU64,
+    /// The position of the log's shared usage projection the per-key
+    /// usage rows were filled from at open (0: none; `shared.rs`).
+    pub start_usage_position: AtomicU64,
     /// Snapshots written.
     pub written: AtomicU64,
     /// Snapshots that could not be written.
     pub write_failures: AtomicU64,
-    /// Snapshot files refused at open.
+    /// Snapshot files refused at open (shared ones included: `shared.rs`).
     pub refused: AtomicU64,
     /// The position of the last snapshot written.
     pub last_position: AtomicU64,
@@ -393,6 +404,8 @@ impl Shared {
         let Some(s) = &self.snapshots else { return };
         let started = Instant::now();
         let position = f.position;
+        // What a shared log publishes beside the file (`shared.rs`).
+        let heads = self.log.shares_snapshots().then(|| f.heads());
         // Encoded first (each tenant's state is released as it is
         // written); the trees' complete tiles and the per-key usage rows,
         // which are not in the snapshot, are made durable before the file
@@ -427,6 +440,9 @@ impl Shared {
                 if let Err(e) = prune(&s.config.dir, s.config.keep.max(1)) {
                     tracing::warn!(dir = %s.config.dir.display(), error = %e, "cannot remove old snapshots");
                 }
+                if let Some(heads) = heads {
+                    self.publish_snapshot(position, heads, &path);
+                }
             }
             Err(e) => {
                 self.metrics
@@ -455,6 +471,15 @@ impl Shared {
         };
         let mut check = SnapshotCheck::default();
         let found = self.newest_valid(&s.config, &mut check.refused)?;
+        // None of its own: one a node shared in the log (`shared.rs`).
+        let (found, shared) = match found {
+            None if s.config.start == SnapshotStart::Load => (
+                self.newest_shared(&mut check.refused)?
+                    .map(|p| (crate::shared::shared_name(p.position), p)),
+                true,
+            ),
+            found => (found, false),
+        };
         self.metrics
             .snapshots
             .refused
@@ -465,7 +490,10 @@ impl Shared {
                     return Ok(None);
                 };
                 s.taken.store(p.position, Ordering::Release);
-                s.on_disk.store(p.position, Ordering::Release);
+                if !shared {
+                    // (From a shared one, a stop writes one of its own.)
+                    s.on_disk.store(p.position, Ordering::Release);
+                }
                 self.metrics
                     .snapshots
                     .start_snapshot_position
@@ -640,7 +668,10 @@ fn differences(replayed: &Projections, snapshot: &Projections) -> Vec<String> {
 /// exists, and each tenant's chain head at that position is the
 /// snapshot's (a tenant the snapshot lacks has no event up to it).
 /// `Err` only when the log cannot be read.
-fn check_against_log(log: &dyn EventLog, p: &Projections) -> Result<Result<(), Refusal>, Error> {
+pub(crate) fn check_against_log(
+    log: &dyn EventLog,
+    p: &Projections,
+) -> Result<Result<(), Refusal>, Error> {
     let mismatch = |m: String| Ok(Err(Refusal::Log(m)));
     let head = log.head()?;
     if p.position > head {

@@ -278,6 +278,64 @@ impl UsageStore {
         Ok(())
     }
 
+    /// Fills an empty store (at position 0) from the usage projection the
+    /// log keeps beside it ([`EventLog::usage_projection`]: PostgreSQL's
+    /// `keyledger.usage_daily`), in one durable transaction, at the
+    /// position it reflects and the chain hash of the log's record there.
+    /// Returns that position; `None` (nothing written) when the store is
+    /// not empty, or the log keeps no projection, or one at position 0.
+    /// The caller replays the log after it, and [`UsageStore::apply`]
+    /// skips what the rows already hold.
+    pub(crate) fn fill(&self, log: &dyn EventLog) -> Result<Option<u64>, Error> {
+        if self.position() != 0 {
+            return Ok(None);
+        }
+        let e = |x: &dyn std::fmt::Display| store_error("write", x);
+        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let mut rows_written = 0u64;
+        let projected = log.usage_projection(&mut |_, rows| {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut table = txn.open_table(ROWS).map_err(|x| x.to_string())?;
+            for (key, day, counts) in rows {
+                table
+                    .insert(
+                        (key.to_u128(), day.as_days()),
+                        encode_counts(counts).as_slice(),
+                    )
+                    .map_err(|x| x.to_string())?;
+            }
+            rows_written += rows.len() as u64;
+            Ok(())
+        })?;
+        let Some(position) = projected.filter(|p| *p > 0) else {
+            // Dropped: nothing is written.
+            return Ok(None);
+        };
+        let Some(at) = log
+            .read_after(position - 1, 1)?
+            .into_iter()
+            .next()
+            .filter(|r| r.position == position)
+        else {
+            return Ok(None);
+        };
+        {
+            let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
+            meta.insert("at", encode_at(position, &at.hash).as_slice())
+                .map_err(|x| e(&x))?;
+        }
+        txn.commit().map_err(|x| e(&x))?;
+        self.position.store(position, Ordering::Release);
+        tracing::debug!(
+            position,
+            rows = rows_written,
+            "filled the usage projection from the shared one"
+        );
+        Ok(Some(position))
+    }
+
     /// Makes every row written so far durable.
     pub(crate) fn sync(&self) -> Result<(), Error> {
         if self.undurable.load(Ordering::Acquire) == 0 {

@@ -1039,3 +1039,254 @@ async fn a_leak_reported_on_a_lagging_node_revokes_a_key_it_had_not_read() {
             .unwrap_or_else(|e| panic!("shutdown: {e}"));
     }
 }
+
+// ---------------------------------------------------------------------
+// Starting from the snapshots shared in PostgreSQL (issue 13).
+
+mod a_new_node_starts_from_the_shared_snapshot_and_the_tail {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_new_node_starts_from_the_shared_snapshot_and_the_tail().await;
+    }
+}
+
+mod a_damaged_shared_snapshot_is_refused_and_the_log_replayed {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_damaged_shared_snapshot_is_refused_and_the_log_replayed().await;
+    }
+}
+
+/// A node with its snapshots in `dir`, following the others.
+fn node_in(b: &Backend, name: &str, dir: &std::path::Path, seed: u64) -> Keyledger {
+    let config = Config {
+        usage_window: UsageWindow::Manual,
+        follow: Some(follow(name)),
+        snapshots: Some(SnapshotConfig {
+            every: Duration::from_secs(3600),
+            ..SnapshotConfig::in_dir(dir)
+        }),
+        ..Config::default()
+    };
+    Keyledger::open_with(
+        b.log(),
+        config,
+        Arc::new(SystemClock),
+        Arc::new(SeededEntropy::new(seed ^ u64::from(name.as_bytes()[0]))),
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("open {name}: {e}"))
+}
+
+/// `n` keys made at once on `node` in `t` (batched by its writer), with
+/// their secrets.
+async fn create_many(node: &Keyledger, t: &'static str, n: usize) -> Vec<(KeyId, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { create(&node, t, "ada", &format!("{t} {i}")).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for task in tasks {
+        out.push(task.await.unwrap_or_else(|e| panic!("create: {e}")));
+    }
+    out
+}
+
+/// Uses of some of `keys` on `node`, written to the log.
+async fn use_keys(node: &Keyledger, keys: &[(KeyId, String)]) {
+    for (i, (_, secret)) in keys.iter().enumerate() {
+        for _ in 0..=(i % 3) {
+            assert_eq!(node.verify(secret, None).outcome, VerifyOutcome::Valid);
+        }
+    }
+    node.flush_usage()
+        .await
+        .unwrap_or_else(|e| panic!("flush usage: {e}"));
+}
+
+/// `starting` answers the same proofs and tiles as `other`, which replayed
+/// the whole log itself.
+fn assert_same_proofs(starting: &Keyledger, other: &Keyledger, events: &[(&str, u64)]) {
+    for (t, n) in events {
+        for seq in [1, 2, n / 2, n - 1, *n] {
+            let t = tenant(t);
+            let (mine, theirs) = (
+                starting.inclusion_proof(&t, seq, 0),
+                other.inclusion_proof(&t, seq, 0),
+            );
+            assert!(mine.is_ok(), "{t} event {seq}: {mine:?}");
+            assert_eq!(mine.ok(), theirs.ok(), "{t} event {seq}: the same proof");
+        }
+    }
+    for path in ["tile/0/000", "tile/entries/000"] {
+        let p = keyledger_audit::tiles::TilePath::parse(path)
+            .unwrap_or_else(|| panic!("a tile path: {path}"));
+        let mine = starting
+            .global_tile(&p)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(mine.is_some(), "{path}: a complete tile");
+        assert_eq!(
+            mine,
+            other
+                .global_tile(&p)
+                .unwrap_or_else(|e| panic!("{path}: {e}")),
+            "{path}: the same bytes"
+        );
+    }
+}
+
+/// Runs one statement on the test database.
+async fn sql(url: &str, statement: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    drop(client);
+    let _ = connection.await;
+}
+
+/// A node started on an empty data directory after hundreds of events
+/// (complete Merkle tiles among them) starts from the snapshot another
+/// node shared in PostgreSQL: it replays only the events after it,
+/// rebuilds the tiles from the chain hashes, fills its per-key usage rows
+/// from the analysts' projection (here ahead of the snapshot, so replay
+/// must not count those uses again), and answers the same state, proofs
+/// and usage as a node that replayed everything.
+async fn a_new_node_starts_from_the_shared_snapshot_and_the_tail() {
+    let seed = seed("a_new_node_starts_from_the_shared_snapshot_and_the_tail");
+    let b = Backend::postgres();
+    let log = b.log();
+    let dir_a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = node_in(&b, "a", dir_a.path(), seed);
+    let other = node(&b, "b", Some(follow("b")), seed);
+    let acme = create_many(&a, "acme", 200).await;
+    let globex = create_many(&a, "globex", 90).await;
+    use_keys(&a, &acme[..40]).await;
+    a.revoke_key(
+        Principal::operator(tenant("acme")),
+        acme[0].0,
+        RevokeReason::Compromised,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("revoke: {e}"));
+    converge(&[a.clone(), other.clone()], &log).await;
+    a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let at = log.head().unwrap_or_else(|e| panic!("{e}"));
+    assert!(at > 256, "complete tiles: {at} events");
+    assert_eq!(
+        log.shared_snapshots().ok(),
+        Some(vec![at]),
+        "a published its snapshot at its stop"
+    );
+    // The tail: other nodes' writes and uses after the snapshot, the
+    // analysts' projection moved past them, then more.
+    let more = create_many(&other, "globex", 5).await;
+    use_keys(&other, &acme[1..30]).await;
+    use_keys(&other, &more).await;
+    let projected = match &b {
+        Backend::Postgres(db) => PgLog::connect(db.url())
+            .and_then(|l| l.project_all())
+            .unwrap_or_else(|e| panic!("project: {e}")),
+        Backend::Memory(_) => unreachable!(),
+    };
+    assert!(projected > at, "the projection is ahead of the snapshot");
+    use_keys(&other, &globex[..10]).await;
+    let head = log.head().unwrap_or_else(|e| panic!("{e}"));
+    assert!(head > projected);
+
+    let dir_c = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let c = node_in(&b, "c", dir_c.path(), seed);
+    let started = &c.metrics().snapshots;
+    assert_eq!(
+        started.start_snapshot_position.load(Ordering::Relaxed),
+        at,
+        "c starts from the shared snapshot"
+    );
+    assert_eq!(
+        started.start_replayed_events.load(Ordering::Relaxed),
+        head - at,
+        "and replays only the tail"
+    );
+    assert_eq!(
+        started.start_usage_position.load(Ordering::Relaxed),
+        projected,
+        "its usage rows come from the shared projection"
+    );
+    assert_eq!(started.refused.load(Ordering::Relaxed), 0);
+    converge(&[c.clone(), other.clone()], &log).await;
+    assert_projections_match(&[c.clone(), other.clone()], &log);
+    assert_same_proofs(&c, &other, &[("acme", 201), ("globex", 95)]);
+    assert_eq!(c.verify(&acme[0].1, None).outcome, VerifyOutcome::Revoked);
+    assert_eq!(c.verify(&more[4].1, None).outcome, VerifyOutcome::Valid);
+    // It follows the others as any node does.
+    let (_, later) = create(&other, "acme", "bob", "later").await;
+    eventually("c follows b", || {
+        c.verify(&later, None).outcome == VerifyOutcome::Valid
+    })
+    .await;
+    // Restarted, it starts from its own snapshot (written at its stop).
+    c.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let again = log.head().unwrap_or_else(|e| panic!("{e}"));
+    let c = node_in(&b, "c", dir_c.path(), seed);
+    assert_eq!(
+        c.metrics()
+            .snapshots
+            .start_snapshot_position
+            .load(Ordering::Relaxed),
+        again
+    );
+    assert_projections_match(std::slice::from_ref(&c), &log);
+    for n in [c, other] {
+        n.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// A shared snapshot whose bytes were changed (and its checksum in the
+/// table made to match) is refused with a warning, never trusted: the new
+/// node replays the whole log and answers as the others do.
+async fn a_damaged_shared_snapshot_is_refused_and_the_log_replayed() {
+    let seed = seed("a_damaged_shared_snapshot_is_refused_and_the_log_replayed");
+    let b = Backend::postgres();
+    let log = b.log();
+    let dir_a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = node_in(&b, "a", dir_a.path(), seed);
+    let acme = create_many(&a, "acme", 280).await;
+    use_keys(&a, &acme[..20]).await;
+    a.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let head = log.head().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.shared_snapshots().ok(), Some(vec![head]));
+    let Backend::Postgres(db) = &b else {
+        unreachable!()
+    };
+    sql(
+        db.url(),
+        "UPDATE keyledger.snapshot_chunks \
+             SET bytes = set_byte(bytes, 200, 255 - get_byte(bytes, 200)); \
+         UPDATE keyledger.snapshots s SET checksum = sha256((SELECT string_agg(c.bytes, ''::bytea \
+             ORDER BY c.chunk) FROM keyledger.snapshot_chunks c WHERE c.position = s.position))",
+    )
+    .await;
+    let dir_c = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let c = node_in(&b, "c", dir_c.path(), seed);
+    let started = &c.metrics().snapshots;
+    assert_eq!(started.refused.load(Ordering::Relaxed), 1, "refused");
+    assert_eq!(started.start_snapshot_position.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        started.start_replayed_events.load(Ordering::Relaxed),
+        head,
+        "the whole log replayed"
+    );
+    assert_eq!(started.start_usage_position.load(Ordering::Relaxed), 0);
+    let a = node_in(&b, "a", dir_a.path(), seed);
+    assert_projections_match(&[c.clone(), a.clone()], &log);
+    assert_same_proofs(&c, &a, &[("acme", head)]);
+    for n in [c, a] {
+        n.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}

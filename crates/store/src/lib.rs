@@ -45,7 +45,7 @@ pub use redb_log::{
 };
 pub use wal::WalOptions;
 
-use keyledger_core::{Event, KeyId, TenantId};
+use keyledger_core::{Day, Event, KeyId, TenantId, UseCounts};
 
 /// A committed event with its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +61,48 @@ pub struct Record {
     /// The event (its `tenant` is the chain it belongs to).
     pub event: Event,
 }
+
+/// A snapshot of a node's projections (the runtime's snapshot file, as
+/// bytes), published in a log several nodes share so that a node without
+/// one of its own starts from it ([`EventLog::publish_snapshot`]). Derived
+/// data: whoever reads one checks it before use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedSnapshot {
+    /// The log position it covers.
+    pub position: u64,
+    /// Every tenant's chain head at the position, a JSON object
+    /// (`{"<tenant>": [<seq>, "<hash, hex>"]}`), for people reading it.
+    pub heads: String,
+    /// The snapshot file's bytes.
+    pub bytes: Vec<u8>,
+    /// The SHA-256 of `bytes`.
+    pub checksum: Hash,
+    /// The node that published it.
+    pub node: String,
+}
+
+/// A record's place in its tenant's chain, without its event: what the
+/// Merkle trees are built from (their leaves are the chain hashes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    /// Global position.
+    pub position: u64,
+    /// The tenant whose chain it is in.
+    pub tenant: TenantId,
+    /// The event's number in its tenant's chain.
+    pub seq: u64,
+    /// The chain hash of the tenant's previous event.
+    pub prev_hash: Hash,
+    /// This event's chain hash.
+    pub hash: Hash,
+}
+
+/// One key's uses on one day in a shared usage projection.
+pub type UsageRow = (KeyId, Day, UseCounts);
+
+/// What [`EventLog::usage_projection`] hands each page of rows to, with
+/// the log position they reflect.
+pub type UsagePage<'a> = dyn FnMut(u64, &[UsageRow]) -> Result<(), String> + 'a;
 
 /// A record exactly as stored, not decoded and not checked: what chain
 /// verification reads.
@@ -307,6 +349,62 @@ pub trait EventLog: Send + Sync {
         live_within: std::time::Duration,
     ) -> Result<Option<u64>, StoreError> {
         let _ = live_within;
+        Ok(None)
+    }
+
+    /// Whether the log keeps snapshots for the nodes sharing it
+    /// ([`EventLog::publish_snapshot`]; the default: no, a log with one
+    /// node).
+    fn shares_snapshots(&self) -> bool {
+        false
+    }
+
+    /// Publishes a snapshot of a node's projections for the other nodes
+    /// sharing the log, keeping the newest `keep`. `Ok(false)`: not
+    /// written (the log keeps none, or has one at that position already).
+    fn publish_snapshot(&self, snapshot: SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
+        let _ = (snapshot, keep);
+        Ok(false)
+    }
+
+    /// The positions of the snapshots published with
+    /// [`EventLog::publish_snapshot`], newest first.
+    fn shared_snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The snapshot published at `position`, if it is still kept.
+    fn shared_snapshot(&self, position: u64) -> Result<Option<SharedSnapshot>, StoreError> {
+        let _ = position;
+        Ok(None)
+    }
+
+    /// Up to `limit` records' places in their chains with
+    /// `position > after`, in order: the Merkle trees' input without the
+    /// events. The default reads and decodes the records; a backend that
+    /// stores the hashes apart reads only them.
+    fn chain_links(&self, after: u64, limit: usize) -> Result<Vec<ChainLink>, StoreError> {
+        Ok(self
+            .read_after(after, limit)?
+            .into_iter()
+            .map(|r| ChainLink {
+                position: r.position,
+                tenant: r.event.tenant,
+                seq: r.seq,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            })
+            .collect())
+    }
+
+    /// A per-key per-day usage projection the log keeps beside it (the
+    /// analysts' `keyledger.usage_daily` in PostgreSQL): hands its rows to
+    /// `page`, a page at a time, all as of one log position, which it
+    /// returns. `Ok(None)`: the log keeps none (the default). An error
+    /// from `page` stops the read and is returned as
+    /// [`StoreError::Backend`].
+    fn usage_projection(&self, page: &mut UsagePage<'_>) -> Result<Option<u64>, StoreError> {
+        let _ = page;
         Ok(None)
     }
 }

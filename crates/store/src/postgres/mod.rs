@@ -66,7 +66,10 @@ use keyledger_core::{KeyId, TenantId};
 
 use crate::chain::Hash;
 use crate::read::{PositionPage, TenantPage};
-use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append};
+use crate::{
+    ChainLink, EventLog, RawRecord, Record, SharedSnapshot, StoreError, TenantAppend, UsagePage,
+    check_append,
+};
 
 mod append;
 mod keys;
@@ -76,6 +79,7 @@ mod pool;
 mod projection;
 mod read;
 mod schema;
+mod shared;
 #[cfg(feature = "test-support")]
 mod test_support;
 
@@ -535,6 +539,30 @@ impl EventLog for PgLog {
 
     fn min_applied_live(&self, live_within: Duration) -> Result<Option<u64>, StoreError> {
         nodes::min_applied_live(self, live_within)
+    }
+
+    fn shares_snapshots(&self) -> bool {
+        true
+    }
+
+    fn publish_snapshot(&self, snapshot: SharedSnapshot, keep: usize) -> Result<bool, StoreError> {
+        self.publish_snapshot_impl(snapshot, keep)
+    }
+
+    fn shared_snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        self.shared_snapshots_impl()
+    }
+
+    fn shared_snapshot(&self, position: u64) -> Result<Option<SharedSnapshot>, StoreError> {
+        self.shared_snapshot_impl(position)
+    }
+
+    fn chain_links(&self, after: u64, limit: usize) -> Result<Vec<ChainLink>, StoreError> {
+        self.chain_links_impl(after, limit)
+    }
+
+    fn usage_projection(&self, page: &mut UsagePage<'_>) -> Result<Option<u64>, StoreError> {
+        self.usage_projection_impl(page)
     }
 }
 

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "key_index",
         include_str!("../../migrations/0004_key_index.sql"),
     ),
+    (
+        5,
+        "shared_snapshots",
+        include_str!("../../migrations/0005_shared_snapshots.sql"),
+    ),
 ];
 
 const _: () = assert!(!MIGRATIONS.is_empty());
