@@ -11,7 +11,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{tenant, user};
-use keyledger_core::{AuditFilter, EventType, KeyId, Principal, RevokeReason, Timestamp, UpdateKey};
+use keyledger_core::{
+    AuditFilter, EventType, KeyId, Principal, RevokeReason, Timestamp, UpdateKey,
+};
 use keyledger_runtime::{Keyledger, ManualClock, NewKey, PointInTime};
 use keyledger_store::{EventLog, Record, RedbLog};
 
@@ -76,7 +78,10 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
         let l = common::open(log.clone(), &clock, 7, 16).unwrap_or_else(|e| panic!("{e}"));
         let mut keys = Vec::new();
         let mut secrets = Vec::new();
-        for (i, t) in ["acme", "acme", "globex", "acme", "acme"].iter().enumerate() {
+        for (i, t) in ["acme", "acme", "globex", "acme", "acme"]
+            .iter()
+            .enumerate()
+        {
             let created = l
                 .create_key(
                     Principal::user(tenant(t), user("ada")),
@@ -100,7 +105,9 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
                     for _ in 0..=(i + day) {
                         let _ = l.verify(secret, None);
                     }
-                    let scope = "webhooks:manage".parse().unwrap_or_else(|e| panic!("{e:?}"));
+                    let scope = "webhooks:manage"
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{e:?}"));
                     let _ = l.verify(secret, Some(scope));
                 }
                 l.flush_usage()
@@ -125,7 +132,9 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
                 3 => {
                     let mut u = UpdateKey::new(ada.clone(), keys[1].1);
                     u.name = Some("renamed".into());
-                    l.update_key(u).await.unwrap_or_else(|e| panic!("update: {e}"));
+                    l.update_key(u)
+                        .await
+                        .unwrap_or_else(|e| panic!("update: {e}"));
                 }
                 _ => {}
             }
@@ -154,7 +163,11 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
             .collect();
         let got = histories(&l, "acme", &acme_keys);
         for (id, history) in acme_keys.iter().zip(&got) {
-            assert_eq!(history, &trail_of(log.as_ref(), "acme", *id), "history of {id}");
+            assert_eq!(
+                history,
+                &trail_of(log.as_ref(), "acme", *id),
+                "history of {id}"
+            );
         }
         // The states at each hour of the run, by page of 2.
         let mut states = Vec::new();
@@ -164,7 +177,10 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
                 .state_at_page(&acme, at, None, Some(100))
                 .unwrap_or_else(|e| panic!("state_at_page: {e}"));
             let whole = l.state_at(&acme, at).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(page.keys, whole.keys, "at hour {hour}: a page and the replay");
+            assert_eq!(
+                page.keys, whole.keys,
+                "at hour {hour}: a page and the replay"
+            );
             states.push(page.keys);
         }
         l.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
@@ -174,13 +190,16 @@ fn pages_of_keys_used_across_days_equal_the_replay_and_survive_an_index_upgrade(
 
     // As the release with the first index left it: every use in
     // `key_index`. The open builds the index anew.
-    redb.raw_first_key_index()
-        .unwrap_or_else(|e| panic!("{e}"));
+    redb.raw_first_key_index().unwrap_or_else(|e| panic!("{e}"));
     drop(redb);
     let log: Arc<dyn EventLog> = Arc::new(RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}")));
     rt.block_on(async {
         let l = common::open(log.clone(), &clock, 7, 16).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(histories(&l, "acme", &keys), states.0, "histories after the upgrade");
+        assert_eq!(
+            histories(&l, "acme", &keys),
+            states.0,
+            "histories after the upgrade"
+        );
         for (hour, want) in states.1.iter().enumerate() {
             let at = PointInTime::Instant(Timestamp::from_micros(
                 common::T0 + hour as i64 * HOUR_MICROS,

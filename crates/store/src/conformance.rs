@@ -906,7 +906,8 @@ fn read_key_records(h: &mut dyn Harness) {
                 );
                 // The same without the uses, and the uses summed per key.
                 let mut want_summed = crate::KeysUntil::default();
-                let mut uses = std::collections::BTreeMap::<KeyId, keyledger_core::UseTotals>::new();
+                let mut uses =
+                    std::collections::BTreeMap::<KeyId, keyledger_core::UseTotals>::new();
                 for r in want {
                     match keyledger_core::as_use(&r.event) {
                         Some(u) => uses.entry(u.key_id).or_default().add_used(u),
@@ -926,7 +927,10 @@ fn read_key_records(h: &mut dyn Harness) {
                     keys.len()
                 );
             }
-            assert!(any_uses, "{when}: tenant {t}: the sample sums some key's uses");
+            assert!(
+                any_uses,
+                "{when}: tenant {t}: the sample sums some key's uses"
+            );
             assert!(ok(log.read_keys_until(t, &[], head), "read_keys_until(none)").is_empty());
             assert_eq!(
                 ok(

@@ -43,8 +43,8 @@ use crate::key_uses::{self, KEY_USES};
 use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::wal::{Wal, WalOptions};
 use crate::{
-    EventLog, KeysUntil, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    no_follow, plan,
+    EventLog, KeysUntil, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend,
+    check_append, no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
