@@ -8,13 +8,58 @@
 //! that holds only the keys asked for, so a key folded from its events is
 //! the key the whole tenant's replay holds (the `invariants` proptest checks
 //! it at every sequence number of random logs).
+//!
+//! A key's `KeyUsed` events need not be read to fold it: a use only adds to
+//! the key's counts and moves its last valid use forward, and no other
+//! event reads either, so the fold of a key's other events plus its uses
+//! summed ([`UseTotals`], [`KeyFold::add_uses`]) is the fold of all of
+//! them. The store keeps those sums per key as of each of its uses, so a
+//! point-in-time page does not grow with the keys' use counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, KeyUsed, UseCounts};
 use crate::ids::{KeyId, TenantId};
 use crate::shards::ShardedMap;
 use crate::state::{ApplyError, KeyRecord, LedgerIndexes, TenantState, fold};
+use crate::time::Timestamp;
+
+/// A key's `KeyUsed` events summed: what the fold makes of them (the
+/// counts added, saturating, and the latest valid use), without the
+/// events. Adding is associative and commutative, so sums of runs of uses
+/// add up to the sum of all of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UseTotals {
+    /// Every use counted, by outcome (as [`KeyRecord::uses`]).
+    pub counts: UseCounts,
+    /// The latest valid use (as [`KeyRecord::last_used_at`]).
+    pub last_valid_at: Option<Timestamp>,
+}
+
+impl UseTotals {
+    /// Adds one `KeyUsed`.
+    pub fn add_used(&mut self, used: &KeyUsed) {
+        self.add(&UseTotals {
+            counts: used.counts,
+            last_valid_at: used.last_valid_at,
+        });
+    }
+
+    /// Adds another sum.
+    pub fn add(&mut self, other: &UseTotals) {
+        self.counts.add(&other.counts);
+        self.last_valid_at = self.last_valid_at.max(other.last_valid_at);
+    }
+}
+
+/// The `KeyUsed` an event is, if it is one: the one kind a fold can take
+/// summed ([`UseTotals`]) instead of event by event.
+pub fn as_use(event: &Event) -> Option<&KeyUsed> {
+    match &event.kind {
+        EventKind::KeyUsed(u) => Some(u),
+        _ => None,
+    }
+}
 
 /// Every key an event names, the one it is about first ([`Event::key_id`]),
 /// each once: a `KeyCreated` made by a rotation also names the key it
@@ -105,6 +150,37 @@ impl KeyFold {
         }
         self.last_seq = seq;
         Ok(())
+    }
+
+    /// Adds `key`'s uses summed up to the point folded, in place of its
+    /// `KeyUsed` events: call it after [`KeyFold::apply`] has had every
+    /// other event (uses change nothing any other event reads, so where
+    /// they fall among them does not matter). A key not asked for is
+    /// ignored; uses of a key the events did not create are an error, as
+    /// the replay's first such use would be (named as of `tenant`).
+    pub fn add_uses(
+        &mut self,
+        tenant: &TenantId,
+        key: KeyId,
+        totals: &UseTotals,
+    ) -> Result<(), ApplyError> {
+        if !self.keys.contains(&key) || *totals == UseTotals::default() {
+            return Ok(());
+        }
+        match self.state.keys.get_mut(&key) {
+            Some(record) => {
+                record.uses.add(&totals.counts);
+                if totals.last_valid_at > record.last_used_at {
+                    record.last_used_at = totals.last_valid_at;
+                }
+                Ok(())
+            }
+            None => Err(ApplyError::Inconsistent {
+                tenant: tenant.clone(),
+                seq: self.last_seq,
+                message: format!("{key} is used but unknown"),
+            }),
+        }
     }
 
     /// The keys asked for that exist after the events folded, by id.

@@ -40,7 +40,7 @@ pub use event::{
     Event, EventKind, KeyChange, KeyCreated, KeyLeaked, KeyRevoked, KeyRotated, KeyUpdated,
     KeyUsed, LeakReporter, LogRecovered, Outcome, RevokeReason, SeqRange, UseCounts, UserRemoved,
 };
-pub use history::{KeyFold, fold_key, touched_keys};
+pub use history::{KeyFold, UseTotals, as_use, fold_key, touched_keys};
 pub use ids::{IdError, KeyId, TenantId, UserId};
 pub use leak::{Leak, ReportLeaked, Reporter};
 pub use overlay::{Overlay, StateView, TenantView};

@@ -712,6 +712,33 @@ fn check_key_folds(world: &World) -> Result<(), TestCaseError> {
                 known.tenant,
                 seq
             );
+            // The same without its uses: the other events folded, then
+            // the uses summed (what a point-in-time page reads).
+            let mut fold = keyledger_core::KeyFold::new([known.id]);
+            let mut totals = keyledger_core::UseTotals::default();
+            let own = indexed.iter().filter(|(t, _, e)| {
+                *t == known.tenant && keyledger_core::touched_keys(e).any(|k| k == known.id)
+            });
+            for (_, s, e) in own {
+                match keyledger_core::as_use(e) {
+                    Some(u) => totals.add_used(u),
+                    None => fold.apply(*s, e).map_err(|e| {
+                        TestCaseError::fail(format!("a key's other events do not fold: {e}"))
+                    })?,
+                }
+            }
+            fold.add_uses(&known.tenant, known.id, &totals)
+                .map_err(|e| TestCaseError::fail(format!("a key's uses do not add: {e}")))?;
+            let without_uses = fold.finish().remove(&known.id);
+            prop_assert_eq!(
+                without_uses.as_ref(),
+                ledger.key(&known.tenant, known.id),
+                "{} folded without its uses, then its uses summed, differs from the replay at \
+                 {} event {}",
+                known.id,
+                known.tenant,
+                seq
+            );
         }
     }
     Ok(())

@@ -696,10 +696,15 @@ impl Keyledger {
         keys: &[KeyId],
         seq: u64,
     ) -> Result<std::collections::BTreeMap<KeyId, KeyRecord>, Error> {
-        let records = self.shared.log.read_keys_until(tenant, keys, seq)?;
+        // The keys' uses come summed, not event by event: the page's cost
+        // is the keys' other events, however often they were used.
+        let read = self.shared.log.read_keys_until_summed(tenant, keys, seq)?;
         let mut fold = KeyFold::new(keys.iter().copied());
-        for r in &records {
+        for r in &read.records {
             fold.apply(r.seq, &r.event).map_err(Error::from)?;
+        }
+        for (key, totals) in &read.uses {
+            fold.add_uses(tenant, *key, totals).map_err(Error::from)?;
         }
         Ok(fold.finish())
     }

@@ -801,6 +801,33 @@ fn read_key_records(h: &mut dyn Harness) {
         fill(&*log, &a, 13);
         fill(&*log, &b, 6);
     }
+    // Keys used many times, several uses of a key in one append: the
+    // sums of uses are sums of several.
+    let uses: Vec<Event> = all(&*log)
+        .into_iter()
+        .filter(|r| r.event.tenant == a && keyledger_core::as_use(&r.event).is_some())
+        .map(|r| r.event)
+        .collect();
+    assert!(uses.len() >= 3, "the sample uses keys of tenant a");
+    for round in 0..3u64 {
+        let events: Vec<Event> = uses
+            .iter()
+            .chain(&uses)
+            .enumerate()
+            .map(|(i, e)| {
+                let mut e = e.clone();
+                e.at = at(100_000 + round * 1_000 + i as u64);
+                if let EventKind::KeyUsed(u) = &mut e.kind {
+                    u.counts.valid += round + i as u64;
+                    u.last_valid_at = (i % 3 != 0).then_some(e.at);
+                }
+                e
+            })
+            .collect();
+        let version = ok(log.tenant_head(&a), "tenant_head").map_or(0, |h| h.0);
+        ok(log.append(vec![batch(&a, version, events)]), "append uses");
+        fill(&*log, &a, 5);
+    }
     let check = |log: &dyn EventLog, when: &str| {
         for (t, other) in [(&a, &b), (&b, &a)] {
             let by_key = expected_by_key(log, t);
@@ -851,6 +878,7 @@ fn read_key_records(h: &mut dyn Harness) {
             // of them, once, in order.
             let all_keys: Vec<KeyId> = by_key.keys().copied().collect();
             let head = ok(log.tenant_head(t), "tenant_head").map_or(0, |h| h.0);
+            let mut any_uses = false;
             for (i, until) in [0, 1, head / 3, head / 2, head, head + 5]
                 .into_iter()
                 .enumerate()
@@ -876,8 +904,41 @@ fn read_key_records(h: &mut dyn Harness) {
                     "{when}: tenant {t}, {} keys up to {until}",
                     keys.len()
                 );
+                // The same without the uses, and the uses summed per key.
+                let mut want_summed = crate::KeysUntil::default();
+                let mut uses =
+                    std::collections::BTreeMap::<KeyId, keyledger_core::UseTotals>::new();
+                for r in want {
+                    match keyledger_core::as_use(&r.event) {
+                        Some(u) => uses.entry(u.key_id).or_default().add_used(u),
+                        None => want_summed.records.push(r),
+                    }
+                }
+                want_summed.uses = uses.into_iter().collect();
+                any_uses |= !want_summed.uses.is_empty();
+                let got = ok(
+                    log.read_keys_until_summed(t, &keys, until),
+                    "read_keys_until_summed",
+                );
+                assert_eq!(
+                    got,
+                    want_summed,
+                    "{when}: tenant {t}, {} keys up to {until}, uses summed",
+                    keys.len()
+                );
             }
+            assert!(
+                any_uses,
+                "{when}: tenant {t}: the sample sums some key's uses"
+            );
             assert!(ok(log.read_keys_until(t, &[], head), "read_keys_until(none)").is_empty());
+            assert_eq!(
+                ok(
+                    log.read_keys_until_summed(t, &[], head),
+                    "read_keys_until_summed(none)"
+                ),
+                crate::KeysUntil::default()
+            );
         }
     };
     check(&*log, "after the appends");

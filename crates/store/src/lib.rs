@@ -28,6 +28,7 @@ pub mod envelope;
 #[cfg(feature = "test-support")]
 pub mod faults;
 pub mod guard;
+mod key_uses;
 mod memory;
 pub mod no_follow;
 mod plan;
@@ -45,7 +46,19 @@ pub use redb_log::{
 };
 pub use wal::WalOptions;
 
-use keyledger_core::{Day, Event, KeyId, TenantId, UseCounts};
+use keyledger_core::{Day, Event, KeyId, TenantId, UseCounts, UseTotals};
+
+/// Some keys' records up to a sequence number without their uses, and
+/// their uses summed ([`EventLog::read_keys_until_summed`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysUntil {
+    /// Every record naming one of the keys, `KeyUsed` ones left out, in
+    /// sequence order, each once.
+    pub records: Vec<Record>,
+    /// Each key's `KeyUsed` events summed, by key id (keys with none left
+    /// out).
+    pub uses: Vec<(KeyId, UseTotals)>,
+}
 
 /// A committed event with its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,6 +295,35 @@ pub trait EventLog: Send + Sync {
             }
         }
         Ok(by_seq.into_values().collect())
+    }
+
+    /// What folding a page of keys up to a point in time needs, without
+    /// reading their uses: every record of a tenant that names any of
+    /// `keys` with `seq <= until_seq` except the `KeyUsed` ones, as
+    /// [`EventLog::read_keys_until`] reads them, and each of the keys'
+    /// `KeyUsed` events up to `until_seq` summed (keys without a use left
+    /// out), so the cost does not grow with the keys' use counts
+    /// ([`keyledger_core::KeyFold::add_uses`]). The default reads every
+    /// record with [`EventLog::read_keys_until`] and sums the uses itself.
+    fn read_keys_until_summed(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<KeysUntil, StoreError> {
+        let mut out = KeysUntil::default();
+        let mut uses = std::collections::BTreeMap::<KeyId, UseTotals>::new();
+        for r in self.read_keys_until(tenant, keys, until_seq)? {
+            match keyledger_core::as_use(&r.event) {
+                Some(u) if keys.contains(&u.key_id) => {
+                    uses.entry(u.key_id).or_default().add_used(u);
+                }
+                Some(_) => {}
+                None => out.records.push(r),
+            }
+        }
+        out.uses = uses.into_iter().collect();
+        Ok(out)
     }
 
     /// Up to `limit` of the keys a tenant's records name, in key-id order,

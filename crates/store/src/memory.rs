@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use keyledger_core::{Event, KeyId, TenantId, touched_keys};
+use keyledger_core::{Event, KeyId, TenantId, UseTotals, touched_keys};
 
 use crate::chain::{GENESIS, Hash};
 use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
-use crate::{EventLog, RawRecord, Record, StoreError, TenantAppend, check_append, plan};
+use crate::{EventLog, KeysUntil, RawRecord, Record, StoreError, TenantAppend, check_append, plan};
 
 /// An [`EventLog`] held in memory, behind one mutex.
 ///
@@ -48,9 +48,21 @@ struct Inner {
     /// The per-key index: (tenant, key, seq) → position, written at append
     /// for every key the event names.
     keys: BTreeMap<(String, u128, u64), u64>,
+    /// The `KeyUsed` entries of `keys`: the key's uses summed up to and
+    /// including each ([`crate::EventLog::read_keys_until_summed`]).
+    uses: BTreeMap<(String, u128, u64), UseTotals>,
 }
 
 impl Inner {
+    /// The key's uses summed up to its last `KeyUsed` at or before `seq`.
+    fn last_use(&self, tenant: &str, key: u128, seq: u64) -> Option<UseTotals> {
+        let t = tenant.to_owned();
+        self.uses
+            .range((t.clone(), key, 0)..=(t, key, seq))
+            .next_back()
+            .map(|(_, sum)| *sum)
+    }
+
     fn rebuild_slots(&mut self) {
         self.records.sort_by_key(|r| r.position);
         self.slots.clear();
@@ -117,6 +129,8 @@ struct Stage<'i> {
     staged: Vec<RawRecord>,
     /// The per-key index entries of the staged records.
     keyed: Vec<((String, u128, u64), u64)>,
+    /// The use sums of the staged `KeyUsed` records.
+    used: Vec<((String, u128, u64), UseTotals)>,
 }
 
 impl<'a> plan::AppendSink<'a> for Stage<'_> {
@@ -129,6 +143,20 @@ impl<'a> plan::AppendSink<'a> for Stage<'_> {
         for k in touched_keys(event) {
             self.keyed
                 .push(((tenant.to_owned(), k.ulid().0, seq), position));
+        }
+        if let Some(u) = keyledger_core::as_use(event) {
+            let k = u.key_id.ulid().0;
+            let staged = self
+                .used
+                .iter()
+                .rev()
+                .find(|((t, key, _), _)| t.as_str() == tenant && *key == k)
+                .map(|(_, sum)| *sum);
+            let mut sum = staged
+                .or_else(|| self.inner.last_use(tenant, k, seq))
+                .unwrap_or_default();
+            sum.add_used(u);
+            self.used.push(((tenant.to_owned(), k, seq), sum));
         }
         if self.inner.slots.contains_key(&position) {
             return Err(StoreError::Corrupt {
@@ -213,11 +241,13 @@ impl EventLog for MemoryLog {
             inner: &inner,
             staged: Vec::with_capacity(total),
             keyed: Vec::with_capacity(total),
+            used: Vec::new(),
         };
         let plan::Plan { links, heads } = plan::plan(&batches, &encoded, last, &mut sink)?;
-        let (staged, keyed) = (sink.staged, sink.keyed);
+        let (staged, keyed, used) = (sink.staged, sink.keyed, sink.used);
         // Everything is checked: commit.
         inner.keys.extend(keyed);
+        inner.uses.extend(used);
         for (tenant, seq, hash) in heads {
             inner.heads.insert(tenant.to_owned(), (seq, hash));
         }
@@ -369,6 +399,42 @@ impl EventLog for MemoryLog {
             page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
         }
         Ok(page.finish())
+    }
+
+    fn read_keys_until_summed(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<KeysUntil, StoreError> {
+        let inner = self.lock();
+        let t = tenant.as_str().to_owned();
+        let mut entries = BTreeMap::new();
+        let mut uses = BTreeMap::new();
+        for key in keys {
+            let k = key.ulid().0;
+            for (&(_, _, seq), &position) in inner
+                .keys
+                .range((t.clone(), k, 1)..=(t.clone(), k, until_seq.max(1)))
+            {
+                if seq <= until_seq && !inner.uses.contains_key(&(t.clone(), k, seq)) {
+                    merge_entry(&mut entries, tenant, seq, position)?;
+                }
+            }
+            if until_seq > 0
+                && let Some(sum) = inner.last_use(&t, k, until_seq)
+            {
+                uses.insert(*key, sum);
+            }
+        }
+        let mut page = KeysPage::new(tenant, keys);
+        for (seq, position) in entries {
+            page.push(seq, position, inner.at(position).map(RawRecord::as_ref))?;
+        }
+        Ok(KeysUntil {
+            records: page.finish(),
+            uses: uses.into_iter().collect(),
+        })
     }
 
     fn tenant_keys(

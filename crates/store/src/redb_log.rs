@@ -10,12 +10,15 @@
 //! | `tenant_index` | `(tenant &str, seq u64)` | position `u64` |
 //! | `tenant_heads` | tenant `&str` | 40 bytes: last seq (u64 big-endian), last hash |
 //! | `key_index` | `(tenant &str, key id u128, seq u64)` | position `u64` |
+//! | `key_uses` | `(tenant &str, key id u128, seq u64)` | position and the key's uses summed ([`crate::key_uses`]) |
 //!
-//! `key_index` lists every record under each key it names
-//! ([`keyledger_core::touched_keys`]), written in the same transaction as
-//! the record (and when the write-ahead log's frames are applied on open).
-//! A file made before it existed gets it built on open, in one pass over
-//! the events (`meta`: `"key_index"` → 1 once built).
+//! `key_index` lists every record but `KeyUsed` under each key it names
+//! ([`keyledger_core::touched_keys`]), `key_uses` every `KeyUsed` under its
+//! key, written in the same transaction as the record (and when the
+//! write-ahead log's frames are applied on open). A file made before they
+//! existed, or with the first index (every record in `key_index`, `meta`:
+//! `"key_index"` → 1), gets both built anew on open, in one pass over the
+//! events (`"key_index"` → [`KEY_INDEX_VERSION`] once built).
 //!
 //! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
 //! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
@@ -36,11 +39,12 @@ use keyledger_core::{Event, KeyId, TenantId, touched_keys};
 
 use crate::chain::{self, GENESIS, Hash};
 use crate::guard;
+use crate::key_uses::{self, KEY_USES};
 use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::wal::{Wal, WalOptions};
 use crate::{
-    EventLog, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend, check_append,
-    no_follow, plan,
+    EventLog, KeysUntil, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend,
+    check_append, no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -53,8 +57,12 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const TENANT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("tenant_index");
 const TENANT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenant_heads");
 const KEY_INDEX: TableDefinition<(&str, u128, u64), u64> = TableDefinition::new("key_index");
-/// The `meta` key saying the per-key index holds every record (1).
+/// The `meta` key saying which per-key index the file holds: 1, every
+/// record in `key_index`; [`KEY_INDEX_VERSION`], `KeyUsed` records in
+/// `key_uses` instead.
 const KEY_INDEX_BUILT: &str = "key_index";
+/// The per-key index this release writes.
+const KEY_INDEX_VERSION: u64 = 2;
 
 const HEAD_BYTES: usize = 8 + 32;
 /// The `meta` key holding the write-ahead log's epoch ([`crate::wal`]).
@@ -165,7 +173,7 @@ fn decode_head(tenant: &str, bytes: &[u8]) -> Result<(u64, Hash), StoreError> {
 /// Wraps a redb failure with what was being done. Corruption redb found
 /// is [`StoreError::Damaged`], with the file left empty for
 /// [`RedbLog::guarded`] to fill in.
-fn backend<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+pub(crate) fn backend<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| match e.into() {
         redb::Error::Corrupted(m) => StoreError::Damaged {
             file: PathBuf::new(),
@@ -289,25 +297,35 @@ fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
         let built = meta
             .get(KEY_INDEX_BUILT)
             .map_err(backend("reading whether the key index is built"))?
-            .is_some();
-        if !built {
-            build_key_index(&txn)?;
-            meta.insert(KEY_INDEX_BUILT, 1)
+            .map(|v| v.value());
+        if built != Some(KEY_INDEX_VERSION) {
+            build_key_index(&txn, true)?;
+            meta.insert(KEY_INDEX_BUILT, KEY_INDEX_VERSION)
                 .map_err(backend("recording the key index built"))?;
         }
     }
     txn.commit().map_err(backend("committing the tables"))
 }
 
-/// Fills the per-key index from every record of the `events` table: the
-/// one-time pass a file made before the index existed needs (a new file
-/// has no events). A record that cannot be decoded is left out: reads and
-/// chain verification name it.
-fn build_key_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+/// Makes the per-key index anew from every record of the `events` table:
+/// the one-time pass a file made before the index (or before `key_uses`)
+/// needs (a new file has no events). A record that cannot be decoded is
+/// left out: reads and chain verification name it. `uses_apart: false`
+/// builds the first index (every record in `key_index`), for tests of the
+/// upgrade.
+fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), StoreError> {
+    txn.delete_table(KEY_INDEX)
+        .map_err(backend("deleting key_index"))?;
+    txn.delete_table(KEY_USES)
+        .map_err(backend("deleting key_uses"))?;
     let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
     let mut keys = txn
         .open_table(KEY_INDEX)
         .map_err(backend("creating key_index"))?;
+    let mut uses = txn
+        .open_table(KEY_USES)
+        .map_err(backend("creating key_uses"))?;
+    let mut buf = Vec::new();
     for entry in events.iter().map_err(backend("reading events"))? {
         let (k, v) = entry.map_err(backend("reading an event"))?;
         let position = k.value();
@@ -318,10 +336,38 @@ fn build_key_index(txn: &WriteTransaction) -> Result<(), StoreError> {
         let Ok(event) = decode_payload(h.tenant, stored.payload) else {
             continue;
         };
-        for key in touched_keys(&event) {
-            keys.insert((h.tenant, key.ulid().0, h.seq), position)
-                .map_err(backend("writing the key index"))?;
+        if uses_apart {
+            index_event(&mut keys, &mut uses, h, &event, &mut buf)?;
+        } else {
+            for key in touched_keys(&event) {
+                keys.insert((h.tenant, key.ulid().0, h.seq), position)
+                    .map_err(backend("writing the key index"))?;
+            }
         }
+    }
+    if !uses_apart {
+        drop(uses);
+        txn.delete_table(KEY_USES)
+            .map_err(backend("deleting key_uses"))?;
+    }
+    Ok(())
+}
+
+/// Lists a record in the per-key index: a `KeyUsed` in `key_uses`, any
+/// other under each key it names in `key_index`.
+fn index_event(
+    keys: &mut redb::Table<'_, (&'static str, u128, u64), u64>,
+    uses: &mut redb::Table<'_, (&'static str, u128, u64), &'static [u8]>,
+    h: &StoredHeader<'_>,
+    event: &Event,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    if let Some(used) = keyledger_core::as_use(event) {
+        return key_uses::insert(uses, h.tenant, h.seq, h.position, used, buf);
+    }
+    for key in touched_keys(event) {
+        keys.insert((h.tenant, key.ulid().0, h.seq), h.position)
+            .map_err(backend("writing the key index"))?;
     }
     Ok(())
 }
@@ -717,7 +763,7 @@ fn apply_wal(db: &Database, wal: &Wal) -> Result<u64, StoreError> {
             }
             let event = decode_payload(h.tenant, stored.payload)
                 .map_err(|e| corrupt(&format!("does not decode ({e})")))?;
-            t.put(h, bytes, touched_keys(&event))?;
+            t.put(h, bytes, &event)?;
             match heads.iter_mut().find(|(t, ..)| t == h.tenant) {
                 Some(head) => *head = (h.tenant.to_owned(), h.seq, h.hash),
                 None => heads.push((h.tenant.to_owned(), h.seq, h.hash)),
@@ -760,6 +806,9 @@ struct Tables<'txn> {
     index: redb::Table<'txn, (&'static str, u64), u64>,
     heads: redb::Table<'txn, &'static str, &'static [u8]>,
     keys: redb::Table<'txn, (&'static str, u128, u64), u64>,
+    uses: redb::Table<'txn, (&'static str, u128, u64), &'static [u8]>,
+    /// A use index entry being encoded (reused).
+    use_buf: Vec<u8>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -776,6 +825,10 @@ impl<'txn> Tables<'txn> {
             keys: txn
                 .open_table(KEY_INDEX)
                 .map_err(backend("opening key_index"))?,
+            uses: txn
+                .open_table(KEY_USES)
+                .map_err(backend("opening key_uses"))?,
+            use_buf: Vec::new(),
         })
     }
 }
@@ -790,15 +843,10 @@ impl Tables<'_> {
     }
 
     /// Stores one record (its stored bytes) at its position and indexes it,
-    /// in the tenant index and under each of `keys` (the keys its event
-    /// names), refusing to overwrite either. The tenant's head is the
-    /// caller's.
-    fn put(
-        &mut self,
-        h: &StoredHeader<'_>,
-        bytes: &[u8],
-        keys: impl Iterator<Item = KeyId>,
-    ) -> Result<(), StoreError> {
+    /// in the tenant index and the per-key index ([`index_event`]: under
+    /// each key its event names), refusing to overwrite the first two. The
+    /// tenant's head is the caller's.
+    fn put(&mut self, h: &StoredHeader<'_>, bytes: &[u8], event: &Event) -> Result<(), StoreError> {
         let position = h.position;
         let taken = self
             .events
@@ -825,12 +873,7 @@ impl Tables<'_> {
                 ),
             });
         }
-        for key in keys {
-            self.keys
-                .insert((h.tenant, key.ulid().0, h.seq), position)
-                .map_err(backend("writing the key index"))?;
-        }
-        Ok(())
+        index_event(&mut self.keys, &mut self.uses, h, event, &mut self.use_buf)
     }
 
     /// The tenant's head, checked against its last stored record (the
@@ -893,7 +936,7 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
             hash: r.hash,
         };
         encode_stored(&header, r.payload, &mut self.value);
-        self.tables.put(&header, &self.value, touched_keys(event))?;
+        self.tables.put(&header, &self.value, event)?;
         self.wal.push(&self.value);
         Ok(())
     }
@@ -946,7 +989,19 @@ impl EventLog for RedbLog {
         keys: &[KeyId],
         until_seq: u64,
     ) -> Result<Vec<Record>, StoreError> {
-        self.guarded(|| self.read_keys_until_unguarded(tenant, keys, until_seq))
+        self.guarded(|| {
+            self.read_keys_until_unguarded(tenant, keys, until_seq, true)
+                .map(|k| k.records)
+        })
+    }
+
+    fn read_keys_until_summed(
+        &self,
+        tenant: &TenantId,
+        keys: &[KeyId],
+        until_seq: u64,
+    ) -> Result<KeysUntil, StoreError> {
+        self.guarded(|| self.read_keys_until_unguarded(tenant, keys, until_seq, false))
     }
 
     fn tenant_keys(
@@ -1096,17 +1151,33 @@ impl RedbLog {
         let keys = txn
             .open_table(KEY_INDEX)
             .map_err(backend("opening key_index"))?;
+        let uses = txn
+            .open_table(KEY_USES)
+            .map_err(backend("opening key_uses"))?;
         let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
         let (t, k) = (tenant.as_str(), key.ulid().0);
         let mut page = KeyPage::new(tenant, key, after_seq, limit);
-        for entry in keys
+        // The key's other records and its uses, merged by seq.
+        let mut others = keys
             .range((t, k, first)..=(t, k, u64::MAX))
             .map_err(backend("reading the key index"))?
-            .take(limit)
-        {
-            let (ik, v) = entry.map_err(backend("reading the key index"))?;
-            let (_, _, seq) = ik.value();
-            let position = v.value();
+            .map(|entry| {
+                let (ik, v) = entry.map_err(backend("reading the key index"))?;
+                Ok((ik.value().2, v.value()))
+            })
+            .peekable();
+        let mut used = key_uses::positions(&uses, t, k, first, u64::MAX)?.peekable();
+        for _ in 0..limit {
+            let take_use = match (others.peek(), used.peek()) {
+                (None, None) => break,
+                (Some(Ok((a, _))), Some(Ok((b, _)))) => b < a,
+                (Some(Ok(_)), None) => false,
+                (None, Some(_)) | (Some(Ok(_)), Some(Err(_))) => true,
+                (Some(Err(_)), _) => false,
+            };
+            let next = if take_use { used.next() } else { others.next() };
+            let Some(next) = next else { break };
+            let (seq, position) = next?;
             at_position(&events, position, |stored| {
                 page.push(seq, position, stored.as_ref().map(Stored::as_ref))
             })?;
@@ -1115,15 +1186,19 @@ impl RedbLog {
     }
 
     /// One read transaction: each key's index range up to `until_seq`,
-    /// merged by seq, then each record once.
+    /// merged by seq, then each record once. `with_uses: false` leaves the
+    /// `KeyUsed` records out and hands each key's last use entry at or
+    /// before `until_seq` instead (its uses summed), one seek per key.
     fn read_keys_until_unguarded(
         &self,
         tenant: &TenantId,
         keys: &[KeyId],
         until_seq: u64,
-    ) -> Result<Vec<Record>, StoreError> {
+        with_uses: bool,
+    ) -> Result<KeysUntil, StoreError> {
+        let mut summed = std::collections::BTreeMap::new();
         if until_seq == 0 || keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(KeysUntil::default());
         }
         let txn = self
             .db()?
@@ -1132,6 +1207,9 @@ impl RedbLog {
         let index = txn
             .open_table(KEY_INDEX)
             .map_err(backend("opening key_index"))?;
+        let uses = txn
+            .open_table(KEY_USES)
+            .map_err(backend("opening key_uses"))?;
         let events = txn.open_table(EVENTS).map_err(backend("opening events"))?;
         let t = tenant.as_str();
         let mut entries = std::collections::BTreeMap::new();
@@ -1144,6 +1222,14 @@ impl RedbLog {
                 let (ik, v) = entry.map_err(backend("reading the key index"))?;
                 merge_entry(&mut entries, tenant, ik.value().2, v.value())?;
             }
+            if with_uses {
+                for entry in key_uses::positions(&uses, t, k, 1, until_seq)? {
+                    let (seq, position) = entry?;
+                    merge_entry(&mut entries, tenant, seq, position)?;
+                }
+            } else if let Some(last) = key_uses::last_at_or_before(&uses, t, k, until_seq)? {
+                summed.insert(*key, last.totals);
+            }
         }
         let mut page = KeysPage::new(tenant, keys);
         for (seq, position) in entries {
@@ -1151,7 +1237,10 @@ impl RedbLog {
                 page.push(seq, position, stored.as_ref().map(Stored::as_ref))
             })?;
         }
-        Ok(page.finish())
+        Ok(KeysUntil {
+            records: page.finish(),
+            uses: summed.into_iter().collect(),
+        })
     }
 
     /// One seek in the key index per key.
@@ -1423,10 +1512,29 @@ impl RedbLog {
             let txn = db.begin_write().map_err(backend("starting a write"))?;
             txn.delete_table(KEY_INDEX)
                 .map_err(backend("deleting key_index"))?;
+            txn.delete_table(KEY_USES)
+                .map_err(backend("deleting key_uses"))?;
             {
                 let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
                 meta.remove(KEY_INDEX_BUILT)
                     .map_err(backend("forgetting the key index"))?;
+            }
+            commit(txn, Durability::Immediate)
+        })
+    }
+
+    /// Makes the file what the release with the first per-key index left:
+    /// every record, `KeyUsed` ones included, in `key_index`, no
+    /// `key_uses`, and the mark 1 (the next open builds the index anew).
+    pub fn raw_first_key_index(&self) -> Result<(), StoreError> {
+        self.guarded(|| {
+            let db = self.db_locked(&mut self.lock_wal())?;
+            let txn = db.begin_write().map_err(backend("starting a write"))?;
+            build_key_index(&txn, false)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+                meta.insert(KEY_INDEX_BUILT, 1)
+                    .map_err(backend("marking the first key index"))?;
             }
             commit(txn, Durability::Immediate)
         })

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use keyledger_core::{KeyId, TenantId, touched_keys};
+use keyledger_core::{KeyId, TenantId, UseTotals, as_use, touched_keys};
 use keyledger_store::conformance::{sample_events, tenant};
 use keyledger_store::faults::{DiskImage, FaultBackend};
 use keyledger_store::{EventLog, Record, RedbLog, TenantAppend};
@@ -53,6 +53,37 @@ fn assert_index_complete(log: &dyn EventLog, t: &TenantId, when: &str) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(keys, want.keys().copied().collect::<Vec<_>>(), "{when}");
+    // Up to each sequence number, all the keys: the records without the
+    // uses, and the uses summed, as a walk of the trail makes them.
+    let head = log
+        .tenant_head(t)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map_or(0, |h| h.0);
+    let trail = log
+        .read_tenant(t, 0, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for until in 0..=head {
+        let mut records = Vec::new();
+        let mut uses = BTreeMap::<KeyId, UseTotals>::new();
+        for r in trail
+            .iter()
+            .filter(|r| r.seq <= until && touched_keys(&r.event).any(|k| keys.contains(&k)))
+        {
+            match as_use(&r.event) {
+                Some(u) => uses.entry(u.key_id).or_default().add_used(u),
+                None => records.push(r.clone()),
+            }
+        }
+        let got = log
+            .read_keys_until_summed(t, &keys, until)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.records, records, "{when}: up to {until}");
+        assert_eq!(
+            got.uses,
+            uses.into_iter().collect::<Vec<_>>(),
+            "{when}: uses up to {until}"
+        );
+    }
 }
 
 /// Appends past the last checkpoint live in the write-ahead log only; the
@@ -111,6 +142,33 @@ fn an_older_file_gets_its_key_index_built_on_open() {
     let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
     for t in [&a, &b] {
         assert_index_complete(&log, t, "after the open that built it");
+    }
+    append(&log, &a, 500, 6);
+    assert_index_complete(&log, &a, "after an append");
+    drop(log);
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_index_complete(&log, &a, "after a plain reopen");
+}
+
+/// A file with the first per-key index (every record, uses included, in
+/// `key_index`, no `key_uses`) gets the index built anew on open: uses
+/// apart, summed; appends go on indexing.
+#[test]
+fn a_file_with_the_first_key_index_gets_it_built_anew_on_open() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ledger.redb");
+    let (a, b) = (tenant("a"), tenant("b"));
+    {
+        let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..5 {
+            append(&log, &a, n * 7, 7);
+            append(&log, &b, 1000 + n * 3, 3);
+        }
+        log.raw_first_key_index().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    for t in [&a, &b] {
+        assert_index_complete(&log, t, "after the open that rebuilt it");
     }
     append(&log, &a, 500, 6);
     assert_index_complete(&log, &a, "after an append");
