@@ -47,7 +47,9 @@ pub use overlay::{Overlay, StateView, TenantView};
 pub use policy::{Credits, Meta, PolicyError, RateLimit, Refill, RefillInterval};
 pub use scope::{Scope, ScopeSet};
 pub use secret::{KeyPrefix, Secret, SecretHash};
-pub use state::{CreditState, KeyPolicy, KeyRecord, KeyStatus, Ledger, Revocation, TenantState};
+pub use state::{
+    CreditState, KeyPolicy, KeyRecord, KeyStatus, Ledger, Listing, Revocation, TenantState,
+};
 pub use time::{Day, Timestamp};
 pub use trail::{AuditFilter, EventType};
 pub use usage::{DailyRow, TenantUsage, Usage, UsageSummary, key_day_sums};

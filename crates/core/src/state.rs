@@ -49,6 +49,71 @@ pub struct TenantState {
     pub recoveries: u64,
     /// Webhook subscriptions, deleted ones included, by id.
     pub webhooks: BTreeMap<crate::webhook::WebhookId, crate::webhook::Webhook>,
+    /// What the key list reads without a pass over every key, kept by the
+    /// fold; a state built otherwise (a snapshot read back) calls
+    /// [`TenantState::rebuild_listing`].
+    pub listing: Listing,
+}
+
+/// A tenant's keys in the list's default order, and what its active count
+/// needs, kept as the keys change (issue 13: a tenant of a million keys
+/// lists its newest page without visiting every key).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Every key's id, by creation time and then id.
+    by_created: Vec<KeyId>,
+    /// Keys revoked.
+    revoked: usize,
+    /// Keys not revoked that have an expiry, counted by that instant.
+    expiring: BTreeMap<Timestamp, usize>,
+}
+
+impl Listing {
+    /// A key created at `at` (already in `keys`).
+    fn created(
+        &mut self,
+        keys: &BTreeMap<KeyId, KeyRecord>,
+        id: KeyId,
+        at: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) {
+        let place = |k: &KeyId| keys.get(k).map(|r| (r.created_at, *k));
+        let new = Some((at, id));
+        // A tenant's events never go back in time, so a new key is
+        // almost always the last; ties on the instant sort by id.
+        let at_end = self.by_created.last().is_none_or(|last| place(last) < new);
+        let i = if at_end {
+            self.by_created.len()
+        } else {
+            self.by_created.partition_point(|k| place(k) < new)
+        };
+        self.by_created.insert(i, id);
+        self.expire_at(expires_at, 1);
+    }
+
+    /// Counts `n` more (or, negative, fewer) unrevoked keys expiring at `at`.
+    fn expire_at(&mut self, at: Option<Timestamp>, n: isize) {
+        let Some(at) = at else { return };
+        let count = self.expiring.entry(at).or_default();
+        *count = count.saturating_add_signed(n);
+        if *count == 0 {
+            self.expiring.remove(&at);
+        }
+    }
+
+    /// An unrevoked key's expiry moved from `before` to `after`.
+    fn expiry_moved(&mut self, before: Option<Timestamp>, after: Option<Timestamp>) {
+        if before != after {
+            self.expire_at(before, -1);
+            self.expire_at(after, 1);
+        }
+    }
+
+    /// A key expiring at `expires_at` was revoked.
+    fn revoked(&mut self, expires_at: Option<Timestamp>) {
+        self.revoked += 1;
+        self.expire_at(expires_at, -1);
+    }
 }
 
 /// A key, as the list and the detail views show it (never the secret).
@@ -651,6 +716,9 @@ pub(crate) fn fold(
                 }
             }
             indexes.insert(&event.tenant, e.key_id, e.secret_hash);
+            state
+                .listing
+                .created(&state.keys, e.key_id, event.at, e.expires_at);
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
                 old.set_rotated_to(e.key_id);
             }
@@ -673,6 +741,7 @@ pub(crate) fn fold(
             if key.revoked.is_some() {
                 return Err(inconsistent(format!("{} is revoked twice", e.key_id)));
             }
+            state.listing.revoked(key.expires_at);
             key.revoked = Some(Box::new(Revocation {
                 at: event.at,
                 by: event.actor.clone(),
@@ -685,7 +754,11 @@ pub(crate) fn fold(
                 .keys
                 .get_mut(&e.key_id)
                 .ok_or_else(|| inconsistent(format!("{} is rotated but unknown", e.key_id)))?;
+            let before = key.expires_at;
             key.expires_at = Some(key.expires_at.map_or(e.expires_at, |x| x.min(e.expires_at)));
+            if key.revoked.is_none() {
+                state.listing.expiry_moved(before, key.expires_at);
+            }
             key.set_rotated_to(e.new_key_id);
             // The successor was created with the credits no node had
             // reserved (decide.rs, rotation): they move, they are not copied.
@@ -700,8 +773,12 @@ pub(crate) fn fold(
                 .ok_or_else(|| inconsistent(format!("{} is updated but unknown", e.key_id)))?;
             check_update(key, &e.changes)
                 .map_err(|m| inconsistent(format!("{}: {m}", e.key_id)))?;
+            let before = key.expires_at;
             for change in &e.changes {
                 apply_change(key, change, seq, event.at);
+            }
+            if key.revoked.is_none() {
+                state.listing.expiry_moved(before, key.expires_at);
             }
         }
         EventKind::CreditsReserved(e) => {
@@ -811,12 +888,38 @@ impl TenantState {
         self.recoveries + 1
     }
 
-    /// Keys active at `now`.
+    /// Keys active at `now`: every key, less the revoked ones and those
+    /// expired by `now` (counted by expiry instant, not key by key).
     pub fn active_count(&self, now: Timestamp) -> usize {
+        let expired: usize = self.listing.expiring.range(..=now).map(|(_, n)| n).sum();
         self.keys
-            .values()
-            .filter(|k| k.status(now) == KeyStatus::Active)
-            .count()
+            .len()
+            .saturating_sub(self.listing.revoked)
+            .saturating_sub(expired)
+    }
+
+    /// Every key's id by creation time, then id: the key list's default
+    /// order (oldest first).
+    pub fn by_created(&self) -> &[KeyId] {
+        &self.listing.by_created
+    }
+
+    /// Rebuilds [`TenantState::listing`] from the keys: for a state not
+    /// made by the fold (a snapshot read back).
+    pub fn rebuild_listing(&mut self) {
+        let mut listing = Listing::default();
+        let mut order: Vec<(Timestamp, KeyId)> =
+            self.keys.values().map(|k| (k.created_at, k.id)).collect();
+        order.sort_unstable();
+        listing.by_created = order.into_iter().map(|(_, id)| id).collect();
+        for k in self.keys.values() {
+            if k.revoked.is_some() {
+                listing.revoked += 1;
+            } else {
+                listing.expire_at(k.expires_at, 1);
+            }
+        }
+        self.listing = listing;
     }
 
     /// Whether `user` was removed.

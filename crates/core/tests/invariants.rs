@@ -682,7 +682,49 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         usage == world.usage,
         "the replayed usage differs from the live one"
     );
+    check_listing(&world)?;
     check_key_folds(&world)
+}
+
+/// What the fold keeps for the key list (each tenant's keys by creation,
+/// its revoked keys, its unrevoked keys by expiry) is what the keys say:
+/// the same as rebuilt from them, and the active count the same as
+/// counted key by key, at instants around every expiry.
+fn check_listing(world: &World) -> Result<(), TestCaseError> {
+    for (tenant, state) in world.ledger.tenants() {
+        let mut rebuilt = state.clone();
+        rebuilt.rebuild_listing();
+        prop_assert_eq!(&rebuilt.listing, &state.listing, "{}", tenant);
+        let mut order: Vec<_> = state.keys.values().map(|k| (k.created_at, k.id)).collect();
+        order.sort();
+        prop_assert!(
+            order
+                .iter()
+                .map(|(_, id)| *id)
+                .eq(state.by_created().iter().copied()),
+            "{} keys out of creation order",
+            tenant
+        );
+        let mut instants = vec![world.now, Timestamp::EPOCH];
+        for k in state.keys.values() {
+            if let Some(e) = k.expires_at {
+                instants.extend([
+                    Timestamp::from_micros(e.as_micros() - 1),
+                    e,
+                    Timestamp::from_micros(e.as_micros() + 1),
+                ]);
+            }
+        }
+        for now in instants {
+            let counted = state
+                .keys
+                .values()
+                .filter(|k| k.status(now) == keyledger_core::KeyStatus::Active)
+                .count();
+            prop_assert_eq!(state.active_count(now), counted, "{} at {:?}", tenant, now);
+        }
+    }
+    Ok(())
 }
 
 /// Each key folded from its own events (those the per-key index lists it

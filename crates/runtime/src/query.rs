@@ -2,8 +2,8 @@
 //! itself (audit trail, history, point-in-time state).
 
 use keyledger_core::{
-    AuditFilter, DailyRow, Day, KeyFold, KeyId, KeyRecord, KeyStatus, Ledger, TenantId, Timestamp,
-    UsageSummary, limits::SUMMARY_DAYS_MAX,
+    AuditFilter, DailyRow, Day, KeyFold, KeyId, KeyRecord, KeyStatus, Ledger, TenantId,
+    TenantState, Timestamp, UsageSummary, limits::SUMMARY_DAYS_MAX,
 };
 use keyledger_store::{ChainReport, Record, chain};
 use std::cmp::Ordering;
@@ -163,6 +163,35 @@ fn sort_value(k: &KeyRecord, field: SortField) -> SortValue {
         SortField::CreatedAt => SortValue::Time(k.created_at.as_micros()),
         SortField::LastUsedAt => SortValue::Time(k.last_used_at.map_or(-1, Timestamp::as_micros)),
     }
+}
+
+/// The part of `state.by_created()` a page sorted by creation time reads
+/// from: after the cursor (`after`) in the page's order, or all of it.
+/// `None` for a cursor whose value is not a time (only the general path
+/// knows how such a cursor compares).
+fn created_range(
+    state: &TenantState,
+    after: Option<&(SortValue, KeyId)>,
+    order: Order,
+) -> Option<std::ops::Range<usize>> {
+    let ids = state.by_created();
+    let Some((value, id)) = after else {
+        return Some(0..ids.len());
+    };
+    let SortValue::Time(t) = value else {
+        return None;
+    };
+    let place = |k: &KeyId| {
+        state
+            .keys
+            .get(k)
+            .map_or((i64::MIN, *k), |r| (r.created_at.as_micros(), *k))
+    };
+    let cursor = (*t, *id);
+    Some(match order {
+        Order::Asc => ids.partition_point(|k| place(k) <= cursor)..ids.len(),
+        Order::Desc => 0..ids.partition_point(|k| place(k) < cursor),
+    })
 }
 
 /// A key's sort value against `value`, without making the key's own: a
@@ -334,31 +363,56 @@ impl Keyledger {
             });
         };
         let needle = q.q.as_deref().map(str::to_lowercase);
-        // One pass over the tenant's keys: the active count, and the page
-        // (the `limit + 1` first matching keys after the cursor, in the
-        // page's order) picked by a bounded heap, so a page costs a scan
-        // of the keys and no sort of them all. Keys are visited newest id
-        // first when the page is newest first, so the heap fills with the
-        // page at once and the rest are turned away by one comparison.
-        let newest_first = q.order == Order::Desc && q.sort == SortField::CreatedAt;
-        let keys: Box<dyn Iterator<Item = &KeyRecord>> = if newest_first {
-            Box::new(state.keys.values().rev())
-        } else {
-            Box::new(state.keys.values())
-        };
-        let mut active_count = 0;
-        let mut page: BinaryHeap<Listed<'_>> = BinaryHeap::with_capacity(limit + 1);
-        for k in keys {
-            let status = k.status(now);
-            if status == KeyStatus::Active {
-                active_count += 1;
-            }
-            let wanted = q.status.is_none_or(|s| status == s)
+        let wanted = |k: &KeyRecord, status: KeyStatus| {
+            q.status.is_none_or(|s| status == s)
                 && q.created_by
                     .as_deref()
                     .is_none_or(|c| k.owner.as_str() == c || k.created_by().matches(c))
-                && needle.as_deref().is_none_or(|n| name_contains(&k.name, n));
-            if !wanted {
+                && needle.as_deref().is_none_or(|n| name_contains(&k.name, n))
+        };
+        // By creation time, the tenant keeps its keys in the page's order
+        // (`TenantState::by_created`): the page starts at the cursor,
+        // found by bisection, and ends at the `limit + 1`-th matching key.
+        if q.sort == SortField::CreatedAt
+            && let Some(range) = created_range(state, after.as_ref(), q.order)
+        {
+            let order = &state.by_created()[range];
+            let ids: Box<dyn Iterator<Item = &KeyId>> = match q.order {
+                Order::Asc => Box::new(order.iter()),
+                Order::Desc => Box::new(order.iter().rev()),
+            };
+            let mut page: Vec<(&KeyRecord, KeyStatus)> = Vec::with_capacity(limit + 1);
+            for k in ids.filter_map(|id| state.keys.get(id)) {
+                let status = k.status(now);
+                if wanted(k, status) {
+                    page.push((k, status));
+                    if page.len() > limit {
+                        break;
+                    }
+                }
+            }
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let next_cursor = more
+                .then(|| {
+                    page.last()
+                        .map(|(k, _)| encode_cursor(q.sort, q.order, &sort_value(k, q.sort), k.id))
+                })
+                .flatten();
+            return Ok(KeyPage {
+                keys: page.into_iter().map(|(k, s)| (k.clone(), s)).collect(),
+                active_count: state.active_count(now),
+                next_cursor,
+            });
+        }
+        // Sorted otherwise, one pass over the tenant's keys: the page (the
+        // `limit + 1` first matching keys after the cursor, in the page's
+        // order) picked by a bounded heap, so a page costs a scan of the
+        // keys and no sort of them all.
+        let mut page: BinaryHeap<Listed<'_>> = BinaryHeap::with_capacity(limit + 1);
+        for k in state.keys.values() {
+            let status = k.status(now);
+            if !wanted(k, status) {
                 continue;
             }
             let place =
@@ -402,7 +456,7 @@ impl Keyledger {
             .flatten();
         Ok(KeyPage {
             keys: page.iter().map(|l| (l.key.clone(), l.status)).collect(),
-            active_count,
+            active_count: state.active_count(now),
             next_cursor,
         })
     }

@@ -1511,25 +1511,25 @@ fn from_v2(
             tenant_usage.push((id.clone(), days_core(t.usage)));
         }
         trees.insert(id.clone(), tree);
-        states.push((
-            id,
-            TenantState {
-                version: t.version,
-                last_at: Timestamp::from_micros(t.last_at),
-                keys,
-                by_owner,
-                removed_users,
-                recoveries: t.recoveries,
-                webhooks: t
-                    .webhooks
-                    .into_iter()
-                    .map(|w| {
-                        let w = w.into_core();
-                        (w.id, w)
-                    })
-                    .collect(),
-            },
-        ));
+        let mut state = TenantState {
+            version: t.version,
+            last_at: Timestamp::from_micros(t.last_at),
+            keys,
+            by_owner,
+            removed_users,
+            recoveries: t.recoveries,
+            webhooks: t
+                .webhooks
+                .into_iter()
+                .map(|w| {
+                    let w = w.into_core();
+                    (w.id, w)
+                })
+                .collect(),
+            listing: Default::default(),
+        };
+        state.rebuild_listing();
+        states.push((id, state));
     }
     let g = body.global;
     let mut heads = Vec::with_capacity(g.heads.len());
