@@ -18,7 +18,10 @@
 //! write-ahead log's frames are applied on open). A file made before they
 //! existed, or with the first index (every record in `key_index`, `meta`:
 //! `"key_index"` → 1), gets both built anew on open, in one pass over the
-//! events (`"key_index"` → [`KEY_INDEX_VERSION`] once built).
+//! events (`"key_index_layout"` → [`KEY_INDEX_VERSION`] once built, and
+//! `"key_index"` removed, so that the release before, which only checks
+//! that key, builds its own index if it opens the file again, and this one
+//! rebuilds after it).
 //!
 //! A stored record is one format byte ([`RECORD_FORMAT`]), then the postcard
 //! encoding of `(position, tenant, seq, prev_hash, hash)`, then the event
@@ -57,10 +60,16 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const TENANT_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("tenant_index");
 const TENANT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenant_heads");
 const KEY_INDEX: TableDefinition<(&str, u128, u64), u64> = TableDefinition::new("key_index");
-/// The `meta` key saying which per-key index the file holds: 1, every
-/// record in `key_index`; [`KEY_INDEX_VERSION`], `KeyUsed` records in
-/// `key_uses` instead.
+/// The `meta` key of the first per-key index (→ 1: every record in
+/// `key_index`). The release that wrote it checks only that the key is
+/// there, so this release removes it once it has built its own index:
+/// an older binary opening the file then builds its own, and this one,
+/// finding the key again, builds its own anew (neither trusts an index
+/// the other wrote to).
 const KEY_INDEX_BUILT: &str = "key_index";
+/// The `meta` key of the per-key index this release writes
+/// (→ [`KEY_INDEX_VERSION`]: `KeyUsed` records in `key_uses`).
+const KEY_INDEX_LAYOUT: &str = "key_index_layout";
 /// The per-key index this release writes.
 const KEY_INDEX_VERSION: u64 = 2;
 
@@ -294,13 +303,19 @@ fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map_err(backend("creating tenant_index"))?;
         txn.open_table(TENANT_HEADS)
             .map_err(backend("creating tenant_heads"))?;
-        let built = meta
+        let first = meta
             .get(KEY_INDEX_BUILT)
+            .map_err(backend("reading whether the first key index is there"))?
+            .is_some();
+        let built = meta
+            .get(KEY_INDEX_LAYOUT)
             .map_err(backend("reading whether the key index is built"))?
             .map(|v| v.value());
-        if built != Some(KEY_INDEX_VERSION) {
+        if first || built != Some(KEY_INDEX_VERSION) {
             build_key_index(&txn, true)?;
-            meta.insert(KEY_INDEX_BUILT, KEY_INDEX_VERSION)
+            meta.remove(KEY_INDEX_BUILT)
+                .map_err(backend("removing the first key index's mark"))?;
+            meta.insert(KEY_INDEX_LAYOUT, KEY_INDEX_VERSION)
                 .map_err(backend("recording the key index built"))?;
         }
     }
@@ -309,8 +324,8 @@ fn init(db: &Database, path: &Path) -> Result<(), StoreError> {
 
 /// Makes the per-key index anew from every record of the `events` table:
 /// the one-time pass a file made before the index (or before `key_uses`)
-/// needs (a new file has no events). A record that cannot be decoded is
-/// left out: reads and chain verification name it. `uses_apart: false`
+/// needs (a new file has no events). A record that cannot be decoded
+/// fails the open, named (as a replay of it would). `uses_apart: false`
 /// builds the first index (every record in `key_index`), for tests of the
 /// upgrade.
 fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), StoreError> {
@@ -329,13 +344,13 @@ fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), Store
     for entry in events.iter().map_err(backend("reading events"))? {
         let (k, v) = entry.map_err(backend("reading an event"))?;
         let position = k.value();
-        let Ok(stored) = decode_stored(position, v.value()) else {
-            continue;
-        };
+        // A record that does not decode is refused, not left out: the
+        // index (a key's history, its uses summed) would be short of it
+        // without a word.
+        let stored = decode_stored(position, v.value())?;
         let h = &stored.header;
-        let Ok(event) = decode_payload(h.tenant, stored.payload) else {
-            continue;
-        };
+        let event = decode_payload(h.tenant, stored.payload)
+            .map_err(|message| StoreError::Corrupt { position, message })?;
         if uses_apart {
             index_event(&mut keys, &mut uses, h, &event, &mut buf)?;
         } else {
@@ -1518,6 +1533,8 @@ impl RedbLog {
                 let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
                 meta.remove(KEY_INDEX_BUILT)
                     .map_err(backend("forgetting the key index"))?;
+                meta.remove(KEY_INDEX_LAYOUT)
+                    .map_err(backend("forgetting the key index"))?;
             }
             commit(txn, Durability::Immediate)
         })
@@ -1526,6 +1543,8 @@ impl RedbLog {
     /// Makes the file what the release with the first per-key index left:
     /// every record, `KeyUsed` ones included, in `key_index`, no
     /// `key_uses`, and the mark 1 (the next open builds the index anew).
+    /// This release's own mark is left as it is, as that release leaves it
+    /// when it opens a file this one wrote (a downgrade, then an upgrade).
     pub fn raw_first_key_index(&self) -> Result<(), StoreError> {
         self.guarded(|| {
             let db = self.db_locked(&mut self.lock_wal())?;

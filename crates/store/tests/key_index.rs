@@ -176,3 +176,33 @@ fn a_file_with_the_first_key_index_gets_it_built_anew_on_open() {
     let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_index_complete(&log, &a, "after a plain reopen");
 }
+
+/// A record that does not decode, met while the index is built on open,
+/// fails the open with its position named: an index short of it would
+/// answer a key's history and its uses summed without it, silently.
+#[test]
+fn a_record_that_does_not_decode_fails_the_index_build_named() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ledger.redb");
+    let a = tenant("a");
+    {
+        let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        append(&log, &a, 0, 12);
+        // As the release before `key_uses` left the file: the next open
+        // builds the index anew, reading every record.
+        log.raw_first_key_index().unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = log
+            .raw_record(5)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("a record at 5"));
+        raw.payload = vec![0xff; raw.payload.len().max(1)];
+        log.raw_put_record(&raw).unwrap_or_else(|e| panic!("{e}"));
+    }
+    match RedbLog::open(&path) {
+        Ok(_) => panic!("a file with a damaged record was opened and indexed"),
+        Err(e) => assert!(
+            e.to_string().contains('5'),
+            "the error names the position: {e}"
+        ),
+    }
+}

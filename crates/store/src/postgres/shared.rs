@@ -92,24 +92,23 @@ async fn fetch(shared: Arc<Shared>, position: i64) -> Result<Option<SharedSnapsh
     };
     let bad = |m: String| corrupt(to_u64(position), format!("the shared snapshot: {m}"));
     let len = usize::try_from(head.get::<_, i64>(1)).map_err(|_| bad("its length".into()))?;
-    let mut bytes = Vec::with_capacity(len.min(1 << 30));
-    for (i, row) in txn
-        .query(SQL_CHUNKS, &[&position])
-        .await
-        .map_err(fail)?
-        .iter()
-        .enumerate()
-    {
+    let chunks = txn.query(SQL_CHUNKS, &[&position]).await.map_err(fail)?;
+    // Sized from what the chunks hold, never from the recorded length
+    // alone (a damaged row must not make a node reserve a gigabyte).
+    let held: usize = chunks.iter().map(|r| r.get::<_, &[u8]>(1).len()).sum();
+    if held != len {
+        return Err(bad(format!("{held} bytes, {len} recorded")));
+    }
+    let mut bytes = Vec::with_capacity(held);
+    for (i, row) in chunks.iter().enumerate() {
         if usize::try_from(row.get::<_, i32>(0)).ok() != Some(i) {
             return Err(bad(format!("chunk {i} is missing")));
         }
         bytes.extend_from_slice(row.get::<_, &[u8]>(1));
     }
+    drop(chunks);
     txn.commit().await.map_err(fail)?;
     c.release();
-    if bytes.len() != len {
-        return Err(bad(format!("{} bytes, {len} recorded", bytes.len())));
-    }
     let pos = to_u64(position);
     Ok(Some(SharedSnapshot {
         position: pos,
@@ -128,6 +127,10 @@ async fn fetch(shared: Arc<Shared>, position: i64) -> Result<Option<SharedSnapsh
 enum UsageMsg {
     Position(u64),
     Rows(Vec<UsageRow>),
+    /// The last row was sent and the transaction ended: without it, the
+    /// read stopped short (a failed send, a row that would not read) and
+    /// what came is not the projection.
+    Done,
 }
 
 /// Reads the usage projection in one repeatable-read transaction (its
@@ -203,6 +206,7 @@ async fn usage_rows(
     }
     txn.commit().await.map_err(fail)?;
     c.release();
+    send(&tx, UsageMsg::Done).await.unwrap_or(false);
     Ok(())
 }
 
@@ -286,27 +290,90 @@ impl PgLog {
                 let _ = tokio::task::spawn_blocking(move || errors.send(Err(e))).await;
             }
         });
-        let mut position = None;
-        loop {
-            match rx.recv_timeout(timeout) {
-                // Every sender is gone: the read is done.
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(position),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "reading the usage projection: no answer from PostgreSQL within {} ms",
-                        timeout.as_millis()
-                    )));
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(UsageMsg::Position(p))) => {
-                    position = Some(p);
-                    page(p, &[]).map_err(StoreError::Backend)?;
-                }
-                Ok(Ok(UsageMsg::Rows(rows))) => {
-                    let p = position.unwrap_or(0);
-                    page(p, &rows).map_err(StoreError::Backend)?;
-                }
+        take_usage(&rx, timeout, page)
+    }
+}
+
+/// Hands the usage projection's pages from `rx` to `page` until the
+/// reader says it sent the last row: the position, if the projection has
+/// one. A reader gone before that is an error, never a short projection
+/// taken for the whole.
+fn take_usage(
+    rx: &std::sync::mpsc::Receiver<Result<UsageMsg, StoreError>>,
+    timeout: std::time::Duration,
+    page: &mut UsagePage<'_>,
+) -> Result<Option<u64>, StoreError> {
+    let mut position = None;
+    loop {
+        match rx.recv_timeout(timeout) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StoreError::Unavailable(
+                    "reading the usage projection: the read ended before its last row".into(),
+                ));
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(StoreError::Unavailable(format!(
+                    "reading the usage projection: no answer from PostgreSQL within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(UsageMsg::Position(p))) => {
+                position = Some(p);
+                page(p, &[]).map_err(StoreError::Backend)?;
+            }
+            Ok(Ok(UsageMsg::Rows(rows))) => {
+                let p = position.unwrap_or(0);
+                page(p, &rows).map_err(StoreError::Backend)?;
+            }
+            Ok(Ok(UsageMsg::Done)) => return Ok(position),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(msgs: Vec<Result<UsageMsg, StoreError>>) -> (Result<Option<u64>, StoreError>, usize) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(msgs.len().max(1));
+        for m in msgs {
+            tx.send(m).expect("room");
+        }
+        drop(tx);
+        let mut rows = 0;
+        let mut page = |_: u64, r: &[UsageRow]| -> Result<(), String> {
+            rows += r.len();
+            Ok(())
+        };
+        let got = take_usage(&rx, std::time::Duration::from_secs(5), &mut page);
+        (got, rows)
+    }
+
+    fn row() -> UsageRow {
+        (
+            KeyId::from_u128(7),
+            Day::from_days(20_000),
+            UseCounts::default(),
+        )
+    }
+
+    #[test]
+    fn a_usage_read_is_whole_only_once_its_reader_says_so() {
+        let (got, rows) = taken(vec![
+            Ok(UsageMsg::Position(9)),
+            Ok(UsageMsg::Rows(vec![row(), row()])),
+            Ok(UsageMsg::Done),
+        ]);
+        assert_eq!(got.expect("a whole read"), Some(9));
+        assert_eq!(rows, 2);
+        // The reader stopped after a page (a panic, a failed send): an
+        // error, not a projection of two rows at position 9.
+        let (got, _) = taken(vec![
+            Ok(UsageMsg::Position(9)),
+            Ok(UsageMsg::Rows(vec![row(), row()])),
+        ]);
+        let e = got.expect_err("a short read is refused");
+        assert!(e.to_string().contains("before its last row"), "{e}");
     }
 }
