@@ -686,6 +686,13 @@ impl UseCounts {
 
     /// The six outcome counters, in [`Outcome::index`] order.
     pub const fn to_array(&self) -> [u64; 6] {
+        let [valid, revoked, expired, scope, exceeded, limited, _] = self.to_fields();
+        [valid, revoked, expired, scope, exceeded, limited]
+    }
+
+    /// The seven counts, credits spent last: the order the stores encode
+    /// them in (`keyledger_store::counts`).
+    pub const fn to_fields(&self) -> [u64; 7] {
         [
             self.valid,
             self.revoked,
@@ -693,7 +700,21 @@ impl UseCounts {
             self.insufficient_scope,
             self.usage_exceeded,
             self.rate_limited,
+            self.credits_spent,
         ]
+    }
+
+    /// The counts [`UseCounts::to_fields`] gave.
+    pub const fn from_fields(f: [u64; 7]) -> Self {
+        UseCounts {
+            valid: f[0],
+            revoked: f[1],
+            expired: f[2],
+            insufficient_scope: f[3],
+            usage_exceeded: f[4],
+            rate_limited: f[5],
+            credits_spent: f[6],
+        }
     }
 
     /// Every use.

@@ -542,76 +542,21 @@ fn decode_at(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
     Some((u64::from_le_bytes(p.try_into().ok()?), h.try_into().ok()?))
 }
 
-fn fields(c: &UseCounts) -> [u64; 7] {
-    [
-        c.valid,
-        c.revoked,
-        c.expired,
-        c.insufficient_scope,
-        c.usage_exceeded,
-        c.rate_limited,
-        c.credits_spent,
-    ]
-}
-
-/// Seven LEB128 numbers (most are one byte: a row is ~7-12 bytes).
+/// The counts as `keyledger_store::counts` writes them (a row is ~7-12
+/// bytes).
 fn encode_counts(c: &UseCounts) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
-    for mut v in fields(c) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    keyledger_store::counts::encode(c, &mut out);
     out
 }
 
 /// The counts [`encode_counts`] wrote; `None` unless the bytes are
-/// exactly seven canonical LEB128 numbers of at most 64 bits.
+/// exactly those (damage).
 fn decode_counts(bytes: &[u8]) -> Option<UseCounts> {
-    let mut values = [0u64; 7];
-    let mut at = 0;
-    for value in &mut values {
-        let mut shift = 0u32;
-        loop {
-            let byte = *bytes.get(at)?;
-            at += 1;
-            let part = u64::from(byte & 0x7f);
-            if shift == 63 && part > 1 {
-                return None;
-            }
-            *value |= part << shift;
-            if byte & 0x80 == 0 {
-                // Canonical: no trailing zero byte.
-                if byte == 0 && shift > 0 {
-                    return None;
-                }
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return None;
-            }
-        }
+    match keyledger_store::counts::decode(bytes)? {
+        (counts, []) => Some(counts),
+        _ => None,
     }
-    if at != bytes.len() {
-        return None;
-    }
-    let [v, r, e, s, u, l, c] = values;
-    Some(UseCounts {
-        valid: v,
-        revoked: r,
-        expired: e,
-        insufficient_scope: s,
-        usage_exceeded: u,
-        rate_limited: l,
-        credits_spent: c,
-    })
 }
 
 #[cfg(test)]
@@ -619,30 +564,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_round_trip_and_damage_does_not_decode() {
-        let samples = [
-            UseCounts::default(),
-            UseCounts {
-                valid: 1,
-                revoked: 127,
-                expired: 128,
-                insufficient_scope: 300,
-                usage_exceeded: u64::MAX,
-                rate_limited: 1 << 35,
-                credits_spent: 99,
-            },
-        ];
-        for c in samples {
-            let bytes = encode_counts(&c);
-            assert_eq!(decode_counts(&bytes), Some(c));
-            assert_eq!(decode_counts(&bytes[..bytes.len() - 1]), None, "cut short");
-            let mut longer = bytes.clone();
-            longer.push(0);
-            assert_eq!(decode_counts(&longer), None, "a byte too many");
-        }
-        assert_eq!(encode_counts(&UseCounts::default()).len(), 7);
-        // Past 64 bits, or not canonical.
-        assert_eq!(decode_counts(&[0xff; 17]), None);
-        assert_eq!(decode_counts(&[0x80, 0, 0, 0, 0, 0, 0, 0]), None);
+    fn a_row_is_the_counts_and_nothing_more() {
+        // The codec itself is tested in `keyledger_store::counts`.
+        let c = UseCounts {
+            valid: 3,
+            usage_exceeded: u64::MAX,
+            ..UseCounts::default()
+        };
+        let bytes = encode_counts(&c);
+        assert_eq!(decode_counts(&bytes), Some(c));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_counts(&longer), None, "a byte too many");
+        assert_eq!(decode_counts(&bytes[..bytes.len() - 1]), None, "cut short");
     }
 }

@@ -9,12 +9,14 @@
 //! however many times it was used. A key's history merges both.
 //!
 //! An entry's value: the position (8 bytes, little-endian), the seven use
-//! counts ([`UseCounts`], in declaration order) as LEB128 numbers, then 0
+//! counts as [`crate::counts`] writes them, then 0
 //! (no valid use yet) or 1 and the last valid use in microseconds (8 bytes,
 //! little-endian). Written in the append's transaction: the sum is the
 //! key's previous entry's plus the record's counts.
 
-use keyledger_core::{KeyUsed, Timestamp, UseCounts, UseTotals};
+#[cfg(test)]
+use keyledger_core::UseCounts;
+use keyledger_core::{KeyUsed, Timestamp, UseTotals};
 use redb::{ReadableTable, TableDefinition};
 
 use crate::StoreError;
@@ -30,32 +32,10 @@ pub(crate) struct UseEntry {
     pub(crate) totals: UseTotals,
 }
 
-fn fields(c: &UseCounts) -> [u64; 7] {
-    [
-        c.valid,
-        c.revoked,
-        c.expired,
-        c.insufficient_scope,
-        c.usage_exceeded,
-        c.rate_limited,
-        c.credits_spent,
-    ]
-}
-
 pub(crate) fn encode(entry: &UseEntry, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&entry.position.to_le_bytes());
-    for mut n in fields(&entry.totals.counts) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    crate::counts::encode(&entry.totals.counts, out);
     match entry.totals.last_valid_at {
         None => out.push(0),
         Some(t) => {
@@ -67,26 +47,8 @@ pub(crate) fn encode(entry: &UseEntry, out: &mut Vec<u8>) {
 
 /// The entry a value encodes, or `None` when it does not decode (damage).
 pub(crate) fn decode(bytes: &[u8]) -> Option<UseEntry> {
-    let (position, mut rest) = bytes.split_first_chunk::<8>()?;
-    let mut counts = [0u64; 7];
-    for c in &mut counts {
-        let mut n: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let (&byte, tail) = rest.split_first()?;
-            rest = tail;
-            let bits = u64::from(byte & 0x7f);
-            if shift > 63 || (shift == 63 && bits > 1) {
-                return None;
-            }
-            n |= bits << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        *c = n;
-    }
+    let (position, rest) = bytes.split_first_chunk::<8>()?;
+    let (counts, rest) = crate::counts::decode(rest)?;
     let last_valid_at = match rest.split_first()? {
         (0, []) => None,
         (1, tail) => {
@@ -95,27 +57,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<UseEntry> {
         }
         _ => return None,
     };
-    let [
-        valid,
-        revoked,
-        expired,
-        insufficient_scope,
-        usage_exceeded,
-        rate_limited,
-        credits_spent,
-    ] = counts;
     Some(UseEntry {
         position: u64::from_le_bytes(*position),
         totals: UseTotals {
-            counts: UseCounts {
-                valid,
-                revoked,
-                expired,
-                insufficient_scope,
-                usage_exceeded,
-                rate_limited,
-                credits_spent,
-            },
+            counts,
             last_valid_at,
         },
     })

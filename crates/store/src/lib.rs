@@ -24,6 +24,7 @@
 pub mod chain;
 #[cfg(feature = "test-support")]
 pub mod conformance;
+pub mod counts;
 pub mod envelope;
 #[cfg(feature = "test-support")]
 pub mod faults;
