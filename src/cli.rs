@@ -1299,6 +1299,10 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
         keys += all;
         active += live;
     }
+    // The per-key index (a key's history, its uses summed, point in
+    // time) is derived from the records: it must equal them.
+    let index = ledger.log().check_key_index()?;
+    let index_differs = index.as_ref().is_some_and(|c| c.difference.is_some());
     let check = ledger.snapshot_check().unwrap_or_default();
     let differs = !check.differences.is_empty();
     let snapshot = serde_json::json!({
@@ -1318,6 +1322,11 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
         "active_keys": active,
         "broken_chains": broken,
         "snapshot": snapshot,
+        "key_index": index.as_ref().map(|c| serde_json::json!({
+            "entries": c.entries,
+            "equal": c.difference.is_none(),
+            "difference": c.difference,
+        })),
         "at": now.to_rfc3339(),
     });
     out.value(&body, || {
@@ -1334,9 +1343,21 @@ fn replay(ledger: &Keyledger, out: &Out) -> Result<ExitCode> {
             }
         );
         text.push_str(&snapshot_text(&check));
+        match &index {
+            None => {}
+            Some(c) => match &c.difference {
+                None => text.push_str(&format!(
+                    "\nper-key index: {} entries, equal to the records",
+                    c.entries
+                )),
+                Some(d) => text.push_str(&format!(
+                    "\nper-key index DIFFERED from the records ({d}); rebuilt from the records"
+                )),
+            },
+        }
         text
     })?;
-    Ok(if broken == 0 && !differs {
+    Ok(if broken == 0 && !differs && !index_differs {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

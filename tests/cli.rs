@@ -353,13 +353,7 @@ fn audit_verify_names_the_first_bad_position_of_a_tampered_log() {
         let clean = d.json(&["audit", "verify", "--tenant", "acme"]);
         assert_eq!(clean[0]["ok"], true, "{what}: an untouched log verifies");
         {
-            let log = RedbLog::open(
-                &crate::util::files(&d.path())
-                    .into_iter()
-                    .find(|p| p.ends_with("ledger.redb"))
-                    .unwrap(),
-            )
-            .unwrap();
+            let log = raw_log(&d);
             let tenant: keyledger_core::TenantId = "acme".parse().unwrap();
             let recs = keyledger_store::EventLog::read_tenant_raw(&log, &tenant, 0, 100).unwrap();
             tamper(&log, &recs);
@@ -387,6 +381,60 @@ fn audit_verify_names_the_first_bad_position_of_a_tampered_log() {
             "{what}: the other tenant's chain is untouched"
         );
     }
+}
+
+/// The data directory's log, opened behind the binary's back (it is not
+/// running).
+fn raw_log(d: &Data) -> RedbLog {
+    RedbLog::open(
+        &crate::util::files(&d.path())
+            .into_iter()
+            .find(|p| p.ends_with("ledger.redb"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// `replay` checks the per-key index (a key's history, its uses summed)
+/// against the records: an entry removed behind the log's back makes it
+/// exit 1 naming the entry, and it rebuilds the index from the records,
+/// so the next replay finds it equal.
+#[test]
+fn replay_names_a_key_index_entry_changed_behind_the_logs_back_and_rebuilds_it() {
+    let d = Data::new();
+    let created = d.json(&[
+        "keys", "create", "--tenant", "acme", "--user", "alice", "--name", "one",
+    ]);
+    let key: keyledger_core::KeyId = created["key"]["id"]
+        .as_str()
+        .or_else(|| created["id"].as_str())
+        .unwrap_or_else(|| panic!("a key id in {created}"))
+        .parse()
+        .unwrap();
+    let clean = d.json(&["replay"]);
+    assert_eq!(clean["key_index"]["equal"], true, "{clean}");
+    let entries = clean["key_index"]["entries"].as_u64().unwrap();
+    assert!(entries >= 1, "{clean}");
+    {
+        let log = raw_log(&d);
+        log.raw_put_key_index("acme", key, 1, None).unwrap();
+    }
+    let out = d.run(&["replay", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "a differing index exits 1");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["key_index"]["equal"], false, "{report}");
+    assert_eq!(
+        report["key_index"]["difference"],
+        format!("key_index: tenant acme, key {key}, event 1 is missing"),
+        "{report}"
+    );
+    let text = d.ok(&["replay"]);
+    assert!(
+        text.contains(&format!(
+            "per-key index: {entries} entries, equal to the records"
+        )),
+        "rebuilt by the replay before: {text}"
+    );
 }
 
 /// Runs the binary with only the environment given (no KEYLEDGER_* from the

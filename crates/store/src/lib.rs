@@ -49,6 +49,16 @@ pub use wal::WalOptions;
 
 use keyledger_core::{Day, Event, KeyId, TenantId, UseCounts, UseTotals};
 
+/// What [`EventLog::check_key_index`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyIndexCheck {
+    /// Entries found equal to those the records give.
+    pub entries: u64,
+    /// The first entry that differs from what the records give, named
+    /// (the index was then rebuilt from the records); `None`: equal.
+    pub difference: Option<String>,
+}
+
 /// Some keys' records up to a sequence number without their uses, and
 /// their uses summed ([`EventLog::read_keys_until_summed`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -325,6 +335,18 @@ pub trait EventLog: Send + Sync {
         }
         out.uses = uses.into_iter().collect();
         Ok(out)
+    }
+
+    /// Checks the per-key index ([`EventLog::read_keys_until_summed`],
+    /// [`EventLog::tenant_keys`], a key's history) against the records:
+    /// builds it anew from them, apart, and compares the two entry by entry,
+    /// so damage to the index cannot pass as a shorter history or smaller
+    /// use sums (`keyledger replay` runs it). An index that differs is
+    /// replaced by the one built from the records, and the difference
+    /// reported. `Ok(None)`: this backend keeps no index apart from its
+    /// records that could differ from them (the default).
+    fn check_key_index(&self) -> Result<Option<KeyIndexCheck>, StoreError> {
+        Ok(None)
     }
 
     /// Up to `limit` of the keys a tenant's records name, in key-id order,

@@ -46,8 +46,8 @@ use crate::key_uses::{self, KEY_USES};
 use crate::read::{KeyPage, KeysPage, PositionPage, RecordRef, TenantPage, merge_entry};
 use crate::wal::{Wal, WalOptions};
 use crate::{
-    EventLog, KeysUntil, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError, TenantAppend,
-    check_append, no_follow, plan,
+    EventLog, KeyIndexCheck, KeysUntil, READ_PREALLOC_RECORDS_MAX, RawRecord, Record, StoreError,
+    TenantAppend, check_append, no_follow, plan,
 };
 
 /// The version of the file layout, kept in the `meta` table.
@@ -340,6 +340,24 @@ fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), Store
     let mut uses = txn
         .open_table(KEY_USES)
         .map_err(backend("creating key_uses"))?;
+    fill_key_index(&events, &mut keys, &mut uses, uses_apart)?;
+    if !uses_apart {
+        drop(uses);
+        txn.delete_table(KEY_USES)
+            .map_err(backend("deleting key_uses"))?;
+    }
+    Ok(())
+}
+
+/// Lists every record of `events` in the per-key index tables (empty
+/// ones): what [`build_key_index`] and [`RedbLog::check_key_index`] share.
+/// `uses_apart: false` lists every record in `keys`, as the first index did.
+fn fill_key_index(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    keys: &mut redb::Table<'_, (&'static str, u128, u64), u64>,
+    uses: &mut redb::Table<'_, (&'static str, u128, u64), &'static [u8]>,
+    uses_apart: bool,
+) -> Result<(), StoreError> {
     let mut buf = Vec::new();
     for entry in events.iter().map_err(backend("reading events"))? {
         let (k, v) = entry.map_err(backend("reading an event"))?;
@@ -352,7 +370,7 @@ fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), Store
         let event = decode_payload(h.tenant, stored.payload)
             .map_err(|message| StoreError::Corrupt { position, message })?;
         if uses_apart {
-            index_event(&mut keys, &mut uses, h, &event, &mut buf)?;
+            index_event(keys, uses, h, &event, &mut buf)?;
         } else {
             for key in touched_keys(&event) {
                 keys.insert((h.tenant, key.ulid().0, h.seq), position)
@@ -360,12 +378,61 @@ fn build_key_index(txn: &WriteTransaction, uses_apart: bool) -> Result<(), Store
             }
         }
     }
-    if !uses_apart {
-        drop(uses);
-        txn.delete_table(KEY_USES)
-            .map_err(backend("deleting key_uses"))?;
-    }
     Ok(())
+}
+
+/// The first entry where two per-key index tables differ, named (`what`
+/// is the table), counting the equal entries into `equal`.
+fn first_difference<V: redb::Value + 'static>(
+    what: &str,
+    stored: &impl ReadableTable<(&'static str, u128, u64), V>,
+    built: &impl ReadableTable<(&'static str, u128, u64), V>,
+    equal: &mut u64,
+) -> Result<Option<String>, StoreError> {
+    let name = |(tenant, key, seq): (&str, u128, u64)| {
+        format!(
+            "tenant {tenant}, key {}, event {seq}",
+            keyledger_core::KeyId::from_ulid(ulid::Ulid(key))
+        )
+    };
+    let mut stored = stored.iter().map_err(backend("reading the key index"))?;
+    let mut built = built
+        .iter()
+        .map_err(backend("reading the rebuilt key index"))?;
+    loop {
+        let a = stored
+            .next()
+            .transpose()
+            .map_err(backend("reading the key index"))?;
+        let b = built
+            .next()
+            .transpose()
+            .map_err(backend("reading the rebuilt key index"))?;
+        let (a, b) = match (a, b) {
+            (None, None) => return Ok(None),
+            (Some((k, _)), None) => {
+                return Ok(Some(format!("{what}: {} is in no record", name(k.value()))));
+            }
+            (None, Some((k, _))) => {
+                return Ok(Some(format!("{what}: {} is missing", name(k.value()))));
+            }
+            (Some(a), Some(b)) => (a, b),
+        };
+        let (ka, kb) = (a.0.value(), b.0.value());
+        if ka < kb {
+            return Ok(Some(format!("{what}: {} is in no record", name(ka))));
+        }
+        if kb < ka {
+            return Ok(Some(format!("{what}: {} is missing", name(kb))));
+        }
+        if V::as_bytes(&a.1.value()).as_ref() != V::as_bytes(&b.1.value()).as_ref() {
+            return Ok(Some(format!(
+                "{what}: {} differs from what the records give",
+                name(ka)
+            )));
+        }
+        *equal += 1;
+    }
 }
 
 /// Lists a record in the per-key index: a `KeyUsed` in `key_uses`, any
@@ -623,6 +690,58 @@ impl RedbLog {
             .begin_read()
             .map_err(backend("starting a read"))?;
         txn.open_table(def).map_err(backend("opening a table"))
+    }
+
+    /// [`EventLog::check_key_index`]'s comparison: the index built from one
+    /// read of the records into a scratch file at `scratch` (not synced:
+    /// it is deleted after), then compared with the stored one as of that
+    /// same read.
+    fn compare_key_index(&self, scratch: &Path) -> Result<KeyIndexCheck, StoreError> {
+        let read = self
+            .db()?
+            .begin_read()
+            .map_err(backend("starting a read"))?;
+        let built = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(scratch)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", scratch.display())))?;
+        let txn = built.begin_write().map_err(backend("starting a write"))?;
+        {
+            let events = read.open_table(EVENTS).map_err(backend("opening events"))?;
+            let mut keys = txn
+                .open_table(KEY_INDEX)
+                .map_err(backend("creating key_index"))?;
+            let mut uses = txn
+                .open_table(KEY_USES)
+                .map_err(backend("creating key_uses"))?;
+            fill_key_index(&events, &mut keys, &mut uses, true)?;
+        }
+        commit(txn, Durability::None)?;
+        let rebuilt = built.begin_read().map_err(backend("starting a read"))?;
+        let mut found = KeyIndexCheck::default();
+        found.difference = first_difference(
+            "key_index",
+            &read
+                .open_table(KEY_INDEX)
+                .map_err(backend("opening key_index"))?,
+            &rebuilt
+                .open_table(KEY_INDEX)
+                .map_err(backend("opening key_index"))?,
+            &mut found.entries,
+        )?;
+        if found.difference.is_none() {
+            found.difference = first_difference(
+                "key_uses",
+                &read
+                    .open_table(KEY_USES)
+                    .map_err(backend("opening key_uses"))?,
+                &rebuilt
+                    .open_table(KEY_USES)
+                    .map_err(backend("opening key_uses"))?,
+                &mut found.entries,
+            )?;
+        }
+        Ok(found)
     }
 
     /// Runs `f` on the tables in one write transaction and commits it
@@ -958,6 +1077,25 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
 }
 
 impl EventLog for RedbLog {
+    fn check_key_index(&self) -> Result<Option<KeyIndexCheck>, StoreError> {
+        self.guarded(|| {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(".key-index-check");
+            let scratch = PathBuf::from(name);
+            let _ = std::fs::remove_file(&scratch);
+            let found = self.compare_key_index(&scratch);
+            let _ = std::fs::remove_file(&scratch);
+            let found = found?;
+            if found.difference.is_some() {
+                let db = self.db_locked(&mut self.lock_wal())?;
+                let txn = db.begin_write().map_err(backend("starting a write"))?;
+                build_key_index(&txn, true)?;
+                commit(txn, Durability::Immediate)?;
+            }
+            Ok(Some(found))
+        })
+    }
+
     fn append(&self, batches: Vec<TenantAppend>) -> Result<Vec<Record>, StoreError> {
         self.guarded(|| self.append_unguarded(batches))
     }
@@ -1514,6 +1652,62 @@ impl RedbLog {
                     .remove((tenant, seq))
                     .map_err(backend("deleting a tenant index entry"))?
                     .is_some())
+            })
+        })
+    }
+
+    /// The value of the use index entry of `key`'s event `seq` in
+    /// `tenant` (position, then the key's uses summed).
+    pub fn raw_key_use(
+        &self,
+        tenant: &str,
+        key: KeyId,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.guarded(|| {
+            let uses = self.read_table(KEY_USES)?;
+            Ok(uses
+                .get((tenant, key.ulid().0, seq))
+                .map_err(backend("reading the use index"))?
+                .map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Writes a use index entry behind the log's back.
+    pub fn raw_put_key_use(
+        &self,
+        tenant: &str,
+        key: KeyId,
+        seq: u64,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                t.uses
+                    .insert((tenant, key.ulid().0, seq), value)
+                    .map_err(backend("writing a use index entry"))?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Writes a `key_index` entry (`key`'s event `seq` at `position`), or
+    /// deletes it with `None`, behind the log's back.
+    pub fn raw_put_key_index(
+        &self,
+        tenant: &str,
+        key: KeyId,
+        seq: u64,
+        position: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            self.write(&mut self.lock_wal(), false, |t, _| {
+                let at = (tenant, key.ulid().0, seq);
+                match position {
+                    Some(p) => t.keys.insert(at, p).map(drop),
+                    None => t.keys.remove(at).map(drop),
+                }
+                .map_err(backend("writing a key index entry"))
             })
         })
     }

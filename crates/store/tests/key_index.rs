@@ -206,3 +206,91 @@ fn a_record_that_does_not_decode_fails_the_index_build_named() {
         ),
     }
 }
+
+/// `check_key_index` (what `keyledger replay` runs) finds the index equal
+/// to the records, and names an entry changed behind the log's back: a
+/// use sum that still decodes, a history entry gone, one that no record
+/// gives. Each time the index is then rebuilt from the records, so it
+/// answers as they do and the next check finds it equal.
+#[test]
+fn the_key_index_is_checked_against_the_records_and_rebuilt_when_it_differs() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("ledger.redb");
+    let (a, b) = (tenant("a"), tenant("b"));
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..5 {
+        append(&log, &a, n * 7, 7);
+        append(&log, &b, 1000 + n * 3, 3);
+    }
+    let check = || {
+        log.check_key_index()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the redb log keeps an index apart"))
+    };
+    let equal = check();
+    assert_eq!(equal.difference, None);
+    assert!(equal.entries >= 45, "{equal:?}");
+
+    let trail = log
+        .read_tenant(&a, 0, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (used, use_seq) = trail
+        .iter()
+        .find_map(|r| as_use(&r.event).map(|u| (u.key_id, r.seq)))
+        .unwrap_or_else(|| panic!("the sample uses a key"));
+    let (other, other_seq) = trail
+        .iter()
+        .find_map(|r| match as_use(&r.event) {
+            Some(_) => None,
+            None => touched_keys(&r.event).next().map(|k| (k, r.seq)),
+        })
+        .unwrap_or_else(|| panic!("the sample creates a key"));
+
+    // A valid count one higher: the entry still decodes, so only the
+    // comparison with the records can tell.
+    let mut value = log
+        .raw_key_use("a", used, use_seq)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("an entry for the use"));
+    assert!(value[8] < 0x7f, "a one-byte valid count");
+    value[8] += 1;
+    log.raw_put_key_use("a", used, use_seq, &value)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let found = check();
+    let said = found.difference.unwrap_or_else(|| panic!("a changed sum"));
+    assert!(
+        said.starts_with("key_uses: ")
+            && said.contains(&format!("key {used}, event {use_seq}"))
+            && said.contains("differs"),
+        "{said}"
+    );
+    assert_index_complete(&log, &a, "after the check rebuilt a changed sum");
+    assert_eq!(check(), equal);
+
+    log.raw_put_key_index("a", other, other_seq, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said = check()
+        .difference
+        .unwrap_or_else(|| panic!("an entry gone"));
+    assert_eq!(
+        said,
+        format!("key_index: tenant a, key {other}, event {other_seq} is missing")
+    );
+    assert_index_complete(&log, &a, "after the check rebuilt a missing entry");
+
+    log.raw_put_key_index("b", other, 99, Some(1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let said = check()
+        .difference
+        .unwrap_or_else(|| panic!("an entry added"));
+    assert_eq!(
+        said,
+        format!("key_index: tenant b, key {other}, event 99 is in no record")
+    );
+    assert_index_complete(&log, &b, "after the check removed an entry");
+    assert_eq!(check(), equal);
+    assert!(
+        !dir.path().join("ledger.redb.key-index-check").exists(),
+        "the scratch file is gone"
+    );
+}
