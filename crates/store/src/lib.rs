@@ -343,8 +343,9 @@ pub trait EventLog: Send + Sync {
     /// so damage to the index cannot pass as a shorter history or smaller
     /// use sums (`keyledger replay` runs it). An index that differs is
     /// replaced by the one built from the records, and the difference
-    /// reported. `Ok(None)`: this backend keeps no index apart from its
-    /// records that could differ from them (the default).
+    /// reported. `Ok(None)`: not checked (the default: the memory log's
+    /// index lives and dies with its records; PostgreSQL's
+    /// `keyledger.key_events` is not checked yet).
     fn check_key_index(&self) -> Result<Option<KeyIndexCheck>, StoreError> {
         Ok(None)
     }
