@@ -50,6 +50,9 @@ use crate::{
     TenantAppend, check_append, no_follow, plan,
 };
 
+/// What a log opened on a storage backend, not a file, is named.
+const BACKEND_PATH: &str = "(storage backend)";
+
 /// The version of the file layout, kept in the `meta` table.
 pub const FILE_FORMAT: u64 = 1;
 /// The first byte of every stored record.
@@ -531,7 +534,7 @@ impl RedbLog {
         options: WalOptions,
     ) -> Result<RedbLog, StoreError> {
         Self::open_with(
-            PathBuf::from("(storage backend)"),
+            PathBuf::from(BACKEND_PATH),
             Box::new(move || Database::builder().create_with_backend(database.clone())),
             Box::new(wal),
             options,
@@ -693,18 +696,14 @@ impl RedbLog {
     }
 
     /// [`EventLog::check_key_index`]'s comparison: the index built from one
-    /// read of the records into a scratch file at `scratch` (not synced:
-    /// it is deleted after), then compared with the stored one as of that
-    /// same read.
-    fn compare_key_index(&self, scratch: &Path) -> Result<KeyIndexCheck, StoreError> {
+    /// read of the records into `built`, an empty scratch database (not
+    /// synced: it is deleted after), then compared with the stored one as
+    /// of that same read.
+    fn compare_key_index(&self, built: &Database) -> Result<KeyIndexCheck, StoreError> {
         let read = self
             .db()?
             .begin_read()
             .map_err(backend("starting a read"))?;
-        let built = Database::builder()
-            .set_cache_size(64 << 20)
-            .create(scratch)
-            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", scratch.display())))?;
         let txn = built.begin_write().map_err(backend("starting a write"))?;
         {
             let events = read.open_table(EVENTS).map_err(backend("opening events"))?;
@@ -1079,13 +1078,27 @@ impl<'a> plan::AppendSink<'a> for Put<'_, '_, '_> {
 impl EventLog for RedbLog {
     fn check_key_index(&self) -> Result<Option<KeyIndexCheck>, StoreError> {
         self.guarded(|| {
-            let mut name = self.path.as_os_str().to_owned();
-            name.push(".key-index-check");
-            let scratch = PathBuf::from(name);
-            let _ = std::fs::remove_file(&scratch);
-            let found = self.compare_key_index(&scratch);
-            let _ = std::fs::remove_file(&scratch);
-            let found = found?;
+            let found = if self.path == Path::new(BACKEND_PATH) {
+                // A log on a storage backend (tests): the scratch in memory.
+                let built = Database::builder()
+                    .create_with_backend(redb::backends::InMemoryBackend::new())
+                    .map_err(backend("creating the scratch index"))?;
+                self.compare_key_index(&built)?
+            } else {
+                let mut name = self.path.as_os_str().to_owned();
+                name.push(".key-index-check");
+                let scratch = PathBuf::from(name);
+                let _ = std::fs::remove_file(&scratch);
+                let found = Database::builder()
+                    .set_cache_size(64 << 20)
+                    .create(&scratch)
+                    .map_err(|e| {
+                        StoreError::Backend(format!("creating {}: {e}", scratch.display()))
+                    })
+                    .and_then(|built| self.compare_key_index(&built));
+                let _ = std::fs::remove_file(&scratch);
+                found?
+            };
             if found.difference.is_some() {
                 let db = self.db_locked(&mut self.lock_wal())?;
                 let txn = db.begin_write().map_err(backend("starting a write"))?;

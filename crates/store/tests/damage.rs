@@ -106,8 +106,9 @@ struct TenantSeen {
     head: Option<(u64, Hash)>,
 }
 
-/// Reads everything and recomputes every chain of [`TENANTS`]. `Ok(None)`
-/// when some chain does not verify (the damage was named);
+/// Reads everything, recomputes every chain of [`TENANTS`] and checks the
+/// per-key index against the records. `Ok(None)` when some chain does not
+/// verify or the index differs (the damage was named);
 /// `Err` when some read failed.
 fn read_everything(log: &RedbLog) -> Result<Option<Seen>, StoreError> {
     let head = log.head()?;
@@ -136,6 +137,12 @@ fn read_everything(log: &RedbLog) -> Result<Option<Seen>, StoreError> {
             typed,
             head,
         });
+    }
+    // The per-key index, derived from the records, must equal them
+    // (`replay`'s check): a damaged entry is named, never read as a
+    // shorter history or smaller sums.
+    if let Some(check) = log.check_key_index()? {
+        verified &= check.difference.is_none();
     }
     Ok(verified.then_some(Seen {
         head,
@@ -295,8 +302,9 @@ impl Outcomes {
 /// Every byte of the file of a small log, flipped in turn (xor 0xff; and
 /// xor 0x01, a one-bit change, for the first [`ONE_BIT_BYTES`] of each page
 /// in use), opened and read every way: redb may panic inside, the log
-/// never does; and the outcome is an error, a chain verification that
-/// names the damage, or the very same ledger, byte for byte: never a
+/// never does; and the outcome is an error, a chain verification or an
+/// index check that names the damage, or the very same ledger, byte for
+/// byte, its per-key index equal to its records: never a
 /// changed event, a missing one, or a missing tenant read back as if whole.
 ///
 /// A page is in use when flipping its first byte (a tree page's type)
