@@ -44,8 +44,8 @@ use keyledger_core::{
     RevokeReason, RotateKey, Secret, TenantId, Timestamp, Usage, UseCounts, UserId,
 };
 use keyledger_runtime::{
-    AuditConfig, Config, Keyledger, ListQuery, ManualClock, OsEntropy, PointInTime, SystemClock,
-    UsageWindow,
+    AuditConfig, Config, Keyledger, ListQuery, ManualClock, OsEntropy, PointInTime, SortField,
+    SystemClock, UsageWindow,
 };
 use keyledger_store::{EventLog, MemoryLog, RedbLog};
 use sha2::{Digest, Sha256};
@@ -1161,6 +1161,41 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
             std::hint::black_box(ledger.list_keys(big, &q).expect("list"));
         }),
     );
+    // The key list's other searches and sorts (names are `service key N`):
+    // a name only one key has (the whole tenant scanned for one page),
+    // and the name and last-use sorts, without and with a search.
+    report(
+        "list keys (a name search finding one key)",
+        timed(200, budget, |i| {
+            let q = ListQuery {
+                q: Some(format!("key {}", 900_000 + i * 37)),
+                ..ListQuery::default()
+            };
+            std::hint::black_box(ledger.list_keys(big, &q).expect("list"));
+        }),
+    );
+    for (what, sort, search) in [
+        ("by name, first page of 50", SortField::Name, false),
+        ("by name, a name search", SortField::Name, true),
+        (
+            "by last use, first page of 50",
+            SortField::LastUsedAt,
+            false,
+        ),
+        ("by last use, a name search", SortField::LastUsedAt, true),
+    ] {
+        report(
+            &format!("list keys ({what})"),
+            timed(200, budget, |i| {
+                let q = ListQuery {
+                    q: search.then(|| format!("key {}", i * 37 + 1)),
+                    sort,
+                    ..ListQuery::default()
+                };
+                std::hint::black_box(ledger.list_keys(big, &q).expect("list"));
+            }),
+        );
+    }
     report(
         "key history (a random key, first page of 50)",
         timed(200, budget, |_| {

@@ -19,6 +19,7 @@ pub mod history;
 pub mod ids;
 pub mod leak;
 pub mod limits;
+pub mod names;
 pub mod overlay;
 pub mod policy;
 pub mod scope;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::compact::{CreatedBy, Links, Masked};
 use crate::event::{Actor, Cause, Event, EventKind, KeyChange, RevokeReason, UseCounts};
 use crate::ids::{KeyId, TenantId, UserId};
+use crate::names::Names;
 use crate::policy::{Credits, Meta, RateLimit, Refill};
 use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
@@ -66,15 +67,19 @@ pub struct Listing {
     revoked: usize,
     /// Keys not revoked that have an expiry, counted by that instant.
     expiring: BTreeMap<Timestamp, usize>,
+    /// Every key's name lower-cased, in the order of `by_created`, in one
+    /// buffer: what a name search scans and a name sort reads.
+    names: Names,
 }
 
 impl Listing {
-    /// A key created at `at` (already in `keys`).
+    /// A key named `name` created at `at` (already in `keys`).
     fn created(
         &mut self,
         keys: &BTreeMap<KeyId, KeyRecord>,
         id: KeyId,
         at: Timestamp,
+        name: &str,
         expires_at: Option<Timestamp>,
     ) {
         let place = |k: &KeyId| keys.get(k).map(|r| (r.created_at, *k));
@@ -88,7 +93,20 @@ impl Listing {
             self.by_created.partition_point(|k| place(k) < new)
         };
         self.by_created.insert(i, id);
+        self.names.insert(i, name);
         self.expire_at(expires_at, 1);
+    }
+
+    /// Key `id`, created at `at`, is now named `name`. (A key not in the
+    /// order, as in an overlay's partial state, changes nothing.)
+    fn renamed(&mut self, keys: &BTreeMap<KeyId, KeyRecord>, id: KeyId, at: Timestamp, name: &str) {
+        let place = |k: &KeyId| keys.get(k).map(|r| (r.created_at, *k));
+        let i = self
+            .by_created
+            .partition_point(|k| place(k) < Some((at, id)));
+        if self.by_created.get(i) == Some(&id) {
+            self.names.rename(i, name);
+        }
     }
 
     /// Counts `n` more (or, negative, fewer) unrevoked keys expiring at `at`.
@@ -718,7 +736,7 @@ pub(crate) fn fold(
             indexes.insert(&event.tenant, e.key_id, e.secret_hash);
             state
                 .listing
-                .created(&state.keys, e.key_id, event.at, e.expires_at);
+                .created(&state.keys, e.key_id, event.at, &e.name, e.expires_at);
             if let Some(old) = e.rotated_from.and_then(|old| state.keys.get_mut(&old)) {
                 old.set_rotated_to(e.key_id);
             }
@@ -779,6 +797,13 @@ pub(crate) fn fold(
             }
             if key.revoked.is_none() {
                 state.listing.expiry_moved(before, key.expires_at);
+            }
+            if e.changes
+                .iter()
+                .any(|c| matches!(c, KeyChange::Name { .. }))
+            {
+                let (at, name) = (key.created_at, Arc::clone(&key.name));
+                state.listing.renamed(&state.keys, e.key_id, at, &name);
             }
         }
         EventKind::CreditsReserved(e) => {
@@ -904,6 +929,12 @@ impl TenantState {
         &self.listing.by_created
     }
 
+    /// Every key's name lower-cased, in the order of
+    /// [`TenantState::by_created`] (place `i` is key `by_created()[i]`'s).
+    pub fn names(&self) -> &Names {
+        &self.listing.names
+    }
+
     /// Rebuilds [`TenantState::listing`] from the keys: for a state not
     /// made by the fold (a snapshot read back).
     pub fn rebuild_listing(&mut self) {
@@ -912,6 +943,13 @@ impl TenantState {
             self.keys.values().map(|k| (k.created_at, k.id)).collect();
         order.sort_unstable();
         listing.by_created = order.into_iter().map(|(_, id)| id).collect();
+        listing.names = Names::build(
+            listing
+                .by_created
+                .iter()
+                .filter_map(|id| self.keys.get(id))
+                .map(|k| &*k.name),
+        );
         for k in self.keys.values() {
             if k.revoked.is_some() {
                 listing.revoked += 1;

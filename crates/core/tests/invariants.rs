@@ -42,7 +42,7 @@ use keyledger_core::secret::BODY_BYTES;
 use keyledger_core::{
     Actor, Cause, Command, CreateKey, Event, EventKind, KeyId, KeyPrefix, KeyStatus, Leak, Ledger,
     Overlay, Principal, RemoveUser, ReportLeaked, Reporter, RevokeKey, RevokeReason, RotateKey,
-    ScopeSet, Secret, StateView, TenantId, Timestamp, Usage, UseCounts, UserId, decide,
+    ScopeSet, Secret, StateView, TenantId, Timestamp, UpdateKey, Usage, UseCounts, UserId, decide,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -116,9 +116,20 @@ enum Op {
         by: LeakBy,
         keys: Vec<u8>,
     },
+    /// Renames a key (to one of [`RENAMES`]).
+    Rename {
+        who: Who,
+        key: u8,
+        foreign: bool,
+        name: u8,
+    },
     /// Moves the clock by this many seconds (backwards when negative).
     Clock(i64),
 }
+
+/// What keys are renamed to: longer and shorter than the names they are
+/// created with, ASCII or not (the tenant's name buffer lower-cases them).
+const RENAMES: [&str; 4] = ["renamed key", "x", "ΟΔΟΣ", "\u{212a}elvin"];
 
 /// Who reports leaked secrets.
 #[derive(Clone, Debug)]
@@ -205,6 +216,9 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(by, keys)| Op::Leak { by, keys }),
         2 => prop_oneof![3 => 1i64..400, 1 => -300i64..0].prop_map(Op::Clock),
+        1 => (who(), key_ref(), 0..RENAMES.len() as u8).prop_map(|(who, (key, foreign), name)| {
+            Op::Rename { who, key, foreign, name }
+        }),
     ]
 }
 
@@ -413,6 +427,25 @@ impl World {
                     )),
                 };
                 Command::ReportLeaked(ReportLeaked { reporter, leaks })
+            }
+            Op::Rename {
+                who,
+                key,
+                foreign,
+                name,
+            } => {
+                let (tenant, key_id, owner) = self.target(*key, *foreign);
+                Command::UpdateKey(UpdateKey {
+                    principal: self.principal(who, tenant, &owner),
+                    key_id,
+                    name: Some(RENAMES[usize::from(*name) % RENAMES.len()].to_owned()),
+                    description: None,
+                    meta: None,
+                    expires_at: None,
+                    scopes: None,
+                    credits: None,
+                    limits: None,
+                })
             }
             Op::Remove { tenant, who, user } => Command::RemoveUser(RemoveUser {
                 principal: self.principal(who, tenant_n(*tenant), &user_n(0)),
@@ -687,7 +720,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 /// What the fold keeps for the key list (each tenant's keys by creation,
-/// its revoked keys, its unrevoked keys by expiry) is what the keys say:
+/// their names lower-cased, its revoked keys, its unrevoked keys by
+/// expiry) is what the keys say:
 /// the same as rebuilt from them, and the active count the same as
 /// counted key by key, at instants around every expiry.
 fn check_listing(world: &World) -> Result<(), TestCaseError> {
@@ -869,6 +903,7 @@ fn operations_reach_every_event_type_and_error() {
             "KeyLeaked",
             "KeyRevoked",
             "KeyRotated",
+            "KeyUpdated",
             "KeyUsed",
             "UserRemoved"
         ]
@@ -882,6 +917,7 @@ fn operations_reach_every_event_type_and_error() {
             "Forbidden",
             "Invalid",
             "KeyNotFound",
+            "NoChange",
             "Ok",
             "UserAlreadyRemoved",
             "UserRemoved",

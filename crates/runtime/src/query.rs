@@ -253,6 +253,78 @@ impl PartialEq for Listed<'_> {
 
 impl Eq for Listed<'_> {}
 
+/// A search finding more than one key in this many visits every key by a
+/// walk of the tenant's map, not each found key by a look-up.
+const SEARCH_WALK_SHARE: usize = 8;
+
+/// A list page being picked by a pass over keys: the `limit + 1` first
+/// after the cursor, in the page's order, in a bounded heap.
+struct Picker<'a, 'c> {
+    heap: BinaryHeap<Listed<'a>>,
+    limit: usize,
+    order: Order,
+    after: Option<&'c (SortValue, KeyId)>,
+}
+
+impl<'a, 'c> Picker<'a, 'c> {
+    fn new(limit: usize, order: Order, after: Option<&'c (SortValue, KeyId)>) -> Self {
+        Picker {
+            heap: BinaryHeap::with_capacity(limit + 1),
+            limit,
+            order,
+            after,
+        }
+    }
+
+    /// Whether a key goes on the page so far: past the cursor and before
+    /// the page's last key (if the page is full). `place` compares the
+    /// key's sort value and id with another's.
+    fn wants(&self, place: impl Fn(&SortValue, KeyId) -> Ordering) -> bool {
+        let before = |o: Ordering| match self.order {
+            Order::Asc => o.is_lt(),
+            Order::Desc => o.is_gt(),
+        };
+        if let Some((v, id)) = self.after
+            && !before(place(v, *id).reverse())
+        {
+            return false;
+        }
+        match self.heap.peek() {
+            Some(last) if self.heap.len() > self.limit => before(place(&last.value, last.key.id)),
+            _ => true,
+        }
+    }
+
+    /// Puts a key [`Picker::wants`] on the page (the last one goes if it is full).
+    fn push(&mut self, listed: Listed<'a>) {
+        if self.heap.len() > self.limit {
+            self.heap.pop();
+        }
+        self.heap.push(listed);
+    }
+
+    /// The page in order, and the cursor after it if more keys follow.
+    fn finish(
+        self,
+        field: SortField,
+        order: Order,
+    ) -> (Vec<(KeyRecord, KeyStatus)>, Option<String>) {
+        let mut page = self.heap.into_sorted_vec();
+        let more = page.len() > self.limit;
+        page.truncate(self.limit);
+        let next_cursor = more
+            .then(|| {
+                page.last()
+                    .map(|l| encode_cursor(field, order, &l.value, l.key.id))
+            })
+            .flatten();
+        (
+            page.iter().map(|l| (l.key.clone(), l.status)).collect(),
+            next_cursor,
+        )
+    }
+}
+
 fn encode_cursor(field: SortField, order: Order, value: &SortValue, id: KeyId) -> String {
     let o = if order == Order::Asc { 'a' } else { 'd' };
     let v = match value {
@@ -362,29 +434,47 @@ impl Keyledger {
                 next_cursor: None,
             });
         };
-        let needle = q.q.as_deref().map(str::to_lowercase);
-        let wanted = |k: &KeyRecord, status: KeyStatus| {
+        // Every name contains the empty string: no search.
+        let needle =
+            q.q.as_deref()
+                .map(str::to_lowercase)
+                .filter(|n| !n.is_empty());
+        // The filters other than the name's (a search finds the names in
+        // the tenant's buffer of them, `TenantState::names`).
+        let filtered = |k: &KeyRecord, status: KeyStatus| {
             q.status.is_none_or(|s| status == s)
                 && q.created_by
                     .as_deref()
                     .is_none_or(|c| k.owner.as_str() == c || k.created_by().matches(c))
-                && needle.as_deref().is_none_or(|n| name_contains(&k.name, n))
         };
+        let wanted = |k: &KeyRecord, status: KeyStatus| {
+            filtered(k, status) && needle.as_deref().is_none_or(|n| name_contains(&k.name, n))
+        };
+        let ids = state.by_created();
+        let keyed = |i: usize| ids.get(i).and_then(|id| state.keys.get(id));
         // By creation time, the tenant keeps its keys in the page's order
         // (`TenantState::by_created`): the page starts at the cursor,
         // found by bisection, and ends at the `limit + 1`-th matching key.
+        // A name search scans the names from there, in the same order, and
+        // visits only the keys whose name matches.
         if q.sort == SortField::CreatedAt
             && let Some(range) = created_range(state, after.as_ref(), q.order)
         {
-            let order = &state.by_created()[range];
-            let ids: Box<dyn Iterator<Item = &KeyId>> = match q.order {
-                Order::Asc => Box::new(order.iter()),
-                Order::Desc => Box::new(order.iter().rev()),
+            let desc = q.order == Order::Desc;
+            let candidates: Box<dyn Iterator<Item = &KeyRecord>> = match needle.as_deref() {
+                Some(n) => Box::new(
+                    state
+                        .names()
+                        .matching(n, range, desc)
+                        .filter_map(|(i, _)| keyed(i)),
+                ),
+                None if desc => Box::new(range.rev().filter_map(keyed)),
+                None => Box::new(range.filter_map(keyed)),
             };
             let mut page: Vec<(&KeyRecord, KeyStatus)> = Vec::with_capacity(limit + 1);
-            for k in ids.filter_map(|id| state.keys.get(id)) {
+            for k in candidates {
                 let status = k.status(now);
-                if wanted(k, status) {
+                if filtered(k, status) {
                     page.push((k, status));
                     if page.len() > limit {
                         break;
@@ -405,57 +495,79 @@ impl Keyledger {
                 next_cursor,
             });
         }
-        // Sorted otherwise, one pass over the tenant's keys: the page (the
-        // `limit + 1` first matching keys after the cursor, in the page's
-        // order) picked by a bounded heap, so a page costs a scan of the
-        // keys and no sort of them all.
-        let mut page: BinaryHeap<Listed<'_>> = BinaryHeap::with_capacity(limit + 1);
-        for k in state.keys.values() {
-            let status = k.status(now);
-            if !wanted(k, status) {
-                continue;
-            }
-            let place =
-                |value: &SortValue, id: KeyId| cmp_sort_value(k, q.sort, value).then(k.id.cmp(&id));
-            // Past the cursor, in the page's order.
-            if let Some((v, id)) = &after {
-                let past = match q.order {
-                    Order::Asc => place(v, *id).is_gt(),
-                    Order::Desc => place(v, *id).is_lt(),
+        // Sorted otherwise, one pass: the page (the `limit + 1` first
+        // matching keys after the cursor, in the page's order) picked by a
+        // bounded heap, so a page costs a pass and no sort of every key.
+        let mut page = Picker::new(limit, q.order, after.as_ref());
+        if q.sort == SortField::Name {
+            // By name, the pass reads the tenant's lower-cased names (the
+            // sort values) from its buffer of them, or only those a search
+            // finds; a key is visited only if it would be on the page so
+            // far.
+            let names = state.names();
+            let found = names.matching(needle.as_deref().unwrap_or(""), 0..names.len(), false);
+            for (i, name) in found {
+                let Some(id) = ids.get(i) else { continue };
+                let place = |value: &SortValue, other: KeyId| match value {
+                    SortValue::Text(t) => name.cmp(t.as_str()).then(id.cmp(&other)),
+                    // As `SortValue`'s order has it (a cursor's value is
+                    // text for this sort unless made up).
+                    SortValue::Time(_) => Ordering::Less,
                 };
-                if !past {
+                if !page.wants(place) {
                     continue;
                 }
-            }
-            if page.len() == limit + 1 {
-                let last = page.peek().expect("a full heap");
-                let before_last = match q.order {
-                    Order::Asc => place(&last.value, last.key.id).is_lt(),
-                    Order::Desc => place(&last.value, last.key.id).is_gt(),
-                };
-                if !before_last {
+                let Some(k) = state.keys.get(id) else {
                     continue;
+                };
+                let status = k.status(now);
+                if filtered(k, status) {
+                    page.push(Listed {
+                        value: SortValue::Text(name.to_owned()),
+                        key: k,
+                        status,
+                        desc: q.order == Order::Desc,
+                    });
                 }
-                page.pop();
             }
-            page.push(Listed {
-                value: sort_value(k, q.sort),
-                key: k,
-                status,
-                desc: q.order == Order::Desc,
+        } else {
+            // A search that finds few keys visits only those; one that
+            // finds many, every key in turn (a walk of the map costs less
+            // than a look-up per key).
+            let found: Option<Vec<usize>> = needle.as_deref().map(|n| {
+                let names = state.names();
+                names
+                    .matching(n, 0..names.len(), false)
+                    .map(|(i, _)| i)
+                    .collect()
             });
+            let candidates: Box<dyn Iterator<Item = &KeyRecord>> = match found {
+                Some(found) if found.len() <= state.keys.len() / SEARCH_WALK_SHARE => {
+                    Box::new(found.into_iter().filter_map(keyed))
+                }
+                _ => Box::new(state.keys.values()),
+            };
+            for k in candidates {
+                let status = k.status(now);
+                if !wanted(k, status) {
+                    continue;
+                }
+                let place = |value: &SortValue, id: KeyId| {
+                    cmp_sort_value(k, q.sort, value).then(k.id.cmp(&id))
+                };
+                if page.wants(place) {
+                    page.push(Listed {
+                        value: sort_value(k, q.sort),
+                        key: k,
+                        status,
+                        desc: q.order == Order::Desc,
+                    });
+                }
+            }
         }
-        let mut page = page.into_sorted_vec();
-        let more = page.len() > limit;
-        page.truncate(limit);
-        let next_cursor = more
-            .then(|| {
-                page.last()
-                    .map(|l| encode_cursor(q.sort, q.order, &l.value, l.key.id))
-            })
-            .flatten();
+        let (keys, next_cursor) = page.finish(q.sort, q.order);
         Ok(KeyPage {
-            keys: page.iter().map(|l| (l.key.clone(), l.status)).collect(),
+            keys,
             active_count: state.active_count(now),
             next_cursor,
         })

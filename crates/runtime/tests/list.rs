@@ -32,6 +32,9 @@ const NAMES: [&str; 12] = [
 
 const OWNERS: [&str; 3] = ["ada", "bob", "cy"];
 
+/// Keys created (rotations make more).
+const KEYS: u64 = 150;
+
 /// What the list is sorted by, as the cursor records it: the old
 /// implementation's whole-list sort, kept here as the reference.
 fn reference_value(k: &KeyRecord, sort: SortField) -> (String, i64) {
@@ -108,20 +111,24 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
     let acme = tenant("acme");
     let operator = Principal::operator(acme.clone());
     let mut rng = common::Rng(0x1157);
+    // Keys not revoked and their names, for renames.
+    let mut named: Vec<(keyledger_core::KeyId, usize)> = Vec::new();
     rt.block_on(async {
-        for i in 0..60u64 {
+        // More keys than a block of the tenant's name buffer (64 names).
+        for i in 0..KEYS {
             // Some keys share a creation instant (ties are broken by id).
             if rng.below(3) > 0 {
                 clock.advance_micros(1 + rng.below(5_000) as i64);
             }
             let expires_at =
                 (i % 7 == 3).then(|| Timestamp::from_micros(now_of(&clock).as_micros() + 20_000));
+            let name = rng.below(NAMES.len() as u64) as usize;
             let created = ledger
                 .create_key(
                     operator.clone(),
                     NewKey {
                         owner: Some(user(OWNERS[(i % 3) as usize])),
-                        name: NAMES[rng.below(NAMES.len() as u64) as usize].to_owned(),
+                        name: NAMES[name].to_owned(),
                         expires_at,
                         ..NewKey::default()
                     },
@@ -133,6 +140,30 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
                     .revoke_key(operator.clone(), created.key.id, RevokeReason::Manual)
                     .await
                     .expect("revoke");
+            } else {
+                named.push((created.key.id, name));
+            }
+            // Renames, of older keys too (the name buffer changes inside,
+            // longer, shorter, ASCII or not).
+            if i % 7 == 6 {
+                let j = rng.below(named.len() as u64) as usize;
+                let (id, before) = named[j];
+                let after = (before + 1 + rng.below(NAMES.len() as u64 - 1) as usize) % NAMES.len();
+                named[j].1 = after;
+                ledger
+                    .update_key(UpdateKey {
+                        principal: operator.clone(),
+                        key_id: id,
+                        name: Some(NAMES[after].to_owned()),
+                        description: None,
+                        meta: None,
+                        expires_at: None,
+                        scopes: None,
+                        credits: None,
+                        limits: None,
+                    })
+                    .await
+                    .expect("rename");
             }
             if i % 4 == 0 {
                 let v = ledger.verify(created.secret.expose(), None);
@@ -163,6 +194,8 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
                     .rotate_key(operator.clone(), created.key.id, 0, None)
                     .await
                     .expect("rotate");
+                // Revoked by its rotation (no grace): no more renames.
+                named.retain(|(id, _)| *id != created.key.id);
             }
         }
         ledger.flush_usage().await.expect("flush the usage");
@@ -182,7 +215,7 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
     // Each rotation made a key.
     assert_eq!(
         all.len(),
-        60 + (0..60).filter(|i| i % 9 == 4 && i % 5 != 1).count()
+        KEYS as usize + (0..KEYS).filter(|i| i % 9 == 4 && i % 5 != 1).count()
     );
     assert!(all.iter().any(|k| k.status(now) == KeyStatus::Expired));
     assert!(all.iter().any(|k| k.last_used_at.is_some()));
