@@ -76,7 +76,7 @@ fn main() {
         .collect();
     let arg = |i: usize| -> &str {
         args.get(i).map(String::as_str).unwrap_or_else(|| {
-            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR [snapshots] | coldstart DIR | measure DIR | export DIR | memory DIR PART | trees DIR | soak-keys DIR N");
+            eprintln!("usage: scale load DIR KEYS EVENTS [SECONDS] | open DIR [snapshots] | coldstart DIR | measure DIR | export DIR | memory DIR PART | trees DIR | soak-keys DIR N | verify-sizes N…");
             std::process::exit(2)
         })
     };
@@ -114,6 +114,10 @@ fn main() {
         }),
         "memory" => rt.block_on(memory(&dir, args.get(2).map_or("sizes", String::as_str))),
         "soak-keys" => soak_keys(&dir, num(2)),
+        "verify-sizes" => {
+            let sizes: Vec<u64> = (1..args.len()).map(num).collect();
+            rt.block_on(verify_sizes(&sizes));
+        }
         other => {
             eprintln!("unknown subcommand {other}");
             std::process::exit(2)
@@ -1260,13 +1264,11 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
     );
 }
 
-async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
-    // A pool of presented secrets the same size on both sides, drawn at
-    // random from every key, so the pool itself costs both alike and the
-    // map's cache misses show at size.
-    const POOL: usize = 100_000;
-    const ROUNDS: usize = 5;
-    let small = Keyledger::open(
+/// A ledger in memory (no disk) holding `n` keys, laid out over tenants as
+/// a data set's are, with the secrets `secret_of(tag << 40 | i)`, created
+/// through the real writer.
+async fn ledger_of(n: u64, tag: u64, start: i64) -> Keyledger {
+    let ledger = Keyledger::open(
         Arc::new(MemoryLog::new()),
         Config {
             usage_window: UsageWindow::Manual,
@@ -1275,35 +1277,122 @@ async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
     )
     .expect("open");
     let mut p = Pipeline {
-        ledger: small.clone(),
+        ledger: ledger.clone(),
         tasks: tokio::task::JoinSet::new(),
         refused: 0,
         refusals: Default::default(),
     };
-    let small_plan = Plan {
-        keys: 1000,
-        start: plan.start,
+    let plan = Plan {
+        keys: n,
+        start,
         big_every: 10,
     };
-    for i in 0..1000 {
-        let s = secret_of(1u64 << 40 | i);
+    for i in 0..n {
+        let s = secret_of(tag << 40 | i);
         p.push(Command::CreateKey(CreateKey {
             meta: None,
             credits: None,
             limits: Vec::new(),
-            principal: Principal::user(small_plan.tenant(i), small_plan.owner(i)),
+            principal: Principal::user(plan.tenant(i), plan.owner(i)),
             owner: None,
             name: format!("service key {i}"),
             description: None,
             expires_at: None,
             scopes: None,
-            key_id: small_plan.key_id(i),
+            key_id: plan.key_id(i),
             secret_hash: s.hash(),
             masked: s.masked(),
         }))
         .await;
     }
     p.drain().await;
+    assert_eq!(p.refused, 0, "every create is taken");
+    ledger
+}
+
+/// The mean time of one verification over `pool` (every key known).
+fn verify_pool(l: &Keyledger, pool: &[String]) -> f64 {
+    let began = Instant::now();
+    let mut found = 0usize;
+    for s in pool {
+        found += l.verify_with(s, None, |_, key| usize::from(key.is_some()));
+    }
+    assert_eq!(found, pool.len(), "every presented key is known");
+    began.elapsed().as_secs_f64() * 1e9 / pool.len() as f64
+}
+
+/// `verify-sizes N…`: verification in memory at each size, in one run:
+/// a ledger per size built through the writer (all alive together), then
+/// rounds that verify a pool of random keys of each in turn (the order
+/// rotating), each size's median set against the smallest's.
+async fn verify_sizes(sizes: &[u64]) {
+    const POOL: usize = 100_000;
+    const ROUNDS: usize = 7;
+    let start: i64 = 1_767_225_600_000_000;
+    let mut ledgers = Vec::new();
+    for (tag, &n) in sizes.iter().enumerate() {
+        let began = Instant::now();
+        ledgers.push(ledger_of(n, tag as u64 + 1, start).await);
+        eprintln!(
+            "verify-sizes: {n} keys created in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    let mut rng = Rng(11);
+    let pools: Vec<Vec<String>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(tag, &n)| {
+            (0..POOL)
+                .map(|_| {
+                    secret_of((tag as u64 + 1) << 40 | rng.below(n))
+                        .expose()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .collect();
+    let mut ns = vec![Vec::new(); sizes.len()];
+    let mut ratios = vec![Vec::new(); sizes.len()];
+    for round in 0..ROUNDS {
+        let mut this = vec![0.0; sizes.len()];
+        for k in 0..sizes.len() {
+            let j = (k + round) % sizes.len();
+            this[j] = verify_pool(&ledgers[j], &pools[j]);
+        }
+        for j in 0..sizes.len() {
+            ns[j].push(this[j]);
+            ratios[j].push(this[j] / this[0]);
+        }
+    }
+    for j in 0..sizes.len() {
+        let (lo, hi) = (
+            ratios[j].iter().copied().fold(f64::MAX, f64::min),
+            ratios[j].iter().copied().fold(0.0, f64::max),
+        );
+        println!(
+            "verify-sizes: {} keys {:.1} ns: {:.2}× {} keys (rounds {lo:.2}–{hi:.2}; {ROUNDS} rounds \
+             of {POOL} random keys; inline KeyEntry {} B; {})",
+            sizes[j],
+            median(&mut ns[j]),
+            median(&mut ratios[j]),
+            sizes[0],
+            std::mem::size_of::<keyledger_runtime::KeyEntry>(),
+            loadavg()
+        );
+    }
+    for l in ledgers {
+        l.shutdown().await.expect("shutdown");
+    }
+}
+
+async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
+    // A pool of presented secrets the same size on both sides, drawn at
+    // random from every key, so the pool itself costs both alike and the
+    // map's cache misses show at size.
+    const POOL: usize = 100_000;
+    const ROUNDS: usize = 5;
+    let small = ledger_of(1000, 1, plan.start).await;
     let mut rng = Rng(7);
     let pool_at_size: Vec<String> = (0..POOL)
         .map(|_| secret_of(rng.below(plan.keys)).expose().to_owned())
@@ -1311,15 +1400,7 @@ async fn verify_at_size(ledger: &Keyledger, plan: &Plan) {
     let pool_small: Vec<String> = (0..POOL)
         .map(|_| secret_of(1u64 << 40 | rng.below(1000)).expose().to_owned())
         .collect();
-    let run = |l: &Keyledger, pool: &[String]| -> f64 {
-        let began = Instant::now();
-        let mut found = 0usize;
-        for s in pool {
-            found += l.verify_with(s, None, |_, key| usize::from(key.is_some()));
-        }
-        assert_eq!(found, pool.len(), "every presented key is known");
-        began.elapsed().as_secs_f64() * 1e9 / pool.len() as f64
-    };
+    let run = verify_pool;
     let (mut big_ns, mut small_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // Alternate which goes first.

@@ -96,7 +96,7 @@ pub struct KeyFold {
     tenant: Option<TenantId>,
     last_seq: u64,
     state: TenantState,
-    by_hash: ShardedMap<crate::secret::SecretHash, (TenantId, KeyId)>,
+    by_hash: ShardedMap<crate::secret::SecretHash, KeyId>,
     key_tenants: ShardedMap<KeyId, TenantId>,
 }
 

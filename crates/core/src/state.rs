@@ -26,7 +26,9 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     tenants: HashMap<TenantId, Arc<TenantState>>,
-    by_hash: ShardedMap<SecretHash, (TenantId, KeyId)>,
+    /// Secret hash → key id; the tenant is the key id's in `key_tenants`
+    /// (held once per key, not in both indexes: issue 13).
+    by_hash: ShardedMap<SecretHash, KeyId>,
     /// Key ids are unique across tenants, so usage can be keyed by id alone.
     key_tenants: ShardedMap<KeyId, TenantId>,
     events: u64,
@@ -419,13 +421,14 @@ impl Ledger {
 
     /// The key with this secret hash, and its tenant.
     pub fn key_by_hash(&self, hash: &SecretHash) -> Option<(&TenantId, &KeyRecord)> {
-        let (tenant, id) = self.by_hash.get(hash)?;
-        Some((tenant, self.tenants.get(tenant)?.keys.get(id)?))
+        let (tenant, id) = self.key_id_by_hash(hash)?;
+        Some((tenant, self.tenants.get(tenant)?.keys.get(&id)?))
     }
 
     /// The tenant and id of the key with this secret hash.
     pub(crate) fn key_id_by_hash(&self, hash: &SecretHash) -> Option<(&TenantId, KeyId)> {
-        self.by_hash.get(hash).map(|(tenant, id)| (tenant, *id))
+        let id = *self.by_hash.get(hash)?;
+        Some((self.key_tenants.get(&id)?, id))
     }
 
     /// Whether a key with this id exists in any tenant.
@@ -458,11 +461,7 @@ impl Ledger {
                     seq: state.version,
                     message: format!("key {} {what}", key.id),
                 };
-                if ledger
-                    .by_hash
-                    .insert(key.secret_hash, (tenant.clone(), key.id))
-                    .is_some()
-                {
+                if ledger.by_hash.insert(key.secret_hash, key.id).is_some() {
                     return Err(clash("shares its secret hash with another key"));
                 }
                 if ledger.key_tenants.insert(key.id, tenant.clone()).is_some() {
@@ -532,7 +531,7 @@ pub(crate) trait KeyIndexes {
 /// The ledger's own indexes (also those of a fold of chosen keys,
 /// `history.rs`).
 pub(crate) struct LedgerIndexes<'a> {
-    pub(crate) by_hash: &'a mut ShardedMap<SecretHash, (TenantId, KeyId)>,
+    pub(crate) by_hash: &'a mut ShardedMap<SecretHash, KeyId>,
     pub(crate) key_tenants: &'a mut ShardedMap<KeyId, TenantId>,
 }
 
@@ -542,7 +541,7 @@ impl KeyIndexes for LedgerIndexes<'_> {
     }
 
     fn insert(&mut self, tenant: &TenantId, id: KeyId, hash: SecretHash) {
-        self.by_hash.insert(hash, (tenant.clone(), id));
+        self.by_hash.insert(hash, id);
         self.key_tenants.insert(id, tenant.clone());
     }
 }
@@ -985,5 +984,73 @@ mod tests {
             "KeyRecord is {} bytes",
             std::mem::size_of::<super::KeyRecord>()
         );
+    }
+
+    /// Every key has an entry in each of the ledger's two indexes: the hash
+    /// index holds the key id alone (48 bytes an entry, 64 when it held the
+    /// tenant too), and the tenant is the id's entry (32 bytes).
+    #[test]
+    fn a_key_costs_two_small_index_entries() {
+        use super::{KeyId, SecretHash, TenantId};
+        assert_eq!(std::mem::size_of::<(SecretHash, KeyId)>(), 48);
+        assert_eq!(std::mem::size_of::<(KeyId, TenantId)>(), 32);
+    }
+
+    /// The hash index finds a key through the id index's tenant, and a
+    /// snapshot read back (`from_tenants`) finds it the same way.
+    #[test]
+    fn a_key_is_found_by_its_hash_in_its_tenant() {
+        use crate::decide::{Command, CreateKey, Principal, decide};
+        use crate::secret::{BODY_BYTES, KeyPrefix, Secret};
+        use crate::time::Timestamp;
+        let mut ledger = super::Ledger::new();
+        let mut hashes = Vec::new();
+        for (n, tenant) in ["acme", "globex", "acme"].into_iter().enumerate() {
+            let tenant: super::TenantId = tenant.parse().unwrap();
+            let secret = Secret::from_material(&KeyPrefix::default(), &[n as u8 + 1; BODY_BYTES]);
+            let events = decide(
+                &ledger,
+                &Command::CreateKey(CreateKey {
+                    meta: None,
+                    credits: None,
+                    limits: Vec::new(),
+                    principal: Principal::user(tenant.clone(), "alice".parse().unwrap()),
+                    owner: None,
+                    name: format!("key {n}"),
+                    description: None,
+                    expires_at: None,
+                    scopes: None,
+                    key_id: super::KeyId::from_u128(n as u128 + 1),
+                    secret_hash: secret.hash(),
+                    masked: secret.masked(),
+                }),
+                Timestamp::from_micros(1_000_000 * (n as i64 + 1)),
+            )
+            .unwrap();
+            for e in &events {
+                let seq = ledger.tenant(&tenant).map_or(0, |t| t.version) + 1;
+                ledger.apply(seq, e).unwrap();
+            }
+            hashes.push((
+                tenant,
+                super::KeyId::from_u128(n as u128 + 1),
+                secret.hash(),
+            ));
+        }
+        let again = super::Ledger::from_tenants(
+            ledger.tenants().map(|(t, s)| (t.clone(), s.clone())),
+            ledger.events(),
+        )
+        .unwrap();
+        assert_eq!(again, ledger);
+        for l in [&ledger, &again] {
+            for (tenant, id, hash) in &hashes {
+                let (t, key) = l.key_by_hash(hash).expect("found by its hash");
+                assert_eq!((t, key.id), (tenant, *id));
+                assert!(l.key_exists(*id));
+            }
+            assert!(l.key_by_hash(&super::SecretHash([9; 32])).is_none());
+            assert!(!l.key_exists(super::KeyId::from_u128(99)));
+        }
     }
 }
