@@ -1100,10 +1100,20 @@ impl EventLog for RedbLog {
                 found?
             };
             if found.difference.is_some() {
-                let db = self.db_locked(&mut self.lock_wal())?;
+                // A checkpoint, as `write` makes one: the write-ahead log
+                // held throughout, its epoch raised with the commit.
+                let mut wal = self.lock_wal();
+                let next = wal.epoch + 1;
+                let db = self.db_locked(&mut wal)?;
                 let txn = db.begin_write().map_err(backend("starting a write"))?;
                 build_key_index(&txn, true)?;
+                {
+                    let mut meta = txn.open_table(META).map_err(backend("opening meta"))?;
+                    meta.insert(WAL_EPOCH, next)
+                        .map_err(backend("raising the write-ahead log's epoch"))?;
+                }
                 commit(txn, Durability::Immediate)?;
+                wal.restart(next);
             }
             Ok(Some(found))
         })

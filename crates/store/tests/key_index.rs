@@ -293,4 +293,18 @@ fn the_key_index_is_checked_against_the_records_and_rebuilt_when_it_differs() {
         !dir.path().join("ledger.redb.key-index-check").exists(),
         "the scratch file is gone"
     );
+    // The rebuild is a checkpoint: appends after it, in the write-ahead
+    // log, are recovered once on the next open, and indexed.
+    let head = log.head().unwrap_or_else(|e| panic!("{e}"));
+    append(&log, &a, 700, 3);
+    drop(log);
+    let log = RedbLog::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.head().unwrap_or_else(|e| panic!("{e}")), head + 3);
+    assert_index_complete(&log, &a, "after appends past the rebuild, reopened");
+    assert_eq!(
+        log.check_key_index()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .and_then(|c| c.difference),
+        None
+    );
 }
