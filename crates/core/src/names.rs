@@ -4,9 +4,9 @@
 //! match, and a sort by name reads the names without visiting the keys
 //! (issue 13: a tenant of a million keys).
 //!
-//! Each name is followed by [`END`], a byte no UTF-8 text holds, so no
+//! Each name is followed by `END` (0xFF), a byte no UTF-8 text holds, so no
 //! needle (a string) matches across two names. What it costs: the names'
-//! bytes lower-cased, one byte each more, and a mark every [`BLOCK`] names
+//! bytes lower-cased, one byte each more, and a mark every `BLOCK` (64) names
 //! (no pointer or offset per key).
 
 use std::ops::Range;
