@@ -938,17 +938,16 @@ impl TenantState {
     /// made by the fold (a snapshot read back).
     pub fn rebuild_listing(&mut self) {
         let mut listing = Listing::default();
-        let mut order: Vec<(Timestamp, KeyId)> =
-            self.keys.values().map(|k| (k.created_at, k.id)).collect();
-        order.sort_unstable();
-        listing.by_created = order.into_iter().map(|(_, id)| id).collect();
-        listing.names = Names::build(
-            listing
-                .by_created
-                .iter()
-                .filter_map(|id| self.keys.get(id))
-                .map(|k| &*k.name),
-        );
+        // One pass over the keys: each name comes with its key, not from
+        // a second look-up per key.
+        let mut order: Vec<(Timestamp, KeyId, &str)> = self
+            .keys
+            .values()
+            .map(|k| (k.created_at, k.id, &*k.name))
+            .collect();
+        order.sort_unstable_by_key(|&(at, id, _)| (at, id));
+        listing.names = Names::build(order.iter().map(|&(_, _, name)| name));
+        listing.by_created = order.into_iter().map(|(_, id, _)| id).collect();
         for k in self.keys.values() {
             if k.revoked.is_some() {
                 listing.revoked += 1;

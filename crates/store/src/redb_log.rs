@@ -384,14 +384,22 @@ fn fill_key_index(
     Ok(())
 }
 
-/// The first entry where two per-key index tables differ, named (`what`
-/// is the table), counting the equal entries into `equal`.
+/// The first entry where table `def` of the stored index and of the one
+/// built from the records differ, named, counting the equal entries into
+/// `equal`.
 fn first_difference<V: redb::Value + 'static>(
-    what: &str,
-    stored: &impl ReadableTable<(&'static str, u128, u64), V>,
-    built: &impl ReadableTable<(&'static str, u128, u64), V>,
+    def: TableDefinition<(&'static str, u128, u64), V>,
+    stored: &redb::ReadTransaction,
+    built: &redb::ReadTransaction,
     equal: &mut u64,
 ) -> Result<Option<String>, StoreError> {
+    let what = redb::TableHandle::name(&def).to_owned();
+    let stored = stored
+        .open_table(def)
+        .map_err(backend("opening the key index"))?;
+    let built = built
+        .open_table(def)
+        .map_err(backend("opening the rebuilt key index"))?;
     let name = |(tenant, key, seq): (&str, u128, u64)| {
         format!(
             "tenant {tenant}, key {}, event {seq}",
@@ -718,27 +726,9 @@ impl RedbLog {
         commit(txn, Durability::None)?;
         let rebuilt = built.begin_read().map_err(backend("starting a read"))?;
         let mut found = KeyIndexCheck::default();
-        found.difference = first_difference(
-            "key_index",
-            &read
-                .open_table(KEY_INDEX)
-                .map_err(backend("opening key_index"))?,
-            &rebuilt
-                .open_table(KEY_INDEX)
-                .map_err(backend("opening key_index"))?,
-            &mut found.entries,
-        )?;
+        found.difference = first_difference(KEY_INDEX, &read, &rebuilt, &mut found.entries)?;
         if found.difference.is_none() {
-            found.difference = first_difference(
-                "key_uses",
-                &read
-                    .open_table(KEY_USES)
-                    .map_err(backend("opening key_uses"))?,
-                &rebuilt
-                    .open_table(KEY_USES)
-                    .map_err(backend("opening key_uses"))?,
-                &mut found.entries,
-            )?;
+            found.difference = first_difference(KEY_USES, &read, &rebuilt, &mut found.entries)?;
         }
         Ok(found)
     }
