@@ -135,6 +135,10 @@ impl UsageWindow {
 /// waits for no window (see `docs/audit.md`, "Reads of the trail").
 pub const AUDIT_READ_WINDOW_DEFAULT: Duration = Duration::from_millis(100);
 
+/// The default [`Config::usage_in_flight_max`]: a quarter of a batch, so
+/// the usage a command can find ahead of it is one commit's worth at most.
+pub const USAGE_IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+
 /// Runtime settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -146,6 +150,10 @@ pub struct Config {
     pub batch_commands_max: usize,
     /// Most commands waiting for the writer; senders wait beyond it.
     pub queue_commands_max: usize,
+    /// Most usage commands a flush keeps waiting for the writer at once
+    /// (it sends the next as one is answered), so that a create or a
+    /// revoke sent during a large flush waits behind at most this many.
+    pub usage_in_flight_max: usize,
     /// Where the audit signing key and checkpoints live; `None`: trees and
     /// proofs only, no signed checkpoints.
     pub audit: Option<AuditConfig>,
@@ -183,6 +191,7 @@ impl Default for Config {
             usage_window: UsageWindow::Every(Duration::from_secs(1)),
             batch_commands_max: 4096,
             queue_commands_max: 16_384,
+            usage_in_flight_max: USAGE_IN_FLIGHT_MAX_DEFAULT,
             audit: None,
             follow: None,
             audit_read_window: AUDIT_READ_WINDOW_DEFAULT,
@@ -1618,6 +1627,13 @@ fn usage_units(counts: keyledger_core::UseCounts, per_use: bool) -> Vec<keyledge
 }
 
 /// Writes every counted use; puts counts back if the write fails.
+///
+/// At most [`Config::usage_in_flight_max`] usage commands wait for the
+/// writer at a time: the flush sends the next one as an earlier one is
+/// answered. The writer serves its queue in order, so a create sent while
+/// the usage of many keys is being written waits behind that many usage
+/// commands at most, not behind all of them (issue 13: at 10M keys a
+/// create waited 6.1 s behind a flush that filled the queue).
 async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
     let _one_at_a_time = shared.flush_lock.lock().await;
     let entries = std::mem::take(&mut *shared.dirty.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1625,7 +1641,9 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
         return Ok(0);
     }
     let now = shared.clock.now();
-    let mut pending = Vec::with_capacity(entries.len());
+    let in_flight_max = shared.config.usage_in_flight_max.max(1);
+    let mut pending = std::collections::VecDeque::with_capacity(entries.len().min(in_flight_max));
+    let mut answered = Answered::default();
     for entry in entries {
         let window_start = entry.first_use().unwrap_or(now).min(now);
         let (counts, last_valid_at) = entry.take();
@@ -1641,6 +1659,11 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
                 last_valid_at: if unit.valid > 0 { last_valid_at } else { None },
                 counts: unit,
             };
+            while pending.len() >= in_flight_max {
+                if let Some(oldest) = pending.pop_front() {
+                    answered.take(shared, oldest).await;
+                }
+            }
             let (reply, answer) = oneshot::channel();
             let job = Job::Command(
                 Command::RecordUsage {
@@ -1653,15 +1676,41 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
                 entry.give_back(&unit, last_valid_at);
                 continue;
             }
-            pending.push((entry.clone(), unit, last_valid_at, answer));
+            pending.push_back((entry.clone(), unit, last_valid_at, answer));
         }
     }
-    let mut written = 0;
-    let mut failure = None;
-    for (entry, unit, last_valid_at, answer) in pending {
+    for p in pending {
+        answered.take(shared, p).await;
+    }
+    shared.metrics.usage_events.fetch_add(
+        answered.written as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    answered.failure.map_or(Ok(answered.written), Err)
+}
+
+/// A usage command sent to the writer, waiting for its answer.
+type PendingUse = (
+    Arc<KeyEntry>,
+    keyledger_core::UseCounts,
+    Option<Timestamp>,
+    oneshot::Receiver<Result<Vec<Record>, Error>>,
+);
+
+/// What a flush's answers came to.
+#[derive(Default)]
+struct Answered {
+    written: usize,
+    failure: Option<Error>,
+}
+
+impl Answered {
+    /// Waits for one usage command's answer: counted as written, or its
+    /// counts put back on its key (dirty again, for the next flush).
+    async fn take(&mut self, shared: &Shared, (entry, unit, last_valid_at, answer): PendingUse) {
         match answer.await {
             Ok(Ok(_)) => {
-                written += 1;
+                self.written += 1;
                 shared.metrics.note_uses(&unit);
             }
             outcome => {
@@ -1673,18 +1722,13 @@ async fn flush(shared: &Arc<Shared>) -> Result<usize, Error> {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(entry.clone());
                 }
-                failure = Some(match outcome {
+                self.failure = Some(match outcome {
                     Ok(Err(e)) => e,
                     _ => Error::ShuttingDown,
                 });
             }
         }
     }
-    shared
-        .metrics
-        .usage_events
-        .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
-    failure.map_or(Ok(written), Err)
 }
 
 /// The refill task: a pass at once (refills that fell due while the
