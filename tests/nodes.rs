@@ -1202,3 +1202,63 @@ fn two_nodes_never_overspend_credits_and_bound_rate_limit_overshoot() {
         n.stop();
     }
 }
+
+/// `keyledger replay` on PostgreSQL checks `keyledger.key_events` against
+/// the records: an entry removed behind the log's back makes it exit 1
+/// naming the entry, and the index is rebuilt from the records, so the
+/// next replay finds it equal with as many entries as before.
+#[test]
+fn replay_on_postgresql_names_a_removed_key_index_entry_and_rebuilds_it() {
+    let db = TestDatabase::create();
+    let d = Data::new();
+    let pg = |args: &[&str]| {
+        let mut with = vec!["--postgres", db.url()];
+        with.extend_from_slice(args);
+        d.run(&with)
+    };
+    for name in ["one", "two", "three"] {
+        let out = pg(&[
+            "keys", "create", "--tenant", "acme", "--user", "alice", "--name", name,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let replay = || {
+        let out = pg(&["replay", "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, clean) = replay();
+    assert_eq!(code, Some(0), "{clean}");
+    assert_eq!(clean["key_index"]["equal"], true, "{clean}");
+    let entries = clean["key_index"]["entries"].as_u64().unwrap_or(0);
+    assert!(entries >= 3, "{clean}");
+    let removed = sql(
+        db.url(),
+        "DELETE FROM keyledger.key_events WHERE (tenant, key_id, seq) = \
+           (SELECT tenant, key_id, seq FROM keyledger.key_events ORDER BY key_id DESC LIMIT 1) \
+         RETURNING key_id, seq",
+    );
+    let key_bytes: [u8; 16] = removed[0]
+        .get::<_, &[u8]>(0)
+        .try_into()
+        .unwrap_or_else(|_| panic!("a 16-byte key id"));
+    let key = keyledger_core::KeyId::from_u128(u128::from_be_bytes(key_bytes));
+    let seq: i64 = removed[0].get(1);
+    let (code, damaged) = replay();
+    assert_eq!(code, Some(1), "a differing index exits 1: {damaged}");
+    assert_eq!(damaged["key_index"]["equal"], false, "{damaged}");
+    assert_eq!(
+        damaged["key_index"]["difference"],
+        format!("key_events: tenant acme, key {key}, event {seq} is missing"),
+        "{damaged}"
+    );
+    let (code, again) = replay();
+    assert_eq!(code, Some(0), "rebuilt by the replay before: {again}");
+    assert_eq!(again["key_index"]["equal"], true, "{again}");
+    assert_eq!(again["key_index"]["entries"], entries, "{again}");
+}

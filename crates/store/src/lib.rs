@@ -344,8 +344,7 @@ pub trait EventLog: Send + Sync {
     /// use sums (`keyledger replay` runs it). An index that differs is
     /// replaced by the one built from the records, and the difference
     /// reported. `Ok(None)`: not checked (the default: the memory log's
-    /// index lives and dies with its records; PostgreSQL's
-    /// `keyledger.key_events` is not checked yet).
+    /// index lives and dies with its records).
     fn check_key_index(&self) -> Result<Option<KeyIndexCheck>, StoreError> {
         Ok(None)
     }

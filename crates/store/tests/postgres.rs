@@ -399,20 +399,28 @@ fn migrations_apply_once_even_when_nodes_start_together() {
     );
 }
 
-/// A database from before migration 4 (events, no key index): the first
-/// node to connect fills the index for every event already there.
-#[test]
-fn the_key_index_is_filled_for_events_from_before_it() {
+/// A test database holding 12 events of tenant `a` and 6 of `b`.
+fn two_tenants() -> (
+    TestDatabase,
+    keyledger_core::TenantId,
+    keyledger_core::TenantId,
+) {
     let db = TestDatabase::create();
     let (a, b) = (tenant("a"), tenant("b"));
-    {
-        let log = connect(&db);
-        log.append(vec![
+    connect(&db)
+        .append(vec![
             batch(&a, 0, sample_events(&a, 0, 12)),
             batch(&b, 0, sample_events(&b, 50, 6)),
         ])
         .unwrap_or_else(|e| panic!("append: {e}"));
-    }
+    (db, a, b)
+}
+
+/// A database from before migration 4 (events, no key index): the first
+/// node to connect fills the index for every event already there.
+#[test]
+fn the_key_index_is_filled_for_events_from_before_it() {
+    let (db, a, b) = two_tenants();
     // What migration 4 finds in an older database: events and no entries.
     runtime().block_on(async {
         let c = raw(&db).await;
@@ -425,7 +433,26 @@ fn the_key_index_is_filled_for_events_from_before_it() {
         .await;
     });
     let log = connect(&db);
-    for t in [&a, &b] {
+    let (from_index, from_records) = (
+        histories(&log, &[&a, &b], false),
+        histories(&log, &[&a, &b], true),
+    );
+    assert!(from_records.len() >= 6, "{}", from_records.len());
+    assert_eq!(
+        from_index, from_records,
+        "every key's history after the backfill"
+    );
+}
+
+/// Every key's history in `tenants`, in key order: read through the
+/// index, or (`from_records`) picked from each tenant's whole trail.
+fn histories(
+    log: &PgLog,
+    tenants: &[&keyledger_core::TenantId],
+    from_records: bool,
+) -> Vec<Vec<keyledger_store::Record>> {
+    let mut out = Vec::new();
+    for t in tenants {
         let records = log
             .read_tenant(t, 0, usize::MAX)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -437,17 +464,110 @@ fn the_key_index_is_filled_for_events_from_before_it() {
         keys.dedup();
         assert!(keys.len() >= 3, "{t}: {keys:?}");
         for key in keys {
-            let want: Vec<_> = records
-                .iter()
-                .filter(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key))
-                .cloned()
-                .collect();
-            let got = log
-                .read_key(t, key, 0, usize::MAX)
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(got, want, "tenant {t} key {key} after the backfill");
+            out.push(if from_records {
+                records
+                    .iter()
+                    .filter(|r| keyledger_core::touched_keys(&r.event).any(|k| k == key))
+                    .cloned()
+                    .collect()
+            } else {
+                log.read_key(t, key, 0, usize::MAX)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            });
         }
     }
+    out
+}
+
+/// `check_key_index` on PostgreSQL: an entry removed, one pointing at
+/// another position, one naming no record are each named exactly and the
+/// index rebuilt from the records, so the histories read through it are
+/// the records' again; appends go on after the rebuild.
+#[test]
+fn the_key_index_is_checked_against_the_records_and_rebuilt_when_it_differs() {
+    let (db, a, b) = two_tenants();
+    let log = connect(&db);
+    let clean = log
+        .check_key_index()
+        .unwrap_or_else(|e| panic!("check: {e}"))
+        .unwrap_or_else(|| panic!("PostgreSQL's index is checked"));
+    assert_eq!(clean.difference, None);
+    assert!(clean.entries >= 18, "{clean:?}");
+    let want = histories(&log, &[&a, &b], true);
+    assert_eq!(histories(&log, &[&a, &b], false), want);
+    let key_of = |bytes: &[u8]| {
+        let b: [u8; 16] = bytes.try_into().unwrap_or_else(|_| panic!("16 bytes"));
+        keyledger_core::KeyId::from_ulid(ulid::Ulid(u128::from_be_bytes(b)))
+    };
+    let damages = [
+        (
+            "DELETE FROM keyledger.key_events WHERE (tenant, key_id, seq) = \
+               (SELECT tenant, key_id, seq FROM keyledger.key_events WHERE tenant = 'a' \
+                ORDER BY key_id DESC, seq LIMIT 1) \
+             RETURNING tenant, key_id, seq, position",
+            "is missing",
+        ),
+        (
+            "UPDATE keyledger.key_events SET position = position + 1 WHERE (tenant, key_id, seq) = \
+               (SELECT tenant, key_id, seq FROM keyledger.key_events WHERE tenant = 'b' \
+                ORDER BY key_id, seq LIMIT 1) \
+             RETURNING tenant, key_id, seq, position",
+            "points at position",
+        ),
+        (
+            "INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
+               SELECT tenant, key_id, seq + 1000, position FROM keyledger.key_events \
+               WHERE tenant = 'a' ORDER BY key_id, seq LIMIT 1 \
+             RETURNING tenant, key_id, seq, position",
+            "is in no record",
+        ),
+    ];
+    for (damage, what) in damages {
+        let row = runtime().block_on(async {
+            let c = raw(&db).await;
+            c.query_one(damage, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{damage}: {e}"))
+        });
+        let (t, key, seq, position) = (
+            row.get::<_, String>(0),
+            key_of(row.get::<_, &[u8]>(1)),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        );
+        let name = format!("key_events: tenant {t}, key {key}, event {seq}");
+        let expected = match what {
+            "points at position" => format!(
+                "{name} points at position {position}; the records give {}",
+                position - 1
+            ),
+            _ => format!("{name} {what}"),
+        };
+        let found = log
+            .check_key_index()
+            .unwrap_or_else(|e| panic!("check: {e}"))
+            .unwrap_or_else(|| panic!("checked"));
+        assert_eq!(found.difference.as_deref(), Some(expected.as_str()));
+        let again = log
+            .check_key_index()
+            .unwrap_or_else(|e| panic!("check: {e}"))
+            .unwrap_or_else(|| panic!("checked"));
+        assert_eq!(again, clean, "rebuilt from the records after: {expected}");
+        assert_eq!(
+            histories(&log, &[&a, &b], false),
+            want,
+            "read through the index after: {expected}"
+        );
+    }
+    // Appends after a rebuild are indexed as before.
+    log.append(vec![batch(&a, 12, sample_events(&a, 100, 3))])
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    let after = log
+        .check_key_index()
+        .unwrap_or_else(|e| panic!("check: {e}"))
+        .unwrap_or_else(|| panic!("checked"));
+    assert_eq!(after.difference, None);
+    assert!(after.entries > clean.entries, "{after:?} against {clean:?}");
 }
 
 #[test]

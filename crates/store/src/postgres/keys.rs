@@ -177,7 +177,99 @@ pub(super) async fn backfill(shared: Arc<Shared>) -> Result<(), StoreError> {
         .await
         .map_err(fail("reading the key index's backfill"))?
         .map_or(0, |r| r.get(0));
-    let mut after = 0i64;
+    index_events(&client, IndexInto::Backfill, 0, upto).await?;
+    client
+        .batch_execute("UPDATE keyledger.key_index_backfill SET upto = 0; COMMIT")
+        .await
+        .map_err(fail("finishing the key index's backfill"))?;
+    Ok(())
+}
+
+/// The per-key index entries of a page of `keyledger.events` rows
+/// (`position, tenant, seq, prev_hash, hash, payload`), as columns for
+/// `unnest`: one per key each record names.
+#[derive(Default)]
+struct Entries {
+    tenants: Vec<String>,
+    keys: Vec<Vec<u8>>,
+    seqs: Vec<i64>,
+    positions: Vec<i64>,
+}
+
+impl Entries {
+    /// `strict`: a record that does not decode is an error naming it (the
+    /// check: an index short of it would pass as equal); otherwise it is
+    /// left out (the backfill: reads and chain verification name it).
+    fn of(rows: &[tokio_postgres::Row], strict: bool) -> Result<Self, StoreError> {
+        let mut e = Entries::default();
+        for row in rows {
+            let r = raw_from_row(row)?;
+            let event = match r.tenant.parse::<TenantId>() {
+                Ok(tenant) => envelope::decode(&tenant, &r.payload).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("tenant {:?}: {e}", r.tenant)),
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(message) if strict => {
+                    return Err(StoreError::Corrupt {
+                        position: r.position,
+                        message,
+                    });
+                }
+                Err(_) => continue,
+            };
+            for key in touched_keys(&event) {
+                e.tenants.push(r.tenant.clone());
+                e.keys.push(key_bytes(key));
+                e.seqs.push(r.seq as i64);
+                e.positions.push(r.position as i64);
+            }
+        }
+        Ok(e)
+    }
+}
+
+/// The first difference between `keyledger.key_events` and the scratch
+/// index built from the records (`key_events_check`), in key order: an
+/// entry missing, one in no record, or one whose position differs.
+const SQL_FIRST_DIFFERENCE: &str = "SELECT coalesce(b.tenant, k.tenant), \
+       coalesce(b.key_id, k.key_id), coalesce(b.seq, k.seq), b.position, k.position \
+     FROM key_events_check b FULL JOIN keyledger.key_events k \
+       ON k.tenant = b.tenant AND k.key_id = b.key_id AND k.seq = b.seq \
+     WHERE b.position IS DISTINCT FROM k.position \
+     ORDER BY 1, 2, 3 LIMIT 1";
+
+/// Where [`index_events`] writes the entries it reads.
+#[derive(Clone, Copy)]
+enum IndexInto {
+    /// `keyledger.key_events`, leaving out records that do not decode.
+    Backfill,
+    /// The check's temporary `key_events_check`, refusing them.
+    Check,
+}
+
+/// Lists the events after `after` up to `upto` in the index `into`.
+async fn index_events(
+    client: &tokio_postgres::Client,
+    into: IndexInto,
+    mut after: i64,
+    upto: i64,
+) -> Result<(), StoreError> {
+    let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
+    let (insert, strict) = match into {
+        IndexInto::Backfill => (
+            "INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT DO NOTHING",
+            false,
+        ),
+        IndexInto::Check => (
+            "INSERT INTO key_events_check (tenant, key_id, seq, position) \
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT DO NOTHING",
+            true,
+        ),
+    };
     while after < upto {
         let rows = client
             .query(
@@ -189,36 +281,118 @@ pub(super) async fn backfill(shared: Arc<Shared>) -> Result<(), StoreError> {
             .map_err(fail("reading events for the key index"))?;
         let Some(last) = rows.last() else { break };
         after = last.get(0);
-        let (mut tenants, mut keys, mut seqs, mut positions) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for row in &rows {
-            let r = raw_from_row(row)?;
-            let Ok(tenant) = r.tenant.parse::<TenantId>() else {
-                continue;
-            };
-            let Ok(event) = envelope::decode(&tenant, &r.payload) else {
-                continue;
-            };
-            for key in touched_keys(&event) {
-                tenants.push(r.tenant.clone());
-                keys.push(key_bytes(key));
-                seqs.push(r.seq as i64);
-                positions.push(r.position as i64);
-            }
-        }
+        let e = Entries::of(&rows, strict)?;
         client
-            .execute(
-                "INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT DO NOTHING",
-                &[&tenants, &keys, &seqs, &positions],
-            )
+            .execute(insert, &[&e.tenants, &e.keys, &e.seqs, &e.positions])
             .await
             .map_err(fail("writing the key index"))?;
     }
-    client
-        .batch_execute("UPDATE keyledger.key_index_backfill SET upto = 0; COMMIT")
-        .await
-        .map_err(fail("finishing the key index's backfill"))?;
     Ok(())
+}
+
+/// [`crate::EventLog::check_key_index`] for PostgreSQL: builds the index
+/// anew from the records into a temporary table, in one snapshot of the
+/// database (a repeatable-read transaction, so appends by other nodes
+/// meanwhile are in neither side), and compares the two with a join.
+/// On a difference, replaces `keyledger.key_events` with the rebuilt
+/// index under the append lock (the records appended since the snapshot
+/// are added to it first), so no append interleaves.
+pub(super) async fn check(shared: Arc<Shared>) -> Result<crate::KeyIndexCheck, StoreError> {
+    let client = connect(&shared).await?;
+    let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
+    client
+        .batch_execute(
+            "SET statement_timeout = 0; SET lock_timeout = 0; \
+             CREATE TEMP TABLE key_events_check ( \
+               tenant text COLLATE \"C\" NOT NULL, key_id bytea NOT NULL, \
+               seq bigint NOT NULL, position bigint NOT NULL, \
+               PRIMARY KEY (tenant, key_id, seq))",
+        )
+        .await
+        .map_err(fail("starting the key index check"))?;
+    // Apart: in one string, the statements before it would already have
+    // opened the transaction `BEGIN` sets the isolation of.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(fail("starting the key index check"))?;
+    let upto: i64 = client
+        .query_one(super::append::SQL_HEAD, &[])
+        .await
+        .map_err(fail("reading the log's head"))?
+        .get(0);
+    index_events(&client, IndexInto::Check, 0, upto).await?;
+    let first = client
+        .query_opt(SQL_FIRST_DIFFERENCE, &[])
+        .await
+        .map_err(fail("comparing the key index"))?;
+    let entries: i64 = client
+        .query_one(
+            "SELECT count(*) FROM key_events_check b JOIN keyledger.key_events k \
+               ON k.tenant = b.tenant AND k.key_id = b.key_id AND k.seq = b.seq \
+               AND k.position = b.position",
+            &[],
+        )
+        .await
+        .map_err(fail("counting the key index"))?
+        .get(0);
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(fail("ending the key index check"))?;
+    let difference = first.map(|row| {
+        let key = row
+            .get::<_, &[u8]>(1)
+            .try_into()
+            .map(|b| KeyId::from_ulid(ulid::Ulid(u128::from_be_bytes(b))).to_string())
+            .unwrap_or_else(|_| format!("{:02x?}", row.get::<_, &[u8]>(1)));
+        let name = format!(
+            "key_events: tenant {}, key {key}, event {}",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(2)
+        );
+        match (row.get::<_, Option<i64>>(3), row.get::<_, Option<i64>>(4)) {
+            (Some(_), None) => format!("{name} is missing"),
+            (None, _) => format!("{name} is in no record"),
+            (Some(want), Some(got)) => {
+                format!("{name} points at position {got}; the records give {want}")
+            }
+        }
+    });
+    if difference.is_some() {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(fail("starting the key index's rebuild"))?;
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&super::APPEND_LOCK.0, &super::APPEND_LOCK.1],
+            )
+            .await
+            .map_err(fail("taking the append lock"))?;
+        let head: i64 = client
+            .query_one(super::append::SQL_HEAD, &[])
+            .await
+            .map_err(fail("reading the log's head"))?
+            .get(0);
+        index_events(&client, IndexInto::Check, upto, head).await?;
+        client
+            .batch_execute(
+                "DELETE FROM keyledger.key_events; \
+                 INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
+                   SELECT tenant, key_id, seq, position FROM key_events_check; \
+                 COMMIT",
+            )
+            .await
+            .map_err(fail("rebuilding the key index"))?;
+    }
+    client
+        .batch_execute("DROP TABLE key_events_check")
+        .await
+        .map_err(fail("dropping the key index check"))?;
+    Ok(crate::KeyIndexCheck {
+        entries: u64::try_from(entries).unwrap_or(0),
+        difference,
+    })
 }

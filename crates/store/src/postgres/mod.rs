@@ -480,6 +480,16 @@ impl EventLog for PgLog {
         self.key_list(tenant, after, limit)
     }
 
+    fn check_key_index(&self) -> Result<Option<crate::KeyIndexCheck>, StoreError> {
+        self.run_within(
+            self.shared.options.migration_timeout,
+            "checking the key index",
+            "",
+            keys::check,
+        )
+        .map(Some)
+    }
+
     fn tenant_head(&self, tenant: &TenantId) -> Result<Option<(u64, Hash)>, StoreError> {
         let t = tenant.as_str().to_owned();
         let rows = self.run("reading a tenant head", move |s| async move {
