@@ -15,6 +15,8 @@
 //!   and, for comparison, on one in-process log; and what a revoke that
 //!   waits for every node (`wait=all-nodes`) costs.
 //!
+//! `-- follower` and `-- key-index-check` run one part alone (below).
+//!
 //! Needs `KEYLEDGER_TEST_POSTGRES_URL` (an admin URL; a database is made
 //! and dropped). Run: `scripts/postgres run -- cargo bench --bench postgres`.
 
@@ -125,6 +127,17 @@ fn creates(rt: &tokio::runtime::Runtime, log: Arc<dyn EventLog>, n: usize) -> (D
 
 /// Replay: (read and decode every record, open a ledger on it); the
 /// better of three runs of each.
+/// Reads the whole log in pages of 16,384; returns its last position.
+fn read_whole(log: &dyn EventLog) -> u64 {
+    let mut after = 0;
+    loop {
+        let page = log.read_after(after, 16_384).expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+    }
+    after
+}
+
 fn replay(
     rt: &tokio::runtime::Runtime,
     open: &dyn Fn() -> Arc<dyn EventLog>,
@@ -136,14 +149,8 @@ fn replay(
         {
             let log = open();
             let start = Instant::now();
-            let mut after = 0;
-            loop {
-                let page = log.read_after(after, 16_384).expect("read");
-                let Some(last) = page.last() else { break };
-                after = last.position;
-            }
+            events = read_whole(log.as_ref());
             read = read.min(start.elapsed());
-            events = after;
         }
         let log = open();
         let start = Instant::now();
@@ -153,6 +160,70 @@ fn replay(
         rt.block_on(ledger.shutdown()).expect("shutdown");
     }
     (read, full, events)
+}
+
+/// `cargo bench --bench postgres -- key-index-check`: `replay`'s check of
+/// the per-key index ([`EventLog::check_key_index`]) on `n` events, on
+/// PostgreSQL and on redb, each against reading the same log whole
+/// (`read_after`, pages of 16,384), alternated, three rounds.
+fn key_index_check(n: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::create();
+    let redb_path = dir.path().join("ledger.redb");
+    let redb = RedbLog::open(&redb_path).expect("redb");
+    let pg = PgLog::connect(db.url()).expect("connect");
+    common::fill_with(&redb, n, 1 << 100, 0xb7);
+    common::fill_with(&pg, n, 1 << 100, 0xb7);
+    let read = |log: &dyn EventLog| {
+        let start = Instant::now();
+        read_whole(log);
+        start.elapsed()
+    };
+    let check = |log: &dyn EventLog| {
+        let start = Instant::now();
+        let found = log.check_key_index().expect("check").expect("checked");
+        assert_eq!(found.difference, None, "a fresh index is equal");
+        (start.elapsed(), found.entries)
+    };
+    for round in 0..3 {
+        for (name, log) in [("postgres", &pg as &dyn EventLog), ("redb", &redb)] {
+            let r = read(log);
+            let (c, entries) = check(log);
+            eprintln!(
+                "round {round}: {name}: check {} ({entries} entries) against reading the log {}: {:.1}×",
+                millis(c),
+                millis(r),
+                c.as_secs_f64() / r.as_secs_f64()
+            );
+        }
+    }
+    // A difference: the check, then the rebuild under the append lock.
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "DELETE FROM keyledger.key_events WHERE (tenant, key_id, seq) = \
+                   (SELECT tenant, key_id, seq FROM keyledger.key_events LIMIT 1)",
+            )
+            .await
+            .expect("remove an entry");
+    });
+    let start = Instant::now();
+    let found = pg.check_key_index().expect("check").expect("checked");
+    assert!(found.difference.is_some(), "the removed entry is found");
+    eprintln!(
+        "postgres: check and rebuild after an entry was removed {} (appends held for the rebuild)",
+        millis(start.elapsed())
+    );
+    eprintln!(
+        "({n} events; load {})",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
 }
 
 /// `cargo bench --bench postgres -- follower`: a new node's start on an
@@ -380,6 +451,10 @@ fn main() {
     let rt = rt();
     if std::env::args().any(|a| a == "follower") {
         follower(&rt, env_usize("KEYLEDGER_BENCH_EVENTS", 1_000_000));
+        return;
+    }
+    if std::env::args().any(|a| a == "key-index-check") {
+        key_index_check(env_usize("KEYLEDGER_BENCH_EVENTS", 200_000));
         return;
     }
     let n_creates = env_usize("KEYLEDGER_BENCH_CREATES", 1000);
