@@ -45,6 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "scale/layout.rs"]
+mod layout;
+
 use keyledger_audit::merkle::Tree;
 use keyledger_core::{
     Command, CreateKey, KeyId, KeyPrefix, KeyUsed, Ledger, Principal, RemoveUser, RevokeKey,
@@ -129,6 +132,10 @@ fn main() {
         "verify-sizes" => {
             let sizes: Vec<u64> = (1..args.len()).map(num).collect();
             rt.block_on(verify_sizes(&sizes));
+        }
+        "verify-layout" => {
+            let sizes: Vec<u64> = (1..args.len()).map(num).collect();
+            layout::verify_layout(&sizes);
         }
         other => {
             eprintln!("unknown subcommand {other}");
@@ -1364,6 +1371,13 @@ async fn verify_sizes(sizes: &[u64]) {
                 .collect()
         })
         .collect();
+    // One dependent random read at each size: a pointer chase over 256 B
+    // a key (the verification map's footprint), in the same rounds.
+    let chases: Vec<layout::Chase> = sizes
+        .iter()
+        .map(|&n| layout::Chase::with((n as usize * 4).max(64), &mut rng))
+        .collect();
+    let mut hop_ns = vec![Vec::new(); sizes.len()];
     let mut ns = vec![Vec::new(); sizes.len()];
     let mut ratios = vec![Vec::new(); sizes.len()];
     for round in 0..ROUNDS {
@@ -1371,6 +1385,7 @@ async fn verify_sizes(sizes: &[u64]) {
         for k in 0..sizes.len() {
             let j = (k + round) % sizes.len();
             this[j] = verify_pool(&ledgers[j], &pools[j]);
+            hop_ns[j].push(chases[j].run(POOL));
         }
         for j in 0..sizes.len() {
             ns[j].push(this[j]);
@@ -1382,14 +1397,17 @@ async fn verify_sizes(sizes: &[u64]) {
             ratios[j].iter().copied().fold(f64::MAX, f64::min),
             ratios[j].iter().copied().fold(0.0, f64::max),
         );
+        let (at, hop) = (median(&mut ns[j]), median(&mut hop_ns[j]));
         println!(
-            "verify-sizes: {} keys {:.1} ns: {:.2}× {} keys (rounds {lo:.2}–{hi:.2}; {ROUNDS} rounds \
-             of {POOL} random keys; inline KeyEntry {} B; {})",
+            "verify-sizes: {} keys {at:.1} ns: {:.2}× {} keys (rounds {lo:.2}–{hi:.2}; {ROUNDS} rounds \
+             of {POOL} random keys; inline KeyEntry {} B; one dependent random read over {} MB \
+             {hop:.1} ns, the verification {:.2} of them; {})",
             sizes[j],
-            median(&mut ns[j]),
             median(&mut ratios[j]),
             sizes[0],
             std::mem::size_of::<keyledger_runtime::KeyEntry>(),
+            (sizes[j] * 256) >> 20,
+            at / hop,
             loadavg()
         );
     }

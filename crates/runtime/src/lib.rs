@@ -95,7 +95,7 @@ pub use snapshot::{
     FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION, SNAPSHOT_DIR, SnapshotCheck, SnapshotConfig,
     SnapshotMetrics, SnapshotStart,
 };
-pub use verify::{KeyEntry, Verification, VerifyOutcome};
+pub use verify::{DigestHash, KeyEntry, Verification, VerifyOutcome};
 pub use witness::{
     COSIGNATURES_SUFFIX, ReceiptAnswer, StoredCosignatures, WITNESS_TIMEOUT, WitnessTarget,
     WitnessedCheckpoint,
