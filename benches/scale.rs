@@ -50,12 +50,12 @@ mod layout;
 
 use keyledger_audit::merkle::Tree;
 use keyledger_core::{
-    Command, CreateKey, KeyId, KeyPrefix, KeyUsed, Ledger, Principal, RemoveUser, RevokeKey,
-    RevokeReason, RotateKey, Secret, TenantId, Timestamp, Usage, UseCounts, UserId,
+    Command, CreateKey, KeyId, KeyPrefix, KeyStatus, KeyUsed, Ledger, Principal, RemoveUser,
+    RevokeKey, RevokeReason, RotateKey, Secret, TenantId, Timestamp, Usage, UseCounts, UserId,
 };
 use keyledger_runtime::{
-    AuditConfig, Config, Keyledger, ListQuery, ManualClock, OsEntropy, PointInTime, SortField,
-    SystemClock, UsageWindow,
+    AuditConfig, Config, Keyledger, ListQuery, ManualClock, Order, OsEntropy, PointInTime,
+    SortField, SystemClock, UsageWindow,
 };
 use keyledger_store::{EventLog, MemoryLog, RedbLog};
 use sha2::{Digest, Sha256};
@@ -1215,6 +1215,39 @@ fn queries(ledger: &Keyledger, plan: &Plan, big: &TenantId) {
                     sort,
                     ..ListQuery::default()
                 };
+                std::hint::black_box(ledger.list_keys(big, &q).expect("list"));
+            }),
+        );
+    }
+    // The last-use sort the other way (keys never used first), the next
+    // page through a cursor, and with a status filter few keys pass.
+    let by_use = |order, status| ListQuery {
+        sort: SortField::LastUsedAt,
+        order,
+        status,
+        ..ListQuery::default()
+    };
+    let next = ledger
+        .list_keys(big, &by_use(Order::Desc, None))
+        .expect("list")
+        .next_cursor;
+    for (what, q) in [
+        ("by last use, oldest first", by_use(Order::Asc, None)),
+        (
+            "by last use, the second page",
+            ListQuery {
+                cursor: next,
+                ..by_use(Order::Desc, None)
+            },
+        ),
+        (
+            "by last use, revoked keys",
+            by_use(Order::Desc, Some(KeyStatus::Revoked)),
+        ),
+    ] {
+        report(
+            &format!("list keys ({what})"),
+            timed(200, budget, |_| {
                 std::hint::black_box(ledger.list_keys(big, &q).expect("list"));
             }),
         );

@@ -706,6 +706,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         world
             .step(op)
             .map_err(|e| TestCaseError::fail(format!("after operation {i} ({op:?}): {e}")))?;
+        // What the fold keeps for the list (last uses included) is a
+        // rebuild's after every operation, not only after the last.
+        for (tenant, state) in world.ledger.tenants() {
+            let mut rebuilt = state.clone();
+            rebuilt.rebuild_listing();
+            prop_assert_eq!(&rebuilt.listing, &state.listing, "{} after {}", tenant, i);
+        }
     }
     let mut usage = Usage::new();
     for e in &world.log {
@@ -720,8 +727,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 /// What the fold keeps for the key list (each tenant's keys by creation,
-/// their names lower-cased, its revoked keys, its unrevoked keys by
-/// expiry) is what the keys say:
+/// their names lower-cased, their creation instants and last uses, its
+/// revoked keys, its unrevoked keys by expiry) is what the keys say:
 /// the same as rebuilt from them, and the active count the same as
 /// counted key by key, at instants around every expiry.
 fn check_listing(world: &World) -> Result<(), TestCaseError> {
@@ -737,6 +744,15 @@ fn check_listing(world: &World) -> Result<(), TestCaseError> {
                 .map(|(_, id)| *id)
                 .eq(state.by_created().iter().copied()),
             "{} keys out of creation order",
+            tenant
+        );
+        let last_uses = state
+            .by_created()
+            .iter()
+            .map(|id| state.keys[id].last_used_at.map_or(-1, Timestamp::as_micros));
+        prop_assert!(
+            last_uses.eq(state.last_uses().iter().copied()),
+            "{} last uses are not its keys'",
             tenant
         );
         let mut instants = vec![world.now, Timestamp::EPOCH];

@@ -530,6 +530,47 @@ impl Keyledger {
                     });
                 }
             }
+        } else if q.sort == SortField::LastUsedAt {
+            // By last use, the pass reads the tenant's array of last uses
+            // (the sort values, in creation order: 8 bytes a key), or only
+            // the places a search finds in the names; a key is visited
+            // only if it would be on the page so far.
+            let uses = state.last_uses();
+            let mut visit = |i: usize| {
+                let (Some(&used), Some(id)) = (uses.get(i), ids.get(i)) else {
+                    return;
+                };
+                let place = |value: &SortValue, other: KeyId| match value {
+                    SortValue::Time(t) => used.cmp(t).then_with(|| id.cmp(&other)),
+                    // As `SortValue`'s order has it (a cursor's value is a
+                    // time for this sort unless made up).
+                    SortValue::Text(_) => Ordering::Greater,
+                };
+                if !page.wants(place) {
+                    return;
+                }
+                let Some(k) = state.keys.get(id) else {
+                    return;
+                };
+                let status = k.status(now);
+                if filtered(k, status) {
+                    page.push(Listed {
+                        value: SortValue::Time(used),
+                        key: k,
+                        status,
+                        desc: q.order == Order::Desc,
+                    });
+                }
+            };
+            match needle.as_deref() {
+                Some(n) => {
+                    let names = state.names();
+                    names
+                        .matching(n, 0..names.len(), false)
+                        .for_each(|(i, _)| visit(i));
+                }
+                None => (0..uses.len()).for_each(visit),
+            }
         } else {
             // A search that finds few keys visits only those; one that
             // finds many, every key in turn (a walk of the map costs less

@@ -113,6 +113,8 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
     let mut rng = common::Rng(0x1157);
     // Keys not revoked and their names, for renames.
     let mut named: Vec<(keyledger_core::KeyId, usize)> = Vec::new();
+    // Every key's secret, revoked ones included, to use them again later.
+    let mut secrets: Vec<String> = Vec::new();
     rt.block_on(async {
         // More keys than a block of the tenant's name buffer (64 names).
         for i in 0..KEYS {
@@ -169,6 +171,20 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
                 let v = ledger.verify(created.secret.expose(), None);
                 std::hint::black_box(v);
             }
+            // Uses of older keys (revoked ones too, which count no valid
+            // use), flushed now and then between the creates, renames and
+            // revocations: a key's last use moves on, and keys used at one
+            // instant share it (the clock stands still between some keys).
+            secrets.push(created.secret.expose().to_owned());
+            if i % 3 == 0 {
+                for _ in 0..2 {
+                    let j = rng.below(secrets.len() as u64) as usize;
+                    std::hint::black_box(ledger.verify(&secrets[j], None));
+                }
+            }
+            if i % 10 == 9 {
+                ledger.flush_usage().await.expect("flush the usage");
+            }
             // Expiries moved (an update, a rotation's grace), so the
             // tenant's count of keys by expiry follows them.
             if i % 6 == 2 && i % 5 != 1 {
@@ -219,6 +235,14 @@ fn every_page_of_every_sort_and_filter_adds_up_to_a_plain_sort_of_the_keys() {
     );
     assert!(all.iter().any(|k| k.status(now) == KeyStatus::Expired));
     assert!(all.iter().any(|k| k.last_used_at.is_some()));
+    assert!(all.iter().any(|k| k.last_used_at.is_none()));
+    // Ties on the last use (broken by id, as the cursor records it).
+    let mut uses: Vec<_> = all.iter().filter_map(|k| k.last_used_at).collect();
+    uses.sort();
+    assert!(
+        uses.windows(2).any(|w| w[0] == w[1]),
+        "no two keys last used at one instant"
+    );
     let active = all
         .iter()
         .filter(|k| k.status(now) == KeyStatus::Active)
