@@ -215,7 +215,7 @@ fn key_index_check(n: usize) {
     let found = pg.check_key_index().expect("check").expect("checked");
     assert!(found.difference.is_some(), "the removed entry is found");
     eprintln!(
-        "postgres: check and rebuild after an entry was removed {} (appends held for the rebuild)",
+        "postgres: check and mend after an entry was removed {} (appends held for the mend only)",
         millis(start.elapsed())
     );
     eprintln!(

@@ -979,6 +979,13 @@ impl TenantState {
         &self.listing.last_used
     }
 
+    /// Where a key created at `at` with id `id` is, or would go, in
+    /// [`TenantState::by_created`]: the first place not before it (by
+    /// bisection of the creation instants, the id read only on a tie).
+    pub fn created_place(&self, at: Timestamp, id: KeyId) -> usize {
+        self.listing.place(at, id)
+    }
+
     /// Rebuilds [`TenantState::listing`] from the keys: for a state not
     /// made by the fold (a snapshot read back).
     pub fn rebuild_listing(&mut self) {

@@ -181,16 +181,19 @@ fn created_range(
     let SortValue::Time(t) = value else {
         return None;
     };
-    let place = |k: &KeyId| {
-        state
-            .keys
-            .get(k)
-            .map_or((i64::MIN, *k), |r| (r.created_at.as_micros(), *k))
-    };
-    let cursor = (*t, *id);
+    // The first place not before the cursor; ascending, the page starts
+    // after the cursor's own key if it is there.
+    let i = state.created_place(Timestamp::from_micros(*t), *id);
     Some(match order {
-        Order::Asc => ids.partition_point(|k| place(k) <= cursor)..ids.len(),
-        Order::Desc => 0..ids.partition_point(|k| place(k) < cursor),
+        Order::Asc => {
+            let at_cursor = ids.get(i) == Some(id)
+                && state
+                    .keys
+                    .get(id)
+                    .is_some_and(|k| k.created_at.as_micros() == *t);
+            (i + usize::from(at_cursor))..ids.len()
+        }
+        Order::Desc => 0..i,
     })
 }
 

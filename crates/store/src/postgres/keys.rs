@@ -229,15 +229,28 @@ impl Entries {
     }
 }
 
-/// The first difference between `keyledger.key_events` and the scratch
-/// index built from the records (`key_events_check`), in key order: an
-/// entry missing, one in no record, or one whose position differs.
-const SQL_FIRST_DIFFERENCE: &str = "SELECT coalesce(b.tenant, k.tenant), \
-       coalesce(b.key_id, k.key_id), coalesce(b.seq, k.seq), b.position, k.position \
+/// Every difference between `keyledger.key_events` and the scratch index
+/// built from the records (`key_events_check`), kept apart
+/// (`key_events_diff`): an entry missing (`want` only), one in no record
+/// (`got` only), or one whose position differs (both).
+const SQL_DIFFERENCES: &str = "CREATE TEMP TABLE key_events_diff AS \
+     SELECT coalesce(b.tenant, k.tenant) AS tenant, coalesce(b.key_id, k.key_id) AS key_id, \
+       coalesce(b.seq, k.seq) AS seq, b.position AS want, k.position AS got \
      FROM key_events_check b FULL JOIN keyledger.key_events k \
        ON k.tenant = b.tenant AND k.key_id = b.key_id AND k.seq = b.seq \
-     WHERE b.position IS DISTINCT FROM k.position \
-     ORDER BY 1, 2, 3 LIMIT 1";
+     WHERE b.position IS DISTINCT FROM k.position";
+
+/// Mends `keyledger.key_events` by the differences alone (under the
+/// append lock): entries in no record removed (only if still as found),
+/// missing or moved ones written. Entries of records appended since the
+/// check's snapshot were written by their appends.
+const SQL_MEND: &str = "DELETE FROM keyledger.key_events k USING key_events_diff d \
+       WHERE d.want IS NULL AND k.tenant = d.tenant AND k.key_id = d.key_id \
+       AND k.seq = d.seq AND k.position = d.got; \
+     INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
+       SELECT tenant, key_id, seq, want FROM key_events_diff WHERE want IS NOT NULL \
+       ON CONFLICT (tenant, key_id, seq) DO UPDATE SET position = excluded.position; \
+     COMMIT";
 
 /// Where [`index_events`] writes the entries it reads.
 #[derive(Clone, Copy)]
@@ -294,9 +307,9 @@ async fn index_events(
 /// anew from the records into a temporary table, in one snapshot of the
 /// database (a repeatable-read transaction, so appends by other nodes
 /// meanwhile are in neither side), and compares the two with a join.
-/// On a difference, replaces `keyledger.key_events` with the rebuilt
-/// index under the append lock (the records appended since the snapshot
-/// are added to it first), so no append interleaves.
+/// On a difference, mends `keyledger.key_events` by the differences
+/// alone, under the append lock (`SQL_MEND`): the lock is held for as
+/// many rows as differ, not for the whole table.
 pub(super) async fn check(shared: Arc<Shared>) -> Result<crate::KeyIndexCheck, StoreError> {
     let client = connect(&shared).await?;
     let fail = |what: &'static str| move |e: tokio_postgres::Error| classify(what, &e);
@@ -322,8 +335,18 @@ pub(super) async fn check(shared: Arc<Shared>) -> Result<crate::KeyIndexCheck, S
         .map_err(fail("reading the log's head"))?
         .get(0);
     index_events(&client, IndexInto::Check, 0, upto).await?;
+    // Autovacuum never analyzes a temporary table: without this the joins
+    // below are planned on a guess of its size.
+    client
+        .batch_execute(&format!("ANALYZE key_events_check; {SQL_DIFFERENCES}"))
+        .await
+        .map_err(fail("comparing the key index"))?;
     let first = client
-        .query_opt(SQL_FIRST_DIFFERENCE, &[])
+        .query_opt(
+            "SELECT tenant, key_id, seq, want, got FROM key_events_diff \
+             ORDER BY tenant, key_id, seq LIMIT 1",
+            &[],
+        )
         .await
         .map_err(fail("comparing the key index"))?;
     let entries: i64 = client
@@ -363,7 +386,7 @@ pub(super) async fn check(shared: Arc<Shared>) -> Result<crate::KeyIndexCheck, S
         client
             .batch_execute("BEGIN")
             .await
-            .map_err(fail("starting the key index's rebuild"))?;
+            .map_err(fail("starting the key index's mend"))?;
         client
             .execute(
                 "SELECT pg_advisory_xact_lock($1, $2)",
@@ -371,24 +394,13 @@ pub(super) async fn check(shared: Arc<Shared>) -> Result<crate::KeyIndexCheck, S
             )
             .await
             .map_err(fail("taking the append lock"))?;
-        let head: i64 = client
-            .query_one(super::append::SQL_HEAD, &[])
-            .await
-            .map_err(fail("reading the log's head"))?
-            .get(0);
-        index_events(&client, IndexInto::Check, upto, head).await?;
         client
-            .batch_execute(
-                "DELETE FROM keyledger.key_events; \
-                 INSERT INTO keyledger.key_events (tenant, key_id, seq, position) \
-                   SELECT tenant, key_id, seq, position FROM key_events_check; \
-                 COMMIT",
-            )
+            .batch_execute(SQL_MEND)
             .await
-            .map_err(fail("rebuilding the key index"))?;
+            .map_err(fail("mending the key index"))?;
     }
     client
-        .batch_execute("DROP TABLE key_events_check")
+        .batch_execute("DROP TABLE key_events_diff; DROP TABLE key_events_check")
         .await
         .map_err(fail("dropping the key index check"))?;
     Ok(crate::KeyIndexCheck {
