@@ -502,6 +502,18 @@ impl Keyledger {
         // matching keys after the cursor, in the page's order) picked by a
         // bounded heap, so a page costs a pass and no sort of every key.
         let mut page = Picker::new(limit, q.order, after.as_ref());
+        // A key the pass reached that would be on the page so far (by the
+        // sort value it read): its record looked up, the filters judged.
+        let reached = |id: &KeyId, value: SortValue| {
+            let k = state.keys.get(id)?;
+            let status = k.status(now);
+            filtered(k, status).then_some(Listed {
+                value,
+                key: k,
+                status,
+                desc: q.order == Order::Desc,
+            })
+        };
         if q.sort == SortField::Name {
             // By name, the pass reads the tenant's lower-cased names (the
             // sort values) from its buffer of them, or only those a search
@@ -520,17 +532,8 @@ impl Keyledger {
                 if !page.wants(place) {
                     continue;
                 }
-                let Some(k) = state.keys.get(id) else {
-                    continue;
-                };
-                let status = k.status(now);
-                if filtered(k, status) {
-                    page.push(Listed {
-                        value: SortValue::Text(name.to_owned()),
-                        key: k,
-                        status,
-                        desc: q.order == Order::Desc,
-                    });
+                if let Some(listed) = reached(id, SortValue::Text(name.to_owned())) {
+                    page.push(listed);
                 }
             }
         } else if q.sort == SortField::LastUsedAt {
@@ -552,17 +555,8 @@ impl Keyledger {
                 if !page.wants(place) {
                     return;
                 }
-                let Some(k) = state.keys.get(id) else {
-                    return;
-                };
-                let status = k.status(now);
-                if filtered(k, status) {
-                    page.push(Listed {
-                        value: SortValue::Time(used),
-                        key: k,
-                        status,
-                        desc: q.order == Order::Desc,
-                    });
+                if let Some(listed) = reached(id, SortValue::Time(used)) {
+                    page.push(listed);
                 }
             };
             match needle.as_deref() {
